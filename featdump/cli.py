@@ -1,0 +1,213 @@
+"""The Typer app: parse, build the config, call the core, render, map errors to exit codes.
+
+Nothing here imports torch at module level, so ``--help`` and ``--version`` stay fast.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import shlex
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, Optional, TypeVar
+
+import click
+import typer
+
+from featdump import __version__
+from featdump.errors import FeatdumpError, UsageError
+
+app = typer.Typer(
+    name="featdump",
+    help="Per-layer feature maps of timm backbones, streamed from image folders into HDF5.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+_STATE = {"debug": False}
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"featdump {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
+) -> None:
+    """Per-layer feature maps of timm backbones, streamed from image folders into HDF5.
+
+    Example: featdump extract resnet50 photos/ -o feats.h5
+    """
+    _STATE["debug"] = debug
+
+
+def fail(message: str, code: int) -> typer.Exit:
+    typer.echo(f"featdump: error: {message}", err=True)
+    return typer.Exit(code)
+
+
+def handle_errors(func: F) -> F:
+    """Core exceptions -> one line on stderr and the SPEC's exit code (tracebacks with --debug)."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except (typer.Exit, typer.Abort, click.exceptions.ClickException):
+            raise
+        except FeatdumpError as exc:
+            if _STATE["debug"]:
+                raise
+            raise fail(str(exc), exc.exit_code) from None
+        except KeyboardInterrupt:
+            raise fail("interrupted", 130) from None
+        except Exception as exc:  # noqa: BLE001 - last resort: one line, not a traceback
+            if _STATE["debug"]:
+                raise
+            text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise fail(f"{exc.__class__.__name__}: {text} (rerun with --debug for the traceback)", 1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def given_options(ctx: click.Context, names: list[str]) -> dict[str, Any]:
+    """The options the user typed (not defaults), for the precedence defaults < file < flags."""
+    out = {}
+    for name in names:
+        source = ctx.get_parameter_source(name)
+        if source is not None and source != click.core.ParameterSource.DEFAULT:
+            out[name] = ctx.params[name]
+    return out
+
+
+# --------------------------------------------------------------------------- inspect
+
+
+@app.command()
+@handle_errors
+def inspect(
+    model: Annotated[str, typer.Argument(help="timm model name, e.g. resnet50 or convnext_tiny.fb_in22k")],
+    out_indices: Annotated[
+        Optional[str], typer.Option("--out-indices", help="Feature levels, e.g. 1,2,-1 (negatives from the end).")
+    ] = None,
+    output_stride: Annotated[
+        Optional[int], typer.Option("--output-stride", help="Dilate late stages: 8 or 16 (where the model can).")
+    ] = None,
+    img_size: Annotated[Optional[str], typer.Option("--img-size", help="Input size: 224 or HEIGHTxWIDTH.")] = None,
+    pool: Annotated[str, typer.Option("--pool", help="Show shapes as stored with none|avg|max pooling.")] = "none",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON on stdout (nothing else).")] = False,
+) -> None:
+    """List a backbone's feature layers: module, channels, stride, shape and MB per image.
+
+    Builds the model on the meta device: no weights, no downloads.
+
+    Example: featdump inspect resnet50 --out-indices 1,2,3 --img-size 256x320
+    """
+    from featdump import config
+    from featdump.backbone import describe
+    from featdump.report import console, description_dict, inspect_table
+
+    stride = output_stride
+    if stride is not None and stride not in config.OUTPUT_STRIDES:
+        raise UsageError(f"--output-stride must be one of 8|16|32, not {stride}")
+    config._choice("pool", pool, config.POOLS)
+    desc = describe(model, config.parse_indices(out_indices), stride, config.parse_img_size(img_size))
+    if as_json:
+        sys.stdout.write(json.dumps(description_dict(desc, pool), indent=2) + "\n")
+        return
+    console().print(inspect_table(desc, pool))
+
+
+# --------------------------------------------------------------------------- extract
+
+_EXTRACT_OPTIONS = [
+    "out_indices", "layers", "output_stride", "img_size", "pretrained", "checkpoint", "device", "precision",
+    "batch_size", "workers", "dtype", "pool", "compression", "shard", "resume", "overwrite", "strict", "quiet",
+    "max_image_pixels",
+]  # fmt: skip
+
+
+@app.command()
+@handle_errors
+def extract(
+    ctx: typer.Context,
+    model: Annotated[str, typer.Argument(help="timm model name, e.g. resnet50.")],
+    inputs: Annotated[
+        list[str], typer.Argument(help="Image folders (recursive), text files listing images, or image files.")
+    ],
+    output: Annotated[str, typer.Option("-o", "--output", help="HDF5 file to write, e.g. feats.h5.")],
+    out_indices: Annotated[
+        Optional[str], typer.Option("--out-indices", help="Feature levels, e.g. 1,2,-1. [default: the model's]")
+    ] = None,
+    layers: Annotated[Optional[str], typer.Option("--layers", help="Module names instead of levels.")] = None,
+    output_stride: Annotated[Optional[int], typer.Option("--output-stride", help="8|16|32 (dilated).")] = None,
+    img_size: Annotated[
+        Optional[str], typer.Option("--img-size", help="224 or HEIGHTxWIDTH. [default: pretrained config]")
+    ] = None,
+    pretrained: Annotated[
+        bool, typer.Option("--pretrained/--no-pretrained", help="Hub weights (cached), or random init.")
+    ] = True,
+    checkpoint: Annotated[
+        Optional[Path], typer.Option("--checkpoint", help="Local weights: .safetensors/.pth/.pt/.bin (timm names).")
+    ] = None,
+    device: Annotated[str, typer.Option("--device", help="auto|cpu|cuda|cuda:N|mps.")] = "auto",
+    precision: Annotated[str, typer.Option("--precision", help="fp32|fp16|bf16 (autocast).")] = "fp32",
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="[default: tuned per device]")] = None,
+    workers: Annotated[Optional[int], typer.Option("--workers", help="Decoding processes. [default: tuned]")] = None,
+    dtype: Annotated[str, typer.Option("--dtype", help="Storage dtype: float32|float16.")] = "float32",
+    pool: Annotated[str, typer.Option("--pool", help="none|avg|max over space (stores N×C).")] = "none",
+    compression: Annotated[str, typer.Option("--compression", help="none|gzip|lzf|zstd.")] = "none",
+    shard: Annotated[
+        Optional[str], typer.Option("--shard", help="I/N: handle block I of N. [default: from torchrun/Slurm]")
+    ] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an unfinished output file.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output (on success).")] = False,
+    strict: Annotated[bool, typer.Option("--strict", help="Exit 1 if any image failed.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar, no table.")] = False,
+    max_image_pixels: Annotated[
+        Optional[int], typer.Option("--max-image-pixels", help="Refuse larger images. [default: Pillow's 89.5 MP]")
+    ] = None,
+    config_file: Annotated[
+        Optional[Path], typer.Option("--config", help="TOML file of option defaults (flags win).")
+    ] = None,
+) -> None:
+    """Stream images through a timm backbone and write one HDF5 dataset per layer.
+
+    Example: featdump extract resnet50 photos/ -o feats.h5 --out-indices 1,2,3 --dtype float16
+    """
+    from featdump import config
+    from featdump.pipeline import run_extraction
+    from featdump.report import RichProgress, console, failures_table, summary_table
+
+    given = given_options(ctx, _EXTRACT_OPTIONS)
+    given.update(model=model, inputs=tuple(inputs), output=output)
+    file_values = config.load_toml(config_file) if config_file else {}
+    cfg = config.resolve(given, file_values, command=shlex.join(["featdump", *sys.argv[1:]]))
+    progress = RichProgress(enabled=False if cfg.quiet else None)
+    summary = run_extraction(cfg, progress)
+    if not cfg.quiet:
+        out = console()
+        out.print(summary_table(summary))
+        if summary.failures:
+            out.print(failures_table(summary.failures, summary.num_failed))
+    if cfg.strict and summary.num_failed:
+        raise FeatdumpError(f"{summary.num_failed} image(s) failed (--strict); see /failed in {summary.output}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

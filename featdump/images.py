@@ -1,0 +1,281 @@
+"""Finding images, decoding them to RGB, and the Dataset that turns them into model inputs.
+
+Failures are records, not exceptions: an unreadable image becomes ``(index, None, reason)`` and
+never shifts another image's row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePath
+from typing import Any
+
+from featdump.errors import UsageError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+LIST_EXTENSIONS = (".txt", ".lst", ".list", ".csv", ".tsv")
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """One input image: ``path`` is what gets stored, ``source`` is where to read it."""
+
+    path: str
+    source: str
+
+
+def is_image_name(name: str) -> bool:
+    return name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def _walk(root: Path) -> Iterable[tuple[str, str]]:
+    """Yield ``(relative posix path, absolute path)`` of image-named entries below ``root``.
+
+    Hidden files and folders are skipped; symlinked folders are followed once (a loop is cut at
+    the first folder seen twice). Non-regular files with an image name are yielded too, so that
+    they are recorded as failures instead of vanishing.
+    """
+    seen: set[tuple[int, int]] = set()
+    stack = [(root, PurePath())]
+    while stack:
+        folder, rel = stack.pop()
+        try:
+            st = folder.stat()
+        except OSError:
+            continue
+        key = (st.st_dev, st.st_ino)
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            if rel == PurePath():
+                raise
+            continue
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            try:
+                is_dir = entry.is_dir(follow_symlinks=True)
+            except OSError:
+                is_dir = False
+            if is_dir:
+                stack.append((Path(entry.path), rel / entry.name))
+                if is_image_name(entry.name):
+                    yield (rel / entry.name).as_posix(), entry.path
+            elif is_image_name(entry.name):
+                yield (rel / entry.name).as_posix(), entry.path
+
+
+def read_list_file(path: Path) -> list[ImageRef]:
+    """Image paths, one per line; blank lines and ``#`` comments skipped.
+
+    Relative paths are read relative to the list file's folder and stored as written.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UsageError(f"{path} is neither an image (by extension) nor a UTF-8 text list of image paths") from None
+    except OSError as exc:
+        raise UsageError(f"cannot read list file {path}: {exc.strerror or exc}") from None
+    refs = []
+    for line in text.splitlines():
+        entry = line.strip()
+        if not entry or entry.startswith("#"):
+            continue
+        source = entry if os.path.isabs(entry) else str(path.parent / entry)
+        refs.append(ImageRef(entry, source))
+    return refs
+
+
+def discover(inputs: Sequence[str]) -> list[ImageRef]:
+    """All images named by ``inputs`` (folders, list files, image files), sorted by stored path."""
+    refs: list[ImageRef] = []
+    for raw in inputs:
+        p = Path(raw)
+        if p.is_dir():
+            found = [ImageRef(rel, src) for rel, src in _walk(p)]
+            if not found:
+                exts = " ".join(e.lstrip(".") for e in IMAGE_EXTENSIONS)
+                raise UsageError(f"no images in folder {raw} (looked recursively for: {exts})")
+            refs.extend(found)
+        elif p.exists() or p.is_symlink():
+            if is_image_name(p.name):
+                refs.append(ImageRef(raw, raw))
+            elif p.is_file():
+                listed = read_list_file(p)
+                if not listed:
+                    raise UsageError(f"list file {raw} names no images (one path per line expected)")
+                refs.extend(listed)
+            else:
+                raise UsageError(f"{raw} is not a folder, an image or a list file")
+        else:
+            raise UsageError(f"input not found: {raw}")
+    refs.sort(key=lambda r: r.path)
+    dupes = sorted({a.path for a, b in zip(refs, refs[1:]) if a.path == b.path})
+    if dupes:
+        raise UsageError(
+            f"{len(dupes)} image path(s) would be stored twice (e.g. {dupes[0]!r}); "
+            "give the common parent folder instead of several folders with the same layout"
+        )
+    return refs
+
+
+def list_digest(refs: Sequence[ImageRef]) -> str:
+    """sha256 of the stored paths in order: two runs over the same input list agree on it."""
+    h = hashlib.sha256()
+    for r in refs:
+        h.update(r.path.encode("utf-8", "surrogateescape"))
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+def _to_uint8(arr: Any) -> Any:
+    import numpy as np
+
+    if arr.dtype == np.uint8:
+        return arr
+    if arr.dtype.kind == "f":
+        hi = float(np.nanmax(arr)) if arr.size else 0.0
+        scale = 255.0 if hi <= 1.0 else 1.0
+        return np.clip(np.nan_to_num(arr) * scale, 0, 255).round().astype(np.uint8)
+    if arr.dtype == np.bool_:
+        return arr.astype(np.uint8) * 255
+    # 16-bit (and 32-bit integer images holding 16-bit values): full range to 0..255
+    hi = 65535 if arr.max(initial=0) > 255 or arr.dtype.itemsize >= 2 else 255
+    return np.clip(np.rint(arr.astype(np.float64) * (255.0 / hi)), 0, 255).astype(np.uint8)
+
+
+def to_rgb(im: Any) -> Any:
+    """Convert any PIL image to 8-bit RGB: palette and gray expanded, alpha composited on black,
+    CMYK/YCbCr/LAB converted, 16-bit and float scaled to 0..255."""
+    from PIL import Image
+
+    mode = im.mode
+    if mode == "RGB":
+        return im
+    if mode == "P":
+        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+        mode = im.mode
+    elif mode == "PA":
+        im = im.convert("RGBA")
+        mode = "RGBA"
+    if mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        import numpy as np
+
+        gray = _to_uint8(np.asarray(im))
+        return Image.fromarray(gray, "L").convert("RGB")
+    if mode in ("RGBA", "LA", "RGBa", "La"):
+        rgba = im.convert("RGBA")
+        black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        return Image.alpha_composite(black, rgba).convert("RGB")
+    return im.convert("RGB")
+
+
+def load_rgb(source: str, max_pixels: int | None = None) -> Any:
+    """Open one image as RGB, with EXIF orientation applied and only the first frame of animations.
+
+    Raises on anything that is not a readable, non-empty regular image file.
+    """
+    from PIL import Image, ImageOps
+
+    st = os.stat(source)
+    if stat.S_ISDIR(st.st_mode):
+        raise IsADirectoryError("is a folder, not an image file")
+    if not stat.S_ISREG(st.st_mode):
+        raise OSError("not a regular file (FIFO, socket or device)")
+    if st.st_size == 0:
+        raise OSError("empty file (0 bytes)")
+    limit = max_pixels if max_pixels is not None else Image.MAX_IMAGE_PIXELS
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with Image.open(source) as im:
+            w, h = im.size
+            if w == 0 or h == 0:
+                raise ValueError(f"image has zero size ({w}x{h})")
+            if limit is not None and w * h > limit:
+                raise ValueError(
+                    f"too many pixels ({w}x{h} = {w * h} > {limit}); raise --max-image-pixels if this is a real scan"
+                )
+            if getattr(im, "is_animated", False):
+                im.seek(0)
+            im.load()
+            try:
+                oriented = ImageOps.exif_transpose(im)
+            except Exception:  # broken EXIF: keep the pixels as stored
+                oriented = im
+            rgb = to_rgb(oriented if oriented is not None else im)
+            if rgb is im:
+                rgb = im.copy()
+    return rgb
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line: exception type and message, never a traceback."""
+    msg = str(exc).replace("\n", " ").strip() or exc.__class__.__name__
+    if isinstance(exc, OSError) and exc.strerror:
+        msg = exc.strerror
+    return f"{exc.__class__.__name__}: {msg}"
+
+
+# --------------------------------------------------------------------------- dataset
+
+Sample = tuple[int, Any, str]  # (position in the list, tensor or None, error text or "")
+
+
+class ImageDataset:
+    """Map-style dataset over ``refs``; item ``i`` is ``(i, tensor, "")`` or ``(i, None, reason)``."""
+
+    def __init__(
+        self,
+        refs: Sequence[ImageRef],
+        transform: Callable[[Any], Any],
+        max_pixels: int | None = None,
+        loader: Callable[[str, int | None], Any] = load_rgb,
+    ) -> None:
+        self.refs = list(refs)
+        self.transform = transform
+        self.max_pixels = max_pixels
+        self.loader = loader
+
+    def __len__(self) -> int:
+        return len(self.refs)
+
+    def __getitem__(self, i: int) -> Sample:
+        ref = self.refs[i]
+        try:
+            img = self.loader(ref.source, self.max_pixels)
+            return i, self.transform(img), ""
+        except Exception as exc:  # noqa: BLE001 - any decode failure becomes a record
+            return i, None, describe_error(exc)
+
+
+@dataclass
+class Batch:
+    """What the loader yields: good images stacked, failures listed, all by list position."""
+
+    positions: list[int]
+    pixels: Any  # torch.Tensor (B, 3, H, W) or None
+    failed: list[tuple[int, str]]
+    first: int  # smallest list position covered by this batch
+    last: int  # largest list position covered by this batch
+
+
+def collate(samples: list[Sample]) -> Batch:
+    import torch
+
+    good = [(i, t) for i, t, err in samples if t is not None]
+    failed = [(i, err) for i, t, err in samples if t is None]
+    pixels = torch.stack([t for _, t in good]) if good else None
+    positions = [i for i, _ in good]
+    covered = [s[0] for s in samples]
+    return Batch(positions, pixels, failed, min(covered), max(covered))

@@ -1,0 +1,498 @@
+"""``run_extraction(config) -> Summary``: images -> batches -> forward -> background HDF5 writer.
+
+Decoding runs in DataLoader worker processes, the forward pass in this thread, and HDF5 writes in
+a writer thread behind a bounded queue, so the three overlap. SIGINT/SIGTERM stop after the
+current batch with everything written so far committed (exit 130); a second one exits at once,
+still leaving a file that ``--resume`` finishes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from featdump import FORMAT_VERSION, __version__
+from featdump.backbone import Backbone, LayerInfo, load_backbone
+from featdump.config import ExtractConfig
+from featdump.errors import FeatdumpError, Interrupted, UsageError
+from featdump.images import Batch, ImageDataset, ImageRef, collate, discover, list_digest
+from featdump.sharding import Placement, placement_from_env, shard_bounds, shard_output_path
+from featdump.store import Store, utc_now
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass
+class LayerSummary:
+    name: str
+    module: str
+    index: int
+    reduction: int
+    shape: tuple[int, ...]
+    dtype: str
+    stored_bytes: int
+    raw_bytes: int
+
+
+@dataclass
+class Summary:
+    output: str
+    model: str
+    weights: str
+    device: str
+    num_images: int
+    num_failed: int
+    num_inputs: int
+    shard: tuple[int, int]
+    layers: list[LayerSummary]
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+    images_this_run: int = 0
+    resumed_from: int = 0
+    complete: bool = True
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images_this_run / self.seconds if self.seconds > 0 else 0.0
+
+
+class ProgressSink:
+    """What the pipeline tells a progress display; the default shows nothing."""
+
+    def start(self, total: int, done: int, description: str) -> None: ...
+
+    def advance(self, images: int) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+# --------------------------------------------------------------------------- devices
+
+
+def resolve_device(spec: str, local_rank: int | None = None) -> Any:
+    """``auto|cpu|cuda|cuda:N|mps`` -> torch.device; a device that is not there exits 2."""
+    import torch
+
+    spec = spec.strip().lower()
+    if spec == "auto":
+        if torch.cuda.is_available():
+            index = local_rank if local_rank is not None else 0
+            return torch.device("cuda", index % torch.cuda.device_count())
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if spec == "cpu":
+        return torch.device("cpu")
+    if spec.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {spec}: no CUDA GPU is available here; use --device cpu (or auto)")
+        try:
+            dev = torch.device(spec)
+        except RuntimeError:
+            raise UsageError(f"--device {spec!r} is not a device name; use cuda or cuda:N") from None
+        if dev.index is None:
+            dev = torch.device("cuda", local_rank or 0)
+        if dev.index >= torch.cuda.device_count():
+            raise UsageError(f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s) here (cuda:0..)")
+        return dev
+    if spec == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise UsageError("--device mps: Apple's Metal backend is not available here; use --device cpu (or auto)")
+        return torch.device("mps")
+    raise UsageError(f"--device must be auto, cpu, cuda, cuda:N or mps, not {spec!r}")
+
+
+def cpu_budget(placement: Placement) -> int:
+    if placement.cpus:
+        return max(1, placement.cpus)
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class Tuning:
+    batch_size: int
+    workers: int
+    threads: int | None
+    channels_last: bool
+
+
+def tune(device: Any, cfg: ExtractConfig, placement: Placement) -> Tuning:
+    """Defaults per device: on CPU, leave the forward pass most cores and decode in the rest."""
+    cpus = cpu_budget(placement)
+    if device.type == "cpu":
+        workers = cfg.workers if cfg.workers is not None else (1 if cpus <= 4 else min(8, cpus // 4))
+        threads = max(1, cpus - (workers if cpus > 4 else 0))
+        return Tuning(cfg.batch_size or 8, workers, threads, True)
+    workers = cfg.workers if cfg.workers is not None else max(1, min(8, cpus - 1))
+    return Tuning(cfg.batch_size or 32, workers, None, True)
+
+
+# --------------------------------------------------------------------------- model step
+
+
+def to_storage(out: Any, layer: LayerInfo, pool: str, dtype: Any) -> Any:
+    """One layer's batch output -> the stored layout ((B,C,H,W), (B,T,D) or pooled (B,C))."""
+    if layer.layout == "NHWC":
+        out = out.permute(0, 3, 1, 2)
+    if pool != "none":
+        dims = (1,) if layer.layout == "NLC" else (2, 3)
+        out = out.float()
+        out = out.mean(dim=dims) if pool == "avg" else out.amax(dim=dims)
+    return out.to(dtype).contiguous()
+
+
+class Forward:
+    """Batch of pixels -> list of numpy arrays, one per stored layer."""
+
+    def __init__(self, backbone: Backbone, device: Any, precision: str, pool: str, dtype: str, channels_last: bool) -> None:
+        import torch
+
+        self.model = backbone.model.to(device)
+        self.layers = backbone.layers
+        self.device = device
+        self.pool = pool
+        self.dtype = torch.float16 if dtype == "float16" else torch.float32
+        self.channels_last = channels_last and device.type in ("cpu", "cuda")
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.autocast: Callable[[], Any]
+        if precision == "fp32":
+            self.autocast = contextlib.nullcontext
+        else:
+            amp = torch.float16 if precision == "fp16" else torch.bfloat16
+            self.autocast = lambda: torch.autocast(device_type=device.type, dtype=amp)
+
+    def __call__(self, pixels: Any) -> list[Any]:
+        import torch
+
+        with torch.inference_mode():
+            x = pixels.to(self.device, non_blocking=True)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with self.autocast():
+                outs = self.model(x)
+            if isinstance(outs, dict):
+                outs = list(outs.values())
+            stored = [to_storage(o, layer, self.pool, self.dtype) for o, layer in zip(outs, self.layers)]
+            return [s.cpu().numpy() for s in stored]
+
+
+# --------------------------------------------------------------------------- writer thread
+
+
+class Writer:
+    """Owns the Store in a background thread; ``put`` blocks when ``depth`` batches are waiting."""
+
+    _STOP = object()
+
+    def __init__(self, store: Store, depth: int = 4) -> None:
+        self.store = store
+        self.queue: queue.Queue[Any] = queue.Queue(maxsize=depth)
+        self.error: BaseException | None = None
+        self.seconds = 0.0
+        self.thread = threading.Thread(target=self._run, name="featdump-writer", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            item = self.queue.get()
+            if item is self._STOP:
+                return
+            if self.error is not None:
+                continue
+            try:
+                t0 = time.perf_counter()
+                self.store.append(*item)
+                self.seconds += time.perf_counter() - t0
+            except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+                self.error = exc
+
+    def put(self, item: tuple[Any, ...]) -> None:
+        self.raise_error()
+        self.queue.put(item)
+
+    def raise_error(self) -> None:
+        if self.error is not None:
+            raise _write_error(self.store, self.error)
+
+    def close(self) -> None:
+        self.queue.put(self._STOP)
+        self.thread.join()
+        self.raise_error()
+
+
+def _write_error(store: Store, exc: BaseException) -> FeatdumpError:
+    import errno
+
+    if isinstance(exc, FeatdumpError):
+        return exc
+    text = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC or "No space left" in text:
+        return FeatdumpError(
+            f"out of disk space writing {store.h5.filename}; free space and run again with --resume "
+            f"({store.progress.num_images} images are safely stored)"
+        )
+    return FeatdumpError(f"cannot write {store.h5.filename}: {text}; rerun with --resume to continue")
+
+
+# --------------------------------------------------------------------------- signals
+
+
+class StopFlag:
+    """First SIGINT/SIGTERM: stop after the current batch. Second: leave at once (exit 130)."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is not None:
+            os._exit(128 + signum)
+        self.signum = signum
+
+    def __enter__(self) -> StopFlag:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+    @property
+    def stopped(self) -> bool:
+        return self.signum is not None
+
+
+def _worker_init(_: int) -> None:
+    # Ctrl-C goes to the whole process group; the main process decides when to stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def resolve_placement(cfg: ExtractConfig) -> Placement:
+    """``--shard I/N`` wins over the launcher's environment (which still gives LOCAL_RANK and CPUs)."""
+    if not cfg.shard:
+        return placement_from_env()
+    try:
+        env = placement_from_env()
+    except UsageError:
+        env = Placement()
+    return Placement(cfg.shard[0], cfg.shard[1], "--shard", env.local_rank, env.cpus)
+
+
+def select_images(cfg: ExtractConfig, placement: Placement) -> tuple[list[ImageRef], str, int]:
+    """This shard's slice of the sorted input list, the digest of that slice, and the list size."""
+    refs = discover(cfg.inputs)
+    start, stop = shard_bounds(len(refs), placement.index, placement.count)
+    mine = refs[start:stop]
+    return mine, list_digest(mine), len(refs)
+
+
+def file_attrs(cfg: ExtractConfig, backbone: Backbone, placement: Placement, digest: str, count: int) -> dict[str, Any]:
+    import timm
+    import torch
+
+    data = backbone.data
+    return {
+        "format": "featdump",
+        "format_version": FORMAT_VERSION,
+        "featdump_version": __version__,
+        "model": cfg.model,
+        "weights": backbone.weights,
+        "timm_version": timm.__version__,
+        "torch_version": torch.__version__,
+        "input_size": list(data.input_size),
+        "mean": list(data.mean),
+        "std": list(data.std),
+        "interpolation": data.interpolation,
+        "crop_pct": data.crop_pct,
+        "crop_mode": data.crop_mode,
+        "out_indices": [layer.index for layer in backbone.layers] if not cfg.layers else [],
+        "layers": [layer.name for layer in backbone.layers],
+        "output_stride": cfg.output_stride or 0,
+        "pool": cfg.pool,
+        "dtype": cfg.dtype,
+        "precision": cfg.precision,
+        "decode": "exact",
+        "compression": cfg.compression,
+        "created": utc_now(),
+        "command": cfg.command,
+        "shard": [placement.index, placement.count],
+        "num_inputs": count,
+        "input_digest": digest,
+    }
+
+
+def _preflight(path: Path, cfg: ExtractConfig) -> None:
+    if path.exists() and not (cfg.resume or cfg.overwrite):
+        raise UsageError(f"{path} exists; pass --resume to continue it or --overwrite to replace it")
+    if cfg.resume and not path.exists():
+        raise UsageError(f"--resume: {path} does not exist; run without --resume to start it")
+    if path.is_dir():
+        raise UsageError(f"-o {path} is a folder; name an .h5 file")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise UsageError(f"-o {path}: folder {parent} does not exist")
+
+
+def _temp_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}.featdump-tmp-{os.getpid()}")
+
+
+def _batches(loader: Any, stop: StopFlag) -> Iterator[Batch]:
+    for batch in loader:
+        yield batch
+        if stop.stopped:
+            return
+
+
+def run_extraction(
+    cfg: ExtractConfig,
+    progress: ProgressSink | None = None,
+    on_ready: Callable[[Backbone, str, Placement], None] | None = None,
+) -> Summary:
+    """The whole ``extract`` job. Raises FeatdumpError subclasses; never prints."""
+    import torch
+
+    progress = progress or ProgressSink()
+    placement = resolve_placement(cfg)
+    out_path = Path(shard_output_path(cfg.output, placement.index, placement.count))
+    _preflight(out_path, cfg)
+    refs, digest, total = select_images(cfg, placement)
+    device = resolve_device(cfg.device, placement.local_rank)
+    tuning = tune(device, cfg, placement)
+    if tuning.threads:
+        torch.set_num_threads(tuning.threads)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+    backbone = load_backbone(
+        cfg.model,
+        out_indices=cfg.out_indices,
+        output_stride=cfg.output_stride,
+        img_size=cfg.img_size,
+        pretrained=cfg.pretrained,
+        checkpoint=cfg.checkpoint,
+    )
+    attrs = file_attrs(cfg, backbone, placement, digest, len(refs))
+    if on_ready:
+        on_ready(backbone, str(out_path), placement)
+
+    write_path = _temp_path(out_path) if cfg.overwrite and out_path.exists() else out_path
+    if cfg.resume:
+        store = Store.resume(out_path, attrs, backbone.layers)
+    else:
+        store = Store.create(write_path, attrs, backbone.layers, pool=cfg.pool, dtype=cfg.dtype, compression=cfg.compression)
+    resumed_from = store.progress.inputs_done
+    started = time.perf_counter()
+    finished = False
+    try:
+        if resumed_from > len(refs):
+            raise UsageError(f"--resume: {out_path} has {resumed_from} inputs done but the list has {len(refs)}")
+        todo = refs[resumed_from:]
+        dataset = ImageDataset(todo, backbone.data.transform(), cfg.max_image_pixels)
+        forward = Forward(backbone, device, cfg.precision, cfg.pool, cfg.dtype, tuning.channels_last)
+        loader = torch.utils.data.DataLoader(
+            dataset,
+            batch_size=tuning.batch_size,
+            shuffle=False,
+            num_workers=tuning.workers,
+            collate_fn=collate,
+            pin_memory=device.type == "cuda",
+            worker_init_fn=_worker_init if tuning.workers else None,
+            prefetch_factor=4 if tuning.workers else None,
+            persistent_workers=False,
+        )
+        writer = Writer(store)
+        progress.start(len(refs), resumed_from, cfg.model)
+        with StopFlag() as stop:
+            try:
+                for batch in _batches(loader, stop):
+                    feats = forward(batch.pixels) if batch.pixels is not None else []
+                    paths = [todo[i].path for i in batch.positions]
+                    failed = [(todo[i].path, err) for i, err in batch.failed]
+                    writer.put((feats, paths, failed, resumed_from + batch.last + 1))
+                    progress.advance(len(batch.positions) + len(batch.failed))
+            finally:
+                writer.close()
+            if stop.stopped:
+                raise Interrupted(
+                    f"stopped by {signal.Signals(stop.signum).name}; {store.progress.num_images} images are stored "
+                    f"in {out_path}; rerun the same command with --resume to finish"
+                )
+        store.finish()
+        finished = True
+    finally:
+        progress.stop()
+        seconds = time.perf_counter() - started
+        summary = summarize(store, out_path, backbone, str(device), placement, len(refs), seconds, resumed_from)
+        store.close()
+        if write_path != out_path:
+            if finished:
+                os.replace(write_path, out_path)
+            else:
+                write_path.unlink(missing_ok=True)
+    return summary
+
+
+def summarize(
+    store: Store,
+    out_path: Path,
+    backbone: Backbone,
+    device: str,
+    placement: Placement,
+    num_inputs: int,
+    seconds: float,
+    resumed_from: int,
+) -> Summary:
+    h5 = store.h5
+    layers = []
+    for layer in backbone.layers:
+        ds = h5["features"][layer.name]
+        raw = int(ds.dtype.itemsize) * int(ds.size)
+        layers.append(
+            LayerSummary(
+                layer.name, layer.module, layer.index, layer.reduction, tuple(ds.shape[1:]), str(ds.dtype),
+                int(ds.id.get_storage_size()), raw,
+            )
+        )
+    fp, fe = h5["failed"]["paths"], h5["failed"]["errors"]
+    shown = min(len(fp), 20)
+    failures = [(_s(fp[i]), _s(fe[i])) for i in range(shown)]
+    return Summary(
+        output=str(out_path),
+        model=backbone.name,
+        weights=backbone.weights,
+        device=device,
+        num_images=store.progress.num_images,
+        num_failed=store.progress.num_failed,
+        num_inputs=num_inputs,
+        shard=(placement.index, placement.count),
+        layers=layers,
+        failures=failures,
+        seconds=seconds,
+        images_this_run=store.progress.inputs_done - resumed_from,
+        resumed_from=resumed_from,
+        complete=bool(h5.attrs.get("complete", False)),
+    )
+
+
+def _s(value: Any) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)

@@ -1,0 +1,222 @@
+"""Rich tables and progress: the only place that formats for humans."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from rich.console import Console
+from rich.table import Table
+
+if TYPE_CHECKING:
+    from featdump.backbone import Description, LayerInfo
+    from featdump.pipeline import Summary
+
+MB = 1024 * 1024
+
+
+def console(stderr: bool = False) -> Console:
+    return Console(stderr=stderr, highlight=False, soft_wrap=False)
+
+
+def fmt_shape(shape: Sequence[int]) -> str:
+    return "×".join(str(d) for d in shape)
+
+
+def fmt_mb(nbytes: float) -> str:
+    mb = nbytes / MB
+    if mb == 0:
+        return "0"
+    if mb < 0.01:
+        return f"{mb:.4f}"
+    if mb < 10:
+        return f"{mb:.2f}"
+    return f"{mb:,.1f}"
+
+
+def layer_dict(layer: LayerInfo, pool: str = "none") -> dict[str, Any]:
+    return {
+        "index": layer.index,
+        "name": layer.name,
+        "module": layer.module,
+        "channels": layer.channels,
+        "reduction": layer.reduction,
+        "shape": list(layer.stored_shape(pool)),
+        "layout": layer.layout,
+        "mb_per_image_float32": layer.bytes_per_image("float32", pool) / MB,
+        "mb_per_image_float16": layer.bytes_per_image("float16", pool) / MB,
+    }
+
+
+def description_dict(desc: Description, pool: str = "none") -> dict[str, Any]:
+    d = desc.data
+    return {
+        "model": desc.name,
+        "num_levels": desc.num_levels,
+        "out_indices": list(desc.out_indices) if desc.out_indices is not None else [l.index for l in desc.layers],
+        "output_stride": desc.output_stride,
+        "pool": pool,
+        "data_config": {
+            "input_size": list(d.input_size),
+            "mean": list(d.mean),
+            "std": list(d.std),
+            "interpolation": d.interpolation,
+            "crop_pct": d.crop_pct,
+            "crop_mode": d.crop_mode,
+        },
+        "layers": [layer_dict(layer, pool) for layer in desc.layers],
+    }
+
+
+def inspect_table(desc: Description, pool: str = "none") -> Table:
+    d = desc.data
+    caption = (
+        f"input {fmt_shape(d.input_size)} · mean {tuple(round(v, 4) for v in d.mean)} · "
+        f"std {tuple(round(v, 4) for v in d.std)} · {d.interpolation} · crop {d.crop_pct:g} ({d.crop_mode})"
+    )
+    stride = f" · output stride {desc.output_stride}" if desc.output_stride else ""
+    table = Table(title=f"{desc.name}: {len(desc.layers)} of {desc.num_levels} feature levels{stride}", caption=caption)
+    table.add_column("index", justify="right")
+    table.add_column("module")
+    table.add_column("channels", justify="right")
+    table.add_column("stride", justify="right")
+    table.add_column("shape / image", justify="right")
+    table.add_column("MB/img f32", justify="right")
+    table.add_column("MB/img f16", justify="right")
+    for layer in desc.layers:
+        table.add_row(
+            str(layer.index),
+            layer.module,
+            str(layer.channels),
+            str(layer.reduction),
+            fmt_shape(layer.stored_shape(pool)),
+            fmt_mb(layer.bytes_per_image("float32", pool)),
+            fmt_mb(layer.bytes_per_image("float16", pool)),
+        )
+    return table
+
+
+def summary_table(summary: Summary) -> Table:
+    shard = f" · shard {summary.shard[0]}/{summary.shard[1]}" if summary.shard[1] > 1 else ""
+    title = f"{summary.output}: {summary.model}{shard}"
+    table = Table(title=title)
+    table.add_column("layer")
+    table.add_column("module")
+    table.add_column("stride", justify="right")
+    table.add_column("shape / image", justify="right")
+    table.add_column("dtype")
+    table.add_column("MB on disk", justify="right")
+    table.add_column("ratio", justify="right")
+    for layer in summary.layers:
+        ratio = layer.stored_bytes / layer.raw_bytes if layer.raw_bytes else 1.0
+        table.add_row(
+            layer.name,
+            layer.module,
+            str(layer.reduction),
+            fmt_shape(layer.shape),
+            layer.dtype,
+            fmt_mb(layer.stored_bytes),
+            f"{ratio:.2f}",
+        )
+    rate = f"{summary.images_per_second:.1f} images/s" if summary.images_this_run else "nothing new to do"
+    resumed = f" · resumed after {summary.resumed_from}" if summary.resumed_from else ""
+    state = "complete" if summary.complete else "NOT complete"
+    table.caption = (
+        f"{summary.num_images} images written, {summary.num_failed} failed, of {summary.num_inputs} · "
+        f"{summary.device} · {rate}{resumed} · {state}"
+    )
+    return table
+
+
+def failures_table(failures: Sequence[tuple[str, str]], total: int) -> Table:
+    more = f" (first {len(failures)} of {total})" if total > len(failures) else ""
+    table = Table(title=f"failed images{more}: listed under /failed in the file")
+    table.add_column("path")
+    table.add_column("why")
+    for path, err in failures:
+        table.add_row(path, err)
+    return table
+
+
+def summary_dict(summary: Summary) -> dict[str, Any]:
+    return {
+        "output": summary.output,
+        "model": summary.model,
+        "weights": summary.weights,
+        "device": summary.device,
+        "num_images": summary.num_images,
+        "num_failed": summary.num_failed,
+        "num_inputs": summary.num_inputs,
+        "shard": list(summary.shard),
+        "complete": summary.complete,
+        "seconds": round(summary.seconds, 3),
+        "images_per_second": round(summary.images_per_second, 3),
+        "layers": [
+            {
+                "name": l.name,
+                "module": l.module,
+                "index": l.index,
+                "reduction": l.reduction,
+                "shape": list(l.shape),
+                "dtype": l.dtype,
+                "stored_bytes": l.stored_bytes,
+                "raw_bytes": l.raw_bytes,
+            }
+            for l in summary.layers
+        ],
+        "failures": [{"path": p, "error": e} for p, e in summary.failures],
+    }
+
+
+class RichProgress:
+    """Progress bar with images/s and ETA on a terminal (stderr); silent when piped or quiet."""
+
+    def __init__(self, enabled: bool | None = None) -> None:
+        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        self._progress: Any = None
+        self._task: Any = None
+
+    def start(self, total: int, done: int, description: str) -> None:
+        if not self.enabled:
+            return
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TaskProgressColumn,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        class Rate(TextColumn):
+            def render(self, task: Any) -> Any:  # type: ignore[override]
+                from rich.text import Text
+
+                speed = task.finished_speed or task.speed
+                return Text(f"{speed:.1f} img/s" if speed else "- img/s")
+
+        self._progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TaskProgressColumn(),
+            Rate(""),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            console=console(stderr=True),
+            transient=False,
+        )
+        self._progress.start()
+        self._task = self._progress.add_task(description, total=total, completed=done)
+
+    def advance(self, images: int) -> None:
+        if self._progress is not None:
+            self._progress.advance(self._task, images)
+
+    def stop(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None

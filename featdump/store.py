@@ -1,0 +1,329 @@
+"""The HDF5 layout of SPEC.md (format_version 1): create, append, commit, resume, finish.
+
+Crash consistency (see docs/design-crash-safety.md): rows are appended first, the file is flushed,
+and only then are ``num_images`` / ``inputs_done`` advanced and flushed again. A reader or a resumed
+run trusts rows below ``num_images`` and ignores anything past it. The file uses HDF5's oldest
+format (superblock v0), which a killed process leaves openable; newer superblocks leave a
+"file is already open for write" flag that h5py cannot clear.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from featdump import FORMAT_VERSION, __version__
+from featdump.backbone import LayerInfo
+from featdump.errors import FeatdumpError, UsageError
+
+FEATURES = "features"
+CHUNK_TARGET = 1 << 20  # bytes: h5py's guidance is 10 KiB - 1 MiB per chunk
+CHUNK_MIN = 64 << 10
+
+# Settings that must match for --resume to continue a file (and for merge to join shards).
+RESUME_KEYS = (
+    "model",
+    "weights",
+    "out_indices",
+    "layers",
+    "output_stride",
+    "input_size",
+    "mean",
+    "std",
+    "interpolation",
+    "crop_pct",
+    "crop_mode",
+    "pool",
+    "dtype",
+    "precision",
+    "decode",
+    "input_digest",
+    "num_inputs",
+    "shard",
+)
+
+
+def utc_now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def chunk_shape(shape: Sequence[int], itemsize: int) -> tuple[int, ...]:
+    """Chunks of ~64 KiB-1 MiB holding whole images where possible, so one image reads fast.
+
+    Small per-image outputs (pooled vectors) pack several rows per chunk; large maps split
+    along channels, keeping whole H x W planes.
+    """
+    per_image = itemsize
+    for d in shape:
+        per_image *= d
+    if per_image <= CHUNK_TARGET:
+        rows = max(1, min(1024, CHUNK_MIN // max(1, per_image)))
+        return (rows, *shape)
+    if len(shape) >= 2:
+        plane = per_image // shape[0]
+        channels = max(1, min(shape[0], CHUNK_TARGET // max(1, plane)))
+        return (1, channels, *shape[1:])
+    return (1, max(1, CHUNK_TARGET // itemsize))
+
+
+def compression_kwargs(name: str, dtype: str) -> dict[str, Any]:
+    """h5py filter arguments for ``--compression``; shuffle helps float data with every codec."""
+    if name == "none":
+        return {}
+    if name == "gzip":
+        return {"compression": "gzip", "compression_opts": 1, "shuffle": True}
+    if name == "lzf":
+        return {"compression": "lzf", "shuffle": True}
+    if name == "zstd":
+        try:
+            import hdf5plugin
+        except ImportError:  # pragma: no cover - hdf5plugin is a dependency
+            raise UsageError("--compression zstd needs the hdf5plugin package: pip install hdf5plugin") from None
+        return dict(hdf5plugin.Blosc2(cname="zstd", clevel=1, filters=hdf5plugin.Blosc2.SHUFFLE))
+    raise UsageError(f"--compression must be one of none|gzip|lzf|zstd, not {name!r}")
+
+
+def _jsonable(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def _attr(value: Any) -> Any:
+    """Python value -> HDF5 attribute (None becomes "" or an empty list where a list is expected)."""
+    import numpy as np
+
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return np.bool_(value)
+    if isinstance(value, str):
+        return str(value)  # plain str: torch's TorchVersion and kin confuse h5py
+    if isinstance(value, (list, tuple)):
+        if not value:
+            return np.zeros((0,), dtype="i8")
+        if all(isinstance(v, str) for v in value):
+            return [str(v) for v in value]
+        return np.asarray(value)
+    return value
+
+
+def set_attr(obj: Any, key: str, value: Any) -> None:
+    """Write one attribute; lists of strings become variable-length UTF-8 string arrays."""
+    import h5py
+
+    value = _attr(value)
+    if isinstance(value, list):
+        obj.attrs.create(key, data=value, dtype=h5py.string_dtype())
+    else:
+        obj.attrs[key] = value
+
+
+def read_attr(value: Any) -> Any:
+    """HDF5 attribute -> plain Python (lists, str, int, float, bool)."""
+    import numpy as np
+
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    if isinstance(value, np.ndarray):
+        return [read_attr(v) for v in value.tolist()]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+@dataclass
+class Progress:
+    """Committed counts of a file (rows below ``num_images`` are trusted)."""
+
+    num_images: int = 0
+    num_failed: int = 0
+    inputs_done: int = 0
+
+
+class Store:
+    """An open featdump file being written. Not thread-safe: one writer thread owns it."""
+
+    def __init__(self, h5: Any, layers: Sequence[LayerInfo], progress: Progress) -> None:
+        self.h5 = h5
+        self.layers = list(layers)
+        self.progress = progress
+        self.bytes_written = 0
+
+    # ---------------------------------------------------------------- open
+
+    @classmethod
+    def create(
+        cls,
+        path: str | Path,
+        attrs: dict[str, Any],
+        layers: Sequence[LayerInfo],
+        *,
+        pool: str,
+        dtype: str,
+        compression: str,
+    ) -> Store:
+        import h5py
+
+        try:
+            h5 = h5py.File(path, "w-", libver="earliest", track_order=True)
+        except FileExistsError:
+            raise UsageError(f"{path} exists; pass --resume to continue it or --overwrite to replace it") from None
+        except OSError as exc:
+            raise _os_error(path, exc) from None
+        try:
+            for key, value in attrs.items():
+                set_attr(h5, key, value)
+            h5.attrs["complete"] = False
+            h5.attrs["num_images"] = 0
+            h5.attrs["num_failed"] = 0
+            h5.attrs["inputs_done"] = 0
+            text = h5py.string_dtype()
+            h5.create_dataset("paths", shape=(0,), maxshape=(None,), dtype=text, chunks=(4096,))
+            failed = h5.create_group("failed")
+            failed.create_dataset("paths", shape=(0,), maxshape=(None,), dtype=text, chunks=(256,))
+            failed.create_dataset("errors", shape=(0,), maxshape=(None,), dtype=text, chunks=(256,))
+            group = h5.create_group(FEATURES, track_order=True)
+            filters = compression_kwargs(compression, dtype)
+            itemsize = 4 if dtype == "float32" else 2
+            for layer in layers:
+                shape = layer.stored_shape(pool)
+                ds = group.create_dataset(
+                    layer.name,
+                    shape=(0, *shape),
+                    maxshape=(None, *shape),
+                    dtype=dtype,
+                    chunks=chunk_shape(shape, itemsize),
+                    **filters,
+                )
+                ds.attrs["module"] = layer.module
+                ds.attrs["index"] = layer.index
+                ds.attrs["channels"] = layer.channels
+                ds.attrs["reduction"] = layer.reduction
+                ds.attrs["layout"] = "NC" if pool != "none" else ("NTD" if layer.layout == "NLC" else "NCHW")
+                ds.attrs["pool"] = pool
+                for key, value in layer.attrs.items():
+                    set_attr(ds, key, value)
+            h5.flush()
+        except BaseException:
+            h5.close()
+            Path(path).unlink(missing_ok=True)
+            raise
+        return cls(h5, layers, Progress())
+
+    @classmethod
+    def resume(cls, path: str | Path, attrs: dict[str, Any], layers: Sequence[LayerInfo]) -> Store:
+        """Reopen an unfinished file after checking its settings; drop rows past the last commit."""
+        import h5py
+
+        try:
+            h5 = h5py.File(path, "r+")
+        except FileNotFoundError:
+            raise UsageError(f"--resume: {path} does not exist; run without --resume to start it") from None
+        except OSError as exc:
+            raise _os_error(path, exc) from None
+        try:
+            check_same_settings(h5, attrs, path)
+            names = list(h5[FEATURES].keys()) if FEATURES in h5 else []
+            if names != [layer.name for layer in layers]:
+                raise UsageError(f"--resume: {path} holds layers {names}, this run would write {[l.name for l in layers]}")
+            progress = Progress(
+                int(h5.attrs.get("num_images", 0)),
+                int(h5.attrs.get("num_failed", 0)),
+                int(h5.attrs.get("inputs_done", 0)),
+            )
+            store = cls(h5, layers, progress)
+            store._truncate()
+            h5.attrs["complete"] = False
+            h5.attrs["featdump_version"] = __version__
+            h5.flush()
+        except BaseException:
+            h5.close()
+            raise
+        return store
+
+    def _truncate(self) -> None:
+        n, m = self.progress.num_images, self.progress.num_failed
+        for ds in self.h5[FEATURES].values():
+            if ds.shape[0] != n:
+                ds.resize(n, axis=0)
+        if self.h5["paths"].shape[0] != n:
+            self.h5["paths"].resize(n, axis=0)
+        for key in ("paths", "errors"):
+            ds = self.h5["failed"][key]
+            if ds.shape[0] != m:
+                ds.resize(m, axis=0)
+
+    # ---------------------------------------------------------------- write
+
+    def append(
+        self,
+        features: Sequence[Any],
+        paths: Sequence[str],
+        failed: Sequence[tuple[str, str]],
+        inputs_done: int,
+    ) -> None:
+        """Write one batch (rows in list order) and commit it."""
+        n = self.progress.num_images
+        b = len(paths)
+        if b:
+            for layer, arr in zip(self.layers, features):
+                ds = self.h5[FEATURES][layer.name]
+                ds.resize(n + b, axis=0)
+                ds[n : n + b] = arr
+                self.bytes_written += arr.nbytes
+            ds = self.h5["paths"]
+            ds.resize(n + b, axis=0)
+            ds[n : n + b] = list(paths)
+        m = self.progress.num_failed
+        if failed:
+            for key, col in (("paths", [p for p, _ in failed]), ("errors", [e for _, e in failed])):
+                ds = self.h5["failed"][key]
+                ds.resize(m + len(failed), axis=0)
+                ds[m : m + len(failed)] = col
+        self.h5.flush()  # rows reach the file before the counters that vouch for them
+        self.progress = Progress(n + b, m + len(failed), inputs_done)
+        self.h5.attrs["num_images"] = self.progress.num_images
+        self.h5.attrs["num_failed"] = self.progress.num_failed
+        self.h5.attrs["inputs_done"] = self.progress.inputs_done
+        self.h5.flush()
+
+    def finish(self) -> None:
+        self.h5.attrs["complete"] = True
+        self.h5.flush()
+
+    def close(self) -> None:
+        if self.h5.id.valid:
+            self.h5.close()
+
+
+def _os_error(path: str | Path, exc: OSError) -> FeatdumpError:
+    text = str(exc)
+    if "lock" in text.lower():
+        return FeatdumpError(
+            f"{path} is in use by another process (HDF5 file lock). If no other featdump runs on it and the "
+            "file system cannot lock (NFS, Lustre), set HDF5_USE_FILE_LOCKING=FALSE and make sure only one run writes it"
+        )
+    return FeatdumpError(f"cannot open {path}: {text.splitlines()[0] if text else exc!r}")
+
+
+def check_same_settings(h5: Any, attrs: dict[str, Any], path: str | Path) -> None:
+    """Exit 2 naming the first setting that differs between the file and this run."""
+    if h5.attrs.get("format") != "featdump":
+        raise UsageError(f"{path} is not a featdump file; pick another -o or pass --overwrite")
+    for key in RESUME_KEYS:
+        if key not in attrs:
+            continue
+        have = json.dumps(_jsonable(read_attr(h5.attrs.get(key))))
+        want = json.dumps(_jsonable(read_attr(_attr(attrs[key]))))
+        if have != want:
+            raise UsageError(
+                f"--resume: {path} was made with {key}={have}, this run has {key}={want}; "
+                "use the same settings, or --overwrite to start again"
+            )
