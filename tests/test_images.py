@@ -1,0 +1,193 @@
+"""Inputs: discovery, odd-but-valid encodings to RGB, broken files recorded without shifting rows."""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+import zlib
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from PIL import Image
+
+from featdump.errors import UsageError
+from featdump.images import discover, load_rgb, to_rgb
+
+
+def _photo(size=(48, 40)) -> Image.Image:
+    rng = np.random.default_rng(0)
+    arr = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    return Image.fromarray(arr, "RGB")
+
+
+def _bomb_png(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims width x height (Pillow refuses it before decoding)."""
+    buf = io.BytesIO()
+    Image.new("L", (1, 1)).save(buf, "PNG")
+    data = bytearray(buf.getvalue())
+    ihdr = data.index(b"IHDR")
+    data[ihdr + 4 : ihdr + 12] = struct.pack(">II", width, height)
+    crc = zlib.crc32(bytes(data[ihdr : ihdr + 17])) & 0xFFFFFFFF
+    data[ihdr + 17 : ihdr + 21] = struct.pack(">I", crc)
+    return bytes(data)
+
+
+def make_odd_folder(root: Path) -> tuple[list[str], list[str]]:
+    """Valid images in odd encodings, and broken files; returns (good, bad) relative paths."""
+    base = _photo()
+    (root / "nested" / "deeper").mkdir(parents=True)
+    good = {
+        "gray.png": base.convert("L"),
+        "rgba.png": base.convert("RGBA"),
+        "palette.png": base.convert("P", palette=Image.Palette.ADAPTIVE),
+        "cmyk.jpg": base.convert("CMYK"),
+        "photo.webp": base,
+        "photo.tiff": base,
+        "photo.bmp": base,
+        "photo.ppm": base,
+        "photo.pgm": base.convert("L"),
+        "UPPER.JPG": base,
+        "café ünï name.png": base,
+        "nested/deeper/inner.jpeg": base,
+    }
+    for name, im in good.items():
+        im.save(root / name)
+    pal = base.convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
+    pal.info["transparency"] = 0
+    pal.save(root / "palette-transparent.png", transparency=0)
+    deep = (np.arange(48 * 40, dtype=np.uint16).reshape(40, 48) * 30).astype(np.uint16)
+    Image.fromarray(deep).save(root / "sixteen-bit.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 CW on display
+    base.save(root / "exif-rotated.jpg", exif=exif.tobytes())
+    frames = [Image.new("RGB", (32, 32), c) for c in ((255, 0, 0), (0, 0, 255))]
+    frames[0].save(root / "animated.gif", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    good_names = [*good, "palette-transparent.png", "sixteen-bit.png", "exif-rotated.jpg", "animated.gif"]
+
+    (root / "empty.jpg").write_bytes(b"")
+    (root / "text.jpg").write_text("this is not an image\n")
+    buf = io.BytesIO()
+    base.save(buf, "JPEG")
+    (root / "truncated.jpg").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    (root / "random.png").write_bytes(np.random.default_rng(1).integers(0, 256, 4000, dtype=np.uint8).tobytes())
+    (root / "bomb.png").write_bytes(_bomb_png(30000, 30000))
+    bad_names = ["empty.jpg", "text.jpg", "truncated.jpg", "random.png", "bomb.png"]
+
+    # Things that are not inputs at all.
+    (root / "notes.txt").write_text("not an image")
+    (root / ".hidden.jpg").write_bytes(buf.getvalue())
+    (root / ".cache").mkdir()
+    base.save(root / ".cache" / "skipped.jpg")
+    os.symlink("..", root / "nested" / "loop")
+    return sorted(good_names), sorted(bad_names)
+
+
+def test_discovery_sorted_hidden_skipped_loops_safe(tmp_path):
+    good, bad = make_odd_folder(tmp_path)
+    refs = discover([str(tmp_path)])
+    paths = [r.path for r in refs]
+    assert paths == sorted(good + bad)
+    assert not any(p.startswith(".") or "/." in p for p in paths)
+
+
+def test_conversions_to_rgb(tmp_path):
+    make_odd_folder(tmp_path)
+    gray = np.asarray(load_rgb(str(tmp_path / "gray.png")))
+    assert gray.shape == (40, 48, 3) and (gray[..., 0] == gray[..., 1]).all()
+    rotated = load_rgb(str(tmp_path / "exif-rotated.jpg"))
+    assert rotated.size == (40, 48)  # EXIF orientation 6 applied
+    first = np.asarray(load_rgb(str(tmp_path / "animated.gif")))
+    assert tuple(first[0, 0]) == (255, 0, 0)  # first frame
+    deep = np.asarray(load_rgb(str(tmp_path / "sixteen-bit.png")))
+    src = np.asarray(Image.open(tmp_path / "sixteen-bit.png")).astype(np.float64)
+    np.testing.assert_array_equal(deep[..., 0], np.rint(src * 255 / 65535).astype(np.uint8))
+    for name in os.listdir(tmp_path):
+        if name.endswith((".png", ".jpg", ".gif", ".webp", ".tiff")) and name not in {
+            "empty.jpg", "text.jpg", "truncated.jpg", "random.png", "bomb.png", ".hidden.jpg",
+        }:  # fmt: skip
+            im = load_rgb(str(tmp_path / name))
+            assert im.mode == "RGB", name
+
+
+def test_alpha_is_composited_on_black():
+    rgba = Image.new("RGBA", (2, 1))
+    rgba.putpixel((0, 0), (255, 255, 255, 0))  # transparent white -> black
+    rgba.putpixel((1, 0), (200, 100, 50, 255))  # opaque stays
+    out = np.asarray(to_rgb(rgba))
+    assert tuple(out[0, 0]) == (0, 0, 0) and tuple(out[0, 1]) == (200, 100, 50)
+    la = Image.new("LA", (1, 1), (255, 128))
+    assert tuple(np.asarray(to_rgb(la))[0, 0]) == (128, 128, 128)
+
+
+def test_cmyk_converted():
+    cyan = Image.new("CMYK", (1, 1), (255, 0, 0, 0))
+    assert tuple(np.asarray(to_rgb(cyan))[0, 0]) == (0, 255, 255)
+
+
+def test_broken_files_are_recorded_and_rows_do_not_shift(cli, random_checkpoint, tmp_path):
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    good, bad = make_odd_folder(folder)
+    ckpt = str(random_checkpoint("resnet18"))
+    common = ["--checkpoint", ckpt, "--out-indices", "-1", "--img-size", "64", "--batch-size", "3", "--quiet"]
+    mixed = cli("extract", "resnet18", str(folder), "-o", str(tmp_path / "mixed.h5"), *common)
+    assert mixed.exit_code == 0, mixed.output
+    listing = tmp_path / "good.txt"
+    listing.write_text("".join(f"odd/{g}\n" for g in good))
+    clean = cli("extract", "resnet18", str(listing), "-o", str(tmp_path / "clean.h5"), *common)
+    assert clean.exit_code == 0, clean.output
+    with h5py.File(tmp_path / "mixed.h5") as m, h5py.File(tmp_path / "clean.h5") as c:
+        assert [p.decode() for p in m["paths"][:]] == good
+        assert [p.decode() for p in c["paths"][:]] == [f"odd/{g}" for g in good]
+        np.testing.assert_allclose(m["features/layer4"][:], c["features/layer4"][:], rtol=1e-5, atol=1e-6)
+        failed = dict(zip([p.decode() for p in m["failed/paths"][:]], [e.decode() for e in m["failed/errors"][:]]))
+        assert sorted(failed) == bad
+        assert all("\n" not in e and e for e in failed.values())
+        assert "pixels" in failed["bomb.png"].lower()
+        assert "empty" in failed["empty.jpg"].lower()
+        assert int(m.attrs["num_images"]) == len(good) and int(m.attrs["num_failed"]) == len(bad)
+        assert bool(m.attrs["complete"])
+    strict = cli("extract", "resnet18", str(folder), "-o", str(tmp_path / "strict.h5"), "--strict", *common)
+    assert strict.exit_code == 1
+    assert f"{len(bad)} image(s) failed" in strict.stderr
+
+
+def test_max_image_pixels_option(cli, random_checkpoint, tmp_path):
+    _photo((300, 200)).save(tmp_path / "big.png")
+    _photo((30, 20)).save(tmp_path / "small.png")
+    out = tmp_path / "o.h5"
+    r = cli(
+        "extract", "resnet18", str(tmp_path), "-o", str(out), "--checkpoint", str(random_checkpoint("resnet18")),
+        "--img-size", "64", "--max-image-pixels", "10000", "--quiet",
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    with h5py.File(out) as f:
+        assert [p.decode() for p in f["paths"][:]] == ["small.png"]
+        assert "max-image-pixels" in f["failed/errors"][0].decode()
+
+
+def test_list_file_relative_to_its_folder_and_stored_as_written(tmp_path):
+    (tmp_path / "imgs").mkdir()
+    _photo().save(tmp_path / "imgs" / "b.png")
+    _photo().save(tmp_path / "imgs" / "a.png")
+    listing = tmp_path / "list.txt"
+    listing.write_text("# comment\nimgs/b.png\n\nimgs/a.png\n")
+    refs = discover([str(listing)])
+    assert [r.path for r in refs] == ["imgs/a.png", "imgs/b.png"]
+    assert Path(refs[0].source) == tmp_path / "imgs" / "a.png"
+
+
+def test_discovery_errors(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UsageError, match="no images in folder"):
+        discover([str(tmp_path / "empty")])
+    with pytest.raises(UsageError, match="input not found"):
+        discover([str(tmp_path / "nope")])
+    for sub in ("x", "y"):
+        (tmp_path / sub).mkdir()
+        _photo().save(tmp_path / sub / "same.png")
+    with pytest.raises(UsageError, match="stored twice"):
+        discover([str(tmp_path / "x"), str(tmp_path / "y")])
