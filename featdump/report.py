@@ -73,17 +73,21 @@ def inspect_table(desc: Description, pool: str = "none") -> Table:
     d = desc.data
     caption = (
         f"input {fmt_shape(d.input_size)} · mean {tuple(round(v, 4) for v in d.mean)} · "
-        f"std {tuple(round(v, 4) for v in d.std)} · {d.interpolation} · crop {d.crop_pct:g} ({d.crop_mode})"
+        f"std {tuple(round(v, 4) for v in d.std)}\n{d.interpolation} · crop_pct {d.crop_pct:g} · crop_mode {d.crop_mode}"
     )
     stride = f" · output stride {desc.output_stride}" if desc.output_stride else ""
-    table = Table(title=f"{desc.name}: {len(desc.layers)} of {desc.num_levels} feature levels{stride}", caption=caption)
+    if desc.layers and all(layer.index < 0 for layer in desc.layers):
+        title = f"{desc.name}: {len(desc.layers)} named module(s){stride}"
+    else:
+        title = f"{desc.name}: {len(desc.layers)} of {desc.num_levels} feature levels{stride}"
+    table = Table(title=title, caption=caption)
     table.add_column("index", justify="right")
     table.add_column("module")
     table.add_column("channels", justify="right")
     table.add_column("stride", justify="right")
-    table.add_column("shape / image", justify="right")
+    table.add_column("shape", justify="right", no_wrap=True)
     table.add_column("MB/img f32", justify="right")
-    table.add_column("MB/img f16", justify="right")
+    table.add_column("f16", justify="right")
     for layer in desc.layers:
         table.add_row(
             str(layer.index),
@@ -97,6 +101,35 @@ def inspect_table(desc: Description, pool: str = "none") -> Table:
     return table
 
 
+def modules_dict(name: str, data: Any, records: Sequence[Any]) -> dict[str, Any]:
+    """``inspect --all-modules --json``."""
+    return {
+        "model": name,
+        "input_size": list(data.input_size),
+        "modules": [
+            {"name": r.name, "type": r.kind, "shape": list(r.shape) if r.shape is not None else None,
+             "calls": r.calls, "output": r.output}
+            for r in records
+        ],
+    }  # fmt: skip
+
+
+def modules_table(name: str, data: Any, records: Sequence[Any]) -> Table:
+    """``inspect --all-modules``: every module name a ``--layers`` list may use, with its output shape."""
+    table = Table(
+        title=f"{name}: {len(records)} modules (any of these works with --layers)",
+        caption=f"output shape per image at input {fmt_shape(data.input_size)}; '-' = not one tensor or never run",
+    )
+    table.add_column("module")
+    table.add_column("type")
+    table.add_column("output / image", justify="right")
+    table.add_column("runs", justify="right")
+    for r in records:
+        shape = fmt_shape(r.shape) if r.shape is not None else ("-" if r.calls == 0 else r.output)
+        table.add_row(r.name, r.kind, shape, str(r.calls))
+    return table
+
+
 def summary_table(summary: Summary) -> Table:
     shard = f" · shard {summary.shard[0]}/{summary.shard[1]}" if summary.shard[1] > 1 else ""
     title = f"{summary.output}: {summary.model}{shard}"
@@ -104,7 +137,7 @@ def summary_table(summary: Summary) -> Table:
     table.add_column("layer")
     table.add_column("module")
     table.add_column("stride", justify="right")
-    table.add_column("shape / image", justify="right")
+    table.add_column("shape / image", justify="right", no_wrap=True)
     table.add_column("dtype")
     table.add_column("MB on disk", justify="right")
     table.add_column("ratio", justify="right")
@@ -195,6 +228,8 @@ class RichProgress:
                 from rich.text import Text
 
                 speed = task.finished_speed or task.speed
+                if not speed and task.elapsed:
+                    speed = (task.completed - task.fields.get("initial", 0)) / task.elapsed
                 return Text(f"{speed:.1f} img/s" if speed else "- img/s")
 
         self._progress = Progress(
@@ -210,7 +245,7 @@ class RichProgress:
             transient=False,
         )
         self._progress.start()
-        self._task = self._progress.add_task(description, total=total, completed=done)
+        self._task = self._progress.add_task(description, total=total, completed=done, initial=done)
 
     def advance(self, images: int) -> None:
         if self._progress is not None:
@@ -220,3 +255,85 @@ class RichProgress:
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
+
+
+# --------------------------------------------------------------------------- show / models
+
+
+def _fmt_value(value: Any, width: int = 100) -> str:
+    if isinstance(value, float):
+        text = f"{value:g}"
+    elif isinstance(value, list):
+        text = "[" + ", ".join(_fmt_value(v) for v in value) + "]"
+    else:
+        text = str(value)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def show_renderables(info: dict[str, Any]) -> list[Any]:
+    """``featdump show``: the datasets table, the provenance table and the first failures."""
+    attrs = info["attrs"]
+    shard = info.get("shard") or [0, 1]
+    parts = [f"{info['num_images']} images", f"{info['num_failed']} failed"]
+    if info.get("num_inputs") not in (None, ""):
+        parts[-1] += f", {info['inputs_done']} of {info['num_inputs']} inputs done"
+    if isinstance(shard, list) and len(shard) == 2 and shard[1] > 1:
+        parts.append(f"shard {shard[0]}/{shard[1]}")
+    if info["virtual"]:
+        parts.append("merged (virtual datasets)")
+    parts.append("complete" if info["complete"] else "NOT complete (partial: rows below num_images are trusted)")
+    parts.append(f"{fmt_mb(info['file_bytes'])} MB file")
+    table = Table(title=f"{info['file']}: {attrs.get('model', '?')}", caption=" · ".join(parts))
+    table.add_column("dataset")
+    table.add_column("shape", justify="right")
+    table.add_column("dtype")
+    table.add_column("chunks", justify="right")
+    table.add_column("compression")
+    table.add_column("MB on disk", justify="right")
+    table.add_column("ratio", justify="right")
+    table.add_column("stride", justify="right")
+    for ds in info["datasets"]:
+        comp = ds["compression"]
+        if ds["virtual"]:
+            comp = f"virtual, {ds['virtual_sources']} file(s)"
+            if ds["missing_sources"]:
+                comp += f", {ds['missing_sources']} MISSING"
+        note = f" (+{ds['uncommitted_rows']} uncommitted)" if ds["uncommitted_rows"] else ""
+        table.add_row(
+            ds["name"],
+            fmt_shape(ds["shape"]) + note,
+            ds["dtype"],
+            fmt_shape(ds["chunks"]) if ds["chunks"] else "-",
+            comp,
+            fmt_mb(ds["stored_bytes"]) if not ds["virtual"] else "-",
+            f"{ds['ratio']:.2f}" if ds["ratio"] else "-",
+            str(ds["attrs"].get("reduction", "-")),
+        )
+    prov = Table(title="provenance", show_header=False)
+    prov.add_column("key", style="bold")
+    prov.add_column("value")
+    for key, value in attrs.items():
+        prov.add_row(key, _fmt_value(value))
+    out: list[Any] = [table, prov]
+    if info["failures"]:
+        out.append(failures_table([(f["path"], f["error"]) for f in info["failures"]], info["num_failed"]))
+    if info["missing_sources"]:
+        miss = Table(title="MISSING virtual source files: their rows would read as zeros")
+        miss.add_column("file")
+        for p in info["missing_sources"]:
+            miss.add_row(p)
+        out.append(miss)
+    return out
+
+
+def models_table(rows: Sequence[dict[str, Any]], pattern: str) -> Table:
+    """``featdump models``: names, pretrained tags and whether ``--output-stride`` works."""
+    table = Table(title=f"timm models matching {pattern!r}: {len(rows)}")
+    table.add_column("model")
+    table.add_column("pretrained weights")
+    table.add_column("--output-stride", justify="center")
+    for r in rows:
+        tags = r["pretrained_tags"]
+        shown = ", ".join(tags[:3]) + (f" (+{len(tags) - 3})" if len(tags) > 3 else "") if tags else "-"
+        table.add_row(r["name"], shown, "8/16" if r["output_stride"] else "-")
+    return table
