@@ -7,3 +7,21 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 FORMAT_VERSION = 1
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # for type checkers and IDEs; at run time these load lazily (no torch on import)
+    from featdump.api import FeatureFile, extract, open
+
+__all__ = ["FORMAT_VERSION", "FeatureFile", "__version__", "extract", "open"]
+
+_LAZY = {"extract": "featdump.api", "open": "featdump.api", "FeatureFile": "featdump.api"}
+
+
+def __getattr__(name: str) -> Any:
+    """``featdump.extract`` / ``featdump.open`` / ``featdump.FeatureFile``, imported on first use."""
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'featdump' has no attribute {name!r}")

@@ -303,10 +303,19 @@ def describe(
     out_indices: Sequence[int] | None = None,
     output_stride: int | None = None,
     img_size: tuple[int, int] | None = None,
+    layers: Sequence[str] | None = None,
+    tokens: str = "seq",
 ) -> Description:
-    """Layers and data config of a backbone; builds on the meta device (no weights, no downloads)."""
+    """Layers and data config of a backbone; builds on the meta device (no weights, no downloads).
+
+    ``layers`` (module names) replaces the feature levels: see :mod:`featdump.modules`.
+    """
     import torch
 
+    if layers:
+        from featdump.modules import describe_modules
+
+        return describe_modules(name, layers, img_size, output_stride, tokens)
     levels, _, indices = _prepare(name, out_indices, output_stride, img_size)
     with torch.device("meta"):
         model = _features_model(name, out_indices=indices, output_stride=output_stride, img_size=img_size)
@@ -473,8 +482,17 @@ def load_backbone(
     img_size: tuple[int, int] | None = None,
     pretrained: bool = True,
     checkpoint: str | None = None,
+    layers: Sequence[str] | None = None,
+    tokens: str = "seq",
 ) -> Backbone:
     """The real model with weights from a checkpoint, the hub (pretrained) or random init, in eval mode."""
+    if layers:
+        from featdump.modules import load_module_backbone
+
+        return load_module_backbone(
+            name, layers, tokens=tokens, output_stride=output_stride, img_size=img_size,
+            pretrained=pretrained, checkpoint=checkpoint,
+        )  # fmt: skip
     desc = describe(name, out_indices, output_stride, img_size)
     indices = desc.out_indices
     state_dict = None

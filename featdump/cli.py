@@ -106,6 +106,15 @@ def inspect(
     ] = None,
     img_size: Annotated[Optional[str], typer.Option("--img-size", help="Input size: 224 or HEIGHTxWIDTH.")] = None,
     pool: Annotated[str, typer.Option("--pool", help="Show shapes as stored with none|avg|max pooling.")] = "none",
+    layers: Annotated[
+        Optional[str], typer.Option("--layers", help="Module names instead of levels, e.g. layer1.0,blocks.3.")
+    ] = None,
+    all_modules: Annotated[
+        bool, typer.Option("--all-modules", help="List every module name (for --layers) with its output shape.")
+    ] = False,
+    tokens: Annotated[
+        str, typer.Option("--tokens", help="Token outputs as seq (N,T,D) or map (N,D,H,W, prefix tokens dropped).")
+    ] = "seq",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON on stdout (nothing else).")] = False,
 ) -> None:
     """List a backbone's feature layers: module, channels, stride, shape and MB per image.
@@ -113,6 +122,8 @@ def inspect(
     Builds the model on the meta device: no weights, no downloads.
 
     Example: featdump inspect resnet50 --out-indices 1,2,3 --img-size 256x320
+
+    Example: featdump inspect vit_small_patch16_224 --all-modules
     """
     from featdump import config
     from featdump.backbone import describe
@@ -122,7 +133,22 @@ def inspect(
     if stride is not None and stride not in config.OUTPUT_STRIDES:
         raise UsageError(f"--output-stride must be one of 8|16|32, not {stride}")
     config._choice("pool", pool, config.POOLS)
-    desc = describe(model, config.parse_indices(out_indices), stride, config.parse_img_size(img_size))
+    config._choice("tokens", tokens, config.TOKENS)
+    names = config.parse_names(layers)
+    indices = config.parse_indices(out_indices)
+    if names is not None and indices is not None:
+        raise UsageError("--out-indices and --layers exclude each other; pick feature levels or module names")
+    if all_modules:
+        from featdump.modules import list_modules
+        from featdump.report import modules_dict, modules_table
+
+        data, records = list_modules(model, config.parse_img_size(img_size), stride)
+        if as_json:
+            sys.stdout.write(json.dumps(modules_dict(model, data, records), indent=2) + "\n")
+        else:
+            console().print(modules_table(model, data, records))
+        return
+    desc = describe(model, indices, stride, config.parse_img_size(img_size), layers=names, tokens=tokens)
     if as_json:
         sys.stdout.write(json.dumps(description_dict(desc, pool), indent=2) + "\n")
         return
@@ -132,7 +158,7 @@ def inspect(
 # --------------------------------------------------------------------------- extract
 
 _EXTRACT_OPTIONS = [
-    "out_indices", "layers", "output_stride", "img_size", "pretrained", "checkpoint", "device", "precision",
+    "out_indices", "layers", "tokens", "output_stride", "img_size", "pretrained", "checkpoint", "device", "precision",
     "batch_size", "workers", "dtype", "pool", "compression", "shard", "resume", "overwrite", "strict", "quiet",
     "max_image_pixels",
 ]  # fmt: skip
@@ -150,7 +176,12 @@ def extract(
     out_indices: Annotated[
         Optional[str], typer.Option("--out-indices", help="Feature levels, e.g. 1,2,-1. [default: the model's]")
     ] = None,
-    layers: Annotated[Optional[str], typer.Option("--layers", help="Module names instead of levels.")] = None,
+    layers: Annotated[
+        Optional[str], typer.Option("--layers", help="Module names instead of levels (see inspect --all-modules).")
+    ] = None,
+    tokens: Annotated[
+        str, typer.Option("--tokens", help="Token outputs: seq stores (N,T,D), map stores (N,D,H,W).")
+    ] = "seq",
     output_stride: Annotated[Optional[int], typer.Option("--output-stride", help="8|16|32 (dilated).")] = None,
     img_size: Annotated[
         Optional[str], typer.Option("--img-size", help="224 or HEIGHTxWIDTH. [default: pretrained config]")
@@ -203,6 +234,108 @@ def extract(
             out.print(failures_table(summary.failures, summary.num_failed))
     if cfg.strict and summary.num_failed:
         raise FeatdumpError(f"{summary.num_failed} image(s) failed (--strict); see /failed in {summary.output}")
+
+
+# --------------------------------------------------------------------------- show / viz / models
+
+
+@app.command()
+@handle_errors
+def show(
+    path: Annotated[Path, typer.Argument(help="A featdump .h5 file: finished, partial, a shard or merged.")],
+    failures: Annotated[int, typer.Option("--failures", help="How many failed images to list.")] = 10,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON on stdout (nothing else).")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing; only the exit status tells.")] = False,
+) -> None:
+    """Summary of a featdump file: datasets (shape, dtype, chunks, compression, MB on disk), provenance, failures.
+
+    Merged files are checked for missing virtual source files (exit 1 when any is missing).
+    Other HDF5 files and non-HDF5 files exit 2.
+
+    Example: featdump show feats.h5 --json
+    """
+    from featdump.report import console, show_renderables
+    from featdump.show import summarize_file
+
+    info = summarize_file(path, max_failures=max(0, failures))
+    if as_json:
+        sys.stdout.write(json.dumps(info, indent=2, default=str) + "\n")
+    elif not quiet:
+        out = console()
+        for part in show_renderables(info):
+            out.print(part)
+    if info["missing_sources"]:
+        gone = info["missing_sources"]
+        raise FeatdumpError(
+            f"{len(gone)} virtual source file(s) of {path} are missing (e.g. {gone[0]}); "
+            "their rows read as zeros until they are put back"
+        )
+
+
+@app.command()
+@handle_errors
+def viz(
+    path: Annotated[Path, typer.Argument(help="A featdump .h5 file.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="PNG picture to write.")],
+    image: Annotated[
+        Optional[list[str]], typer.Option("--image", help="Row number or stored path (repeatable). [default: first 4]")
+    ] = None,
+    layer: Annotated[
+        Optional[list[str]], typer.Option("--layer", help="Stored layer name (repeatable). [default: all]")
+    ] = None,
+    root: Annotated[
+        Optional[Path], typer.Option("--root", help="Folder the stored image paths are relative to.")
+    ] = None,
+    tile: Annotated[int, typer.Option("--tile", help="Tile width in pixels.")] = 160,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing on success.")] = False,
+) -> None:
+    """Draw stored feature maps: per image, the input then each layer as a PCA of channels -> RGB.
+
+    The PCA is fitted per layer across the shown images. Pooled layers are drawn as heat strips.
+    Input images are read from their stored paths (relative ones are looked up under --root, the
+    INPUT folders of the recorded command, the current folder and the file's folder).
+
+    Example: featdump viz feats.h5 -o feats.png --image 0 --image cats/tom.jpg --layer layer2
+    """
+    from featdump.viz import render
+
+    result = render(path, output, images=image, layers=layer, tile=tile, root=root)
+    if not quiet:
+        typer.echo(
+            f"wrote {result.output} ({result.width}x{result.height}): {len(result.rows)} image(s) × "
+            f"{len(result.layers)} layer(s)"
+        )
+        for stored in result.missing:
+            typer.echo(f"input image not found: {stored} (drawn as a placeholder; pass --root DIR)", err=True)
+
+
+@app.command()
+@handle_errors
+def models(
+    pattern: Annotated[str, typer.Argument(help="Glob over timm model names, e.g. 'resnet*' or '*vit_small*'.")] = "*",
+    pretrained: Annotated[bool, typer.Option("--pretrained", help="Only models with pretrained weights.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON on stdout (nothing else).")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Names only, one per line.")] = False,
+) -> None:
+    """List timm model names matching a glob, their pretrained tags, and whether --output-stride works.
+
+    Example: featdump models 'convnext*' --pretrained
+    """
+    from featdump.models import check_pattern, list_models
+    from featdump.report import console, models_table
+
+    rows = list_models(check_pattern(pattern), pretrained=pretrained)
+    if as_json:
+        sys.stdout.write(json.dumps(rows, indent=2) + "\n")
+        return
+    if quiet:
+        for r in rows:
+            typer.echo(r["name"])
+        return
+    if not rows:
+        typer.echo(f"no timm model matches {pattern!r}; patterns are globs, e.g. '{pattern}*' or '*{pattern}*'", err=True)
+        return
+    console().print(models_table(rows, pattern))
 
 
 def main() -> None:

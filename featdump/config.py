@@ -15,6 +15,7 @@ PRECISIONS = ("fp32", "fp16", "bf16")
 DTYPES = ("float32", "float16")
 POOLS = ("none", "avg", "max")
 COMPRESSIONS = ("none", "gzip", "lzf", "zstd")
+TOKENS = ("seq", "map")  # token outputs as (N, T, D), or as a (N, D, H, W) map of the patch tokens
 OUTPUT_STRIDES = (8, 16, 32)
 
 
@@ -27,6 +28,7 @@ class ExtractConfig:
     output: str
     out_indices: tuple[int, ...] | None = None
     layers: tuple[str, ...] | None = None
+    tokens: str = "seq"
     output_stride: int | None = None
     img_size: tuple[int, int] | None = None
     pretrained: bool = True
@@ -201,6 +203,7 @@ def resolve(given: dict[str, Any], file_values: dict[str, Any] | None = None, co
         ("dtype", DTYPES),
         ("pool", POOLS),
         ("compression", COMPRESSIONS),
+        ("tokens", TOKENS),
     ):
         if name in merged:
             kw[name] = _choice(name, str(merged.pop(name)).lower(), choices)

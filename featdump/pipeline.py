@@ -146,7 +146,9 @@ def to_storage(out: Any, layer: LayerInfo, pool: str, dtype: Any) -> Any:
     """One layer's batch output -> the stored layout ((B,C,H,W), (B,T,D) or pooled (B,C))."""
     if layer.layout == "NHWC":
         out = out.permute(0, 3, 1, 2)
-    if pool != "none":
+    if pool != "none" and out.ndim > 2:
+        if layer.layout == "NLC":  # pool the patch tokens only, like timm's global_pool="avg"
+            out = out[:, int(layer.attrs.get("num_prefix_tokens", 0)) :]
         dims = (1,) if layer.layout == "NLC" else (2, 3)
         out = out.float()
         out = out.mean(dim=dims) if pool == "avg" else out.amax(dim=dims)
@@ -326,6 +328,7 @@ def file_attrs(cfg: ExtractConfig, backbone: Backbone, placement: Placement, dig
         "crop_mode": data.crop_mode,
         "out_indices": [layer.index for layer in backbone.layers] if not cfg.layers else [],
         "layers": [layer.name for layer in backbone.layers],
+        "tokens": cfg.tokens,
         "output_stride": cfg.output_stride or 0,
         "pool": cfg.pool,
         "dtype": cfg.dtype,
@@ -390,6 +393,8 @@ def run_extraction(
         img_size=cfg.img_size,
         pretrained=cfg.pretrained,
         checkpoint=cfg.checkpoint,
+        layers=cfg.layers,
+        tokens=cfg.tokens,
     )
     attrs = file_attrs(cfg, backbone, placement, digest, len(refs))
     if on_ready:

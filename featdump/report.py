@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 if TYPE_CHECKING:
     from featdump.backbone import Description, LayerInfo
@@ -168,7 +169,7 @@ def failures_table(failures: Sequence[tuple[str, str]], total: int) -> Table:
     table.add_column("path")
     table.add_column("why")
     for path, err in failures:
-        table.add_row(path, err)
+        table.add_row(Text(path), Text(err))
     return table
 
 
@@ -272,6 +273,7 @@ def _fmt_value(value: Any, width: int = 100) -> str:
 
 def show_renderables(info: dict[str, Any]) -> list[Any]:
     """``featdump show``: the datasets table, the provenance table and the first failures."""
+    from rich.text import Text
     attrs = info["attrs"]
     shard = info.get("shard") or [0, 1]
     parts = [f"{info['num_images']} images", f"{info['num_failed']} failed"]
@@ -313,7 +315,7 @@ def show_renderables(info: dict[str, Any]) -> list[Any]:
     prov.add_column("key", style="bold")
     prov.add_column("value")
     for key, value in attrs.items():
-        prov.add_row(key, _fmt_value(value))
+        prov.add_row(key, Text(_fmt_value(value)))
     out: list[Any] = [table, prov]
     if info["failures"]:
         out.append(failures_table([(f["path"], f["error"]) for f in info["failures"]], info["num_failed"]))

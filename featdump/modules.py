@@ -1,0 +1,344 @@
+"""Any module of any timm model by name (``--layers``), through forward hooks on the full model.
+
+Produces the same :class:`~featdump.backbone.Backbone` / :class:`~featdump.backbone.LayerInfo`
+objects as the feature-level path, so ``inspect``, the writer and the summary need no special case:
+``LayerInfo.index`` is -1, and token outputs of transformer blocks have layout ``NLC`` with the
+number of leading prefix (class / register) tokens in ``attrs["num_prefix_tokens"]``. With
+``tokens="map"`` the prefix tokens are dropped and the patch tokens are laid out as a
+``(D, H, W)`` map, the way timm's ``forward_intermediates`` does it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from featdump.backbone import (
+    Backbone,
+    DataConfig,
+    Description,
+    LayerInfo,
+    _create,
+    _pretrained_error,
+    _quiet_timm,
+    _stride_error,
+    check_model_name,
+    check_state_dict,
+    load_checkpoint,
+    resolve_data_config,
+    sha256_file,
+    weights_tag,
+)
+from featdump.errors import UsageError
+
+TOKENS = ("seq", "map")
+
+
+@dataclass(frozen=True)
+class ModuleRecord:
+    """One module seen during a forward pass: its class, output shape per image, how often it ran."""
+
+    name: str
+    kind: str
+    shape: tuple[int, ...] | None  # per image; None when the output is not a single tensor
+    calls: int
+    output: str = "tensor"  # tensor | tuple | dict | none
+
+
+# --------------------------------------------------------------------------- model
+
+
+def _full_model(name: str, *, img_size: tuple[int, int] | None, output_stride: int | None, **kwargs: Any) -> Any:
+    extra: dict[str, Any] = {}
+    if output_stride is not None:
+        extra["output_stride"] = output_stride
+    try:
+        return _create(name, img_size=img_size, **extra, **kwargs)
+    except TypeError as exc:
+        if output_stride is not None and "output_stride" in str(exc):
+            raise _stride_error(name, output_stride, "the model takes no output_stride") from None
+        raise
+    except AssertionError as exc:
+        if output_stride is not None:
+            raise _stride_error(name, output_stride, str(exc) or "rejected by timm") from None
+        raise
+
+
+def _kind(out: Any) -> str:
+    import torch
+
+    if isinstance(out, torch.Tensor):
+        return "tensor"
+    if out is None:
+        return "none"
+    if isinstance(out, dict):
+        return "dict"
+    return "tuple"
+
+
+def trace_modules(model: Any, input_size: tuple[int, int, int]) -> list[ModuleRecord]:
+    """Every named module with the shape of its output, from one forward pass of a zero image.
+
+    Runs on the model's device (meta when built there: shapes only, no arithmetic).
+    """
+    import torch
+
+    calls: dict[str, int] = {}
+    shapes: dict[str, tuple[int, ...] | None] = {}
+    kinds: dict[str, str] = {}
+    handles = []
+    named = [(n, m) for n, m in model.named_modules() if n]
+
+    def make(name: str) -> Any:
+        def hook(_mod: Any, _inp: Any, out: Any) -> None:
+            calls[name] = calls.get(name, 0) + 1
+            if name not in kinds:
+                kinds[name] = _kind(out)
+                shapes[name] = tuple(int(d) for d in out.shape[1:]) if kinds[name] == "tensor" else None
+
+        return hook
+
+    for n, m in named:
+        handles.append(m.register_forward_hook(make(n)))
+    params = list(model.parameters())
+    device = params[0].device if params else torch.device("cpu")
+    try:
+        with torch.inference_mode():
+            model(torch.zeros((1, *input_size), device=device))
+    finally:
+        for h in handles:
+            h.remove()
+    return [
+        ModuleRecord(n, type(m).__name__, shapes.get(n), calls.get(n, 0), kinds.get(n, "none"))
+        for n, m in named
+    ]
+
+
+def _trace(name: str, img_size: tuple[int, int] | None, output_stride: int | None) -> tuple[Any, DataConfig, list[ModuleRecord]]:
+    """Build on the meta device and trace; fall back to a real CPU model if meta tensors fail."""
+    import torch
+
+    check_model_name(name)
+    with torch.device("meta"):
+        model = _full_model(name, img_size=img_size, output_stride=output_stride, pretrained=False)
+    data = resolve_data_config(model, img_size)
+    try:
+        records = trace_modules(model.eval(), data.input_size)
+    except Exception:  # noqa: BLE001 - some models cannot run on meta tensors
+        model = _full_model(name, img_size=img_size, output_stride=output_stride, pretrained=False).eval()
+        records = trace_modules(model, data.input_size)
+    return model, data, records
+
+
+def list_modules(
+    name: str, img_size: tuple[int, int] | None = None, output_stride: int | None = None
+) -> tuple[DataConfig, list[ModuleRecord]]:
+    """``inspect --all-modules``: every module name with its output shape (no weights, no downloads)."""
+    _, data, records = _trace(name, img_size, output_stride)
+    return data, records
+
+
+# --------------------------------------------------------------------------- layers
+
+
+def _unknown(model: str, wanted: str, names: Sequence[str]) -> UsageError:
+    close = difflib.get_close_matches(wanted, names, n=5, cutoff=0.5)
+    if not close:
+        close = [n for n in names if n.endswith("." + wanted) or n.startswith(wanted + ".")][:5]
+    hint = f"; close matches: {', '.join(close)}" if close else ""
+    return UsageError(
+        f"{model} has no module {wanted!r}{hint} (`featdump inspect {model} --all-modules` lists them all)"
+    )
+
+
+def token_grid(num_patch_tokens: int, model: Any, input_hw: tuple[int, int]) -> tuple[int, int] | None:
+    """Rows x columns of the patch tokens: the model's patch grid, else the grid with the image's aspect."""
+    grid = getattr(getattr(model, "patch_embed", None), "grid_size", None)
+    if grid is not None and len(grid) == 2 and int(grid[0]) * int(grid[1]) == num_patch_tokens:
+        return int(grid[0]), int(grid[1])
+    h, w = input_hw
+    if num_patch_tokens <= 0:
+        return None
+    rows = round(math.sqrt(num_patch_tokens * h / w))
+    for r in (rows, rows - 1, rows + 1):
+        if r > 0 and num_patch_tokens % r == 0:
+            c = num_patch_tokens // r
+            if abs(r / c - h / w) < 0.25 * (h / w):
+                return r, c
+    return None
+
+
+def _layer(model_name: str, model: Any, rec: ModuleRecord, data: DataConfig, tokens: str) -> LayerInfo:
+    if rec.calls == 0:
+        raise UsageError(
+            f"module {rec.name!r} of {model_name} never runs in the forward pass; pick one that does "
+            f"(`featdump inspect {model_name} --all-modules` shows output shapes)"
+        )
+    if rec.calls > 1:
+        raise UsageError(
+            f"module {rec.name!r} of {model_name} runs {rec.calls} times per image, so its output is ambiguous; "
+            "pick a module that runs once"
+        )
+    if rec.shape is None:
+        raise UsageError(
+            f"module {rec.name!r} of {model_name} returns a {rec.output}, not one tensor; pick one of its submodules"
+        )
+    _, in_h, in_w = data.input_size
+    shape = rec.shape
+    fmt = str(getattr(model, "output_fmt", "NCHW")).split(".")[-1].upper()
+    if len(shape) == 3:
+        if fmt == "NHWC":
+            h, w, c = shape
+            return LayerInfo(rec.name, rec.name, -1, c, max(1, in_h // h), (c, h, w), "NHWC")
+        c, h, w = shape
+        return LayerInfo(rec.name, rec.name, -1, c, max(1, in_h // h), (c, h, w), "NCHW")
+    if len(shape) == 2:
+        t, d = shape
+        prefix = int(getattr(model, "num_prefix_tokens", 0) or 0)
+        prefix = prefix if prefix < t else 0
+        grid = token_grid(t - prefix, model, (in_h, in_w))
+        reduction = max(1, in_h // grid[0]) if grid else 0
+        attrs: dict[str, Any] = {"num_prefix_tokens": prefix, "tokens": tokens}
+        if grid:
+            attrs["grid"] = [grid[0], grid[1]]
+        if tokens == "map":
+            if grid is None:
+                raise UsageError(
+                    f"--tokens map: cannot lay out the {t - prefix} patch tokens of {rec.name!r} as a grid; "
+                    "use --tokens seq"
+                )
+            attrs["num_prefix_tokens"] = 0
+            attrs["dropped_prefix_tokens"] = prefix
+            return LayerInfo(rec.name, rec.name, -1, d, reduction, (d, grid[0], grid[1]), "NCHW", attrs)
+        return LayerInfo(rec.name, rec.name, -1, d, reduction, (t, d), "NLC", attrs)
+    if len(shape) == 1:
+        return LayerInfo(rec.name, rec.name, -1, shape[0], 0, shape, "NC", {"layout": "NC"})
+    raise UsageError(
+        f"module {rec.name!r} of {model_name} outputs shape {('N', *shape)}; featdump stores (N,C,H,W), (N,T,D) or (N,D)"
+    )
+
+
+def _check_tokens(tokens: str) -> str:
+    tokens = str(tokens).lower()
+    if tokens not in TOKENS:
+        raise UsageError(f"--tokens must be one of {'|'.join(TOKENS)}, not {tokens!r}")
+    return tokens
+
+
+def describe_modules(
+    name: str,
+    layers: Sequence[str],
+    img_size: tuple[int, int] | None = None,
+    output_stride: int | None = None,
+    tokens: str = "seq",
+) -> Description:
+    """Layer description for named modules (meta device: no weights, no downloads)."""
+    tokens = _check_tokens(tokens)
+    model, data, records = _trace(name, img_size, output_stride)
+    by_name = {r.name: r for r in records}
+    infos = []
+    for wanted in layers:
+        if wanted not in by_name:
+            raise _unknown(name, wanted, list(by_name))
+        infos.append(_layer(name, model, by_name[wanted], data, tokens))
+    return Description(name, infos, data, 0, None, output_stride)
+
+
+# --------------------------------------------------------------------------- the hooked model
+
+
+class _Done(Exception):
+    """Raised by the last hook: the rest of the forward pass is not needed."""
+
+
+def _hooked_class() -> type:
+    import torch
+
+    class HookedModel(torch.nn.Module):
+        """Runs the full timm model and returns the outputs of the named modules, in order.
+
+        Outputs are cloned as they appear (later in-place ops such as ``ReLU(inplace=True)`` cannot
+        change them) and the forward pass stops once the last one has been seen.
+        """
+
+        def __init__(self, model: Any, layers: Sequence[LayerInfo]) -> None:
+            super().__init__()
+            self.model = model
+            self.layers = list(layers)
+            self.modules_by_name = dict(model.named_modules())
+            self.pretrained_cfg = getattr(model, "pretrained_cfg", {})
+
+        def _convert(self, out: Any, layer: LayerInfo) -> Any:
+            if layer.attrs.get("tokens") == "map" and out.ndim == 3:
+                drop = int(layer.attrs.get("dropped_prefix_tokens", 0))
+                d, h, w = layer.shape
+                return out[:, drop:].transpose(1, 2).reshape(out.shape[0], d, h, w)
+            return out
+
+        def forward(self, x: Any) -> list[Any]:
+            captured: dict[str, Any] = {}
+            wanted = len(self.layers)
+
+            def make(name: str) -> Any:
+                def hook(_mod: Any, _inp: Any, out: Any) -> None:
+                    if name not in captured:
+                        captured[name] = out.clone()
+                    if len(captured) == wanted:
+                        raise _Done
+
+                return hook
+
+            handles = [self.modules_by_name[l.module].register_forward_hook(make(l.module)) for l in self.layers]
+            try:
+                self.model(x)
+            except _Done:
+                pass
+            finally:
+                for h in handles:
+                    h.remove()
+            missing = [l.module for l in self.layers if l.module not in captured]
+            if missing:  # pragma: no cover - describe_modules checked that every module runs
+                raise RuntimeError(f"modules did not run: {', '.join(missing)}")
+            return [self._convert(captured[l.module], l) for l in self.layers]
+
+    return HookedModel
+
+
+def load_module_backbone(
+    name: str,
+    layers: Sequence[str],
+    *,
+    tokens: str = "seq",
+    output_stride: int | None = None,
+    img_size: tuple[int, int] | None = None,
+    pretrained: bool = True,
+    checkpoint: str | None = None,
+) -> Backbone:
+    """The full timm model with weights, wrapped so that it returns the named modules' outputs."""
+    desc = describe_modules(name, layers, img_size, output_stride, tokens)
+    arch = name.split(".", 1)[0]
+    if checkpoint:
+        state_dict = load_checkpoint(checkpoint)
+        check_state_dict(arch, state_dict)
+        model = _full_model(name, img_size=img_size, output_stride=output_stride, pretrained=False)
+        model.load_state_dict(state_dict, strict=False)  # check_state_dict allowed only the classifier to differ
+        weights = f"checkpoint:{Path(checkpoint).resolve()} sha256:{sha256_file(checkpoint)}"
+    elif pretrained:
+        try:
+            with _quiet_timm():
+                model = _full_model(name, img_size=img_size, output_stride=output_stride, pretrained=True)
+        except UsageError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - hub, network and cache failures
+            raise _pretrained_error(name, exc) from None
+        weights = weights_tag(name, model)
+    else:
+        model = _full_model(name, img_size=img_size, output_stride=output_stride, pretrained=False)
+        weights = "random"
+    model.eval()
+    hooked = _hooked_class()(model, desc.layers).eval()
+    return Backbone(name, hooked, desc.layers, resolve_data_config(model, img_size), None, output_stride, weights)

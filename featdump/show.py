@@ -1,0 +1,215 @@
+"""``featdump show``: what a featdump file holds, as plain data (``report.py`` renders it).
+
+Works on finished, partial (``complete`` false), sharded and merged files. Merged files may hold
+HDF5 virtual datasets whose rows live in other files: a missing source file would silently read as
+zeros (the fill value), so the sources are checked and missing ones reported.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from featdump.errors import FeatdumpError, UsageError
+
+# Root attributes that are counters / state, shown in the summary rather than the provenance list.
+STATE_KEYS = ("complete", "num_images", "num_failed", "inputs_done")
+
+
+def _str(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def open_featdump(path: str | Path) -> Any:
+    """Open a featdump file read-only (h5py.File); exit 2 for a missing, non-HDF5 or foreign file.
+
+    File locking is off for reading, so a file that a run is still writing can be looked at.
+    """
+    import h5py
+
+    p = Path(path)
+    if not p.exists():
+        raise UsageError(f"no such file: {p}")
+    if p.is_dir():
+        raise UsageError(f"{p} is a folder; name a featdump .h5 file")
+    try:
+        is_hdf5 = h5py.is_hdf5(str(p))
+    except OSError as exc:
+        raise FeatdumpError(f"cannot read {p}: {exc}") from None
+    if not is_hdf5:
+        raise UsageError(f"{p} is not an HDF5 file (featdump files are HDF5, written by `featdump extract`)")
+    try:
+        h5 = h5py.File(str(p), "r", locking=False)
+    except OSError as exc:
+        text = str(exc).splitlines()[0] if str(exc) else repr(exc)
+        raise FeatdumpError(f"cannot open {p}: {text}") from None
+    fmt = _str(h5.attrs.get("format", ""))
+    if fmt != "featdump":
+        top = ", ".join(sorted(h5.keys())[:8]) or "nothing"
+        h5.close()
+        raise UsageError(
+            f"{p} is an HDF5 file but not a featdump file (no format=\"featdump\" attribute; it holds: {top})"
+        )
+    return h5
+
+
+def source_path(vds_file: str | Path, file_name: str) -> Path:
+    """Where a virtual dataset's source lives: "." is the file itself, relative names are resolved
+    against the folder of the virtual file (as HDF5 does when no VDS prefix is set)."""
+    vds = Path(vds_file)
+    if file_name == ".":
+        return vds
+    prefix = os.environ.get("HDF5_VDS_PREFIX")
+    src = Path(file_name)
+    if src.is_absolute():
+        return src
+    if prefix:
+        candidate = Path(prefix.replace("${ORIGIN}", str(vds.parent))) / src
+        if candidate.exists():
+            return candidate
+    return vds.parent / src
+
+
+def virtual_sources(h5: Any, path: str | Path) -> dict[str, list[dict[str, Any]]]:
+    """Per virtual dataset: its source files, each with ``file``, ``dataset``, ``resolved``, ``exists``."""
+    out: dict[str, list[dict[str, Any]]] = {}
+
+    def visit(name: str, obj: Any) -> None:
+        import h5py
+
+        if isinstance(obj, h5py.Dataset) and obj.is_virtual:
+            entries = []
+            for vmap in obj.virtual_sources():
+                resolved = source_path(path, vmap.file_name)
+                entries.append(
+                    {
+                        "file": vmap.file_name,
+                        "dataset": vmap.dset_name,
+                        "resolved": str(resolved),
+                        "exists": resolved.exists(),
+                    }
+                )
+            out[name] = entries
+
+    h5.visititems(visit)
+    return out
+
+
+def missing_sources(path: str | Path) -> list[str]:
+    """Source files of a merged (virtual) featdump file that are not there, as resolved paths.
+
+    Prefers ``featdump.merge.missing_sources`` when the merge module provides it.
+    """
+    try:
+        from featdump import merge  # type: ignore[attr-defined]
+
+        fn = getattr(merge, "missing_sources", None)
+    except ImportError:
+        fn = None
+    if fn is not None:
+        return [str(p) for p in fn(path)]
+    h5 = open_featdump(path)
+    try:
+        return _missing(virtual_sources(h5, path))
+    finally:
+        h5.close()
+
+
+def _missing(sources: dict[str, list[dict[str, Any]]]) -> list[str]:
+    seen: list[str] = []
+    for entries in sources.values():
+        for e in entries:
+            if not e["exists"] and e["resolved"] not in seen:
+                seen.append(e["resolved"])
+    return seen
+
+
+def _filters(ds: Any) -> str:
+    """Compression as a short name: gzip/lzf by h5py, plugins (Blosc2 zstd) from the filter pipeline."""
+    if ds.compression:
+        opts = f"-{ds.compression_opts}" if ds.compression_opts not in (None, "") else ""
+        return f"{ds.compression}{opts}"
+    try:
+        plist = ds.id.get_create_plist()
+        names = []
+        for i in range(plist.get_nfilters()):
+            code, _flags, values, name = plist.get_filter(i)
+            label = _str(name).split()[0] if name else str(code)
+            if label.lower() == "shuffle" or code == 2:
+                continue
+            if code == 32026:  # Blosc2: values[6] is the codec (5 = zstd)
+                codecs = {0: "blosclz", 1: "lz4", 2: "lz4hc", 4: "zlib", 5: "zstd"}
+                codec = codecs.get(values[6], "?") if len(values) > 6 else "?"
+                label = f"blosc2-{codec}"
+            names.append(label)
+        return "+".join(names) or "none"
+    except Exception:  # noqa: BLE001 - filter introspection is best effort
+        return "?"
+
+
+def summarize_file(path: str | Path, max_failures: int = 10) -> dict[str, Any]:
+    """Everything ``show`` prints, as JSON-ready data."""
+    from featdump.store import read_attr
+
+    p = Path(path)
+    h5 = open_featdump(p)
+    try:
+        attrs = {k: read_attr(v) for k, v in h5.attrs.items()}
+        sources = virtual_sources(h5, p)
+        missing = _missing(sources)
+        num_images = int(attrs.get("num_images", 0))
+        datasets = []
+        features = h5.get("features")
+        for name, ds in (features.items() if features is not None else []):
+            rows = int(ds.shape[0]) if ds.shape else 0
+            raw = int(ds.dtype.itemsize) * int(ds.size)
+            virtual = bool(ds.is_virtual)
+            stored = 0 if virtual else int(ds.id.get_storage_size())
+            datasets.append(
+                {
+                    "name": name,
+                    "shape": list(ds.shape),
+                    "dtype": str(ds.dtype),
+                    "chunks": list(ds.chunks) if ds.chunks else None,
+                    "compression": "virtual" if virtual else _filters(ds),
+                    "stored_bytes": stored,
+                    "raw_bytes": raw,
+                    "ratio": round(raw / stored, 3) if stored else None,
+                    "virtual": virtual,
+                    "virtual_sources": len({e["file"] for e in sources.get(ds.name.lstrip("/"), [])}),
+                    "missing_sources": len(
+                        {e["resolved"] for e in sources.get(ds.name.lstrip("/"), []) if not e["exists"]}
+                    ),
+                    "uncommitted_rows": max(0, rows - num_images),
+                    "attrs": {k: read_attr(v) for k, v in ds.attrs.items()},
+                }
+            )
+        paths_rows = int(h5["paths"].shape[0]) if "paths" in h5 else 0
+        fp = h5["failed/paths"] if "failed/paths" in h5 else None
+        fe = h5["failed/errors"] if "failed/errors" in h5 else None
+        num_failed = int(attrs.get("num_failed", fp.shape[0] if fp is not None else 0))
+        failures = []
+        if fp is not None and fe is not None:
+            shown = min(max_failures, num_failed, fp.shape[0], fe.shape[0])
+            failures = [{"path": _str(fp[i]), "error": _str(fe[i])} for i in range(shown)]
+        provenance = {k: v for k, v in attrs.items() if k not in STATE_KEYS}
+        return {
+            "file": str(p),
+            "file_bytes": p.stat().st_size,
+            "format_version": attrs.get("format_version"),
+            "complete": bool(attrs.get("complete", False)),
+            "num_images": num_images,
+            "rows_in_paths": paths_rows,
+            "num_failed": num_failed,
+            "inputs_done": int(attrs.get("inputs_done", num_images + num_failed)),
+            "num_inputs": attrs.get("num_inputs"),
+            "shard": attrs.get("shard"),
+            "virtual": bool(sources),
+            "missing_sources": missing,
+            "datasets": datasets,
+            "failures": failures,
+            "attrs": provenance,
+        }
+    finally:
+        h5.close()
