@@ -105,7 +105,14 @@ def check_model_name(name: str) -> None:
     """Exit 2 with close matches when timm has no such model (``resnet50.a1_in1k`` tags allowed)."""
     import timm
 
-    if timm.is_model(name.split(".", 1)[0]):
+    if name.startswith(("hf-hub:", "hf_hub:", "local-dir:")):
+        return  # timm resolves these itself (the config may come from the hub cache)
+    arch, _, tag = name.partition(".")
+    if timm.is_model(arch):
+        if tag and name not in timm.list_pretrained(name):
+            tags = [t.partition(".")[2] for t in timm.list_pretrained(f"{arch}.*")]
+            known = f"its tags: {', '.join(tags[:12])}" if tags else "it has no pretrained tags"
+            raise UsageError(f"unknown pretrained tag {tag!r} for {arch}; {known}")
         return
     names = timm.list_models()
     close = difflib.get_close_matches(name, names, n=5, cutoff=0.6)
@@ -291,8 +298,19 @@ def _prepare(
     import torch
 
     check_model_name(name)
-    with torch.device("meta"):
-        probe = _features_model(name, out_indices=None, output_stride=None, img_size=img_size)
+    try:
+        with torch.device("meta"):
+            probe = _features_model(name, out_indices=None, output_stride=None, img_size=img_size)
+    except (UsageError, TypeError, AssertionError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - hf-hub:/local-dir: names read their config from the hub or disk
+        if name.startswith(("hf-hub:", "hf_hub:", "local-dir:")):
+            text = f"{exc.__class__.__name__}: {exc}".replace("\n", " ")[:200]
+            raise FeatdumpError(
+                f"cannot read the model config of {name} ({text}); run `featdump fetch {name}` where there is "
+                "internet, or use a plain timm model name"
+            ) from None
+        raise
     levels = len(probe.feature_info.info)
     modules = [str(d["module"]) for d in probe.feature_info.info]
     return levels, modules, normalize_indices(name, out_indices, levels, modules)

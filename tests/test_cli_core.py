@@ -140,3 +140,29 @@ def test_extract_real_process_writes_spec_layout(photos, tmp_path, random_checkp
         assert ds.maxshape[0] is None and ds.chunks[0] >= 1
         assert f["failed/paths"].shape == (0,) and f["failed/errors"].shape == (0,)
         assert h5py.check_string_dtype(f["paths"].dtype).encoding == "utf-8"
+
+
+def test_pretrained_tags_and_hub_names(cli):
+    ok = cli("inspect", "resnet50.a1_in1k", "--json")
+    assert ok.exit_code == 0 and '"crop_pct": 0.95' in ok.stdout
+    bad = cli("inspect", "resnet50.bogus")
+    assert bad.exit_code == 2 and "unknown pretrained tag 'bogus' for resnet50; its tags: a1_in1k" in bad.stderr
+    hub = cli("inspect", "hf-hub:timm/resnet18.a1_in1k")  # offline, nothing cached
+    assert hub.exit_code == 1 and "featdump fetch hf-hub:timm/resnet18.a1_in1k" in hub.stderr
+
+
+@pytest.mark.parametrize("model", ["resnet50.a1_in1k", "vit_tiny_patch16_224", "inception_v3", "fastvit_t8"])
+def test_data_config_is_timms(model):
+    """The stored preprocessing is what timm resolves for the full pretrained model."""
+    import timm
+    import torch
+    from timm.data import resolve_data_config
+
+    from featdump.backbone import describe
+
+    with torch.device("meta"):
+        full = timm.create_model(model)
+    want = resolve_data_config({}, model=full)
+    got = describe(model).data.as_timm()
+    for key in ("input_size", "mean", "std", "interpolation", "crop_pct", "crop_mode"):
+        assert tuple(got[key]) == tuple(want[key]) if isinstance(want[key], tuple) else got[key] == want[key], key
