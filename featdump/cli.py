@@ -338,6 +338,94 @@ def models(
     console().print(models_table(rows, pattern))
 
 
+# --------------------------------------------------------------------------- cluster: merge / fetch
+
+
+@app.command()
+@handle_errors
+def merge(
+    shards: Annotated[list[Path], typer.Argument(help="Shard files of one run, all N of them (any order).")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Merged HDF5 file to write.")],
+    copy: Annotated[
+        bool, typer.Option("--copy", help="Copy the rows into a self-contained file (default: virtual, no copy).")
+    ] = False,
+    allow_partial: Annotated[
+        bool, typer.Option("--allow-partial", help="Merge unfinished shards too (the file says complete=false).")
+    ] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing on success.")] = False,
+) -> None:
+    """Join the shard files of a sharded run into one file, rows in the order of a single run.
+
+    By default the result is an HDF5 virtual file: seconds for any size, reading from the shards
+    (stored relative to the merged file, so move them together). --copy writes a self-contained file.
+    Refuses a missing, duplicated, unfinished or mismatched shard, naming it.
+
+    Example: featdump merge out/feats.shard-*.h5 -o out/feats.h5
+    """
+    from featdump.merge import merge_shards
+
+    summary = merge_shards(
+        shards,
+        output,
+        copy=copy,
+        allow_partial=allow_partial,
+        overwrite=overwrite,
+        command=shlex.join(["featdump", *sys.argv[1:]]),
+    )
+    if quiet:
+        return
+    state = "complete" if summary.complete else "NOT complete (--allow-partial)"
+    how = (
+        "self-contained copy"
+        if summary.mode == "copy"
+        else "virtual: reads the shard files, found relative to it; keep them next to each other"
+    )
+    typer.echo(
+        f"wrote {summary.output}: {summary.num_images} images, {summary.num_failed} failed, of {summary.num_inputs} "
+        f"from {summary.num_shards} shards · {state} · {how}"
+    )
+    for name in summary.skipped:
+        typer.echo(f"skipped {name}: no rows")
+    for name in summary.partial:
+        typer.echo(f"unfinished shard merged as far as it goes: {name}", err=True)
+
+
+@app.command()
+@handle_errors
+def fetch(
+    models: Annotated[list[str], typer.Argument(help="timm model names, optionally with a tag: resnet50.a1_in1k.")],
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the cached file paths.")] = False,
+) -> None:
+    """Download pretrained weights into the local cache, for compute nodes without internet.
+
+    Run it on a login node; jobs then run with HF_HUB_OFFLINE=1 and the same HF_HOME (a shared folder).
+
+    Example: HF_HOME=/shared/hf featdump fetch resnet50 convnext_tiny.fb_in22k
+    """
+    from featdump.fetch import fetch_weights, hub_cache, weights_source
+
+    sources = [weights_source(name) for name in dict.fromkeys(models)]  # every name checked before any download
+    errors: list[str] = []
+    for src in sources:
+        try:
+            got = fetch_weights(src)
+        except FeatdumpError as exc:
+            errors.append(str(exc))
+            typer.echo(f"featdump: error: {exc}", err=True)
+            continue
+        if quiet:
+            typer.echo(str(got.path))
+            continue
+        where = "hf-hub:" + src.location if src.kind == "hf-hub" else src.location
+        state = "already cached" if got.cached else "downloaded"
+        typer.echo(f"{src.model}: {src.label} ({where}) {got.bytes / 1e6:.1f} MB, {state}\n  {got.path}")
+    if errors:
+        raise FeatdumpError(f"{len(errors)} of {len(sources)} model(s) not fetched (see above)")
+    if not quiet:
+        typer.echo(f"cache: {hub_cache()} · on compute nodes set the same HF_HOME and HF_HUB_OFFLINE=1")
+
+
 def main() -> None:
     app()
 

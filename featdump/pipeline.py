@@ -112,12 +112,12 @@ def resolve_device(spec: str, local_rank: int | None = None) -> Any:
 
 
 def cpu_budget(placement: Placement) -> int:
-    if placement.cpus:
-        return max(1, placement.cpus)
+    """Slurm's --cpus-per-task (or this process's CPU affinity), split among torchrun's local copies."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        available = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
+        available = os.cpu_count() or 1
+    return placement.cpu_budget(available)
 
 
 @dataclass(frozen=True)
@@ -290,21 +290,15 @@ def _worker_init(_: int) -> None:
 
 def resolve_placement(cfg: ExtractConfig) -> Placement:
     """``--shard I/N`` wins over the launcher's environment (which still gives LOCAL_RANK and CPUs)."""
-    if not cfg.shard:
-        return placement_from_env()
-    try:
-        env = placement_from_env()
-    except UsageError:
-        env = Placement()
-    return Placement(cfg.shard[0], cfg.shard[1], "--shard", env.local_rank, env.cpus)
+    return placement_from_env(shard=cfg.shard)
 
 
-def select_images(cfg: ExtractConfig, placement: Placement) -> tuple[list[ImageRef], str, int]:
-    """This shard's slice of the sorted input list, the digest of that slice, and the list size."""
+def select_images(cfg: ExtractConfig, placement: Placement) -> tuple[list[ImageRef], str, int, str]:
+    """This shard's slice of the sorted input list and its digest; the whole list's size and digest."""
     refs = discover(cfg.inputs)
     start, stop = shard_bounds(len(refs), placement.index, placement.count)
     mine = refs[start:stop]
-    return mine, list_digest(mine), len(refs)
+    return mine, list_digest(mine), len(refs), list_digest(refs)
 
 
 def file_attrs(cfg: ExtractConfig, backbone: Backbone, placement: Placement, digest: str, count: int) -> dict[str, Any]:
@@ -378,7 +372,7 @@ def run_extraction(
     placement = resolve_placement(cfg)
     out_path = Path(shard_output_path(cfg.output, placement.index, placement.count))
     _preflight(out_path, cfg)
-    refs, digest, total = select_images(cfg, placement)
+    refs, digest, total, total_digest = select_images(cfg, placement)
     device = resolve_device(cfg.device, placement.local_rank)
     tuning = tune(device, cfg, placement)
     if tuning.threads:
@@ -397,6 +391,7 @@ def run_extraction(
         tokens=cfg.tokens,
     )
     attrs = file_attrs(cfg, backbone, placement, digest, len(refs))
+    attrs.update(list_size=total, list_digest=total_digest)  # the whole list: merge checks shards agree
     if on_ready:
         on_ready(backbone, str(out_path), placement)
 

@@ -1,4 +1,9 @@
-"""Shard arithmetic (pure) and the one function that reads the launcher's environment."""
+"""Shard arithmetic (pure) and the one function that reads the launcher's environment.
+
+featdump runs no scheduler of its own: a job array (Slurm) or a process group (torchrun) starts N
+copies, and each copy takes block I of N of the sorted input list. ``placement_from_env`` is the
+only place that reads ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``/``LOCAL_WORLD_SIZE`` and ``SLURM_*``.
+"""
 
 from __future__ import annotations
 
@@ -12,20 +17,31 @@ from featdump.errors import UsageError
 
 @dataclass(frozen=True)
 class Placement:
-    """Where this process stands: shard ``index`` of ``count``, and the launcher that said so."""
+    """Where this process stands: shard ``index`` of ``count``, and the launcher that said so.
+
+    ``local_rank`` picks ``cuda:LOCAL_RANK`` under torchrun; ``local_size`` is how many copies share
+    this machine (torchrun's ``LOCAL_WORLD_SIZE``); ``cpus`` is Slurm's ``--cpus-per-task``.
+    """
 
     index: int = 0
     count: int = 1
     source: str = "default"
     local_rank: int | None = None
     cpus: int | None = None
+    local_size: int | None = None
+
+    def cpu_budget(self, available: int) -> int:
+        """CPUs this process may use: Slurm's grant (or ``available``), split among local peers."""
+        total = self.cpus if self.cpus else available
+        return max(1, total // max(1, self.local_size or 1))
 
 
 def shard_bounds(num_items: int, index: int, count: int) -> tuple[int, int]:
     """Half-open range ``[start, stop)`` of block ``index`` of ``count`` contiguous, near-equal blocks.
 
     The first ``num_items % count`` blocks get one item more, so sizes differ by at most one and
-    the blocks, taken in order, cover ``range(num_items)`` exactly once.
+    the blocks, taken in order, cover ``range(num_items)`` exactly once. With more blocks than
+    items, the last blocks are empty.
     """
     if count < 1 or not 0 <= index < count:
         raise ValueError(f"shard {index}/{count} is not 0 <= I < N")
@@ -37,19 +53,34 @@ def shard_bounds(num_items: int, index: int, count: int) -> tuple[int, int]:
     return start, stop
 
 
+def is_template(output: str) -> bool:
+    """Does ``-o`` name the shard itself (``{shard}``, ``{shard:03d}``, ``{num_shards}``)?"""
+    return re.search(r"\{(shard|num_shards)(:[^{}]*)?\}", output) is not None
+
+
 def shard_output_path(output: str, index: int, count: int) -> str:
-    """``feats.h5`` -> ``feats.shard-00003-of-00008.h5`` when ``count > 1``; ``{shard}``/``{num_shards}`` fill in."""
-    if "{shard" in output or "{num_shards" in output:
+    """``feats.h5`` -> ``feats.shard-00003-of-00008.h5`` when ``count > 1``; ``{shard}``/``{num_shards}`` fill in.
+
+    Only the file name changes (a dot in a folder name is left alone); a name without an extension
+    gets ``.h5``. A template without ``{shard}`` would send every shard to one file, so it is refused
+    for ``count > 1``.
+    """
+    if is_template(output):
+        if count > 1 and not re.search(r"\{shard(:[^{}]*)?\}", output):
+            raise UsageError(f"-o {output!r} names no {{shard}}: all {count} shards would write the same file")
         try:
             return output.format(shard=index, num_shards=count)
         except (KeyError, IndexError, ValueError) as exc:
-            raise UsageError(f"-o {output!r}: only {{shard}} and {{num_shards}} may be filled in ({exc})") from None
+            raise UsageError(
+                f"-o {output!r}: only {{shard}} and {{num_shards}} may be filled in, e.g. "
+                f"feats-{{shard:03d}}.h5 ({exc.__class__.__name__}: {exc})"
+            ) from None
     if count == 1:
         return output
-    stem, dot, ext = output.rpartition(".")
-    if not dot or "/" in ext:
-        stem, ext = output, "h5"
-    return f"{stem}.shard-{index:05d}-of-{count:05d}.{ext}"
+    folder, name = os.path.split(output)
+    stem, ext = os.path.splitext(name)
+    renamed = f"{stem}.shard-{index:05d}-of-{count:05d}{ext or '.h5'}"
+    return os.path.join(folder, renamed) if folder else renamed
 
 
 def _int(env: Mapping[str, str], name: str) -> int | None:
@@ -61,40 +92,69 @@ def _int(env: Mapping[str, str], name: str) -> int | None:
     return int(raw)
 
 
-def placement_from_env(env: Mapping[str, str] | None = None) -> Placement:
-    """Read this process's shard from torchrun (``RANK``/``WORLD_SIZE``) or a Slurm job array.
+def _positive(env: Mapping[str, str], name: str) -> int | None:
+    value = _int(env, name)
+    if value is not None and value < 1:
+        raise UsageError(f"environment variable {name}={value} must be at least 1")
+    return value
 
-    torchrun wins over Slurm. ``SLURM_ARRAY_TASK_ID`` is offset by ``SLURM_ARRAY_TASK_MIN`` so that
-    ``--array=1-8`` works; a stepped array (``0-15:4``) is refused because task ids would not be
-    contiguous. ``SLURM_CPUS_PER_TASK`` is passed on for thread and worker counts.
+
+def _slurm_array(env: Mapping[str, str]) -> tuple[int, int] | None:
+    """``(index, count)`` from a Slurm job array's variables, or None outside an array."""
+    task = _int(env, "SLURM_ARRAY_TASK_ID")
+    if task is None:
+        return None
+    step = _int(env, "SLURM_ARRAY_TASK_STEP")
+    if step is not None and step != 1:
+        raise UsageError(
+            f"Slurm array step is {step} (SLURM_ARRAY_TASK_STEP): featdump needs contiguous task ids "
+            "such as --array=0-7 or --array=1-8, or pass --shard I/N yourself"
+        )
+    first = _int(env, "SLURM_ARRAY_TASK_MIN")
+    last = _int(env, "SLURM_ARRAY_TASK_MAX")
+    count = _int(env, "SLURM_ARRAY_TASK_COUNT")
+    if first is None:
+        first = 0
+    if count is None:
+        if last is None:
+            raise UsageError("SLURM_ARRAY_TASK_ID is set but SLURM_ARRAY_TASK_COUNT is not; pass --shard I/N")
+        count = last - first + 1
+    if last is not None and last - first + 1 != count:
+        raise UsageError(
+            f"Slurm array ids {first}..{last} hold {count} tasks, not {last - first + 1}: featdump needs "
+            "contiguous task ids such as --array=0-7 or --array=1-8 (not a list like 1,3,5), or pass --shard I/N"
+        )
+    index = task - first
+    if count < 1 or not 0 <= index < count:
+        raise UsageError(
+            f"Slurm array task {task} is outside {first}..{first + count - 1}; "
+            "featdump needs contiguous task ids (e.g. --array=0-7), or pass --shard I/N"
+        )
+    return index, count
+
+
+def placement_from_env(env: Mapping[str, str] | None = None, shard: tuple[int, int] | None = None) -> Placement:
+    """This process's shard: ``shard`` (``--shard I/N``) if given, else torchrun, else a Slurm array.
+
+    torchrun (``RANK``/``WORLD_SIZE``, ``LOCAL_RANK`` for the GPU) wins over Slurm.
+    ``SLURM_ARRAY_TASK_ID`` is offset by ``SLURM_ARRAY_TASK_MIN`` so that ``--array=1-8`` works; a
+    stepped array (``0-15:4``) or a list (``1,3,5``) is refused because task ids would not be
+    contiguous. ``SLURM_CPUS_PER_TASK`` is passed on for thread and worker counts. With ``shard``
+    given, the launcher's GPU and CPU hints still count, and its array variables are not checked.
     """
     env = os.environ if env is None else env
-    cpus = _int(env, "SLURM_CPUS_PER_TASK")
+    cpus = _positive(env, "SLURM_CPUS_PER_TASK")
     rank, world = _int(env, "RANK"), _int(env, "WORLD_SIZE")
+    torchrun = rank is not None and world is not None
+    local_rank = _int(env, "LOCAL_RANK") if torchrun else None
+    local_size = _positive(env, "LOCAL_WORLD_SIZE") if torchrun else None
+    if shard is not None:
+        return Placement(shard[0], shard[1], "--shard", local_rank, cpus, local_size)
     if rank is not None and world is not None:
         if world < 1 or not 0 <= rank < world:
             raise UsageError(f"RANK={rank} WORLD_SIZE={world} is not a valid torchrun placement")
-        return Placement(rank, world, "torchrun", _int(env, "LOCAL_RANK"), cpus)
-    task = _int(env, "SLURM_ARRAY_TASK_ID")
-    if task is not None:
-        step = _int(env, "SLURM_ARRAY_TASK_STEP") or 1
-        if step != 1:
-            raise UsageError(
-                f"Slurm array step is {step}: featdump needs contiguous task ids (e.g. --array=0-7), "
-                "or pass --shard I/N yourself"
-            )
-        first = _int(env, "SLURM_ARRAY_TASK_MIN") or 0
-        count = _int(env, "SLURM_ARRAY_TASK_COUNT")
-        if count is None:
-            last = _int(env, "SLURM_ARRAY_TASK_MAX")
-            if last is None:
-                raise UsageError("SLURM_ARRAY_TASK_ID is set but SLURM_ARRAY_TASK_COUNT is not; pass --shard I/N")
-            count = last - first + 1
-        index = task - first
-        if count < 1 or not 0 <= index < count:
-            raise UsageError(
-                f"Slurm array task {task} is outside {first}..{first + count - 1}; "
-                "featdump needs contiguous task ids (e.g. --array=0-7), or pass --shard I/N"
-            )
-        return Placement(index, count, "slurm", None, cpus)
+        return Placement(rank, world, "torchrun", local_rank, cpus, local_size)
+    array = _slurm_array(env)
+    if array is not None:
+        return Placement(array[0], array[1], "slurm", None, cpus)
     return Placement(0, 1, "default", None, cpus)

@@ -43,6 +43,8 @@ RESUME_KEYS = (
     "decode",
     "input_digest",
     "num_inputs",
+    "list_digest",
+    "list_size",
     "shard",
 )
 
@@ -317,6 +319,10 @@ def check_same_settings(h5: Any, attrs: dict[str, Any], path: str | Path) -> Non
     """Exit 2 naming the first setting that differs between the file and this run."""
     if h5.attrs.get("format") != "featdump":
         raise UsageError(f"{path} is not a featdump file; pick another -o or pass --overwrite")
+    if "merged_from" in h5.attrs:
+        raise UsageError(
+            f"--resume: {path} was made by `featdump merge`; resume its shard files, then merge again"
+        )
     for key in RESUME_KEYS:
         if key not in attrs:
             continue

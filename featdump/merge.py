@@ -1,0 +1,446 @@
+"""Join shard files into one featdump file: an HDF5 virtual file (default, no copy) or a copy.
+
+A virtual merge writes ``/paths`` and ``/failed`` (small) and maps every ``/features/<name>`` onto
+the shards' datasets, with source file names stored *relative to the merged file*: move the folder
+holding the merged file and its shards, and it still reads. A source that goes missing would read as
+the fill value (NaN here, never silent zeros); :func:`missing_sources` finds such sources, for
+``featdump show`` and for anyone opening a merged file.
+
+Refused, naming the shard: a missing shard index, a shard given twice, shards of different runs
+(settings, input list, shard count), an incomplete shard (unless ``allow_partial``). Shards without
+rows (more shards than images) are skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from featdump.errors import FeatdumpError, UsageError
+from featdump.sharding import shard_bounds
+from featdump.store import FEATURES, RESUME_KEYS, compression_kwargs, read_attr, set_attr, utc_now
+
+# Settings every shard of one merge must share (the per-shard ones are checked separately).
+MERGE_KEYS = ("format_version",) + tuple(k for k in RESUME_KEYS if k not in ("input_digest", "num_inputs", "shard"))
+COPY_BLOCK_BYTES = 64 << 20
+_SHARD_NAME = re.compile(r"^(?P<stem>.*)\.shard-(?P<i>\d+)-of-(?P<n>\d+)(?P<ext>\.[^.]*)?$")
+
+
+@dataclass(frozen=True)
+class Shard:
+    """What merge needs to know about one shard file."""
+
+    path: Path  # absolute
+    shown: str  # as the user named it
+    index: int
+    count: int
+    complete: bool
+    num_images: int
+    num_failed: int
+    inputs_done: int
+    num_inputs: int
+    attrs: dict[str, Any] = field(repr=False)
+    layers: dict[str, tuple[tuple[int, ...], str]] = field(repr=False)  # name -> (row shape, dtype)
+
+
+@dataclass
+class MergeSummary:
+    output: str
+    mode: str  # "virtual" or "copy"
+    num_shards: int
+    num_images: int
+    num_failed: int
+    num_inputs: int
+    complete: bool
+    layers: list[tuple[str, tuple[int, ...], str]]
+    skipped: list[str]  # shards without rows
+    partial: list[str]  # incomplete shards merged with allow_partial
+    bytes: int = 0
+
+
+@dataclass(frozen=True)
+class SourceProblem:
+    """A source of a virtual dataset that cannot deliver its rows."""
+
+    source: str  # the file, resolved against the merged file's folder
+    dataset: str
+    reason: str
+
+
+# --------------------------------------------------------------------------- reading shards
+
+
+def _value(v: Any) -> str:
+    return json.dumps("" if v is None else read_attr(v))
+
+
+def read_shard(path: str | Path) -> Shard:
+    """Open one shard read-only and collect its attributes and layer shapes."""
+    import h5py
+
+    shown = str(path)
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"shard not found: {shown}")
+    if not h5py.is_hdf5(p):
+        raise UsageError(f"{shown} is not an HDF5 file")
+    try:
+        h5 = h5py.File(p, "r")
+    except OSError as exc:
+        first = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+        raise FeatdumpError(f"cannot open shard {shown}: {first}") from None
+    with h5:
+        attrs = {k: read_attr(v) for k, v in h5.attrs.items()}
+        if attrs.get("format") != "featdump":
+            raise UsageError(f"{shown} is not a featdump file")
+        if "merged_from" in attrs:
+            raise UsageError(f"{shown} is itself a merged file; merge the shard files it was made from")
+        shard = attrs.get("shard")
+        if not (isinstance(shard, list) and len(shard) == 2):
+            raise UsageError(f"{shown} records no shard [I, N]; is it from an older featdump?")
+        if "list_digest" not in attrs:
+            raise UsageError(f"{shown} records no digest of the whole input list (older featdump); extract it again")
+        layers: dict[str, tuple[tuple[int, ...], str]] = {}
+        if FEATURES in h5:
+            for name, ds in h5[FEATURES].items():
+                layers[name] = (tuple(int(d) for d in ds.shape[1:]), str(ds.dtype))
+        return Shard(
+            path=p.resolve(),
+            shown=shown,
+            index=int(shard[0]),
+            count=int(shard[1]),
+            complete=bool(attrs.get("complete", False)),
+            num_images=int(attrs.get("num_images", 0)),
+            num_failed=int(attrs.get("num_failed", 0)),
+            inputs_done=int(attrs.get("inputs_done", 0)),
+            num_inputs=int(attrs.get("num_inputs", 0)),
+            attrs=attrs,
+            layers=layers,
+        )
+
+
+def _expected_name(example: Shard, index: int) -> str:
+    m = _SHARD_NAME.match(example.path.name)
+    if not m:
+        return f"shard {index} of {example.count}"
+    width = len(m.group("i"))
+    name = f"{m.group('stem')}.shard-{index:0{width}d}-of-{m.group('n')}{m.group('ext') or ''}"
+    return str(Path(example.shown).parent / name)
+
+
+def check_shards(shards: Sequence[Shard], allow_partial: bool = False) -> list[Shard]:
+    """The shards in index order, or a UsageError naming the first shard that does not fit."""
+    if not shards:
+        raise UsageError("no shard files given; e.g. featdump merge feats.shard-*.h5 -o feats.h5")
+    seen: dict[Path, Shard] = {}
+    for s in shards:
+        if s.path in seen:
+            raise UsageError(f"{s.shown} is given twice (also as {seen[s.path].shown})")
+        seen[s.path] = s
+    count = shards[0].count
+    for s in shards:
+        if s.count != count:
+            raise UsageError(
+                f"{s.shown} is shard {s.index} of {s.count}, but {shards[0].shown} is of {count}: "
+                "merge the shards of one run"
+            )
+    by_index: dict[int, Shard] = {}
+    for s in shards:
+        if s.index in by_index:
+            raise UsageError(
+                f"{s.shown} and {by_index[s.index].shown} are both shard {s.index} of {count} (duplicates); give one"
+            )
+        by_index[s.index] = s
+    ordered = [by_index[i] for i in sorted(by_index)]
+    missing = [i for i in range(count) if i not in by_index]
+    if missing:
+        more = f" (and {len(missing) - 1} more: {', '.join(map(str, missing[1:6]))}{'...' if len(missing) > 6 else ''})"
+        raise UsageError(
+            f"shard {missing[0]} of {count} is missing: {_expected_name(ordered[0], missing[0])}"
+            f"{more if len(missing) > 1 else ''}; give all {count} shards"
+        )
+    ref = ordered[0]
+    for s in ordered[1:]:
+        if _value(s.attrs.get("list_digest")) != _value(ref.attrs.get("list_digest")) or s.attrs.get(
+            "list_size"
+        ) != ref.attrs.get("list_size"):
+            raise UsageError(
+                f"{s.shown} was made from another input list than {ref.shown} "
+                f"({s.attrs.get('list_size')} vs {ref.attrs.get('list_size')} images, or other paths); "
+                "run every shard over the same input"
+            )
+        for key in MERGE_KEYS:
+            have, want = _value(s.attrs.get(key)), _value(ref.attrs.get(key))
+            if have != want:
+                raise UsageError(
+                    f"{s.shown} was made with {key}={have}, {ref.shown} with {key}={want}; "
+                    "shards of one merge need the same settings"
+                )
+        if s.layers != ref.layers:
+            raise UsageError(f"{s.shown} holds layers {_layers(s)}, {ref.shown} holds {_layers(ref)}")
+    total = int(ref.attrs.get("list_size", 0))
+    for s in ordered:
+        start, stop = shard_bounds(total, s.index, count)
+        if s.num_inputs != stop - start:
+            raise UsageError(
+                f"{s.shown} covers {s.num_inputs} inputs, but block {s.index} of {count} of the "
+                f"{total}-image list has {stop - start}; was it made by another version of featdump?"
+            )
+        if not s.complete and not allow_partial:
+            raise UsageError(
+                f"{s.shown} is not complete ({s.inputs_done} of {s.num_inputs} inputs done); finish it "
+                "(re-run its task with --resume) or pass --allow-partial to merge the rows it has"
+            )
+    return ordered
+
+
+def _layers(s: Shard) -> str:
+    return ", ".join(f"{n} {'x'.join(map(str, shape))} {dtype}" for n, (shape, dtype) in s.layers.items()) or "none"
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _relative(shard: Path, out_dir: Path) -> str:
+    """The shard's path relative to the merged file's folder (POSIX separators)."""
+    return Path(os.path.relpath(shard, out_dir)).as_posix()
+
+
+def _vds_name(shard: Path, out_dir: Path) -> str:
+    """The source file name as HDF5 stores it: relative, with ``%`` escaped (HDF5 reads ``%b`` etc.)."""
+    return _relative(shard, out_dir).replace("%", "%%")
+
+
+def _copy_rows(src: Any, dst: Any, at: int, rows: int) -> None:
+    row_bytes = max(1, src.dtype.itemsize * int(_prod(src.shape[1:])))
+    block = max(1, COPY_BLOCK_BYTES // row_bytes)
+    for start in range(0, rows, block):
+        stop = min(rows, start + block)
+        dst[at + start : at + stop] = src[start:stop]
+
+
+def _prod(shape: Sequence[int]) -> int:
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n
+
+
+def _strings(h5s: Sequence[Any], key: str, counts: Sequence[int]) -> list[str]:
+    out: list[str] = []
+    for h5, n in zip(h5s, counts):
+        if n:
+            out.extend(h5[key].asstr()[:n].tolist())
+    return out
+
+
+def merge_shards(
+    shard_paths: Sequence[str | Path],
+    output: str | Path,
+    *,
+    copy: bool = False,
+    allow_partial: bool = False,
+    overwrite: bool = False,
+    command: str = "",
+) -> MergeSummary:
+    """Write ``output`` from the shards; refuses (UsageError) anything that would not equal one run."""
+    out = Path(output)
+    if out.is_dir():
+        raise UsageError(f"-o {out} is a folder; name an .h5 file")
+    out_dir = out.parent.resolve() if str(out.parent) else Path.cwd()
+    if not out_dir.is_dir():
+        raise UsageError(f"-o {out}: folder {out.parent} does not exist")
+    shards = check_shards([read_shard(p) for p in shard_paths], allow_partial)
+    target = out_dir / out.name
+    for s in shards:
+        if s.path == target:
+            raise UsageError(f"-o {out} is one of the shards; write the merged file elsewhere")
+    if out.exists() and not overwrite:
+        raise UsageError(f"{out} exists; pass --overwrite to replace it")
+
+    tmp = out_dir / f".{out.name}.featdump-tmp-{os.getpid()}"
+    tmp.unlink(missing_ok=True)
+    try:
+        summary = _write(shards, tmp, out_dir, copy=copy, command=command)
+        if not copy:
+            problems = check_sources(tmp)
+            if problems:
+                p = problems[0]
+                raise FeatdumpError(f"merged file would not read {p.dataset} from {p.source}: {p.reason}")
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    summary.output = str(out)
+    summary.bytes = out.stat().st_size
+    return summary
+
+
+def _write(shards: Sequence[Shard], tmp: Path, out_dir: Path, *, copy: bool, command: str) -> MergeSummary:
+    import h5py
+    import numpy as np
+
+    ref = shards[0]
+    used = [s for s in shards if s.num_images > 0]
+    skipped = [s.shown for s in shards if s.num_images == 0]
+    partial = [s.shown for s in shards if not s.complete]
+    num_images = sum(s.num_images for s in shards)
+    num_failed = sum(s.num_failed for s in shards)
+    complete = not partial
+    text = h5py.string_dtype()
+    handles = [h5py.File(s.path, "r") for s in shards]
+    try:
+        with h5py.File(tmp, "w-", libver="earliest", track_order=True) as h5:
+            for key, value in ref.attrs.items():
+                set_attr(h5, key, value)
+            for key, value in {
+                "shard": [0, 1],
+                "num_images": num_images,
+                "num_failed": num_failed,
+                "inputs_done": sum(s.inputs_done for s in shards),
+                "num_inputs": int(ref.attrs.get("list_size", 0)),
+                "input_digest": str(ref.attrs.get("list_digest", "")),
+                "complete": complete,
+                "created": utc_now(),
+                "command": command,
+                "merged_from": [_relative(s.path, out_dir) for s in shards],
+                "merge": "copy" if copy else "virtual",
+            }.items():
+                set_attr(h5, key, value)
+
+            paths = _strings(handles, "paths", [s.num_images for s in shards])
+            h5.create_dataset("paths", data=np.array(paths, dtype=object), dtype=text, maxshape=(None,), chunks=(4096,))
+            failed = h5.create_group("failed")
+            for key in ("paths", "errors"):
+                rows = _strings(handles, f"failed/{key}", [s.num_failed for s in shards])
+                failed.create_dataset(key, data=np.array(rows, dtype=object), dtype=text, maxshape=(None,), chunks=(256,))
+
+            group = h5.create_group(FEATURES, track_order=True)
+            ref_h5 = handles[0]
+            layers = []
+            for name, (shape, dtype) in ref.layers.items():
+                src0 = ref_h5[FEATURES][name]
+                layers.append((name, shape, dtype))
+                if copy or not used:
+                    filters = {} if not used else compression_kwargs(str(ref.attrs.get("compression", "none")), dtype)
+                    ds = group.create_dataset(
+                        name,
+                        shape=(num_images, *shape),
+                        maxshape=(None, *shape),
+                        dtype=dtype,
+                        chunks=src0.chunks or True,
+                        **filters,
+                    )
+                    at = 0
+                    for s, f in zip(shards, handles):
+                        if s.num_images:
+                            _copy_rows(f[FEATURES][name], ds, at, s.num_images)
+                            at += s.num_images
+                else:
+                    layout = h5py.VirtualLayout(shape=(num_images, *shape), dtype=dtype)
+                    at = 0
+                    for s, f in zip(shards, handles):
+                        if not s.num_images:
+                            continue
+                        src_shape = f[FEATURES][name].shape
+                        vs = h5py.VirtualSource(_vds_name(s.path, out_dir), f"{FEATURES}/{name}", shape=src_shape)
+                        layout[at : at + s.num_images] = vs[0 : s.num_images]
+                        at += s.num_images
+                    ds = group.create_virtual_dataset(name, layout, fillvalue=np.nan)
+                for key, value in src0.attrs.items():
+                    set_attr(ds, key, read_attr(value))
+    finally:
+        for f in handles:
+            f.close()
+    return MergeSummary(
+        output=str(tmp),
+        mode="copy" if copy else "virtual",
+        num_shards=len(shards),
+        num_images=num_images,
+        num_failed=num_failed,
+        num_inputs=int(ref.attrs.get("list_size", 0)),
+        complete=complete,
+        layers=layers,
+        skipped=skipped,
+        partial=partial,
+    )
+
+
+# --------------------------------------------------------------------------- checking merged files
+
+
+def check_sources(path: str | Path) -> list[SourceProblem]:
+    """Every source of the virtual datasets under ``/features`` that is missing, unreadable or short.
+
+    HDF5 reads a missing source as the fill value without any error (the VDS trap); this looks
+    at each source file the way HDF5 resolves it (relative names against the merged file's folder).
+    Empty for files without virtual datasets.
+    """
+    import h5py
+
+    p = Path(path)
+    base = p.resolve().parent
+    problems: list[SourceProblem] = []
+    opened: dict[str, Any] = {}
+    reported: set[tuple[str, str]] = set()
+    try:
+        with h5py.File(p, "r") as h5:
+            if FEATURES not in h5:
+                return []
+            for name, ds in h5[FEATURES].items():
+                if not ds.is_virtual:
+                    continue
+                for vmap in ds.virtual_sources():
+                    stored = vmap.file_name.replace("%%", "%")
+                    source = stored if os.path.isabs(stored) else str(base / stored)
+                    if stored == ".":
+                        continue  # same file
+                    need = int(vmap.src_space.get_select_bounds()[1][0]) + 1
+                    reason = _source_reason(opened, source, vmap.dset_name, need)
+                    if reason and (source, vmap.dset_name) not in reported:
+                        reported.add((source, vmap.dset_name))
+                        problems.append(SourceProblem(source, vmap.dset_name, reason))
+    finally:
+        for f in opened.values():
+            if f is not None:
+                f.close()
+    return problems
+
+
+def _source_reason(opened: dict[str, Any], source: str, dataset: str, need: int) -> str:
+    import h5py
+
+    if source not in opened:
+        if not os.path.exists(source):
+            opened[source] = None
+            return "file not found"
+        try:
+            opened[source] = h5py.File(source, "r")
+        except OSError as exc:
+            opened[source] = None
+            return f"cannot open: {str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__}"
+    f = opened[source]
+    if f is None:
+        return "file not found" if not os.path.exists(source) else "cannot open"
+    if dataset not in f:
+        return f"has no dataset {dataset}"
+    have = int(f[dataset].shape[0])
+    if have < need:
+        return f"holds {have} rows of {dataset}, the merged file maps {need}"
+    return ""
+
+
+def missing_sources(path: str | Path) -> list[str]:
+    """Source files of a merged (virtual) file that cannot deliver their rows; empty when all is well.
+
+    For ``featdump show``: each entry names the resolved file and why, e.g.
+    ``/data/feats.shard-00001-of-00004.h5: file not found``.
+    """
+    seen: dict[str, str] = {}
+    for problem in check_sources(path):
+        seen.setdefault(problem.source, problem.reason)
+    return [f"{source}: {reason}" for source, reason in seen.items()]
