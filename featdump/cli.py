@@ -21,7 +21,7 @@ from featdump.errors import FeatdumpError, UsageError
 
 app = typer.Typer(
     name="featdump",
-    help="Per-layer feature maps of timm backbones, streamed from image folders into HDF5.",
+    help="Per-layer feature maps of timm backbones, streamed from image folders into HDF5.\n\nExample: featdump extract resnet50 photos/ -o feats.h5",
     no_args_is_help=True,
     rich_markup_mode="rich",
     pretty_exceptions_enable=False,
@@ -86,7 +86,8 @@ def given_options(ctx: click.Context, names: list[str]) -> dict[str, Any]:
     out = {}
     for name in names:
         source = ctx.get_parameter_source(name)
-        if source is not None and source != click.core.ParameterSource.DEFAULT:
+        # by name: Typer >= 0.16 vendors its own click, whose ParameterSource is another enum class
+        if source is not None and getattr(source, "name", str(source)) not in ("DEFAULT", "DEFAULT_MAP"):
             out[name] = ctx.params[name]
     return out
 

@@ -36,12 +36,17 @@ def _class_supports(cls: type) -> bool:
         return False
     if "output_stride" not in params:
         return False
-    try:
-        source = inspect.getsource(cls.__init__)
-    except (OSError, TypeError):
-        return True
-    compact = source.replace(" ", "")
-    return "output_stride==32" not in compact and "assertoutput_stride==32" not in compact
+    for klass in cls.__mro__:  # a subclass (e.g. a *Features variant) inherits its parent's limits
+        init = klass.__dict__.get("__init__")
+        if init is None or not klass.__module__.startswith("timm."):
+            continue
+        try:
+            source = inspect.getsource(init)
+        except (OSError, TypeError):
+            continue
+        if "output_stride==32" in source.replace(" ", ""):
+            return False
+    return True
 
 
 def _model_classes(module_name: str, func_name: str) -> set[type]:

@@ -324,8 +324,20 @@ def load_module_backbone(
     if checkpoint:
         state_dict = load_checkpoint(checkpoint)
         check_state_dict(arch, state_dict)
-        model = _full_model(name, img_size=img_size, output_stride=output_stride, pretrained=False)
-        model.load_state_dict(state_dict, strict=False)  # check_state_dict allowed only the classifier to differ
+        # timm's own loader (resamples position embeddings for another --img-size, as features_only does)
+        overlay = {"pretrained_cfg_overlay": {"state_dict": state_dict}}
+        try:
+            with _quiet_timm():
+                model = _full_model(name, img_size=img_size, output_stride=output_stride, pretrained=True, **overlay)
+        except RuntimeError as exc:
+            if "Missing key" not in str(exc):
+                raise
+            # the checkpoint has no classifier (check_state_dict allowed that): build the model without one
+            overlay = {"pretrained_cfg_overlay": {"state_dict": load_checkpoint(checkpoint)}}
+            with _quiet_timm():
+                model = _full_model(
+                    name, img_size=img_size, output_stride=output_stride, pretrained=True, num_classes=0, **overlay
+                )
         weights = f"checkpoint:{Path(checkpoint).resolve()} sha256:{sha256_file(checkpoint)}"
     elif pretrained:
         try:

@@ -286,14 +286,13 @@ def show_renderables(info: dict[str, Any]) -> list[Any]:
     parts.append("complete" if info["complete"] else "NOT complete (partial: rows below num_images are trusted)")
     parts.append(f"{fmt_mb(info['file_bytes'])} MB file")
     table = Table(title=f"{info['file']}: {attrs.get('model', '?')}", caption=" · ".join(parts))
-    table.add_column("dataset")
-    table.add_column("shape", justify="right")
+    table.add_column("dataset", overflow="fold")
+    table.add_column("shape", justify="right", no_wrap=True)
     table.add_column("dtype")
-    table.add_column("chunks", justify="right")
-    table.add_column("compression")
-    table.add_column("MB on disk", justify="right")
+    table.add_column("chunks", justify="right", no_wrap=True)
+    table.add_column("codec", overflow="fold")
+    table.add_column("MB", justify="right")
     table.add_column("ratio", justify="right")
-    table.add_column("stride", justify="right")
     for ds in info["datasets"]:
         comp = ds["compression"]
         if ds["virtual"]:
@@ -309,11 +308,10 @@ def show_renderables(info: dict[str, Any]) -> list[Any]:
             comp,
             fmt_mb(ds["stored_bytes"]) if not ds["virtual"] else "-",
             f"{ds['ratio']:.2f}" if ds["ratio"] else "-",
-            str(ds["attrs"].get("reduction", "-")),
         )
     prov = Table(title="provenance", show_header=False)
     prov.add_column("key", style="bold")
-    prov.add_column("value")
+    prov.add_column("value", overflow="fold")
     for key, value in attrs.items():
         prov.add_row(key, Text(_fmt_value(value)))
     out: list[Any] = [table, prov]
@@ -321,7 +319,7 @@ def show_renderables(info: dict[str, Any]) -> list[Any]:
         out.append(failures_table([(f["path"], f["error"]) for f in info["failures"]], info["num_failed"]))
     if info["missing_sources"]:
         miss = Table(title="MISSING virtual source files: their rows would read as zeros")
-        miss.add_column("file")
+        miss.add_column("file", overflow="fold")
         for p in info["missing_sources"]:
             miss.add_row(p)
         out.append(miss)
@@ -333,7 +331,7 @@ def models_table(rows: Sequence[dict[str, Any]], pattern: str) -> Table:
     table = Table(title=f"timm models matching {pattern!r}: {len(rows)}")
     table.add_column("model")
     table.add_column("pretrained weights")
-    table.add_column("--output-stride", justify="center")
+    table.add_column("--output-stride", justify="center", style="green")
     for r in rows:
         tags = r["pretrained_tags"]
         shown = ", ".join(tags[:3]) + (f" (+{len(tags) - 3})" if len(tags) > 3 else "") if tags else "-"

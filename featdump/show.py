@@ -127,7 +127,7 @@ def _missing(sources: dict[str, list[dict[str, Any]]]) -> list[str]:
 
 def _filters(ds: Any) -> str:
     """Compression as a short name: gzip/lzf by h5py, plugins (Blosc2 zstd) from the filter pipeline."""
-    if ds.compression:
+    if ds.compression and ds.compression != "unknown":  # h5py names plugin filters "unknown"
         opts = f"-{ds.compression_opts}" if ds.compression_opts not in (None, "") else ""
         return f"{ds.compression}{opts}"
     try:
