@@ -1,16 +1,19 @@
 """The HDF5 layout of SPEC.md (format_version 1): create, append, commit, resume, finish.
 
-Crash consistency (see docs/design-crash-safety.md): rows are appended first, the file is flushed,
-and only then are ``num_images`` / ``inputs_done`` advanced and flushed again. A reader or a resumed
-run trusts rows below ``num_images`` and ignores anything past it. The file uses HDF5's oldest
-format (superblock v0), which a killed process leaves openable; newer superblocks leave a
-"file is already open for write" flag that h5py cannot clear.
+Crash consistency (see docs/design-crash-safety.md): HDF5 writes through a redo journal
+(:mod:`featdump.journal`), so rows and the counters ``num_images`` / ``num_failed`` /
+``inputs_done`` that vouch for them become the file's state together, at a commit; a kill at any
+moment leaves the last commit, which ``--resume`` continues. The file uses HDF5's oldest format
+(superblock v0), which a killed process leaves openable; newer superblocks leave a "file is
+already open for write" flag that h5py cannot clear.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import json
+import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -144,23 +147,42 @@ def read_attr(value: Any) -> Any:
 class Progress:
     """Committed counts of a file (rows below ``num_images`` are trusted)."""
 
+class NothingCommitted(FeatdumpError):
+    """``--resume`` found a file killed before its first commit (now removed): start it afresh."""
+
+
     num_images: int = 0
     num_failed: int = 0
     inputs_done: int = 0
 
 
 class Store:
-    """An open featdump file being written. Not thread-safe: one writer thread owns it."""
+    """An open featdump file being written. Not thread-safe: one writer thread owns it.
 
-    def __init__(self, h5: Any, layers: Sequence[LayerInfo], progress: Progress) -> None:
+    Writes go through a :class:`~featdump.journal.JournaledFile`: what HDF5 writes becomes the
+    file's committed state only at :meth:`commit` (rows and the counters that vouch for them
+    together), so a kill at any moment leaves the last commit (docs/design-crash-safety.md).
+    Commits happen at most every ``commit_seconds`` (env ``FEATDUMP_COMMIT_SECONDS``, default 1)
+    and always at :meth:`finish` and :meth:`close`.
+    """
+
+    def __init__(self, h5: Any, layers: Sequence[LayerInfo], progress: Progress, jf: Any = None, path: str | Path = "") -> None:
         self.h5 = h5
         self.layers = list(layers)
-        self.progress = progress
+        self.progress = progress  # what the file holds, written or not yet committed
+        self.committed = Progress(progress.num_images, progress.num_failed, progress.inputs_done)
         self.bytes_written = 0
 
     # ---------------------------------------------------------------- open
 
     @classmethod
+        self.jf = jf
+        self.path = Path(path) if path else Path(str(getattr(h5, "filename", "")))
+        self.complete = bool(h5.attrs.get("complete", False)) if h5 is not None else False
+        self.broken = False
+        self.readonly = False  # a complete file reopened by --resume: nothing to write
+        self.commit_seconds = commit_interval()
+        self._last_commit = time.monotonic()
     def create(
         cls,
         path: str | Path,
@@ -174,14 +196,16 @@ class Store:
         import h5py
 
         try:
-            h5 = h5py.File(path, "w-", libver="earliest", track_order=True)
-        except FileExistsError:
-            raise UsageError(f"{path} exists; pass --resume to continue it or --overwrite to replace it") from None
+            h5 = h5py.File(jf, "w", libver="earliest", track_order=True)
+        from featdump.journal import JournaledFile
+
+        jf = JournaledFile.create(path)
         except OSError as exc:
             raise _os_error(path, exc) from None
         try:
             for key, value in attrs.items():
                 set_attr(h5, key, value)
+            jf.abandon(remove=True)
             h5.attrs["complete"] = False
             h5.attrs["num_images"] = 0
             h5.attrs["num_failed"] = 0
@@ -213,40 +237,72 @@ class Store:
                 for key, value in layer.attrs.items():
                     set_attr(ds, key, value)
             h5.flush()
-        except BaseException:
-            h5.close()
-            Path(path).unlink(missing_ok=True)
+            jf.commit()  # the first commit: from now on the file is a valid (empty) featdump file
+        except BaseException as exc:
+            _close_quietly(h5)
+            jf.abandon(remove=True)
+            if isinstance(exc, OSError):
+                raise _io_error(path, jf, exc) from None
             raise
-        return cls(h5, layers, Progress())
+        return cls(h5, layers, Progress(), jf, path)
 
     @classmethod
     def resume(cls, path: str | Path, attrs: dict[str, Any], layers: Sequence[LayerInfo]) -> Store:
-        """Reopen an unfinished file after checking its settings; drop rows past the last commit."""
+        """Reopen an unfinished file after checking its settings; drop rows past the last commit.
+
+        The settings are read from the last commit without changing a byte, so a refused resume
+        leaves the file byte-identical. A complete file is opened read-only (nothing to do).
+        """
         import h5py
 
         try:
-            h5 = h5py.File(path, "r+")
-        except FileNotFoundError:
-            raise UsageError(f"--resume: {path} does not exist; run without --resume to start it") from None
+            with h5py.File(jf.view(), "r") as h5:
+                check_same_settings(h5, attrs, path)
+                names = list(h5[FEATURES].keys()) if FEATURES in h5 else []
+                if names != [layer.name for layer in layers]:
+                    raise UsageError(
+                        f"--resume: {path} holds layers {names}, this run would write {[l.name for l in layers]}; "
+                        "use the same settings, or --overwrite to start again"
+                    )
+                complete = bool(h5.attrs.get("complete", False))
+        from featdump.journal import JournaledFile
+
+        jf = JournaledFile.open(path)
+        if jf.view().size == 0:  # killed before its first commit: there is nothing to continue
+            jf.abandon(remove=True)
+            raise NothingCommitted(f"{path} holds no committed data yet")
         except OSError as exc:
-            raise _os_error(path, exc) from None
+            jf.release()
+            raise FeatdumpError(
+                f"--resume: {path} cannot be read as HDF5 ({_first_line(exc)}); start again with --overwrite"
+            ) from None
+        except BaseException:
+            jf.release()
+            raise
         try:
-            check_same_settings(h5, attrs, path)
-            names = list(h5[FEATURES].keys()) if FEATURES in h5 else []
-            if names != [layer.name for layer in layers]:
-                raise UsageError(f"--resume: {path} holds layers {names}, this run would write {[l.name for l in layers]}")
+            jf.recover()  # replay or cut what the last run left past its last commit
+            h5 = h5py.File(jf.view() if complete else jf, "r" if complete else "r+")
+        except BaseException:
+            jf.release()
+            raise
+        try:
             progress = Progress(
                 int(h5.attrs.get("num_images", 0)),
                 int(h5.attrs.get("num_failed", 0)),
                 int(h5.attrs.get("inputs_done", 0)),
             )
-            store = cls(h5, layers, progress)
-            store._truncate()
-            h5.attrs["complete"] = False
-            h5.attrs["featdump_version"] = __version__
-            h5.flush()
-        except BaseException:
-            h5.close()
+            store = cls(h5, layers, progress, jf, path)
+            store.readonly = complete
+            if not complete:
+                store._truncate()
+                h5.attrs["featdump_version"] = __version__
+                h5.flush()
+                jf.commit()
+        except BaseException as exc:
+            _close_quietly(h5)
+            jf.abandon()
+            if isinstance(exc, OSError):
+                raise _io_error(path, jf, exc) from None
             raise
         return store
 
@@ -271,38 +327,122 @@ class Store:
         failed: Sequence[tuple[str, str]],
         inputs_done: int,
     ) -> None:
-        """Write one batch (rows in list order) and commit it."""
-        n = self.progress.num_images
-        b = len(paths)
-        if b:
-            for layer, arr in zip(self.layers, features):
-                ds = self.h5[FEATURES][layer.name]
+        """Write one batch (rows in list order); commit when ``commit_seconds`` have passed."""
+        try:
+            n = self.progress.num_images
+            b = len(paths)
+            if b:
+                for layer, arr in zip(self.layers, features):
+                    ds = self.h5[FEATURES][layer.name]
+                    ds.resize(n + b, axis=0)
+                    ds[n : n + b] = arr
+                    self.bytes_written += arr.nbytes
+                ds = self.h5["paths"]
                 ds.resize(n + b, axis=0)
-                ds[n : n + b] = arr
-                self.bytes_written += arr.nbytes
-            ds = self.h5["paths"]
-            ds.resize(n + b, axis=0)
-            ds[n : n + b] = list(paths)
-        m = self.progress.num_failed
-        if failed:
-            for key, col in (("paths", [p for p, _ in failed]), ("errors", [e for _, e in failed])):
-                ds = self.h5["failed"][key]
-                ds.resize(m + len(failed), axis=0)
-                ds[m : m + len(failed)] = col
-        self.h5.flush()  # rows reach the file before the counters that vouch for them
-        self.progress = Progress(n + b, m + len(failed), inputs_done)
-        self.h5.attrs["num_images"] = self.progress.num_images
-        self.h5.attrs["num_failed"] = self.progress.num_failed
-        self.h5.attrs["inputs_done"] = self.progress.inputs_done
-        self.h5.flush()
+                ds[n : n + b] = list(paths)
+            m = self.progress.num_failed
+            if failed:
+                for key, col in (("paths", [p for p, _ in failed]), ("errors", [e for _, e in failed])):
+                    ds = self.h5["failed"][key]
+                    ds.resize(m + len(failed), axis=0)
+                    ds[m : m + len(failed)] = col
+            self.progress = Progress(n + b, m + len(failed), inputs_done)
+            if time.monotonic() - self._last_commit >= self.commit_seconds:
+                self.commit()
+        except BaseException as exc:
+            self.broken = True
+            if isinstance(exc, OSError):
+                raise _io_error(self.path, self.jf, exc) from None
+            raise
+
+    def commit(self) -> None:
+        """Counters, HDF5 flush and journal commit: rows and counters become durable together."""
+        if self.broken or self.readonly or self.jf is None:
+            return
+        try:
+            self.h5.attrs["num_images"] = self.progress.num_images
+            self.h5.attrs["num_failed"] = self.progress.num_failed
+            self.h5.attrs["inputs_done"] = self.progress.inputs_done
+            if self.complete:
+                self.h5.attrs["complete"] = True
+            self.h5.flush()
+            self.jf.commit()
+        except BaseException as exc:
+            self.broken = True
+            if isinstance(exc, OSError):
+                raise _io_error(self.path, self.jf, exc) from None
+            raise
+        self.committed = Progress(self.progress.num_images, self.progress.num_failed, self.progress.inputs_done)
+        self._last_commit = time.monotonic()
 
     def finish(self) -> None:
-        self.h5.attrs["complete"] = True
-        self.h5.flush()
+        self.complete = True
+        self.commit()
 
     def close(self) -> None:
-        if self.h5.id.valid:
-            self.h5.close()
+        """Commit what was written (unless a write failed), close, and drop the journal and the lock."""
+        if self.jf is None:
+            if self.h5.id.valid:
+                self.h5.close()
+            return
+        if self.jf.fd < 0:
+            return
+        if self.readonly:
+            _close_quietly(self.h5)
+            self.jf.close()  # recovered and complete: the journal has nothing left to say
+            return
+        if self.broken:
+            _close_quietly(self.h5)
+            self.jf.abandon()
+            return
+        try:
+            self.commit()
+            self.h5.close()  # HDF5 may write a last time; the journal holds it until the commit below
+            self.jf.commit()
+        except BaseException as exc:
+            _close_quietly(self.h5)
+            self.jf.abandon()
+            if isinstance(exc, OSError):
+                raise _io_error(self.path, self.jf, exc) from None
+            raise
+        self.jf.close()
+
+
+def commit_interval() -> float:
+    """Seconds between commits (``FEATDUMP_COMMIT_SECONDS``; 0 commits after every batch)."""
+    raw = os.environ.get("FEATDUMP_COMMIT_SECONDS", "").strip()
+    try:
+        return max(0.0, float(raw)) if raw else 1.0
+    except ValueError:
+        raise UsageError(f"FEATDUMP_COMMIT_SECONDS={raw!r} is not a number of seconds") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else exc.__class__.__name__
+
+
+def _close_quietly(h5: Any) -> None:
+    try:
+        if h5 is not None and h5.id.valid:
+            h5.close()
+    except Exception:  # noqa: BLE001 - already failing; the journal keeps the last commit
+        pass
+
+
+def _io_error(path: str | Path, jf: Any, exc: BaseException) -> FeatdumpError:
+    """An HDF5/OS write failure -> one actionable line; the errno the journal saw names the cause."""
+    import errno
+
+    cause = getattr(jf, "error", None) or (exc if isinstance(exc, OSError) and exc.errno else None)
+    if cause is not None and cause.errno in (errno.ENOSPC, errno.EDQUOT):
+        return FeatdumpError(
+            f"out of disk space writing {path}; free some space, then rerun the same command with --resume "
+            "(everything committed so far is kept)"
+        )
+    if cause is not None:
+        return FeatdumpError(f"cannot write {path}: {cause.strerror or cause}; fix that, then rerun with --resume")
+    return FeatdumpError(f"cannot write {path}: {_first_line(exc)}; rerun with --resume to continue")
 
 
 def _os_error(path: str | Path, exc: OSError) -> FeatdumpError:
