@@ -107,10 +107,11 @@ class FeatureFile:
     """
 
     def __init__(self, path: str | Path) -> None:
-        from featdump.show import open_featdump, virtual_sources
+        from featdump.show import check_virtual, open_featdump
         from featdump.store import read_attr
 
         self.path = Path(path)
+        self._missing = check_virtual(self.path)  # before our own handle: HDF5 allows one kind of open
         self._h5 = open_featdump(self.path)
         self.meta: dict[str, Any] = {k: read_attr(v) for k, v in self._h5.attrs.items()}
         n = int(self.meta.get("num_images", 0))
@@ -119,9 +120,6 @@ class FeatureFile:
         self.num_images = len(self.paths)
         self.layers: list[str] = list(self._h5["features"].keys()) if "features" in self._h5 else []
         self._rows = {p: i for i, p in enumerate(self.paths)}
-        self._missing = [
-            e["resolved"] for entries in virtual_sources(self._h5, self.path).values() for e in entries if not e["exists"]
-        ]
 
     # ------------------------------------------------------------------ access
 

@@ -81,10 +81,11 @@ def virtual_sources(h5: Any, path: str | Path) -> dict[str, list[dict[str, Any]]
         if isinstance(obj, h5py.Dataset) and obj.is_virtual:
             entries = []
             for vmap in obj.virtual_sources():
-                resolved = source_path(path, vmap.file_name)
+                stored = vmap.file_name.replace("%%", "%")  # HDF5 stores a literal % as %%
+                resolved = source_path(path, stored)
                 entries.append(
                     {
-                        "file": vmap.file_name,
+                        "file": stored,
                         "dataset": vmap.dset_name,
                         "resolved": str(resolved),
                         "exists": resolved.exists(),
@@ -97,9 +98,10 @@ def virtual_sources(h5: Any, path: str | Path) -> dict[str, list[dict[str, Any]]
 
 
 def missing_sources(path: str | Path) -> list[str]:
-    """Source files of a merged (virtual) featdump file that are not there, as resolved paths.
+    """Source files of a merged (virtual) featdump file that cannot deliver their rows.
 
-    Prefers ``featdump.merge.missing_sources`` when the merge module provides it.
+    Uses ``featdump.merge.missing_sources`` ("FILE: why", also catching unreadable or short
+    sources) when the merge module provides it, else lists the resolved files that are not there.
     """
     try:
         from featdump import merge  # type: ignore[attr-defined]
@@ -108,12 +110,29 @@ def missing_sources(path: str | Path) -> list[str]:
     except ImportError:
         fn = None
     if fn is not None:
-        return [str(p) for p in fn(path)]
+        try:
+            return [str(p) for p in fn(path)]
+        except (ValueError, OSError, KeyError):  # virtual layouts merge.py did not write itself
+            pass
     h5 = open_featdump(path)
     try:
         return _missing(virtual_sources(h5, path))
     finally:
         h5.close()
+
+
+def check_virtual(path: str | Path) -> list[str]:
+    """The missing-source problems of a merged file; empty for files without virtual datasets.
+
+    Opens the file on its own (call it while no other handle to ``path`` is open in this process:
+    HDF5 refuses a second open with other locking flags).
+    """
+    h5 = open_featdump(path)
+    try:
+        virtual = bool(virtual_sources(h5, path))
+    finally:
+        h5.close()
+    return missing_sources(path) if virtual else []
 
 
 def _missing(sources: dict[str, list[dict[str, Any]]]) -> list[str]:
@@ -157,7 +176,6 @@ def summarize_file(path: str | Path, max_failures: int = 10) -> dict[str, Any]:
     try:
         attrs = {k: read_attr(v) for k, v in h5.attrs.items()}
         sources = virtual_sources(h5, p)
-        missing = _missing(sources)
         num_images = int(attrs.get("num_images", 0))
         datasets = []
         features = h5.get("features")
@@ -194,7 +212,7 @@ def summarize_file(path: str | Path, max_failures: int = 10) -> dict[str, Any]:
             shown = min(max_failures, num_failed, fp.shape[0], fe.shape[0])
             failures = [{"path": _str(fp[i]), "error": _str(fe[i])} for i in range(shown)]
         provenance = {k: v for k, v in attrs.items() if k not in STATE_KEYS}
-        return {
+        info = {
             "file": str(p),
             "file_bytes": p.stat().st_size,
             "format_version": attrs.get("format_version"),
@@ -206,10 +224,13 @@ def summarize_file(path: str | Path, max_failures: int = 10) -> dict[str, Any]:
             "num_inputs": attrs.get("num_inputs"),
             "shard": attrs.get("shard"),
             "virtual": bool(sources),
-            "missing_sources": missing,
+            "missing_sources": [],  # filled in below, once this handle is closed
             "datasets": datasets,
             "failures": failures,
             "attrs": provenance,
         }
     finally:
         h5.close()
+    if info["virtual"]:
+        info["missing_sources"] = missing_sources(p)
+    return info

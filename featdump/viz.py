@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from featdump.errors import UsageError
+from featdump.errors import FeatdumpError, UsageError
 from featdump.show import open_featdump
 
 TILE = 160
@@ -261,7 +261,7 @@ def render(
     import numpy as np
     from PIL import Image, ImageDraw
 
-    from featdump.show import missing_sources
+    from featdump.show import check_virtual
     from featdump.store import read_attr
 
     src = Path(path)
@@ -272,6 +272,7 @@ def render(
         raise UsageError(f"-o {out}: folder {out.parent} does not exist")
     if not (4 <= tile <= 1024):
         raise UsageError(f"--tile must be 4..1024 pixels, not {tile}")
+    gone = check_virtual(src)  # before our own handle: HDF5 allows one kind of open per file
     h5 = open_featdump(src)
     try:
         attrs = {k: read_attr(v) for k, v in h5.attrs.items()}
@@ -289,13 +290,11 @@ def render(
         if not chosen:
             raise UsageError(f"{src} holds no feature datasets")
         rows = select_rows(paths, images, num_images)
-        if any(h5["features"][n].is_virtual for n in chosen):
-            gone = missing_sources(src)
-            if gone:
-                raise UsageError(
-                    f"{src} is a merged file whose source file(s) are missing ({', '.join(gone[:3])}); "
-                    "their rows would read as zeros - put them back next to it"
-                )
+        if gone and any(h5["features"][n].is_virtual for n in chosen):
+            raise FeatdumpError(
+                f"{src} is a merged file whose source file(s) cannot be read ({', '.join(gone[:3])}); "
+                "put them back next to it"
+            )
         order = sorted(rows)
         tiles: dict[str, list[Any]] = {}
         labels: dict[str, str] = {}
