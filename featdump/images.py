@@ -186,19 +186,21 @@ def load_rgb(source: str, max_pixels: int | None = None) -> Any:
 
     Raises on anything that is not a readable, non-empty regular image file.
     """
-    from PIL import Image, ImageOps
+    from PIL import Image
 
-    st = os.stat(source)
-    if stat.S_ISDIR(st.st_mode):
-        raise IsADirectoryError("is a folder, not an image file")
-    if not stat.S_ISREG(st.st_mode):
-        raise OSError("not a regular file (FIFO, socket or device)")
-    if st.st_size == 0:
-        raise OSError("empty file (0 bytes)")
+    _check_regular(os.stat(source))  # never open a FIFO or device: that could block or have effects
+    if max_pixels is not None:
+        Image.MAX_IMAGE_PIXELS = max_pixels  # Pillow's own check at open (2x this refuses outright)
     limit = max_pixels if max_pixels is not None else Image.MAX_IMAGE_PIXELS
-    with warnings.catch_warnings():
+    # O_NONBLOCK: if the path was swapped for a FIFO since the stat, open returns instead of waiting
+    with open(source, "rb", opener=_open_nonblocking) as fh, warnings.catch_warnings():
+        _check_regular(os.fstat(fh.fileno()))
         warnings.simplefilter("error", Image.DecompressionBombWarning)
-        with Image.open(source) as im:
+        try:
+            im = Image.open(fh)
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise ValueError(f"too many pixels ({exc}); raise --max-image-pixels if this is a real scan") from None
+        with im:
             w, h = im.size
             if w == 0 or h == 0:
                 raise ValueError(f"image has zero size ({w}x{h})")
@@ -209,14 +211,40 @@ def load_rgb(source: str, max_pixels: int | None = None) -> Any:
             if getattr(im, "is_animated", False):
                 im.seek(0)
             im.load()
-            try:
-                oriented = ImageOps.exif_transpose(im)
-            except Exception:  # broken EXIF: keep the pixels as stored
-                oriented = im
+            oriented = _orient(im)
             rgb = to_rgb(oriented if oriented is not None else im)
             if rgb is im:
                 rgb = im.copy()
     return rgb
+
+
+def _open_nonblocking(path: str, flags: int) -> int:
+    return os.open(path, flags | os.O_NONBLOCK)
+
+
+def _check_regular(st: os.stat_result) -> None:
+    if stat.S_ISDIR(st.st_mode):
+        raise IsADirectoryError("is a folder, not an image file")
+    if not stat.S_ISREG(st.st_mode):
+        raise OSError("not a regular file (FIFO, socket or device)")
+    if st.st_size == 0:
+        raise OSError("empty file (0 bytes)")
+
+
+def _orient(im: Any) -> Any:
+    """EXIF orientation applied. EXIF that Pillow can read around (a corrupt maker note) is fine;
+    an orientation that cannot be read means nobody knows which way up the image is: a failure."""
+    from PIL import ImageOps
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "Corrupt EXIF data" warnings: judged below instead
+        try:
+            orientation = im.getexif().get(0x0112)
+            if orientation is not None and not (isinstance(orientation, int) and 1 <= orientation <= 8):
+                raise ValueError(f"orientation tag is {orientation!r}, not 1-8")
+            return ImageOps.exif_transpose(im)
+        except Exception as exc:  # noqa: BLE001 - any EXIF parse failure
+            raise ValueError(f"broken EXIF, cannot tell which way up the image is ({exc})") from None
 
 
 def describe_error(exc: BaseException) -> str:

@@ -25,7 +25,7 @@ from featdump.config import ExtractConfig
 from featdump.errors import FeatdumpError, Interrupted, UsageError
 from featdump.images import Batch, ImageDataset, ImageRef, collate, discover, list_digest
 from featdump.sharding import Placement, placement_from_env, shard_bounds, shard_output_path
-from featdump.store import Store, utc_now
+from featdump.store import NothingCommitted, Store, utc_now
 
 
 # --------------------------------------------------------------------------- results
@@ -243,25 +243,34 @@ def _write_error(store: Store, exc: BaseException) -> FeatdumpError:
     text = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
     if isinstance(exc, OSError) and exc.errno == errno.ENOSPC or "No space left" in text:
         return FeatdumpError(
-            f"out of disk space writing {store.h5.filename}; free space and run again with --resume "
+            f"out of disk space writing {store.path}; free space and run again with --resume "
             f"({store.progress.num_images} images are safely stored)"
         )
-    return FeatdumpError(f"cannot write {store.h5.filename}: {text}; rerun with --resume to continue")
+    return FeatdumpError(f"cannot write {store.path}: {text}; rerun with --resume to continue")
 
 
 # --------------------------------------------------------------------------- signals
 
 
 class StopFlag:
-    """First SIGINT/SIGTERM: stop after the current batch. Second: leave at once (exit 130)."""
+    """First SIGINT/SIGTERM: stop after the current batch. Second: leave at once (exit 130/143).
 
-    def __init__(self) -> None:
+    Leaving at once is as safe as SIGKILL: the file on disk always holds its last commit. The
+    handler writes its one line itself (``os.write``), since nothing else runs after ``os._exit``.
+    """
+
+    def __init__(self, hint: str = "") -> None:
         self.signum: int | None = None
+        self.hint = hint
         self._old: dict[int, Any] = {}
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.signum is not None:
-            os._exit(128 + signum)
+            line = f"featdump: error: stopped at once by a second {signal.Signals(signum).name}; {self.hint}\n"
+            try:
+                os.write(2, line.encode("utf-8", "replace"))
+            finally:
+                os._exit(128 + signum)
         self.signum = signum
 
     def __enter__(self) -> StopFlag:
@@ -281,8 +290,10 @@ class StopFlag:
 
 def _worker_init(_: int) -> None:
     # Ctrl-C goes to the whole process group; the main process decides when to stop.
+    # Slurm and `kill -TERM -PGID` signal every process: workers ignore both and end with the
+    # DataLoader (or, if the main process dies, by PyTorch's parent watchdog).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 # --------------------------------------------------------------------------- the run
@@ -338,19 +349,118 @@ def file_attrs(cfg: ExtractConfig, backbone: Backbone, placement: Placement, dig
 
 
 def _preflight(path: Path, cfg: ExtractConfig) -> None:
+    """Refuse early, before any model is built: an existing output, a missing or unwritable folder."""
     if path.exists() and not (cfg.resume or cfg.overwrite):
         raise UsageError(f"{path} exists; pass --resume to continue it or --overwrite to replace it")
-    if cfg.resume and not path.exists():
-        raise UsageError(f"--resume: {path} does not exist; run without --resume to start it")
     if path.is_dir():
         raise UsageError(f"-o {path} is a folder; name an .h5 file")
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise UsageError(f"-o {path}: folder {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        try:
+            why = "is on a read-only file system" if os.statvfs(parent).f_flag & os.ST_RDONLY else "is not writable"
+        except OSError:
+            why = "is not writable"
+        keep = f"; {path.name} is untouched and stays resumable there" if path.exists() else ""
+        raise FeatdumpError(f"cannot write the output: folder {parent} {why}{keep}; choose a writable folder for -o")
 
 
-def _temp_path(path: Path) -> Path:
-    return path.with_name(f".{path.name}.featdump-tmp-{os.getpid()}")
+def overwrite_path(path: Path) -> Path:
+    """Where ``--overwrite`` writes the new file until it replaces ``path`` (``--resume`` finds it there)."""
+    return path.with_name(f"{path.name}.featdump-new")
+
+
+@dataclass
+class Output:
+    """The file being written, and (for --overwrite) the target it replaces at the end."""
+
+    store: Store
+    target: Path
+    lock: Any = None  # OutputLock on the target while a replacement for it is written
+
+    @property
+    def replacing(self) -> bool:
+        return self.store.path != self.target
+
+    def finish(self) -> None:
+        """After a successful run: move the replacement into place (atomically), let go of the target."""
+        if self.replacing:
+            try:
+                os.replace(self.store.path, self.target)
+                _fsync_dir(self.target)
+            except OSError as exc:
+                raise FeatdumpError(
+                    f"cannot replace {self.target} with {self.store.path}: {exc.strerror or exc}; "
+                    "rerun with --resume to try again"
+                ) from None
+        if self.lock is not None:
+            self.lock.release(remove=True)  # a journal of the old target no longer applies to anything
+            self.lock = None
+
+    def release(self) -> None:
+        if self.lock is not None:
+            self.lock.release(remove=self.lock.created)
+            self.lock = None
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path.parent if str(path.parent) else ".", os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def open_output(cfg: ExtractConfig, out_path: Path, attrs: dict[str, Any], layers: Sequence[LayerInfo]) -> Output:
+    """Create, continue or replace the output, as ``--resume`` / ``--overwrite`` ask.
+
+    ``--resume`` continues, in this order: an unfinished ``--overwrite`` run (``OUT.h5.featdump-new``,
+    which replaces OUT.h5 when it completes), then OUT.h5 itself; with neither it starts OUT.h5, so
+    one command line serves the first run and every requeue. A complete file is left as it is.
+    """
+    from featdump.journal import OutputLock
+
+    def create(path: Path) -> Store:
+        return Store.create(path, attrs, layers, pool=cfg.pool, dtype=cfg.dtype, compression=cfg.compression)
+
+    new = overwrite_path(out_path)
+    if cfg.resume and new.exists():
+        lock = OutputLock(out_path)
+        try:
+            try:
+                store = Store.resume(new, attrs, layers)
+            except NothingCommitted:
+                store = create(new)
+        except BaseException:
+            lock.release(remove=lock.created)
+            raise
+        return Output(store, out_path, lock)
+    if cfg.resume and out_path.exists():
+        try:
+            return Output(Store.resume(out_path, attrs, layers), out_path)
+        except NothingCommitted:
+            pass
+    if cfg.overwrite and out_path.exists():
+        lock = OutputLock(out_path)
+        try:
+            if new.exists() or Path(f"{new}-journal").exists():  # an earlier --overwrite that did not finish
+                stale = OutputLock(new)
+                new.unlink(missing_ok=True)
+                stale.release(remove=True)
+            store = create(new)
+        except BaseException:
+            lock.release(remove=lock.created)
+            raise
+        return Output(store, out_path, lock)
+    return Output(create(out_path), out_path)
+
+
 
 
 def _batches(loader: Any, stop: StopFlag) -> Iterator[Batch]:
@@ -380,6 +490,8 @@ def run_extraction(
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
 
+    if not cfg.pretrained and not cfg.checkpoint:
+        torch.manual_seed(0)  # --no-pretrained: the same random weights every run, so --resume matches
     backbone = load_backbone(
         cfg.model,
         out_indices=cfg.out_indices,
@@ -395,11 +507,8 @@ def run_extraction(
     if on_ready:
         on_ready(backbone, str(out_path), placement)
 
-    write_path = _temp_path(out_path) if cfg.overwrite and out_path.exists() else out_path
-    if cfg.resume:
-        store = Store.resume(out_path, attrs, backbone.layers)
-    else:
-        store = Store.create(write_path, attrs, backbone.layers, pool=cfg.pool, dtype=cfg.dtype, compression=cfg.compression)
+    output = open_output(cfg, out_path, attrs, backbone.layers)
+    store = output.store
     resumed_from = store.progress.inputs_done
     started = time.perf_counter()
     finished = False
@@ -422,7 +531,7 @@ def run_extraction(
         )
         writer = Writer(store)
         progress.start(len(refs), resumed_from, cfg.model)
-        with StopFlag() as stop:
+        with StopFlag(f"{store.path} keeps its last commit; resume with --resume") as stop:
             try:
                 for batch in _batches(loader, stop):
                     feats = forward(batch.pixels) if batch.pixels is not None else []
@@ -433,23 +542,42 @@ def run_extraction(
             finally:
                 writer.close()
             if stop.stopped:
-                raise Interrupted(
-                    f"stopped by {signal.Signals(stop.signum).name}; {store.progress.num_images} images are stored "
-                    f"in {out_path}; rerun the same command with --resume to finish"
-                )
+                raise _interrupted(stop.signum, store, output)
         store.finish()
         finished = True
+    except KeyboardInterrupt:  # Ctrl-C outside the loop: what was written is still committed below
+        raise _interrupted(signal.SIGINT, store, output) from None
     finally:
         progress.stop()
         seconds = time.perf_counter() - started
-        summary = summarize(store, out_path, backbone, str(device), placement, len(refs), seconds, resumed_from)
-        store.close()
-        if write_path != out_path:
+        try:
+            summary = summarize(store, out_path, backbone, str(device), placement, len(refs), seconds, resumed_from)
+        except Exception:  # noqa: BLE001 - only reached when already failing; that error wins
             if finished:
-                os.replace(write_path, out_path)
-            else:
-                write_path.unlink(missing_ok=True)
+                raise
+        try:
+            store.close()
+            if finished:
+                output.finish()
+        finally:
+            output.release()
     return summary
+
+
+def _interrupted(signum: int, store: Store, output: Output) -> Interrupted:
+    """The one-line "stopped; resume with --resume" message; exit 130 (SIGINT) or 143 (SIGTERM)."""
+    where = f"in {store.path}"
+    if output.replacing:
+        where += f" ({output.target} is replaced by it when it completes)"
+    exc = Interrupted(
+        f"stopped by {signal.Signals(signum).name} after committing {store.progress.num_images} images {where}; "
+        "resume with --resume (the same command, with --resume instead of --overwrite)"
+        if output.replacing
+        else f"stopped by {signal.Signals(signum).name} after committing {store.progress.num_images} images {where}; "
+        "resume with --resume (the same command plus --resume)"
+    )
+    exc.exit_code = 128 + int(signum)
+    return exc
 
 
 def summarize(
