@@ -35,15 +35,11 @@ shards=()
 for ((i = 0; i < NPROC; i++)); do
     shards+=("$(printf '%s.shard-%05d-of-%05d%s' "$stem" "$i" "$NPROC" "$ext")")
 done
-if [ "$NPROC" -eq 1 ]; then shards=("$out"); fi
-resume=()
-all_there=1
-for f in "${shards[@]}"; do [ -e "$f" ] || all_there=0; done
-if [ "$all_there" = 1 ]; then resume=(--resume); fi
 
 mkdir -p -- "$(dirname -- "$out")"
+# --resume: start each shard, or continue it when this is run again; finished shards are left alone.
 "${torchrun[@]}" --standalone --nproc_per_node="$NPROC" -m featdump \
-    extract "$model" "$images" -o "$out" "${resume[@]}" "$@"
+    extract "$model" "$images" -o "$out" --resume "$@"
 if [ "$NPROC" -gt 1 ]; then
     "${featdump[@]}" merge "${shards[@]}" -o "$out" --overwrite
 fi
