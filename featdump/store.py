@@ -143,13 +143,13 @@ def read_attr(value: Any) -> Any:
     return value
 
 
-@dataclass
-class Progress:
-    """Committed counts of a file (rows below ``num_images`` are trusted)."""
-
 class NothingCommitted(FeatdumpError):
     """``--resume`` found a file killed before its first commit (now removed): start it afresh."""
 
+
+@dataclass
+class Progress:
+    """Committed counts of a file (rows below ``num_images`` are trusted)."""
 
     num_images: int = 0
     num_failed: int = 0
@@ -172,10 +172,6 @@ class Store:
         self.progress = progress  # what the file holds, written or not yet committed
         self.committed = Progress(progress.num_images, progress.num_failed, progress.inputs_done)
         self.bytes_written = 0
-
-    # ---------------------------------------------------------------- open
-
-    @classmethod
         self.jf = jf
         self.path = Path(path) if path else Path(str(getattr(h5, "filename", "")))
         self.complete = bool(h5.attrs.get("complete", False)) if h5 is not None else False
@@ -183,6 +179,10 @@ class Store:
         self.readonly = False  # a complete file reopened by --resume: nothing to write
         self.commit_seconds = commit_interval()
         self._last_commit = time.monotonic()
+
+    # ---------------------------------------------------------------- open
+
+    @classmethod
     def create(
         cls,
         path: str | Path,
@@ -195,17 +195,17 @@ class Store:
     ) -> Store:
         import h5py
 
-        try:
-            h5 = h5py.File(jf, "w", libver="earliest", track_order=True)
         from featdump.journal import JournaledFile
 
         jf = JournaledFile.create(path)
+        try:
+            h5 = h5py.File(jf, "w", libver="earliest", track_order=True)
         except OSError as exc:
+            jf.abandon(remove=True)
             raise _os_error(path, exc) from None
         try:
             for key, value in attrs.items():
                 set_attr(h5, key, value)
-            jf.abandon(remove=True)
             h5.attrs["complete"] = False
             h5.attrs["num_images"] = 0
             h5.attrs["num_failed"] = 0
@@ -255,6 +255,12 @@ class Store:
         """
         import h5py
 
+        from featdump.journal import JournaledFile
+
+        jf = JournaledFile.open(path)
+        if jf.view().size == 0:  # killed before its first commit: there is nothing to continue
+            jf.abandon(remove=True)
+            raise NothingCommitted(f"{path} holds no committed data yet")
         try:
             with h5py.File(jf.view(), "r") as h5:
                 check_same_settings(h5, attrs, path)
@@ -265,12 +271,6 @@ class Store:
                         "use the same settings, or --overwrite to start again"
                     )
                 complete = bool(h5.attrs.get("complete", False))
-        from featdump.journal import JournaledFile
-
-        jf = JournaledFile.open(path)
-        if jf.view().size == 0:  # killed before its first commit: there is nothing to continue
-            jf.abandon(remove=True)
-            raise NothingCommitted(f"{path} holds no committed data yet")
         except OSError as exc:
             jf.release()
             raise FeatdumpError(
