@@ -77,28 +77,30 @@ def inspect_table(desc: Description, pool: str = "none") -> Table:
         f"std {tuple(round(v, 4) for v in d.std)}\n{d.interpolation} · crop_pct {d.crop_pct:g} · crop_mode {d.crop_mode}"
     )
     stride = f" · output stride {desc.output_stride}" if desc.output_stride else ""
-    if desc.layers and all(layer.index < 0 for layer in desc.layers):
+    named = bool(desc.layers) and all(layer.index < 0 for layer in desc.layers)
+    if named:
         title = f"{desc.name}: {len(desc.layers)} named module(s){stride}"
     else:
         title = f"{desc.name}: {len(desc.layers)} of {desc.num_levels} feature levels{stride}"
     table = Table(title=title, caption=caption)
-    table.add_column("index", justify="right")
-    table.add_column("module")
+    if not named:  # named modules (--layers) have no level index
+        table.add_column("index", justify="right")
+    table.add_column("module", overflow="fold")
     table.add_column("channels", justify="right")
     table.add_column("stride", justify="right")
     table.add_column("shape", justify="right", no_wrap=True)
     table.add_column("MB/img f32", justify="right")
     table.add_column("f16", justify="right")
     for layer in desc.layers:
-        table.add_row(
-            str(layer.index),
+        cells = [
             layer.module,
             str(layer.channels),
-            str(layer.reduction),
+            str(layer.reduction) if layer.reduction else "-",
             fmt_shape(layer.stored_shape(pool)),
             fmt_mb(layer.bytes_per_image("float32", pool)),
             fmt_mb(layer.bytes_per_image("float16", pool)),
-        )
+        ]
+        table.add_row(*([] if named else [str(layer.index)]), *cells)
     return table
 
 
@@ -284,6 +286,8 @@ def show_renderables(info: dict[str, Any]) -> list[Any]:
     if info["virtual"]:
         parts.append("merged (virtual datasets)")
     parts.append("complete" if info["complete"] else "NOT complete (partial: rows below num_images are trusted)")
+    if info.get("journal"):
+        parts.append("journal present: a run is writing it, or was killed (--resume finishes it)")
     parts.append(f"{fmt_mb(info['file_bytes'])} MB file")
     table = Table(title=f"{info['file']}: {attrs.get('model', '?')}", caption=" · ".join(parts))
     table.add_column("dataset", overflow="fold")

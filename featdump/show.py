@@ -224,6 +224,8 @@ def summarize_file(path: str | Path, max_failures: int = 10) -> dict[str, Any]:
             "num_inputs": attrs.get("num_inputs"),
             "shard": attrs.get("shard"),
             "virtual": bool(sources),
+            # a writer holds the file, or was killed holding it (--resume replays the journal)
+            "journal": Path(str(p) + "-journal").exists(),
             "missing_sources": [],  # filled in below, once this handle is closed
             "datasets": datasets,
             "failures": failures,
