@@ -43,7 +43,8 @@ def test_models_no_match_is_not_an_error(cli) -> None:
 @pytest.mark.parametrize(
     "name",
     ["resnet18", "convnext_atto", "efficientnet_b0", "regnetx_002", "vit_tiny_patch16_224", "dla34", "vgg11",
-     "hrnet_w18_small", "ghostnet_100", "mobilenetv3_small_050", "cspresnet50", "swin_tiny_patch4_window7_224"],
+     "hrnet_w18_small", "ghostnet_100", "mobilenetv3_small_050", "cspresnet50", "swin_tiny_patch4_window7_224",
+     "vit_small_r26_s32_224", "vit_small_resnet26d_224"],
 )  # fmt: skip
 def test_output_stride_column_matches_a_real_build(name: str) -> None:
     """The cheap answer (from source) agrees with building the model at --output-stride 16."""
