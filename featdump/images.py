@@ -200,6 +200,10 @@ def load_rgb(source: str, max_pixels: int | None = None) -> Any:
             im = Image.open(fh)
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
             raise ValueError(f"too many pixels ({exc}); raise --max-image-pixels if this is a real scan") from None
+        except Image.UnidentifiedImageError:  # name the file, not the file object
+            raise Image.UnidentifiedImageError(
+                f"cannot identify image file {source!r} (not an image, or a damaged header such as zero width)"
+            ) from None
         with im:
             w, h = im.size
             if w == 0 or h == 0:
