@@ -227,6 +227,8 @@ class JournaledFile:
         self.dirty = False
         self.error: OSError | None = None  # first I/O error, for a message that names its cause
         self._pending: _Redo | None = None  # a complete redo block not yet known to be applied
+        self.failed = False  # an I/O error happened: nothing more is committed (see write)
+        self.spill: dict[int, bytearray] = {}  # writes after a failure, held so HDF5 reads them back
 
     # ------------------------------------------------------------ opening
 
@@ -335,12 +337,21 @@ class JournaledFile:
     def readinto(self, buf: Any) -> int:
         view = memoryview(buf).cast("B")
         start, n = self.pos, len(view)
+        self._read(view, start)
+        if self.spill:
+            self._patch(view, start, self.spill, start, start + n)
+        self.pos = start + n
+        return n
+
+    def _read(self, view: memoryview, start: int) -> None:
+        """The logical bytes at ``start``: the file, masked and overlaid by what is not yet committed."""
+        n = len(view)
         stop = start + n
         try:
             got = os.preadv(self.fd, [view], start) if n else 0
         except OSError as exc:
-            self._remember(exc)
-            raise
+            self._fail(exc)
+            got = 0
         if got < n:
             view[got:] = bytes(n - got)
         if self.zero_from is not None:
@@ -348,26 +359,38 @@ class JournaledFile:
             if z0 < z1:
                 view[z0 - start : z1 - start] = bytes(z1 - z0)
         if self.pages and start < self.committed:
-            for p in range(start // PAGE, (min(stop, self.committed) - 1) // PAGE + 1):
-                page = self.pages.get(p)
-                if page is None:
-                    continue
-                p0 = p * PAGE
-                a, b = max(start, p0), min(stop, p0 + len(page))
-                if a < b:
-                    view[a - start : b - start] = page[a - p0 : b - p0]
+            self._patch(view, start, self.pages, start, min(stop, self.committed))
         if stop > self.size:  # past the logical end: zeros, as after ftruncate
             cut = max(start, self.size)
             view[cut - start :] = bytes(stop - cut)
-        self.pos = stop
-        return n
+
+    @staticmethod
+    def _patch(view: memoryview, start: int, pages: dict[int, bytearray], lo: int, hi: int) -> None:
+        if lo >= hi:
+            return
+        for p in range(lo // PAGE, (hi - 1) // PAGE + 1):
+            page = pages.get(p)
+            if page is None:
+                continue
+            p0 = p * PAGE
+            a, b = max(lo, p0), min(hi, p0 + len(page))
+            if a < b:
+                view[a - start : b - start] = page[a - p0 : b - p0]
 
     def write(self, data: Any) -> int:
+        """Never raises: h5py's fileobj driver does not survive a Python exception in a callback
+        (it goes on calling with the exception set, and can crash). An I/O error puts the file in
+        a failed state instead: later writes are held in memory so HDF5 reads back what it wrote,
+        :meth:`commit` refuses, and the Store reports :attr:`error` (ENOSPC, EIO) to the user."""
         if self.readonly:
-            raise OSError(errno.EBADF, "read-only view")
+            self._fail(OSError(errno.EBADF, "write to a read-only view"))
+            return len(memoryview(data).cast("B"))
         view = memoryview(data).cast("B")
         start, n = self.pos, len(view)
         stop = start + n
+        if self.failed:
+            self._spill_write(view, start)
+            return n
         L = self.committed
         try:
             if stop > L:
@@ -384,12 +407,34 @@ class JournaledFile:
                     page[pos - p0 : b - p0] = view[pos - start : b - start]
                     pos = b
         except OSError as exc:
-            self._remember(exc)
-            raise
+            self._fail(exc)
+            self._spill_write(view, start)
+            return n
         self.pos = stop
         self.size = max(self.size, stop)
         self.dirty = True
         return n
+
+    def _spill_write(self, view: memoryview, start: int) -> None:
+        stop = start + len(view)
+        pos = start
+        while pos < stop:
+            p = pos // PAGE
+            page = self.spill.get(p)
+            if page is None:
+                page = bytearray(PAGE)
+                self._read(memoryview(page), p * PAGE)
+                self.spill[p] = page
+            b = min(stop, (p + 1) * PAGE)
+            page[pos - p * PAGE : b - p * PAGE] = view[pos - start : b - start]
+            pos = b
+        self.pos = stop
+        self.size = max(self.size, stop)
+        self.dirty = True
+
+    def _fail(self, exc: OSError) -> None:
+        self._remember(exc)
+        self.failed = True
 
     def _page(self, p: int) -> bytearray:
         page = self.pages.get(p)
@@ -421,6 +466,15 @@ class JournaledFile:
         size = self.pos if size is None else size
         if self.readonly:
             return size
+        if self.failed:
+            for p in [p for p in self.spill if p * PAGE >= size]:
+                del self.spill[p]
+            if size // PAGE in self.spill:
+                page = self.spill[size // PAGE]
+                page[size % PAGE :] = bytes(PAGE - size % PAGE)
+            self.size = size
+            self.dirty = True
+            return size
         L = self.committed
         try:
             if size >= L:
@@ -435,8 +489,7 @@ class JournaledFile:
                     page[size - p * PAGE :] = bytes(len(page) - (size - p * PAGE))
                 os.ftruncate(self.fd, L)  # what lay past L was never committed
         except OSError as exc:
-            self._remember(exc)
-            raise
+            self._fail(exc)
         if size != self.size:
             self.dirty = True
         self.size = size
@@ -458,6 +511,8 @@ class JournaledFile:
 
     def commit(self) -> None:
         """Make everything written so far the new committed state, atomically (and durably)."""
+        if self.failed:  # never commit a state built on writes that did not happen
+            raise self.error or OSError(errno.EIO, "an earlier write failed")
         if self.readonly or not self.dirty:
             return
         size = self.size
@@ -554,6 +609,7 @@ class JournaledFile:
             except OSError:
                 keep = True  # --resume cuts it instead
         self.pages.clear()
+        self.spill.clear()
         self.dirty = False
         os.close(self.fd)
         self.fd = -1

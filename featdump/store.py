@@ -346,6 +346,8 @@ class Store:
                     ds = self.h5["failed"][key]
                     ds.resize(m + len(failed), axis=0)
                     ds[m : m + len(failed)] = col
+            if self.jf is not None and self.jf.failed:  # an I/O error inside HDF5's writes
+                raise self.jf.error or OSError("write failed")
             self.progress = Progress(n + b, m + len(failed), inputs_done)
             if time.monotonic() - self._last_commit >= self.commit_seconds:
                 self.commit()
