@@ -88,8 +88,9 @@ def _input_roots(command: str, h5_path: Path) -> list[Path]:
     except ValueError:
         words = command.split()
     roots: list[Path] = []
-    for word in words[2:]:
-        if word.startswith("-"):
+    for word in words[1:]:
+        word = word.strip("[]'\",()")  # also featdump.extract('m', ['photos/'], ...) as the API records it
+        if not word or word.startswith("-"):
             continue
         for base in (Path.cwd(), h5_path.parent):
             p = Path(word) if Path(word).is_absolute() else base / word

@@ -112,3 +112,10 @@ def test_import_and_version_do_not_load_torch() -> None:
 def test_typed_package() -> None:
     assert (Path(featdump.__file__).parent / "py.typed").exists()
     assert {"extract", "open", "FeatureFile"} <= set(featdump.__all__)
+
+
+def test_viz_finds_the_inputs_of_an_api_run(cli, made: tuple[Path, object], tmp_path: Path) -> None:
+    out, _ = made
+    res = cli("viz", str(out), "-o", str(tmp_path / "api.png"), "--image", "1")
+    assert res.exit_code == 0, res.output
+    assert res.stderr == ""  # the INPUT folder was read from the recorded featdump.extract(...) call
