@@ -245,9 +245,12 @@ def _placeholder(tile: tuple[int, int], text: str) -> Any:
     return img
 
 
-def _clip(text: str, width: int) -> str:
+def _clip(text: str, width: int, keep_end: bool = True) -> str:
+    """Shorten a label to the tile width: module names keep their end (blocks.11.mlp.fc1), others their start."""
     max_chars = max(4, width // 6)
-    return text if len(text) <= max_chars else "…" + text[-(max_chars - 1) :]
+    if len(text) <= max_chars:
+        return text
+    return "…" + text[-(max_chars - 1) :] if keep_end else text[: max_chars - 1] + "…"
 
 
 def render(
@@ -331,7 +334,7 @@ def render(
     for c, name in enumerate(["input"] + chosen):
         x = PAD + c * (tw + PAD)
         text = labels.get(name, "input (model's crop)")
-        lines = [_clip(line, tw) for line in text.split("\n")]
+        lines = [_clip(line, tw, keep_end=(i == 0 and c > 0)) for i, line in enumerate(text.split("\n"))]
         draw.multiline_text((x, PAD), "\n".join(lines), fill=(20, 20, 20), font=font, spacing=2)
     for r, row in enumerate(rows):
         y = PAD + LABEL_H + r * (th + LABEL_H // 2 + PAD)
