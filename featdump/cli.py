@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import shlex
 import sys
 from collections.abc import Callable
@@ -161,7 +162,7 @@ def inspect(
 _EXTRACT_OPTIONS = [
     "out_indices", "layers", "tokens", "output_stride", "img_size", "pretrained", "checkpoint", "device", "precision",
     "batch_size", "workers", "dtype", "pool", "compression", "shard", "resume", "overwrite", "strict", "quiet",
-    "max_image_pixels",
+    "max_image_pixels", "fast_decode", "decode", "compile",
 ]  # fmt: skip
 
 
@@ -199,7 +200,18 @@ def extract(
     workers: Annotated[Optional[int], typer.Option("--workers", help="Decoding processes. [default: tuned]")] = None,
     dtype: Annotated[str, typer.Option("--dtype", help="Storage dtype: float32|float16.")] = "float32",
     pool: Annotated[str, typer.Option("--pool", help="none|avg|max over space (stores N×C).")] = "none",
-    compression: Annotated[str, typer.Option("--compression", help="none|gzip|lzf|zstd.")] = "none",
+    compression: Annotated[
+        str,
+        typer.Option("--compression", help="none|gzip|lzf|zstd (zstd: level 1 via hdf5plugin; readers import hdf5plugin)."),
+    ] = "none",
+    fast_decode: Annotated[
+        bool,
+        typer.Option(
+            "--fast-decode", help="JPEG DCT scaling / reduce before resize: ~1.7x faster decoding, pixels change slightly."
+        ),
+    ] = False,
+    decode: Annotated[str, typer.Option("--decode", help="cpu|gpu (gpu: torchvision's nvjpeg on the CUDA device).")] = "cpu",
+    compile: Annotated[bool, typer.Option("--compile", help="torch.compile the backbone (pays off on long GPU runs).")] = False,
     shard: Annotated[
         Optional[str], typer.Option("--shard", help="I/N: handle block I of N. [default: from torchrun/Slurm]")
     ] = None,
@@ -219,6 +231,10 @@ def extract(
     Example: featdump extract resnet50 photos/ -o feats.h5 --out-indices 1,2,3 --dtype float16
     """
     from featdump import config
+    # Read by libgomp when torch loads (so set before it is imported): threads waiting at a barrier
+    # sleep instead of spinning, so decoding workers, the writer and other jobs on the node do not
+    # make the forward pass's threads burn their cores waiting (measured: README, Performance).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from featdump.pipeline import run_extraction
     from featdump.report import RichProgress, console, failures_table, summary_table
 

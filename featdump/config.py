@@ -15,6 +15,7 @@ PRECISIONS = ("fp32", "fp16", "bf16")
 DTYPES = ("float32", "float16")
 POOLS = ("none", "avg", "max")
 COMPRESSIONS = ("none", "gzip", "lzf", "zstd")
+DECODERS = ("cpu", "gpu")  # --decode: PIL in worker processes, or torchvision's nvjpeg on the CUDA device
 TOKENS = ("seq", "map")  # token outputs as (N, T, D), or as a (N, D, H, W) map of the patch tokens
 OUTPUT_STRIDES = (8, 16, 32)
 
@@ -40,6 +41,9 @@ class ExtractConfig:
     dtype: str = "float32"
     pool: str = "none"
     compression: str = "none"
+    fast_decode: bool = False  # JPEG DCT scaling / reduce before resize: faster, pixels change slightly
+    decode: str = "cpu"
+    compile: bool = False  # torch.compile the backbone
     shard: tuple[int, int] | None = None
     resume: bool = False
     overwrite: bool = False
@@ -203,6 +207,7 @@ def resolve(given: dict[str, Any], file_values: dict[str, Any] | None = None, co
         ("dtype", DTYPES),
         ("pool", POOLS),
         ("compression", COMPRESSIONS),
+        ("decode", DECODERS),
         ("tokens", TOKENS),
     ):
         if name in merged:
@@ -214,12 +219,14 @@ def resolve(given: dict[str, Any], file_values: dict[str, Any] | None = None, co
         kw["device"] = str(merged.pop("device"))
     checkpoint = merged.pop("checkpoint", None)
     kw["checkpoint"] = str(checkpoint) if checkpoint else None
-    for flag in ("pretrained", "resume", "overwrite", "strict", "quiet"):
+    for flag in ("pretrained", "resume", "overwrite", "strict", "quiet", "fast_decode", "compile"):
         if flag in merged:
             value = merged.pop(flag)
             if not isinstance(value, bool):
                 raise UsageError(f"{flag} must be true or false, not {value!r}")
             kw[flag] = value
+    if kw.get("fast_decode") and kw.get("decode") == "gpu":
+        raise UsageError("--fast-decode and --decode gpu exclude each other: fast decoding is a CPU (PIL) shortcut")
     if kw.get("resume") and kw.get("overwrite"):
         raise UsageError("--resume and --overwrite exclude each other: continue the file, or replace it")
     if merged:

@@ -7,11 +7,13 @@ never shifts another image's row.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
+import re
 import stat
 import warnings
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 from typing import Any
 
@@ -181,8 +183,12 @@ def to_rgb(im: Any) -> Any:
     return im.convert("RGB")
 
 
-def load_rgb(source: str, max_pixels: int | None = None) -> Any:
+def load_rgb(source: str, max_pixels: int | None = None, shrink_to: int | None = None) -> Any:
     """Open one image as RGB, with EXIF orientation applied and only the first frame of animations.
+
+    ``shrink_to`` (``--fast-decode``): decode JPEGs at 1/2, 1/4 or 1/8 scale (DCT scaling) and
+    shrink other images by a whole factor, keeping both sides >= ``shrink_to``; the resize that
+    follows then starts from fewer pixels. Faster, and the pixels change slightly.
 
     Raises on anything that is not a readable, non-empty regular image file.
     """
@@ -214,11 +220,15 @@ def load_rgb(source: str, max_pixels: int | None = None) -> Any:
                 )
             if getattr(im, "is_animated", False):
                 im.seek(0)
+            if shrink_to:
+                im.draft(None, (shrink_to, shrink_to))  # a no-op for anything but JPEG
             im.load()
             oriented = _orient(im)
             rgb = to_rgb(oriented if oriented is not None else im)
             if rgb is im:
                 rgb = im.copy()
+    if shrink_to:
+        rgb = shrink(rgb, shrink_to)
     return rgb
 
 
@@ -249,6 +259,53 @@ def _orient(im: Any) -> Any:
             return ImageOps.exif_transpose(im)
         except Exception as exc:  # noqa: BLE001 - any EXIF parse failure
             raise ValueError(f"broken EXIF, cannot tell which way up the image is ({exc})") from None
+
+
+def shrink(img: Any, size: int) -> Any:
+    """Box-reduce ``img`` by the largest whole factor that keeps both sides >= ``size``."""
+    factor = min(img.size) // max(1, size)
+    return img.reduce(factor) if factor >= 2 else img
+
+
+def fast_decode_size(input_size: Sequence[int], crop_pct: float) -> int:
+    """The side ``--fast-decode`` may shrink to: timm's resize target before the crop
+    (``floor(size / crop_pct)``), so the eval transform still only ever scales down."""
+    return max(int(math.floor(int(s) / max(crop_pct, 1e-6))) for s in input_size[-2:])
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """``--decode gpu``: a JPEG file's bytes (uint8 tensor), decoded later on the device."""
+
+    data: Any
+
+
+def read_jpeg(source: str, max_pixels: int | None = None) -> Encoded | None:
+    """The bytes of a baseline/progressive RGB or grayscale JPEG, after the same checks as
+    :func:`load_rgb` (regular file, size, pixel limit); None for anything the GPU decoder
+    should not get (other formats, CMYK JPEGs), which then go through :func:`load_rgb`."""
+    import torch
+    from PIL import Image
+
+    _check_regular(os.stat(source))
+    limit = max_pixels if max_pixels is not None else Image.MAX_IMAGE_PIXELS
+    with open(source, "rb", opener=_open_nonblocking) as fh, warnings.catch_warnings():
+        _check_regular(os.fstat(fh.fileno()))
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            with Image.open(fh) as im:
+                kind, mode, (w, h) = im.format, im.mode, im.size
+        except Exception:  # noqa: BLE001 - load_rgb gives the precise reason
+            return None
+        if kind != "JPEG" or mode not in ("RGB", "L") or w * h == 0:
+            return None
+        if limit is not None and w * h > limit:
+            raise ValueError(
+                f"too many pixels ({w}x{h} = {w * h} > {limit}); raise --max-image-pixels if this is a real scan"
+            )
+        fh.seek(0)
+        data = fh.read()
+    return Encoded(torch.frombuffer(bytearray(data), dtype=torch.uint8))
 
 
 def describe_error(exc: BaseException) -> str:
@@ -291,6 +348,18 @@ class ImageDataset:
             return i, None, describe_error(exc)
 
 
+class EncodedDataset(ImageDataset):
+    """``--decode gpu``: item ``i`` is ``(i, Encoded, "")`` for JPEGs the device decodes, else what
+    :class:`ImageDataset` gives (other formats are decoded here, exactly, with PIL)."""
+
+    def __getitem__(self, i: int) -> Sample:
+        try:
+            encoded = read_jpeg(self.refs[i].source, self.max_pixels)
+        except Exception as exc:  # noqa: BLE001 - any failure becomes a record
+            return i, None, describe_error(exc)
+        return (i, encoded, "") if encoded is not None else super().__getitem__(i)
+
+
 @dataclass
 class Batch:
     """What the loader yields: good images stacked, failures listed, all by list position."""
@@ -300,6 +369,8 @@ class Batch:
     failed: list[tuple[int, str]]
     first: int  # smallest list position covered by this batch
     last: int  # largest list position covered by this batch
+    # --decode gpu: one entry per position, an Encoded JPEG or a decoded tensor; pixels is None
+    encoded: list[Any] = field(default_factory=list)
 
 
 def collate(samples: list[Sample]) -> Batch:
@@ -307,7 +378,70 @@ def collate(samples: list[Sample]) -> Batch:
 
     good = [(i, t) for i, t, err in samples if t is not None]
     failed = [(i, err) for i, t, err in samples if t is None]
-    pixels = torch.stack([t for _, t in good]) if good else None
     positions = [i for i, _ in good]
     covered = [s[0] for s in samples]
+    if any(isinstance(t, Encoded) for _, t in good):
+        return Batch(positions, None, failed, min(covered), max(covered), [t for _, t in good])
+    pixels = torch.stack([t for _, t in good]) if good else None
     return Batch(positions, pixels, failed, min(covered), max(covered))
+
+
+def tensor_transform(transform: Any) -> Callable[[Any], Any]:
+    """timm's eval transform for a decoded uint8 (3, H, W) tensor: the same resize (antialiased,
+    rounded back to uint8 like PIL), crop and normalisation, with to-tensor as a /255."""
+    steps = getattr(transform, "transforms", [transform])
+
+    def apply(x: Any) -> Any:
+        for step in steps:
+            if type(step).__name__ in ("ToTensor", "MaybeToTensor", "PILToTensor", "MaybePILToTensor"):
+                x = x.float().div_(255.0)
+            else:
+                x = step(x)
+        return x
+
+    return apply
+
+
+class DeviceDecoder:
+    """``--decode gpu``: a Batch of JPEG bytes -> pixels on ``device``, decoded by torchvision
+    (nvjpeg on CUDA) and transformed there. A file the decoder rejects becomes a failure record;
+    images that were not JPEGs arrive decoded already and are only moved."""
+
+    def __init__(self, transform: Any, device: Any) -> None:
+        self.device = device
+        self.apply = tensor_transform(transform)
+
+    def _decode(self, data: Any) -> Any:
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        return decode_jpeg(data, mode=ImageReadMode.RGB, device=self.device, apply_exif_orientation=True)
+
+    def __call__(self, batch: Batch) -> Batch:
+        import torch
+
+        if not batch.encoded:
+            return batch
+        jpegs = [(k, e.data) for k, e in enumerate(batch.encoded) if isinstance(e, Encoded)]
+        decoded: dict[int, Any] = {}
+        failed = list(batch.failed)
+        if jpegs:
+            try:
+                decoded = dict(zip((k for k, _ in jpegs), self._decode([d for _, d in jpegs])))
+            except Exception:  # noqa: BLE001 - one bad file fails the batched call: find which
+                for k, data in jpegs:
+                    try:
+                        decoded[k] = self._decode(data)
+                    except Exception as exc:  # noqa: BLE001 - becomes a record
+                        why = re.sub(r"^[^,]*, \S+\.(?:cpp|cu|h):\d+, ", "", describe_error(exc))
+                        failed.append((batch.positions[k], f"{why} (decode_jpeg on {self.device})"))
+        rows, positions = [], []
+        for k, (pos, item) in enumerate(zip(batch.positions, batch.encoded)):
+            if isinstance(item, Encoded):
+                if k not in decoded:
+                    continue
+                rows.append(self.apply(decoded[k]))
+            else:
+                rows.append(item.to(self.device, non_blocking=True))
+            positions.append(pos)
+        pixels = torch.stack(rows) if rows else None
+        return Batch(positions, pixels, sorted(failed), batch.first, batch.last)

@@ -8,9 +8,9 @@ still leaving a file that ``--resume`` finishes.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
-import queue
 import signal
 import threading
 import time
@@ -59,10 +59,16 @@ class Summary:
     images_this_run: int = 0
     resumed_from: int = 0
     complete: bool = True
+    bytes_written: int = 0  # feature bytes (uncompressed) this run
 
     @property
     def images_per_second(self) -> float:
         return self.images_this_run / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def mb_per_second(self) -> float:
+        """Feature data written per second of the run (uncompressed MiB/s)."""
+        return self.bytes_written / (1 << 20) / self.seconds if self.seconds > 0 else 0.0
 
 
 class ProgressSink:
@@ -120,23 +126,39 @@ def cpu_budget(placement: Placement) -> int:
     return placement.cpu_budget(available)
 
 
+WRITE_QUEUE_BYTES = 256 << 20  # the writer's queue: enough for a few large batches, never more
+
+
 @dataclass(frozen=True)
 class Tuning:
+    """How one run uses the machine (see :func:`tune`)."""
+
     batch_size: int
-    workers: int
-    threads: int | None
+    workers: int  # DataLoader decoding processes (0: decode in the main thread)
+    threads: int | None  # torch intra-op threads for the forward pass (None: leave torch's default)
     channels_last: bool
+    prefetch: int = 2  # batches each worker decodes ahead
+    queue_bytes: int = WRITE_QUEUE_BYTES  # feature bytes waiting for the writer, at most
 
 
 def tune(device: Any, cfg: ExtractConfig, placement: Placement) -> Tuning:
-    """Defaults per device: on CPU, leave the forward pass most cores and decode in the rest."""
+    """Defaults per device, from measurements (``make bench``; README, Performance).
+
+    CPU: the forward pass gets every core of the budget (Slurm's --cpus-per-task, else this
+    process's affinity) as intra-op threads; decoding runs in ``cpus // 8`` worker processes (at
+    least 1, at most 8) that share those cores, since decoding + timm's transform costs ~5 ms per
+    image against 20-100 ms for the forward pass; on 2 cores one worker and two threads beat one
+    thread each by ~1.7x. Batches of 8 in channels_last: larger batches are slower on CPUs.
+    CUDA: batches of 64, channels_last, threads left alone, workers for up to 8 of the cores.
+    """
     cpus = cpu_budget(placement)
     if device.type == "cpu":
-        workers = cfg.workers if cfg.workers is not None else (1 if cpus <= 4 else min(8, cpus // 4))
-        threads = max(1, cpus - (workers if cpus > 4 else 0))
-        return Tuning(cfg.batch_size or 8, workers, threads, True)
+        workers = cfg.workers if cfg.workers is not None else min(8, max(1, cpus // 8))
+        return Tuning(cfg.batch_size or 8, workers, cpus, True, prefetch=2)
     workers = cfg.workers if cfg.workers is not None else max(1, min(8, cpus - 1))
-    return Tuning(cfg.batch_size or 32, workers, None, True)
+    if cfg.decode == "gpu":  # workers only read files
+        workers = cfg.workers if cfg.workers is not None else max(1, min(4, cpus - 1))
+    return Tuning(cfg.batch_size or 64, workers, None, device.type == "cuda", prefetch=4)
 
 
 # --------------------------------------------------------------------------- model step
@@ -158,7 +180,16 @@ def to_storage(out: Any, layer: LayerInfo, pool: str, dtype: Any) -> Any:
 class Forward:
     """Batch of pixels -> list of numpy arrays, one per stored layer."""
 
-    def __init__(self, backbone: Backbone, device: Any, precision: str, pool: str, dtype: str, channels_last: bool) -> None:
+    def __init__(
+        self,
+        backbone: Backbone,
+        device: Any,
+        precision: str,
+        pool: str,
+        dtype: str,
+        channels_last: bool,
+        compile: bool = False,
+    ) -> None:
         import torch
 
         self.model = backbone.model.to(device)
@@ -175,6 +206,9 @@ class Forward:
         else:
             amp = torch.float16 if precision == "fp16" else torch.bfloat16
             self.autocast = lambda: torch.autocast(device_type=device.type, dtype=amp)
+        self.compiled = compile
+        if compile:
+            self.model = torch.compile(self.model)
 
     def __call__(self, pixels: Any) -> list[Any]:
         import torch
@@ -184,24 +218,46 @@ class Forward:
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with self.autocast():
-                outs = self.model(x)
+                outs = self._model(x)
             if isinstance(outs, dict):
                 outs = list(outs.values())
             stored = [to_storage(o, layer, self.pool, self.dtype) for o, layer in zip(outs, self.layers)]
-            return [s.cpu().numpy() for s in stored]
+            if self.device.type != "cuda":
+                return [s.cpu().numpy() for s in stored]
+            host = [s.to("cpu", non_blocking=True) for s in stored]  # pinned; one sync for all
+            torch.cuda.current_stream(self.device).synchronize()
+            return [h.numpy() for h in host]
+
+    def _model(self, x: Any) -> Any:
+        if not self.compiled:
+            return self.model(x)
+        try:
+            return self.model(x)
+        except Exception as exc:  # noqa: BLE001 - inductor needs a compiler toolchain and more
+            text = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+            raise FeatdumpError(f"--compile: torch.compile failed ({text[:300]}); run without --compile") from None
 
 
 # --------------------------------------------------------------------------- writer thread
 
 
 class Writer:
-    """Owns the Store in a background thread; ``put`` blocks when ``depth`` batches are waiting."""
+    """Owns the Store in a background thread, behind a queue bounded in bytes.
+
+    ``put`` blocks while the feature arrays queued or being written would exceed ``max_bytes``;
+    one batch is always admitted (however large), so memory stays below
+    ``max(max_bytes, one batch)`` whatever the number of images.
+    """
 
     _STOP = object()
 
-    def __init__(self, store: Store, depth: int = 4) -> None:
+    def __init__(self, store: Store, max_bytes: int = WRITE_QUEUE_BYTES) -> None:
         self.store = store
-        self.queue: queue.Queue[Any] = queue.Queue(maxsize=depth)
+        self.max_bytes = max_bytes
+        self.pending = 0  # bytes queued or being written
+        self.peak = 0  # the most ``pending`` ever was (tests, bench)
+        self.items: collections.deque[tuple[Any, int]] = collections.deque()
+        self.cond = threading.Condition()
         self.error: BaseException | None = None
         self.seconds = 0.0
         self.thread = threading.Thread(target=self._run, name="featdump-writer", daemon=True)
@@ -209,28 +265,43 @@ class Writer:
 
     def _run(self) -> None:
         while True:
-            item = self.queue.get()
+            with self.cond:
+                while not self.items:
+                    self.cond.wait()
+                item, size = self.items[0]  # still counted while it is written
             if item is self._STOP:
                 return
-            if self.error is not None:
-                continue
-            try:
-                t0 = time.perf_counter()
-                self.store.append(*item)
-                self.seconds += time.perf_counter() - t0
-            except BaseException as exc:  # noqa: BLE001 - handed to the main thread
-                self.error = exc
+            if self.error is None:
+                try:
+                    t0 = time.perf_counter()
+                    self.store.append(*item)
+                    self.seconds += time.perf_counter() - t0
+                except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+                    self.error = exc
+            with self.cond:
+                self.items.popleft()
+                self.pending -= size
+                self.cond.notify_all()
 
     def put(self, item: tuple[Any, ...]) -> None:
         self.raise_error()
-        self.queue.put(item)
+        size = sum(int(getattr(a, "nbytes", 0)) for a in item[0])
+        with self.cond:
+            while self.pending and self.pending + size > self.max_bytes and self.error is None:
+                self.cond.wait()
+            self.items.append((item, size))
+            self.pending += size
+            self.peak = max(self.peak, self.pending)
+            self.cond.notify_all()
 
     def raise_error(self) -> None:
         if self.error is not None:
             raise _write_error(self.store, self.error)
 
     def close(self) -> None:
-        self.queue.put(self._STOP)
+        with self.cond:
+            self.items.append((self._STOP, 0))
+            self.cond.notify_all()
         self.thread.join()
         self.raise_error()
 
@@ -338,7 +409,7 @@ def file_attrs(cfg: ExtractConfig, backbone: Backbone, placement: Placement, dig
         "pool": cfg.pool,
         "dtype": cfg.dtype,
         "precision": cfg.precision,
-        "decode": "exact",
+        "decode": decode_mode(cfg),
         "compression": cfg.compression,
         "created": utc_now(),
         "command": cfg.command,
@@ -461,6 +532,68 @@ def open_output(cfg: ExtractConfig, out_path: Path, attrs: dict[str, Any], layer
     return Output(create(out_path), out_path)
 
 
+def decode_mode(cfg: ExtractConfig) -> str:
+    """The file's ``decode`` attribute: ``exact`` (timm's transform on PIL, the default), ``fast``
+    (``--fast-decode``: JPEG DCT scaling / reduce before resize) or ``gpu`` (``--decode gpu``)."""
+    if cfg.decode == "gpu":
+        return "gpu"
+    return "fast" if cfg.fast_decode else "exact"
+
+
+def check_decode(cfg: ExtractConfig, device: Any) -> None:
+    """``--decode gpu`` needs a CUDA device and torchvision's decoder: exit 2 otherwise."""
+    if cfg.decode != "gpu":
+        return
+    if device.type != "cuda":
+        raise UsageError(
+            f"--decode gpu decodes JPEGs on a CUDA GPU (torchvision's nvjpeg), but this run is on {device.type}; "
+            "drop --decode gpu (or use --fast-decode for faster CPU decoding)"
+        )
+    try:
+        import torchvision.io  # noqa: F401
+    except ImportError:
+        raise UsageError("--decode gpu needs torchvision (pip install torchvision)") from None
+
+
+class Loader:
+    """Decoded batches in list order: DataLoader workers decode and transform (each
+    ``tuning.prefetch`` batches ahead), pinned memory on CUDA; with ``--decode gpu`` the workers only read JPEG bytes
+    and :class:`DeviceDecoder` finishes each batch on the device in this thread."""
+
+    def __init__(self, todo: Sequence[ImageRef], backbone: Backbone, cfg: ExtractConfig, device: Any, tuning: Tuning):
+        import functools
+
+        import torch
+
+        from featdump.images import DeviceDecoder, EncodedDataset, fast_decode_size, load_rgb
+
+        transform = backbone.data.transform()
+        self.decoder: Any = None
+        if cfg.decode == "gpu":
+            dataset: ImageDataset = EncodedDataset(todo, transform, cfg.max_image_pixels)
+            self.decoder = DeviceDecoder(transform, device)
+        elif cfg.fast_decode:
+            size = fast_decode_size(backbone.data.input_size, backbone.data.crop_pct)
+            dataset = ImageDataset(todo, transform, cfg.max_image_pixels, functools.partial(load_rgb, shrink_to=size))
+        else:
+            dataset = ImageDataset(todo, transform, cfg.max_image_pixels)
+        batches = -(-len(todo) // tuning.batch_size)
+        workers = min(tuning.workers, max(1, batches))  # no idle processes for a handful of images
+        self.loader = torch.utils.data.DataLoader(
+            dataset,
+            batch_size=tuning.batch_size,
+            shuffle=False,
+            num_workers=workers,
+            collate_fn=collate,
+            pin_memory=device.type == "cuda",
+            worker_init_fn=_worker_init if workers else None,
+            prefetch_factor=tuning.prefetch if workers else None,
+            persistent_workers=False,  # one pass over the list: workers live exactly as long as it
+        )
+
+    def __iter__(self) -> Iterator[Batch]:
+        for batch in self.loader:
+            yield self.decoder(batch) if self.decoder is not None else batch
 
 
 def _batches(loader: Any, stop: StopFlag) -> Iterator[Batch]:
@@ -484,11 +617,12 @@ def run_extraction(
     _preflight(out_path, cfg)
     refs, digest, total, total_digest = select_images(cfg, placement)
     device = resolve_device(cfg.device, placement.local_rank)
+    check_decode(cfg, device)
     tuning = tune(device, cfg, placement)
     if tuning.threads:
         torch.set_num_threads(tuning.threads)
     if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+        torch.backends.cudnn.benchmark = True  # here, not at import: fixed input size, fastest kernels
 
     if not cfg.pretrained and not cfg.checkpoint:
         torch.manual_seed(0)  # --no-pretrained: the same random weights every run, so --resume matches
@@ -516,20 +650,9 @@ def run_extraction(
         if resumed_from > len(refs):
             raise UsageError(f"--resume: {out_path} has {resumed_from} inputs done but the list has {len(refs)}")
         todo = refs[resumed_from:]
-        dataset = ImageDataset(todo, backbone.data.transform(), cfg.max_image_pixels)
-        forward = Forward(backbone, device, cfg.precision, cfg.pool, cfg.dtype, tuning.channels_last)
-        loader = torch.utils.data.DataLoader(
-            dataset,
-            batch_size=tuning.batch_size,
-            shuffle=False,
-            num_workers=tuning.workers,
-            collate_fn=collate,
-            pin_memory=device.type == "cuda",
-            worker_init_fn=_worker_init if tuning.workers else None,
-            prefetch_factor=4 if tuning.workers else None,
-            persistent_workers=False,
-        )
-        writer = Writer(store)
+        loader = Loader(todo, backbone, cfg, device, tuning)
+        forward = Forward(backbone, device, cfg.precision, cfg.pool, cfg.dtype, tuning.channels_last, cfg.compile)
+        writer = Writer(store, tuning.queue_bytes)
         progress.start(len(refs), resumed_from, cfg.model)
         with StopFlag(f"{store.path} keeps its last commit; resume with --resume") as stop:
             try:
@@ -619,6 +742,7 @@ def summarize(
         images_this_run=store.progress.inputs_done - resumed_from,
         resumed_from=resumed_from,
         complete=bool(h5.attrs.get("complete", False)),
+        bytes_written=int(getattr(store, "bytes_written", 0)),
     )
 
 

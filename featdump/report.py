@@ -156,6 +156,8 @@ def summary_table(summary: Summary) -> Table:
             f"{ratio:.2f}",
         )
     rate = f"{summary.images_per_second:.1f} images/s" if summary.images_this_run else "nothing new to do"
+    if summary.images_this_run and getattr(summary, "bytes_written", 0):
+        rate += f", {summary.mb_per_second:.1f} MB/s of features written"
     resumed = f" · resumed after {summary.resumed_from}" if summary.resumed_from else ""
     state = "complete" if summary.complete else "NOT complete"
     table.caption = (
@@ -188,6 +190,7 @@ def summary_dict(summary: Summary) -> dict[str, Any]:
         "complete": summary.complete,
         "seconds": round(summary.seconds, 3),
         "images_per_second": round(summary.images_per_second, 3),
+        "mb_per_second": round(summary.mb_per_second, 3),
         "layers": [
             {
                 "name": l.name,
