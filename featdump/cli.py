@@ -215,9 +215,14 @@ def extract(
     shard: Annotated[
         Optional[str], typer.Option("--shard", help="I/N: handle block I of N. [default: from torchrun/Slurm]")
     ] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue an unfinished output file.")] = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output (on success).")] = False,
-    strict: Annotated[bool, typer.Option("--strict", help="Exit 1 if any image failed.")] = False,
+    resume: Annotated[
+        bool,
+        typer.Option("--resume", help="Continue an unfinished output (same settings), or start it if there is none."),
+    ] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an existing output; it is swapped in only when the run succeeds.")
+    ] = False,
+    strict: Annotated[bool, typer.Option("--strict", help="Exit 1 at the end if any image failed.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar, no table.")] = False,
     max_image_pixels: Annotated[
         Optional[int], typer.Option("--max-image-pixels", help="Refuse larger images. [default: Pillow's 89.5 MP]")
