@@ -1,0 +1,33 @@
+"""``make bench`` must keep working: run it in quick mode (timing is never checked here)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import ROOT
+
+
+def test_bench_quick_runs_and_saves_its_report(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--device", "cpu", "--out", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    saved = list(tmp_path.glob("bench-*-cpu-quick.json"))
+    assert len(saved) == 1
+    report = json.loads(saved[0].read_text())
+    assert report["machine"]["device"] == "cpu" and report["machine"]["cpus"] >= 1
+    (case,) = report["throughput"]
+    assert set(case["img_s_median"]) == {"bare forward", "serial decode + forward", "naive loop", "featdump"}
+    assert all(v > 0 for v in case["img_s_median"].values())
+    assert "featdump / bare forward" in case["ratio_median"]
+    assert {r["--compression"] for r in report["codecs"]} >= {"none", "gzip", "lzf", "zstd"}
+    assert all(0 < r["float16_ratio"] <= 1.01 for r in report["codecs"])
+    assert set(report["memory"]["peak_bytes"]) == {"4", "12"}
+    table = (tmp_path / "latest-quick.md").read_text()
+    assert table.strip() in proc.stdout
+    for heading in ("### Throughput", "### Codecs", "### Peak RSS", "featdump / bare forward"):
+        assert heading in table
