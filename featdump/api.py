@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from featdump.errors import FeatdumpError, UsageError
+from featdump.errors import FeatdumpError
 
 if TYPE_CHECKING:
     import h5py
@@ -92,7 +92,9 @@ def extract(
     given.update(model=model, inputs=tuple(str(i) for i in inputs), output=str(output))
     file_values = cfgmod.load_toml(config) if config else {}
     args = ", ".join(f"{k}={v!r}" for k, v in given.items() if k not in ("model", "inputs", "output", "quiet"))
-    cfg = cfgmod.resolve(given, file_values, command=f"featdump.extract({model!r}, {list(given['inputs'])!r}, {str(output)!r}, {args})")
+    cfg = cfgmod.resolve(
+        given, file_values, command=f"featdump.extract({model!r}, {list(given['inputs'])!r}, {str(output)!r}, {args})"
+    )
     summary = run_extraction(cfg, progress)
     if cfg.strict and summary.num_failed:
         raise FeatdumpError(f"{summary.num_failed} image(s) failed (strict=True); see /failed in {summary.output}")
@@ -168,11 +170,11 @@ class FeatureFile:
                 raise IndexError(f"row {r} out of range: {self.path} has {n} rows")
             return ds[r % n]
         if isinstance(rows, slice):
-            r = range(n)[rows]
-            if r.step == 1:
-                return ds[r.start : max(r.start, r.stop)]
-            rows = list(r)
-        idx = [int(r) for r in rows]
+            span = range(n)[rows]
+            if span.step == 1:
+                return ds[span.start : max(span.start, span.stop)]
+            rows = list(span)
+        idx = [int(i) for i in rows]
         bad = [r for r in idx if not -n <= r < n]
         if bad:
             raise IndexError(f"rows {bad[:5]} out of range: {self.path} has {n} rows")
@@ -216,10 +218,10 @@ class FeatureFile:
 
     def __repr__(self) -> str:
         state = "complete" if self.complete else "partial"
-        return f"<featdump file {str(self.path)!r}: {self.meta.get('model')}, {self.num_images} images, {state}, layers {self.layers}>"
+        model = self.meta.get("model")
+        return f"<featdump file {str(self.path)!r}: {model}, {self.num_images} images, {state}, layers {self.layers}>"
 
 
 def open(path: str | Path) -> FeatureFile:  # noqa: A001 - featdump.open mirrors h5py.File / builtins.open
     """Open a featdump file for reading: ``.paths``, ``.layers``, ``.meta``, ``[layer]``, ``.row()``, ``.numpy()``."""
     return FeatureFile(path)
-

@@ -15,7 +15,7 @@ import functools
 import inspect
 import sys
 import textwrap
-from typing import Any
+from typing import Any, TypeGuard
 
 from featdump.errors import UsageError
 
@@ -43,7 +43,7 @@ def _local_function(module: Any, module_name: str, name: str) -> bool:
 @functools.lru_cache(maxsize=None)
 def _class_supports(cls: type) -> bool:
     try:
-        params = inspect.signature(cls.__init__).parameters
+        params = inspect.signature(getattr(cls, "__init__")).parameters  # noqa: B009 - the class's, for mypy
     except (TypeError, ValueError):
         return False
     if "output_stride" not in params:
@@ -73,7 +73,7 @@ def _function_facts(mod_name: str, name: str) -> tuple[frozenset[type], frozense
     """One function's (classes given to build_model_with_cfg, classes mentioned, functions it calls)."""
     import torch
 
-    def is_module_class(obj: Any) -> bool:
+    def is_module_class(obj: Any) -> TypeGuard[type]:
         return isinstance(obj, type) and issubclass(obj, torch.nn.Module)
 
     module = sys.modules.get(mod_name)
@@ -93,7 +93,10 @@ def _function_facts(mod_name: str, name: str) -> tuple[frozenset[type], frozense
     mentioned: set[type] = set()
     calls: list[tuple[str, str]] = []
     for node in nodes:
-        if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", "")) == "build_model_with_cfg":
+        if (
+            isinstance(node, ast.Call)
+            and getattr(node.func, "id", getattr(node.func, "attr", "")) == "build_model_with_cfg"
+        ):
             args = list(node.args[:1]) + [k.value for k in node.keywords if k.arg == "model_cls"]
             for arg in args:
                 if isinstance(arg, ast.Name):

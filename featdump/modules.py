@@ -112,13 +112,12 @@ def trace_modules(model: Any, input_size: tuple[int, int, int]) -> list[ModuleRe
     finally:
         for h in handles:
             h.remove()
-    return [
-        ModuleRecord(n, type(m).__name__, shapes.get(n), calls.get(n, 0), kinds.get(n, "none"))
-        for n, m in named
-    ]
+    return [ModuleRecord(n, type(m).__name__, shapes.get(n), calls.get(n, 0), kinds.get(n, "none")) for n, m in named]
 
 
-def _trace(name: str, img_size: tuple[int, int] | None, output_stride: int | None) -> tuple[Any, DataConfig, list[ModuleRecord]]:
+def _trace(
+    name: str, img_size: tuple[int, int] | None, output_stride: int | None
+) -> tuple[Any, DataConfig, list[ModuleRecord]]:
     """Build on the meta device and trace; fall back to a real CPU model if meta tensors fail."""
     import torch
 
@@ -218,7 +217,8 @@ def _layer(model_name: str, model: Any, rec: ModuleRecord, data: DataConfig, tok
     if len(shape) == 1:
         return LayerInfo(rec.name, rec.name, -1, shape[0], 0, shape, "NC", {"layout": "NC"})
     raise UsageError(
-        f"module {rec.name!r} of {model_name} outputs shape {('N', *shape)}; featdump stores (N,C,H,W), (N,T,D) or (N,D)"
+        f"module {rec.name!r} of {model_name} outputs shape {('N', *shape)}; "
+        "featdump stores (N,C,H,W), (N,T,D) or (N,D)"
     )
 
 
@@ -292,7 +292,8 @@ def _hooked_class() -> type:
 
                 return hook
 
-            handles = [self.modules_by_name[l.module].register_forward_hook(make(l.module)) for l in self.layers]
+            modules = [layer.module for layer in self.layers]
+            handles = [self.modules_by_name[m].register_forward_hook(make(m)) for m in modules]
             try:
                 self.model(x)
             except _Done:
@@ -300,10 +301,10 @@ def _hooked_class() -> type:
             finally:
                 for h in handles:
                     h.remove()
-            missing = [l.module for l in self.layers if l.module not in captured]
+            missing = [m for m in modules if m not in captured]
             if missing:  # pragma: no cover - describe_modules checked that every module runs
                 raise RuntimeError(f"modules did not run: {', '.join(missing)}")
-            return [self._convert(captured[l.module], l) for l in self.layers]
+            return [self._convert(captured[layer.module], layer) for layer in self.layers]
 
     return HookedModel
 

@@ -49,7 +49,7 @@ def open_featdump(path: str | Path) -> Any:
         top = ", ".join(sorted(h5.keys())[:8]) or "nothing"
         h5.close()
         raise UsageError(
-            f"{p} is an HDF5 file but not a featdump file (no format=\"featdump\" attribute; it holds: {top})"
+            f'{p} is an HDF5 file but not a featdump file (no format="featdump" attribute; it holds: {top})'
         )
     return h5
 
@@ -144,6 +144,10 @@ def _missing(sources: dict[str, list[dict[str, Any]]]) -> list[str]:
     return seen
 
 
+# Registered HDF5 filter ids (https://github.com/HDFGroup/hdf5_plugins, RegisteredFilterPlugins.md).
+_FILTER_NAMES = {1: "gzip", 307: "bzip2", 32000: "lzf", 32001: "blosc", 32004: "lz4", 32008: "bitshuffle", 32015: "zstd"}
+
+
 def _filters(ds: Any) -> str:
     """Compression as a short name: gzip/lzf by h5py, plugins (Blosc2 zstd) from the filter pipeline."""
     if ds.compression and ds.compression != "unknown":  # h5py names plugin filters "unknown"
@@ -157,6 +161,10 @@ def _filters(ds: Any) -> str:
             label = _str(name).split()[0] if name else str(code)
             if label.lower() == "shuffle" or code == 2:
                 continue
+            if code in _FILTER_NAMES:
+                label = _FILTER_NAMES[code]
+                if values and code == 32015:  # Zstandard: values[0] is the level
+                    label = f"zstd-{values[0]}"
             if code == 32026:  # Blosc2: values[6] is the codec (5 = zstd)
                 codecs = {0: "blosclz", 1: "lz4", 2: "lz4hc", 4: "zlib", 5: "zstd"}
                 codec = codecs.get(values[6], "?") if len(values) > 6 else "?"
@@ -179,7 +187,7 @@ def summarize_file(path: str | Path, max_failures: int = 10) -> dict[str, Any]:
         num_images = int(attrs.get("num_images", 0))
         datasets = []
         features = h5.get("features")
-        for name, ds in (features.items() if features is not None else []):
+        for name, ds in features.items() if features is not None else []:
             rows = int(ds.shape[0]) if ds.shape else 0
             raw = int(ds.dtype.itemsize) * int(ds.size)
             virtual = bool(ds.is_virtual)

@@ -228,10 +228,10 @@ def _model_view(path: Path, input_size: Sequence[int], crop_pct: float, tile: tu
         new = (max(w, round(iw * s)), max(h, round(ih * s)))
     else:
         new = (scale_w, scale_h)
-    img = img.resize(new, Image.BICUBIC)
+    img = img.resize(new, Image.Resampling.BICUBIC)
     left, top = (new[0] - w) // 2, (new[1] - h) // 2
     img = img.crop((left, top, left + w, top + h))
-    return img.resize(tile, Image.BICUBIC)
+    return img.resize(tile, Image.Resampling.BICUBIC)
 
 
 def _placeholder(tile: tuple[int, int], text: str) -> Any:
@@ -351,7 +351,7 @@ def render(
         canvas.paste(first, (PAD, y))
         for c, name in enumerate(chosen, start=1):
             img = tiles[name][r]
-            resample = Image.NEAREST if img.size[0] < tw else Image.BILINEAR
+            resample = Image.Resampling.NEAREST if img.size[0] < tw else Image.Resampling.BILINEAR
             canvas.paste(img.resize((tw, th), resample), (PAD + c * (tw + PAD), y))
         draw.text((PAD, y + th + 1), _clip(f"#{row} {stored_path}", width - 2 * PAD), fill=(60, 60, 60), font=font)
     canvas.save(out, format="PNG", optimize=True)

@@ -49,7 +49,7 @@ def test_preset_runs(cli, preset: Path, photos: Path, tmp_path: Path) -> None:
         assert names == ["layer1", "layer2", "layer3", "layer4"]
         assert [s[1] for s in shapes.values()] == [64, 128, 256, 512]
         info = json.loads(cli("show", str(out), "--json").stdout)
-        assert {d["compression"] for d in info["datasets"]} == {"blosc2-zstd"}
+        assert all("zstd" in d["compression"] for d in info["datasets"])
         assert {d["dtype"] for d in info["datasets"]} == {"float16"}
     elif preset.stem == "vit-probe":
         assert names == ["blocks.2", "blocks.5", "blocks.8", "blocks.11"]

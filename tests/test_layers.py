@@ -54,7 +54,9 @@ def test_all_modules_lists_shapes(cli) -> None:
     assert mods["blocks.3"]["shape"] == [197, 192] and mods["blocks.3"]["type"] == "Block"
     assert mods["blocks.3.mlp.fc1"]["shape"] == [197, 768]
     table = cli("inspect", "resnet18", "--all-modules")
-    assert table.exit_code == 0 and "layer4.1.conv2" in table.stdout and "any of these works with --layers" in table.stdout
+    assert (
+        table.exit_code == 0 and "layer4.1.conv2" in table.stdout and "any of these works with --layers" in table.stdout
+    )
 
 
 def test_unknown_module_exits_2_with_close_matches(cli) -> None:
@@ -113,7 +115,9 @@ def test_vit_tokens_seq_map_and_pool_match_timm(cli, photos: Path, tmp_path: Pat
     with torch.inference_mode():
         maps = [m.numpy() for m in ref.forward_intermediates(x, indices=[1, 3], intermediates_only=True)]
         captured = {}
-        hooks = [ref.blocks[i].register_forward_hook(lambda m, i_, o, i=i: captured.setdefault(i, o.clone())) for i in (1, 3)]
+        hooks = [
+            ref.blocks[i].register_forward_hook(lambda m, i_, o, i=i: captured.setdefault(i, o.clone())) for i in (1, 3)
+        ]
         ref(x)
         for h in hooks:
             h.remove()

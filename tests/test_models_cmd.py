@@ -58,4 +58,6 @@ def test_output_stride_column_matches_a_real_build(name: str) -> None:
 
 def test_models_json_nothing_else_on_stdout() -> None:
     proc = run("models", "resnet18", "--json", check=True)
-    assert json.loads(proc.stdout) == [{"name": "resnet18", "pretrained_tags": json.loads(proc.stdout)[0]["pretrained_tags"], "output_stride": True}]
+    assert json.loads(proc.stdout) == [
+        {"name": "resnet18", "pretrained_tags": json.loads(proc.stdout)[0]["pretrained_tags"], "output_stride": True}
+    ]

@@ -30,7 +30,9 @@ def test_every_help_has_an_example(cli, command: str) -> None:
     res = cli(command, "--help")
     assert res.exit_code == 0
     text = " ".join(res.stdout.replace("│", " ").split())
-    assert re.search(rf"Example: (\S+=\S+ )?featdump {command}\b", text), f"no example line in `featdump {command} --help`"
+    assert re.search(rf"Example: (\S+=\S+ )?featdump {command}\b", text), (
+        f"no example line in `featdump {command} --help`"
+    )
 
 
 def test_completion_is_offered(cli) -> None:
@@ -60,7 +62,9 @@ def test_quiet_prints_nothing(cli, photos: Path, tmp_path: Path) -> None:
 
 
 def test_inspect_json_is_the_only_thing_on_stdout() -> None:
-    proc = run("inspect", "vit_tiny_patch16_224", "--layers", "blocks.0,blocks.11", "--tokens", "map", "--json", check=True)
+    proc = run(
+        "inspect", "vit_tiny_patch16_224", "--layers", "blocks.0,blocks.11", "--tokens", "map", "--json", check=True
+    )
     data = json.loads(proc.stdout)
     assert [l["shape"] for l in data["layers"]] == [[192, 14, 14], [192, 14, 14]]
     proc = run("inspect", "resnet18", "--all-modules", "--json", check=True)

@@ -34,7 +34,11 @@ def made(tmp_path_factory: pytest.TempPathFactory, photos: Path) -> dict[str, Pa
     for i in (0, 1):
         res = runner.invoke(app, ["extract", *common, "-o", str(shards), "--shard", f"{i}/2"])
         assert res.exit_code == 0, res.output
-    return {"file": out, "shard0": root / "shards.shard-00000-of-00002.h5", "shard1": root / "shards.shard-00001-of-00002.h5"}
+    return {
+        "file": out,
+        "shard0": root / "shards.shard-00000-of-00002.h5",
+        "shard1": root / "shards.shard-00001-of-00002.h5",
+    }
 
 
 def test_show_table(cli, made: dict[str, Path]) -> None:
