@@ -119,3 +119,14 @@ def test_viz_finds_the_inputs_of_an_api_run(cli, made: tuple[Path, object], tmp_
     res = cli("viz", str(out), "-o", str(tmp_path / "api.png"), "--image", "1")
     assert res.exit_code == 0, res.output
     assert res.stderr == ""  # the INPUT folder was read from the recorded featdump.extract(...) call
+
+
+def test_extract_takes_every_option_of_the_command() -> None:
+    import dataclasses
+    import inspect
+
+    from featdump.config import ExtractConfig
+
+    params = set(inspect.signature(featdump.extract).parameters)
+    options = {f.name for f in dataclasses.fields(ExtractConfig)} - {"command", "extra", "quiet"}
+    assert options - params == set(), "featdump.extract lacks options the command has"
