@@ -105,6 +105,17 @@ def test_virtual_file_still_reads_after_the_folder_moves(run: dict[str, Path], t
     assert_same_as_single(moved / "all.h5", run["single"])
 
 
+def test_shards_in_a_folder_with_percent_signs(run: dict[str, Path], tmp_path: Path) -> None:
+    """HDF5 reads %b in a virtual source name as a pattern; featdump escapes it."""
+    shards = tmp_path / "run 100%b done"
+    shutil.copytree(run["shards"], shards)
+    merged = tmp_path / "all.h5"
+    assert _cli("merge", *sorted(str(p) for p in shards.glob("*.shard-*.h5")), "-o", str(merged)).exit_code == 0
+    assert missing_sources(merged) == []
+    assert read(merged)["attrs"]["merged_from"][0] == "run 100%b done/feats.shard-00000-of-00003.h5"
+    assert_same_as_single(merged, run["single"])
+
+
 def test_missing_source_file_is_detected_not_read_as_zeros(run: dict[str, Path], tmp_path: Path) -> None:
     folder = tmp_path / "f"
     shutil.copytree(run["shards"], folder)
