@@ -155,7 +155,7 @@ def test_kill_at_write_syscalls(tmp_path: Path) -> None:
     line = next(ln for ln in count.stderr.splitlines() if ln.strip().endswith("pwrite64"))
     total = int(line.split()[3])
     expect = _expected(batches)
-    points = sorted({1, 2, 3, 5, 8, total - 2, total - 1, total} | set(np.linspace(4, total - 3, 24).astype(int).tolist()))
+    points = sorted({1, 2, 3, 5, 8, total - 2, total - 1, total} | set(np.linspace(4, total - 3, 14).astype(int).tolist()))
     seen = set()
     for n in points:
         out = tmp_path / f"k{n}.h5"
@@ -174,7 +174,7 @@ def test_kill_at_write_syscalls(tmp_path: Path) -> None:
         assert leftovers(out) == []
         seen.add(n)
         out.unlink()
-    assert len(seen) >= 30
+    assert len(seen) >= 20
 
 
 # --------------------------------------------------------------------------- the journal, as a model
@@ -235,3 +235,57 @@ def test_journal_model(tmp_path_factory, ops, durable) -> None:
     jf.close()
     assert path.read_bytes() == bytes(model)
     assert not Path(f"{path}-journal").exists()
+
+
+def test_readers_see_the_last_commit_after_a_kill_inside_apply(tmp_path: Path, monkeypatch) -> None:
+    """The one window where the file itself is half-updated: a kill between a commit's redo block
+    and the end of its apply. open_committed (for featdump's readers) and --resume see through it."""
+    import h5py
+
+    from featdump import journal
+    from featdump.backbone import LayerInfo
+    from featdump.store import Store
+
+    monkeypatch.setenv("FEATDUMP_COMMIT_SECONDS", "0")
+    layers = [LayerInfo("a", "a", 1, 4, 4, (4, 8, 8))]
+    path = tmp_path / "f.h5"
+
+    def batches(store, first, last):
+        for b in range(first, last):
+            rows = [np.full((4, 8, 8), b * 3 + i, np.float32) for i in range(3)]
+            store.append([np.stack(rows)], [f"p{b * 3 + i}" for i in range(3)], [], (b + 1) * 3)
+
+    pid = os.fork()
+    if pid == 0:  # dies half-way through applying the commit of batch 4
+        try:
+            calls = {"n": 0}
+            real = journal._Redo.apply
+
+            def half(self, fd):
+                calls["n"] += 1
+                if calls["n"] == 5:
+                    for offset, data in self.pages[: max(1, len(self.pages) // 2)]:
+                        journal._pwrite_full(fd, data, offset)
+                    os._exit(9)
+                real(self, fd)
+
+            journal._Redo.apply = half
+            store = Store.create(path, {"format": "featdump"}, layers, pool="none", dtype="float32", compression="none")
+            batches(store, 0, 10)
+        finally:
+            os._exit(3)
+    _, status = os.waitpid(pid, 0)
+    assert os.WEXITSTATUS(status) == 9
+    with journal.open_committed(path) as f:  # commit 5 = the 4th batch: its redo block is complete
+        assert int(f.attrs["num_images"]) == 12 and not f.attrs["complete"]
+        assert [p.decode() for p in f["paths"][:]] == [f"p{i}" for i in range(12)]
+        assert f["features/a"][11].max() == 11
+    store = Store.resume(path, {"format": "featdump"}, layers)
+    batches(store, store.progress.inputs_done // 3, 10)
+    store.finish()
+    store.close()
+    with h5py.File(path, "r") as f:
+        assert [p.decode() for p in f["paths"][:]] == [f"p{i}" for i in range(30)]
+        assert np.array_equal(f["features/a"][:, 0, 0, 0], np.arange(30, dtype=np.float32))
+    with journal.open_committed(path) as f:  # no journal left: the plain file
+        assert f.attrs["complete"]
