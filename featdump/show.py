@@ -40,7 +40,12 @@ def open_featdump(path: str | Path) -> Any:
     if not is_hdf5:
         raise UsageError(f"{p} is not an HDF5 file (featdump files are HDF5, written by `featdump extract`)")
     try:
-        h5 = h5py.File(str(p), "r", locking=False)
+        if journal_file(p).exists():  # a run holds it or was killed: read the last commit through the journal
+            from featdump.journal import open_committed
+
+            h5 = open_committed(p)
+        else:
+            h5 = h5py.File(str(p), "r", locking=False)
     except OSError as exc:
         text = str(exc).splitlines()[0] if str(exc) else repr(exc)
         raise FeatdumpError(f"cannot open {p}: {text}") from None
@@ -52,6 +57,13 @@ def open_featdump(path: str | Path) -> Any:
             f'{p} is an HDF5 file but not a featdump file (no format="featdump" attribute; it holds: {top})'
         )
     return h5
+
+
+def journal_file(path: str | Path) -> Path:
+    """``OUT.h5-journal``: present while a run writes ``OUT.h5``, or after one was killed."""
+    from featdump.journal import journal_path
+
+    return Path(journal_path(Path(path)))
 
 
 def source_path(vds_file: str | Path, file_name: str) -> Path:
@@ -233,7 +245,7 @@ def summarize_file(path: str | Path, max_failures: int = 10) -> dict[str, Any]:
             "shard": attrs.get("shard"),
             "virtual": bool(sources),
             # a writer holds the file, or was killed holding it (--resume replays the journal)
-            "journal": Path(str(p) + "-journal").exists(),
+            "journal": journal_file(p).exists(),
             "missing_sources": [],  # filled in below, once this handle is closed
             "datasets": datasets,
             "failures": failures,
