@@ -9,10 +9,15 @@ Example: python -m bench            # ~10 minutes on 2 CPU cores
 
 from __future__ import annotations
 
+import os
+
+# The same OpenMP wait policy as `featdump extract` (which sets it before torch loads), so the bare
+# loops below and the featdump processes run their threads alike; an explicit setting wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import argparse
 import datetime as dt
 import json
-import os
 import platform
 import statistics
 import sys
@@ -65,6 +70,7 @@ def machine(device: Any) -> dict[str, Any]:
         "torch": torch.__version__,
         "timm": timm.__version__,
         "python": platform.python_version(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
     }
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -98,7 +104,8 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [
         f"## featdump bench: {m['device']} ({where}), {m['cpus']} CPUs",
         "",
-        f"{report['started']} · torch {m['torch']} · timm {m['timm']} · {report['settings']} · "
+        f"{report['started']} · torch {m['torch']} · timm {m['timm']} · OMP_WAIT_POLICY={m['omp_wait_policy']} · "
+        f"{report['settings']} · "
         f"load average {report['load_before']} -> {report['load_after']} · {report['seconds']:.0f} s",
         "",
     ]

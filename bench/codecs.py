@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-# (label, what --compression maps it to or None, h5py kwargs factory). The featdump names come first.
+# (label, the --compression name that maps to it or "", h5py kwargs factory); see store.compression_kwargs.
 def variants() -> list[tuple[str, str, Any]]:
     import hdf5plugin
 
@@ -16,11 +16,11 @@ def variants() -> list[tuple[str, str, Any]]:
         ("none", "none", lambda: {}),
         ("gzip-1 + shuffle", "gzip", lambda: {"compression": "gzip", "compression_opts": 1, "shuffle": True}),
         ("lzf + shuffle", "lzf", lambda: {"compression": "lzf", "shuffle": True}),
-        ("blosc2-zstd-1 + shuffle", "zstd", lambda: dict(b2(cname="zstd", clevel=1, filters=b2.SHUFFLE))),
+        ("blosc2-zstd-1 + shuffle", "", lambda: dict(b2(cname="zstd", clevel=1, filters=b2.SHUFFLE))),
         ("blosc2-zstd-1 + bitshuffle", "", lambda: dict(b2(cname="zstd", clevel=1, filters=b2.BITSHUFFLE))),
         ("blosc2-lz4 + shuffle", "", lambda: dict(b2(cname="lz4", clevel=5, filters=b2.SHUFFLE))),
         ("blosc2-lz4 + bitshuffle", "", lambda: dict(b2(cname="lz4", clevel=5, filters=b2.BITSHUFFLE))),
-        ("zstd-1 (plain)", "", lambda: dict(hdf5plugin.Zstd(clevel=1))),
+        ("zstd-1 (plain)", "zstd", lambda: dict(hdf5plugin.Zstd(clevel=1))),
         ("shuffle + zstd-1 (plain)", "", lambda: {**hdf5plugin.Zstd(clevel=1), "shuffle": True}),
         ("blosc2-zstd-1, no shuffle", "", lambda: dict(b2(cname="zstd", clevel=1, filters=b2.NOFILTER))),
         ("zstd-3 (plain)", "", lambda: dict(hdf5plugin.Zstd(clevel=3))),

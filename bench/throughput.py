@@ -195,12 +195,12 @@ def predecode(bare: Bare, paths: list[Path]) -> list[Any]:
 
 def search_best(bare: Bare, tensors: list[Any], device: Any, quick: bool) -> tuple[ForwardConfig, list[ForwardConfig]]:
     """The fastest batch size / memory format for the bare forward pass on this machine."""
-    sizes = (32, 64, 128) if device.type == "cuda" else ((1, 8) if quick else (1, 8, 32))
+    sizes = (32, 64, 128) if device.type == "cuda" else ((1, 8) if quick else (1, 8, 16))
     tried = []
     for bs in sizes:
         for cl in (False, True):
             cfg = ForwardConfig(bs, cl)
-            sample = tensors[: max(bs * 2, min(len(tensors), 3 * bs))]
+            sample = tensors[: min(len(tensors), max(bs, 4 if quick else 16))]
             cfg.rate = bare.forward_rate(sample, cfg)
             tried.append(cfg)
     best = max(tried, key=lambda c: c.rate)

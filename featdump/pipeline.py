@@ -148,7 +148,9 @@ def tune(device: Any, cfg: ExtractConfig, placement: Placement) -> Tuning:
     process's affinity) as intra-op threads; decoding runs in ``cpus // 8`` worker processes (at
     least 1, at most 8) that share those cores, since decoding + timm's transform costs ~5 ms per
     image against 20-100 ms for the forward pass; on 2 cores one worker and two threads beat one
-    thread each by ~1.7x. Batches of 8 in channels_last: larger batches are slower on CPUs.
+    thread each by ~2x, and no worker by ~1.5x. Batches of 8 in channels_last: larger batches are
+    slower on CPUs (some small depthwise models, efficientnet-lite0, are as fast at 1). The batch
+    size is fixed, not timed per run, so reruns and resumed runs compute with the same kernels.
     CUDA: batches of 64, channels_last, threads left alone, workers for up to 8 of the cores.
     """
     cpus = cpu_budget(placement)
