@@ -372,6 +372,13 @@ class Batch:
     # --decode gpu: one entry per position, an Encoded JPEG or a decoded tensor; pixels is None
     encoded: list[Any] = field(default_factory=list)
 
+    def pin_memory(self) -> Batch:
+        """Called by the DataLoader's pinning thread (``pin_memory=True``, CUDA runs): page-locked
+        pixels let the copy to the GPU run asynchronously (``non_blocking``)."""
+        pixels = self.pixels.pin_memory() if self.pixels is not None else None
+        encoded = [Encoded(e.data.pin_memory()) if isinstance(e, Encoded) else e.pin_memory() for e in self.encoded]
+        return Batch(self.positions, pixels, self.failed, self.first, self.last, encoded)
+
 
 def collate(samples: list[Sample]) -> Batch:
     import torch

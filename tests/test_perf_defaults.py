@@ -306,3 +306,24 @@ def test_peak_rss_does_not_grow_with_images(tmp_path: Path, photos: Path) -> Non
             "resnet18", folder, tmp_path / "rss.h5", ["--no-pretrained", "--img-size", "96", "--device", "cpu"]
         )
     assert peaks[128] <= 1.1 * peaks[16], peaks
+
+
+def test_batches_are_pinned_by_the_dataloader(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The DataLoader pins what has a pin_memory method: Batch must have one, or CUDA runs would
+    copy from pageable memory (no CUDA here: Tensor.pin_memory is stubbed to record the call)."""
+    import torch
+    from torch.utils.data._utils.pin_memory import pin_memory
+
+    from featdump.images import Batch, Encoded
+
+    pinned: list[tuple[int, ...]] = []
+
+    def fake_pin(t: Any, *a: Any) -> Any:
+        pinned.append(tuple(t.shape))
+        return t.clone()
+
+    monkeypatch.setattr(torch.Tensor, "pin_memory", fake_pin)
+    got = pin_memory(Batch([0, 1], torch.zeros(2, 3, 4, 4), [(2, "bad")], 0, 2))
+    assert isinstance(got, Batch) and got.failed == [(2, "bad")] and pinned == [(2, 3, 4, 4)]
+    got = pin_memory(Batch([0, 1], None, [], 0, 1, [Encoded(torch.zeros(10, dtype=torch.uint8)), torch.zeros(3, 4, 4)]))
+    assert isinstance(got.encoded[0], Encoded) and pinned[1:] == [(10,), (3, 4, 4)]
