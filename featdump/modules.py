@@ -98,6 +98,8 @@ def trace_modules(model: Any, input_size: tuple[int, int, int]) -> list[ModuleRe
             calls[name] = calls.get(name, 0) + 1
             if name not in kinds:
                 kinds[name] = _kind(out)
+                if kinds[name] == "tensor" and (out.ndim == 0 or int(out.shape[0]) != 1):
+                    kinds[name] = "not per image"  # first axis is not the batch: e.g. windowed attention
                 shapes[name] = tuple(int(d) for d in out.shape[1:]) if kinds[name] == "tensor" else None
 
         return hook
@@ -183,8 +185,14 @@ def _layer(model_name: str, model: Any, rec: ModuleRecord, data: DataConfig, tok
             "pick a module that runs once"
         )
     if rec.shape is None:
+        what = (
+            "tensor whose first axis is not the image batch (e.g. attention over windows)"
+            if rec.output == "not per image"
+            else f"{rec.output}, not one tensor"
+        )
         raise UsageError(
-            f"module {rec.name!r} of {model_name} returns a {rec.output}, not one tensor; pick one of its submodules"
+            f"module {rec.name!r} of {model_name} returns a {what}; pick another module "
+            f"(`featdump inspect {model_name} --all-modules` shows output shapes)"
         )
     _, in_h, in_w = data.input_size
     shape = rec.shape

@@ -144,6 +144,7 @@ def test_vit_tokens_seq_map_and_pool_match_timm(cli, photos: Path, tmp_path: Pat
     [
         ("vit_tiny_patch16_224", "blocks.0.attn.attn_drop", "never runs in the forward pass"),  # fused attention
         ("vit_tiny_patch16_224", "blocks.0.attn.qkv", None),
+        ("swin_tiny_patch4_window7_224", "layers.2.blocks.0.attn", "first axis is not the image batch"),
     ],
 )
 def test_module_edge_cases(cli, model: str, layer: str, message: str | None) -> None:
@@ -153,3 +154,27 @@ def test_module_edge_cases(cli, model: str, layer: str, message: str | None) -> 
         assert json.loads(res.stdout)["layers"][0]["shape"] == [197, 576]
     else:
         assert res.exit_code == 2 and message in res.stderr
+
+
+def test_swin_nhwc_modules_are_stored_nchw(cli, photos: Path, tmp_path: Path, random_checkpoint) -> None:
+    import timm
+    import torch
+
+    ckpt = random_checkpoint("swin_tiny_patch4_window7_224")
+    folder = _images(photos, tmp_path)
+    out = tmp_path / "swin.h5"
+    res = cli("extract", "swin_tiny_patch4_window7_224", str(folder), "-o", str(out), "--checkpoint", str(ckpt),
+              "--layers", "layers.1,norm", "--quiet")  # fmt: skip
+    assert res.exit_code == 0, res.output
+    ref = timm.create_model(
+        "swin_tiny_patch4_window7_224", pretrained=True, pretrained_cfg_overlay=dict(file=str(ckpt))
+    )
+    ref = ref.eval()
+    x = _pixels(folder, ref)
+    with torch.inference_mode():
+        stages = ref.layers[1](ref.layers[0](ref.patch_embed(x)))  # (N, H, W, C) as timm's Swin returns them
+        final = ref.forward_features(x)
+    with h5py.File(out) as f:
+        assert f["features/layers.1"].shape == (2, 192, 28, 28) and f["features/layers.1"].attrs["reduction"] == 8
+        _close(f["features/layers.1"][:], stages.permute(0, 3, 1, 2).numpy())
+        _close(f["features/norm"][:], final.permute(0, 3, 1, 2).numpy())
