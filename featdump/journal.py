@@ -292,8 +292,9 @@ class JournaledFile:
         other.committed = self.committed
         redo = self._pending
         if redo is not None:
-            for offset, data in redo.pages:
-                other.pages[offset // PAGE] = bytearray(data)
+            for offset, data in redo.pages:  # runs of whole pages (the last may be short)
+                for k in range(0, len(data), PAGE):
+                    other.pages[(offset + k) // PAGE] = bytearray(data[k : k + PAGE])
             if redo.zero:
                 other.zero_from = redo.zero[0]
                 other.committed = redo.zero[1]
@@ -520,11 +521,16 @@ class JournaledFile:
         zero = None
         if self.zero_from is not None and self.zero_from < min(size, self.committed):
             zero = (self.zero_from, min(size, self.committed))
-        pages = []
+        pages: list[tuple[int, bytes]] = []  # runs of adjacent pages: one record, one pwrite each
         for p in sorted(self.pages):
             p0 = p * PAGE
-            if p0 < size:
-                pages.append((p0, bytes(self.pages[p][: size - p0])))
+            if p0 >= size:
+                continue
+            data = bytes(self.pages[p][: size - p0])
+            if pages and pages[-1][0] + len(pages[-1][1]) == p0:
+                pages[-1] = (pages[-1][0], pages[-1][1] + data)
+            else:
+                pages.append((p0, data))
         redo = _Redo(self.seq + 1, zero, size, pages)
         try:
             self._sync(self.fd)  # new chunks reach the disk before metadata that points at them
