@@ -58,6 +58,19 @@ def fail(message: str, code: int) -> typer.Exit:
     return typer.Exit(code)
 
 
+def _click_exceptions() -> tuple[type[BaseException], ...]:
+    """Exit/usage exceptions of click and of the copy of click that newer Typer releases vendor."""
+    found: list[type[BaseException]] = [typer.Exit, typer.Abort, click.exceptions.ClickException, click.exceptions.Exit]
+    try:
+        from typer._click import exceptions as vendored
+    except ImportError:  # Typer without a vendored click
+        return tuple(found)
+    return (*found, vendored.ClickException, vendored.Exit, vendored.Abort)
+
+
+_PASS_THROUGH = _click_exceptions()
+
+
 def handle_errors(func: F) -> F:
     """Core exceptions -> one line on stderr and the SPEC's exit code (tracebacks with --debug)."""
 
@@ -65,7 +78,7 @@ def handle_errors(func: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
-        except (typer.Exit, typer.Abort, click.exceptions.ClickException):
+        except _PASS_THROUGH:
             raise
         except FeatdumpError as exc:
             if _STATE["debug"]:

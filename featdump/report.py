@@ -73,8 +73,8 @@ def description_dict(desc: Description, pool: str = "none") -> dict[str, Any]:
 def inspect_table(desc: Description, pool: str = "none") -> Table:
     d = desc.data
     caption = (
-        f"input {fmt_shape(d.input_size)} · mean {tuple(round(v, 4) for v in d.mean)} · "
-        f"std {tuple(round(v, 4) for v in d.std)}\n{d.interpolation} · crop_pct {d.crop_pct:g} · crop_mode {d.crop_mode}"
+        f"input {fmt_shape(d.input_size)} · {d.interpolation} · crop_pct {d.crop_pct:g} · crop_mode {d.crop_mode}\n"
+        f"mean {tuple(round(v, 4) for v in d.mean)}\nstd {tuple(round(v, 4) for v in d.std)}"
     )
     stride = f" · output stride {desc.output_stride}" if desc.output_stride else ""
     named = bool(desc.layers) and all(layer.index < 0 for layer in desc.layers)
