@@ -65,7 +65,7 @@ def _click_exceptions() -> tuple[type[BaseException], ...]:
         from typer._click import exceptions as vendored
     except ImportError:  # Typer without a vendored click
         return tuple(found)
-    return (*found, vendored.ClickException, vendored.Abort)
+    return (*found, vendored.ClickException)
 
 
 _PASS_THROUGH = _click_exceptions()
