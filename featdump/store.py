@@ -41,6 +41,7 @@ RESUME_KEYS = (
     "crop_pct",
     "crop_mode",
     "pool",
+    "tokens",
     "dtype",
     "precision",
     "decode",
