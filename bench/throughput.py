@@ -40,6 +40,7 @@ class ModelCase:
     out_indices: str | None  # None: all levels
     dtype: str
     checkpoint: str | None  # None: random weights (--no-pretrained); speed does not depend on weights
+    variants: tuple[str, ...] = ("--compression zstd",)  # extra featdump runs, besides the defaults
 
     def featdump_args(self) -> list[str]:
         args = ["--dtype", self.dtype]
@@ -267,11 +268,11 @@ def measure_case(
             ("naive loop", lambda: bare.naive_rate(naive_paths, case.dtype, folder)),
             ("featdump", lambda: featdump_rate(case, small, large, n_small, len(paths), folder, dev, [])),
         ]
-        if not quick:  # one featdump variant is enough for a smoke run
+        for variant in () if quick else case.variants:  # the defaults are enough for a smoke run
             steps.append(
                 (
-                    "featdump --compression zstd",
-                    lambda: featdump_rate(case, small, large, n_small, len(paths), folder, dev, ["--compression", "zstd"]),
+                    f"featdump {variant}",
+                    lambda v=variant: featdump_rate(case, small, large, n_small, len(paths), folder, dev, v.split()),
                 )
             )
         for rep in range(reps):
