@@ -223,8 +223,6 @@ def main(argv: list[str] | None = None) -> int:
 
     if "codecs" not in skip:
         log("codecs: resnet50 post-ReLU maps")
-        import torch
-
         n_codec = 2 if quick else 16
         with throughput.torch_threads(report["machine"]["cpus"] or 1):
             maps = codecs.feature_maps("resnet50", paths, min(n_codec, len(paths)))
@@ -233,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
             f"resnet50 all levels, {maps[0].shape[0]} real JPEGs, random weights, {zeros:.0%} exact zeros"
         )
         report["codecs"] = codecs.codec_table(maps, reps=1 if quick else 3)
-        del maps, torch
+        del maps
 
     if "memory" not in skip:
         what = "tf_efficientnet_lite0, all levels, float32"
