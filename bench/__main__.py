@@ -130,6 +130,8 @@ def markdown(report: dict[str, Any]) -> str:
                 cell = "–" if v is None else _f(v)
                 if key == "bare forward":
                     cell += f" ({c['best_forward']})"
+                if key == "featdump" and c.get("featdump_images"):
+                    cell += " ({1} - {0} images)".format(*c["featdump_images"])
                 cells.append(cell)
             if any(cell != "–" for cell in cells):
                 lines.append(f"| {title} | " + " | ".join(cells) + " |")

@@ -19,6 +19,7 @@ and ratios are taken within a repetition before the median.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import statistics
 import subprocess
@@ -68,6 +69,7 @@ class CaseResult:
     rates: dict[str, list[float]] = field(default_factory=dict)  # measurement -> img/s per rep
     ratios: dict[str, list[float]] = field(default_factory=dict)
     stored_ratio: dict[str, float] = field(default_factory=dict)  # featdump variant -> stored/raw
+    featdump_images: tuple[int, int] = (0, 0)  # featdump's short and long runs (JPEGs cycled for fast models)
 
 
 @contextlib.contextmanager
@@ -255,24 +257,32 @@ def measure_case(
         best, tried = search_best(bare, tensors, device, quick)
     log(f"  {case.label}: best bare forward {best.describe()} ({best.rate:.1f} img/s in the search)")
     result = CaseResult(case, best, tried)
-    n_small = max(best.batch_size, len(paths) // 3)
     naive_paths = paths[: max(8, len(paths) // 3)]
     dev = "cuda" if device.type == "cuda" else device.type
     with tempfile.TemporaryDirectory(prefix="featdump-bench-") as tmp:
         folder = Path(tmp)
-        small = write_list(folder, paths[:n_small], "small.txt")
-        large = write_list(folder, paths, "large.txt")
+        # featdump's long run should last >= ~5 s more than the short one, or start-up jitter
+        # (+-0.3 s) dominates: fast models read the same JPEGs several times (symlinks, new names).
+        cycles = 1 if quick else max(1, math.ceil(5 * best.rate / len(paths)))
+        many = [folder / "cycled" / f"c{k:06d}{p.suffix}" for k, p in enumerate(paths * cycles)]
+        many[0].parent.mkdir()
+        for link, p in zip(many, paths * cycles):
+            link.symlink_to(p.resolve())
+        n_small = min(len(many) // 2, max(best.batch_size, len(many) // 3))
+        small = write_list(folder, many[:n_small], "small.txt")
+        large = write_list(folder, many, "large.txt")
+        result.featdump_images = (n_small, len(many))
         steps: list[tuple[str, Any]] = [
             ("bare forward", lambda: bare.forward_rate(tensors, best)),
             ("serial decode + forward", lambda: bare.serial_rate(paths, best)),
             ("naive loop", lambda: bare.naive_rate(naive_paths, case.dtype, folder)),
-            ("featdump", lambda: featdump_rate(case, small, large, n_small, len(paths), folder, dev, [])),
+            ("featdump", lambda: featdump_rate(case, small, large, n_small, len(many), folder, dev, [])),
         ]
         for variant in () if quick else case.variants:  # the defaults are enough for a smoke run
             steps.append(
                 (
                     f"featdump {variant}",
-                    lambda v=variant: featdump_rate(case, small, large, n_small, len(paths), folder, dev, v.split()),
+                    lambda v=variant: featdump_rate(case, small, large, n_small, len(many), folder, dev, v.split()),
                 )
             )
         for rep in range(reps):
@@ -305,6 +315,7 @@ def summarize(result: CaseResult) -> dict[str, Any]:
         "out_indices": result.case.out_indices or "all",
         "dtype": result.case.dtype,
         "best_forward": result.best.describe(),
+        "featdump_images": result.featdump_images,
         "search": [{"config": c.describe(), "img_s": round(c.rate, 2)} for c in result.search],
         "img_s_median": {k: round(v, 2) for k, v in med.items()},
         "img_s_all": {k: [round(x, 2) for x in v] for k, v in result.rates.items()},
