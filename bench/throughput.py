@@ -212,7 +212,7 @@ def search_best(bare: Bare, tensors: list[Any], device: Any, quick: bool) -> tup
 
 def write_list(folder: Path, paths: list[Path], name: str) -> Path:
     listing = folder / name
-    listing.write_text("".join(f"{p.resolve()}\n" for p in paths), encoding="utf-8")
+    listing.write_text("".join(f"{p.absolute()}\n" for p in paths), encoding="utf-8")  # keep symlink names
     return listing
 
 
