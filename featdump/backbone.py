@@ -147,6 +147,22 @@ def _stride_error(name: str, stride: int, detail: str = "") -> UsageError:
     )
 
 
+def create_checked(name: str, *, img_size: tuple[int, int] | None, output_stride: int | None, **kwargs: Any) -> Any:
+    """``timm.create_model`` with ``--output-stride`` refusals turned into one usage error."""
+    if output_stride is not None:
+        kwargs["output_stride"] = output_stride
+    try:
+        return _create(name, img_size=img_size, **kwargs)
+    except TypeError as exc:
+        if output_stride is not None and "output_stride" in str(exc):
+            raise _stride_error(name, output_stride, "the model takes no output_stride") from None
+        raise
+    except AssertionError as exc:
+        if output_stride is not None:
+            raise _stride_error(name, output_stride, str(exc) or "rejected by timm") from None
+        raise
+
+
 def _features_model(
     name: str,
     *,
@@ -159,21 +175,11 @@ def _features_model(
     kwargs: dict[str, Any] = {"features_only": True}
     if out_indices is not None:
         kwargs["out_indices"] = out_indices
-    if output_stride is not None:
-        kwargs["output_stride"] = output_stride
     if state_dict is not None:
         kwargs["pretrained_cfg_overlay"] = {"state_dict": state_dict}
         pretrained = True
     try:
-        return _create(name, img_size=img_size, pretrained=pretrained, **kwargs)
-    except TypeError as exc:
-        if output_stride is not None and "output_stride" in str(exc):
-            raise _stride_error(name, output_stride, "the model takes no output_stride") from None
-        raise
-    except AssertionError as exc:
-        if output_stride is not None:
-            raise _stride_error(name, output_stride, str(exc) or "rejected by timm") from None
-        raise
+        return create_checked(name, img_size=img_size, output_stride=output_stride, pretrained=pretrained, **kwargs)
     except RuntimeError as exc:
         if "features_only" in str(exc) or "feature" in str(exc).lower() and "not" in str(exc).lower():
             raise UsageError(

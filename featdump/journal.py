@@ -115,7 +115,8 @@ class OutputLock:
         self.fd = -1
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """fsync the folder holding ``path`` (makes a rename or a new file durable); best effort."""
     try:
         fd = os.open(path.parent if str(path.parent) else ".", os.O_RDONLY | os.O_DIRECTORY)
     except OSError:
@@ -252,7 +253,7 @@ class JournaledFile:
             self._write_header()
             if durable:
                 os.fsync(self.jfd)
-                _fsync_dir(path)
+                fsync_dir(path)
         except OSError as exc:
             self.abandon(remove=True)
             raise _os_error("write", path, exc) from None

@@ -22,12 +22,11 @@ from featdump.backbone import (
     DataConfig,
     Description,
     LayerInfo,
-    _create,
     _pretrained_error,
     _quiet_timm,
-    _stride_error,
     check_model_name,
     check_state_dict,
+    create_checked,
     load_checkpoint,
     resolve_data_config,
     sha256_file,
@@ -53,19 +52,7 @@ class ModuleRecord:
 
 
 def _full_model(name: str, *, img_size: tuple[int, int] | None, output_stride: int | None, **kwargs: Any) -> Any:
-    extra: dict[str, Any] = {}
-    if output_stride is not None:
-        extra["output_stride"] = output_stride
-    try:
-        return _create(name, img_size=img_size, **extra, **kwargs)
-    except TypeError as exc:
-        if output_stride is not None and "output_stride" in str(exc):
-            raise _stride_error(name, output_stride, "the model takes no output_stride") from None
-        raise
-    except AssertionError as exc:
-        if output_stride is not None:
-            raise _stride_error(name, output_stride, str(exc) or "rejected by timm") from None
-        raise
+    return create_checked(name, img_size=img_size, output_stride=output_stride, **kwargs)
 
 
 def _kind(out: Any) -> str:

@@ -24,6 +24,7 @@ from featdump.backbone import Backbone, LayerInfo, load_backbone
 from featdump.config import ExtractConfig
 from featdump.errors import FeatdumpError, Interrupted, UsageError
 from featdump.images import Batch, ImageDataset, ImageRef, collate, discover, list_digest
+from featdump.journal import fsync_dir
 from featdump.sharding import Placement, placement_from_env, shard_bounds, shard_output_path
 from featdump.store import NothingCommitted, Store, utc_now
 
@@ -144,11 +145,12 @@ class Tuning:
 def tune(device: Any, cfg: ExtractConfig, placement: Placement) -> Tuning:
     """Defaults per device, from measurements (``make bench``; README, Performance).
 
-    CPU: the forward pass gets every core of the budget (Slurm's --cpus-per-task, else this
-    process's affinity) as intra-op threads; decoding runs in ``cpus // 8`` worker processes (at
-    least 1, at most 8) that share those cores, since decoding + timm's transform costs ~5 ms per
-    image against 20-100 ms for the forward pass; on 2 cores one worker and two threads beat one
-    thread each by ~2x, and no worker by ~1.5x. Batches of 8 in channels_last: larger batches are
+    CPU: decoding runs in ``cpus // 8`` worker processes (at least 1, at most 8), since decoding +
+    timm's transform costs ~5 ms per image against 20-100 ms for the forward pass. The forward
+    pass gets the other cores of the budget (Slurm's --cpus-per-task, else this process's
+    affinity) as intra-op threads: an OpenMP region waits for its slowest thread, so a thread
+    sharing its core with a worker slows every layer. Up to 4 cores the worker shares instead
+    (on 2 cores one worker and two threads beat one thread each by ~2x, and no worker by ~1.5x). Batches of 8 in channels_last: larger batches are
     slower on CPUs (some small depthwise models, efficientnet-lite0, are as fast at 1). The batch
     size is fixed, not timed per run, so reruns and resumed runs compute with the same kernels.
     CUDA: batches of 64, channels_last, threads left alone, workers for up to 8 of the cores.
@@ -156,7 +158,8 @@ def tune(device: Any, cfg: ExtractConfig, placement: Placement) -> Tuning:
     cpus = cpu_budget(placement)
     if device.type == "cpu":
         workers = cfg.workers if cfg.workers is not None else min(8, max(1, cpus // 8))
-        return Tuning(cfg.batch_size or 8, workers, cpus, True, prefetch=2)
+        threads = cpus - workers if cpus > 4 else cpus
+        return Tuning(cfg.batch_size or 8, workers, max(1, threads), True, prefetch=2)
     workers = cfg.workers if cfg.workers is not None else max(1, min(8, cpus - 1))
     if cfg.decode == "gpu":  # workers only read files
         workers = cfg.workers if cfg.workers is not None else max(1, min(4, cpus - 1))
@@ -461,7 +464,7 @@ class Output:
         if self.replacing:
             try:
                 os.replace(self.store.path, self.target)
-                _fsync_dir(self.target)
+                fsync_dir(self.target)
             except OSError as exc:
                 raise FeatdumpError(
                     f"cannot replace {self.target} with {self.store.path}: {exc.strerror or exc}; "
@@ -475,19 +478,6 @@ class Output:
         if self.lock is not None:
             self.lock.release(remove=self.lock.created)
             self.lock = None
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path.parent if str(path.parent) else ".", os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def open_output(cfg: ExtractConfig, out_path: Path, attrs: dict[str, Any], layers: Sequence[LayerInfo]) -> Output:
