@@ -18,7 +18,7 @@ import click
 import typer
 
 from featdump import __version__
-from featdump.errors import FeatdumpError, UsageError
+from featdump.errors import FeatdumpError, Interrupted, UsageError
 
 app = typer.Typer(
     name="featdump",
@@ -71,6 +71,21 @@ def _click_exceptions() -> tuple[type[BaseException], ...]:
 _PASS_THROUGH = _click_exceptions()
 
 
+def _exit_on_next_signal() -> None:
+    """After a clean stop the process only tears down: another Ctrl-C/SIGTERM leaves at once,
+    with one line instead of a KeyboardInterrupt traceback from interpreter shutdown."""
+    import os
+    import signal
+
+    def leave(signum: int, frame: Any) -> None:
+        line = f"featdump: error: stopped at once by a second {signal.Signals(signum).name}; resume with --resume\n"
+        os.write(2, line.encode())
+        os._exit(128 + signum)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, leave)
+
+
 def handle_errors(func: F) -> F:
     """Core exceptions -> one line on stderr and the SPEC's exit code (tracebacks with --debug)."""
 
@@ -83,6 +98,8 @@ def handle_errors(func: F) -> F:
         except FeatdumpError as exc:
             if _STATE["debug"]:
                 raise
+            if isinstance(exc, Interrupted):
+                _exit_on_next_signal()
             raise fail(str(exc), exc.exit_code) from None
         except KeyboardInterrupt:
             raise fail("interrupted", 130) from None

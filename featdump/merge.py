@@ -23,7 +23,7 @@ from typing import Any
 
 from featdump.errors import FeatdumpError, UsageError
 from featdump.sharding import shard_bounds
-from featdump.store import FEATURES, RESUME_KEYS, compression_kwargs, read_attr, set_attr, utc_now
+from featdump.store import FEATURES, RESUME_KEYS, compression_kwargs, load_codecs, read_attr, set_attr, utc_now
 
 # Settings every shard of one merge must share (the per-shard ones are checked separately).
 MERGE_KEYS = ("format_version",) + tuple(k for k in RESUME_KEYS if k not in ("input_digest", "num_inputs", "shard"))
@@ -249,6 +249,7 @@ def merge_shards(
     command: str = "",
 ) -> MergeSummary:
     """Write ``output`` from the shards; refuses (UsageError) anything that would not equal one run."""
+    load_codecs()
     out = Path(output)
     if out.is_dir():
         raise UsageError(f"-o {out} is a folder; name an .h5 file")

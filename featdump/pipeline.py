@@ -356,8 +356,15 @@ class StopFlag:
         return self
 
     def __exit__(self, *exc: Any) -> None:
+        if self.signum is None:
+            self.restore()
+        # After a stop the handlers stay until the run has committed and closed its file
+        # (restore() at the very end), so a second signal during that clean-up still exits at once.
+
+    def restore(self) -> None:
         for sig, old in self._old.items():
             signal.signal(sig, old)
+        self._old = {}
 
     @property
     def stopped(self) -> bool:
@@ -638,6 +645,7 @@ def run_extraction(
     resumed_from = store.progress.inputs_done
     started = time.perf_counter()
     finished = False
+    stop = StopFlag(f"{store.path} keeps its last commit; resume with --resume")
     try:
         if resumed_from > len(refs):
             raise UsageError(f"--resume: {out_path} has {resumed_from} inputs done but the list has {len(refs)}")
@@ -646,7 +654,7 @@ def run_extraction(
         forward = Forward(backbone, device, cfg.precision, cfg.pool, cfg.dtype, tuning.channels_last, cfg.compile)
         writer = Writer(store, tuning.queue_bytes)
         progress.start(len(refs), resumed_from, cfg.model)
-        with StopFlag(f"{store.path} keeps its last commit; resume with --resume") as stop:
+        with stop:
             try:
                 for batch in _batches(loader, stop):
                     feats = forward(batch.pixels) if batch.pixels is not None else []
@@ -676,6 +684,7 @@ def run_extraction(
                 output.finish()
         finally:
             output.release()
+            stop.restore()
     return summary
 
 

@@ -28,6 +28,9 @@ def open_featdump(path: str | Path) -> Any:
     """
     import h5py
 
+    from featdump.store import load_codecs
+
+    load_codecs()
     p = Path(path)
     if not p.exists():
         raise UsageError(f"no such file: {p}")

@@ -53,6 +53,15 @@ RESUME_KEYS = (
 )
 
 
+def load_codecs() -> None:
+    """Register hdf5plugin's filters (Zstandard, Blosc2, ...) with HDF5, so that files written with
+    ``--compression zstd`` can be read. Cheap after the first call."""
+    try:
+        import hdf5plugin  # noqa: F401
+    except ImportError:  # pragma: no cover - a dependency; without it only zstd files are unreadable
+        pass
+
+
 def utc_now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
