@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
 from featdump.errors import FeatdumpError, UsageError
 
 HF_WEIGHTS_NAME = "pytorch_model.bin"  # timm's default file name on the hub

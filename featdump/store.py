@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from featdump import FORMAT_VERSION, __version__
+from featdump import __version__
 from featdump.backbone import LayerInfo
 from featdump.errors import FeatdumpError, UsageError
 
