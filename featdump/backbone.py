@@ -198,7 +198,10 @@ def num_levels(name: str) -> int:
 
 
 def normalize_indices(name: str, indices: Sequence[int] | None, levels: int, modules: Sequence[str]) -> tuple[int, ...] | None:
-    """Negative indices count from the end (timm semantics); anything out of range exits 2."""
+    """Negative indices count from the end (timm semantics); out of range or twice exits 2.
+
+    The result is in model order (the order timm returns the levels in), not in the order given.
+    """
     if indices is None:
         return None
     bad = [i for i in indices if not -levels <= i < levels]
@@ -208,7 +211,15 @@ def normalize_indices(name: str, indices: Sequence[int] | None, levels: int, mod
             f"--out-indices {','.join(map(str, bad))} out of range for {name}: valid levels are "
             f"0..{levels - 1} (or -{levels}..-1): {listing}"
         )
-    return tuple(i % levels for i in indices)
+    resolved = [i % levels for i in indices]
+    twice = sorted({i for i in resolved if resolved.count(i) > 1})
+    if twice:
+        raise UsageError(
+            f"--out-indices names level {twice[0]} ({modules[twice[0]]}) twice (negatives count from the end)"
+        )
+    # timm returns levels in model order whatever order they were asked in: keep that order, so
+    # that output i is labelled with level i.
+    return tuple(sorted(resolved))
 
 
 def _layout(model: Any, out: Any, channels: int) -> str:
@@ -311,9 +322,8 @@ def _prepare(
         raise
     except Exception as exc:  # noqa: BLE001 - hf-hub:/local-dir: names read their config from the hub or disk
         if name.startswith(("hf-hub:", "hf_hub:", "local-dir:")):
-            text = f"{exc.__class__.__name__}: {exc}".replace("\n", " ")[:200]
             raise FeatdumpError(
-                f"cannot read the model config of {name} ({text}); run `featdump fetch {name}` where there is "
+                f"cannot read the model config of {name} ({why_no_download(exc)}); run `featdump fetch {name}` where there is "
                 "internet, or use a plain timm model name"
             ) from None
         raise
@@ -471,9 +481,23 @@ def _pretrained_error(name: str, exc: BaseException) -> FeatdumpError:
     if "No pretrained weights exist" in text or "no pretrained" in text.lower():
         return UsageError(f"timm has no pretrained weights for {name}; pass --checkpoint FILE or --no-pretrained")
     return FeatdumpError(
-        f"could not get pretrained weights for {name} (offline, or not in the Hugging Face cache: {text[:200]}); "
+        f"could not get pretrained weights for {name} ({why_no_download(exc)}); "
         f"run `featdump fetch {name}` where there is internet, or pass --checkpoint FILE or --no-pretrained"
     )
+
+
+def why_no_download(exc: BaseException) -> str:
+    """A short reason for a failed hub download, not huggingface_hub's paragraph."""
+    kind = exc.__class__.__name__
+    text = " ".join(str(exc).split())
+    if "LocalEntryNotFound" in kind or "OfflineMode" in kind or "HF_HUB_OFFLINE" in text:
+        return "not in the Hugging Face cache, and the hub is offline or unreachable"
+    if "RepositoryNotFound" in kind or "EntryNotFound" in kind:
+        return f"not found on the Hugging Face hub ({kind})"
+    first = text.split(". ")[0]
+    if len(first) > 160:
+        first = first[:157].rsplit(" ", 1)[0] + "..."
+    return f"{kind}: {first}" if first else kind
 
 
 def weights_tag(name: str, model: Any) -> str:
@@ -489,13 +513,15 @@ def weights_tag(name: str, model: Any) -> str:
 def _quiet_timm() -> Iterator[None]:
     """timm logs "unexpected keys" when a full checkpoint feeds a features-only model: expected here
     (check_state_dict has already compared the checkpoint with the full model)."""
-    logger = logging.getLogger("timm")
-    old = logger.level
-    logger.setLevel(logging.ERROR)
+    loggers = [logging.getLogger(n) for n in ("timm", "huggingface_hub")]  # the hub logs every retry
+    old = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
     try:
         yield
     finally:
-        logger.setLevel(old)
+        for logger, level in zip(loggers, old):
+            logger.setLevel(level)
 
 
 def load_backbone(

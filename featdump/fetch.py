@@ -104,7 +104,9 @@ def _safe_alternatives(filename: str) -> list[str]:
 
 
 def _hf_error(src: WeightsSource, exc: BaseException) -> FeatdumpError:
-    text = f"{exc.__class__.__name__}: {str(exc).strip()}".replace("\n", " ")[:240]
+    from featdump.backbone import why_no_download
+
+    text = why_no_download(exc)
     if offline():
         return FeatdumpError(
             f"{src.model}: {src.location} is not in the Hugging Face cache ({hub_cache()}) and HF_HUB_OFFLINE=1 "

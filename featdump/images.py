@@ -205,7 +205,11 @@ def load_rgb(source: str, max_pixels: int | None = None, shrink_to: int | None =
         try:
             im = Image.open(fh)
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise ValueError(f"too many pixels ({exc}); raise --max-image-pixels if this is a real scan") from None
+            found = re.search(r"\((\d+) pixels\)", str(exc))  # Pillow quotes its own (doubled) limit: use ours
+            size = f"{found.group(1)} pixels" if found else "the image"
+            raise ValueError(
+                f"too many pixels ({size} > {limit}); raise --max-image-pixels if this is a real scan"
+            ) from None
         except Image.UnidentifiedImageError:  # name the file, not the file object
             raise Image.UnidentifiedImageError(
                 f"cannot identify image file {source!r} (not an image, or a damaged header such as zero width)"

@@ -216,7 +216,7 @@ def summarize_file(path: str | Path, max_failures: int = 10) -> dict[str, Any]:
                     "compression": "virtual" if virtual else _filters(ds),
                     "stored_bytes": stored,
                     "raw_bytes": raw,
-                    "ratio": round(raw / stored, 3) if stored else None,
+                    "ratio": round(stored / raw, 3) if raw else None,  # stored/raw, as in extract
                     "virtual": virtual,
                     "virtual_sources": len({e["file"] for e in sources.get(ds.name.lstrip("/"), [])}),
                     "missing_sources": len(

@@ -68,6 +68,7 @@ def test_inspect_output_stride_and_vit(cli):
         (["inspect", "resnet5O"], "unknown model 'resnet5O'; did you mean: resnet50"),
         (["inspect", "resnet18", "--out-indices", "5"], "valid levels are 0..4 (or -5..-1): 0=act1, 1=layer1"),
         (["inspect", "resnet18", "--out-indices", "a,b"], "--out-indices takes whole numbers"),
+        (["inspect", "resnet18", "--out-indices", "-1,4"], "names level 4 (layer4) twice"),
         (["inspect", "vit_tiny_patch16_224", "--output-stride", "16"], "cannot run at --output-stride 16"),
         (["inspect", "resnet18", "--output-stride", "4"], "--output-stride must be one of 8|16|32"),
         (["inspect", "resnet18", "--img-size", "big"], "--img-size takes SIZE or HEIGHTxWIDTH"),

@@ -18,6 +18,9 @@ CASES = [
     ("vit_tiny_patch16_224", [], {}),
     ("resnet18", ["--output-stride", "8", "--out-indices", "3,4"], {"output_stride": 8, "out_indices": (3, 4)}),
     ("swin_tiny_patch4_window7_224", ["--out-indices", "-1"], {"out_indices": (3,)}),
+    # levels asked out of model order: each dataset must still hold its own level
+    ("resnet18", ["--out-indices", "-1,1", "--img-size", "96"], {"out_indices": (1, 4), "img_size": (96, 96)}),
+    ("vit_tiny_patch16_224", ["--out-indices", "-1,3"], {"out_indices": (3, 11)}),
 ]
 
 
@@ -36,6 +39,9 @@ def test_features_equal_timm(cli, random_checkpoint, photos, tmp_path, model, fl
     ref = timm_features(model, ckpt, [photos / p for p in paths], **kw)
     names = list(f["features"])
     assert len(names) == len(ref)
+    want = kw.get("out_indices")
+    if want is not None:
+        assert [int(f["features"][n].attrs["index"]) for n in names] == list(want)
     for name, expected in zip(names, ref):
         got = f["features"][name][:]
         if expected.ndim == 4 and expected.shape[1:] != got.shape[1:]:
