@@ -308,6 +308,7 @@ def _write(shards: Sequence[Shard], tmp: Path, out_dir: Path, *, copy: bool, com
                 "complete": complete,
                 "created": utc_now(),
                 "command": command,
+                "extract_command": str(ref.attrs.get("command", "")),  # where the inputs were (viz)
                 "merged_from": [_relative(s.path, out_dir) for s in shards],
                 "merge": "copy" if copy else "virtual",
             }.items():

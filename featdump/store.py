@@ -491,6 +491,13 @@ def check_same_settings(h5: Any, attrs: dict[str, Any], path: str | Path) -> Non
         have = json.dumps(_jsonable(read_attr(h5.attrs.get(key))))
         want = json.dumps(_jsonable(read_attr(_attr(attrs[key]))))
         if have != want:
+            if key in ("input_digest", "num_inputs", "list_digest", "list_size"):
+                then = read_attr(h5.attrs.get("list_size", h5.attrs.get("num_inputs", "?")))
+                now = attrs.get("list_size", attrs.get("num_inputs", "?"))
+                raise UsageError(
+                    f"--resume: the input list differs from the one {path} was started with ({then} images "
+                    f"then, {now} now, or other names); resume with the same inputs, or --overwrite to start again"
+                )
             raise UsageError(
                 f"--resume: {path} was made with {key}={have}, this run has {key}={want}; "
                 "use the same settings, or --overwrite to start again"

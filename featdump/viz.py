@@ -324,6 +324,7 @@ def render(
     tw = tile
     th = max(8, round(tile * h_in / w_in))
     roots = ([Path(root)] if root else []) + _input_roots(str(attrs.get("command", "")), src)
+    roots += _input_roots(str(attrs.get("extract_command", "")), src)  # merged files: the shards' command
     found: dict[str, str] = {}
     cols = 1 + len(chosen)
     width = PAD + cols * (tw + PAD)

@@ -33,6 +33,7 @@ def test_zstd_shards_merge_show_and_open(cli, random_checkpoint, photos, tmp_pat
     assert shown.exit_code == 0, shown.output
     pic = cli("viz", str(out), "-o", str(tmp_path / "v.png"))
     assert pic.exit_code == 0, pic.output
+    assert "not found" not in pic.stderr  # the merged file remembers where the shards' inputs were
     single = cli("extract", "resnet18", str(photos), "-o", str(tmp_path / "one.h5"), *common)
     assert single.exit_code == 0
     import featdump
