@@ -8,11 +8,13 @@ import sys
 import numpy as np
 
 
-def test_zstd_shards_merge_show_and_open(cli, random_checkpoint, photos, tmp_path):
+def test_zstd_shards_merge_show_and_open(cli, random_checkpoint, photos, tmp_path, monkeypatch):
     ckpt = str(random_checkpoint("resnet18"))
     common = ["--checkpoint", ckpt, "--out-indices", "2,-1", "--img-size", "64", "--compression", "zstd", "--quiet"]
     for i in (0, 1):
-        r = cli("extract", "resnet18", str(photos), "-o", str(tmp_path / "f.h5"), "--shard", f"{i}/2", *common)
+        argv = ["extract", "resnet18", str(photos), "-o", str(tmp_path / "f.h5"), "--shard", f"{i}/2", *common]
+        monkeypatch.setattr("sys.argv", ["featdump", *argv])  # the command attr comes from argv, as in a shell
+        r = cli(*argv)
         assert r.exit_code == 0, r.output
     shards = sorted(str(p) for p in tmp_path.glob("f.shard-*.h5"))
     assert len(shards) == 2
