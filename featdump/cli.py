@@ -29,7 +29,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-_STATE = {"debug": False}
+_STATE = {"debug": False, "own_process": False}
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -71,21 +71,6 @@ def _click_exceptions() -> tuple[type[BaseException], ...]:
 _PASS_THROUGH = _click_exceptions()
 
 
-def _exit_on_next_signal() -> None:
-    """After a clean stop the process only tears down: another Ctrl-C/SIGTERM leaves at once,
-    with one line instead of a KeyboardInterrupt traceback from interpreter shutdown."""
-    import os
-    import signal
-
-    def leave(signum: int, frame: Any) -> None:
-        line = f"featdump: error: stopped at once by a second {signal.Signals(signum).name}; resume with --resume\n"
-        os.write(2, line.encode())
-        os._exit(128 + signum)
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, leave)
-
-
 def handle_errors(func: F) -> F:
     """Core exceptions -> one line on stderr and the SPEC's exit code (tracebacks with --debug)."""
 
@@ -98,8 +83,13 @@ def handle_errors(func: F) -> F:
         except FeatdumpError as exc:
             if _STATE["debug"]:
                 raise
-            if isinstance(exc, Interrupted):
-                _exit_on_next_signal()
+            if isinstance(exc, Interrupted) and _STATE["own_process"]:
+                # The file is committed and closed. Leave now: interpreter shutdown resets signal
+                # handlers, and a second Ctrl-C landing there would kill us without a word.
+                typer.echo(f"featdump: error: {exc}", err=True)
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(exc.exit_code)
             raise fail(str(exc), exc.exit_code) from None
         except KeyboardInterrupt:
             raise fail("interrupted", 130) from None
@@ -265,11 +255,18 @@ def extract(
 
     Example: featdump extract resnet50 photos/ -o feats.h5 --out-indices 1,2,3 --dtype float16
     """
-    from featdump import config
     # Read by libgomp when torch loads (so set before it is imported): threads waiting at a barrier
     # sleep instead of spinning, so decoding workers, the writer and other jobs on the node do not
     # make the forward pass's threads burn their cores waiting (measured: README, Performance).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from featdump.pipeline import early_signals
+
+    with early_signals():  # a Ctrl-C during start-up is remembered, not lost in third-party code
+        _extract(ctx, model, inputs, output, config_file)
+
+
+def _extract(ctx: typer.Context, model: str, inputs: list[str], output: str, config_file: Path | None) -> None:
+    from featdump import config
     from featdump.pipeline import run_extraction
     from featdump.report import RichProgress, console, failures_table, summary_table
 
@@ -479,6 +476,7 @@ def fetch(
 
 
 def main() -> None:
+    _STATE["own_process"] = True  # the console script / python -m featdump (not an embedding caller)
     app()
 
 

@@ -328,6 +328,59 @@ def _write_error(store: Store, exc: BaseException) -> FeatdumpError:
 # --------------------------------------------------------------------------- signals
 
 
+_EARLY: list[int] = []  # signals that arrived before the batch loop took over (see early_signals)
+_GUARDED: list[bool] = []  # non-empty while early_signals() guards a command (the CLI)
+
+
+def _leave_at_once(signum: int, frame: Any) -> None:
+    """A further signal once a stop is under way: one line, exit now (the file keeps its last commit)."""
+    line = f"featdump: error: stopped at once by a second {signal.Signals(signum).name}; resume with --resume\n"
+    os.write(2, line.encode("utf-8", "replace"))
+    os._exit(128 + signum)
+
+
+@contextlib.contextmanager
+def early_signals() -> Iterator[None]:
+    """From the start of a command until the batch loop: remember SIGINT/SIGTERM instead of raising.
+
+    Start-up imports and builds a lot of third-party code, some of which swallows KeyboardInterrupt;
+    a remembered signal cannot be lost there. It stops the run before anything is written, or
+    (once the file exists) after the first batch. A second one leaves at once.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def remember(signum: int, frame: Any) -> None:
+        if _EARLY:
+            _leave_at_once(signum, frame)
+        _EARLY.append(signum)
+
+    _EARLY.clear()
+    _GUARDED.append(True)
+    old = {sig: signal.signal(sig, remember) for sig in (signal.SIGINT, signal.SIGTERM)}
+    interrupted = False
+    try:
+        yield
+    except Interrupted:
+        interrupted = True
+        raise
+    finally:
+        # After a stop the process only reports and tears down: a further signal leaves at once
+        # (one line) instead of raising KeyboardInterrupt somewhere in interpreter shutdown.
+        for sig, handler in old.items():
+            signal.signal(sig, _leave_at_once if interrupted else handler)
+        _EARLY.clear()
+        _GUARDED.clear()
+
+
+def _stopped_early() -> None:
+    if _EARLY:
+        exc = Interrupted(f"stopped by {signal.Signals(_EARLY[0]).name} during start-up; nothing was written")
+        exc.exit_code = 128 + _EARLY[0]
+        raise exc
+
+
 class StopFlag:
     """First SIGINT/SIGTERM: stop after the current batch. Second: leave at once (exit 130/143).
 
@@ -353,6 +406,8 @@ class StopFlag:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._old[sig] = signal.signal(sig, self._handle)
+        if _EARLY and self.signum is None:  # arrived while the file was being opened
+            self.signum = _EARLY[0]
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -362,6 +417,8 @@ class StopFlag:
         # (restore() at the very end), so a second signal during that clean-up still exits at once.
 
     def restore(self) -> None:
+        if self.signum is not None and _GUARDED:
+            return  # early_signals() takes over: a further signal must still leave at once
         for sig, old in self._old.items():
             signal.signal(sig, old)
         self._old = {}
@@ -640,6 +697,7 @@ def run_extraction(
     if on_ready:
         on_ready(backbone, str(out_path), placement)
 
+    _stopped_early()
     output = open_output(cfg, out_path, attrs, backbone.layers)
     store = output.store
     resumed_from = store.progress.inputs_done

@@ -167,3 +167,21 @@ def test_data_config_is_timms(model):
     got = describe(model).data.as_timm()
     for key in ("input_size", "mean", "std", "interpolation", "crop_pct", "crop_mode"):
         assert tuple(got[key]) == tuple(want[key]) if isinstance(want[key], tuple) else got[key] == want[key], key
+
+
+def test_ctrl_c_during_start_up_is_not_lost(tmp_path, photos):
+    """A SIGINT while torch/timm load is remembered (third-party code cannot swallow it): exit 130, no file."""
+    import signal
+    import time
+
+    out = tmp_path / "o.h5"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "featdump", "extract", "resnet18", str(photos), "-o", str(out), "--no-pretrained"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    time.sleep(0.8)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "during start-up; nothing was written" in err or "resume with --resume" in err
+    assert err.count("\n") == 1 and "Traceback" not in err

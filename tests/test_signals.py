@@ -55,7 +55,10 @@ def test_sigint_sigterm_and_double_sigint_resume_to_clean_rows(tmp_path: Path, c
     assert wait_for(lambda: journal_seq(out) >= base + 3, proc), proc.communicate()[1]
     rc, err, took = _stop(proc, signal.SIGINT, times=2)
     assert rc == 130, err
-    assert "second SIGINT" in err and "--resume" in err
+    # The second signal either lands while the run is still stopping (it leaves at once, saying so)
+    # or after the run has already committed and exited cleanly: both end in 130 with a resume hint.
+    assert ("second SIGINT" in err or "stopped by SIGINT after committing" in err) and "--resume" in err, err
+    assert "Traceback" not in err
     part = committed_rows(out)
     assert not part["complete"] and part["inputs_done"] >= before
     assert_prefix_of(part, case.clean)
