@@ -6,13 +6,15 @@ never shifts another image's row.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import os
 import re
 import stat
+import threading
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 from typing import Any
@@ -141,6 +143,37 @@ def list_digest(refs: Sequence[ImageRef]) -> str:
 # --------------------------------------------------------------------------- decoding
 
 
+_WARNINGS = threading.Lock()
+
+
+@contextlib.contextmanager
+def warnings_as(action: str, category: type[Warning] = Warning) -> Iterator[None]:
+    """``warnings.catch_warnings`` + one filter, held under a lock: the filters are global, so two
+    decoding threads entering and leaving their own ``catch_warnings`` could leave another one's
+    filter in place (or drop it mid-open). Only header parsing and EXIF run inside it."""
+    with _WARNINGS, warnings.catch_warnings():
+        warnings.simplefilter(action, category)  # type: ignore[arg-type]
+        yield
+
+
+@contextlib.contextmanager
+def pixel_limit(max_pixels: int | None) -> Iterator[int | None]:
+    """Pillow's decompression-bomb check at ``Image.open`` as an error, at ``max_pixels`` when
+    given; yields the limit in force. The limit is a global of Pillow's, so it is set and put back
+    under the same lock (decoding threads may use different limits; nothing outside this block
+    sees ours, and Pillow's own is read only while no thread has changed it)."""
+    from PIL import Image
+
+    with warnings_as("error", Image.DecompressionBombWarning):
+        saved = Image.MAX_IMAGE_PIXELS
+        if max_pixels is not None:
+            Image.MAX_IMAGE_PIXELS = max_pixels  # Pillow warns above this, refuses above twice this
+        try:
+            yield max_pixels if max_pixels is not None else saved
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+
+
 def _to_uint8(arr: Any) -> Any:
     import numpy as np
 
@@ -195,15 +228,13 @@ def load_rgb(source: str, max_pixels: int | None = None, shrink_to: int | None =
     from PIL import Image
 
     _check_regular(os.stat(source))  # never open a FIFO or device: that could block or have effects
-    if max_pixels is not None:
-        Image.MAX_IMAGE_PIXELS = max_pixels  # Pillow's own check at open (2x this refuses outright)
-    limit = max_pixels if max_pixels is not None else Image.MAX_IMAGE_PIXELS
+    limit = max_pixels
     # O_NONBLOCK: if the path was swapped for a FIFO since the stat, open returns instead of waiting
-    with open(source, "rb", opener=_open_nonblocking) as fh, warnings.catch_warnings():
+    with open(source, "rb", opener=_open_nonblocking) as fh:
         _check_regular(os.fstat(fh.fileno()))
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
-            im = Image.open(fh)
+            with pixel_limit(max_pixels) as limit:
+                im = Image.open(fh)
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
             found = re.search(r"\((\d+) pixels\)", str(exc))  # Pillow quotes its own (doubled) limit: use ours
             size = f"{found.group(1)} pixels" if found else "the image"
@@ -254,8 +285,7 @@ def _orient(im: Any) -> Any:
     an orientation that cannot be read means nobody knows which way up the image is: a failure."""
     from PIL import ImageOps
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "Corrupt EXIF data" warnings: judged below instead
+    with warnings_as("ignore"):  # "Corrupt EXIF data" warnings: judged below instead
         try:
             orientation = im.getexif().get(0x0112)
             if orientation is not None and not (isinstance(orientation, int) and 1 <= orientation <= 8):
@@ -292,12 +322,11 @@ def read_jpeg(source: str, max_pixels: int | None = None) -> Encoded | None:
     from PIL import Image
 
     _check_regular(os.stat(source))
-    limit = max_pixels if max_pixels is not None else Image.MAX_IMAGE_PIXELS
-    with open(source, "rb", opener=_open_nonblocking) as fh, warnings.catch_warnings():
+    limit = max_pixels
+    with open(source, "rb", opener=_open_nonblocking) as fh:
         _check_regular(os.fstat(fh.fileno()))
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
-            with Image.open(fh) as im:
+            with pixel_limit(max_pixels) as limit, Image.open(fh) as im:
                 kind, mode, (w, h) = im.format, im.mode, im.size
         except Exception:  # noqa: BLE001 - load_rgb gives the precise reason
             return None

@@ -1,7 +1,7 @@
 """``run_extraction(config) -> Summary``: images -> batches -> forward -> background HDF5 writer.
 
-Decoding runs in DataLoader worker processes, the forward pass in this thread, and HDF5 writes in
-a writer thread behind a bounded queue, so the three overlap. SIGINT/SIGTERM stop after the
+Decoding runs in threads (CPU runs) or DataLoader worker processes (GPU runs), the forward pass
+in this thread, and HDF5 writes in a writer thread behind a bounded queue, so the three overlap. SIGINT/SIGTERM stop after the
 current batch with everything written so far committed (exit 130); a second one exits at once,
 still leaving a file that ``--resume`` finishes.
 """
@@ -20,11 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from featdump import FORMAT_VERSION, __version__
+from featdump.alloc import tune_malloc
 from featdump.backbone import Backbone, LayerInfo, load_backbone
 from featdump.config import ExtractConfig
 from featdump.errors import FeatdumpError, Interrupted, UsageError
 from featdump.images import Batch, ImageDataset, ImageRef, collate, discover, list_digest
 from featdump.journal import fsync_dir
+from featdump.loading import ThreadLoader
 from featdump.sharding import Placement, placement_from_env, shard_bounds, shard_output_path
 from featdump.store import NothingCommitted, Store, utc_now
 
@@ -135,7 +137,7 @@ class Tuning:
     """How one run uses the machine (see :func:`tune`)."""
 
     batch_size: int
-    workers: int  # DataLoader decoding processes (0: decode in the main thread)
+    workers: int  # decoding threads on CPU, DataLoader processes on CUDA/MPS (0: in the main thread)
     threads: int | None  # torch intra-op threads for the forward pass (None: leave torch's default)
     channels_last: bool
     prefetch: int = 2  # batches each worker decodes ahead
@@ -145,19 +147,24 @@ class Tuning:
 def tune(device: Any, cfg: ExtractConfig, placement: Placement) -> Tuning:
     """Defaults per device, from measurements (``make bench``; README, Performance).
 
-    CPU: decoding runs in ``cpus // 8`` worker processes (at least 1, at most 8), since decoding +
-    timm's transform costs ~5 ms per image against 20-100 ms for the forward pass. The forward
-    pass gets the other cores of the budget (Slurm's --cpus-per-task, else this process's
-    affinity) as intra-op threads: an OpenMP region waits for its slowest thread, so a thread
-    sharing its core with a worker slows every layer. Up to 4 cores the worker shares instead
-    (on 2 cores one worker and two threads beat one thread each by ~2x, and no worker by ~1.5x). Batches of 8 in channels_last: larger batches are
-    slower on CPUs (some small depthwise models, efficientnet-lite0, are as fast at 1). The batch
-    size is fixed, not timed per run, so reruns and resumed runs compute with the same kernels.
-    CUDA: batches of 64, channels_last, threads left alone, workers for up to 8 of the cores.
+    CPU: decoding runs in threads of this process (featdump/loading.py), since decoding + timm's
+    transform costs ~5 ms per image against 7-30 ms for the forward pass. Up to 4 cores the
+    decode threads share all the cores with the forward threads (on 2 cores, 2 + 2 threads were
+    1.24x the serial decode + forward rate for tf_efficientnet_lite0, one worker process 1.10x);
+    on more, ``cpus // 8`` decode threads (1-8) and the forward pass gets the other cores of the
+    budget (Slurm's --cpus-per-task, else this process's affinity), because an OpenMP region
+    waits for its slowest thread. Batches of 8 in channels_last: larger batches are slower on
+    CPUs. The batch size is fixed, not timed per run, so reruns and resumed runs compute with the
+    same kernels.
+    CUDA: batches of 64, channels_last, threads left alone, DataLoader worker processes for up
+    to 8 of the cores.
     """
     cpus = cpu_budget(placement)
     if device.type == "cpu":
-        workers = cfg.workers if cfg.workers is not None else min(8, max(1, cpus // 8))
+        if cfg.workers is not None:
+            workers = cfg.workers
+        else:
+            workers = cpus if cpus <= 4 else min(8, max(1, cpus // 8))
         threads = cpus - workers if cpus > 4 else cpus
         return Tuning(cfg.batch_size or 8, workers, max(1, threads), True, prefetch=2)
     workers = cfg.workers if cfg.workers is not None else max(1, min(8, cpus - 1))
@@ -635,6 +642,10 @@ class Loader:
             dataset = ImageDataset(todo, transform, cfg.max_image_pixels)
         batches = -(-len(todo) // tuning.batch_size)
         workers = min(tuning.workers, max(1, batches))  # no idle processes for a handful of images
+        self.loader: Any
+        if device.type == "cpu" and self.decoder is None:  # threads: see featdump/loading.py
+            self.loader = ThreadLoader(dataset, tuning.batch_size, workers, tuning.prefetch)
+            return
         self.loader = torch.utils.data.DataLoader(
             dataset,
             batch_size=tuning.batch_size,
@@ -675,6 +686,7 @@ def run_extraction(
     device = resolve_device(cfg.device, placement.local_rank)
     check_decode(cfg, device)
     tuning = tune(device, cfg, placement)
+    tune_malloc()  # before the model's and the activations' memory is allocated
     if tuning.threads:
         torch.set_num_threads(tuning.threads)
     if device.type == "cuda":

@@ -33,7 +33,7 @@ def _dev(kind: str) -> Any:
 
 @pytest.mark.parametrize(
     ("cpus", "workers", "threads"),
-    [(1, 1, 1), (2, 1, 2), (4, 1, 4), (8, 1, 7), (16, 2, 14), (64, 8, 56), (256, 8, 248)],
+    [(1, 1, 1), (2, 2, 2), (4, 4, 4), (8, 1, 7), (16, 2, 14), (64, 8, 56), (256, 8, 248)],
 )
 def test_cpu_defaults_follow_the_cpu_budget(cpus: int, workers: int, threads: int) -> None:
     from featdump.pipeline import tune

@@ -1,0 +1,143 @@
+"""CPU runs: decoding in a pool of threads, batches assembled in the main thread.
+
+Pillow releases the GIL while it decodes and resamples, so threads decode in parallel without
+the cost of worker processes (pickling every batch through a pipe, a second copy of the
+interpreter per worker). timm's eval transform is split in two halves that give the same numbers
+as the whole: the PIL steps (resize, crop) run in the threads; to-tensor and normalisation run
+once per batch in this thread, on the stacked uint8 pixels, as the same elementwise float32
+operations (``/ 255``, ``- mean``, ``/ std``), and the batch comes out channels_last already.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+from featdump.images import Batch, ImageDataset, describe_error
+
+_TO_TENSOR = ("ToTensor", "MaybeToTensor")
+
+
+class SplitTransform:
+    """timm's eval transform as ``pil`` (per image, any thread) + ``finish`` (per batch).
+
+    ``pil(img)`` returns an ``(H, W, 3)`` uint8 array when the rest of the transform is
+    to-tensor + normalisation (what ``timm.data.create_transform`` builds for evaluation), else
+    the fully transformed tensor (any other transform: applied whole, per image).
+    """
+
+    def __init__(self, transform: Any) -> None:
+        steps = list(getattr(transform, "transforms", [transform]))
+        names = [type(s).__name__ for s in steps]
+        cut = next((k for k, name in enumerate(names) if name in _TO_TENSOR), None)
+        self.whole = transform
+        self.pil_steps: list[Any] = steps[:cut] if cut is not None else []
+        self.to_tensor: Any = steps[cut] if cut is not None else None
+        self.tensor_steps: list[Any] = steps[cut + 1 :] if cut is not None else []
+        self.split = cut is not None
+
+    def pil(self, img: Any) -> Any:
+        import numpy as np
+
+        if not self.split:
+            return self.whole(img)
+        for step in self.pil_steps:
+            img = step(img)
+        if getattr(img, "mode", None) != "RGB":  # not 8-bit RGB after all: the rest as it is
+            for step in [self.to_tensor, *self.tensor_steps]:
+                img = step(img)
+            return img
+        return np.asarray(img)
+
+    def finish(self, items: Sequence[Any]) -> Any:
+        """Stacked ``(B, 3, H, W)`` float32 pixels (channels_last strides when all items were
+        uint8 arrays), equal element for element to the transform applied per image."""
+        import numpy as np
+        import torch
+
+        if all(isinstance(x, np.ndarray) for x in items):
+            x = torch.from_numpy(np.stack(items)).permute(0, 3, 1, 2)  # NHWC memory = channels_last
+            x = x.to(torch.float32).div(255)  # torchvision's to_tensor: uint8 -> float, / 255
+            for step in self.tensor_steps:
+                x = _batched(step)(x)
+            return x
+        rows = [self._tensor(x) for x in items]
+        return torch.stack(rows)
+
+    def _tensor(self, x: Any) -> Any:
+        import numpy as np
+        import torch
+
+        if not isinstance(x, np.ndarray):
+            return x
+        t = torch.from_numpy(x).permute(2, 0, 1).to(torch.float32).div(255)
+        for step in self.tensor_steps:
+            t = step(t)
+        return t
+
+
+def _batched(step: Any) -> Callable[[Any], Any]:
+    """One post-to-tensor step on a (B, C, H, W) batch: torchvision's Normalize as the same
+    ``sub_(mean).div_(std)`` broadcast over the batch, anything else image by image."""
+    import torch
+
+    if type(step).__name__ == "Normalize" and hasattr(step, "mean") and hasattr(step, "std"):
+
+        def normalize(x: Any) -> Any:
+            mean = torch.as_tensor(step.mean, dtype=x.dtype).view(1, -1, 1, 1)
+            std = torch.as_tensor(step.std, dtype=x.dtype).view(1, -1, 1, 1)
+            return x.sub_(mean).div_(std)
+
+        return normalize
+    return lambda x: torch.stack([step(row) for row in x])
+
+
+class ThreadLoader:
+    """Batches in list order, decoded by ``threads`` threads (0: in this thread), up to
+    ``prefetch`` batches ahead. Failed images are records in the batch, like the DataLoader's."""
+
+    def __init__(self, dataset: ImageDataset, batch_size: int, threads: int, prefetch: int = 2) -> None:
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.threads = threads
+        self.prefetch = max(1, prefetch)
+        self.split = SplitTransform(dataset.transform)
+
+    def _decode(self, i: int) -> tuple[int, Any, str]:
+        ref = self.dataset.refs[i]
+        try:
+            return i, self.split.pil(self.dataset.loader(ref.source, self.dataset.max_pixels)), ""
+        except Exception as exc:  # noqa: BLE001 - any decode failure becomes a record
+            return i, None, describe_error(exc)
+
+    def _batch(self, samples: list[tuple[int, Any, str]]) -> Batch:
+        good = [(i, x) for i, x, _ in samples if x is not None]
+        failed = [(i, err) for i, x, err in samples if x is None]
+        pixels = self.split.finish([x for _, x in good]) if good else None
+        covered = [i for i, _, _ in samples]
+        return Batch([i for i, _ in good], pixels, failed, min(covered), max(covered))
+
+    def __iter__(self) -> Iterator[Batch]:
+        n = len(self.dataset)
+        starts = range(0, n, self.batch_size)
+        if self.threads <= 0:
+            for s in starts:
+                yield self._batch([self._decode(i) for i in range(s, min(n, s + self.batch_size))])
+            return
+        pool = concurrent.futures.ThreadPoolExecutor(self.threads, thread_name_prefix="featdump-decode")
+        queued: collections.deque[list[concurrent.futures.Future[tuple[int, Any, str]]]] = collections.deque()
+        todo = iter(starts)
+        try:
+            while True:
+                while len(queued) <= self.prefetch:  # the batch to hand out next + `prefetch` more
+                    s = next(todo, None)
+                    if s is None:
+                        break
+                    queued.append([pool.submit(self._decode, i) for i in range(s, min(n, s + self.batch_size))])
+                if not queued:
+                    return
+                yield self._batch([f.result() for f in queued.popleft()])
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)  # images being decoded finish (ms); the rest are dropped

@@ -1,0 +1,206 @@
+"""CPU decoding in threads: the split transform gives timm's numbers exactly, batches keep list
+order and failure records whatever the thread count, Pillow's global limit is never left changed,
+and the allocator settings apply (or step aside for the user's own)."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import PHOTOS, ROOT
+
+from featdump.images import ImageDataset, ImageRef, load_rgb
+from featdump.loading import SplitTransform, ThreadLoader
+
+
+def _images(tmp_path: Path) -> list[Path]:
+    """The example photos plus shapes that stress resize/crop: tiny, tall, wide, gray, palette."""
+    out = sorted(PHOTOS.glob("*.jpg"))[:4]
+    rng = np.random.default_rng(0)
+    for name, (h, w), mode in [
+        ("tiny.png", (17, 23), "RGB"),
+        ("tall.png", (301, 97), "RGB"),
+        ("wide.jpg", (120, 640), "RGB"),
+        ("gray.png", (200, 150), "L"),
+        ("pal.gif", (90, 90), "P"),
+    ]:
+        arr = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        img = Image.fromarray(arr)
+        img = img.convert(mode) if mode != "P" else img.quantize(16)
+        img.save(tmp_path / name)
+        out.append(tmp_path / name)
+    return out
+
+
+TRANSFORMS = [
+    dict(input_size=(3, 224, 224), crop_pct=0.875, interpolation="bicubic"),  # tf_efficientnet_lite0
+    dict(input_size=(3, 224, 224), crop_pct=0.95, interpolation="bicubic"),  # resnet50.a1_in1k
+    dict(input_size=(3, 224, 224), crop_pct=0.9, interpolation="bicubic", mean=(0.5,) * 3, std=(0.5,) * 3),  # vit
+    dict(input_size=(3, 160, 192), crop_pct=1.0, interpolation="bilinear"),
+    dict(input_size=(3, 96, 96), crop_pct=0.875, interpolation="bilinear", crop_mode="squash"),
+    dict(input_size=(3, 96, 128), crop_pct=0.9, interpolation="bicubic", crop_mode="border"),
+]
+
+
+@pytest.mark.parametrize("kw", TRANSFORMS, ids=lambda kw: f"{kw['input_size'][1:]}-{kw.get('crop_mode', 'center')}")
+def test_split_transform_equals_the_whole_transform(kw: dict[str, Any], tmp_path: Path) -> None:
+    from timm.data import create_transform
+
+    transform = create_transform(**kw, is_training=False)
+    split = SplitTransform(transform)
+    assert split.split, [type(s).__name__ for s in transform.transforms]
+    imgs = [load_rgb(str(p)) for p in _images(tmp_path)]
+    want = torch.stack([transform(im) for im in imgs])
+    got = split.finish([split.pil(im) for im in imgs])
+    assert got.dtype == torch.float32 and got.shape == want.shape
+    assert torch.equal(got, want)  # bit for bit, not just close
+    assert got.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_split_transform_falls_back_to_the_whole_transform() -> None:
+    """A transform without a to-tensor step (not timm's) is applied as a whole, per image."""
+    import torchvision.transforms as T
+
+    transform = T.Compose([T.PILToTensor(), T.ConvertImageDtype(torch.float32)])
+    split = SplitTransform(transform)
+    img = Image.new("RGB", (5, 4), (10, 20, 30))
+    assert not split.split
+    assert torch.equal(split.finish([split.pil(img)]), transform(img)[None])
+
+
+def _dataset(tmp_path: Path) -> ImageDataset:
+    from timm.data import create_transform
+
+    paths = _images(tmp_path)
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    (tmp_path / "text.png").write_text("not an image")
+    broken = [tmp_path / "empty.jpg", tmp_path / "text.png"]
+    order = paths[:3] + broken[:1] + paths[3:7] + broken[1:] + paths[7:]
+    refs = [ImageRef(str(p), str(p)) for p in order]
+    return ImageDataset(refs, create_transform(input_size=(3, 64, 64), crop_pct=0.875, is_training=False))
+
+
+@pytest.mark.parametrize(("threads", "prefetch", "batch"), [(0, 1, 3), (1, 1, 3), (3, 2, 3), (4, 3, 5), (2, 2, 64)])
+def test_thread_loader_keeps_order_and_records(tmp_path: Path, threads: int, prefetch: int, batch: int) -> None:
+    ds = _dataset(tmp_path)
+    batches = list(ThreadLoader(ds, batch, threads, prefetch))
+    assert [(b.first, b.last) for b in batches] == [(s, min(len(ds), s + batch) - 1) for s in range(0, len(ds), batch)]
+    positions = [p for b in batches for p in b.positions]
+    failed = [i for b in batches for i, _ in b.failed]
+    assert failed == [3, 8] and sorted(positions + failed) == list(range(len(ds)))
+    assert positions == sorted(positions)
+    want = torch.stack([ds[i][1] for i in positions])
+    got = torch.cat([b.pixels for b in batches if b.pixels is not None])
+    assert torch.equal(got, want)
+    errors = dict(f for b in batches for f in b.failed)
+    assert "empty" in errors[3] or "identify" in errors[3]
+
+
+def test_thread_loader_stops_its_threads_when_abandoned(tmp_path: Path) -> None:
+    ds = _dataset(tmp_path)
+    it = iter(ThreadLoader(ds, 2, 2, 2))
+    next(it)
+    it.close()  # the run stopped after one batch (Ctrl-C): queued decodes are dropped
+    assert not [t for t in threading.enumerate() if t.name.startswith("featdump-decode")]
+
+
+def test_pixel_limit_is_per_call_and_put_back(tmp_path: Path) -> None:
+    """Threads with different limits do not see each other's, and Pillow's global is restored."""
+    big = tmp_path / "big.png"
+    Image.new("RGB", (300, 200)).save(big)  # 60 000 pixels
+    before = Image.MAX_IMAGE_PIXELS
+    results: dict[str, list[str]] = {"strict": [], "loose": []}
+
+    def work(kind: str) -> None:
+        for _ in range(40):
+            try:
+                load_rgb(str(big), max_pixels=10_000 if kind == "strict" else None)
+                results[kind].append("ok")
+            except ValueError as exc:
+                results[kind].append(str(exc))
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in ("strict", "loose", "strict", "loose")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert Image.MAX_IMAGE_PIXELS == before
+    assert set(results["loose"]) == {"ok"}
+    assert len(results["strict"]) == 80
+    assert all(re.search(r"60000 (pixels )?> 10000", r) for r in results["strict"]), set(results["strict"])
+
+
+def test_extract_leaves_pillow_limit_alone(cli, random_checkpoint, tmp_path: Path) -> None:
+    before = Image.MAX_IMAGE_PIXELS
+    result = cli(
+        "extract", "resnet18", str(PHOTOS), "-o", str(tmp_path / "o.h5"), "--checkpoint",
+        str(random_checkpoint("resnet18")), "--img-size", "64", "--max-image-pixels", "5000", "--quiet",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert Image.MAX_IMAGE_PIXELS == before
+
+
+# --------------------------------------------------------------------------- allocator
+
+
+@pytest.mark.parametrize(
+    ("env", "why"),
+    [
+        ({}, ""),
+        ({"FEATDUMP_MALLOC_TUNING": "0"}, "FEATDUMP_MALLOC_TUNING=0"),
+        ({"FEATDUMP_MALLOC_TUNING": "1"}, ""),
+        ({"LD_PRELOAD": "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"}, "LD_PRELOAD jemalloc"),
+        ({"LD_PRELOAD": "/opt/libfaketime.so"}, ""),
+        ({"MALLOC_ARENA_MAX": "2"}, "MALLOC_ARENA_MAX"),
+        ({"MALLOC_MMAP_THRESHOLD_": "65536"}, "MALLOC_MMAP_THRESHOLD_"),
+        ({"GLIBC_TUNABLES": "glibc.malloc.trim_threshold=1"}, "GLIBC_TUNABLES"),
+        ({"GLIBC_TUNABLES": "glibc.rtld.optional_static_tls=1"}, ""),
+    ],
+)
+def test_malloc_tuning_steps_aside_for_the_user(env: dict[str, str], why: str) -> None:
+    from featdump.alloc import user_choice
+
+    assert user_choice(env) == why
+
+
+_FAULTS = """
+import resource, sys, torch, timm
+from featdump.alloc import tune_malloc
+print(tune_malloc())
+torch.set_num_threads(1)
+m = timm.create_model("resnet18").eval()
+x = torch.randn(8, 3, 160, 160)
+with torch.inference_mode():
+    m(x); m(x)
+    f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(4):
+        m(x)
+    print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0) / 32)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc settings")
+def test_malloc_tuning_reuses_activation_memory() -> None:
+    """With the settings, batches reuse the heap's pages instead of page-faulting fresh ones
+    (counted, not timed: minor page faults per image after warm-up)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MALLOC_", "GLIBC_TUNABLES"))}
+    env["PYTHONPATH"] = str(ROOT)
+    tuned = subprocess.run([sys.executable, "-c", _FAULTS], capture_output=True, text=True, env=env, check=True)
+    what, faults = tuned.stdout.splitlines()
+    assert what == "heap"
+    env["FEATDUMP_MALLOC_TUNING"] = "0"
+    plain = subprocess.run([sys.executable, "-c", _FAULTS], capture_output=True, text=True, env=env, check=True)
+    what_plain, faults_plain = plain.stdout.splitlines()
+    assert what_plain.startswith("left alone")
+    assert float(faults) < 50, (faults, faults_plain)
+    assert float(faults) < float(faults_plain) / 4, (faults, faults_plain)
