@@ -217,12 +217,12 @@ def extract(
     device: Annotated[str, typer.Option("--device", help="auto|cpu|cuda|cuda:N|mps.")] = "auto",
     precision: Annotated[str, typer.Option("--precision", help="fp32|fp16|bf16 (autocast).")] = "fp32",
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="[default: tuned per device]")] = None,
-    workers: Annotated[Optional[int], typer.Option("--workers", help="Decoding processes. [default: tuned]")] = None,
+    workers: Annotated[Optional[int], typer.Option("--workers", help="Decoding workers: threads on CPU, processes on GPUs; 0 decodes in the main thread. [default: tuned]")] = None,
     dtype: Annotated[str, typer.Option("--dtype", help="Storage dtype: float32|float16.")] = "float32",
     pool: Annotated[str, typer.Option("--pool", help="none|avg|max over space (stores N×C).")] = "none",
     compression: Annotated[
         str,
-        typer.Option("--compression", help="none|gzip|lzf|zstd (zstd: level 1 via hdf5plugin; readers import hdf5plugin)."),
+        typer.Option("--compression", help="none|gzip|lzf|zstd (zstd: level -3, or FEATDUMP_ZSTD_LEVEL; readers import hdf5plugin)."),
     ] = "none",
     fast_decode: Annotated[
         bool,

@@ -12,6 +12,10 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
+import os
+import sys
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -94,15 +98,32 @@ def _batched(step: Any) -> Callable[[Any], Any]:
     return lambda x: torch.stack([step(row) for row in x])
 
 
+def lower_priority(nice: int) -> None:
+    """This thread's nice value (Linux, where each thread has its own); best effort."""
+    if nice > 0 and sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+
+
 class ThreadLoader:
     """Batches in list order, decoded by ``threads`` threads (0: in this thread), up to
-    ``prefetch`` batches ahead. Failed images are records in the batch, like the DataLoader's."""
+    ``prefetch`` batches ahead. Failed images are records in the batch, like the DataLoader's.
 
-    def __init__(self, dataset: ImageDataset, batch_size: int, threads: int, prefetch: int = 2) -> None:
+    ``nice``: the decode threads' nice value. Where they share cores with the forward pass's
+    OpenMP threads, a decode thread that takes a core mid-layer stalls the whole layer (the other
+    OpenMP thread waits at the barrier); at nice 19 they run in the gaps instead. So that they
+    can never starve (other jobs on the cores), this thread decodes any image of the next batch
+    that no decode thread has started when it needs that batch.
+    """
+
+    def __init__(
+        self, dataset: ImageDataset, batch_size: int, threads: int, prefetch: int = 2, nice: int = 0
+    ) -> None:
         self.dataset = dataset
         self.batch_size = batch_size
         self.threads = threads
         self.prefetch = max(1, prefetch)
+        self.nice = nice
         self.split = SplitTransform(dataset.transform)
 
     def _decode(self, i: int) -> tuple[int, Any, str]:
@@ -111,6 +132,12 @@ class ThreadLoader:
             return i, self.split.pil(self.dataset.loader(ref.source, self.dataset.max_pixels)), ""
         except Exception as exc:  # noqa: BLE001 - any decode failure becomes a record
             return i, None, describe_error(exc)
+
+    def _collect(self, jobs: list[tuple[concurrent.futures.Future[tuple[int, Any, str]], int]]) -> list[Any]:
+        """The batch's results in order: images no decode thread has started yet are decoded
+        here (while this thread would only wait), the others come from their threads."""
+        here = {i: self._decode(i) for f, i in jobs if not f.done() and f.cancel()}
+        return [here[i] if i in here else f.result() for f, i in jobs]
 
     def _batch(self, samples: list[tuple[int, Any, str]]) -> Batch:
         good = [(i, x) for i, x, _ in samples if x is not None]
@@ -126,8 +153,11 @@ class ThreadLoader:
             for s in starts:
                 yield self._batch([self._decode(i) for i in range(s, min(n, s + self.batch_size))])
             return
-        pool = concurrent.futures.ThreadPoolExecutor(self.threads, thread_name_prefix="featdump-decode")
-        queued: collections.deque[list[concurrent.futures.Future[tuple[int, Any, str]]]] = collections.deque()
+        pool = concurrent.futures.ThreadPoolExecutor(
+            self.threads, thread_name_prefix="featdump-decode", initializer=lower_priority, initargs=(self.nice,)
+        )
+        queued: collections.deque[list[tuple[concurrent.futures.Future[tuple[int, Any, str]], int]]]
+        queued = collections.deque()
         todo = iter(starts)
         try:
             while True:
@@ -135,9 +165,9 @@ class ThreadLoader:
                     s = next(todo, None)
                     if s is None:
                         break
-                    queued.append([pool.submit(self._decode, i) for i in range(s, min(n, s + self.batch_size))])
+                    queued.append([(pool.submit(self._decode, i), i) for i in range(s, min(n, s + self.batch_size))])
                 if not queued:
                     return
-                yield self._batch([f.result() for f in queued.popleft()])
+                yield self._batch(self._collect(queued.popleft()))
         finally:
             pool.shutdown(wait=True, cancel_futures=True)  # images being decoded finish (ms); the rest are dropped

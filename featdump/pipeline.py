@@ -28,7 +28,7 @@ from featdump.images import Batch, ImageDataset, ImageRef, collate, discover, li
 from featdump.journal import fsync_dir
 from featdump.loading import ThreadLoader
 from featdump.sharding import Placement, placement_from_env, shard_bounds, shard_output_path
-from featdump.store import NothingCommitted, Store, utc_now
+from featdump.store import NothingCommitted, Store, utc_now, zstd_level
 
 
 # --------------------------------------------------------------------------- results
@@ -141,6 +141,7 @@ class Tuning:
     threads: int | None  # torch intra-op threads for the forward pass (None: leave torch's default)
     channels_last: bool
     prefetch: int = 2  # batches each worker decodes ahead
+    decode_nice: int = 0  # CPU: the decode threads' nice value (19 where they share the forward pass's cores)
     queue_bytes: int = WRITE_QUEUE_BYTES  # feature bytes waiting for the writer, at most
 
 
@@ -165,8 +166,9 @@ def tune(device: Any, cfg: ExtractConfig, placement: Placement) -> Tuning:
             workers = cfg.workers
         else:
             workers = cpus if cpus <= 4 else min(8, max(1, cpus // 8))
-        threads = cpus - workers if cpus > 4 else cpus
-        return Tuning(cfg.batch_size or 8, workers, max(1, threads), True, prefetch=2)
+        shared = cpus <= 4  # decode threads and forward threads on the same cores
+        threads = cpus if shared else cpus - workers
+        return Tuning(cfg.batch_size or 8, workers, max(1, threads), True, prefetch=2, decode_nice=19 if shared else 0)
     workers = cfg.workers if cfg.workers is not None else max(1, min(8, cpus - 1))
     if cfg.decode == "gpu":  # workers only read files
         workers = cfg.workers if cfg.workers is not None else max(1, min(4, cpus - 1))
@@ -178,6 +180,8 @@ def tune(device: Any, cfg: ExtractConfig, placement: Placement) -> Tuning:
 
 def to_storage(out: Any, layer: LayerInfo, pool: str, dtype: Any) -> Any:
     """One layer's batch output -> the stored layout ((B,C,H,W), (B,T,D) or pooled (B,C))."""
+    import torch
+
     if layer.layout == "NHWC":
         out = out.permute(0, 3, 1, 2)
     if pool != "none" and out.ndim > 2:
@@ -186,7 +190,7 @@ def to_storage(out: Any, layer: LayerInfo, pool: str, dtype: Any) -> Any:
         dims = (1,) if layer.layout == "NLC" else (2, 3)
         out = out.float()
         out = out.mean(dim=dims) if pool == "avg" else out.amax(dim=dims)
-    return out.to(dtype).contiguous()
+    return out.to(dtype=dtype, memory_format=torch.contiguous_format)  # one pass: cast and NCHW
 
 
 class Forward:
@@ -496,7 +500,10 @@ def file_attrs(cfg: ExtractConfig, backbone: Backbone, placement: Placement, dig
 
 
 def _preflight(path: Path, cfg: ExtractConfig) -> None:
-    """Refuse early, before any model is built: an existing output, a missing or unwritable folder."""
+    """Refuse early, before any model is built: an existing output, a missing or unwritable folder,
+    a bad ``FEATDUMP_ZSTD_LEVEL``."""
+    if cfg.compression == "zstd":
+        zstd_level()
     if path.exists() and not (cfg.resume or cfg.overwrite):
         raise UsageError(f"{path} exists; pass --resume to continue it or --overwrite to replace it")
     if path.is_dir():
@@ -644,7 +651,7 @@ class Loader:
         workers = min(tuning.workers, max(1, batches))  # no idle processes for a handful of images
         self.loader: Any
         if device.type == "cpu" and self.decoder is None:  # threads: see featdump/loading.py
-            self.loader = ThreadLoader(dataset, tuning.batch_size, workers, tuning.prefetch)
+            self.loader = ThreadLoader(dataset, tuning.batch_size, workers, tuning.prefetch, tuning.decode_nice)
             return
         self.loader = torch.utils.data.DataLoader(
             dataset,

@@ -204,3 +204,32 @@ def test_malloc_tuning_reuses_activation_memory() -> None:
     assert what_plain.startswith("left alone")
     assert float(faults) < 50, (faults, faults_plain)
     assert float(faults) < float(faults_plain) / 4, (faults, faults_plain)
+
+
+def test_decode_threads_run_niced_and_this_thread_helps(tmp_path: Path) -> None:
+    """Decode threads take the nice value they are given; when the next batch is not decoded in
+    time, the waiting thread decodes the images no decode thread has started (never starved)."""
+    import time
+
+    ds = _dataset(tmp_path)
+    who: dict[int, tuple[str, int]] = {}
+    plain = ds.loader
+
+    def slow_loader(source: str, max_pixels: int | None = None) -> Any:
+        i = next(k for k, r in enumerate(ds.refs) if r.source == source)
+        name = threading.current_thread().name
+        who[i] = (name, os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        if name.startswith("featdump-decode"):
+            time.sleep(0.3)  # a starved decode thread
+        return plain(source, max_pixels)
+
+    ds.loader = slow_loader
+    batches = list(ThreadLoader(ds, 4, 1, 1, nice=19))
+    assert [p for b in batches for p in b.positions] == [i for i in range(len(ds)) if i not in (3, 8)]
+    threads = {name for name, _ in who.values()}
+    assert "MainThread" in threads and any(t.startswith("featdump-decode") for t in threads)
+    if sys.platform.startswith("linux"):
+        assert {nice for name, nice in who.values() if name.startswith("featdump-decode")} == {19}
+        assert {nice for name, nice in who.values() if name == "MainThread"} == {os.getpriority(os.PRIO_PROCESS, 0)}
+    want = torch.stack([ds[i][1] for i in batches[0].positions])
+    assert torch.equal(batches[0].pixels, want)

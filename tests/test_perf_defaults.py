@@ -40,6 +40,7 @@ def test_cpu_defaults_follow_the_cpu_budget(cpus: int, workers: int, threads: in
 
     t = tune(_dev("cpu"), _cfg(), Placement(cpus=cpus))
     assert (t.workers, t.threads, t.batch_size, t.channels_last) == (workers, threads, 8, True)
+    assert t.decode_nice == (19 if cpus <= 4 else 0)  # decode threads share the forward's cores up to 4
 
 
 def test_cpu_budget_comes_from_slurm(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -167,6 +168,37 @@ def test_zstd_is_lossless_and_compact(tmp_path: Path, random_checkpoint: Any, ph
             np.testing.assert_array_equal(a["features"][name][:], b["features"][name][:])
             raw = b["features"][name].size * 2
             assert b["features"][name].id.get_storage_size() < 0.8 * raw
+
+
+def test_zstd_level_from_the_environment(tmp_path: Path, random_checkpoint: Any, photos: Path) -> None:
+    """FEATDUMP_ZSTD_LEVEL picks zstd's level (negative: its fast modes); the values stay exact
+    and the level is in the file's filter settings; a bad level exits 2 before any model loads."""
+    import hdf5plugin  # noqa: F401 - readers of zstd files need it
+
+    ckpt = random_checkpoint("resnet18")
+    base = ["extract", "resnet18", str(photos), "--checkpoint", str(ckpt), "--img-size", "96",
+            "--out-indices", "0,1", "--dtype", "float16", "--compression", "zstd", "--quiet"]  # fmt: skip
+    stored = {}
+    for level in ("", "-9", "9"):
+        out = tmp_path / f"z{level}.h5"
+        run(*base, "-o", str(out), env={"FEATDUMP_ZSTD_LEVEL": level}, check=True)
+        with h5py.File(out) as h5:
+            ds = h5["features"][next(iter(h5["features"]))]
+            code, _, values, _ = ds.id.get_create_plist().get_filter(0)
+            assert (code, values) == (32015, ((int(level) if level else -3) % (1 << 32),))
+            stored[level] = sum(d.id.get_storage_size() for d in h5["features"].values())
+            if level:
+                with h5py.File(tmp_path / "z.h5") as ref:
+                    for name in ref["features"]:
+                        np.testing.assert_array_equal(ref["features"][name][:], h5["features"][name][:])
+    assert stored["9"] < stored[""] < stored["-9"]
+    shown = run("show", str(tmp_path / "z.h5"), "--json", check=True).stdout
+    assert "zstd:-3" in shown
+    for bad in ("0", "fast", "23", "-51"):
+        proc = run(*base, "-o", str(tmp_path / "bad.h5"), env={"FEATDUMP_ZSTD_LEVEL": bad})
+        assert proc.returncode == 2, proc.stderr
+        assert "FEATDUMP_ZSTD_LEVEL" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+        assert not (tmp_path / "bad.h5").exists()
 
 
 # --------------------------------------------------------------------------- decoding
