@@ -178,8 +178,9 @@ def _filters(ds: Any) -> str:
                 continue
             if code in _FILTER_NAMES:
                 label = _FILTER_NAMES[code]
-                if values and code == 32015:  # Zstandard: values[0] is the level
-                    label = f"zstd-{values[0]}"
+                if values and code == 32015:  # Zstandard: values[0] is the level, a C int stored unsigned
+                    level = values[0] - (1 << 32) if values[0] >= 1 << 31 else values[0]
+                    label = f"zstd:{level}"
             if code == 32026:  # Blosc2: values[6] is the codec (5 = zstd)
                 codecs = {0: "blosclz", 1: "lz4", 2: "lz4hc", 4: "zlib", 5: "zstd"}
                 codec = codecs.get(values[6], "?") if len(values) > 6 else "?"
