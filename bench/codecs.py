@@ -20,10 +20,12 @@ def variants() -> list[tuple[str, str, Any]]:
         ("blosc2-zstd-1 + bitshuffle", "", lambda: dict(b2(cname="zstd", clevel=1, filters=b2.BITSHUFFLE))),
         ("blosc2-lz4 + shuffle", "", lambda: dict(b2(cname="lz4", clevel=5, filters=b2.SHUFFLE))),
         ("blosc2-lz4 + bitshuffle", "", lambda: dict(b2(cname="lz4", clevel=5, filters=b2.BITSHUFFLE))),
-        ("zstd-1 (plain)", "zstd", lambda: dict(hdf5plugin.Zstd(clevel=1))),
+        ("zstd-1 (plain)", "zstd + FEATDUMP_ZSTD_LEVEL=1", lambda: dict(hdf5plugin.Zstd(clevel=1))),
         ("shuffle + zstd-1 (plain)", "", lambda: {**hdf5plugin.Zstd(clevel=1), "shuffle": True}),
         ("blosc2-zstd-1, no shuffle", "", lambda: dict(b2(cname="zstd", clevel=1, filters=b2.NOFILTER))),
         ("zstd-3 (plain)", "", lambda: dict(hdf5plugin.Zstd(clevel=3))),
+        ("zstd, level -3 (plain)", "zstd", lambda: {"compression": 32015, "compression_opts": ((-3) % (1 << 32),)}),
+        ("lz4 (plain)", "", lambda: dict(hdf5plugin.LZ4())),
     ]
 
 

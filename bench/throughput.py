@@ -220,13 +220,16 @@ def run_featdump(case: ModelCase, listing: Path, out: Path, device: str, extra: 
     """Wall seconds of one ``featdump extract`` process, and the file's stored/raw byte counts."""
     import h5py
 
+    env = dict(os.environ)
+    env.update(kv.split("=", 1) for kv in extra if "=" in kv and not kv.startswith("-"))  # NAME=value: environment
+    args = [a for a in extra if not ("=" in a and not a.startswith("-"))]
     cmd = [
         sys.executable, "-m", "featdump", "extract", case.model, str(listing), "-o", str(out),
-        "--overwrite", "--quiet", "--device", device, *case.featdump_args(), *extra,
+        "--overwrite", "--quiet", "--device", device, *case.featdump_args(), *args,
     ]  # fmt: skip
     out.unlink(missing_ok=True)
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     seconds = time.perf_counter() - t0
     if proc.returncode != 0:
         raise RuntimeError(f"featdump failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr[-2000:]}")
