@@ -47,8 +47,8 @@ def user_choice(env: dict[str, str] | None = None) -> str:
 
 
 def tune_malloc() -> str:
-    """Apply the settings once per process; returns what was done (for the file's attributes and
-    tests): ``"heap"`` when applied, else why not."""
+    """Apply the settings once per process; returns what was done (``make bench`` records it):
+    ``"heap"`` when applied, else why not."""
     if _done:
         return _done[0]
     _done.append(_tune())

@@ -64,7 +64,9 @@ def extract(
     Keyword arguments are the command's options (``None`` = not given: the ``config`` file's value,
     else the default). Raises :class:`~featdump.errors.UsageError` for bad options and
     :class:`~featdump.errors.FeatdumpError` for runtime failures; prints nothing. With
-    ``strict=True`` a run in which any image failed raises after writing the file.
+    ``strict=True`` a run in which any image failed raises after writing the file. Like the
+    command, it sets torch's thread count and glibc's malloc settings in this process
+    (featdump/alloc.py; ``FEATDUMP_MALLOC_TUNING=0`` leaves the allocator alone).
     """
     from featdump import config as cfgmod
     from featdump.pipeline import run_extraction

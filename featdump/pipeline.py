@@ -1,9 +1,9 @@
 """``run_extraction(config) -> Summary``: images -> batches -> forward -> background HDF5 writer.
 
-Decoding runs in threads (CPU runs) or DataLoader worker processes (GPU runs), the forward pass
-in this thread, and HDF5 writes in a writer thread behind a bounded queue, so the three overlap. SIGINT/SIGTERM stop after the
-current batch with everything written so far committed (exit 130); a second one exits at once,
-still leaving a file that ``--resume`` finishes.
+Decoding runs in threads (CPU runs, featdump/loading.py) or DataLoader worker processes (GPU
+runs), the forward pass in this thread, and HDF5 writes in a writer thread behind a bounded queue,
+so the three overlap. SIGINT/SIGTERM stop after the current batch with everything written so far
+committed (exit 130); a second one exits at once, still leaving a file that ``--resume`` finishes.
 """
 
 from __future__ import annotations
