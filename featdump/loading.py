@@ -40,6 +40,7 @@ class SplitTransform:
         self.pil_steps: list[Any] = steps[:cut] if cut is not None else []
         self.to_tensor: Any = steps[cut] if cut is not None else None
         self.tensor_steps: list[Any] = steps[cut + 1 :] if cut is not None else []
+        self.batch_steps = [_batched(step) for step in self.tensor_steps]
         self.split = cut is not None
 
     def pil(self, img: Any) -> Any:
@@ -64,8 +65,8 @@ class SplitTransform:
         if all(isinstance(x, np.ndarray) for x in items):
             x = torch.from_numpy(np.stack(items)).permute(0, 3, 1, 2)  # NHWC memory = channels_last
             x = x.to(torch.float32).div(255)  # torchvision's to_tensor: uint8 -> float, / 255
-            for step in self.tensor_steps:
-                x = _batched(step)(x)
+            for step in self.batch_steps:
+                x = step(x)
             return x
         rows = [self._tensor(x) for x in items]
         return torch.stack(rows)
@@ -88,13 +89,9 @@ def _batched(step: Any) -> Callable[[Any], Any]:
     import torch
 
     if type(step).__name__ == "Normalize" and hasattr(step, "mean") and hasattr(step, "std"):
-
-        def normalize(x: Any) -> Any:
-            mean = torch.as_tensor(step.mean, dtype=x.dtype).view(1, -1, 1, 1)
-            std = torch.as_tensor(step.std, dtype=x.dtype).view(1, -1, 1, 1)
-            return x.sub_(mean).div_(std)
-
-        return normalize
+        mean = torch.as_tensor(step.mean, dtype=torch.float32).view(1, -1, 1, 1)
+        std = torch.as_tensor(step.std, dtype=torch.float32).view(1, -1, 1, 1)
+        return lambda x: x.sub_(mean).div_(std)  # x is float32: to_tensor's output
     return lambda x: torch.stack([step(row) for row in x])
 
 
