@@ -413,7 +413,8 @@ class Batch:
         return Batch(self.positions, pixels, self.failed, self.first, self.last, encoded)
 
 
-def collate(samples: list[Sample]) -> Batch:
+def collate(samples: list[Sample], stack: Callable[[list[Any]], Any] | None = None) -> Batch:
+    """Samples -> a Batch; ``stack`` joins the good items' pixels (default ``torch.stack``)."""
     import torch
 
     good = [(i, t) for i, t, err in samples if t is not None]
@@ -422,7 +423,7 @@ def collate(samples: list[Sample]) -> Batch:
     covered = [s[0] for s in samples]
     if any(isinstance(t, Encoded) for _, t in good):
         return Batch(positions, None, failed, min(covered), max(covered), [t for _, t in good])
-    pixels = torch.stack([t for _, t in good]) if good else None
+    pixels = (stack or torch.stack)([t for _, t in good]) if good else None
     return Batch(positions, pixels, failed, min(covered), max(covered))
 
 

@@ -19,7 +19,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from featdump.images import Batch, ImageDataset, describe_error
+from featdump.images import Batch, ImageDataset, collate
 
 _TO_TENSOR = ("ToTensor", "MaybeToTensor")
 
@@ -122,13 +122,8 @@ class ThreadLoader:
         self.prefetch = max(1, prefetch)
         self.nice = nice
         self.split = SplitTransform(dataset.transform)
-
-    def _decode(self, i: int) -> tuple[int, Any, str]:
-        ref = self.dataset.refs[i]
-        try:
-            return i, self.split.pil(self.dataset.loader(ref.source, self.dataset.max_pixels)), ""
-        except Exception as exc:  # noqa: BLE001 - any decode failure becomes a record
-            return i, None, describe_error(exc)
+        # the same dataset with the PIL half of the transform: item i is (i, uint8 array, "") or a failure record
+        self._decode = ImageDataset(dataset.refs, self.split.pil, dataset.max_pixels, dataset.loader).__getitem__
 
     def _collect(self, jobs: list[tuple[concurrent.futures.Future[tuple[int, Any, str]], int]]) -> list[Any]:
         """The batch's results in order: images no decode thread has started yet are decoded
@@ -137,11 +132,7 @@ class ThreadLoader:
         return [here[i] if i in here else f.result() for f, i in jobs]
 
     def _batch(self, samples: list[tuple[int, Any, str]]) -> Batch:
-        good = [(i, x) for i, x, _ in samples if x is not None]
-        failed = [(i, err) for i, x, err in samples if x is None]
-        pixels = self.split.finish([x for _, x in good]) if good else None
-        covered = [i for i, _, _ in samples]
-        return Batch([i for i, _ in good], pixels, failed, min(covered), max(covered))
+        return collate(samples, stack=self.split.finish)
 
     def __iter__(self) -> Iterator[Batch]:
         n = len(self.dataset)
