@@ -34,8 +34,8 @@ def feature_maps(model: str, images: list[Path], count: int) -> list[Any]:
     import numpy as np
     import torch
 
-    from featdump.backbone import load_backbone
-    from featdump.images import load_rgb
+    from featdump.model.backbone import load_backbone
+    from featdump.data.images import load_rgb
 
     torch.manual_seed(0)
     bb = load_backbone(model, pretrained=False)
@@ -53,7 +53,7 @@ def measure(maps: list[Any], dtype: str, kwargs: dict[str, Any], folder: Path, b
     """(raw MB/s, stored/raw) writing ``maps`` batch by batch with featdump's chunk shapes."""
     import h5py
 
-    from featdump.store import chunk_shape
+    from featdump.store.sink import chunk_shape
 
     arrays = [m.astype(dtype) for m in maps]
     raw = sum(a.nbytes for a in arrays)

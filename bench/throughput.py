@@ -97,7 +97,7 @@ class Bare:
     def __init__(self, case: ModelCase, device: Any) -> None:
         import torch
 
-        from featdump.backbone import load_backbone
+        from featdump.model.backbone import load_backbone
 
         torch.manual_seed(0)
         self.backbone = load_backbone(
@@ -143,7 +143,7 @@ class Bare:
         """Images/s of decode + transform + forward, one after the other, same forward config."""
         import torch
 
-        from featdump.images import load_rgb
+        from featdump.data.images import load_rgb
 
         self.set_format(cfg.channels_last)
         bs = cfg.batch_size
@@ -191,7 +191,7 @@ class Bare:
 
 
 def predecode(bare: Bare, paths: list[Path]) -> list[Any]:
-    from featdump.images import load_rgb
+    from featdump.data.images import load_rgb
 
     return [bare.transform(load_rgb(str(p))) for p in paths]
 

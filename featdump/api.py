@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     import h5py
     import numpy as np
 
-    from featdump.pipeline import ProgressSink, Summary
+    from featdump.run.job import ProgressSink, Summary
 
 __all__ = ["FeatureFile", "extract", "open"]
 
@@ -59,7 +59,7 @@ def extract(
     config: str | Path | None = None,
     progress: ProgressSink | None = None,
 ) -> Summary:
-    """Run the same job as ``featdump extract`` and return its :class:`~featdump.pipeline.Summary`.
+    """Run the same job as ``featdump extract`` and return its :class:`~featdump.run.job.Summary`.
 
     Keyword arguments are the command's options (``None`` = not given: the ``config`` file's value,
     else the default). Raises :class:`~featdump.errors.UsageError` for bad options and
@@ -68,8 +68,8 @@ def extract(
     command, it sets torch's thread count and glibc's malloc settings in this process
     (featdump/alloc.py; ``FEATDUMP_MALLOC_TUNING=0`` leaves the allocator alone).
     """
-    from featdump import config as cfgmod
-    from featdump.pipeline import run_extraction
+    from featdump import options as cfgmod
+    from featdump.run.job import run_extraction
 
     if isinstance(inputs, (str, Path)):
         inputs = [inputs]
@@ -119,8 +119,8 @@ class FeatureFile:
     """
 
     def __init__(self, path: str | Path) -> None:
-        from featdump.show import check_virtual, open_featdump
-        from featdump.store import read_attr
+        from featdump.store.read import check_virtual, open_featdump
+        from featdump.store.sink import read_attr
 
         self.path = Path(path)
         self._missing = check_virtual(self.path)  # before our own handle: HDF5 allows one kind of open
@@ -149,7 +149,7 @@ class FeatureFile:
 
     def attrs(self, layer: str) -> dict[str, Any]:
         """A layer's attributes (module, index, channels, reduction, layout, …)."""
-        from featdump.store import read_attr
+        from featdump.store.sink import read_attr
 
         return {k: read_attr(v) for k, v in self[layer].attrs.items()}
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from featdump.errors import FeatdumpError, UsageError
-from featdump.show import open_featdump
+from featdump.store.read import open_featdump
 
 TILE = 160
 PAD = 6
@@ -216,7 +216,7 @@ def _model_view(path: Path, input_size: Sequence[int], crop_pct: float, tile: tu
     """The image as timm's eval transform frames it: shorter side to size/crop_pct, centre crop."""
     from PIL import Image
 
-    from featdump.images import load_rgb
+    from featdump.data.images import load_rgb
 
     img = load_rgb(str(path))
     _, h, w = (int(v) for v in input_size)
@@ -265,8 +265,8 @@ def render(
     import numpy as np
     from PIL import Image, ImageDraw
 
-    from featdump.show import check_virtual
-    from featdump.store import read_attr
+    from featdump.store.read import check_virtual
+    from featdump.store.sink import read_attr
 
     src = Path(path)
     out = Path(output)

@@ -94,7 +94,7 @@ def timm_features(
     import torch
     from timm.data import create_transform, resolve_data_config
 
-    from featdump.images import load_rgb
+    from featdump.data.images import load_rgb
 
     img_size = kwargs.pop("img_size", None)
     extra = {"img_size": img_size} if img_size and "vit" in name else {}
@@ -126,7 +126,7 @@ def cli() -> Iterator[Any]:
     """In-process CLI (Typer's CliRunner): fast, same code path as the console script."""
     from typer.testing import CliRunner
 
-    from featdump.cli import app
+    from featdump.cli.commands import app
 
     runner = CliRunner()
 

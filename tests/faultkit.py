@@ -141,7 +141,7 @@ def committed_rows(path: Path | str) -> dict[str, Any]:
     """What ``--resume`` will continue from: the last commit, read without changing a byte."""
     import h5py
 
-    from featdump.journal import JournaledFile
+    from featdump.store.journal import JournaledFile
 
     jf = JournaledFile.open(path)
     try:
@@ -153,7 +153,7 @@ def committed_rows(path: Path | str) -> dict[str, Any]:
 
 def pending_redo(path: Path | str) -> bool:
     """True when a kill fell inside a commit's apply step (microseconds): only --resume repairs that."""
-    from featdump.journal import JournaledFile
+    from featdump.store.journal import JournaledFile
 
     jf = JournaledFile.open(path)
     try:

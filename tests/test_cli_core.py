@@ -21,7 +21,7 @@ def _sha(path) -> str:
 def test_version_and_help_do_not_import_torch():
     code = (
         "import sys, time; t = time.perf_counter();"
-        "from featdump.cli import app;"
+        "from featdump.cli.commands import app;"
         "sys.argv = ['featdump', '--help'];"
         "import contextlib, io\n"
         "with contextlib.redirect_stdout(io.StringIO()):\n"
@@ -159,7 +159,7 @@ def test_data_config_is_timms(model):
     import torch
     from timm.data import resolve_data_config
 
-    from featdump.backbone import describe
+    from featdump.model.backbone import describe
 
     with torch.device("meta"):
         full = timm.create_model(model)

@@ -21,7 +21,7 @@ def test_zstd_shards_merge_show_and_open(cli, random_checkpoint, photos, tmp_pat
     # a fresh interpreter that never imported hdf5plugin itself: featdump must register the codec
     code = (
         "import sys, featdump\n"
-        "from featdump.merge import merge_shards\n"
+        "from featdump.store.merge import merge_shards\n"
         "merge_shards(sys.argv[1:3], sys.argv[3], copy=True)\n"
         "with featdump.open(sys.argv[3]) as f:\n"
         "    a = f.numpy('layer4', [0, 7])\n"

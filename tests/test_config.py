@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from featdump.config import ExtractConfig, parse_img_size, parse_indices, parse_shard, resolve
+from featdump.options import ExtractConfig, parse_img_size, parse_indices, parse_shard, resolve
 from featdump.errors import UsageError
 
 BASE = {"model": "resnet18", "inputs": ("imgs",), "output": "o.h5"}

@@ -8,8 +8,8 @@ from pathlib import Path
 import h5py
 import pytest
 
-from featdump import config
-from featdump.backbone import describe
+from featdump import options as config
+from featdump.model.backbone import describe
 
 ROOT = Path(__file__).resolve().parent.parent
 PRESETS = sorted((ROOT / "configs").glob("*.toml"))

@@ -108,8 +108,8 @@ def test_kill_chain_equals_clean_run(tmp_path: Path, case: Case) -> None:
 WRITER = r"""
 import sys
 import numpy as np
-from featdump.backbone import LayerInfo
-from featdump.store import NothingCommitted, Store
+from featdump.model.backbone import LayerInfo
+from featdump.store.sink import NothingCommitted, Store
 
 path, batches, B = sys.argv[1], int(sys.argv[2]), 5
 layers = [LayerInfo("a", "a", 1, 8, 4, (8, 16, 16)), LayerInfo("b", "b", 2, 16, 8, (16, 8, 8)),
@@ -197,7 +197,7 @@ ops = st.lists(
 def test_journal_model(tmp_path_factory, ops, durable) -> None:
     """Reads always see the logical bytes; after a crash, the view and the recovered file equal the
     last commit exactly; nothing past it survives."""
-    from featdump.journal import JournaledFile
+    from featdump.store.journal import JournaledFile
 
     path = tmp_path_factory.mktemp("j") / "f.bin"
     jf = JournaledFile.create(path, durable=durable)
@@ -242,9 +242,9 @@ def test_readers_see_the_last_commit_after_a_kill_inside_apply(tmp_path: Path, m
     and the end of its apply. open_committed (for featdump's readers) and --resume see through it."""
     import h5py
 
-    from featdump import journal
-    from featdump.backbone import LayerInfo
-    from featdump.store import Store
+    from featdump.store import journal
+    from featdump.model.backbone import LayerInfo
+    from featdump.store.sink import Store
 
     monkeypatch.setenv("FEATDUMP_COMMIT_SECONDS", "0")
     layers = [LayerInfo("a", "a", 1, 4, 4, (4, 8, 8))]

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from featdump.errors import UsageError
-from featdump.images import discover, load_rgb, to_rgb
+from featdump.data.images import discover, load_rgb, to_rgb
 
 
 def _photo(size=(48, 40)) -> Image.Image:

@@ -12,8 +12,8 @@ import pytest
 from clusterkit import FAST, assert_rows_of_shards, assert_same_as_single, make_images, read
 from typer.testing import CliRunner
 
-from featdump.cli import app
-from featdump.merge import check_sources, missing_sources
+from featdump.cli.commands import app
+from featdump.store.merge import check_sources, missing_sources
 
 
 def _cli(*args: str) -> Any:

@@ -7,9 +7,9 @@ import json
 import pytest
 
 from conftest import run
-from featdump.backbone import describe
+from featdump.model.backbone import describe
 from featdump.errors import UsageError
-from featdump.models import supports_output_stride
+from featdump.model.catalog import supports_output_stride
 
 
 def test_models_json_glob(cli) -> None:

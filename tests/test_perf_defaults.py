@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, run, timm_features
-from featdump.config import ExtractConfig, resolve
-from featdump.sharding import Placement
+from featdump.options import ExtractConfig, resolve
+from featdump.run.placement import Placement
 
 
 def _cfg(**kw: Any) -> ExtractConfig:
@@ -36,7 +36,7 @@ def _dev(kind: str) -> Any:
     [(1, 1, 1), (2, 2, 2), (4, 4, 4), (8, 1, 7), (16, 2, 14), (64, 8, 56), (256, 8, 248)],
 )
 def test_cpu_defaults_follow_the_cpu_budget(cpus: int, workers: int, threads: int) -> None:
-    from featdump.pipeline import tune
+    from featdump.run.job import tune
 
     t = tune(_dev("cpu"), _cfg(), Placement(cpus=cpus))
     assert (t.workers, t.threads, t.batch_size, t.channels_last) == (workers, threads, 8, True)
@@ -44,8 +44,8 @@ def test_cpu_defaults_follow_the_cpu_budget(cpus: int, workers: int, threads: in
 
 
 def test_cpu_budget_comes_from_slurm(monkeypatch: pytest.MonkeyPatch) -> None:
-    from featdump.pipeline import cpu_budget, tune
-    from featdump.sharding import placement_from_env
+    from featdump.run.job import cpu_budget, tune
+    from featdump.run.placement import placement_from_env
 
     monkeypatch.setenv("SLURM_CPUS_PER_TASK", "3")
     placement = placement_from_env()
@@ -54,14 +54,14 @@ def test_cpu_budget_comes_from_slurm(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_flags_win_over_tuning() -> None:
-    from featdump.pipeline import tune
+    from featdump.run.job import tune
 
     t = tune(_dev("cpu"), _cfg(batch_size=3, workers=0), Placement(cpus=16))
     assert (t.batch_size, t.workers) == (3, 0)
 
 
 def test_cuda_defaults() -> None:
-    from featdump.pipeline import tune
+    from featdump.run.job import tune
 
     t = tune(_dev("cuda"), _cfg(), Placement(cpus=16))
     assert (t.batch_size, t.threads, t.channels_last) == (64, None, True)
@@ -86,7 +86,7 @@ class _SlowStore:
 
 
 def test_writer_queue_is_bounded_in_bytes() -> None:
-    from featdump.pipeline import Writer
+    from featdump.run.job import Writer
 
     store = _SlowStore(0.01)
     batch = [np.zeros((4, 1000), np.float32)]  # 16 000 bytes a batch
@@ -101,7 +101,7 @@ def test_writer_queue_is_bounded_in_bytes() -> None:
 
 
 def test_writer_admits_one_batch_larger_than_the_bound() -> None:
-    from featdump.pipeline import Writer
+    from featdump.run.job import Writer
 
     store = _SlowStore(0.0)
     writer = Writer(store, max_bytes=1_000)  # type: ignore[arg-type]
@@ -115,7 +115,7 @@ def test_writer_admits_one_batch_larger_than_the_bound() -> None:
 
 def test_writer_error_reaches_the_main_thread() -> None:
     from featdump.errors import FeatdumpError
-    from featdump.pipeline import Writer
+    from featdump.run.job import Writer
 
     class Broken(_SlowStore):
         def append(self, *a: Any) -> None:
@@ -138,7 +138,7 @@ def test_writer_error_reaches_the_main_thread() -> None:
 )
 @pytest.mark.parametrize("itemsize", [2, 4])
 def test_chunks_hold_whole_planes_without_padding(shape: tuple[int, ...], itemsize: int) -> None:
-    from featdump.store import chunk_shape
+    from featdump.store.sink import chunk_shape
 
     chunks = chunk_shape(shape, itemsize)
     assert chunks[1:] == shape or (chunks[0] == 1 and chunks[2:] == shape[1:])
@@ -221,8 +221,8 @@ def test_fast_decode_drift_is_small(tmp_path: Path, photos: Path, lite0_weights:
     """--fast-decode changes pixels slightly; features stay close and the classes agree."""
     import torch
 
-    from featdump.backbone import load_backbone
-    from featdump.images import fast_decode_size, load_rgb
+    from featdump.model.backbone import load_backbone
+    from featdump.data.images import fast_decode_size, load_rgb
 
     paths = _jpegs(tmp_path, photos)
     bb = load_backbone("tf_efficientnet_lite0", checkpoint=str(lite0_weights))
@@ -279,8 +279,8 @@ def test_device_decoder_matches_pil_path(tmp_path: Path, photos: Path) -> None:
     import torch
     from PIL import Image
 
-    from featdump.backbone import load_backbone
-    from featdump.images import DeviceDecoder, EncodedDataset, ImageDataset, ImageRef, collate
+    from featdump.model.backbone import load_backbone
+    from featdump.data.images import DeviceDecoder, EncodedDataset, ImageDataset, ImageRef, collate
 
     jpegs = _jpegs(tmp_path, photos)
     broken = tmp_path / "broken.jpg"
@@ -346,7 +346,7 @@ def test_batches_are_pinned_by_the_dataloader(monkeypatch: pytest.MonkeyPatch) -
     import torch
     from torch.utils.data._utils.pin_memory import pin_memory
 
-    from featdump.images import Batch, Encoded
+    from featdump.data.images import Batch, Encoded
 
     pinned: list[tuple[int, ...]] = []
 

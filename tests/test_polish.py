@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, run
-from featdump.cli import app
+from featdump.cli.commands import app
 
 COLOR = re.compile(r"\x1b\[(?:[0-9;]*;)?(?:3[0-9]|9[0-7]|38;[0-9;]+)m")  # foreground colour codes
 

@@ -141,14 +141,14 @@ def test_resume_with_nothing_there_starts(tmp_path: Path, random_checkpoint, cli
 
 
 def _fake_layers():
-    from featdump.backbone import LayerInfo
+    from featdump.model.backbone import LayerInfo
 
     return [LayerInfo("a", "a", 1, 4, 4, (4, 3, 3)), LayerInfo("b", "b", 2, 6, 8, (6,))]
 
 
 def _write(path: Path, ok: list[bool], batch: int, start_store=None, stop_after: int | None = None):
     """The pipeline's arithmetic in miniature: batches over the list from ``inputs_done``."""
-    from featdump.store import Store
+    from featdump.store.sink import Store
 
     layers = _fake_layers()
     store = start_store or Store.create(path, {"format": "featdump"}, layers, pool="none", dtype="float32", compression="none")
@@ -174,7 +174,7 @@ def _write(path: Path, ok: list[bool], batch: int, start_store=None, stop_after:
 def test_resume_offsets_property(tmp_path_factory, monkeypatch, ok, batch, crash_after, commit_seconds) -> None:
     """Kill a writer (a forked process, os._exit) after any number of batches, with commits after
     every batch or only at the end; resuming yields exactly the rows of one uninterrupted pass."""
-    from featdump.store import NothingCommitted, Store
+    from featdump.store.sink import NothingCommitted, Store
 
     monkeypatch.setenv("FEATDUMP_COMMIT_SECONDS", commit_seconds)
     folder = tmp_path_factory.mktemp("prop")
@@ -214,7 +214,7 @@ names = st.text(alphabet=string.ascii_letters + string.digits + "-_ éß中", mi
 def test_list_order_property(tmp_path_factory, tree) -> None:
     """Discovery sorts by stored path in code-point order, whatever the order the inputs are given
     in or the file system lists them; the digest --resume compares depends only on that list."""
-    from featdump.images import discover, list_digest
+    from featdump.data.images import discover, list_digest
 
     root = tmp_path_factory.mktemp("tree")
     for folder, name in tree:

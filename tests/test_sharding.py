@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from featdump.errors import UsageError
-from featdump.sharding import Placement, placement_from_env, shard_bounds, shard_output_path
+from featdump.run.placement import Placement, placement_from_env, shard_bounds, shard_output_path
 
 # --------------------------------------------------------------------------- shard_bounds
 
@@ -164,8 +164,8 @@ def test_cpu_budget_table(placement: Placement, available: int, budget: int) -> 
 def test_slurm_cpus_per_task_sets_threads_and_workers() -> None:
     import torch
 
-    from featdump.config import ExtractConfig
-    from featdump.pipeline import cpu_budget, tune
+    from featdump.options import ExtractConfig
+    from featdump.run.job import cpu_budget, tune
 
     cfg = ExtractConfig(model="resnet18", inputs=("x",), output="o.h5")
     assert cpu_budget(placement_from_env({"SLURM_CPUS_PER_TASK": "12"})) == 12
@@ -197,7 +197,7 @@ def _extract(cli, images: Path, out: Path, ckpt: Path, *extra: str):
 def _attrs(path: Path) -> dict:
     import h5py
 
-    from featdump.store import read_attr
+    from featdump.store.sink import read_attr
 
     with h5py.File(path, "r") as h5:
         return {k: read_attr(v) for k, v in h5.attrs.items()}

@@ -17,7 +17,7 @@ def made(tmp_path_factory: pytest.TempPathFactory, photos: Path) -> dict[str, Pa
     """A finished gzip file with one failed image, and two shards of the same run."""
     from typer.testing import CliRunner
 
-    from featdump.cli import app
+    from featdump.cli.commands import app
 
     root = tmp_path_factory.mktemp("show")
     imgs = root / "imgs"

@@ -127,7 +127,7 @@ def jobs(slurm: Cluster, tmp_path_factory: pytest.TempPathFactory, random_checkp
     """Submit every case at once (they run side by side) and wait for all of them."""
     from typer.testing import CliRunner
 
-    from featdump.cli import app
+    from featdump.cli.commands import app
 
     base = tmp_path_factory.mktemp("slurm-jobs")
     images = make_images(base / "images", 8, broken=(5,))

@@ -18,7 +18,7 @@ def feats(tmp_path_factory: pytest.TempPathFactory, photos: Path) -> dict[str, P
     """Spatial maps (resnet18 levels 1,2) and a pooled file, over 3 photos in a folder of their own."""
     from typer.testing import CliRunner
 
-    from featdump.cli import app
+    from featdump.cli.commands import app
 
     root = tmp_path_factory.mktemp("viz")
     imgs = root / "imgs"

@@ -1,6 +1,6 @@
 """``run_extraction(config) -> Summary``: images -> batches -> forward -> background HDF5 writer.
 
-Decoding runs in threads (CPU runs, featdump/loading.py) or DataLoader worker processes (GPU
+Decoding runs in threads (CPU runs, featdump/data/loading.py) or DataLoader worker processes (GPU
 runs), the forward pass in this thread, and HDF5 writes in a writer thread behind a bounded queue,
 so the three overlap. SIGINT/SIGTERM stop after the current batch with everything written so far
 committed (exit 130); a second one exits at once, still leaving a file that ``--resume`` finishes.
@@ -20,15 +20,15 @@ from pathlib import Path
 from typing import Any
 
 from featdump import FORMAT_VERSION, __version__
-from featdump.alloc import tune_malloc
-from featdump.backbone import Backbone, LayerInfo, load_backbone
-from featdump.config import ExtractConfig
+from featdump.run.alloc import tune_malloc
+from featdump.model.backbone import Backbone, LayerInfo, load_backbone
+from featdump.options import ExtractConfig
 from featdump.errors import FeatdumpError, Interrupted, UsageError
-from featdump.images import Batch, ImageDataset, ImageRef, collate, discover, list_digest
-from featdump.journal import fsync_dir
-from featdump.loading import ThreadLoader
-from featdump.sharding import Placement, placement_from_env, shard_bounds, shard_output_path
-from featdump.store import NothingCommitted, Store, utc_now, zstd_level
+from featdump.data.images import Batch, ImageDataset, ImageRef, collate, discover, list_digest
+from featdump.store.journal import fsync_dir
+from featdump.data.loading import ThreadLoader
+from featdump.run.placement import Placement, placement_from_env, shard_bounds, shard_output_path
+from featdump.store.sink import NothingCommitted, Store, utc_now, zstd_level
 
 
 # --------------------------------------------------------------------------- results
@@ -148,7 +148,7 @@ class Tuning:
 def tune(device: Any, cfg: ExtractConfig, placement: Placement) -> Tuning:
     """Defaults per device, from measurements (``make bench``; README, Performance).
 
-    CPU: decoding runs in threads of this process (featdump/loading.py), since decoding + timm's
+    CPU: decoding runs in threads of this process (featdump/data/loading.py), since decoding + timm's
     transform costs ~5 ms per image against 7-30 ms for the forward pass. Up to 4 cores the
     decode threads share all the cores with the forward threads (on 2 cores, 2 + 2 threads were
     1.24x the serial decode + forward rate for tf_efficientnet_lite0, one worker process 1.10x);
@@ -565,7 +565,7 @@ def open_output(cfg: ExtractConfig, out_path: Path, attrs: dict[str, Any], layer
     which replaces OUT.h5 when it completes), then OUT.h5 itself; with neither it starts OUT.h5, so
     one command line serves the first run and every requeue. A complete file is left as it is.
     """
-    from featdump.journal import OutputLock
+    from featdump.store.journal import OutputLock
 
     def create(path: Path) -> Store:
         return Store.create(path, attrs, layers, pool=cfg.pool, dtype=cfg.dtype, compression=cfg.compression)
@@ -635,7 +635,7 @@ class Loader:
 
         import torch
 
-        from featdump.images import DeviceDecoder, EncodedDataset, fast_decode_size, load_rgb
+        from featdump.data.images import DeviceDecoder, EncodedDataset, fast_decode_size, load_rgb
 
         transform = backbone.data.transform()
         self.decoder: Any = None
@@ -650,7 +650,7 @@ class Loader:
         batches = -(-len(todo) // tuning.batch_size)
         workers = min(tuning.workers, max(1, batches))  # no idle processes for a handful of images
         self.loader: Any
-        if device.type == "cpu" and self.decoder is None:  # threads: see featdump/loading.py
+        if device.type == "cpu" and self.decoder is None:  # threads: see featdump/data/loading.py
             self.loader = ThreadLoader(dataset, tuning.batch_size, workers, tuning.prefetch, tuning.decode_nice)
             return
         self.loader = torch.utils.data.DataLoader(

@@ -2,7 +2,7 @@
 
 HDF5 rewrites its metadata (superblock, object headers, B-tree nodes, heaps) in place and in no
 crash-safe order: a process killed in the middle of ``H5Fflush`` can leave a file that cannot be
-opened or extended (measured in docs/design-crash-safety.md). :class:`JournaledFile` is the file
+opened or extended (measured in featdump/store/journal-design.md). :class:`JournaledFile` is the file
 object h5py's ``fileobj`` driver writes through:
 
 * bytes past the last commit's size ``L`` (new chunks, new metadata) go straight to the file;

@@ -28,7 +28,7 @@ def open_featdump(path: str | Path) -> Any:
     """
     import h5py
 
-    from featdump.store import load_codecs
+    from featdump.store.sink import load_codecs
 
     load_codecs()
     p = Path(path)
@@ -44,7 +44,7 @@ def open_featdump(path: str | Path) -> Any:
         raise UsageError(f"{p} is not an HDF5 file (featdump files are HDF5, written by `featdump extract`)")
     try:
         if journal_file(p).exists():  # a run holds it or was killed: read the last commit through the journal
-            from featdump.journal import open_committed
+            from featdump.store.journal import open_committed
 
             h5 = open_committed(p)
         else:
@@ -64,7 +64,7 @@ def open_featdump(path: str | Path) -> Any:
 
 def journal_file(path: str | Path) -> Path:
     """``OUT.h5-journal``: present while a run writes ``OUT.h5``, or after one was killed."""
-    from featdump.journal import journal_path
+    from featdump.store.journal import journal_path
 
     return Path(journal_path(Path(path)))
 
@@ -115,11 +115,11 @@ def virtual_sources(h5: Any, path: str | Path) -> dict[str, list[dict[str, Any]]
 def missing_sources(path: str | Path) -> list[str]:
     """Source files of a merged (virtual) featdump file that cannot deliver their rows.
 
-    Uses ``featdump.merge.missing_sources`` ("FILE: why", also catching unreadable or short
+    Uses ``featdump.store.merge.missing_sources`` ("FILE: why", also catching unreadable or short
     sources) when the merge module provides it, else lists the resolved files that are not there.
     """
     try:
-        from featdump import merge  # type: ignore[attr-defined]
+        from featdump.store import merge
 
         fn = getattr(merge, "missing_sources", None)
     except ImportError:
@@ -193,7 +193,7 @@ def _filters(ds: Any) -> str:
 
 def summarize_file(path: str | Path, max_failures: int = 10) -> dict[str, Any]:
     """Everything ``show`` prints, as JSON-ready data."""
-    from featdump.store import read_attr
+    from featdump.store.sink import read_attr
 
     p = Path(path)
     h5 = open_featdump(p)

@@ -1,7 +1,7 @@
 """The HDF5 layout of SPEC.md (format_version 1): create, append, commit, resume, finish.
 
-Crash consistency (see docs/design-crash-safety.md): HDF5 writes through a redo journal
-(:mod:`featdump.journal`), so rows and the counters ``num_images`` / ``num_failed`` /
+Crash consistency (see featdump/store/journal-design.md): HDF5 writes through a redo journal
+(:mod:`featdump.store.journal`), so rows and the counters ``num_images`` / ``num_failed`` /
 ``inputs_done`` that vouch for them become the file's state together, at a commit; a kill at any
 moment leaves the last commit, which ``--resume`` continues. The file uses HDF5's oldest format
 (superblock v0), which a killed process leaves openable; newer superblocks leave a "file is
@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from featdump import __version__
-from featdump.backbone import LayerInfo
+from featdump.model.backbone import LayerInfo
 from featdump.errors import FeatdumpError, UsageError
 
 FEATURES = "features"
@@ -202,9 +202,9 @@ class Progress:
 class Store:
     """An open featdump file being written. Not thread-safe: one writer thread owns it.
 
-    Writes go through a :class:`~featdump.journal.JournaledFile`: what HDF5 writes becomes the
+    Writes go through a :class:`~featdump.store.journal.JournaledFile`: what HDF5 writes becomes the
     file's committed state only at :meth:`commit` (rows and the counters that vouch for them
-    together), so a kill at any moment leaves the last commit (docs/design-crash-safety.md).
+    together), so a kill at any moment leaves the last commit (featdump/store/journal-design.md).
     Commits happen at most every ``commit_seconds`` (env ``FEATDUMP_COMMIT_SECONDS``, default 1)
     and always at :meth:`finish` and :meth:`close`.
     """
@@ -238,7 +238,7 @@ class Store:
     ) -> Store:
         import h5py
 
-        from featdump.journal import JournaledFile
+        from featdump.store.journal import JournaledFile
 
         jf = JournaledFile.create(path)
         try:
@@ -298,7 +298,7 @@ class Store:
         """
         import h5py
 
-        from featdump.journal import JournaledFile
+        from featdump.store.journal import JournaledFile
 
         jf = JournaledFile.open(path)
         if jf.view().size == 0:  # killed before its first commit: there is nothing to continue

@@ -11,8 +11,8 @@ from rich.table import Table
 from rich.text import Text
 
 if TYPE_CHECKING:
-    from featdump.backbone import Description, LayerInfo
-    from featdump.pipeline import Summary
+    from featdump.model.backbone import Description, LayerInfo
+    from featdump.run.job import Summary
 
 MB = 1024 * 1024
 

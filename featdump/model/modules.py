@@ -1,6 +1,6 @@
 """Any module of any timm model by name (``--layers``), through forward hooks on the full model.
 
-Produces the same :class:`~featdump.backbone.Backbone` / :class:`~featdump.backbone.LayerInfo`
+Produces the same :class:`~featdump.model.backbone.Backbone` / :class:`~featdump.model.backbone.LayerInfo`
 objects as the feature-level path, so ``inspect``, the writer and the summary need no special case:
 ``LayerInfo.index`` is -1, and token outputs of transformer blocks have layout ``NLC`` with the
 number of leading prefix (class / register) tokens in ``attrs["num_prefix_tokens"]``. With
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from featdump.backbone import (
+from featdump.model.backbone import (
     Backbone,
     DataConfig,
     Description,

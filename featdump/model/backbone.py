@@ -342,12 +342,12 @@ def describe(
 ) -> Description:
     """Layers and data config of a backbone; builds on the meta device (no weights, no downloads).
 
-    ``layers`` (module names) replaces the feature levels: see :mod:`featdump.modules`.
+    ``layers`` (module names) replaces the feature levels: see :mod:`featdump.model.modules`.
     """
     import torch
 
     if layers:
-        from featdump.modules import describe_modules
+        from featdump.model.modules import describe_modules
 
         return describe_modules(name, layers, img_size, output_stride, tokens)
     levels, _, indices = _prepare(name, out_indices, output_stride, img_size)
@@ -537,7 +537,7 @@ def load_backbone(
 ) -> Backbone:
     """The real model with weights from a checkpoint, the hub (pretrained) or random init, in eval mode."""
     if layers:
-        from featdump.modules import load_module_backbone
+        from featdump.model.modules import load_module_backbone
 
         return load_module_backbone(
             name, layers, tokens=tokens, output_stride=output_stride, img_size=img_size,

@@ -147,9 +147,9 @@ def inspect(
 
     Example: featdump inspect vit_small_patch16_224 --all-modules
     """
-    from featdump import config
-    from featdump.backbone import describe
-    from featdump.report import console, description_dict, inspect_table
+    from featdump import options as config
+    from featdump.model.backbone import describe
+    from featdump.cli.render import console, description_dict, inspect_table
 
     stride = output_stride
     if stride is not None and stride not in config.OUTPUT_STRIDES:
@@ -161,8 +161,8 @@ def inspect(
     if names is not None and indices is not None:
         raise UsageError("--out-indices and --layers exclude each other; pick feature levels or module names")
     if all_modules:
-        from featdump.modules import list_modules
-        from featdump.report import modules_dict, modules_table
+        from featdump.model.modules import list_modules
+        from featdump.cli.render import modules_dict, modules_table
 
         data, records = list_modules(model, config.parse_img_size(img_size), stride)
         if as_json:
@@ -259,16 +259,16 @@ def extract(
     # sleep instead of spinning, so decoding workers, the writer and other jobs on the node do not
     # make the forward pass's threads burn their cores waiting (measured: README, Performance).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from featdump.pipeline import early_signals
+    from featdump.run.job import early_signals
 
     with early_signals():  # a Ctrl-C during start-up is remembered, not lost in third-party code
         _extract(ctx, model, inputs, output, config_file)
 
 
 def _extract(ctx: typer.Context, model: str, inputs: list[str], output: str, config_file: Path | None) -> None:
-    from featdump import config
-    from featdump.pipeline import run_extraction
-    from featdump.report import RichProgress, console, failures_table, summary_table
+    from featdump import options as config
+    from featdump.run.job import run_extraction
+    from featdump.cli.render import RichProgress, console, failures_table, summary_table
 
     given = given_options(ctx, _EXTRACT_OPTIONS)
     given.update(model=model, inputs=tuple(inputs), output=output)
@@ -303,8 +303,8 @@ def show(
 
     Example: featdump show feats.h5 --json
     """
-    from featdump.report import console, show_renderables
-    from featdump.show import summarize_file
+    from featdump.cli.render import console, show_renderables
+    from featdump.store.read import summarize_file
 
     info = summarize_file(path, max_failures=max(0, failures))
     if as_json:
@@ -370,8 +370,8 @@ def models(
 
     Example: featdump models 'convnext*' --pretrained
     """
-    from featdump.models import check_pattern, list_models
-    from featdump.report import console, models_table
+    from featdump.model.catalog import check_pattern, list_models
+    from featdump.cli.render import console, models_table
 
     rows = list_models(check_pattern(pattern), pretrained=pretrained)
     if as_json:
@@ -412,7 +412,7 @@ def merge(
 
     Example: featdump merge out/feats.shard-*.h5 -o out/feats.h5
     """
-    from featdump.merge import merge_shards
+    from featdump.store.merge import merge_shards
 
     summary = merge_shards(
         shards,
@@ -452,7 +452,7 @@ def fetch(
 
     Example: HF_HOME=/shared/hf featdump fetch resnet50 convnext_tiny.fb_in22k
     """
-    from featdump.fetch import fetch_weights, hub_cache, weights_source
+    from featdump.model.fetch import fetch_weights, hub_cache, weights_source
 
     sources = [weights_source(name) for name in dict.fromkeys(models)]  # every name checked before any download
     errors: list[str] = []

@@ -19,7 +19,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from featdump.images import Batch, ImageDataset, collate
+from featdump.data.images import Batch, ImageDataset, collate
 
 _TO_TENSOR = ("ToTensor", "MaybeToTensor")
 

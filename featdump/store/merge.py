@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from featdump.errors import FeatdumpError, UsageError
-from featdump.sharding import shard_bounds
-from featdump.store import FEATURES, RESUME_KEYS, compression_kwargs, load_codecs, read_attr, set_attr, utc_now
+from featdump.run.placement import shard_bounds
+from featdump.store.sink import FEATURES, RESUME_KEYS, compression_kwargs, load_codecs, read_attr, set_attr, utc_now
 
 # Settings every shard of one merge must share (the per-shard ones are checked separately).
 MERGE_KEYS = ("format_version",) + tuple(k for k in RESUME_KEYS if k not in ("input_digest", "num_inputs", "shard"))

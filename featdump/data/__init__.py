@@ -1,0 +1,1 @@
+"""Inputs: discovering images, decoding them to RGB, datasets and batch loaders."""
