@@ -15,9 +15,9 @@ import os
 # loops below and the featdump processes run their threads alike; an explicit setting wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-# ... and the same malloc settings (featdump/run/alloc.py), so the bare loops are not slowed by
+# ... and the same malloc settings (featdump/run/process.py), so the bare loops are not slowed by
 # page-faulting their activations afresh each batch: the ceiling is the best the model can do.
-from featdump.run.alloc import tune_malloc
+from featdump.run.process import tune_malloc
 
 MALLOC = tune_malloc()
 
@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     counts = [int(x) for x in (args.memory_counts or ("4,12" if quick else "200,800")).split(",")]
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
 
-    from featdump.run.job import resolve_device
+    from featdump.run.device import resolve_device
 
     device = resolve_device(args.device)
     out_dir: Path = args.out

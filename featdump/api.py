@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     import h5py
     import numpy as np
 
-    from featdump.run.job import ProgressSink, Summary
+    from featdump.run.results import ProgressSink, Summary
 
 __all__ = ["FeatureFile", "extract", "open"]
 

@@ -36,7 +36,7 @@ def _dev(kind: str) -> Any:
     [(1, 1, 1), (2, 2, 2), (4, 4, 4), (8, 1, 7), (16, 2, 14), (64, 8, 56), (256, 8, 248)],
 )
 def test_cpu_defaults_follow_the_cpu_budget(cpus: int, workers: int, threads: int) -> None:
-    from featdump.run.job import tune
+    from featdump.run.device import tune
 
     t = tune(_dev("cpu"), _cfg(), Placement(cpus=cpus))
     assert (t.workers, t.threads, t.batch_size, t.channels_last) == (workers, threads, 8, True)
@@ -44,7 +44,7 @@ def test_cpu_defaults_follow_the_cpu_budget(cpus: int, workers: int, threads: in
 
 
 def test_cpu_budget_comes_from_slurm(monkeypatch: pytest.MonkeyPatch) -> None:
-    from featdump.run.job import cpu_budget, tune
+    from featdump.run.device import cpu_budget, tune
     from featdump.run.placement import placement_from_env
 
     monkeypatch.setenv("SLURM_CPUS_PER_TASK", "3")
@@ -54,14 +54,14 @@ def test_cpu_budget_comes_from_slurm(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_flags_win_over_tuning() -> None:
-    from featdump.run.job import tune
+    from featdump.run.device import tune
 
     t = tune(_dev("cpu"), _cfg(batch_size=3, workers=0), Placement(cpus=16))
     assert (t.batch_size, t.workers) == (3, 0)
 
 
 def test_cuda_defaults() -> None:
-    from featdump.run.job import tune
+    from featdump.run.device import tune
 
     t = tune(_dev("cuda"), _cfg(), Placement(cpus=16))
     assert (t.batch_size, t.threads, t.channels_last) == (64, None, True)
@@ -86,7 +86,7 @@ class _SlowStore:
 
 
 def test_writer_queue_is_bounded_in_bytes() -> None:
-    from featdump.run.job import Writer
+    from featdump.run.writer import Writer
 
     store = _SlowStore(0.01)
     batch = [np.zeros((4, 1000), np.float32)]  # 16 000 bytes a batch
@@ -101,7 +101,7 @@ def test_writer_queue_is_bounded_in_bytes() -> None:
 
 
 def test_writer_admits_one_batch_larger_than_the_bound() -> None:
-    from featdump.run.job import Writer
+    from featdump.run.writer import Writer
 
     store = _SlowStore(0.0)
     writer = Writer(store, max_bytes=1_000)  # type: ignore[arg-type]
@@ -115,7 +115,7 @@ def test_writer_admits_one_batch_larger_than_the_bound() -> None:
 
 def test_writer_error_reaches_the_main_thread() -> None:
     from featdump.errors import FeatdumpError
-    from featdump.run.job import Writer
+    from featdump.run.writer import Writer
 
     class Broken(_SlowStore):
         def append(self, *a: Any) -> None:

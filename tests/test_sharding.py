@@ -165,7 +165,7 @@ def test_slurm_cpus_per_task_sets_threads_and_workers() -> None:
     import torch
 
     from featdump.options import ExtractConfig
-    from featdump.run.job import cpu_budget, tune
+    from featdump.run.device import cpu_budget, tune
 
     cfg = ExtractConfig(model="resnet18", inputs=("x",), output="o.h5")
     assert cpu_budget(placement_from_env({"SLURM_CPUS_PER_TASK": "12"})) == 12

@@ -259,14 +259,15 @@ def extract(
     # sleep instead of spinning, so decoding workers, the writer and other jobs on the node do not
     # make the forward pass's threads burn their cores waiting (measured: README, Performance).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from featdump.run.job import early_signals
+    from featdump.cli.signals import guarded_run
 
-    with early_signals():  # a Ctrl-C during start-up is remembered, not lost in third-party code
-        _extract(ctx, model, inputs, output, config_file)
+    with guarded_run() as stop:  # a Ctrl-C during start-up is remembered, not lost in third-party code
+        _extract(ctx, model, inputs, output, config_file, stop)
 
 
-def _extract(ctx: typer.Context, model: str, inputs: list[str], output: str, config_file: Path | None) -> None:
+def _extract(ctx: typer.Context, model: str, inputs: list[str], output: str, config_file: Path | None, stop: Any) -> None:
     from featdump import options as config
+    from featdump.cli.signals import leave_at_once
     from featdump.run.job import run_extraction
     from featdump.cli.render import RichProgress, console, failures_table, summary_table
 
@@ -275,7 +276,7 @@ def _extract(ctx: typer.Context, model: str, inputs: list[str], output: str, con
     file_values = config.load_toml(config_file) if config_file else {}
     cfg = config.resolve(given, file_values, command=shlex.join(["featdump", *sys.argv[1:]]))
     progress = RichProgress(enabled=False if cfg.quiet else None)
-    summary = run_extraction(cfg, progress)
+    summary = run_extraction(cfg, progress, stop=stop, on_repeat=leave_at_once(stop))
     if not cfg.quiet:
         out = console()
         out.print(summary_table(summary))

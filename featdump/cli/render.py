@@ -12,7 +12,7 @@ from rich.text import Text
 
 if TYPE_CHECKING:
     from featdump.model.backbone import Description, LayerInfo
-    from featdump.run.job import Summary
+    from featdump.run.results import Summary
 
 MB = 1024 * 1024
 

@@ -1,0 +1,114 @@
+"""Where a run computes and how it uses the machine: the device, the CPU budget, batch size and workers."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from featdump.errors import UsageError
+from featdump.options import ExtractConfig
+from featdump.run.placement import Placement
+
+
+def resolve_device(spec: str, local_rank: int | None = None) -> Any:
+    """``auto|cpu|cuda|cuda:N|mps`` -> torch.device; a device that is not there exits 2."""
+    import torch
+
+    spec = spec.strip().lower()
+    if spec == "auto":
+        if torch.cuda.is_available():
+            index = local_rank if local_rank is not None else 0
+            return torch.device("cuda", index % torch.cuda.device_count())
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if spec == "cpu":
+        return torch.device("cpu")
+    if spec.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {spec}: no CUDA GPU is available here; use --device cpu (or auto)")
+        try:
+            dev = torch.device(spec)
+        except RuntimeError:
+            raise UsageError(f"--device {spec!r} is not a device name; use cuda or cuda:N") from None
+        if dev.index is None:
+            dev = torch.device("cuda", local_rank or 0)
+        if dev.index >= torch.cuda.device_count():
+            raise UsageError(f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s) here (cuda:0..)")
+        return dev
+    if spec == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise UsageError("--device mps: Apple's Metal backend is not available here; use --device cpu (or auto)")
+        return torch.device("mps")
+    raise UsageError(f"--device must be auto, cpu, cuda, cuda:N or mps, not {spec!r}")
+
+
+def cpu_budget(placement: Placement) -> int:
+    """Slurm's --cpus-per-task (or this process's CPU affinity), split among torchrun's local copies."""
+    try:
+        available = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        available = os.cpu_count() or 1
+    return placement.cpu_budget(available)
+
+
+WRITE_QUEUE_BYTES = 256 << 20  # the writer's queue: enough for a few large batches, never more
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """How one run uses the machine (see :func:`tune`)."""
+
+    batch_size: int
+    workers: int  # decoding threads on CPU, DataLoader processes on CUDA/MPS (0: in the main thread)
+    threads: int | None  # torch intra-op threads for the forward pass (None: leave torch's default)
+    channels_last: bool
+    prefetch: int = 2  # batches each worker decodes ahead
+    decode_nice: int = 0  # CPU: the decode threads' nice value (19 where they share the forward pass's cores)
+    queue_bytes: int = WRITE_QUEUE_BYTES  # feature bytes waiting for the writer, at most
+
+
+def tune(device: Any, cfg: ExtractConfig, placement: Placement) -> Tuning:
+    """Defaults per device, from measurements (``make bench``; README, Performance).
+
+    CPU: decoding runs in threads of this process (featdump/data/loading.py), since decoding + timm's
+    transform costs ~5 ms per image against 7-30 ms for the forward pass. Up to 4 cores the
+    decode threads share all the cores with the forward threads (on 2 cores, 2 + 2 threads were
+    1.24x the serial decode + forward rate for tf_efficientnet_lite0, one worker process 1.10x);
+    on more, ``cpus // 8`` decode threads (1-8) and the forward pass gets the other cores of the
+    budget (Slurm's --cpus-per-task, else this process's affinity), because an OpenMP region
+    waits for its slowest thread. Batches of 8 in channels_last: larger batches are slower on
+    CPUs. The batch size is fixed, not timed per run, so reruns and resumed runs compute with the
+    same kernels.
+    CUDA: batches of 64, channels_last, threads left alone, DataLoader worker processes for up
+    to 8 of the cores.
+    """
+    cpus = cpu_budget(placement)
+    if device.type == "cpu":
+        if cfg.workers is not None:
+            workers = cfg.workers
+        else:
+            workers = cpus if cpus <= 4 else min(8, max(1, cpus // 8))
+        shared = cpus <= 4  # decode threads and forward threads on the same cores
+        threads = cpus if shared else cpus - workers
+        return Tuning(cfg.batch_size or 8, workers, max(1, threads), True, prefetch=2, decode_nice=19 if shared else 0)
+    workers = cfg.workers if cfg.workers is not None else max(1, min(8, cpus - 1))
+    if cfg.decode == "gpu":  # workers only read files
+        workers = cfg.workers if cfg.workers is not None else max(1, min(4, cpus - 1))
+    return Tuning(cfg.batch_size or 64, workers, None, device.type == "cuda", prefetch=4)
+
+
+def check_decode(cfg: ExtractConfig, device: Any) -> None:
+    """``--decode gpu`` needs a CUDA device and torchvision's decoder: exit 2 otherwise."""
+    if cfg.decode != "gpu":
+        return
+    if device.type != "cuda":
+        raise UsageError(
+            f"--decode gpu decodes JPEGs on a CUDA GPU (torchvision's nvjpeg), but this run is on {device.type}; "
+            "drop --decode gpu (or use --fast-decode for faster CPU decoding)"
+        )
+    try:
+        import torchvision.io  # noqa: F401
+    except ImportError:
+        raise UsageError("--decode gpu needs torchvision (pip install torchvision)") from None

@@ -1,0 +1,86 @@
+"""The forward stage: a batch of pixels -> one array per stored layer, in the stored layout."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
+from featdump.errors import FeatdumpError
+from featdump.model.backbone import Backbone, LayerInfo
+
+
+def to_storage(out: Any, layer: LayerInfo, pool: str, dtype: Any) -> Any:
+    """One layer's batch output -> the stored layout ((B,C,H,W), (B,T,D) or pooled (B,C))."""
+    import torch
+
+    if layer.layout == "NHWC":
+        out = out.permute(0, 3, 1, 2)
+    if pool != "none" and out.ndim > 2:
+        if layer.layout == "NLC":  # pool the patch tokens only, like timm's global_pool="avg"
+            out = out[:, int(layer.attrs.get("num_prefix_tokens", 0)) :]
+        dims = (1,) if layer.layout == "NLC" else (2, 3)
+        out = out.float()
+        out = out.mean(dim=dims) if pool == "avg" else out.amax(dim=dims)
+    return out.to(dtype=dtype, memory_format=torch.contiguous_format)  # one pass: cast and NCHW
+
+
+class Forward:
+    """Batch of pixels -> list of numpy arrays, one per stored layer."""
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        device: Any,
+        precision: str,
+        pool: str,
+        dtype: str,
+        channels_last: bool,
+        compile: bool = False,
+    ) -> None:
+        import torch
+
+        self.model = backbone.model.to(device)
+        self.layers = backbone.layers
+        self.device = device
+        self.pool = pool
+        self.dtype = torch.float16 if dtype == "float16" else torch.float32
+        self.channels_last = channels_last and device.type in ("cpu", "cuda")
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.autocast: Callable[[], Any]
+        if precision == "fp32":
+            self.autocast = contextlib.nullcontext
+        else:
+            amp = torch.float16 if precision == "fp16" else torch.bfloat16
+            self.autocast = lambda: torch.autocast(device_type=device.type, dtype=amp)
+        self.compiled = compile
+        if compile:
+            self.model = torch.compile(self.model)
+
+    def __call__(self, pixels: Any) -> list[Any]:
+        import torch
+
+        with torch.inference_mode():
+            x = pixels.to(self.device, non_blocking=True)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with self.autocast():
+                outs = self._model(x)
+            if isinstance(outs, dict):
+                outs = list(outs.values())
+            stored = [to_storage(o, layer, self.pool, self.dtype) for o, layer in zip(outs, self.layers)]
+            if self.device.type != "cuda":
+                return [s.cpu().numpy() for s in stored]
+            host = [s.to("cpu", non_blocking=True) for s in stored]  # pinned; one sync for all
+            torch.cuda.current_stream(self.device).synchronize()
+            return [h.numpy() for h in host]
+
+    def _model(self, x: Any) -> Any:
+        if not self.compiled:
+            return self.model(x)
+        try:
+            return self.model(x)
+        except Exception as exc:  # noqa: BLE001 - inductor needs a compiler toolchain and more
+            text = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+            raise FeatdumpError(f"--compile: torch.compile failed ({text[:300]}); run without --compile") from None

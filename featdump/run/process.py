@@ -1,0 +1,130 @@
+"""Process-wide settings a run makes, in one place: glibc's malloc, OpenMP's wait policy, torch's
+threads and cuDNN's autotuner. The CLI owns its process; the Python API documents each setting
+(see :func:`featdump.extract`) and restores what can be restored when the run ends.
+
+glibc ``malloc`` settings for the forward pass (Linux; a no-op elsewhere):
+
+PyTorch on the CPU allocates every activation with ``malloc``. glibc serves large blocks with
+``mmap`` and gives them back on ``free``, so each batch page-faults its activations afresh
+(zero-filled pages, ~1-8 thousand faults per image); and glibc's adaptive mmap threshold makes how
+much of that happens depend on the allocation history, so the same model ran at 67-137 images/s
+in otherwise identical processes (docs/performance.md). Serving everything from the heap and never
+trimming it (``M_MMAP_MAX=0``, ``M_TRIM_THRESHOLD`` 1 GiB) reuses the same pages batch after batch.
+Peak memory is unchanged (the heap holds what the run had live at its peak anyway). These stay
+for the rest of the process (glibc cannot return to its adaptive thresholds).
+
+Left alone when the user chose an allocator (``LD_PRELOAD`` of jemalloc/tcmalloc/mimalloc) or
+glibc settings (``MALLOC_*_`` variables, ``GLIBC_TUNABLES`` with ``malloc``), and when
+``FEATDUMP_MALLOC_TUNING=0``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+M_TRIM_THRESHOLD = -1
+M_MMAP_MAX = -4
+TRIM_THRESHOLD = 1 << 30
+
+_GLIBC_VARS = ("MALLOC_MMAP_MAX_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_ARENA_MAX")
+_ALLOCATORS = ("jemalloc", "tcmalloc", "mimalloc")
+
+_done: list[str] = []  # what tune_malloc() did in this process (it runs once)
+
+
+def user_choice(env: dict[str, str] | None = None) -> str:
+    """Why the user's own allocator settings win ("" when there are none)."""
+    env = dict(os.environ) if env is None else env
+    if env.get("FEATDUMP_MALLOC_TUNING", "").strip() == "0":
+        return "FEATDUMP_MALLOC_TUNING=0"
+    preload = env.get("LD_PRELOAD", "")
+    for name in _ALLOCATORS:
+        if name in preload:
+            return f"LD_PRELOAD {name}"
+    for var in _GLIBC_VARS:
+        if var in env:
+            return var
+    if "malloc" in env.get("GLIBC_TUNABLES", ""):
+        return "GLIBC_TUNABLES"
+    return ""
+
+
+def tune_malloc() -> str:
+    """Apply the settings once per process; returns what was done (``make bench`` records it):
+    ``"heap"`` when applied, else why not."""
+    if _done:
+        return _done[0]
+    _done.append(_tune())
+    return _done[0]
+
+
+def _tune() -> str:
+    if not sys.platform.startswith("linux"):
+        return "not linux"
+    reason = user_choice()
+    if reason:
+        return f"left alone ({reason})"
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None)
+        libc.gnu_get_libc_version  # noqa: B018 - glibc only (musl has no mallopt semantics like these)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return "not glibc"
+    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    mallopt.restype = ctypes.c_int
+    if not (mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD) and mallopt(M_MMAP_MAX, 0)):
+        return "mallopt refused"
+    return "heap"
+
+
+# --------------------------------------------------------------------------- OpenMP wait policy
+
+OMP_ADVICE = (
+    "OMP_WAIT_POLICY is not set and torch is already imported, so its OpenMP threads spin while they "
+    "wait and fight decoding threads and other processes for the cores (several times slower on a busy "
+    "machine); set OMP_WAIT_POLICY=PASSIVE in the environment, or import featdump and run extract "
+    "before importing torch"
+)
+
+
+def passive_omp() -> str:
+    """Ask OpenMP (read once, when torch loads libgomp) to let waiting threads sleep, not spin.
+
+    Sets ``OMP_WAIT_POLICY=PASSIVE`` in ``os.environ`` when the user set no policy and torch is not
+    imported yet; returns ``""`` then (or when the user chose a policy), else :data:`OMP_ADVICE`
+    (torch already loaded: too late, the caller warns)."""
+    if "OMP_WAIT_POLICY" in os.environ:
+        return ""
+    if "torch" in sys.modules:
+        return OMP_ADVICE
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    return ""
+
+
+# --------------------------------------------------------------------------- torch settings
+
+
+@contextlib.contextmanager
+def torch_settings(device: Any, threads: int | None) -> Iterator[None]:
+    """torch's intra-op threads (``threads``, None: torch's default) and, on CUDA, cuDNN's autotuner
+    (fixed input size: the fastest kernels) for the duration of a run; both restored afterwards."""
+    import torch
+
+    old_threads = torch.get_num_threads()
+    old_benchmark = torch.backends.cudnn.benchmark
+    try:
+        if threads:
+            torch.set_num_threads(threads)
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        yield
+    finally:
+        if threads and torch.get_num_threads() != old_threads:
+            torch.set_num_threads(old_threads)
+        torch.backends.cudnn.benchmark = old_benchmark

@@ -1,0 +1,108 @@
+"""What a run returns (:class:`Summary`) and what it tells a progress display (:class:`ProgressSink`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from featdump.model.backbone import Backbone
+from featdump.run.placement import Placement
+
+
+@dataclass
+class LayerSummary:
+    name: str
+    module: str
+    index: int
+    reduction: int
+    shape: tuple[int, ...]
+    dtype: str
+    stored_bytes: int
+    raw_bytes: int
+
+
+@dataclass
+class Summary:
+    output: str
+    model: str
+    weights: str
+    device: str
+    num_images: int
+    num_failed: int
+    num_inputs: int
+    shard: tuple[int, int]
+    layers: list[LayerSummary]
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+    images_this_run: int = 0
+    resumed_from: int = 0
+    complete: bool = True
+    bytes_written: int = 0  # feature bytes (uncompressed) this run
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images_this_run / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def mb_per_second(self) -> float:
+        """Feature data written per second of the run (uncompressed MiB/s)."""
+        return self.bytes_written / (1 << 20) / self.seconds if self.seconds > 0 else 0.0
+
+
+class ProgressSink:
+    """What the job tells a progress display; the default shows nothing."""
+
+    def start(self, total: int, done: int, description: str) -> None: ...
+
+    def advance(self, images: int) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+def summarize(
+    store: Any,
+    out_path: Path,
+    backbone: Backbone,
+    device: str,
+    placement: Placement,
+    num_inputs: int,
+    seconds: float,
+    resumed_from: int,
+) -> Summary:
+    """The :class:`Summary` of a store (open, written by this run from ``resumed_from`` on)."""
+    h5 = store.h5
+    layers = []
+    for layer in backbone.layers:
+        ds = h5["features"][layer.name]
+        raw = int(ds.dtype.itemsize) * int(ds.size)
+        layers.append(
+            LayerSummary(
+                layer.name, layer.module, layer.index, layer.reduction, tuple(ds.shape[1:]), str(ds.dtype),
+                int(ds.id.get_storage_size()), raw,
+            )
+        )  # fmt: skip
+    fp, fe = h5["failed"]["paths"], h5["failed"]["errors"]
+    shown = min(len(fp), 20)
+    failures = [(_s(fp[i]), _s(fe[i])) for i in range(shown)]
+    return Summary(
+        output=str(out_path),
+        model=backbone.name,
+        weights=backbone.weights,
+        device=device,
+        num_images=store.progress.num_images,
+        num_failed=store.progress.num_failed,
+        num_inputs=num_inputs,
+        shard=(placement.index, placement.count),
+        layers=layers,
+        failures=failures,
+        seconds=seconds,
+        images_this_run=store.progress.inputs_done - resumed_from,
+        resumed_from=resumed_from,
+        complete=bool(h5.attrs.get("complete", False)),
+        bytes_written=int(getattr(store, "bytes_written", 0)),
+    )
+
+
+def _s(value: Any) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
