@@ -168,14 +168,14 @@ def test_extract_leaves_pillow_limit_alone(cli, random_checkpoint, tmp_path: Pat
     ],
 )
 def test_malloc_tuning_steps_aside_for_the_user(env: dict[str, str], why: str) -> None:
-    from featdump.run.alloc import user_choice
+    from featdump.run.process import user_choice
 
     assert user_choice(env) == why
 
 
 _FAULTS = """
 import resource, sys, torch, timm
-from featdump.run.alloc import tune_malloc
+from featdump.run.process import tune_malloc
 print(tune_malloc())
 torch.set_num_threads(1)
 m = timm.create_model("resnet18").eval()
