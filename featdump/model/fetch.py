@@ -57,10 +57,14 @@ def weights_source(model: str) -> WeightsSource:
 
     For ``hf-hub:org/name`` this reads (and so caches) the repo's ``config.json``, as timm does.
     """
-    from timm.models import load_model_config_from_hf, parse_model_name, split_model_name_tag
+    from timm.models import (
+        load_model_config_from_hf,
+        parse_model_name,
+        split_model_name_tag,
+    )
     from timm.models._builder import _resolve_pretrained_source, resolve_pretrained_cfg
 
-    from featdump.model.backbone import check_model_name
+    from featdump.model.create import check_model_name
 
     check_model_name(model)
     try:
@@ -104,7 +108,7 @@ def _safe_alternatives(filename: str) -> list[str]:
 
 
 def _hf_error(src: WeightsSource, exc: BaseException) -> FeatdumpError:
-    from featdump.model.backbone import why_no_download
+    from featdump.model.weights import why_no_download
 
     text = why_no_download(exc)
     if offline():
