@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import math
 import os
 import time
 from collections.abc import Sequence
@@ -20,8 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from featdump import __version__
-from featdump.model.backbone import LayerInfo
-from featdump.errors import FeatdumpError, UsageError
+from featdump.model.layers import LayerInfo
+from featdump.errors import FeatdumpError, UsageError, is_out_of_space, os_error, out_of_space
+from featdump.text import first_line, to_str
 
 FEATURES = "features"
 CHUNK_TARGET = 1 << 20  # bytes: h5py's guidance is 10 KiB - 1 MiB per chunk
@@ -72,9 +74,7 @@ def chunk_shape(shape: Sequence[int], itemsize: int) -> tuple[int, ...]:
     Small per-image outputs (pooled vectors) pack several rows per chunk; large maps split
     along channels, keeping whole H x W planes.
     """
-    per_image = itemsize
-    for d in shape:
-        per_image *= d
+    per_image = itemsize * math.prod(shape)
     if per_image <= CHUNK_TARGET:
         rows = max(1, min(1024, CHUNK_MIN // max(1, per_image)))
         return (rows, *shape)
@@ -178,7 +178,7 @@ def read_attr(value: Any) -> Any:
     import numpy as np
 
     if isinstance(value, bytes):
-        return value.decode("utf-8")
+        return to_str(value)
     if isinstance(value, np.ndarray):
         return [read_attr(v) for v in value.tolist()]
     if isinstance(value, np.generic):
@@ -317,7 +317,7 @@ class Store:
         except OSError as exc:
             jf.release()
             raise FeatdumpError(
-                f"--resume: {path} cannot be read as HDF5 ({_first_line(exc)}); start again with --overwrite"
+                f"--resume: {path} cannot be read as HDF5 ({first_line(exc)}); start again with --overwrite"
             ) from None
         except BaseException:
             jf.release()
@@ -462,11 +462,6 @@ def commit_interval() -> float:
         raise UsageError(f"FEATDUMP_COMMIT_SECONDS={raw!r} is not a number of seconds") from None
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else exc.__class__.__name__
-
-
 def _close_quietly(h5: Any) -> None:
     try:
         if h5 is not None and h5.id.valid:
@@ -477,17 +472,12 @@ def _close_quietly(h5: Any) -> None:
 
 def _io_error(path: str | Path, jf: Any, exc: BaseException) -> FeatdumpError:
     """An HDF5/OS write failure -> one actionable line; the errno the journal saw names the cause."""
-    import errno
-
     cause = getattr(jf, "error", None) or (exc if isinstance(exc, OSError) and exc.errno else None)
-    if cause is not None and cause.errno in (errno.ENOSPC, errno.EDQUOT):
-        return FeatdumpError(
-            f"out of disk space writing {path}; free some space, then rerun the same command with --resume "
-            "(everything committed so far is kept)"
-        )
     if cause is not None:
-        return FeatdumpError(f"cannot write {path}: {cause.strerror or cause}; fix that, then rerun with --resume")
-    return FeatdumpError(f"cannot write {path}: {_first_line(exc)}; rerun with --resume to continue")
+        return os_error(cause, path, "write", hint="fix that, then rerun with --resume")
+    if is_out_of_space(exc):
+        return out_of_space(path)
+    return FeatdumpError(f"cannot write {path}: {first_line(exc)}; rerun with --resume to continue")
 
 
 def _os_error(path: str | Path, exc: OSError) -> FeatdumpError:
@@ -497,7 +487,7 @@ def _os_error(path: str | Path, exc: OSError) -> FeatdumpError:
             f"{path} is in use by another process (HDF5 file lock). If no other featdump runs on it and the "
             "file system cannot lock (NFS, Lustre), set HDF5_USE_FILE_LOCKING=FALSE and make sure only one run writes it"
         )
-    return FeatdumpError(f"cannot open {path}: {text.splitlines()[0] if text else exc!r}")
+    return FeatdumpError(f"cannot open {path}: {first_line(exc, repr(exc))}")
 
 
 def check_same_settings(h5: Any, attrs: dict[str, Any], path: str | Path) -> None:
