@@ -24,7 +24,8 @@ from featdump.run.alloc import tune_malloc
 from featdump.model.backbone import Backbone, LayerInfo, load_backbone
 from featdump.options import ExtractConfig
 from featdump.errors import FeatdumpError, Interrupted, UsageError
-from featdump.data.images import Batch, ImageDataset, ImageRef, collate, discover, list_digest
+from featdump.data.datasets import Batch, ImageDataset, collate
+from featdump.data.discover import ImageRef, discover, list_digest
 from featdump.store.journal import fsync_dir
 from featdump.data.loading import ThreadLoader
 from featdump.run.placement import Placement, placement_from_env, shard_bounds, shard_output_path
@@ -635,7 +636,8 @@ class Loader:
 
         import torch
 
-        from featdump.data.images import DeviceDecoder, EncodedDataset, fast_decode_size, load_rgb
+        from featdump.data.datasets import DeviceDecoder, EncodedDataset
+        from featdump.data.decode import fast_decode_size, load_rgb
 
         transform = backbone.data.transform()
         self.decoder: Any = None
