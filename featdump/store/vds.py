@@ -17,9 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from featdump.store.format import FEATURES
 from featdump.text import first_line
-
-FEATURES = "features"
 
 
 @dataclass(frozen=True)
