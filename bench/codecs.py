@@ -35,7 +35,7 @@ def feature_maps(model: str, images: list[Path], count: int) -> list[Any]:
     import torch
 
     from featdump.model.backbone import load_backbone
-    from featdump.data.images import load_rgb
+    from featdump.data.decode import load_rgb
 
     torch.manual_seed(0)
     bb = load_backbone(model, pretrained=False)

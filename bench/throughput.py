@@ -143,7 +143,7 @@ class Bare:
         """Images/s of decode + transform + forward, one after the other, same forward config."""
         import torch
 
-        from featdump.data.images import load_rgb
+        from featdump.data.decode import load_rgb
 
         self.set_format(cfg.channels_last)
         bs = cfg.batch_size
@@ -191,7 +191,7 @@ class Bare:
 
 
 def predecode(bare: Bare, paths: list[Path]) -> list[Any]:
-    from featdump.data.images import load_rgb
+    from featdump.data.decode import load_rgb
 
     return [bare.transform(load_rgb(str(p))) for p in paths]
 

@@ -11,11 +11,12 @@ FORMAT_VERSION = 1
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time these load lazily (no torch on import)
-    from featdump.api import FeatureFile, extract, open
+    from featdump.api import extract
+    from featdump.store.reader import FeatureFile, open
 
 __all__ = ["FORMAT_VERSION", "FeatureFile", "__version__", "extract", "open"]
 
-_LAZY = {"extract": "featdump.api", "open": "featdump.api", "FeatureFile": "featdump.api"}
+_LAZY = {"extract": "featdump.api", "open": "featdump.store.reader", "FeatureFile": "featdump.store.reader"}
 
 
 def __getattr__(name: str) -> Any:

@@ -19,3 +19,41 @@ class Interrupted(FeatdumpError):
     """The run was stopped by SIGINT/SIGTERM after flushing what it had (exit status 130)."""
 
     exit_code = 130
+
+
+# --------------------------------------------------------------------------- OS errors -> one line
+
+
+def is_out_of_space(exc: BaseException) -> bool:
+    """ENOSPC / EDQUOT, or HDF5's wrapped "No space left on device" text."""
+    import errno
+
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return "No space left" in str(exc)
+
+
+def out_of_space(path: object) -> FeatdumpError:
+    """The one wording of "the disk is full" (the README quotes it)."""
+    return FeatdumpError(
+        f"out of disk space writing {path}; free some space, then rerun the same command with --resume "
+        "(everything committed so far is kept)"
+    )
+
+
+def os_error(exc: BaseException, path: object, what: str = "write", hint: str | None = None) -> FeatdumpError:
+    """The one OSError -> FeatdumpError mapper: ``cannot WHAT PATH: reason[; hint]``.
+
+    Out of space (ENOSPC, EDQUOT) always gives :func:`out_of_space`. Without a ``hint``, a read-only
+    or forbidden location (EROFS, EACCES, EPERM) says to write somewhere writable.
+    """
+    import errno
+
+    from featdump.text import first_line
+
+    if is_out_of_space(exc):
+        return out_of_space(path)
+    reason = (exc.strerror if isinstance(exc, OSError) else None) or first_line(exc)
+    if hint is None and isinstance(exc, OSError) and exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        hint = "write the output to a folder you can write to"
+    return FeatdumpError(f"cannot {what} {path}: {reason}" + (f"; {hint}" if hint else ""))

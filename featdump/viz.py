@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from featdump.errors import FeatdumpError, UsageError
-from featdump.store.read import open_featdump
+from featdump.store.format import read_inputs_attr
+from featdump.store.describe import open_featdump
+from featdump.text import to_str
 
 TILE = 160
 PAD = 6
@@ -48,10 +50,6 @@ class VizResult:
 # --------------------------------------------------------------------------- selection
 
 
-def _str(value: Any) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-
-
 def select_rows(paths: Sequence[str], wanted: Sequence[str] | None, num_images: int) -> list[int]:
     """``--image`` values (row numbers or stored paths, also a unique path ending) -> row numbers."""
     if num_images == 0:
@@ -80,8 +78,21 @@ def select_rows(paths: Sequence[str], wanted: Sequence[str] | None, num_images: 
     return rows
 
 
+def _roots_from_inputs(inputs: Sequence[str], h5_path: Path) -> list[Path]:
+    """Folders where the stored (relative) paths may live, from the file's ``inputs`` attribute:
+    INPUT folders, and the folders of list files and image files."""
+    roots: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            roots.append(p)
+        elif p.is_file():
+            roots.append(p.parent)
+    return _unique(roots + [Path.cwd(), h5_path.parent])
+
+
 def _input_roots(command: str, h5_path: Path) -> list[Path]:
-    """Folders where the stored (relative) paths may live: INPUT folders (or list files' folders)
+    """For files written before the ``inputs`` attribute: INPUT folders (or list files' folders)
     named in the recorded command, tried as given and relative to the output file's folder."""
     try:
         words = shlex.split(command)
@@ -98,7 +109,10 @@ def _input_roots(command: str, h5_path: Path) -> list[Path]:
                 roots.append(p)
             elif p.is_file() and p.suffix.lower() in (".txt", ".lst", ".list", ".csv", ".tsv"):
                 roots.append(p.parent)
-    roots += [Path.cwd(), h5_path.parent]
+    return _unique(roots + [Path.cwd(), h5_path.parent])
+
+
+def _unique(roots: Sequence[Path]) -> list[Path]:
     unique: list[Path] = []
     for r in roots:
         if r.resolve() not in [u.resolve() for u in unique]:
@@ -106,8 +120,13 @@ def _input_roots(command: str, h5_path: Path) -> list[Path]:
     return unique
 
 
-def find_input(stored: str, roots: Sequence[Path]) -> Path | None:
-    """Where a stored image path can be read now, or None."""
+def find_input(stored: str, roots: Sequence[Path], anchors: Sequence[Path] = ()) -> Path | None:
+    """Where a stored image path can be read now, or None.
+
+    ``anchors`` are the run's INPUTs as absolute paths: a stored path that starts with an INPUT
+    as written (several INPUTs: ``split/train/cat/1.jpg``; image files: the path as given) is found
+    under the absolute INPUT whose trailing parts it starts with.
+    """
     p = Path(stored)
     if p.is_absolute():
         return p if p.is_file() else None
@@ -115,6 +134,13 @@ def find_input(stored: str, roots: Sequence[Path]) -> Path | None:
         candidate = root / p
         if candidate.is_file():
             return candidate
+    parts = p.parts
+    for anchor in anchors:
+        for i in range(min(len(parts), len(anchor.parts)), 0, -1):
+            if anchor.parts[-i:] == parts[:i]:
+                candidate = anchor.joinpath(*parts[i:])
+                if candidate.is_file():
+                    return candidate
     return None
 
 
@@ -212,25 +238,26 @@ def _font() -> Any:
         return ImageFont.load_default()
 
 
-def _model_view(path: Path, input_size: Sequence[int], crop_pct: float, tile: tuple[int, int]) -> Any:
-    """The image as timm's eval transform frames it: shorter side to size/crop_pct, centre crop."""
+def model_transform(attrs: dict[str, Any]) -> Any:
+    """timm's eval transform built from the file's stored ``input_size``, ``interpolation``,
+    ``crop_pct`` and ``crop_mode`` (timm's defaults where an older file lacks one)."""
+    from featdump.model.layers import DataConfig
+
+    cfg = {"input_size": attrs.get("input_size") or [3, 224, 224], "mean": attrs.get("mean") or (0.0, 0.0, 0.0)}
+    cfg["std"] = attrs.get("std") or (1.0, 1.0, 1.0)
+    for key in ("interpolation", "crop_pct", "crop_mode"):
+        if attrs.get(key) not in (None, ""):
+            cfg[key] = attrs[key]
+    return DataConfig.from_timm(cfg).transform()
+
+
+def _model_view(path: Path, split: Any, tile: tuple[int, int]) -> Any:
+    """The image as the model saw it: the PIL half (resize, crop) of the stored transform."""
     from PIL import Image
 
-    from featdump.data.images import load_rgb
+    from featdump.data.decode import load_rgb
 
-    img = load_rgb(str(path))
-    _, h, w = (int(v) for v in input_size)
-    crop_pct = float(crop_pct or 1.0)
-    scale_h, scale_w = math.floor(h / crop_pct), math.floor(w / crop_pct)
-    iw, ih = img.size
-    if h == w:
-        s = scale_h / min(iw, ih)
-        new = (max(w, round(iw * s)), max(h, round(ih * s)))
-    else:
-        new = (scale_w, scale_h)
-    img = img.resize(new, Image.Resampling.BICUBIC)
-    left, top = (new[0] - w) // 2, (new[1] - h) // 2
-    img = img.crop((left, top, left + w, top + h))
+    img = split.pil_view(load_rgb(str(path)))
     return img.resize(tile, Image.Resampling.BICUBIC)
 
 
@@ -265,7 +292,7 @@ def render(
     import numpy as np
     from PIL import Image, ImageDraw
 
-    from featdump.store.read import check_virtual
+    from featdump.store.describe import check_virtual
     from featdump.store.sink import read_attr
 
     src = Path(path)
@@ -281,7 +308,7 @@ def render(
     try:
         attrs = {k: read_attr(v) for k, v in h5.attrs.items()}
         num_images = int(attrs.get("num_images", 0))
-        paths = [_str(p) for p in h5["paths"][:num_images]] if "paths" in h5 else []
+        paths = [to_str(p) for p in h5["paths"][:num_images]] if "paths" in h5 else []
         num_images = min(num_images, len(paths))
         stored = list(h5["features"].keys()) if "features" in h5 else []
         if layers:
@@ -323,8 +350,14 @@ def render(
     h_in, w_in = int(input_size[1]), int(input_size[2])
     tw = tile
     th = max(8, round(tile * h_in / w_in))
-    roots = ([Path(root)] if root else []) + _input_roots(str(attrs.get("command", "")), src)
-    roots += _input_roots(str(attrs.get("extract_command", "")), src)  # merged files: the shards' command
+    inputs = read_inputs_attr(attrs.get("inputs"))  # merged files copy it from their shards
+    anchors = [Path(i) for i in inputs or [] if Path(i).is_absolute()]
+    if inputs is not None:
+        roots = ([Path(root)] if root else []) + _roots_from_inputs(inputs, src)
+    else:  # written before the inputs attribute: the INPUTs from the recorded command line
+        roots = ([Path(root)] if root else []) + _input_roots(str(attrs.get("command", "")), src)
+        roots += _input_roots(str(attrs.get("extract_command", "")), src)  # merged files: the shards' command
+    split: Any = None
     found: dict[str, str] = {}
     cols = 1 + len(chosen)
     width = PAD + cols * (tw + PAD)
@@ -340,11 +373,15 @@ def render(
     for r, row in enumerate(rows):
         y = PAD + LABEL_H + r * (th + LABEL_H // 2 + PAD)
         stored_path = paths[row]
-        where = find_input(stored_path, roots)
+        where = find_input(stored_path, roots, anchors)
         found[stored_path] = str(where) if where else ""
         if where is not None:
             try:
-                first = _model_view(where, input_size, float(attrs.get("crop_pct", 1.0) or 1.0), (tw, th))
+                if split is None:
+                    from featdump.data.transform import SplitTransform
+
+                    split = SplitTransform(model_transform(attrs))
+                first = _model_view(where, split, (tw, th))
             except Exception as exc:  # noqa: BLE001 - an unreadable input is drawn as missing
                 first = _placeholder((tw, th), f"cannot read input:\n{type(exc).__name__}")
         else:

@@ -94,7 +94,7 @@ def timm_features(
     import torch
     from timm.data import create_transform, resolve_data_config
 
-    from featdump.data.images import load_rgb
+    from featdump.data.decode import load_rgb
 
     img_size = kwargs.pop("img_size", None)
     extra = {"img_size": img_size} if img_size and "vit" in name else {}

@@ -106,7 +106,7 @@ def test_import_and_version_do_not_load_torch() -> None:
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.startswith("featdump ") and proc.stdout.rstrip().endswith("featdump.api")
+    assert proc.stdout.startswith("featdump ") and proc.stdout.rstrip().endswith("featdump.store.reader")
 
 
 def test_typed_package() -> None:

@@ -104,7 +104,8 @@ def test_every_bad_kind_is_recorded_and_nothing_hangs(tmp_path: Path, zoo, rando
 
 
 def test_file_vanishing_between_listing_and_reading(tmp_path: Path) -> None:
-    from featdump.data.images import ImageDataset, discover
+    from featdump.data.datasets import ImageDataset
+    from featdump.data.discover import discover
 
     for i in range(3):
         _good(tmp_path / f"{i}.png", i)
@@ -118,7 +119,7 @@ def test_file_vanishing_between_listing_and_reading(tmp_path: Path) -> None:
 
 def test_unreadable_file_without_root_privileges(tmp_path: Path) -> None:
     """Root reads everything, so drop to nobody in a forked child (featdump already imported)."""
-    from featdump.data.images import describe_error, load_rgb
+    from featdump.data.decode import describe_error, load_rgb
 
     path = tmp_path / "locked.png"
     _good(path, 1)

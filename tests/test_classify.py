@@ -63,7 +63,7 @@ def test_wrong_preprocessing_would_be_caught(lite0_weights, photos, head, mean, 
     import torch
     from timm.data import create_transform
 
-    from featdump.data.images import load_rgb
+    from featdump.data.decode import load_rgb
 
     model = timm.create_model(
         "tf_efficientnet_lite0", features_only=True, out_indices=(-1,), pretrained=True,

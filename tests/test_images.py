@@ -14,7 +14,8 @@ import pytest
 from PIL import Image
 
 from featdump.errors import UsageError
-from featdump.data.images import discover, load_rgb, to_rgb
+from featdump.data.decode import load_rgb, to_rgb
+from featdump.data.discover import discover
 
 
 def _photo(size=(48, 40)) -> Image.Image:

@@ -24,7 +24,7 @@ def _pixels(folder: Path, model: object) -> object:
     import torch
     from timm.data import create_transform, resolve_data_config
 
-    from featdump.data.images import load_rgb
+    from featdump.data.decode import load_rgb
 
     cfg = resolve_data_config({}, model=model)
     transform = create_transform(**cfg, is_training=False)

@@ -19,8 +19,11 @@ from PIL import Image
 
 from conftest import PHOTOS, ROOT
 
-from featdump.data.images import ImageDataset, ImageRef, load_rgb
-from featdump.data.loading import SplitTransform, ThreadLoader
+from featdump.data.datasets import ImageDataset
+from featdump.data.decode import load_rgb
+from featdump.data.discover import ImageRef
+from featdump.data.loading import ThreadLoader
+from featdump.data.transform import SplitTransform
 
 
 def _images(tmp_path: Path) -> list[Path]:

@@ -13,7 +13,7 @@ from clusterkit import FAST, assert_rows_of_shards, assert_same_as_single, make_
 from typer.testing import CliRunner
 
 from featdump.cli.commands import app
-from featdump.store.merge import check_sources, missing_sources
+from featdump.store.vds import check_sources, missing_sources
 
 
 def _cli(*args: str) -> Any:

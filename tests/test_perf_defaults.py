@@ -222,7 +222,7 @@ def test_fast_decode_drift_is_small(tmp_path: Path, photos: Path, lite0_weights:
     import torch
 
     from featdump.model.backbone import load_backbone
-    from featdump.data.images import fast_decode_size, load_rgb
+    from featdump.data.decode import fast_decode_size, load_rgb
 
     paths = _jpegs(tmp_path, photos)
     bb = load_backbone("tf_efficientnet_lite0", checkpoint=str(lite0_weights))
@@ -280,7 +280,8 @@ def test_device_decoder_matches_pil_path(tmp_path: Path, photos: Path) -> None:
     from PIL import Image
 
     from featdump.model.backbone import load_backbone
-    from featdump.data.images import DeviceDecoder, EncodedDataset, ImageDataset, ImageRef, collate
+    from featdump.data.datasets import DeviceDecoder, EncodedDataset, ImageDataset, collate
+    from featdump.data.discover import ImageRef
 
     jpegs = _jpegs(tmp_path, photos)
     broken = tmp_path / "broken.jpg"
@@ -346,7 +347,8 @@ def test_batches_are_pinned_by_the_dataloader(monkeypatch: pytest.MonkeyPatch) -
     import torch
     from torch.utils.data._utils.pin_memory import pin_memory
 
-    from featdump.data.images import Batch, Encoded
+    from featdump.data.datasets import Batch
+    from featdump.data.decode import Encoded
 
     pinned: list[tuple[int, ...]] = []
 

@@ -214,7 +214,7 @@ names = st.text(alphabet=string.ascii_letters + string.digits + "-_ éß中", mi
 def test_list_order_property(tmp_path_factory, tree) -> None:
     """Discovery sorts by stored path in code-point order, whatever the order the inputs are given
     in or the file system lists them; the digest --resume compares depends only on that list."""
-    from featdump.data.images import discover, list_digest
+    from featdump.data.discover import discover, list_digest
 
     root = tmp_path_factory.mktemp("tree")
     for folder, name in tree:

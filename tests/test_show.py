@@ -138,7 +138,7 @@ def test_show_merged_virtual_and_missing_sources(made: dict[str, Path], tmp_path
     proc = run("show", str(merged), env={"COLUMNS": "200"})
     assert proc.returncode == 1
     assert "MISSING" in proc.stdout and made["shard1"].name in proc.stdout
-    assert "virtual source file(s)" in proc.stderr and "read as zeros" in proc.stderr
+    assert "virtual source file(s)" in proc.stderr and "read as the fill value" in proc.stderr
     info = json.loads(run("show", str(merged), "--json").stdout)
     assert len(info["missing_sources"]) == 1 and made["shard1"].name in info["missing_sources"][0]
     with featdump.open(merged) as f, pytest.raises(FeatdumpError, match="missing"):

@@ -18,7 +18,9 @@ import click
 import typer
 
 from featdump import __version__
+from featdump.cli.typer_compat import click_exceptions, parameter_source
 from featdump.errors import FeatdumpError, Interrupted, UsageError
+from featdump.text import first_line
 
 app = typer.Typer(
     name="featdump",
@@ -58,17 +60,7 @@ def fail(message: str, code: int) -> typer.Exit:
     return typer.Exit(code)
 
 
-def _click_exceptions() -> tuple[type[BaseException], ...]:
-    """Exit/usage exceptions of click and of the copy of click that newer Typer releases vendor."""
-    found: list[type[BaseException]] = [typer.Exit, typer.Abort, click.exceptions.ClickException, click.exceptions.Exit]
-    try:
-        from typer._click import exceptions as vendored
-    except ImportError:  # Typer without a vendored click
-        return tuple(found)
-    return (*found, vendored.ClickException)
-
-
-_PASS_THROUGH = _click_exceptions()
+_PASS_THROUGH = click_exceptions()
 
 
 def handle_errors(func: F) -> F:
@@ -96,7 +88,7 @@ def handle_errors(func: F) -> F:
         except Exception as exc:  # noqa: BLE001 - last resort: one line, not a traceback
             if _STATE["debug"]:
                 raise
-            text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            text = first_line(exc, "")
             raise fail(f"{exc.__class__.__name__}: {text} (rerun with --debug for the traceback)", 1) from None
 
     return wrapper  # type: ignore[return-value]
@@ -106,9 +98,8 @@ def given_options(ctx: click.Context, names: list[str]) -> dict[str, Any]:
     """The options the user typed (not defaults), for the precedence defaults < file < flags."""
     out = {}
     for name in names:
-        source = ctx.get_parameter_source(name)
-        # by name: Typer >= 0.16 vendors its own click, whose ParameterSource is another enum class
-        if source is not None and getattr(source, "name", str(source)) not in ("DEFAULT", "DEFAULT_MAP"):
+        source = parameter_source(ctx, name)
+        if source is not None and source not in ("DEFAULT", "DEFAULT_MAP"):
             out[name] = ctx.params[name]
     return out
 
@@ -148,8 +139,8 @@ def inspect(
     Example: featdump inspect vit_small_patch16_224 --all-modules
     """
     from featdump import options as config
-    from featdump.model.backbone import describe
     from featdump.cli.render import console, description_dict, inspect_table
+    from featdump.model.backbone import describe
 
     stride = output_stride
     if stride is not None and stride not in config.OUTPUT_STRIDES:
@@ -161,8 +152,8 @@ def inspect(
     if names is not None and indices is not None:
         raise UsageError("--out-indices and --layers exclude each other; pick feature levels or module names")
     if all_modules:
-        from featdump.model.modules import list_modules
         from featdump.cli.render import modules_dict, modules_table
+        from featdump.model.modules import list_modules
 
         data, records = list_modules(model, config.parse_img_size(img_size), stride)
         if as_json:
@@ -268,8 +259,8 @@ def extract(
 def _extract(ctx: typer.Context, model: str, inputs: list[str], output: str, config_file: Path | None, stop: Any) -> None:
     from featdump import options as config
     from featdump.cli.signals import leave_at_once
-    from featdump.run.job import run_extraction
     from featdump.cli.render import RichProgress, console, failures_table, summary_table
+    from featdump.run.job import run_extraction
 
     given = given_options(ctx, _EXTRACT_OPTIONS)
     given.update(model=model, inputs=tuple(inputs), output=output)
@@ -305,7 +296,7 @@ def show(
     Example: featdump show feats.h5 --json
     """
     from featdump.cli.render import console, show_renderables
-    from featdump.store.read import summarize_file
+    from featdump.store.describe import summarize_file
 
     info = summarize_file(path, max_failures=max(0, failures))
     if as_json:
@@ -318,7 +309,7 @@ def show(
         gone = info["missing_sources"]
         raise FeatdumpError(
             f"{len(gone)} virtual source file(s) of {path} are missing (e.g. {gone[0]}); "
-            "their rows read as zeros until they are put back"
+            "their rows read as the fill value (NaN in files written by `featdump merge`) until they are put back"
         )
 
 
@@ -371,8 +362,8 @@ def models(
 
     Example: featdump models 'convnext*' --pretrained
     """
-    from featdump.model.catalog import check_pattern, list_models
     from featdump.cli.render import console, models_table
+    from featdump.model.catalog import check_pattern, list_models
 
     rows = list_models(check_pattern(pattern), pretrained=pretrained)
     if as_json:

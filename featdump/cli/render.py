@@ -11,7 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 if TYPE_CHECKING:
-    from featdump.model.backbone import Description, LayerInfo
+    from featdump.model.layers import Description, LayerInfo
     from featdump.run.results import Summary
 
 MB = 1024 * 1024
@@ -325,7 +325,7 @@ def show_renderables(info: dict[str, Any]) -> list[Any]:
     if info["failures"]:
         out.append(failures_table([(f["path"], f["error"]) for f in info["failures"]], info["num_failed"]))
     if info["missing_sources"]:
-        miss = Table(title="MISSING virtual source files: their rows would read as zeros")
+        miss = Table(title="MISSING virtual source files: their rows would read as the fill value (NaN from `featdump merge`)")
         miss.add_column("file", overflow="fold")
         for p in info["missing_sources"]:
             miss.add_row(p)

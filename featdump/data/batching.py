@@ -6,9 +6,10 @@ import signal
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from featdump.data.images import Batch, ImageDataset, ImageRef, collate
+from featdump.data.datasets import Batch, ImageDataset, collate
+from featdump.data.discover import ImageRef
 from featdump.data.loading import ThreadLoader
-from featdump.model.backbone import Backbone
+from featdump.model.layers import Backbone
 from featdump.options import ExtractConfig
 
 
@@ -32,7 +33,8 @@ class Loader:
 
         import torch
 
-        from featdump.data.images import DeviceDecoder, EncodedDataset, fast_decode_size, load_rgb
+        from featdump.data.datasets import DeviceDecoder, EncodedDataset
+        from featdump.data.decode import fast_decode_size, load_rgb
 
         transform = backbone.data.transform()
         self.decoder: Any = None

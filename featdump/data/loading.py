@@ -16,83 +16,11 @@ import contextlib
 import os
 import sys
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator
 from typing import Any
 
-from featdump.data.images import Batch, ImageDataset, collate
-
-_TO_TENSOR = ("ToTensor", "MaybeToTensor")
-
-
-class SplitTransform:
-    """timm's eval transform as ``pil`` (per image, any thread) + ``finish`` (per batch).
-
-    ``pil(img)`` returns an ``(H, W, 3)`` uint8 array when the rest of the transform is
-    to-tensor + normalisation (what ``timm.data.create_transform`` builds for evaluation), else
-    the fully transformed tensor (any other transform: applied whole, per image).
-    """
-
-    def __init__(self, transform: Any) -> None:
-        steps = list(getattr(transform, "transforms", [transform]))
-        names = [type(s).__name__ for s in steps]
-        cut = next((k for k, name in enumerate(names) if name in _TO_TENSOR), None)
-        self.whole = transform
-        self.pil_steps: list[Any] = steps[:cut] if cut is not None else []
-        self.to_tensor: Any = steps[cut] if cut is not None else None
-        self.tensor_steps: list[Any] = steps[cut + 1 :] if cut is not None else []
-        self.batch_steps = [_batched(step) for step in self.tensor_steps]
-        self.split = cut is not None
-
-    def pil(self, img: Any) -> Any:
-        import numpy as np
-
-        if not self.split:
-            return self.whole(img)
-        for step in self.pil_steps:
-            img = step(img)
-        if getattr(img, "mode", None) != "RGB":  # not 8-bit RGB after all: the rest as it is
-            for step in [self.to_tensor, *self.tensor_steps]:
-                img = step(img)
-            return img
-        return np.asarray(img)
-
-    def finish(self, items: Sequence[Any]) -> Any:
-        """Stacked ``(B, 3, H, W)`` float32 pixels (channels_last strides when all items were
-        uint8 arrays), equal element for element to the transform applied per image."""
-        import numpy as np
-        import torch
-
-        if all(isinstance(x, np.ndarray) for x in items):
-            x = torch.from_numpy(np.stack(items)).permute(0, 3, 1, 2)  # NHWC memory = channels_last
-            x = x.to(torch.float32).div(255)  # torchvision's to_tensor: uint8 -> float, / 255
-            for step in self.batch_steps:
-                x = step(x)
-            return x
-        rows = [self._tensor(x) for x in items]
-        return torch.stack(rows)
-
-    def _tensor(self, x: Any) -> Any:
-        import numpy as np
-        import torch
-
-        if not isinstance(x, np.ndarray):
-            return x
-        t = torch.from_numpy(x).permute(2, 0, 1).to(torch.float32).div(255)
-        for step in self.tensor_steps:
-            t = step(t)
-        return t
-
-
-def _batched(step: Any) -> Callable[[Any], Any]:
-    """One post-to-tensor step on a (B, C, H, W) batch: torchvision's Normalize as the same
-    ``sub_(mean).div_(std)`` broadcast over the batch, anything else image by image."""
-    import torch
-
-    if type(step).__name__ == "Normalize" and hasattr(step, "mean") and hasattr(step, "std"):
-        mean = torch.as_tensor(step.mean, dtype=torch.float32).view(1, -1, 1, 1)
-        std = torch.as_tensor(step.std, dtype=torch.float32).view(1, -1, 1, 1)
-        return lambda x: x.sub_(mean).div_(std)  # x is float32: to_tensor's output
-    return lambda x: torch.stack([step(row) for row in x])
+from featdump.data.datasets import Batch, ImageDataset, collate
+from featdump.data.transform import SplitTransform
 
 
 def lower_priority(nice: int) -> None:

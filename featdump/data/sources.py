@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from featdump.data.images import ImageRef, discover, list_digest
+from featdump.data.discover import ImageRef, discover, list_digest
 from featdump.run.placement import shard_bounds
 
 

@@ -63,9 +63,9 @@ def _class_supports(cls: type) -> bool:
 
 @functools.lru_cache(maxsize=None)
 def _entrypoints() -> frozenset[Any]:
-    from timm.models import _registry
+    from timm.models import list_models, model_entrypoint
 
-    return frozenset(_registry._model_entrypoints.values())
+    return frozenset(model_entrypoint(name) for name in list_models())
 
 
 @functools.lru_cache(maxsize=None)
@@ -150,11 +150,11 @@ def _model_classes(module_name: str, func_name: str) -> frozenset[type]:
 
 def supports_output_stride(name: str) -> bool:
     """True when ``--output-stride 8|16`` works for the model (decided from source, nothing built)."""
-    from timm.models import _registry
+    from timm.models import model_entrypoint
 
     arch = name.split(".", 1)[0]
     try:
-        fn = _registry.model_entrypoint(arch)
+        fn = model_entrypoint(arch)
     except (RuntimeError, KeyError):
         return False
     return any(_class_supports(cls) for cls in _model_classes(fn.__module__, fn.__name__))

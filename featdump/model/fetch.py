@@ -57,10 +57,15 @@ def weights_source(model: str) -> WeightsSource:
 
     For ``hf-hub:org/name`` this reads (and so caches) the repo's ``config.json``, as timm does.
     """
-    from timm.models import load_model_config_from_hf, parse_model_name, split_model_name_tag
-    from timm.models._builder import _resolve_pretrained_source, resolve_pretrained_cfg
+    from timm.models import (
+        load_model_config_from_hf,
+        parse_model_name,
+        resolve_pretrained_cfg,
+        split_model_name_tag,
+    )
 
-    from featdump.model.backbone import check_model_name
+    from featdump.model.create import check_model_name
+    from featdump.model.timm_compat import resolve_pretrained_source
 
     check_model_name(model)
     try:
@@ -84,7 +89,7 @@ def weights_source(model: str) -> WeightsSource:
         cfg = resolve_pretrained_cfg(arch, pretrained_cfg=pretrained).to_dict()
     except RuntimeError as exc:  # unknown tag
         raise UsageError(f"{model}: {exc} See `featdump models '{arch}*' --pretrained` for the tags") from None
-    kind, loc = _resolve_pretrained_source(cfg)
+    kind, loc = resolve_pretrained_source(cfg)
     label = f"{cfg.get('architecture') or arch}.{cfg.get('tag')}" if cfg.get("tag") else arch
     if kind == "hf-hub":
         repo, filename = loc if isinstance(loc, tuple) else (loc, HF_WEIGHTS_NAME)
@@ -96,15 +101,8 @@ def weights_source(model: str) -> WeightsSource:
     raise UsageError(f"timm has no pretrained weights for {model}; nothing to fetch (use --checkpoint FILE instead)")
 
 
-def _safe_alternatives(filename: str) -> list[str]:
-    """timm's ``_get_safe_alternatives``: the .safetensors names it tries before a .bin."""
-    from timm.models import _hub
-
-    return list(_hub._get_safe_alternatives(filename))
-
-
 def _hf_error(src: WeightsSource, exc: BaseException) -> FeatdumpError:
-    from featdump.model.backbone import why_no_download
+    from featdump.model.weights import why_no_download
 
     text = why_no_download(exc)
     if offline():
@@ -121,10 +119,11 @@ def _hf_error(src: WeightsSource, exc: BaseException) -> FeatdumpError:
 def _fetch_hf(src: WeightsSource) -> tuple[Path, bool]:
     from huggingface_hub import hf_hub_download, try_to_load_from_cache
     from huggingface_hub.errors import EntryNotFoundError
-    from timm.models._hub import hf_split
+
+    from featdump.model.timm_compat import hf_split, safe_alternatives
 
     repo, revision = hf_split(src.location)
-    names = [*_safe_alternatives(src.filename), src.filename] if src.safe_first else [src.filename]
+    names = [*safe_alternatives(src.filename), src.filename] if src.safe_first else [src.filename]
     last: BaseException | None = None
     for i, name in enumerate(names):
         before = try_to_load_from_cache(repo, name, revision=revision)
@@ -142,7 +141,7 @@ def _fetch_hf(src: WeightsSource) -> tuple[Path, bool]:
 
 
 def _fetch_url(src: WeightsSource) -> tuple[Path, bool]:
-    from timm.models._hub import check_cached_file, download_cached_file
+    from featdump.model.timm_compat import check_cached_file, download_cached_file
 
     cached = check_cached_file(src.location)
     if not cached and offline():

@@ -1,6 +1,6 @@
 """Any module of any timm model by name (``--layers``), through forward hooks on the full model.
 
-Produces the same :class:`~featdump.model.backbone.Backbone` / :class:`~featdump.model.backbone.LayerInfo`
+Produces the same :class:`~featdump.model.layers.Backbone` / :class:`~featdump.model.layers.LayerInfo`
 objects as the feature-level path, so ``inspect``, the writer and the summary need no special case:
 ``LayerInfo.index`` is -1, and token outputs of transformer blocks have layout ``NLC`` with the
 number of leading prefix (class / register) tokens in ``attrs["num_prefix_tokens"]``. With
@@ -14,27 +14,20 @@ import difflib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from featdump.model.backbone import (
+from featdump.errors import UsageError
+from featdump.model.create import check_model_name, create_checked, resolve_data_config
+from featdump.model.layers import (
     Backbone,
     DataConfig,
     Description,
     LayerInfo,
-    _pretrained_error,
-    _quiet_timm,
-    check_model_name,
-    check_state_dict,
-    create_checked,
-    load_checkpoint,
-    resolve_data_config,
-    sha256_file,
-    weights_tag,
+    chw,
+    guess_layout,
 )
-from featdump.errors import UsageError
-
-TOKENS = ("seq", "map")
+from featdump.model.weights import choose_weights, create_with_weights
+from featdump.options import TOKENS
 
 
 @dataclass(frozen=True)
@@ -183,13 +176,10 @@ def _layer(model_name: str, model: Any, rec: ModuleRecord, data: DataConfig, tok
         )
     _, in_h, in_w = data.input_size
     shape = rec.shape
-    fmt = str(getattr(model, "output_fmt", "NCHW")).split(".")[-1].upper()
     if len(shape) == 3:
-        if fmt == "NHWC":
-            h, w, c = shape
-            return LayerInfo(rec.name, rec.name, -1, c, max(1, in_h // h), (c, h, w), "NHWC")
-        c, h, w = shape
-        return LayerInfo(rec.name, rec.name, -1, c, max(1, in_h // h), (c, h, w), "NCHW")
+        layout = guess_layout(model, shape)
+        c, h, w = chw(shape, layout)
+        return LayerInfo(rec.name, rec.name, -1, c, max(1, in_h // h), (c, h, w), layout)
     if len(shape) == 2:
         t, d = shape
         prefix = int(getattr(model, "num_prefix_tokens", 0) or 0)
@@ -316,37 +306,12 @@ def load_module_backbone(
 ) -> Backbone:
     """The full timm model with weights, wrapped so that it returns the named modules' outputs."""
     desc = describe_modules(name, layers, img_size, output_stride, tokens)
-    arch = name.split(".", 1)[0]
-    if checkpoint:
-        state_dict = load_checkpoint(checkpoint)
-        check_state_dict(arch, state_dict)
-        # timm's own loader (resamples position embeddings for another --img-size, as features_only does)
-        overlay = {"pretrained_cfg_overlay": {"state_dict": state_dict}}
-        try:
-            with _quiet_timm():
-                model = _full_model(name, img_size=img_size, output_stride=output_stride, pretrained=True, **overlay)
-        except RuntimeError as exc:
-            if "Missing key" not in str(exc):
-                raise
-            # the checkpoint has no classifier (check_state_dict allowed that): build the model without one
-            overlay = {"pretrained_cfg_overlay": {"state_dict": load_checkpoint(checkpoint)}}
-            with _quiet_timm():
-                model = _full_model(
-                    name, img_size=img_size, output_stride=output_stride, pretrained=True, num_classes=0, **overlay
-                )
-        weights = f"checkpoint:{Path(checkpoint).resolve()} sha256:{sha256_file(checkpoint)}"
-    elif pretrained:
-        try:
-            with _quiet_timm():
-                model = _full_model(name, img_size=img_size, output_stride=output_stride, pretrained=True)
-        except UsageError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - hub, network and cache failures
-            raise _pretrained_error(name, exc) from None
-        weights = weights_tag(name, model)
-    else:
-        model = _full_model(name, img_size=img_size, output_stride=output_stride, pretrained=False)
-        weights = "random"
+    choice = choose_weights(name, pretrained=pretrained, checkpoint=checkpoint)
+
+    def create(**kwargs: Any) -> Any:
+        return _full_model(name, img_size=img_size, output_stride=output_stride, **kwargs)
+
+    model, weights = create_with_weights(name, choice, create, headless_retry=True)
     model.eval()
     hooked = _hooked_class()(model, desc.layers).eval()
     return Backbone(name, hooked, desc.layers, resolve_data_config(model, img_size), None, output_stride, weights)

@@ -7,7 +7,8 @@ from collections.abc import Callable
 from typing import Any
 
 from featdump.errors import FeatdumpError
-from featdump.model.backbone import Backbone, LayerInfo
+from featdump.model.layers import Backbone, LayerInfo
+from featdump.text import first_line
 
 
 def to_storage(out: Any, layer: LayerInfo, pool: str, dtype: Any) -> Any:
@@ -82,5 +83,4 @@ class Forward:
         try:
             return self.model(x)
         except Exception as exc:  # noqa: BLE001 - inductor needs a compiler toolchain and more
-            text = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
-            raise FeatdumpError(f"--compile: torch.compile failed ({text[:300]}); run without --compile") from None
+            raise FeatdumpError(f"--compile: torch.compile failed ({first_line(exc)[:300]}); run without --compile") from None

@@ -18,7 +18,8 @@ from pathlib import Path
 from featdump.data.batching import Loader
 from featdump.data.sources import open_source
 from featdump.errors import Interrupted, UsageError
-from featdump.model.backbone import Backbone, load_backbone
+from featdump.model.backbone import load_backbone
+from featdump.model.layers import Backbone
 from featdump.options import ExtractConfig
 from featdump.run.device import check_decode, resolve_device, tune
 from featdump.run.forward import Forward

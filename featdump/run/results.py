@@ -6,8 +6,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from featdump.model.backbone import Backbone
+from featdump.model.layers import Backbone
 from featdump.run.placement import Placement
+from featdump.text import to_str
 
 
 @dataclass
@@ -84,7 +85,7 @@ def summarize(
         )  # fmt: skip
     fp, fe = h5["failed"]["paths"], h5["failed"]["errors"]
     shown = min(len(fp), 20)
-    failures = [(_s(fp[i]), _s(fe[i])) for i in range(shown)]
+    failures = [(to_str(fp[i]), to_str(fe[i])) for i in range(shown)]
     return Summary(
         output=str(out_path),
         model=backbone.name,
@@ -103,6 +104,3 @@ def summarize(
         bytes_written=int(getattr(store, "bytes_written", 0)),
     )
 
-
-def _s(value: Any) -> str:
-    return value.decode("utf-8") if isinstance(value, bytes) else str(value)

@@ -7,7 +7,7 @@ import threading
 import time
 from typing import Any
 
-from featdump.errors import FeatdumpError
+from featdump.errors import FeatdumpError, os_error
 from featdump.run.device import WRITE_QUEUE_BYTES
 from featdump.store.sink import Store
 
@@ -86,14 +86,6 @@ class Writer:
 
 
 def _write_error(store: Store, exc: BaseException) -> FeatdumpError:
-    import errno
-
     if isinstance(exc, FeatdumpError):
         return exc
-    text = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
-    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC or "No space left" in text:
-        return FeatdumpError(
-            f"out of disk space writing {store.path}; free space and run again with --resume "
-            f"({store.progress.num_images} images are safely stored)"
-        )
-    return FeatdumpError(f"cannot write {store.path}: {text}; rerun with --resume to continue")
+    return os_error(exc, store.path, hint="rerun with --resume to continue")

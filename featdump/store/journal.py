@@ -29,7 +29,7 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-from featdump.errors import FeatdumpError, UsageError
+from featdump.errors import FeatdumpError, UsageError, os_error
 
 PAGE = 4096
 JOURNAL_SUFFIX = "-journal"
@@ -53,15 +53,6 @@ def locking_disabled() -> bool:
     return os.environ.get("HDF5_USE_FILE_LOCKING", "").strip().upper() in ("FALSE", "0", "NO", "OFF")
 
 
-def _os_error(what: str, path: str | Path, exc: OSError) -> FeatdumpError:
-    reason = exc.strerror or str(exc)
-    if exc.errno == errno.ENOSPC or exc.errno == errno.EDQUOT:
-        return FeatdumpError(f"out of disk space writing {path}; free space, then rerun with --resume")
-    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
-        return FeatdumpError(f"cannot {what} {path}: {reason}; write the output to a folder you can write to")
-    return FeatdumpError(f"cannot {what} {path}: {reason}")
-
-
 class OutputLock:
     """An exclusive ``flock`` on ``OUT.h5-journal``, held while a run writes (or replaces) OUT.h5."""
 
@@ -74,7 +65,7 @@ class OutputLock:
             try:
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
             except OSError as exc:
-                raise _os_error("create", self.path, exc) from None
+                raise os_error(exc, self.path, "create") from None
             if locking_disabled():
                 break
             try:
@@ -92,7 +83,7 @@ class OutputLock:
                         "NFS without lockd, Lustre without -o flock); make sure only one run writes "
                         f"{self.target}, then set HDF5_USE_FILE_LOCKING=FALSE"
                     ) from None
-                raise _os_error("lock", self.path, exc) from None
+                raise os_error(exc, self.path, "lock") from None
             # The holder before us may have unlinked the file between our open and our flock.
             try:
                 same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
@@ -246,7 +237,7 @@ class JournaledFile:
             raise UsageError(f"{path} exists; pass --resume to continue it or --overwrite to replace it") from None
         except OSError as exc:
             lock.release(remove=True)
-            raise _os_error("create", path, exc) from None
+            raise os_error(exc, path, "create") from None
         self = cls(path, fd, lock, durable)
         try:
             os.ftruncate(self.jfd, 0)  # a stale journal of a file deleted since must not replay here
@@ -256,7 +247,7 @@ class JournaledFile:
                 fsync_dir(path)
         except OSError as exc:
             self.abandon(remove=True)
-            raise _os_error("write", path, exc) from None
+            raise os_error(exc, path, "write") from None
         return self
 
     @classmethod
@@ -271,7 +262,7 @@ class JournaledFile:
             raise UsageError(f"--resume: {path} does not exist") from None
         except OSError as exc:
             lock.release(remove=False)
-            raise _os_error("open", path, exc) from None
+            raise os_error(exc, path, "open") from None
         self = cls(path, fd, lock, durable)
         self.size = self.committed = os.fstat(fd).st_size
         header = self._read_header()
@@ -324,7 +315,7 @@ class JournaledFile:
             self._write_header()
             self._sync(self.jfd)
         except OSError as exc:
-            raise _os_error("repair", self.path, exc) from None
+            raise os_error(exc, self.path, "repair") from None
         self._pending = None
         self.size = self.committed
 

@@ -3,8 +3,8 @@
 A virtual merge writes ``/paths`` and ``/failed`` (small) and maps every ``/features/<name>`` onto
 the shards' datasets, with source file names stored *relative to the merged file*: move the folder
 holding the merged file and its shards, and it still reads. A source that goes missing would read as
-the fill value (NaN here, never silent zeros); :func:`missing_sources` finds such sources, for
-``featdump show`` and for anyone opening a merged file.
+the fill value (NaN here, never silent zeros); :func:`featdump.store.vds.missing_sources` finds such
+sources, for ``featdump show`` and for anyone opening a merged file.
 
 Refused, naming the shard: a missing shard index, a shard given twice, shards of different runs
 (settings, input list, shard count), an incomplete shard (unless ``allow_partial``). Shards without
@@ -14,6 +14,7 @@ rows (more shards than images) are skipped.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from collections.abc import Sequence
@@ -22,6 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from featdump.errors import FeatdumpError, UsageError
+from featdump.store.journal import open_committed
+from featdump.store.vds import check_sources
+from featdump.text import first_line
 from featdump.run.placement import shard_bounds
 from featdump.store.sink import FEATURES, RESUME_KEYS, compression_kwargs, load_codecs, read_attr, set_attr, utc_now
 
@@ -63,15 +67,6 @@ class MergeSummary:
     bytes: int = 0
 
 
-@dataclass(frozen=True)
-class SourceProblem:
-    """A source of a virtual dataset that cannot deliver its rows."""
-
-    source: str  # the file, resolved against the merged file's folder
-    dataset: str
-    reason: str
-
-
 # --------------------------------------------------------------------------- reading shards
 
 
@@ -90,10 +85,9 @@ def read_shard(path: str | Path) -> Shard:
     if not h5py.is_hdf5(p):
         raise UsageError(f"{shown} is not an HDF5 file")
     try:
-        h5 = h5py.File(p, "r")
+        h5 = open_committed(p)
     except OSError as exc:
-        first = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
-        raise FeatdumpError(f"cannot open shard {shown}: {first}") from None
+        raise FeatdumpError(f"cannot open shard {shown}: {first_line(exc)}") from None
     with h5:
         attrs = {k: read_attr(v) for k, v in h5.attrs.items()}
         if attrs.get("format") != "featdump":
@@ -217,18 +211,11 @@ def _vds_name(shard: Path, out_dir: Path) -> str:
 
 
 def _copy_rows(src: Any, dst: Any, at: int, rows: int) -> None:
-    row_bytes = max(1, src.dtype.itemsize * int(_prod(src.shape[1:])))
+    row_bytes = max(1, src.dtype.itemsize * math.prod(int(d) for d in src.shape[1:]))
     block = max(1, COPY_BLOCK_BYTES // row_bytes)
     for start in range(0, rows, block):
         stop = min(rows, start + block)
         dst[at + start : at + stop] = src[start:stop]
-
-
-def _prod(shape: Sequence[int]) -> int:
-    n = 1
-    for d in shape:
-        n *= int(d)
-    return n
 
 
 def _strings(h5s: Sequence[Any], key: str, counts: Sequence[int]) -> list[str]:
@@ -293,7 +280,7 @@ def _write(shards: Sequence[Shard], tmp: Path, out_dir: Path, *, copy: bool, com
     num_failed = sum(s.num_failed for s in shards)
     complete = not partial
     text = h5py.string_dtype()
-    handles = [h5py.File(s.path, "r") for s in shards]
+    handles = [open_committed(s.path) for s in shards]
     try:
         with h5py.File(tmp, "w-", libver="earliest", track_order=True) as h5:
             for key, value in ref.attrs.items():
@@ -370,79 +357,3 @@ def _write(shards: Sequence[Shard], tmp: Path, out_dir: Path, *, copy: bool, com
         skipped=skipped,
         partial=partial,
     )
-
-
-# --------------------------------------------------------------------------- checking merged files
-
-
-def check_sources(path: str | Path) -> list[SourceProblem]:
-    """Every source of the virtual datasets under ``/features`` that is missing, unreadable or short.
-
-    HDF5 reads a missing source as the fill value without any error (the VDS trap); this looks
-    at each source file the way HDF5 resolves it (relative names against the merged file's folder).
-    Empty for files without virtual datasets.
-    """
-    import h5py
-
-    p = Path(path)
-    base = p.resolve().parent
-    problems: list[SourceProblem] = []
-    opened: dict[str, Any] = {}
-    reported: set[tuple[str, str]] = set()
-    try:
-        with h5py.File(p, "r") as h5:
-            if FEATURES not in h5:
-                return []
-            for name, ds in h5[FEATURES].items():
-                if not ds.is_virtual:
-                    continue
-                for vmap in ds.virtual_sources():
-                    stored = vmap.file_name.replace("%%", "%")
-                    source = stored if os.path.isabs(stored) else str(base / stored)
-                    if stored == ".":
-                        continue  # same file
-                    need = int(vmap.src_space.get_select_bounds()[1][0]) + 1
-                    reason = _source_reason(opened, source, vmap.dset_name, need)
-                    if reason and (source, vmap.dset_name) not in reported:
-                        reported.add((source, vmap.dset_name))
-                        problems.append(SourceProblem(source, vmap.dset_name, reason))
-    finally:
-        for f in opened.values():
-            if f is not None:
-                f.close()
-    return problems
-
-
-def _source_reason(opened: dict[str, Any], source: str, dataset: str, need: int) -> str:
-    import h5py
-
-    if source not in opened:
-        if not os.path.exists(source):
-            opened[source] = None
-            return "file not found"
-        try:
-            opened[source] = h5py.File(source, "r")
-        except OSError as exc:
-            opened[source] = None
-            return f"cannot open: {str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__}"
-    f = opened[source]
-    if f is None:
-        return "file not found" if not os.path.exists(source) else "cannot open"
-    if dataset not in f:
-        return f"has no dataset {dataset}"
-    have = int(f[dataset].shape[0])
-    if have < need:
-        return f"holds {have} rows of {dataset}, the merged file maps {need}"
-    return ""
-
-
-def missing_sources(path: str | Path) -> list[str]:
-    """Source files of a merged (virtual) file that cannot deliver their rows; empty when all is well.
-
-    For ``featdump show``: each entry names the resolved file and why, e.g.
-    ``/data/feats.shard-00001-of-00004.h5: file not found``.
-    """
-    seen: dict[str, str] = {}
-    for problem in check_sources(path):
-        seen.setdefault(problem.source, problem.reason)
-    return [f"{source}: {reason}" for source, reason in seen.items()]

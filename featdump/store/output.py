@@ -11,11 +11,12 @@ from typing import Any
 from featdump import FORMAT_VERSION, __version__
 from featdump.errors import FeatdumpError, UsageError
 from featdump.data.sources import Selection
-from featdump.model.backbone import Backbone, LayerInfo
+from featdump.model.layers import Backbone, LayerInfo
 from featdump.options import ExtractConfig
 from featdump.run.placement import Placement
 from featdump.store.journal import OutputLock, fsync_dir
-from featdump.store.sink import NothingCommitted, Store, utc_now, zstd_level
+from featdump.store.format import utc_now, zstd_level
+from featdump.store.sink import NothingCommitted, Store
 
 
 def file_attrs(cfg: ExtractConfig, backbone: Backbone, placement: Placement, selection: Selection) -> dict[str, Any]:

@@ -1,24 +1,23 @@
-"""``featdump show``: what a featdump file holds, as plain data (``report.py`` renders it).
+"""What a featdump file holds, for `featdump show`: datasets, provenance, failures, missing sources.
 
 Works on finished, partial (``complete`` false), sharded and merged files. Merged files may hold
 HDF5 virtual datasets whose rows live in other files: a missing source file would silently read as
-zeros (the fill value), so the sources are checked and missing ones reported.
+the fill value (NaN in featdump's merged files), so the sources are checked (:mod:`featdump.store.vds`)
+and missing ones reported.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 from featdump.errors import FeatdumpError, UsageError
+from featdump.store.vds import missing_sources, virtual_sources
+from featdump.text import first_line, to_str
 
 # Root attributes that are counters / state, shown in the summary rather than the provenance list.
 STATE_KEYS = ("complete", "num_images", "num_failed", "inputs_done")
 
-
-def _str(value: Any) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
 def open_featdump(path: str | Path) -> Any:
@@ -50,9 +49,8 @@ def open_featdump(path: str | Path) -> Any:
         else:
             h5 = h5py.File(str(p), "r", locking=False)
     except OSError as exc:
-        text = str(exc).splitlines()[0] if str(exc) else repr(exc)
-        raise FeatdumpError(f"cannot open {p}: {text}") from None
-    fmt = _str(h5.attrs.get("format", ""))
+        raise FeatdumpError(f"cannot open {p}: {first_line(exc, repr(exc))}") from None
+    fmt = to_str(h5.attrs.get("format", ""))
     if fmt != "featdump":
         top = ", ".join(sorted(h5.keys())[:8]) or "nothing"
         h5.close()
@@ -69,73 +67,6 @@ def journal_file(path: str | Path) -> Path:
     return Path(journal_path(Path(path)))
 
 
-def source_path(vds_file: str | Path, file_name: str) -> Path:
-    """Where a virtual dataset's source lives: "." is the file itself, relative names are resolved
-    against the folder of the virtual file (as HDF5 does when no VDS prefix is set)."""
-    vds = Path(vds_file)
-    if file_name == ".":
-        return vds
-    prefix = os.environ.get("HDF5_VDS_PREFIX")
-    src = Path(file_name)
-    if src.is_absolute():
-        return src
-    if prefix:
-        candidate = Path(prefix.replace("${ORIGIN}", str(vds.parent))) / src
-        if candidate.exists():
-            return candidate
-    return vds.parent / src
-
-
-def virtual_sources(h5: Any, path: str | Path) -> dict[str, list[dict[str, Any]]]:
-    """Per virtual dataset: its source files, each with ``file``, ``dataset``, ``resolved``, ``exists``."""
-    out: dict[str, list[dict[str, Any]]] = {}
-
-    def visit(name: str, obj: Any) -> None:
-        import h5py
-
-        if isinstance(obj, h5py.Dataset) and obj.is_virtual:
-            entries = []
-            for vmap in obj.virtual_sources():
-                stored = vmap.file_name.replace("%%", "%")  # HDF5 stores a literal % as %%
-                resolved = source_path(path, stored)
-                entries.append(
-                    {
-                        "file": stored,
-                        "dataset": vmap.dset_name,
-                        "resolved": str(resolved),
-                        "exists": resolved.exists(),
-                    }
-                )
-            out[name] = entries
-
-    h5.visititems(visit)
-    return out
-
-
-def missing_sources(path: str | Path) -> list[str]:
-    """Source files of a merged (virtual) featdump file that cannot deliver their rows.
-
-    Uses ``featdump.store.merge.missing_sources`` ("FILE: why", also catching unreadable or short
-    sources) when the merge module provides it, else lists the resolved files that are not there.
-    """
-    try:
-        from featdump.store import merge
-
-        fn = getattr(merge, "missing_sources", None)
-    except ImportError:
-        fn = None
-    if fn is not None:
-        try:
-            return [str(p) for p in fn(path)]
-        except (ValueError, OSError, KeyError):  # virtual layouts merge.py did not write itself
-            pass
-    h5 = open_featdump(path)
-    try:
-        return _missing(virtual_sources(h5, path))
-    finally:
-        h5.close()
-
-
 def check_virtual(path: str | Path) -> list[str]:
     """The missing-source problems of a merged file; empty for files without virtual datasets.
 
@@ -148,15 +79,6 @@ def check_virtual(path: str | Path) -> list[str]:
     finally:
         h5.close()
     return missing_sources(path) if virtual else []
-
-
-def _missing(sources: dict[str, list[dict[str, Any]]]) -> list[str]:
-    seen: list[str] = []
-    for entries in sources.values():
-        for e in entries:
-            if not e["exists"] and e["resolved"] not in seen:
-                seen.append(e["resolved"])
-    return seen
 
 
 # Registered HDF5 filter ids (https://github.com/HDFGroup/hdf5_plugins, RegisteredFilterPlugins.md).
@@ -173,7 +95,7 @@ def _filters(ds: Any) -> str:
         names = []
         for i in range(plist.get_nfilters()):
             code, _flags, values, name = plist.get_filter(i)
-            label = _str(name).split()[0] if name else str(code)
+            label = to_str(name).split()[0] if name else str(code)
             if label.lower() == "shuffle" or code == 2:
                 continue
             if code in _FILTER_NAMES:
@@ -234,7 +156,7 @@ def summarize_file(path: str | Path, max_failures: int = 10) -> dict[str, Any]:
         failures = []
         if fp is not None and fe is not None:
             shown = min(max_failures, num_failed, fp.shape[0], fe.shape[0])
-            failures = [{"path": _str(fp[i]), "error": _str(fe[i])} for i in range(shown)]
+            failures = [{"path": to_str(fp[i]), "error": to_str(fe[i])} for i in range(shown)]
         provenance = {k: v for k, v in attrs.items() if k not in STATE_KEYS}
         info = {
             "file": str(p),

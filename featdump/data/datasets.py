@@ -1,0 +1,138 @@
+"""The Dataset that turns image references into model inputs, the batch it collates, and the
+``--decode gpu`` finisher.
+
+Failures are records, not exceptions: an unreadable image becomes ``(index, None, reason)`` and
+never shifts another image's row.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from featdump.data.decode import Encoded, describe_error, load_rgb, read_jpeg
+from featdump.data.discover import ImageRef
+
+Sample = tuple[int, Any, str]  # (position in the list, tensor or None, error text or "")
+
+
+class ImageDataset:
+    """Map-style dataset over ``refs``; item ``i`` is ``(i, tensor, "")`` or ``(i, None, reason)``."""
+
+    def __init__(
+        self,
+        refs: Sequence[ImageRef],
+        transform: Callable[[Any], Any],
+        max_pixels: int | None = None,
+        loader: Callable[[str, int | None], Any] = load_rgb,
+    ) -> None:
+        self.refs = list(refs)
+        self.transform = transform
+        self.max_pixels = max_pixels
+        self.loader = loader
+
+    def __len__(self) -> int:
+        return len(self.refs)
+
+    def __getitem__(self, i: int) -> Sample:
+        ref = self.refs[i]
+        try:
+            img = self.loader(ref.source, self.max_pixels)
+            return i, self.transform(img), ""
+        except Exception as exc:  # noqa: BLE001 - any decode failure becomes a record
+            return i, None, describe_error(exc)
+
+
+class EncodedDataset(ImageDataset):
+    """``--decode gpu``: item ``i`` is ``(i, Encoded, "")`` for JPEGs the device decodes, else what
+    :class:`ImageDataset` gives (other formats are decoded here, exactly, with PIL)."""
+
+    def __getitem__(self, i: int) -> Sample:
+        try:
+            encoded = read_jpeg(self.refs[i].source, self.max_pixels)
+        except Exception as exc:  # noqa: BLE001 - any failure becomes a record
+            return i, None, describe_error(exc)
+        return (i, encoded, "") if encoded is not None else super().__getitem__(i)
+
+
+@dataclass
+class Batch:
+    """What the loader yields: good images stacked, failures listed, all by list position."""
+
+    positions: list[int]
+    pixels: Any  # torch.Tensor (B, 3, H, W) or None
+    failed: list[tuple[int, str]]
+    first: int  # smallest list position covered by this batch
+    last: int  # largest list position covered by this batch
+    # --decode gpu: one entry per position, an Encoded JPEG or a decoded tensor; pixels is None
+    encoded: list[Any] = field(default_factory=list)
+
+    def pin_memory(self) -> Batch:
+        """Called by the DataLoader's pinning thread (``pin_memory=True``, CUDA runs): page-locked
+        pixels let the copy to the GPU run asynchronously (``non_blocking``)."""
+        pixels = self.pixels.pin_memory() if self.pixels is not None else None
+        encoded = [Encoded(e.data.pin_memory()) if isinstance(e, Encoded) else e.pin_memory() for e in self.encoded]
+        return Batch(self.positions, pixels, self.failed, self.first, self.last, encoded)
+
+
+def collate(samples: list[Sample], stack: Callable[[list[Any]], Any] | None = None) -> Batch:
+    """Samples -> a Batch; ``stack`` joins the good items' pixels (default ``torch.stack``)."""
+    import torch
+
+    good = [(i, t) for i, t, err in samples if t is not None]
+    failed = [(i, err) for i, t, err in samples if t is None]
+    positions = [i for i, _ in good]
+    covered = [s[0] for s in samples]
+    if any(isinstance(t, Encoded) for _, t in good):
+        return Batch(positions, None, failed, min(covered), max(covered), [t for _, t in good])
+    pixels = (stack or torch.stack)([t for _, t in good]) if good else None
+    return Batch(positions, pixels, failed, min(covered), max(covered))
+
+
+class DeviceDecoder:
+    """``--decode gpu``: a Batch of JPEG bytes -> pixels on ``device``, decoded by torchvision
+    (nvjpeg on CUDA) and transformed there. A file the decoder rejects becomes a failure record;
+    images that were not JPEGs arrive decoded already and are only moved."""
+
+    def __init__(self, transform: Any, device: Any) -> None:
+        self.device = device
+        from featdump.data.transform import SplitTransform
+
+        self.apply = SplitTransform(transform).on_tensor
+
+    def _decode(self, data: Any) -> Any:
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        return decode_jpeg(data, mode=ImageReadMode.RGB, device=self.device, apply_exif_orientation=True)
+
+    def __call__(self, batch: Batch) -> Batch:
+        import torch
+
+        if not batch.encoded:
+            return batch
+        jpegs = [(k, e.data) for k, e in enumerate(batch.encoded) if isinstance(e, Encoded)]
+        decoded: dict[int, Any] = {}
+        failed = list(batch.failed)
+        if jpegs:
+            try:
+                decoded = dict(zip((k for k, _ in jpegs), self._decode([d for _, d in jpegs])))
+            except Exception:  # noqa: BLE001 - one bad file fails the batched call: find which
+                for k, data in jpegs:
+                    try:
+                        decoded[k] = self._decode(data)
+                    except Exception as exc:  # noqa: BLE001 - becomes a record
+                        why = re.sub(r"^[^,]*, \S+\.(?:cpp|cu|h):\d+, ", "", describe_error(exc))
+                        failed.append((batch.positions[k], f"{why} (decode_jpeg on {self.device})"))
+        rows, positions = [], []
+        for k, (pos, item) in enumerate(zip(batch.positions, batch.encoded)):
+            if isinstance(item, Encoded):
+                if k not in decoded:
+                    continue
+                rows.append(self.apply(decoded[k]))
+            else:
+                rows.append(item.to(self.device, non_blocking=True))
+            positions.append(pos)
+        pixels = torch.stack(rows) if rows else None
+        return Batch(positions, pixels, sorted(failed), batch.first, batch.last)

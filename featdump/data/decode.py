@@ -1,0 +1,223 @@
+"""Decoding one image to RGB the way a careful user would (EXIF orientation, palettes, alpha,
+CMYK, 16-bit), within a pixel limit; JPEG bytes for ``--decode gpu``.
+
+Failures are records, not exceptions, one level up: :func:`describe_error` gives their one line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import re
+import stat
+import threading
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+_WARNINGS = threading.Lock()
+
+
+@contextlib.contextmanager
+def warnings_as(action: str, category: type[Warning] = Warning) -> Iterator[None]:
+    """``warnings.catch_warnings`` + one filter, held under a lock: the filters are global, so two
+    decoding threads entering and leaving their own ``catch_warnings`` could leave another one's
+    filter in place (or drop it mid-open). Only header parsing and EXIF run inside it."""
+    with _WARNINGS, warnings.catch_warnings():
+        warnings.simplefilter(action, category)  # type: ignore[arg-type]
+        yield
+
+
+@contextlib.contextmanager
+def pixel_limit(max_pixels: int | None) -> Iterator[int | None]:
+    """Pillow's decompression-bomb check at ``Image.open`` as an error, at ``max_pixels`` when
+    given; yields the limit in force. The limit is a global of Pillow's, so it is set and put back
+    under the same lock (decoding threads may use different limits; nothing outside this block
+    sees ours, and Pillow's own is read only while no thread has changed it)."""
+    from PIL import Image
+
+    with warnings_as("error", Image.DecompressionBombWarning):
+        saved = Image.MAX_IMAGE_PIXELS
+        if max_pixels is not None:
+            Image.MAX_IMAGE_PIXELS = max_pixels  # Pillow warns above this, refuses above twice this
+        try:
+            yield max_pixels if max_pixels is not None else saved
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+
+
+def _to_uint8(arr: Any) -> Any:
+    import numpy as np
+
+    if arr.dtype == np.uint8:
+        return arr
+    if arr.dtype.kind == "f":
+        hi = float(np.nanmax(arr)) if arr.size else 0.0
+        scale = 255.0 if hi <= 1.0 else 1.0
+        return np.clip(np.nan_to_num(arr) * scale, 0, 255).round().astype(np.uint8)
+    if arr.dtype == np.bool_:
+        return arr.astype(np.uint8) * 255
+    # 16-bit (and 32-bit integer images holding 16-bit values): full range to 0..255
+    hi = 65535 if arr.max(initial=0) > 255 or arr.dtype.itemsize >= 2 else 255
+    return np.clip(np.rint(arr.astype(np.float64) * (255.0 / hi)), 0, 255).astype(np.uint8)
+
+
+def to_rgb(im: Any) -> Any:
+    """Convert any PIL image to 8-bit RGB: palette and gray expanded, alpha composited on black,
+    CMYK/YCbCr/LAB converted, 16-bit and float scaled to 0..255."""
+    from PIL import Image
+
+    mode = im.mode
+    if mode == "RGB":
+        return im
+    if mode == "P":
+        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+        mode = im.mode
+    elif mode == "PA":
+        im = im.convert("RGBA")
+        mode = "RGBA"
+    if mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        import numpy as np
+
+        gray = _to_uint8(np.asarray(im))
+        return Image.fromarray(gray, "L").convert("RGB")
+    if mode in ("RGBA", "LA", "RGBa", "La"):
+        rgba = im.convert("RGBA")
+        black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        return Image.alpha_composite(black, rgba).convert("RGB")
+    return im.convert("RGB")
+
+
+def load_rgb(source: str, max_pixels: int | None = None, shrink_to: int | None = None) -> Any:
+    """Open one image as RGB, with EXIF orientation applied and only the first frame of animations.
+
+    ``shrink_to`` (``--fast-decode``): decode JPEGs at 1/2, 1/4 or 1/8 scale (DCT scaling) and
+    shrink other images by a whole factor, keeping both sides >= ``shrink_to``; the resize that
+    follows then starts from fewer pixels. Faster, and the pixels change slightly.
+
+    Raises on anything that is not a readable, non-empty regular image file.
+    """
+    from PIL import Image
+
+    _check_regular(os.stat(source))  # never open a FIFO or device: that could block or have effects
+    limit = max_pixels
+    # O_NONBLOCK: if the path was swapped for a FIFO since the stat, open returns instead of waiting
+    with open(source, "rb", opener=_open_nonblocking) as fh:
+        _check_regular(os.fstat(fh.fileno()))
+        try:
+            with pixel_limit(max_pixels) as limit:
+                im = Image.open(fh)
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            found = re.search(r"\((\d+) pixels\)", str(exc))  # Pillow quotes its own (doubled) limit: use ours
+            size = f"{found.group(1)} pixels" if found else "the image"
+            raise ValueError(
+                f"too many pixels ({size} > {limit}); raise --max-image-pixels if this is a real scan"
+            ) from None
+        except Image.UnidentifiedImageError:  # name the file, not the file object
+            raise Image.UnidentifiedImageError(
+                f"cannot identify image file {source!r} (not an image, or a damaged header such as zero width)"
+            ) from None
+        with im:
+            w, h = im.size
+            if w == 0 or h == 0:
+                raise ValueError(f"image has zero size ({w}x{h})")
+            if limit is not None and w * h > limit:
+                raise ValueError(
+                    f"too many pixels ({w}x{h} = {w * h} > {limit}); raise --max-image-pixels if this is a real scan"
+                )
+            if getattr(im, "is_animated", False):
+                im.seek(0)
+            if shrink_to:
+                im.draft(None, (shrink_to, shrink_to))  # a no-op for anything but JPEG
+            im.load()
+            oriented = _orient(im)
+            rgb = to_rgb(oriented if oriented is not None else im)
+            if rgb is im:
+                rgb = im.copy()
+    if shrink_to:
+        rgb = shrink(rgb, shrink_to)
+    return rgb
+
+
+def _open_nonblocking(path: str, flags: int) -> int:
+    return os.open(path, flags | os.O_NONBLOCK)
+
+
+def _check_regular(st: os.stat_result) -> None:
+    if stat.S_ISDIR(st.st_mode):
+        raise IsADirectoryError("is a folder, not an image file")
+    if not stat.S_ISREG(st.st_mode):
+        raise OSError("not a regular file (FIFO, socket or device)")
+    if st.st_size == 0:
+        raise OSError("empty file (0 bytes)")
+
+
+def _orient(im: Any) -> Any:
+    """EXIF orientation applied. EXIF that Pillow can read around (a corrupt maker note) is fine;
+    an orientation that cannot be read means nobody knows which way up the image is: a failure."""
+    from PIL import ImageOps
+
+    with warnings_as("ignore"):  # "Corrupt EXIF data" warnings: judged below instead
+        try:
+            orientation = im.getexif().get(0x0112)
+            if orientation is not None and not (isinstance(orientation, int) and 1 <= orientation <= 8):
+                raise ValueError(f"orientation tag is {orientation!r}, not 1-8")
+            return ImageOps.exif_transpose(im)
+        except Exception as exc:  # noqa: BLE001 - any EXIF parse failure
+            raise ValueError(f"broken EXIF, cannot tell which way up the image is ({exc})") from None
+
+
+def shrink(img: Any, size: int) -> Any:
+    """Box-reduce ``img`` by the largest whole factor that keeps both sides >= ``size``."""
+    factor = min(img.size) // max(1, size)
+    return img.reduce(factor) if factor >= 2 else img
+
+
+def fast_decode_size(input_size: Sequence[int], crop_pct: float) -> int:
+    """The side ``--fast-decode`` may shrink to: timm's resize target before the crop
+    (``floor(size / crop_pct)``), so the eval transform still only ever scales down."""
+    return max(int(math.floor(int(s) / max(crop_pct, 1e-6))) for s in input_size[-2:])
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """``--decode gpu``: a JPEG file's bytes (uint8 tensor), decoded later on the device."""
+
+    data: Any
+
+
+def read_jpeg(source: str, max_pixels: int | None = None) -> Encoded | None:
+    """The bytes of a baseline/progressive RGB or grayscale JPEG, after the same checks as
+    :func:`load_rgb` (regular file, size, pixel limit); None for anything the GPU decoder
+    should not get (other formats, CMYK JPEGs), which then go through :func:`load_rgb`."""
+    import torch
+    from PIL import Image
+
+    _check_regular(os.stat(source))
+    limit = max_pixels
+    with open(source, "rb", opener=_open_nonblocking) as fh:
+        _check_regular(os.fstat(fh.fileno()))
+        try:
+            with pixel_limit(max_pixels) as limit, Image.open(fh) as im:
+                kind, mode, (w, h) = im.format, im.mode, im.size
+        except Exception:  # noqa: BLE001 - load_rgb gives the precise reason
+            return None
+        if kind != "JPEG" or mode not in ("RGB", "L") or w * h == 0:
+            return None
+        if limit is not None and w * h > limit:
+            raise ValueError(
+                f"too many pixels ({w}x{h} = {w * h} > {limit}); raise --max-image-pixels if this is a real scan"
+            )
+        fh.seek(0)
+        data = fh.read()
+    return Encoded(torch.frombuffer(bytearray(data), dtype=torch.uint8))
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line: exception type and message, never a traceback."""
+    msg = str(exc).replace("\n", " ").strip() or exc.__class__.__name__
+    if isinstance(exc, OSError) and exc.strerror:
+        msg = exc.strerror
+    return f"{exc.__class__.__name__}: {msg}"

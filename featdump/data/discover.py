@@ -1,0 +1,133 @@
+"""Finding images: folders walked recursively, list files, image files; their order and digest.
+
+The order is the row order of the output (SPEC, Inputs): a folder's images sorted by stored path,
+a list in its own order, INPUTs in the order given.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePath
+
+from featdump.errors import UsageError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+LIST_EXTENSIONS = (".txt", ".lst", ".list", ".csv", ".tsv")
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """One input image: ``path`` is what gets stored, ``source`` is where to read it."""
+
+    path: str
+    source: str
+
+
+def is_image_name(name: str) -> bool:
+    return name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def _walk(root: Path) -> Iterable[tuple[str, str]]:
+    """Yield ``(relative posix path, absolute path)`` of image-named entries below ``root``.
+
+    Hidden files and folders are skipped; symlinked folders are followed once (a loop is cut at
+    the first folder seen twice). Non-regular files with an image name are yielded too, so that
+    they are recorded as failures instead of vanishing.
+    """
+    seen: set[tuple[int, int]] = set()
+    stack = [(root, PurePath())]
+    while stack:
+        folder, rel = stack.pop()
+        try:
+            st = folder.stat()
+        except OSError:
+            continue
+        key = (st.st_dev, st.st_ino)
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            if rel == PurePath():
+                raise
+            continue
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            try:
+                is_dir = entry.is_dir(follow_symlinks=True)
+            except OSError:
+                is_dir = False
+            if is_dir:
+                stack.append((Path(entry.path), rel / entry.name))
+                if is_image_name(entry.name):
+                    yield (rel / entry.name).as_posix(), entry.path
+            elif is_image_name(entry.name):
+                yield (rel / entry.name).as_posix(), entry.path
+
+
+def read_list_file(path: Path) -> list[ImageRef]:
+    """Image paths, one per line; blank lines and ``#`` comments skipped.
+
+    Relative paths are read relative to the list file's folder and stored as written.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UsageError(f"{path} is neither an image (by extension) nor a UTF-8 text list of image paths") from None
+    except OSError as exc:
+        raise UsageError(f"cannot read list file {path}: {exc.strerror or exc}") from None
+    refs = []
+    for line in text.splitlines():
+        entry = line.strip()
+        if not entry or entry.startswith("#"):
+            continue
+        source = entry if os.path.isabs(entry) else str(path.parent / entry)
+        refs.append(ImageRef(entry, source))
+    return refs
+
+
+def discover(inputs: Sequence[str]) -> list[ImageRef]:
+    """All images named by ``inputs`` (folders, list files, image files), sorted by stored path."""
+    refs: list[ImageRef] = []
+    for raw in inputs:
+        p = Path(raw)
+        if p.is_dir():
+            found = [ImageRef(rel, src) for rel, src in _walk(p)]
+            if not found:
+                exts = " ".join(e.lstrip(".") for e in IMAGE_EXTENSIONS)
+                raise UsageError(f"no images in folder {raw} (looked recursively for: {exts})")
+            refs.extend(found)
+        elif p.exists() or p.is_symlink():
+            if is_image_name(p.name):
+                refs.append(ImageRef(raw, raw))
+            elif p.is_file():
+                listed = read_list_file(p)
+                if not listed:
+                    raise UsageError(f"list file {raw} names no images (one path per line expected)")
+                refs.extend(listed)
+            else:
+                raise UsageError(f"{raw} is not a folder, an image or a list file")
+        else:
+            raise UsageError(f"input not found: {raw}")
+    refs.sort(key=lambda r: r.path)
+    dupes = sorted({a.path for a, b in zip(refs, refs[1:]) if a.path == b.path})
+    if dupes:
+        raise UsageError(
+            f"{len(dupes)} image path(s) would be stored twice (e.g. {dupes[0]!r}); "
+            "give the common parent folder instead of several folders with the same layout"
+        )
+    return refs
+
+
+def list_digest(refs: Sequence[ImageRef]) -> str:
+    """sha256 of the stored paths in order: two runs over the same input list agree on it."""
+    h = hashlib.sha256()
+    for r in refs:
+        h.update(r.path.encode("utf-8", "surrogateescape"))
+        h.update(b"\0")
+    return h.hexdigest()

@@ -1,0 +1,130 @@
+"""Layers as data: what a backbone produces, described once and rendered everywhere.
+
+:class:`LayerInfo` (one stored output), :class:`DataConfig` (timm's resolved eval data config),
+:class:`Description` (what ``inspect`` shows) and :class:`Backbone` (a ready model). ``inspect``, the
+writer's attributes and the summary table all render these objects. Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+DTYPE_BYTES = {"float32": 4, "float16": 2}
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """One stored output: a feature level (``index`` >= 0) or a named module (``index`` = -1)."""
+
+    name: str
+    module: str
+    index: int
+    channels: int
+    reduction: int
+    shape: tuple[int, ...]  # per image, as stored without pooling: (C, H, W) or (T, D)
+    layout: str = "NCHW"  # what the model returns: NCHW, NHWC (permuted on store) or NLC (tokens)
+    attrs: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def stored_shape(self, pool: str = "none") -> tuple[int, ...]:
+        if pool == "none":
+            return self.shape
+        return (self.shape[-1],) if self.layout == "NLC" else (self.shape[0],)
+
+    def bytes_per_image(self, dtype: str = "float32", pool: str = "none") -> int:
+        return math.prod(self.stored_shape(pool)) * DTYPE_BYTES[dtype]
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """timm's resolved evaluation data config for the model at the chosen input size."""
+
+    input_size: tuple[int, int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    interpolation: str
+    crop_pct: float
+    crop_mode: str
+
+    @classmethod
+    def from_timm(cls, cfg: dict[str, Any]) -> DataConfig:
+        return cls(
+            input_size=tuple(int(v) for v in cfg["input_size"]),  # type: ignore[arg-type]
+            mean=tuple(float(v) for v in cfg["mean"]),
+            std=tuple(float(v) for v in cfg["std"]),
+            interpolation=str(cfg.get("interpolation", "bilinear")),
+            crop_pct=float(cfg.get("crop_pct", 0.875)),
+            crop_mode=str(cfg.get("crop_mode", "center")),
+        )
+
+    def as_timm(self) -> dict[str, Any]:
+        return {
+            "input_size": self.input_size,
+            "mean": self.mean,
+            "std": self.std,
+            "interpolation": self.interpolation,
+            "crop_pct": self.crop_pct,
+            "crop_mode": self.crop_mode,
+        }
+
+    def transform(self) -> Any:
+        """Exactly timm's evaluation transform for this config."""
+        from timm.data import create_transform
+
+        return create_transform(**self.as_timm(), is_training=False)
+
+
+@dataclass
+class Backbone:
+    """A ready model plus what it produces."""
+
+    name: str
+    model: Any  # torch.nn.Module returning a list of tensors, one per layer
+    layers: list[LayerInfo]
+    data: DataConfig
+    out_indices: tuple[int, ...] | None
+    output_stride: int | None
+    weights: str
+
+
+@dataclass(frozen=True)
+class Description:
+    """What ``inspect`` shows: layers and data config, computed without weights or downloads."""
+
+    name: str
+    layers: list[LayerInfo]
+    data: DataConfig
+    num_levels: int
+    out_indices: tuple[int, ...] | None
+    output_stride: int | None
+
+
+def output_fmt(model: Any) -> str:
+    """The model's declared output format (timm's ``output_fmt``: NCHW unless it says NHWC)."""
+    return str(getattr(model, "output_fmt", "NCHW")).split(".")[-1].upper()
+
+
+def guess_layout(model: Any, shape: tuple[int, ...], channels: int | None = None) -> str:
+    """How an output of per-image ``shape`` is laid out: ``NLC`` (tokens) for 2-d, ``NHWC`` or
+    ``NCHW`` for 3-d maps (the model's ``output_fmt``, checked against ``channels`` when known).
+    The one layout guess of the feature-level and the named-module paths."""
+    if len(shape) == 2:
+        return "NLC"
+    if len(shape) == 3:
+        fmt = output_fmt(model)
+        if channels is None:
+            return "NHWC" if fmt == "NHWC" else "NCHW"
+        if fmt == "NHWC" and shape[-1] == channels:
+            return "NHWC"
+        if shape[0] != channels and shape[-1] == channels:
+            return "NHWC"
+    return "NCHW"
+
+
+def chw(shape: tuple[int, ...], layout: str) -> tuple[int, ...]:
+    """A per-image shape as stored: NHWC maps become (C, H, W); anything else unchanged."""
+    if layout == "NHWC":
+        h, w, c = shape
+        return (c, h, w)
+    return shape

@@ -1,0 +1,175 @@
+"""Feature levels (``--out-indices``): timm's ``features_only`` models, their levels and indices."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from featdump.errors import FeatdumpError, UsageError
+from featdump.model.create import (
+    HUB_PREFIXES,
+    _stride_error,
+    check_model_name,
+    create_checked,
+    resolve_data_config,
+)
+from featdump.model.layers import Description, LayerInfo, chw, guess_layout
+from featdump.model.weights import why_no_download
+
+
+def features_model(
+    name: str,
+    *,
+    out_indices: tuple[int, ...] | None,
+    output_stride: int | None,
+    img_size: tuple[int, int] | None,
+    pretrained: bool = False,
+    **kwargs: Any,
+) -> Any:
+    """timm's ``features_only`` model (``kwargs``: e.g. ``pretrained_cfg_overlay``)."""
+    kwargs["features_only"] = True
+    if out_indices is not None:
+        kwargs["out_indices"] = out_indices
+    try:
+        return create_checked(name, img_size=img_size, output_stride=output_stride, pretrained=pretrained, **kwargs)
+    except RuntimeError as exc:
+        if "features_only" in str(exc) or "feature" in str(exc).lower() and "not" in str(exc).lower():
+            raise UsageError(
+                f"{name} has no feature levels in timm ({exc}); pick module names with --layers instead"
+            ) from None
+        raise
+
+
+def num_levels(name: str) -> int:
+    """How many feature levels the model exposes (``out_indices`` range over these)."""
+    import torch
+
+    with torch.device("meta"):
+        model = features_model(name, out_indices=None, output_stride=None, img_size=None)
+    return len(model.feature_info.info)
+
+
+def normalize_indices(name: str, indices: Sequence[int] | None, levels: int, modules: Sequence[str]) -> tuple[int, ...] | None:
+    """Negative indices count from the end (timm semantics); out of range or twice exits 2.
+
+    The result is in model order (the order timm returns the levels in), not in the order given.
+    """
+    if indices is None:
+        return None
+    bad = [i for i in indices if not -levels <= i < levels]
+    if bad:
+        listing = ", ".join(f"{i}={m}" for i, m in enumerate(modules))
+        raise UsageError(
+            f"--out-indices {','.join(map(str, bad))} out of range for {name}: valid levels are "
+            f"0..{levels - 1} (or -{levels}..-1): {listing}"
+        )
+    resolved = [i % levels for i in indices]
+    twice = sorted({i for i in resolved if resolved.count(i) > 1})
+    if twice:
+        raise UsageError(
+            f"--out-indices names level {twice[0]} ({modules[twice[0]]}) twice (negatives count from the end)"
+        )
+    # timm returns levels in model order whatever order they were asked in: keep that order, so
+    # that output i is labelled with level i.
+    return tuple(sorted(resolved))
+
+
+def describe_layers(model: Any, input_size: tuple[int, int, int]) -> list[LayerInfo]:
+    """Run a shape-only forward (meta tensors; a real one on CPU if the model cannot) and describe outputs."""
+    import torch
+
+    info = model.feature_info
+    indices = list(info.out_indices)
+    params = list(model.parameters())
+    device = params[0].device if params else torch.device("cpu")
+    with torch.inference_mode():
+        x = torch.zeros((1, *input_size), device=device)
+        try:
+            outs = model(x)
+        except Exception:
+            if device.type != "meta":
+                raise
+            raise _MetaFailed() from None
+    if isinstance(outs, dict):
+        outs = list(outs.values())
+    layers: list[LayerInfo] = []
+    seen: set[str] = set()
+    for idx, out in zip(indices, outs):
+        module = str(info.info[idx]["module"])
+        channels = int(info.info[idx]["num_chs"])
+        per_image = tuple(int(d) for d in out.shape[1:])
+        layout = guess_layout(model, per_image, channels)
+        name = module if module not in seen else f"{module}#{idx}"
+        seen.add(name)
+        layers.append(
+            LayerInfo(
+                name=name,
+                module=module,
+                index=int(idx),
+                channels=channels,
+                reduction=int(info.info[idx]["reduction"]),
+                shape=chw(per_image, layout),
+                layout=layout,
+            )
+        )
+    return layers
+
+
+class _MetaFailed(Exception):
+    pass
+
+
+def _prepare(
+    name: str,
+    out_indices: Sequence[int] | None,
+    output_stride: int | None,
+    img_size: tuple[int, int] | None,
+) -> tuple[int, list[str], tuple[int, ...] | None]:
+    import torch
+
+    check_model_name(name)
+    try:
+        with torch.device("meta"):
+            probe = features_model(name, out_indices=None, output_stride=None, img_size=img_size)
+    except (UsageError, TypeError, AssertionError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - hf-hub:/local-dir: names read their config from the hub or disk
+        if name.startswith(HUB_PREFIXES):
+            raise FeatdumpError(
+                f"cannot read the model config of {name} ({why_no_download(exc)}); run `featdump fetch {name}` where there is "
+                "internet, or use a plain timm model name"
+            ) from None
+        raise
+    levels = len(probe.feature_info.info)
+    modules = [str(d["module"]) for d in probe.feature_info.info]
+    return levels, modules, normalize_indices(name, out_indices, levels, modules)
+
+
+def describe_levels(
+    name: str,
+    out_indices: Sequence[int] | None = None,
+    output_stride: int | None = None,
+    img_size: tuple[int, int] | None = None,
+) -> Description:
+    """Feature levels and data config of a backbone; builds on the meta device (no weights, no downloads)."""
+    import torch
+
+    levels, _, indices = _prepare(name, out_indices, output_stride, img_size)
+    with torch.device("meta"):
+        model = features_model(name, out_indices=indices, output_stride=output_stride, img_size=img_size)
+    data = resolve_data_config(model, img_size)
+    try:
+        layers = describe_layers(model, data.input_size)
+    except _MetaFailed:
+        model = features_model(name, out_indices=indices, output_stride=output_stride, img_size=img_size)
+        layers = describe_layers(model.eval(), data.input_size)
+    _check_stride(name, layers, output_stride)
+    return Description(name, layers, data, levels, indices, output_stride)
+
+
+def _check_stride(name: str, layers: Sequence[LayerInfo], output_stride: int | None) -> None:
+    if output_stride is None or not layers:
+        return
+    biggest = max(layer.reduction for layer in layers)
+    if biggest > output_stride:
+        raise _stride_error(name, output_stride, f"its feature levels still reach stride {biggest}")

@@ -1,0 +1,223 @@
+"""The one weights decision: a checkpoint file, timm's pretrained weights, or random init.
+
+:func:`choose_weights` decides (and reads and checks a checkpoint before any model is built);
+:func:`create_with_weights` builds the model that way through a caller's ``create`` function and
+returns the ``weights`` tag the file records (``checkpoint:PATH sha256:HEX``, ``pretrained:…``,
+``random``). The feature-level and the named-module paths both go through these two functions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import pickle
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from featdump.errors import FeatdumpError, UsageError
+from featdump.text import first_line
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _unwrap(obj: Any) -> dict[str, Any]:
+    """Accept ``{'state_dict': …}`` / ``{'model': …}`` nesting and ``module.`` prefixes."""
+    import torch
+
+    for _ in range(4):
+        if isinstance(obj, dict) and not any(isinstance(v, torch.Tensor) for v in obj.values()):
+            for key in ("state_dict", "model", "model_state_dict", "module"):
+                if isinstance(obj.get(key), dict):
+                    obj = obj[key]
+                    break
+            else:
+                break
+        else:
+            break
+    if not isinstance(obj, dict) or not obj:
+        raise UsageError("checkpoint holds no state dict (expected tensors keyed by timm parameter names)")
+    tensors = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise UsageError("checkpoint holds no tensors (expected tensors keyed by timm parameter names)")
+    for prefix in ("module.", "_orig_mod.", "model."):
+        if all(k.startswith(prefix) for k in tensors):
+            tensors = {k[len(prefix) :]: v for k, v in tensors.items()}
+    return tensors
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A state dict from safetensors or a torch file, never running pickled code."""
+    import torch
+
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"checkpoint not found: {p}")
+    if p.suffix.lower() == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return _unwrap(load_file(str(p), device="cpu"))
+        except UsageError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            raise UsageError(f"cannot read safetensors checkpoint {p}: {exc}") from None
+    try:
+        obj = torch.load(str(p), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = first_line(exc, "unsupported pickle content")
+        raise UsageError(
+            f"refused checkpoint {p}: loading it would run code from the file ({first[:160]}); "
+            "convert it to .safetensors in an environment you trust"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise UsageError(f"cannot read checkpoint {p}: {first_line(exc, repr(exc))}") from None
+    return _unwrap(obj)
+
+
+def check_state_dict(name: str, state_dict: dict[str, Any]) -> None:
+    """Compare a checkpoint with the full timm model (built on the meta device); exit 2 on mismatch.
+
+    Only the classifier may be missing or differently shaped: features do not use it.
+    """
+    import timm
+    import torch
+
+    with torch.device("meta"):
+        full = timm.create_model(name, pretrained=False)
+    expected = {k: tuple(v.shape) for k, v in full.state_dict().items()}
+    classifier = full.pretrained_cfg.get("classifier") or ()
+    heads = (classifier,) if isinstance(classifier, str) else tuple(classifier)
+
+    def is_head(key: str) -> bool:
+        return any(key.startswith(h + ".") for h in heads)
+
+    missing = [k for k in expected if k not in state_dict and not is_head(k) and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state_dict if k not in expected]
+    mismatched = [
+        f"{k} {tuple(state_dict[k].shape)} vs {expected[k]}"
+        for k in state_dict
+        if k in expected and tuple(state_dict[k].shape) != expected[k] and not is_head(k)
+    ]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing (e.g. {', '.join(missing[:3])})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
+    if mismatched:
+        problems.append(f"{len(mismatched)} of another shape (e.g. {'; '.join(mismatched[:2])})")
+    if problems:
+        raise UsageError(f"checkpoint does not fit {name}: {'; '.join(problems)} - is it for another model?")
+    for head in heads:  # another num_classes: features ignore the classifier anyway
+        for suffix in (".weight", ".bias"):
+            key = head + suffix
+            if key in state_dict and key in expected and tuple(state_dict[key].shape) != expected[key]:
+                del state_dict[key]
+
+
+def pretrained_error(name: str, exc: BaseException) -> FeatdumpError:
+    text = f"{exc.__class__.__name__}: {exc}".replace("\n", " ")
+    if "No pretrained weights exist" in text or "no pretrained" in text.lower():
+        return UsageError(f"timm has no pretrained weights for {name}; pass --checkpoint FILE or --no-pretrained")
+    return FeatdumpError(
+        f"could not get pretrained weights for {name} ({why_no_download(exc)}); "
+        f"run `featdump fetch {name}` where there is internet, or pass --checkpoint FILE or --no-pretrained"
+    )
+
+
+def why_no_download(exc: BaseException) -> str:
+    """A short reason for a failed hub download, not huggingface_hub's paragraph."""
+    kind = exc.__class__.__name__
+    text = " ".join(str(exc).split())
+    if "LocalEntryNotFound" in kind or "OfflineMode" in kind or "HF_HUB_OFFLINE" in text:
+        return "not in the Hugging Face cache, and the hub is offline or unreachable"
+    if "RepositoryNotFound" in kind or "EntryNotFound" in kind:
+        return f"not found on the Hugging Face hub ({kind})"
+    first = text.split(". ")[0]
+    if len(first) > 160:
+        first = first[:157].rsplit(" ", 1)[0] + "..."
+    return f"{kind}: {first}" if first else kind
+
+
+def weights_tag(name: str, model: Any) -> str:
+    cfg = getattr(model, "pretrained_cfg", {}) or {}
+    arch = cfg.get("architecture") or name.split(".", 1)[0]
+    tag = cfg.get("tag")
+    label = f"{arch}.{tag}" if tag else arch
+    hub = cfg.get("hf_hub_id")
+    return f"pretrained:{label}" + (f" (hf-hub:{hub})" if hub else "")
+
+
+@contextlib.contextmanager
+def quiet_timm() -> Iterator[None]:
+    """timm logs "unexpected keys" when a full checkpoint feeds a features-only model: expected here
+    (check_state_dict has already compared the checkpoint with the full model)."""
+    loggers = [logging.getLogger(n) for n in ("timm", "huggingface_hub")]  # the hub logs every retry
+    old = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, old):
+            logger.setLevel(level)
+
+
+@dataclass
+class WeightsChoice:
+    """Where the weights come from: ``state_dict`` (a checked checkpoint), else ``pretrained``."""
+
+    pretrained: bool
+    state_dict: dict[str, Any] | None
+    checkpoint: str | None
+    tag: str  # the file's ``weights`` attribute; "" until a pretrained model names its tag
+
+
+def choose_weights(name: str, *, pretrained: bool, checkpoint: str | None) -> WeightsChoice:
+    """A checkpoint wins over ``pretrained``; it is read (never unpickling code) and compared with
+    the full model (exit 2 on mismatch) before anything is built."""
+    if checkpoint:
+        state_dict = load_checkpoint(checkpoint)
+        check_state_dict(name.split(".", 1)[0], state_dict)
+        tag = f"checkpoint:{Path(checkpoint).resolve()} sha256:{sha256_file(checkpoint)}"
+        return WeightsChoice(True, state_dict, checkpoint, tag)
+    return WeightsChoice(bool(pretrained), None, None, "" if pretrained else "random")
+
+
+def create_with_weights(
+    name: str, choice: WeightsChoice, create: Callable[..., Any], *, headless_retry: bool = False
+) -> tuple[Any, str]:
+    """``create(pretrained=…, **kwargs)`` with the chosen weights; returns ``(model, weights tag)``.
+
+    A checkpoint goes through timm's own loader (``pretrained_cfg_overlay``: resamples position
+    embeddings for another ``--img-size``). ``headless_retry``: a checkpoint without a classifier
+    (check_state_dict allows that) is loaded into a model built without one. Hub, network and cache
+    failures of pretrained weights become one line (:func:`pretrained_error`).
+    """
+    try:
+        with quiet_timm():
+            if choice.state_dict is None:
+                model = create(pretrained=choice.pretrained)
+            else:
+                try:
+                    model = create(pretrained=True, pretrained_cfg_overlay={"state_dict": choice.state_dict})
+                except RuntimeError as exc:
+                    if not headless_retry or "Missing key" not in str(exc) or choice.checkpoint is None:
+                        raise
+                    fresh = load_checkpoint(choice.checkpoint)  # timm consumed the first copy
+                    model = create(pretrained=True, num_classes=0, pretrained_cfg_overlay={"state_dict": fresh})
+    except UsageError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - hub, network and cache failures
+        if choice.pretrained and choice.state_dict is None:
+            raise pretrained_error(name, exc) from None
+        raise
+    return model, choice.tag or weights_tag(name, model)

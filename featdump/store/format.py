@@ -1,0 +1,183 @@
+"""The file format's shared pieces: attribute encoding, chunk shapes, compression filters, and
+attributes that more than one module writes or reads.
+
+``inputs``: the INPUT arguments of the run, as a JSON list of strings, in the order given; local
+paths made absolute (so readers such as ``viz`` find the images again from any folder), URLs and
+other remote inputs as written. Files written before this attribute existed have only ``command``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from featdump.errors import UsageError
+from featdump.text import to_str
+
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def inputs_attr(inputs: Sequence[str | os.PathLike[str]]) -> str:
+    """The ``inputs`` root attribute for a run over ``inputs`` (a JSON list of strings)."""
+    out = []
+    for item in inputs:
+        text = os.fspath(item)
+        out.append(text if _URL.match(text) else os.path.abspath(text))
+    return json.dumps(out, ensure_ascii=False)
+
+
+def read_inputs_attr(value: Any) -> list[str] | None:
+    """The list written by :func:`inputs_attr`, or None when the file has none (older files) or it
+    is not such a list."""
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        value = to_str(value)
+    try:
+        items = json.loads(value) if isinstance(value, str) else None
+    except ValueError:
+        return None
+    if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+        return None
+    return items
+
+
+FEATURES = "features"
+CHUNK_TARGET = 1 << 20  # bytes: h5py's guidance is 10 KiB - 1 MiB per chunk
+CHUNK_MIN = 64 << 10
+
+
+def load_codecs() -> None:
+    """Register hdf5plugin's filters (Zstandard, Blosc2, ...) with HDF5, so that files written with
+    ``--compression zstd`` can be read. Cheap after the first call."""
+    try:
+        import hdf5plugin  # noqa: F401
+    except ImportError:  # pragma: no cover - a dependency; without it only zstd files are unreadable
+        pass
+
+
+def utc_now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def chunk_shape(shape: Sequence[int], itemsize: int) -> tuple[int, ...]:
+    """Chunks of ~64 KiB-1 MiB holding whole images where possible, so one image reads fast.
+
+    Small per-image outputs (pooled vectors) pack several rows per chunk; large maps split
+    along channels, keeping whole H x W planes.
+    """
+    per_image = itemsize * math.prod(shape)
+    if per_image <= CHUNK_TARGET:
+        rows = max(1, min(1024, CHUNK_MIN // max(1, per_image)))
+        return (rows, *shape)
+    if len(shape) >= 2:
+        # The most channels (a divisor of C, so no chunk is part padding) whose planes fit.
+        plane = per_image // shape[0]
+        fits = max(1, CHUNK_TARGET // max(1, plane))
+        channels = max(d for d in range(1, min(shape[0], fits) + 1) if shape[0] % d == 0)
+        if channels * 4 <= min(shape[0], fits):  # C has no useful divisor (a prime): pad instead
+            channels = min(shape[0], fits)
+        return (1, channels, *shape[1:])
+    return (1, max(1, CHUNK_TARGET // itemsize))
+
+
+ZSTD_FILTER = 32015  # HDF5's registered Zstandard filter (hdf5plugin.Zstd)
+ZSTD_DEFAULT_LEVEL = -3  # zstd's fast mode: ~1.7x level 1's speed for ~0.56x instead of ~0.47x raw (make bench)
+
+
+def zstd_level() -> int:
+    """``--compression zstd``'s level: ``FEATDUMP_ZSTD_LEVEL`` (-50..22; negative levels are
+    zstd's fast modes), else :data:`ZSTD_DEFAULT_LEVEL`."""
+    raw = os.environ.get("FEATDUMP_ZSTD_LEVEL", "").strip()
+    if not raw:
+        return ZSTD_DEFAULT_LEVEL
+    try:
+        level = int(raw)
+    except ValueError:
+        level = None
+    if level is None or not -50 <= level <= 22 or level == 0:
+        raise UsageError(f"FEATDUMP_ZSTD_LEVEL={raw!r}: give a zstd level from -50 (fastest) to 22 (smallest), not 0")
+    return level
+
+
+def compression_kwargs(name: str, dtype: str) -> dict[str, Any]:
+    """h5py filter arguments for ``--compression`` (measured by ``make bench``, README Performance).
+
+    On post-ReLU maps (about half exact zeros) plain zstd beats the alternatives at every ratio:
+    level 1 stores ~0.47x raw at ~6x the speed of gzip (byte shuffle before it gains ~0.02 and
+    halves its speed; Blosc2's zstd+shuffle is ~1.5x slower for the same ratio), and its fast
+    level -3 (the default, :func:`zstd_level`) stores ~0.56x at ~1.7x level 1's speed, so a CPU run
+    loses less of its forward pass and a GPU run's writer keeps up longer. ``zstd`` is HDF5's
+    registered Zstandard filter (32015, via hdf5plugin: readers need ``import hdf5plugin``; the
+    level does not matter to them). gzip and lzf keep shuffle, which helps them.
+    """
+    if name == "none":
+        return {}
+    if name == "gzip":
+        return {"compression": "gzip", "compression_opts": 1, "shuffle": True}
+    if name == "lzf":
+        return {"compression": "lzf", "shuffle": True}
+    if name == "zstd":
+        try:
+            import hdf5plugin  # noqa: F401 - registers the filter with HDF5
+        except ImportError:  # pragma: no cover - hdf5plugin is a dependency
+            raise UsageError("--compression zstd needs the hdf5plugin package: pip install hdf5plugin") from None
+        # the filter reads its level as a C int from an unsigned cd_value: negative levels wrap
+        return {"compression": ZSTD_FILTER, "compression_opts": (zstd_level() % (1 << 32),)}
+    raise UsageError(f"--compression must be one of none|gzip|lzf|zstd, not {name!r}")
+
+
+def _jsonable(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def _attr(value: Any) -> Any:
+    """Python value -> HDF5 attribute (None becomes "" or an empty list where a list is expected)."""
+    import numpy as np
+
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return np.bool_(value)
+    if isinstance(value, str):
+        return str(value)  # plain str: torch's TorchVersion and kin confuse h5py
+    if isinstance(value, (list, tuple)):
+        if not value:
+            return np.zeros((0,), dtype="i8")
+        if all(isinstance(v, str) for v in value):
+            return [str(v) for v in value]
+        return np.asarray(value)
+    return value
+
+
+def set_attr(obj: Any, key: str, value: Any) -> None:
+    """Write one attribute; lists of strings become variable-length UTF-8 string arrays."""
+    import h5py
+
+    value = _attr(value)
+    if isinstance(value, list):
+        obj.attrs.create(key, data=value, dtype=h5py.string_dtype())
+    else:
+        obj.attrs[key] = value
+
+
+def read_attr(value: Any) -> Any:
+    """HDF5 attribute -> plain Python (lists, str, int, float, bool)."""
+    import numpy as np
+
+    if isinstance(value, bytes):
+        return to_str(value)
+    if isinstance(value, np.ndarray):
+        return [read_attr(v) for v in value.tolist()]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value

@@ -1,0 +1,143 @@
+"""Reading a featdump file: :class:`FeatureFile`, returned by ``featdump.open(path)``.
+
+Opens through :func:`~featdump.store.describe.open_featdump` (the journal's last commit) and checks the
+sources of merged (virtual) files with :mod:`featdump.store.vds` before any row is read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from featdump.errors import FeatdumpError
+from featdump.text import to_str
+
+if TYPE_CHECKING:
+    import h5py
+    import numpy as np
+
+
+class FeatureFile:
+    """A featdump file opened for reading. Use as a context manager, or call :meth:`close`.
+
+    Only committed rows (below ``meta["num_images"]``) are exposed, so a partial file reads the same
+    way as a finished one.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        from featdump.store.describe import check_virtual, open_featdump
+        from featdump.store.sink import read_attr
+
+        self.path = Path(path)
+        self._missing = check_virtual(self.path)  # before our own handle: HDF5 allows one kind of open
+        self._h5 = open_featdump(self.path)
+        self.meta: dict[str, Any] = {k: read_attr(v) for k, v in self._h5.attrs.items()}
+        n = int(self.meta.get("num_images", 0))
+        raw = self._h5["paths"][:n] if "paths" in self._h5 else []
+        self.paths: list[str] = [to_str(p) for p in raw]
+        self.num_images = len(self.paths)
+        self.layers: list[str] = list(self._h5["features"].keys()) if "features" in self._h5 else []
+        self._rows = {p: i for i, p in enumerate(self.paths)}
+
+    # ------------------------------------------------------------------ access
+
+    def __getitem__(self, layer: str) -> h5py.Dataset:
+        """The lazy h5py dataset of a layer (rows past ``num_images`` are not committed)."""
+        if layer not in self.layers:
+            raise KeyError(f"{layer!r} is not stored in {self.path}; layers: {', '.join(self.layers)}")
+        return self._h5["features"][layer]
+
+    def __contains__(self, layer: object) -> bool:
+        return layer in self.layers
+
+    def __len__(self) -> int:
+        return self.num_images
+
+    def attrs(self, layer: str) -> dict[str, Any]:
+        """A layer's attributes (module, index, channels, reduction, layout, …)."""
+        from featdump.store.sink import read_attr
+
+        return {k: read_attr(v) for k, v in self[layer].attrs.items()}
+
+    def row(self, path: str) -> int:
+        """The row of a stored image path (as in :attr:`paths`)."""
+        try:
+            return self._rows[path]
+        except KeyError:
+            raise KeyError(f"{path!r} is not a stored path in {self.path} (see .paths)") from None
+
+    def numpy(self, layer: str, rows: int | slice | Sequence[int] | None = None) -> np.ndarray:
+        """Rows of a layer as a numpy array: all committed rows, one row (``int``: no leading axis),
+        a slice, or a list of rows in any order (duplicates allowed)."""
+        import numpy as np
+
+        if self._missing and self[layer].is_virtual:
+            raise FeatdumpError(
+                f"{self.path}: virtual source file(s) missing ({', '.join(self._missing[:3])}); "
+                "their rows would read as the fill value (NaN in files written by `featdump merge`)"
+            )
+        ds = self[layer]
+        n = self.num_images
+        if rows is None:
+            return ds[:n]
+        if isinstance(rows, (int, np.integer)):
+            r = int(rows)
+            if not -n <= r < n:
+                raise IndexError(f"row {r} out of range: {self.path} has {n} rows")
+            return ds[r % n]
+        if isinstance(rows, slice):
+            span = range(n)[rows]
+            if span.step == 1:
+                return ds[span.start : max(span.start, span.stop)]
+            rows = list(span)
+        idx = [int(i) for i in rows]
+        bad = [r for r in idx if not -n <= r < n]
+        if bad:
+            raise IndexError(f"rows {bad[:5]} out of range: {self.path} has {n} rows")
+        idx = [r % n for r in idx]
+        if not idx:
+            return np.empty((0, *ds.shape[1:]), dtype=ds.dtype)
+        unique = sorted(set(idx))
+        block = ds[unique]  # h5py wants increasing indices
+        pos = {r: i for i, r in enumerate(unique)}
+        return block[[pos[r] for r in idx]]
+
+    @property
+    def failed(self) -> list[tuple[str, str]]:
+        """``(path, reason)`` of the images that could not be read."""
+        if "failed" not in self._h5:
+            return []
+        m = int(self.meta.get("num_failed", self._h5["failed/paths"].shape[0]))
+        return [(to_str(p), to_str(e)) for p, e in zip(self._h5["failed/paths"][:m], self._h5["failed/errors"][:m])]
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.meta.get("complete", False))
+
+    @property
+    def h5(self) -> h5py.File:
+        """The underlying open h5py.File (read-only)."""
+        return self._h5
+
+    # ------------------------------------------------------------------ lifetime
+
+    def close(self) -> None:
+        if self._h5.id.valid:
+            self._h5.close()
+
+    def __enter__(self) -> FeatureFile:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "complete" if self.complete else "partial"
+        model = self.meta.get("model")
+        return f"<featdump file {str(self.path)!r}: {model}, {self.num_images} images, {state}, layers {self.layers}>"
+
+
+def open(path: str | Path) -> FeatureFile:  # noqa: A001 - featdump.open mirrors h5py.File / builtins.open
+    """Open a featdump file for reading: ``.paths``, ``.layers``, ``.meta``, ``[layer]``, ``.row()``, ``.numpy()``."""
+    return FeatureFile(path)
