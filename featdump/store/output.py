@@ -15,7 +15,7 @@ from featdump.model.layers import Backbone, LayerInfo
 from featdump.options import ExtractConfig
 from featdump.run.placement import Placement
 from featdump.store.journal import OutputLock, fsync_dir
-from featdump.store.format import utc_now, zstd_level
+from featdump.store.format import inputs_attr, utc_now, zstd_level
 from featdump.store.sink import NothingCommitted, Store
 
 
@@ -50,6 +50,7 @@ def file_attrs(cfg: ExtractConfig, backbone: Backbone, placement: Placement, sel
         "compression": cfg.compression,
         "created": utc_now(),
         "command": cfg.command,
+        "inputs": inputs_attr(cfg.inputs),  # the INPUTs as given, structured (viz finds the images)
         "shard": [placement.index, placement.count],
         "num_inputs": len(selection.refs),
         "input_digest": selection.digest,
