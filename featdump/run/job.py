@@ -467,6 +467,8 @@ def file_attrs(cfg: ExtractConfig, backbone: Backbone, placement: Placement, dig
     import timm
     import torch
 
+    from featdump.options import option_attrs
+
     data = backbone.data
     return {
         "format": "featdump",
@@ -484,13 +486,7 @@ def file_attrs(cfg: ExtractConfig, backbone: Backbone, placement: Placement, dig
         "crop_mode": data.crop_mode,
         "out_indices": [layer.index for layer in backbone.layers] if not cfg.layers else [],
         "layers": [layer.name for layer in backbone.layers],
-        "tokens": cfg.tokens,
-        "output_stride": cfg.output_stride or 0,
-        "pool": cfg.pool,
-        "dtype": cfg.dtype,
-        "precision": cfg.precision,
-        "decode": decode_mode(cfg),
-        "compression": cfg.compression,
+        **option_attrs(cfg),  # tokens, output_stride, precision, dtype, pool, compression, decode, ...
         "created": utc_now(),
         "command": cfg.command,
         "shard": [placement.index, placement.count],

@@ -22,29 +22,25 @@ from typing import Any
 from featdump import __version__
 from featdump.model.backbone import LayerInfo
 from featdump.errors import FeatdumpError, UsageError
+from featdump.options import SETTINGS
 
 FEATURES = "features"
 CHUNK_TARGET = 1 << 20  # bytes: h5py's guidance is 10 KiB - 1 MiB per chunk
 CHUNK_MIN = 64 << 10
 
-# Settings that must match for --resume to continue a file (and for merge to join shards).
+# Settings that must match for --resume to continue a file (and for merge to join shards): the
+# options marked as settings in the option table (featdump/options.py), and what the model and the
+# inputs made of them.
 RESUME_KEYS = (
     "model",
     "weights",
-    "out_indices",
-    "layers",
-    "output_stride",
+    *SETTINGS,
     "input_size",
     "mean",
     "std",
     "interpolation",
     "crop_pct",
     "crop_mode",
-    "pool",
-    "tokens",
-    "dtype",
-    "precision",
-    "decode",
     "input_digest",
     "num_inputs",
     "list_digest",
