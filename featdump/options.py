@@ -143,7 +143,7 @@ def decode_attr(cfg: Any) -> str:
 class ExtractConfig:
     """Everything one ``extract`` run needs, validated. Every field but ``command``/``extra`` is an option."""
 
-    model: str = opt("timm model name, e.g. resnet50.", flags=())
+    model: str = opt("timm model name, e.g. resnet50.", flags=(), setting=True)  # attribute: file_attrs
     inputs: tuple[str, ...] = opt(
         "Image folders (recursive), text files listing images, or image files.",
         flags=(),

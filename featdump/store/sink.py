@@ -32,9 +32,8 @@ CHUNK_MIN = 64 << 10
 # options marked as settings in the option table (featdump/options.py), and what the model and the
 # inputs made of them.
 RESUME_KEYS = (
-    "model",
+    *SETTINGS,  # model, out_indices, layers, tokens, output_stride, precision, dtype, pool, decode
     "weights",
-    *SETTINGS,
     "input_size",
     "mean",
     "std",
