@@ -14,11 +14,14 @@ Example::
 
 from __future__ import annotations
 
+import inspect
+import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, get_args
 
-from featdump.errors import FeatdumpError
+from featdump.errors import FeatdumpError, FeatdumpWarning
+from featdump.options import OPTIONS, Option
 
 if TYPE_CHECKING:
     from featdump.run.results import ProgressSink, Summary
@@ -26,86 +29,100 @@ if TYPE_CHECKING:
 __all__ = ["FeatureFile", "extract", "open"]
 
 
+def api_signature(table: Sequence[Option] = OPTIONS) -> inspect.Signature:
+    """``featdump.extract``'s parameters, derived from the option table (featdump/options.py): the
+    required options (``model``, ``inputs``, ``output``) positional, every other option a keyword
+    (``None``: not given), then ``config`` and ``progress``."""
+    P = inspect.Parameter
+    params = [
+        P(o.name, P.POSITIONAL_OR_KEYWORD if o.required else P.KEYWORD_ONLY, annotation=o.api_type,
+          default=P.empty if o.required else None)
+        for o in table
+    ]  # fmt: skip
+    params.sort(key=lambda p: p.kind)  # positional first; the sort is stable
+    params.append(P("config", P.KEYWORD_ONLY, annotation=str | Path | None, default=None))
+    params.append(P("progress", P.KEYWORD_ONLY, annotation="bool | ProgressSink | None", default=None))
+    return inspect.Signature(params, return_annotation="Summary")  # run.job loads torch: named, not imported
+
+
+def _recorded(option: Option, value: Any) -> Any:
+    """An API value as the job takes it and as the file's ``command`` attribute records it."""
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (list, tuple)) and get_args(option.type)[-1:] == (Ellipsis,):
+        return list(value)
+    return value
+
+
 def extract(
     model: str,
     inputs: str | Path | Sequence[str | Path],
     output: str | Path,
     *,
-    out_indices: Sequence[int] | str | None = None,
-    layers: Sequence[str] | str | None = None,
-    tokens: str | None = None,
-    output_stride: int | None = None,
-    img_size: int | str | tuple[int, int] | None = None,
-    pretrained: bool | None = None,
-    checkpoint: str | Path | None = None,
-    device: str | None = None,
-    precision: str | None = None,
-    batch_size: int | None = None,
-    workers: int | None = None,
-    dtype: str | None = None,
-    pool: str | None = None,
-    compression: str | None = None,
-    fast_decode: bool | None = None,
-    decode: str | None = None,
-    compile: bool | None = None,  # noqa: A002 - the option's name
-    max_image_pixels: int | None = None,
-    shard: str | tuple[int, int] | None = None,
-    resume: bool | None = None,
-    overwrite: bool | None = None,
-    strict: bool | None = None,
     config: str | Path | None = None,
-    progress: ProgressSink | None = None,
+    progress: bool | ProgressSink | None = None,
+    **options: Any,
 ) -> Summary:
-    """Run the same job as ``featdump extract`` and return its :class:`~featdump.run.job.Summary`.
+    """Run the same job as ``featdump extract`` and return its :class:`~featdump.run.results.Summary`.
 
-    Keyword arguments are the command's options (``None`` = not given: the ``config`` file's value,
-    else the default). Raises :class:`~featdump.errors.UsageError` for bad options and
-    :class:`~featdump.errors.FeatdumpError` for runtime failures; prints nothing. With
+    Keyword arguments are the command's options, by name (``out_indices=[1, 2]``, ``dtype="float16"``,
+    ``quiet=True``; ``None`` = not given: the ``config`` file's value, else the default). ``progress``:
+    ``None`` shows a one-line progress display on stderr when stderr is a terminal and ``quiet`` is not
+    set, ``True`` always, ``False`` never; or pass an object with ``start``/``advance``/``stop``.
+    Raises :class:`~featdump.errors.UsageError` for bad options (``TypeError`` for an unknown keyword)
+    and :class:`~featdump.errors.FeatdumpError` for runtime failures; prints nothing but that display. With
     ``strict=True`` a run in which any image failed raises after writing the file. Like the
-    command, it sets torch's thread count and glibc's malloc settings in this process
-    (featdump/alloc.py; ``FEATDUMP_MALLOC_TUNING=0`` leaves the allocator alone).
+    command, it changes process-wide settings (featdump/run/process.py): torch's thread count and,
+    on CUDA, cuDNN's autotuner for the run (both restored afterwards); glibc's malloc settings for the
+    rest of the process (``FEATDUMP_MALLOC_TUNING=0`` leaves the allocator alone); and, when torch is
+    not imported yet and no policy is set, ``OMP_WAIT_POLICY=PASSIVE`` in ``os.environ`` (torch
+    imported first: a :class:`~featdump.errors.FeatdumpWarning` says how to set it). SIGINT/SIGTERM
+    handlers are the run's while it lasts: the first stops after the current batch (raising
+    :class:`~featdump.errors.Interrupted`), a second raises ``KeyboardInterrupt``; the file keeps its
+    last commit either way and ``resume=True`` finishes it. The global random state is left as it was.
     """
+    import warnings
+
+    from featdump.run.process import passive_omp
+
+    advice = passive_omp()  # before anything imports torch
+    if advice:
+        warnings.warn(advice, FeatdumpWarning, stacklevel=2)
+
     from featdump import options as cfgmod
     from featdump.run.job import run_extraction
 
+    try:
+        extract.__signature__.bind(model, inputs, output, **options)  # type: ignore[attr-defined]
+    except TypeError as exc:  # an unknown keyword: Python's own words
+        raise TypeError(f"extract() {exc}") from None
     if isinstance(inputs, (str, Path)):
         inputs = [inputs]
-    options: dict[str, Any] = {
-        "out_indices": list(out_indices) if isinstance(out_indices, (list, tuple)) else out_indices,
-        "layers": list(layers) if isinstance(layers, (list, tuple)) else layers,
-        "tokens": tokens,
-        "output_stride": output_stride,
-        "img_size": img_size,
-        "pretrained": pretrained,
-        "checkpoint": str(checkpoint) if checkpoint else None,
-        "device": device,
-        "precision": precision,
-        "batch_size": batch_size,
-        "workers": workers,
-        "dtype": dtype,
-        "pool": pool,
-        "compression": compression,
-        "fast_decode": fast_decode,
-        "decode": decode,
-        "compile": compile,
-        "max_image_pixels": max_image_pixels,
-        "shard": shard,
-        "resume": resume,
-        "overwrite": overwrite,
-        "strict": strict,
-        "quiet": True,
-    }
-    given = {k: v for k, v in options.items() if v is not None}
+    table = {o.name: o for o in OPTIONS}
+    given = {k: _recorded(table[k], v) for k, v in options.items() if v is not None}
+    args = ", ".join(f"{k}={v!r}" for k, v in given.items())
     given.update(model=model, inputs=tuple(str(i) for i in inputs), output=str(output))
     file_values = cfgmod.load_toml(config) if config else {}
-    args = ", ".join(f"{k}={v!r}" for k, v in given.items() if k not in ("model", "inputs", "output", "quiet"))
     cfg = cfgmod.resolve(
         given, file_values, command=f"featdump.extract({model!r}, {list(given['inputs'])!r}, {str(output)!r}, {args})"
     )
-    summary = run_extraction(cfg, progress)
+    summary = run_extraction(cfg, _progress_sink(progress, cfg.quiet))
     if cfg.strict and summary.num_failed:
         raise FeatdumpError(f"{summary.num_failed} image(s) failed (strict=True); see /failed in {summary.output}")
     return summary
+
+
+extract.__signature__ = api_signature()  # type: ignore[attr-defined]
+
+
+def _progress_sink(progress: bool | ProgressSink | None, quiet: bool) -> ProgressSink | None:
+    if progress is None:
+        progress = not quiet and sys.stderr.isatty()
+    if progress is True:
+        from featdump.progress import TextProgress
+
+        return TextProgress(sys.stderr)  # type: ignore[return-value]  # the same protocol
+    return progress or None
 
 
 # Reading lives in the store package; ``featdump.api.open`` / ``.FeatureFile`` stay importable here.

@@ -9,6 +9,10 @@ class FeatdumpError(Exception):
     exit_code = 1
 
 
+class FeatdumpWarning(UserWarning):
+    """Something the caller should change, though the run goes on (issued with ``warnings.warn``)."""
+
+
 class UsageError(FeatdumpError):
     """Bad input from the user: unknown model, bad option, missing input (exit status 2)."""
 

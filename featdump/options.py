@@ -1,67 +1,48 @@
-"""Job options: one frozen dataclass, one ``resolve()`` for precedence (defaults < TOML < flags)."""
+"""Job options, declared once: the fields of :class:`ExtractConfig` are the option table.
+
+Each field carries its help text, flag spelling, type (``Literal`` for choices) and default, and says
+whether it is a resume/merge setting and a file attribute. The ``extract`` command's parameters
+(featdump/cli/commands.py), ``featdump.extract(...)``'s keyword arguments (featdump/api.py), the
+TOML keys (:func:`load_toml`), the option-derived file attributes (:func:`option_attrs`) and the
+option part of the resume/merge checks (:data:`SETTINGS`) are all derived from it, and
+:func:`resolve` applies the one precedence rule: defaults < TOML < flags. Adding an option is one
+field here plus its behaviour.
+"""
 
 from __future__ import annotations
 
-import dataclasses
 import re
 import tomllib
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args, get_origin
 
 from featdump.errors import UsageError
+from featdump.optiontable import Option, opt, option_table, options_of, without_none
 
-PRECISIONS = ("fp32", "fp16", "bf16")
-DTYPES = ("float32", "float16")
-POOLS = ("none", "avg", "max")
-COMPRESSIONS = ("none", "gzip", "lzf", "zstd")
-DECODERS = ("cpu", "gpu")  # --decode: PIL in worker processes, or torchvision's nvjpeg on the CUDA device
-TOKENS = ("seq", "map")  # token outputs as (N, T, D), or as a (N, D, H, W) map of the patch tokens
-OUTPUT_STRIDES = (8, 16, 32)
+Precision = Literal["fp32", "fp16", "bf16"]
+Dtype = Literal["float32", "float16"]
+Pool = Literal["none", "avg", "max"]
+Compression = Literal["none", "gzip", "lzf", "zstd"]
+Decode = Literal["cpu", "gpu"]  # --decode: PIL in worker processes, or torchvision's nvjpeg on the CUDA device
+Tokens = Literal["seq", "map"]  # token outputs as (N, T, D), or as a (N, D, H, W) map of the patch tokens
+OutputStride = Literal[8, 16, 32]
 
-
-@dataclass(frozen=True)
-class ExtractConfig:
-    """Everything one ``extract`` run needs, validated."""
-
-    model: str
-    inputs: tuple[str, ...]
-    output: str
-    out_indices: tuple[int, ...] | None = None
-    layers: tuple[str, ...] | None = None
-    tokens: str = "seq"
-    output_stride: int | None = None
-    img_size: tuple[int, int] | None = None
-    pretrained: bool = True
-    checkpoint: str | None = None
-    device: str = "auto"
-    precision: str = "fp32"
-    batch_size: int | None = None
-    workers: int | None = None
-    dtype: str = "float32"
-    pool: str = "none"
-    compression: str = "none"
-    fast_decode: bool = False  # JPEG DCT scaling / reduce before resize: faster, pixels change slightly
-    decode: str = "cpu"
-    compile: bool = False  # torch.compile the backbone
-    shard: tuple[int, int] | None = None
-    resume: bool = False
-    overwrite: bool = False
-    strict: bool = False
-    quiet: bool = False
-    max_image_pixels: int | None = None
-    command: str = ""
-    extra: dict[str, Any] = field(default_factory=dict, compare=False)
-
-
-# Option name (as on the command line, dashes) -> dataclass field.
-_FIELDS = {f.name for f in dataclasses.fields(ExtractConfig)} - {"command", "extra", "model", "inputs"}
+PRECISIONS: tuple[str, ...] = get_args(Precision)
+DTYPES: tuple[str, ...] = get_args(Dtype)
+POOLS: tuple[str, ...] = get_args(Pool)
+COMPRESSIONS: tuple[str, ...] = get_args(Compression)
+DECODERS: tuple[str, ...] = get_args(Decode)
+TOKENS: tuple[str, ...] = get_args(Tokens)
+OUTPUT_STRIDES: tuple[int, ...] = get_args(OutputStride)
 
 
 def parse_indices(value: str | list[int] | tuple[int, ...] | None) -> tuple[int, ...] | None:
     """``"1,2,-1"`` or ``[1, 2, -1]`` -> ``(1, 2, -1)``."""
     if value is None or value == "":
         return None
+    items: list[Any]
     if isinstance(value, (list, tuple)):
         items = list(value)
     else:
@@ -69,7 +50,9 @@ def parse_indices(value: str | list[int] | tuple[int, ...] | None) -> tuple[int,
     try:
         out = tuple(int(v) for v in items)
     except (TypeError, ValueError):
-        raise UsageError(f"--out-indices takes whole numbers separated by commas (e.g. 1,2,-1), not {value!r}") from None
+        raise UsageError(
+            f"--out-indices takes whole numbers separated by commas (e.g. 1,2,-1), not {value!r}"
+        ) from None
     if not out:
         raise UsageError("--out-indices is empty; give at least one level, e.g. --out-indices -1")
     if len(set(out)) != len(out):
@@ -144,7 +127,124 @@ def _positive(name: str, value: Any, minimum: int = 1) -> int | None:
     return value
 
 
-def load_toml(path: str | Path) -> dict[str, Any]:
+def _path_or_none(value: Any) -> str | None:
+    return str(value) if value else None
+
+
+def decode_attr(cfg: Any) -> str:
+    """The file's ``decode`` attribute: ``exact`` (timm's transform on PIL, the default), ``fast``
+    (``--fast-decode``: JPEG DCT scaling / reduce before resize) or ``gpu`` (``--decode gpu``)."""
+    if cfg.decode == "gpu":
+        return "gpu"
+    return "fast" if cfg.fast_decode else "exact"
+
+
+@option_table
+class ExtractConfig:
+    """Everything one ``extract`` run needs, validated. Every field but ``command``/``extra`` is an option."""
+
+    model: str = opt("timm model name, e.g. resnet50.", flags=(), setting=True)  # attribute: file_attrs
+    inputs: tuple[str, ...] = opt(
+        "Image folders (recursive), text files listing images, or image files.",
+        flags=(),
+        cli=list[str],
+        api=str | Path | Sequence[str | Path],
+    )
+    output: str = opt("HDF5 file to write, e.g. feats.h5.", flags=("-o", "--output"), api=str | Path)
+    out_indices: tuple[int, ...] | None = opt(
+        "Feature levels, e.g. 1,2,-1. [default: the model's]",
+        default=None,
+        cli=str | None,
+        api=Sequence[int] | str | None,
+        setting=True,  # the attribute holds the levels the model resolved (file_attrs)
+        parse=parse_indices,
+    )
+    layers: tuple[str, ...] | None = opt(
+        "Module names instead of levels (see inspect --all-modules).",
+        default=None,
+        cli=str | None,
+        api=Sequence[str] | str | None,
+        setting=True,  # the attribute holds the stored layer names (file_attrs)
+        parse=parse_names,
+    )
+    tokens: Tokens = opt(
+        "Token outputs: seq stores (N,T,D), map stores (N,D,H,W).", default="seq", setting=True, attr=True
+    )
+    output_stride: OutputStride | None = opt(
+        "8|16|32 (dilated).", default=None, setting=True, attr=lambda cfg: cfg.output_stride or 0
+    )
+    img_size: tuple[int, int] | None = opt(
+        "224 or HEIGHTxWIDTH. [default: pretrained config]",
+        default=None,
+        cli=str | None,
+        api=int | str | tuple[int, int] | None,
+        parse=parse_img_size,
+    )
+    pretrained: bool = opt(
+        "Hub weights (cached), or random init.", default=True, flags=("--pretrained/--no-pretrained",)
+    )
+    checkpoint: str | None = opt(
+        "Local weights: .safetensors/.pth/.pt/.bin (timm names).",
+        default=None,
+        cli=Path | None,
+        api=str | Path | None,
+        parse=_path_or_none,
+    )
+    device: str = opt("auto|cpu|cuda|cuda:N|mps.", default="auto")
+    precision: Precision = opt("fp32|fp16|bf16 (autocast).", default="fp32", setting=True, attr=True)
+    batch_size: int | None = opt("[default: tuned per device]", default=None)
+    workers: int | None = opt(
+        "Decoding workers: threads on CPU, processes on GPUs; 0 decodes in the main thread. [default: tuned]",
+        default=None,
+        minimum=0,
+    )
+    dtype: Dtype = opt("Storage dtype: float32|float16.", default="float32", setting=True, attr=True)
+    pool: Pool = opt("none|avg|max over space (stores N×C).", default="none", setting=True, attr=True)
+    compression: Compression = opt(
+        "none|gzip|lzf|zstd (zstd: level -3, or FEATDUMP_ZSTD_LEVEL; readers import hdf5plugin).",
+        default="none",
+        attr=True,
+    )
+    fast_decode: bool = opt(
+        "JPEG DCT scaling / reduce before resize: ~1.7x faster decoding, pixels change slightly.", default=False
+    )  # recorded in the ``decode`` attribute
+    decode: Decode = opt(
+        "cpu|gpu (gpu: torchvision's nvjpeg on the CUDA device).", default="cpu", setting=True, attr=decode_attr
+    )
+    compile: bool = opt("torch.compile the backbone (pays off on long GPU runs).", default=False)
+    shard: tuple[int, int] | None = opt(
+        "I/N: handle block I of N. [default: from torchrun/Slurm]",
+        default=None,
+        cli=str | None,
+        api=str | tuple[int, int] | None,
+        parse=parse_shard,
+    )
+    resume: bool = opt("Continue an unfinished output (same settings), or start it if there is none.", default=False)
+    overwrite: bool = opt("Replace an existing output; it is swapped in only when the run succeeds.", default=False)
+    strict: bool = opt("Exit 1 at the end if any image failed.", default=False)
+    quiet: bool = opt("No progress bar, no table.", default=False, flags=("--quiet", "-q"))
+    max_image_pixels: int | None = opt("Refuse larger images. [default: Pillow's 89.5 MP]", default=None)
+    command: str = ""
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+OPTIONS = options_of(ExtractConfig)
+# Options whose file attribute must match for --resume to continue a file and for merge to join shards
+# (store/sink.py adds the keys that come from the model and the inputs).
+SETTINGS: tuple[str, ...] = tuple(o.name for o in OPTIONS if o.setting)
+
+
+def option_attrs(cfg: Any, table: Sequence[Option] | None = None) -> dict[str, Any]:
+    """The file attributes that come straight from options (``pool``, ``dtype``, ``decode``, ...)."""
+    table = table or options_of(type(cfg))
+    return {o.name: o.attr(cfg) for o in table if o.attr is not None}
+
+
+def toml_keys(table: Sequence[Option] = OPTIONS) -> frozenset[str]:
+    """The keys a ``--config`` file may hold: every option (``model`` and ``inputs`` included)."""
+    return frozenset(o.name for o in table)
+
+
+def load_toml(path: str | Path, cls: type = ExtractConfig) -> dict[str, Any]:
     """Read a job preset; keys are option names (``out_indices`` or ``out-indices``)."""
     p = Path(path)
     try:
@@ -156,21 +256,49 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         raise UsageError(f"config file {p} is not valid TOML: {exc}") from None
     except OSError as exc:
         raise UsageError(f"cannot read config file {p}: {exc.strerror or exc}") from None
+    keys = toml_keys(options_of(cls))
     out: dict[str, Any] = {}
     for key, value in data.items():
         name = key.replace("-", "_")
-        if name not in _FIELDS | {"model", "inputs"}:
-            known = ", ".join(sorted(_FIELDS | {"model", "inputs"}))
-            raise UsageError(f"unknown key {key!r} in config file {p}; known keys: {known}")
+        if name not in keys:
+            raise UsageError(f"unknown key {key!r} in config file {p}; known keys: {', '.join(sorted(keys))}")
         out[name] = value
     return out
 
 
-def resolve(given: dict[str, Any], file_values: dict[str, Any] | None = None, command: str = "") -> ExtractConfig:
+def _check(option: Option, value: Any) -> Any:
+    """One given value -> the field's value, or a UsageError in the words of today's messages."""
+    if option.parse is not None:
+        return option.parse(value)
+    tp, _ = without_none(option.type)
+    if get_origin(tp) is Literal:
+        choices = get_args(tp)
+        if isinstance(choices[0], int):
+            try:
+                value = int(value)
+            except (TypeError, ValueError):
+                value = -1
+            return _choice(option.name, value, choices)
+        return _choice(option.name, str(value).lower(), choices)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise UsageError(f"{option.name} must be true or false, not {value!r}")
+        return value
+    if tp is int:
+        return _positive(option.name, value, option.minimum)
+    if tp is str:
+        return str(value)
+    return value
+
+
+def resolve(
+    given: dict[str, Any], file_values: dict[str, Any] | None = None, command: str = "", cls: type = ExtractConfig
+) -> Any:
     """Merge option values: dataclass defaults < config file < flags given on the command line.
 
     ``given`` holds only the options the user actually typed (plus ``model``/``inputs``/``output``
-    when present); ``file_values`` comes from :func:`load_toml`.
+    when present); ``file_values`` comes from :func:`load_toml`. Returns a ``cls`` (an
+    :class:`ExtractConfig`).
     """
     merged: dict[str, Any] = dict(file_values or {})
     merged.update({k: v for k, v in given.items() if v is not None})
@@ -188,53 +316,15 @@ def resolve(given: dict[str, Any], file_values: dict[str, Any] | None = None, co
         raise UsageError("missing -o/--output: where to write the HDF5 file, e.g. -o feats.h5")
 
     kw: dict[str, Any] = {}
-    kw["out_indices"] = parse_indices(merged.pop("out_indices", None))
-    kw["layers"] = parse_names(merged.pop("layers", None))
-    if kw["out_indices"] is not None and kw["layers"] is not None:
+    for option in options_of(cls):
+        if option.name in merged:
+            kw[option.name] = _check(option, merged.pop(option.name))
+    if kw.get("out_indices") is not None and kw.get("layers") is not None:
         raise UsageError("--out-indices and --layers exclude each other; pick feature levels or module names")
-    stride = merged.pop("output_stride", None)
-    if stride is not None:
-        try:
-            stride = int(stride)
-        except (TypeError, ValueError):
-            stride = -1
-        _choice("output_stride", stride, OUTPUT_STRIDES)
-    kw["output_stride"] = stride
-    kw["img_size"] = parse_img_size(merged.pop("img_size", None))
-    kw["shard"] = parse_shard(merged.pop("shard", None))
-    for name, choices in (
-        ("precision", PRECISIONS),
-        ("dtype", DTYPES),
-        ("pool", POOLS),
-        ("compression", COMPRESSIONS),
-        ("decode", DECODERS),
-        ("tokens", TOKENS),
-    ):
-        if name in merged:
-            kw[name] = _choice(name, str(merged.pop(name)).lower(), choices)
-    kw["batch_size"] = _positive("batch_size", merged.pop("batch_size", None))
-    kw["workers"] = _positive("workers", merged.pop("workers", None), minimum=0)
-    kw["max_image_pixels"] = _positive("max_image_pixels", merged.pop("max_image_pixels", None))
-    if "device" in merged:
-        kw["device"] = str(merged.pop("device"))
-    checkpoint = merged.pop("checkpoint", None)
-    kw["checkpoint"] = str(checkpoint) if checkpoint else None
-    for flag in ("pretrained", "resume", "overwrite", "strict", "quiet", "fast_decode", "compile"):
-        if flag in merged:
-            value = merged.pop(flag)
-            if not isinstance(value, bool):
-                raise UsageError(f"{flag} must be true or false, not {value!r}")
-            kw[flag] = value
     if kw.get("fast_decode") and kw.get("decode") == "gpu":
         raise UsageError("--fast-decode and --decode gpu exclude each other: fast decoding is a CPU (PIL) shortcut")
     if kw.get("resume") and kw.get("overwrite"):
         raise UsageError("--resume and --overwrite exclude each other: continue the file, or replace it")
     if merged:
         raise UsageError(f"unknown option(s): {', '.join(sorted(merged))}")
-    return ExtractConfig(
-        model=str(model),
-        inputs=tuple(str(i) for i in inputs),
-        output=str(output),
-        command=command,
-        **kw,
-    )
+    return cls(model=str(model), inputs=tuple(str(i) for i in inputs), output=str(output), command=command, **kw)

@@ -19,8 +19,9 @@ def made(tmp_path_factory: pytest.TempPathFactory, photos: Path, random_checkpoi
     out = tmp_path_factory.mktemp("api") / "feats.h5"
     ckpt = random_checkpoint("resnet18")
     summary = featdump.extract(
-        "resnet18", photos, out, out_indices=[1, -1], checkpoint=ckpt, img_size=64, dtype="float16", batch_size=3
-    )
+        "resnet18", photos, out, out_indices=[1, -1], checkpoint=ckpt, img_size=64, dtype="float16", batch_size=3,
+        quiet=True,
+    )  # fmt: skip
     return out, summary
 
 
@@ -121,12 +122,19 @@ def test_viz_finds_the_inputs_of_an_api_run(cli, made: tuple[Path, object], tmp_
     assert res.stderr == ""  # the INPUT folder was read from the recorded featdump.extract(...) call
 
 
-def test_extract_takes_every_option_of_the_command() -> None:
-    import dataclasses
+def test_extract_keywords_are_the_option_names() -> None:
     import inspect
 
-    from featdump.options import ExtractConfig
+    from featdump.options import OPTIONS
 
-    params = set(inspect.signature(featdump.extract).parameters)
-    options = {f.name for f in dataclasses.fields(ExtractConfig)} - {"command", "extra", "quiet"}
-    assert options - params == set(), "featdump.extract lacks options the command has"
+    params = inspect.signature(featdump.extract).parameters
+    assert [o.name for o in OPTIONS if o.name not in params] == []  # derived: see test_options.py
+    assert "quiet" in params and "progress" in params
+
+
+def test_extract_shows_progress_when_asked(tmp_path: Path, photos: Path, random_checkpoint, capsys) -> None:
+    summary = featdump.extract("resnet18", photos, tmp_path / "p.h5", out_indices=[-1], checkpoint=random_checkpoint("resnet18"),
+                               img_size=64, progress=True)  # fmt: skip
+    assert summary.num_images == 8
+    err = capsys.readouterr().err
+    assert err.endswith("\n") and "resnet18  8/8  100%" in err and "img/s" in err

@@ -10,7 +10,8 @@ import json
 import os
 import shlex
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from inspect import Parameter, Signature
 from pathlib import Path
 from typing import Annotated, Any, Optional, TypeVar
 
@@ -21,6 +22,7 @@ from featdump import __version__
 from featdump.cli.typer_compat import click_exceptions, parameter_source
 from featdump.errors import FeatdumpError, Interrupted, UsageError
 from featdump.text import first_line
+from featdump.options import OPTIONS, Option
 
 app = typer.Typer(
     name="featdump",
@@ -170,78 +172,34 @@ def inspect(
 
 # --------------------------------------------------------------------------- extract
 
-_EXTRACT_OPTIONS = [
-    "out_indices", "layers", "tokens", "output_stride", "img_size", "pretrained", "checkpoint", "device", "precision",
-    "batch_size", "workers", "dtype", "pool", "compression", "shard", "resume", "overwrite", "strict", "quiet",
-    "max_image_pixels", "fast_decode", "decode", "compile",
-]  # fmt: skip
+
+def extract_parameters(table: Sequence[Option] = OPTIONS) -> Signature:
+    """The ``extract`` command's parameters, derived from the option table (featdump/options.py)."""
+    keyword = Parameter.KEYWORD_ONLY  # Typer passes every parameter by name
+    params = [Parameter("ctx", keyword, annotation=typer.Context)]
+    for o in table:
+        info = typer.Argument(help=o.help) if o.argument else typer.Option(*o.flags, help=o.help)
+        default = Parameter.empty if o.required else o.default
+        params.append(Parameter(o.name, keyword, annotation=Annotated[o.cli_type, info], default=default))
+    config = typer.Option("--config", help="TOML file of option defaults (flags win).")
+    params.append(Parameter("config_file", keyword, annotation=Annotated[Optional[Path], config], default=None))
+    return Signature(params, return_annotation=None)
+
+
+def with_signature(signature: Signature) -> Callable[[F], F]:
+    """Give a ``**values`` function the parameters Typer should read (set before other decorators wrap it)."""
+
+    def apply(func: F) -> F:
+        func.__signature__ = signature  # type: ignore[attr-defined]
+        return func
+
+    return apply
 
 
 @app.command()
 @handle_errors
-def extract(
-    ctx: typer.Context,
-    model: Annotated[str, typer.Argument(help="timm model name, e.g. resnet50.")],
-    inputs: Annotated[
-        list[str], typer.Argument(help="Image folders (recursive), text files listing images, or image files.")
-    ],
-    output: Annotated[str, typer.Option("-o", "--output", help="HDF5 file to write, e.g. feats.h5.")],
-    out_indices: Annotated[
-        Optional[str], typer.Option("--out-indices", help="Feature levels, e.g. 1,2,-1. [default: the model's]")
-    ] = None,
-    layers: Annotated[
-        Optional[str], typer.Option("--layers", help="Module names instead of levels (see inspect --all-modules).")
-    ] = None,
-    tokens: Annotated[
-        str, typer.Option("--tokens", help="Token outputs: seq stores (N,T,D), map stores (N,D,H,W).")
-    ] = "seq",
-    output_stride: Annotated[Optional[int], typer.Option("--output-stride", help="8|16|32 (dilated).")] = None,
-    img_size: Annotated[
-        Optional[str], typer.Option("--img-size", help="224 or HEIGHTxWIDTH. [default: pretrained config]")
-    ] = None,
-    pretrained: Annotated[
-        bool, typer.Option("--pretrained/--no-pretrained", help="Hub weights (cached), or random init.")
-    ] = True,
-    checkpoint: Annotated[
-        Optional[Path], typer.Option("--checkpoint", help="Local weights: .safetensors/.pth/.pt/.bin (timm names).")
-    ] = None,
-    device: Annotated[str, typer.Option("--device", help="auto|cpu|cuda|cuda:N|mps.")] = "auto",
-    precision: Annotated[str, typer.Option("--precision", help="fp32|fp16|bf16 (autocast).")] = "fp32",
-    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="[default: tuned per device]")] = None,
-    workers: Annotated[Optional[int], typer.Option("--workers", help="Decoding workers: threads on CPU, processes on GPUs; 0 decodes in the main thread. [default: tuned]")] = None,
-    dtype: Annotated[str, typer.Option("--dtype", help="Storage dtype: float32|float16.")] = "float32",
-    pool: Annotated[str, typer.Option("--pool", help="none|avg|max over space (stores N×C).")] = "none",
-    compression: Annotated[
-        str,
-        typer.Option("--compression", help="none|gzip|lzf|zstd (zstd: level -3, or FEATDUMP_ZSTD_LEVEL; readers import hdf5plugin)."),
-    ] = "none",
-    fast_decode: Annotated[
-        bool,
-        typer.Option(
-            "--fast-decode", help="JPEG DCT scaling / reduce before resize: ~1.7x faster decoding, pixels change slightly."
-        ),
-    ] = False,
-    decode: Annotated[str, typer.Option("--decode", help="cpu|gpu (gpu: torchvision's nvjpeg on the CUDA device).")] = "cpu",
-    compile: Annotated[bool, typer.Option("--compile", help="torch.compile the backbone (pays off on long GPU runs).")] = False,
-    shard: Annotated[
-        Optional[str], typer.Option("--shard", help="I/N: handle block I of N. [default: from torchrun/Slurm]")
-    ] = None,
-    resume: Annotated[
-        bool,
-        typer.Option("--resume", help="Continue an unfinished output (same settings), or start it if there is none."),
-    ] = False,
-    overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="Replace an existing output; it is swapped in only when the run succeeds.")
-    ] = False,
-    strict: Annotated[bool, typer.Option("--strict", help="Exit 1 at the end if any image failed.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar, no table.")] = False,
-    max_image_pixels: Annotated[
-        Optional[int], typer.Option("--max-image-pixels", help="Refuse larger images. [default: Pillow's 89.5 MP]")
-    ] = None,
-    config_file: Annotated[
-        Optional[Path], typer.Option("--config", help="TOML file of option defaults (flags win).")
-    ] = None,
-) -> None:
+@with_signature(extract_parameters())
+def extract(ctx: typer.Context, **values: Any) -> None:
     """Stream images through a timm backbone and write one HDF5 dataset per layer.
 
     Example: featdump extract resnet50 photos/ -o feats.h5 --out-indices 1,2,3 --dtype float16
@@ -253,17 +211,16 @@ def extract(
     from featdump.cli.signals import guarded_run
 
     with guarded_run() as stop:  # a Ctrl-C during start-up is remembered, not lost in third-party code
-        _extract(ctx, model, inputs, output, config_file, stop)
+        _extract(ctx, values["config_file"], stop)
 
 
-def _extract(ctx: typer.Context, model: str, inputs: list[str], output: str, config_file: Path | None, stop: Any) -> None:
+def _extract(ctx: typer.Context, config_file: Path | None, stop: Any) -> None:
     from featdump import options as config
     from featdump.cli.signals import leave_at_once
     from featdump.cli.render import RichProgress, console, failures_table, summary_table
     from featdump.run.job import run_extraction
 
-    given = given_options(ctx, _EXTRACT_OPTIONS)
-    given.update(model=model, inputs=tuple(inputs), output=output)
+    given = given_options(ctx, [o.name for o in OPTIONS])  # MODEL, INPUT... and -o are always given
     file_values = config.load_toml(config_file) if config_file else {}
     cfg = config.resolve(given, file_values, command=shlex.join(["featdump", *sys.argv[1:]]))
     progress = RichProgress(enabled=False if cfg.quiet else None)

@@ -12,7 +12,7 @@ from featdump import FORMAT_VERSION, __version__
 from featdump.errors import FeatdumpError, UsageError
 from featdump.data.sources import Selection
 from featdump.model.layers import Backbone, LayerInfo
-from featdump.options import ExtractConfig
+from featdump.options import ExtractConfig, option_attrs
 from featdump.run.placement import Placement
 from featdump.store.journal import OutputLock, fsync_dir
 from featdump.store.format import inputs_attr, utc_now, zstd_level
@@ -41,13 +41,7 @@ def file_attrs(cfg: ExtractConfig, backbone: Backbone, placement: Placement, sel
         "crop_mode": data.crop_mode,
         "out_indices": [layer.index for layer in backbone.layers] if not cfg.layers else [],
         "layers": [layer.name for layer in backbone.layers],
-        "tokens": cfg.tokens,
-        "output_stride": cfg.output_stride or 0,
-        "pool": cfg.pool,
-        "dtype": cfg.dtype,
-        "precision": cfg.precision,
-        "decode": decode_mode(cfg),
-        "compression": cfg.compression,
+        **option_attrs(cfg),  # tokens, output_stride, precision, dtype, pool, compression, decode, ...
         "created": utc_now(),
         "command": cfg.command,
         "inputs": inputs_attr(cfg.inputs),  # the INPUTs as given, structured (viz finds the images)
@@ -57,14 +51,6 @@ def file_attrs(cfg: ExtractConfig, backbone: Backbone, placement: Placement, sel
         "list_size": selection.total,  # the whole list: merge checks that shards agree
         "list_digest": selection.total_digest,
     }
-
-
-def decode_mode(cfg: ExtractConfig) -> str:
-    """The file's ``decode`` attribute: ``exact`` (timm's transform on PIL, the default), ``fast``
-    (``--fast-decode``: JPEG DCT scaling / reduce before resize) or ``gpu`` (``--decode gpu``)."""
-    if cfg.decode == "gpu":
-        return "gpu"
-    return "fast" if cfg.fast_decode else "exact"
 
 
 def preflight(path: Path, cfg: ExtractConfig) -> None:

@@ -38,25 +38,20 @@ from featdump.store.format import (  # noqa: F401 - re-exported: the writer's ca
     zstd_level,
 )
 from featdump.text import first_line
+from featdump.options import SETTINGS
 
-# Settings that must match for --resume to continue a file (and for merge to join shards).
+# Settings that must match for --resume to continue a file (and for merge to join shards): the
+# options marked as settings in the option table (featdump/options.py), and what the model and the
+# inputs made of them.
 RESUME_KEYS = (
-    "model",
+    *SETTINGS,  # model, out_indices, layers, tokens, output_stride, precision, dtype, pool, decode
     "weights",
-    "out_indices",
-    "layers",
-    "output_stride",
     "input_size",
     "mean",
     "std",
     "interpolation",
     "crop_pct",
     "crop_mode",
-    "pool",
-    "tokens",
-    "dtype",
-    "precision",
-    "decode",
     "input_digest",
     "num_inputs",
     "list_digest",

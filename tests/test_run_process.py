@@ -1,0 +1,65 @@
+"""Process-wide settings (featdump/run/process.py): OpenMP's wait policy through the Python API,
+measured in CPU time (not wall time) with another process busy on a core."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from featdump.run.process import OMP_ADVICE, passive_omp
+
+_RUN = r"""
+import json, os, sys, warnings
+if sys.argv[3] == "torch-first":
+    import torch  # noqa: F401
+import featdump
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    featdump.extract("resnet18", [sys.argv[1]], sys.argv[2], pretrained=False, overwrite=True)
+print(json.dumps({"policy": os.environ.get("OMP_WAIT_POLICY"), "warnings": [str(w.message) for w in caught]}))
+"""
+
+
+def _run(photos: Path, out: Path, mode: str, env: dict[str, str]) -> tuple[dict, float]:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _RUN, str(photos), str(out), mode], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, env=env,
+    )  # fmt: skip
+    _, status, usage = os.wait4(proc.pid, 0)
+    stdout, stderr = proc.stdout.read(), proc.stderr.read()  # type: ignore[union-attr]
+    assert os.waitstatus_to_exitcode(status) == 0, stderr
+    return json.loads(stdout.strip().splitlines()[-1]), usage.ru_utime + usage.ru_stime
+
+
+def test_passive_omp_sets_the_policy_only_before_torch(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    assert passive_omp() == "" and os.environ["OMP_WAIT_POLICY"] == "ACTIVE"  # the user's choice wins
+    monkeypatch.delenv("OMP_WAIT_POLICY")
+    assert "torch" in sys.modules  # loaded by this test session: too late to set it
+    assert passive_omp() == OMP_ADVICE and "OMP_WAIT_POLICY" not in os.environ
+
+
+@pytest.mark.slow
+def test_api_sets_passive_omp_or_warns_and_spinning_costs_cpu(tmp_path: Path, photos: Path):
+    base = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    got, _ = _run(photos, tmp_path / "a.h5", "featdump-first", base)
+    assert got == {"policy": "PASSIVE", "warnings": []}
+    got, _ = _run(photos, tmp_path / "b.h5", "torch-first", base)
+    assert got["policy"] is None and any("OMP_WAIT_POLICY" in w for w in got["warnings"]), got
+
+    # Why it matters: with another process busy on a core, spinning OpenMP threads burn CPU time.
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        cpu = {}
+        for policy in ("PASSIVE", "ACTIVE", "PASSIVE", "ACTIVE"):
+            _, seconds = _run(photos, tmp_path / f"{policy}.h5", "featdump-first", dict(base, OMP_WAIT_POLICY=policy))
+            cpu[policy] = min(cpu.get(policy, seconds), seconds)
+    finally:
+        hog.kill()
+        hog.wait()
+    assert cpu["PASSIVE"] < 0.85 * cpu["ACTIVE"], cpu
