@@ -73,7 +73,7 @@ def test_inspect_json_is_the_only_thing_on_stdout() -> None:
 
 # --------------------------------------------------------------------------- the README's examples, run
 
-README = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+README = (ROOT / "README.md").read_text(encoding="utf-8")
 SECTION = README[README.index("<!-- section:issue6 -->") : README.index("<!-- /section:issue6 -->")]
 
 
