@@ -6,10 +6,11 @@ import json
 
 import pytest
 
-from conftest import run
-from featdump.model.backbone import describe
 from featdump.errors import UsageError
+from featdump.model.backbone import describe
 from featdump.model.catalog import supports_output_stride
+
+from conftest import run
 
 
 def test_models_json_glob(cli) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+
 from clusterkit import FAST, make_images, read
 from conftest import run
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from featdump.options import ExtractConfig, parse_img_size, parse_indices, parse_shard, resolve
 from featdump.errors import UsageError
+from featdump.options import ExtractConfig, parse_img_size, parse_indices, parse_shard, resolve
 
 BASE = {"model": "resnet18", "inputs": ("imgs",), "output": "o.h5"}
 
@@ -66,3 +66,10 @@ def test_precedence_defaults_file_flags():
 def test_resolve_rejects(extra, needle):
     with pytest.raises(UsageError, match=needle):
         resolve({**BASE, **extra})
+
+
+def test_fast_decode_and_gpu_decode_exclude_each_other() -> None:
+    from featdump.errors import UsageError
+
+    with pytest.raises(UsageError, match="exclude each other"):
+        resolve({"model": "resnet18", "inputs": ("x",), "output": "o.h5", "fast_decode": True, "decode": "gpu"})

@@ -9,6 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
 from faultkit import (
     Case,
     assert_prefix_of,

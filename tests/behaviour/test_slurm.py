@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from clusterkit import assert_rows_of_shards, assert_same_as_single, make_images, read
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository
