@@ -47,6 +47,7 @@ with torch.inference_mode():
 """
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc settings")
 def test_malloc_tuning_reuses_activation_memory() -> None:
     """With the settings, batches reuse the heap's pages instead of page-faulting fresh ones

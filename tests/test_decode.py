@@ -52,6 +52,7 @@ def test_fast_decode_drift_is_small(tmp_path: Path, photos: Path, lite0_weights:
     assert min(last) > 0.9
 
 
+@pytest.mark.slow
 def test_fast_decode_is_recorded_and_resume_checks_it(tmp_path: Path, photos: Path, random_checkpoint: Any) -> None:
     ckpt = random_checkpoint("resnet18")
     out = tmp_path / "f.h5"

@@ -130,6 +130,7 @@ def test_cmyk_converted():
     assert tuple(np.asarray(to_rgb(cyan))[0, 0]) == (0, 255, 255)
 
 
+@pytest.mark.slow
 def test_broken_files_are_recorded_and_rows_do_not_shift(cli, random_checkpoint, tmp_path):
     folder = tmp_path / "odd"
     folder.mkdir()

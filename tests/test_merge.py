@@ -16,6 +16,8 @@ from featdump.store.merge import check_sources, missing_sources
 
 from clusterkit import FAST, assert_rows_of_shards, assert_same_as_single, make_images, read
 
+pytestmark = pytest.mark.slow  # its fixture runs eleven extractions
+
 
 def _cli(*args: str) -> Any:
     return CliRunner().invoke(app, list(args), catch_exceptions=False)

@@ -36,6 +36,7 @@ def test_chunks_hold_whole_planes_without_padding(shape: tuple[int, ...], itemsi
         assert nbytes >= min(per_image, 256 << 10)  # not needlessly small
 
 
+@pytest.mark.slow
 def test_zstd_is_lossless_and_compact(tmp_path: Path, random_checkpoint: Any, photos: Path) -> None:
     """Post-ReLU maps (resnet18 levels) with --compression zstd: same values, much smaller."""
     import hdf5plugin  # noqa: F401 - readers of zstd files need it
@@ -55,6 +56,7 @@ def test_zstd_is_lossless_and_compact(tmp_path: Path, random_checkpoint: Any, ph
             assert b["features"][name].id.get_storage_size() < 0.8 * raw
 
 
+@pytest.mark.slow
 def test_zstd_level_from_the_environment(tmp_path: Path, random_checkpoint: Any, photos: Path) -> None:
     """FEATDUMP_ZSTD_LEVEL picks zstd's level (negative: its fast modes); the values stay exact
     and the level is in the file's filter settings; a bad level exits 2 before any model loads."""

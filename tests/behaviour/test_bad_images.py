@@ -81,6 +81,7 @@ def zoo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict[str,
     return d, listing, expect
 
 
+@pytest.mark.slow
 def test_every_bad_kind_is_recorded_and_nothing_hangs(tmp_path: Path, zoo, random_checkpoint, cli) -> None:
     folder, listing, expect = zoo
     out = tmp_path / "zoo.h5"

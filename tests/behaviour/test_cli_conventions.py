@@ -41,6 +41,7 @@ def test_completion_is_offered(cli) -> None:
     assert "Example: featdump" in " ".join(res.stdout.replace("│", " ").split())
 
 
+@pytest.mark.slow
 def test_no_color_is_respected() -> None:
     forced = run("models", "resnet18", env={"FORCE_COLOR": "1", "COLUMNS": "120"})
     assert forced.returncode == 0 and COLOR.search(forced.stdout), "FORCE_COLOR alone should colour (test is live)"
@@ -61,6 +62,7 @@ def test_quiet_prints_nothing(cli, photos: Path, tmp_path: Path) -> None:
     assert res.exit_code == 0 and res.stdout == "" and (tmp_path / "q.png").stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_inspect_json_is_the_only_thing_on_stdout() -> None:
     proc = run(
         "inspect", "vit_tiny_patch16_224", "--layers", "blocks.0,blocks.11", "--tokens", "map", "--json", check=True

@@ -21,6 +21,8 @@ from faultkit import (
     sha256,
 )
 
+pytestmark = pytest.mark.slow  # real ENOSPC on a tmpfs, runs killed and resumed
+
 
 def _mount(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["mount", *args], capture_output=True, text=True)

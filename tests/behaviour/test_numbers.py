@@ -11,6 +11,9 @@ import pytest
 
 from conftest import run, timm_features
 
+pytestmark = pytest.mark.slow  # every test extracts with real models and compares with timm
+
+
 # (model, extra featdump flags, timm kwargs for the reference)
 CASES = [
     ("resnet18", [], {}),

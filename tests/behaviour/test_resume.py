@@ -23,6 +23,8 @@ from faultkit import (
     wait_for,
 )
 
+pytestmark = pytest.mark.slow  # real processes killed and resumed; the shared clean run
+
 
 @pytest.fixture(scope="module")
 def partial(tmp_path_factory: pytest.TempPathFactory, case: Case) -> Path:

@@ -31,6 +31,8 @@ from faultkit import (
     wait_for,
 )
 
+pytestmark = pytest.mark.slow  # real processes killed; the shared clean run
+
 
 class Payload:
     """Unpickling this runs os.system - exactly what a hostile checkpoint does."""
