@@ -52,4 +52,4 @@ bench: $(VENV)/.installed-test $(LITE0)
 	$(PY) -m bench $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) out weights .pytest_cache bench/results
+	rm -rf $(VENV) out weights .pytest_cache .mypy_cache .ruff_cache bench/results
