@@ -1,6 +1,8 @@
 # featdump: two commands set everything up on a fresh machine with only python3.
 #   make demo   - venv, install, convert the bundled ImageNet weights, inspect + extract the sample photos
 #   make test   - venv, install featdump[test], run the whole test suite (offline)
+#   make test-fast - the same without the tests marked slow (real processes killed, clusters, bench): the inner loop
+#   make lint   - ruff on featdump/, tests/, bench/, scripts/ and mypy on featdump/ (what .ci/run runs first)
 #   make bench  - throughput / storage / memory benchmarks (bench/, not pass/fail)
 
 PYTHON ?= python3
@@ -10,7 +12,7 @@ PY     := $(BIN)/python
 DEMO_OUT ?= out/demo.h5
 LITE0  := weights/tf_efficientnet_lite0.safetensors
 
-.PHONY: demo test bench install clean
+.PHONY: demo test test-fast lint bench install clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -39,8 +41,15 @@ demo: $(VENV)/.installed-demo $(LITE0)
 test: $(VENV)/.installed-test
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+test-fast: $(VENV)/.installed-test
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+lint: $(VENV)/.installed-test
+	$(BIN)/ruff check featdump tests bench scripts
+	$(BIN)/mypy featdump
+
 bench: $(VENV)/.installed-test $(LITE0)
 	$(PY) -m bench $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) out weights .pytest_cache bench/results
+	rm -rf $(VENV) out weights .pytest_cache .mypy_cache .ruff_cache bench/results

@@ -221,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         print(msg, file=sys.stderr, flush=True)
 
     report: dict[str, Any] = {
-        "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        "started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
         "machine": machine(device),
         "settings": f"{n_images} JPEGs, {reps} repetition(s)" + (", quick" if quick else ""),
         "load_before": load(),

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+
 # (label, the --compression name that maps to it or "", h5py kwargs factory); see store.compression_kwargs.
 def variants() -> list[tuple[str, str, Any]]:
     import hdf5plugin
@@ -34,8 +35,8 @@ def feature_maps(model: str, images: list[Path], count: int) -> list[Any]:
     import numpy as np
     import torch
 
-    from featdump.model.backbone import load_backbone
     from featdump.data.decode import load_rgb
+    from featdump.model.backbone import load_backbone
 
     torch.manual_seed(0)
     bb = load_backbone(model, pretrained=False)
@@ -72,7 +73,7 @@ def measure(maps: list[Any], dtype: str, kwargs: dict[str, Any], folder: Path, b
         n = arrays[0].shape[0]
         for start in range(0, n, batch):
             stop = min(n, start + batch)
-            for ds, a in zip(sets, arrays):
+            for ds, a in zip(sets, arrays, strict=True):
                 ds.resize(stop, axis=0)
                 ds[start:stop] = a[start:stop]
             h5.flush()

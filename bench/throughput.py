@@ -182,7 +182,7 @@ class Bare:
                         h5.create_dataset(f"l{j}", shape=(0, *f.shape[1:]), maxshape=(None, *f.shape[1:]), dtype=dtype)
                         for j, f in enumerate(feats)
                     ]
-                for ds, f in zip(sets, feats):
+                for ds, f in zip(sets, feats, strict=True):
                     ds.resize(ds.shape[0] + 1, axis=0)
                     ds[-1] = np.asarray(f[0])
             rate = (len(paths) - 1) / (time.perf_counter() - t0)
@@ -269,7 +269,7 @@ def measure_case(
         cycles = 1 if quick else max(1, math.ceil(5 * best.rate / len(paths)))
         many = [folder / "cycled" / f"c{k:06d}{p.suffix}" for k, p in enumerate(paths * cycles)]
         many[0].parent.mkdir()
-        for link, p in zip(many, paths * cycles):
+        for link, p in zip(many, paths * cycles, strict=True):
             link.symlink_to(p.resolve())
         n_small = min(len(many) // 2, max(best.batch_size, len(many) // 3))
         small = write_list(folder, many[:n_small], "small.txt")

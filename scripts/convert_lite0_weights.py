@@ -29,7 +29,7 @@ def convert(out: Path = DEFAULT) -> Path:
     if len(source) != len(target):
         raise SystemExit(f"expected {len(target)} tensors, the package has {len(source)}")
     converted = {}
-    for (src_key, tensor), (dst_key, ref) in zip(source.items(), target.items()):
+    for (src_key, tensor), (dst_key, ref) in zip(source.items(), target.items(), strict=True):
         if tuple(tensor.shape) != tuple(ref.shape):
             raise SystemExit(f"{src_key} {tuple(tensor.shape)} does not fit {dst_key} {tuple(ref.shape)}")
         converted[dst_key] = tensor.contiguous().clone()

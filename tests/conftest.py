@@ -14,6 +14,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PHOTOS = ROOT / "examples" / "images"
 sys.path.insert(0, str(ROOT / "scripts"))
+# the helper modules (conftest, faultkit, clusterkit) import as top-level names from tests/ and tests/behaviour/
+sys.path.insert(0, str(ROOT / "tests"))
 
 
 @pytest.fixture(autouse=True)

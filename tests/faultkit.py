@@ -6,6 +6,7 @@ for value.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import signal
@@ -93,10 +94,8 @@ def wait_for(predicate: Any, proc: subprocess.Popen[str], timeout: float = 240, 
 
 
 def kill(proc: subprocess.Popen[str], sig: int = signal.SIGKILL) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, sig)
-    except ProcessLookupError:
-        pass
 
 
 def read_rows(path: Path | str) -> dict[str, Any]:

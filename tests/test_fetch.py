@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+
 from clusterkit import FAST, make_images, read
 from conftest import run
 
@@ -63,6 +64,7 @@ def env(home: Path) -> dict[str, str]:
     return {"HF_HOME": str(home), "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
 
 
+@pytest.mark.slow
 def test_fetch_finds_cached_weights_says_where_and_fails_clearly_offline(hf_home: Path) -> None:
     proc = run("fetch", "resnet18", "resnet34", "hf-hub:timm/resnet18.a1_in1k", env=env(hf_home))
     snapshot = hf_home / "hub" / "models--timm--resnet18.a1_in1k" / "snapshots" / COMMIT
@@ -83,6 +85,7 @@ def test_fetch_finds_cached_weights_says_where_and_fails_clearly_offline(hf_home
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_fetch_cache_hit_exits_zero(hf_home: Path) -> None:
     proc = run("fetch", "resnet18", "--quiet", env=env(hf_home))
     assert proc.returncode == 0, proc.stderr
@@ -105,6 +108,7 @@ def test_fetch_refuses_names_before_downloading_anything(cli: Any, name: str, me
     assert "resnet18: resnet18.a1_in1k" not in result.output  # nothing was fetched first
 
 
+@pytest.mark.slow
 def test_extract_pretrained_offline_loads_the_fetched_weights(
     hf_home: Path, tmp_path: Path, cli: Any, random_checkpoint: Any
 ) -> None:
@@ -124,6 +128,7 @@ def test_extract_pretrained_offline_loads_the_fetched_weights(
         np.testing.assert_allclose(hub["features"][name], values, rtol=1e-5, atol=1e-6, err_msg=name)
 
 
+@pytest.mark.slow
 def test_extract_pretrained_offline_without_cache_points_to_fetch(tmp_path: Path) -> None:
     images = make_images(tmp_path / "images", 1)
     empty = tmp_path / "empty-hf"

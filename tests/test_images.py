@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import string
 import struct
 import zlib
 from pathlib import Path
@@ -11,11 +12,13 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
-from featdump.errors import UsageError
 from featdump.data.decode import load_rgb, to_rgb
 from featdump.data.discover import discover
+from featdump.errors import UsageError
 
 
 def _photo(size=(48, 40)) -> Image.Image:
@@ -128,6 +131,7 @@ def test_cmyk_converted():
     assert tuple(np.asarray(to_rgb(cyan))[0, 0]) == (0, 255, 255)
 
 
+@pytest.mark.slow
 def test_broken_files_are_recorded_and_rows_do_not_shift(cli, random_checkpoint, tmp_path):
     folder = tmp_path / "odd"
     folder.mkdir()
@@ -144,7 +148,8 @@ def test_broken_files_are_recorded_and_rows_do_not_shift(cli, random_checkpoint,
         assert [p.decode() for p in m["paths"][:]] == good
         assert [p.decode() for p in c["paths"][:]] == [f"odd/{g}" for g in good]
         np.testing.assert_allclose(m["features/layer4"][:], c["features/layer4"][:], rtol=1e-5, atol=1e-6)
-        failed = dict(zip([p.decode() for p in m["failed/paths"][:]], [e.decode() for e in m["failed/errors"][:]]))
+        assert len(m["failed/paths"]) == len(m["failed/errors"])
+        failed = dict(zip([p.decode() for p in m["failed/paths"][:]], [e.decode() for e in m["failed/errors"][:]], strict=True))
         assert sorted(failed) == bad
         assert all("\n" not in e and e for e in failed.values())
         assert "pixels" in failed["bomb.png"].lower()
@@ -193,3 +198,35 @@ def test_discovery_errors(tmp_path):
         _photo().save(tmp_path / sub / "same.png")
     with pytest.raises(UsageError, match="stored twice"):
         discover([str(tmp_path / "x"), str(tmp_path / "y")])
+
+
+# --------------------------------------------------------------------------- properties
+
+
+# (list files strip each line, so names here neither start nor end with a space)
+names = st.text(alphabet=string.ascii_letters + string.digits + "-_ éß中", min_size=1, max_size=8).map(
+    lambda t: t.strip() or "x"
+)
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(tree=st.lists(st.tuples(st.sampled_from(["", "a", "B", "a/z", "é"]), names), min_size=1, max_size=15, unique=True))
+def test_list_order_property(tmp_path_factory, tree) -> None:
+    """Discovery sorts by stored path in code-point order, whatever the order the inputs are given
+    in or the file system lists them; the digest --resume compares depends only on that list."""
+    from featdump.data.discover import discover, list_digest
+
+    root = tmp_path_factory.mktemp("tree")
+    for folder, name in tree:
+        (root / folder).mkdir(parents=True, exist_ok=True)
+        (root / folder / f"{name}.png").write_bytes(b"x")
+    refs = discover([str(root)])
+    paths = [r.path for r in refs]
+    assert paths == sorted(paths) == sorted({(f"{d}/" if d else "") + f"{n}.png" for d, n in tree})
+    files = [str(root / p) for p in paths]
+    shuffled = files[::-1]
+    by_files = discover(shuffled)
+    assert [r.path for r in by_files] == sorted(files)
+    listing = root / "list.txt"
+    listing.write_text("\n".join(reversed(paths)))
+    assert list_digest(discover([str(listing)])) == list_digest(refs)

@@ -9,11 +9,14 @@ from typing import Any
 import h5py
 import numpy as np
 import pytest
-from clusterkit import FAST, assert_rows_of_shards, assert_same_as_single, make_images, read
 from typer.testing import CliRunner
 
 from featdump.cli.commands import app
 from featdump.store.vds import check_sources, missing_sources
+
+from clusterkit import FAST, assert_rows_of_shards, assert_same_as_single, make_images, read
+
+pytestmark = pytest.mark.slow  # its fixture runs eleven extractions
 
 
 def _cli(*args: str) -> Any:

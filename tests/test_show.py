@@ -113,7 +113,7 @@ def _virtual(dest: Path, sources: list[Path]) -> None:
         for n in names:
             layout = h5py.VirtualLayout(shape=(sum(counts), *shapes[n]), dtype=dtypes[n])
             row = 0
-            for s, c in zip(sources, counts):
+            for s, c in zip(sources, counts, strict=True):
                 layout[row : row + c] = h5py.VirtualSource(s.name, f"features/{n}", shape=(c, *shapes[n]))
                 row += c
             group.create_virtual_dataset(n, layout, fillvalue=0)
@@ -163,7 +163,7 @@ def test_show_foreign_files(cli, tmp_path: Path) -> None:
 def test_show_real_merge(cli, made: dict[str, Path], tmp_path: Path) -> None:
     """A file written by `featdump merge` (virtual by default) reads like one run; a lost shard is reported."""
     shards = [tmp_path / made[k].name for k in ("shard0", "shard1")]
-    for key, dest in zip(("shard0", "shard1"), shards):
+    for key, dest in zip(("shard0", "shard1"), shards, strict=True):
         shutil.copy(made[key], dest)
     merged = tmp_path / "all.h5"
     res = cli("merge", *map(str, shards), "-o", str(merged), "--quiet")

@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from clusterkit import FAST, assert_rows_of_shards, assert_same_as_single, make_images, read
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the repository
 SCRIPT = ROOT / "configs" / "torchrun" / "extract-node.sh"
 BIN = Path(sys.executable).parent
 

@@ -8,6 +8,8 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
+
 from faultkit import (
     Case,
     assert_prefix_of,
@@ -21,6 +23,8 @@ from faultkit import (
     run,
     wait_for,
 )
+
+pytestmark = pytest.mark.slow  # real processes interrupted and resumed
 
 
 def _stop(proc, sig: int, times: int = 1, group: bool = True) -> tuple[int, str, float]:

@@ -143,6 +143,7 @@ def test_extract_real_process_writes_spec_layout(photos, tmp_path, random_checkp
         assert h5py.check_string_dtype(f["paths"].dtype).encoding == "utf-8"
 
 
+@pytest.mark.slow
 def test_pretrained_tags_and_hub_names(cli):
     ok = cli("inspect", "resnet50.a1_in1k", "--json")
     assert ok.exit_code == 0 and '"crop_pct": 0.95' in ok.stdout
@@ -152,6 +153,7 @@ def test_pretrained_tags_and_hub_names(cli):
     assert hub.exit_code == 1 and "featdump fetch hf-hub:timm/resnet18.a1_in1k" in hub.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["resnet50.a1_in1k", "vit_tiny_patch16_224", "inception_v3", "fastvit_t8"])
 def test_data_config_is_timms(model):
     """The stored preprocessing is what timm resolves for the full pretrained model."""

@@ -6,8 +6,10 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 
+@pytest.mark.slow
 def test_zstd_shards_merge_show_and_open(cli, random_checkpoint, photos, tmp_path, monkeypatch):
     ckpt = str(random_checkpoint("resnet18"))
     common = ["--checkpoint", ckpt, "--out-indices", "2,-1", "--img-size", "64", "--compression", "zstd", "--quiet"]

@@ -7,7 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from conftest import ROOT
+
+pytestmark = pytest.mark.slow  # runs `make bench --quick`
 
 
 def test_bench_quick_runs_and_saves_its_report(tmp_path: Path) -> None:

@@ -23,9 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from clusterkit import assert_rows_of_shards, assert_same_as_single, make_images, read
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the repository
 SLURM_UP = ROOT / ".ci" / "slurm-up.sh"
 EXTRACT = ROOT / "configs" / "slurm" / "extract-array.sbatch"
 MERGE = ROOT / "configs" / "slurm" / "merge.sbatch"

@@ -6,10 +6,11 @@ import json
 
 import pytest
 
-from conftest import run
-from featdump.model.backbone import describe
 from featdump.errors import UsageError
+from featdump.model.backbone import describe
 from featdump.model.catalog import supports_output_stride
+
+from conftest import run
 
 
 def test_models_json_glob(cli) -> None:
@@ -40,6 +41,7 @@ def test_models_no_match_is_not_an_error(cli) -> None:
     assert json.loads(cli("models", "no_such_model_*", "--json").stdout) == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "name",
     ["resnet18", "convnext_atto", "efficientnet_b0", "regnetx_002", "vit_tiny_patch16_224", "dla34", "vgg11",
@@ -56,6 +58,7 @@ def test_output_stride_column_matches_a_real_build(name: str) -> None:
     assert supports_output_stride(name) is works
 
 
+@pytest.mark.slow
 def test_models_json_nothing_else_on_stdout() -> None:
     proc = run("models", "resnet18", "--json", check=True)
     assert json.loads(proc.stdout) == [

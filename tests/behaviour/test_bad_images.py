@@ -11,8 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from faultkit import FAST, MODEL, read_rows, run
 from PIL import Image
+
+from faultkit import FAST, MODEL, read_rows, run
 
 
 def _png(w: int, h: int, data: bytes = b"") -> bytes:
@@ -80,6 +81,7 @@ def zoo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict[str,
     return d, listing, expect
 
 
+@pytest.mark.slow
 def test_every_bad_kind_is_recorded_and_nothing_hangs(tmp_path: Path, zoo, random_checkpoint, cli) -> None:
     folder, listing, expect = zoo
     out = tmp_path / "zoo.h5"
@@ -89,7 +91,8 @@ def test_every_bad_kind_is_recorded_and_nothing_hangs(tmp_path: Path, zoo, rando
     assert proc.returncode == 0, proc.stderr
     rows = read_rows(out)
     assert rows["complete"]
-    failed = dict(zip(rows["failed"], rows["errors"]))
+    assert len(rows["failed"]) == len(rows["errors"])
+    failed = dict(zip(rows["failed"], rows["errors"], strict=True))
     for path, reason in expect.items():
         assert path in failed, (path, sorted(failed))
         assert reason in failed[path], (path, failed[path])
@@ -158,13 +161,15 @@ def test_max_image_pixels(tmp_path: Path, random_checkpoint, cli) -> None:
     result = cli(*base, "-o", str(tmp_path / "a.h5"), "--max-image-pixels", "5000")
     assert result.exit_code == 0, result.output
     rows = read_rows(tmp_path / "a.h5")
-    failed = dict(zip(rows["failed"], rows["errors"]))
+    assert len(rows["failed"]) == len(rows["errors"])
+    failed = dict(zip(rows["failed"], rows["errors"], strict=True))
     assert rows["paths"] == ["small.png"]
     assert "too many pixels" in failed["big.png"] and "--max-image-pixels" in failed["big.png"]
     # a real gigapixel-class scan: past Pillow's own 2x refusal, so it fails only for its own damage
     result = cli(*base, "-o", str(tmp_path / "b.h5"), "--max-image-pixels", "200000000")
     assert result.exit_code == 0, result.output
     rows = read_rows(tmp_path / "b.h5")
-    failed = dict(zip(rows["failed"], rows["errors"]))
+    assert len(rows["failed"]) == len(rows["errors"])
+    failed = dict(zip(rows["failed"], rows["errors"], strict=True))
     assert rows["paths"] == ["big.png", "small.png"]
     assert "too many pixels" not in failed["bomb.png"] and "truncated" in failed["bomb.png"]

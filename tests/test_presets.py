@@ -31,6 +31,7 @@ def test_preset_resolves_and_builds(preset: Path) -> None:
         assert [layer.name for layer in desc.layers] == list(cfg.layers)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.stem)
 def test_preset_runs(cli, preset: Path, photos: Path, tmp_path: Path) -> None:
     out = tmp_path / "out.h5"

@@ -12,23 +12,26 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from faultkit import (
     FAST,
     MODEL,
     Case,
     assert_prefix_of,
     assert_same_rows,
-    committed_rows,
-    make_images,
     case,  # noqa: F401 - the shared clean run (session fixture)
+    committed_rows,
     journal_seq,
     kill,
     leftovers,
+    make_images,
     popen,
     read_rows,
     sha256,
     wait_for,
 )
+
+pytestmark = pytest.mark.slow  # real processes killed; the shared clean run
 
 
 class Payload:

@@ -9,6 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
 from faultkit import (
     Case,
     assert_prefix_of,
@@ -19,6 +20,8 @@ from faultkit import (
     read_rows,
     sha256,
 )
+
+pytestmark = pytest.mark.slow  # real ENOSPC on a tmpfs, runs killed and resumed
 
 
 def _mount(*args: str) -> subprocess.CompletedProcess[str]:

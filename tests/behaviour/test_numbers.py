@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
 import pytest
 
-from conftest import timm_features
+from conftest import run, timm_features
+
+pytestmark = pytest.mark.slow  # every test extracts with real models and compares with timm
+
 
 # (model, extra featdump flags, timm kwargs for the reference)
 CASES = [
@@ -42,7 +46,7 @@ def test_features_equal_timm(cli, random_checkpoint, photos, tmp_path, model, fl
     want = kw.get("out_indices")
     if want is not None:
         assert [int(f["features"][n].attrs["index"]) for n in names] == list(want)
-    for name, expected in zip(names, ref):
+    for name, expected in zip(names, ref, strict=True):
         got = f["features"][name][:]
         if expected.ndim == 4 and expected.shape[1:] != got.shape[1:]:
             expected = expected.transpose(0, 3, 1, 2)  # NHWC models (swin) are stored NCHW
@@ -56,7 +60,8 @@ def test_pool_avg_and_max_equal_timm(cli, random_checkpoint, photos, tmp_path):
     ref = timm_features("resnet18", ckpt, sorted(photos.iterdir()), out_indices=(2, 4))
     for pool, fn in (("avg", np.mean), ("max", np.max)):
         f = _extract(cli, "resnet18", ckpt, photos, tmp_path / f"{pool}.h5", "--out-indices", "2,4", "--pool", pool)
-        for name, expected in zip(f["features"], ref):
+        assert len(f["features"]) == len(ref)
+        for name, expected in zip(f["features"], ref, strict=True):
             got = f["features"][name][:]
             assert got.shape == expected.shape[:2]
             np.testing.assert_allclose(got, fn(expected, axis=(2, 3)), rtol=1e-4, atol=1e-4)
@@ -70,7 +75,8 @@ def test_float16_storage_and_img_size(cli, random_checkpoint, photos, tmp_path):
     )
     ref = timm_features("vit_tiny_patch16_224", ckpt, sorted(photos.iterdir()), img_size=(160, 192))
     assert list(f.attrs["input_size"]) == [3, 160, 192]
-    for name, expected in zip(f["features"], ref):
+    assert len(f["features"]) == len(ref)
+    for name, expected in zip(f["features"], ref, strict=True):
         got = f["features"][name]
         assert got.dtype == np.float16 and got.shape[1:] == (192, 10, 12)
         np.testing.assert_allclose(got[:].astype(np.float32), expected, rtol=2e-3, atol=2e-3 * float(np.abs(expected).max()))
@@ -82,3 +88,20 @@ def test_torch_checkpoint_nested_and_prefixed(cli, random_checkpoint, photos, tm
     pt = _extract(cli, "resnet18", random_checkpoint("resnet18", ".pth"), photos, tmp_path / "b.h5", "--out-indices", "-1")
     np.testing.assert_array_equal(st["features/layer4"][:], pt["features/layer4"][:])
     assert pt.attrs["weights"].startswith("checkpoint:") and "sha256:" in pt.attrs["weights"]
+
+
+def test_tuned_cpu_run_equals_timm(tmp_path: Path, photos: Path, random_checkpoint: Any) -> None:
+    """Default tuning (channels_last, all cores, workers, batches of 8) against timm's plain
+    contiguous forward: the same numbers to float tolerance, with one thread and without."""
+    ckpt = random_checkpoint("resnet50")
+    sources = sorted(photos.glob("*.jpg"))
+    want = timm_features("resnet50", ckpt, sources, img_size=(128, 128))
+    for extra in ([], ["--workers", "0", "--batch-size", "3"]):
+        out = tmp_path / f"r{len(extra)}.h5"
+        env = {"SLURM_CPUS_PER_TASK": "1"} if extra else None
+        run("extract", "resnet50", str(photos), "-o", str(out), "--checkpoint", str(ckpt), "--img-size", "128",
+            "--quiet", *extra, env=env, check=True)  # fmt: skip
+        with h5py.File(out) as f:
+            assert len(f["features"]) == len(want)
+            for w, ds in zip(want, f["features"].values(), strict=True):
+                np.testing.assert_allclose(ds[:], w, rtol=1e-4, atol=2e-4)

@@ -97,6 +97,7 @@ def test_resnet_modules_match_timm(cli, photos: Path, tmp_path: Path, random_che
         assert f["features/fc"].attrs["layout"] == "NC"
 
 
+@pytest.mark.slow
 def test_vit_tokens_seq_map_and_pool_match_timm(cli, photos: Path, tmp_path: Path, random_checkpoint) -> None:
     import timm
     import torch
@@ -156,6 +157,7 @@ def test_module_edge_cases(cli, model: str, layer: str, message: str | None) -> 
         assert res.exit_code == 2 and message in res.stderr
 
 
+@pytest.mark.slow
 def test_swin_nhwc_modules_are_stored_nchw(cli, photos: Path, tmp_path: Path, random_checkpoint) -> None:
     import timm
     import torch

@@ -1,0 +1,73 @@
+"""What a modern CLI is expected to do: examples in --help, completion, NO_COLOR, --quiet, clean --json."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from featdump.cli.commands import app
+
+from conftest import run
+
+COLOR = re.compile(r"\x1b\[(?:[0-9;]*;)?(?:3[0-9]|9[0-7]|38;[0-9;]+)m")  # foreground colour codes
+
+
+def _commands() -> list[str]:
+    import typer.main
+
+    return sorted(typer.main.get_command(app).commands)  # type: ignore[attr-defined]
+
+
+def test_commands_are_all_there() -> None:
+    assert {"inspect", "extract", "show", "viz", "models"} <= set(_commands())
+
+
+@pytest.mark.parametrize("command", _commands())
+def test_every_help_has_an_example(cli, command: str) -> None:
+    res = cli(command, "--help")
+    assert res.exit_code == 0
+    text = " ".join(res.stdout.replace("│", " ").split())
+    assert re.search(rf"Example: (\S+=\S+ )?featdump {command}\b", text), (
+        f"no example line in `featdump {command} --help`"
+    )
+
+
+def test_completion_is_offered(cli) -> None:
+    res = cli("--help")
+    assert "--install-completion" in res.stdout and "--show-completion" in res.stdout
+    assert "Example: featdump" in " ".join(res.stdout.replace("│", " ").split())
+
+
+@pytest.mark.slow
+def test_no_color_is_respected() -> None:
+    forced = run("models", "resnet18", env={"FORCE_COLOR": "1", "COLUMNS": "120"})
+    assert forced.returncode == 0 and COLOR.search(forced.stdout), "FORCE_COLOR alone should colour (test is live)"
+    plain = run("models", "resnet18", env={"FORCE_COLOR": "1", "NO_COLOR": "1", "COLUMNS": "120"})
+    assert plain.returncode == 0 and "resnet18" in plain.stdout and not COLOR.search(plain.stdout)
+    helped = run("extract", "--help", env={"FORCE_COLOR": "1", "NO_COLOR": "1"})
+    assert "out-indices" in re.sub(r"\x1b\[[0-9;]*m", "", helped.stdout) and not COLOR.search(helped.stdout)
+
+
+def test_quiet_prints_nothing(cli, photos: Path, tmp_path: Path) -> None:
+    out = tmp_path / "q.h5"
+    res = cli("extract", "resnet18", str(photos / "coins.jpg"), "-o", str(out), "--no-pretrained",
+              "--img-size", "64", "--out-indices", "-1", "--quiet")  # fmt: skip
+    assert res.exit_code == 0 and res.stdout == "" and res.stderr == ""
+    res = cli("show", str(out), "--quiet")
+    assert res.exit_code == 0 and res.stdout == ""
+    res = cli("viz", str(out), "-o", str(tmp_path / "q.png"), "--quiet")
+    assert res.exit_code == 0 and res.stdout == "" and (tmp_path / "q.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_inspect_json_is_the_only_thing_on_stdout() -> None:
+    proc = run(
+        "inspect", "vit_tiny_patch16_224", "--layers", "blocks.0,blocks.11", "--tokens", "map", "--json", check=True
+    )
+    data = json.loads(proc.stdout)
+    assert [l["shape"] for l in data["layers"]] == [[192, 14, 14], [192, 14, 14]]
+    proc = run("inspect", "resnet18", "--all-modules", "--json", check=True)
+    assert json.loads(proc.stdout)["modules"][0]["name"] == "conv1"

@@ -1,0 +1,198 @@
+"""The package's import structure, read from the source (no module is imported): no cycles between
+featdump's modules, a core that imports neither the CLI nor the console, and a `--help`/`--version`
+path that does not load torch.
+
+Every ``featdump/**/*.py`` is parsed; every ``import``/``from ... import`` counts, function-local ones
+included (they run too, only later), except those under ``if TYPE_CHECKING:`` (never run). The run-time
+checks of the same promise are ``test_version_and_help_do_not_import_torch`` (tests/behaviour/
+test_cli_core.py) and ``test_import_and_version_do_not_load_torch`` (tests/test_api.py).
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+
+PACKAGE = ROOT / "featdump"
+
+# Edges (importer, imported) allowed to close a cycle, and core modules allowed to import the CLI or
+# the console: none. (Kept as names so that a deliberate exception is one visible, tested line.)
+KNOWN_CYCLE_EDGES: set[tuple[str, str]] = set()
+KNOWN_CORE_TO_CLI: set[tuple[str, str]] = set()
+
+CONSOLE = ("rich",)
+HEAVY = ("torch", "timm", "torchvision")
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+MODULES: dict[str, Path] = {_module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
+
+
+def _walk(node: ast.AST, top: bool = True) -> Iterator[tuple[ast.Import | ast.ImportFrom, bool]]:
+    """Every import statement under ``node`` and whether it runs at import time (module level)."""
+    for child in ast.iter_child_nodes(node):
+        if isinstance(child, ast.If) and _is_type_checking(child.test):
+            yield from (item for stmt in child.orelse for item in _walk_stmt(stmt, top))
+            continue
+        if isinstance(child, ast.Import | ast.ImportFrom):
+            yield child, top
+            continue
+        nested = isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda)
+        yield from _walk(child, top and not nested)
+
+
+def _walk_stmt(stmt: ast.stmt, top: bool) -> Iterator[tuple[ast.Import | ast.ImportFrom, bool]]:
+    if isinstance(stmt, ast.Import | ast.ImportFrom):
+        yield stmt, top
+    else:
+        yield from _walk(stmt, top)
+
+
+def imports(module: str) -> dict[str, bool]:
+    """``{imported module: runs at import time}`` for one featdump module (absolute and relative imports)."""
+    path = MODULES[module]
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    found: dict[str, bool] = {}
+
+    def add(name: str, top: bool) -> None:
+        found[name] = found.get(name, False) or top
+
+    for node, top in _walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                add(alias.name, top)
+            continue
+        if node.level:
+            base = package.split(".")[: len(package.split(".")) - node.level + 1]
+            target = ".".join([*base, node.module] if node.module else base)
+        else:
+            target = node.module or ""
+        submodules = [f"{target}.{a.name}" for a in node.names if f"{target}.{a.name}" in MODULES]
+        for sub in submodules:
+            add(sub, top)
+        if len(submodules) < len(node.names):  # names taken from the module itself
+            add(target, top)
+    return found
+
+
+GRAPH: dict[str, dict[str, bool]] = {m: imports(m) for m in MODULES}
+
+
+def _internal(module: str) -> set[str]:
+    return {m for m in GRAPH[module] if m in MODULES and m != module}
+
+
+def _cycle(edges: dict[str, set[str]]) -> list[str] | None:
+    """One cycle in the graph (as a path that returns to its start), or None."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(edges[node]):
+            if state.get(nxt) == 1:
+                return [*path[path.index(nxt) :], nxt]
+            if nxt not in state and (found := visit(nxt)):
+                return found
+        path.pop()
+        state[node] = 2
+        return None
+
+    for start in sorted(edges):
+        if start not in state and (found := visit(start)):
+            return found
+    return None
+
+
+def test_the_walk_sees_the_package() -> None:
+    """The walker is live: it finds the packages and imports of every kind (relative, local, plain)."""
+    assert {"featdump", "featdump.errors", "featdump.options", "featdump.cli.commands"} <= set(MODULES)
+    assert any(GRAPH[m] for m in MODULES if m.startswith("featdump.cli"))
+    local = {m for m, deps in GRAPH.items() for d, top in deps.items() if d in MODULES and not top}
+    assert local, "no function-local featdump import found: the walk misses them"
+
+
+def test_no_import_cycles() -> None:
+    edges = {m: {d for d in _internal(m) if (m, d) not in KNOWN_CYCLE_EDGES} for m in MODULES}
+    cycle = _cycle(edges)
+    assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
+
+
+def test_known_cycle_edges_are_still_there() -> None:
+    """The allow-list only holds edges that exist and still close a cycle: drop the rest."""
+    full = {m: _internal(m) for m in MODULES}
+    for importer, imported in sorted(KNOWN_CYCLE_EDGES):
+        if imported not in full.get(importer, set()):
+            pytest.fail(f"{importer} no longer imports {imported}: remove it from KNOWN_CYCLE_EDGES")
+        rest = {m: d - {imported} if m == importer else d for m, d in full.items()}
+        if not _reaches(rest, imported, importer):
+            pytest.fail(f"{importer} -> {imported} closes no cycle any more: remove it from KNOWN_CYCLE_EDGES")
+
+
+def _reaches(edges: dict[str, set[str]], start: str, goal: str) -> bool:
+    seen, todo = {start}, [start]
+    while todo:
+        for nxt in edges[todo.pop()]:
+            if nxt == goal:
+                return True
+            if nxt not in seen:
+                seen.add(nxt)
+                todo.append(nxt)
+    return False
+
+
+def _is_cli(module: str) -> bool:
+    return module == "featdump.cli" or module.startswith("featdump.cli.") or module == "featdump.__main__"
+
+
+@pytest.mark.parametrize("module", sorted(m for m in MODULES if not _is_cli(m)))
+def test_core_imports_neither_the_cli_nor_the_console(module: str) -> None:
+    """Only featdump/cli/ prints: the library (and viz, the API) never imports it or rich."""
+    bad = sorted(
+        d
+        for d in GRAPH[module]
+        if (_is_cli(d) or d.split(".")[0] in CONSOLE) and (module, d) not in KNOWN_CORE_TO_CLI
+    )
+    assert not bad, f"{module} imports {bad}"
+
+
+def test_help_and_version_do_not_load_torch() -> None:
+    """What runs at import time from the console script down (module-level featdump imports,
+    followed transitively) imports no torch/timm: those load inside the commands that need them."""
+    seen, todo = set(), ["featdump.__main__", "featdump.cli", "featdump.cli.commands"]
+    heavy: list[str] = []
+    while todo:
+        module = todo.pop()
+        if module in seen:
+            continue
+        seen.add(module)
+        for dep, top in GRAPH[module].items():
+            if not top:
+                continue
+            if dep.split(".")[0] in HEAVY:
+                heavy.append(f"{module} imports {dep}")
+            elif dep in MODULES:  # with its parent packages, which run first
+                parts = dep.split(".")
+                todo.extend(".".join(parts[:k]) for k in range(1, len(parts) + 1))
+            elif dep.rpartition(".")[0] in MODULES:  # ``import featdump.x.y`` of a name in a module
+                todo.append(dep.rpartition(".")[0])
+    assert "featdump.errors" in seen
+    assert not heavy, heavy

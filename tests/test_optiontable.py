@@ -1,0 +1,191 @@
+"""The option table (featdump/options.py) and everything derived from it: the extract command's
+parameters, featdump.extract's keywords, the TOML keys, the file attributes and the resume keys."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import re
+from pathlib import Path
+from typing import Literal, get_args, get_origin
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+import featdump
+from featdump import api, options
+from featdump.cli import commands
+from featdump.errors import UsageError
+from featdump.options import OPTIONS, SETTINGS, ExtractConfig, load_toml, option_attrs, resolve
+from featdump.optiontable import opt, option_table, options_of, without_none
+from featdump.store.merge import MERGE_KEYS
+from featdump.store.sink import RESUME_KEYS
+
+BASE = {"model": "resnet18", "inputs": ("imgs",), "output": "o.h5"}
+NAMES = [o.name for o in OPTIONS]
+CHOICES = {"tokens", "output_stride", "precision", "dtype", "pool", "compression", "decode"}
+
+
+def _click_params(command_table: typer.Typer) -> dict:
+    group = typer.main.get_command(command_table)
+    return {p.name: p for p in group.commands["extract"].params}  # type: ignore[attr-defined]
+
+
+def test_every_config_field_is_an_option() -> None:
+    fields = [f.name for f in dataclasses.fields(ExtractConfig)]
+    assert fields == [*NAMES, "command", "extra"]
+    assert all(o.help for o in OPTIONS)
+    assert [o.name for o in OPTIONS if o.required] == ["model", "inputs", "output"]
+
+
+def test_choices_are_literal_types() -> None:
+    literal = {o.name for o in OPTIONS if get_origin(without_none(o.type)[0]) is Literal}
+    assert literal == CHOICES
+    assert options.POOLS == ("none", "avg", "max") and options.OUTPUT_STRIDES == (8, 16, 32)
+    assert get_args(options.Precision) == options.PRECISIONS
+
+
+def test_command_parameters_are_the_table() -> None:
+    params = _click_params(commands.app)
+    assert list(params) == [*NAMES, "config_file"]  # the same order: --help lists them as declared
+    for o in OPTIONS:
+        p = params[o.name]
+        assert p.help == o.help, o.name
+        if o.argument:
+            assert p.param_type_name == "argument"
+        else:
+            assert set(p.opts) | set(p.secondary_opts) == {s for f in o.flags for s in f.split("/")}, o.name
+            assert p.required == o.required and (o.required or p.default == o.default), o.name
+
+
+def test_help_lists_every_option() -> None:
+    res = CliRunner().invoke(commands.app, ["extract", "--help"], env={"COLUMNS": "250"})
+    assert res.exit_code == 0
+    for o in OPTIONS:
+        for flag in o.flags:
+            assert flag.split("/")[0] in res.stdout, flag
+        assert re.sub(r"\s*\[.*?\]", "", o.help) in res.stdout, o.name  # rich reads [..] as markup
+    assert "--config" in res.stdout
+
+
+def test_api_keywords_are_the_table() -> None:
+    params = inspect.signature(featdump.extract).parameters
+    assert list(params) == [*NAMES, "config", "progress"]
+    for o in OPTIONS:
+        p = params[o.name]
+        assert p.annotation == o.api_type, o.name
+        if o.required:
+            assert p.kind is p.POSITIONAL_OR_KEYWORD and p.default is p.empty
+        else:
+            assert p.kind is p.KEYWORD_ONLY and p.default is None
+
+
+def test_api_takes_quiet_and_refuses_unknown_keywords(tmp_path: Path) -> None:
+    with pytest.raises(TypeError, match="unexpected keyword argument 'bogus'"):
+        featdump.extract("resnet18", tmp_path, tmp_path / "o.h5", bogus=1)
+    with pytest.raises(UsageError, match="missing INPUT"):  # quiet= and progress= pass; the options are checked
+        featdump.extract("resnet18", [], tmp_path / "o.h5", quiet=True, progress=False)
+
+
+def test_toml_keys_are_the_table(tmp_path: Path) -> None:
+    preset = tmp_path / "all.toml"
+    preset.write_text("".join(f"{name.replace('_', '-')} = 1\n" for name in NAMES))
+    assert set(load_toml(preset)) == set(NAMES)
+    preset.write_text("config = 1\n")
+    with pytest.raises(UsageError, match=r"known keys: batch_size, checkpoint, compile, .*, workers$"):
+        load_toml(preset)
+
+
+def test_option_attrs() -> None:
+    cfg = resolve({**BASE, "pool": "AVG", "fast_decode": True})
+    attrs = option_attrs(cfg)
+    assert attrs == {
+        "tokens": "seq", "output_stride": 0, "precision": "fp32", "dtype": "float32", "pool": "avg",
+        "compression": "none", "decode": "fast",
+    }  # fmt: skip
+    assert option_attrs(resolve({**BASE, "decode": "gpu", "output_stride": "16"}))["decode"] == "gpu"
+    assert option_attrs(resolve({**BASE, "output_stride": 16}))["output_stride"] == 16
+
+
+def test_resume_and_merge_keys_hold_the_settings() -> None:
+    want = ("model", "out_indices", "layers", "tokens", "output_stride", "precision", "dtype", "pool", "decode")
+    assert SETTINGS == want
+    # "shard" is the placement's [I, N] (the option, or torchrun/Slurm): listed with the derived keys
+    assert [k for k in RESUME_KEYS if k in NAMES and k != "shard"] == list(SETTINGS)
+    assert [k for k in MERGE_KEYS if k in NAMES] == list(SETTINGS)
+    assert "compression" not in RESUME_KEYS  # a file may be resumed or merged with another codec
+
+
+def test_resolve_checks_by_type() -> None:
+    cfg = resolve({**BASE, "precision": "FP16", "workers": 0, "checkpoint": Path("w.pth"), "output_stride": "8"})
+    assert (cfg.precision, cfg.workers, cfg.checkpoint, cfg.output_stride) == ("fp16", 0, "w.pth", 8)
+    for extra, message in [
+        ({"workers": -1}, "--workers must be a whole number >= 0, not -1"),
+        ({"max_image_pixels": 0}, "--max-image-pixels must be a whole number >= 1, not 0"),
+        ({"output_stride": "x"}, "--output-stride must be one of 8|16|32, not -1"),
+        ({"tokens": "both"}, "--tokens must be one of seq|map, not 'both'"),
+        ({"compile": 1}, "compile must be true or false, not 1"),
+        ({"fast_decode": True, "decode": "gpu"}, "--fast-decode and --decode gpu exclude each other"),
+    ]:
+        with pytest.raises(UsageError, match=message):
+            resolve({**BASE, **extra})
+
+
+# --------------------------------------------------------------------------- adding an option
+
+
+@option_table
+class WithThrowaway(ExtractConfig):
+    """ExtractConfig plus one option: the one entry adding an option takes."""
+
+    shuffle_channels: Literal["no", "yes"] = opt("Throwaway: no|yes.", default="no", setting=True, attr=True)
+
+
+def test_a_new_option_is_one_entry(tmp_path: Path) -> None:
+    table = options_of(WithThrowaway)
+    assert [o.name for o in table] == [*NAMES, "shuffle_channels"]
+
+    # the command: a flag with its help, parsed, given only when typed
+    app = typer.Typer()
+    seen: dict = {}
+
+    @app.command()
+    @commands.with_signature(commands.extract_parameters(table))
+    def extract(ctx: typer.Context, **values: object) -> None:
+        seen.update(commands.given_options(ctx, [o.name for o in table]))
+
+    runner = CliRunner()
+    res = runner.invoke(app, ["--help"], env={"COLUMNS": "200"})
+    assert "--shuffle-channels" in res.stdout and "Throwaway: no|yes." in res.stdout
+    res = runner.invoke(app, ["m", "in", "-o", "o.h5", "--shuffle-channels", "YES"])
+    assert res.exit_code == 0, res.output
+    assert seen["shuffle_channels"] == "YES" and "pool" not in seen
+
+    # the API: a keyword; TOML: a key; resolve: checked as a choice
+    assert "shuffle_channels" in api.api_signature(table).parameters
+    preset = tmp_path / "p.toml"
+    preset.write_text('shuffle-channels = "yes"\n')
+    assert load_toml(preset, WithThrowaway) == {"shuffle_channels": "yes"}
+    cfg = resolve(seen, {}, cls=WithThrowaway)
+    assert isinstance(cfg, WithThrowaway) and cfg.shuffle_channels == "yes"
+    with pytest.raises(UsageError, match="--shuffle-channels must be one of no|yes, not 'maybe'"):
+        resolve({**BASE, "shuffle_channels": "maybe"}, cls=WithThrowaway)
+
+    # the file attribute and the resume/merge setting
+    assert option_attrs(cfg)["shuffle_channels"] == "yes"
+    assert "shuffle_channels" in [o.name for o in table if o.setting]
+    assert dataclasses.is_dataclass(WithThrowaway)
+
+
+def test_options_and_the_api_import_neither_the_cli_nor_rich() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, featdump.api, featdump.options, featdump.progress\n"
+        "bad = [m for m in sys.modules if m.startswith(('featdump.cli', 'rich', 'typer', 'torch'))]\n"
+        "assert not bad, bad\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr

@@ -1,0 +1,61 @@
+"""Tuned defaults per device: workers, threads, batch size and channels_last follow the CPU budget
+(Slurm's included); flags win over tuning. Nothing here times anything."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from featdump.options import ExtractConfig
+from featdump.run.placement import Placement
+
+
+def _cfg(**kw: Any) -> ExtractConfig:
+    return ExtractConfig(model="resnet50", inputs=("x",), output="o.h5", **kw)
+
+
+def _dev(kind: str) -> Any:
+    return SimpleNamespace(type=kind)
+
+
+# --------------------------------------------------------------------------- tuned defaults
+
+
+@pytest.mark.parametrize(
+    ("cpus", "workers", "threads"),
+    [(1, 1, 1), (2, 2, 2), (4, 4, 4), (8, 1, 7), (16, 2, 14), (64, 8, 56), (256, 8, 248)],
+)
+def test_cpu_defaults_follow_the_cpu_budget(cpus: int, workers: int, threads: int) -> None:
+    from featdump.run.device import tune
+
+    t = tune(_dev("cpu"), _cfg(), Placement(cpus=cpus))
+    assert (t.workers, t.threads, t.batch_size, t.channels_last) == (workers, threads, 8, True)
+    assert t.decode_nice == (19 if cpus <= 4 else 0)  # decode threads share the forward's cores up to 4
+
+
+def test_cpu_budget_comes_from_slurm(monkeypatch: pytest.MonkeyPatch) -> None:
+    from featdump.run.device import cpu_budget, tune
+    from featdump.run.placement import placement_from_env
+
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "3")
+    placement = placement_from_env()
+    assert cpu_budget(placement) == 3
+    assert tune(_dev("cpu"), _cfg(), placement).threads == 3
+
+
+def test_flags_win_over_tuning() -> None:
+    from featdump.run.device import tune
+
+    t = tune(_dev("cpu"), _cfg(batch_size=3, workers=0), Placement(cpus=16))
+    assert (t.batch_size, t.workers) == (3, 0)
+
+
+def test_cuda_defaults() -> None:
+    from featdump.run.device import tune
+
+    t = tune(_dev("cuda"), _cfg(), Placement(cpus=16))
+    assert (t.batch_size, t.threads, t.channels_last) == (64, None, True)
+    assert 1 <= t.workers <= 8
+    assert tune(_dev("cuda"), _cfg(decode="gpu"), Placement(cpus=16)).workers <= 4
