@@ -206,7 +206,7 @@ class ExtractConfig:
         attr=True,
     )
     fast_decode: bool = opt(
-        "JPEG DCT scaling / reduce before resize: ~1.7x faster decoding, pixels change slightly.", default=False
+        "JPEG DCT scaling / reduce before resize: faster decoding, pixels change slightly.", default=False
     )  # recorded in the ``decode`` attribute
     decode: Decode = opt(
         "cpu|gpu (gpu: torchvision's nvjpeg on the CUDA device).", default="cpu", setting=True, attr=decode_attr

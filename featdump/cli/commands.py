@@ -206,7 +206,7 @@ def extract(ctx: typer.Context, **values: Any) -> None:
     """
     # Read by libgomp when torch loads (so set before it is imported): threads waiting at a barrier
     # sleep instead of spinning, so decoding workers, the writer and other jobs on the node do not
-    # make the forward pass's threads burn their cores waiting (measured: README, Performance).
+    # make the forward pass's threads burn their cores waiting (measured: docs/performance.md).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from featdump.cli.signals import guarded_run
 

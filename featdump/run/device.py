@@ -70,13 +70,11 @@ class Tuning:
 
 
 def tune(device: Any, cfg: ExtractConfig, placement: Placement) -> Tuning:
-    """Defaults per device, from measurements (``make bench``; README, Performance).
+    """Defaults per device, from measurements (``make bench``; the figures are in docs/performance.md).
 
     CPU: decoding runs in threads of this process (featdump/data/loading.py), since decoding + timm's
-    transform costs ~5 ms per image against 7-30 ms for the forward pass. Up to 4 cores the
-    decode threads share all the cores with the forward threads (on 2 cores, 2 + 2 threads were
-    1.24x the serial decode + forward rate for tf_efficientnet_lite0, one worker process 1.10x);
-    on more, ``cpus // 8`` decode threads (1-8) and the forward pass gets the other cores of the
+    transform costs a fraction of the forward pass per image. Up to 4 cores the decode threads share
+    all the cores with the forward threads (faster than one worker process there); on more, ``cpus // 8`` decode threads (1-8) and the forward pass gets the other cores of the
     budget (Slurm's --cpus-per-task, else this process's affinity), because an OpenMP region
     waits for its slowest thread. Batches of 8 in channels_last: larger batches are slower on
     CPUs. The batch size is fixed, not timed per run, so reruns and resumed runs compute with the

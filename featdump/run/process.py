@@ -6,9 +6,9 @@ glibc ``malloc`` settings for the forward pass (Linux; a no-op elsewhere):
 
 PyTorch on the CPU allocates every activation with ``malloc``. glibc serves large blocks with
 ``mmap`` and gives them back on ``free``, so each batch page-faults its activations afresh
-(zero-filled pages, ~1-8 thousand faults per image); and glibc's adaptive mmap threshold makes how
-much of that happens depend on the allocation history, so the same model ran at 67-137 images/s
-in otherwise identical processes (docs/performance.md). Serving everything from the heap and never
+(thousands of zero-filled page faults per image); and glibc's adaptive mmap threshold makes how
+much of that happens depend on the allocation history, so the same model ran at very different
+speeds in otherwise identical processes (docs/performance.md). Serving everything from the heap and never
 trimming it (``M_MMAP_MAX=0``, ``M_TRIM_THRESHOLD`` 1 GiB) reuses the same pages batch after batch.
 Peak memory is unchanged (the heap holds what the run had live at its peak anyway). These stay
 for the rest of the process (glibc cannot return to its adaptive thresholds).

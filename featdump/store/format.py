@@ -87,7 +87,7 @@ def chunk_shape(shape: Sequence[int], itemsize: int) -> tuple[int, ...]:
 
 
 ZSTD_FILTER = 32015  # HDF5's registered Zstandard filter (hdf5plugin.Zstd)
-ZSTD_DEFAULT_LEVEL = -3  # zstd's fast mode: ~1.7x level 1's speed for ~0.56x instead of ~0.47x raw (make bench)
+ZSTD_DEFAULT_LEVEL = -3  # zstd's fast mode: faster than level 1 for a slightly larger file (docs/performance.md)
 
 
 def zstd_level() -> int:
@@ -106,13 +106,13 @@ def zstd_level() -> int:
 
 
 def compression_kwargs(name: str, dtype: str) -> dict[str, Any]:
-    """h5py filter arguments for ``--compression`` (measured by ``make bench``, README Performance).
+    """h5py filter arguments for ``--compression`` (measured by ``make bench``: docs/performance.md).
 
-    On post-ReLU maps (about half exact zeros) plain zstd beats the alternatives at every ratio:
-    level 1 stores ~0.47x raw at ~6x the speed of gzip (byte shuffle before it gains ~0.02 and
-    halves its speed; Blosc2's zstd+shuffle is ~1.5x slower for the same ratio), and its fast
-    level -3 (the default, :func:`zstd_level`) stores ~0.56x at ~1.7x level 1's speed, so a CPU run
-    loses less of its forward pass and a GPU run's writer keeps up longer. ``zstd`` is HDF5's
+    On post-ReLU maps (about half exact zeros) plain zstd beat the alternatives at every ratio
+    (byte shuffle before it gains little and halves its speed; Blosc2's zstd+shuffle was slower for
+    the same ratio), and its fast level -3 (the default, :func:`zstd_level`) is faster than level 1
+    for a slightly larger file, so a CPU run loses less of its forward pass and a GPU run's writer
+    keeps up longer. ``zstd`` is HDF5's
     registered Zstandard filter (32015, via hdf5plugin: readers need ``import hdf5plugin``; the
     level does not matter to them). gzip and lzf keep shuffle, which helps them.
     """
