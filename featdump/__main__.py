@@ -1,6 +1,6 @@
 """``python -m featdump`` (also what ``torchrun -m featdump`` runs)."""
 
-from featdump.cli.commands import main
+from featdump.cli import main
 
 if __name__ == "__main__":
     main()

@@ -95,12 +95,12 @@ def test_open_refuses_other_files(tmp_path: Path) -> None:
 
 def test_import_and_version_do_not_load_torch() -> None:
     code = (
-        "import sys, featdump, featdump.cli.commands\n"
+        "import sys, featdump, featdump.cli\n"
         "assert 'torch' not in sys.modules and 'timm' not in sys.modules, 'torch imported'\n"
         "sys.argv = ['featdump', '--version']\n"
-        "try:\n    featdump.cli.commands.main()\nexcept SystemExit:\n    pass\n"
+        "try:\n    featdump.cli.main()\nexcept SystemExit:\n    pass\n"
         "sys.argv = ['featdump', 'extract', '--help']\n"
-        "try:\n    featdump.cli.commands.main()\nexcept SystemExit:\n    pass\n"
+        "try:\n    featdump.cli.main()\nexcept SystemExit:\n    pass\n"
         "assert 'torch' not in sys.modules, 'torch imported by --version/--help'\n"
         "print(featdump.open.__module__)\n"
         "assert 'torch' not in sys.modules\n"

@@ -9,6 +9,7 @@ import functools
 import json
 import os
 import shlex
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from inspect import Parameter, Signature
@@ -33,7 +34,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-_STATE = {"debug": False, "own_process": False}
+_STATE: dict[str, Any] = {"debug": False, "own_process": False, "start": None}
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -45,6 +46,7 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _main(
+    ctx: typer.Context,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
     ] = False,
@@ -54,7 +56,15 @@ def _main(
 
     Example: featdump extract resnet50 photos/ -o feats.h5
     """
+    from featdump.cli.signals import release_start_up
+
     _STATE["debug"] = debug
+    start = _STATE["start"]
+    if start is not None and start[0].stopped:
+        raise fail(f"stopped by {signal.Signals(start[0].signum).name} during start-up; nothing was written", 128 + start[0].signum)
+    if ctx.invoked_subcommand != "extract":  # extract keeps watching (guarded_run); the rest need no stop requests
+        release_start_up(start)
+        _STATE["start"] = None
 
 
 def fail(message: str, code: int) -> typer.Exit:
@@ -210,7 +220,8 @@ def extract(ctx: typer.Context, **values: Any) -> None:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from featdump.cli.signals import guarded_run
 
-    with guarded_run() as stop:  # a Ctrl-C during start-up is remembered, not lost in third-party code
+    start, _STATE["start"] = _STATE["start"], None
+    with guarded_run(start) as stop:  # a Ctrl-C during start-up is remembered, not lost in third-party code
         _extract(ctx, values["config_file"], stop)
 
 
@@ -424,10 +435,9 @@ def fetch(
         typer.echo(f"cache: {hub_cache()} · on compute nodes set the same HF_HOME and HF_HUB_OFFLINE=1")
 
 
-def main() -> None:
+def run(start: Any = None) -> None:
+    """Run the app as the process's own command line (``featdump.cli.main``); ``start`` is the
+    signal watch begun before the imports (featdump/cli/signals.py)."""
     _STATE["own_process"] = True  # the console script / python -m featdump (not an embedding caller)
+    _STATE["start"] = start
     app()
-
-
-if __name__ == "__main__":
-    main()
