@@ -17,9 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from featdump.errors import FeatdumpError, UsageError
-from featdump.store.format import read_inputs_attr
+from featdump.store.format import read_inputs_attr, read_text
 from featdump.store.describe import open_featdump
-from featdump.text import to_str
 
 TILE = 160
 PAD = 6
@@ -308,7 +307,7 @@ def render(
     try:
         attrs = {k: read_attr(v) for k, v in h5.attrs.items()}
         num_images = int(attrs.get("num_images", 0))
-        paths = [to_str(p) for p in h5["paths"][:num_images]] if "paths" in h5 else []
+        paths = [read_text(p) for p in h5["paths"][:num_images]] if "paths" in h5 else []
         num_images = min(num_images, len(paths))
         stored = list(h5["features"].keys()) if "features" in h5 else []
         if layers:

@@ -136,10 +136,16 @@ def test_missing_source_file_is_detected_not_read_as_zeros(run: dict[str, Path],
     stop = start + 3
     assert np.isnan(layer[start:stop]).all()  # the fill value is NaN: a missing source cannot pass for data
     assert not np.isnan(layer[:start]).any() and not np.isnan(layer[stop:]).any()
-    # a shard overwritten by a shorter file is caught too
+    # a shard overwritten by a shorter one is caught too
+    shutil.copy(shard_name(folder, 0), gone)
+    first = next(iter(read(run["single"])["features"]))
+    assert check_sources(merged)[0].reason == f"holds {start} rows of features/{first}, the merged file maps 3"
+    # and one overwritten by an HDF5 file that is not a featdump shard is refused outright (never read)
     with h5py.File(gone, "w") as h5:
         h5.create_dataset("features/layer1", data=np.zeros((1, 1)))
-    assert [p.reason for p in check_sources(merged)][:2] == ["has no dataset features/act1", "holds 1 rows of features/layer1, the merged file maps 3"]
+    assert {(p.reason, p.refused) for p in check_sources(merged)} == {
+        ('not a featdump file (no format="featdump" attribute)', True)
+    }
 
 
 def test_empty_shards_are_skipped(run: dict[str, Path], tmp_path: Path) -> None:

@@ -100,6 +100,8 @@ def _virtual(dest: Path, sources: list[Path]) -> None:
         for k, v in attrs.items():
             out.attrs[k] = v
         out.attrs["num_images"] = sum(counts)
+        out.attrs["num_failed"] = 0  # the failures are not copied: the counters must say so
+        out.attrs["inputs_done"] = out.attrs["num_inputs"] = sum(counts)
         out.attrs["shard"] = [0, 1]
         paths = []
         for s in sources:

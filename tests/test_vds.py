@@ -12,7 +12,14 @@ from featdump.store.vds import check_sources, missing_sources, source_path
 
 
 def _source(path: Path, rows: int, value: float) -> None:
+    """A minimal featdump shard: virtual sources must be featdump files (SPEC "Safety")."""
+    text = h5py.string_dtype()
     with h5py.File(path, "w") as h5:
+        h5.attrs["format"] = "featdump"
+        h5.attrs["num_images"] = rows
+        h5.create_dataset("paths", data=[f"{i}.jpg" for i in range(rows)], dtype=text)
+        h5.create_dataset("failed/paths", shape=(0,), dtype=text)
+        h5.create_dataset("failed/errors", shape=(0,), dtype=text)
         h5.create_dataset("features/x", data=np.full((rows, 2), value, dtype=np.float32))
 
 

@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from featdump.errors import FeatdumpError, UsageError
+from featdump.store.check import check_file
+from featdump.store.format import read_text
 from featdump.store.vds import missing_sources, virtual_sources
 from featdump.text import first_line, to_str
 
@@ -21,7 +23,8 @@ STATE_KEYS = ("complete", "num_images", "num_failed", "inputs_done")
 
 
 def open_featdump(path: str | Path) -> Any:
-    """Open a featdump file read-only (h5py.File); exit 2 for a missing, non-HDF5 or foreign file.
+    """Open a featdump file read-only (h5py.File); exit 2 for a missing, non-HDF5 or foreign file,
+    or one whose layout or counters do not hold up (:func:`~featdump.store.check.check_file`).
 
     File locking is off for reading, so a file that a run is still writing can be looked at.
     """
@@ -35,6 +38,8 @@ def open_featdump(path: str | Path) -> Any:
         raise UsageError(f"no such file: {p}")
     if p.is_dir():
         raise UsageError(f"{p} is a folder; name a featdump .h5 file")
+    if not p.is_file():  # a FIFO would block the read below; a device is no file of ours
+        raise UsageError(f"{p} is not a regular file; name a featdump .h5 file")
     try:
         is_hdf5 = h5py.is_hdf5(str(p))
     except OSError as exc:
@@ -57,6 +62,11 @@ def open_featdump(path: str | Path) -> Any:
         raise UsageError(
             f'{p} is an HDF5 file but not a featdump file (no format="featdump" attribute; it holds: {top})'
         )
+    try:
+        check_file(h5, p)
+    except BaseException:
+        h5.close()
+        raise
     return h5
 
 
@@ -69,6 +79,8 @@ def journal_file(path: str | Path) -> Path:
 
 def check_virtual(path: str | Path) -> list[str]:
     """The missing-source problems of a merged file; empty for files without virtual datasets.
+    UsageError (exit 2) for a file that is not valid, or whose virtual datasets read a source that
+    must never be read (itself, a file that is not a featdump shard: :func:`~featdump.store.vds.refused_sources`).
 
     Opens the file on its own (call it while no other handle to ``path`` is open in this process:
     HDF5 refuses a second open with other locking flags).
@@ -118,11 +130,13 @@ def summarize_file(path: str | Path, max_failures: int = 10) -> dict[str, Any]:
     from featdump.store.sink import read_attr
 
     p = Path(path)
+    missing = check_virtual(p)  # before our own handle; refuses what must never be read
     h5 = open_featdump(p)
     try:
+        counts = check_file(h5, p)
         attrs = {k: read_attr(v) for k, v in h5.attrs.items()}
         sources = virtual_sources(h5, p)
-        num_images = int(attrs.get("num_images", 0))
+        num_images = counts.num_images
         datasets = []
         features = h5.get("features")
         for name, ds in features.items() if features is not None else []:
@@ -152,11 +166,11 @@ def summarize_file(path: str | Path, max_failures: int = 10) -> dict[str, Any]:
         paths_rows = int(h5["paths"].shape[0]) if "paths" in h5 else 0
         fp = h5["failed/paths"] if "failed/paths" in h5 else None
         fe = h5["failed/errors"] if "failed/errors" in h5 else None
-        num_failed = int(attrs.get("num_failed", fp.shape[0] if fp is not None else 0))
+        num_failed = counts.num_failed
         failures = []
         if fp is not None and fe is not None:
             shown = min(max_failures, num_failed, fp.shape[0], fe.shape[0])
-            failures = [{"path": to_str(fp[i]), "error": to_str(fe[i])} for i in range(shown)]
+            failures = [{"path": read_text(fp[i]), "error": read_text(fe[i])} for i in range(shown)]
         provenance = {k: v for k, v in attrs.items() if k not in STATE_KEYS}
         info = {
             "file": str(p),
@@ -166,19 +180,17 @@ def summarize_file(path: str | Path, max_failures: int = 10) -> dict[str, Any]:
             "num_images": num_images,
             "rows_in_paths": paths_rows,
             "num_failed": num_failed,
-            "inputs_done": int(attrs.get("inputs_done", num_images + num_failed)),
+            "inputs_done": counts.inputs_done,
             "num_inputs": attrs.get("num_inputs"),
             "shard": attrs.get("shard"),
             "virtual": bool(sources),
             # a writer holds the file, or was killed holding it (--resume replays the journal)
             "journal": journal_file(p).exists(),
-            "missing_sources": [],  # filled in below, once this handle is closed
+            "missing_sources": missing,
             "datasets": datasets,
             "failures": failures,
             "attrs": provenance,
         }
     finally:
         h5.close()
-    if info["virtual"]:
-        info["missing_sources"] = missing_sources(p)
     return info

@@ -47,6 +47,14 @@ def read_inputs_attr(value: Any) -> list[str] | None:
     return items
 
 
+def read_text(value: Any) -> str:
+    """A stored string (``/paths``, ``/failed/*``) as ``str``: bytes that are not UTF-8 (a hand-made
+    or foreign file) read as ``\\xHH``, the way featdump stores undecodable names (SPEC "Safety")."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "backslashreplace")
+    return str(value)
+
+
 FEATURES = "features"
 CHUNK_TARGET = 1 << 20  # bytes: h5py's guidance is 10 KiB - 1 MiB per chunk
 CHUNK_MIN = 64 << 10

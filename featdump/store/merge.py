@@ -23,8 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from featdump.errors import FeatdumpError, UsageError
+from featdump.store.check import check_file, count_attr
+from featdump.store.format import read_text
 from featdump.store.journal import open_committed
-from featdump.store.vds import check_sources
+from featdump.store.vds import check_sources, refused_sources
 from featdump.text import first_line
 from featdump.run.placement import shard_bounds
 from featdump.store.sink import FEATURES, RESUME_KEYS, compression_kwargs, load_codecs, read_attr, set_attr, utc_now
@@ -48,6 +50,7 @@ class Shard:
     num_failed: int
     inputs_done: int
     num_inputs: int
+    list_size: int  # images in the whole input list (all shards)
     attrs: dict[str, Any] = field(repr=False)
     layers: dict[str, tuple[tuple[int, ...], str]] = field(repr=False)  # name -> (row shape, dtype)
 
@@ -94,28 +97,37 @@ def read_shard(path: str | Path) -> Shard:
             raise UsageError(f"{shown} is not a featdump file")
         if "merged_from" in attrs:
             raise UsageError(f"{shown} is itself a merged file; merge the shard files it was made from")
-        shard = attrs.get("shard")
-        if not (isinstance(shard, list) and len(shard) == 2):
+        counts = check_file(h5, shown)  # counters and shard [I, N] checked before any is used
+        if counts.shard is None:
             raise UsageError(f"{shown} records no shard [I, N]; is it from an older featdump?")
         if "list_digest" not in attrs:
             raise UsageError(f"{shown} records no digest of the whole input list (older featdump); extract it again")
+        list_size = count_attr(h5.attrs, "list_size", shown, 0)
         layers: dict[str, tuple[tuple[int, ...], str]] = {}
-        if FEATURES in h5:
-            for name, ds in h5[FEATURES].items():
-                layers[name] = (tuple(int(d) for d in ds.shape[1:]), str(ds.dtype))
-        return Shard(
+        virtual = [name for name, ds in h5[FEATURES].items() if ds.is_virtual]  # hard links: check_file saw to it
+        for name, ds in h5[FEATURES].items():
+            layers[name] = (tuple(int(d) for d in ds.shape[1:]), str(ds.dtype))
+        shard = Shard(
             path=p.resolve(),
             shown=shown,
-            index=int(shard[0]),
-            count=int(shard[1]),
+            index=counts.shard[0],
+            count=counts.shard[1],
             complete=bool(attrs.get("complete", False)),
-            num_images=int(attrs.get("num_images", 0)),
-            num_failed=int(attrs.get("num_failed", 0)),
-            inputs_done=int(attrs.get("inputs_done", 0)),
-            num_inputs=int(attrs.get("num_inputs", 0)),
+            num_images=counts.num_images,
+            num_failed=counts.num_failed,
+            inputs_done=counts.inputs_done,
+            num_inputs=counts.num_inputs or 0,
+            list_size=list_size,
             attrs=attrs,
             layers=layers,
         )
+    if virtual:  # shards hold their rows; say first if the sources are ones that must never be read
+        refused_sources(shown)
+        raise UsageError(
+            f"{shown}: /{FEATURES}/{virtual[0]} is a virtual dataset, so {shown} is not a shard file; "
+            "merge the shard files themselves"
+        )
+    return shard
 
 
 def _expected_name(example: Shard, index: int) -> str:
@@ -151,21 +163,20 @@ def check_shards(shards: Sequence[Shard], allow_partial: bool = False) -> list[S
             )
         by_index[s.index] = s
     ordered = [by_index[i] for i in sorted(by_index)]
-    missing = [i for i in range(count) if i not in by_index]
-    if missing:
-        more = f" (and {len(missing) - 1} more: {', '.join(map(str, missing[1:6]))}{'...' if len(missing) > 6 else ''})"
+    if len(by_index) < count:  # count comes from the files: never build anything count long
+        absent = count - len(by_index)
+        missing = _first_missing(by_index, count, 6)
+        more = f" (and {absent - 1} more: {', '.join(map(str, missing[1:6]))}{'...' if absent > 6 else ''})"
         raise UsageError(
             f"shard {missing[0]} of {count} is missing: {_expected_name(ordered[0], missing[0])}"
-            f"{more if len(missing) > 1 else ''}; give all {count} shards"
+            f"{more if absent > 1 else ''}; give all {count} shards"
         )
     ref = ordered[0]
     for s in ordered[1:]:
-        if _value(s.attrs.get("list_digest")) != _value(ref.attrs.get("list_digest")) or s.attrs.get(
-            "list_size"
-        ) != ref.attrs.get("list_size"):
+        if _value(s.attrs.get("list_digest")) != _value(ref.attrs.get("list_digest")) or s.list_size != ref.list_size:
             raise UsageError(
                 f"{s.shown} was made from another input list than {ref.shown} "
-                f"({s.attrs.get('list_size')} vs {ref.attrs.get('list_size')} images, or other paths); "
+                f"({s.list_size} vs {ref.list_size} images, or other paths); "
                 "run every shard over the same input"
             )
         for key in MERGE_KEYS:
@@ -177,7 +188,7 @@ def check_shards(shards: Sequence[Shard], allow_partial: bool = False) -> list[S
                 )
         if s.layers != ref.layers:
             raise UsageError(f"{s.shown} holds layers {_layers(s)}, {ref.shown} holds {_layers(ref)}")
-    total = int(ref.attrs.get("list_size", 0))
+    total = ref.list_size
     for s in ordered:
         start, stop = shard_bounds(total, s.index, count)
         if s.num_inputs != stop - start:
@@ -191,6 +202,18 @@ def check_shards(shards: Sequence[Shard], allow_partial: bool = False) -> list[S
                 "(re-run its task with --resume) or pass --allow-partial to merge the rows it has"
             )
     return ordered
+
+
+def _first_missing(given: dict[int, Any], count: int, k: int) -> list[int]:
+    """The ``k`` lowest indices below ``count`` not in ``given`` (at most ``len(given) + k`` steps,
+    whatever the count)."""
+    out: list[int] = []
+    i = 0
+    while len(out) < k and i < count:
+        if i not in given:
+            out.append(i)
+        i += 1
+    return out
 
 
 def _layers(s: Shard) -> str:
@@ -219,10 +242,12 @@ def _copy_rows(src: Any, dst: Any, at: int, rows: int) -> None:
 
 
 def _strings(h5s: Sequence[Any], key: str, counts: Sequence[int]) -> list[str]:
+    """The first ``counts[i]`` strings of ``key`` in each file (checked: each holds that many);
+    bytes that are not UTF-8 become ``\\xHH``, as featdump stores undecodable names."""
     out: list[str] = []
     for h5, n in zip(h5s, counts):
         if n:
-            out.extend(h5[key].asstr()[:n].tolist())
+            out.extend(read_text(v) for v in h5[key][:n])
     return out
 
 

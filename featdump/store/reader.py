@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from featdump.errors import FeatdumpError
-from featdump.text import to_str
+from featdump.store.format import read_text
 
 if TYPE_CHECKING:
     import h5py
@@ -26,18 +26,23 @@ class FeatureFile:
     """
 
     def __init__(self, path: str | Path) -> None:
+        from featdump.store.check import check_file
         from featdump.store.describe import check_virtual, open_featdump
         from featdump.store.sink import read_attr
 
         self.path = Path(path)
         self._missing = check_virtual(self.path)  # before our own handle: HDF5 allows one kind of open
-        self._h5 = open_featdump(self.path)
-        self.meta: dict[str, Any] = {k: read_attr(v) for k, v in self._h5.attrs.items()}
-        n = int(self.meta.get("num_images", 0))
-        raw = self._h5["paths"][:n] if "paths" in self._h5 else []
-        self.paths: list[str] = [to_str(p) for p in raw]
+        self._h5 = open_featdump(self.path)  # checks the layout and the counters
+        try:
+            self._counts = check_file(self._h5, self.path)
+            self.meta: dict[str, Any] = {k: read_attr(v) for k, v in self._h5.attrs.items()}
+            n = self._counts.num_images
+            self.paths: list[str] = [read_text(p) for p in self._h5["paths"][:n]] if n else []
+        except BaseException:
+            self._h5.close()
+            raise
         self.num_images = len(self.paths)
-        self.layers: list[str] = list(self._h5["features"].keys()) if "features" in self._h5 else []
+        self.layers: list[str] = list(self._h5["features"].keys())
         self._rows = {p: i for i, p in enumerate(self.paths)}
 
     # ------------------------------------------------------------------ access
@@ -106,10 +111,10 @@ class FeatureFile:
     @property
     def failed(self) -> list[tuple[str, str]]:
         """``(path, reason)`` of the images that could not be read."""
-        if "failed" not in self._h5:
+        m = self._counts.num_failed  # checked: /failed/paths and /failed/errors hold at least m rows
+        if not m:
             return []
-        m = int(self.meta.get("num_failed", self._h5["failed/paths"].shape[0]))
-        return [(to_str(p), to_str(e)) for p, e in zip(self._h5["failed/paths"][:m], self._h5["failed/errors"][:m])]
+        return [(read_text(p), read_text(e)) for p, e in zip(self._h5["failed/paths"][:m], self._h5["failed/errors"][:m])]
 
     @property
     def complete(self) -> bool:

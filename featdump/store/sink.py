@@ -37,6 +37,7 @@ from featdump.store.format import (  # noqa: F401 - re-exported: the writer's ca
     utc_now,
     zstd_level,
 )
+from featdump.store.check import check_file
 from featdump.text import first_line
 from featdump.options import SETTINGS
 
@@ -181,7 +182,8 @@ class Store:
         try:
             with h5py.File(jf.view(), "r") as h5:
                 check_same_settings(h5, attrs, path)
-                names = list(h5[FEATURES].keys()) if FEATURES in h5 else []
+                counts = check_file(h5, path)  # counters that the datasets do not back: refused
+                names = list(h5[FEATURES].keys())
                 if names != [layer.name for layer in layers]:
                     raise UsageError(
                         f"--resume: {path} holds layers {names}, this run would write {[l.name for l in layers]}; "
@@ -203,11 +205,7 @@ class Store:
             jf.release()
             raise
         try:
-            progress = Progress(
-                int(h5.attrs.get("num_images", 0)),
-                int(h5.attrs.get("num_failed", 0)),
-                int(h5.attrs.get("inputs_done", 0)),
-            )
+            progress = Progress(counts.num_images, counts.num_failed, counts.inputs_done)
             store = cls(h5, layers, progress, jf, path)
             store.readonly = complete
             if not complete:

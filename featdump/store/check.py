@@ -1,0 +1,215 @@
+"""Is an open featdump file what it says it is? Layout and counters, checked before anything trusts them.
+
+Every reader (``show``, ``featdump.open``, ``viz``), ``merge`` and ``--resume`` calls
+:func:`check_file` right after opening a file and before using a number read from it: a counter
+that is not a whole number, is negative, or vouches for more rows than the datasets hold, a link or
+a group where a dataset belongs, a missing ``/paths`` or ``/failed`` — each is one
+:class:`~featdump.errors.UsageError` naming the file and what disagrees (exit 2), never a traceback,
+a crash, or rows of zeros read as data.
+
+Only metadata is read (link types, shapes, attributes): nothing here follows an external link or
+reads a virtual dataset (their sources are checked by :mod:`featdump.store.vds`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from featdump.errors import UsageError
+from featdump.store.format import FEATURES
+
+# Datasets that, when present, hold one row per image (row i belongs to /paths[i]).
+ROW_DATASETS = ("paths", "ids", "geometry")
+
+
+@dataclass(frozen=True)
+class Counts:
+    """A file's committed counters, checked against its datasets."""
+
+    num_images: int
+    num_failed: int
+    inputs_done: int
+    num_inputs: int | None  # None: not recorded
+    shard: tuple[int, int] | None  # (I, N); None: not recorded
+
+
+def invalid(path: str | Path, what: str) -> UsageError:
+    """``PATH is not a valid featdump file: WHAT`` (structure: links, groups, missing datasets)."""
+    return UsageError(f"{path} is not a valid featdump file: {what}")
+
+
+def inconsistent(path: str | Path, what: str) -> UsageError:
+    """``PATH is inconsistent: WHAT`` (counters that disagree with the datasets)."""
+    return UsageError(f"{path} is inconsistent: {what} (edited or damaged?); none of its rows can be trusted")
+
+
+def _link(group: Any, name: str) -> str:
+    """``"hard"``, ``"soft"``, ``"external"`` or ``"missing"``, without following the link."""
+    import h5py
+
+    if name not in group.keys():  # noqa: SIM118 - keys() lists link names; `in group` follows the link
+        return "missing"
+    link = group.get(name, getlink=True)
+    if isinstance(link, h5py.SoftLink):
+        return "soft"
+    if isinstance(link, h5py.ExternalLink):
+        return "external"
+    return "hard"
+
+
+def _a(kind: str) -> str:
+    return f"an {kind}" if kind[0] in "aeiou" else f"a {kind}"
+
+
+def _dataset(
+    group: Any, name: str, where: str, path: str | Path, required: bool = True, virtual: bool = False
+) -> Any:
+    """The dataset ``where`` (a hard link to a dataset with at least one dimension; virtual only where
+    ``virtual`` allows it), or None if it is absent and not ``required``."""
+    import h5py
+
+    kind = _link(group, name)
+    if kind == "missing":
+        if required:
+            raise invalid(path, f"it has no {where} dataset")
+        return None
+    if kind != "hard":
+        raise invalid(path, f"{where} is {_a(kind)} link, not a dataset")
+    obj = group.get(name)
+    if not isinstance(obj, h5py.Dataset):
+        raise invalid(path, f"{where} is a group, not a dataset")
+    if obj.shape is None or len(obj.shape) < 1:
+        raise invalid(path, f"{where} has no rows (a scalar dataset)")
+    if obj.is_virtual and not virtual:
+        raise invalid(path, f"{where} is a virtual dataset (featdump writes it as a plain one)")
+    return obj
+
+
+def _stored_rows_short(ds: Any, n: int) -> bool:
+    """Does ``ds`` lack the storage for its first ``n`` rows? (HDF5 reads unwritten rows as the fill
+    value, zeros, without a word; a shape is only a number, the chunks are the rows.) Every row below
+    a featdump counter was written, so its chunks exist. Virtual datasets: their sources are checked
+    by :mod:`featdump.store.vds`."""
+    import math
+
+    if n <= 0 or ds.is_virtual:
+        return False
+    if ds.chunks is None:  # contiguous (all or nothing) or compact (always there)
+        layout = ds.id.get_create_plist().get_layout()
+        if layout != 1:  # H5D_CONTIGUOUS
+            return False
+        return ds.id.get_storage_size() < n * ds.dtype.itemsize * math.prod(int(d) for d in ds.shape[1:])
+    chunks = -(-n // ds.chunks[0])
+    for size, chunk in zip(ds.shape[1:], ds.chunks[1:]):
+        chunks *= -(-int(size) // int(chunk))
+    return ds.id.get_num_chunks() < chunks
+
+
+def _group(h5: Any, name: str, path: str | Path) -> Any:
+    import h5py
+
+    kind = _link(h5, name)
+    if kind == "missing":
+        raise invalid(path, f"it has no /{name} group")
+    if kind != "hard":
+        raise invalid(path, f"/{name} is {_a(kind)} link, not a group")
+    obj = h5.get(name)
+    if not isinstance(obj, h5py.Group):
+        raise invalid(path, f"/{name} is a dataset, not a group")
+    return obj
+
+
+def _whole(value: Any) -> int | None:
+    """An HDF5 attribute as a whole number, or None when it is not one (floats, bools, strings, arrays)."""
+    import numpy as np
+
+    if isinstance(value, (bool, np.bool_)):
+        return None
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    return None
+
+
+def count_attr(attrs: Any, key: str, path: str | Path, default: int) -> int:
+    """A counter attribute (``default`` when absent): a whole number >= 0, or UsageError."""
+    if key not in attrs:
+        return default
+    raw = attrs[key]
+    value = _whole(raw)
+    if value is None:
+        raise inconsistent(path, f"{key} is {_shown(raw)}, not a whole number")
+    if value < 0:
+        raise inconsistent(path, f"{key} is {value}, a negative count")
+    return value
+
+
+def _shown(raw: Any) -> str:
+    import numpy as np
+
+    if isinstance(raw, np.generic):
+        raw = raw.item()
+    if isinstance(raw, bytes):
+        raw = raw.decode("utf-8", "backslashreplace")
+    text = repr(raw.tolist() if isinstance(raw, np.ndarray) else raw)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _shard(attrs: Any, path: str | Path) -> tuple[int, int] | None:
+    """``shard`` as (I, N) with 0 <= I < N, None when absent; two numbers, whatever N is, never a list of N."""
+    import numpy as np
+
+    if "shard" not in attrs:
+        return None
+    raw = attrs["shard"]
+    arr = np.asarray(raw)
+    values = [_whole(v) for v in arr.ravel()] if arr.ndim == 1 and arr.size == 2 else []
+    if len(values) != 2 or values[0] is None or values[1] is None:
+        raise inconsistent(path, f"shard is {_shown(raw)}, not [I, N]")
+    index, count = values[0], values[1]
+    if not (count >= 1 and 0 <= index < count):
+        raise inconsistent(path, f"shard is [{index}, {count}], out of range (0 <= I < N)")
+    return index, count
+
+
+def check_file(h5: Any, path: str | Path) -> Counts:
+    """Check an open featdump file's layout and counters; return the counters.
+
+    Layout: ``/paths``, ``/failed/paths`` and ``/failed/errors`` are datasets, ``/features`` a group
+    of datasets (hard links: no soft or external links, no groups). Counters: ``num_images``,
+    ``num_failed``, ``inputs_done`` and ``num_inputs`` are whole numbers >= 0; ``num_images`` is at
+    most the rows of ``/paths`` and of every ``/features`` dataset (rows past it are uncommitted),
+    and those rows have storage (were written); ``num_failed`` likewise for ``/failed/*``; ``num_images + num_failed <= inputs_done <=
+    num_inputs``; ``shard`` is ``[I, N]`` with ``0 <= I < N``. Raises UsageError (exit 2) otherwise.
+    """
+    attrs = h5.attrs
+    rows: dict[str, Any] = {}
+    for name in ROW_DATASETS:
+        ds = _dataset(h5, name, f"/{name}", path, required=name == "paths")
+        if ds is not None:
+            rows[f"/{name}"] = ds
+    failed = _group(h5, "failed", path)
+    failed_rows = {f"/failed/{name}": _dataset(failed, name, f"/failed/{name}", path) for name in ("paths", "errors")}
+    features = _group(h5, FEATURES, path)
+    for name in features.keys():  # noqa: SIM118 - link names, nothing followed
+        rows[f"/{FEATURES}/{name}"] = _dataset(features, name, f"/{FEATURES}/{name}", path, virtual=True)
+
+    num_images = count_attr(attrs, "num_images", path, 0)
+    num_failed = count_attr(attrs, "num_failed", path, 0)
+    inputs_done = count_attr(attrs, "inputs_done", path, num_images + num_failed)
+    num_inputs = count_attr(attrs, "num_inputs", path, -1) if "num_inputs" in attrs else None
+    for key, want, datasets in (("num_images", num_images, rows), ("num_failed", num_failed, failed_rows)):
+        for where, ds in datasets.items():
+            have = int(ds.shape[0])
+            if want > have:
+                raise inconsistent(path, f"{key} is {want} but {where} holds {have} rows")
+            if _stored_rows_short(ds, want):
+                raise inconsistent(path, f"{key} is {want} but {where} has storage for fewer rows (the rest were never written)")
+    if inputs_done < num_images + num_failed:
+        raise inconsistent(
+            path, f"inputs_done is {inputs_done}, fewer than num_images + num_failed ({num_images} + {num_failed})"
+        )
+    if num_inputs is not None and inputs_done > num_inputs:
+        raise inconsistent(path, f"inputs_done is {inputs_done} but num_inputs is {num_inputs}")
+    return Counts(num_images, num_failed, inputs_done, num_inputs, _shard(attrs, path))
