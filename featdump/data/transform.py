@@ -137,14 +137,17 @@ def resized_size(width: int, height: int, input_size: Sequence[int], crop_pct: f
 class ResizeGuard:
     """Refuses, before resizing, an image the eval transform would blow up: an aspect ratio beyond
     :data:`MAX_ASPECT`, or a resized size over ``max_pixels`` (``--max-image-pixels``, else
-    Pillow's default limit). A 1x20000 PNG of 165 bytes would otherwise resize to 256x5,120,000
+    Pillow's default limit; at least 16 times the resize target). A 1x20000 PNG of 165 bytes would otherwise resize to 256x5,120,000
     pixels (GBs per image). Raises ValueError, which the dataset turns into a ``/failed`` record."""
 
     def __init__(self, data: Any, max_pixels: int | None = None) -> None:
         self.input_size = tuple(data.input_size)
         self.crop_pct = float(data.crop_pct)
         self.crop_mode = str(data.crop_mode)
-        self.max_pixels = max_pixels or DEFAULT_RESIZED_PIXELS
+        th, tw = (int(v) for v in self.input_size[-2:])
+        target = math.floor(th / (self.crop_pct or 0.875)) * math.floor(tw / (self.crop_pct or 0.875))
+        # never below 16x the resize target: a small --max-image-pixels bounds decoding, not a 4:1 panorama's resize
+        self.max_pixels = max(max_pixels or DEFAULT_RESIZED_PIXELS, 16 * target)
 
     def __call__(self, width: int, height: int) -> None:
         long, short = max(width, height), max(1, min(width, height))
