@@ -18,7 +18,7 @@ from conftest import ROOT, run
 from faultkit import FAST, MODEL, read_rows
 from PIL import Image
 
-FAST = (*FAST, "--no-pretrained")  # noqa: F811 - offline: seeded random weights
+FAST = (*FAST, "--no-pretrained")  # offline: seeded random weights
 
 
 def _image(path: Path | bytes, seed: int = 0) -> None:
