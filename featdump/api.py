@@ -109,6 +109,9 @@ def extract(
     summary = run_extraction(cfg, _progress_sink(progress, cfg.quiet))
     if cfg.strict and summary.num_failed:
         raise FeatdumpError(f"{summary.num_failed} image(s) failed (strict=True); see /failed in {summary.output}")
+    bad = [f"{layer.name} ({layer.nonfinite})" for layer in summary.layers if layer.nonfinite]
+    if cfg.strict and bad:
+        raise FeatdumpError(f"NaN/inf values in layer(s) {', '.join(bad)} (strict=True); see {summary.output}")
     return summary
 
 

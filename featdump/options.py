@@ -254,6 +254,12 @@ def load_toml(path: str | Path, cls: type = ExtractConfig) -> dict[str, Any]:
         raise UsageError(f"config file not found: {p}") from None
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"config file {p} is not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"config file {p} is not valid TOML: not UTF-8 text (byte {exc.start})") from None
+    except RecursionError:
+        raise UsageError(f"config file {p} is not valid TOML: tables or arrays nested too deeply") from None
+    except IsADirectoryError:
+        raise UsageError(f"config file {p} is a folder, not a TOML file") from None
     except OSError as exc:
         raise UsageError(f"cannot read config file {p}: {exc.strerror or exc}") from None
     keys = toml_keys(options_of(cls))

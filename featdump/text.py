@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 
@@ -16,3 +17,35 @@ def first_line(exc: BaseException, default: str | None = None) -> str:
 def to_str(value: Any) -> str:
     """HDF5 strings (``bytes`` from h5py, or ``str``) -> ``str``; bytes that are not UTF-8 become U+FFFD."""
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    if 0xDC80 <= code <= 0xDCFF:  # an undecodable byte of an OS name (surrogateescape)
+        return f"\\x{code - 0xDC00:02x}"
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def printable(text: Any) -> str:
+    """``text`` safe to print for a person: control characters (ESC sequences, newlines, C1 codes),
+    bidirectional overrides and undecodable bytes written as ``\\xHH`` / ``\\uHHHH`` escapes, so a
+    file name cannot move the cursor, recolour or rewrite the terminal. JSON output stays exact."""
+    return _UNPRINTABLE.sub(_escape, str(text))
+
+
+def storable(text: str) -> str:
+    """``text`` as it can be stored as UTF-8: the bytes of an OS name that are not valid UTF-8 (which
+    Python holds as surrogates, ``surrogateescape``) are written as ``\\xHH`` (``backslashreplace``),
+    any other lone surrogate as ``\\udXXX``; valid text is returned unchanged."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        pass
+    escaped_bytes = all(not 0xD800 <= ord(c) <= 0xDFFF or 0xDC80 <= ord(c) <= 0xDCFF for c in text)
+    if escaped_bytes:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")

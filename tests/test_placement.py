@@ -161,8 +161,10 @@ def test_cpu_budget_table(placement: Placement, available: int, budget: int) -> 
     assert placement.cpu_budget(available) == budget
 
 
-def test_slurm_cpus_per_task_sets_threads_and_workers() -> None:
+def test_slurm_cpus_per_task_sets_threads_and_workers(monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
+
+    monkeypatch.setattr("featdump.run.device.os.sched_getaffinity", lambda pid: set(range(512)), raising=False)
 
     from featdump.options import ExtractConfig
     from featdump.run.device import cpu_budget, tune

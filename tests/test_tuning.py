@@ -27,7 +27,10 @@ def _dev(kind: str) -> Any:
     ("cpus", "workers", "threads"),
     [(1, 1, 1), (2, 2, 2), (4, 4, 4), (8, 1, 7), (16, 2, 14), (64, 8, 56), (256, 8, 248)],
 )
-def test_cpu_defaults_follow_the_cpu_budget(cpus: int, workers: int, threads: int) -> None:
+def test_cpu_defaults_follow_the_cpu_budget(
+    cpus: int, workers: int, threads: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("featdump.run.device.os.sched_getaffinity", lambda pid: set(range(512)), raising=False)
     from featdump.run.device import tune
 
     t = tune(_dev("cpu"), _cfg(), Placement(cpus=cpus))
@@ -39,6 +42,7 @@ def test_cpu_budget_comes_from_slurm(monkeypatch: pytest.MonkeyPatch) -> None:
     from featdump.run.device import cpu_budget, tune
     from featdump.run.placement import placement_from_env
 
+    monkeypatch.setattr("featdump.run.device.os.sched_getaffinity", lambda pid: set(range(512)), raising=False)
     monkeypatch.setenv("SLURM_CPUS_PER_TASK", "3")
     placement = placement_from_env()
     assert cpu_budget(placement) == 3

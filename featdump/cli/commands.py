@@ -11,6 +11,7 @@ import os
 import shlex
 import signal
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from inspect import Parameter, Signature
 from pathlib import Path
@@ -22,7 +23,7 @@ import typer
 from featdump import __version__
 from featdump.cli.typer_compat import click_exceptions, parameter_source
 from featdump.errors import FeatdumpError, Interrupted, UsageError
-from featdump.text import first_line
+from featdump.text import first_line, printable
 from featdump.options import OPTIONS, Option
 
 app = typer.Typer(
@@ -68,7 +69,7 @@ def _main(
 
 
 def fail(message: str, code: int) -> typer.Exit:
-    typer.echo(f"featdump: error: {message}", err=True)
+    typer.echo(f"featdump: error: {printable(message)}", err=True)
     return typer.Exit(code)
 
 
@@ -90,7 +91,7 @@ def handle_errors(func: F) -> F:
             if isinstance(exc, Interrupted) and _STATE["own_process"]:
                 # The file is committed and closed. Leave now: interpreter shutdown resets signal
                 # handlers, and a second Ctrl-C landing there would kill us without a word.
-                typer.echo(f"featdump: error: {exc}", err=True)
+                typer.echo(f"featdump: error: {printable(exc)}", err=True)
                 sys.stdout.flush()
                 sys.stderr.flush()
                 os._exit(exc.exit_code)
@@ -228,21 +229,30 @@ def extract(ctx: typer.Context, **values: Any) -> None:
 def _extract(ctx: typer.Context, config_file: Path | None, stop: Any) -> None:
     from featdump import options as config
     from featdump.cli.signals import leave_at_once
-    from featdump.cli.render import RichProgress, console, failures_table, summary_table
+    from featdump.cli.render import RichProgress, console, failures_table, nonfinite_line, summary_table
     from featdump.run.job import run_extraction
 
     given = given_options(ctx, [o.name for o in OPTIONS])  # MODEL, INPUT... and -o are always given
     file_values = config.load_toml(config_file) if config_file else {}
     cfg = config.resolve(given, file_values, command=shlex.join(["featdump", *sys.argv[1:]]))
     progress = RichProgress(enabled=False if cfg.quiet else None)
+    if cfg.quiet:  # third-party RuntimeWarnings (numpy/torch on NaN values): what they mean is said below
+        warnings.filterwarnings("ignore", category=RuntimeWarning)
     summary = run_extraction(cfg, progress, stop=stop, on_repeat=leave_at_once(stop))
     if not cfg.quiet:
         out = console()
         out.print(summary_table(summary))
         if summary.failures:
             out.print(failures_table(summary.failures, summary.num_failed))
+    bad = [layer for layer in summary.layers if layer.nonfinite]
+    for layer in bad:  # not silenced by --quiet: the rows hold no usable numbers
+        typer.echo(f"featdump: warning: {nonfinite_line(layer)}", err=True)
     if cfg.strict and summary.num_failed:
         raise FeatdumpError(f"{summary.num_failed} image(s) failed (--strict); see /failed in {summary.output}")
+    if cfg.strict and bad:
+        raise FeatdumpError(
+            f"{len(bad)} layer(s) hold NaN/inf values (--strict), e.g. {nonfinite_line(bad[0])}; see {summary.output}"
+        )
 
 
 # --------------------------------------------------------------------------- show / viz / models
@@ -311,11 +321,11 @@ def viz(
     result = render(path, output, images=image, layers=layer, tile=tile, root=root)
     if not quiet:
         typer.echo(
-            f"wrote {result.output} ({result.width}x{result.height}): {len(result.rows)} image(s) × "
+            f"wrote {printable(result.output)} ({result.width}x{result.height}): {len(result.rows)} image(s) × "
             f"{len(result.layers)} layer(s)"
         )
         for stored in result.missing:
-            typer.echo(f"input image not found: {stored} (drawn as a placeholder; pass --root DIR)", err=True)
+            typer.echo(f"input image not found: {printable(stored)} (drawn as a placeholder; pass --root DIR)", err=True)
 
 
 @app.command()
@@ -391,13 +401,13 @@ def merge(
         else "virtual: reads the shard files, found relative to it; keep them next to each other"
     )
     typer.echo(
-        f"wrote {summary.output}: {summary.num_images} images, {summary.num_failed} failed, of {summary.num_inputs} "
+        f"wrote {printable(summary.output)}: {summary.num_images} images, {summary.num_failed} failed, of {summary.num_inputs} "
         f"from {summary.num_shards} shards · {state} · {how}"
     )
     for name in summary.skipped:
-        typer.echo(f"skipped {name}: no rows")
+        typer.echo(f"skipped {printable(name)}: no rows")
     for name in summary.partial:
-        typer.echo(f"unfinished shard merged as far as it goes: {name}", err=True)
+        typer.echo(f"unfinished shard merged as far as it goes: {printable(name)}", err=True)
 
 
 @app.command()
@@ -421,7 +431,7 @@ def fetch(
             got = fetch_weights(src)
         except FeatdumpError as exc:
             errors.append(str(exc))
-            typer.echo(f"featdump: error: {exc}", err=True)
+            typer.echo(f"featdump: error: {printable(exc)}", err=True)
             continue
         if quiet:
             typer.echo(str(got.path))

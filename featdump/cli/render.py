@@ -10,11 +10,23 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from featdump.text import printable
+
 if TYPE_CHECKING:
     from featdump.model.layers import Description, LayerInfo
-    from featdump.run.results import Summary
+    from featdump.run.results import LayerSummary, Summary
 
 MB = 1024 * 1024
+
+
+def cell_text(value: Any) -> str:
+    """Any text from a file, a name or a message, safe for a terminal (:func:`featdump.text.printable`)."""
+    return printable(value)
+
+
+def cell(value: Any) -> Text:
+    """A table cell or title from untrusted text: control characters escaped, no rich markup."""
+    return Text(printable(value))
 
 
 def console(stderr: bool = False) -> Console:
@@ -136,7 +148,7 @@ def modules_table(name: str, data: Any, records: Sequence[Any]) -> Table:
 def summary_table(summary: Summary) -> Table:
     shard = f" · shard {summary.shard[0]}/{summary.shard[1]}" if summary.shard[1] > 1 else ""
     title = f"{summary.output}: {summary.model}{shard}"
-    table = Table(title=title)
+    table = Table(title=cell(title))
     table.add_column("layer")
     table.add_column("module")
     table.add_column("stride", justify="right")
@@ -147,8 +159,8 @@ def summary_table(summary: Summary) -> Table:
     for layer in summary.layers:
         ratio = layer.stored_bytes / layer.raw_bytes if layer.raw_bytes else 1.0
         table.add_row(
-            layer.name,
-            layer.module,
+            cell(layer.name),
+            cell(layer.module),
             str(layer.reduction),
             fmt_shape(layer.shape),
             layer.dtype,
@@ -167,13 +179,21 @@ def summary_table(summary: Summary) -> Table:
     return table
 
 
+def nonfinite_line(layer: LayerSummary) -> str:
+    """One layer's NaN/inf count, as the warning (or the --strict error) says it."""
+    return (
+        f"layer {cell_text(layer.name)}: {layer.nonfinite} non-finite value(s) (NaN/inf) in the features "
+        "written by this run; check the weights (a checkpoint holding NaN gives all-NaN features)"
+    )
+
+
 def failures_table(failures: Sequence[tuple[str, str]], total: int) -> Table:
     more = f" (first {len(failures)} of {total})" if total > len(failures) else ""
     table = Table(title=f"failed images{more}: listed under /failed in the file")
     table.add_column("path")
     table.add_column("why")
     for path, err in failures:
-        table.add_row(Text(path), Text(err))
+        table.add_row(cell(path), cell(err))
     return table
 
 
@@ -201,6 +221,7 @@ def summary_dict(summary: Summary) -> dict[str, Any]:
                 "dtype": l.dtype,
                 "stored_bytes": l.stored_bytes,
                 "raw_bytes": l.raw_bytes,
+                "nonfinite": l.nonfinite,
             }
             for l in summary.layers
         ],
@@ -278,7 +299,6 @@ def _fmt_value(value: Any, width: int = 100) -> str:
 
 def show_renderables(info: dict[str, Any]) -> list[Any]:
     """``featdump show``: the datasets table, the provenance table and the first failures."""
-    from rich.text import Text
     attrs = info["attrs"]
     shard = info.get("shard") or [0, 1]
     parts = [f"{info['num_images']} images", f"{info['num_failed']} failed"]
@@ -292,7 +312,7 @@ def show_renderables(info: dict[str, Any]) -> list[Any]:
     if info.get("journal"):
         parts.append("journal present: a run is writing it, or was killed (--resume finishes it)")
     parts.append(f"{fmt_mb(info['file_bytes'])} MB file")
-    table = Table(title=f"{info['file']}: {attrs.get('model', '?')}", caption=" · ".join(parts))
+    table = Table(title=cell(f"{info['file']}: {attrs.get('model', '?')}"), caption=" · ".join(parts))
     table.add_column("dataset", overflow="fold")
     table.add_column("shape", justify="right", no_wrap=True)
     table.add_column("dtype")
@@ -308,7 +328,7 @@ def show_renderables(info: dict[str, Any]) -> list[Any]:
                 comp += f", {ds['missing_sources']} MISSING"
         note = f" (+{ds['uncommitted_rows']} uncommitted)" if ds["uncommitted_rows"] else ""
         table.add_row(
-            ds["name"],
+            cell(ds["name"]),
             fmt_shape(ds["shape"]) + note,
             ds["dtype"],
             fmt_shape(ds["chunks"]) if ds["chunks"] else "-",
@@ -320,7 +340,7 @@ def show_renderables(info: dict[str, Any]) -> list[Any]:
     prov.add_column("key", style="bold")
     prov.add_column("value", overflow="fold")
     for key, value in attrs.items():
-        prov.add_row(key, Text(_fmt_value(value)))
+        prov.add_row(cell(key), cell(_fmt_value(value)))
     out: list[Any] = [table, prov]
     if info["failures"]:
         out.append(failures_table([(f["path"], f["error"]) for f in info["failures"]], info["num_failed"]))
@@ -328,7 +348,7 @@ def show_renderables(info: dict[str, Any]) -> list[Any]:
         miss = Table(title="MISSING virtual source files: their rows would read as the fill value (NaN from `featdump merge`)")
         miss.add_column("file", overflow="fold")
         for p in info["missing_sources"]:
-            miss.add_row(p)
+            miss.add_row(cell(p))
         out.append(miss)
     return out
 

@@ -35,17 +35,20 @@ class Loader:
 
         from featdump.data.datasets import DeviceDecoder, EncodedDataset
         from featdump.data.decode import fast_decode_size, load_rgb
+        from featdump.data.transform import ResizeGuard
 
         transform = backbone.data.transform()
+        guard = ResizeGuard(backbone.data, cfg.max_image_pixels)
         self.decoder: Any = None
         if cfg.decode == "gpu":
-            dataset: ImageDataset = EncodedDataset(todo, transform, cfg.max_image_pixels)
+            dataset: ImageDataset = EncodedDataset(todo, transform, cfg.max_image_pixels, guard=guard)
             self.decoder = DeviceDecoder(transform, device)
         elif cfg.fast_decode:
             size = fast_decode_size(backbone.data.input_size, backbone.data.crop_pct)
-            dataset = ImageDataset(todo, transform, cfg.max_image_pixels, functools.partial(load_rgb, shrink_to=size))
+            loader = functools.partial(load_rgb, shrink_to=size)
+            dataset = ImageDataset(todo, transform, cfg.max_image_pixels, loader, guard)
         else:
-            dataset = ImageDataset(todo, transform, cfg.max_image_pixels)
+            dataset = ImageDataset(todo, transform, cfg.max_image_pixels, guard=guard)
         batches = -(-len(todo) // batch_size)
         workers = min(workers, max(1, batches))  # no idle processes for a handful of images
         self.loader: Any

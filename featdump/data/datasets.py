@@ -27,11 +27,13 @@ class ImageDataset:
         transform: Callable[[Any], Any],
         max_pixels: int | None = None,
         loader: Callable[[str, int | None], Any] = load_rgb,
+        guard: Callable[[int, int], None] | None = None,
     ) -> None:
         self.refs = list(refs)
         self.transform = transform
         self.max_pixels = max_pixels
         self.loader = loader
+        self.guard = guard  # (width, height) -> raises for an image the resize would blow up (ResizeGuard)
 
     def __len__(self) -> int:
         return len(self.refs)
@@ -40,6 +42,8 @@ class ImageDataset:
         ref = self.refs[i]
         try:
             img = self.loader(ref.source, self.max_pixels)
+            if self.guard is not None:
+                self.guard(*img.size)
             return i, self.transform(img), ""
         except Exception as exc:  # noqa: BLE001 - any decode failure becomes a record
             return i, None, describe_error(exc)
@@ -51,7 +55,7 @@ class EncodedDataset(ImageDataset):
 
     def __getitem__(self, i: int) -> Sample:
         try:
-            encoded = read_jpeg(self.refs[i].source, self.max_pixels)
+            encoded = read_jpeg(self.refs[i].source, self.max_pixels, self.guard)
         except Exception as exc:  # noqa: BLE001 - any failure becomes a record
             return i, None, describe_error(exc)
         return (i, encoded, "") if encoded is not None else super().__getitem__(i)

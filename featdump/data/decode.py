@@ -13,7 +13,7 @@ import re
 import stat
 import threading
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -188,7 +188,9 @@ class Encoded:
     data: Any
 
 
-def read_jpeg(source: str, max_pixels: int | None = None) -> Encoded | None:
+def read_jpeg(
+    source: str, max_pixels: int | None = None, guard: Callable[[int, int], None] | None = None
+) -> Encoded | None:
     """The bytes of a baseline/progressive RGB or grayscale JPEG, after the same checks as
     :func:`load_rgb` (regular file, size, pixel limit); None for anything the GPU decoder
     should not get (other formats, CMYK JPEGs), which then go through :func:`load_rgb`."""
@@ -210,6 +212,8 @@ def read_jpeg(source: str, max_pixels: int | None = None) -> Encoded | None:
             raise ValueError(
                 f"too many pixels ({w}x{h} = {w * h} > {limit}); raise --max-image-pixels if this is a real scan"
             )
+        if guard is not None:
+            guard(w, h)
         fh.seek(0)
         data = fh.read()
     return Encoded(torch.frombuffer(bytearray(data), dtype=torch.uint8))
@@ -220,4 +224,5 @@ def describe_error(exc: BaseException) -> str:
     msg = str(exc).replace("\n", " ").strip() or exc.__class__.__name__
     if isinstance(exc, OSError) and exc.strerror:
         msg = exc.strerror
-    return f"{exc.__class__.__name__}: {msg}"
+    line = f"{exc.__class__.__name__}: {msg}"
+    return line.encode("utf-8", "backslashreplace").decode("utf-8")  # storable: no lone surrogates

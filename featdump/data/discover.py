@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePath
 
 from featdump.errors import UsageError
+from featdump.text import storable
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 LIST_EXTENSIONS = (".txt", ".lst", ".list", ".csv", ".tsv")
@@ -94,26 +95,33 @@ def read_list_file(path: Path) -> list[ImageRef]:
 def discover(inputs: Sequence[str]) -> list[ImageRef]:
     """All images named by ``inputs`` (folders, list files, image files), sorted by stored path."""
     refs: list[ImageRef] = []
+    folders: list[str] = []
+    files: list[tuple[str, str]] = []  # (the INPUT that named it, source) for image files and list entries
     for raw in inputs:
         p = Path(raw)
         if p.is_dir():
-            found = [ImageRef(rel, src) for rel, src in _walk(p)]
+            found = [ImageRef(storable(rel), src) for rel, src in _walk(p)]
             if not found:
                 exts = " ".join(e.lstrip(".") for e in IMAGE_EXTENSIONS)
                 raise UsageError(f"no images in folder {raw} (looked recursively for: {exts})")
             refs.extend(found)
+            folders.append(raw)
         elif p.exists() or p.is_symlink():
             if is_image_name(p.name):
-                refs.append(ImageRef(raw, raw))
+                refs.append(ImageRef(storable(raw), raw))
+                files.append((raw, raw))
             elif p.is_file():
                 listed = read_list_file(p)
                 if not listed:
                     raise UsageError(f"list file {raw} names no images (one path per line expected)")
                 refs.extend(listed)
+                files.extend((raw, r.source) for r in listed)
             else:
                 raise UsageError(f"{raw} is not a folder, an image or a list file")
         else:
             raise UsageError(f"input not found: {raw}")
+    if folders and len(inputs) > 1:
+        _check_overlap(folders, files)
     refs.sort(key=lambda r: r.path)
     dupes = sorted({a.path for a, b in zip(refs, refs[1:]) if a.path == b.path})
     if dupes:
@@ -122,6 +130,39 @@ def discover(inputs: Sequence[str]) -> list[ImageRef]:
             "give the common parent folder instead of several folders with the same layout"
         )
     return refs
+
+
+def _inside(path: str, folder: str) -> str | None:
+    """``path`` relative to ``folder`` (both real paths) when it lies below it, else None."""
+    rel = os.path.relpath(path, folder)
+    return None if rel == os.pardir or rel.startswith(os.pardir + os.sep) or os.path.isabs(rel) else rel
+
+
+def _check_overlap(folders: Sequence[str], files: Sequence[tuple[str, str]]) -> None:
+    """A folder INPUT that also holds another folder INPUT, or an image given (or listed) on its
+    own, would store those images twice under different paths: a usage error naming them. Decided
+    on resolved real paths, so ``./x``, ``../here/x`` and symlinks are caught alike; only what the
+    walk would take counts (no hidden parts, an image extension)."""
+    real = [(raw, os.path.realpath(raw)) for raw in folders]
+    for k, (raw, rd) in enumerate(real):
+        for other, ro in real[k + 1 :]:
+            if ro == rd or _inside(ro, rd) or _inside(rd, ro):
+                inner, outer = (other, raw) if _inside(ro, rd) is not None else (raw, other)
+                raise UsageError(
+                    f"folder {inner} is also inside folder {outer} (both given as INPUTs): its images "
+                    "would be stored twice; give one of them"
+                )
+    for given, source in files:
+        rf = os.path.realpath(source)
+        for raw, rd in real:
+            rel = _inside(rf, rd)
+            if rel is None or not is_image_name(rf) or any(part.startswith(".") for part in Path(rel).parts):
+                continue
+            named = source if given == source else f"{source} (listed in {given})"
+            raise UsageError(
+                f"{named} is also in folder {raw} (both given as INPUTs): it would be stored twice; "
+                "give the folder or the file, not both"
+            )
 
 
 def list_digest(refs: Sequence[ImageRef]) -> str:

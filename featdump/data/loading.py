@@ -51,7 +51,9 @@ class ThreadLoader:
         self.nice = nice
         self.split = SplitTransform(dataset.transform)
         # the same dataset with the PIL half of the transform: item i is (i, uint8 array, "") or a failure record
-        self._decode = ImageDataset(dataset.refs, self.split.pil, dataset.max_pixels, dataset.loader).__getitem__
+        self._decode = ImageDataset(
+            dataset.refs, self.split.pil, dataset.max_pixels, dataset.loader, dataset.guard
+        ).__getitem__
 
     def _collect(self, jobs: list[tuple[concurrent.futures.Future[tuple[int, Any, str]], int]]) -> list[Any]:
         """The batch's results in order: images no decode thread has started yet are decoded

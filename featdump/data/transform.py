@@ -8,6 +8,7 @@ and the halves give the numbers of the whole transform (tests/test_loading.py ch
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -106,3 +107,58 @@ def _batched(step: Any) -> Callable[[Any], Any]:
         std = torch.as_tensor(step.std, dtype=torch.float32).view(1, -1, 1, 1)
         return lambda x: x.sub_(mean).div_(std)  # x is float32: to_tensor's output
     return lambda x: torch.stack([step(row) for row in x])
+
+
+MAX_ASPECT = 1000  # longer side / shorter side beyond which an image is refused before resizing
+DEFAULT_RESIZED_PIXELS = 89_478_485  # Pillow's MAX_IMAGE_PIXELS: the bound without --max-image-pixels
+
+
+def resized_size(width: int, height: int, input_size: Sequence[int], crop_pct: float, crop_mode: str) -> tuple[int, int]:
+    """``(width, height)`` of an image after the resize of timm's eval transform (before the crop),
+    computed as ``timm.data.transforms_imagenet_eval`` builds it: ``scale_size = floor(size /
+    crop_pct)``; ``squash`` resizes to it, ``border`` fits the longer side inside it (ResizeKeepRatio,
+    longest=1), ``center`` puts the shorter side on it (torchvision's Resize(int) for a square
+    target, ResizeKeepRatio longest=0 otherwise)."""
+    th, tw = (int(s) for s in input_size[-2:])
+    pct = crop_pct or 0.875
+    sh, sw = math.floor(th / pct), math.floor(tw / pct)
+    w, h = max(1, width), max(1, height)
+    if crop_mode == "squash":
+        return sw, sh
+    if crop_mode != "border" and sh == sw:  # torchvision Resize(size): shorter side -> size
+        if w <= h:
+            return sw, int(sw * h / w)
+        return int(sh * w / h), sh
+    ratio_h, ratio_w = h / sh, w / sw
+    ratio = max(ratio_h, ratio_w) if crop_mode == "border" else min(ratio_h, ratio_w)
+    return round(w / ratio), round(h / ratio)
+
+
+class ResizeGuard:
+    """Refuses, before resizing, an image the eval transform would blow up: an aspect ratio beyond
+    :data:`MAX_ASPECT`, or a resized size over ``max_pixels`` (``--max-image-pixels``, else
+    Pillow's default limit; at least 16 times the resize target). A 1x20000 PNG of 165 bytes would otherwise resize to 256x5,120,000
+    pixels (GBs per image). Raises ValueError, which the dataset turns into a ``/failed`` record."""
+
+    def __init__(self, data: Any, max_pixels: int | None = None) -> None:
+        self.input_size = tuple(data.input_size)
+        self.crop_pct = float(data.crop_pct)
+        self.crop_mode = str(data.crop_mode)
+        th, tw = (int(v) for v in self.input_size[-2:])
+        target = math.floor(th / (self.crop_pct or 0.875)) * math.floor(tw / (self.crop_pct or 0.875))
+        # never below 16x the resize target: a small --max-image-pixels bounds decoding, not a 4:1 panorama's resize
+        self.max_pixels = max(max_pixels or DEFAULT_RESIZED_PIXELS, 16 * target)
+
+    def __call__(self, width: int, height: int) -> None:
+        long, short = max(width, height), max(1, min(width, height))
+        if long / short > MAX_ASPECT:
+            raise ValueError(
+                f"extreme aspect ratio ({width}x{height}, {long / short:.0f}:1 > {MAX_ASPECT}:1): "
+                "refused before resizing"
+            )
+        rw, rh = resized_size(width, height, self.input_size, self.crop_pct, self.crop_mode)
+        if rw * rh > self.max_pixels:
+            raise ValueError(
+                f"resizing {width}x{height} would make {rw}x{rh} = {rw * rh} pixels (> {self.max_pixels}); "
+                "refused before resizing (raise --max-image-pixels if this is a real image)"
+            )

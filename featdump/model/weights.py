@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import logging
 import pickle
+import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,8 +60,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     import torch
 
     p = Path(path)
-    if not p.is_file():
-        raise UsageError(f"checkpoint not found: {p}")
+    _check_checkpoint_file(p)
     if p.suffix.lower() == ".safetensors":
         from safetensors.torch import load_file
 
@@ -70,17 +70,55 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             raise
         except Exception as exc:  # noqa: BLE001
             raise UsageError(f"cannot read safetensors checkpoint {p}: {exc}") from None
+    _check_torch_magic(p)
     try:
         obj = torch.load(str(p), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         first = first_line(exc, "unsupported pickle content")
+        if "numpy" in str(exc):  # numpy arrays pickle as numpy globals: refused like any code
+            raise UsageError(
+                f"refused checkpoint {p}: it holds numpy arrays, which need unpickling code; "
+                "re-save it with torch tensors (or as .safetensors)"
+            ) from None
         raise UsageError(
             f"refused checkpoint {p}: loading it would run code from the file ({first[:160]}); "
             "convert it to .safetensors in an environment you trust"
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise UsageError(f"cannot read checkpoint {p}: {first_line(exc, repr(exc))}") from None
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
+        raise UsageError(f"cannot read checkpoint {p}: {exc.__class__.__name__}: {first_line(exc, '')}".rstrip(": ")) from None
     return _unwrap(obj)
+
+
+def _check_checkpoint_file(p: Path) -> None:
+    """A checkpoint must be an existing regular file: a folder or a FIFO is said as such (a FIFO
+    would block the read and the sha256)."""
+    try:
+        st = p.stat()
+    except FileNotFoundError:
+        raise UsageError(f"checkpoint not found: {p}") from None
+    except OSError as exc:
+        raise UsageError(f"cannot read checkpoint {p}: {exc.strerror or exc}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise UsageError(f"checkpoint {p} is a folder, not a file; give the checkpoint file inside it")
+    if not stat.S_ISREG(st.st_mode):
+        raise UsageError(f"checkpoint {p} is not a regular file (a FIFO, socket or device)")
+
+
+def _check_torch_magic(p: Path) -> None:
+    """torch.save writes a zip archive (``PK``) or, in the legacy format, a pickle (``\\x80``
+    protocol byte); anything else (text, HTML from a failed download) is not a checkpoint."""
+    try:
+        with open(p, "rb") as fh:
+            head = fh.read(4)
+    except OSError as exc:
+        raise UsageError(f"cannot read checkpoint {p}: {exc.strerror or exc}") from None
+    if not head:
+        raise UsageError(f"checkpoint {p} is empty (0 bytes)")
+    if not (head.startswith(b"PK") or head[:1] == b"\x80"):
+        raise UsageError(
+            f"{p} is not a PyTorch checkpoint (neither a torch.save zip archive nor a pickle; "
+            "expected .pth/.pt/.bin from torch.save, or .safetensors)"
+        )
 
 
 def check_state_dict(name: str, state_dict: dict[str, Any]) -> None:

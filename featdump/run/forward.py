@@ -56,6 +56,7 @@ class Forward:
             amp = torch.float16 if precision == "fp16" else torch.bfloat16
             self.autocast = lambda: torch.autocast(device_type=device.type, dtype=amp)
         self.compiled = compile
+        self._nonfinite: Any = None  # per stored layer: NaN/inf values so far (a tensor on the device)
         if compile:
             self.model = torch.compile(self.model)
 
@@ -71,11 +72,25 @@ class Forward:
             if isinstance(outs, dict):
                 outs = list(outs.values())
             stored = [to_storage(o, layer, self.pool, self.dtype) for o, layer in zip(outs, self.layers)]
+            self._count_nonfinite(stored)
             if self.device.type != "cuda":
                 return [s.cpu().numpy() for s in stored]
             host = [s.to("cpu", non_blocking=True) for s in stored]  # pinned; one sync for all
             torch.cuda.current_stream(self.device).synchronize()
             return [h.numpy() for h in host]
+
+    def _count_nonfinite(self, stored: list[Any]) -> None:
+        """Add each layer's NaN/inf count to a running total kept on the device (no sync)."""
+        import torch
+
+        counts = torch.stack([s.numel() - torch.isfinite(s).sum() for s in stored])
+        self._nonfinite = counts if self._nonfinite is None else self._nonfinite + counts
+
+    def nonfinite(self) -> list[int]:
+        """Per stored layer, how many NaN/inf values this instance has returned."""
+        if self._nonfinite is None:
+            return [0] * len(self.layers)
+        return [int(v) for v in self._nonfinite.tolist()]
 
     def _model(self, x: Any) -> Any:
         if not self.compiled:

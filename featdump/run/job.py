@@ -68,7 +68,7 @@ def _run(cfg: ExtractConfig, progress: ProgressSink, on_ready: Callable | None, 
         store, refs = output.store, selection.refs
         stop.hint = f"{store.path} keeps its last commit; resume with --resume"
         done = store.progress.inputs_done
-        started, finished, summary = time.perf_counter(), False, None
+        started, finished, summary, forward = time.perf_counter(), False, None, None
         try:
             if done > len(refs):
                 raise UsageError(f"--resume: {out_path} has {done} inputs done but the list has {len(refs)}")
@@ -104,6 +104,7 @@ def _run(cfg: ExtractConfig, progress: ProgressSink, on_ready: Callable | None, 
             seconds = time.perf_counter() - started
             try:
                 summary = summarize(store, out_path, backbone, str(device), placement, len(refs), seconds, done)
+                _add_run_facts(summary, forward, tuning.workers)
             except Exception:  # noqa: BLE001 - only reached when already failing; that error wins
                 if finished:
                     raise
@@ -115,6 +116,16 @@ def _run(cfg: ExtractConfig, progress: ProgressSink, on_ready: Callable | None, 
                 output.release()
     assert summary is not None  # set whenever the job finished
     return summary
+
+
+def _add_run_facts(summary: Summary, forward: Forward | None, workers: int) -> None:
+    """What this run did beyond the file: threads and workers used, NaN/inf values per layer."""
+    import torch
+
+    summary.threads, summary.workers = torch.get_num_threads(), workers
+    if forward is not None:
+        for layer, count in zip(summary.layers, forward.nonfinite()):
+            layer.nonfinite = count
 
 
 def _load_model(cfg: ExtractConfig) -> Backbone:

@@ -31,8 +31,10 @@ class Placement:
     local_size: int | None = None
 
     def cpu_budget(self, available: int) -> int:
-        """CPUs this process may use: Slurm's grant (or ``available``), split among local peers."""
-        total = self.cpus if self.cpus else available
+        """CPUs this process may use: Slurm's grant (or ``available``), split among local peers;
+        never more than ``available`` (the process's CPU affinity): a grant that claims more cores
+        than the process may run on would only start threads that wait for each other."""
+        total = min(self.cpus, available) if self.cpus else available
         return max(1, total // max(1, self.local_size or 1))
 
 

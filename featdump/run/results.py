@@ -21,6 +21,7 @@ class LayerSummary:
     dtype: str
     stored_bytes: int
     raw_bytes: int
+    nonfinite: int = 0  # NaN/inf values among the features this run wrote (non-zero: check the weights)
 
 
 @dataclass
@@ -40,6 +41,8 @@ class Summary:
     resumed_from: int = 0
     complete: bool = True
     bytes_written: int = 0  # feature bytes (uncompressed) this run
+    threads: int = 0  # torch intra-op threads the forward pass ran with
+    workers: int = 0  # decoding threads (CPU) or DataLoader processes (GPU)
 
     @property
     def images_per_second(self) -> float:

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from featdump.errors import UsageError
-from featdump.text import to_str
+from featdump.text import storable, to_str
 
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
@@ -157,12 +157,12 @@ def _attr(value: Any) -> Any:
     if isinstance(value, bool):
         return np.bool_(value)
     if isinstance(value, str):
-        return str(value)  # plain str: torch's TorchVersion and kin confuse h5py
+        return storable(str(value))  # plain str: torch's TorchVersion and kin confuse h5py; UTF-8 always
     if isinstance(value, (list, tuple)):
         if not value:
             return np.zeros((0,), dtype="i8")
         if all(isinstance(v, str) for v in value):
-            return [str(v) for v in value]
+            return [storable(str(v)) for v in value]
         return np.asarray(value)
     return value
 

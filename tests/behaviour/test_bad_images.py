@@ -76,7 +76,8 @@ def zoo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict[str,
         locked.chmod(0)
         expect["locked.png"] = "Permission denied"
     listing = root / "list.txt"  # listed, but gone by the time it is read
-    listing.write_text(f"{d / 'a.png'}\n{root / 'vanished.png'}\n")
+    _good(root / "outside.png", 5)  # not in the folder: a listed image inside it would be stored twice (exit 2)
+    listing.write_text(f"{root / 'outside.png'}\n{root / 'vanished.png'}\n")
     expect[str(root / "vanished.png")] = "No such file"
     return d, listing, expect
 
@@ -97,7 +98,7 @@ def test_every_bad_kind_is_recorded_and_nothing_hangs(tmp_path: Path, zoo, rando
         assert path in failed, (path, sorted(failed))
         assert reason in failed[path], (path, failed[path])
         assert "\n" not in failed[path]
-    assert rows["paths"] == sorted(["a.png", "m.png", "z.png", "x.jpg/inner.png", str(folder / "a.png")])
+    assert rows["paths"] == sorted(["a.png", "m.png", "z.png", "x.jpg/inner.png", str(folder.parent / "outside.png")])
     assert rows["features"]["layer4"].shape[0] == len(rows["paths"])
 
     strict = cli(*argv[:5], str(tmp_path / "strict.h5"), *argv[6:], "--strict", "--workers", "0")
