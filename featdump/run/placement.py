@@ -60,6 +60,9 @@ def is_template(output: str) -> bool:
     return re.search(r"\{(shard|num_shards)(:[^{}]*)?\}", output) is not None
 
 
+MAX_SHARD_DIGITS = 12  # {shard:05d} pads; a spec like {shard:>400} would only make an unusable name
+
+
 def shard_output_path(output: str, index: int, count: int) -> str:
     """``feats.h5`` -> ``feats.shard-00003-of-00008.h5`` when ``count > 1``; ``{shard}``/``{num_shards}`` fill in.
 
@@ -70,6 +73,14 @@ def shard_output_path(output: str, index: int, count: int) -> str:
     if is_template(output):
         if count > 1 and not re.search(r"\{shard(:[^{}]*)?\}", output):
             raise UsageError(f"-o {output!r} names no {{shard}}: all {count} shards would write the same file")
+        for m in re.finditer(r"\{(shard|num_shards)(?::([^{}]*))?\}", output):
+            spec = m.group(2) or ""
+            digits = re.fullmatch(r"(?:0(\d{1,2}))?d?", spec)  # "", "d", "05", "05d": no spaces, no 400-wide pads
+            if digits is None or int(digits.group(1) or 0) > MAX_SHARD_DIGITS:
+                raise UsageError(
+                    f"-o: only {{shard}} and {{num_shards}} may be filled in, as numbers with at most "
+                    f"{MAX_SHARD_DIGITS} digits of zero padding such as {{shard:05d}}; not {m.group(0)[:40]}"
+                )
         try:
             return output.format(shard=index, num_shards=count)
         except (KeyError, IndexError, ValueError) as exc:

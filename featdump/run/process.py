@@ -36,10 +36,22 @@ _ALLOCATORS = ("jemalloc", "tcmalloc", "mimalloc")
 _done: list[str] = []  # what tune_malloc() did in this process (it runs once)
 
 
+def malloc_tuning_allowed(env: dict[str, str] | None = None) -> bool:
+    """``FEATDUMP_MALLOC_TUNING``: unset or 1 allows the settings, 0 refuses them; anything else is
+    a UsageError (checked before a run creates anything)."""
+    from featdump.errors import UsageError
+
+    env = os.environ if env is None else env
+    raw = env.get("FEATDUMP_MALLOC_TUNING", "")
+    if raw.strip() not in ("", "0", "1"):
+        raise UsageError(f"FEATDUMP_MALLOC_TUNING={raw!r}: give 0 (leave malloc alone) or 1")
+    return raw.strip() != "0"
+
+
 def user_choice(env: dict[str, str] | None = None) -> str:
     """Why the user's own allocator settings win ("" when there are none)."""
     env = dict(os.environ) if env is None else env
-    if env.get("FEATDUMP_MALLOC_TUNING", "").strip() == "0":
+    if not malloc_tuning_allowed(env):
         return "FEATDUMP_MALLOC_TUNING=0"
     preload = env.get("LD_PRELOAD", "")
     for name in _ALLOCATORS:

@@ -13,6 +13,7 @@ rows (more shards than images) are skipped.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import os
@@ -22,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from featdump.errors import FeatdumpError, UsageError
+from featdump.errors import FeatdumpError, UsageError, os_error
 from featdump.store.check import check_file, count_attr
 from featdump.store.format import read_text
 from featdump.store.journal import open_committed
@@ -261,10 +262,10 @@ def merge_shards(
     command: str = "",
 ) -> MergeSummary:
     """Write ``output`` from the shards; refuses (UsageError) anything that would not equal one run."""
+    from featdump.store.output import output_target
+
     load_codecs()
-    out = Path(output)
-    if out.is_dir():
-        raise UsageError(f"-o {out} is a folder; name an .h5 file")
+    out, out_st = output_target(Path(output))  # a symlink's target is what gets replaced; only regular files
     out_dir = out.parent.resolve() if str(out.parent) else Path.cwd()
     if not out_dir.is_dir():
         raise UsageError(f"-o {out}: folder {out.parent} does not exist")
@@ -273,27 +274,97 @@ def merge_shards(
     for s in shards:
         if s.path == target:
             raise UsageError(f"-o {out} is one of the shards; write the merged file elsewhere")
-    if out.exists() and not overwrite:
-        raise UsageError(f"{out} exists; pass --overwrite to replace it")
+    if out_st is not None and not overwrite:
+        raise UsageError(f"{output} exists; pass --overwrite to replace it")
 
-    tmp = out_dir / f".{out.name}.featdump-tmp-{os.getpid()}"
-    tmp.unlink(missing_ok=True)
+    remove_stale_temps(out_dir, out.name)
+    tmp, fd = _claim_temp(out_dir, out.name)
     try:
-        summary = _write(shards, tmp, out_dir, copy=copy, command=command)
+        summary = _write(shards, tmp, out_dir, copy=copy, command=command, fd=fd)
         if not copy:
             problems = check_sources(tmp)
             if problems:
                 p = problems[0]
                 raise FeatdumpError(f"merged file would not read {p.dataset} from {p.source}: {p.reason}")
+        os.fsync(fd)
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
-    summary.output = str(out)
+        os.close(fd)  # drops the lock that told other merges this temp file is alive
+    summary.output = str(output)
     summary.bytes = out.stat().st_size
     return summary
 
 
-def _write(shards: Sequence[Shard], tmp: Path, out_dir: Path, *, copy: bool, command: str) -> MergeSummary:
+def _temp_name(name: str) -> re.Pattern[str]:
+    return re.compile(rf"\.{re.escape(name)}\.featdump-tmp-\d+")
+
+
+def remove_stale_temps(out_dir: Path, name: str) -> list[str]:
+    """Remove the hidden temp files (``.OUT.h5.featdump-tmp-PID``, full size for ``--copy``) that
+    merges into ``OUT.h5`` left when they were killed; returns their names.
+
+    A merge holds a shared ``flock`` on its temp file while it lives (shared, so that HDF5 may still
+    open it to read), so one that can be locked exclusively here belongs to nobody; one that cannot
+    (another merge is writing it, or the file system has no locks) is kept.
+    """
+    pattern = _temp_name(name)
+    removed = []
+    try:
+        entries = [e for e in os.scandir(out_dir) if pattern.fullmatch(e.name)]
+    except OSError:
+        return removed
+    for entry in entries:
+        if not entry.is_file(follow_symlinks=False):
+            continue
+        try:
+            fd = os.open(entry.path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if os.fstat(fd).st_ino == os.stat(entry.path).st_ino:
+                os.unlink(entry.path)
+                removed.append(entry.name)
+        except OSError:
+            pass  # held by a live merge (or no locks here): keep it
+        finally:
+            os.close(fd)
+    return removed
+
+
+def _claim_temp(out_dir: Path, name: str) -> tuple[Path, int]:
+    """Create this merge's temp file and hold ``flock(LOCK_SH)`` on it until the merge ends."""
+    tmp = out_dir / f".{name}.featdump-tmp-{os.getpid()}"
+    for _ in range(10):
+        try:
+            fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        except FileExistsError:
+            raise FeatdumpError(
+                f"{tmp} is in use by another merge into {out_dir / name} (a process with this PID on another "
+                "machine?); wait for it, or merge into another -o"
+            ) from None
+        except OSError as exc:
+            raise os_error(exc, tmp, "create") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:  # a merge cleaning up holds it for a moment: wait, then look again
+            fcntl.flock(fd, fcntl.LOCK_SH)
+        except OSError:
+            pass  # no locks on this file system: a later merge keeps it (it cannot tell)
+        try:
+            same = os.fstat(fd).st_ino == os.stat(tmp).st_ino
+        except FileNotFoundError:  # a merge cleaning up took it for stale between create and lock
+            same = False
+        if same:
+            return tmp, fd
+        os.close(fd)
+    raise FeatdumpError(f"cannot create {tmp}: it keeps disappearing; is another merge into {out_dir / name} running?")
+
+
+def _write(shards: Sequence[Shard], tmp: Path, out_dir: Path, *, copy: bool, command: str, fd: int) -> MergeSummary:
+    import io
+
     import h5py
     import numpy as np
 
@@ -307,7 +378,10 @@ def _write(shards: Sequence[Shard], tmp: Path, out_dir: Path, *, copy: bool, com
     text = h5py.string_dtype()
     handles = [open_committed(s.path) for s in shards]
     try:
-        with h5py.File(tmp, "w-", libver="earliest", track_order=True) as h5:
+        # through our descriptor: HDF5 opening it for writing would take an exclusive lock of its own,
+        # which our shared one (it marks the temp file alive) refuses
+        raw = io.FileIO(fd, "r+b", closefd=False)
+        with raw, h5py.File(raw, "w", libver="earliest", track_order=True) as h5:
             for key, value in ref.attrs.items():
                 set_attr(h5, key, value)
             for key, value in {

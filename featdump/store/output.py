@@ -2,21 +2,34 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from featdump import FORMAT_VERSION, __version__
-from featdump.errors import FeatdumpError, UsageError
+from featdump.errors import FeatdumpError, UsageError, os_error
 from featdump.data.sources import Selection
 from featdump.model.layers import Backbone, LayerInfo
 from featdump.options import ExtractConfig, option_attrs
 from featdump.run.placement import Placement
-from featdump.store.journal import OutputLock, fsync_dir
+from featdump.store.journal import (
+    OutputLock,
+    busy,
+    file_kind,
+    fsync_dir,
+    journal_names,
+    journal_path,
+    not_a_journal,
+    open_committed,
+    writer_active,
+)
 from featdump.store.format import inputs_attr, utc_now, zstd_level
 from featdump.store.sink import NothingCommitted, Store
+from featdump.text import to_str
 
 
 def file_attrs(cfg: ExtractConfig, backbone: Backbone, placement: Placement, selection: Selection) -> dict[str, Any]:
@@ -53,16 +66,43 @@ def file_attrs(cfg: ExtractConfig, backbone: Backbone, placement: Placement, sel
     }
 
 
+def check_environment() -> None:
+    """Every environment setting a run reads, checked before anything is created (a bad value is a
+    UsageError, and the corrected rerun finds nothing in its way)."""
+    from featdump.run.process import malloc_tuning_allowed
+    from featdump.store.journal import locking_disabled
+    from featdump.store.sink import commit_interval
+
+    commit_interval()  # FEATDUMP_COMMIT_SECONDS
+    zstd_level()  # FEATDUMP_ZSTD_LEVEL (checked whether or not this run compresses with zstd)
+    malloc_tuning_allowed()  # FEATDUMP_MALLOC_TUNING
+    locking_disabled()  # HDF5_USE_FILE_LOCKING
+
+
 def preflight(path: Path, cfg: ExtractConfig) -> None:
-    """Refuse early, before any model is built: an existing output, a missing or unwritable folder,
-    a bad ``FEATDUMP_ZSTD_LEVEL``."""
-    if cfg.compression == "zstd":
-        zstd_level()
-    if path.exists() and not (cfg.resume or cfg.overwrite):
+    """Refuse early, before any model is built: a bad environment setting, anything at ``-o`` that
+    is not a regular file (device, FIFO, socket, folder, dangling symlink), an existing output
+    without ``--resume``/``--overwrite``, ``--resume`` of a file featdump did not make, an output
+    another run is writing, a missing or unwritable folder."""
+    check_environment()
+    target, st = output_target(path)
+    if st is not None and not (cfg.resume or cfg.overwrite):
         raise UsageError(f"{path} exists; pass --resume to continue it or --overwrite to replace it")
-    if path.is_dir():
-        raise UsageError(f"-o {path} is a folder; name an .h5 file")
-    parent = path.parent if str(path.parent) else Path(".")
+    _check_leftover(journal_path(path), path)
+    new = overwrite_path(target)
+    new_st = _lstat(new)
+    if new_st is not None:
+        if not stat.S_ISREG(new_st.st_mode):
+            raise UsageError(
+                f"{new} is {file_kind(new_st.st_mode)}; featdump writes the replacement of {path} there: "
+                "move it out of the way"
+            )
+        _check_leftover(journal_path(new), new)
+    if st is not None and writer_active(path):
+        raise busy(path, journal_path(path))
+    if st is not None and cfg.resume and new_st is None and not _is_featdump(path):
+        raise UsageError(f"--resume: {path} is not a featdump file; use --overwrite to replace it")
+    parent = target.parent if str(target.parent) else Path(".")  # where the file is written
     if not parent.is_dir():
         raise UsageError(f"-o {path}: folder {parent} does not exist")
     if not os.access(parent, os.W_OK):
@@ -70,8 +110,88 @@ def preflight(path: Path, cfg: ExtractConfig) -> None:
             why = "is on a read-only file system" if os.statvfs(parent).f_flag & os.ST_RDONLY else "is not writable"
         except OSError:
             why = "is not writable"
-        keep = f"; {path.name} is untouched and stays resumable there" if path.exists() else ""
+        keep = f"; {path.name} is untouched and stays resumable there" if st is not None else ""
         raise FeatdumpError(f"cannot write the output: folder {parent} {why}{keep}; choose a writable folder for -o")
+
+
+def output_target(path: Path) -> tuple[Path, os.stat_result | None]:
+    """The file ``-o`` names (a symlink's target: the link stays, the file it points to is written
+    or replaced) and what is there now (None: nothing). Anything but a regular file is a UsageError."""
+    st = _stat_output(path)
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        shown = f"{path} (a link to {os.readlink(path)})" if os.path.islink(path) else str(path)
+        if stat.S_ISDIR(st.st_mode):
+            raise UsageError(f"-o {shown} is a folder; name an .h5 file")
+        raise UsageError(
+            f"-o {shown} is {file_kind(st.st_mode)}, not a regular file; featdump writes only regular "
+            "files: name an .h5 file"
+        )
+    return _target(path), st
+
+
+def _lstat(path: Path) -> os.stat_result | None:
+    try:
+        return os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as exc:
+        raise _path_error(path, exc) from None
+
+
+def _stat_output(path: Path) -> os.stat_result | None:
+    """What is at ``-o`` (symlinks followed), or None when nothing is; a dangling or looping
+    symlink is a UsageError (featdump would create a file somewhere the user did not name)."""
+    st = _lstat(path)
+    if st is None or not stat.S_ISLNK(st.st_mode):
+        return st
+    try:
+        return os.stat(path)
+    except OSError as exc:
+        if isinstance(exc, (FileNotFoundError, NotADirectoryError)):
+            raise UsageError(
+                f"-o {path} is a symbolic link to {os.readlink(path)}, which does not exist; featdump writes "
+                "only regular files: remove the link, or name a file"
+            ) from None
+        raise _path_error(path, exc) from None
+
+
+def _path_error(path: Path, exc: OSError) -> FeatdumpError:
+    if exc.errno == errno.ENAMETOOLONG:
+        return UsageError(f"-o {str(path)[:80]}...: the name is too long for the file system")
+    if exc.errno == errno.ELOOP:
+        return UsageError(f"-o {path}: too many levels of symbolic links (a link loop?); name a regular file")
+    return os_error(exc, path, "look at")
+
+
+def _check_leftover(jpath: Path, target: Path) -> None:
+    """A journal path that holds a folder, device, FIFO or socket: a writer cannot use it."""
+    st = _lstat(jpath)
+    if st is not None and not stat.S_ISREG(st.st_mode) and not (stat.S_ISLNK(st.st_mode) and os.path.isfile(jpath)):
+        raise not_a_journal(jpath, target, st.st_mode)
+
+
+def _is_featdump(path: Path) -> bool:
+    """Did featdump make this file? A journal that names it (even with nothing committed yet), or
+    HDF5 with ``format = "featdump"`` at its last commit."""
+    if journal_names(path):
+        return True
+    try:
+        if os.path.getsize(path) == 0:
+            return False
+        import h5py
+
+        if not h5py.is_hdf5(path):
+            return False
+        with open_committed(path) as h5:
+            return to_str(h5.attrs.get("format", "")) == "featdump"
+    except Exception:  # noqa: BLE001 - whatever cannot be read as a featdump file is not one to resume
+        return False
+
+
+def _target(path: Path) -> Path:
+    """The file ``-o`` names: a symlink's target (so that ``--overwrite`` replaces the file the link
+    points to, and the link stays), else ``path`` itself."""
+    return Path(os.path.realpath(path)) if os.path.islink(path) else path
 
 
 def overwrite_path(path: Path) -> Path:
@@ -118,7 +238,13 @@ def open_output(cfg: ExtractConfig, out_path: Path, attrs: dict[str, Any], layer
     ``--resume`` continues, in this order: an unfinished ``--overwrite`` run (``OUT.h5.featdump-new``,
     which replaces OUT.h5 when it completes), then OUT.h5 itself; with neither it starts OUT.h5, so
     one command line serves the first run and every requeue. A complete file is left as it is.
+    When ``-o`` is a symlink, the file it points to is continued or replaced (the link stays).
     """
+    out_path = _target(out_path)
+    st = _lstat(out_path)  # again: the model took a while to load, and only regular files are replaced
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        raise UsageError(f"-o {out_path} is {file_kind(st.st_mode)}, not a regular file; featdump writes only regular files")
+
     def create(path: Path) -> Store:
         return Store.create(path, attrs, layers, pool=cfg.pool, dtype=cfg.dtype, compression=cfg.compression)
 
@@ -142,7 +268,7 @@ def open_output(cfg: ExtractConfig, out_path: Path, attrs: dict[str, Any], layer
     if cfg.overwrite and out_path.exists():
         lock = OutputLock(out_path)
         try:
-            if new.exists() or Path(f"{new}-journal").exists():  # an earlier --overwrite that did not finish
+            if new.exists() or journal_path(new).exists():  # an earlier --overwrite that did not finish
                 stale = OutputLock(new)
                 new.unlink(missing_ok=True)
                 stale.release(remove=True)

@@ -357,7 +357,8 @@ def _os_error(path: str | Path, exc: OSError) -> FeatdumpError:
     if "lock" in text.lower():
         return FeatdumpError(
             f"{path} is in use by another process (HDF5 file lock). If no other featdump runs on it and the "
-            "file system cannot lock (NFS, Lustre), set HDF5_USE_FILE_LOCKING=FALSE and make sure only one run writes it"
+            "file system cannot lock (NFS, Lustre), set HDF5_USE_FILE_LOCKING=FALSE and make sure only one run writes it "
+            "(without the lock, two runs writing one file corrupt it silently)"
         )
     return FeatdumpError(f"cannot open {path}: {first_line(exc, repr(exc))}")
 

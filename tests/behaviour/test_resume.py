@@ -128,6 +128,7 @@ def test_resume_with_nothing_there_starts(tmp_path: Path, random_checkpoint, cli
     # killed before its first commit (an empty file and a journal that says so): started afresh too
     out.unlink()
     out.write_bytes(b"")
+    Path(f"{out}-journal").write_bytes(b"")  # the lock file, made just before the file
     result = cli(*argv, "--resume")
     assert result.exit_code == 0, result.output
     assert read_rows(out)["num_images"] == 5
