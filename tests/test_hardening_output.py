@@ -222,7 +222,7 @@ def test_without_locks_the_docs_and_message_say_silent_corruption(tmp_path: Path
     import errno
 
     from featdump.errors import FeatdumpError
-    from featdump.store.journal import OutputLock
+    from featdump.store.locks import OutputLock
 
     def no_locks(fd: int, op: int) -> None:
         raise OSError(errno.ENOLCK, "No locks available")

@@ -74,7 +74,8 @@ def test_readers_see_the_last_commit_after_a_kill_inside_apply(tmp_path: Path, m
     import h5py
 
     from featdump.model.layers import LayerInfo
-    from featdump.store import journal
+    from featdump.store import redo
+    from featdump.store.committed import open_committed
     from featdump.store.sink import Store
 
     monkeypatch.setenv("FEATDUMP_COMMIT_SECONDS", "0")
@@ -90,24 +91,24 @@ def test_readers_see_the_last_commit_after_a_kill_inside_apply(tmp_path: Path, m
     if pid == 0:  # dies half-way through applying the commit of batch 4
         try:
             calls = {"n": 0}
-            real = journal._Redo.apply
+            real = redo.Redo.apply
 
             def half(self, fd):
                 calls["n"] += 1
                 if calls["n"] == 5:
                     for offset, data in self.pages[: max(1, len(self.pages) // 2)]:
-                        journal._pwrite_full(fd, data, offset)
+                        redo.pwrite_full(fd, data, offset)
                     os._exit(9)
                 real(self, fd)
 
-            journal._Redo.apply = half
+            redo.Redo.apply = half
             store = Store.create(path, {"format": "featdump"}, layers, pool="none", dtype="float32", compression="none")
             batches(store, 0, 10)
         finally:
             os._exit(3)
     _, status = os.waitpid(pid, 0)
     assert os.WEXITSTATUS(status) == 9
-    with journal.open_committed(path) as f:  # commit 5 = the 4th batch: its redo block is complete
+    with open_committed(path) as f:  # commit 5 = the 4th batch: its redo block is complete
         assert int(f.attrs["num_images"]) == 12 and not f.attrs["complete"]
         assert [p.decode() for p in f["paths"][:]] == [f"p{i}" for i in range(12)]
         assert f["features/a"][11].max() == 11
@@ -118,5 +119,5 @@ def test_readers_see_the_last_commit_after_a_kill_inside_apply(tmp_path: Path, m
     with h5py.File(path, "r") as f:
         assert [p.decode() for p in f["paths"][:]] == [f"p{i}" for i in range(30)]
         assert np.array_equal(f["features/a"][:, 0, 0, 0], np.arange(30, dtype=np.float32))
-    with journal.open_committed(path) as f:  # no journal left: the plain file
+    with open_committed(path) as f:  # no journal left: the plain file
         assert f.attrs["complete"]

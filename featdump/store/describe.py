@@ -48,7 +48,7 @@ def open_featdump(path: str | Path) -> Any:
         raise UsageError(f"{p} is not an HDF5 file (featdump files are HDF5, written by `featdump extract`)")
     try:
         if journal_file(p).exists():  # a run holds it or was killed: read the last commit through the journal
-            from featdump.store.journal import open_committed
+            from featdump.store.committed import open_committed
 
             h5 = open_committed(p)
         else:
@@ -72,7 +72,7 @@ def open_featdump(path: str | Path) -> Any:
 
 def journal_file(path: str | Path) -> Path:
     """``OUT.h5-journal``: present while a run writes ``OUT.h5``, or after one was killed."""
-    from featdump.store.journal import journal_path
+    from featdump.store.locks import journal_path
 
     return Path(journal_path(Path(path)))
 

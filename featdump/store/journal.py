@@ -23,281 +23,15 @@ default) every commit is ordered by fsync, so a power cut is survived the same w
 from __future__ import annotations
 
 import errno
-import fcntl
 import os
-import stat
 import struct
-import weakref
 import zlib
 from pathlib import Path
 from typing import Any
 
 from featdump.errors import FeatdumpError, UsageError, os_error
-
-PAGE = 4096
-JOURNAL_SUFFIX = "-journal"
-_HEADER = struct.Struct("<8sQQQQI")  # magic, seq, committed size, st_dev, st_ino, crc
-_HEADER_MAGIC = b"FDJRNL01"
-_HEADER_SIZE = 64
-_BLOCK = struct.Struct("<8sQqQQ")  # magic, seq, zero_from (-1: none), zero_to, final size
-_BLOCK_MAGIC = b"FDREDO01"
-_RECORD = struct.Struct("<QI")  # offset, length
-_TRAILER = struct.Struct("<QI8s")  # number of records, crc32 of everything before, magic
-_TRAILER_MAGIC = b"FDCOMMIT"
-_NO_LOCK_ERRNOS = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
-
-
-def journal_path(path: str | Path) -> Path:
-    """``OUT.h5-journal`` beside the real file: symlinks in ``path`` are resolved, so every name that
-    reaches one file (a symlink to it, a linked folder) finds the same journal, hence the same lock."""
-    return Path(f"{os.path.realpath(path)}{JOURNAL_SUFFIX}")
-
-
-_LOCKING_OFF = ("FALSE", "0", "NO", "OFF")
-_LOCKING_ON = ("", "TRUE", "1", "YES", "ON", "BEST_EFFORT")
-
-
-def locking_disabled() -> bool:
-    """``HDF5_USE_FILE_LOCKING=FALSE`` (HDF5's own switch) turns our lock off as well; a value that
-    is neither on nor off is a UsageError (a typo must not silently keep or drop the lock)."""
-    raw = os.environ.get("HDF5_USE_FILE_LOCKING", "")
-    value = raw.strip().upper()
-    if value in _LOCKING_OFF:
-        return True
-    if value in _LOCKING_ON:
-        return False
-    raise UsageError(f"HDF5_USE_FILE_LOCKING={raw!r}: give TRUE or FALSE (or BEST_EFFORT)")
-
-
-NO_LOCK_RISK = (
-    "with it featdump cannot notice a second writer, and two runs writing one file corrupt it silently"
-)
-
-
-def file_kind(mode: int) -> str:
-    """"a folder", "a character device", ... for messages about what is not a regular file."""
-    for test, name in (
-        (stat.S_ISDIR, "a folder"),
-        (stat.S_ISCHR, "a character device"),
-        (stat.S_ISBLK, "a block device"),
-        (stat.S_ISFIFO, "a FIFO (named pipe)"),
-        (stat.S_ISSOCK, "a socket"),
-        (stat.S_ISLNK, "a symbolic link"),
-        (stat.S_ISREG, "a regular file"),
-    ):
-        if test(mode):
-            return name
-    return "not a regular file"
-
-
-def not_a_journal(path: Path, target: str | Path, mode: int) -> UsageError:
-    return UsageError(
-        f"{path} is {file_kind(mode)}, not featdump's journal; featdump keeps the journal of {target} "
-        "there: move it out of the way"
-    )
-
-
-def busy(target: str | Path, jpath: str | Path) -> FeatdumpError:
-    """The one wording of "another run writes this file"."""
-    return FeatdumpError(
-        f"{target} is being written by another featdump run (it holds the lock on {jpath}); "
-        "wait for it to finish, or write to another -o"
-    )
-
-
-def writer_active(target: str | Path) -> bool:
-    """Does a featdump run hold the lock of ``target`` now? (Takes nothing: for an early refusal.)"""
-    if locking_disabled():
-        return False
-    try:
-        fd = os.open(journal_path(target), os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError:
-        return False
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return False
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except OSError as exc:
-        return exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN)
-    finally:
-        os.close(fd)  # drops our shared lock, if we got it
-    return False
-
-
-def journal_names(target: str | Path) -> bool:
-    """Is there a journal of ``target`` that names this very file (its device and inode)? Then
-    featdump made the file, even if it holds no commit yet. An empty file beside an empty journal
-    counts too: a run killed between creating the file and writing the journal's first header
-    (the lock file comes first, then the file, then the header)."""
-    try:
-        st = os.stat(target)
-        fd = os.open(journal_path(target), os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError:
-        return False
-    try:
-        jst = os.fstat(fd)
-        if not stat.S_ISREG(jst.st_mode):
-            return False
-        raw = _pread_full(fd, _HEADER_SIZE, 0)
-    except OSError:
-        return False
-    finally:
-        os.close(fd)
-    if jst.st_size == 0:
-        return st.st_size == 0
-    if len(raw) < _HEADER.size:
-        return False
-    magic, _seq, _size, dev, ino, crc = _HEADER.unpack_from(raw, 0)
-    return magic == _HEADER_MAGIC and crc == zlib.crc32(raw[: _HEADER.size - 4]) and (dev, ino) == (st.st_dev, st.st_ino)
-
-
-class OutputLock:
-    """An exclusive ``flock`` on ``OUT.h5-journal``, held while a run writes (or replaces) OUT.h5."""
-
-    def __init__(self, target: str | Path) -> None:
-        self.target = Path(target)
-        self.path = journal_path(target)
-        self.fd = -1
-        self.created = not self.path.exists()  # ours to remove again when we let go
-        unlocked = locking_disabled()
-        while True:
-            try:  # O_NONBLOCK: a FIFO put where the journal goes must not hang us
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
-            except IsADirectoryError:
-                raise not_a_journal(self.path, self.target, stat.S_IFDIR) from None
-            except OSError as exc:
-                raise os_error(exc, self.path, "create") from None
-            mode = os.fstat(fd).st_mode
-            if not stat.S_ISREG(mode):  # never truncate or write a device, FIFO or socket
-                os.close(fd)
-                raise not_a_journal(self.path, self.target, mode)
-            if unlocked:
-                break
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as exc:
-                os.close(fd)
-                if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                    raise busy(self.target, self.path) from None
-                if exc.errno in _NO_LOCK_ERRNOS:
-                    raise FeatdumpError(
-                        f"cannot lock {self.path}: this file system does not support locks ({exc.strerror}; "
-                        "NFS without lockd, Lustre without -o flock); make sure only one run writes "
-                        f"{self.target}, then set HDF5_USE_FILE_LOCKING=FALSE ({NO_LOCK_RISK})"
-                    ) from None
-                raise os_error(exc, self.path, "lock") from None
-            # The holder before us may have unlinked the file between our open and our flock.
-            try:
-                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:
-                break
-            os.close(fd)
-        self.fd = fd
-
-    def release(self, remove: bool) -> None:
-        if self.fd < 0:
-            return
-        if remove:
-            try:
-                self.path.unlink()
-            except FileNotFoundError:
-                pass
-        os.close(self.fd)  # closing drops the flock
-        self.fd = -1
-
-
-def fsync_dir(path: Path) -> None:
-    """fsync the folder holding ``path`` (makes a rename or a new file durable); best effort."""
-    try:
-        fd = os.open(path.parent if str(path.parent) else ".", os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _pread_full(fd: int, size: int, offset: int) -> bytes:
-    parts = []
-    while size > 0:
-        chunk = os.pread(fd, size, offset)
-        if not chunk:
-            break
-        parts.append(chunk)
-        size -= len(chunk)
-        offset += len(chunk)
-    return b"".join(parts)
-
-
-def _pwrite_full(fd: int, data: Any, offset: int) -> None:
-    view = memoryview(data).cast("B")
-    while len(view):
-        n = os.pwrite(fd, view, offset)
-        view = view[n:]
-        offset += n
-
-
-def _zero_fill(fd: int, start: int, stop: int) -> None:
-    zeros = bytes(min(1 << 20, max(0, stop - start)))
-    while start < stop:
-        n = min(len(zeros), stop - start)
-        _pwrite_full(fd, zeros[:n], start)
-        start += n
-
-
-class _Redo:
-    """One commit as stored in the journal: zero a range, write pages, set the size."""
-
-    def __init__(self, seq: int, zero: tuple[int, int] | None, size: int, pages: list[tuple[int, bytes]]) -> None:
-        self.seq = seq
-        self.zero = zero
-        self.size = size
-        self.pages = pages
-
-    def encode(self) -> bytes:
-        z0, z1 = self.zero if self.zero else (-1, 0)
-        parts = [_BLOCK.pack(_BLOCK_MAGIC, self.seq, z0, z1, self.size)]
-        for offset, data in self.pages:
-            parts.append(_RECORD.pack(offset, len(data)))
-            parts.append(data)
-        body = b"".join(parts)
-        return body + _TRAILER.pack(len(self.pages), zlib.crc32(body), _TRAILER_MAGIC)
-
-    @classmethod
-    def decode(cls, raw: bytes) -> _Redo | None:
-        """The block at the start of ``raw``, or None when it is absent, torn or damaged."""
-        if len(raw) < _BLOCK.size + _TRAILER.size:
-            return None
-        magic, seq, z0, z1, size = _BLOCK.unpack_from(raw, 0)
-        if magic != _BLOCK_MAGIC:
-            return None
-        pos, pages = _BLOCK.size, []
-        while True:
-            if pos + _TRAILER.size <= len(raw):
-                count, crc, tmagic = _TRAILER.unpack_from(raw, pos)
-                if tmagic == _TRAILER_MAGIC and count == len(pages) and crc == zlib.crc32(raw[:pos]):
-                    return cls(seq, (z0, z1) if z0 >= 0 else None, size, pages)
-            if pos + _RECORD.size > len(raw):
-                return None
-            offset, length = _RECORD.unpack_from(raw, pos)
-            pos += _RECORD.size
-            if pos + length > len(raw):
-                return None
-            pages.append((offset, raw[pos : pos + length]))
-            pos += length
-
-    def apply(self, fd: int) -> None:
-        """Idempotent: applying it again, or after a partial application, gives the same file."""
-        if self.zero:
-            _zero_fill(fd, *self.zero)
-        for offset, data in self.pages:
-            _pwrite_full(fd, data, offset)
-        os.ftruncate(fd, self.size)
+from featdump.store.locks import OutputLock, fsync_dir
+from featdump.store.redo import HEADER, HEADER_MAGIC, HEADER_SIZE, PAGE, Redo, pread_full, pwrite_full
 
 
 class JournaledFile:
@@ -321,7 +55,7 @@ class JournaledFile:
         self.zero_from: int | None = None  # bytes in [zero_from, L) were cut by a truncate
         self.dirty = False
         self.error: OSError | None = None  # first I/O error, for a message that names its cause
-        self._pending: _Redo | None = None  # a complete redo block not yet known to be applied
+        self._pending: Redo | None = None  # a complete redo block not yet known to be applied
         self.failed = False  # an I/O error happened: nothing more is committed (see write)
         self.spill: dict[int, bytearray] = {}  # writes after a failure, held so HDF5 reads them back
 
@@ -373,8 +107,8 @@ class JournaledFile:
             st = os.fstat(fd)
             if (dev, ino) == (st.st_dev, st.st_ino):
                 self.seq, self.committed = seq, size
-                length = max(0, os.fstat(self.jfd).st_size - _HEADER_SIZE)
-                redo = _Redo.decode(_pread_full(self.jfd, length, _HEADER_SIZE))
+                length = max(0, os.fstat(self.jfd).st_size - HEADER_SIZE)
+                redo = Redo.decode(pread_full(self.jfd, length, HEADER_SIZE))
                 if redo is not None and redo.seq == seq + 1:
                     self._pending = redo
         return self
@@ -491,7 +225,7 @@ class JournaledFile:
         try:
             if stop > L:
                 cut = max(start, L)
-                _pwrite_full(self.fd, view[cut - start :], cut)
+                pwrite_full(self.fd, view[cut - start :], cut)
             if start < L:
                 pos = start
                 end = min(stop, L)
@@ -540,7 +274,7 @@ class JournaledFile:
             if self.zero_from is not None and p0 >= self.zero_from:
                 page = bytearray(p1 - p0)
             else:
-                page = bytearray(_pread_full(self.fd, p1 - p0, p0).ljust(p1 - p0, b"\0"))
+                page = bytearray(pread_full(self.fd, p1 - p0, p0).ljust(p1 - p0, b"\0"))
                 if self.zero_from is not None and self.zero_from < p1:
                     page[self.zero_from - p0 :] = bytes(p1 - self.zero_from)
             self.pages[p] = page
@@ -625,11 +359,11 @@ class JournaledFile:
                 pages[-1] = (pages[-1][0], pages[-1][1] + data)
             else:
                 pages.append((p0, data))
-        redo = _Redo(self.seq + 1, zero, size, pages)
+        redo = Redo(self.seq + 1, zero, size, pages)
         try:
             self._sync(self.fd)  # new chunks reach the disk before metadata that points at them
             block = redo.encode()
-            _pwrite_full(self.jfd, block, _HEADER_SIZE)
+            pwrite_full(self.jfd, block, HEADER_SIZE)
             self._sync(self.jfd)  # the redo block is complete before the file changes
             self._pending = redo  # from here on, a failure leaves a block that --resume replays
             redo.apply(self.fd)
@@ -655,16 +389,16 @@ class JournaledFile:
 
     def _write_header(self) -> None:
         st = os.fstat(self.fd)
-        fields = (_HEADER_MAGIC, self.seq, self.committed, st.st_dev, st.st_ino)
+        fields = (HEADER_MAGIC, self.seq, self.committed, st.st_dev, st.st_ino)
         raw = struct.pack("<8sQQQQ", *fields)
-        _pwrite_full(self.jfd, _HEADER.pack(*fields, zlib.crc32(raw)).ljust(_HEADER_SIZE, b"\0"), 0)
+        pwrite_full(self.jfd, HEADER.pack(*fields, zlib.crc32(raw)).ljust(HEADER_SIZE, b"\0"), 0)
 
     def _read_header(self) -> tuple[int, int, int, int] | None:
-        raw = _pread_full(self.jfd, _HEADER_SIZE, 0)
-        if len(raw) < _HEADER.size:
+        raw = pread_full(self.jfd, HEADER_SIZE, 0)
+        if len(raw) < HEADER.size:
             return None
-        magic, seq, size, dev, ino, crc = _HEADER.unpack_from(raw, 0)
-        if magic != _HEADER_MAGIC or crc != zlib.crc32(raw[: _HEADER.size - 4]):
+        magic, seq, size, dev, ino, crc = HEADER.unpack_from(raw, 0)
+        if magic != HEADER_MAGIC or crc != zlib.crc32(raw[: HEADER.size - 4]):
             return None
         return seq, size, dev, ino
 
@@ -716,77 +450,3 @@ class JournaledFile:
         os.close(self.fd)
         self.fd = -1
         self.lock.release(remove=not keep)
-
-
-def open_committed(path: str | Path) -> Any:
-    """An ``h5py.File`` (read-only) of ``path`` as of its last commit, for readers (``show``, ``open``).
-
-    Plain ``h5py.File(path)`` sees the same thing, except after a kill that fell inside a commit's
-    apply step (microseconds): then the file is half-updated (HDF5 may fail, or loop) until the
-    next writer replays the journal. This reads through the journal instead, changing nothing.
-    While a run is writing (it holds the lock), the plain file is opened.
-    """
-    import h5py
-
-    path = Path(path)
-    jpath = journal_path(path)
-    try:  # O_NONBLOCK: a FIFO where the journal would be must not hang a reader
-        jfd = os.open(jpath, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError:
-        return h5py.File(path, "r")
-    try:
-        if not stat.S_ISREG(os.fstat(jfd).st_mode):  # a folder or device there is no journal of ours
-            raise IsADirectoryError(str(jpath))
-        fcntl.flock(jfd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # fails while a writer holds LOCK_EX
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        os.close(jfd)
-        return h5py.File(path, "r")
-    view = _reader_view(path, fd, jfd)
-    if view is None:
-        os.close(fd)
-        os.close(jfd)
-        return h5py.File(path, "r")
-    return h5py.File(view, "r")  # the view owns both descriptors (closed with it)
-
-
-class _ReaderLock:
-    """Stands in for an OutputLock in a read-only view: a shared lock on the journal."""
-
-    def __init__(self, jfd: int) -> None:
-        self.fd = jfd
-        self.created = False
-
-    def release(self, remove: bool) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-
-
-def _reader_view(path: Path, fd: int, jfd: int) -> JournaledFile | None:
-    """A read-only view with the pending redo block overlaid, or None when there is none."""
-    jf = JournaledFile(path, fd, _ReaderLock(jfd))  # type: ignore[arg-type]
-    header = jf._read_header()
-    if header is None:
-        return None
-    seq, size, dev, ino = header
-    st = os.fstat(fd)
-    if (dev, ino) != (st.st_dev, st.st_ino):
-        return None
-    length = max(0, os.fstat(jfd).st_size - _HEADER_SIZE)
-    redo = _Redo.decode(_pread_full(jfd, length, _HEADER_SIZE))
-    if redo is None or redo.seq != seq + 1:
-        return None
-    jf.committed, jf.seq, jf._pending = size, seq, redo
-    view = jf.view()
-    view.owner = jf  # keeps the descriptors' owner alive as long as h5py holds the view
-    weakref.finalize(view, _close_fds, fd, jfd)
-    return view
-
-
-def _close_fds(*fds: int) -> None:
-    for fd in fds:
-        try:
-            os.close(fd)
-        except OSError:
-            pass

@@ -24,13 +24,13 @@ from pathlib import Path
 from typing import Any
 
 from featdump.errors import FeatdumpError, UsageError, os_error
+from featdump.run.placement import shard_bounds
 from featdump.store.check import check_file, count_attr
 from featdump.store.format import read_text
-from featdump.store.journal import open_committed
+from featdump.store.committed import open_committed
+from featdump.store.sink import FEATURES, RESUME_KEYS, compression_kwargs, load_codecs, read_attr, set_attr, utc_now
 from featdump.store.vds import check_sources, refused_sources
 from featdump.text import first_line
-from featdump.run.placement import shard_bounds
-from featdump.store.sink import FEATURES, RESUME_KEYS, compression_kwargs, load_codecs, read_attr, set_attr, utc_now
 
 # Settings every shard of one merge must share (the per-shard ones are checked separately).
 MERGE_KEYS = ("format_version",) + tuple(k for k in RESUME_KEYS if k not in ("input_digest", "num_inputs", "shard"))

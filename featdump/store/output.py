@@ -11,12 +11,14 @@ from pathlib import Path
 from typing import Any
 
 from featdump import FORMAT_VERSION, __version__
-from featdump.errors import FeatdumpError, UsageError, os_error
 from featdump.data.sources import Selection
+from featdump.errors import FeatdumpError, UsageError, os_error
 from featdump.model.layers import Backbone, LayerInfo
 from featdump.options import ExtractConfig, option_attrs
 from featdump.run.placement import Placement
-from featdump.store.journal import (
+from featdump.store.committed import open_committed
+from featdump.store.format import inputs_attr, utc_now, zstd_level
+from featdump.store.locks import (
     OutputLock,
     busy,
     file_kind,
@@ -24,10 +26,8 @@ from featdump.store.journal import (
     journal_names,
     journal_path,
     not_a_journal,
-    open_committed,
     writer_active,
 )
-from featdump.store.format import inputs_attr, utc_now, zstd_level
 from featdump.store.sink import NothingCommitted, Store
 from featdump.text import to_str
 
@@ -70,7 +70,7 @@ def check_environment() -> None:
     """Every environment setting a run reads, checked before anything is created (a bad value is a
     UsageError, and the corrected rerun finds nothing in its way)."""
     from featdump.run.process import malloc_tuning_allowed
-    from featdump.store.journal import locking_disabled
+    from featdump.store.locks import locking_disabled
     from featdump.store.sink import commit_interval
 
     commit_interval()  # FEATDUMP_COMMIT_SECONDS

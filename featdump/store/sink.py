@@ -19,8 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from featdump import __version__
-from featdump.model.layers import LayerInfo
 from featdump.errors import FeatdumpError, UsageError, is_out_of_space, os_error, out_of_space
+from featdump.model.layers import LayerInfo
+from featdump.options import SETTINGS
+from featdump.store.check import check_file
 from featdump.store.format import (  # noqa: F401 - re-exported: the writer's callers import them from here
     CHUNK_MIN,
     CHUNK_TARGET,
@@ -37,9 +39,7 @@ from featdump.store.format import (  # noqa: F401 - re-exported: the writer's ca
     utc_now,
     zstd_level,
 )
-from featdump.store.check import check_file
 from featdump.text import first_line
-from featdump.options import SETTINGS
 
 # Settings that must match for --resume to continue a file (and for merge to join shards): the
 # options marked as settings in the option table (featdump/options.py), and what the model and the

@@ -89,13 +89,13 @@ def check_sources(path: str | Path) -> list[SourceProblem]:
     A source must be another file (after resolving ``.``, ``HDF5_VDS_PREFIX``, ``${ORIGIN}``, links),
     a regular file, HDF5, a valid featdump file (:func:`~featdump.store.check.check_file`) whose
     dataset is under ``/features``, is not itself virtual (no cycles) and has the rows and row shape
-    mapped. Sources are opened through the journal (:func:`~featdump.store.journal.open_committed`),
+    mapped. Sources are opened through the journal (:func:`~featdump.store.committed.open_committed`),
     as every featdump reader opens files. Empty for files without virtual datasets. Opens ``path`` on
     its own: call it while no other handle to ``path`` is open in this process.
     """
     import h5py
 
-    from featdump.store.journal import open_committed
+    from featdump.store.committed import open_committed
 
     p = Path(path)
     problems: list[SourceProblem] = []
@@ -155,7 +155,7 @@ def _open_source(opened: dict[str, Any], source: str) -> tuple[Any, bool]:
     import h5py
 
     from featdump.store.check import check_file
-    from featdump.store.journal import open_committed
+    from featdump.store.committed import open_committed
 
     if source in opened:
         return opened[source]

@@ -146,7 +146,7 @@ def test_file_system_without_locks_says_what_to_do(tmp_path: Path, monkeypatch: 
     """NFS without lockd / Lustre without -o flock answer flock with ENOLCK (no such FS here: the
     error is injected at the one call that would see it)."""
     from featdump.errors import FeatdumpError
-    from featdump.store.journal import OutputLock
+    from featdump.store.locks import OutputLock
 
     def no_locks(fd: int, op: int) -> None:
         raise OSError(errno.ENOLCK, "No locks available")

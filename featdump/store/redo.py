@@ -1,0 +1,100 @@
+"""The redo journal's on-disk format: the header, one checksummed redo block per commit, and the
+low-level whole-buffer reads and writes (featdump/store/journal-design.md)."""
+
+from __future__ import annotations
+
+import errno
+import os
+import struct
+import zlib
+from typing import Any
+
+PAGE = 4096
+JOURNAL_SUFFIX = "-journal"
+HEADER = struct.Struct("<8sQQQQI")  # magic, seq, committed size, st_dev, st_ino, crc
+HEADER_MAGIC = b"FDJRNL01"
+HEADER_SIZE = 64
+BLOCK = struct.Struct("<8sQqQQ")  # magic, seq, zero_from (-1: none), zero_to, final size
+BLOCK_MAGIC = b"FDREDO01"
+RECORD = struct.Struct("<QI")  # offset, length
+TRAILER = struct.Struct("<QI8s")  # number of records, crc32 of everything before, magic
+TRAILER_MAGIC = b"FDCOMMIT"
+NO_LOCK_ERRNOS = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
+
+
+def pread_full(fd: int, size: int, offset: int) -> bytes:
+    parts = []
+    while size > 0:
+        chunk = os.pread(fd, size, offset)
+        if not chunk:
+            break
+        parts.append(chunk)
+        size -= len(chunk)
+        offset += len(chunk)
+    return b"".join(parts)
+
+
+def pwrite_full(fd: int, data: Any, offset: int) -> None:
+    view = memoryview(data).cast("B")
+    while len(view):
+        n = os.pwrite(fd, view, offset)
+        view = view[n:]
+        offset += n
+
+
+def zero_fill(fd: int, start: int, stop: int) -> None:
+    zeros = bytes(min(1 << 20, max(0, stop - start)))
+    while start < stop:
+        n = min(len(zeros), stop - start)
+        pwrite_full(fd, zeros[:n], start)
+        start += n
+
+
+class Redo:
+    """One commit as stored in the journal: zero a range, write pages, set the size."""
+
+    def __init__(self, seq: int, zero: tuple[int, int] | None, size: int, pages: list[tuple[int, bytes]]) -> None:
+        self.seq = seq
+        self.zero = zero
+        self.size = size
+        self.pages = pages
+
+    def encode(self) -> bytes:
+        z0, z1 = self.zero if self.zero else (-1, 0)
+        parts = [BLOCK.pack(BLOCK_MAGIC, self.seq, z0, z1, self.size)]
+        for offset, data in self.pages:
+            parts.append(RECORD.pack(offset, len(data)))
+            parts.append(data)
+        body = b"".join(parts)
+        return body + TRAILER.pack(len(self.pages), zlib.crc32(body), TRAILER_MAGIC)
+
+    @classmethod
+    def decode(cls, raw: bytes) -> Redo | None:
+        """The block at the start of ``raw``, or None when it is absent, torn or damaged."""
+        if len(raw) < BLOCK.size + TRAILER.size:
+            return None
+        magic, seq, z0, z1, size = BLOCK.unpack_from(raw, 0)
+        if magic != BLOCK_MAGIC:
+            return None
+        pos, pages = BLOCK.size, []
+        while True:
+            if pos + TRAILER.size <= len(raw):
+                count, crc, tmagic = TRAILER.unpack_from(raw, pos)
+                if tmagic == TRAILER_MAGIC and count == len(pages) and crc == zlib.crc32(raw[:pos]):
+                    return cls(seq, (z0, z1) if z0 >= 0 else None, size, pages)
+            if pos + RECORD.size > len(raw):
+                return None
+            offset, length = RECORD.unpack_from(raw, pos)
+            pos += RECORD.size
+            if pos + length > len(raw):
+                return None
+            pages.append((offset, raw[pos : pos + length]))
+            pos += length
+
+    def apply(self, fd: int) -> None:
+        """Idempotent: applying it again, or after a partial application, gives the same file."""
+        if self.zero:
+            zero_fill(fd, *self.zero)
+        for offset, data in self.pages:
+            pwrite_full(fd, data, offset)
+        os.ftruncate(fd, self.size)
