@@ -113,13 +113,14 @@ class Table:
             at = 0
             if self.kind == "parquet":
                 pf = self._parquet(fh)
-                groups = []
+                groups, end = [], 0
                 for g in range(pf.metadata.num_row_groups):
                     n = pf.metadata.row_group(g).num_rows
-                    if at + n > start:
+                    if groups or end + n > start:
                         groups.append(g)
                     else:
                         at += n  # a whole row group before ``start``: skipped unread
+                    end += n
                 if not groups:
                     return
                 for batch in pf.iter_batches(batch_size=BATCH_ROWS, row_groups=groups, columns=self.columns):
