@@ -310,3 +310,30 @@ def features_committed(out: Path) -> int:
 
     return committed_rows(out)["inputs_done"]
 
+
+
+def test_dataloader_workers_decode_a_stream_like_the_threads(data: dict) -> None:
+    """GPU runs use DataLoader worker processes: the streamed (position, ref) keys travel to them
+    with their bytes, and batches come back in order with the refs the job needs."""
+    from types import SimpleNamespace
+
+    from timm.data import create_transform
+
+    from featdump.data.batching import Loader
+
+    transform = create_transform(input_size=(3, 64, 64), crop_pct=0.875, is_training=False)
+    backbone = SimpleNamespace(data=SimpleNamespace(transform=lambda: transform))
+    cfg = SimpleNamespace(decode="cpu", fast_decode=False, max_image_pixels=None)
+    sel = open_source([str(s) for s in data["shards"]]).select(0, 1)
+
+    def batches(device_type: str, workers: int) -> list:
+        loader = Loader(sel.stream(), backbone, cfg, SimpleNamespace(type=device_type), 5, workers, 2)
+        return list(loader)
+
+    threads, procs = batches("cpu", 2), batches("meta", 2)  # "meta": any non-CPU device takes the DataLoader path
+    assert len(threads) == len(procs) == 5
+    for a, b in zip(threads, procs):
+        assert (a.first, a.last, a.positions) == (b.first, b.last, b.positions)
+        assert [r.path for r in a.refs.values()] == [r.path for r in b.refs.values()]
+        assert all(r.data is None for r in b.refs.values())  # the job's copy holds no bytes
+        assert np.array_equal(a.pixels.numpy(), b.pixels.numpy())
