@@ -145,7 +145,8 @@ class ExtractConfig:
 
     model: str = opt("timm model name, e.g. resnet50.", flags=(), setting=True)  # attribute: file_attrs
     inputs: tuple[str, ...] = opt(
-        "Image folders (recursive), text files listing images, or image files.",
+        "Image folders (recursive), text files listing images, image files; or WebDataset tar shards "
+        "(shards/train-{000000..000099}.tar); or one table (.csv/.tsv/.parquet/.jsonl).",
         flags=(),
         cli=list[str],
         api=str | Path | Sequence[str | Path],
@@ -224,6 +225,22 @@ class ExtractConfig:
     strict: bool = opt("Exit 1 at the end if any image failed.", default=False)
     quiet: bool = opt("No progress bar, no table.", default=False, flags=("--quiet", "-q"))
     max_image_pixels: int | None = opt("Refuse larger images. [default: Pillow's 89.5 MP]", default=None)
+    # tables (featdump/data/tables.py): which column holds the image, which the id; they define the rows
+    path_column: str | None = opt(
+        "Table column of image paths/URLs. [default: first of path, image_path, filepath, file, filename, url]",
+        default=None,
+        setting=True,
+        attr=lambda cfg: cfg.path_column or "",
+    )
+    image_column: str | None = opt(
+        "Table column of image bytes (binary, or a {bytes, path} struct as Hugging Face stores images).",
+        default=None,
+        setting=True,
+        attr=lambda cfg: cfg.image_column or "",
+    )
+    id_column: str | None = opt(
+        "Table column stored, as text, in /ids.", default=None, setting=True, attr=lambda cfg: cfg.id_column or ""
+    )
     command: str = ""
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 

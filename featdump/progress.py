@@ -31,8 +31,8 @@ class TextProgress:
         self._started = self._drawn = 0.0
         self._width = 0
 
-    def start(self, total: int, done: int, description: str) -> None:
-        self.total, self.done, self.initial, self.description = total, done, done, description
+    def start(self, total: int | None, done: int, description: str) -> None:
+        self.total, self.done, self.initial, self.description = total or 0, done, done, description  # 0: unknown
         self._started = time.monotonic()
         self._draw(force=True)
 
@@ -52,8 +52,8 @@ class TextProgress:
         rate = (self.done - self.initial) / elapsed if elapsed > 0 else 0.0
         share = f"{100 * self.done / self.total:3.0f}%" if self.total else "  -%"
         speed = f"{rate:.1f} img/s" if rate else "- img/s"
-        eta = _clock((self.total - self.done) / rate) if rate else "-:--"
-        return f"{self.description}  {self.done}/{self.total}  {share}  {speed}  {_clock(elapsed)}  eta {eta}"
+        eta = _clock((self.total - self.done) / rate) if rate and self.total else "-:--"
+        return f"{self.description}  {self.done}/{self.total or '?'}  {share}  {speed}  {_clock(elapsed)}  eta {eta}"
 
     def _draw(self, force: bool = False) -> None:
         now = time.monotonic()

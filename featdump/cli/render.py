@@ -237,7 +237,7 @@ class RichProgress:
         self._progress: Any = None
         self._task: Any = None
 
-    def start(self, total: int, done: int, description: str) -> None:
+    def start(self, total: int | None, done: int, description: str) -> None:
         if not self.enabled:
             return
         from rich.progress import (
@@ -272,7 +272,7 @@ class RichProgress:
             transient=False,
         )
         self._progress.start()
-        self._task = self._progress.add_task(description, total=total, completed=done, initial=done)
+        self._task = self._progress.add_task(description, total=total or None, completed=done, initial=done)
 
     def advance(self, images: int) -> None:
         if self._progress is not None:

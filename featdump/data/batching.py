@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import signal
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sized
 from typing import Any
 
 from featdump.data.datasets import Batch, ImageDataset, collate
@@ -20,7 +22,7 @@ class Loader:
 
     def __init__(
         self,
-        todo: Sequence[ImageRef],
+        todo: Iterable[ImageRef],
         backbone: Backbone,
         cfg: ExtractConfig,
         device: Any,
@@ -28,6 +30,7 @@ class Loader:
         workers: int,
         prefetch: int,
         decode_nice: int = 0,
+        length: int | None = None,
     ) -> None:
         import functools
 
@@ -37,6 +40,11 @@ class Loader:
         from featdump.data.decode import fast_decode_size, load_rgb
         from featdump.data.transform import ResizeGuard
 
+        if length is None and isinstance(todo, Sized):
+            length = len(todo)
+        self.inflight: dict[int, ImageRef] = {}  # position -> ref (without its bytes), until its batch is out
+        keys = StreamBatches(todo, batch_size, self.inflight)
+        todo = []  # the datasets decode the refs handed to them with each key, not a list of their own
         transform = backbone.data.transform()
         guard = ResizeGuard(backbone.data, cfg.max_image_pixels)
         self.decoder: Any = None
@@ -49,16 +57,16 @@ class Loader:
             dataset = ImageDataset(todo, transform, cfg.max_image_pixels, loader, guard)
         else:
             dataset = ImageDataset(todo, transform, cfg.max_image_pixels, guard=guard)
-        batches = -(-len(todo) // batch_size)
-        workers = min(workers, max(1, batches))  # no idle processes for a handful of images
+        if length is not None:
+            batches = -(-length // batch_size)
+            workers = min(workers, max(1, batches))  # no idle processes for a handful of images
         self.loader: Any
         if device.type == "cpu" and self.decoder is None:  # threads: see featdump/data/loading.py
-            self.loader = ThreadLoader(dataset, batch_size, workers, prefetch, decode_nice)
+            self.loader = ThreadLoader(dataset, batch_size, workers, prefetch, decode_nice, batches=keys)
             return
         self.loader = torch.utils.data.DataLoader(
             dataset,
-            batch_size=batch_size,
-            shuffle=False,
+            batch_sampler=keys,  # keys carry their refs: the stream is read here, decoded in the workers
             num_workers=workers,
             collate_fn=collate,
             pin_memory=device.type == "cuda",
@@ -69,7 +77,34 @@ class Loader:
 
     def __iter__(self) -> Iterator[Batch]:
         for batch in self.loader:
-            yield self.decoder(batch) if self.decoder is not None else batch
+            batch = self.decoder(batch) if self.decoder is not None else batch
+            batch.refs = {i: self.inflight.pop(i) for i in range(batch.first, batch.last + 1)}
+            yield batch
+
+
+class StreamBatches:
+    """The loader's keys: lists of ``(position, ref)`` of ``batch_size`` consecutive refs, read
+    from ``refs`` lazily (only as far as the loader prefetches), so a stream of any length runs
+    in bounded memory. Each ref is also noted in ``inflight`` (without its bytes) for the job."""
+
+    def __init__(self, refs: Iterable[ImageRef], batch_size: int, inflight: dict[int, ImageRef]) -> None:
+        self.refs = refs
+        self.batch_size = batch_size
+        self.inflight = inflight
+
+    def __iter__(self) -> Iterator[list[tuple[int, ImageRef]]]:
+        it = iter(self.refs)
+        pos = 0
+        while True:
+            chunk = list(itertools.islice(it, self.batch_size))
+            if not chunk:
+                return
+            keys = []
+            for ref in chunk:
+                self.inflight[pos] = dataclasses.replace(ref, data=None) if ref.data is not None else ref
+                keys.append((pos, ref))
+                pos += 1
+            yield keys
 
 
 def _worker_init(_: int) -> None:

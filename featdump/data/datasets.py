@@ -18,6 +18,12 @@ from featdump.data.discover import ImageRef
 Sample = tuple[int, Any, str]  # (position in the list, tensor or None, error text or "")
 
 
+def image_source(ref: ImageRef) -> str | bytes:
+    """What the decoder reads: the bytes carried by the ref (tar member, table cell), else its path.
+    (A URL in a table's path column is to be fetched through featdump/data/remote.py here.)"""
+    return ref.data if ref.data is not None else ref.source
+
+
 class ImageDataset:
     """Map-style dataset over ``refs``; item ``i`` is ``(i, tensor, "")`` or ``(i, None, reason)``."""
 
@@ -38,10 +44,16 @@ class ImageDataset:
     def __len__(self) -> int:
         return len(self.refs)
 
-    def __getitem__(self, i: int) -> Sample:
-        ref = self.refs[i]
+    def ref(self, key: int | tuple[int, ImageRef]) -> tuple[int, ImageRef]:
+        """A key is a list index, or ``(position, ref)`` for refs streamed to the loader (batching.py)."""
+        return key if isinstance(key, tuple) else (key, self.refs[key])
+
+    def __getitem__(self, key: int | tuple[int, ImageRef]) -> Sample:
+        i, ref = self.ref(key)
+        if ref.error:  # the input itself has no image here (a tar sample without one, an empty cell)
+            return i, None, ref.error
         try:
-            img = self.loader(ref.source, self.max_pixels)
+            img = self.loader(image_source(ref), self.max_pixels)
             if self.guard is not None:
                 self.guard(*img.size)
             return i, self.transform(img), ""
@@ -53,12 +65,15 @@ class EncodedDataset(ImageDataset):
     """``--decode gpu``: item ``i`` is ``(i, Encoded, "")`` for JPEGs the device decodes, else what
     :class:`ImageDataset` gives (other formats are decoded here, exactly, with PIL)."""
 
-    def __getitem__(self, i: int) -> Sample:
+    def __getitem__(self, key: int | tuple[int, ImageRef]) -> Sample:
+        i, ref = self.ref(key)
+        if ref.error:
+            return i, None, ref.error
         try:
-            encoded = read_jpeg(self.refs[i].source, self.max_pixels, self.guard)
+            encoded = read_jpeg(image_source(ref), self.max_pixels, self.guard)
         except Exception as exc:  # noqa: BLE001 - any failure becomes a record
             return i, None, describe_error(exc)
-        return (i, encoded, "") if encoded is not None else super().__getitem__(i)
+        return (i, encoded, "") if encoded is not None else super().__getitem__(key)
 
 
 @dataclass
@@ -72,6 +87,8 @@ class Batch:
     last: int  # largest list position covered by this batch
     # --decode gpu: one entry per position, an Encoded JPEG or a decoded tensor; pixels is None
     encoded: list[Any] = field(default_factory=list)
+    # position -> ImageRef (path, id, mark; no bytes) of every position in first..last, set by the Loader
+    refs: dict[int, ImageRef] = field(default_factory=dict)
 
     def pin_memory(self) -> Batch:
         """Called by the DataLoader's pinning thread (``pin_memory=True``, CUDA runs): page-locked

@@ -90,7 +90,7 @@ def to_rgb(im: Any) -> Any:
     return im.convert("RGB")
 
 
-def load_rgb(source: str, max_pixels: int | None = None, shrink_to: int | None = None) -> Any:
+def load_rgb(source: str | bytes, max_pixels: int | None = None, shrink_to: int | None = None) -> Any:
     """Open one image as RGB, with EXIF orientation applied and only the first frame of animations.
 
     ``shrink_to`` (``--fast-decode``): decode JPEGs at 1/2, 1/4 or 1/8 scale (DCT scaling) and
@@ -101,11 +101,8 @@ def load_rgb(source: str, max_pixels: int | None = None, shrink_to: int | None =
     """
     from PIL import Image
 
-    _check_regular(os.stat(source))  # never open a FIFO or device: that could block or have effects
     limit = max_pixels
-    # O_NONBLOCK: if the path was swapped for a FIFO since the stat, open returns instead of waiting
-    with open(source, "rb", opener=_open_nonblocking) as fh:
-        _check_regular(os.fstat(fh.fileno()))
+    with _open_image(source) as fh:
         try:
             with pixel_limit(max_pixels) as limit:
                 im = Image.open(fh)
@@ -117,7 +114,7 @@ def load_rgb(source: str, max_pixels: int | None = None, shrink_to: int | None =
             ) from None
         except Image.UnidentifiedImageError:  # name the file, not the file object
             raise Image.UnidentifiedImageError(
-                f"cannot identify image file {source!r} (not an image, or a damaged header such as zero width)"
+                f"cannot identify image {_shown(source)} (not an image, or a damaged header such as zero width)"
             ) from None
         with im:
             w, h = im.size
@@ -139,6 +136,29 @@ def load_rgb(source: str, max_pixels: int | None = None, shrink_to: int | None =
     if shrink_to:
         rgb = shrink(rgb, shrink_to)
     return rgb
+
+
+def _open_image(source: str | bytes) -> Any:
+    """A binary file object over an image file (checked regular and non-empty) or image bytes."""
+    import io
+
+    if isinstance(source, (bytes, bytearray)):  # a tar member or a table cell (featdump/data/sources.py)
+        if not source:
+            raise OSError("empty file (0 bytes)")
+        return io.BytesIO(source)
+    _check_regular(os.stat(source))  # never open a FIFO or device: that could block or have effects
+    # O_NONBLOCK: if the path was swapped for a FIFO since the stat, open returns instead of waiting
+    fh = open(source, "rb", opener=_open_nonblocking)  # noqa: SIM115 - the caller's with-block closes it
+    try:
+        _check_regular(os.fstat(fh.fileno()))
+    except BaseException:
+        fh.close()
+        raise
+    return fh
+
+
+def _shown(source: str | bytes) -> str:
+    return f"data ({len(source)} bytes)" if isinstance(source, (bytes, bytearray)) else f"file {source!r}"
 
 
 def _open_nonblocking(path: str, flags: int) -> int:
@@ -189,7 +209,7 @@ class Encoded:
 
 
 def read_jpeg(
-    source: str, max_pixels: int | None = None, guard: Callable[[int, int], None] | None = None
+    source: str | bytes, max_pixels: int | None = None, guard: Callable[[int, int], None] | None = None
 ) -> Encoded | None:
     """The bytes of a baseline/progressive RGB or grayscale JPEG, after the same checks as
     :func:`load_rgb` (regular file, size, pixel limit); None for anything the GPU decoder
@@ -197,10 +217,8 @@ def read_jpeg(
     import torch
     from PIL import Image
 
-    _check_regular(os.stat(source))
     limit = max_pixels
-    with open(source, "rb", opener=_open_nonblocking) as fh:
-        _check_regular(os.fstat(fh.fileno()))
+    with _open_image(source) as fh:
         try:
             with pixel_limit(max_pixels) as limit, Image.open(fh) as im:
                 kind, mode, (w, h) = im.format, im.mode, im.size

@@ -25,6 +25,10 @@ class ImageRef:
 
     path: str
     source: str
+    id: str | None = None  # the sample key or id column (tar shards, tables): stored in /ids
+    data: bytes | None = None  # the image's bytes, when the input holds them (tar member, table cell)
+    error: str = ""  # set when the input itself says there is no image (a /failed record)
+    mark: tuple[int, int] | None = None  # streams: where --resume continues after this ref (data/sources.py)
 
 
 def is_image_name(name: str) -> bool:

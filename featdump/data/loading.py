@@ -16,7 +16,7 @@ import contextlib
 import os
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from featdump.data.datasets import Batch, ImageDataset, collate
@@ -42,48 +42,58 @@ class ThreadLoader:
     """
 
     def __init__(
-        self, dataset: ImageDataset, batch_size: int, threads: int, prefetch: int = 2, nice: int = 0
+        self,
+        dataset: ImageDataset,
+        batch_size: int,
+        threads: int,
+        prefetch: int = 2,
+        nice: int = 0,
+        batches: Iterable[list[Any]] | None = None,
     ) -> None:
         self.dataset = dataset
         self.batch_size = batch_size
         self.threads = threads
         self.prefetch = max(1, prefetch)
         self.nice = nice
+        # the keys of each batch: list indices, or (position, ref) pairs streamed in (featdump/data/batching.py)
+        self.batches = batches
         self.split = SplitTransform(dataset.transform)
         # the same dataset with the PIL half of the transform: item i is (i, uint8 array, "") or a failure record
         self._decode = ImageDataset(
             dataset.refs, self.split.pil, dataset.max_pixels, dataset.loader, dataset.guard
         ).__getitem__
 
-    def _collect(self, jobs: list[tuple[concurrent.futures.Future[tuple[int, Any, str]], int]]) -> list[Any]:
+    def _collect(self, jobs: list[tuple[concurrent.futures.Future[tuple[int, Any, str]], Any]]) -> list[Any]:
         """The batch's results in order: images no decode thread has started yet are decoded
         here (while this thread would only wait), the others come from their threads."""
-        here = {i: self._decode(i) for f, i in jobs if not f.done() and f.cancel()}
-        return [here[i] if i in here else f.result() for f, i in jobs]
+        here = {k: self._decode(key) for k, (f, key) in enumerate(jobs) if not f.done() and f.cancel()}
+        return [here[k] if k in here else f.result() for k, (f, _) in enumerate(jobs)]
 
     def _batch(self, samples: list[tuple[int, Any, str]]) -> Batch:
         return collate(samples, stack=self.split.finish)
 
     def __iter__(self) -> Iterator[Batch]:
-        n = len(self.dataset)
-        starts = range(0, n, self.batch_size)
+        batches = self.batches
+        if batches is None:
+            n = len(self.dataset)
+            batches = (list(range(s, min(n, s + self.batch_size))) for s in range(0, n, self.batch_size))
         if self.threads <= 0:
-            for s in starts:
-                yield self._batch([self._decode(i) for i in range(s, min(n, s + self.batch_size))])
+            for keys in batches:
+                yield self._batch([self._decode(k) for k in keys])
             return
         pool = concurrent.futures.ThreadPoolExecutor(
             self.threads, thread_name_prefix="featdump-decode", initializer=lower_priority, initargs=(self.nice,)
         )
-        queued: collections.deque[list[tuple[concurrent.futures.Future[tuple[int, Any, str]], int]]]
+        queued: collections.deque[list[tuple[concurrent.futures.Future[tuple[int, Any, str]], Any]]]
         queued = collections.deque()
-        todo = iter(starts)
+        todo = iter(batches)
         try:
             while True:
                 while len(queued) <= self.prefetch:  # the batch to hand out next + `prefetch` more
-                    s = next(todo, None)
-                    if s is None:
+                    keys = next(todo, None)
+                    if keys is None:
                         break
-                    queued.append([(pool.submit(self._decode, i), i) for i in range(s, min(n, s + self.batch_size))])
+                    queued.append([(pool.submit(self._decode, k), k) for k in keys])
                 if not queued:
                     return
                 yield self._batch(self._collect(queued.popleft()))

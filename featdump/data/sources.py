@@ -1,28 +1,68 @@
-"""The source seam: INPUT arguments -> this shard's ordered image references.
+"""The source seam: INPUT arguments -> this shard's image references, in row order.
 
 A source knows its family's order and how a family splits among shards; the job only asks for
-:meth:`Source.select`. Files (folders, text lists, image files) are today's family; tar shards and
-tables are further ``Source`` implementations chosen by :func:`open_source`.
+:meth:`Source.select` and then streams the :class:`Selection` from the position ``--resume``
+continues at. Three families (SPEC, "Inputs at scale"), never mixed in one run:
+
+- files (folders, text lists, image files): one materialised list, split into blocks of images;
+- WebDataset tar shards (``.tar``, ``.tar.gz``, ``.tgz``, brace patterns): the ordered list of tar
+  files is split into blocks of files; samples are streamed, never listed ahead;
+- one table (``.csv``, ``.tsv``, ``.parquet``, ``.jsonl``): rows split into blocks, streamed in batches.
+
+Every ref a stream yields is one position: ``inputs_done`` counts positions, so a source-level
+failure (a sample without an image, the damaged rest of a tar) is a position too. Tar refs carry a
+``mark`` (shard index in this block, positions done in it) that the store commits, so ``--resume``
+skips finished shards without opening them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Protocol
+import hashlib
+import itertools
+import json
+import os
+from collections.abc import Iterator, Sequence
+from typing import Any, Protocol
 
 from featdump.data.discover import ImageRef, discover, list_digest
+from featdump.data.remote import stat_input
+from featdump.errors import FeatdumpError, UsageError
 from featdump.run.placement import shard_bounds
 
 
-@dataclass(frozen=True)
 class Selection:
-    """One shard's part of the inputs, in order, and the digests that guard resume and merge."""
+    """One shard's part of the inputs, and the digests that guard resume and merge.
 
-    refs: Sequence[ImageRef]  # this shard's images, in the order rows are written
-    digest: str  # of ``refs``: ``--resume`` continues only the same list
-    total: int  # images in the whole input list (all shards)
-    total_digest: str  # of the whole list: ``merge`` checks the shards agree
+    ``size`` is what the file's ``num_inputs`` records and merge checks against
+    ``shard_bounds(total, i, n)``: images (files, tables) or tar files (tar shards). ``length``
+    is the number of positions :meth:`stream` yields from the start, or None when unknown until
+    read (tar shards).
+    """
+
+    kind = "files"
+    has_ids = False
+
+    def __init__(self, digest: str, total: int, total_digest: str, size: int, length: int | None) -> None:
+        self.digest = digest  # of this block: ``--resume`` continues only the same inputs
+        self.total = total  # units (images / rows / tar files) in the whole input (all shards)
+        self.total_digest = total_digest  # of the whole input: ``merge`` checks the shards agree
+        self.size = size
+        self.length = length
+
+    def stream(self, done: int = 0, mark: Sequence[int] | None = None) -> Iterator[ImageRef]:
+        """The refs from position ``done`` on (``mark``: the committed tar mark, if any)."""
+        raise NotImplementedError
+
+
+class ListSelection(Selection):
+    """Files: a materialised list (sorted by stored path, SPEC "Inputs")."""
+
+    def __init__(self, refs: Sequence[ImageRef], total_refs: Sequence[ImageRef]) -> None:
+        super().__init__(list_digest(refs), len(total_refs), list_digest(total_refs), len(refs), len(refs))
+        self.refs = refs
+
+    def stream(self, done: int = 0, mark: Sequence[int] | None = None) -> Iterator[ImageRef]:
+        return itertools.islice(self.refs, done, None)
 
 
 class Source(Protocol):
@@ -40,10 +80,158 @@ class FileSource:
 
     def select(self, index: int, count: int) -> Selection:
         start, stop = shard_bounds(len(self.refs), index, count)
-        mine = self.refs[start:stop]
-        return Selection(mine, list_digest(mine), len(self.refs), list_digest(self.refs))
+        return ListSelection(self.refs[start:stop], self.refs)
 
 
-def open_source(inputs: Sequence[str]) -> Source:
-    """The source for ``inputs`` (raises UsageError for inputs no source reads)."""
+# --------------------------------------------------------------------------- tar shards
+
+
+def _digest(items: Any) -> str:
+    return hashlib.sha256(json.dumps(items, ensure_ascii=False).encode("utf-8", "surrogateescape")).hexdigest()
+
+
+class TarSelection(Selection):
+    kind = "tar"
+    has_ids = True
+
+    def __init__(self, shards: list[tuple[str, int]], everything: list[tuple[str, int]]) -> None:
+        super().__init__(_digest(shards), len(everything), _digest(everything), len(shards), None)
+        self.shards = shards
+
+    def stream(self, done: int = 0, mark: Sequence[int] | None = None) -> Iterator[ImageRef]:
+        from featdump.data.tars import read_samples
+
+        first, skip = (int(mark[0]), int(mark[1])) if mark else (0, done)
+        for k in range(first, len(self.shards)):
+            name = self.shards[k][0]
+            try:
+                samples = read_samples(name)
+                pending: ImageRef | None = None
+                for j, s in enumerate(samples):
+                    if k == first and j < skip:
+                        continue
+                    if pending is not None:
+                        yield pending
+                    pending = _tar_ref(name, s, (k, j + 1))
+                if pending is not None:
+                    yield ImageRef(pending.path, pending.source, pending.id, pending.data, pending.error, (k + 1, 0))
+            except OSError as exc:
+                raise FeatdumpError(
+                    f"cannot read tar shard {name}: {exc.strerror or exc}; rerun with --resume to continue"
+                ) from None
+
+
+def _tar_ref(shard: str, s: Any, mark: tuple[int, int]) -> ImageRef:
+    if s.offset >= 0:
+        return ImageRef(f"{shard}@{s.offset}", "", "", None, s.error, mark)
+    if s.data is None:
+        return ImageRef(f"{shard}/{s.key}", "", s.key, None, s.error, mark)
+    return ImageRef(f"{shard}/{s.member}", "", s.key, s.data, "", mark)
+
+
+class TarSource:
+    """WebDataset shards: INPUTs (patterns expanded) in the order given; whole tar files are split
+    into contiguous blocks. A shard that does not exist is a UsageError here, before any model loads."""
+
+    def __init__(self, inputs: Sequence[str]) -> None:
+        from featdump.data.tars import expand_braces
+
+        self.shards: list[tuple[str, int]] = []
+        for raw in inputs:
+            names = expand_braces(raw)
+            for name in names:
+                try:
+                    size = stat_input(name)
+                except FileNotFoundError:
+                    where = f" (from the pattern {raw})" if len(names) > 1 or name != raw else ""
+                    raise UsageError(f"tar shard not found: {name}{where}") from None
+                except OSError as exc:
+                    raise UsageError(f"cannot read tar shard {name}: {exc.strerror or exc}") from None
+                self.shards.append((name, size))
+
+    def select(self, index: int, count: int) -> Selection:
+        start, stop = shard_bounds(len(self.shards), index, count)
+        return TarSelection(self.shards[start:stop], self.shards)
+
+
+# --------------------------------------------------------------------------- tables
+
+
+class TableSelection(Selection):
+    kind = "table"
+
+    def __init__(self, table: Any, start: int, stop: int, size: int) -> None:
+        what = [table.path, size, table.path_column, table.image_column, table.id_column]
+        super().__init__(_digest([*what, start, stop]), table.rows, _digest([*what, table.rows]), stop - start, stop - start)
+        self.table, self.start, self.stop = table, start, stop
+        self.has_ids = bool(table.id_column)
+
+    def stream(self, done: int = 0, mark: Sequence[int] | None = None) -> Iterator[ImageRef]:
+        return self.table.refs(self.start + done, self.stop)
+
+
+class TableSource:
+    """One table: rows in table order, split into contiguous blocks of rows."""
+
+    def __init__(self, path: str, path_column: str | None, image_column: str | None, id_column: str | None) -> None:
+        from featdump.data.tables import Table
+
+        try:
+            self.size = stat_input(path)
+        except FileNotFoundError:
+            raise UsageError(f"input not found: {path}") from None
+        except OSError as exc:
+            raise UsageError(f"cannot read table {path}: {exc.strerror or exc}") from None
+        self.table = Table(path, path_column, image_column, id_column)
+
+    def select(self, index: int, count: int) -> Selection:
+        start, stop = shard_bounds(self.table.rows, index, count)
+        return TableSelection(self.table, start, stop, self.size)
+
+
+# --------------------------------------------------------------------------- choosing
+
+
+def family(raw: str) -> str:
+    """``files``, ``tar`` or ``table``, from the INPUT's name (a folder is always files)."""
+    from featdump.data.tables import is_table_name
+    from featdump.data.tars import is_tar_name
+
+    if os.path.isdir(raw):
+        return "files"
+    if is_tar_name(raw):
+        return "tar"
+    if is_table_name(raw):
+        return "table"
+    return "files"
+
+
+_FAMILY_WORDS = {"files": "image files/folders/lists", "tar": "tar shards", "table": "a table"}
+_TABLE_OPTIONS = ("path_column", "image_column", "id_column")
+
+
+def open_source(inputs: Sequence[str], options: Any = None) -> Source:
+    """The source for ``inputs`` (raises UsageError for inputs no source reads, or mixed families).
+    ``options``: the job's config, for the table columns (``path_column``, ``image_column``, ``id_column``)."""
+    kinds = [family(str(raw)) for raw in inputs]
+    if len(set(kinds)) > 1:
+        a = inputs[0]
+        b = next(raw for raw, k in zip(inputs, kinds) if k != kinds[0])
+        raise UsageError(
+            f"INPUTs mix kinds: {a} is {_FAMILY_WORDS[kinds[0]]}, {b} is "
+            f"{_FAMILY_WORDS[kinds[inputs.index(b)]]}; one run reads image files/folders/lists, tar shards, or one table"
+        )
+    kind = kinds[0] if kinds else "files"
+    columns = {name: getattr(options, name, None) for name in _TABLE_OPTIONS}
+    if kind != "table":
+        given = [name for name, value in columns.items() if value]
+        if given:
+            flag = "--" + given[0].replace("_", "-")
+            raise UsageError(f"{flag} applies to a table INPUT (.csv, .tsv, .parquet, .jsonl), not to {inputs[0]}")
+    if kind == "tar":
+        return TarSource(inputs)
+    if kind == "table":
+        if len(inputs) != 1:
+            raise UsageError(f"one table per run: got {len(inputs)} ({inputs[0]}, {inputs[1]}, ...)")
+        return TableSource(str(inputs[0]), **columns)
     return FileSource(inputs)

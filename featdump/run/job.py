@@ -53,7 +53,7 @@ def _run(cfg: ExtractConfig, progress: ProgressSink, on_ready: Callable | None, 
     placement = placement_from_env(shard=cfg.shard)  # --shard wins over the launcher's environment
     out_path = Path(shard_output_path(cfg.output, placement.index, placement.count))
     preflight(out_path, cfg)
-    selection = open_source(cfg.inputs).select(placement.index, placement.count)
+    selection = open_source(cfg.inputs, cfg).select(placement.index, placement.count)
     device = resolve_device(cfg.device, placement.local_rank)
     check_decode(cfg, device)
     tuning = tune(device, cfg, placement)
@@ -65,24 +65,27 @@ def _run(cfg: ExtractConfig, progress: ProgressSink, on_ready: Callable | None, 
         if stop.stopped:
             raise _stopped(stop.signum or signal.SIGINT, "during start-up; nothing was written")
         output = open_output(cfg, out_path, file_attrs(cfg, backbone, placement, selection), backbone.layers)
-        store, refs = output.store, selection.refs
+        store, length = output.store, selection.length  # length: None while a stream's is unknown
         stop.hint = f"{store.path} keeps its last commit; resume with --resume"
         done = store.progress.inputs_done
         started, finished, summary, forward = time.perf_counter(), False, None, None
         try:
-            if done > len(refs):
-                raise UsageError(f"--resume: {out_path} has {done} inputs done but the list has {len(refs)}")
-            todo = refs[done:]
-            loader = Loader(todo, backbone, cfg, device, tuning.batch_size, tuning.workers, tuning.prefetch, tuning.decode_nice)
+            if length is not None and done > length:
+                raise UsageError(f"--resume: {out_path} has {done} inputs done but the list has {length}")
+            todo = selection.stream(done, store.mark)
+            left = length - done if length is not None else None
+            loader = Loader(todo, backbone, cfg, device, tuning.batch_size, tuning.workers, tuning.prefetch, tuning.decode_nice, left)
             forward = Forward(backbone, device, cfg.precision, cfg.pool, cfg.dtype, tuning.channels_last, cfg.compile)
             writer = Writer(store, tuning.queue_bytes)
-            progress.start(len(refs), done, cfg.model)
+            progress.start(length, done, cfg.model)
             try:
                 for batch in loader:
                     feats = forward(batch.pixels) if batch.pixels is not None else []
-                    paths = [todo[i].path for i in batch.positions]
-                    failed = [(todo[i].path, err) for i, err in batch.failed]
-                    writer.put((feats, paths, failed, done + batch.last + 1))
+                    refs = batch.refs
+                    paths = [refs[i].path for i in batch.positions]
+                    failed = [(refs[i].path, err, refs[i].id) for i, err in batch.failed]
+                    ids = [refs[i].id for i in batch.positions] if selection.has_ids else None
+                    writer.put((feats, paths, failed, done + batch.last + 1, ids, refs[batch.last].mark))
                     progress.advance(len(batch.positions) + len(batch.failed))
                     if stop.stopped:
                         break
@@ -103,7 +106,8 @@ def _run(cfg: ExtractConfig, progress: ProgressSink, on_ready: Callable | None, 
             progress.stop()
             seconds = time.perf_counter() - started
             try:
-                summary = summarize(store, out_path, backbone, str(device), placement, len(refs), seconds, done)
+                total = length if length is not None else store.progress.inputs_done
+                summary = summarize(store, out_path, backbone, str(device), placement, total, seconds, done)
                 _add_run_facts(summary, forward, tuning.workers)
             except Exception:  # noqa: BLE001 - only reached when already failing; that error wins
                 if finished:

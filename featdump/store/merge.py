@@ -402,8 +402,12 @@ def _write(shards: Sequence[Shard], tmp: Path, out_dir: Path, *, copy: bool, com
 
             paths = _strings(handles, "paths", [s.num_images for s in shards])
             h5.create_dataset("paths", data=np.array(paths, dtype=object), dtype=text, maxshape=(None,), chunks=(4096,))
+            with_ids = all("ids" in f for f in handles)  # the inputs provided ids (tar shards, --id-column)
+            if with_ids:
+                ids = _strings(handles, "ids", [s.num_images for s in shards])
+                h5.create_dataset("ids", data=np.array(ids, dtype=object), dtype=text, maxshape=(None,), chunks=(4096,))
             failed = h5.create_group("failed")
-            for key in ("paths", "errors"):
+            for key in ("paths", "errors", "ids") if with_ids else ("paths", "errors"):
                 rows = _strings(handles, f"failed/{key}", [s.num_failed for s in shards])
                 failed.create_dataset(key, data=np.array(rows, dtype=object), dtype=text, maxshape=(None,), chunks=(256,))
 

@@ -59,7 +59,9 @@ def file_attrs(cfg: ExtractConfig, backbone: Backbone, placement: Placement, sel
         "command": cfg.command,
         "inputs": inputs_attr(cfg.inputs),  # the INPUTs as given, structured (viz finds the images)
         "shard": [placement.index, placement.count],
-        "num_inputs": len(selection.refs),
+        "num_inputs": selection.size,  # images, or tar files for tar shards
+        "input_kind": selection.kind,  # files | tar | table
+        "has_ids": selection.has_ids,  # /ids and /failed/ids exist
         "input_digest": selection.digest,
         "list_size": selection.total,  # the whole list: merge checks that shards agree
         "list_digest": selection.total_digest,

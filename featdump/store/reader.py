@@ -44,6 +44,9 @@ class FeatureFile:
         self.num_images = len(self.paths)
         self.layers: list[str] = list(self._h5["features"].keys())
         self._rows = {p: i for i, p in enumerate(self.paths)}
+        # ids (tar sample keys, a table's id column), row-aligned with paths; None when the inputs had none
+        self.ids: list[str] | None = [to_str(v) for v in self._h5["ids"][:n]] if "ids" in self._h5 else None
+        self._id_rows: dict[str, int] | None = None
 
     # ------------------------------------------------------------------ access
 
@@ -71,6 +74,19 @@ class FeatureFile:
             return self._rows[path]
         except KeyError:
             raise KeyError(f"{path!r} is not a stored path in {self.path} (see .paths)") from None
+
+    def row_of_id(self, id: str) -> int:  # noqa: A002 - the SPEC's name
+        """The row of a stored id (as in :attr:`ids`; the first row when an id repeats)."""
+        if self.ids is None:
+            raise KeyError(f"{self.path} holds no ids (its inputs had none: tar shards or a table's --id-column give them)")
+        if self._id_rows is None:
+            self._id_rows = {}
+            for i, v in enumerate(self.ids):
+                self._id_rows.setdefault(v, i)
+        try:
+            return self._id_rows[str(id)]
+        except KeyError:
+            raise KeyError(f"{id!r} is not a stored id in {self.path} (see .ids)") from None
 
     def numpy(self, layer: str, rows: int | slice | Sequence[int] | None = None) -> np.ndarray:
         """Rows of a layer as a numpy array: all committed rows, one row (``int``: no leading axis),

@@ -96,6 +96,11 @@ class Store:
         self.broken = False
         self.readonly = False  # a complete file reopened by --resume: nothing to write
         self.commit_seconds = commit_interval()
+        # streams (tar shards): where --resume continues, committed with inputs_done (data/sources.py)
+        self.mark: list[int] | None = None
+        if h5 is not None and "stream_mark" in h5.attrs:
+            self.mark = [int(v) for v in h5.attrs["stream_mark"]]
+        self.ids = h5 is not None and "ids" in h5  # the inputs provide ids: /ids and /failed/ids
         self._last_commit = time.monotonic()
 
     # ---------------------------------------------------------------- open
@@ -133,6 +138,9 @@ class Store:
             failed = h5.create_group("failed")
             failed.create_dataset("paths", shape=(0,), maxshape=(None,), dtype=text, chunks=(256,))
             failed.create_dataset("errors", shape=(0,), maxshape=(None,), dtype=text, chunks=(256,))
+            if attrs.get("has_ids"):
+                h5.create_dataset("ids", shape=(0,), maxshape=(None,), dtype=text, chunks=(4096,))
+                failed.create_dataset("ids", shape=(0,), maxshape=(None,), dtype=text, chunks=(256,))
             group = h5.create_group(FEATURES, track_order=True)
             filters = compression_kwargs(compression, dtype)
             itemsize = 4 if dtype == "float32" else 2
@@ -226,9 +234,10 @@ class Store:
         for ds in self.h5[FEATURES].values():
             if ds.shape[0] != n:
                 ds.resize(n, axis=0)
-        if self.h5["paths"].shape[0] != n:
-            self.h5["paths"].resize(n, axis=0)
-        for key in ("paths", "errors"):
+        for key in ("paths", "ids") if self.ids else ("paths",):
+            if self.h5[key].shape[0] != n:
+                self.h5[key].resize(n, axis=0)
+        for key in ("paths", "errors", "ids") if self.ids else ("paths", "errors"):
             ds = self.h5["failed"][key]
             if ds.shape[0] != m:
                 ds.resize(m, axis=0)
@@ -239,10 +248,16 @@ class Store:
         self,
         features: Sequence[Any],
         paths: Sequence[str],
-        failed: Sequence[tuple[str, str]],
+        failed: Sequence[tuple[str, str] | tuple[str, str, str | None]],
         inputs_done: int,
+        ids: Sequence[str | None] | None = None,
+        mark: Sequence[int] | None = None,
     ) -> None:
-        """Write one batch (rows in list order); commit when ``commit_seconds`` have passed."""
+        """Write one batch (rows in list order); commit when ``commit_seconds`` have passed.
+
+        ``failed`` items are ``(path, reason)`` or ``(path, reason, id)``; ``ids`` (one per path) and
+        the ids of failures are written when the file has ``/ids``. ``mark``: where a stream
+        continues after this batch, committed together with ``inputs_done``."""
         try:
             n = self.progress.num_images
             b = len(paths)
@@ -255,15 +270,24 @@ class Store:
                 ds = self.h5["paths"]
                 ds.resize(n + b, axis=0)
                 ds[n : n + b] = list(paths)
+                if self.ids:
+                    ds = self.h5["ids"]
+                    ds.resize(n + b, axis=0)
+                    ds[n : n + b] = [i or "" for i in ids] if ids is not None else [""] * b
             m = self.progress.num_failed
             if failed:
-                for key, col in (("paths", [p for p, _ in failed]), ("errors", [e for _, e in failed])):
+                cols = [("paths", [f[0] for f in failed]), ("errors", [f[1] for f in failed])]
+                if self.ids:
+                    cols.append(("ids", [(f[2] if len(f) > 2 else None) or "" for f in failed]))
+                for key, col in cols:
                     ds = self.h5["failed"][key]
                     ds.resize(m + len(failed), axis=0)
                     ds[m : m + len(failed)] = col
             if self.jf is not None and self.jf.failed:  # an I/O error inside HDF5's writes
                 raise self.jf.error or OSError("write failed")
             self.progress = Progress(n + b, m + len(failed), inputs_done)
+            if mark is not None:
+                self.mark = [int(v) for v in mark]
             if time.monotonic() - self._last_commit >= self.commit_seconds:
                 self.commit()
         except BaseException as exc:
@@ -280,6 +304,8 @@ class Store:
             self.h5.attrs["num_images"] = self.progress.num_images
             self.h5.attrs["num_failed"] = self.progress.num_failed
             self.h5.attrs["inputs_done"] = self.progress.inputs_done
+            if self.mark is not None:
+                self.h5.attrs["stream_mark"] = self.mark
             if self.complete:
                 self.h5.attrs["complete"] = True
             self.h5.flush()

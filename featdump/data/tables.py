@@ -1,0 +1,175 @@
+"""Tables (SPEC, "Inputs at scale"): ``.csv``, ``.tsv``, ``.parquet``, ``.jsonl``, one row per image.
+
+Read with pyarrow (the ``featdump[tables]`` extra) in record batches, never whole: Parquet by row
+groups (whole groups are skipped by their footer counts on ``--resume`` and for ``--shard``), the
+text formats as streams. The file is opened through :func:`featdump.data.remote.open_input`.
+Each row becomes an :class:`~featdump.data.discover.ImageRef`: from a path column (relative to the
+table's folder, stored as written), or from an image-bytes column (binary, or Hugging Face's
+``{bytes, path}`` struct; stored as the struct's ``path``, else ``ROW:<n>``), with the id column as text.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+from featdump.data.discover import ImageRef
+from featdump.data.remote import is_url, open_input
+from featdump.errors import UsageError
+
+TABLE_EXTENSIONS = (".csv", ".tsv", ".parquet", ".jsonl")
+PATH_COLUMNS = ("path", "image_path", "filepath", "file", "filename", "url")
+BATCH_ROWS = 1024
+
+
+def is_table_name(name: str) -> bool:
+    return name.lower().endswith(TABLE_EXTENSIONS)
+
+
+def _pyarrow() -> Any:
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        raise UsageError("reading tables needs pyarrow: pip install 'featdump[tables]'") from None
+    import pyarrow
+
+    return pyarrow
+
+
+class Table:
+    """One table INPUT: its columns checked and its rows counted when opened (exit 2 on a bad column)."""
+
+    def __init__(self, path: str, path_column: str | None, image_column: str | None, id_column: str | None) -> None:
+        self.path = path
+        self.kind = next(e for e in TABLE_EXTENSIONS if path.lower().endswith(e)).lstrip(".")
+        self.folder = os.path.dirname(path)
+        self.pa = _pyarrow()
+        names = self._names()
+        if path_column and image_column:
+            raise UsageError("--path-column and --image-column exclude each other: paths or image bytes")
+        if image_column and self.kind != "parquet":
+            raise UsageError(f"--image-column needs a .parquet table ({self.kind} cells cannot hold image bytes)")
+        for option, col in (("--path-column", path_column), ("--image-column", image_column), ("--id-column", id_column)):
+            if col and col not in names:
+                raise UsageError(f"{option} {col}: no such column in {path}; columns: {', '.join(names)}")
+        if not image_column and not path_column:
+            path_column = next((c for c in PATH_COLUMNS if c in names), None)
+            if path_column is None:
+                raise UsageError(
+                    f"{path} has none of the columns {', '.join(PATH_COLUMNS)}; name the image column with "
+                    f"--path-column or --image-column (columns: {', '.join(names)})"
+                )
+        self.path_column, self.image_column, self.id_column = path_column, image_column, id_column
+        self.columns = [c for c in (path_column, image_column, id_column) if c]
+        self.columns = list(dict.fromkeys(self.columns))
+        self.rows = self._count()
+
+    # ------------------------------------------------------------------ pyarrow readers
+
+    def _names(self) -> list[str]:
+        try:
+            if self.kind == "parquet":
+                with open_input(self.path) as fh:
+                    return list(self._parquet(fh).schema_arrow.names)
+            with open_input(self.path) as fh:
+                return list(self._text(fh, None).schema.names)
+        except OSError as exc:
+            raise UsageError(f"cannot read table {self.path}: {exc.strerror or exc}") from None
+        except self.pa.ArrowException as exc:
+            raise UsageError(f"cannot read table {self.path}: {str(exc).splitlines()[0]}") from None
+
+    def _parquet(self, fh: Any) -> Any:
+        import pyarrow.parquet as pq
+
+        return pq.ParquetFile(fh)
+
+    def _text(self, fh: Any, columns: list[str] | None) -> Any:
+        pa = self.pa
+        if self.kind == "jsonl":
+            import pyarrow.json as pj
+
+            return pj.open_json(fh)
+        import pyarrow.csv as pc
+
+        parse = pc.ParseOptions(delimiter="\t" if self.kind == "tsv" else ",")
+        convert = pc.ConvertOptions(
+            column_types={c: pa.string() for c in columns or ()},
+            include_columns=columns or [],
+            strings_can_be_null=True,
+            quoted_strings_can_be_null=False,
+        )
+        return pc.open_csv(fh, parse_options=parse, convert_options=convert)
+
+    def _count(self) -> int:
+        if self.kind == "parquet":
+            with open_input(self.path) as fh:
+                return int(self._parquet(fh).metadata.num_rows)
+        return sum(n for _, n, _ in self._batches(0, count_only=True))
+
+    def _batches(self, start: int, count_only: bool = False) -> Iterator[tuple[int, int, Any]]:
+        """``(first row, rows, RecordBatch)`` from the batch holding row ``start`` on."""
+        with open_input(self.path) as fh:
+            at = 0
+            if self.kind == "parquet":
+                pf = self._parquet(fh)
+                groups, end = [], 0
+                for g in range(pf.metadata.num_row_groups):
+                    n = pf.metadata.row_group(g).num_rows
+                    if groups or end + n > start:
+                        groups.append(g)
+                    else:
+                        at += n  # a whole row group before ``start``: skipped unread
+                    end += n
+                if not groups:
+                    return
+                for batch in pf.iter_batches(batch_size=BATCH_ROWS, row_groups=groups, columns=self.columns):
+                    yield at, batch.num_rows, batch
+                    at += batch.num_rows
+                return
+            reader = self._text(fh, self.columns[:1] if count_only else self.columns)
+            for batch in reader:
+                if at + batch.num_rows > start:
+                    yield at, batch.num_rows, batch
+                at += batch.num_rows
+
+    # ------------------------------------------------------------------ rows -> refs
+
+    def refs(self, start: int, stop: int) -> Iterator[ImageRef]:
+        """Rows ``start`` to ``stop - 1`` as image references, in table order."""
+        if start >= stop:
+            return
+        try:
+            for first, n, batch in self._batches(start):
+                cols = {name: batch.column(name).to_pylist() for name in self.columns}
+                for k in range(max(0, start - first), n):
+                    row = first + k
+                    if row >= stop:
+                        return
+                    yield self._ref(row, {c: v[k] for c, v in cols.items()})
+        except self.pa.ArrowException as exc:
+            from featdump.errors import FeatdumpError
+
+            raise FeatdumpError(f"cannot read table {self.path}: {str(exc).splitlines()[0]}") from None
+
+    def _ref(self, row: int, values: dict[str, Any]) -> ImageRef:
+        ident = None
+        if self.id_column:
+            v = values[self.id_column]
+            ident = "" if v is None else str(v)
+        if self.image_column:
+            v = values[self.image_column]
+            stored = f"ROW:{row}"
+            data = v
+            if isinstance(v, dict):
+                data = v.get("bytes")
+                stored = v.get("path") or stored
+            if not isinstance(data, (bytes, bytearray)):
+                return ImageRef(stored, "", id=ident, error=f"row {row}: no image bytes in column {self.image_column!r}")
+            return ImageRef(stored, "", id=ident, data=bytes(data))
+        v = values[self.path_column]
+        if v is None or not str(v).strip():
+            return ImageRef(f"ROW:{row}", "", id=ident, error=f"row {row}: no path in column {self.path_column!r}")
+        entry = str(v).strip()
+        source = entry if os.path.isabs(entry) or is_url(entry) else os.path.join(self.folder, entry)
+        return ImageRef(entry, source, id=ident)

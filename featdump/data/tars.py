@@ -1,0 +1,156 @@
+"""WebDataset tar shards (SPEC, "Inputs at scale"): brace patterns, and samples streamed from a tar.
+
+A shard is read once, front to back, with :mod:`tarfile` in stream mode (``r|*``: plain or
+gzip-compressed), through :func:`featdump.data.remote.open_input`; nothing is unpacked to disk and
+no member list is built ahead. Members are grouped into samples as the ``webdataset`` package
+groups them: regular files only, ``__*__`` metadata skipped, a key is the member name up to the
+first ``.`` of its base name (with its folder), consecutive members with one key are one sample.
+The sample's image is its first member whose last extension is an image extension.
+"""
+
+from __future__ import annotations
+
+import re
+import tarfile
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from featdump.data.discover import IMAGE_EXTENSIONS
+from featdump.data.remote import open_input
+
+TAR_EXTENSIONS = (".tar", ".tar.gz", ".tgz")
+_KEY = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")  # webdataset's base_plus_ext
+_META = re.compile(r"__[^/]*__($|/)")  # webdataset's skip_meta
+_BRACE = re.compile(r"\{([^{}]*)\}")
+_RANGE = re.compile(r"^(-?\d+)\.\.(-?\d+)$")
+_IMAGE_EXT = frozenset(e.lstrip(".") for e in IMAGE_EXTENSIONS)
+
+
+def is_tar_name(name: str) -> bool:
+    return name.lower().endswith(TAR_EXTENSIONS)
+
+
+def has_braces(text: str) -> bool:
+    return bool(_BRACE.search(text))
+
+
+def expand_braces(pattern: str) -> list[str]:
+    """``train-{000000..000002}.tar`` -> ``train-000000.tar`` ... in order, as ``braceexpand`` does:
+    numeric ranges (up or down; zero padding kept: the width of the longer bound when either has a
+    leading zero) and comma lists; several braces give every combination, the left one slowest."""
+    m = _BRACE.search(pattern)
+    if not m:
+        return [pattern]
+    head, body, tail = pattern[: m.start()], m.group(1), pattern[m.end() :]
+    r = _RANGE.match(body)
+    if r:
+        lo, hi = r.group(1), r.group(2)
+        padded = any(len(s.lstrip("-")) > 1 and s.lstrip("-").startswith("0") for s in (lo, hi))
+        width = max(len(lo), len(hi)) if padded else 0
+        a, b = int(lo), int(hi)
+        step = 1 if b >= a else -1
+        choices = [f"{v:0{width}d}" for v in range(a, b + step, step)]
+    elif "," in body:
+        choices = body.split(",")
+    else:
+        choices = ["{" + body + "}"]  # not a brace expression: kept literally
+    return [head + c + rest for c in choices for rest in expand_braces(tail)]
+
+
+def split_key(name: str) -> tuple[str | None, str]:
+    """A member name -> ``(key, extension)``; ``(None, "")`` for names webdataset skips."""
+    m = _KEY.match(name)
+    if not m:
+        return None, ""
+    return m.group(1), m.group(2).lower()
+
+
+def is_image_ext(ext: str) -> bool:
+    return ext.rsplit(".", 1)[-1] in _IMAGE_EXT
+
+
+@dataclass(frozen=True)
+class TarSample:
+    """One sample of a shard: its key, its image member (name and bytes), or why there is none."""
+
+    key: str
+    member: str  # the image member's name ("" when the sample has none)
+    data: bytes | None
+    error: str = ""  # set for a sample without an image, and for the record of a damaged shard
+    offset: int = -1  # damaged shard: byte offset (of the tar stream) where reading stopped
+
+
+class _Damaged(Exception):
+    """A header that is not a tar header, or the data ending without the end-of-archive blocks."""
+
+
+class _StrictInfo(tarfile.TarInfo):
+    """``tarfile`` ends a stream quietly at a bad header after the first (and reads a short file as
+    ending there); here that is damage, so the rest of the shard becomes a /failed record."""
+
+    @classmethod
+    def fromtarfile(cls, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
+        try:
+            return super().fromtarfile(tarfile_)
+        except tarfile.EOFHeaderError:
+            raise  # the end-of-archive blocks: a proper end
+        except tarfile.EmptyHeaderError:
+            raise _Damaged("the data ends without the tar's end-of-archive blocks") from None
+        except tarfile.HeaderError as exc:
+            raise _Damaged(f"bad tar header ({exc})") from None
+
+
+_READ_ERRORS = (_Damaged, tarfile.TarError, EOFError, OSError, zlib.error, ValueError)
+
+
+def read_samples(shard: str) -> Iterator[TarSample]:
+    """The samples of one shard, in tar order. A truncated or corrupt tar ends with one
+    ``TarSample`` whose ``offset`` is set (the rest of the shard could not be read); the sample
+    being read when the damage was found is part of that rest. Opening errors propagate (OSError)."""
+    fh = open_input(shard)
+    key: str | None = None  # the sample being gathered
+    member, data, exts, start = "", None, [], 0
+    try:
+        try:
+            stream = tarfile.open(fileobj=fh, mode="r|*", tarinfo=_StrictInfo)
+            for info in stream:
+                if not info.isreg():
+                    continue
+                name = info.name
+                if "/" not in name and name.startswith("__") and name.endswith("__"):
+                    continue
+                if _META.match(name):
+                    continue
+                k, ext = split_key(name)
+                if k is None:
+                    continue
+                if k != key:
+                    if key is not None:
+                        yield _sample(key, member, data, exts)
+                    key, member, data, exts, start = k, "", None, [], info.offset
+                exts.append(ext)
+                if data is None and is_image_ext(ext):
+                    f = stream.extractfile(info)
+                    data, member = (f.read() if f is not None else b""), name
+                stream.members = []  # stream mode keeps every TarInfo otherwise
+        except _READ_ERRORS as exc:
+            at = start if key is not None else _offset(locals().get("stream"))
+            why = str(exc).replace("\n", " ").strip() or exc.__class__.__name__
+            yield TarSample(key or "", "", None, f"rest of the shard unreadable from byte {at} (truncated or corrupt tar: {why})", at)
+            return
+        if key is not None:
+            yield _sample(key, member, data, exts)
+    finally:
+        fh.close()
+
+
+def _offset(stream: tarfile.TarFile | None) -> int:
+    return int(getattr(stream, "offset", 0)) if stream is not None else 0
+
+
+def _sample(key: str, member: str, data: bytes | None, exts: list[str]) -> TarSample:
+    if data is None:
+        found = ", ".join("." + e for e in exts)
+        return TarSample(key, "", None, f"sample {key!r} has no image member (found: {found})")
+    return TarSample(key, member, data)

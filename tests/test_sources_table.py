@@ -1,0 +1,150 @@
+"""Tables as INPUTs (SPEC, "Inputs at scale"): Parquet of image bytes (Hugging Face struct and plain
+binary), CSV/TSV/JSONL of paths, id columns, column defaults and errors, sharding by rows, resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from faultkit import make_images, run
+from streamkit import argv, assert_same_features, features, images_in_order, key_of, write_parquet
+
+import featdump
+from featdump.data.sources import open_source
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory, random_checkpoint) -> dict:
+    root = tmp_path_factory.mktemp("table")
+    images = make_images(root / "images", 14, seed=9, broken=(5,))
+    ckpt = random_checkpoint("resnet18")
+    folder_out = root / "folder.h5"
+    proc = run(argv(str(images), folder_out, ckpt))
+    assert proc.returncode == 0, proc.stderr
+    order = images_in_order(images)
+    return {"root": root, "images": images, "ckpt": ckpt, "folder": features(folder_out), "order": order}
+
+
+def test_parquet_of_image_bytes_equals_the_folder(cli, data: dict, tmp_path: Path) -> None:
+    table = write_parquet(data["images"], tmp_path / "hf.parquet", struct=True, row_group_size=4)
+    out = tmp_path / "pq.h5"
+    result = cli(*argv(str(table), out, data["ckpt"], "--image-column", "image", "--id-column", "id"))
+    assert result.exit_code == 0, result.output
+    got, want = features(out), data["folder"]
+    assert got["paths"] == want["paths"]  # the struct's path field
+    assert got["failed"] == want["failed"] and len(got["failed"]) == 1
+    assert got["ids"] == [key_of(data["images"], data["images"] / p) for p in want["paths"]]
+    assert got["failed_ids"] == [key_of(data["images"], data["images"] / want["failed"][0])]
+    assert_same_features(got, want)
+    assert got["attrs"]["input_kind"] == "table" and got["attrs"]["id_column"] == "id"
+    with featdump.open(out) as f:
+        assert f.row_of_id(got["ids"][3]) == 3
+
+
+def test_plain_binary_column_stores_row_numbers(cli, data: dict, tmp_path: Path) -> None:
+    table = write_parquet(data["images"], tmp_path / "bin.parquet", struct=False)
+    out = tmp_path / "bin.h5"
+    result = cli(*argv(str(table), out, data["ckpt"], "--image-column", "image"))
+    assert result.exit_code == 0, result.output
+    got = features(out)
+    assert got["paths"] == [f"ROW:{i}" for i in range(14) if i != 5] and got["failed"] == ["ROW:5"]
+    assert got["ids"] is None and got["failed_ids"] is None
+    assert_same_features(got, data["folder"])
+
+
+@pytest.mark.parametrize("kind", ["csv", "tsv", "jsonl"])
+def test_text_tables_of_paths(cli, data: dict, tmp_path: Path, kind: str) -> None:
+    rels = [p.relative_to(data["images"]).as_posix() for p in data["order"]]
+    ids = [f"{i:04d}" for i in range(len(rels))]  # leading zeros: ids are text, never numbers
+    table = data["images"] / f"list.{kind}"
+    if kind == "jsonl":
+        table.write_text("".join(json.dumps({"filename": r, "id": i}) + "\n" for r, i in zip(rels, ids)))
+    else:
+        sep = "\t" if kind == "tsv" else ","
+        table.write_text(f"label{sep}filename{sep}id\n" + "".join(f"1{sep}{r}{sep}{i}\n" for r, i in zip(rels, ids)))
+    out = tmp_path / f"{kind}.h5"
+    result = cli(*argv(str(table), out, data["ckpt"], "--id-column", "id"))  # default path column: filename
+    assert result.exit_code == 0, result.output
+    got, want = features(out), data["folder"]
+    assert got["paths"] == want["paths"] and got["failed"] == want["failed"]
+    assert got["ids"] == [i for i in ids if i != "0005"] and got["failed_ids"] == ["0005"]
+    assert_same_features(got, want)
+    table.unlink()
+
+
+def test_table_sharding_by_rows_and_streaming_from_a_position(cli, data: dict, tmp_path: Path) -> None:
+    table = write_parquet(data["images"], tmp_path / "t.parquet", row_group_size=3)
+    flags = ("--image-column", "image", "--batch-size", "1")  # blocks of 5, 5, 4 rows: the same batches as one run
+    assert cli(*argv(str(table), tmp_path / "one.h5", data["ckpt"], *flags)).exit_code == 0
+    parts = []
+    for i in range(3):
+        result = cli(*argv(str(table), tmp_path / "p.h5", data["ckpt"], *flags, "--shard", f"{i}/3"))
+        assert result.exit_code == 0, result.output
+        parts.append(str(tmp_path / f"p.shard-{i:05d}-of-00003.h5"))
+    merged = tmp_path / "m.h5"
+    assert cli("merge", *parts, "-o", str(merged), "--copy").exit_code == 0
+    got, one = features(merged), features(tmp_path / "one.h5")
+    assert got["paths"] == one["paths"] == data["folder"]["paths"]
+    assert got["failed"] == one["failed"]
+    assert_same_features(got, one)
+    # the stream from a position skips whole row groups by their footer counts
+    sel = open_source([str(table)], _Cols(image_column="image")).select(0, 1)
+    full = list(sel.stream())
+    assert [r.path for r in sel.stream(7)] == [r.path for r in full[7:]]
+    assert [r.data for r in sel.stream(7)] == [r.data for r in full[7:]]
+
+
+class _Cols:
+    def __init__(self, path_column=None, image_column=None, id_column=None) -> None:  # noqa: ANN001
+        self.path_column, self.image_column, self.id_column = path_column, image_column, id_column
+
+
+@pytest.mark.parametrize(
+    ("text", "flags", "message"),
+    [
+        ("a,b\n1,2\n", [], "none of the columns path, image_path"),
+        ("path,b\n1,2\n", ["--id-column", "nope"], "--id-column nope: no such column"),
+        ("path,b\nx.png,2\n", ["--image-column", "b"], "--image-column needs a .parquet table"),
+    ],
+)
+def test_table_errors_are_usage_errors(cli, data: dict, tmp_path: Path, text: str, flags: list[str], message: str) -> None:
+    table = tmp_path / "t.csv"
+    table.write_text(text)
+    out = tmp_path / "o.h5"
+    result = cli(*argv(str(table), out, data["ckpt"], *flags))
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert not out.exists()
+
+
+def test_one_table_per_run_and_missing_table(cli, data: dict, tmp_path: Path) -> None:
+    a, b = tmp_path / "a.csv", tmp_path / "b.csv"
+    a.write_text("path\nx.png\n")
+    b.write_text("path\nx.png\n")
+    out = tmp_path / "o.h5"
+    result = cli(*argv([str(a), str(b)], out, data["ckpt"]))
+    assert result.exit_code == 2 and "one table per run" in result.output
+    result = cli(*argv([str(tmp_path / "gone.parquet")], out, data["ckpt"]))
+    assert result.exit_code == 2 and "input not found" in result.output
+    result = cli(*argv([str(a), str(data["images"])], out, data["ckpt"]))
+    assert result.exit_code == 2 and "INPUTs mix kinds" in result.output
+
+
+def test_missing_pyarrow_names_the_extra(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import builtins
+
+    from featdump.errors import UsageError
+
+    real = builtins.__import__
+
+    def fake(name, *a, **k):  # noqa: ANN001, ANN002, ANN003, ANN202
+        if name == "pyarrow" or name.startswith("pyarrow."):
+            raise ImportError(name)
+        return real(name, *a, **k)
+
+    table = tmp_path / "t.csv"
+    table.write_text("path\nx.png\n")
+    monkeypatch.setattr(builtins, "__import__", fake)
+    with pytest.raises(UsageError, match=r"pip install 'featdump\[tables\]'"):
+        open_source([str(table)])

@@ -1,0 +1,339 @@
+"""WebDataset tar shards as INPUTs (SPEC, "Inputs at scale"): grouping as webdataset reads it, brace
+patterns, equal numbers to the unpacked folder, damaged shards, missing shards, families, sharding
+by tar files + merge, ids, resume inside a shard (a real SIGKILL)."""
+
+from __future__ import annotations
+
+import io
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from faultkit import journal_seq, kill, make_images, popen, run
+from streamkit import (
+    argv,
+    assert_same_features,
+    features,
+    hand_tar,
+    images_in_order,
+    key_of,
+    write_shards,
+)
+
+import featdump
+from featdump.data.sources import TarSelection, open_source
+from featdump.data.tars import expand_braces, read_samples
+
+
+def _png(seed: int = 0, size: int = 32) -> bytes:
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+# --------------------------------------------------------------------------- patterns and grouping
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    [
+        "train-{000000..000003}.tar",
+        "x{1..3}-{a,b}.tar",
+        "t{8..11}.tar",
+        "t{08..11}.tar",
+        "t{3..1}.tar",
+        "t{0..010}.tar",
+        "s/{a,b}/p-{00..02}.tar.gz",
+        "plain.tar",
+    ],
+)
+def test_expand_braces_matches_braceexpand(pattern: str) -> None:
+    from braceexpand import braceexpand
+
+    assert expand_braces(pattern) == list(braceexpand(pattern))
+
+
+def test_samples_group_as_webdataset_reads_them(tmp_path: Path) -> None:
+    import webdataset as wds
+
+    png = _png()
+    shard = hand_tar(
+        tmp_path / "hand.tar",
+        [
+            ("dir/", b""),
+            ("__meta__", b"skipped"),
+            ("dir/a.json", b"{}"),
+            ("dir/a.PNG", png),  # the first image member, whatever comes before it
+            ("dir/a.seg.png", b"second image: not the sample's image"),
+            ("noext", b"skipped: no extension"),
+            ("b.txt", b"no image here"),
+            ("c.d.jpg", png),  # key up to the first dot of the base name
+        ],
+    )
+    got = list(read_samples(str(shard)))
+    assert [(s.key, s.member, s.error != "") for s in got] == [
+        ("dir/a", "dir/a.PNG", False),
+        ("b", "", True),
+        ("c", "c.d.jpg", False),
+    ]
+    assert got[0].data == png and got[2].data == png
+    assert "has no image member" in got[1].error and ".txt" in got[1].error
+    # webdataset's own reader sees the same samples, keys and image bytes
+    theirs = list(wds.WebDataset(str(shard), shardshuffle=False, empty_check=False))
+    assert len(theirs) == len(got)
+    for mine, their in zip(got, theirs):
+        assert mine.key == their["__key__"]
+    assert theirs[0]["png"] == png and theirs[2]["d.jpg"] == png
+
+
+def test_gzip_tar_is_streamed(tmp_path: Path) -> None:
+    png = _png(1)
+    shard = hand_tar(tmp_path / "s.tar.gz", [("k1.png", png), ("k2.png", png)], mode="w:gz")
+    assert [(s.key, s.data == png) for s in read_samples(str(shard))] == [("k1", True), ("k2", True)]
+
+
+# --------------------------------------------------------------------------- runs
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory, random_checkpoint) -> dict:
+    root = tmp_path_factory.mktemp("tar")
+    images = make_images(root / "images", 24, seed=5)
+    shards = write_shards(images, root / "shards", per_shard=4)  # 6 shards
+    ckpt = random_checkpoint("resnet18")
+    folder_out = root / "folder.h5"
+    proc = run(argv(str(images), folder_out, ckpt))
+    assert proc.returncode == 0, proc.stderr
+    return {"root": root, "images": images, "shards": shards, "ckpt": ckpt, "folder": features(folder_out)}
+
+
+def test_tar_shards_equal_the_unpacked_folder(cli, data: dict, tmp_path: Path) -> None:
+    out = tmp_path / "tar.h5"
+    pattern = str(data["root"] / "shards" / "data-{000000..000005}.tar")
+    result = cli(*argv(pattern, out, data["ckpt"]))
+    assert result.exit_code == 0, result.output
+    got = features(out)
+    order = images_in_order(data["images"])
+    assert len(got["paths"]) == len(order) == 24
+    shard_of = [data["shards"][i // 4] for i in range(24)]
+    keys = [key_of(data["images"], p) for p in order]
+    assert got["paths"] == [f"{s}/{k}.png" for s, k in zip(shard_of, keys)]
+    assert got["ids"] == keys
+    assert got["failed"] == [] and got["failed_ids"] == []
+    assert got["attrs"]["input_kind"] == "tar" and got["attrs"]["num_inputs"] == 6
+    assert_same_features(got, data["folder"])
+    with featdump.open(out) as f:
+        assert f.ids == keys
+        assert f.row_of_id(keys[7]) == 7
+        with pytest.raises(KeyError):
+            f.row_of_id("nope")
+    with featdump.open(data["root"] / "folder.h5") as f:
+        assert f.ids is None
+
+
+def test_damaged_shard_keeps_what_came_before_and_goes_on(cli, data: dict, tmp_path: Path) -> None:
+    shards = [Path(shutil.copy(s, tmp_path)) for s in data["shards"][:3]]
+    raw = shards[1].read_bytes()
+    shards[1].write_bytes(raw[: len(raw) // 2 + 700])  # cut inside the third sample
+    # shard 2: corrupt (garbage) where its third sample should start: the second one, being read, goes too
+    raw2 = shards[2].read_bytes()
+    offsets = [s for s in read_samples_offsets(shards[2])]
+    cut = offsets[2]
+    shards[2].write_bytes(raw2[:cut] + b"\x17garbage" * 200)
+    out = tmp_path / "damaged.h5"
+    result = cli(*argv([str(s) for s in shards], out, data["ckpt"]))
+    assert result.exit_code == 0, result.output
+    got = features(out)
+    keys = got["ids"]
+    assert len(got["failed"]) == 2
+    assert got["failed"][0].startswith(f"{shards[1]}@") and got["failed"][1] == f"{shards[2]}@{offsets[1]}"
+    assert all("rest of the shard unreadable" in e for e in got["errors"])
+    assert got["failed_ids"] == ["", ""]
+    full = data["folder"]
+    # 4 samples of shard 0; shard 1 up to the damage (>= 1); shard 2: its first sample
+    n1 = len([p for p in got["paths"] if p.startswith(f"{shards[1]}/")])
+    assert 1 <= n1 < 4
+    want_rows = list(range(4)) + list(range(4, 4 + n1)) + [8]
+    assert keys == [data["folder"]["paths"][i].replace("/", "_")[:-4] for i in want_rows]
+    for name, arr in got["features"].items():
+        assert arr.shape[0] == len(want_rows)
+        assert np.array_equal(arr, full["features"][name][want_rows]), name
+
+
+def read_samples_offsets(shard: Path) -> list[int]:
+    import tarfile
+
+    with tarfile.open(shard) as tf:
+        starts, seen = [], set()
+        for m in tf.getmembers():
+            key = m.name.split(".", 1)[0]
+            if key not in seen:
+                seen.add(key)
+                starts.append(m.offset)
+    return starts
+
+
+def test_sample_without_image_is_a_failed_record_with_its_id(cli, data: dict, tmp_path: Path) -> None:
+    png = _png(2)
+    shard = hand_tar(tmp_path / "s.tar", [("a.png", png), ("a.cls", b"1"), ("b.cls", b"2"), ("c.png", png)])
+    out = tmp_path / "o.h5"
+    result = cli(*argv(str(shard), out, data["ckpt"]))
+    assert result.exit_code == 0, result.output
+    got = features(out)
+    assert got["paths"] == [f"{shard}/a.png", f"{shard}/c.png"] and got["ids"] == ["a", "c"]
+    assert got["failed"] == [f"{shard}/b"] and got["failed_ids"] == ["b"]
+    assert "no image member" in got["errors"][0]
+    assert got["attrs"]["inputs_done"] == 3
+
+
+def test_missing_shard_is_a_usage_error_before_the_model_loads(cli, data: dict, tmp_path: Path, monkeypatch) -> None:
+    import featdump.run.job as job
+
+    def boom(*a, **k):  # noqa: ANN002, ANN003
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(job, "_load_model", boom)
+    pattern = str(data["root"] / "shards" / "data-{000000..000007}.tar")
+    out = tmp_path / "o.h5"
+    result = cli(*argv(pattern, out, data["ckpt"]))
+    assert result.exit_code == 2
+    assert "tar shard not found:" in result.output and "data-000006.tar" in result.output
+    assert not out.exists()
+
+
+def test_mixing_families_is_a_usage_error(cli, data: dict, tmp_path: Path) -> None:
+    out = tmp_path / "o.h5"
+    result = cli(*argv([str(data["shards"][0]), str(data["images"])], out, data["ckpt"]))
+    assert result.exit_code == 2
+    assert "INPUTs mix kinds" in result.output
+    result = cli(*argv([str(data["shards"][0])], out, data["ckpt"], "--id-column", "id"))
+    assert result.exit_code == 2 and "--id-column applies to a table INPUT" in result.output
+    assert not out.exists()
+
+
+def test_sharding_splits_tar_files_and_merge_equals_one_run(cli, data: dict, tmp_path: Path, monkeypatch) -> None:
+    import featdump.data.tars as tars
+
+    opened: list[str] = []
+    real = tars.open_input
+
+    def spy(path: str):  # noqa: ANN202
+        opened.append(Path(path).name)
+        return real(path)
+
+    monkeypatch.setattr(tars, "open_input", spy)
+    inputs = [str(s) for s in data["shards"]]
+    one = tmp_path / "one.h5"
+    assert cli(*argv(inputs, one, data["ckpt"])).exit_code == 0
+    opened.clear()
+    parts = []
+    for i in range(3):
+        result = cli(*argv(inputs, tmp_path / "part.h5", data["ckpt"], "--shard", f"{i}/3"))
+        assert result.exit_code == 0, result.output
+        assert opened == [f"data-{2 * i:06d}.tar", f"data-{2 * i + 1:06d}.tar"]  # only its own tar files
+        opened.clear()
+        parts.append(str(tmp_path / f"part.shard-{i:05d}-of-00003.h5"))
+    merged = tmp_path / "merged.h5"
+    result = cli("merge", *parts, "-o", str(merged), "--copy")
+    assert result.exit_code == 0, result.output
+    a, b = features(merged), features(one)
+    assert a["paths"] == b["paths"] and a["ids"] == b["ids"] and a["failed"] == b["failed"]
+    assert_same_features(a, b)
+
+
+def test_stream_resumes_inside_a_shard_without_opening_finished_ones(data: dict, monkeypatch) -> None:
+    import featdump.data.tars as tars
+
+    sel = open_source([str(s) for s in data["shards"]]).select(0, 1)
+    assert isinstance(sel, TarSelection) and sel.length is None
+    full = list(sel.stream())
+    assert len(full) == 24
+    assert full[5].mark == (1, 2) and full[7].mark == (2, 0)  # the last sample of a shard points past it
+    opened: list[str] = []
+    real = tars.open_input
+    monkeypatch.setattr(tars, "open_input", lambda p: (opened.append(Path(p).name), real(p))[1])
+    rest = list(sel.stream(10, full[9].mark))
+    assert opened[0] == "data-000002.tar"  # shards 0 and 1 are not read again
+    assert [r.path for r in rest] == [r.path for r in full[10:]]
+    assert [r.data for r in rest] == [r.data for r in full[10:]]
+
+
+def test_peak_memory_of_a_stream_is_flat_in_the_number_of_shards(tmp_path: Path) -> None:
+    import tracemalloc
+
+    png = _png(3, 16)
+    for i in range(400):
+        hand_tar(tmp_path / f"s-{i:04d}.tar", [(f"k{i}_{j}.png", png) for j in range(3)])
+
+    def peak(n: int) -> int:
+        sel = open_source([str(tmp_path / f"s-{{0000..{n - 1:04d}}}.tar")]).select(0, 1)
+        tracemalloc.start()
+        count = sum(1 for _ in sel.stream())
+        _, top = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        assert count == 3 * n
+        return top
+
+    small, big = peak(100), peak(400)
+    assert big <= 1.1 * small + 64 * 1024, (small, big)
+
+
+@pytest.mark.slow
+def test_sigkill_inside_a_shard_then_resume_equals_the_clean_run(data: dict, tmp_path: Path) -> None:
+    inputs = [str(s) for s in data["shards"]]
+    clean = tmp_path / "clean.h5"
+    proc = run(argv(inputs, clean, data["ckpt"], "--batch-size", "1"))
+    assert proc.returncode == 0, proc.stderr
+    out = tmp_path / "killed.h5"
+    proc = popen(argv(inputs, out, data["ckpt"], "--batch-size", "1"))
+    from faultkit import wait_for
+
+    assert wait_for(lambda: journal_seq(out) >= 7, proc), proc.communicate()[1]
+    kill(proc)
+    proc.communicate(timeout=60)
+    done = features_committed(out)
+    assert 0 < done < 24
+    proc = run(argv(inputs, out, data["ckpt"], "--batch-size", "1", "--resume"))
+    assert proc.returncode == 0, proc.stderr
+    a, b = features(out), features(clean)
+    assert a["attrs"]["complete"] and a["paths"] == b["paths"] and a["ids"] == b["ids"]
+    assert a["failed"] == b["failed"]
+    assert_same_features(a, b)
+
+
+def features_committed(out: Path) -> int:
+    from faultkit import committed_rows
+
+    return committed_rows(out)["inputs_done"]
+
+
+
+def test_dataloader_workers_decode_a_stream_like_the_threads(data: dict) -> None:
+    """GPU runs use DataLoader worker processes: the streamed (position, ref) keys travel to them
+    with their bytes, and batches come back in order with the refs the job needs."""
+    from types import SimpleNamespace
+
+    from timm.data import create_transform
+
+    from featdump.data.batching import Loader
+
+    transform = create_transform(input_size=(3, 64, 64), crop_pct=0.875, is_training=False)
+    backbone = SimpleNamespace(data=SimpleNamespace(transform=lambda: transform))
+    cfg = SimpleNamespace(decode="cpu", fast_decode=False, max_image_pixels=None)
+    sel = open_source([str(s) for s in data["shards"]]).select(0, 1)
+
+    def batches(device_type: str, workers: int) -> list:
+        loader = Loader(sel.stream(), backbone, cfg, SimpleNamespace(type=device_type), 5, workers, 2)
+        return list(loader)
+
+    threads, procs = batches("cpu", 2), batches("meta", 2)  # "meta": any non-CPU device takes the DataLoader path
+    assert len(threads) == len(procs) == 5
+    for a, b in zip(threads, procs):
+        assert (a.first, a.last, a.positions) == (b.first, b.last, b.positions)
+        assert [r.path for r in a.refs.values()] == [r.path for r in b.refs.values()]
+        assert all(r.data is None for r in b.refs.values())  # the job's copy holds no bytes
+        assert np.array_equal(a.pixels.numpy(), b.pixels.numpy())
