@@ -322,7 +322,8 @@ def test_dataloader_workers_decode_a_stream_like_the_threads(data: dict) -> None
     from featdump.data.batching import Loader
 
     transform = create_transform(input_size=(3, 64, 64), crop_pct=0.875, is_training=False)
-    backbone = SimpleNamespace(data=SimpleNamespace(transform=lambda: transform))
+    data_config = {"input_size": (3, 64, 64), "crop_pct": 0.875, "crop_mode": "center"}
+    backbone = SimpleNamespace(data=SimpleNamespace(transform=lambda: transform, **data_config))
     cfg = SimpleNamespace(decode="cpu", fast_decode=False, max_image_pixels=None)
     sel = open_source([str(s) for s in data["shards"]]).select(0, 1)
 

@@ -210,6 +210,17 @@ def check_file(h5: Any, path: str | Path) -> Counts:
         raise inconsistent(
             path, f"inputs_done is {inputs_done}, fewer than num_images + num_failed ({num_images} + {num_failed})"
         )
-    if num_inputs is not None and inputs_done > num_inputs:
+    if num_inputs is not None and _kind(attrs) == "tar":  # num_inputs counts tar files, inputs_done samples
+        mark = attrs.get("stream_mark")
+        shard_done = int(mark[0]) if mark is not None and len(mark) == 2 else 0
+        if not 0 <= shard_done <= num_inputs:
+            raise inconsistent(path, f"stream_mark names tar file {shard_done} but num_inputs is {num_inputs}")
+    elif num_inputs is not None and inputs_done > num_inputs:
         raise inconsistent(path, f"inputs_done is {inputs_done} but num_inputs is {num_inputs}")
     return Counts(num_images, num_failed, inputs_done, num_inputs, _shard(attrs, path))
+
+
+def _kind(attrs: Any) -> str:
+    """The file's ``input_kind`` (files | tar | table; files when older featdump wrote it)."""
+    value = attrs.get("input_kind", "files")
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)

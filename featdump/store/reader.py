@@ -45,7 +45,7 @@ class FeatureFile:
         self.layers: list[str] = list(self._h5["features"].keys())
         self._rows = {p: i for i, p in enumerate(self.paths)}
         # ids (tar sample keys, a table's id column), row-aligned with paths; None when the inputs had none
-        self.ids: list[str] | None = [to_str(v) for v in self._h5["ids"][:n]] if "ids" in self._h5 else None
+        self.ids: list[str] | None = [read_text(v) for v in self._h5["ids"][:n]] if "ids" in self._h5 else None
         self._id_rows: dict[str, int] | None = None
 
     # ------------------------------------------------------------------ access
