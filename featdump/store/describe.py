@@ -26,7 +26,10 @@ def open_featdump(path: str | Path) -> Any:
     """Open a featdump file read-only (h5py.File); exit 2 for a missing, non-HDF5 or foreign file,
     or one whose layout or counters do not hold up (:func:`~featdump.store.check.check_file`).
 
-    File locking is off for reading, so a file that a run is still writing can be looked at.
+    Opened with h5py's default file-locking setting (the one a plain ``h5py.File(path)`` uses), so
+    both can be open in one process, in either order; HDF5 refuses a second open of one file with
+    other locking flags. Writers go through the journal's file object, which takes no HDF5 lock,
+    so a file that a run is still writing can be looked at.
     """
     import h5py
 
@@ -52,7 +55,7 @@ def open_featdump(path: str | Path) -> Any:
 
             h5 = open_committed(p)
         else:
-            h5 = h5py.File(str(p), "r", locking=False)
+            h5 = h5py.File(str(p), "r")  # default locking: see the docstring
     except OSError as exc:
         raise FeatdumpError(f"cannot open {p}: {first_line(exc, repr(exc))}") from None
     fmt = to_str(h5.attrs.get("format", ""))
