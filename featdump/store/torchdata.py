@@ -1,0 +1,221 @@
+"""``FeatureFile.torch(...)``: a ``torch.utils.data.Dataset`` over a featdump file's committed rows.
+
+Safe with ``DataLoader`` worker processes under fork and spawn: the dataset holds the file's path
+and the chosen rows, never an h5py handle. Each process opens the file on its first read (a forked
+worker notices the changed process id and opens its own), and pickling drops the handle.
+
+Reading is chunk-aware: ``DataLoader`` hands a whole batch of indices to :meth:`FeatureDataset.__getitems__`,
+which reads the batch's sorted unique rows of each layer in one h5py call (one slice when they lie
+close together), so a batch costs what a plain sequential h5py read of the same rows costs.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+POOLS = ("avg", "max")
+_DTYPES = {"float16": torch.float16, "float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
+
+
+def layout_of(attrs: dict[str, Any], ndim: int) -> str:
+    """A stored layer's layout, ``NC`` (pooled), ``NTD`` (tokens) or ``NCHW``, from its attribute or rank."""
+    layout = str(attrs.get("layout", "") or "")
+    if layout in ("NC", "NTD", "NCHW"):
+        return layout
+    return {2: "NC", 3: "NTD", 4: "NCHW"}.get(ndim, "NC")
+
+
+def select_rows(rows: Any, n: int) -> np.ndarray:
+    """``rows`` (None, indices, a range/slice, or a boolean mask of length ``n``) -> int64 file rows."""
+    if rows is None:
+        return np.arange(n, dtype=np.int64)
+    if isinstance(rows, slice):
+        return np.arange(n, dtype=np.int64)[rows]
+    if isinstance(rows, torch.Tensor):
+        rows = rows.cpu().numpy()
+    arr = np.asarray(rows)
+    if arr.dtype == bool:
+        if arr.shape != (n,):
+            raise ValueError(f"a boolean mask of rows must have one entry per committed row ({n}), not shape {arr.shape}")
+        return np.flatnonzero(arr).astype(np.int64)
+    if arr.size == 0:
+        return np.empty(0, dtype=np.int64)
+    if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
+        raise TypeError("rows must be row indices (ints), a slice, or a boolean mask")
+    bad = arr[(arr < -n) | (arr >= n)]
+    if bad.size:
+        raise IndexError(f"rows {bad[:5].tolist()} out of range: the file has {n} committed rows")
+    return (arr % n if n else arr).astype(np.int64)
+
+
+def read_rows(ds: Any, rows: np.ndarray) -> np.ndarray:
+    """Sorted unique ``rows`` of an h5py dataset in one read: one slice when they lie close together
+    (at most twice as many rows as asked for), else one selection of exactly those rows."""
+    if rows.size == 0:
+        return np.empty((0, *ds.shape[1:]), dtype=ds.dtype)
+    lo, hi = int(rows[0]), int(rows[-1]) + 1
+    if hi - lo == rows.size:
+        return ds[lo:hi]
+    if hi - lo <= 2 * rows.size:
+        return ds[lo:hi][rows - lo]
+    return ds[rows]
+
+
+def _torch_dtype(dtype: Any) -> torch.dtype | None:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    name = str(dtype).removeprefix("torch.")
+    if name not in _DTYPES:
+        raise ValueError(f"dtype must be a torch dtype or one of {', '.join(_DTYPES)}, not {dtype!r}")
+    return _DTYPES[name]
+
+
+class FeatureDataset(Dataset):
+    """Items are dicts: one tensor per chosen layer (key: the layer name), ``"path"``, ``"row"`` and
+    ``"id"`` (when the file has ids). Built by :meth:`featdump.FeatureFile.torch`; see its docstring.
+
+    Attributes: ``path``, ``layers``, ``rows`` (the file row of each item, int64).
+    """
+
+    def __init__(
+        self,
+        ff: Any,
+        layers: str | Sequence[str] | None = None,
+        rows: Any = None,
+        dtype: Any = None,
+        resize: int | tuple[int, int] | None = None,
+        pool: str | None = None,
+        transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    ) -> None:
+        from featdump.errors import FeatdumpError
+
+        if getattr(ff, "_missing", None):
+            raise FeatdumpError(
+                f"{ff.path}: virtual source file(s) missing ({', '.join(ff._missing[:3])}); "
+                "their rows would read as the fill value (NaN in files written by `featdump merge`)"
+            )
+        names = list(ff.layers) if layers is None else [layers] if isinstance(layers, str) else list(layers)
+        for name in names:
+            ff[name]  # KeyError naming the stored layers
+        if not names:
+            raise ValueError("layers: choose at least one stored layer")
+        if pool == "none":
+            pool = None
+        if pool is not None and pool not in POOLS:
+            raise ValueError(f"pool must be 'avg' or 'max' (or None), not {pool!r}")
+        if resize is not None:
+            size = (resize, resize) if isinstance(resize, int) else tuple(resize)
+            if len(size) != 2 or not all(isinstance(s, int) and s > 0 for s in size):
+                raise ValueError(f"resize must be (H, W) of positive ints, not {resize!r}")
+            resize = (int(size[0]), int(size[1]))
+        if transform is not None and not callable(transform):
+            raise TypeError("transform must be a callable taking an item (dict) and returning one")
+        self.path = Path(ff.path)
+        self.layers = names
+        self.rows = select_rows(rows, ff.num_images)
+        self.dtype = _torch_dtype(dtype)
+        self.resize: tuple[int, int] | None = resize
+        self.pool = pool
+        self.transform = transform
+        self._layouts = {n: layout_of(ff.attrs(n), ff[n].ndim) for n in names}
+        self._prefix = {n: int(ff.attrs(n).get("num_prefix_tokens", 0) or 0) for n in names}
+        self._opener = type(ff)  # FeatureFile, passed in (no import of the reader from here)
+        self._state: tuple[int, Any] | None = None  # (pid, FeatureFile) of this process
+
+    # ------------------------------------------------------------------ per-process file
+
+    def _file(self) -> Any:
+        state = self._state
+        if state is None or state[0] != os.getpid():  # first use here, or a forked child
+            self._inherited = state  # never closed from a child: the parent still reads through it
+            self._state = state = (os.getpid(), self._opener(self.path))
+        return state[1]
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_state"] = None
+        state.pop("_inherited", None)
+        return state
+
+    def close(self) -> None:
+        """Close this process's handle (reopened on the next read)."""
+        state, self._state = self._state, None
+        if state is not None and state[0] == os.getpid():
+            state[1].close()
+
+    # ------------------------------------------------------------------ reading
+
+    def __len__(self) -> int:
+        return int(self.rows.size)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.__getitems__([index])[0]
+
+    def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
+        """A batch of items, each layer read once for the batch's sorted unique rows."""
+        n = len(self)
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        bad = idx[(idx < -n) | (idx >= n)]
+        if bad.size:
+            raise IndexError(f"index {int(bad[0])} out of range for a dataset of {n} items")
+        rows = self.rows[idx % n if n else idx]
+        unique, where = np.unique(rows, return_inverse=True)
+        ff = self._file()
+        tensors = {name: self._convert(name, read_rows(ff[name], unique))[torch.from_numpy(where)] for name in self.layers}
+        ids = getattr(ff, "ids", None)
+        if ids is None:
+            ids = _stored_ids(ff)
+        items = []
+        for k, row in enumerate(rows.tolist()):
+            item: dict[str, Any] = {name: t[k] for name, t in tensors.items()}
+            item["path"] = ff.paths[row]
+            item["row"] = row
+            if ids is not None:
+                item["id"] = ids[row]
+            items.append(self.transform(item) if self.transform is not None else item)
+        return items
+
+    def _convert(self, name: str, block: np.ndarray) -> torch.Tensor:
+        """A block of stored rows -> tensors: resize, pool (in float32 at least), then dtype."""
+        x = torch.from_numpy(np.ascontiguousarray(block))
+        out_dtype = self.dtype or x.dtype
+        layout = self._layouts[name]
+        spatial = layout == "NCHW" and x.ndim == 4
+        tokens = layout == "NTD" and x.ndim == 3
+        if (self.resize and spatial) or (self.pool and (spatial or tokens)):
+            if x.dtype not in (torch.float32, torch.float64):
+                x = x.float()
+            if self.resize and spatial:
+                x = torch.nn.functional.interpolate(x, size=self.resize, mode="bilinear", align_corners=False)
+            if self.pool and (spatial or tokens):
+                if tokens:  # over the patch tokens, as `extract --pool` does (timm's global_pool)
+                    x = x[:, self._prefix[name] :]
+                dims = (1,) if tokens else (2, 3)
+                x = x.mean(dim=dims) if self.pool == "avg" else x.amax(dim=dims)
+        return x.to(out_dtype)
+
+    def __repr__(self) -> str:
+        extra = "".join(
+            f", {k}={v!r}" for k, v in (("dtype", self.dtype), ("resize", self.resize), ("pool", self.pool)) if v
+        )
+        return f"<featdump FeatureDataset {str(self.path)!r}: {len(self)} rows, layers {self.layers}{extra}>"
+
+
+def _stored_ids(ff: Any) -> list[str] | None:
+    """``/ids`` read directly, for a reader that does not expose ``.ids`` (cached on the file object)."""
+    if hasattr(ff, "_torch_ids"):
+        cached: list[str] | None = ff._torch_ids
+        return cached
+    from featdump.store.format import read_text
+
+    h5 = ff.h5
+    ids = [read_text(v) for v in h5["ids"][: ff.num_images]] if "ids" in h5 else None
+    ff._torch_ids = ids
+    return ids
