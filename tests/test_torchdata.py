@@ -11,44 +11,21 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
 import pytest
 
 import featdump
 from featdump.errors import FeatdumpError
 
+from readkit import feature_files
+
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
 
 
-def _extract(*args: str) -> None:
-    from typer.testing import CliRunner
-
-    from featdump.cli.commands import app
-
-    res = CliRunner().invoke(app, ["extract", *args, "--no-pretrained", "--quiet"])
-    assert res.exit_code == 0, res.output
-
-
 @pytest.fixture(scope="module")
 def files(tmp_path_factory: pytest.TempPathFactory, photos: Path) -> dict[str, Path]:
-    """resnet18 levels 1-2 of the 8 sample photos: finished, partial (5 committed rows of 8), two
-    shards merged into a virtual file, and a ViT token layer."""
-    root = tmp_path_factory.mktemp("torchdata")
-    common = ["resnet18", str(photos), "--img-size", "64", "--out-indices", "1,2"]
-    _extract(*common, "-o", str(root / "f.h5"))
-    for i in (0, 1):
-        _extract(*common, "-o", str(root / "s.h5"), "--shard", f"{i}/2")
-    from featdump.store.merge import merge_shards
-
-    merge_shards(sorted(root.glob("s.shard-*.h5")), root / "m.h5")
-    shutil.copy(root / "f.h5", root / "p.h5")
-    with h5py.File(root / "p.h5", "r+") as f:  # what a killed run leaves: rows past num_images are uncommitted
-        f.attrs["complete"] = False
-        f.attrs["num_images"] = 5
-    _extract("vit_tiny_patch16_224", str(photos), "--img-size", "32", "--layers", "blocks.1", "-o", str(root / "v.h5"))
-    return {"finished": root / "f.h5", "partial": root / "p.h5", "merged": root / "m.h5", "tokens": root / "v.h5"}
+    return feature_files(tmp_path_factory, photos)
 
 
 def _check_batches(path: Path, loader: Any) -> int:
@@ -137,12 +114,8 @@ def test_token_layers_pool_over_patch_tokens_only(files: dict[str, Path]) -> Non
         assert ff.torch()[4]["blocks.1"].shape == (5, 192)
 
 
-def test_ids_when_the_file_has_them(files: dict[str, Path], tmp_path: Path) -> None:
-    path = tmp_path / "ids.h5"
-    shutil.copy(files["finished"], path)
-    with h5py.File(path, "r+") as f:  # /ids as SPEC's "Inputs at scale" lays it out (written by tar/table sources)
-        f.create_dataset("ids", data=[f"key-{i:03d}" for i in range(8)], dtype=h5py.string_dtype())
-    with featdump.open(path) as ff:
+def test_ids_when_the_file_has_them(files: dict[str, Path]) -> None:
+    with featdump.open(files["ids"]) as ff:
         ds = ff.torch("layer1", rows=[3, 6])
     assert [ds[0]["id"], ds[1]["id"]] == ["key-003", "key-006"]
     from torch.utils.data import DataLoader

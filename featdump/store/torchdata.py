@@ -20,16 +20,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from featdump.store.rowdata import ids_of, layout_of
+
 POOLS = ("avg", "max")
 _DTYPES = {"float16": torch.float16, "float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
-
-
-def layout_of(attrs: dict[str, Any], ndim: int) -> str:
-    """A stored layer's layout, ``NC`` (pooled), ``NTD`` (tokens) or ``NCHW``, from its attribute or rank."""
-    layout = str(attrs.get("layout", "") or "")
-    if layout in ("NC", "NTD", "NCHW"):
-        return layout
-    return {2: "NC", 3: "NTD", 4: "NCHW"}.get(ndim, "NC")
 
 
 def select_rows(rows: Any, n: int) -> np.ndarray:
@@ -169,9 +163,7 @@ class FeatureDataset(Dataset):
         unique, where = np.unique(rows, return_inverse=True)
         ff = self._file()
         tensors = {name: self._convert(name, read_rows(ff[name], unique))[torch.from_numpy(where)] for name in self.layers}
-        ids = getattr(ff, "ids", None)
-        if ids is None:
-            ids = _stored_ids(ff)
+        ids = ids_of(ff)
         items = []
         for k, row in enumerate(rows.tolist()):
             item: dict[str, Any] = {name: t[k] for name, t in tensors.items()}
@@ -207,15 +199,3 @@ class FeatureDataset(Dataset):
         )
         return f"<featdump FeatureDataset {str(self.path)!r}: {len(self)} rows, layers {self.layers}{extra}>"
 
-
-def _stored_ids(ff: Any) -> list[str] | None:
-    """``/ids`` read directly, for a reader that does not expose ``.ids`` (cached on the file object)."""
-    if hasattr(ff, "_torch_ids"):
-        cached: list[str] | None = ff._torch_ids
-        return cached
-    from featdump.store.format import read_text
-
-    h5 = ff.h5
-    ids = [read_text(v) for v in h5["ids"][: ff.num_images]] if "ids" in h5 else None
-    ff._torch_ids = ids
-    return ids
