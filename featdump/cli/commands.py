@@ -255,17 +255,34 @@ def show(
     failures: Annotated[int, typer.Option("--failures", help="How many failed images to list.")] = 10,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON on stdout (nothing else).")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing; only the exit status tells.")] = False,
+    layer: Annotated[Optional[str], typer.Option("--layer", help="With --row: statistics of one stored map.")] = None,
+    row: Annotated[Optional[int], typer.Option("--row", help="With --layer: the file row (negative: from the end).")] = None,
 ) -> None:
     """Summary of a featdump file: datasets (shape, dtype, chunks, compression, MB on disk), provenance, failures.
 
     Merged files are checked for missing virtual source files (exit 1 when any is missing).
-    Other HDF5 files and non-HDF5 files exit 2.
+    Other HDF5 files and non-HDF5 files exit 2. With --layer and --row: one stored map's min, max,
+    mean, share of zeros and per-channel norms.
 
     Example: featdump show feats.h5 --json
+
+    Example: featdump show feats.h5 --layer layer3 --row 0
     """
     from featdump.cli.render import console, show_renderables
     from featdump.store.describe import summarize_file
 
+    if (layer is None) != (row is None):
+        raise UsageError("--layer and --row go together: featdump show FILE --layer NAME --row R")
+    if layer is not None and row is not None:
+        from featdump.cli.render import map_stats_table
+        from featdump.store.stats import map_stats
+
+        stats = map_stats(path, layer, row)
+        if as_json:
+            sys.stdout.write(json.dumps(stats, indent=2) + "\n")
+        elif not quiet:
+            console().print(map_stats_table(stats))
+        return
     info = summarize_file(path, max_failures=max(0, failures))
     if as_json:
         sys.stdout.write(json.dumps(info, indent=2, default=str) + "\n")

@@ -190,6 +190,7 @@ def summarize_file(path: str | Path, max_failures: int = 10) -> dict[str, Any]:
             # a writer holds the file, or was killed holding it (--resume replays the journal)
             "journal": journal_file(p).exists(),
             "missing_sources": missing,
+            "plain_reader": plain_reader_note(attrs, datasets),
             "datasets": datasets,
             "failures": failures,
             "attrs": provenance,
@@ -197,3 +198,18 @@ def summarize_file(path: str | Path, max_failures: int = 10) -> dict[str, Any]:
     finally:
         h5.close()
     return info
+
+
+def plain_reader_note(attrs: dict[str, Any], datasets: list[dict[str, Any]]) -> str | None:
+    """What plain h5py needs to read the file, when it is compressed with a filter plugin (zstd,
+    Blosc2): without ``import hdf5plugin`` HDF5 fails with an error that names no plugin."""
+    codecs = {str(d["compression"]) for d in datasets} - {"none", "virtual", "?"}
+    plugins = sorted(c for c in codecs if not c.startswith(("gzip", "lzf", "szip")))
+    if str(attrs.get("compression", "")) == "zstd" and not plugins:  # a merged file: its shards hold the data
+        plugins = ["zstd"]
+    if not plugins:
+        return None
+    return (
+        f"compressed with {', '.join(plugins)} (an HDF5 filter plugin): featdump reads it as it is; "
+        "plain h5py needs `import hdf5plugin` before reading (pip install hdf5plugin)"
+    )
