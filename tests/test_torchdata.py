@@ -166,3 +166,26 @@ def test_featdump_open_and_plain_h5py_together_in_either_order(files: dict[str, 
         proc = subprocess.run([sys.executable, "-c", code, str(files[kind]), order], capture_output=True, text=True)
         assert proc.returncode == 0, proc.stderr
         assert proc.stdout.split() == ["True", "1"]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_collate_hands_out_in_order_batches_without_a_copy(files: dict[str, Path], workers: int) -> None:
+    from torch.utils.data import DataLoader, default_collate
+
+    with featdump.open(files["merged"]) as ff:
+        ds = ff.torch()
+        want = ff.numpy("layer1")
+    batches = list(DataLoader(ds, batch_size=3, num_workers=workers, collate_fn=ds.collate))
+    assert [b["row"].tolist() for b in batches] == [[0, 1, 2], [3, 4, 5], [6, 7]]
+    np.testing.assert_array_equal(torch.cat([b["layer1"] for b in batches]).numpy(), want)
+    items = ds.__getitems__([2, 3, 4])
+    batch = ds.collate(items)
+    assert batch["layer1"].data_ptr() == items[0]["layer1"].data_ptr()  # a view of the block read
+    assert batch["path"] == default_collate(items)["path"]
+    mixed = ds.collate(ds.__getitems__([4, 2, 3]))  # not in file order: stacked, like default_collate
+    np.testing.assert_array_equal(mixed["layer2"].numpy(), ff_numpy(files, [4, 2, 3]))
+
+
+def ff_numpy(files: dict[str, Path], rows: list[int]) -> np.ndarray:
+    with featdump.open(files["merged"]) as ff:
+        return ff.numpy("layer2", rows)

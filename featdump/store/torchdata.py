@@ -49,17 +49,77 @@ def select_rows(rows: Any, n: int) -> np.ndarray:
     return (arr % n if n else arr).astype(np.int64)
 
 
-def read_rows(ds: Any, rows: np.ndarray) -> np.ndarray:
-    """Sorted unique ``rows`` of an h5py dataset in one read: one slice when they lie close together
-    (at most twice as many rows as asked for), else one selection of exactly those rows."""
-    if rows.size == 0:
-        return np.empty((0, *ds.shape[1:]), dtype=ds.dtype)
-    lo, hi = int(rows[0]), int(rows[-1]) + 1
-    if hi - lo == rows.size:
-        return ds[lo:hi]
-    if hi - lo <= 2 * rows.size:
-        return ds[lo:hi][rows - lo]
-    return ds[rows]
+def read_rows(ds: Any, rows: np.ndarray, shared: bool = False) -> torch.Tensor:
+    """Sorted unique ``rows`` of an h5py dataset in one h5py call, as a tensor: one slice read
+    straight into the tensor when the rows are consecutive, one slice and a pick when they lie close
+    together (at most twice as many rows as asked for), else one selection of exactly those rows.
+
+    ``shared``: put the tensor in shared memory (in a DataLoader worker, so the batch travels to the
+    main process without a copy: see :func:`collate`)."""
+    count = int(rows.size)
+    shape = (count, *(int(s) for s in ds.shape[1:]))
+    lo, hi = (int(rows[0]), int(rows[-1]) + 1) if count else (0, 0)
+    if hi - lo == count:
+        out = _empty(shape, ds.dtype, shared)
+        if count:
+            ds.read_direct(out.numpy(), np.s_[lo:hi])
+        return out
+    block = ds[lo:hi][rows - lo] if hi - lo <= 2 * count else ds[rows]
+    return torch.from_numpy(block)
+
+
+def _empty(shape: tuple[int, ...], dtype: Any, shared: bool) -> torch.Tensor:
+    tdtype = torch.from_numpy(np.empty(0, dtype=dtype)).dtype
+    if shared:
+        try:  # what DataLoader's default_collate does in a worker: allocate in shared memory, no copy
+            nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+            storage = torch.UntypedStorage._new_shared(nbytes)
+            return torch.empty(0, dtype=tdtype).set_(storage, 0, shape, _strides(shape))
+        except (AttributeError, RuntimeError, TypeError):  # pragma: no cover - another torch: a plain tensor
+            pass
+    return torch.from_numpy(np.empty(shape, dtype=dtype))  # numpy asks for huge pages: fewer page faults
+
+
+def _strides(shape: Sequence[int]) -> tuple[int, ...]:
+    """C-contiguous strides, in elements."""
+    out, step = [], 1
+    for size in reversed(shape):
+        out.append(step)
+        step *= int(size)
+    return tuple(reversed(out))
+
+
+def _stack_views(batch: Sequence[torch.Tensor], *, collate_fn_map: Any = None) -> torch.Tensor:
+    """The batch as one view when its tensors are consecutive rows of one block (what
+    :meth:`FeatureDataset.__getitems__` hands out for in-order rows), else ``torch.stack``."""
+    first = batch[0]
+    size = first.numel()
+    storage = first.untyped_storage()
+    base = first.storage_offset()
+    if first.is_contiguous() and all(
+        t.untyped_storage().data_ptr() == storage.data_ptr()
+        and t.storage_offset() == base + k * size
+        and t.shape == first.shape
+        and t.dtype == first.dtype
+        and t.is_contiguous()
+        for k, t in enumerate(batch)
+    ):
+        shape = (len(batch), *first.shape)
+        return first.new_empty(0).set_(storage, base, shape, _strides(shape))
+    from torch.utils.data._utils.collate import collate_tensor_fn
+
+    stacked: torch.Tensor = collate_tensor_fn(batch, collate_fn_map=collate_fn_map)
+    return stacked
+
+
+def collate(items: Sequence[Any]) -> Any:
+    """``DataLoader(..., collate_fn=featdump.store.torchdata.collate)``: default_collate, except that a
+    batch of in-order rows comes out as a view of the block that was read (no copy, in the worker
+    nor in the main process). Also :attr:`FeatureDataset.collate`."""
+    from torch.utils.data._utils.collate import collate as collate_with
+    from torch.utils.data._utils.collate import default_collate_fn_map
+
+    return collate_with(items, collate_fn_map={**default_collate_fn_map, torch.Tensor: _stack_views})
 
 
 def _torch_dtype(dtype: Any) -> torch.dtype | None:
@@ -162,11 +222,16 @@ class FeatureDataset(Dataset):
         rows = self.rows[idx % n if n else idx]
         unique, where = np.unique(rows, return_inverse=True)
         ff = self._file()
-        tensors = {name: self._convert(name, read_rows(ff[name], unique))[torch.from_numpy(where)] for name in self.layers}
+        in_worker = torch.utils.data.get_worker_info() is not None
+        tensors = {}
+        for name in self.layers:
+            raw = not self._converts(name, ff[name].dtype)
+            tensors[name] = self._convert(name, read_rows(ff[name], unique, shared=in_worker and raw))
         ids = ids_of(ff)
         items = []
         for k, row in enumerate(rows.tolist()):
-            item: dict[str, Any] = {name: t[k] for name, t in tensors.items()}
+            at = int(where[k])
+            item: dict[str, Any] = {name: t[at] for name, t in tensors.items()}  # views of the block
             item["path"] = ff.paths[row]
             item["row"] = row
             if ids is not None:
@@ -174,9 +239,16 @@ class FeatureDataset(Dataset):
             items.append(self.transform(item) if self.transform is not None else item)
         return items
 
-    def _convert(self, name: str, block: np.ndarray) -> torch.Tensor:
+    collate = staticmethod(collate)
+
+    def _converts(self, name: str, stored: Any) -> bool:
+        layout = self._layouts[name]
+        if self.resize and layout == "NCHW" or self.pool and layout in ("NCHW", "NTD"):
+            return True
+        return self.dtype is not None and self.dtype != torch.from_numpy(np.empty(0, dtype=stored)).dtype
+
+    def _convert(self, name: str, x: torch.Tensor) -> torch.Tensor:
         """A block of stored rows -> tensors: resize, pool (in float32 at least), then dtype."""
-        x = torch.from_numpy(np.ascontiguousarray(block))
         out_dtype = self.dtype or x.dtype
         layout = self._layouts[name]
         spatial = layout == "NCHW" and x.ndim == 4
