@@ -50,3 +50,21 @@ def test_linear_probe_features_beat_pixels(lite0_weights: Path, tmp_path: Path, 
     pixels = float(text.split("raw pixels:")[1].split()[0])
     assert feats > pixels, text
     assert feats >= 0.95, text
+
+
+def test_readme_torch_snippet_prints_what_the_readme_says(photos: Path, tmp_path: Path) -> None:
+    import re
+    import subprocess
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    start = readme.index("## Using the features")
+    code, shown = re.compile(r"```(?:python)?\n(.*?)```", re.S).findall(readme, start)[:2]
+    out = tmp_path / "out" / "demo.h5"
+    out.parent.mkdir()
+    featdump.extract(
+        "tf_efficientnet_lite0", photos, out, out_indices=[1, 2, 3, 4], dtype="float16", pretrained=False,
+        quiet=True, progress=False,
+    )  # fmt: skip
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == shown.strip()
