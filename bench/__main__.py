@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import codecs, memory, throughput
+from bench import codecs, memory, reader, throughput
 from bench.images import link_many, make_jpegs
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,7 +64,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--reps", type=int, default=None, help="interleaved repetitions [3; quick 1]")
     p.add_argument("--models", default=None, help="comma list of cases: resnet50,lite0 [both; quick lite0]")
     p.add_argument("--memory-counts", default=None, help="two image counts for peak RSS [200,800; quick 4,12]")
-    p.add_argument("--skip", default="", help="comma list of sections to skip: throughput,codecs,memory")
+    p.add_argument("--skip", default="", help="comma list of sections to skip: throughput,codecs,memory,reader")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results", help="results folder [bench/results]")
     return p.parse_args(argv)
 
@@ -195,6 +195,15 @@ def markdown(report: dict[str, Any]) -> str:
             lines.append(f"| {n} | {b / (1 << 20):.0f} |")
         lines.append(f"| ratio (largest / smallest) | **{mem['ratio']:.3f}** |")
         lines.append("")
+    rd = report.get("reader")
+    if rd:
+        lines += [f"### Reader ({rd['what']}; MB/s of stored data)", ""]
+        lines += ["| reader | MB/s | / plain h5py |", "|---|---|---|"]
+        lines.append(f"| plain h5py, sequential slices | {rd['mb_s']['plain']:.0f} | 1 |")
+        for key, ratio in rd["ratio"].items():
+            lines.append(f"| DataLoader over .torch(), {key}, collate_fn=ds.collate | {rd['mb_s'][key]:.0f} | **{ratio:.2f}×** |")
+        lines.append(f"| (filling fresh shared memory, what workers hand batches over in) | {rd['shm_mb_s']:.0f} | |")
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -267,6 +276,10 @@ def main(argv: list[str] | None = None) -> int:
             "peak_bytes": peaks,
             "ratio": peaks[str(counts[-1])] / peaks[str(counts[0])],
         }
+
+    if "reader" not in skip:
+        log("reader: DataLoader over .torch() of a merged file vs plain h5py")
+        report["reader"] = reader.measure_reader(pool[: 16 if quick else 160], cache, quick, log)
 
     report["load_after"] = load()
     report["seconds"] = time.perf_counter() - started

@@ -265,17 +265,34 @@ def show(
     failures: Annotated[int, typer.Option("--failures", help="How many failed images to list.")] = 10,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON on stdout (nothing else).")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing; only the exit status tells.")] = False,
+    layer: Annotated[Optional[str], typer.Option("--layer", help="With --row: statistics of one stored map.")] = None,
+    row: Annotated[Optional[int], typer.Option("--row", help="With --layer: the file row (negative: from the end).")] = None,
 ) -> None:
     """Summary of a featdump file: datasets (shape, dtype, chunks, compression, MB on disk), provenance, failures.
 
     Merged files are checked for missing virtual source files (exit 1 when any is missing).
-    Other HDF5 files and non-HDF5 files exit 2.
+    Other HDF5 files and non-HDF5 files exit 2. With --layer and --row: one stored map's min, max,
+    mean, share of zeros and per-channel norms.
 
     Example: featdump show feats.h5 --json
+
+    Example: featdump show feats.h5 --layer layer3 --row 0
     """
     from featdump.cli.render import console, show_renderables
     from featdump.store.describe import summarize_file
 
+    if (layer is None) != (row is None):
+        raise UsageError("--layer and --row go together: featdump show FILE --layer NAME --row R")
+    if layer is not None and row is not None:
+        from featdump.cli.render import map_stats_table
+        from featdump.store.stats import map_stats
+
+        stats = map_stats(path, layer, row)
+        if as_json:
+            sys.stdout.write(json.dumps(stats, indent=2) + "\n")
+        elif not quiet:
+            console().print(map_stats_table(stats))
+        return
     info = summarize_file(path, max_failures=max(0, failures))
     if as_json:
         sys.stdout.write(json.dumps(info, indent=2, default=str) + "\n")
@@ -443,6 +460,56 @@ def fetch(
         raise FeatdumpError(f"{len(errors)} of {len(sources)} model(s) not fetched (see above)")
     if not quiet:
         typer.echo(f"cache: {hub_cache()} · on compute nodes set the same HF_HOME and HF_HUB_OFFLINE=1")
+
+
+# --------------------------------------------------------------------------- export
+
+
+@app.command()
+@handle_errors
+def export(
+    path: Annotated[Path, typer.Argument(help="A featdump .h5 file: finished, partial (committed rows), a shard or merged.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Folder to write (new or empty, unless --overwrite).")],
+    layer: Annotated[
+        Optional[list[str]], typer.Option("--layer", help="Stored layer name (repeatable). [default: all]")
+    ] = None,
+    pool: Annotated[
+        Optional[str], typer.Option("--pool", help="avg|max over H×W (token layers: the patch tokens); map layers need it.")
+    ] = None,
+    dtype: Annotated[Optional[str], typer.Option("--dtype", help="float16|float32 [the stored dtype].")] = None,
+    rows_per_part: Annotated[int, typer.Option("--rows-per-part", help="Rows per .npy/.parquet part.")] = 100_000,
+    fmt: Annotated[str, typer.Option("--format", help="npy (embedding-reader layout) or safetensors (up to 2 GiB).")] = "npy",
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Write into a folder that is not empty.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON on stdout (nothing else).")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing on success.")] = False,
+) -> None:
+    """Write pooled vectors for other tools: DIR/<layer>/emb/part-00000.npy + DIR/<layer>/metadata/part-00000.parquet.
+
+    Rows in file order, parts of at most --rows-per-part rows; the parquet parts hold row, path (and
+    id). embedding-reader reads it with file_format="parquet_npy"; autofaiss and faiss index it.
+    --format safetensors writes DIR/features.safetensors, one tensor per layer.
+
+    Example: featdump export feats.h5 -o emb/ --layer layer4 --pool avg --dtype float16
+    """
+    from dataclasses import asdict
+
+    from featdump.store.export import export_file
+
+    summary = export_file(
+        path, output, layers=layer, pool=pool, dtype=dtype, rows_per_part=rows_per_part, fmt=fmt, overwrite=overwrite
+    )
+    if as_json:
+        sys.stdout.write(json.dumps(asdict(summary), indent=2) + "\n")
+        return
+    if quiet:
+        return
+    what = ", ".join(
+        f"{l.name} ({'×'.join(str(s) for s in l.shape)} {l.dtype}{', ' + str(pool) + '-pooled' if l.pooled_here else ''})"
+        for l in summary.layers
+    )
+    parts = "features.safetensors" if summary.format == "safetensors" else f"{summary.parts} part(s) per layer"
+    size = f"{summary.bytes / 1e6:.1f} MB" if summary.bytes >= 1e5 else f"{summary.bytes / 1e3:.1f} kB"
+    typer.echo(f"wrote {summary.output}: {summary.rows} rows of {what} · {parts} · {size}")
 
 
 def run(start: Any = None) -> None:

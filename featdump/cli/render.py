@@ -344,6 +344,8 @@ def show_renderables(info: dict[str, Any]) -> list[Any]:
     out: list[Any] = [table, prov]
     if info["failures"]:
         out.append(failures_table([(f["path"], f["error"]) for f in info["failures"]], info["num_failed"]))
+    if info.get("plain_reader"):
+        out.append(Text(info["plain_reader"]))
     if info["missing_sources"]:
         miss = Table(title="MISSING virtual source files: their rows would read as the fill value (NaN from `featdump merge`)")
         miss.add_column("file", overflow="fold")
@@ -363,4 +365,31 @@ def models_table(rows: Sequence[dict[str, Any]], pattern: str) -> Table:
         tags = r["pretrained_tags"]
         shown = ", ".join(tags[:3]) + (f" (+{len(tags) - 3})" if len(tags) > 3 else "") if tags else "-"
         table.add_row(r["name"], shown, "8/16" if r["output_stride"] else "-")
+    return table
+
+
+def map_stats_table(stats: dict[str, Any]) -> Table:
+    """``featdump show FILE --layer NAME --row R``: one stored map's statistics."""
+
+    def num(v: Any) -> str:
+        return "-" if v is None else f"{v:.6g}"
+
+    title = f"{stats['file']}: {stats['layer']} at row {stats['row']} ({stats['path']})"
+    table = Table(title=Text(title), show_header=False)
+    table.add_column("key", style="bold")
+    table.add_column("value", overflow="fold")
+    if "id" in stats:
+        table.add_row("id", Text(stats["id"]))
+    table.add_row("shape", f"{fmt_shape(stats['shape'])} {stats['dtype']} ({stats['layout']})")
+    table.add_row("min / max", f"{num(stats['min'])} / {num(stats['max'])}")
+    table.add_row("mean ± std", f"{num(stats['mean'])} ± {num(stats['std'])}")
+    table.add_row("zeros", f"{stats['zeros']:.1%}")
+    if stats["non_finite"]:
+        table.add_row("NaN / inf", f"{stats['non_finite']} values")
+    cn = stats["channel_norms"]
+    table.add_row(
+        f"channel L2 norms ({stats['channels']})",
+        f"min {num(cn['min'])} (channel {cn['argmin']}) · median {num(cn['median'])} · mean {num(cn['mean'])} · "
+        f"max {num(cn['max'])} (channel {cn['argmax']})" + (f" · {cn['zero_channels']} all-zero" if cn["zero_channels"] else ""),
+    )
     return table

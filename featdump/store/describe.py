@@ -26,7 +26,10 @@ def open_featdump(path: str | Path) -> Any:
     """Open a featdump file read-only (h5py.File); exit 2 for a missing, non-HDF5 or foreign file,
     or one whose layout or counters do not hold up (:func:`~featdump.store.check.check_file`).
 
-    File locking is off for reading, so a file that a run is still writing can be looked at.
+    Opened with h5py's default file-locking setting (the one a plain ``h5py.File(path)`` uses), so
+    both can be open in one process, in either order; HDF5 refuses a second open of one file with
+    other locking flags. Writers go through the journal's file object, which takes no HDF5 lock,
+    so a file that a run is still writing can be looked at.
     """
     import h5py
 
@@ -52,7 +55,7 @@ def open_featdump(path: str | Path) -> Any:
 
             h5 = open_committed(p)
         else:
-            h5 = h5py.File(str(p), "r", locking=False)
+            h5 = h5py.File(str(p), "r")  # default locking: see the docstring
     except OSError as exc:
         raise FeatdumpError(f"cannot open {p}: {first_line(exc, repr(exc))}") from None
     fmt = to_str(h5.attrs.get("format", ""))
@@ -187,6 +190,7 @@ def summarize_file(path: str | Path, max_failures: int = 10) -> dict[str, Any]:
             # a writer holds the file, or was killed holding it (--resume replays the journal)
             "journal": journal_file(p).exists(),
             "missing_sources": missing,
+            "plain_reader": plain_reader_note(attrs, datasets),
             "datasets": datasets,
             "failures": failures,
             "attrs": provenance,
@@ -194,3 +198,18 @@ def summarize_file(path: str | Path, max_failures: int = 10) -> dict[str, Any]:
     finally:
         h5.close()
     return info
+
+
+def plain_reader_note(attrs: dict[str, Any], datasets: list[dict[str, Any]]) -> str | None:
+    """What plain h5py needs to read the file, when it is compressed with a filter plugin (zstd,
+    Blosc2): without ``import hdf5plugin`` HDF5 fails with an error that names no plugin."""
+    codecs = {str(d["compression"]) for d in datasets} - {"none", "virtual", "?"}
+    plugins = sorted(c for c in codecs if not c.startswith(("gzip", "lzf", "szip")))
+    if str(attrs.get("compression", "")) == "zstd" and not plugins:  # a merged file: its shards hold the data
+        plugins = ["zstd"]
+    if not plugins:
+        return None
+    return (
+        f"compressed with {', '.join(plugins)} (an HDF5 filter plugin): featdump reads it as it is; "
+        "plain h5py needs `import hdf5plugin` before reading (pip install hdf5plugin)"
+    )

@@ -141,6 +141,30 @@ class FeatureFile:
         """The underlying open h5py.File (read-only)."""
         return self._h5
 
+    def torch(
+        self,
+        layers: str | Sequence[str] | None = None,
+        rows: Any = None,
+        dtype: Any = None,
+        resize: int | tuple[int, int] | None = None,
+        pool: str | None = None,
+        transform: Any = None,
+    ) -> Any:
+        """A ``torch.utils.data.Dataset`` over the committed rows (or ``rows``: indices, a slice, or a
+        boolean mask), safe with ``DataLoader`` workers under fork and spawn (each process opens the
+        file itself). Item ``i`` is a dict: one tensor per layer (key: its name), ``"path"``, ``"row"``
+        (the file row) and ``"id"`` when the file has ids.
+
+        ``dtype`` converts (``torch.float32``, or its name); ``resize=(H, W)`` resizes every spatial
+        layer bilinearly (align_corners=False); ``pool="avg"|"max"`` pools spatial dims (token layers:
+        the patch tokens) to ``(C,)``; ``transform(item) -> item`` runs last.
+
+        Example: ``DataLoader(featdump.open("f.h5").torch(["layer2"], pool="avg"), batch_size=64, num_workers=4)``
+        """
+        from featdump.store.torchdata import FeatureDataset
+
+        return FeatureDataset(self, layers, rows, dtype=dtype, resize=resize, pool=pool, transform=transform)
+
     # ------------------------------------------------------------------ lifetime
 
     def close(self) -> None:

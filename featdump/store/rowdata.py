@@ -1,0 +1,47 @@
+"""Helpers shared by the readers on top of :class:`~featdump.store.reader.FeatureFile` (``.torch()``,
+export, stats): a stored layer's layout, pooling of stored rows, the file's ids. No torch here."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from featdump.store.format import read_text
+
+
+def ids_of(ff: Any) -> list[str] | None:
+    """The file's ids (``/ids``), row-aligned with ``ff.paths``; None when it has none. Uses the
+    reader's ``.ids`` where it has one, else reads ``/ids`` (cached on the reader)."""
+    ids = getattr(ff, "ids", None)
+    if ids is not None:
+        return list(ids)
+    if hasattr(ff, "_export_ids"):
+        cached: list[str] | None = ff._export_ids
+        return cached
+    h5 = ff.h5
+    found = [read_text(v) for v in h5["ids"][: ff.num_images]] if "ids" in h5 else None
+    ff._export_ids = found
+    return found
+
+
+def layout_of(attrs: dict[str, Any], ndim: int) -> str:
+    """A stored layer's layout, ``NC`` (pooled), ``NTD`` (tokens) or ``NCHW``, from its attribute or rank."""
+    layout = str(attrs.get("layout", "") or "")
+    if layout in ("NC", "NTD", "NCHW"):
+        return layout
+    return {2: "NC", 3: "NTD", 4: "NCHW"}.get(ndim, "NC")
+
+
+def pool_block(block: np.ndarray, layout: str, pool: str, prefix: int = 0) -> np.ndarray:
+    """Stored rows -> (rows, C) float32: mean or max over H×W, or over the patch tokens of a token
+    layer (skipping ``prefix`` class/register tokens, as ``extract --pool`` does)."""
+    x = block.astype(np.float32, copy=False)
+    if layout == "NC":
+        return x
+    axes: tuple[int, ...]
+    if layout == "NTD":
+        x, axes = x[:, prefix:], (1,)
+    else:
+        axes = tuple(range(2, x.ndim))
+    return x.mean(axis=axes, dtype=np.float32) if pool == "avg" else x.max(axis=axes)

@@ -1,0 +1,75 @@
+"""``featdump show FILE --layer NAME --row R``: statistics of one stored map, as data.
+
+Lets a user sanity-check values without Python: range, mean, share of exact zeros (post-ReLU maps
+hold many), non-finite values (NaN is what a merged file's missing shard reads as), and a summary of
+the per-channel L2 norms (dead or exploding channels stand out).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from featdump.errors import UsageError
+from featdump.store.rowdata import ids_of, layout_of
+
+
+def _channels_first(x: np.ndarray, layout: str) -> np.ndarray:
+    """One row -> (C, values per channel): NCHW rows are (C, H, W); token rows (T, D) have D channels."""
+    if layout == "NTD" and x.ndim == 2:
+        return x.T
+    if x.ndim == 1:
+        return x[:, None]
+    return x.reshape(x.shape[0], -1)
+
+
+def map_stats(path: str | Path, layer: str, row: int) -> dict[str, Any]:
+    """Statistics of ``layer`` at file row ``row`` (negative rows count from the end), JSON-ready."""
+    from featdump.store.reader import FeatureFile
+
+    with FeatureFile(path) as ff:
+        if layer not in ff.layers:
+            raise UsageError(f"no layer {layer!r} in {ff.path}; layers: {', '.join(ff.layers)}")
+        n = ff.num_images
+        if not -n <= row < n:
+            raise UsageError(f"--row {row} is out of range: {ff.path} has {n} committed rows (0..{n - 1})")
+        row %= n
+        stored = ff.numpy(layer, row)
+        attrs = ff.attrs(layer)
+        layout = layout_of(attrs, stored.ndim + 1)
+        ids = ids_of(ff)
+        x = stored.astype(np.float64)
+        finite = np.isfinite(x)
+        values = x[finite]
+        per_channel = _channels_first(np.where(finite, x, 0.0), layout)
+        norms = np.sqrt((per_channel**2).sum(axis=1))
+        info: dict[str, Any] = {
+            "file": str(ff.path),
+            "layer": layer,
+            "row": row,
+            "path": ff.paths[row],
+            "shape": list(stored.shape),
+            "dtype": str(stored.dtype),
+            "layout": layout,
+            "min": float(values.min()) if values.size else None,
+            "max": float(values.max()) if values.size else None,
+            "mean": float(values.mean()) if values.size else None,
+            "std": float(values.std()) if values.size else None,
+            "zeros": float((x == 0).mean()) if x.size else 0.0,
+            "non_finite": int(x.size - values.size),
+            "channels": int(norms.size),
+            "channel_norms": {
+                "min": float(norms.min()),
+                "median": float(np.median(norms)),
+                "mean": float(norms.mean()),
+                "max": float(norms.max()),
+                "argmin": int(norms.argmin()),
+                "argmax": int(norms.argmax()),
+                "zero_channels": int((norms == 0).sum()),
+            },
+        }
+        if ids is not None:
+            info["id"] = ids[row]
+    return info

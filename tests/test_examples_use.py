@@ -1,0 +1,70 @@
+"""The examples that use stored features run here: examples/fpn_head.py (an FPN on stored resnet50
+levels equals the same FPN on timm's live features) and examples/linear_probe.py (pooled ImageNet
+features beat raw pixels on faces vs non-faces)."""
+
+from __future__ import annotations
+
+import sys
+from collections import OrderedDict
+from pathlib import Path
+
+import pytest
+
+import featdump
+
+from conftest import ROOT, timm_features
+
+sys.path.insert(0, str(ROOT / "examples"))
+
+import fpn_head  # noqa: E402
+import linear_probe  # noqa: E402
+
+
+def test_fpn_on_stored_levels_equals_fpn_on_live_timm_features(random_checkpoint, photos: Path, tmp_path: Path) -> None:
+    import torch
+
+    ckpt = random_checkpoint("resnet50")
+    out = tmp_path / "feats.h5"
+    featdump.extract(
+        "resnet50", photos, out, checkpoint=ckpt, out_indices=[1, 2, 3, 4], dtype="float32", img_size="128",
+        quiet=True, progress=False,
+    )  # fmt: skip
+    stored = fpn_head.fpn_from_file(out, out_channels=32, batch_size=3, workers=2)
+    with featdump.open(out) as ff:
+        sources = [photos / p for p in ff.paths]
+    live = timm_features("resnet50", ckpt, sources, out_indices=(1, 2, 3, 4), img_size=(128, 128))
+    fpn = fpn_head.build_fpn([x.shape[1] for x in live], out_channels=32)
+    with torch.inference_mode():
+        want = fpn(OrderedDict((name, torch.from_numpy(x)) for name, x in zip(fpn_head.LEVELS, live, strict=True)))
+    for name in fpn_head.LEVELS:
+        assert stored[name].shape == want[name].shape
+        torch.testing.assert_close(stored[name], want[name], rtol=1e-4, atol=1e-4)
+    assert fpn_head.main([str(out), "--out-channels", "16", "--workers", "0"]) == 0
+
+
+@pytest.mark.slow  # ~40 s on 2 busy cores: 200 images through lite0, then cross-validation
+def test_linear_probe_features_beat_pixels(lite0_weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert linear_probe.main(["--checkpoint", str(lite0_weights), "--img-size", "128", "--work", str(tmp_path)]) == 0
+    text = capsys.readouterr().out
+    feats = float(text.split("pooled features:")[1].split()[0])
+    pixels = float(text.split("raw pixels:")[1].split()[0])
+    assert feats > pixels, text
+    assert feats >= 0.95, text
+
+
+def test_readme_torch_snippet_prints_what_the_readme_says(photos: Path, tmp_path: Path) -> None:
+    import re
+    import subprocess
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    start = readme.index("## Using the features")
+    code, shown = re.compile(r"```(?:python)?\n(.*?)```", re.S).findall(readme, start)[:2]
+    out = tmp_path / "out" / "demo.h5"
+    out.parent.mkdir()
+    featdump.extract(
+        "tf_efficientnet_lite0", photos, out, out_indices=[1, 2, 3, 4], dtype="float16", pretrained=False,
+        quiet=True, progress=False,
+    )  # fmt: skip
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == shown.strip()
