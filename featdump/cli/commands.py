@@ -229,16 +229,17 @@ def extract(ctx: typer.Context, **values: Any) -> None:
 def _extract(ctx: typer.Context, config_file: Path | None, stop: Any) -> None:
     from featdump import options as config
     from featdump.cli.signals import leave_at_once
-    from featdump.cli.render import RichProgress, console, failures_table, nonfinite_line, summary_table
+    from featdump.cli.render import LogProgress, console, failures_table, nonfinite_line, progress_for, summary_table
     from featdump.run.job import run_extraction
 
     given = given_options(ctx, [o.name for o in OPTIONS])  # MODEL, INPUT... and -o are always given
     file_values = config.load_toml(config_file) if config_file else {}
     cfg = config.resolve(given, file_values, command=shlex.join(["featdump", *sys.argv[1:]]))
-    progress = RichProgress(enabled=False if cfg.quiet else None)
+    progress = progress_for(cfg.quiet)  # a bar on a terminal, plain lines in a job's log
     if cfg.quiet:  # third-party RuntimeWarnings (numpy/torch on NaN values): what they mean is said below
         warnings.filterwarnings("ignore", category=RuntimeWarning)
-    summary = run_extraction(cfg, progress, stop=stop, on_repeat=leave_at_once(stop))
+    ready = (lambda b, o, p: progress.ready(b, o, p, cfg.dtype, cfg.pool)) if isinstance(progress, LogProgress) else None
+    summary = run_extraction(cfg, progress, on_ready=ready, stop=stop, on_repeat=leave_at_once(stop))
     if not cfg.quiet:
         out = console()
         out.print(summary_table(summary))

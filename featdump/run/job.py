@@ -75,7 +75,7 @@ def _run(cfg: ExtractConfig, progress: ProgressSink, on_ready: Callable | None, 
             todo = refs[done:]
             loader = Loader(todo, backbone, cfg, device, tuning.batch_size, tuning.workers, tuning.prefetch, tuning.decode_nice)
             forward = Forward(backbone, device, cfg.precision, cfg.pool, cfg.dtype, tuning.channels_last, cfg.compile)
-            writer = Writer(store, tuning.queue_bytes)
+            writer = Writer(store, tuning.queue_bytes, tuning.write_threads)
             progress.start(len(refs), done, cfg.model)
             try:
                 for batch in loader:
