@@ -256,6 +256,50 @@ def _extract(ctx: typer.Context, config_file: Path | None, stop: Any) -> None:
         )
 
 
+# --------------------------------------------------------------------------- bench
+
+
+def bench_parameters() -> Signature:
+    """``extract``'s parameters (``-o`` optional: where the writer is timed) plus ``--seconds`` and ``--images``."""
+    import dataclasses
+
+    table = [dataclasses.replace(o, default="") if o.name == "output" else o for o in OPTIONS]
+    sig = extract_parameters(table)
+    params = list(sig.parameters.values())
+    keyword = Parameter.KEYWORD_ONLY
+    params.insert(-1, Parameter("seconds", keyword, default=60.0, annotation=Annotated[float, typer.Option(
+        "--seconds", help="About how long the four timings take in all (model loading aside).")]))
+    params.insert(-1, Parameter("images", keyword, default=300, annotation=Annotated[int, typer.Option(
+        "--images", help="Use at most the first N images.")]))
+    return sig.replace(parameters=params)
+
+
+@app.command()
+@handle_errors
+@with_signature(bench_parameters())
+def bench(ctx: typer.Context, **values: Any) -> None:
+    """Time decoding, the forward pass, the writer and the whole pipeline on your machine, images
+    and model, and say which one limits the run and what to try. Writes only temporary files (in
+    -o's folder, else here) and removes them.
+
+    Example: featdump bench resnet50 photos/ --out-indices 3,4 --dtype float16 --device cuda --seconds 60
+    """
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from featdump import options as config
+    from featdump.cli.render import bench_table
+    from featdump.run.benchmark import bench_config, run_benchmark
+
+    names = [o.name for o in OPTIONS]
+    given = given_options(ctx, names)
+    given.setdefault("output", values.get("output") or "")
+    file_values = config.load_toml(values["config_file"]) if values.get("config_file") else {}
+    if not given["output"]:
+        given["output"] = str(Path.cwd() / "featdump-bench.h5")
+    cfg = bench_config(config.resolve(given, file_values, command=shlex.join(["featdump", *sys.argv[1:]])))
+    result = run_benchmark(cfg, seconds=values["seconds"], images=values["images"])
+    bench_table(result)
+
+
 # --------------------------------------------------------------------------- show / viz / models
 
 

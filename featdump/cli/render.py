@@ -336,6 +336,23 @@ class LogProgress:
                 self._line()
 
 
+def bench_table(result: Any) -> None:
+    """``featdump bench``'s report: one row per stage, the limit and what to try (stdout)."""
+    out = console()
+    table = Table(title=f"featdump bench: {result.model} on {result.device} "
+                        f"(batch {result.batch_size}, {result.workers} decoding worker(s), "
+                        f"{result.write_threads} writer thread(s), {result.mb_per_image:.2f} MB/image)")
+    for col in ("stage", "images", "seconds", "img/s", "detail"):
+        table.add_column(col, justify="right" if col in ("images", "seconds", "img/s") else "left")
+    for s in result.stages:
+        mark = " <- limit" if s.name == result.limit else ""
+        table.add_row(s.name + mark, str(s.images), f"{s.seconds:.1f}", f"{s.rate:.1f}", cell_text(s.detail))
+    out.print(table)
+    out.print(f"limit: {result.limit}. Try:")
+    for line in result.advice:
+        out.print(f"  - {line}")
+
+
 def progress_for(quiet: bool) -> Any:
     """A bar on a terminal, plain lines in a log file, nothing with --quiet."""
     if quiet:
