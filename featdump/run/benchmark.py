@@ -94,7 +94,7 @@ def run_benchmark(cfg: ExtractConfig, seconds: float = 60.0, images: int = 300) 
         raise UsageError("--seconds and --images must be above 0")
     check_environment()
     placement = placement_from_env(shard=(0, 1))
-    refs = open_source(cfg.inputs).select(0, 1).refs[:images]
+    refs = list(open_source(cfg.inputs).select(0, 1).refs[:images])
     if not refs:
         raise UsageError("bench: no images found in the INPUTs")
     if len(refs) < images:  # few images: go round them again, so that each stage runs long enough
