@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import codecs, memory, reader, throughput
+from bench import codecs, hostpath, memory, reader, throughput, writer
 from bench.images import link_many, make_jpegs
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,7 +64,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--reps", type=int, default=None, help="interleaved repetitions [3; quick 1]")
     p.add_argument("--models", default=None, help="comma list of cases: resnet50,lite0 [both; quick lite0]")
     p.add_argument("--memory-counts", default=None, help="two image counts for peak RSS [200,800; quick 4,12]")
-    p.add_argument("--skip", default="", help="comma list of sections to skip: throughput,codecs,memory,reader")
+    p.add_argument("--skip", default="", help="comma list of sections to skip: throughput,codecs,memory,reader,writer,host")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results", help="results folder [bench/results]")
     return p.parse_args(argv)
 
@@ -187,6 +187,10 @@ def markdown(report: dict[str, Any]) -> str:
                 f"{r['float16_mb_s']:.0f} | {r['float16_ratio']:.2f} |"
             )
         lines.append("")
+    if report.get("writer"):
+        lines += writer.markdown(report["writer"])
+    if report.get("host"):
+        lines += hostpath.markdown(report["host"])
     mem = report.get("memory")
     if mem:
         lines += [f"### Peak RSS ({mem['what']}, each in a fresh process)", ""]
@@ -258,6 +262,15 @@ def main(argv: list[str] | None = None) -> int:
         )
         report["codecs"] = codecs.codec_table(maps, reps=1 if quick else 3)
         del maps
+
+    if "writer" not in skip:
+        log("writer: Store vs raw write() (resnet50 maps, float16)")
+        report["writer"] = writer.writer_table(out_dir.parent if out_dir.exists() else None,
+                                               batches=2 if quick else 6, reps=1 if quick else 3)  # fmt: skip
+
+    if "host" not in skip:
+        log("host path: null forward (resnet50, lite0 shapes)")
+        report["host"] = hostpath.host_table(paths[: (8 if quick else 96)] if len(paths) >= 8 else paths)
 
     if "memory" not in skip:
         what = "tf_efficientnet_lite0, all levels, float32"

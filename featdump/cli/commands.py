@@ -229,16 +229,17 @@ def extract(ctx: typer.Context, **values: Any) -> None:
 def _extract(ctx: typer.Context, config_file: Path | None, stop: Any) -> None:
     from featdump import options as config
     from featdump.cli.signals import leave_at_once
-    from featdump.cli.render import RichProgress, console, failures_table, nonfinite_line, summary_table
+    from featdump.cli.render import LogProgress, console, failures_table, nonfinite_line, progress_for, summary_table
     from featdump.run.job import run_extraction
 
     given = given_options(ctx, [o.name for o in OPTIONS])  # MODEL, INPUT... and -o are always given
     file_values = config.load_toml(config_file) if config_file else {}
     cfg = config.resolve(given, file_values, command=shlex.join(["featdump", *sys.argv[1:]]))
-    progress = RichProgress(enabled=False if cfg.quiet else None)
+    progress = progress_for(cfg.quiet)  # a bar on a terminal, plain lines in a job's log
     if cfg.quiet:  # third-party RuntimeWarnings (numpy/torch on NaN values): what they mean is said below
         warnings.filterwarnings("ignore", category=RuntimeWarning)
-    summary = run_extraction(cfg, progress, stop=stop, on_repeat=leave_at_once(stop))
+    ready = (lambda b, o, p: progress.ready(b, o, p, cfg.dtype, cfg.pool)) if isinstance(progress, LogProgress) else None
+    summary = run_extraction(cfg, progress, on_ready=ready, stop=stop, on_repeat=leave_at_once(stop))
     if not cfg.quiet:
         out = console()
         out.print(summary_table(summary))
@@ -253,6 +254,50 @@ def _extract(ctx: typer.Context, config_file: Path | None, stop: Any) -> None:
         raise FeatdumpError(
             f"{len(bad)} layer(s) hold NaN/inf values (--strict), e.g. {nonfinite_line(bad[0])}; see {summary.output}"
         )
+
+
+# --------------------------------------------------------------------------- bench
+
+
+def bench_parameters() -> Signature:
+    """``extract``'s parameters (``-o`` optional: where the writer is timed) plus ``--seconds`` and ``--images``."""
+    import dataclasses
+
+    table = [dataclasses.replace(o, default="") if o.name == "output" else o for o in OPTIONS]
+    sig = extract_parameters(table)
+    params = list(sig.parameters.values())
+    keyword = Parameter.KEYWORD_ONLY
+    params.insert(-1, Parameter("seconds", keyword, default=60.0, annotation=Annotated[float, typer.Option(
+        "--seconds", help="About how long the four timings take in all (model loading aside).")]))
+    params.insert(-1, Parameter("images", keyword, default=300, annotation=Annotated[int, typer.Option(
+        "--images", help="Use at most the first N images.")]))
+    return sig.replace(parameters=params)
+
+
+@app.command()
+@handle_errors
+@with_signature(bench_parameters())
+def bench(ctx: typer.Context, **values: Any) -> None:
+    """Time decoding, the forward pass, the writer and the whole pipeline on your machine, images
+    and model, and say which one limits the run and what to try. Writes only temporary files (in
+    -o's folder, else here) and removes them.
+
+    Example: featdump bench resnet50 photos/ --out-indices 3,4 --dtype float16 --device cuda --seconds 60
+    """
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from featdump import options as config
+    from featdump.cli.render import bench_table
+    from featdump.run.benchmark import bench_config, run_benchmark
+
+    names = [o.name for o in OPTIONS]
+    given = given_options(ctx, names)
+    given.setdefault("output", values.get("output") or "")
+    file_values = config.load_toml(values["config_file"]) if values.get("config_file") else {}
+    if not given["output"]:
+        given["output"] = str(Path.cwd() / "featdump-bench.h5")
+    cfg = bench_config(config.resolve(given, file_values, command=shlex.join(["featdump", *sys.argv[1:]])))
+    result = run_benchmark(cfg, seconds=values["seconds"], images=values["images"])
+    bench_table(result)
 
 
 # --------------------------------------------------------------------------- show / viz / models

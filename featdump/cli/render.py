@@ -284,6 +284,86 @@ class RichProgress:
             self._progress = None
 
 
+class LogProgress:
+    """A plain line every ``FEATDUMP_LOG_SECONDS`` (default 30) when stderr is not a terminal (Slurm
+    and PBS logs): images done/total, img/s, MB/s, ETA. Nothing before the first interval, so short
+    runs stay silent; a last line at the end once any was printed."""
+
+    def __init__(self, seconds: float, bytes_per_image: int = 0, write: Any = None) -> None:
+        import threading
+
+        self.seconds = seconds
+        self.bytes_per_image = bytes_per_image
+        self.write = write or (lambda line: print(line, file=sys.stderr, flush=True))
+        self.total = self.done = self.started_at = 0
+        self.t0 = 0.0
+        self.printed = 0
+        self._stop = threading.Event()
+        self._thread: Any = None
+
+    def ready(self, backbone: Any, out_path: str, placement: Any, dtype: str = "float32", pool: str = "none") -> None:
+        self.bytes_per_image = sum(layer.bytes_per_image(dtype, pool) for layer in backbone.layers)
+
+    def start(self, total: int, done: int, description: str) -> None:
+        import threading
+        import time
+
+        self.total, self.done, self.started_at, self.t0 = total, done, done, time.perf_counter()
+        self._thread = threading.Thread(target=self._loop, name="featdump-log", daemon=True)
+        self._thread.start()
+
+    def _line(self) -> None:
+        import time
+
+        from featdump.run.logline import progress_line
+
+        self.write(progress_line(self.done, self.total, self.started_at, time.perf_counter() - self.t0, self.bytes_per_image))
+        self.printed += 1
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.seconds):
+            self._line()
+
+    def advance(self, images: int) -> None:
+        self.done += images
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self._thread = None
+            if self.printed:
+                self._line()
+
+
+def bench_table(result: Any) -> None:
+    """``featdump bench``'s report: one row per stage, the limit and what to try (stdout)."""
+    out = console()
+    table = Table(title=f"featdump bench: {result.model} on {result.device} "
+                        f"(batch {result.batch_size}, {result.workers} decoding worker(s), "
+                        f"{result.write_threads} writer thread(s), {result.mb_per_image:.2f} MB/image)")
+    for col in ("stage", "images", "seconds", "img/s", "detail"):
+        table.add_column(col, justify="right" if col in ("images", "seconds", "img/s") else "left")
+    for s in result.stages:
+        mark = " <- limit" if s.name == result.limit else ""
+        table.add_row(s.name + mark, str(s.images), f"{s.seconds:.1f}", f"{s.rate:.1f}", cell_text(s.detail))
+    out.print(table)
+    out.print(f"limit: {result.limit}. Try:")
+    for line in result.advice:
+        out.print(f"  - {line}")
+
+
+def progress_for(quiet: bool) -> Any:
+    """A bar on a terminal, plain lines in a log file, nothing with --quiet."""
+    if quiet:
+        return RichProgress(enabled=False)
+    if sys.stderr.isatty():
+        return RichProgress(enabled=True)
+    from featdump.run.logline import log_seconds
+
+    return LogProgress(log_seconds())
+
+
 # --------------------------------------------------------------------------- show / models
 
 

@@ -117,6 +117,23 @@ def _hf_error(src: WeightsSource, exc: BaseException) -> FeatdumpError:
 
 
 def _fetch_hf(src: WeightsSource) -> tuple[Path, bool]:
+    from featdump.model.hub import offline_unless_reachable
+    from featdump.model.weights import quiet_timm
+
+    with quiet_timm(), offline_unless_reachable() as unreachable:  # no retry noise; no network: fail at once
+        try:
+            return _fetch_hf_files(src)
+        except FeatdumpError as exc:
+            if unreachable and not offline():
+                raise FeatdumpError(
+                    f"{src.model}: could not download {src.location}: the Hugging Face hub ({hub_endpoint()}) "
+                    "cannot be reached; check the network (proxy, HF_ENDPOINT), or run `featdump fetch` on a "
+                    "machine with internet and share HF_HOME"
+                ) from exc
+            raise
+
+
+def _fetch_hf_files(src: WeightsSource) -> tuple[Path, bool]:
     from huggingface_hub import hf_hub_download, try_to_load_from_cache
     from huggingface_hub.errors import EntryNotFoundError
 
@@ -138,6 +155,12 @@ def _fetch_hf(src: WeightsSource) -> tuple[Path, bool]:
             raise _hf_error(src, exc) from None
         return Path(path), isinstance(before, str)
     raise _hf_error(src, last or RuntimeError("no file"))  # pragma: no cover - loop always returns or raises
+
+
+def hub_endpoint() -> str:
+    from featdump.model.hub import hub_endpoint as endpoint
+
+    return endpoint()
 
 
 def _fetch_url(src: WeightsSource) -> tuple[Path, bool]:

@@ -240,8 +240,10 @@ def create_with_weights(
     (check_state_dict allows that) is loaded into a model built without one. Hub, network and cache
     failures of pretrained weights become one line (:func:`pretrained_error`).
     """
+    from featdump.model.hub import offline_unless_reachable
+
     try:
-        with quiet_timm():
+        with quiet_timm(), offline_unless_reachable(choice.pretrained and choice.state_dict is None):
             if choice.state_dict is None:
                 model = create(pretrained=choice.pretrained)
             else:

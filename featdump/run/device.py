@@ -67,6 +67,22 @@ class Tuning:
     prefetch: int = 2  # batches each worker decodes ahead
     decode_nice: int = 0  # CPU: the decode threads' nice value (19 where they share the forward pass's cores)
     queue_bytes: int = WRITE_QUEUE_BYTES  # feature bytes waiting for the writer, at most
+    write_threads: int = 1  # threads preparing (compressing) chunks for the writer: the cores left over
+
+
+def write_threads(cpus: int, busy: int) -> int:
+    """The writer's chunk-preparing threads: ``FEATDUMP_WRITE_THREADS``, else the cores of the
+    budget that decoding and the forward pass leave over (1-8)."""
+    raw = os.environ.get("FEATDUMP_WRITE_THREADS", "").strip()
+    if raw:
+        try:
+            n = int(raw)
+        except ValueError:
+            n = 0
+        if not 1 <= n <= 64:
+            raise UsageError(f"FEATDUMP_WRITE_THREADS={raw!r}: give a number of threads from 1 to 64")
+        return n
+    return max(1, min(8, cpus - busy))
 
 
 def tune(device: Any, cfg: ExtractConfig, placement: Placement) -> Tuning:
@@ -90,11 +106,13 @@ def tune(device: Any, cfg: ExtractConfig, placement: Placement) -> Tuning:
             workers = cpus if cpus <= 4 else min(8, max(1, cpus // 8))
         shared = cpus <= 4  # decode threads and forward threads on the same cores
         threads = cpus if shared else cpus - workers
-        return Tuning(cfg.batch_size or 8, workers, max(1, threads), True, prefetch=2, decode_nice=19 if shared else 0)
+        return Tuning(cfg.batch_size or 8, workers, max(1, threads), True, prefetch=2, decode_nice=19 if shared else 0,
+                      write_threads=write_threads(cpus, cpus))
     workers = cfg.workers if cfg.workers is not None else max(1, min(8, cpus - 1))
     if cfg.decode == "gpu":  # workers only read files
         workers = cfg.workers if cfg.workers is not None else max(1, min(4, cpus - 1))
-    return Tuning(cfg.batch_size or 64, workers, None, device.type == "cuda", prefetch=4)
+    return Tuning(cfg.batch_size or 64, workers, None, device.type == "cuda", prefetch=4,
+                  write_threads=write_threads(cpus, workers + 1))
 
 
 def check_decode(cfg: ExtractConfig, device: Any) -> None:

@@ -26,6 +26,14 @@ def to_storage(out: Any, layer: LayerInfo, pool: str, dtype: Any) -> Any:
     return out.to(dtype=dtype, memory_format=torch.contiguous_format)  # one pass: cast and NCHW
 
 
+def _cuda_copies(device: Any) -> Any:
+    if device.type != "cuda":
+        return None
+    from featdump.run.copies import CudaCopies
+
+    return CudaCopies(device)
+
+
 class Forward:
     """Batch of pixels -> list of numpy arrays, one per stored layer."""
 
@@ -57,6 +65,7 @@ class Forward:
             self.autocast = lambda: torch.autocast(device_type=device.type, dtype=amp)
         self.compiled = compile
         self._nonfinite: Any = None  # per stored layer: NaN/inf values so far (a tensor on the device)
+        self.copies = _cuda_copies(device)  # CUDA: copies overlap the next forward (run/copies.py)
         if compile:
             self.model = torch.compile(self.model)
 
@@ -73,11 +82,11 @@ class Forward:
                 outs = list(outs.values())
             stored = [to_storage(o, layer, self.pool, self.dtype) for o, layer in zip(outs, self.layers)]
             self._count_nonfinite(stored)
-            if self.device.type != "cuda":
+            if self.copies is None:
                 return [s.cpu().numpy() for s in stored]
-            host = [s.to("cpu", non_blocking=True) for s in stored]  # pinned; one sync for all
-            torch.cuda.current_stream(self.device).synchronize()
-            return [h.numpy() for h in host]
+            pending = self.copies.submit(stored)  # a Pending: the writer waits for its event
+            self.copies.ready()  # forget finished copies (the writer holds them)
+            return pending
 
     def _count_nonfinite(self, stored: list[Any]) -> None:
         """Add each layer's NaN/inf count to a running total kept on the device (no sync)."""

@@ -76,7 +76,7 @@ def _run(cfg: ExtractConfig, progress: ProgressSink, on_ready: Callable | None, 
             left = length - done if length is not None else None
             loader = Loader(todo, backbone, cfg, device, tuning.batch_size, tuning.workers, tuning.prefetch, tuning.decode_nice, left)
             forward = Forward(backbone, device, cfg.precision, cfg.pool, cfg.dtype, tuning.channels_last, cfg.compile)
-            writer = Writer(store, tuning.queue_bytes)
+            writer = Writer(store, tuning.queue_bytes, tuning.write_threads)
             progress.start(length, done, cfg.model)
             try:
                 for batch in loader:

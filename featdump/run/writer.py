@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 from featdump.errors import FeatdumpError, os_error
+from featdump.run.copies import resolve
 from featdump.run.device import WRITE_QUEUE_BYTES
 from featdump.store.sink import Store
 
@@ -22,8 +23,9 @@ class Writer:
 
     _STOP = object()
 
-    def __init__(self, store: Store, max_bytes: int = WRITE_QUEUE_BYTES) -> None:
+    def __init__(self, store: Store, max_bytes: int = WRITE_QUEUE_BYTES, threads: int = 1) -> None:
         self.store = store
+        store.write_threads = max(1, threads)  # threads preparing (compressing) whole chunks
         self.max_bytes = max_bytes
         self.pending = 0  # bytes queued or being written
         self.peak = 0  # the most ``pending`` ever was (tests, bench)
@@ -45,7 +47,8 @@ class Writer:
             if self.error is None:
                 try:
                     t0 = time.perf_counter()
-                    self.store.append(*item)
+                    feats, *rest = item
+                    self.store.append(resolve(feats), *rest)  # a device copy in flight: wait for it here
                     self.seconds += time.perf_counter() - t0
                 except BaseException as exc:  # noqa: BLE001 - handed to the main thread
                     self.error = exc

@@ -71,6 +71,8 @@ def file_attrs(cfg: ExtractConfig, backbone: Backbone, placement: Placement, sel
 def check_environment() -> None:
     """Every environment setting a run reads, checked before anything is created (a bad value is a
     UsageError, and the corrected rerun finds nothing in its way)."""
+    from featdump.run.device import write_threads
+    from featdump.run.logline import log_seconds
     from featdump.run.process import malloc_tuning_allowed
     from featdump.store.locks import locking_disabled
     from featdump.store.sink import commit_interval
@@ -78,6 +80,8 @@ def check_environment() -> None:
     commit_interval()  # FEATDUMP_COMMIT_SECONDS
     zstd_level()  # FEATDUMP_ZSTD_LEVEL (checked whether or not this run compresses with zstd)
     malloc_tuning_allowed()  # FEATDUMP_MALLOC_TUNING
+    log_seconds()  # FEATDUMP_LOG_SECONDS
+    write_threads(1, 0)  # FEATDUMP_WRITE_THREADS
     locking_disabled()  # HDF5_USE_FILE_LOCKING
 
 

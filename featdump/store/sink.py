@@ -102,6 +102,10 @@ class Store:
             self.mark = [int(v) for v in h5.attrs["stream_mark"]]
         self.ids = h5 is not None and "ids" in h5  # the inputs provide ids: /ids and /failed/ids
         self._last_commit = time.monotonic()
+        # Feature rows go out as whole chunks (featdump/store/chunks.py); False: h5py's ds[a:b] = arr.
+        self.direct = True
+        self.write_threads = 1  # threads preparing (compressing) chunks; set by run/writer.py
+        self._chunks: Any = None
 
     # ---------------------------------------------------------------- open
 
@@ -262,11 +266,17 @@ class Store:
             n = self.progress.num_images
             b = len(paths)
             if b:
+                batch = []
                 for layer, arr in zip(self.layers, features):
                     ds = self.h5[FEATURES][layer.name]
                     ds.resize(n + b, axis=0)
-                    ds[n : n + b] = arr
+                    batch.append((ds, arr))
                     self.bytes_written += arr.nbytes
+                if self.direct:
+                    self._chunk_writer().write(batch, n)
+                else:
+                    for ds, arr in batch:
+                        ds[n : n + b] = arr
                 ds = self.h5["paths"]
                 ds.resize(n + b, axis=0)
                 ds[n : n + b] = list(paths)
@@ -301,6 +311,8 @@ class Store:
         if self.broken or self.readonly or self.jf is None:
             return
         try:
+            if self._chunks is not None:
+                self._chunks.flush()  # rows of unfilled chunks: into the file before the counters vouch for them
             self.h5.attrs["num_images"] = self.progress.num_images
             self.h5.attrs["num_failed"] = self.progress.num_failed
             self.h5.attrs["inputs_done"] = self.progress.inputs_done
@@ -318,12 +330,25 @@ class Store:
         self.committed = Progress(self.progress.num_images, self.progress.num_failed, self.progress.inputs_done)
         self._last_commit = time.monotonic()
 
+    def _chunk_writer(self) -> Any:
+        if self._chunks is None:
+            from featdump.store.chunks import ChunkWriter
+
+            datasets = [self.h5[FEATURES][layer.name] for layer in self.layers]
+            self._chunks = ChunkWriter(datasets, self.progress.num_images, self.write_threads)
+        return self._chunks
+
+    def _stop_threads(self) -> None:
+        if self._chunks is not None:
+            self._chunks.close()
+
     def finish(self) -> None:
         self.complete = True
         self.commit()
 
     def close(self) -> None:
         """Commit what was written (unless a write failed), close, and drop the journal and the lock."""
+        self._stop_threads()  # the pool only prepares chunks; what is left to write, commit() writes
         if self.jf is None:
             if self.h5.id.valid:
                 self.h5.close()

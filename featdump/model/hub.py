@@ -1,0 +1,65 @@
+"""Fail fast without a network: one short probe of the Hugging Face endpoint before a download.
+
+Without this, a first run with ``--pretrained`` on a machine without internet waited ~52 s of
+huggingface_hub's retries, silently, before the error. :func:`offline_unless_reachable` connects once
+to the hub's host (``HF_ENDPOINT``, else huggingface.co; a few seconds at most, DNS included); when
+that fails, the download runs in huggingface_hub's offline mode for its duration: weights already
+in the cache load as before, missing ones fail at once with featdump's one-line message. Process
+setting changed: ``huggingface_hub.constants.HF_HUB_OFFLINE``, only inside the ``with`` block.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import threading
+from collections.abc import Iterator
+from urllib.parse import urlsplit
+
+PROBE_SECONDS = 3.0
+
+
+def hub_endpoint() -> str:
+    return (os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
+
+
+def hub_reachable(timeout: float = PROBE_SECONDS) -> bool:
+    """Can a TCP connection to the hub's host be opened within ``timeout`` seconds (name lookup included)?"""
+    parts = urlsplit(hub_endpoint())
+    host = parts.hostname
+    if not host:
+        return False
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    result: list[bool] = []
+
+    def probe() -> None:
+        try:
+            with socket.create_connection((host, port), timeout=timeout):
+                result.append(True)
+        except OSError:
+            result.append(False)
+
+    thread = threading.Thread(target=probe, name="featdump-hub-probe", daemon=True)  # getaddrinfo has no timeout
+    thread.start()
+    thread.join(timeout)
+    return bool(result and result[0])
+
+
+@contextlib.contextmanager
+def offline_unless_reachable(active: bool = True) -> Iterator[bool]:
+    """Inside: huggingface_hub in offline mode when the hub cannot be reached (yields whether it is)."""
+    try:
+        from huggingface_hub import constants
+    except ImportError:  # pragma: no cover - timm depends on it
+        yield False
+        return
+    if not active or constants.HF_HUB_OFFLINE or hub_reachable():
+        yield bool(constants.HF_HUB_OFFLINE)
+        return
+    old = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield True
+    finally:
+        constants.HF_HUB_OFFLINE = old

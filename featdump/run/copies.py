@@ -1,0 +1,148 @@
+"""Device-to-host copies that overlap the next batch's forward pass.
+
+On CUDA, :class:`CudaCopies` copies a batch's stored outputs into pinned host buffers on a copy
+stream of its own and records an event; the forward stage returns at once (a :class:`Pending`), so
+batch k+1's forward runs while batch k is copied, and the writer thread waits for batch k's event
+only when it is about to store it. At most ``depth`` copies are in flight: :meth:`CopyQueue.submit`
+waits for the oldest beyond that.
+
+The queue logic (order, bound, ``ready``, ``drain``) is in :class:`CopyQueue`; a subclass only
+starts a copy and says how to wait for it. :class:`ThreadCopies` does the same with a host thread in
+place of the copy stream, so the logic is exercised where there is no GPU (the tests); CPU runs do
+not use a queue at all (their outputs are host arrays already).
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+
+class Pending(list):  # type: ignore[type-arg]
+    """One batch's host buffers (a list, so ``nbytes`` can be counted before the copy is done).
+
+    :meth:`wait` blocks until the copy is complete and returns the arrays (numpy)."""
+
+    def __init__(self, host: list[Any], done: Callable[[], bool], result: Callable[[], list[Any]]) -> None:
+        super().__init__(host)
+        self._done, self._result = done, result
+        self._arrays: list[Any] | None = None
+
+    def done(self) -> bool:
+        return self._arrays is not None or self._done()
+
+    def wait(self) -> list[Any]:
+        if self._arrays is None:
+            self._arrays = self._result()
+        return self._arrays
+
+
+def resolve(outputs: Any) -> list[Any]:
+    """A batch's arrays: a :class:`Pending` waited for, anything else as it is."""
+    return outputs.wait() if isinstance(outputs, Pending) else outputs
+
+
+class CopyQueue:
+    """Copies in submission order, at most ``depth`` in flight.
+
+    ``submit(outputs) -> Pending`` starts a copy (waiting first for the oldest while ``depth`` are in
+    flight); ``ready()`` returns the finished batches' arrays in order without waiting; ``drain()``
+    waits for all of them (the end of a run, or a stop)."""
+
+    def __init__(self, depth: int = 2) -> None:
+        if depth < 1:
+            raise ValueError("depth must be at least 1")
+        self.depth = depth
+        self.inflight: collections.deque[Pending] = collections.deque()
+        self.finished: collections.deque[Pending] = collections.deque()
+        self.peak = 0  # the most copies ever in flight (tests)
+
+    def _start(self, outputs: list[Any]) -> Pending:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def submit(self, outputs: list[Any]) -> Pending:
+        self._collect()
+        while len(self.inflight) >= self.depth:
+            oldest = self.inflight.popleft()
+            oldest.wait()
+            self.finished.append(oldest)
+        pending = self._start(outputs)
+        self.inflight.append(pending)
+        self.peak = max(self.peak, len(self.inflight))
+        return pending
+
+    def _collect(self) -> None:
+        while self.inflight and self.inflight[0].done():  # in order: a later copy waits for the earlier
+            self.finished.append(self.inflight.popleft())
+
+    def ready(self) -> list[list[Any]]:
+        self._collect()
+        out = [p.wait() for p in self.finished]
+        self.finished.clear()
+        return out
+
+    def drain(self) -> list[list[Any]]:
+        while self.inflight:
+            p = self.inflight.popleft()
+            p.wait()
+            self.finished.append(p)
+        return self.ready()
+
+    def close(self) -> None:
+        self.drain()
+
+
+class ThreadCopies(CopyQueue):
+    """Host arrays (or CPU tensors) copied by a background thread: the CPU stand-in for a copy stream."""
+
+    def __init__(self, depth: int = 2, copy: Callable[[Any], Any] | None = None) -> None:
+        super().__init__(depth)
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="featdump-copies")
+        self.copy = copy or _copy_array
+
+    def _start(self, outputs: list[Any]) -> Pending:
+        future = self.pool.submit(lambda: [self.copy(o) for o in outputs])
+        return Pending(list(outputs), future.done, future.result)
+
+    def close(self) -> None:
+        super().close()
+        self.pool.shutdown(wait=True)
+
+
+def _copy_array(x: Any) -> Any:
+    import numpy as np
+
+    if hasattr(x, "numpy"):
+        return x.detach().cpu().numpy().copy()
+    return np.array(x, copy=True)
+
+
+class CudaCopies(CopyQueue):
+    """Pinned host buffers filled on a copy stream; an event per batch says when they are complete."""
+
+    def __init__(self, device: Any, depth: int = 2) -> None:
+        import torch
+
+        super().__init__(depth)
+        self.device = device
+        self.stream = torch.cuda.Stream(device)
+
+    def _start(self, outputs: list[Any]) -> Pending:
+        import torch
+
+        compute = torch.cuda.current_stream(self.device)
+        self.stream.wait_stream(compute)  # the outputs are computed before they are copied
+        with torch.cuda.stream(self.stream):
+            host = [torch.empty(o.shape, dtype=o.dtype, pin_memory=True) for o in outputs]  # cached by torch
+            for h, o in zip(host, outputs):
+                h.copy_(o, non_blocking=True)
+                o.record_stream(self.stream)  # the compute stream may not reuse o's memory before the copy
+            event = torch.cuda.Event()
+            event.record(self.stream)
+        def result() -> list[Any]:
+            event.synchronize()
+            return [h.numpy() for h in host]
+
+        return Pending(host, event.query, result)

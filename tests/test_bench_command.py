@@ -1,0 +1,29 @@
+"""`featdump bench`: the four timings, the limit and what to try; only temporary files, removed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def test_bench_names_the_limit(cli, photos: Path, tmp_path: Path) -> None:
+    out = tmp_path / "here" / "x.h5"
+    out.parent.mkdir()
+    res = cli("bench", "resnet18", str(photos), "-o", str(out), "--no-pretrained", "--img-size", "64",
+              "--out-indices", "-1", "--dtype", "float16", "--seconds", "2", "--images", "16")  # fmt: skip
+    assert res.exit_code == 0, res.output
+    for stage in ("decode", "forward", "write", "pipeline"):
+        assert stage in res.stdout
+    assert "limit: " in res.stdout and "Try:" in res.stdout
+    assert list(out.parent.iterdir()) == []  # nothing left behind
+
+
+def test_bench_core_returns_data(photos: Path, tmp_path: Path) -> None:
+    from featdump.options import resolve
+    from featdump.run.benchmark import run_benchmark
+
+    cfg = resolve({"model": "resnet18", "inputs": (str(photos),), "output": str(tmp_path / "x.h5"), "pretrained": False,
+                   "img_size": "64", "out_indices": "-1", "compression": "zstd"})  # fmt: skip
+    result = run_benchmark(cfg, seconds=1.5, images=12)
+    assert [s.name for s in result.stages] == ["decode", "forward", "write", "pipeline"]
+    assert all(s.images > 0 and s.rate > 0 for s in result.stages)
+    assert result.limit in ("decode", "forward", "write", "pipeline") and result.advice

@@ -1,0 +1,82 @@
+"""Overlapped device copies (featdump/run/copies.py), through the CPU stand-in of the copy stream:
+order kept, a bounded number in flight, everything drained at the end; the writer waits for a
+pending copy before storing it."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from featdump.run.copies import Pending, ThreadCopies, resolve
+
+
+def test_order_bound_and_drain() -> None:
+    gate = threading.Event()
+
+    def slow_copy(x):
+        gate.wait(5)
+        return np.array(x, copy=True)
+
+    q = ThreadCopies(depth=2, copy=slow_copy)
+    first = q.submit([np.full(3, 0)])
+    q.submit([np.full(3, 1)])
+    assert q.ready() == []  # nothing finished: ready() never waits
+    assert len(q.inflight) == 2 and not first.done()
+    done = threading.Event()
+
+    def third() -> None:
+        q.submit([np.full(3, 2)])  # depth 2 reached: waits for the oldest copy
+        done.set()
+
+    t = threading.Thread(target=third)
+    t.start()
+    time.sleep(0.2)
+    assert not done.is_set()
+    gate.set()
+    t.join(5)
+    assert done.is_set() and q.peak == 2
+    got = q.ready() + q.drain()
+    assert [int(a[0][0]) for a in got] == [0, 1, 2]
+    assert q.inflight == type(q.inflight)() and q.drain() == []
+    q.close()
+
+
+def test_pending_counts_bytes_and_resolves() -> None:
+    q = ThreadCopies(depth=1)
+    src = [np.arange(6, dtype=np.float16).reshape(2, 3), np.ones((2, 4), np.float32)]
+    p = q.submit(src)
+    assert isinstance(p, Pending) and sum(a.nbytes for a in p) == 12 + 32
+    arrays = resolve(p)
+    np.testing.assert_array_equal(arrays[0], src[0])
+    assert arrays[0] is not src[0]
+    assert resolve(src) is src  # host arrays pass through
+    q.close()
+
+
+def test_writer_stores_pending_batches_in_order(tmp_path) -> None:
+    import h5py
+
+    from featdump.model.layers import LayerInfo
+    from featdump.run.writer import Writer
+    from featdump.store.sink import Store
+
+    layers = [LayerInfo("a", "a", 0, 2, 2, (2, 3))]
+    store = Store.create(tmp_path / "f.h5", {"format": "featdump"}, layers, pool="none", dtype="float32", compression="none")
+    q = ThreadCopies(depth=2)
+    w = Writer(store, threads=2)
+    for k in range(5):
+        w.put((q.submit([np.full((2, 2, 3), k, np.float32)]), [f"p{2 * k}", f"p{2 * k + 1}"], [], 2 * k + 2))
+    w.close()
+    q.close()
+    store.finish()
+    store.close()
+    with h5py.File(tmp_path / "f.h5") as h5:
+        assert h5["features/a"][:, 0, 0].tolist() == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]
+
+
+def test_depth_must_be_positive() -> None:
+    with pytest.raises(ValueError):
+        ThreadCopies(depth=0)
