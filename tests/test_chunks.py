@@ -89,7 +89,7 @@ def test_partial_chunks_are_in_every_commit(tmp_path: Path) -> None:
     batches = [_batch(rng, n, "float32") for n in (2, 3)]
     store.append(batches[0], ["a", "b"], [], 2)
     store.commit()
-    from featdump.store.journal import open_committed
+    from featdump.store.committed import open_committed
 
     with open_committed(path) as h5:
         for layer, arr in zip(_layers(), batches[0]):
