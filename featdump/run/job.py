@@ -21,11 +21,13 @@ from featdump.errors import Interrupted, UsageError
 from featdump.model.backbone import load_backbone
 from featdump.model.layers import Backbone
 from featdump.options import ExtractConfig
+from featdump.run import processors
 from featdump.run.device import check_decode, resolve_device, tune
 from featdump.run.forward import Forward
 from featdump.run.placement import Placement, placement_from_env, shard_output_path
 from featdump.run.process import torch_settings, tune_malloc
 from featdump.run.results import ProgressSink, Summary, summarize
+from featdump.run.space import check_space
 from featdump.run.signals import SignalWatch, StopToken, raise_keyboard_interrupt
 from featdump.run.writer import Writer
 from featdump.store.output import Output, file_attrs, open_output, preflight
@@ -54,12 +56,17 @@ def _run(cfg: ExtractConfig, progress: ProgressSink, on_ready: Callable | None, 
     out_path = Path(shard_output_path(cfg.output, placement.index, placement.count))
     preflight(out_path, cfg)
     selection = open_source(cfg.inputs).select(placement.index, placement.count)
+    procs = processors.load(cfg.process)  # unknown processors and bad arguments: usage errors before the model
+    if cfg.space_check:
+        check_space(cfg, out_path, len(selection.refs), procs)
     device = resolve_device(cfg.device, placement.local_rank)
     check_decode(cfg, device)
     tuning = tune(device, cfg, placement)
     tune_malloc()  # before the model's and the activations' memory is allocated
     with torch_settings(device, tuning.threads):
         backbone = _load_model(cfg)
+        processors.prepare(procs, backbone.data.input_size)
+        backbone.layers = processors.stored_layers(backbone.layers, cfg.pool, procs)
         if on_ready:
             on_ready(backbone, str(out_path), placement)
         if stop.stopped:
@@ -74,7 +81,7 @@ def _run(cfg: ExtractConfig, progress: ProgressSink, on_ready: Callable | None, 
                 raise UsageError(f"--resume: {out_path} has {done} inputs done but the list has {len(refs)}")
             todo = refs[done:]
             loader = Loader(todo, backbone, cfg, device, tuning.batch_size, tuning.workers, tuning.prefetch, tuning.decode_nice)
-            forward = Forward(backbone, device, cfg.precision, cfg.pool, cfg.dtype, tuning.channels_last, cfg.compile)
+            forward = Forward(backbone, device, cfg.precision, cfg.pool, cfg.dtype, tuning.channels_last, cfg.compile, procs)
             writer = Writer(store, tuning.queue_bytes)
             progress.start(len(refs), done, cfg.model)
             try:
