@@ -141,13 +141,22 @@ def inspect(
     tokens: Annotated[
         str, typer.Option("--tokens", help="Token outputs as seq (N,T,D) or map (N,D,H,W, prefix tokens dropped).")
     ] = "seq",
+    images: Annotated[
+        Optional[int], typer.Option("--images", help="Disk planning: add per-layer and total sizes for N images.")
+    ] = None,
+    dtype: Annotated[str, typer.Option("--dtype", help="Storage dtype of the --images totals: float32|float16.")] = "float32",
+    process: Annotated[
+        Optional[list[str]], typer.Option("--process", help="Processors, as extract takes them (stored shapes change).")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON on stdout (nothing else).")] = False,
 ) -> None:
-    """List a backbone's feature layers: module, channels, stride, shape and MB per image.
+    """List a backbone's feature layers: module, channels, stride, shape and MiB per image.
 
     Builds the model on the meta device: no weights, no downloads.
 
     Example: featdump inspect resnet50 --out-indices 1,2,3 --img-size 256x320
+
+    Example: featdump inspect resnet50 --images 1000000 --dtype float16 --pool avg
 
     Example: featdump inspect vit_small_patch16_224 --all-modules
     """
@@ -174,11 +183,22 @@ def inspect(
         else:
             console().print(modules_table(model, data, records))
         return
+    config._choice("dtype", dtype, config.DTYPES)
+    if images is not None and images < 1:
+        raise UsageError(f"--images must be a whole number >= 1, not {images}")
     desc = describe(model, indices, stride, config.parse_img_size(img_size), layers=names, tokens=tokens)
+    if process:
+        import dataclasses
+
+        from featdump.run import processors
+
+        procs = processors.load(config.parse_process(process))
+        processors.prepare(procs, desc.data.input_size)
+        desc = dataclasses.replace(desc, layers=processors.stored_layers(desc.layers, pool, procs))
     if as_json:
-        sys.stdout.write(json.dumps(description_dict(desc, pool), indent=2) + "\n")
+        sys.stdout.write(json.dumps(description_dict(desc, pool, images, dtype), indent=2) + "\n")
         return
-    console().print(inspect_table(desc, pool))
+    console().print(inspect_table(desc, pool, images, dtype))
 
 
 # --------------------------------------------------------------------------- extract
@@ -231,10 +251,13 @@ def _extract(ctx: typer.Context, config_file: Path | None, stop: Any) -> None:
     from featdump.cli.signals import leave_at_once
     from featdump.cli.render import RichProgress, console, failures_table, nonfinite_line, summary_table
     from featdump.run.job import run_extraction
+    from featdump.store.like import recorded_options
 
     given = given_options(ctx, [o.name for o in OPTIONS])  # MODEL, INPUT... and -o are always given
     file_values = config.load_toml(config_file) if config_file else {}
-    cfg = config.resolve(given, file_values, command=shlex.join(["featdump", *sys.argv[1:]]))
+    like = config.like_path(given, file_values)
+    like_values = recorded_options(like) if like else None
+    cfg = config.resolve(given, file_values, command=shlex.join(["featdump", *sys.argv[1:]]), like_values=like_values)
     progress = RichProgress(enabled=False if cfg.quiet else None)
     if cfg.quiet:  # third-party RuntimeWarnings (numpy/torch on NaN values): what they mean is said below
         warnings.filterwarnings("ignore", category=RuntimeWarning)
@@ -344,6 +367,10 @@ def models(
     from featdump.model.catalog import check_pattern, list_models
 
     rows = list_models(check_pattern(pattern), pretrained=pretrained)
+    if not rows:
+        which = "timm model with pretrained weights" if pretrained else "timm model"
+        hint = "see `featdump models` for every name" if "*" in pattern or "?" in pattern else f"patterns are globs, e.g. '{pattern}*' or '*{pattern}*'"
+        raise UsageError(f"no {which} matches {pattern!r}; {hint}")
     if as_json:
         sys.stdout.write(json.dumps(rows, indent=2) + "\n")
         return
@@ -351,10 +378,67 @@ def models(
         for r in rows:
             typer.echo(r["name"])
         return
-    if not rows:
-        typer.echo(f"no timm model matches {pattern!r}; patterns are globs, e.g. '{pattern}*' or '*{pattern}*'", err=True)
-        return
     console().print(models_table(rows, pattern))
+
+
+# --------------------------------------------------------------------------- trust: verify / processors
+
+
+@app.command()
+@handle_errors
+def verify(
+    path: Annotated[Path, typer.Argument(help="A featdump .h5 file: finished, partial, a shard or merged.")],
+    n: Annotated[int, typer.Option("-n", help="How many random stored rows to re-extract.")] = 8,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the row draw.")] = 0,
+    device: Annotated[str, typer.Option("--device", help="auto|cpu|cuda|cuda:N|mps.")] = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON on stdout (nothing else).")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing; only the exit status tells.")] = False,
+) -> None:
+    """Re-extract random stored rows with the settings recorded in the file and compare.
+
+    Prints per layer the largest absolute difference and the smallest cosine similarity. Exit 0
+    within the tolerance of the file's precision and dtype (README, "Verify"), 1 outside it (rows
+    named), 2 when it cannot check (weights, checkpoint sha256, inputs, processor or timm version).
+
+    Example: featdump verify feats.h5 -n 16 --seed 1
+    """
+    import dataclasses
+
+    from featdump.cli.render import console, verify_table
+    from featdump.run.verify import verify_file
+
+    report = verify_file(path, n=n, seed=seed, device=device)
+    if as_json:
+        data = dataclasses.asdict(report)
+        data["ok"] = report.ok
+        sys.stdout.write(json.dumps(data, indent=2) + "\n")
+    elif not quiet:
+        console().print(verify_table(report))
+    if not report.ok:
+        named = ", ".join(f"{r} ({report.paths[report.rows.index(r)]})" for r in report.bad_rows[:5])
+        raise FeatdumpError(f"{len(report.bad_rows)} of {len(report.rows)} checked row(s) differ beyond the tolerance: {named}")
+
+
+@app.command()
+@handle_errors
+def processors(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON on stdout (nothing else).")] = False,
+) -> None:
+    """List the feature processors for --process: built in, and those installed packages register
+    under the featdump.processors entry-point group.
+
+    Example: featdump processors
+    """
+    import dataclasses
+
+    from featdump.cli.render import console, processors_table
+    from featdump.run.processors import installed
+
+    rows = installed()
+    if as_json:
+        sys.stdout.write(json.dumps([dataclasses.asdict(r) for r in rows], indent=2) + "\n")
+        return
+    console().print(processors_table(rows))
 
 
 # --------------------------------------------------------------------------- cluster: merge / fetch
