@@ -237,7 +237,7 @@ class ExtractConfig:
     quiet: bool = opt("No progress bar, no table.", default=False, flags=("--quiet", "-q"))
     max_image_pixels: int | None = opt("Refuse larger images. [default: Pillow's 89.5 MP]", default=None)
     process: tuple[str, ...] | None = opt(
-        "NAME[:ARG[:ARG]] applied to every layer before storage, in order (repeatable): l2norm, "
+        "NAME or NAME:ARG:ARG applied to every layer before storage, in order (repeatable): l2norm, "
         "resize:HxW, resize:stride=S, pca:K:FILE; `featdump processors` lists more.",
         default=None,
         cli=list[str] | None,

@@ -109,7 +109,7 @@ def test_option_attrs() -> None:
 
 
 def test_resume_and_merge_keys_hold_the_settings() -> None:
-    want = ("model", "out_indices", "layers", "tokens", "output_stride", "precision", "dtype", "pool", "decode")
+    want = ("model", "out_indices", "layers", "tokens", "output_stride", "precision", "dtype", "pool", "decode", "process")
     assert SETTINGS == want
     # "shard" is the placement's [I, N] (the option, or torchrun/Slurm): listed with the derived keys
     assert [k for k in RESUME_KEYS if k in NAMES and k != "shard"] == list(SETTINGS)
