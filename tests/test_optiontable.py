@@ -102,7 +102,7 @@ def test_option_attrs() -> None:
     attrs = option_attrs(cfg)
     assert attrs == {
         "tokens": "seq", "output_stride": 0, "precision": "fp32", "dtype": "float32", "pool": "avg",
-        "compression": "none", "decode": "fast",
+        "compression": "none", "decode": "fast", "process": None,
     }  # fmt: skip
     assert option_attrs(resolve({**BASE, "decode": "gpu", "output_stride": "16"}))["decode"] == "gpu"
     assert option_attrs(resolve({**BASE, "output_stride": 16}))["output_stride"] == 16
