@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 import shutil
 import subprocess
@@ -267,3 +268,26 @@ def test_space_check_refuses_before_the_model(tiny_fs, imgs, tmp_path):
 def test_models_nothing_matches():
     p = run("models", "zzz*")
     assert p.returncode == 2 and "no timm model matches 'zzz*'" in p.stderr
+
+
+def test_list_file_quotes_and_duplicates(tmp_path):
+    from featdump.data.discover import read_list_file
+    from featdump.errors import UsageError
+
+    lst = tmp_path / "l.txt"
+    lst.write_text('a.jpg\n"  b c .jpg "\n  d.jpg  \n')
+    assert [r.path for r in read_list_file(lst)] == ["a.jpg", "  b c .jpg ", "d.jpg"]
+    lst.write_text("a.jpg\nb.jpg\n a.jpg\n")
+    with pytest.raises(UsageError, match=r"names 'a.jpg' twice \(lines 1 and 3\)"):
+        read_list_file(lst)
+
+
+def test_show_paths_and_whole_command(tmp_path, imgs, cli):
+    out = tmp_path / "f.h5"
+    long_dir = imgs.rename(tmp_path / ("a" * 120))
+    run("extract", "resnet18", str(long_dir), "-o", str(out), "--no-pretrained", "-q", "--out-indices", "1", "--pool", "avg", check=True)
+    res = cli("show", str(out), "--paths")
+    assert res.stdout.split() == sorted(NAMES)
+    assert json.loads(cli("show", str(out), "--paths", "--json").stdout) == sorted(NAMES)
+    shown = re.sub(r"[\s│]", "", cli("show", str(out)).stdout)  # the provenance folds long values
+    assert "a" * 120 in shown and "-o" + str(out) + "--no-pretrained-q--out-indices1--poolavg" in shown

@@ -288,16 +288,33 @@ def show(
     failures: Annotated[int, typer.Option("--failures", help="How many failed images to list.")] = 10,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON on stdout (nothing else).")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing; only the exit status tells.")] = False,
+    paths: Annotated[
+        bool, typer.Option("--paths", help="List the stored image paths, one per line, in row order (--json: a list).")
+    ] = False,
 ) -> None:
-    """Summary of a featdump file: datasets (shape, dtype, chunks, compression, MB on disk), provenance, failures.
+    """Summary of a featdump file: datasets (shape, dtype, chunks, compression, MiB on disk), provenance, failures.
 
     Merged files are checked for missing virtual source files (exit 1 when any is missing).
     Other HDF5 files and non-HDF5 files exit 2.
 
     Example: featdump show feats.h5 --json
+
+    Example: featdump show feats.h5 --paths | head
     """
     from featdump.cli.render import console, show_renderables
     from featdump.store.describe import summarize_file
+
+    if paths:
+        from featdump import open as open_file
+
+        with open_file(path) as ff:
+            stored = list(ff.paths)
+        if as_json:
+            sys.stdout.write(json.dumps(stored, indent=2, ensure_ascii=False) + "\n")
+        elif not quiet:
+            for p in stored:
+                typer.echo(printable(p))
+        return
 
     info = summarize_file(path, max_failures=max(0, failures))
     if as_json:

@@ -390,7 +390,7 @@ def show_renderables(info: dict[str, Any]) -> list[Any]:
     prov.add_column("key", style="bold")
     prov.add_column("value", overflow="fold")
     for key, value in attrs.items():
-        prov.add_row(cell(key), cell(_fmt_value(value)))
+        prov.add_row(cell(key), cell(str(value) if key in ("command", "inputs") else _fmt_value(value)))  # whole
     out: list[Any] = [table, prov]
     if info["failures"]:
         out.append(failures_table([(f["path"], f["error"]) for f in info["failures"]], info["num_failed"]))
