@@ -291,3 +291,10 @@ def test_show_paths_and_whole_command(tmp_path, imgs, cli):
     assert json.loads(cli("show", str(out), "--paths", "--json").stdout) == sorted(NAMES)
     shown = re.sub(r"[\s│]", "", cli("show", str(out)).stdout)  # the provenance folds long values
     assert "a" * 120 in shown and "-o" + str(out) + "--no-pretrained-q--out-indices1--poolavg" in shown
+
+
+def test_module_names_do_not_wrap_at_80_columns():
+    for extra in ([], ["--images", "100000"]):
+        p = run("inspect", "efficientnet_b0", *extra, env={"COLUMNS": "80"}, check=True)
+        assert all(len(line) <= 80 for line in p.stdout.splitlines())
+        assert all(f"blocks.{i} " in p.stdout for i in (0, 1, 2, 4, 6)), p.stdout

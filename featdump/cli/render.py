@@ -104,14 +104,15 @@ def inspect_table(desc: Description, pool: str = "none", images: int | None = No
     table = Table(title=title, caption=caption)
     if not named:  # named modules (--layers) have no level index
         table.add_column("index", justify="right")
-    table.add_column("module", overflow="fold")
+    longest = max((len(layer.module) for layer in desc.layers), default=6)
+    table.add_column("module", no_wrap=True, min_width=min(longest, 24), overflow="fold")  # blocks.0 stays whole
     table.add_column("channels", justify="right")
     table.add_column("stride", justify="right")
     table.add_column("shape", justify="right", no_wrap=True)
     table.add_column("MiB f32", justify="right")
     table.add_column("MiB f16", justify="right")
     if images is not None:
-        table.add_column(f"{images:,} img", justify="right", no_wrap=True)
+        table.add_column("total", justify="right", no_wrap=True)  # the caption says for how many images
     for layer in desc.layers:
         cells = [
             layer.module,
