@@ -234,6 +234,14 @@ def extract(ctx: typer.Context, **values: Any) -> None:
     """Stream images through a timm backbone and write one HDF5 dataset per layer.
 
     Example: featdump extract resnet50 photos/ -o feats.h5 --out-indices 1,2,3 --dtype float16
+
+    Example: featdump extract resnet50 new_photos/ -o new.h5 --like feats.h5 --batch-size 64
+
+    Example: featdump extract resnet50 photos/ -o fused.h5 --process resize:stride=8 --process l2norm
+
+    Before the model loads, extract refuses (exit 2) when the -o folder's file system lacks room for
+    the rows still to write: images x bytes per image (featdump inspect MODEL --images N) + 2% + 1 MiB,
+    scaled with --compression by the codec's best measured ratio (gzip 0.46, lzf 0.53, zstd 0.47).
     """
     # Read by libgomp when torch loads (so set before it is imported): threads waiting at a barrier
     # sleep instead of spinning, so decoding workers, the writer and other jobs on the node do not
