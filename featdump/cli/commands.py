@@ -22,7 +22,7 @@ import typer
 
 from featdump import __version__
 from featdump.cli.typer_compat import click_exceptions, parameter_source
-from featdump.errors import FeatdumpError, Interrupted, UsageError
+from featdump.errors import FeatdumpError, FeatdumpWarning, Interrupted, UsageError
 from featdump.text import first_line, printable
 from featdump.options import OPTIONS, Option
 
@@ -269,7 +269,19 @@ def _extract(ctx: typer.Context, config_file: Path | None, stop: Any) -> None:
     progress = RichProgress(enabled=False if cfg.quiet else None)
     if cfg.quiet:  # third-party RuntimeWarnings (numpy/torch on NaN values): what they mean is said below
         warnings.filterwarnings("ignore", category=RuntimeWarning)
-    summary = run_extraction(cfg, progress, stop=stop, on_repeat=leave_at_once(stop))
+    shown = warnings.showwarning
+
+    def featdump_warning(message: Any, category: Any, *args: Any, **kwargs: Any) -> None:
+        if issubclass(category, FeatdumpWarning):  # one line, like errors (e.g. --resume on another device)
+            typer.echo(f"featdump: warning: {printable(message)}", err=True)
+        else:
+            shown(message, category, *args, **kwargs)
+
+    warnings.showwarning = featdump_warning
+    try:
+        summary = run_extraction(cfg, progress, stop=stop, on_repeat=leave_at_once(stop))
+    finally:
+        warnings.showwarning = shown
     if not cfg.quiet:
         out = console()
         out.print(summary_table(summary))

@@ -12,16 +12,18 @@ from __future__ import annotations
 
 import signal
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 from featdump.data.batching import Loader
 from featdump.data.sources import open_source
-from featdump.errors import Interrupted, UsageError
+from featdump.errors import FeatdumpWarning, Interrupted, UsageError
 from featdump.model.backbone import load_backbone
 from featdump.model.layers import Backbone
 from featdump.options import ExtractConfig
 from featdump.run import processors
+from featdump.run.facts import previous_facts, rounding_note, run_facts
 from featdump.run.device import check_decode, resolve_device, tune
 from featdump.run.forward import Forward
 from featdump.run.placement import Placement, placement_from_env, shard_output_path
@@ -71,7 +73,12 @@ def _run(cfg: ExtractConfig, progress: ProgressSink, on_ready: Callable | None, 
             on_ready(backbone, str(out_path), placement)
         if stop.stopped:
             raise _stopped(stop.signum or signal.SIGINT, "during start-up; nothing was written")
-        output = open_output(cfg, out_path, file_attrs(cfg, backbone, placement, selection), backbone.layers)
+        facts = run_facts(tuning.batch_size, device)
+        note = rounding_note(previous_facts(out_path), facts) if cfg.resume else None
+        if note:
+            warnings.warn(note, FeatdumpWarning, stacklevel=2)
+        attrs = {**file_attrs(cfg, backbone, placement, selection), **facts}
+        output = open_output(cfg, out_path, attrs, backbone.layers)
         store, refs = output.store, selection.refs
         stop.hint = f"{store.path} keeps its last commit; resume with --resume"
         done = store.progress.inputs_done
