@@ -7,8 +7,6 @@ import re
 import os
 import shutil
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np

@@ -64,7 +64,7 @@ def layer_dict(layer: LayerInfo, pool: str = "none") -> dict[str, Any]:
 
 def description_dict(desc: Description, pool: str = "none", images: int | None = None, dtype: str = "float32") -> dict[str, Any]:
     d = desc.data
-    out = {
+    out: dict[str, Any] = {
         "model": desc.name,
         "num_levels": desc.num_levels,
         "out_indices": list(desc.out_indices) if desc.out_indices is not None else [l.index for l in desc.layers],

@@ -202,7 +202,7 @@ def find(name: str) -> type:
     for ep in _entry_points():
         if ep.name == name:
             try:
-                return ep.load()  # type: ignore[no-any-return]
+                return ep.load()
             except Exception as exc:  # noqa: BLE001 - a broken plugin is the user's to fix
                 raise UsageError(f"--process {name}: cannot load {ep.value} ({type(exc).__name__}: {exc})") from None
     known = ", ".join(p.name for p in installed())
