@@ -103,8 +103,14 @@ def extract(
     args = ", ".join(f"{k}={v!r}" for k, v in given.items())
     given.update(model=model, inputs=tuple(str(i) for i in inputs), output=str(output))
     file_values = cfgmod.load_toml(config) if config else {}
+    like = cfgmod.like_path(given, file_values)
+    if like:
+        from featdump.store.like import recorded_options
     cfg = cfgmod.resolve(
-        given, file_values, command=f"featdump.extract({model!r}, {list(given['inputs'])!r}, {str(output)!r}, {args})"
+        given,
+        file_values,
+        command=f"featdump.extract({model!r}, {list(given['inputs'])!r}, {str(output)!r}, {args})",
+        like_values=recorded_options(like) if like else None,
     )
     summary = run_extraction(cfg, _progress_sink(progress, cfg.quiet))
     if cfg.strict and summary.num_failed:

@@ -112,6 +112,18 @@ def parse_shard(value: str | list[int] | tuple[int, ...] | None) -> tuple[int, i
     return (i, n)
 
 
+def parse_process(value: str | list[str] | tuple[str, ...] | None) -> tuple[str, ...] | None:
+    """``"l2norm"`` or ``["resize:stride=8", "l2norm"]`` -> a tuple of ``NAME[:ARG[:ARG]]`` strings."""
+    if value is None or value == "" or value == []:
+        return None
+    items = [value] if isinstance(value, str) else list(value)
+    out = tuple(str(v).strip() for v in items)
+    bad = [v for v in out if not v or v.startswith(":")]
+    if bad:
+        raise UsageError(f"--process takes NAME[:ARG[:ARG]] (e.g. l2norm, resize:stride=8, pca:64:basis.npz), not {bad[0]!r}")
+    return out
+
+
 def _choice(name: str, value: Any, choices: tuple) -> Any:
     if value not in choices:
         shown = "|".join(str(c) for c in choices)
@@ -241,6 +253,29 @@ class ExtractConfig:
     id_column: str | None = opt(
         "Table column stored, as text, in /ids.", default=None, setting=True, attr=lambda cfg: cfg.id_column or ""
     )
+    process: tuple[str, ...] | None = opt(
+        "NAME or NAME:ARG:ARG applied to every layer before storage, in order (repeatable): l2norm, "
+        "resize:HxW, resize:stride=S, pca:K:FILE; `featdump processors` lists more.",
+        default=None,
+        cli=list[str] | None,
+        api=Sequence[str] | str | None,
+        setting=True,
+        attr=lambda cfg: list(cfg.process) if cfg.process else None,  # "" when none
+        parse=parse_process,
+    )
+    like: str | None = opt(
+        "Take every meaning setting from this featdump file (flags may change only execution).",
+        default=None,
+        cli=Path | None,
+        api=str | Path | None,
+        parse=_path_or_none,
+    )
+    space_check: bool = opt(
+        "Refuse to start when the output's file system lacks room for the uncompressed rows still to "
+        "write (compressed: at the codec's expected ratio, see README).",
+        default=True,
+        flags=("--space-check/--no-space-check",),
+    )
     command: str = ""
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
@@ -314,16 +349,52 @@ def _check(option: Option, value: Any) -> Any:
     return value
 
 
+# Options that --like leaves to the caller: how a run executes, not what its rows mean.
+EXECUTION: frozenset[str] = frozenset(
+    {"inputs", "output", "batch_size", "workers", "device", "quiet", "compression", "shard", "resume",
+     "overwrite", "strict", "compile", "max_image_pixels", "space_check", "like"}
+)  # fmt: skip
+
+
+def like_path(given: dict[str, Any], file_values: dict[str, Any] | None = None) -> str | None:
+    """The ``--like`` file named by the flags or the config file, or None."""
+    value = given.get("like") or (file_values or {}).get("like")
+    return str(value) if value else None
+
+
 def resolve(
-    given: dict[str, Any], file_values: dict[str, Any] | None = None, command: str = "", cls: type = ExtractConfig
+    given: dict[str, Any],
+    file_values: dict[str, Any] | None = None,
+    command: str = "",
+    cls: type = ExtractConfig,
+    like_values: dict[str, Any] | None = None,
 ) -> Any:
-    """Merge option values: dataclass defaults < config file < flags given on the command line.
+    """Merge option values: dataclass defaults < config file < ``--like`` file < flags given on the command line.
 
     ``given`` holds only the options the user actually typed (plus ``model``/``inputs``/``output``
-    when present); ``file_values`` comes from :func:`load_toml`. Returns a ``cls`` (an
+    when present); ``file_values`` comes from :func:`load_toml`; ``like_values`` are the meaning
+    settings read from a ``--like`` file (featdump/store/like.py): a typed flag outside
+    :data:`EXECUTION` that differs from them is a UsageError naming it. Returns a ``cls`` (an
     :class:`ExtractConfig`).
     """
     merged: dict[str, Any] = dict(file_values or {})
+    if like_values is not None:
+        table = {o.name: o for o in options_of(cls)}
+        for name, value in given.items():
+            if value is None or name in EXECUTION or name not in like_values:
+                continue
+            mine = _check(table[name], value) if name in table and name != "model" else value
+            theirs = like_values[name]
+            if mine != theirs:
+                flag = "MODEL" if name == "model" else (table[name].flags or (name,))[0].split("/")[0]
+                if name == "pretrained":
+                    flag = "--pretrained" if value else "--no-pretrained"
+                raise UsageError(
+                    f"--like {like_path(given, file_values)}: {flag} {value!r} changes what the rows mean "
+                    f"(the file has {theirs!r}); with --like give only execution flags (--batch-size, --workers, "
+                    "--device, --quiet, --compression, --shard, -o, --resume, --overwrite)"
+                )
+        merged.update(like_values)
     merged.update({k: v for k, v in given.items() if v is not None})
 
     model = merged.pop("model", None)
@@ -341,7 +412,8 @@ def resolve(
     kw: dict[str, Any] = {}
     for option in options_of(cls):
         if option.name in merged:
-            kw[option.name] = _check(option, merged.pop(option.name))
+            value = merged.pop(option.name)
+            kw[option.name] = None if value is None and without_none(option.type)[1] else _check(option, value)
     if kw.get("out_indices") is not None and kw.get("layers") is not None:
         raise UsageError("--out-indices and --layers exclude each other; pick feature levels or module names")
     if kw.get("fast_decode") and kw.get("decode") == "gpu":

@@ -68,7 +68,7 @@ def select_rows(paths: Sequence[str], wanted: Sequence[str] | None, num_images: 
         else:
             ends = [i for i, p in enumerate(paths[:num_images]) if p.endswith("/" + text) or Path(p).name == text]
             if len(ends) != 1:
-                why = "matches several rows" if ends else "is not a stored path (see `featdump show`)"
+                why = "matches several rows" if ends else "is not a stored path (see `featdump show FILE --paths`)"
                 example = ", ".join(paths[:3])
                 raise UsageError(f"--image {text!r} {why}; give a row number or a stored path, e.g. {example}")
             row = ends[0]

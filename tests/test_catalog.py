@@ -35,10 +35,10 @@ def test_models_pretrained_filter_and_table(cli) -> None:
     assert names[0] == "resnet18" and "resnet18d" in names
 
 
-def test_models_no_match_is_not_an_error(cli) -> None:
+def test_models_no_match_is_a_usage_error(cli) -> None:
     res = cli("models", "no_such_model_*")
-    assert res.exit_code == 0 and res.stdout == "" and "no timm model matches" in res.stderr
-    assert json.loads(cli("models", "no_such_model_*", "--json").stdout) == []
+    assert res.exit_code == 2 and res.stdout == "" and "no timm model matches 'no_such_model_*'" in res.stderr
+    assert cli("models", "no_such_model_*", "--json").exit_code == 2
 
 
 @pytest.mark.slow

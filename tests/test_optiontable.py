@@ -103,6 +103,7 @@ def test_option_attrs() -> None:
     assert attrs == {
         "tokens": "seq", "output_stride": 0, "precision": "fp32", "dtype": "float32", "pool": "avg",
         "compression": "none", "decode": "fast", "path_column": "", "image_column": "", "id_column": "",
+        "process": None,
     }  # fmt: skip
     assert option_attrs(resolve({**BASE, "decode": "gpu", "output_stride": "16"}))["decode"] == "gpu"
     assert option_attrs(resolve({**BASE, "output_stride": 16}))["output_stride"] == 16
@@ -110,7 +111,7 @@ def test_option_attrs() -> None:
 
 def test_resume_and_merge_keys_hold_the_settings() -> None:
     want = ("model", "out_indices", "layers", "tokens", "output_stride", "precision", "dtype", "pool", "decode",
-            "path_column", "image_column", "id_column")  # fmt: skip
+            "path_column", "image_column", "id_column", "process")  # fmt: skip
     assert SETTINGS == want
     # "shard" is the placement's [I, N] (the option, or torchrun/Slurm): listed with the derived keys
     assert [k for k in RESUME_KEYS if k in NAMES and k != "shard"] == list(SETTINGS)

@@ -62,9 +62,9 @@ def layer_dict(layer: LayerInfo, pool: str = "none") -> dict[str, Any]:
     }
 
 
-def description_dict(desc: Description, pool: str = "none") -> dict[str, Any]:
+def description_dict(desc: Description, pool: str = "none", images: int | None = None, dtype: str = "float32") -> dict[str, Any]:
     d = desc.data
-    return {
+    out: dict[str, Any] = {
         "model": desc.name,
         "num_levels": desc.num_levels,
         "out_indices": list(desc.out_indices) if desc.out_indices is not None else [l.index for l in desc.layers],
@@ -80,9 +80,16 @@ def description_dict(desc: Description, pool: str = "none") -> dict[str, Any]:
         },
         "layers": [layer_dict(layer, pool) for layer in desc.layers],
     }
+    if images is not None:  # disk planning: uncompressed bytes of N images at --dtype/--pool
+        for entry, layer in zip(out["layers"], desc.layers):
+            entry["total_bytes"] = layer.bytes_per_image(dtype, pool) * images
+        out["images"] = images
+        out["dtype"] = dtype
+        out["total_bytes"] = sum(layer.bytes_per_image(dtype, pool) for layer in desc.layers) * images
+    return out
 
 
-def inspect_table(desc: Description, pool: str = "none") -> Table:
+def inspect_table(desc: Description, pool: str = "none", images: int | None = None, dtype: str = "float32") -> Table:
     d = desc.data
     caption = (
         f"input {fmt_shape(d.input_size)} · {d.interpolation} · crop_pct {d.crop_pct:g} · crop_mode {d.crop_mode}\n"
@@ -97,12 +104,15 @@ def inspect_table(desc: Description, pool: str = "none") -> Table:
     table = Table(title=title, caption=caption)
     if not named:  # named modules (--layers) have no level index
         table.add_column("index", justify="right")
-    table.add_column("module", overflow="fold")
+    longest = max((len(layer.module) for layer in desc.layers), default=6)
+    table.add_column("module", no_wrap=True, min_width=min(longest, 24), overflow="fold")  # blocks.0 stays whole
     table.add_column("channels", justify="right")
     table.add_column("stride", justify="right")
     table.add_column("shape", justify="right", no_wrap=True)
-    table.add_column("MB/img f32", justify="right")
-    table.add_column("f16", justify="right")
+    table.add_column("MiB f32", justify="right")
+    table.add_column("MiB f16", justify="right")
+    if images is not None:
+        table.add_column("total", justify="right", no_wrap=True)  # the caption says for how many images
     for layer in desc.layers:
         cells = [
             layer.module,
@@ -112,7 +122,48 @@ def inspect_table(desc: Description, pool: str = "none") -> Table:
             fmt_mb(layer.bytes_per_image("float32", pool)),
             fmt_mb(layer.bytes_per_image("float16", pool)),
         ]
+        if images is not None:
+            cells.append(fmt_bytes(layer.bytes_per_image(dtype, pool) * images))
         table.add_row(*([] if named else [str(layer.index)]), *cells)
+    if images is not None:
+        total = sum(layer.bytes_per_image(dtype, pool) for layer in desc.layers) * images
+        table.caption = f"{images:,} images at {dtype}, pool {pool}: {fmt_bytes(total)} uncompressed\n" + str(table.caption)
+    return table
+
+
+def fmt_bytes(n: float) -> str:
+    """Binary units, labelled as such."""
+    for unit, size in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20)):
+        if n >= size:
+            return f"{n / size:,.2f} {unit}"
+    return f"{n / 1024:,.1f} KiB"
+
+
+def verify_table(report: Any) -> Table:
+    """``featdump verify``: per layer the largest difference and the smallest cosine similarity."""
+    table = Table(title=cell(f"{report.path}: {len(report.rows)} row(s) re-extracted on {report.device}"))
+    table.add_column("layer", no_wrap=True)
+    table.add_column("max |diff|", justify="right")
+    table.add_column("max rel", justify="right")
+    table.add_column("min cosine", justify="right")
+    table.add_column("rows outside", justify="right")
+    for layer in report.layers:
+        bad = ", ".join(str(r) for r in layer.bad_rows) or "-"
+        table.add_row(cell(layer.name), f"{layer.max_abs:.3g}", f"{layer.max_rel:.3g}", f"{layer.min_cos:.6f}", bad)
+    table.caption = (
+        f"tolerance for {report.precision} / {report.dtype}: |diff| <= {report.rtol:g} x max|stored| per row, "
+        f"cosine >= {report.min_cos:g} · {'OK' if report.ok else 'MISMATCH'}"
+    )
+    return table
+
+
+def processors_table(rows: Sequence[Any]) -> Table:
+    table = Table(title="feature processors (--process NAME[:ARG[:ARG]])")
+    table.add_column("name", no_wrap=True)
+    table.add_column("from", no_wrap=True)
+    table.add_column("what it does")
+    for p in rows:
+        table.add_row(cell(p.name), cell(p.source), cell(p.doc or p.target))
     return table
 
 
@@ -154,7 +205,7 @@ def summary_table(summary: Summary) -> Table:
     table.add_column("stride", justify="right")
     table.add_column("shape / image", justify="right", no_wrap=True)
     table.add_column("dtype")
-    table.add_column("MB on disk", justify="right")
+    table.add_column("MiB on disk", justify="right")
     table.add_column("ratio", justify="right")
     for layer in summary.layers:
         ratio = layer.stored_bytes / layer.raw_bytes if layer.raw_bytes else 1.0
@@ -169,7 +220,7 @@ def summary_table(summary: Summary) -> Table:
         )
     rate = f"{summary.images_per_second:.1f} images/s" if summary.images_this_run else "nothing new to do"
     if summary.images_this_run and getattr(summary, "bytes_written", 0):
-        rate += f", {summary.mb_per_second:.1f} MB/s of features written"
+        rate += f", {summary.mb_per_second:.1f} MiB/s of features written"
     resumed = f" · resumed after {summary.resumed_from}" if summary.resumed_from else ""
     state = "complete" if summary.complete else "NOT complete"
     table.caption = (
@@ -391,14 +442,14 @@ def show_renderables(info: dict[str, Any]) -> list[Any]:
     parts.append("complete" if info["complete"] else "NOT complete (partial: rows below num_images are trusted)")
     if info.get("journal"):
         parts.append("journal present: a run is writing it, or was killed (--resume finishes it)")
-    parts.append(f"{fmt_mb(info['file_bytes'])} MB file")
+    parts.append(f"{fmt_mb(info['file_bytes'])} MiB file")
     table = Table(title=cell(f"{info['file']}: {attrs.get('model', '?')}"), caption=" · ".join(parts))
     table.add_column("dataset", overflow="fold")
     table.add_column("shape", justify="right", no_wrap=True)
     table.add_column("dtype")
     table.add_column("chunks", justify="right", no_wrap=True)
     table.add_column("codec", overflow="fold")
-    table.add_column("MB", justify="right")
+    table.add_column("MiB", justify="right")
     table.add_column("ratio", justify="right")
     for ds in info["datasets"]:
         comp = ds["compression"]
@@ -420,7 +471,7 @@ def show_renderables(info: dict[str, Any]) -> list[Any]:
     prov.add_column("key", style="bold")
     prov.add_column("value", overflow="fold")
     for key, value in attrs.items():
-        prov.add_row(cell(key), cell(_fmt_value(value)))
+        prov.add_row(cell(key), cell(str(value) if key in ("command", "inputs") else _fmt_value(value)))  # whole
     out: list[Any] = [table, prov]
     if info["failures"]:
         out.append(failures_table([(f["path"], f["error"]) for f in info["failures"]], info["num_failed"]))

@@ -76,9 +76,11 @@ def _walk(root: Path) -> Iterable[tuple[str, str]]:
 
 
 def read_list_file(path: Path) -> list[ImageRef]:
-    """Image paths, one per line; blank lines and ``#`` comments skipped.
+    """Image paths, one per line; blank lines and ``#`` comments skipped; spaces around a line are
+    dropped unless the name is in double quotes (``"  a.jpg "``: the quotes go, the spaces stay).
 
-    Relative paths are read relative to the list file's folder and stored as written.
+    Relative paths are read relative to the list file's folder and stored as written. A name listed
+    twice is a UsageError naming both lines.
     """
     try:
         text = path.read_text(encoding="utf-8")
@@ -87,10 +89,16 @@ def read_list_file(path: Path) -> list[ImageRef]:
     except OSError as exc:
         raise UsageError(f"cannot read list file {path}: {exc.strerror or exc}") from None
     refs = []
-    for line in text.splitlines():
+    seen: dict[str, int] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
         entry = line.strip()
         if not entry or entry.startswith("#"):
             continue
+        if len(entry) >= 2 and entry[0] == entry[-1] == '"':  # "  name with edge spaces.jpg  ": kept as written
+            entry = entry[1:-1]
+        if entry in seen:
+            raise UsageError(f"list file {path} names {entry!r} twice (lines {seen[entry]} and {number}); list each image once")
+        seen[entry] = number
         source = entry if os.path.isabs(entry) else str(path.parent / entry)
         refs.append(ImageRef(entry, source))
     return refs
@@ -131,7 +139,11 @@ def discover(inputs: Sequence[str]) -> list[ImageRef]:
     if dupes:
         raise UsageError(
             f"{len(dupes)} image path(s) would be stored twice (e.g. {dupes[0]!r}); "
-            "give the common parent folder instead of several folders with the same layout"
+            + (
+                "give the common parent folder instead of several folders with the same layout"
+                if len(folders) > 1
+                else "the INPUTs (list files, image files) name it twice; give each image once"
+            )
         )
     return refs
 

@@ -26,8 +26,11 @@ class LayerInfo:
     shape: tuple[int, ...]  # per image, as stored without pooling: (C, H, W) or (T, D)
     layout: str = "NCHW"  # what the model returns: NCHW, NHWC (permuted on store) or NLC (tokens)
     attrs: dict[str, Any] = field(default_factory=dict, compare=False)
+    processed: tuple[int, ...] | None = None  # the stored shape after --process (run/processors.py), pool included
 
     def stored_shape(self, pool: str = "none") -> tuple[int, ...]:
+        if self.processed is not None:
+            return self.processed
         if pool == "none":
             return self.shape
         return (self.shape[-1],) if self.layout == "NLC" else (self.shape[0],)

@@ -15,6 +15,8 @@ The limit is the slowest stage; a pipeline well below it means the stages do not
 
 from __future__ import annotations
 
+import itertools
+
 import dataclasses
 import os
 import tempfile
@@ -94,7 +96,7 @@ def run_benchmark(cfg: ExtractConfig, seconds: float = 60.0, images: int = 300) 
         raise UsageError("--seconds and --images must be above 0")
     check_environment()
     placement = placement_from_env(shard=(0, 1))
-    refs = list(open_source(cfg.inputs).select(0, 1).refs[:images])
+    refs = list(itertools.islice(open_source(cfg.inputs, cfg).select(0, 1).stream(), images))
     if not refs:
         raise UsageError("bench: no images found in the INPUTs")
     if len(refs) < images:  # few images: go round them again, so that each stage runs long enough

@@ -8,6 +8,7 @@ from typing import Any
 
 from featdump.errors import FeatdumpError
 from featdump.model.layers import Backbone, LayerInfo
+from featdump.run.processors import apply
 from featdump.text import first_line
 
 
@@ -46,6 +47,7 @@ class Forward:
         dtype: str,
         channels_last: bool,
         compile: bool = False,
+        processors: Any = (),
     ) -> None:
         import torch
 
@@ -64,6 +66,7 @@ class Forward:
             amp = torch.float16 if precision == "fp16" else torch.bfloat16
             self.autocast = lambda: torch.autocast(device_type=device.type, dtype=amp)
         self.compiled = compile
+        self.processors = list(processors)  # --process (run/processors.py), in order, before the dtype cast
         self._nonfinite: Any = None  # per stored layer: NaN/inf values so far (a tensor on the device)
         self.copies = _cuda_copies(device)  # CUDA: copies overlap the next forward (run/copies.py)
         if compile:
@@ -80,7 +83,10 @@ class Forward:
                 outs = self._model(x)
             if isinstance(outs, dict):
                 outs = list(outs.values())
-            stored = [to_storage(o, layer, self.pool, self.dtype) for o, layer in zip(outs, self.layers)]
+            if self.processors:
+                stored = [apply(self.processors, to_storage(o, layer, self.pool, torch.float32), self.dtype) for o, layer in zip(outs, self.layers)]
+            else:
+                stored = [to_storage(o, layer, self.pool, self.dtype) for o, layer in zip(outs, self.layers)]
             self._count_nonfinite(stored)
             if self.copies is None:
                 return [s.cpu().numpy() for s in stored]

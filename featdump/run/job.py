@@ -12,20 +12,24 @@ from __future__ import annotations
 
 import signal
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 from featdump.data.batching import Loader
 from featdump.data.sources import open_source
-from featdump.errors import Interrupted, UsageError
+from featdump.errors import FeatdumpWarning, Interrupted, UsageError
 from featdump.model.backbone import load_backbone
 from featdump.model.layers import Backbone
 from featdump.options import ExtractConfig
+from featdump.run import processors
+from featdump.run.facts import previous_facts, rounding_note, run_facts
 from featdump.run.device import check_decode, resolve_device, tune
 from featdump.run.forward import Forward
 from featdump.run.placement import Placement, placement_from_env, shard_output_path
 from featdump.run.process import torch_settings, tune_malloc
 from featdump.run.results import ProgressSink, Summary, summarize
+from featdump.run.space import check_space
 from featdump.run.signals import SignalWatch, StopToken, raise_keyboard_interrupt
 from featdump.run.writer import Writer
 from featdump.store.output import Output, file_attrs, open_output, preflight
@@ -54,17 +58,27 @@ def _run(cfg: ExtractConfig, progress: ProgressSink, on_ready: Callable | None, 
     out_path = Path(shard_output_path(cfg.output, placement.index, placement.count))
     preflight(out_path, cfg)
     selection = open_source(cfg.inputs, cfg).select(placement.index, placement.count)
+    procs = processors.load(cfg.process)  # unknown processors and bad arguments: usage errors before the model
+    if cfg.space_check:
+        check_space(cfg, out_path, selection.length, procs)
     device = resolve_device(cfg.device, placement.local_rank)
     check_decode(cfg, device)
     tuning = tune(device, cfg, placement)
     tune_malloc()  # before the model's and the activations' memory is allocated
     with torch_settings(device, tuning.threads):
         backbone = _load_model(cfg)
+        processors.prepare(procs, backbone.data.input_size)
+        backbone.layers = processors.stored_layers(backbone.layers, cfg.pool, procs)
         if on_ready:
             on_ready(backbone, str(out_path), placement)
         if stop.stopped:
             raise _stopped(stop.signum or signal.SIGINT, "during start-up; nothing was written")
-        output = open_output(cfg, out_path, file_attrs(cfg, backbone, placement, selection), backbone.layers)
+        facts = run_facts(tuning.batch_size, device)
+        note = rounding_note(previous_facts(out_path), facts) if cfg.resume else None
+        if note:
+            warnings.warn(note, FeatdumpWarning, stacklevel=2)
+        attrs = {**file_attrs(cfg, backbone, placement, selection), **facts}
+        output = open_output(cfg, out_path, attrs, backbone.layers)
         store, length = output.store, selection.length  # length: None while a stream's is unknown
         stop.hint = f"{store.path} keeps its last commit; resume with --resume"
         done = store.progress.inputs_done
@@ -75,7 +89,7 @@ def _run(cfg: ExtractConfig, progress: ProgressSink, on_ready: Callable | None, 
             todo = selection.stream(done, store.mark)
             left = length - done if length is not None else None
             loader = Loader(todo, backbone, cfg, device, tuning.batch_size, tuning.workers, tuning.prefetch, tuning.decode_nice, left)
-            forward = Forward(backbone, device, cfg.precision, cfg.pool, cfg.dtype, tuning.channels_last, cfg.compile)
+            forward = Forward(backbone, device, cfg.precision, cfg.pool, cfg.dtype, tuning.channels_last, cfg.compile, procs)
             writer = Writer(store, tuning.queue_bytes, tuning.write_threads)
             progress.start(length, done, cfg.model)
             try:

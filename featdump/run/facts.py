@@ -1,0 +1,47 @@
+"""How a run executed (batch size, device), recorded in the file so that ``--resume`` can say when
+the continued rows will match the earlier ones only to float rounding."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def run_facts(batch_size: int, device: Any) -> dict[str, Any]:
+    """The file attributes ``batch_size`` and ``device`` of the run that created the file."""
+    return {"batch_size": int(batch_size), "device": str(device)}
+
+
+def previous_facts(out_path: Path) -> dict[str, Any] | None:
+    """``batch_size``/``device`` of the file ``--resume`` will continue (its ``--overwrite``
+    replacement first), or None when there is none or it does not record them."""
+    from featdump.store.like import read_attrs
+    from featdump.store.output import overwrite_path
+
+    for candidate in (overwrite_path(out_path), out_path):
+        if candidate.is_file():
+            try:
+                attrs = read_attrs(candidate)
+            except Exception:  # noqa: BLE001 - the resume itself says what is wrong
+                return None
+            if "batch_size" not in attrs or attrs.get("complete") or not int(attrs.get("num_images", 0) or 0):
+                return None
+            return {"batch_size": attrs.get("batch_size"), "device": attrs.get("device")}
+    return None
+
+
+def rounding_note(previous: dict[str, Any] | None, now: dict[str, Any]) -> str | None:
+    """The warning for a resume whose batch size or device differs from the file's first run."""
+    if not previous:
+        return None
+    changed = [
+        f"--{k.replace('_', '-')} {previous[k]} then, {now[k]} now"
+        for k in ("batch_size", "device")
+        if str(previous[k]) != str(now[k])
+    ]
+    if not changed:
+        return None
+    return (
+        f"--resume with another {' and '.join(c.split(' ')[0] for c in changed)} ({'; '.join(changed)}): the new rows "
+        "match what an uninterrupted run would have written to float rounding, not bit for bit"
+    )

@@ -1,0 +1,258 @@
+"""Feature processors (``--process NAME[:ARG[:ARG]]``): small steps applied, in order, to each stored
+layer's batch on the device, after pooling and before the storage dtype.
+
+A processor is a class built from its ``ARG`` strings (``cls(*args)``) with
+
+- ``output_shape(shape) -> shape``: the per-image shape it produces from the per-image shape it
+  receives: ``(C, H, W)`` for a map, ``(T, D)`` for tokens, ``(C,)`` for a pooled vector
+  (``inspect`` and the file's datasets use it, so the stored shapes are known before a model loads);
+- ``__call__(x) -> tensor``: the batch ``(B, *shape)`` as float32 on the device, returned in the
+  shape ``output_shape`` promised;
+- optionally ``prepare(input_size)``, called with the model's input ``(H, W)`` before any of the above.
+
+Built in: ``l2norm``, ``resize:HxW`` / ``resize:stride=S`` and ``pca:K:FILE``. Others register under the
+``featdump.processors`` entry-point group (``name = "package.module:Class"``) and are found by name.
+Nothing here imports torch at module level.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from featdump.errors import UsageError
+
+GROUP = "featdump.processors"
+
+
+def split_spec(spec: str) -> tuple[str, list[str]]:
+    """``"pca:64:basis.npz"`` -> ``("pca", ["64", "basis.npz"])`` (at most two ARGs; a FILE may hold ``:``)."""
+    name, _, rest = str(spec).strip().partition(":")
+    if not name:
+        raise UsageError(f"--process {spec!r}: give NAME[:ARG[:ARG]], e.g. l2norm or resize:stride=8")
+    return name, rest.split(":", 1) if rest else []
+
+
+class L2Norm:
+    """``l2norm``: every channel vector (at each position, each token, or the pooled vector) scaled to unit length."""
+
+    def __init__(self, *args: str) -> None:
+        if args:
+            raise UsageError("--process l2norm takes no arguments")
+
+    def output_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        return shape
+
+    def __call__(self, x: Any) -> Any:
+        import torch.nn.functional as F
+
+        dim = -1 if x.ndim == 3 else 1  # tokens (B, T, D): over D; maps (B, C, H, W) and vectors (B, C): over C
+        return F.normalize(x, dim=dim, eps=1e-12)
+
+
+class Resize:
+    """``resize:HxW`` or ``resize:stride=S``: every spatial map resized bilinearly (align_corners=False)
+    to one grid (``stride=S``: the input size divided by S). Token sequences and vectors pass unchanged."""
+
+    def __init__(self, *args: str) -> None:
+        self.size: tuple[int, int] | None = None
+        self.stride: int | None = None
+        arg = args[0] if len(args) == 1 else ""
+        m = re.fullmatch(r"\s*(\d+)\s*[x×]\s*(\d+)\s*", arg) or re.fullmatch(r"\s*(\d+)\s*", arg)
+        s = re.fullmatch(r"\s*stride\s*=\s*(\d+)\s*", arg)
+        if m:
+            h = int(m.group(1))
+            w = int(m.group(m.lastindex or 1))
+            self.size = (h, w)
+        elif s:
+            self.stride = int(s.group(1))
+        if (self.size is None and not self.stride) or (self.size is not None and min(self.size) < 1):
+            raise UsageError(f"--process resize:{':'.join(args)}: give resize:HxW (e.g. resize:28x28) or resize:stride=S (e.g. resize:stride=8)")
+
+    def prepare(self, input_size: tuple[int, int]) -> None:
+        if self.stride:
+            h, w = input_size
+            self.size = (max(1, h // self.stride), max(1, w // self.stride))
+
+    def output_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        if len(shape) != 3:
+            return shape
+        if self.size is None:
+            raise UsageError("--process resize:stride=S needs the input size (prepare was not called)")
+        return (shape[0], *self.size)
+
+    def __call__(self, x: Any) -> Any:
+        import torch.nn.functional as F
+
+        if x.ndim != 4:
+            return x
+        return F.interpolate(x, size=self.size, mode="bilinear", align_corners=False)
+
+
+class PCA:
+    """``pca:K:FILE``: channels projected onto the first K principal components of a saved basis.
+
+    FILE is a ``.npz`` (numpy) or ``.safetensors`` file holding ``mean`` (C,) and ``components``
+    (K_max, C), rows the principal axes as sklearn's ``PCA.components_``: the output is
+    ``(x - mean) @ components[:K].T`` along the channel axis (C of a map or a vector, D of tokens).
+    """
+
+    def __init__(self, *args: str) -> None:
+        if len(args) != 2 or not args[0].strip().isdigit() or int(args[0]) < 1:
+            raise UsageError(f"--process pca:{':'.join(args)}: give pca:K:FILE, e.g. pca:64:basis.npz")
+        self.k = int(args[0])
+        self.file = args[1]
+        self.mean, self.components = load_pca(self.file, self.k)
+        self._on: Any = None
+
+    def output_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        c = self.mean.shape[0]
+        axis = len(shape) - 1 if len(shape) == 2 else 0
+        if shape[axis] != c:
+            raise UsageError(
+                f"--process pca:{self.k}:{self.file}: the basis has {c} channels, a layer has {shape[axis]}; "
+                "store one layer per basis (--out-indices or --layers)"
+            )
+        out = list(shape)
+        out[axis] = self.k
+        return tuple(out)
+
+    def __call__(self, x: Any) -> Any:
+        import torch
+
+        if self._on is None or self._on[0].device != x.device:
+            self._on = (torch.from_numpy(self.mean).to(x.device), torch.from_numpy(self.components).to(x.device))
+        mean, comp = self._on
+        if x.ndim == 3:  # tokens: (B, T, D)
+            return (x - mean) @ comp.T
+        if x.ndim == 2:
+            return (x - mean) @ comp.T
+        y = x.permute(0, 2, 3, 1) - mean  # (B, H, W, C)
+        return (y @ comp.T).permute(0, 3, 1, 2)
+
+
+def load_pca(path: str, k: int) -> tuple[Any, Any]:
+    """``mean`` (C,) and the first ``k`` rows of ``components`` (K, C) as float32 numpy arrays."""
+    import numpy as np
+
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"--process pca: basis file {path} not found")
+    try:
+        if p.suffix == ".safetensors":
+            from safetensors.numpy import load_file
+
+            data = load_file(str(p))
+        else:
+            with np.load(p, allow_pickle=False) as z:
+                data = {k_: z[k_] for k_ in z.files}
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is one usage error
+        raise UsageError(f"--process pca: cannot read {path} as .npz or .safetensors ({type(exc).__name__})") from None
+    if "mean" not in data or "components" not in data:
+        raise UsageError(f"--process pca: {path} must hold 'mean' (C,) and 'components' (K, C); it holds {sorted(data)}")
+    mean = np.asarray(data["mean"], dtype=np.float32).reshape(-1)
+    comp = np.asarray(data["components"], dtype=np.float32)
+    if comp.ndim != 2 or comp.shape[1] != mean.shape[0]:
+        raise UsageError(f"--process pca: {path}: components must be (K, C) with C = len(mean) = {mean.shape[0]}, not {comp.shape}")
+    if k > comp.shape[0]:
+        raise UsageError(f"--process pca:{k}: {path} holds only {comp.shape[0]} components")
+    return mean, np.ascontiguousarray(comp[:k])
+
+
+BUILTIN: dict[str, type] = {"l2norm": L2Norm, "resize": Resize, "pca": PCA}
+
+
+@dataclass(frozen=True)
+class ProcessorInfo:
+    """One installed processor, as ``featdump processors`` lists it."""
+
+    name: str
+    source: str  # "built in", or the distribution that registers it
+    target: str  # module:Class
+    doc: str
+
+
+def _entry_points() -> list[Any]:
+    from importlib.metadata import entry_points
+
+    return list(entry_points(group=GROUP))
+
+
+def installed() -> list[ProcessorInfo]:
+    """Built-in processors, then those registered by installed packages."""
+    out = [ProcessorInfo(n, "built in", f"{c.__module__}:{c.__name__}", _doc(c)) for n, c in BUILTIN.items()]
+    for ep in _entry_points():
+        dist = getattr(getattr(ep, "dist", None), "name", None) or "?"
+        out.append(ProcessorInfo(ep.name, dist, ep.value, ""))
+    return out
+
+
+def _doc(cls: Any) -> str:
+    return " ".join((cls.__doc__ or "").strip().split("\n\n")[0].replace("``", "").split())
+
+
+def find(name: str) -> type:
+    """The class of processor ``name``: built in, else from the entry-point group; a missing one is a
+    usage error naming the package to install (``featdump-NAME`` unless it says otherwise)."""
+    if name in BUILTIN:
+        return BUILTIN[name]
+    for ep in _entry_points():
+        if ep.name == name:
+            try:
+                return ep.load()
+            except Exception as exc:  # noqa: BLE001 - a broken plugin is the user's to fix
+                raise UsageError(f"--process {name}: cannot load {ep.value} ({type(exc).__name__}: {exc})") from None
+    known = ", ".join(p.name for p in installed())
+    raise UsageError(
+        f"--process {name}: no such processor installed (installed: {known}); install the package that "
+        f"provides it (e.g. pip install featdump-{name}), which registers it under the {GROUP!r} entry points"
+    )
+
+
+def load(specs: Sequence[str] | None) -> list[Any]:
+    """Processor instances for ``--process`` values, in order (usage errors before any model loads)."""
+    out = []
+    for spec in specs or ():
+        name, args = split_spec(spec)
+        cls = find(name)
+        try:
+            out.append(cls(*args))
+        except UsageError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a plugin's own argument checks
+            raise UsageError(f"--process {spec}: {type(exc).__name__}: {exc}") from None
+    return out
+
+
+def prepare(processors: Sequence[Any], input_size: Sequence[int]) -> None:
+    """Tell processors that need it the model's input ``(H, W)`` (``input_size`` may be ``[C, H, W]``)."""
+    hw = (int(input_size[-2]), int(input_size[-1]))
+    for p in processors:
+        if hasattr(p, "prepare"):
+            p.prepare(hw)
+
+
+def stored_layers(layers: Sequence[Any], pool: str, processors: Sequence[Any]) -> list[Any]:
+    """The layers with the shapes the processors make (``LayerInfo.processed``); unchanged without processors."""
+    if not processors:
+        return list(layers)
+    out = []
+    for layer in layers:
+        shape = tuple(layer.stored_shape(pool))
+        for p in processors:
+            shape = tuple(int(d) for d in p.output_shape(shape))
+        out.append(replace(layer, processed=shape))
+    return out
+
+
+def apply(processors: Sequence[Any], x: Any, dtype: Any) -> Any:
+    """One layer's stored batch through every processor (in float32), then cast to the storage ``dtype``."""
+    import torch
+
+    y = x.float()
+    for p in processors:
+        y = p(y)
+    return y.to(dtype=dtype, memory_format=torch.contiguous_format)

@@ -1,0 +1,124 @@
+"""Disk planning: bytes per image from the layer shapes (meta device, no weights), and the check
+``extract`` makes before loading the model.
+
+The rule (README, "Disk planning"): the rows still to write need ``remaining images × bytes per
+image`` uncompressed (at ``--dtype``/``--pool``, after ``--process``), plus a margin of 2% and
+1 MiB (HDF5 metadata, the redo journal, /paths). With ``--compression`` the need is scaled by the
+best ratio measured for the codec (:data:`BEST_RATIO`, docs/performance.md's Codecs table): the run
+is refused only when even that would not fit. ``--no-space-check`` skips the check.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from featdump.errors import UsageError
+
+MiB = 1 << 20
+MARGIN_FRACTION = 0.02
+MARGIN_BYTES = 1 * MiB
+# stored / raw bytes, the best measured per codec (resnet50 maps, about half zeros: docs/performance.md)
+BEST_RATIO = {"none": 1.0, "gzip": 0.46, "lzf": 0.53, "zstd": 0.47}
+
+
+@dataclass(frozen=True)
+class SpaceNeed:
+    """What the rows still to write need on disk, and what the file system has."""
+
+    images: int
+    bytes_per_image: int
+    raw_bytes: int  # images x bytes per image, uncompressed
+    need_bytes: int  # after the codec's ratio, plus the margin
+    free_bytes: int
+    folder: str
+
+    @property
+    def fits(self) -> bool:
+        return self.need_bytes <= self.free_bytes
+
+
+def layers_for(cfg: Any, processors: Sequence[Any] = ()) -> list[Any]:
+    """The stored layers of a run (shapes after pooling and processors), from the meta device."""
+    from featdump.model.backbone import describe
+    from featdump.run.processors import prepare, stored_layers
+
+    desc = describe(cfg.model, cfg.out_indices, cfg.output_stride, cfg.img_size, layers=cfg.layers, tokens=cfg.tokens)
+    prepare(processors, desc.data.input_size)
+    return stored_layers(desc.layers, cfg.pool, processors)
+
+
+def need(layers: Sequence[Any], images: int, dtype: str, pool: str, compression: str, folder: str | Path) -> SpaceNeed:
+    """The numbers of the check for ``images`` more rows written into ``folder``."""
+    per_image = sum(layer.bytes_per_image(dtype, pool) for layer in layers)
+    raw = per_image * images
+    want = int(raw * BEST_RATIO.get(compression, 1.0))
+    want += int(want * MARGIN_FRACTION) + MARGIN_BYTES if images else 0
+    st = os.statvfs(folder)
+    return SpaceNeed(images, per_image, raw, want, st.f_bavail * st.f_frsize, str(folder))
+
+
+def remaining_images(total: int, out_path: Path, resume: bool) -> int:
+    """Images still to write: all of them, or (``--resume``) those past the file's ``inputs_done``."""
+    if not resume:
+        return total
+    from featdump.store.like import read_attrs
+    from featdump.store.output import overwrite_path
+
+    for candidate in (overwrite_path(out_path), out_path):
+        if candidate.is_file():
+            try:
+                return max(0, total - int(read_attrs(candidate).get("inputs_done", 0)))
+            except Exception:  # noqa: BLE001 - unreadable here: the real resume says why
+                return total
+    return total
+
+
+def check_space(cfg: Any, out_path: Path, total: int | None, processors: Sequence[Any] = ()) -> SpaceNeed | None:
+    """Refuse (UsageError) a run whose rows cannot fit on the output's file system; None when not checked
+    (``total`` None: a stream of tar shards, whose image count is known only once it is read)."""
+    if total is None:
+        return None
+    images = remaining_images(total, out_path, cfg.resume)
+    if not images:
+        return None
+    folder = out_path.resolve().parent if out_path.parent != Path("") else Path.cwd()
+    try:
+        layers = layers_for(cfg, processors)
+    except UsageError:
+        raise
+    except Exception:  # noqa: BLE001 - a model the meta device cannot build: the load says more
+        return None
+    n = need(layers, images, cfg.dtype, cfg.pool, cfg.compression, folder)
+    if not n.fits:
+        raise UsageError(space_message(n, cfg))
+    return n
+
+
+def fmt_bytes(n: float) -> str:
+    """Bytes for people: GiB/MiB (binary units, labelled as such)."""
+    if n >= 1 << 30:
+        return f"{n / (1 << 30):,.2f} GiB"
+    return f"{n / MiB:,.1f} MiB"
+
+
+def space_message(n: SpaceNeed, cfg: Any) -> str:
+    ways = []
+    if cfg.dtype != "float16":
+        ways.append("--dtype float16 (half)")
+    ways.append("fewer levels (--out-indices)")
+    if cfg.pool == "none":
+        ways.append("--pool avg (one vector per layer)")
+    if cfg.compression == "none":
+        ways.append("--compression zstd")
+    ways.append("another -o folder")
+    ways.append("--no-space-check to try anyway")
+    how = "uncompressed" if cfg.compression == "none" else f"at {cfg.compression}'s best ratio {BEST_RATIO[cfg.compression]}"
+    return (
+        f"not enough space for the output: {n.images} images × {fmt_bytes(n.bytes_per_image)} = {fmt_bytes(n.raw_bytes)} "
+        f"of features, {fmt_bytes(n.need_bytes)} with margin {how}, but {n.folder} has {fmt_bytes(n.free_bytes)} free; "
+        f"ways out: {', '.join(ways)}"
+    )

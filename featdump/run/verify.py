@@ -1,0 +1,194 @@
+"""``featdump verify FILE``: re-extract a random sample of stored rows with the settings recorded in
+the file and compare.
+
+The settings come from the file's attributes (featdump/store/like.py: the same mapping as
+``extract --like``), the model from the same loader as ``extract`` (run/job.py), the pixels from the
+same Loader (timm's eval transform, the recorded decoding) and the arrays from the same Forward stage
+(pooling, processors, storage dtype). Nothing here prints.
+
+Tolerance (README, "Verify"): a row passes when, in every layer, the largest absolute difference is
+at most ``rtol × max |stored value|`` of that row and the cosine similarity is at least ``min_cos``:
+
+=========================  =======  ========
+precision / storage dtype  rtol     min_cos
+=========================  =======  ========
+fp32 / float32             1e-3     0.99999
+fp32 / float16             1e-2     0.9999
+fp16 or bf16 autocast      0.1      0.99
+=========================  =======  ========
+
+fp32 rows made on another device or batch size differ by float rounding (~1e-6 relative); float16
+storage rounds to ~1e-3 relative; autocast runs differ by much more between devices and batch sizes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from featdump.errors import UsageError
+
+TOLERANCE: dict[tuple[str, str], tuple[float, float]] = {
+    ("fp32", "float32"): (1e-3, 0.99999),
+    ("fp32", "float16"): (1e-2, 0.9999),
+}
+AUTOCAST_TOLERANCE = (0.1, 0.99)
+
+
+class CannotVerify(UsageError):
+    """Exit 2: the file cannot be checked here (weights, inputs, processors or timm differ or are missing)."""
+
+
+def tolerance(precision: str, dtype: str) -> tuple[float, float]:
+    """``(rtol, min_cos)`` for a file's precision and storage dtype."""
+    return TOLERANCE.get((precision, dtype), AUTOCAST_TOLERANCE)
+
+
+@dataclass
+class LayerCheck:
+    name: str
+    max_abs: float  # largest absolute difference over the checked rows
+    max_rel: float  # largest (absolute difference / max |stored|) of a row
+    min_cos: float  # smallest cosine similarity of a row
+    bad_rows: list[int] = field(default_factory=list)
+
+
+@dataclass
+class VerifyReport:
+    path: str
+    rows: list[int]
+    paths: list[str]
+    layers: list[LayerCheck]
+    rtol: float
+    min_cos: float
+    precision: str
+    dtype: str
+    device: str
+
+    @property
+    def bad_rows(self) -> list[int]:
+        return sorted({r for layer in self.layers for r in layer.bad_rows})
+
+    @property
+    def ok(self) -> bool:
+        return not self.bad_rows
+
+
+def pick_rows(num_images: int, n: int, seed: int) -> list[int]:
+    """``n`` distinct rows of ``num_images``, drawn with ``seed`` (sorted)."""
+    import numpy as np
+
+    if n < 1:
+        raise UsageError(f"-n must be at least 1, not {n}")
+    rng = np.random.default_rng(seed)
+    return sorted(int(r) for r in rng.choice(num_images, size=min(n, num_images), replace=False))
+
+
+def locate_inputs(path: Path, attrs: dict[str, Any], stored: list[str]) -> list[Path]:
+    """Where each stored path can be read now (viz's rules); a missing one is :class:`CannotVerify`."""
+    from featdump.store.format import read_inputs_attr
+    from featdump.viz import _input_roots, _roots_from_inputs, find_input
+
+    inputs = read_inputs_attr(attrs.get("inputs"))
+    anchors = [Path(i) for i in inputs or [] if Path(i).is_absolute()]
+    roots = _roots_from_inputs(inputs, path) if inputs is not None else _input_roots(str(attrs.get("command", "")), path)
+    out = []
+    for s in stored:
+        where = find_input(s, roots, anchors)
+        if where is None:
+            raise CannotVerify(f"cannot verify {path}: input image {s} is gone (looked under {', '.join(str(r) for r in roots[:3])})")
+        out.append(where)
+    return out
+
+
+def compare(stored: Any, fresh: Any) -> tuple[float, float, float]:
+    """One row: ``(max abs difference, that / max |stored|, cosine similarity)`` in float64."""
+    import numpy as np
+
+    a = np.asarray(stored, dtype=np.float64).ravel()
+    b = np.asarray(fresh, dtype=np.float64).ravel()
+    diff = float(np.max(np.abs(a - b))) if a.size else 0.0
+    scale = float(np.max(np.abs(a))) if a.size else 0.0
+    rel = diff / scale if scale > 0 else (0.0 if diff == 0 else float("inf"))
+    na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
+    cos = 1.0 if na == 0 and nb == 0 else (float(a @ b) / (na * nb) if na and nb else 0.0)
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):
+        same = np.array_equal(a, b, equal_nan=True)
+        return (0.0 if same else float("inf"), 0.0 if same else float("inf"), 1.0 if same else 0.0)
+    return diff, rel, cos
+
+
+def verify_file(path: str | Path, n: int = 8, seed: int = 0, device: str = "auto") -> VerifyReport:
+    """Re-extract ``n`` random rows of ``path`` and compare them with the stored ones."""
+    import timm
+
+    from featdump import open as open_file
+    from featdump.data.discover import ImageRef
+    from featdump.data.batching import Loader
+    from featdump.options import resolve
+    from featdump.run import processors
+    from featdump.run.device import resolve_device
+    from featdump.run.forward import Forward
+    from featdump.run.job import _load_model
+    from featdump.store.like import read_attrs, recorded_options
+
+    p = Path(path)
+    attrs = read_attrs(p)
+    made_with = str(attrs.get("timm_version", ""))
+    if made_with and made_with != timm.__version__:
+        raise CannotVerify(
+            f"cannot verify {p}: it was made with timm {made_with}, this is timm {timm.__version__}; "
+            f"verify with timm=={made_with}"
+        )
+    try:
+        opts = recorded_options(p, attrs, where="cannot verify")
+        procs = processors.load(opts.get("process"))
+    except CannotVerify:
+        raise
+    except UsageError as exc:
+        raise CannotVerify(str(exc)) from None
+    with open_file(p) as ff:
+        if ff.num_images == 0:
+            raise CannotVerify(f"cannot verify {p}: it holds no rows yet")
+        rows = pick_rows(ff.num_images, n, seed)
+        stored_paths = [ff.paths[r] for r in rows]
+        sources = locate_inputs(p, attrs, stored_paths)
+        stored = {name: ff.numpy(name, rows) for name in ff.layers}
+    cfg = resolve({**opts, "inputs": (str(p),), "output": str(p), "device": device})
+    dev = resolve_device(cfg.device, 0)
+    try:
+        backbone = _load_model(cfg)
+    except UsageError as exc:
+        raise CannotVerify(f"cannot verify {p}: {exc}") from None
+    recorded = str(attrs.get("weights", ""))
+    if recorded.startswith("pretrained:") and backbone.weights != recorded:
+        raise CannotVerify(f"cannot verify {p}: it was made with weights {recorded}, this timm loads {backbone.weights}")
+    processors.prepare(procs, backbone.data.input_size)
+    backbone.layers = processors.stored_layers(backbone.layers, cfg.pool, procs)
+    names = [layer.name for layer in backbone.layers]
+    if sorted(names) != sorted(stored):
+        raise CannotVerify(f"cannot verify {p}: this timm builds layers {names}, the file holds {sorted(stored)}")
+    refs = [ImageRef(s, str(src)) for s, src in zip(stored_paths, sources)]
+    loader = Loader(refs, backbone, cfg, dev, batch_size=len(refs), workers=0, prefetch=2)
+    forward = Forward(backbone, dev, cfg.precision, cfg.pool, cfg.dtype, False, False, procs)
+    fresh: dict[str, list[Any]] = {name: [None] * len(refs) for name in names}
+    for batch in loader:
+        if batch.failed:
+            i, err = batch.failed[0]
+            raise CannotVerify(f"cannot verify {p}: input image {sources[i]} cannot be read now ({err})")
+        outs = forward(batch.pixels)
+        for name, arr in zip(names, outs):
+            for j, pos in enumerate(batch.positions):
+                fresh[name][pos] = arr[j]
+    rtol, min_cos = tolerance(cfg.precision, cfg.dtype)
+    checks = []
+    for name in names:
+        check = LayerCheck(name, 0.0, 0.0, 1.0)
+        for k, row in enumerate(rows):
+            diff, rel, cos = compare(stored[name][k], fresh[name][k])
+            check.max_abs, check.max_rel, check.min_cos = max(check.max_abs, diff), max(check.max_rel, rel), min(check.min_cos, cos)
+            if rel > rtol or cos < min_cos:
+                check.bad_rows.append(row)
+        checks.append(check)
+    return VerifyReport(str(p), rows, stored_paths, checks, rtol, min_cos, cfg.precision, cfg.dtype, str(dev))
