@@ -139,7 +139,7 @@ def inspect(
         bool, typer.Option("--all-modules", help="List every module name (for --layers) with its output shape.")
     ] = False,
     tokens: Annotated[
-        str, typer.Option("--tokens", help="Token outputs as seq (N,T,D) or map (N,D,H,W, prefix tokens dropped).")
+        str, typer.Option("--tokens", help="Token outputs as seq (N,T,D), map (N,D,H,W, prefix tokens dropped) or both (map + <name>.prefix).")
     ] = "seq",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON on stdout (nothing else).")] = False,
 ) -> None:
