@@ -245,3 +245,28 @@ def test_crop_pct_out_of_range_is_a_usage_error(cli, shapes, tmp_path):
     assert res.exit_code == 2 and "--crop-pct takes a number in (0, 1]" in res.output
     res = cli("extract", "resnet18", str(shapes), "-o", str(tmp_path / "f.h5"), "--crop-mode", "letterbox")
     assert res.exit_code == 2 and "--crop-mode must be one of center|squash|border" in res.output
+
+
+def test_viz_overlay_paints_cells_into_their_boxes(cli, shapes, tmp_path):
+    from featdump.data.geometry import cell_boxes
+    from featdump.overlay import paint
+
+    # a 2x2 map over a 10x20 photo letterboxed into a 20x20 input: rows 0..4 of the input are padding
+    boxes = cell_boxes((10, 20, 1.0, 1.0, -5.0, 0.0), (2, 2), (20, 20), 10)
+    np.testing.assert_array_equal(boxes[0, 0], [0, 0, 5, 10])
+    colours = np.array([[[255, 0, 0], [0, 255, 0]], [[0, 0, 255], [255, 255, 255]]], dtype=np.uint8)
+    got = np.asarray(paint(Image.new("RGB", (20, 10)), boxes, colours, alpha=1.0))
+    assert (got[:5, :10] == [255, 0, 0]).all() and (got[5:, 10:] == [255, 255, 255]).all()
+    assert (got[5:, :10] == [0, 0, 255]).all() and (got[:5, 10:] == [0, 255, 0]).all()
+    assert np.isnan(cell_boxes((10, 20, 1.0, 1.0, -15.0, 0.0), (2, 2), (20, 20), 10)[0]).all()  # wholly padding
+
+    out = tmp_path / "f.h5"
+    _extract(cli, "resnet18", shapes, out, "--no-pretrained", "--img-size", "32", "--crop-mode", "border",
+             "--out-indices", "1,-1")  # fmt: skip
+    res = cli("viz", str(out), "-o", str(tmp_path / "ov.png"), "--overlay", "--image", "0", "--image", "rotated.jpg")
+    assert res.exit_code == 0, res.output
+    assert Image.open(tmp_path / "ov.png").size[0] > 3 * 160
+    pooled = tmp_path / "p.h5"
+    _extract(cli, "resnet18", shapes, pooled, "--no-pretrained", "--img-size", "32", "--pool", "avg", "--out-indices", "-1")
+    res = cli("viz", str(pooled), "-o", str(tmp_path / "p.png"), "--overlay")
+    assert res.exit_code == 2 and "--overlay draws spatial (N, C, H, W) layers" in res.output
