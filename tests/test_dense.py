@@ -270,3 +270,29 @@ def test_viz_overlay_paints_cells_into_their_boxes(cli, shapes, tmp_path):
     _extract(cli, "resnet18", shapes, pooled, "--no-pretrained", "--img-size", "32", "--pool", "avg", "--out-indices", "-1")
     res = cli("viz", str(pooled), "-o", str(tmp_path / "p.png"), "--overlay")
     assert res.exit_code == 2 and "--overlay draws spatial (N, C, H, W) layers" in res.output
+
+
+def test_readme_dense_prediction_example(photos, tmp_path):
+    """The README's FPN example, run as written (random weights, two of the photos)."""
+    import re
+    import shlex
+    import shutil
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Dense prediction") :]
+    command, code = re.compile(r"^```\w*\n(.*?)^```", re.S | re.M).findall(section)[:2]
+    args = shlex.split(command.strip())
+    assert args[:2] == ["featdump", "extract"]
+    (tmp_path / "photos").mkdir()
+    for name in ("astronaut.jpg", "chelsea.jpg"):
+        shutil.copy(photos / name, tmp_path / "photos" / name)
+    res = run(*args[1:], "--no-pretrained", "--quiet", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    numbers = [float(v) for v in re.findall(r"-?\d+(?:\.\d+)?", proc.stdout)]
+    assert numbers[:2] == [480.0, 480.0] and len(numbers) == 10  # astronaut.jpg is 480x480; then a box of 4
