@@ -59,10 +59,10 @@ def _expected_geometry(h: int, w: int, mode: str, pct: float) -> tuple[float, ..
         rh, rw = round(h / ratio), round(w / ratio)
     else:  # torchvision Resize(int): shorter side to `scale`
         rh, rw = (int(scale * h / w), scale) if w <= h else (scale, int(scale * w / h))
-    pad_t = (IMG - rh) // 2 if IMG > rh else 0
-    pad_l = (IMG - rw) // 2 if IMG > rw else 0
-    ph = rh + pad_t + ((IMG - rh + 1) // 2 if IMG > rh else 0)
-    pw = rw + pad_l + ((IMG - rw + 1) // 2 if IMG > rw else 0)
+    pad_t = (IMG - rh) // 2 if rh < IMG else 0
+    pad_l = (IMG - rw) // 2 if rw < IMG else 0
+    ph = rh + pad_t + ((IMG - rh + 1) // 2 if rh < IMG else 0)
+    pw = rw + pad_l + ((IMG - rw + 1) // 2 if rw < IMG else 0)
     top, left = int(round((ph - IMG) / 2)) - pad_t, int(round((pw - IMG) / 2)) - pad_l
     sy, sx = h / rh, w / rw
     return (h, w, sy, sx, top * sy, left * sx)
