@@ -364,7 +364,7 @@ def create_geometry(h5: Any) -> None:
     """The empty ``/geometry`` dataset, its columns named in an attribute."""
     from featdump.data.geometry import COLUMNS
 
-    ds = h5.create_dataset(GEOMETRY, shape=(0, len(COLUMNS)), maxshape=(None, len(COLUMNS)), dtype="float64", chunks=(4096, len(COLUMNS)))
+    ds = h5.create_dataset(GEOMETRY, shape=(0, len(COLUMNS)), maxshape=(None, len(COLUMNS)), dtype="float64", chunks=(256, len(COLUMNS)))  # 12 KiB chunks
     ds.attrs["columns"] = list(COLUMNS)
 
 
