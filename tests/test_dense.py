@@ -186,6 +186,8 @@ def test_tokens_both_equals_forward_intermediates(cli, random_checkpoint, photos
             np.testing.assert_allclose(f.numpy(f"{name}.prefix"), prefix.numpy(), rtol=1e-5, atol=1e-5)
             assert f.attrs(name)["num_prefix_tokens"] == 1 and f.attrs(f"{name}.prefix")["num_prefix_tokens"] == 1
         spatial_ref = ref[0][0].numpy()
+    res = cli("viz", str(out), "-o", str(tmp_path / "v.png"))  # .prefix layers drawn as vectors
+    assert res.exit_code == 0, res.output
     pooled = tmp_path / "p.h5"
     _extract(cli, "vit_tiny_patch16_224", photos, pooled, "--checkpoint", str(ckpt), "--img-size", str(IMG),
              "--layers", "blocks.1", "--tokens", "both", "--pool", "avg")  # fmt: skip
