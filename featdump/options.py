@@ -26,7 +26,10 @@ Dtype = Literal["float32", "float16"]
 Pool = Literal["none", "avg", "max"]
 Compression = Literal["none", "gzip", "lzf", "zstd"]
 Decode = Literal["cpu", "gpu"]  # --decode: PIL in worker processes, or torchvision's nvjpeg on the CUDA device
-Tokens = Literal["seq", "map"]  # token outputs as (N, T, D), or as a (N, D, H, W) map of the patch tokens
+# token outputs as (N, T, D), as a (N, D, H, W) map of the patch tokens, or both: the map plus the
+# prefix (class, register) tokens (N, P, D) under <name>.prefix
+Tokens = Literal["seq", "map", "both"]
+CropMode = Literal["center", "squash", "border"]  # timm's eval crop modes (transforms_imagenet_eval)
 OutputStride = Literal[8, 16, 32]
 
 PRECISIONS: tuple[str, ...] = get_args(Precision)
@@ -35,6 +38,7 @@ POOLS: tuple[str, ...] = get_args(Pool)
 COMPRESSIONS: tuple[str, ...] = get_args(Compression)
 DECODERS: tuple[str, ...] = get_args(Decode)
 TOKENS: tuple[str, ...] = get_args(Tokens)
+CROP_MODES: tuple[str, ...] = get_args(CropMode)
 OUTPUT_STRIDES: tuple[int, ...] = get_args(OutputStride)
 
 
@@ -139,6 +143,19 @@ def _positive(name: str, value: Any, minimum: int = 1) -> int | None:
     return value
 
 
+def parse_crop_pct(value: Any) -> float | None:
+    """``--crop-pct``: the fraction of the resized image that is kept, 0 < F <= 1 (timm's ``crop_pct``)."""
+    if value is None or value == "":
+        return None
+    try:
+        pct = float(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"--crop-pct takes a number in (0, 1], e.g. 0.875 or 1.0, not {value!r}") from None
+    if isinstance(value, bool) or not 0.0 < pct <= 1.0:
+        raise UsageError(f"--crop-pct takes a number in (0, 1], e.g. 0.875 or 1.0, not {value!r}")
+    return pct
+
+
 def _path_or_none(value: Any) -> str | None:
     return str(value) if value else None
 
@@ -181,7 +198,11 @@ class ExtractConfig:
         parse=parse_names,
     )
     tokens: Tokens = opt(
-        "Token outputs: seq stores (N,T,D), map stores (N,D,H,W).", default="seq", setting=True, attr=True
+        "Token outputs: seq stores (N,T,D), map stores (N,D,H,W) (prefix tokens dropped), both stores the map "
+        "and the prefix (CLS, register) tokens (N,P,D) as <name>.prefix.",
+        default="seq",
+        setting=True,
+        attr=True,
     )
     output_stride: OutputStride | None = opt(
         "8|16|32 (dilated).", default=None, setting=True, attr=lambda cfg: cfg.output_stride or 0
@@ -192,6 +213,21 @@ class ExtractConfig:
         cli=str | None,
         api=int | str | tuple[int, int] | None,
         parse=parse_img_size,
+    )
+    # the resolved values are the file's crop_mode/crop_pct attributes (file_attrs), compared on resume/merge
+    crop_mode: CropMode | None = opt(
+        "center|squash|border: crop the centre, resize the whole image (aspect changes), or keep the "
+        "aspect and pad (letterbox). [default: the model's]",
+        default=None,
+        setting=True,
+    )
+    crop_pct: float | None = opt(
+        "Fraction of the resized image kept (timm's crop_pct; 1.0 keeps it all). [default: the model's]",
+        default=None,
+        cli=str | None,
+        api=float | str | None,
+        setting=True,
+        parse=parse_crop_pct,
     )
     pretrained: bool = opt(
         "Hub weights (cached), or random init.", default=True, flags=("--pretrained/--no-pretrained",)

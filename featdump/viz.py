@@ -209,6 +209,8 @@ def as_maps(data: Any, attrs: dict[str, Any]) -> tuple[str, Any]:
 
     if data.ndim == 4:
         return "map", data
+    if data.ndim == 3 and attrs.get("part") == "prefix":  # --tokens both: <name>.prefix (K, P, D), no grid
+        return "vector", np.asarray(data).mean(axis=1)
     if data.ndim == 3:  # tokens (K, T, D)
         prefix = int(attrs.get("num_prefix_tokens", 0) or 0)
         grid = attrs.get("grid")

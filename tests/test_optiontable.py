@@ -24,7 +24,7 @@ from featdump.store.sink import RESUME_KEYS
 
 BASE = {"model": "resnet18", "inputs": ("imgs",), "output": "o.h5"}
 NAMES = [o.name for o in OPTIONS]
-CHOICES = {"tokens", "output_stride", "precision", "dtype", "pool", "compression", "decode"}
+CHOICES = {"tokens", "output_stride", "crop_mode", "precision", "dtype", "pool", "compression", "decode"}
 
 
 def _click_params(command_table: typer.Typer) -> dict:
@@ -110,8 +110,8 @@ def test_option_attrs() -> None:
 
 
 def test_resume_and_merge_keys_hold_the_settings() -> None:
-    want = ("model", "out_indices", "layers", "tokens", "output_stride", "precision", "dtype", "pool", "decode",
-            "path_column", "image_column", "id_column", "process")  # fmt: skip
+    want = ("model", "out_indices", "layers", "tokens", "output_stride", "crop_mode", "crop_pct", "precision", "dtype",
+            "pool", "decode", "path_column", "image_column", "id_column", "process")  # fmt: skip
     assert SETTINGS == want
     # "shard" is the placement's [I, N] (the option, or torchrun/Slurm): listed with the derived keys
     assert [k for k in RESUME_KEYS if k in NAMES and k != "shard"] == list(SETTINGS)
@@ -126,7 +126,7 @@ def test_resolve_checks_by_type() -> None:
         ({"workers": -1}, "--workers must be a whole number >= 0, not -1"),
         ({"max_image_pixels": 0}, "--max-image-pixels must be a whole number >= 1, not 0"),
         ({"output_stride": "x"}, "--output-stride must be one of 8|16|32, not -1"),
-        ({"tokens": "both"}, "--tokens must be one of seq|map, not 'both'"),
+        ({"tokens": "all"}, "--tokens must be one of seq|map|both, not 'all'"),
         ({"compile": 1}, "compile must be true or false, not 1"),
         ({"fast_decode": True, "decode": "gpu"}, "--fast-decode and --decode gpu exclude each other"),
     ]:

@@ -139,7 +139,7 @@ def inspect(
         bool, typer.Option("--all-modules", help="List every module name (for --layers) with its output shape.")
     ] = False,
     tokens: Annotated[
-        str, typer.Option("--tokens", help="Token outputs as seq (N,T,D) or map (N,D,H,W, prefix tokens dropped).")
+        str, typer.Option("--tokens", help="Token outputs as seq (N,T,D), map (N,D,H,W, prefix tokens dropped) or both (map + <name>.prefix).")
     ] = "seq",
     images: Annotated[
         Optional[int], typer.Option("--images", help="Disk planning: add per-layer and total sizes for N images.")
@@ -428,6 +428,9 @@ def viz(
         Optional[Path], typer.Option("--root", help="Folder the stored image paths are relative to.")
     ] = None,
     tile: Annotated[int, typer.Option("--tile", help="Tile width in pixels.")] = 160,
+    overlay: Annotated[
+        bool, typer.Option("--overlay", help="Draw each spatial layer's PCA map over the original image (/geometry).")
+    ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing on success.")] = False,
 ) -> None:
     """Draw stored feature maps: per image, the input then each layer as a PCA of channels -> RGB.
@@ -436,9 +439,15 @@ def viz(
     Input images are read from their stored paths (relative ones are looked up under --root, the
     INPUT folders of the recorded command, the current folder and the file's folder).
 
+    With --overlay, each spatial layer's map is painted over the whole original image, every cell
+    in its box (the file's /geometry), so crops and padding line up.
+
     Example: featdump viz feats.h5 -o feats.png --image 0 --image cats/tom.jpg --layer layer2
     """
-    from featdump.viz import render
+    if overlay:  # each cell painted into its box in the original image (FeatureFile.pixel_boxes)
+        from featdump.overlay import render_overlay as render
+    else:
+        from featdump.viz import render
 
     result = render(path, output, images=image, layers=layer, tile=tile, root=root)
     if not quiet:

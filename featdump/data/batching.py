@@ -38,6 +38,7 @@ class Loader:
 
         from featdump.data.datasets import DeviceDecoder, EncodedDataset
         from featdump.data.decode import fast_decode_size, load_rgb
+        from featdump.data.geometry import Geometry
         from featdump.data.transform import ResizeGuard
 
         if length is None and isinstance(todo, Sized):
@@ -46,6 +47,7 @@ class Loader:
         keys = StreamBatches(todo, batch_size, self.inflight)
         todo = []  # the datasets decode the refs handed to them with each key, not a list of their own
         transform = backbone.data.transform()
+        self.geometry = Geometry(transform)  # each image's /geometry row, from its original size
         guard = ResizeGuard(backbone.data, cfg.max_image_pixels)
         self.decoder: Any = None
         if cfg.decode == "gpu":
@@ -79,6 +81,7 @@ class Loader:
         for batch in self.loader:
             batch = self.decoder(batch) if self.decoder is not None else batch
             batch.refs = {i: self.inflight.pop(i) for i in range(batch.first, batch.last + 1)}
+            batch.geometry = self.geometry.rows(batch.sizes or [None] * len(batch.positions))
             yield batch
 
 

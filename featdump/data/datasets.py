@@ -15,7 +15,8 @@ from typing import Any
 from featdump.data.decode import Encoded, describe_error, load_rgb, read_jpeg
 from featdump.data.discover import ImageRef
 
-Sample = tuple[int, Any, str]  # (position in the list, tensor or None, error text or "")
+# (position in the list, tensor or None, error text or "", original (height, width) after EXIF or None)
+Sample = tuple[int, Any, str, Any]
 
 
 def image_source(ref: ImageRef) -> str | bytes:
@@ -25,7 +26,8 @@ def image_source(ref: ImageRef) -> str | bytes:
 
 
 class ImageDataset:
-    """Map-style dataset over ``refs``; item ``i`` is ``(i, tensor, "")`` or ``(i, None, reason)``."""
+    """Map-style dataset over ``refs``; item ``i`` is ``(i, tensor, "", (height, width))`` (the
+    decoded image's size after EXIF orientation, for ``/geometry``) or ``(i, None, reason, None)``."""
 
     def __init__(
         self,
@@ -51,14 +53,15 @@ class ImageDataset:
     def __getitem__(self, key: int | tuple[int, ImageRef]) -> Sample:
         i, ref = self.ref(key)
         if ref.error:  # the input itself has no image here (a tar sample without one, an empty cell)
-            return i, None, ref.error
+            return i, None, ref.error, None
         try:
             img = self.loader(image_source(ref), self.max_pixels)
             if self.guard is not None:
                 self.guard(*img.size)
-            return i, self.transform(img), ""
+            size = (int(img.size[1]), int(img.size[0]))
+            return i, self.transform(img), "", size
         except Exception as exc:  # noqa: BLE001 - any decode failure becomes a record
-            return i, None, describe_error(exc)
+            return i, None, describe_error(exc), None
 
 
 class EncodedDataset(ImageDataset):
@@ -68,12 +71,13 @@ class EncodedDataset(ImageDataset):
     def __getitem__(self, key: int | tuple[int, ImageRef]) -> Sample:
         i, ref = self.ref(key)
         if ref.error:
-            return i, None, ref.error
+            return i, None, ref.error, None
         try:
             encoded = read_jpeg(image_source(ref), self.max_pixels, self.guard)
         except Exception as exc:  # noqa: BLE001 - any failure becomes a record
-            return i, None, describe_error(exc)
-        return (i, encoded, "") if encoded is not None else super().__getitem__(key)
+            return i, None, describe_error(exc), None
+        # the size of a JPEG the device decodes is known after decoding (DeviceDecoder)
+        return (i, encoded, "", None) if encoded is not None else super().__getitem__(key)
 
 
 @dataclass
@@ -89,27 +93,31 @@ class Batch:
     encoded: list[Any] = field(default_factory=list)
     # position -> ImageRef (path, id, mark; no bytes) of every position in first..last, set by the Loader
     refs: dict[int, ImageRef] = field(default_factory=dict)
+    # one per position: the original (height, width) after EXIF orientation (None: not known)
+    sizes: list[Any] = field(default_factory=list)
+    geometry: Any = None  # (B, 6) float64 rows of /geometry (featdump/data/geometry.py), set by the Loader
 
     def pin_memory(self) -> Batch:
         """Called by the DataLoader's pinning thread (``pin_memory=True``, CUDA runs): page-locked
         pixels let the copy to the GPU run asynchronously (``non_blocking``)."""
         pixels = self.pixels.pin_memory() if self.pixels is not None else None
         encoded = [Encoded(e.data.pin_memory()) if isinstance(e, Encoded) else e.pin_memory() for e in self.encoded]
-        return Batch(self.positions, pixels, self.failed, self.first, self.last, encoded)
+        return Batch(self.positions, pixels, self.failed, self.first, self.last, encoded, sizes=self.sizes)
 
 
 def collate(samples: list[Sample], stack: Callable[[list[Any]], Any] | None = None) -> Batch:
     """Samples -> a Batch; ``stack`` joins the good items' pixels (default ``torch.stack``)."""
     import torch
 
-    good = [(i, t) for i, t, err in samples if t is not None]
-    failed = [(i, err) for i, t, err in samples if t is None]
+    good = [(s[0], s[1]) for s in samples if s[1] is not None]
+    failed = [(s[0], s[2]) for s in samples if s[1] is None]
+    sizes = [s[3] if len(s) > 3 else None for s in samples if s[1] is not None]
     positions = [i for i, _ in good]
     covered = [s[0] for s in samples]
     if any(isinstance(t, Encoded) for _, t in good):
-        return Batch(positions, None, failed, min(covered), max(covered), [t for _, t in good])
+        return Batch(positions, None, failed, min(covered), max(covered), [t for _, t in good], sizes=sizes)
     pixels = (stack or torch.stack)([t for _, t in good]) if good else None
-    return Batch(positions, pixels, failed, min(covered), max(covered))
+    return Batch(positions, pixels, failed, min(covered), max(covered), sizes=sizes)
 
 
 class DeviceDecoder:
@@ -146,14 +154,17 @@ class DeviceDecoder:
                     except Exception as exc:  # noqa: BLE001 - becomes a record
                         why = re.sub(r"^[^,]*, \S+\.(?:cpp|cu|h):\d+, ", "", describe_error(exc))
                         failed.append((batch.positions[k], f"{why} (decode_jpeg on {self.device})"))
-        rows, positions = [], []
+        rows, positions, sizes = [], [], []
+        known = batch.sizes or [None] * len(batch.positions)
         for k, (pos, item) in enumerate(zip(batch.positions, batch.encoded)):
             if isinstance(item, Encoded):
                 if k not in decoded:
                     continue
+                sizes.append((int(decoded[k].shape[-2]), int(decoded[k].shape[-1])))  # EXIF applied
                 rows.append(self.apply(decoded[k]))
             else:
+                sizes.append(known[k])
                 rows.append(item.to(self.device, non_blocking=True))
             positions.append(pos)
         pixels = torch.stack(rows) if rows else None
-        return Batch(positions, pixels, sorted(failed), batch.first, batch.last)
+        return Batch(positions, pixels, sorted(failed), batch.first, batch.last, sizes=sizes)

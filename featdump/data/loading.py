@@ -58,18 +58,18 @@ class ThreadLoader:
         # the keys of each batch: list indices, or (position, ref) pairs streamed in (featdump/data/batching.py)
         self.batches = batches
         self.split = SplitTransform(dataset.transform)
-        # the same dataset with the PIL half of the transform: item i is (i, uint8 array, "") or a failure record
+        # the same dataset with the PIL half of the transform: item i is (i, uint8 array, "", size) or a failure record
         self._decode = ImageDataset(
             dataset.refs, self.split.pil, dataset.max_pixels, dataset.loader, dataset.guard
         ).__getitem__
 
-    def _collect(self, jobs: list[tuple[concurrent.futures.Future[tuple[int, Any, str]], Any]]) -> list[Any]:
+    def _collect(self, jobs: list[tuple[concurrent.futures.Future[tuple[int, Any, str, Any]], Any]]) -> list[Any]:
         """The batch's results in order: images no decode thread has started yet are decoded
         here (while this thread would only wait), the others come from their threads."""
         here = {k: self._decode(key) for k, (f, key) in enumerate(jobs) if not f.done() and f.cancel()}
         return [here[k] if k in here else f.result() for k, (f, _) in enumerate(jobs)]
 
-    def _batch(self, samples: list[tuple[int, Any, str]]) -> Batch:
+    def _batch(self, samples: list[tuple[int, Any, str, Any]]) -> Batch:
         return collate(samples, stack=self.split.finish)
 
     def __iter__(self) -> Iterator[Batch]:
@@ -84,7 +84,7 @@ class ThreadLoader:
         pool = concurrent.futures.ThreadPoolExecutor(
             self.threads, thread_name_prefix="featdump-decode", initializer=lower_priority, initargs=(self.nice,)
         )
-        queued: collections.deque[list[tuple[concurrent.futures.Future[tuple[int, Any, str]], Any]]]
+        queued: collections.deque[list[tuple[concurrent.futures.Future[tuple[int, Any, str, Any]], Any]]]
         queued = collections.deque()
         todo = iter(batches)
         try:

@@ -78,3 +78,32 @@ def resolve_data_config(model: Any, img_size: tuple[int, int] | None) -> DataCon
     if img_size is not None:
         args["input_size"] = (3, img_size[0], img_size[1])
     return DataConfig.from_timm(timm_resolve(args, model=model))
+
+
+def check_tiling(name: str, model: Any, input_hw: tuple[int, int]) -> None:
+    """A patch-embedding model (ViT and kin) at an input size its patches do not tile: a usage error
+    naming the nearest valid sizes (timm would silently drop the leftover pixels).
+
+    featdump builds such models at a fixed ``img_size`` (timm resamples the position embeddings)
+    and does not use timm's ``dynamic_img_size``; a model built with ``dynamic_img_pad`` (it pads
+    the input up to a multiple of the patch) is accepted as it is."""
+    embed = next((m for n, m in model.named_modules() if n.split(".")[-1] == "patch_embed"), None)
+    patch = getattr(embed, "patch_size", None)
+    if embed is None or patch is None or getattr(embed, "dynamic_img_pad", False):
+        return
+    ph, pw = (int(patch[0]), int(patch[-1])) if isinstance(patch, (tuple, list)) else (int(patch), int(patch))
+    h, w = (int(v) for v in input_hw)
+    if h % ph == 0 and w % pw == 0:
+        return
+
+    def near(size: int, p: int) -> list[int]:
+        return sorted({v for v in ((size // p) * p, (size // p + 1) * p) if v >= p})
+
+    hs = near(h, ph) if h % ph else [h]
+    ws = near(w, pw) if w % pw else [w]
+    square = h == w and ph == pw
+    valid = " or ".join(str(v) for v in hs) if square else " or ".join(f"{a}x{b}" for a in hs for b in ws)
+    raise UsageError(
+        f"--img-size {h}x{w} is not a multiple of {name}'s patch size {ph}x{pw} (timm would drop the "
+        f"leftover pixels); nearest valid sizes: {valid}"
+    )

@@ -31,7 +31,7 @@ class LayerInfo:
     def stored_shape(self, pool: str = "none") -> tuple[int, ...]:
         if self.processed is not None:
             return self.processed
-        if pool == "none":
+        if pool == "none" or self.attrs.get("part") == "prefix":  # prefix tokens are not spatial: never pooled
             return self.shape
         return (self.shape[-1],) if self.layout == "NLC" else (self.shape[0],)
 
@@ -59,6 +59,16 @@ class DataConfig:
             interpolation=str(cfg.get("interpolation", "bilinear")),
             crop_pct=float(cfg.get("crop_pct", 0.875)),
             crop_mode=str(cfg.get("crop_mode", "center")),
+        )
+
+    def with_crop(self, crop_mode: str | None = None, crop_pct: float | None = None) -> DataConfig:
+        """This config with ``--crop-mode`` / ``--crop-pct`` in place of the model's (None: keep it)."""
+        import dataclasses
+
+        return dataclasses.replace(
+            self,
+            crop_mode=self.crop_mode if crop_mode is None else str(crop_mode),
+            crop_pct=self.crop_pct if crop_pct is None else float(crop_pct),
         )
 
     def as_timm(self) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from featdump.model.create import (
     HUB_PREFIXES,
     _stride_error,
     check_model_name,
+    check_tiling,
     create_checked,
     resolve_data_config,
 )
@@ -158,6 +159,7 @@ def describe_levels(
     with torch.device("meta"):
         model = features_model(name, out_indices=indices, output_stride=output_stride, img_size=img_size)
     data = resolve_data_config(model, img_size)
+    check_tiling(name, model, data.input_size[1:])
     try:
         layers = describe_layers(model, data.input_size)
     except _MetaFailed:

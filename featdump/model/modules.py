@@ -5,7 +5,9 @@ objects as the feature-level path, so ``inspect``, the writer and the summary ne
 ``LayerInfo.index`` is -1, and token outputs of transformer blocks have layout ``NLC`` with the
 number of leading prefix (class / register) tokens in ``attrs["num_prefix_tokens"]``. With
 ``tokens="map"`` the prefix tokens are dropped and the patch tokens are laid out as a
-``(D, H, W)`` map, the way timm's ``forward_intermediates`` does it.
+``(D, H, W)`` map, the way timm's ``forward_intermediates`` does it; ``tokens="both"`` stores that
+map under the module's name and the prefix tokens ``(P, D)`` as a second layer ``<name>.prefix``
+(``attrs["part"] = "prefix"``; none for a model without prefix tokens).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from featdump.errors import UsageError
-from featdump.model.create import check_model_name, create_checked, resolve_data_config
+from featdump.model.create import check_model_name, check_tiling, create_checked, resolve_data_config
 from featdump.model.layers import (
     Backbone,
     DataConfig,
@@ -107,6 +109,7 @@ def _trace(
     with torch.device("meta"):
         model = _full_model(name, img_size=img_size, output_stride=output_stride, pretrained=False)
     data = resolve_data_config(model, img_size)
+    check_tiling(name, model, data.input_size[1:])
     try:
         records = trace_modules(model.eval(), data.input_size)
     except Exception:  # noqa: BLE001 - some models cannot run on meta tensors
@@ -189,13 +192,13 @@ def _layer(model_name: str, model: Any, rec: ModuleRecord, data: DataConfig, tok
         attrs: dict[str, Any] = {"num_prefix_tokens": prefix, "tokens": tokens}
         if grid:
             attrs["grid"] = [grid[0], grid[1]]
-        if tokens == "map":
+        if tokens in ("map", "both"):
             if grid is None:
                 raise UsageError(
-                    f"--tokens map: cannot lay out the {t - prefix} patch tokens of {rec.name!r} as a grid; "
+                    f"--tokens {tokens}: cannot lay out the {t - prefix} patch tokens of {rec.name!r} as a grid; "
                     "use --tokens seq"
                 )
-            attrs["num_prefix_tokens"] = 0
+            attrs["num_prefix_tokens"] = prefix if tokens == "both" else 0
             attrs["dropped_prefix_tokens"] = prefix
             return LayerInfo(rec.name, rec.name, -1, d, reduction, (d, grid[0], grid[1]), "NCHW", attrs)
         return LayerInfo(rec.name, rec.name, -1, d, reduction, (t, d), "NLC", attrs)
@@ -230,7 +233,26 @@ def describe_modules(
         if wanted not in by_name:
             raise _unknown(name, wanted, list(by_name))
         infos.append(_layer(name, model, by_name[wanted], data, tokens))
+        if tokens == "both":
+            infos.extend(_prefix_layer(infos[-1]))
     return Description(name, infos, data, 0, None, output_stride)
+
+
+def prefix_name(name: str) -> str:
+    """Where ``--tokens both`` stores a layer's prefix (class, register) tokens."""
+    return f"{name}.prefix"
+
+
+def _prefix_layer(layer: LayerInfo) -> list[LayerInfo]:
+    """``--tokens both``: the ``(P, D)`` prefix tokens of a token layer laid out as a map (none
+    when the layer is not a token map or the model has no prefix tokens). They are not spatial,
+    so ``--pool`` leaves them as they are (timm pools the patch tokens only)."""
+    p = int(layer.attrs.get("dropped_prefix_tokens", 0) or 0)
+    if layer.attrs.get("tokens") != "both" or p <= 0:
+        return []
+    d = layer.channels
+    attrs = {"tokens": "both", "part": "prefix", "num_prefix_tokens": p, "of": layer.name, "layout": "NTD", "pool": "none"}
+    return [LayerInfo(prefix_name(layer.name), layer.module, -1, d, 0, (p, d), "NLC", attrs)]
 
 
 # --------------------------------------------------------------------------- the hooked model
@@ -258,7 +280,9 @@ def _hooked_class() -> type:
             self.pretrained_cfg = getattr(model, "pretrained_cfg", {})
 
         def _convert(self, out: Any, layer: LayerInfo) -> Any:
-            if layer.attrs.get("tokens") == "map" and out.ndim == 3:
+            if layer.attrs.get("part") == "prefix":
+                return out[:, : int(layer.attrs["num_prefix_tokens"])]
+            if layer.attrs.get("tokens") in ("map", "both") and out.ndim == 3:
                 drop = int(layer.attrs.get("dropped_prefix_tokens", 0))
                 d, h, w = layer.shape
                 return out[:, drop:].transpose(1, 2).reshape(out.shape[0], d, h, w)
@@ -266,7 +290,8 @@ def _hooked_class() -> type:
 
         def forward(self, x: Any) -> list[Any]:
             captured: dict[str, Any] = {}
-            wanted = len(self.layers)
+            modules = list(dict.fromkeys(layer.module for layer in self.layers))  # --tokens both: one module, two layers
+            wanted = len(modules)
 
             def make(name: str) -> Any:
                 def hook(_mod: Any, _inp: Any, out: Any) -> None:
@@ -277,7 +302,6 @@ def _hooked_class() -> type:
 
                 return hook
 
-            modules = [layer.module for layer in self.layers]
             handles = [self.modules_by_name[m].register_forward_hook(make(m)) for m in modules]
             try:
                 self.model(x)

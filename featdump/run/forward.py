@@ -18,7 +18,7 @@ def to_storage(out: Any, layer: LayerInfo, pool: str, dtype: Any) -> Any:
 
     if layer.layout == "NHWC":
         out = out.permute(0, 3, 1, 2)
-    if pool != "none" and out.ndim > 2:
+    if pool != "none" and out.ndim > 2 and layer.attrs.get("part") != "prefix":  # --tokens both: prefix kept
         if layer.layout == "NLC":  # pool the patch tokens only, like timm's global_pool="avg"
             out = out[:, int(layer.attrs.get("num_prefix_tokens", 0)) :]
         dims = (1,) if layer.layout == "NLC" else (2, 3)

@@ -99,7 +99,7 @@ def _run(cfg: ExtractConfig, progress: ProgressSink, on_ready: Callable | None, 
                     paths = [refs[i].path for i in batch.positions]
                     failed = [(refs[i].path, err, refs[i].id) for i, err in batch.failed]
                     ids = [refs[i].id for i in batch.positions] if selection.has_ids else None
-                    writer.put((feats, paths, failed, done + batch.last + 1, ids, refs[batch.last].mark))
+                    writer.put((feats, paths, failed, done + batch.last + 1, ids, refs[batch.last].mark, batch.geometry))
                     progress.advance(len(batch.positions) + len(batch.failed))
                     if stop.stopped:
                         break
@@ -154,7 +154,7 @@ def _load_model(cfg: ExtractConfig) -> Backbone:
     with torch.random.fork_rng(devices=[]):
         if not cfg.pretrained and not cfg.checkpoint:
             torch.manual_seed(0)
-        return load_backbone(
+        backbone = load_backbone(
             cfg.model,
             out_indices=cfg.out_indices,
             output_stride=cfg.output_stride,
@@ -164,6 +164,8 @@ def _load_model(cfg: ExtractConfig) -> Backbone:
             layers=cfg.layers,
             tokens=cfg.tokens,
         )
+    backbone.data = backbone.data.with_crop(cfg.crop_mode, cfg.crop_pct)  # --crop-mode / --crop-pct
+    return backbone
 
 
 def _stopped(signum: int, what: str) -> Interrupted:

@@ -406,6 +406,10 @@ def _write(shards: Sequence[Shard], tmp: Path, out_dir: Path, *, copy: bool, com
             if with_ids:
                 ids = _strings(handles, "ids", [s.num_images for s in shards])
                 h5.create_dataset("ids", data=np.array(ids, dtype=object), dtype=text, maxshape=(None,), chunks=(4096,))
+            if all("geometry" in f for f in handles):  # /geometry is small: always copied
+                rows = [f["geometry"][: s.num_images] for s, f in zip(shards, handles)]
+                geo = h5.create_dataset("geometry", data=np.concatenate(rows), maxshape=(None, rows[0].shape[1]), chunks=(256, rows[0].shape[1]))
+                set_attr(geo, "columns", read_attr(handles[0]["geometry"].attrs.get("columns", [])))
             failed = h5.create_group("failed")
             for key in ("paths", "errors", "ids") if with_ids else ("paths", "errors"):
                 rows = _strings(handles, f"failed/{key}", [s.num_failed for s in shards])

@@ -89,7 +89,7 @@ def preflight(path: Path, cfg: ExtractConfig) -> None:
     """Refuse early, before any model is built: a bad environment setting, anything at ``-o`` that
     is not a regular file (device, FIFO, socket, folder, dangling symlink), an existing output
     without ``--resume``/``--overwrite``, ``--resume`` of a file featdump did not make, an output
-    another run is writing, a missing or unwritable folder."""
+    another run is writing, an unwritable folder. A missing folder is created (``mkdir -p``)."""
     check_environment()
     target, st = output_target(path)
     if st is not None and not (cfg.resume or cfg.overwrite):
@@ -109,8 +109,11 @@ def preflight(path: Path, cfg: ExtractConfig) -> None:
     if st is not None and cfg.resume and new_st is None and not _is_featdump(path):
         raise UsageError(f"--resume: {path} is not a featdump file; use --overwrite to replace it")
     parent = target.parent if str(target.parent) else Path(".")  # where the file is written
-    if not parent.is_dir():
-        raise UsageError(f"-o {path}: folder {parent} does not exist")
+    if not parent.is_dir():  # SPEC "Dense features": -o DIR/OUT.h5 creates missing folders, like mkdir -p
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(f"-o {path}: cannot create folder {parent}: {exc.strerror or exc}") from None
     if not os.access(parent, os.W_OK):
         try:
             why = "is on a read-only file system" if os.statvfs(parent).f_flag & os.ST_RDONLY else "is not writable"

@@ -165,6 +165,45 @@ class FeatureFile:
 
         return FeatureDataset(self, layers, rows, dtype=dtype, resize=resize, pool=pool, transform=transform)
 
+    # ------------------------------------------------------------------ geometry (SPEC, "Dense features")
+
+    def geometry(self, rows: int | slice | Sequence[int] | None = None) -> np.ndarray:
+        """``/geometry`` rows: ``orig_h, orig_w, scale_y, scale_x, offset_y, offset_x`` (float64),
+        original-image pixel = model-input pixel x scale + offset, pixel centres at +0.5
+        (featdump/data/geometry.py). KeyError for files made before featdump stored it."""
+        import numpy as np
+
+        if "geometry" not in self._h5:
+            raise KeyError(f"{self.path} holds no /geometry (made by a featdump that did not store it yet); extract again")
+        ds = self._h5["geometry"]
+        n = self.num_images
+        if rows is None:
+            return ds[:n]
+        if isinstance(rows, (int, np.integer)):
+            r = int(rows)
+            if not -n <= r < n:
+                raise IndexError(f"row {r} out of range: {self.path} has {n} rows")
+            return ds[r % n]
+        return ds[:n][rows]
+
+    def pixel_boxes(self, layer: str, row: int) -> np.ndarray:
+        """``(H, W, 4)`` boxes ``y0, x0, y1, x1`` in original-image pixels (continuous coordinates:
+        pixel ``i`` spans ``[i, i + 1)``) of the cells of a spatial layer for one stored row, from
+        the layer's stride (``reduction``), the input size and the row's ``/geometry``. Cells are cut
+        at the image's edges; a cell wholly in padding (``--crop-mode border``) is NaN."""
+        from featdump.data.geometry import cell_boxes
+
+        attrs = self.attrs(layer)
+        ds = self[layer]
+        if str(attrs.get("layout", "NCHW")) != "NCHW" or len(ds.shape) != 4:
+            raise ValueError(
+                f"{layer!r} is not a spatial map (layout {attrs.get('layout')}, shape {ds.shape}); "
+                "pixel boxes need an (N, C, H, W) layer (--pool none, --tokens map|both for token layers)"
+            )
+        _, in_h, in_w = (int(v) for v in self.meta["input_size"])
+        grid = (int(ds.shape[2]), int(ds.shape[3]))
+        return cell_boxes(self.geometry(row), grid, (in_h, in_w), int(attrs.get("reduction", 0) or 0))
+
     # ------------------------------------------------------------------ lifetime
 
     def close(self) -> None:

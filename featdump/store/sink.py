@@ -45,14 +45,12 @@ from featdump.text import first_line
 # options marked as settings in the option table (featdump/options.py), and what the model and the
 # inputs made of them.
 RESUME_KEYS = (
-    *SETTINGS,  # model, out_indices, layers, tokens, output_stride, precision, dtype, pool, decode
+    *SETTINGS,  # model, out_indices, layers, tokens, output_stride, crop_mode, crop_pct, precision, dtype, pool, decode, ...
     "weights",
     "input_size",
     "mean",
     "std",
-    "interpolation",
-    "crop_pct",
-    "crop_mode",
+    "interpolation",  # (crop_pct and crop_mode are settings in the table: --crop-pct, --crop-mode)
     "input_digest",
     "num_inputs",
     "list_digest",
@@ -101,6 +99,7 @@ class Store:
         if h5 is not None and "stream_mark" in h5.attrs:
             self.mark = [int(v) for v in h5.attrs["stream_mark"]]
         self.ids = h5 is not None and "ids" in h5  # the inputs provide ids: /ids and /failed/ids
+        self.geometry = h5 is not None and GEOMETRY in h5  # /geometry (files made before it have none)
         self._last_commit = time.monotonic()
         # Feature rows go out as whole chunks (featdump/store/chunks.py); False: h5py's ds[a:b] = arr.
         self.direct = True
@@ -145,6 +144,7 @@ class Store:
             if attrs.get("has_ids"):
                 h5.create_dataset("ids", shape=(0,), maxshape=(None,), dtype=text, chunks=(4096,))
                 failed.create_dataset("ids", shape=(0,), maxshape=(None,), dtype=text, chunks=(256,))
+            create_geometry(h5)
             group = h5.create_group(FEATURES, track_order=True)
             filters = compression_kwargs(compression, dtype)
             itemsize = 4 if dtype == "float32" else 2
@@ -238,7 +238,9 @@ class Store:
         for ds in self.h5[FEATURES].values():
             if ds.shape[0] != n:
                 ds.resize(n, axis=0)
-        for key in ("paths", "ids") if self.ids else ("paths",):
+        for key in ("paths", "ids", GEOMETRY) if self.ids else ("paths", GEOMETRY):
+            if key not in self.h5:
+                continue
             if self.h5[key].shape[0] != n:
                 self.h5[key].resize(n, axis=0)
         for key in ("paths", "errors", "ids") if self.ids else ("paths", "errors"):
@@ -256,12 +258,14 @@ class Store:
         inputs_done: int,
         ids: Sequence[str | None] | None = None,
         mark: Sequence[int] | None = None,
+        geometry: Any = None,
     ) -> None:
         """Write one batch (rows in list order); commit when ``commit_seconds`` have passed.
 
         ``failed`` items are ``(path, reason)`` or ``(path, reason, id)``; ``ids`` (one per path) and
         the ids of failures are written when the file has ``/ids``. ``mark``: where a stream
-        continues after this batch, committed together with ``inputs_done``."""
+        continues after this batch, committed together with ``inputs_done``. ``geometry``: the rows'
+        ``(B, 6)`` /geometry (NaN rows when not given)."""
         try:
             n = self.progress.num_images
             b = len(paths)
@@ -284,6 +288,8 @@ class Store:
                     ds = self.h5["ids"]
                     ds.resize(n + b, axis=0)
                     ds[n : n + b] = [i or "" for i in ids] if ids is not None else [""] * b
+                if self.geometry:
+                    append_geometry(self.h5[GEOMETRY], n, b, geometry)
             m = self.progress.num_failed
             if failed:
                 cols = [("paths", [f[0] for f in failed]), ("errors", [f[1] for f in failed])]
@@ -374,6 +380,25 @@ class Store:
                 raise _io_error(self.path, self.jf, exc) from None
             raise
         self.jf.close()
+
+
+GEOMETRY = "geometry"  # /geometry (N, 6) float64: featdump/data/geometry.py (SPEC, "Dense features")
+
+
+def create_geometry(h5: Any) -> None:
+    """The empty ``/geometry`` dataset, its columns named in an attribute."""
+    from featdump.data.geometry import COLUMNS
+
+    ds = h5.create_dataset(GEOMETRY, shape=(0, len(COLUMNS)), maxshape=(None, len(COLUMNS)), dtype="float64", chunks=(256, len(COLUMNS)))  # 12 KiB chunks
+    ds.attrs["columns"] = list(COLUMNS)
+
+
+def append_geometry(ds: Any, n: int, b: int, rows: Any) -> None:
+    """Rows ``n .. n+b`` of ``/geometry``; NaN where the batch brought none."""
+    import numpy as np
+
+    ds.resize(n + b, axis=0)
+    ds[n : n + b] = rows if rows is not None and len(rows) == b else np.full((b, ds.shape[1]), np.nan)
 
 
 def commit_interval() -> float:

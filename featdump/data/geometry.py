@@ -1,0 +1,151 @@
+"""Where each model-input pixel came from: the affine map of timm's eval transform, per image.
+
+``/geometry`` (SPEC, "Dense features") holds, per stored row, ``orig_h, orig_w, scale_y, scale_x,
+offset_y, offset_x`` such that, in continuous pixel coordinates,
+
+    original = model_input * scale + offset        (separately for y and x)
+
+Continuous coordinates put pixel ``i`` on the interval ``[i, i + 1)``, so its centre is ``i + 0.5``:
+model-input pixel ``(r, c)`` has its centre at ``((r + 0.5) * scale_y + offset_y, (c + 0.5) *
+scale_x + offset_x)`` in the original image (after EXIF orientation), and the whole input
+``[0, H) x [0, W)`` covers ``[offset, H * scale + offset)`` there. This is the convention of PIL's
+and torchvision's resize (``align_corners=False``: output centre ``i + 0.5`` samples input
+``(i + 0.5) * in / out``); crops shift by the crop's top-left corner, padding by minus the pad.
+Offsets are negative where ``border`` mode padded the image (the padding lies outside
+``[0, orig)``).
+
+The map is computed by walking the transform's own PIL steps with their own arithmetic:
+torchvision's ``Resize`` (shorter side to an int, or an exact ``(h, w)``), timm's
+``ResizeKeepRatio`` (its ``get_params``), torchvision's ``CenterCrop`` and timm's
+``CenterCropOrPad`` (pad ``(crop - size) // 2`` before, then crop at ``round((size - crop) / 2)``).
+A step it does not know makes the row NaN (never a wrong number). Nothing here imports torch at
+module level.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+COLUMNS = ("orig_h", "orig_w", "scale_y", "scale_x", "offset_y", "offset_x")
+
+
+class Geometry:
+    """The affine map of a transform's PIL steps (resize, crop, pad), for any original size."""
+
+    def __init__(self, transform: Any) -> None:
+        from featdump.data.transform import SplitTransform
+
+        split = SplitTransform(transform)
+        self.steps = split.pil_steps if split.split else list(getattr(transform, "transforms", [transform]))
+
+    def of(self, height: int, width: int) -> tuple[float, float, float, float, float, float]:
+        """``(orig_h, orig_w, scale_y, scale_x, offset_y, offset_x)`` for an image of that size."""
+        h, w = int(height), int(width)
+        sy = sx = 1.0
+        oy = ox = 0.0
+        for step in self.steps:
+            kind = type(step).__name__
+            if kind in ("Resize", "ResizeKeepRatio"):
+                nh, nw = _resized(step, h, w)
+                sy, sx = sy * h / nh, sx * w / nw
+                h, w = nh, nw
+            elif kind in ("CenterCrop", "CenterCropOrPad"):
+                ch, cw = _pair(step.size)
+                top, left, h, w = _center_crop(h, w, ch, cw)
+                oy, ox = oy + sy * top, ox + sx * left
+            elif kind in ("ToTensor", "MaybeToTensor", "Normalize", "MaybePILToTensor", "PILToTensor"):
+                continue
+            else:  # unknown geometry: NaN rather than a wrong map
+                nan = math.nan
+                return (float(height), float(width), nan, nan, nan, nan)
+        return (float(height), float(width), sy, sx, oy, ox)
+
+    def rows(self, sizes: Sequence[tuple[int, int] | None]) -> Any:
+        """A ``(B, 6)`` float64 array for ``(height, width)`` sizes (None: a NaN row)."""
+        import numpy as np
+
+        out = np.full((len(sizes), len(COLUMNS)), np.nan, dtype=np.float64)
+        for k, size in enumerate(sizes):
+            if size is not None:
+                out[k] = self.of(*size)
+        return out
+
+
+def _pair(size: Any) -> tuple[int, int]:
+    if isinstance(size, (list, tuple)):
+        return (int(size[0]), int(size[-1]))
+    return (int(size), int(size))
+
+
+def _resized(step: Any, h: int, w: int) -> tuple[int, int]:
+    """The output ``(h, w)`` of a resize step, by the step's own rule."""
+    if type(step).__name__ == "ResizeKeepRatio":
+        import torch
+
+        fake = torch.zeros(1, 1, 1).expand(3, h, w)  # only its dimensions are read (no memory)
+        nh, nw = step.get_params(fake, step.size, step.longest)  # eval: no random scale or aspect
+        return int(nh), int(nw)
+    size = step.size
+    max_size = getattr(step, "max_size", None)
+    if isinstance(size, (list, tuple)) and len(size) == 2:
+        return int(size[0]), int(size[1])
+    # torchvision's Resize(int): the shorter side becomes `size`, the longer keeps the aspect (floored)
+    requested = int(size[0] if isinstance(size, (list, tuple)) else size)
+    short, long = (w, h) if w <= h else (h, w)
+    new_short, new_long = requested, int(requested * long / short)
+    if max_size is not None and new_long > max_size:
+        new_short, new_long = int(max_size * new_short / new_long), max_size
+    return (new_long, new_short) if w <= h else (new_short, new_long)
+
+
+def _center_crop(h: int, w: int, ch: int, cw: int) -> tuple[int, int, int, int]:
+    """``(top, left, ch, cw)``: where a centre crop (padding first where the crop is larger, as
+    torchvision's ``center_crop`` and timm's ``center_crop_or_pad`` do) takes its window, in the
+    coordinates of the unpadded image (negative: padding)."""
+    pad_top = (ch - h) // 2 if ch > h else 0
+    pad_left = (cw - w) // 2 if cw > w else 0
+    if ch > h or cw > w:
+        h = h + pad_top + ((ch - h + 1) // 2 if ch > h else 0)
+        w = w + pad_left + ((cw - w + 1) // 2 if cw > w else 0)
+    top = int(round((h - ch) / 2.0))
+    left = int(round((w - cw) / 2.0))
+    return top - pad_top, left - pad_left, ch, cw
+
+
+def cell_boxes(
+    geometry: Any, grid: tuple[int, int], input_hw: tuple[int, int], reduction: int
+) -> Any:
+    """``(H, W, 4)`` boxes ``y0, x0, y1, x1`` in original-image pixels (continuous coordinates, see
+    the module docstring) of the cells of an ``H x W`` feature map.
+
+    Cell ``(i, j)`` covers model-input rows ``[i * s, (i + 1) * s)`` (``s``: the layer's stride,
+    ``reduction``; where the grid does not tile the input at that stride, e.g. a model that rounds
+    up, ``input / H``), cut at the input's edge, mapped through the row's affine map and clipped to
+    the original image. A cell that lies wholly in padding (``border`` mode) is NaN.
+    """
+    import numpy as np
+
+    gh, gw = grid
+    in_h, in_w = input_hw
+    orig_h, orig_w, sy, sx, oy, ox = (float(v) for v in geometry)
+
+    def edges(n: int, size: int, scale: float, offset: float, extent: float) -> tuple[Any, Any]:
+        step = float(reduction) if reduction and math.ceil(size / reduction) == n else size / n
+        lo = np.minimum(np.arange(n) * step, size)
+        hi = np.minimum((np.arange(n) + 1) * step, size)
+        lo, hi = lo * scale + offset, hi * scale + offset
+        inside = (hi > 0) & (lo < extent)
+        lo, hi = np.clip(lo, 0, extent), np.clip(hi, 0, extent)
+        return np.where(inside, lo, np.nan), np.where(inside, hi, np.nan)
+
+    y0, y1 = edges(gh, in_h, sy, oy, orig_h)
+    x0, x1 = edges(gw, in_w, sx, ox, orig_w)
+    out = np.empty((gh, gw, 4), dtype=np.float64)
+    out[..., 0] = y0[:, None]
+    out[..., 1] = x0[None, :]
+    out[..., 2] = y1[:, None]
+    out[..., 3] = x1[None, :]
+    out[np.isnan(out).any(axis=-1)] = np.nan  # wholly in padding along either axis: the whole box
+    return out

@@ -1,0 +1,151 @@
+"""``featdump viz --overlay``: a layer's PCA map drawn over the original image, cell by cell.
+
+Each cell of a spatial layer is painted into its box in original-image pixels
+(:meth:`FeatureFile.pixel_boxes`, from ``/geometry``), so what the model saw lines up with the
+whole picture whatever the crop mode: with ``center`` the cropped-off margins stay bare, with
+``border`` the padding cells are not drawn. Pillow and numpy only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from featdump.errors import UsageError
+from featdump.viz import (
+    BACKGROUND,
+    LABEL_H,
+    PAD,
+    TILE,
+    VizResult,
+    _clip,
+    _font,
+    _input_roots,
+    _placeholder,
+    _roots_from_inputs,
+    find_input,
+    pca_rgb,
+    select_rows,
+)
+
+ALPHA = 0.6  # weight of the feature colours over the photo
+
+
+def cell_index(lo: Any, hi: Any, coords: Any) -> Any:
+    """For pixel-centre coordinates, the index of the cell whose ``[lo, hi)`` holds each one (-1: none)."""
+    import numpy as np
+
+    out = np.full(coords.shape, -1, dtype=np.int64)
+    for k in range(len(lo)):  # cells along one axis: at most a few hundred
+        if np.isnan(lo[k]):
+            continue
+        out[(coords >= lo[k]) & (coords < hi[k])] = k
+    return out
+
+
+def paint(photo: Any, boxes: Any, colours: Any, alpha: float = ALPHA) -> Any:
+    """``photo`` (PIL, original size) with ``colours`` (H, W, 3) blended into the cells' ``boxes``."""
+    import numpy as np
+    from PIL import Image
+
+    base = np.asarray(photo.convert("RGB"), dtype=np.float64)
+    h, w = base.shape[:2]
+    finite = ~np.isnan(boxes).any(axis=-1)
+    if not finite.any():
+        return photo.convert("RGB")
+    r0, c0 = (int(v[0]) for v in np.nonzero(finite))  # a cell in the image: its row and column hold the edges
+    iy = cell_index(boxes[:, c0, 0], boxes[:, c0, 2], np.arange(h) + 0.5)
+    ix = cell_index(boxes[r0, :, 1], boxes[r0, :, 3], np.arange(w) + 0.5)
+    inside = (iy[:, None] >= 0) & (ix[None, :] >= 0)
+    colour = colours[iy.clip(0)[:, None], ix.clip(0)[None, :]].astype(np.float64)
+    out = np.where(inside[..., None], (1 - alpha) * base + alpha * colour, base)
+    return Image.fromarray(out.round().clip(0, 255).astype(np.uint8))
+
+
+def _fit(img: Any, side: int, pad: bool = True) -> Any:
+    """``img`` scaled to fit a ``side`` x ``side`` tile (aspect kept), centred on the background
+    (``pad=False``: only scaled)."""
+    from PIL import Image
+
+    scale = side / max(img.size)
+    size = (max(1, round(img.size[0] * scale)), max(1, round(img.size[1] * scale)))
+    if not pad:
+        return img.resize(size, Image.Resampling.BILINEAR)
+    tile = Image.new("RGB", (side, side), BACKGROUND)
+    tile.paste(img.resize(size, Image.Resampling.BILINEAR), ((side - size[0]) // 2, (side - size[1]) // 2))
+    return tile
+
+
+def render_overlay(
+    path: str | Path,
+    output: str | Path,
+    images: Sequence[str] | None = None,
+    layers: Sequence[str] | None = None,
+    tile: int = TILE,
+    root: str | Path | None = None,
+) -> VizResult:
+    """Per chosen row: the original image, then each chosen spatial layer's PCA map over it."""
+    from PIL import Image, ImageDraw
+
+    from featdump.data.decode import load_rgb
+    from featdump.store.format import read_inputs_attr
+    from featdump.store.reader import FeatureFile
+
+    out = Path(output)
+    if out.suffix.lower() != ".png":
+        raise UsageError(f"-o {out}: viz writes PNG pictures; name a .png file")
+    if not out.parent.is_dir():
+        raise UsageError(f"-o {out}: folder {out.parent} does not exist")
+    if not (4 <= tile <= 1024):
+        raise UsageError(f"--tile must be 4..1024 pixels, not {tile}")
+    with FeatureFile(path) as f:
+        if "geometry" not in f.h5:
+            raise UsageError(f"--overlay: {path} holds no /geometry (made by an older featdump); extract it again")
+        spatial = [n for n in f.layers if len(f[n].shape) == 4]
+        chosen = list(dict.fromkeys(layers)) if layers else spatial
+        bad = [n for n in chosen if n not in spatial] or ([] if chosen else f.layers[:1])
+        if bad:
+            raise UsageError(
+                f"--overlay draws spatial (N, C, H, W) layers; {bad[0]!r} is not one"
+                + (f" (spatial layers: {', '.join(spatial)})" if spatial else f" ({path} holds none)")
+            )
+        rows = select_rows(f.paths, images, f.num_images)
+        colours = {n: pca_rgb(f.numpy(n, rows)) for n in chosen}
+        boxes = {(n, r): f.pixel_boxes(n, r) for n in chosen for r in rows}
+        meta, paths, src = f.meta, f.paths, f.path
+    inputs = read_inputs_attr(meta.get("inputs"))
+    anchors = [Path(i) for i in inputs or [] if Path(i).is_absolute()]
+    if inputs is not None:
+        roots = ([Path(root)] if root else []) + _roots_from_inputs(inputs, src)
+    else:
+        roots = ([Path(root)] if root else []) + _input_roots(str(meta.get("command", "")), src)
+        roots += _input_roots(str(meta.get("extract_command", "")), src)
+    width = PAD + (1 + len(chosen)) * (tile + PAD)
+    height = PAD + LABEL_H + len(rows) * (tile + LABEL_H // 2 + PAD)
+    canvas = Image.new("RGB", (width, height), BACKGROUND)
+    draw = ImageDraw.Draw(canvas)
+    font = _font()
+    for c, name in enumerate(["original"] + chosen):
+        draw.text((PAD + c * (tile + PAD), PAD), _clip(name, tile), fill=(20, 20, 20), font=font)
+    found: dict[str, str] = {}
+    for r, row in enumerate(rows):
+        y = PAD + LABEL_H + r * (tile + LABEL_H // 2 + PAD)
+        where = find_input(paths[row], roots, anchors)
+        found[paths[row]] = str(where) if where else ""
+        photo = None
+        if where is not None:
+            try:
+                photo = load_rgb(str(where))
+            except Exception:  # noqa: BLE001 - an unreadable input is drawn as missing
+                photo = None
+        tiles = [_placeholder((tile, tile), "input not found:\n" + _clip(paths[row], tile))] * (1 + len(chosen))
+        if photo is not None:
+            small = _fit(photo, tile, pad=False)  # paint at the tile's resolution: boxes scaled alike
+            k = small.size[0] / photo.size[0]
+            tiles = [_fit(photo, tile)] + [_fit(paint(small, boxes[(n, row)] * k, colours[n][r]), tile) for n in chosen]
+        for c, img in enumerate(tiles):
+            canvas.paste(img, (PAD + c * (tile + PAD), y))
+        draw.text((PAD, y + tile + 1), _clip(f"#{row} {paths[row]}", width - 2 * PAD), fill=(60, 60, 60), font=font)
+    canvas.save(out, format="PNG", optimize=True)
+    return VizResult(str(out), width, height, rows, chosen, found)
