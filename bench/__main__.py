@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import codecs, memory, throughput
+from bench import codecs, inputs, memory, throughput
 from bench.images import link_many, make_jpegs
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,7 +64,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--reps", type=int, default=None, help="interleaved repetitions [3; quick 1]")
     p.add_argument("--models", default=None, help="comma list of cases: resnet50,lite0 [both; quick lite0]")
     p.add_argument("--memory-counts", default=None, help="two image counts for peak RSS [200,800; quick 4,12]")
-    p.add_argument("--skip", default="", help="comma list of sections to skip: throughput,codecs,memory")
+    p.add_argument("--shard-counts", default=None, help="two tar-shard counts for peak RSS [100,400; quick 4,12]")
+    p.add_argument("--skip", default="", help="comma list of sections to skip: throughput,codecs,memory,inputs")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results", help="results folder [bench/results]")
     return p.parse_args(argv)
 
@@ -187,6 +188,8 @@ def markdown(report: dict[str, Any]) -> str:
                 f"{r['float16_mb_s']:.0f} | {r['float16_ratio']:.2f} |"
             )
         lines.append("")
+    if report.get("inputs"):
+        lines += inputs.markdown(report["inputs"])
     mem = report.get("memory")
     if mem:
         lines += [f"### Peak RSS ({mem['what']}, each in a fresh process)", ""]
@@ -267,6 +270,17 @@ def main(argv: list[str] | None = None) -> int:
             "peak_bytes": peaks,
             "ratio": peaks[str(counts[-1])] / peaks[str(counts[0])],
         }
+
+    if "inputs" not in skip:
+        case = cases(["lite0"])[0]
+        log(f"inputs: folder vs tar shards vs tar shards over HTTP, {case.label}")
+        dev = "cuda" if device.type == "cuda" else device.type
+        report["inputs"] = inputs.measure(case, paths, dev, reps, cache, log)
+        shard_counts = [int(x) for x in (args.shard_counts or ("4,12" if quick else "100,400")).split(",")]
+        log(f"inputs: peak RSS over {shard_counts} small tar shards")
+        report["inputs"]["memory"] = inputs.shard_memory(
+            case.model, pool, shard_counts, cache, ["--device", dev, *case.featdump_args()], log
+        )
 
     report["load_after"] = load()
     report["seconds"] = time.perf_counter() - started
