@@ -12,11 +12,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from faultkit import make_images, run
 from servers import Server, http_server, s3_env, s3_server
 from streamkit import argv, assert_same_features, features, images_in_order, write_parquet, write_shards
 
 from featdump.data import remote
+
+from faultkit import make_images, run
 
 
 @pytest.fixture(scope="module")
