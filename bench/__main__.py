@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import codecs, hostpath, memory, reader, throughput, writer
+from bench import codecs, hostpath, inputs, memory, reader, throughput, writer
 from bench.images import link_many, make_jpegs
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,7 +64,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--reps", type=int, default=None, help="interleaved repetitions [3; quick 1]")
     p.add_argument("--models", default=None, help="comma list of cases: resnet50,lite0 [both; quick lite0]")
     p.add_argument("--memory-counts", default=None, help="two image counts for peak RSS [200,800; quick 4,12]")
-    p.add_argument("--skip", default="", help="comma list of sections to skip: throughput,codecs,memory,reader,writer,host")
+    p.add_argument("--shard-counts", default=None, help="two tar-shard counts for peak RSS [100,400; quick 4,12]")
+    p.add_argument(
+        "--skip", default="", help="comma list of sections to skip: throughput,codecs,memory,reader,writer,host,inputs"
+    )
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results", help="results folder [bench/results]")
     return p.parse_args(argv)
 
@@ -191,6 +194,8 @@ def markdown(report: dict[str, Any]) -> str:
         lines += writer.markdown(report["writer"])
     if report.get("host"):
         lines += hostpath.markdown(report["host"])
+    if report.get("inputs"):
+        lines += inputs.markdown(report["inputs"])
     mem = report.get("memory")
     if mem:
         lines += [f"### Peak RSS ({mem['what']}, each in a fresh process)", ""]
@@ -293,6 +298,16 @@ def main(argv: list[str] | None = None) -> int:
     if "reader" not in skip:
         log("reader: DataLoader over .torch() of a merged file vs plain h5py")
         report["reader"] = reader.measure_reader(pool[: 16 if quick else 160], cache, quick, log)
+    if "inputs" not in skip:
+        case = cases(["lite0"])[0]
+        log(f"inputs: folder vs tar shards vs tar shards over HTTP, {case.label}")
+        dev = "cuda" if device.type == "cuda" else device.type
+        report["inputs"] = inputs.measure(case, paths, dev, reps, cache, log)
+        shard_counts = [int(x) for x in (args.shard_counts or ("4,12" if quick else "100,400")).split(",")]
+        log(f"inputs: peak RSS over {shard_counts} small tar shards")
+        report["inputs"]["memory"] = inputs.shard_memory(
+            case.model, pool, shard_counts, cache, ["--device", dev, *case.featdump_args()], log
+        )
 
     report["load_after"] = load()
     report["seconds"] = time.perf_counter() - started

@@ -71,7 +71,8 @@ def extract(
     set, ``True`` always, ``False`` never; or pass an object with ``start``/``advance``/``stop``.
     Raises :class:`~featdump.errors.UsageError` for bad options (``TypeError`` for an unknown keyword)
     and :class:`~featdump.errors.FeatdumpError` for runtime failures; prints nothing but that display. With
-    ``strict=True`` a run in which any image failed raises after writing the file. Like the
+    ``strict=True`` a run in which any image failed raises after writing the file; a run in which every
+input failed raises FeatdumpError ("no image could be read") after writing it. Like the
     command, it changes process-wide settings (featdump/run/process.py): torch's thread count and,
     on CUDA, cuDNN's autotuner for the run (both restored afterwards); glibc's malloc settings for the
     rest of the process (``FEATDUMP_MALLOC_TUNING=0`` leaves the allocator alone); and, when torch is
@@ -113,6 +114,10 @@ def extract(
         like_values=recorded_options(like) if like else None,
     )
     summary = run_extraction(cfg, _progress_sink(progress, cfg.quiet))
+    from featdump.run.results import nothing_read
+
+    if none := nothing_read(summary):
+        raise FeatdumpError(none)
     if cfg.strict and summary.num_failed:
         raise FeatdumpError(f"{summary.num_failed} image(s) failed (strict=True); see /failed in {summary.output}")
     bad = [f"{layer.name} ({layer.nonfinite})" for layer in summary.layers if layer.nonfinite]

@@ -183,8 +183,17 @@ def test_list_file_relative_to_its_folder_and_stored_as_written(tmp_path):
     listing = tmp_path / "list.txt"
     listing.write_text("# comment\nimgs/b.png\n\nimgs/a.png\n")
     refs = discover([str(listing)])
-    assert [r.path for r in refs] == ["imgs/a.png", "imgs/b.png"]
-    assert Path(refs[0].source) == tmp_path / "imgs" / "a.png"
+    assert [r.path for r in refs] == ["imgs/b.png", "imgs/a.png"]  # the list's own order (SPEC, Inputs)
+    assert Path(refs[1].source) == tmp_path / "imgs" / "a.png"
+
+
+def test_several_folders_keep_their_folder_in_the_stored_path(tmp_path):
+    for split in ("train", "val"):
+        (tmp_path / "split" / split / "cat").mkdir(parents=True)
+        _photo().save(tmp_path / "split" / split / "cat" / "1.png")
+    refs = discover([str(tmp_path / "split" / "val"), str(tmp_path / "split" / "train") + "/"])
+    root = str(tmp_path / "split")
+    assert [r.path for r in refs] == [f"{root}/val/cat/1.png", f"{root}/train/cat/1.png"]  # INPUTs as given
 
 
 def test_discovery_errors(tmp_path):
@@ -193,11 +202,12 @@ def test_discovery_errors(tmp_path):
         discover([str(tmp_path / "empty")])
     with pytest.raises(UsageError, match="input not found"):
         discover([str(tmp_path / "nope")])
-    for sub in ("x", "y"):
-        (tmp_path / sub).mkdir()
-        _photo().save(tmp_path / sub / "same.png")
-    with pytest.raises(UsageError, match="stored twice"):
-        discover([str(tmp_path / "x"), str(tmp_path / "y")])
+    (tmp_path / "x").mkdir()
+    _photo().save(tmp_path / "x" / "same.png")
+    listing = tmp_path / "twice.txt"
+    listing.write_text("x/same.png\nx/same.png\n")
+    with pytest.raises(UsageError, match=r"'x/same.png' would be stored twice \(from .*twice.txt\)"):
+        discover([str(listing)])
 
 
 # --------------------------------------------------------------------------- properties
@@ -212,8 +222,9 @@ names = st.text(alphabet=string.ascii_letters + string.digits + "-_ éß中", mi
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(tree=st.lists(st.tuples(st.sampled_from(["", "a", "B", "a/z", "é"]), names), min_size=1, max_size=15, unique=True))
 def test_list_order_property(tmp_path_factory, tree) -> None:
-    """Discovery sorts by stored path in code-point order, whatever the order the inputs are given
-    in or the file system lists them; the digest --resume compares depends only on that list."""
+    """A folder is sorted by stored path in code-point order, whatever order the file system lists
+    it in; image files and lists keep the order given; the digest --resume compares depends only on
+    the stored paths in row order."""
     from featdump.data.discover import discover, list_digest
 
     root = tmp_path_factory.mktemp("tree")
@@ -226,7 +237,7 @@ def test_list_order_property(tmp_path_factory, tree) -> None:
     files = [str(root / p) for p in paths]
     shuffled = files[::-1]
     by_files = discover(shuffled)
-    assert [r.path for r in by_files] == sorted(files)
+    assert [r.path for r in by_files] == shuffled
     listing = root / "list.txt"
     listing.write_text("\n".join(reversed(paths)))
-    assert list_digest(discover([str(listing)])) == list_digest(refs)
+    assert list_digest(discover([str(listing)])) == list_digest(list(reversed(refs)))

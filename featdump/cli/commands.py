@@ -260,6 +260,7 @@ def _extract(ctx: typer.Context, config_file: Path | None, stop: Any) -> None:
     from featdump.cli.render import LogProgress, console, failures_table, nonfinite_line, progress_for, summary_table
     from featdump.run.job import run_extraction
     from featdump.store.like import recorded_options
+    from featdump.run.results import nothing_read
 
     given = given_options(ctx, [o.name for o in OPTIONS])  # MODEL, INPUT... and -o are always given
     file_values = config.load_toml(config_file) if config_file else {}
@@ -291,6 +292,8 @@ def _extract(ctx: typer.Context, config_file: Path | None, stop: Any) -> None:
     bad = [layer for layer in summary.layers if layer.nonfinite]
     for layer in bad:  # not silenced by --quiet: the rows hold no usable numbers
         typer.echo(f"featdump: warning: {nonfinite_line(layer)}", err=True)
+    if none := nothing_read(summary):
+        raise FeatdumpError(none)
     if cfg.strict and summary.num_failed:
         raise FeatdumpError(f"{summary.num_failed} image(s) failed (--strict); see /failed in {summary.output}")
     if cfg.strict and bad:

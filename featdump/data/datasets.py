@@ -14,15 +14,28 @@ from typing import Any
 
 from featdump.data.decode import Encoded, describe_error, load_rgb, read_jpeg
 from featdump.data.discover import ImageRef
+from featdump.data.remote import fetch_bytes, is_url
 
 # (position in the list, tensor or None, error text or "", original (height, width) after EXIF or None)
 Sample = tuple[int, Any, str, Any]
 
 
 def image_source(ref: ImageRef) -> str | bytes:
-    """What the decoder reads: the bytes carried by the ref (tar member, table cell), else its path.
-    (A URL in a table's path column is to be fetched through featdump/data/remote.py here.)"""
-    return ref.data if ref.data is not None else ref.source
+    """What the decoder reads: the bytes carried by the ref (tar member, table cell), the bytes of
+    a URL (fetched with timeouts and bounded retries: featdump/data/remote.py), else its path."""
+    if ref.data is not None:
+        return ref.data
+    if is_url(ref.source):
+        return fetch_bytes(ref.source)
+    return ref.source
+
+
+def failure(exc: BaseException, ref: ImageRef) -> str:
+    """The /failed error line; a file that was not found names the path (or URL) actually tried."""
+    line = describe_error(exc)
+    if isinstance(exc, FileNotFoundError) and ref.data is None:
+        line += f" (tried {ref.source})"
+    return line
 
 
 class ImageDataset:
@@ -61,7 +74,7 @@ class ImageDataset:
             size = (int(img.size[1]), int(img.size[0]))
             return i, self.transform(img), "", size
         except Exception as exc:  # noqa: BLE001 - any decode failure becomes a record
-            return i, None, describe_error(exc), None
+            return i, None, failure(exc, ref), None
 
 
 class EncodedDataset(ImageDataset):
@@ -75,7 +88,7 @@ class EncodedDataset(ImageDataset):
         try:
             encoded = read_jpeg(image_source(ref), self.max_pixels, self.guard)
         except Exception as exc:  # noqa: BLE001 - any failure becomes a record
-            return i, None, describe_error(exc), None
+            return i, None, failure(exc, ref), None
         # the size of a JPEG the device decodes is known after decoding (DeviceDecoder)
         return (i, encoded, "", None) if encoded is not None else super().__getitem__(key)
 

@@ -1,14 +1,17 @@
 """Finding images: folders walked recursively, list files, image files; their order and digest.
 
 The order is the row order of the output (SPEC, Inputs): a folder's images sorted by stored path,
-a list in its own order, INPUTs in the order given.
+a list in its own order, INPUTs in the order given. With several INPUTs a folder's stored paths
+start with the folder as written (``split/train/cat/1.jpg``), so equal layouts stay apart. Any
+INPUT may be a URL (featdump/data/remote.py): a folder where the store can list, a list, an image.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterable, Sequence
+import posixpath
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePath
 
@@ -16,7 +19,7 @@ from featdump.errors import UsageError
 from featdump.text import storable
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
-LIST_EXTENSIONS = (".txt", ".lst", ".list", ".csv", ".tsv")
+LIST_EXTENSIONS = (".txt", ".lst", ".list")  # .csv/.tsv are tables (featdump/data/tables.py)
 
 
 @dataclass(frozen=True)
@@ -75,77 +78,124 @@ def _walk(root: Path) -> Iterable[tuple[str, str]]:
                 yield (rel / entry.name).as_posix(), entry.path
 
 
-def read_list_file(path: Path) -> list[ImageRef]:
-    """Image paths, one per line; blank lines and ``#`` comments skipped; spaces around a line are
-    dropped unless the name is in double quotes (``"  a.jpg "``: the quotes go, the spaces stay).
+def read_list_file(path: Path | str) -> list[ImageRef]:
+    """Image paths, one per line, in the list's order; blank lines and ``#`` comments skipped;
+    spaces around a line are dropped unless the name is in double quotes (``"  a.jpg "``: the quotes
+    go, the spaces stay).
 
-    Relative paths are read relative to the list file's folder and stored as written. A name listed
-    twice is a UsageError naming both lines.
+    Relative paths are read relative to the list file's folder (a URL's folder for a remote list)
+    and stored as written. A name listed twice is a UsageError naming both lines.
     """
+    from featdump.data.remote import is_url, open_input
+
+    raw = str(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        with open_input(raw) as fh:
+            text = fh.read().decode("utf-8")
     except UnicodeDecodeError:
-        raise UsageError(f"{path} is neither an image (by extension) nor a UTF-8 text list of image paths") from None
+        raise UsageError(f"{raw} is neither an image (by extension) nor a UTF-8 text list of image paths") from None
     except OSError as exc:
-        raise UsageError(f"cannot read list file {path}: {exc.strerror or exc}") from None
+        raise UsageError(f"cannot read list file {raw}: {exc.strerror or exc}") from None
+    folder = posixpath.dirname(raw) if is_url(raw) else os.path.dirname(raw)
     refs = []
     seen: dict[str, int] = {}
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in enumerate(text.splitlines(), 1):
         entry = line.strip()
         if not entry or entry.startswith("#"):
             continue
         if len(entry) >= 2 and entry[0] == entry[-1] == '"':  # "  name with edge spaces.jpg  ": kept as written
             entry = entry[1:-1]
         if entry in seen:
-            raise UsageError(f"list file {path} names {entry!r} twice (lines {seen[entry]} and {number}); list each image once")
+            raise UsageError(f"list file {raw} names {entry!r} twice (lines {seen[entry]} and {number}); list each image once")
         seen[entry] = number
-        source = entry if os.path.isabs(entry) else str(path.parent / entry)
+        source = entry if os.path.isabs(entry) or is_url(entry) else os.path.join(folder, entry)
         refs.append(ImageRef(entry, source))
     return refs
 
 
+def _folder_refs(raw: str, prefixed: bool) -> list[ImageRef]:
+    """A folder's images sorted by stored path: relative to the folder, or (``prefixed``: several
+    INPUTs) starting with the folder as written."""
+    from featdump.data.remote import is_url, list_remote
+
+    if is_url(raw):
+        found = [(rel, src) for rel, src in list_remote(raw) if is_image_name(rel) and not _hidden(rel)]
+    else:
+        found = list(_walk(Path(raw)))
+    if not found:
+        exts = " ".join(e.lstrip(".") for e in IMAGE_EXTENSIONS)
+        raise UsageError(f"no images in folder {raw} (looked recursively for: {exts})")
+    head = raw.rstrip("/") + "/" if prefixed and raw.rstrip("/") else ("/" if prefixed else "")
+    return sorted((ImageRef(storable(head + rel), src) for rel, src in found), key=lambda r: r.path)
+
+
+def _hidden(rel: str) -> bool:
+    return any(part.startswith(".") for part in rel.split("/"))
+
+
 def discover(inputs: Sequence[str]) -> list[ImageRef]:
-    """All images named by ``inputs`` (folders, list files, image files), sorted by stored path."""
+    """All images named by ``inputs`` (folders, list files, image files; local or URLs), in row
+    order (SPEC, Inputs): INPUTs in the order given, a folder's images sorted by stored path, a
+    list in its own order."""
+    from featdump.data.remote import is_remote_dir, is_url, stat_input
+
     refs: list[ImageRef] = []
+    origin: list[str] = []  # the INPUT each ref came from (for the duplicate message)
     folders: list[str] = []
     files: list[tuple[str, str]] = []  # (the INPUT that named it, source) for image files and list entries
+    prefixed = len(inputs) > 1
     for raw in inputs:
+        remote = is_url(raw)
         p = Path(raw)
-        if p.is_dir():
-            found = [ImageRef(storable(rel), src) for rel, src in _walk(p)]
-            if not found:
-                exts = " ".join(e.lstrip(".") for e in IMAGE_EXTENSIONS)
-                raise UsageError(f"no images in folder {raw} (looked recursively for: {exts})")
-            refs.extend(found)
-            folders.append(raw)
-        elif p.exists() or p.is_symlink():
-            if is_image_name(p.name):
-                refs.append(ImageRef(storable(raw), raw))
+        if (is_remote_dir(raw) if remote else p.is_dir()):
+            new = _folder_refs(raw, prefixed)
+            if not remote:
+                folders.append(raw)
+        elif is_image_name(raw) and (remote or p.exists() or p.is_symlink()):
+            if remote:
+                _must_exist(raw, stat_input)
+            new = [ImageRef(storable(raw), raw)]
+            if not remote:
                 files.append((raw, raw))
-            elif p.is_file():
-                listed = read_list_file(p)
-                if not listed:
-                    raise UsageError(f"list file {raw} names no images (one path per line expected)")
-                refs.extend(listed)
-                files.extend((raw, r.source) for r in listed)
-            else:
+        elif remote or p.exists() or p.is_symlink():
+            if remote:
+                _must_exist(raw, stat_input)
+            elif not p.is_file():
                 raise UsageError(f"{raw} is not a folder, an image or a list file")
+            new = read_list_file(raw)
+            if not new:
+                raise UsageError(f"list file {raw} names no images (one path per line expected)")
+            files.extend((raw, r.source) for r in new if not is_url(r.source))
         else:
             raise UsageError(f"input not found: {raw}")
+        refs.extend(new)
+        origin.extend([raw] * len(new))
     if folders and len(inputs) > 1:
         _check_overlap(folders, files)
-    refs.sort(key=lambda r: r.path)
-    dupes = sorted({a.path for a, b in zip(refs, refs[1:]) if a.path == b.path})
-    if dupes:
-        raise UsageError(
-            f"{len(dupes)} image path(s) would be stored twice (e.g. {dupes[0]!r}); "
-            + (
-                "give the common parent folder instead of several folders with the same layout"
-                if len(folders) > 1
-                else "the INPUTs (list files, image files) name it twice; give each image once"
-            )
-        )
+    _check_unique(refs, origin)
     return refs
+
+
+def _must_exist(url: str, stat: Callable[[str], int]) -> None:
+    try:
+        stat(url)
+    except FileNotFoundError:
+        raise UsageError(f"input not found: {url}") from None
+    except IsADirectoryError:
+        raise UsageError(f"{url}: a folder the store cannot list") from None
+
+
+def _check_unique(refs: Sequence[ImageRef], origin: Sequence[str]) -> None:
+    """The same stored path twice is a usage error naming both sources."""
+    seen: dict[str, int] = {}
+    for k, r in enumerate(refs):
+        j = seen.setdefault(r.path, k)
+        if j != k:
+            a, b = origin[j], origin[k]
+            where = f"from {a}" if a == b else f"from {a} and from {b}"
+            raise UsageError(
+                f"image path {r.path!r} would be stored twice ({where}); each stored path must be unique"
+            )
 
 
 def _inside(path: str, folder: str) -> str | None:

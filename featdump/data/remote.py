@@ -1,22 +1,51 @@
-"""The one place where input files (tar shards, tables) are opened and looked at.
+"""The one place where input files (tar shards, tables, lists, images) are opened and looked at.
 
-Every source that reads an INPUT file goes through :func:`open_input`, :func:`stat_input` and
-:func:`input_exists`, so remote storage plugs in here and nowhere else: a URL (``https://``,
-``s3://``, ``gs://``, ``hf://``, ``file://``) is to be opened with ``fsspec`` (streamed, bounded
-read-ahead, never fetched whole to disk), with a missing protocol package reported as a
-:class:`~featdump.errors.UsageError` naming the extra (``featdump[s3]``, ...). Today only local
-paths are implemented (plain ``open`` / ``os.stat``); a URL is refused with one line.
+Every source that reads an INPUT goes through :func:`open_input`, :func:`stat_input`,
+:func:`input_exists` (and :func:`fetch_bytes` for one image), so remote storage lives here and
+nowhere else. A URL (``https://``, ``s3://``, ``gs://``, ``hf://``, ``file://``) is opened with
+``fsspec``: streamed through a read-ahead cache of :data:`BLOCK_SIZE` bytes (memory per open file
+is bounded; nothing is fetched whole to disk), with a bounded number of retries for a read that
+fails. Credentials and endpoints come from where each client normally finds them (``AWS_*`` /
+``AWS_ENDPOINT_URL`` for s3fs, ``GOOGLE_APPLICATION_CREDENTIALS`` for gcsfs, ``HF_TOKEN`` for
+``hf://``) and from fsspec's own configuration (``FSSPEC_<PROTOCOL>_<OPTION>`` variables). A
+missing protocol package is a :class:`~featdump.errors.UsageError` naming the extra to install.
+
+A store that stops answering while a stream is read raises :class:`RemoteUnreachable` (a
+:class:`~featdump.errors.FeatdumpError`, exit 1, not an ``OSError``): the tar reader must not take
+a lost connection for a damaged shard.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from typing import BinaryIO
+import time
+from typing import Any, BinaryIO
 
-from featdump.errors import UsageError
+from featdump.errors import FeatdumpError, UsageError
 
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+BLOCK_SIZE = 4 << 20  # read-ahead per open remote file (bytes): the memory one stream holds
+RETRIES = 3  # further tries of a failed remote read (a "not found" is not retried)
+BACKOFF = 0.5  # seconds before the first retry, doubled for each next one
+CONNECT_TIMEOUT = 20.0  # seconds to connect
+READ_TIMEOUT = 60.0  # seconds without data before a read fails (then retried)
+
+# scheme -> (the module fsspec needs, the extra that installs it)
+EXTRAS: dict[str, tuple[str, str]] = {
+    "s3": ("s3fs", "s3"),
+    "s3a": ("s3fs", "s3"),
+    "gs": ("gcsfs", "gcs"),
+    "gcs": ("gcsfs", "gcs"),
+    "http": ("aiohttp", "http"),
+    "https": ("aiohttp", "http"),
+    "hf": ("huggingface_hub", "hf"),
+}
+
+
+class RemoteUnreachable(FeatdumpError):
+    """A remote store failed while featdump was reading from it (after the retries)."""
 
 
 def is_url(path: str) -> bool:
@@ -24,29 +53,186 @@ def is_url(path: str) -> bool:
     return bool(_URL.match(path))
 
 
-def _no_remote(path: str) -> UsageError:
-    return UsageError(f"{path}: remote INPUTs (URLs) are not supported by this featdump; give a local path")
+def scheme(url: str) -> str:
+    return url.split("://", 1)[0].lower()
+
+
+def _options(protocol: str) -> dict[str, Any]:
+    """Timeouts for the clients that take them; the user's fsspec configuration wins."""
+    import fsspec.config
+
+    opts: dict[str, Any] = {}
+    if protocol in ("http", "https"):
+        import aiohttp
+
+        opts["client_kwargs"] = {
+            "timeout": aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT, sock_read=READ_TIMEOUT)
+        }
+    elif protocol in ("s3", "s3a"):
+        opts["config_kwargs"] = {"connect_timeout": CONNECT_TIMEOUT, "read_timeout": READ_TIMEOUT}
+    opts.update(fsspec.config.conf.get(protocol, {}))
+    return opts
+
+
+def filesystem(url: str) -> tuple[Any, str]:
+    """``(fsspec filesystem, path inside it)`` for ``url``; UsageError for a missing extra or an
+    unknown scheme."""
+    protocol = scheme(url)
+    need = EXTRAS.get(protocol)
+    try:
+        import fsspec
+
+        if need is not None:
+            __import__(need[0])
+        return fsspec.core.url_to_fs(url, **_options(protocol))
+    except ImportError:
+        if need is None:
+            raise UsageError(f"{url}: reading URLs needs fsspec: pip install fsspec") from None
+        raise UsageError(f"{url}: reading {protocol}:// URLs needs {need[0]}: pip install 'featdump[{need[1]}]'") from None
+    except ValueError as exc:  # fsspec: "Protocol not known"
+        raise UsageError(f"{url}: {str(exc).splitlines()[0]}") from None
+
+
+class _Retrying:
+    """A read-only file over an fsspec file: a failed read is retried (from the same position) up to
+    :data:`RETRIES` times, then raises :class:`RemoteUnreachable`."""
+
+    def __init__(self, url: str, fh: Any) -> None:
+        self.url, self.fh = url, fh
+
+    def read(self, n: int = -1) -> bytes:
+        at = self.fh.tell()
+        return _retry(self.url, lambda: self._read_at(at, n))
+
+    def _read_at(self, at: int, n: int) -> bytes:
+        if self.fh.tell() != at:
+            self.fh.seek(at)
+        return bytes(self.fh.read(n))
+
+    def readinto(self, b: Any) -> int:
+        data = self.read(len(b))
+        b[: len(data)] = data
+        return len(data)
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        return int(self.fh.seek(pos, whence))
+
+    def tell(self) -> int:
+        return int(self.fh.tell())
+
+    def seekable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return True
+
+    def writable(self) -> bool:
+        return False
+
+    @property
+    def closed(self) -> bool:
+        return bool(self.fh.closed)
+
+    @property
+    def size(self) -> int:
+        return int(self.fh.size)
+
+    def close(self) -> None:
+        self.fh.close()
+
+    def __enter__(self) -> _Retrying:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _really_not_found(exc: FileNotFoundError) -> bool:
+    """fsspec's HTTP client says "not found" for any failed HEAD/GET: a refused connection is not
+    a missing file. Only an answer (HTTP 404/410, or no cause at all) counts as "not found"."""
+    cause = exc.__cause__
+    return cause is None or isinstance(cause, FileNotFoundError) or getattr(cause, "status", None) in (404, 410)
+
+
+def _retry(url: str, call: Any, hint: bool = True) -> Any:
+    """``call()``, tried again after a failure (not after "not found") up to :data:`RETRIES` times."""
+    delay = BACKOFF
+    for attempt in range(RETRIES + 1):
+        try:
+            return call()
+        except Exception as exc:  # noqa: BLE001 - every client has its own errors (aiohttp, botocore, ...)
+            if isinstance(exc, FileNotFoundError) and _really_not_found(exc):
+                raise
+            if attempt == RETRIES:
+                from featdump.text import first_line
+
+                cause = exc.__cause__ if isinstance(exc, FileNotFoundError) and exc.__cause__ else exc
+                why = first_line(cause)
+                again = "; rerun the same command with --resume to continue from the last commit" if hint else ""
+                raise RemoteUnreachable(f"cannot read {url} ({why}; {RETRIES + 1} tries){again}") from None
+        time.sleep(delay)
+        delay *= 2
+    raise AssertionError("unreachable")
 
 
 def open_input(path: str) -> BinaryIO:
     """A binary file object reading ``path`` from its start (caller closes it).
 
-    Raises ``FileNotFoundError``/``OSError`` as ``open`` does; the fsspec branch for URLs goes here.
+    Raises ``FileNotFoundError``/``OSError`` as ``open`` does; a URL is streamed (read-ahead of
+    :data:`BLOCK_SIZE` bytes, retried reads).
     """
-    if is_url(path):
-        raise _no_remote(path)
-    return open(path, "rb")  # noqa: SIM115 - returned to the caller, who closes it
+    if not is_url(path):
+        return open(path, "rb")  # noqa: SIM115 - returned to the caller, who closes it
+    fs, inner = filesystem(path)
+    fh = _retry(path, lambda: fs.open(inner, "rb", block_size=BLOCK_SIZE, cache_type="readahead"))
+    return _Retrying(path, fh)  # type: ignore[return-value]
 
 
 def stat_input(path: str) -> int:
     """The size in bytes of the input file ``path`` (``FileNotFoundError`` when it does not exist)."""
-    if is_url(path):
-        raise _no_remote(path)
-    return os.stat(path).st_size
+    if not is_url(path):
+        return os.stat(path).st_size
+    fs, inner = filesystem(path)
+    info = _retry(path, lambda: fs.info(inner), hint=False)
+    if info.get("type") == "directory":
+        raise IsADirectoryError(21, "a folder, not a file", path)
+    return int(info.get("size") or 0)
 
 
 def input_exists(path: str) -> bool:
     """Whether the input file ``path`` exists (a URL: whether the store answers "found")."""
-    if is_url(path):
-        raise _no_remote(path)
-    return os.path.isfile(path)
+    if not is_url(path):
+        return os.path.isfile(path)
+    fs, inner = filesystem(path)
+    return bool(_retry(path, lambda: fs.isfile(inner), hint=False))
+
+
+def is_remote_dir(url: str) -> bool:
+    """Whether the URL names a folder the store can list."""
+    fs, inner = filesystem(url)
+    try:
+        return bool(_retry(url, lambda: fs.isdir(inner), hint=False))
+    except FileNotFoundError:
+        return False
+
+
+def list_remote(url: str) -> list[tuple[str, str]]:
+    """``(path relative to the folder, full URL)`` of every file below the folder URL, recursively."""
+    fs, inner = filesystem(url)
+    root = inner.rstrip("/")
+    found = _retry(url, lambda: fs.find(root), hint=False)
+    out = []
+    for p in found:
+        rel = p[len(root) :].lstrip("/") if p.startswith(root) else p
+        out.append((rel, url.rstrip("/") + "/" + rel))
+    return out
+
+
+def fetch_bytes(url: str) -> bytes:
+    """The whole of one remote image (timeouts, :data:`RETRIES` retries); ``FileNotFoundError``
+    when the store answers "not found", :class:`RemoteUnreachable` when it does not answer."""
+    fs, inner = filesystem(url)
+    try:
+        return bytes(_retry(url, lambda: fs.cat_file(inner), hint=False))
+    except FileNotFoundError:
+        raise FileNotFoundError(2, "not found", url) from None

@@ -4,7 +4,7 @@ A source knows its family's order and how a family splits among shards; the job 
 :meth:`Source.select` and then streams the :class:`Selection` from the position ``--resume``
 continues at. Three families (SPEC, "Inputs at scale"), never mixed in one run:
 
-- files (folders, text lists, image files): one materialised list, split into blocks of images;
+- files (folders, text lists, image files): one materialised list in row order, split into blocks of images;
 - WebDataset tar shards (``.tar``, ``.tar.gz``, ``.tgz``, brace patterns): the ordered list of tar
   files is split into blocks of files; samples are streamed, never listed ahead;
 - one table (``.csv``, ``.tsv``, ``.parquet``, ``.jsonl``): rows split into blocks, streamed in batches.
@@ -55,7 +55,7 @@ class Selection:
 
 
 class ListSelection(Selection):
-    """Files: a materialised list (sorted by stored path, SPEC "Inputs")."""
+    """Files: a materialised list (in row order, SPEC "Inputs")."""
 
     def __init__(self, refs: Sequence[ImageRef], total_refs: Sequence[ImageRef]) -> None:
         super().__init__(list_digest(refs), len(total_refs), list_digest(total_refs), len(refs), len(refs))
@@ -72,8 +72,8 @@ class Source(Protocol):
 
 
 class FileSource:
-    """Folders (recursive), text lists and image files: one list sorted by stored path, split into
-    contiguous blocks of near-equal size."""
+    """Folders (recursive), text lists and image files: one list in row order (INPUTs as given, a
+    folder sorted by stored path, a list in its own order), split into contiguous blocks of near-equal size."""
 
     def __init__(self, inputs: Sequence[str]) -> None:
         self.refs = discover(inputs)

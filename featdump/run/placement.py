@@ -1,7 +1,7 @@
 """Shard arithmetic (pure) and the one function that reads the launcher's environment.
 
 featdump runs no scheduler of its own: a job array (Slurm) or a process group (torchrun) starts N
-copies, and each copy takes block I of N of the sorted input list. ``placement_from_env`` is the
+copies, and each copy takes block I of N of the ordered input list. ``placement_from_env`` is the
 only place that reads ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``/``LOCAL_WORLD_SIZE`` and ``SLURM_*``.
 """
 

@@ -54,6 +54,14 @@ class Summary:
         return self.bytes_written / (1 << 20) / self.seconds if self.seconds > 0 else 0.0
 
 
+def nothing_read(summary: Summary) -> str | None:
+    """The one-line error of a run in which every input failed (SPEC, Exit status), else None."""
+    if summary.num_images or not summary.num_failed:
+        return None
+    first = f"; first: {summary.failures[0][0]}: {summary.failures[0][1]}" if summary.failures else ""
+    return f"no image could be read: all {summary.num_failed} input(s) failed{first}; the file {summary.output} lists them under /failed"
+
+
 class ProgressSink:
     """What the job tells a progress display; the default shows nothing."""
 

@@ -94,11 +94,15 @@ def test_every_bad_kind_is_recorded_and_nothing_hangs(tmp_path: Path, zoo, rando
     assert rows["complete"]
     assert len(rows["failed"]) == len(rows["errors"])
     failed = dict(zip(rows["failed"], rows["errors"], strict=True))
+    # two INPUTs: the folder's stored paths start with the folder as written (SPEC, Inputs)
+    expect = {(k if os.path.isabs(k) else f"{folder}/{k}"): v for k, v in expect.items()}
+    assert f"(tried {folder.parent / 'vanished.png'})" in failed[str(folder.parent / "vanished.png")]
     for path, reason in expect.items():
         assert path in failed, (path, sorted(failed))
         assert reason in failed[path], (path, failed[path])
         assert "\n" not in failed[path]
-    assert rows["paths"] == sorted(["a.png", "m.png", "z.png", "x.jpg/inner.png", str(folder.parent / "outside.png")])
+    in_folder = [f"{folder}/{p}" for p in ("a.png", "m.png", "x.jpg/inner.png", "z.png")]
+    assert rows["paths"] == [*in_folder, str(folder.parent / "outside.png")]  # INPUTs in the order given
     assert rows["features"]["layer4"].shape[0] == len(rows["paths"])
 
     strict = cli(*argv[:5], str(tmp_path / "strict.h5"), *argv[6:], "--strict", "--workers", "0")
@@ -174,3 +178,26 @@ def test_max_image_pixels(tmp_path: Path, random_checkpoint, cli) -> None:
     failed = dict(zip(rows["failed"], rows["errors"], strict=True))
     assert rows["paths"] == ["big.png", "small.png"]
     assert "too many pixels" not in failed["bomb.png"] and "truncated" in failed["bomb.png"]
+
+
+def test_a_run_in_which_every_input_failed_exits_1_naming_the_path_tried(tmp_path: Path, random_checkpoint, cli) -> None:
+    """SPEC, Exit status: the file is written (every failure recorded), but nothing was read, so
+    the run is not a success: exit 1 with the first error and the path featdump tried."""
+    (tmp_path / "lists").mkdir()
+    listing = tmp_path / "lists" / "images.txt"  # entries relative to the list's folder, not the cwd
+    listing.write_text("photos/a.png\nphotos/b.png\n")
+    out = tmp_path / "none.h5"
+    ckpt = str(random_checkpoint("resnet18"))
+    result = cli("extract", MODEL, str(listing), "-o", str(out), "--checkpoint", ckpt, *FAST, "--workers", "0")
+    assert result.exit_code == 1, result.output
+    tried = tmp_path / "lists" / "photos" / "a.png"
+    assert "no image could be read: all 2 input(s) failed; first: photos/a.png" in result.output
+    assert f"(tried {tried})" in result.output
+    rows = read_rows(out)
+    assert rows["complete"] and rows["paths"] == [] and rows["failed"] == ["photos/a.png", "photos/b.png"]
+
+    import featdump
+    from featdump.errors import FeatdumpError
+
+    with pytest.raises(FeatdumpError, match="no image could be read"):
+        featdump.extract(MODEL, [listing], tmp_path / "api.h5", checkpoint=ckpt, img_size="64", device="cpu", quiet=True)

@@ -1,0 +1,227 @@
+"""Remote INPUTs through fsspec (SPEC, "Inputs at scale", Remote), against real servers on
+127.0.0.1 started here and stopped by PID (tests/servers.py): an HTTP server with range requests,
+and moto's S3 server through the real s3fs client. The same shards, tables and folders read
+remotely give the numbers of the local run; a missing remote shard or a missing protocol package
+is a usage error before the model loads; a server that goes away mid-run ends with exit 1 and
+``--resume`` completes the file."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from servers import Server, http_server, s3_env, s3_server
+from streamkit import argv, assert_same_features, features, images_in_order, write_parquet, write_shards
+
+from featdump.data import remote
+
+from faultkit import make_images, run
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory, random_checkpoint) -> dict:
+    root = tmp_path_factory.mktemp("remote")
+    images = make_images(root / "images", 12, seed=11, broken=(4,))
+    shards = write_shards(images, root / "shards", per_shard=4)  # 3 shards
+    ckpt = random_checkpoint("resnet18")
+    local = root / "local.h5"
+    proc = run(argv(str(root / "shards" / "data-{000000..000002}.tar"), local, ckpt))
+    assert proc.returncode == 0, proc.stderr
+    folder = root / "folder.h5"
+    proc = run(argv(str(images), folder, ckpt))
+    assert proc.returncode == 0, proc.stderr
+    return {"root": root, "images": images, "shards": shards, "ckpt": ckpt, "tar": features(local), "folder": features(folder)}
+
+
+@pytest.fixture(scope="module")
+def http(data: dict) -> Iterator[Server]:
+    server = http_server(data["root"])
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def s3(data: dict) -> Iterator[dict[str, str]]:
+    pytest.importorskip("s3fs")
+    server = s3_server()
+    env = s3_env(server)
+    try:
+        import s3fs
+
+        fs = s3fs.S3FileSystem(
+            key=env["AWS_ACCESS_KEY_ID"], secret=env["AWS_SECRET_ACCESS_KEY"], endpoint_url=env["AWS_ENDPOINT_URL"],
+            skip_instance_cache=True,
+        )  # fmt: skip
+        fs.mkdir("bucket")
+        for shard in data["shards"]:
+            fs.put_file(str(shard), f"bucket/shards/{shard.name}")
+        yield env
+    finally:
+        server.stop()
+
+
+def _same_rows_as(got: dict, want: dict, local: Path, prefix: str) -> None:
+    """Same features, ids and failures; paths are the local ones with the folder ``local`` replaced."""
+    local = str(local)
+    assert [p.replace(local, prefix) for p in want["paths"]] == got["paths"]
+    assert got["ids"] == want["ids"] and got["failed_ids"] == want["failed_ids"]
+    assert [p.replace(local, prefix) for p in want["failed"]] == got["failed"]
+    assert_same_features(got, want)
+
+
+# --------------------------------------------------------------------------- tar shards
+
+
+def test_tar_shards_over_http_equal_the_local_run(cli, data: dict, http: Server, tmp_path: Path) -> None:
+    out = tmp_path / "http.h5"
+    result = cli(*argv(f"{http.url}/shards/data-{{000000..000002}}.tar", out, data["ckpt"]))
+    assert result.exit_code == 0, result.output
+    got = features(out)
+    assert got["paths"][0] == f"{http.url}/shards/data-000000.tar/{data['tar']['ids'][0]}.png"
+    _same_rows_as(got, data["tar"], data["root"], http.url)
+
+
+def test_tar_shards_over_s3_equal_the_local_run(data: dict, s3: dict[str, str], tmp_path: Path) -> None:
+    out = tmp_path / "s3.h5"
+    proc = run(argv("s3://bucket/shards/data-{000000..000002}.tar", out, data["ckpt"]), env=s3)
+    assert proc.returncode == 0, proc.stderr
+    _same_rows_as(features(out), data["tar"], data["root"], "s3://bucket")
+
+
+def test_file_urls_read_like_local_paths(cli, data: dict, tmp_path: Path) -> None:
+    out = tmp_path / "file.h5"
+    shards = f"file://{data['root']}/shards/data-{{000000..000002}}.tar"
+    result = cli(*argv(shards, out, data["ckpt"]))
+    assert result.exit_code == 0, result.output
+    _same_rows_as(features(out), data["tar"], data["root"], f"file://{data['root']}")
+
+
+def test_missing_remote_shard_is_a_usage_error_before_the_model_loads(
+    cli, data: dict, http: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import featdump.run.job as job
+
+    monkeypatch.setattr(job, "_load_model", lambda cfg: pytest.fail("the model was loaded"))
+    out = tmp_path / "o.h5"
+    result = cli(*argv(f"{http.url}/shards/data-{{000000..000003}}.tar", out, data["ckpt"]))
+    assert result.exit_code == 2, result.output
+    assert f"tar shard not found: {http.url}/shards/data-000003.tar (from the pattern" in result.output
+    assert not out.exists()
+    result = cli(*argv(f"{http.url}/gone.parquet", out, data["ckpt"]))
+    assert result.exit_code == 2 and f"input not found: {http.url}/gone.parquet" in result.output
+
+
+@pytest.mark.parametrize(
+    "url, module, extra",
+    [
+        ("s3://bucket/data-{0..2}.tar", "s3fs", "s3"),
+        ("https://example.invalid/x.parquet", "aiohttp", "http"),
+        ("gs://bucket/images/", "gcsfs", "gcs"),
+        ("hf://datasets/org/name/x.parquet", "huggingface_hub", "hf"),
+    ],
+)
+def test_a_missing_protocol_package_names_the_extra(
+    cli, data: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, url: str, module: str, extra: str
+) -> None:
+    monkeypatch.setitem(sys.modules, module, None)  # "not installed": its import fails
+    result = cli(*argv(url, tmp_path / "o.h5", data["ckpt"]))
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and f"pip install 'featdump[{extra}]'" in lines[0] and module in lines[0], result.output
+
+
+# --------------------------------------------------------------------------- tables, folders, lists
+
+
+def test_parquet_of_image_bytes_over_http(cli, data: dict, http: Server, tmp_path: Path) -> None:
+    write_parquet(data["images"], data["root"] / "hf.parquet", struct=True, row_group_size=4)
+    out = tmp_path / "pq.h5"
+    result = cli(*argv(f"{http.url}/hf.parquet", out, data["ckpt"], "--image-column", "image", "--id-column", "id"))
+    assert result.exit_code == 0, result.output
+    got, want = features(out), data["folder"]
+    assert got["paths"] == want["paths"] and got["failed"] == want["failed"]
+    assert_same_features(got, want)
+
+
+def test_table_of_urls_over_http_one_404_is_a_failed_record(cli, data: dict, http: Server, tmp_path: Path) -> None:
+    order = images_in_order(data["images"])
+    rels = [p.relative_to(data["root"]).as_posix() for p in order]
+    urls = [f"{http.url}/{r}" for r in rels]
+    table = data["root"] / "urls.csv"
+    table.write_text("url\n" + "\n".join([*urls, f"{http.url}/images/gone.png"]) + "\n")
+    out = tmp_path / "urls.h5"
+    result = cli(*argv(f"{http.url}/urls.csv", out, data["ckpt"]))
+    assert result.exit_code == 0, result.output
+    got, want = features(out), data["folder"]
+    assert got["paths"] == [f"{http.url}/images/{p}" for p in want["paths"]]
+    assert got["failed"] == [f"{http.url}/images/{p}" for p in want["failed"]] + [f"{http.url}/images/gone.png"]
+    assert "not found" in got["errors"][-1] and f"{http.url}/images/gone.png" in got["errors"][-1]
+    assert_same_features(got, want)
+
+
+def test_folder_list_and_image_urls_over_http(cli, data: dict, http: Server, tmp_path: Path) -> None:
+    out = tmp_path / "folder.h5"
+    result = cli(*argv(f"{http.url}/images/", out, data["ckpt"]))
+    assert result.exit_code == 0, result.output
+    got, want = features(out), data["folder"]
+    assert got["paths"] == want["paths"] and got["failed"] == want["failed"]
+    assert_same_features(got, want)
+    listing = data["root"] / "list.txt"  # relative entries: read next to the list, in the list's order
+    listing.write_text("\n".join(f"images/{p}" for p in reversed(want["paths"])) + "\n")
+    out = tmp_path / "list.h5"
+    result = cli(*argv(f"{http.url}/list.txt", out, data["ckpt"]))
+    assert result.exit_code == 0, result.output
+    got = features(out)
+    assert got["paths"] == [f"images/{p}" for p in reversed(want["paths"])]
+    for name in want["features"]:
+        assert (got["features"][name] == want["features"][name][::-1]).all()
+    one = f"{http.url}/images/{want['paths'][0]}"
+    result = cli(*argv(one, tmp_path / "one.h5", data["ckpt"]))
+    assert result.exit_code == 0, result.output
+    assert features(tmp_path / "one.h5")["paths"] == [one]
+
+
+# --------------------------------------------------------------------------- the server goes away
+
+
+@pytest.mark.slow
+def test_server_gone_mid_run_exits_1_and_resume_completes(data: dict, tmp_path: Path) -> None:
+    from faultkit import committed_rows
+
+    root = tmp_path / "www"
+    (root / "shards").mkdir(parents=True)
+    for shard in data["shards"]:
+        (root / "shards" / shard.name).write_bytes(shard.read_bytes())
+    server = http_server(root, die_on="data-000002")  # exits when the third shard is asked for
+    port = server.port
+    out = tmp_path / "gone.h5"
+    pattern = f"{server.url}/shards/data-{{000000..000002}}.tar"
+    try:
+        proc = run(argv(pattern, out, data["ckpt"]), timeout=240)
+    finally:
+        server.stop()
+    assert proc.returncode == 1, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "data-000002.tar" in lines[0] and "--resume" in lines[0], proc.stderr
+    assert committed_rows(out)["inputs_done"] == 8  # the first two shards are kept
+    server = http_server(root, port=port)  # the same address again
+    try:
+        proc = run(argv(pattern, out, data["ckpt"], "--resume"), timeout=240)
+    finally:
+        server.stop()
+    assert proc.returncode == 0, proc.stderr
+    got = features(out)
+    assert got["attrs"]["complete"]
+    _same_rows_as(got, data["tar"], data["root"], f"http://127.0.0.1:{port}")
+
+
+def test_remote_reads_are_bounded_and_retried(data: dict, http: Server) -> None:
+    shard = f"{http.url}/shards/data-000000.tar"
+    assert remote.stat_input(shard) == data["shards"][0].stat().st_size
+    with remote.open_input(shard) as fh:
+        assert fh.fh.blocksize == remote.BLOCK_SIZE  # read-ahead of one bounded block
+        assert fh.read(512) == data["shards"][0].read_bytes()[:512]
+    with pytest.raises(FileNotFoundError):
+        remote.stat_input(f"{http.url}/shards/nope.tar")
