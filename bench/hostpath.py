@@ -75,7 +75,7 @@ def convert_ms(shapes: dict[str, tuple[int, ...]], batch: int = 32) -> float:
     layers = layers_for(shapes)
     c0 = _cpu()
     for _ in range(3):
-        [to_storage(x, layer, "none", torch.float16).numpy() for x, layer in zip(xs, layers)]
+        [to_storage(x, layer, "none", torch.float16).numpy() for x, layer in zip(xs, layers, strict=True)]
     return (_cpu() - c0) * 1000 / (3 * batch)
 
 

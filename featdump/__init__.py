@@ -5,10 +5,10 @@ Importing this package is cheap: torch and timm load only when a command needs t
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
 FORMAT_VERSION = 1
-
-from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time these load lazily (no torch on import)
     from featdump.api import extract

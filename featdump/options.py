@@ -47,10 +47,7 @@ def parse_indices(value: str | list[int] | tuple[int, ...] | None) -> tuple[int,
     if value is None or value == "":
         return None
     items: list[Any]
-    if isinstance(value, (list, tuple)):
-        items = list(value)
-    else:
-        items = [v.strip() for v in str(value).split(",") if v.strip()]
+    items = list(value) if isinstance(value, (list, tuple)) else [v.strip() for v in str(value).split(",") if v.strip()]
     try:
         out = tuple(int(v) for v in items)
     except (TypeError, ValueError):

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from featdump.errors import FeatdumpError, UsageError
-from featdump.store.format import read_inputs_attr, read_text
 from featdump.store.describe import open_featdump
+from featdump.store.format import read_inputs_attr, read_text
 
 TILE = 160
 PAD = 6

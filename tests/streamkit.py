@@ -65,7 +65,7 @@ def write_parquet(folder: Path, out: Path, *, struct: bool = True, row_group_siz
     paths = images_in_order(folder)
     data = [p.read_bytes() for p in paths]
     if struct:
-        image = pa.array([{"bytes": d, "path": p.relative_to(folder).as_posix()} for d, p in zip(data, paths)])
+        image = pa.array([{"bytes": d, "path": p.relative_to(folder).as_posix()} for d, p in zip(data, paths, strict=True)])
     else:
         image = pa.array(data, type=pa.binary())
     table = pa.table({"image": image, "id": [key_of(folder, p) for p in paths], "label": list(range(len(paths)))})

@@ -92,13 +92,13 @@ def test_partial_chunks_are_in_every_commit(tmp_path: Path) -> None:
     from featdump.store.committed import open_committed
 
     with open_committed(path) as h5:
-        for layer, arr in zip(_layers(), batches[0]):
+        for layer, arr in zip(_layers(), batches[0], strict=True):
             np.testing.assert_array_equal(h5["features"][layer.name][:], arr)
     store.append(batches[1], ["c", "d", "e"], [], 5)
     store.finish()
     store.close()
     with h5py.File(path) as h5:
-        for layer, a, b in zip(_layers(), *batches):
+        for layer, a, b in zip(_layers(), *batches, strict=True):
             np.testing.assert_array_equal(h5["features"][layer.name][:], np.concatenate([a, b]))
 
 

@@ -23,6 +23,7 @@ from typing import Any
 import h5py
 import numpy as np
 import pytest
+
 from conftest import run
 
 ARGS = ("resnet18", "--no-pretrained", "--img-size", "64", "--out-indices", "1,2", "--workers", "0", "--device", "cpu")
@@ -119,7 +120,8 @@ def _paths_shorter(h5: h5py.File) -> None:
 
 def _grown(h5: h5py.File) -> None:
     """Every dataset resized to 1000 rows and the counters to match: the shapes agree, the rows were never written."""
-    for ds in (*h5["features"].values(), h5["paths"]):
+    grown = [*h5["features"].values(), h5["paths"], *(h5[k] for k in ("ids", "geometry") if k in h5)]
+    for ds in grown:
         ds.resize(1000, axis=0)
     h5.attrs["num_images"] = 1000
 

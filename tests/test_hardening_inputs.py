@@ -14,9 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
+
 from conftest import ROOT, run
 from faultkit import FAST, MODEL, read_rows
-from PIL import Image
 
 FAST = (*FAST, "--no-pretrained")  # offline: seeded random weights
 

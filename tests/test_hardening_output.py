@@ -22,6 +22,7 @@ from typing import Any
 import h5py
 import numpy as np
 import pytest
+
 from faultkit import ENV, MODEL, journal_seq, kill, make_images, popen, read_rows, wait_for
 
 BATCH = ("--img-size", "64", "--batch-size", "1", "--device", "cpu", "--quiet")

@@ -112,7 +112,7 @@ def test_option_attrs() -> None:
 def test_resume_and_merge_keys_hold_the_settings() -> None:
     want = ("model", "out_indices", "layers", "tokens", "output_stride", "crop_mode", "crop_pct", "precision", "dtype",
             "pool", "decode", "path_column", "image_column", "id_column", "process")  # fmt: skip
-    assert SETTINGS == want
+    assert want == SETTINGS
     # "shard" is the placement's [I, N] (the option, or torchrun/Slurm): listed with the derived keys
     assert [k for k in RESUME_KEYS if k in NAMES and k != "shard"] == list(SETTINGS)
     assert [k for k in MERGE_KEYS if k in NAMES] == list(SETTINGS)

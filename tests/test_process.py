@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
-
 from featdump.run.process import OMP_ADVICE, passive_omp
+
+from conftest import ROOT
 
 
 @pytest.mark.parametrize(

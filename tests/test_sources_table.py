@@ -7,11 +7,12 @@ import json
 from pathlib import Path
 
 import pytest
-from faultkit import make_images, run
 from streamkit import argv, assert_same_features, features, images_in_order, key_of, write_parquet
 
 import featdump
 from featdump.data.sources import open_source
+
+from faultkit import make_images, run
 
 
 @pytest.fixture(scope="module")
@@ -59,10 +60,10 @@ def test_text_tables_of_paths(cli, data: dict, tmp_path: Path, kind: str) -> Non
     ids = [f"{i:04d}" for i in range(len(rels))]  # leading zeros: ids are text, never numbers
     table = data["images"] / f"list.{kind}"
     if kind == "jsonl":
-        table.write_text("".join(json.dumps({"filename": r, "id": i}) + "\n" for r, i in zip(rels, ids)))
+        table.write_text("".join(json.dumps({"filename": r, "id": i}) + "\n" for r, i in zip(rels, ids, strict=True)))
     else:
         sep = "\t" if kind == "tsv" else ","
-        table.write_text(f"label{sep}filename{sep}id\n" + "".join(f"1{sep}{r}{sep}{i}\n" for r, i in zip(rels, ids)))
+        table.write_text(f"label{sep}filename{sep}id\n" + "".join(f"1{sep}{r}{sep}{i}\n" for r, i in zip(rels, ids, strict=True)))
     out = tmp_path / f"{kind}.h5"
     result = cli(*argv(str(table), out, data["ckpt"], "--id-column", "id"))  # default path column: filename
     assert result.exit_code == 0, result.output

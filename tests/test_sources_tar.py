@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from faultkit import journal_seq, kill, make_images, popen, run
 from streamkit import (
     argv,
     assert_same_features,
@@ -24,6 +23,8 @@ from streamkit import (
 import featdump
 from featdump.data.sources import TarSelection, open_source
 from featdump.data.tars import expand_braces, read_samples
+
+from faultkit import journal_seq, kill, make_images, popen, run
 
 
 def _png(seed: int = 0, size: int = 32) -> bytes:
@@ -85,7 +86,7 @@ def test_samples_group_as_webdataset_reads_them(tmp_path: Path) -> None:
     # webdataset's own reader sees the same samples, keys and image bytes
     theirs = list(wds.WebDataset(str(shard), shardshuffle=False, empty_check=False))
     assert len(theirs) == len(got)
-    for mine, their in zip(got, theirs):
+    for mine, their in zip(got, theirs, strict=True):
         assert mine.key == their["__key__"]
     assert theirs[0]["png"] == png and theirs[2]["d.jpg"] == png
 
@@ -121,7 +122,7 @@ def test_tar_shards_equal_the_unpacked_folder(cli, data: dict, tmp_path: Path) -
     assert len(got["paths"]) == len(order) == 24
     shard_of = [data["shards"][i // 4] for i in range(24)]
     keys = [key_of(data["images"], p) for p in order]
-    assert got["paths"] == [f"{s}/{k}.png" for s, k in zip(shard_of, keys)]
+    assert got["paths"] == [f"{s}/{k}.png" for s, k in zip(shard_of, keys, strict=True)]
     assert got["ids"] == keys
     assert got["failed"] == [] and got["failed_ids"] == []
     assert got["attrs"]["input_kind"] == "tar" and got["attrs"]["num_inputs"] == 6
@@ -333,7 +334,7 @@ def test_dataloader_workers_decode_a_stream_like_the_threads(data: dict) -> None
 
     threads, procs = batches("cpu", 2), batches("meta", 2)  # "meta": any non-CPU device takes the DataLoader path
     assert len(threads) == len(procs) == 5
-    for a, b in zip(threads, procs):
+    for a, b in zip(threads, procs, strict=True):
         assert (a.first, a.last, a.positions) == (b.first, b.last, b.positions)
         assert [r.path for r in a.refs.values()] == [r.path for r in b.refs.values()]
         assert all(r.data is None for r in b.refs.values())  # the job's copy holds no bytes

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -54,7 +54,7 @@ def test_processors_equal_timm_by_hand(tmp_path, imgs, random_checkpoint):
     out = tmp_path / "l2.h5"
     _extract(ckpt, imgs, out, "--out-indices", "1,2", "--process", "resize:stride=8", "--process", "l2norm").check_returncode()
     got = _stored(out)
-    for name, r in zip(["layer1", "layer2"], ref):
+    for name, r in zip(["layer1", "layer2"], ref, strict=True):
         want = F.normalize(F.interpolate(torch.from_numpy(r), size=(28, 28), mode="bilinear", align_corners=False), dim=1)
         np.testing.assert_allclose(got[name], want.numpy(), rtol=1e-4, atol=1e-5)
 

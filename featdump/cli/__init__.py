@@ -13,9 +13,10 @@ def main() -> None:
     from featdump.cli.signals import watch_start_up
 
     start = watch_start_up()
-    from featdump.cli import commands
+    from featdump.cli import commands  # noqa: F401 - registers every command with the app
+    from featdump.cli.typer_app import run
 
-    commands.run(start)
+    run(start)
 
 
 def __getattr__(name: str) -> Any:  # ``featdump.cli.app`` without importing Typer with the package

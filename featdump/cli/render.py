@@ -81,7 +81,7 @@ def description_dict(desc: Description, pool: str = "none", images: int | None =
         "layers": [layer_dict(layer, pool) for layer in desc.layers],
     }
     if images is not None:  # disk planning: uncompressed bytes of N images at --dtype/--pool
-        for entry, layer in zip(out["layers"], desc.layers):
+        for entry, layer in zip(out["layers"], desc.layers, strict=True):
             entry["total_bytes"] = layer.bytes_per_image(dtype, pool) * images
         out["images"] = images
         out["dtype"] = dtype
@@ -302,7 +302,7 @@ class RichProgress:
         )
 
         class Rate(TextColumn):
-            def render(self, task: Any) -> Any:  # type: ignore[override]
+            def render(self, task: Any) -> Any:
                 from rich.text import Text
 
                 speed = task.finished_speed or task.speed

@@ -47,7 +47,7 @@ class ImageDataset:
         refs: Sequence[ImageRef],
         transform: Callable[[Any], Any],
         max_pixels: int | None = None,
-        loader: Callable[[str, int | None], Any] = load_rgb,
+        loader: Callable[[str | bytes, int | None], Any] = load_rgb,
         guard: Callable[[int, int], None] | None = None,
     ) -> None:
         self.refs = list(refs)
@@ -159,7 +159,7 @@ class DeviceDecoder:
         failed = list(batch.failed)
         if jpegs:
             try:
-                decoded = dict(zip((k for k, _ in jpegs), self._decode([d for _, d in jpegs])))
+                decoded = dict(zip((k for k, _ in jpegs), self._decode([d for _, d in jpegs]), strict=True))
             except Exception:  # noqa: BLE001 - one bad file fails the batched call: find which
                 for k, data in jpegs:
                     try:
@@ -169,7 +169,7 @@ class DeviceDecoder:
                         failed.append((batch.positions[k], f"{why} (decode_jpeg on {self.device})"))
         rows, positions, sizes = [], [], []
         known = batch.sizes or [None] * len(batch.positions)
-        for k, (pos, item) in enumerate(zip(batch.positions, batch.encoded)):
+        for k, (pos, item) in enumerate(zip(batch.positions, batch.encoded, strict=True)):
             if isinstance(item, Encoded):
                 if k not in decoded:
                     continue

@@ -79,15 +79,15 @@ class ThreadLoader:
             n = len(self.dataset)
             batches = (list(range(s, min(n, s + self.batch_size))) for s in range(0, n, self.batch_size))
         if self.threads <= 0:
-            for keys in batches:
-                yield self._batch([self._decode(k) for k in keys])
+            for each in batches:
+                yield self._batch([self._decode(k) for k in each])
             return
         pool = concurrent.futures.ThreadPoolExecutor(
             self.threads, thread_name_prefix="featdump-decode", initializer=lower_priority, initargs=(self.nice,)
         )
         queued: collections.deque[list[tuple[concurrent.futures.Future[tuple[int, Any, str, Any]], Any]]]
         queued = collections.deque()
-        todo = iter(batches)
+        todo: Iterator[Any] = iter(batches)
         broken: FeatdumpError | None = None  # the stream failed (a remote store gone): raised after what was read
         try:
             while True:

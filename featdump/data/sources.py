@@ -216,7 +216,7 @@ def open_source(inputs: Sequence[str], options: Any = None) -> Source:
     kinds = [family(str(raw)) for raw in inputs]
     if len(set(kinds)) > 1:
         a = inputs[0]
-        b = next(raw for raw, k in zip(inputs, kinds) if k != kinds[0])
+        b = next(raw for raw, k in zip(inputs, kinds, strict=True) if k != kinds[0])
         raise UsageError(
             f"INPUTs mix kinds: {a} is {_FAMILY_WORDS[kinds[0]]}, {b} is "
             f"{_FAMILY_WORDS[kinds[inputs.index(b)]]}; one run reads image files/folders/lists, tar shards, or one table"

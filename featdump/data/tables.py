@@ -113,7 +113,8 @@ class Table:
             at = 0
             if self.kind == "parquet":
                 pf = self._parquet(fh)
-                groups, end = [], 0
+                groups: list[Any] = []
+                end = 0
                 for g in range(pf.metadata.num_row_groups):
                     n = pf.metadata.row_group(g).num_rows
                     if groups or end + n > start:
@@ -167,7 +168,7 @@ class Table:
             if not isinstance(data, (bytes, bytearray)):
                 return ImageRef(stored, "", id=ident, error=f"row {row}: no image bytes in column {self.image_column!r}")
             return ImageRef(stored, "", id=ident, data=bytes(data))
-        v = values[self.path_column]
+        v = values[str(self.path_column)]
         if v is None or not str(v).strip():
             return ImageRef(f"ROW:{row}", "", id=ident, error=f"row {row}: no path in column {self.path_column!r}")
         entry = str(v).strip()

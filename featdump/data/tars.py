@@ -15,6 +15,7 @@ import tarfile
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Self
 
 from featdump.data.discover import IMAGE_EXTENSIONS
 from featdump.data.remote import open_input
@@ -90,12 +91,12 @@ class _StrictInfo(tarfile.TarInfo):
     ending there); here that is damage, so the rest of the shard becomes a /failed record."""
 
     @classmethod
-    def fromtarfile(cls, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
+    def fromtarfile(cls, tarfile_: tarfile.TarFile) -> Self:
         try:
             return super().fromtarfile(tarfile_)
-        except tarfile.EOFHeaderError:
+        except tarfile.EOFHeaderError:  # type: ignore[attr-defined]
             raise  # the end-of-archive blocks: a proper end
-        except tarfile.EmptyHeaderError:
+        except tarfile.EmptyHeaderError:  # type: ignore[attr-defined]
             raise _Damaged("the data ends without the tar's end-of-archive blocks") from None
         except tarfile.HeaderError as exc:
             raise _Damaged(f"bad tar header ({exc})") from None
@@ -110,10 +111,11 @@ def read_samples(shard: str) -> Iterator[TarSample]:
     being read when the damage was found is part of that rest. Opening errors propagate (OSError)."""
     fh = open_input(shard)
     key: str | None = None  # the sample being gathered
-    member, data, exts, start = "", None, [], 0
+    member, data, start = "", None, 0
+    exts: list[str] = []
     try:
         try:
-            stream = tarfile.open(fileobj=fh, mode="r|*", tarinfo=_StrictInfo)
+            stream = tarfile.open(fileobj=fh, mode="r|*", tarinfo=_StrictInfo)  # noqa: SIM115 - a generator: closed with fh below
             for info in stream:
                 if not info.isreg():
                     continue
@@ -133,7 +135,7 @@ def read_samples(shard: str) -> Iterator[TarSample]:
                 if data is None and is_image_ext(ext):
                     f = stream.extractfile(info)
                     data, member = (f.read() if f is not None else b""), name
-                stream.members = []  # stream mode keeps every TarInfo otherwise
+                stream.members = []  # type: ignore[attr-defined]  # stream mode keeps every TarInfo otherwise
         except _READ_ERRORS as exc:
             at = start if key is not None else _offset(locals().get("stream"))
             why = str(exc).replace("\n", " ").strip() or exc.__class__.__name__

@@ -20,7 +20,7 @@ from typing import Any, TypeGuard
 from featdump.errors import UsageError
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _function_ast(module_name: str, name: str) -> ast.FunctionDef | None:
     """The parsed source of a module-level function (only the function: parsing whole modules is slow)."""
     module = sys.modules.get(module_name)
@@ -40,7 +40,7 @@ def _local_function(module: Any, module_name: str, name: str) -> bool:
     return inspect.isfunction(obj) and obj.__module__ == module_name
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _class_supports(cls: type) -> bool:
     try:
         params = inspect.signature(getattr(cls, "__init__")).parameters  # noqa: B009 - the class's, for mypy
@@ -61,14 +61,14 @@ def _class_supports(cls: type) -> bool:
     return True
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _entrypoints() -> frozenset[Any]:
     from timm.models import list_models, model_entrypoint
 
     return frozenset(model_entrypoint(name) for name in list_models())
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _function_facts(mod_name: str, name: str) -> tuple[frozenset[type], frozenset[type], tuple[tuple[str, str], ...]]:
     """One function's (classes given to build_model_with_cfg, classes mentioned, functions it calls)."""
     import torch

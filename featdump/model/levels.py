@@ -95,7 +95,7 @@ def describe_layers(model: Any, input_size: tuple[int, int, int]) -> list[LayerI
         outs = list(outs.values())
     layers: list[LayerInfo] = []
     seen: set[str] = set()
-    for idx, out in zip(indices, outs):
+    for idx, out in zip(indices, outs, strict=True):
         module = str(info.info[idx]["module"])
         channels = int(info.info[idx]["num_chs"])
         per_image = tuple(int(d) for d in out.shape[1:])

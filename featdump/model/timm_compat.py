@@ -33,7 +33,7 @@ def _private(module: str, name: str) -> Callable[..., Any]:
         ) from None
     if not callable(fn):
         raise TimmChanged(f"timm {timm.__version__}: timm.models.{module}.{name} is not a function")
-    return fn  # type: ignore[no-any-return]
+    return fn
 
 
 def resolve_pretrained_source(cfg: dict[str, Any]) -> tuple[str, Any]:

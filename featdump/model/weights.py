@@ -205,7 +205,7 @@ def quiet_timm() -> Iterator[None]:
     try:
         yield
     finally:
-        for logger, level in zip(loggers, old):
+        for logger, level in zip(loggers, old, strict=True):
             logger.setLevel(level)
 
 

@@ -15,9 +15,8 @@ The limit is the slowest stage; a pipeline well below it means the stages do not
 
 from __future__ import annotations
 
-import itertools
-
 import dataclasses
+import itertools
 import os
 import tempfile
 import time

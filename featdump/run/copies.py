@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 
-class Pending(list):  # type: ignore[type-arg]
+class Pending(list[Any]):
     """One batch's host buffers (a list, so ``nbytes`` can be counted before the copy is done).
 
     :meth:`wait` blocks until the copy is complete and returns the arrays (numpy)."""
@@ -136,7 +136,7 @@ class CudaCopies(CopyQueue):
         self.stream.wait_stream(compute)  # the outputs are computed before they are copied
         with torch.cuda.stream(self.stream):
             host = [torch.empty(o.shape, dtype=o.dtype, pin_memory=True) for o in outputs]  # cached by torch
-            for h, o in zip(host, outputs):
+            for h, o in zip(host, outputs, strict=True):
                 h.copy_(o, non_blocking=True)
                 o.record_stream(self.stream)  # the compute stream may not reuse o's memory before the copy
             event = torch.cuda.Event()

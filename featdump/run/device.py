@@ -100,10 +100,7 @@ def tune(device: Any, cfg: ExtractConfig, placement: Placement) -> Tuning:
     """
     cpus = cpu_budget(placement)
     if device.type == "cpu":
-        if cfg.workers is not None:
-            workers = cfg.workers
-        else:
-            workers = cpus if cpus <= 4 else min(8, max(1, cpus // 8))
+        workers = cfg.workers if cfg.workers is not None else cpus if cpus <= 4 else min(8, max(1, cpus // 8))
         shared = cpus <= 4  # decode threads and forward threads on the same cores
         threads = cpus if shared else cpus - workers
         return Tuning(cfg.batch_size or 8, workers, max(1, threads), True, prefetch=2, decode_nice=19 if shared else 0,

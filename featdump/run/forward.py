@@ -84,9 +84,9 @@ class Forward:
             if isinstance(outs, dict):
                 outs = list(outs.values())
             if self.processors:
-                stored = [apply(self.processors, to_storage(o, layer, self.pool, torch.float32), self.dtype) for o, layer in zip(outs, self.layers)]
+                stored = [apply(self.processors, to_storage(o, layer, self.pool, torch.float32), self.dtype) for o, layer in zip(outs, self.layers, strict=True)]
             else:
-                stored = [to_storage(o, layer, self.pool, self.dtype) for o, layer in zip(outs, self.layers)]
+                stored = [to_storage(o, layer, self.pool, self.dtype) for o, layer in zip(outs, self.layers, strict=True)]
             self._count_nonfinite(stored)
             if self.copies is None:
                 return [s.cpu().numpy() for s in stored]

@@ -23,14 +23,14 @@ from featdump.model.backbone import load_backbone
 from featdump.model.layers import Backbone
 from featdump.options import ExtractConfig
 from featdump.run import processors
-from featdump.run.facts import previous_facts, rounding_note, run_facts
 from featdump.run.device import check_decode, resolve_device, tune
+from featdump.run.facts import previous_facts, rounding_note, run_facts
 from featdump.run.forward import Forward
 from featdump.run.placement import Placement, placement_from_env, shard_output_path
 from featdump.run.process import torch_settings, tune_malloc
 from featdump.run.results import ProgressSink, Summary, summarize
-from featdump.run.space import check_space
 from featdump.run.signals import SignalWatch, StopToken, raise_keyboard_interrupt
+from featdump.run.space import check_space
 from featdump.run.writer import Writer
 from featdump.store.output import Output, file_attrs, open_output, preflight
 
@@ -142,7 +142,7 @@ def _add_run_facts(summary: Summary, forward: Forward | None, workers: int) -> N
 
     summary.threads, summary.workers = torch.get_num_threads(), workers
     if forward is not None:
-        for layer, count in zip(summary.layers, forward.nonfinite()):
+        for layer, count in zip(summary.layers, forward.nonfinite(), strict=True):
             layer.nonfinite = count
 
 

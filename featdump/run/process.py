@@ -41,8 +41,8 @@ def malloc_tuning_allowed(env: dict[str, str] | None = None) -> bool:
     a UsageError (checked before a run creates anything)."""
     from featdump.errors import UsageError
 
-    env = os.environ if env is None else env
-    raw = env.get("FEATDUMP_MALLOC_TUNING", "")
+    values = dict(os.environ) if env is None else env
+    raw = values.get("FEATDUMP_MALLOC_TUNING", "")
     if raw.strip() not in ("", "0", "1"):
         raise UsageError(f"FEATDUMP_MALLOC_TUNING={raw!r}: give 0 (leave malloc alone) or 1")
     return raw.strip() != "0"

@@ -124,8 +124,8 @@ def verify_file(path: str | Path, n: int = 8, seed: int = 0, device: str = "auto
     import timm
 
     from featdump import open as open_file
-    from featdump.data.discover import ImageRef
     from featdump.data.batching import Loader
+    from featdump.data.discover import ImageRef
     from featdump.options import resolve
     from featdump.run import processors
     from featdump.run.device import resolve_device
@@ -169,7 +169,7 @@ def verify_file(path: str | Path, n: int = 8, seed: int = 0, device: str = "auto
     names = [layer.name for layer in backbone.layers]
     if sorted(names) != sorted(stored):
         raise CannotVerify(f"cannot verify {p}: this timm builds layers {names}, the file holds {sorted(stored)}")
-    refs = [ImageRef(s, str(src)) for s, src in zip(stored_paths, sources)]
+    refs = [ImageRef(s, str(src)) for s, src in zip(stored_paths, sources, strict=True)]
     loader = Loader(refs, backbone, cfg, dev, batch_size=len(refs), workers=0, prefetch=2)
     forward = Forward(backbone, dev, cfg.precision, cfg.pool, cfg.dtype, False, False, procs)
     fresh: dict[str, list[Any]] = {name: [None] * len(refs) for name in names}
@@ -178,7 +178,7 @@ def verify_file(path: str | Path, n: int = 8, seed: int = 0, device: str = "auto
             i, err = batch.failed[0]
             raise CannotVerify(f"cannot verify {p}: input image {sources[i]} cannot be read now ({err})")
         outs = forward(batch.pixels)
-        for name, arr in zip(names, outs):
+        for name, arr in zip(names, outs, strict=True):
             for j, pos in enumerate(batch.positions):
                 fresh[name][pos] = arr[j]
     rtol, min_cos = tolerance(cfg.precision, cfg.dtype)

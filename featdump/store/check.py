@@ -102,7 +102,7 @@ def _stored_rows_short(ds: Any, n: int) -> bool:
             return False
         return ds.id.get_storage_size() < n * ds.dtype.itemsize * math.prod(int(d) for d in ds.shape[1:])
     chunks = -(-n // ds.chunks[0])
-    for size, chunk in zip(ds.shape[1:], ds.chunks[1:]):
+    for size, chunk in zip(ds.shape[1:], ds.chunks[1:], strict=True):
         chunks *= -(-int(size) // int(chunk))
     return ds.id.get_num_chunks() < chunks
 

@@ -90,7 +90,7 @@ def c_filter(code: int) -> Any:
             import h5py.h5z
 
             lib = ctypes.CDLL(h5py.h5z.__file__)
-            fn = _FILTER_FUNC(ctypes.cast(lib.lzf_filter, ctypes.c_void_p).value)
+            fn = _FILTER_FUNC(int(ctypes.cast(lib.lzf_filter, ctypes.c_void_p).value or 0))
         else:
             import hdf5plugin
 
@@ -209,9 +209,9 @@ class _Lane:
         self.tail_start = rows // self.cr * self.cr
         self.tail = ds[self.tail_start : rows] if rows > self.tail_start else np.empty((0, *ds.shape[1:]), ds.dtype)
         self.tail_dirty = False
-        grid = [range(0, size, step) for size, step in zip(ds.shape[1:], self.chunks[1:])]
+        grid = [range(0, size, step) for size, step in zip(ds.shape[1:], self.chunks[1:], strict=True)]
         self.blocks = list(product(*grid))
-        self.padded = any(size % step for size, step in zip(ds.shape[1:], self.chunks[1:]))
+        self.padded = any(size % step for size, step in zip(ds.shape[1:], self.chunks[1:], strict=True))
 
 
 class ChunkWriter:
@@ -250,7 +250,7 @@ class ChunkWriter:
             for r in range(0, full, lane.cr):
                 for block in lane.blocks:
                     offset = (lane.tail_start + r, *block)
-                    piece = data[(slice(r, r + lane.cr), *(slice(b, b + c) for b, c in zip(block, lane.chunks[1:])))]
+                    piece = data[(slice(r, r + lane.cr), *(slice(b, b + c) for b, c in zip(block, lane.chunks[1:], strict=True)))]
                     if self.pool is not None and lane.codec.steps:
                         jobs.append((ds, offset, self.pool.submit(_prepare, lane, piece)))
                     else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import stat
@@ -75,14 +76,12 @@ def _reader_view(path: Path, fd: int, jfd: int) -> JournaledFile | None:
         return None
     jf.committed, jf.seq, jf._pending = size, seq, redo
     view = jf.view()
-    view.owner = jf  # keeps the descriptors' owner alive as long as h5py holds the view
+    view.owner = jf  # type: ignore[attr-defined]  # keeps the descriptors' owner alive as long as h5py holds the view
     weakref.finalize(view, _close_fds, fd, jfd)
     return view
 
 
 def _close_fds(*fds: int) -> None:
     for fd in fds:
-        try:
+        with contextlib.suppress(OSError):
             os.close(fd)
-        except OSError:
-            pass

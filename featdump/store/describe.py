@@ -167,8 +167,8 @@ def summarize_file(path: str | Path, max_failures: int = 10) -> dict[str, Any]:
                 }
             )
         paths_rows = int(h5["paths"].shape[0]) if "paths" in h5 else 0
-        fp = h5["failed/paths"] if "failed/paths" in h5 else None
-        fe = h5["failed/errors"] if "failed/errors" in h5 else None
+        fp = h5.get("failed/paths", None)
+        fe = h5.get("failed/errors", None)
         num_failed = counts.num_failed
         failures = []
         if fp is not None and fe is not None:

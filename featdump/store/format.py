@@ -8,6 +8,7 @@ other remote inputs as written. Files written before this attribute existed have
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import math
@@ -63,14 +64,12 @@ CHUNK_MIN = 64 << 10
 def load_codecs() -> None:
     """Register hdf5plugin's filters (Zstandard, Blosc2, ...) with HDF5, so that files written with
     ``--compression zstd`` can be read. Cheap after the first call."""
-    try:
+    with contextlib.suppress(ImportError):  # a dependency; without it only zstd files are unreadable
         import hdf5plugin  # noqa: F401
-    except ImportError:  # pragma: no cover - a dependency; without it only zstd files are unreadable
-        pass
 
 
 def utc_now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def chunk_shape(shape: Sequence[int], itemsize: int) -> tuple[int, ...]:

@@ -22,6 +22,7 @@ default) every commit is ordered by fsync, so a power cut is survived the same w
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import struct
@@ -432,10 +433,8 @@ class JournaledFile:
             return
         keep = False
         if remove:
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 self.path.unlink()
-            except FileNotFoundError:
-                pass
         elif self._pending is not None:
             keep = True
         else:

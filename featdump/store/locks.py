@@ -3,6 +3,7 @@ the checks that a path is (or is not) featdump's own."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -167,10 +168,8 @@ class OutputLock:
         if self.fd < 0:
             return
         if remove:
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 self.path.unlink()
-            except FileNotFoundError:
-                pass
         os.close(self.fd)  # closing drops the flock
         self.fd = -1
 

@@ -26,8 +26,8 @@ from typing import Any
 from featdump.errors import FeatdumpError, UsageError, os_error
 from featdump.run.placement import shard_bounds
 from featdump.store.check import check_file, count_attr
-from featdump.store.format import read_text
 from featdump.store.committed import open_committed
+from featdump.store.format import read_text
 from featdump.store.sink import FEATURES, RESUME_KEYS, compression_kwargs, load_codecs, read_attr, set_attr, utc_now
 from featdump.store.vds import check_sources, refused_sources
 from featdump.text import first_line
@@ -246,7 +246,7 @@ def _strings(h5s: Sequence[Any], key: str, counts: Sequence[int]) -> list[str]:
     """The first ``counts[i]`` strings of ``key`` in each file (checked: each holds that many);
     bytes that are not UTF-8 become ``\\xHH``, as featdump stores undecodable names."""
     out: list[str] = []
-    for h5, n in zip(h5s, counts):
+    for h5, n in zip(h5s, counts, strict=True):
         if n:
             out.extend(read_text(v) for v in h5[key][:n])
     return out
@@ -309,7 +309,7 @@ def remove_stale_temps(out_dir: Path, name: str) -> list[str]:
     (another merge is writing it, or the file system has no locks) is kept.
     """
     pattern = _temp_name(name)
-    removed = []
+    removed: list[str] = []
     try:
         entries = [e for e in os.scandir(out_dir) if pattern.fullmatch(e.name)]
     except OSError:
@@ -407,7 +407,7 @@ def _write(shards: Sequence[Shard], tmp: Path, out_dir: Path, *, copy: bool, com
                 ids = _strings(handles, "ids", [s.num_images for s in shards])
                 h5.create_dataset("ids", data=np.array(ids, dtype=object), dtype=text, maxshape=(None,), chunks=(4096,))
             if all("geometry" in f for f in handles):  # /geometry is small: always copied
-                rows = [f["geometry"][: s.num_images] for s, f in zip(shards, handles)]
+                rows = [f["geometry"][: s.num_images] for s, f in zip(shards, handles, strict=True)]
                 geo = h5.create_dataset("geometry", data=np.concatenate(rows), maxshape=(None, rows[0].shape[1]), chunks=(256, rows[0].shape[1]))
                 set_attr(geo, "columns", read_attr(handles[0]["geometry"].attrs.get("columns", [])))
             failed = h5.create_group("failed")
@@ -432,14 +432,14 @@ def _write(shards: Sequence[Shard], tmp: Path, out_dir: Path, *, copy: bool, com
                         **filters,
                     )
                     at = 0
-                    for s, f in zip(shards, handles):
+                    for s, f in zip(shards, handles, strict=True):
                         if s.num_images:
                             _copy_rows(f[FEATURES][name], ds, at, s.num_images)
                             at += s.num_images
                 else:
                     layout = h5py.VirtualLayout(shape=(num_images, *shape), dtype=dtype)
                     at = 0
-                    for s, f in zip(shards, handles):
+                    for s, f in zip(shards, handles, strict=True):
                         if not s.num_images:
                             continue
                         src_shape = f[FEATURES][name].shape

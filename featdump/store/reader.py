@@ -130,7 +130,7 @@ class FeatureFile:
         m = self._counts.num_failed  # checked: /failed/paths and /failed/errors hold at least m rows
         if not m:
             return []
-        return [(read_text(p), read_text(e)) for p, e in zip(self._h5["failed/paths"][:m], self._h5["failed/errors"][:m])]
+        return [(read_text(p), read_text(e)) for p, e in zip(self._h5["failed/paths"][:m], self._h5["failed/errors"][:m], strict=True)]
 
     @property
     def complete(self) -> bool:

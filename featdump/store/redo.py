@@ -76,7 +76,7 @@ class Redo:
         magic, seq, z0, z1, size = BLOCK.unpack_from(raw, 0)
         if magic != BLOCK_MAGIC:
             return None
-        pos, pages = BLOCK.size, []
+        pos, pages = BLOCK.size, list[tuple[int, bytes]]()
         while True:
             if pos + TRAILER.size <= len(raw):
                 count, crc, tmagic = TRAILER.unpack_from(raw, pos)

@@ -271,7 +271,7 @@ class Store:
             b = len(paths)
             if b:
                 batch = []
-                for layer, arr in zip(self.layers, features):
+                for layer, arr in zip(self.layers, features, strict=True):
                     ds = self.h5[FEATURES][layer.name]
                     ds.resize(n + b, axis=0)
                     batch.append((ds, arr))

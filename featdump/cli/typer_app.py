@@ -1,0 +1,121 @@
+"""The Typer app and what every command shares: the error handler (the one place that turns core
+exceptions into one line and an exit code), the options a user typed, and the process entry.
+
+Nothing here imports torch at module level, so ``--help`` and ``--version`` stay fast. The
+commands live in featdump/cli/commands.py (inspect, extract, bench) and featdump/cli/files.py
+(show, viz, models, verify, processors, merge, fetch, export).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import signal
+import sys
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from featdump import __version__
+from featdump.cli.typer_compat import click_exceptions, parameter_source
+from featdump.errors import FeatdumpError, Interrupted
+from featdump.text import first_line, printable
+
+app = typer.Typer(
+    name="featdump",
+    help="Per-layer feature maps of timm backbones, streamed from image folders into HDF5.\n\nExample: featdump extract resnet50 photos/ -o feats.h5",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+_STATE: dict[str, Any] = {"debug": False, "own_process": False, "start": None}
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"featdump {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    ctx: typer.Context,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
+) -> None:
+    """Per-layer feature maps of timm backbones, streamed from image folders into HDF5.
+
+    Example: featdump extract resnet50 photos/ -o feats.h5
+    """
+    from featdump.cli.signals import release_start_up
+
+    _STATE["debug"] = debug
+    start = _STATE["start"]
+    if start is not None and start[0].stopped:
+        raise fail(f"stopped by {signal.Signals(start[0].signum).name} during start-up; nothing was written", 128 + start[0].signum)
+    if ctx.invoked_subcommand != "extract":  # extract keeps watching (guarded_run); the rest need no stop requests
+        release_start_up(start)
+        _STATE["start"] = None
+
+
+def fail(message: str, code: int) -> typer.Exit:
+    typer.echo(f"featdump: error: {printable(message)}", err=True)
+    return typer.Exit(code)
+
+
+_PASS_THROUGH = click_exceptions()
+
+
+def handle_errors(func: F) -> F:
+    """Core exceptions -> one line on stderr and the SPEC's exit code (tracebacks with --debug)."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except _PASS_THROUGH:
+            raise
+        except FeatdumpError as exc:
+            if _STATE["debug"]:
+                raise
+            if isinstance(exc, Interrupted) and _STATE["own_process"]:
+                # The file is committed and closed. Leave now: interpreter shutdown resets signal
+                # handlers, and a second Ctrl-C landing there would kill us without a word.
+                typer.echo(f"featdump: error: {printable(exc)}", err=True)
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(exc.exit_code)
+            raise fail(str(exc), exc.exit_code) from None
+        except KeyboardInterrupt:
+            raise fail("interrupted", 130) from None
+        except Exception as exc:  # noqa: BLE001 - last resort: one line, not a traceback
+            if _STATE["debug"]:
+                raise
+            text = first_line(exc, "")
+            raise fail(f"{exc.__class__.__name__}: {text} (rerun with --debug for the traceback)", 1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def given_options(ctx: Any, names: list[str]) -> dict[str, Any]:
+    """The options the user typed (not defaults), for the precedence defaults < file < flags."""
+    out = {}
+    for name in names:
+        source = parameter_source(ctx, name)
+        if source is not None and source not in ("DEFAULT", "DEFAULT_MAP"):
+            out[name] = ctx.params[name]
+    return out
+
+
+def run(start: Any = None) -> None:
+    """Run the app as the process's own command line (``featdump.cli.main``); ``start`` is the
+    signal watch begun before the imports (featdump/cli/signals.py)."""
+    _STATE["own_process"] = True  # the console script / python -m featdump (not an embedding caller)
+    _STATE["start"] = start
+    app()
