@@ -298,3 +298,12 @@ def test_readme_dense_prediction_example(photos, tmp_path):
     assert proc.returncode == 0, proc.stderr
     numbers = [float(v) for v in re.findall(r"-?\d+(?:\.\d+)?", proc.stdout)]
     assert numbers[:2] == [480.0, 480.0] and len(numbers) == 10  # astronaut.jpg is 480x480; then a box of 4
+
+
+def test_tokens_both_on_feature_levels_is_a_usage_error(cli, tmp_path, photos):
+    """Feature levels carry no prefix tokens: --tokens both asks for --layers instead of storing maps silently."""
+    for command in (["inspect", "vit_tiny_patch16_224"], ["extract", "vit_tiny_patch16_224", str(photos), "-o", str(tmp_path / "o.h5"), "--no-pretrained"]):
+        result = cli(*command, "--tokens", "both")
+        assert result.exit_code == 2, result.output
+        assert "--tokens both" in result.output and "--layers" in result.output
+    assert not (tmp_path / "o.h5").exists()

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from featdump.errors import UsageError
 from featdump.model.create import check_model_name, create_checked, resolve_data_config
 from featdump.model.layers import (
     DTYPE_BYTES,
@@ -58,7 +59,18 @@ def describe(
     """
     if layers:
         return describe_modules(name, layers, img_size, output_stride, tokens)
+    _levels_take_no_prefix(tokens)
     return describe_levels(name, out_indices, output_stride, img_size)
+
+
+def _levels_take_no_prefix(tokens: str) -> None:
+    """Feature levels (timm's ``features_only``) are maps without prefix tokens: ``--tokens both``
+    would store the same as ``map``, so it asks for the modules by name instead."""
+    if tokens == "both":
+        raise UsageError(
+            "--tokens both stores a token layer's prefix tokens (CLS, registers) beside its patch map, "
+            "which timm's feature levels drop: name the blocks with --layers (see inspect --all-modules)"
+        )
 
 
 def load_backbone(
@@ -78,6 +90,7 @@ def load_backbone(
             name, layers, tokens=tokens, output_stride=output_stride, img_size=img_size,
             pretrained=pretrained, checkpoint=checkpoint,
         )  # fmt: skip
+    _levels_take_no_prefix(tokens)
     desc = describe_levels(name, out_indices, output_stride, img_size)
     indices = desc.out_indices
     choice = choose_weights(name, pretrained=pretrained, checkpoint=checkpoint)
