@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 
+
+@pytest.mark.slow
 def test_bench_names_the_limit(cli, photos: Path, tmp_path: Path) -> None:
     out = tmp_path / "here" / "x.h5"
     out.parent.mkdir()
@@ -17,6 +20,7 @@ def test_bench_names_the_limit(cli, photos: Path, tmp_path: Path) -> None:
     assert list(out.parent.iterdir()) == []  # nothing left behind
 
 
+@pytest.mark.slow
 def test_bench_core_returns_data(photos: Path, tmp_path: Path) -> None:
     from featdump.options import resolve
     from featdump.run.benchmark import run_benchmark

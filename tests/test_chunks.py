@@ -58,6 +58,7 @@ def _chunk_bytes(ds: h5py.Dataset) -> dict[tuple[int, ...], tuple[int, bytes]]:
 
 
 @pytest.mark.parametrize("codec", CODECS)
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", ["float16", "float32"])
 def test_direct_chunks_equal_h5py_writes(tmp_path: Path, codec: str, dtype: str) -> None:
     import hdf5plugin  # noqa: F401
@@ -102,6 +103,7 @@ def test_partial_chunks_are_in_every_commit(tmp_path: Path) -> None:
             np.testing.assert_array_equal(h5["features"][layer.name][:], np.concatenate([a, b]))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("codec", ["none", "zstd"])
 def test_resume_after_a_kill_mid_chunk(tmp_path: Path, codec: str) -> None:
     """Killed with unfilled chunks both committed and not: resume reads the tail back, and the

@@ -26,6 +26,7 @@ def _jpegs(tmp_path: Path, photos: Path) -> list[Path]:
     return out
 
 
+@pytest.mark.slow
 def test_fast_decode_drift_is_small(tmp_path: Path, photos: Path, lite0_weights: Path) -> None:
     """--fast-decode changes pixels slightly; features stay close and the classes agree."""
     import torch
@@ -65,6 +66,7 @@ def test_fast_decode_is_recorded_and_resume_checks_it(tmp_path: Path, photos: Pa
     assert "decode" in proc.stderr
 
 
+@pytest.mark.slow
 def test_decode_gpu_needs_cuda(tmp_path: Path, photos: Path) -> None:
     import torch
 

@@ -68,6 +68,7 @@ def _expected_geometry(h: int, w: int, mode: str, pct: float) -> tuple[float, ..
     return (h, w, sy, sx, top * sy, left * sx)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode,pct", [("center", 0.9), ("squash", 0.875), ("border", 1.0)])
 def test_crop_modes_equal_timm(cli, random_checkpoint, shapes, tmp_path, mode, pct):
     import timm
@@ -154,6 +155,7 @@ def test_bright_square_is_where_pixel_boxes_say(cli, random_checkpoint, tmp_path
                 assert not np.isnan(boxes).any()
 
 
+@pytest.mark.slow
 def test_tokens_both_equals_forward_intermediates(cli, random_checkpoint, photos, tmp_path):
     import timm
     import torch
@@ -196,6 +198,7 @@ def test_tokens_both_equals_forward_intermediates(cli, random_checkpoint, photos
         assert f["blocks.1.prefix"].shape == (len(f.paths), 1, 192)
 
 
+@pytest.mark.slow
 def test_img_size_that_patches_cannot_tile_is_a_usage_error(tmp_path, photos):
     res = run("extract", "vit_tiny_patch16_224", str(photos), "-o", str(tmp_path / "v.h5"), "--no-pretrained",
               "--img-size", "72")  # fmt: skip
@@ -207,6 +210,7 @@ def test_img_size_that_patches_cannot_tile_is_a_usage_error(tmp_path, photos):
     assert res.returncode == 2 and "nearest valid sizes: 64x64 or 64x80" in res.stderr
 
 
+@pytest.mark.slow
 def test_output_folders(cli, shapes, tmp_path):
     out = tmp_path / "new" / "deeper" / "f.h5"
     _extract(cli, "resnet18", shapes, out, "--no-pretrained", "--img-size", "32", "--out-indices", "-1")
@@ -220,6 +224,7 @@ def test_output_folders(cli, shapes, tmp_path):
     assert res.returncode == 2 and "is a folder" in res.stderr
 
 
+@pytest.mark.slow
 def test_crop_settings_are_resume_and_merge_settings(cli, shapes, tmp_path):
     import featdump
 
@@ -249,6 +254,7 @@ def test_crop_pct_out_of_range_is_a_usage_error(cli, shapes, tmp_path):
     assert res.exit_code == 2 and "--crop-mode must be one of center|squash|border" in res.output
 
 
+@pytest.mark.slow
 def test_viz_overlay_paints_cells_into_their_boxes(cli, shapes, tmp_path):
     from featdump.data.geometry import cell_boxes
     from featdump.overlay import paint
@@ -274,6 +280,7 @@ def test_viz_overlay_paints_cells_into_their_boxes(cli, shapes, tmp_path):
     assert res.exit_code == 2 and "--overlay draws spatial (N, C, H, W) layers" in res.output
 
 
+@pytest.mark.slow
 def test_readme_dense_prediction_example(photos, tmp_path):
     """The README's FPN example, run as written (random weights, two of the photos)."""
     import re

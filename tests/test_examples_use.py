@@ -20,6 +20,7 @@ import fpn_head  # noqa: E402
 import linear_probe  # noqa: E402
 
 
+@pytest.mark.slow
 def test_fpn_on_stored_levels_equals_fpn_on_live_timm_features(random_checkpoint, photos: Path, tmp_path: Path) -> None:
     import torch
 
@@ -52,6 +53,7 @@ def test_linear_probe_features_beat_pixels(lite0_weights: Path, tmp_path: Path, 
     assert feats >= 0.95, text
 
 
+@pytest.mark.slow
 def test_readme_torch_snippet_prints_what_the_readme_says(photos: Path, tmp_path: Path) -> None:
     import re
     import subprocess

@@ -27,6 +27,7 @@ def _pooled(path: Path, layer: str, how: str = "avg") -> np.ndarray:
     return x.mean(axis=(2, 3)) if how == "avg" else x.max(axis=(2, 3))
 
 
+@pytest.mark.slow
 def test_embedding_reader_reads_back_the_files_rows(cli, files: dict[str, Path], tmp_path: Path) -> None:
     from embedding_reader import EmbeddingReader
 

@@ -143,6 +143,7 @@ COUNTERS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(COUNTERS))
 def test_counters_that_disagree_are_refused(cli, base: dict[str, Any], tmp_path: Path, case: str) -> None:
     edit, message = COUNTERS[case]
@@ -183,6 +184,7 @@ def _limited() -> None:  # the child may not grow past 4 GiB (the forged count u
     resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
 
 
+@pytest.mark.slow
 def test_merge_with_a_forged_shard_count_is_refused_at_once(base: dict[str, Any], tmp_path: Path) -> None:
     s0 = hostile(base["shards"][0], tmp_path / base["shards"][0].name, _set("shard", np.array([0, 10**12])))
     s1 = tmp_path / base["shards"][1].name
@@ -291,6 +293,7 @@ def assert_refused_in_a_child(path: Path, tmp: Path, *needles: str, env: dict[st
     assert fingerprint(path) == before
 
 
+@pytest.mark.slow
 def test_self_reference_is_refused_not_a_crash(base: dict[str, Any], tmp_path: Path) -> None:
     """Was: SIGSEGV in viz and featdump.open(...).numpy(); show said the file was fine. The real command."""
     layer = base["layers"][0]
@@ -304,6 +307,7 @@ def test_self_reference_is_refused_not_a_crash(base: dict[str, Any], tmp_path: P
     assert fingerprint(path) == before
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["name", "dot", "absolute", "symlink", "prefix"])
 def test_every_spelling_of_a_self_reference_is_refused(base: dict[str, Any], tmp_path: Path, how: str) -> None:
     layer = base["layers"][-1]
@@ -322,6 +326,7 @@ def test_every_spelling_of_a_self_reference_is_refused(base: dict[str, Any], tmp
     assert_refused_in_a_child(target, tmp_path, "refusing to read its virtual dataset", "the file itself", env=env)
 
 
+@pytest.mark.slow
 def test_sources_that_are_not_featdump_shards_are_refused(base: dict[str, Any], tmp_path: Path) -> None:
     layer = base["layers"][0]
     folder = tmp_path / "in"

@@ -50,6 +50,7 @@ print(p.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
 """
 
 
+@pytest.mark.slow
 def test_a_resize_bomb_is_a_failed_record_decided_before_resizing(folder: Path, tmp_path: Path) -> None:
     Image.new("L", (1, 20000)).save(folder / "bomb.png", optimize=True)  # ~165 bytes
     assert (folder / "bomb.png").stat().st_size < 1000
@@ -83,6 +84,7 @@ def test_a_resized_size_over_the_pixel_limit_is_a_failed_record(folder: Path, tm
 # --------------------------------------------------------------------------- 3. names that are not UTF-8
 
 
+@pytest.mark.slow
 def test_an_undecodable_name_is_stored_escaped_and_resumes(folder: Path, tmp_path: Path, cli) -> None:
     raw = os.fsencode(folder)
     _image(raw + b"/bad\xff.png", 7)
@@ -150,6 +152,7 @@ def nan_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_nan_weights_warn_per_layer_and_fail_under_strict(folder: Path, tmp_path: Path, nan_checkpoint: Path) -> None:
     args = ["extract", MODEL, str(folder), "--checkpoint", str(nan_checkpoint), *FAST]
     proc = run(*args, "-o", str(tmp_path / "a.h5"))
@@ -220,6 +223,7 @@ def test_a_cpu_grant_beyond_the_affinity_is_capped(monkeypatch: pytest.MonkeyPat
     assert t.threads <= cores and t.workers <= cores
 
 
+@pytest.mark.slow
 def test_slurm_cpus_per_task_4096_runs_within_the_affinity(folder: Path, tmp_path: Path) -> None:
     script = textwrap.dedent(f"""
         import os, featdump
@@ -273,6 +277,7 @@ def _checkpoints(tmp_path: Path) -> list[tuple[Path, str]]:
     ]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_bad_checkpoints_are_one_line_usage_errors(folder: Path, tmp_path: Path, cli) -> None:
     for ckpt, message in _checkpoints(tmp_path):
         res = cli("extract", MODEL, str(folder), "-o", str(tmp_path / "o.h5"), *FAST, "--checkpoint", str(ckpt))

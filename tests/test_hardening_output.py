@@ -127,6 +127,7 @@ WHAT = {
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mknod needs root")
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", list(WHAT))
 def test_anything_but_a_regular_file_at_o_is_refused_untouched(kind: str, kit: Kit, tmp_path: Path, cli, no_model) -> None:
     out = _make(kind, tmp_path)
@@ -155,6 +156,7 @@ def test_resume_never_touches_a_file_featdump_did_not_make(content: Any, kit: Ki
     assert snapshot(tmp_path) == before and no_model == []
 
 
+@pytest.mark.slow
 def test_overwrite_replaces_a_regular_file(kit: Kit, tmp_path: Path) -> None:
     out = tmp_path / "feats.h5"
     out.write_text("not features")
@@ -164,6 +166,7 @@ def test_overwrite_replaces_a_regular_file(kit: Kit, tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["feats.h5"]
 
 
+@pytest.mark.slow
 def test_writing_through_a_symlink_writes_the_file_it_points_to(kit: Kit, tmp_path: Path) -> None:
     """--overwrite and --resume through a link replace/continue the target; the link stays a link."""
     (tmp_path / "real").mkdir()
@@ -186,6 +189,7 @@ def test_writing_through_a_symlink_writes_the_file_it_points_to(kit: Kit, tmp_pa
 # --------------------------------------------------------------------------- 4. one writer per file
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("first", ["real", "link"])
 def test_two_writers_through_a_symlink(first: str, kit: Kit, tmp_path: Path) -> None:
     """Two real processes, one through a symlink and one through the real name: the second is
@@ -251,6 +255,7 @@ def shards(kit: Kit, tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     return out
 
 
+@pytest.mark.slow
 def test_next_merge_removes_the_temp_file_of_a_killed_merge_copy(shards: list[Path], tmp_path: Path, kit: Kit) -> None:
     merged = tmp_path / "all.h5"
     # a real merge --copy, SIGKILLed in the middle of copying rows
@@ -320,6 +325,7 @@ def test_bad_environment_settings_leave_nothing_on_disk(
     assert list(tmp_path.iterdir()) == [] and no_model == []
 
 
+@pytest.mark.slow
 def test_corrected_commit_seconds_reruns_without_overwrite(kit: Kit, tmp_path: Path) -> None:
     out = tmp_path / "feats.h5"
     proc = kit.run(out, env={"FEATDUMP_COMMIT_SECONDS": "abc"})
@@ -341,6 +347,7 @@ def test_a_400_wide_shard_spec_is_one_short_line(kit: Kit, tmp_path: Path, cli, 
     assert list(tmp_path.iterdir()) == [] and no_model == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["folder", "fifo"])
 def test_a_journal_that_is_not_a_file(kind: str, kit: Kit, tmp_path: Path, cli, no_model) -> None:
     """Readers of a good file ignore it; a writer is refused, naming it; nothing changes."""

@@ -7,11 +7,14 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
+
 from conftest import run
 
 UNREACHABLE = {"HF_HUB_OFFLINE": "", "HF_ENDPOINT": "http://127.0.0.1:9"}
 
 
+@pytest.mark.slow
 def test_extract_fails_fast_without_a_hub(tmp_path: Path, photos: Path) -> None:
     out = tmp_path / "x.h5"
     t0 = time.monotonic()
@@ -24,6 +27,7 @@ def test_extract_fails_fast_without_a_hub(tmp_path: Path, photos: Path) -> None:
     assert took < 30, took  # the hub's retries took ~52 s, plus start-up on a loaded machine
 
 
+@pytest.mark.slow
 def test_fetch_fails_fast_and_quietly_without_a_hub(tmp_path: Path) -> None:
     t0 = time.monotonic()
     proc = run("fetch", "resnet18", env=UNREACHABLE)

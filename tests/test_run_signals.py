@@ -58,6 +58,7 @@ def clean_rows(tmp_path_factory: pytest.TempPathFactory, photos: Path) -> list:
         return f.numpy(f.layers[-1], list(range(len(f.paths)))).tolist()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("times", [1, 2])
 def test_api_survives_sigint_and_resumes_to_the_clean_rows(tmp_path: Path, photos: Path, clean_rows: list, times: int):
     out = tmp_path / "feats.h5"
@@ -91,6 +92,7 @@ def test_watch_turns_signals_into_requests_and_restores_handlers():
     assert signal.getsignal(signal.SIGTERM) is before
 
 
+@pytest.mark.slow
 def test_api_restores_threads_seed_and_handlers(tmp_path: Path, photos: Path):
     """What featdump.extract changes in the caller's process is put back (malloc settings excepted,
     as documented)."""

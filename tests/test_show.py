@@ -121,6 +121,7 @@ def _virtual(dest: Path, sources: list[Path]) -> None:
             group.create_virtual_dataset(n, layout, fillvalue=0)
 
 
+@pytest.mark.slow
 def test_show_merged_virtual_and_missing_sources(made: dict[str, Path], tmp_path: Path) -> None:
     import featdump
     from featdump.errors import FeatdumpError

@@ -116,6 +116,7 @@ def _write(path: Path, ok: list[bool], batch: int, start_store=None, stop_after:
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@pytest.mark.slow
 @given(
     ok=st.lists(st.booleans(), min_size=1, max_size=40),
     batch=st.integers(1, 7),

@@ -74,6 +74,7 @@ def _same_rows_as(got: dict, want: dict, local: Path, prefix: str) -> None:
 # --------------------------------------------------------------------------- tar shards
 
 
+@pytest.mark.slow
 def test_tar_shards_over_http_equal_the_local_run(cli, data: dict, http: Server, tmp_path: Path) -> None:
     out = tmp_path / "http.h5"
     result = cli(*argv(f"{http.url}/shards/data-{{000000..000002}}.tar", out, data["ckpt"]))
@@ -83,6 +84,7 @@ def test_tar_shards_over_http_equal_the_local_run(cli, data: dict, http: Server,
     _same_rows_as(got, data["tar"], data["root"], http.url)
 
 
+@pytest.mark.slow
 def test_tar_shards_over_s3_equal_the_local_run(data: dict, s3: dict[str, str], tmp_path: Path) -> None:
     out = tmp_path / "s3.h5"
     proc = run(argv("s3://bucket/shards/data-{000000..000002}.tar", out, data["ckpt"]), env=s3)
@@ -161,6 +163,7 @@ def test_table_of_urls_over_http_one_404_is_a_failed_record(cli, data: dict, htt
     assert_same_features(got, want)
 
 
+@pytest.mark.slow
 def test_folder_list_and_image_urls_over_http(cli, data: dict, http: Server, tmp_path: Path) -> None:
     out = tmp_path / "folder.h5"
     result = cli(*argv(f"{http.url}/images/", out, data["ckpt"]))

@@ -27,6 +27,7 @@ def data(tmp_path_factory: pytest.TempPathFactory, random_checkpoint) -> dict:
     return {"root": root, "images": images, "ckpt": ckpt, "folder": features(folder_out), "order": order}
 
 
+@pytest.mark.slow
 def test_parquet_of_image_bytes_equals_the_folder(cli, data: dict, tmp_path: Path) -> None:
     table = write_parquet(data["images"], tmp_path / "hf.parquet", struct=True, row_group_size=4)
     out = tmp_path / "pq.h5"
@@ -54,6 +55,7 @@ def test_plain_binary_column_stores_row_numbers(cli, data: dict, tmp_path: Path)
     assert_same_features(got, data["folder"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["csv", "tsv", "jsonl"])
 def test_text_tables_of_paths(cli, data: dict, tmp_path: Path, kind: str) -> None:
     rels = [p.relative_to(data["images"]).as_posix() for p in data["order"]]
@@ -74,6 +76,7 @@ def test_text_tables_of_paths(cli, data: dict, tmp_path: Path, kind: str) -> Non
     table.unlink()
 
 
+@pytest.mark.slow
 def test_table_sharding_by_rows_and_streaming_from_a_position(cli, data: dict, tmp_path: Path) -> None:
     table = write_parquet(data["images"], tmp_path / "t.parquet", row_group_size=3)
     flags = ("--image-column", "image", "--batch-size", "1")  # blocks of 5, 5, 4 rows: the same batches as one run

@@ -112,6 +112,7 @@ def data(tmp_path_factory: pytest.TempPathFactory, random_checkpoint) -> dict:
     return {"root": root, "images": images, "shards": shards, "ckpt": ckpt, "folder": features(folder_out)}
 
 
+@pytest.mark.slow
 def test_tar_shards_equal_the_unpacked_folder(cli, data: dict, tmp_path: Path) -> None:
     out = tmp_path / "tar.h5"
     pattern = str(data["root"] / "shards" / "data-{000000..000005}.tar")
@@ -216,6 +217,7 @@ def test_mixing_families_is_a_usage_error(cli, data: dict, tmp_path: Path) -> No
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_sharding_splits_tar_files_and_merge_equals_one_run(cli, data: dict, tmp_path: Path, monkeypatch) -> None:
     import featdump.data.tars as tars
 

@@ -41,6 +41,7 @@ def _check_batches(path: Path, loader: Any) -> int:
 
 
 @pytest.mark.parametrize("kind", ["finished", "partial", "merged"])
+@pytest.mark.slow
 @pytest.mark.parametrize("start", ["fork", "spawn"])
 def test_dataloader_workers_read_every_row_like_numpy(files: dict[str, Path], kind: str, start: str) -> None:
     from torch.utils.data import DataLoader
@@ -114,6 +115,7 @@ def test_token_layers_pool_over_patch_tokens_only(files: dict[str, Path]) -> Non
         assert ff.torch()[4]["blocks.1"].shape == (5, 192)
 
 
+@pytest.mark.slow
 def test_ids_when_the_file_has_them(files: dict[str, Path]) -> None:
     with featdump.open(files["ids"]) as ff:
         ds = ff.torch("layer1", rows=[3, 6])
@@ -151,6 +153,7 @@ def test_missing_virtual_source_is_refused(files: dict[str, Path], tmp_path: Pat
         ff.torch()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["finished", "merged"])
 def test_featdump_open_and_plain_h5py_together_in_either_order(files: dict[str, Path], kind: str) -> None:
     code = (

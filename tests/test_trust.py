@@ -40,6 +40,7 @@ def _stored(path: Path) -> dict[str, np.ndarray]:
         return {name: f.numpy(name) for name in f.layers}
 
 
+@pytest.mark.slow
 def test_processors_equal_timm_by_hand(tmp_path, imgs, random_checkpoint):
     import torch
     import torch.nn.functional as F
@@ -78,6 +79,7 @@ def test_processors_equal_timm_by_hand(tmp_path, imgs, random_checkpoint):
     assert json.loads(p.stdout)["layers"][0]["shape"] == [4, 28, 28]
 
 
+@pytest.mark.slow
 def test_processor_errors(tmp_path, imgs):
     p = run("extract", "resnet18", str(imgs), "-o", str(tmp_path / "o.h5"), "--no-pretrained", "--process", "sharpen")
     assert p.returncode == 2
@@ -104,6 +106,7 @@ class Double:
 '''
 
 
+@pytest.mark.slow
 def test_entry_point_plugin(tmp_path, imgs, random_checkpoint):
     site = tmp_path / "site"
     site.mkdir()
@@ -130,6 +133,7 @@ def test_entry_point_plugin(tmp_path, imgs, random_checkpoint):
 # --------------------------------------------------------------------------- verify
 
 
+@pytest.mark.slow
 def test_verify_pass_fail_and_cannot(tmp_path, imgs, random_checkpoint):
     import h5py
 
@@ -158,6 +162,7 @@ def test_verify_pass_fail_and_cannot(tmp_path, imgs, random_checkpoint):
     assert p.returncode == 2 and "is gone" in p.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "model,extra",
     [
@@ -173,6 +178,7 @@ def test_verify_kinds(tmp_path, imgs, model, extra):
     assert p.returncode == 0, p.stderr + p.stdout
 
 
+@pytest.mark.slow
 def test_verify_input_gone_and_shards(tmp_path, imgs):
     out = tmp_path / "f.h5"
     run("extract", "resnet18", str(imgs), "-o", str(out), "--no-pretrained", "-q", "--out-indices", "1", "--shard", "1/2", check=True)
@@ -189,6 +195,7 @@ def test_verify_input_gone_and_shards(tmp_path, imgs):
 # --------------------------------------------------------------------------- --like
 
 
+@pytest.mark.slow
 def test_like_reproduces_refuses_and_merges(tmp_path, imgs, random_checkpoint):
     ckpt = random_checkpoint("resnet18")
     old = tmp_path / "old.h5"
@@ -227,6 +234,7 @@ def test_like_reproduces_refuses_and_merges(tmp_path, imgs, random_checkpoint):
 # --------------------------------------------------------------------------- disk planning
 
 
+@pytest.mark.slow
 def test_inspect_images_json():
     p = run("inspect", "resnet18", "--images", "1000", "--dtype", "float16", "--pool", "avg", "--json", check=True)
     d = json.loads(p.stdout)
@@ -248,6 +256,7 @@ def tiny_fs(tmp_path: Path):
         subprocess.run(["umount", str(mnt)], capture_output=True)
 
 
+@pytest.mark.slow
 def test_space_check_refuses_before_the_model(tiny_fs, imgs, tmp_path):
     missing = tmp_path / "no-such.safetensors"  # the model would fail to load: proves it never does
     p = run("extract", "resnet18", str(imgs), "-o", str(tiny_fs / "f.h5"), "--checkpoint", str(missing))
@@ -263,6 +272,7 @@ def test_space_check_refuses_before_the_model(tiny_fs, imgs, tmp_path):
 # --------------------------------------------------------------------------- leftovers
 
 
+@pytest.mark.slow
 def test_models_nothing_matches():
     p = run("models", "zzz*")
     assert p.returncode == 2 and "no timm model matches 'zzz*'" in p.stderr
@@ -280,6 +290,7 @@ def test_list_file_quotes_and_duplicates(tmp_path):
         read_list_file(lst)
 
 
+@pytest.mark.slow
 def test_show_paths_and_whole_command(tmp_path, imgs, cli):
     out = tmp_path / "f.h5"
     long_dir = imgs.rename(tmp_path / ("a" * 120))
@@ -291,6 +302,7 @@ def test_show_paths_and_whole_command(tmp_path, imgs, cli):
     assert "a" * 120 in shown and "-o" + str(out) + "--no-pretrained-q--out-indices1--poolavg" in shown
 
 
+@pytest.mark.slow
 def test_module_names_do_not_wrap_at_80_columns():
     for extra in ([], ["--images", "100000"]):
         p = run("inspect", "efficientnet_b0", *extra, env={"COLUMNS": "80"}, check=True)
@@ -298,6 +310,7 @@ def test_module_names_do_not_wrap_at_80_columns():
         assert all(f"blocks.{i} " in p.stdout for i in (0, 1, 2, 4, 6)), p.stdout
 
 
+@pytest.mark.slow
 def test_resume_with_another_batch_size_warns(tmp_path, imgs):
     import h5py
 

@@ -157,6 +157,7 @@ def test_unreadable_file_without_root_privileges(tmp_path: Path) -> None:
     assert "PermissionError" in msg and "Permission denied" in msg, msg
 
 
+@pytest.mark.slow
 def test_max_image_pixels(tmp_path: Path, random_checkpoint, cli) -> None:
     d = tmp_path / "imgs"
     _good(d / "small.png", 0)  # 34x30 = 1020 pixels
@@ -180,6 +181,7 @@ def test_max_image_pixels(tmp_path: Path, random_checkpoint, cli) -> None:
     assert "too many pixels" not in failed["bomb.png"] and "truncated" in failed["bomb.png"]
 
 
+@pytest.mark.slow
 def test_a_run_in_which_every_input_failed_exits_1_naming_the_path_tried(tmp_path: Path, random_checkpoint, cli) -> None:
     """SPEC, Exit status: the file is written (every failure recorded), but nothing was read, so
     the run is not a success: exit 1 with the first error and the path featdump tried."""

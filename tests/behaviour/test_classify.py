@@ -28,6 +28,7 @@ def head(lite0_weights):
     return classify
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 def test_chelsea_is_a_cat_and_coffee_an_espresso(cli, lite0_weights, photos, tmp_path, head, dtype):
     out = tmp_path / "lite0.h5"

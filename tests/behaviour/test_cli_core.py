@@ -18,6 +18,7 @@ def _sha(path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+@pytest.mark.slow
 def test_version_and_help_do_not_import_torch():
     code = (
         "import sys, time; t = time.perf_counter();"
@@ -105,6 +106,7 @@ def test_existing_output_is_refused_byte_identical(cli, photos, tmp_path):
     assert _sha(out) == before
 
 
+@pytest.mark.slow
 def test_pretrained_offline_without_cache_says_what_to_do(photos, tmp_path):
     r = run("extract", "resnet18", str(photos), "-o", str(tmp_path / "o.h5"), env={"HF_HUB_OFFLINE": "1"})
     assert r.returncode == 1
@@ -114,6 +116,7 @@ def test_pretrained_offline_without_cache_says_what_to_do(photos, tmp_path):
     assert not (tmp_path / "o.h5").exists()
 
 
+@pytest.mark.slow
 def test_extract_real_process_writes_spec_layout(photos, tmp_path, random_checkpoint):
     out = tmp_path / "feats.h5"
     r = run(
@@ -171,6 +174,7 @@ def test_data_config_is_timms(model):
         assert tuple(got[key]) == tuple(want[key]) if isinstance(want[key], tuple) else got[key] == want[key], key
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_start_up_is_not_lost(tmp_path, photos):
     """A SIGINT while torch/timm load is remembered (third-party code cannot swallow it): exit 130, no file."""
     import signal

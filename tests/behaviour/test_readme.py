@@ -34,6 +34,7 @@ def test_inspect_example_matches_the_command(cli):
     assert got == want
 
 
+@pytest.mark.slow
 def test_h5py_snippet_runs_on_a_real_output(cli, lite0_weights, photos, tmp_path):
     out = tmp_path / "out" / "demo.h5"
     out.parent.mkdir()
@@ -80,6 +81,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory, photos: Path, lite0_weights: 
     return root
 
 
+@pytest.mark.slow
 def test_readme_show(cli, demo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(demo)
     shown = _block("### `featdump show`")
