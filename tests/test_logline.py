@@ -32,7 +32,7 @@ def test_log_seconds_default_and_value(monkeypatch) -> None:
 
 
 def test_log_progress_prints_at_its_interval() -> None:
-    from featdump.cli.render import LogProgress
+    from featdump.cli.progress import LogProgress
 
     lines: list[str] = []
     p = LogProgress(0.05, 1_000_000, write=lines.append)

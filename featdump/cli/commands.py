@@ -161,7 +161,8 @@ def extract(ctx: typer.Context, **values: Any) -> None:
 
 def _extract(ctx: typer.Context, config_file: Path | None, stop: Any) -> None:
     from featdump import options as config
-    from featdump.cli.render import LogProgress, console, failures_table, nonfinite_line, progress_for, summary_table
+    from featdump.cli.progress import LogProgress, progress_for
+    from featdump.cli.render import console, failures_table, nonfinite_line, summary_table
     from featdump.cli.signals import leave_at_once
     from featdump.run.job import run_extraction
     from featdump.run.results import nothing_read
