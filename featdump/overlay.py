@@ -24,6 +24,7 @@ from featdump.viz import (
     _input_roots,
     _placeholder,
     _roots_from_inputs,
+    check_picture,
     find_input,
     pca_rgb,
     select_rows,
@@ -93,12 +94,7 @@ def render_overlay(
     from featdump.store.reader import FeatureFile
 
     out = Path(output)
-    if out.suffix.lower() != ".png":
-        raise UsageError(f"-o {out}: viz writes PNG pictures; name a .png file")
-    if not out.parent.is_dir():
-        raise UsageError(f"-o {out}: folder {out.parent} does not exist")
-    if not (4 <= tile <= 1024):
-        raise UsageError(f"--tile must be 4..1024 pixels, not {tile}")
+    check_picture(out, tile)
     with FeatureFile(path) as f:
         if "geometry" not in f.h5:
             raise UsageError(f"--overlay: {path} holds no /geometry (made by an older featdump); extract it again")

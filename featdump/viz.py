@@ -281,6 +281,16 @@ def _clip(text: str, width: int, keep_end: bool = True) -> str:
     return "…" + text[-(max_chars - 1) :] if keep_end else text[: max_chars - 1] + "…"
 
 
+def check_picture(out: Path, tile: int) -> None:
+    """The PNG to write (its folder must exist) and the tile size: usage errors before any reading."""
+    if out.suffix.lower() != ".png":
+        raise UsageError(f"-o {out}: viz writes PNG pictures; name a .png file")
+    if not out.parent.is_dir():
+        raise UsageError(f"-o {out}: folder {out.parent} does not exist")
+    if not (4 <= tile <= 1024):
+        raise UsageError(f"--tile must be 4..1024 pixels, not {tile}")
+
+
 def render(
     path: str | Path,
     output: str | Path,
@@ -298,12 +308,7 @@ def render(
 
     src = Path(path)
     out = Path(output)
-    if out.suffix.lower() != ".png":
-        raise UsageError(f"-o {out}: viz writes PNG pictures; name a .png file")
-    if not out.parent.is_dir():
-        raise UsageError(f"-o {out}: folder {out.parent} does not exist")
-    if not (4 <= tile <= 1024):
-        raise UsageError(f"--tile must be 4..1024 pixels, not {tile}")
+    check_picture(out, tile)
     gone = check_virtual(src)  # before our own handle: HDF5 allows one kind of open per file
     h5 = open_featdump(src)
     try:

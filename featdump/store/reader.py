@@ -91,14 +91,18 @@ class FeatureFile:
     def numpy(self, layer: str, rows: int | slice | Sequence[int] | None = None) -> np.ndarray:
         """Rows of a layer as a numpy array: all committed rows, one row (``int``: no leading axis),
         a slice, or a list of rows in any order (duplicates allowed)."""
-        import numpy as np
 
         if self._missing and self[layer].is_virtual:
             raise FeatdumpError(
                 f"{self.path}: virtual source file(s) missing ({', '.join(self._missing[:3])}); "
                 "their rows would read as the fill value (NaN in files written by `featdump merge`)"
             )
-        ds = self[layer]
+        return self._take(self[layer], rows)
+
+    def _take(self, ds: Any, rows: int | slice | Sequence[int] | None) -> np.ndarray:
+        """Committed rows of a row-aligned dataset: all, one (no leading axis), a slice, or a list."""
+        import numpy as np
+
         n = self.num_images
         if rows is None:
             return ds[:n]
@@ -171,20 +175,9 @@ class FeatureFile:
         """``/geometry`` rows: ``orig_h, orig_w, scale_y, scale_x, offset_y, offset_x`` (float64),
         original-image pixel = model-input pixel x scale + offset, pixel centres at +0.5
         (featdump/data/geometry.py). KeyError for files made before featdump stored it."""
-        import numpy as np
-
         if "geometry" not in self._h5:
             raise KeyError(f"{self.path} holds no /geometry (made by a featdump that did not store it yet); extract again")
-        ds = self._h5["geometry"]
-        n = self.num_images
-        if rows is None:
-            return ds[:n]
-        if isinstance(rows, (int, np.integer)):
-            r = int(rows)
-            if not -n <= r < n:
-                raise IndexError(f"row {r} out of range: {self.path} has {n} rows")
-            return ds[r % n]
-        return ds[:n][rows]
+        return self._take(self._h5["geometry"], rows)
 
     def pixel_boxes(self, layer: str, row: int) -> np.ndarray:
         """``(H, W, 4)`` boxes ``y0, x0, y1, x1`` in original-image pixels (continuous coordinates:
