@@ -23,6 +23,7 @@ import h5py
 import numpy as np
 import pytest
 
+from conftest import ROOT
 from faultkit import ENV, MODEL, journal_seq, kill, make_images, popen, read_rows, wait_for
 
 BATCH = ("--img-size", "64", "--batch-size", "1", "--device", "cpu", "--quiet")
@@ -236,7 +237,7 @@ def test_without_locks_the_docs_and_message_say_silent_corruption(tmp_path: Path
     with pytest.raises(FeatdumpError) as info:
         OutputLock(tmp_path / "feats.h5")
     assert "HDF5_USE_FILE_LOCKING=FALSE" in str(info.value) and "corrupt it silently" in str(info.value)
-    readme = " ".join((Path(__file__).parent.parent / "README.md").read_text().split())
+    readme = " ".join((ROOT / "README.md").read_text().split())
     assert "HDF5_USE_FILE_LOCKING=FALSE" in readme and "silently corrupt" in readme
 
 
