@@ -52,8 +52,12 @@ def _one_line(output: str) -> str:
 
 def test_out_of_space_then_read_only_then_resume(small_fs: Path, case: Case, cli) -> None:
     out = small_fs / "feats.h5"
-    argv = case.argv(out, "--workers", "0")
-
+    # the space check sees the disk is too small and refuses before anything is written ...
+    result = cli(*case.argv(out, "--workers", "0"))
+    assert result.exit_code == 2 and "not enough space" in result.output and "--no-space-check" in result.output
+    assert not out.exists()
+    # ... and without it the run fills the disk: a real ENOSPC mid-run
+    argv = case.argv(out, "--workers", "0", "--no-space-check")
     result = cli(*argv)
     assert result.exit_code == 1, result.output
     line = _one_line(result.output)
@@ -63,19 +67,19 @@ def test_out_of_space_then_read_only_then_resume(small_fs: Path, case: Case, cli
     assert_prefix_of(part, case.clean)
 
     # still full: refused the same way, nothing lost
-    result = cli(*case.argv(out, "--resume", "--workers", "0"))
+    result = cli(*case.argv(out, "--resume", "--workers", "0", "--no-space-check"))
     assert result.exit_code == 1 and "out of disk space" in result.output, result.output
     assert_prefix_of(committed_rows(out), case.clean)
 
     # the folder turns read-only (a full quota, a remount): one line, the file byte-identical
     assert _mount("-o", "remount,ro", str(small_fs)).returncode == 0
     before = sha256(out)
-    result = cli(*case.argv(out, "--resume", "--workers", "0"))
+    result = cli(*case.argv(out, "--resume", "--workers", "0", "--no-space-check"))
     assert result.exit_code == 1, result.output
     line = _one_line(result.output)
     assert "read-only" in line and "resumable" in line, line
     assert sha256(out) == before
-    result = cli(*case.argv(small_fs / "new.h5", "--workers", "0"))
+    result = cli(*case.argv(small_fs / "new.h5", "--workers", "0", "--no-space-check"))
     assert result.exit_code == 1 and "read-only" in result.output, result.output
 
     # space again: --resume finishes with exactly the clean run's rows
