@@ -54,7 +54,7 @@ def measure(maps: list[Any], dtype: str, kwargs: dict[str, Any], folder: Path, b
     """(raw MB/s, stored/raw) writing ``maps`` batch by batch with featdump's chunk shapes."""
     import h5py
 
-    from featdump.store.sink import chunk_shape
+    from featdump.store.format import chunk_shape
 
     arrays = [m.astype(dtype) for m in maps]
     raw = sum(a.nbytes for a in arrays)

@@ -11,7 +11,6 @@ field here plus its behaviour.
 
 from __future__ import annotations
 
-import re
 import tomllib
 from collections.abc import Sequence
 from dataclasses import field
@@ -20,6 +19,17 @@ from typing import Any, Literal, get_args, get_origin
 
 from featdump.errors import UsageError
 from featdump.optiontable import Option, opt, option_table, options_of, without_none
+from featdump.values import (
+    check_choice,
+    check_positive,
+    parse_crop_pct,
+    parse_img_size,
+    parse_indices,
+    parse_names,
+    parse_process,
+    parse_shard,
+    path_or_none,
+)
 
 Precision = Literal["fp32", "fp16", "bf16"]
 Dtype = Literal["float32", "float16"]
@@ -40,121 +50,6 @@ DECODERS: tuple[str, ...] = get_args(Decode)
 TOKENS: tuple[str, ...] = get_args(Tokens)
 CROP_MODES: tuple[str, ...] = get_args(CropMode)
 OUTPUT_STRIDES: tuple[int, ...] = get_args(OutputStride)
-
-
-def parse_indices(value: str | list[int] | tuple[int, ...] | None) -> tuple[int, ...] | None:
-    """``"1,2,-1"`` or ``[1, 2, -1]`` -> ``(1, 2, -1)``."""
-    if value is None or value == "":
-        return None
-    items: list[Any]
-    items = list(value) if isinstance(value, (list, tuple)) else [v.strip() for v in str(value).split(",") if v.strip()]
-    try:
-        out = tuple(int(v) for v in items)
-    except (TypeError, ValueError):
-        raise UsageError(
-            f"--out-indices takes whole numbers separated by commas (e.g. 1,2,-1), not {value!r}"
-        ) from None
-    if not out:
-        raise UsageError("--out-indices is empty; give at least one level, e.g. --out-indices -1")
-    if len(set(out)) != len(out):
-        raise UsageError(f"--out-indices lists a level twice: {value!r}")
-    return out
-
-
-def parse_names(value: str | list[str] | tuple[str, ...] | None, option: str = "--layers") -> tuple[str, ...] | None:
-    """``"a,b"`` or ``["a", "b"]`` -> ``("a", "b")``."""
-    if value is None or value == "":
-        return None
-    items = list(value) if isinstance(value, (list, tuple)) else str(value).split(",")
-    out = tuple(str(v).strip() for v in items if str(v).strip())
-    if not out:
-        raise UsageError(f"{option} is empty; give module names separated by commas")
-    if len(set(out)) != len(out):
-        raise UsageError(f"{option} lists a name twice: {value!r}")
-    return out
-
-
-def parse_img_size(value: str | int | list[int] | tuple[int, ...] | None) -> tuple[int, int] | None:
-    """``224`` -> ``(224, 224)``; ``"256x320"`` or ``[256, 320]`` -> ``(256, 320)`` (height x width)."""
-    if value is None or value == "":
-        return None
-    if isinstance(value, int) and not isinstance(value, bool):
-        h = w = value
-    elif isinstance(value, (list, tuple)) and len(value) in (1, 2):
-        h, w = (value[0], value[-1])
-    else:
-        m = re.fullmatch(r"\s*(\d+)\s*(?:[x×,]\s*(\d+)\s*)?", str(value))
-        if not m:
-            raise UsageError(f"--img-size takes SIZE or HEIGHTxWIDTH (e.g. 224 or 256x320), not {value!r}")
-        h = int(m.group(1))
-        w = int(m.group(2) or m.group(1))
-    try:
-        h, w = int(h), int(w)
-    except (TypeError, ValueError):
-        raise UsageError(f"--img-size takes SIZE or HEIGHTxWIDTH (e.g. 224 or 256x320), not {value!r}") from None
-    if not (8 <= h <= 8192 and 8 <= w <= 8192):
-        raise UsageError(f"--img-size {h}x{w} is out of range (8 to 8192 pixels a side)")
-    return (h, w)
-
-
-def parse_shard(value: str | list[int] | tuple[int, ...] | None) -> tuple[int, int] | None:
-    """``"2/8"`` -> ``(2, 8)``: block 2 (0-based) of 8."""
-    if value is None or value == "":
-        return None
-    if isinstance(value, (list, tuple)) and len(value) == 2:
-        i, n = value
-    else:
-        m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(value))
-        if not m:
-            raise UsageError(f"--shard takes I/N with 0 <= I < N (e.g. 0/4), not {value!r}")
-        i, n = int(m.group(1)), int(m.group(2))
-    if not (isinstance(i, int) and isinstance(n, int) and n >= 1 and 0 <= i < n):
-        raise UsageError(f"--shard takes I/N with 0 <= I < N (e.g. 0/4), not {value!r}")
-    return (i, n)
-
-
-def parse_process(value: str | list[str] | tuple[str, ...] | None) -> tuple[str, ...] | None:
-    """``"l2norm"`` or ``["resize:stride=8", "l2norm"]`` -> a tuple of ``NAME[:ARG[:ARG]]`` strings."""
-    if value is None or value == "" or value == []:
-        return None
-    items = [value] if isinstance(value, str) else list(value)
-    out = tuple(str(v).strip() for v in items)
-    bad = [v for v in out if not v or v.startswith(":")]
-    if bad:
-        raise UsageError(f"--process takes NAME[:ARG[:ARG]] (e.g. l2norm, resize:stride=8, pca:64:basis.npz), not {bad[0]!r}")
-    return out
-
-
-def _choice(name: str, value: Any, choices: tuple) -> Any:
-    if value not in choices:
-        shown = "|".join(str(c) for c in choices)
-        raise UsageError(f"--{name.replace('_', '-')} must be one of {shown}, not {value!r}")
-    return value
-
-
-def _positive(name: str, value: Any, minimum: int = 1) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise UsageError(f"--{name.replace('_', '-')} must be a whole number >= {minimum}, not {value!r}")
-    return value
-
-
-def parse_crop_pct(value: Any) -> float | None:
-    """``--crop-pct``: the fraction of the resized image that is kept, 0 < F <= 1 (timm's ``crop_pct``)."""
-    if value is None or value == "":
-        return None
-    try:
-        pct = float(value)
-    except (TypeError, ValueError):
-        raise UsageError(f"--crop-pct takes a number in (0, 1], e.g. 0.875 or 1.0, not {value!r}") from None
-    if isinstance(value, bool) or not 0.0 < pct <= 1.0:
-        raise UsageError(f"--crop-pct takes a number in (0, 1], e.g. 0.875 or 1.0, not {value!r}")
-    return pct
-
-
-def _path_or_none(value: Any) -> str | None:
-    return str(value) if value else None
 
 
 def decode_attr(cfg: Any) -> str:
@@ -234,7 +129,7 @@ class ExtractConfig:
         default=None,
         cli=Path | None,
         api=str | Path | None,
-        parse=_path_or_none,
+        parse=path_or_none,
     )
     device: str = opt("auto|cpu|cuda|cuda:N|mps.", default="auto")
     precision: Precision = opt("fp32|fp16|bf16 (autocast).", default="fp32", setting=True, attr=True)
@@ -301,7 +196,7 @@ class ExtractConfig:
         default=None,
         cli=Path | None,
         api=str | Path | None,
-        parse=_path_or_none,
+        parse=path_or_none,
     )
     space_check: bool = opt(
         "Refuse to start when the output's file system lacks room for the uncompressed rows still to "
@@ -369,14 +264,14 @@ def _check(option: Option, value: Any) -> Any:
                 value = int(value)
             except (TypeError, ValueError):
                 value = -1
-            return _choice(option.name, value, choices)
-        return _choice(option.name, str(value).lower(), choices)
+            return check_choice(option.name, value, choices)
+        return check_choice(option.name, str(value).lower(), choices)
     if tp is bool:
         if not isinstance(value, bool):
             raise UsageError(f"{option.name} must be true or false, not {value!r}")
         return value
     if tp is int:
-        return _positive(option.name, value, option.minimum)
+        return check_positive(option.name, value, option.minimum)
     if tp is str:
         return str(value)
     return value

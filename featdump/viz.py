@@ -304,7 +304,7 @@ def render(
     from PIL import Image, ImageDraw
 
     from featdump.store.describe import check_virtual
-    from featdump.store.sink import read_attr
+    from featdump.store.format import read_attr
 
     src = Path(path)
     out = Path(output)

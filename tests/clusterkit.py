@@ -37,7 +37,7 @@ def read(path: Path) -> dict[str, Any]:
     """Everything a reader sees: attrs, paths, failures and every feature array."""
     import h5py
 
-    from featdump.store.sink import read_attr
+    from featdump.store.format import read_attr
 
     with h5py.File(path, "r") as h5:
         return {

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from featdump.errors import UsageError
-from featdump.options import ExtractConfig, parse_img_size, parse_indices, parse_shard, resolve
+from featdump.options import ExtractConfig, resolve
+from featdump.values import parse_img_size, parse_indices, parse_shard
 
 BASE = {"model": "resnet18", "inputs": ("imgs",), "output": "o.h5"}
 

@@ -19,8 +19,8 @@ from featdump.cli import commands
 from featdump.errors import UsageError
 from featdump.options import OPTIONS, SETTINGS, ExtractConfig, load_toml, option_attrs, resolve
 from featdump.optiontable import opt, option_table, options_of, without_none
+from featdump.store.check import RESUME_KEYS
 from featdump.store.merge import MERGE_KEYS
-from featdump.store.sink import RESUME_KEYS
 
 BASE = {"model": "resnet18", "inputs": ("imgs",), "output": "o.h5"}
 NAMES = [o.name for o in OPTIONS]

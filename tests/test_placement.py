@@ -199,7 +199,7 @@ def _extract(cli, images: Path, out: Path, ckpt: Path, *extra: str):
 def _attrs(path: Path) -> dict:
     import h5py
 
-    from featdump.store.sink import read_attr
+    from featdump.store.format import read_attr
 
     with h5py.File(path, "r") as h5:
         return {k: read_attr(v) for k, v in h5.attrs.items()}

@@ -23,7 +23,7 @@ from faultkit import assert_prefix_of, assert_same_rows, read_rows
 )
 @pytest.mark.parametrize("itemsize", [2, 4])
 def test_chunks_hold_whole_planes_without_padding(shape: tuple[int, ...], itemsize: int) -> None:
-    from featdump.store.sink import chunk_shape
+    from featdump.store.format import chunk_shape
 
     chunks = chunk_shape(shape, itemsize)
     assert chunks[1:] == shape or (chunks[0] == 1 and chunks[2:] == shape[1:])

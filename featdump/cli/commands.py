@@ -66,38 +66,39 @@ def inspect(
     Example: featdump inspect vit_small_patch16_224 --all-modules
     """
     from featdump import options as config
+    from featdump import values
     from featdump.cli.render import console, description_dict, inspect_table
     from featdump.model.backbone import describe
 
     stride = output_stride
     if stride is not None and stride not in config.OUTPUT_STRIDES:
         raise UsageError(f"--output-stride must be one of 8|16|32, not {stride}")
-    config._choice("pool", pool, config.POOLS)
-    config._choice("tokens", tokens, config.TOKENS)
-    names = config.parse_names(layers)
-    indices = config.parse_indices(out_indices)
+    values.check_choice("pool", pool, config.POOLS)
+    values.check_choice("tokens", tokens, config.TOKENS)
+    names = values.parse_names(layers)
+    indices = values.parse_indices(out_indices)
     if names is not None and indices is not None:
         raise UsageError("--out-indices and --layers exclude each other; pick feature levels or module names")
     if all_modules:
         from featdump.cli.render import modules_dict, modules_table
         from featdump.model.modules import list_modules
 
-        data, records = list_modules(model, config.parse_img_size(img_size), stride)
+        data, records = list_modules(model, values.parse_img_size(img_size), stride)
         if as_json:
             sys.stdout.write(json.dumps(modules_dict(model, data, records), indent=2) + "\n")
         else:
             console().print(modules_table(model, data, records))
         return
-    config._choice("dtype", dtype, config.DTYPES)
+    values.check_choice("dtype", dtype, config.DTYPES)
     if images is not None and images < 1:
         raise UsageError(f"--images must be a whole number >= 1, not {images}")
-    desc = describe(model, indices, stride, config.parse_img_size(img_size), layers=names, tokens=tokens)
+    desc = describe(model, indices, stride, values.parse_img_size(img_size), layers=names, tokens=tokens)
     if process:
         import dataclasses
 
         from featdump.run import processors
 
-        procs = processors.load(config.parse_process(process))
+        procs = processors.load(values.parse_process(process))
         processors.prepare(procs, desc.data.input_size)
         desc = dataclasses.replace(desc, layers=processors.stored_layers(desc.layers, pool, procs))
     if as_json:

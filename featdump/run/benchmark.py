@@ -15,11 +15,13 @@ The limit is the slowest stage; a pipeline well below it means the stages do not
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import os
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -171,18 +173,30 @@ def _resolve(out: Any) -> list[Any]:
     return resolve(out)
 
 
-def _time_writer(folder: Path, layers: Any, outputs: list[Any], cfg: ExtractConfig, threads: int, budget: float) -> Stage:
+@contextlib.contextmanager
+def _scratch_store(folder: Path, layers: Any, cfg: ExtractConfig) -> Iterator[Any]:
+    """A throwaway output store in ``folder`` (hidden name), removed with its journal afterwards."""
+    from featdump.store.locks import journal_path
     from featdump.store.sink import Store
 
-    b = len(outputs[0])
     fd, name = tempfile.mkstemp(prefix=".featdump-bench-", suffix=".h5", dir=folder)
     os.close(fd)
     os.unlink(name)
     path = Path(name)
-    n, t0 = 0, time.perf_counter()
     store = Store.create(path, {"format": "featdump"}, layers, pool=cfg.pool, dtype=cfg.dtype, compression=cfg.compression)
-    store.write_threads = threads
     try:
+        yield store
+    finally:
+        store.close()
+        for p in (path, journal_path(path)):
+            p.unlink(missing_ok=True)
+
+
+def _time_writer(folder: Path, layers: Any, outputs: list[Any], cfg: ExtractConfig, threads: int, budget: float) -> Stage:
+    b = len(outputs[0])
+    with _scratch_store(folder, layers, cfg) as store:
+        store.write_threads = threads
+        n, t0 = 0, time.perf_counter()
         while True:
             store.append(outputs, [f"{n + i}" for i in range(b)], [], n + b)
             n += b
@@ -191,24 +205,14 @@ def _time_writer(folder: Path, layers: Any, outputs: list[Any], cfg: ExtractConf
         store.finish()
         store.close()
         seconds = time.perf_counter() - t0
-    finally:
-        store.close()
-        for p in (path, Path(f"{path}-journal")):
-            p.unlink(missing_ok=True)
     return Stage("write", n, seconds, f"{cfg.compression}, {cfg.dtype}, {threads} thread(s), {n * sum(a[0].nbytes for a in outputs) / seconds / (1 << 20):.0f} MiB/s")
 
 
 def _time_pipeline(folder: Path, backbone: Any, cfg: ExtractConfig, forward: Any, loader: Any, tuning: Any, budget: float) -> Stage:
     from featdump.run.writer import Writer
-    from featdump.store.sink import Store
 
-    fd, name = tempfile.mkstemp(prefix=".featdump-bench-", suffix=".h5", dir=folder)
-    os.close(fd)
-    os.unlink(name)
-    path = Path(name)
-    store = Store.create(path, {"format": "featdump"}, backbone.layers, pool=cfg.pool, dtype=cfg.dtype, compression=cfg.compression)
-    n, t0 = 0, time.perf_counter()
-    try:
+    with _scratch_store(folder, backbone.layers, cfg) as store:
+        n, t0 = 0, time.perf_counter()
         writer = Writer(store, tuning.queue_bytes, tuning.write_threads)
         try:
             for batch in loader:
@@ -223,10 +227,6 @@ def _time_pipeline(folder: Path, backbone: Any, cfg: ExtractConfig, forward: Any
         store.finish()
         store.close()
         seconds = time.perf_counter() - t0
-    finally:
-        store.close()
-        for p in (path, Path(f"{path}-journal")):
-            p.unlink(missing_ok=True)
     return Stage("pipeline", n, seconds, "decode + forward + write")
 
 

@@ -105,7 +105,7 @@ def _int(env: Mapping[str, str], name: str) -> int | None:
     return int(raw)
 
 
-def _positive(env: Mapping[str, str], name: str) -> int | None:
+def check_positive(env: Mapping[str, str], name: str) -> int | None:
     value = _int(env, name)
     if value is not None and value < 1:
         raise UsageError(f"environment variable {name}={value} must be at least 1")
@@ -156,11 +156,11 @@ def placement_from_env(env: Mapping[str, str] | None = None, shard: tuple[int, i
     given, the launcher's GPU and CPU hints still count, and its array variables are not checked.
     """
     env = os.environ if env is None else env
-    cpus = _positive(env, "SLURM_CPUS_PER_TASK")
+    cpus = check_positive(env, "SLURM_CPUS_PER_TASK")
     rank, world = _int(env, "RANK"), _int(env, "WORLD_SIZE")
     torchrun = rank is not None and world is not None
     local_rank = _int(env, "LOCAL_RANK") if torchrun else None
-    local_size = _positive(env, "LOCAL_WORLD_SIZE") if torchrun else None
+    local_size = check_positive(env, "LOCAL_WORLD_SIZE") if torchrun else None
     if shard is not None:
         return Placement(shard[0], shard[1], "--shard", local_rank, cpus, local_size)
     if rank is not None and world is not None:

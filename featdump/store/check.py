@@ -13,12 +13,32 @@ reads a virtual dataset (their sources are checked by :mod:`featdump.store.vds`)
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from featdump.errors import UsageError
-from featdump.store.format import FEATURES
+from featdump.options import SETTINGS
+from featdump.store.format import FEATURES, _attr, _jsonable, read_attr
+
+# Settings that must match for --resume to continue a file (and for merge to join shards): the
+# options marked as settings in the option table (featdump/options.py), and what the model and the
+# inputs made of them.
+RESUME_KEYS = (
+    *SETTINGS,  # model, out_indices, layers, tokens, output_stride, crop_mode, crop_pct, precision, dtype, pool, decode, ...
+    "weights",
+    "input_size",
+    "mean",
+    "std",
+    "interpolation",  # (crop_pct and crop_mode are settings in the table: --crop-pct, --crop-mode)
+    "input_digest",
+    "num_inputs",
+    "list_digest",
+    "list_size",
+    "shard",
+)
+
 
 # Datasets that, when present, hold one row per image (row i belongs to /paths[i]).
 ROW_DATASETS = ("paths", "ids", "geometry")
@@ -224,3 +244,30 @@ def _kind(attrs: Any) -> str:
     """The file's ``input_kind`` (files | tar | table; files when older featdump wrote it)."""
     value = attrs.get("input_kind", "files")
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def check_same_settings(h5: Any, attrs: dict[str, Any], path: str | Path) -> None:
+    """Exit 2 naming the first setting that differs between the file and this run."""
+    if h5.attrs.get("format") != "featdump":
+        raise UsageError(f"{path} is not a featdump file; pick another -o or pass --overwrite")
+    if "merged_from" in h5.attrs:
+        raise UsageError(
+            f"--resume: {path} was made by `featdump merge`; resume its shard files, then merge again"
+        )
+    for key in RESUME_KEYS:
+        if key not in attrs:
+            continue
+        have = json.dumps(_jsonable(read_attr(h5.attrs.get(key))))
+        want = json.dumps(_jsonable(read_attr(_attr(attrs[key]))))
+        if have != want:
+            if key in ("input_digest", "num_inputs", "list_digest", "list_size"):
+                then = read_attr(h5.attrs.get("list_size", h5.attrs.get("num_inputs", "?")))
+                now = attrs.get("list_size", attrs.get("num_inputs", "?"))
+                raise UsageError(
+                    f"--resume: the input list differs from the one {path} was started with ({then} images "
+                    f"then, {now} now, or other names); resume with the same inputs, or --overwrite to start again"
+                )
+            raise UsageError(
+                f"--resume: {path} was made with {key}={have}, this run has {key}={want}; "
+                "use the same settings, or --overwrite to start again"
+            )

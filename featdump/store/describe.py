@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from featdump.errors import FeatdumpError, UsageError
-from featdump.store.check import check_file
+from featdump.store.check import Counts, check_file
 from featdump.store.format import read_text
 from featdump.store.vds import missing_sources, virtual_sources
 from featdump.text import first_line, to_str
@@ -23,6 +23,11 @@ STATE_KEYS = ("complete", "num_images", "num_failed", "inputs_done")
 
 
 def open_featdump(path: str | Path) -> Any:
+    """:func:`open_checked`'s file alone."""
+    return open_checked(path)[0]
+
+
+def open_checked(path: str | Path) -> tuple[Any, Counts]:
     """Open a featdump file read-only (h5py.File); exit 2 for a missing, non-HDF5 or foreign file,
     or one whose layout or counters do not hold up (:func:`~featdump.store.check.check_file`).
 
@@ -33,7 +38,7 @@ def open_featdump(path: str | Path) -> Any:
     """
     import h5py
 
-    from featdump.store.sink import load_codecs
+    from featdump.store.format import load_codecs
 
     load_codecs()
     p = Path(path)
@@ -66,11 +71,11 @@ def open_featdump(path: str | Path) -> Any:
             f'{p} is an HDF5 file but not a featdump file (no format="featdump" attribute; it holds: {top})'
         )
     try:
-        check_file(h5, p)
+        counts = check_file(h5, p)
     except BaseException:
         h5.close()
         raise
-    return h5
+    return h5, counts
 
 
 def journal_file(path: str | Path) -> Path:
@@ -130,13 +135,12 @@ def _filters(ds: Any) -> str:
 
 def summarize_file(path: str | Path, max_failures: int = 10) -> dict[str, Any]:
     """Everything ``show`` prints, as JSON-ready data."""
-    from featdump.store.sink import read_attr
+    from featdump.store.format import read_attr
 
     p = Path(path)
     missing = check_virtual(p)  # before our own handle; refuses what must never be read
-    h5 = open_featdump(p)
+    h5, counts = open_checked(p)
     try:
-        counts = check_file(h5, p)
         attrs = {k: read_attr(v) for k, v in h5.attrs.items()}
         sources = virtual_sources(h5, p)
         num_images = counts.num_images

@@ -26,15 +26,13 @@ class FeatureFile:
     """
 
     def __init__(self, path: str | Path) -> None:
-        from featdump.store.check import check_file
-        from featdump.store.describe import check_virtual, open_featdump
-        from featdump.store.sink import read_attr
+        from featdump.store.describe import check_virtual, open_checked
+        from featdump.store.format import read_attr
 
         self.path = Path(path)
         self._missing = check_virtual(self.path)  # before our own handle: HDF5 allows one kind of open
-        self._h5 = open_featdump(self.path)  # checks the layout and the counters
+        self._h5, self._counts = open_checked(self.path)  # the layout and the counters, checked
         try:
-            self._counts = check_file(self._h5, self.path)
             self.meta: dict[str, Any] = {k: read_attr(v) for k, v in self._h5.attrs.items()}
             n = self._counts.num_images
             self.paths: list[str] = [read_text(p) for p in self._h5["paths"][:n]] if n else []
@@ -64,7 +62,7 @@ class FeatureFile:
 
     def attrs(self, layer: str) -> dict[str, Any]:
         """A layer's attributes (module, index, channels, reduction, layout, …)."""
-        from featdump.store.sink import read_attr
+        from featdump.store.format import read_attr
 
         return {k: read_attr(v) for k, v in self[layer].attrs.items()}
 

@@ -10,7 +10,6 @@ already open for write" flag that h5py cannot clear.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Sequence
@@ -21,42 +20,14 @@ from typing import Any
 from featdump import __version__
 from featdump.errors import FeatdumpError, UsageError, is_out_of_space, os_error, out_of_space
 from featdump.model.layers import LayerInfo
-from featdump.options import SETTINGS
-from featdump.store.check import check_file
-from featdump.store.format import (  # noqa: F401 - re-exported: the writer's callers import them from here
-    CHUNK_MIN,
-    CHUNK_TARGET,
+from featdump.store.check import check_file, check_same_settings
+from featdump.store.format import (
     FEATURES,
-    ZSTD_DEFAULT_LEVEL,
-    ZSTD_FILTER,
-    _attr,
-    _jsonable,
     chunk_shape,
     compression_kwargs,
-    load_codecs,
-    read_attr,
     set_attr,
-    utc_now,
-    zstd_level,
 )
 from featdump.text import first_line
-
-# Settings that must match for --resume to continue a file (and for merge to join shards): the
-# options marked as settings in the option table (featdump/options.py), and what the model and the
-# inputs made of them.
-RESUME_KEYS = (
-    *SETTINGS,  # model, out_indices, layers, tokens, output_stride, crop_mode, crop_pct, precision, dtype, pool, decode, ...
-    "weights",
-    "input_size",
-    "mean",
-    "std",
-    "interpolation",  # (crop_pct and crop_mode are settings in the table: --crop-pct, --crop-mode)
-    "input_digest",
-    "num_inputs",
-    "list_digest",
-    "list_size",
-    "shard",
-)
 
 
 class NothingCommitted(FeatdumpError):
@@ -437,30 +408,3 @@ def _os_error(path: str | Path, exc: OSError) -> FeatdumpError:
             "(without the lock, two runs writing one file corrupt it silently)"
         )
     return FeatdumpError(f"cannot open {path}: {first_line(exc, repr(exc))}")
-
-
-def check_same_settings(h5: Any, attrs: dict[str, Any], path: str | Path) -> None:
-    """Exit 2 naming the first setting that differs between the file and this run."""
-    if h5.attrs.get("format") != "featdump":
-        raise UsageError(f"{path} is not a featdump file; pick another -o or pass --overwrite")
-    if "merged_from" in h5.attrs:
-        raise UsageError(
-            f"--resume: {path} was made by `featdump merge`; resume its shard files, then merge again"
-        )
-    for key in RESUME_KEYS:
-        if key not in attrs:
-            continue
-        have = json.dumps(_jsonable(read_attr(h5.attrs.get(key))))
-        want = json.dumps(_jsonable(read_attr(_attr(attrs[key]))))
-        if have != want:
-            if key in ("input_digest", "num_inputs", "list_digest", "list_size"):
-                then = read_attr(h5.attrs.get("list_size", h5.attrs.get("num_inputs", "?")))
-                now = attrs.get("list_size", attrs.get("num_inputs", "?"))
-                raise UsageError(
-                    f"--resume: the input list differs from the one {path} was started with ({then} images "
-                    f"then, {now} now, or other names); resume with the same inputs, or --overwrite to start again"
-                )
-            raise UsageError(
-                f"--resume: {path} was made with {key}={have}, this run has {key}={want}; "
-                "use the same settings, or --overwrite to start again"
-            )
