@@ -121,3 +121,46 @@ def test_readers_see_the_last_commit_after_a_kill_inside_apply(tmp_path: Path, m
         assert np.array_equal(f["features/a"][:, 0, 0, 0], np.arange(30, dtype=np.float32))
     with open_committed(path) as f:  # no journal left: the plain file
         assert f.attrs["complete"]
+
+
+def test_new_bytes_are_handed_to_writeback_early(tmp_path: Path, monkeypatch) -> None:
+    """Bytes past the last commit start their writeback every WRITEBACK_BYTES (the real
+    sync_file_range runs); bytes below it (held pages) never do; the file is unchanged by it."""
+    from featdump.store import journal, redo
+
+    calls: list[tuple[int, int]] = []
+
+    def record(fd: int, offset: int, size: int) -> None:
+        calls.append((offset, size))
+        redo.start_writeback(fd, offset, size)  # the real call, on a real descriptor
+
+    monkeypatch.setattr(journal, "WRITEBACK_BYTES", 4 * PAGE)
+    monkeypatch.setattr(journal, "start_writeback", record)
+    path = tmp_path / "f.bin"
+    jf = journal.JournaledFile.create(path)
+    data = np.random.default_rng(0).integers(0, 256, 10 * PAGE, dtype=np.uint8).tobytes()
+    for i in range(10):
+        jf.write(data[i * PAGE : (i + 1) * PAGE])
+    assert calls == [(0, 4 * PAGE), (4 * PAGE, 4 * PAGE)]  # 2 pages wait for the next kick or the commit
+    jf.commit()
+    jf.seek(PAGE)
+    jf.write(b"x" * (4 * PAGE))  # below L: held in memory, nothing to write back
+    jf.seek(8 * PAGE)
+    jf.write(b"y" * (6 * PAGE))  # 2 pages below L, 4 past it
+    assert calls[2:] == [(10 * PAGE, 4 * PAGE)]
+    jf.commit()
+    jf.close()
+    assert path.read_bytes() == data[:PAGE] + b"x" * (4 * PAGE) + data[5 * PAGE : 8 * PAGE] + b"y" * (6 * PAGE)
+
+
+def test_writeback_off_for_non_durable_files(tmp_path: Path, monkeypatch) -> None:
+    from featdump.store import journal
+
+    calls: list[tuple[int, int]] = []
+    monkeypatch.setattr(journal, "WRITEBACK_BYTES", PAGE)
+    monkeypatch.setattr(journal, "start_writeback", lambda fd, o, n: calls.append((o, n)))
+    jf = journal.JournaledFile.create(tmp_path / "f.bin", durable=False)
+    jf.write(b"z" * (3 * PAGE))
+    jf.commit()
+    jf.close()
+    assert calls == []

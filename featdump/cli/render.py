@@ -150,8 +150,10 @@ def verify_table(report: Any) -> Table:
         bad = ", ".join(str(r) for r in layer.bad_rows) or "-"
         table.add_row(cell(layer.name), f"{layer.max_abs:.3g}", f"{layer.max_rel:.3g}", f"{layer.min_cos:.6f}", bad)
     table.caption = (
-        f"tolerance for {report.precision} / {report.dtype}: |diff| <= {report.rtol:g} x max|stored| per row, "
-        f"cosine >= {report.min_cos:g} · {'OK' if report.ok else 'MISMATCH'}"
+        f"tolerance for {report.precision} / {report.dtype}"
+        + (f" (widened: {'; '.join(report.widened)})" if report.widened else "")
+        + f": |diff| <= {report.rtol:g} x max|stored| per row, cosine >= {report.min_cos:g} · "
+        f"{'OK' if report.ok else 'MISMATCH'}"
     )
     return table
 

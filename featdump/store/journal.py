@@ -32,7 +32,20 @@ from typing import Any
 
 from featdump.errors import FeatdumpError, UsageError, os_error
 from featdump.store.locks import OutputLock, fsync_dir
-from featdump.store.redo import HEADER, HEADER_MAGIC, HEADER_SIZE, PAGE, Redo, pread_full, pwrite_full
+from featdump.store.redo import (
+    HEADER,
+    HEADER_MAGIC,
+    HEADER_SIZE,
+    PAGE,
+    Redo,
+    pread_full,
+    pwrite_full,
+    start_writeback,
+)
+
+# New bytes past the last commit are handed to the kernel for writeback every this many bytes, so
+# the disk works while the run goes on and a commit's fsync waits for little (durable files only).
+WRITEBACK_BYTES = 32 << 20
 
 
 class JournaledFile:
@@ -59,6 +72,7 @@ class JournaledFile:
         self._pending: Redo | None = None  # a complete redo block not yet known to be applied
         self.failed = False  # an I/O error happened: nothing more is committed (see write)
         self.spill: dict[int, bytearray] = {}  # writes after a failure, held so HDF5 reads them back
+        self._unsynced: tuple[int, int] | None = None  # [lo, hi) written past L, writeback not started
 
     # ------------------------------------------------------------ opening
 
@@ -227,6 +241,7 @@ class JournaledFile:
             if stop > L:
                 cut = max(start, L)
                 pwrite_full(self.fd, view[cut - start :], cut)
+                self._written(cut, stop)
             if start < L:
                 pos = start
                 end = min(stop, L)
@@ -245,6 +260,18 @@ class JournaledFile:
         self.size = max(self.size, stop)
         self.dirty = True
         return n
+
+    def _written(self, lo: int, hi: int) -> None:
+        """Start writeback of new bytes once enough have gathered (see WRITEBACK_BYTES)."""
+        if not self.durable:
+            return
+        if self._unsynced is not None:
+            lo, hi = min(lo, self._unsynced[0]), max(hi, self._unsynced[1])
+        if hi - lo >= WRITEBACK_BYTES:
+            start_writeback(self.fd, lo, hi - lo)
+            self._unsynced = None
+        else:
+            self._unsynced = (lo, hi)
 
     def _spill_write(self, view: memoryview, start: int) -> None:
         stop = start + len(view)
@@ -376,6 +403,7 @@ class JournaledFile:
             self._remember(exc)
             raise
         self._pending = None
+        self._unsynced = None
         self.pages.clear()
         self.zero_from = None
         self.dirty = False

@@ -329,3 +329,43 @@ def test_resume_with_another_batch_size_warns(tmp_path, imgs):
     p = run("extract", "resnet18", str(imgs), "-o", str(out), "--no-pretrained", "-q", "--batch-size", "3",
             "--device", "cpu", "--out-indices", "1", "--pool", "avg", "--resume")  # fmt: skip
     assert p.returncode == 0 and "featdump: warning: --resume with another --batch-size" in p.stderr, p.stderr
+
+
+def test_verify_tolerance_rules():
+    """The table's tolerance, widened for CUDA fp32 (TF32) and for another JPEG decoder; never narrowed."""
+    from featdump.run.verify import CUDA_FP32, OTHER_DECODER, tolerance
+
+    assert tolerance("fp32", "float32") == (1e-3, 0.99999, [])
+    rtol, cos, why = tolerance("fp32", "float32", made_on="cuda:0", here="cpu")
+    assert (rtol, cos) == CUDA_FP32 and "TF32" in why[0]
+    assert tolerance("fp32", "float16", made_on="cpu", here="cuda")[:2] == CUDA_FP32
+    assert tolerance("bf16", "float16", made_on="cuda:0", here="cpu") == (0.1, 0.99, [])  # autocast is wider already
+    rtol, cos, why = tolerance("fp32", "float32", made_on="cuda:0", here="cpu", decode="gpu")
+    assert (rtol, cos) == OTHER_DECODER and len(why) == 2 and "nvjpeg" in why[1]
+    assert tolerance("fp32", "float32", made_on="cuda:0", here="cuda:1", decode="gpu")[:2] == CUDA_FP32
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:OMP_WAIT_POLICY")
+def test_verify_a_gpu_decoded_file_on_the_cpu(tmp_path, imgs, monkeypatch):
+    """A --decode gpu file (made here with the device decoder's code path on the CPU, then marked as
+    made on CUDA) is re-decoded by torchvision on the CPU and checked with the widened tolerance."""
+    import h5py
+
+    import featdump
+    from featdump.run import job
+
+    monkeypatch.setattr(job, "check_decode", lambda cfg, device: None)  # no CUDA here: run its code path on the CPU
+    out = tmp_path / "gpu.h5"
+    featdump.extract("resnet18", [str(imgs)], output=str(out), pretrained=False, out_indices="2", decode="gpu",
+                     device="cpu", quiet=True, progress=False)
+    with h5py.File(out, "r+") as h5:
+        assert h5.attrs["decode"] == "gpu"
+        h5.attrs["device"] = "cuda:0"
+    p = run("verify", str(out), "-n", "2", "--json")
+    assert p.returncode == 0, p.stderr
+    report = json.loads(p.stdout)
+    assert report["rtol"] == 0.5 and any("nvjpeg" in w for w in report["widened"])
+    assert all(l["max_rel"] < 1e-5 for l in report["layers"])  # the same decoder code here: equal rows
+    p = run("verify", str(out), "-n", "2")
+    assert p.returncode == 0 and "widened" in p.stdout and "TF32" in p.stdout, p.stdout
