@@ -91,10 +91,10 @@ def viz(
     path: Annotated[Path, typer.Argument(help="A featdump .h5 file.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="PNG picture to write.")],
     image: Annotated[
-        list[str] | None, typer.Option("--image", help="Row number or stored path (repeatable). [default: first 4]")
+        list[str] | None, typer.Option("--image", help="Row number or stored path (repeatable; default: the first 4).")
     ] = None,
     layer: Annotated[
-        list[str] | None, typer.Option("--layer", help="Stored layer name (repeatable). [default: all]")
+        list[str] | None, typer.Option("--layer", help="Stored layer name (repeatable; default: all).")
     ] = None,
     root: Annotated[
         Path | None, typer.Option("--root", help="Folder the stored image paths are relative to.")
