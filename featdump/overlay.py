@@ -85,6 +85,8 @@ def render_overlay(
     layers: Sequence[str] | None = None,
     tile: int = TILE,
     root: str | Path | None = None,
+    random: int | None = None,
+    seed: int | None = None,
 ) -> VizResult:
     """Per chosen row: the original image, then each chosen spatial layer's PCA map over it."""
     from PIL import Image, ImageDraw
@@ -106,7 +108,7 @@ def render_overlay(
                 f"--overlay draws spatial (N, C, H, W) layers; {bad[0]!r} is not one"
                 + (f" (spatial layers: {', '.join(spatial)})" if spatial else f" ({path} holds none)")
             )
-        rows = select_rows(f.paths, images, f.num_images)
+        rows = select_rows(f.paths, images, f.num_images, random, seed)
         colours = {n: pca_rgb(f.numpy(n, rows)) for n in chosen}
         boxes = {(n, r): f.pixel_boxes(n, r) for n in chosen for r in rows}
         meta, paths, src = f.meta, f.paths, f.path

@@ -4,7 +4,11 @@ One row per chosen image: the input as the model saw it (resized and centre-crop
 preprocessing settings, read from its stored path if it is still there), then one tile per layer.
 Spatial maps become a PCA of the channels mapped to RGB, fitted per layer across all shown
 images (so colours are comparable along a column), and upsampled to a common tile size. Token
-outputs with a known patch grid are shown as maps too; pooled vectors as a heat strip.
+outputs with a known patch grid are shown as maps too. Pooled vectors (and token outputs without a
+grid, averaged over the tokens) are shown as a bar strip of each image's largest channels and,
+when at least three images are shown, one more row: per pooled layer a 2-D PCA scatter of the
+shown images, each a dot in its row's colour. Rows are chosen by ``--image`` or drawn at random
+(``--random N --seed S``) by :func:`select_rows`, for ``--overlay`` too.
 """
 
 from __future__ import annotations
@@ -26,8 +30,14 @@ LABEL_H = 30
 BACKGROUND = (255, 255, 255)
 DEFAULT_IMAGES = 4
 
-# A perceptually ordered colour ramp (viridis anchors) for heat strips.
-_RAMP = [(68, 1, 84), (59, 82, 139), (33, 145, 140), (94, 201, 98), (253, 231, 37)]
+MAX_BARS = 16  # channels in a pooled vector's bar strip, at most
+SCATTER_MIN = 3  # images shown before a pooled layer gets a PCA scatter panel
+# One colour per shown image (Tableau 10): its bars, its dot in the scatter and its row's swatch.
+PALETTE = [
+    (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
+    (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207),
+]  # fmt: skip
+PANEL = (248, 248, 248)
 
 
 @dataclass
@@ -49,10 +59,33 @@ class VizResult:
 # --------------------------------------------------------------------------- selection
 
 
-def select_rows(paths: Sequence[str], wanted: Sequence[str] | None, num_images: int) -> list[int]:
-    """``--image`` values (row numbers or stored paths, also a unique path ending) -> row numbers."""
+def select_rows(
+    paths: Sequence[str],
+    wanted: Sequence[str] | None,
+    num_images: int,
+    random: int | None = None,
+    seed: int | None = None,
+) -> list[int]:
+    """The rows to draw: ``--image`` values (row numbers or stored paths, also a unique path ending),
+    or ``--random N`` rows drawn without replacement among the file's ``num_images`` committed rows
+    with ``--seed S`` (default 0), returned in row order; neither: the first few rows."""
+    if seed is not None and random is None:
+        raise UsageError(f"--seed {seed} seeds the picks of --random N; give --random N too (or drop --seed)")
+    if random is not None:
+        if wanted:
+            raise UsageError("--random and --image both choose the images; give one of them")
+        if random <= 0:
+            raise UsageError(f"--random {random}: give how many images to pick (1 or more)")
+        if seed is not None and seed < 0:
+            raise UsageError(f"--seed {seed}: give a seed of 0 or more")
     if num_images == 0:
         raise UsageError("the file holds no images yet (num_images is 0); nothing to draw")
+    if random is not None:
+        import numpy as np
+
+        rng = np.random.default_rng(0 if seed is None else seed)
+        picks = rng.choice(num_images, size=min(random, num_images), replace=False)
+        return sorted(int(p) for p in picks)
     if not wanted:
         return list(range(min(DEFAULT_IMAGES, num_images)))
     rows: list[int] = []
@@ -146,61 +179,69 @@ def find_input(stored: str, roots: Sequence[Path], anchors: Sequence[Path] = ())
 # --------------------------------------------------------------------------- numbers -> colours
 
 
+def principal_components(x: Any, k: int) -> tuple[Any, Any]:
+    """(n, C) rows -> their scores on the first ``k`` principal components (n, <=k) and each
+    component's share of the variance. Signs are fixed (the larger tail of each score is
+    positive), so a picture does not flip between runs or LAPACK builds."""
+    import numpy as np
+
+    x = np.nan_to_num(np.asarray(x, dtype=np.float64))
+    x = x - x.mean(axis=0, keepdims=True)
+    n, c = x.shape
+    if c == 1:
+        comps, var = x, np.array([float((x * x).sum())])
+    elif n >= c:
+        vals, vecs = np.linalg.eigh(x.T @ x)
+        comps, var = x @ vecs[:, ::-1][:, :k], vals[::-1][:k].clip(0)
+    else:
+        _, s, vt = np.linalg.svd(x, full_matrices=False)
+        comps, var = x @ vt[:k].T, (s**2)[:k]
+    total = float((x * x).sum())
+    share = var / total if total > 0 else np.zeros_like(var)
+    for j in range(comps.shape[1]):
+        col = comps[:, j]
+        if abs(np.percentile(col, 1)) > abs(np.percentile(col, 99)):
+            comps[:, j] = -col
+    return comps, share
+
+
 def pca_rgb(maps: Any) -> Any:
     """(K, C, H, W) feature maps -> (K, H, W, 3) uint8: first three principal components of the
     channels, fitted jointly over all K maps, each scaled by its 1st-99th percentile."""
     import numpy as np
 
     k, c, h, w = maps.shape
-    x = np.nan_to_num(maps.astype(np.float64)).transpose(0, 2, 3, 1).reshape(-1, c)
-    x = x - x.mean(axis=0, keepdims=True)
-    if c == 1:
-        comps = x
-    elif x.shape[0] >= c:
-        vals, vecs = np.linalg.eigh(x.T @ x)
-        comps = x @ vecs[:, ::-1][:, :3]
-    else:
-        _, _, vt = np.linalg.svd(x, full_matrices=False)
-        comps = x @ vt[:3].T
+    comps, _ = principal_components(maps.astype(np.float64).transpose(0, 2, 3, 1).reshape(-1, c), 3)
     if comps.shape[1] < 3:
         comps = np.concatenate([comps] + [comps[:, :1]] * (3 - comps.shape[1]), axis=1)
     out = np.empty_like(comps)
     for j in range(3):
         col = comps[:, j]
-        # fix the sign so that the picture does not flip between runs: the larger tail is bright
-        if abs(np.percentile(col, 1)) > abs(np.percentile(col, 99)):
-            col = -col
         lo, hi = np.percentile(col, 1), np.percentile(col, 99)
         out[:, j] = np.clip((col - lo) / (hi - lo), 0, 1) if hi > lo else 0.5
     return (out.reshape(k, h, w, 3) * 255).round().astype(np.uint8)
 
 
-def heat(values: Any) -> Any:
-    """Values in [0, 1] (any shape) -> uint8 RGB through the colour ramp."""
+def pca_2d(vectors: Any) -> tuple[Any, Any]:
+    """(K, C) pooled vectors -> (K, 2) coordinates on their first two principal components (fitted
+    over the K vectors; a missing component is 0) and the two components' shares of the variance."""
     import numpy as np
 
-    v = np.clip(np.nan_to_num(values), 0, 1) * (len(_RAMP) - 1)
-    lo = np.floor(v).astype(int).clip(0, len(_RAMP) - 2)
-    t = (v - lo)[..., None]
-    ramp = np.asarray(_RAMP, dtype=np.float64)
-    return (ramp[lo] * (1 - t) + ramp[lo + 1] * t).round().astype(np.uint8)
+    comps, share = principal_components(vectors, 2)
+    xy = np.zeros((comps.shape[0], 2))
+    xy[:, : comps.shape[1]] = comps
+    shares = np.zeros(2)
+    shares[: len(share)] = share
+    return xy, shares
 
 
-def vector_strips(vectors: Any) -> Any:
-    """(K, C) pooled vectors -> (K, rows, cols, 3) heat grids, scaled jointly over the K vectors."""
+def top_channels(vectors: Any, k: int) -> Any:
+    """(K, C) vectors -> (K, k) channel numbers of each vector's ``k`` largest magnitudes, largest
+    first (ties: the lower channel first)."""
     import numpy as np
 
-    k, c = vectors.shape
-    v = np.nan_to_num(vectors.astype(np.float64))
-    lo, hi = np.percentile(v, 1), np.percentile(v, 99)
-    v = np.clip((v - lo) / (hi - lo), 0, 1) if hi > lo else np.full_like(v, 0.5)
-    cols = max(1, math.ceil(math.sqrt(c)))
-    rows = math.ceil(c / cols)
-    grid = np.full((k, rows * cols), np.nan)
-    grid[:, :c] = v
-    rgb = heat(np.nan_to_num(grid, nan=0.0))
-    rgb[:, c:] = 235  # unused cells: light grey
-    return rgb.reshape(k, rows, cols, 3)
+    v = np.nan_to_num(np.asarray(vectors, dtype=np.float64))
+    return np.argsort(-np.abs(v), axis=1, kind="stable")[:, : min(k, v.shape[1])]
 
 
 def as_maps(data: Any, attrs: dict[str, Any]) -> tuple[str, Any]:
@@ -281,6 +322,89 @@ def _clip(text: str, width: int, keep_end: bool = True) -> str:
     return "…" + text[-(max_chars - 1) :] if keep_end else text[: max_chars - 1] + "…"
 
 
+def _number(v: float) -> str:
+    """A bar's value in at most 7 characters."""
+    text = f"{v:.3g}"
+    return text if len(text) <= 7 else f"{v:.0e}"
+
+
+def bar_strips(vectors: Any, colours: Sequence[tuple[int, int, int]], size: tuple[int, int]) -> list[Any]:
+    """(K, C) pooled vectors -> K tiles: each vector's largest-magnitude channels as bars, largest
+    first, labelled with the channel number and value; one scale per layer (the largest magnitude
+    among the K), so bars compare down a column. Negative values grow left of a middle axis."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    v = np.nan_to_num(np.asarray(vectors, dtype=np.float64))
+    k, c = v.shape
+    w, h = size
+    font = _font()
+    labelled = w >= 72 and h >= 40
+    head = 13 if labelled else 0
+    line = 12 if labelled else max(2, h // 8)
+    count = max(1, min(c, MAX_BARS, (h - head) // line))
+    line = max(line, min(2 * line, (h - head) // count))  # large tiles: thicker bars, same count
+    top = top_channels(v, count)
+    scale = float(np.abs(v).max()) or 1.0
+    signed = bool((v < 0).any())
+    name_w = 6 * len(f"c{c - 1}") + 4 if labelled else 0
+    value_w = 44 if labelled else 0
+    left, right = name_w + 2, max(name_w + 4, w - value_w - 2)
+    zero = (left + right) // 2 if signed else left
+    half = (right - left) / 2 if signed else right - left
+    tiles = []
+    for i in range(k):
+        img = Image.new("RGB", (w, h), PANEL)
+        draw = ImageDraw.Draw(img)
+        if labelled:
+            draw.text((2, 0), _clip(f"top {len(top[i])} of {c} channels", w - 4, keep_end=False), fill=(90, 90, 90), font=font)
+        draw.line([(zero, head), (zero, h)], fill=(190, 190, 190))
+        for j, ch in enumerate(top[i]):
+            y = head + j * line
+            value = float(v[i, ch])
+            end = zero + value / scale * half
+            x0, x1 = sorted((zero, end))
+            draw.rectangle([x0, y + 1, max(x0, x1), y + max(1, line - 2)], fill=colours[i])
+            if labelled:
+                mid = y + line // 2
+                draw.text((2, mid), f"c{ch}", fill=(60, 60, 60), font=font, anchor="lm")
+                draw.text((right + 3, mid), _number(value), fill=(60, 60, 60), font=font, anchor="lm")
+        tiles.append(img)
+    return tiles
+
+
+def pca_scatter(vectors: Any, rows: Sequence[int], colours: Sequence[tuple[int, int, int]], size: tuple[int, int]) -> Any:
+    """A panel of the K vectors' 2-D PCA (:func:`pca_2d`): one dot per image in its colour, labelled
+    ``#row``; both axes on one scale (distances read true), the cross at the mean of the K."""
+    from PIL import Image, ImageDraw
+
+    xy, share = pca_2d(vectors)
+    w, h = size
+    img = Image.new("RGB", (w, h), PANEL)
+    draw = ImageDraw.Draw(img)
+    font = _font()
+    labelled = w >= 72 and h >= 60
+    radius = 4 if labelled else max(1, min(w, h) // 24)
+    top = 14 if labelled else radius + 1
+    bottom = h - (14 if labelled else radius + 1)
+    left, right = radius + 2, w - (radius + 2) - (22 if labelled else 0)  # room for the "#row" labels
+    span = max(float(xy[:, 0].max() - xy[:, 0].min()), float(xy[:, 1].max() - xy[:, 1].min())) or 1.0
+    unit = min(right - left, bottom - top) / span
+    cx = (left + right) / 2 - unit * (xy[:, 0].max() + xy[:, 0].min()) / 2
+    cy = (top + bottom) / 2 + unit * (xy[:, 1].max() + xy[:, 1].min()) / 2
+    draw.line([(cx, top), (cx, bottom)], fill=(215, 215, 215))
+    draw.line([(left, cy), (right, cy)], fill=(215, 215, 215))
+    if labelled:
+        draw.text((2, 0), f"PC2 {share[1]:.0%}", fill=(90, 90, 90), font=font)
+        draw.text((w - 2, h - 1), f"PC1 {share[0]:.0%}", fill=(90, 90, 90), font=font, anchor="rd")
+    for (x, y), row, colour in zip(xy, rows, colours, strict=True):
+        px, py = cx + unit * x, cy - unit * y
+        draw.ellipse([px - radius, py - radius, px + radius, py + radius], fill=colour, outline=(40, 40, 40))
+        if labelled:
+            draw.text((px + radius + 1, py - radius - 6), f"#{row}", fill=(40, 40, 40), font=font)
+    return img
+
+
 def check_picture(out: Path, tile: int) -> None:
     """The PNG to write (its folder must exist) and the tile size: usage errors before any reading."""
     if out.suffix.lower() != ".png":
@@ -298,8 +422,14 @@ def render(
     layers: Sequence[str] | None = None,
     tile: int = TILE,
     root: str | Path | None = None,
+    random: int | None = None,
+    seed: int | None = None,
 ) -> VizResult:
-    """Draw the chosen rows and layers of a featdump file into a PNG; returns what was drawn."""
+    """Draw the chosen rows and layers of a featdump file into a PNG; returns what was drawn.
+
+    Rows: ``images`` or ``random``/``seed`` (:func:`select_rows`). Spatial layers are PCA maps;
+    pooled vectors are bar strips of their largest channels, plus a PCA scatter panel per pooled
+    layer below the rows when at least ``SCATTER_MIN`` images are shown."""
     import numpy as np
     from PIL import Image, ImageDraw
 
@@ -326,7 +456,7 @@ def render(
             chosen = stored
         if not chosen:
             raise UsageError(f"{src} holds no feature datasets")
-        rows = select_rows(paths, images, num_images)
+        rows = select_rows(paths, images, num_images, random, seed)
         if gone and any(h5["features"][n].is_virtual for n in chosen):
             raise FeatdumpError(
                 f"{src} is a merged file whose source file(s) cannot be read ({', '.join(gone[:3])}); "
@@ -334,6 +464,7 @@ def render(
             )
         order = sorted(rows)
         tiles: dict[str, list[Any]] = {}
+        vectors: dict[str, Any] = {}  # pooled layers: drawn once the tile size is known
         labels: dict[str, str] = {}
         for name in chosen:
             ds = h5["features"][name]
@@ -346,8 +477,7 @@ def render(
                 rgb = pca_rgb(arr)
                 tiles[name] = [Image.fromarray(x) for x in rgb]
             else:
-                rgb = vector_strips(arr)
-                tiles[name] = [Image.fromarray(x) for x in rgb]
+                vectors[name] = arr
                 labels[name] += " pooled" if dattrs.get("pool", "none") != "none" else " vector"
     finally:
         h5.close()
@@ -367,7 +497,12 @@ def render(
     found: dict[str, str] = {}
     cols = 1 + len(chosen)
     width = PAD + cols * (tw + PAD)
-    height = PAD + LABEL_H + len(rows) * (th + LABEL_H // 2 + PAD)
+    colours = [PALETTE[r % len(PALETTE)] for r in range(len(rows))]
+    for name, arr in vectors.items():
+        tiles[name] = bar_strips(arr, colours, (tw, th))
+    scatter = len(rows) >= SCATTER_MIN and bool(vectors)
+    band = th + LABEL_H // 2 + PAD
+    height = PAD + LABEL_H + (len(rows) + scatter) * band
     canvas = Image.new("RGB", (width, height), BACKGROUND)
     draw = ImageDraw.Draw(canvas)
     font = _font()
@@ -377,7 +512,7 @@ def render(
         lines = [_clip(line, tw, keep_end=(i == 0 and c > 0)) for i, line in enumerate(text.split("\n"))]
         draw.multiline_text((x, PAD), "\n".join(lines), fill=(20, 20, 20), font=font, spacing=2)
     for r, row in enumerate(rows):
-        y = PAD + LABEL_H + r * (th + LABEL_H // 2 + PAD)
+        y = PAD + LABEL_H + r * band
         stored_path = paths[row]
         where = find_input(stored_path, roots, anchors)
         found[stored_path] = str(where) if where else ""
@@ -397,6 +532,18 @@ def render(
             img = tiles[name][r]
             resample = Image.Resampling.NEAREST if img.size[0] < tw else Image.Resampling.BILINEAR
             canvas.paste(img.resize((tw, th), resample), (PAD + c * (tw + PAD), y))
-        draw.text((PAD, y + th + 1), _clip(f"#{row} {stored_path}", width - 2 * PAD), fill=(60, 60, 60), font=font)
+        swatch = 0
+        if vectors:  # the row's colour, as in its bars and its scatter dot
+            swatch = 10
+            draw.rectangle([PAD, y + th + 3, PAD + 7, y + th + 10], fill=colours[r])
+        text = _clip(f"#{row} {stored_path}", width - 2 * PAD - swatch)
+        draw.text((PAD + swatch, y + th + 1), text, fill=(60, 60, 60), font=font)
+    if scatter:
+        y = PAD + LABEL_H + len(rows) * band
+        caption = ["2-D PCA of the", "pooled vectors", "of these images:", "one dot each, #row"]
+        draw.multiline_text((PAD, y), "\n".join(_clip(t, tw, keep_end=False) for t in caption), fill=(20, 20, 20), font=font)
+        for c, name in enumerate(chosen, start=1):
+            if name in vectors:
+                canvas.paste(pca_scatter(vectors[name], rows, colours, (tw, th)), (PAD + c * (tw + PAD), y))
     canvas.save(out, format="PNG", optimize=True)
     return VizResult(str(out), width, height, rows, chosen, found)

@@ -91,10 +91,10 @@ def viz(
     path: Annotated[Path, typer.Argument(help="A featdump .h5 file.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="PNG picture to write.")],
     image: Annotated[
-        list[str] | None, typer.Option("--image", help="Row number or stored path (repeatable). [default: first 4]")
+        list[str] | None, typer.Option("--image", help="Row number or stored path (repeatable; default: the first 4).")
     ] = None,
     layer: Annotated[
-        list[str] | None, typer.Option("--layer", help="Stored layer name (repeatable). [default: all]")
+        list[str] | None, typer.Option("--layer", help="Stored layer name (repeatable; default: all).")
     ] = None,
     root: Annotated[
         Path | None, typer.Option("--root", help="Folder the stored image paths are relative to.")
@@ -103,25 +103,40 @@ def viz(
     overlay: Annotated[
         bool, typer.Option("--overlay", help="Draw each spatial layer's PCA map over the original image (/geometry).")
     ] = False,
+    random: Annotated[
+        int | None,
+        typer.Option("--random", metavar="N", help="Draw N images picked at random (shown in row order; not with --image)."),
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option("--seed", metavar="S", help="Seed of the --random picks (default: 0).")
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing on success.")] = False,
 ) -> None:
     """Draw stored feature maps: per image, the input then each layer as a PCA of channels -> RGB.
 
-    The PCA is fitted per layer across the shown images. Pooled layers are drawn as heat strips.
-    Input images are read from their stored paths (relative ones are looked up under --root, the
-    INPUT folders of the recorded command, the current folder and the file's folder).
+    The PCA is fitted per layer across the shown images. Pooled vectors are drawn as bars of each
+    image's largest channels (channel number and value; one scale per layer), and with 3 or more
+    images, a last row holds a 2-D PCA scatter per pooled layer: one dot per image, in the colour of
+    its row. Input images are read from their stored paths (relative ones are looked up under
+    --root, the INPUT folders of the recorded command, the current folder and the file's folder).
+
+    Rows: --image (row number or stored path, repeatable), or --random N: N rows drawn without
+    replacement among the file's rows, the same ones for the same --seed (default 0), shown in row
+    order (all rows if N is larger); default the first 4.
 
     With --overlay, each spatial layer's map is painted over the whole original image, every cell
     in its box (the file's /geometry), so crops and padding line up.
 
     Example: featdump viz feats.h5 -o feats.png --image 0 --image cats/tom.jpg --layer layer2
+
+    Example: featdump viz feats.h5 -o sample.png --random 8 --seed 3
     """
     if overlay:  # each cell painted into its box in the original image (FeatureFile.pixel_boxes)
         from featdump.overlay import render_overlay as render
     else:
         from featdump.viz import render
 
-    result = render(path, output, images=image, layers=layer, tile=tile, root=root)
+    result = render(path, output, images=image, layers=layer, tile=tile, root=root, random=random, seed=seed)
     if not quiet:
         typer.echo(
             f"wrote {printable(result.output)} ({result.width}x{result.height}): {len(result.rows)} image(s) × "
