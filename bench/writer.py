@@ -7,7 +7,7 @@ calls (page cache; the first ratio uses it, as issue 15 did), and once more with
 once a second and at the end: the Store commits (and fsyncs) at that cadence, so that is the
 like-for-like yardstick of a writer that survives a power cut (second ratio). "commits without
 fsync" is the Store with its fsyncs dropped (bench only): the writer's own cost against raw
-write(). Runs are interleaved and repeated; medians are reported, so the ratios come from one
+write(). Runs are interleaved (in a rotating order) and repeated; medians are reported, so the ratios come from one
 run on one disk.
 
     python -m bench.writer [batches] [reps]     # or: make bench (section "writer")
@@ -122,9 +122,10 @@ def writer_table(folder: Path | None = None, *, batch: int = 16, batches: int = 
                 lambda t=t: store_rate(where, RESNET50, arrays, batches, compression="zstd", threads=t)
             )
         runs: dict[str, list[float]] = {k: [] for k in variants}
-        for _ in range(reps):
-            for name, fn in variants.items():
-                runs[name].append(fn())
+        names = list(variants)
+        for rep in range(reps):  # a rotating order: no variant always runs first or after the same one
+            for name in names[rep % len(names) :] + names[: rep % len(names)]:
+                runs[name].append(variants[name]())
     med = {k: statistics.median(v) for k, v in runs.items()}
     raw, durable = med["raw write()"], med["raw write(), fsync each second"]
     rows = [{"writer": k, "mib_s": round(v, 1), "x_raw": round(v / raw, 2), "x_durable": round(v / durable, 2),
