@@ -74,7 +74,7 @@ class ExtractConfig:
     )
     output: str = opt("HDF5 file to write, e.g. feats.h5.", flags=("-o", "--output"), api=str | Path)
     out_indices: tuple[int, ...] | None = opt(
-        "Feature levels, e.g. 1,2,-1. [default: the model's]",
+        "Feature levels, e.g. 1,2,-1. \\[default: the model's]",
         default=None,
         cli=str | None,
         api=Sequence[int] | str | None,
@@ -100,7 +100,7 @@ class ExtractConfig:
         "8|16|32 (dilated).", default=None, setting=True, attr=lambda cfg: cfg.output_stride or 0
     )
     img_size: tuple[int, int] | None = opt(
-        "224 or HEIGHTxWIDTH. [default: pretrained config]",
+        "224 or HEIGHTxWIDTH. \\[default: pretrained config]",
         default=None,
         cli=str | None,
         api=int | str | tuple[int, int] | None,
@@ -109,12 +109,12 @@ class ExtractConfig:
     # the resolved values are the file's crop_mode/crop_pct attributes (file_attrs), compared on resume/merge
     crop_mode: CropMode | None = opt(
         "center|squash|border: crop the centre, resize the whole image (aspect changes), or keep the "
-        "aspect and pad (letterbox). [default: the model's]",
+        "aspect and pad (letterbox). \\[default: the model's]",
         default=None,
         setting=True,
     )
     crop_pct: float | None = opt(
-        "Fraction of the resized image kept (timm's crop_pct; 1.0 keeps it all). [default: the model's]",
+        "Fraction of the resized image kept (timm's crop_pct; 1.0 keeps it all). \\[default: the model's]",
         default=None,
         cli=str | None,
         api=float | str | None,
@@ -133,9 +133,9 @@ class ExtractConfig:
     )
     device: str = opt("auto|cpu|cuda|cuda:N|mps.", default="auto")
     precision: Precision = opt("fp32|fp16|bf16 (autocast).", default="fp32", setting=True, attr=True)
-    batch_size: int | None = opt("[default: tuned per device]", default=None)
+    batch_size: int | None = opt("\\[default: tuned per device]", default=None)
     workers: int | None = opt(
-        "Decoding workers: threads on CPU, processes on GPUs; 0 decodes in the main thread. [default: tuned]",
+        "Decoding workers: threads on CPU, processes on GPUs; 0 decodes in the main thread. \\[default: tuned]",
         default=None,
         minimum=0,
     )
@@ -154,7 +154,7 @@ class ExtractConfig:
     )
     compile: bool = opt("torch.compile the backbone (pays off on long GPU runs).", default=False)
     shard: tuple[int, int] | None = opt(
-        "I/N: handle block I of N. [default: from torchrun/Slurm]",
+        "I/N: handle block I of N. \\[default: from torchrun/Slurm]",
         default=None,
         cli=str | None,
         api=str | tuple[int, int] | None,
@@ -164,10 +164,10 @@ class ExtractConfig:
     overwrite: bool = opt("Replace an existing output; it is swapped in only when the run succeeds.", default=False)
     strict: bool = opt("Exit 1 at the end if any image failed.", default=False)
     quiet: bool = opt("No progress bar, no table.", default=False, flags=("--quiet", "-q"))
-    max_image_pixels: int | None = opt("Refuse larger images. [default: Pillow's 89.5 MP]", default=None)
+    max_image_pixels: int | None = opt("Refuse larger images. \\[default: Pillow's 89.5 MP]", default=None)
     # tables (featdump/data/tables.py): which column holds the image, which the id; they define the rows
     path_column: str | None = opt(
-        "Table column of image paths/URLs. [default: first of path, image_path, filepath, file, filename, url]",
+        "Table column of image paths/URLs. \\[default: first of path, image_path, filepath, file, filename, url]",
         default=None,
         setting=True,
         attr=lambda cfg: cfg.path_column or "",

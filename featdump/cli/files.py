@@ -333,7 +333,7 @@ def export(
     path: Annotated[Path, typer.Argument(help="A featdump .h5 file: finished, partial (committed rows), a shard or merged.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Folder to write (new or empty, unless --overwrite).")],
     layer: Annotated[
-        list[str] | None, typer.Option("--layer", help="Stored layer name (repeatable). [default: all]")
+        list[str] | None, typer.Option("--layer", help="Stored layer name (repeatable). \\[default: all]")
     ] = None,
     pool: Annotated[
         str | None, typer.Option("--pool", help="avg|max over H×W (token layers: the patch tokens); map layers need it.")
