@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import re
 from pathlib import Path
 from typing import Literal, get_args, get_origin
 
@@ -65,7 +64,7 @@ def test_help_lists_every_option() -> None:
     for o in OPTIONS:
         for flag in o.flags:
             assert flag.split("/")[0] in res.stdout, flag
-        assert re.sub(r"\s*\[.*?\]", "", o.help) in res.stdout, o.name  # rich reads [..] as markup
+        assert o.help.replace("\\[", "[") in res.stdout, o.name  # "\\[": rich would drop [..] as markup
     assert "--config" in res.stdout
 
 
