@@ -103,6 +103,10 @@ def test_safetensors_round_trip_and_size_limit(cli, files: dict[str, Path], tmp_
         for layer in ff.layers:
             np.testing.assert_array_equal(st.get_tensor(layer), ff.numpy(layer))  # maps whole, unpooled
         assert st.metadata()["rows"] == "8"
+    npy = tmp_path / "np"
+    assert cli("export", str(files["finished"]), "-o", str(npy), "--pool", "avg").exit_code == 0
+    mode = (npy / "layer1" / "emb" / "part-00000.npy").stat().st_mode & 0o777
+    assert (tmp_path / "st" / "features.safetensors").stat().st_mode & 0o777 == mode  # not 0600 (umask's mode)
     with pytest.raises(UsageError, match="use --format npy"):  # 8 rows × 128 floats are over a 1 kB limit
         export_file(files["finished"], tmp_path / "big", layers=["layer2"], pool="avg", fmt="safetensors", safetensors_limit=1024)
     assert not (tmp_path / "big").exists()  # refused before anything is written

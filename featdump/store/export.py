@@ -245,5 +245,17 @@ def _write_safetensors(ff: Any, plans: list[Any], target: Path, pool: str | None
     }
     tmp = target.with_name(f".{target.name}.tmp")
     save_file(tensors, str(tmp), metadata=meta)
+    os.chmod(tmp, 0o666 & ~_umask())  # safetensors creates it 0600; give it the mode open() would
     os.replace(tmp, target)
     return target.stat().st_size
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux tells (/proc), else 0o022."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o022
