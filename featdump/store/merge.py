@@ -13,7 +13,6 @@ rows (more shards than images) are skipped.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -24,15 +23,15 @@ from typing import Any
 
 from featdump.errors import FeatdumpError, UsageError
 from featdump.run.placement import shard_bounds
-from featdump.store.check import RESUME_KEYS, check_file, count_attr
+from featdump.store.check import INPUT_KEYS, RESUME_KEYS, check_file, count_attr, setting_text, setting_value
 from featdump.store.committed import open_committed
 from featdump.store.format import FEATURES, compression_kwargs, load_codecs, read_attr, read_text, set_attr, utc_now
 from featdump.store.mergetemp import claim_temp, remove_stale_temps
 from featdump.store.vds import check_sources, refused_sources
 from featdump.text import first_line
 
-# Settings every shard of one merge must share (the per-shard ones are checked separately).
-MERGE_KEYS = ("format_version",) + tuple(k for k in RESUME_KEYS if k not in ("input_digest", "num_inputs", "shard"))
+# Settings every shard of one merge must share (which inputs each covers is checked separately).
+MERGE_KEYS = ("format_version",) + tuple(k for k in RESUME_KEYS if k not in INPUT_KEYS)
 COPY_BLOCK_BYTES = 64 << 20
 _SHARD_NAME = re.compile(r"^(?P<stem>.*)\.shard-(?P<i>\d+)-of-(?P<n>\d+)(?P<ext>\.[^.]*)?$")
 
@@ -71,10 +70,6 @@ class MergeSummary:
 
 
 # --------------------------------------------------------------------------- reading shards
-
-
-def _value(v: Any) -> str:
-    return json.dumps("" if v is None else read_attr(v))
 
 
 def read_shard(path: str | Path) -> Shard:
@@ -173,14 +168,14 @@ def check_shards(shards: Sequence[Shard], allow_partial: bool = False) -> list[S
         )
     ref = ordered[0]
     for s in ordered[1:]:
-        if _value(s.attrs.get("list_digest")) != _value(ref.attrs.get("list_digest")) or s.list_size != ref.list_size:
+        if setting_text("list_digest", s.attrs.get("list_digest")) != setting_text("list_digest", ref.attrs.get("list_digest")) or s.list_size != ref.list_size:
             raise UsageError(
                 f"{s.shown} was made from another input list than {ref.shown} "
                 f"({s.list_size} vs {ref.list_size} images, or other paths); "
                 "run every shard over the same input"
             )
         for key in MERGE_KEYS:
-            have, want = _value(s.attrs.get(key)), _value(ref.attrs.get(key))
+            have, want = setting_text(key, s.attrs.get(key)), setting_text(key, ref.attrs.get(key))
             if have != want:
                 raise UsageError(
                     f"{s.shown} was made with {key}={have}, {ref.shown} with {key}={want}; "
@@ -316,7 +311,7 @@ def _write(shards: Sequence[Shard], tmp: Path, out_dir: Path, *, copy: bool, com
         raw = io.FileIO(fd, "r+b", closefd=False)
         with raw, h5py.File(raw, "w", libver="earliest", track_order=True) as h5:
             for key, value in ref.attrs.items():
-                set_attr(h5, key, value)
+                set_attr(h5, key, setting_value(key, value))  # settings in today's form (output_stride)
             for key, value in {
                 "shard": [0, 1],
                 "num_images": num_images,
