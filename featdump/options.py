@@ -29,6 +29,7 @@ from featdump.values import (
     parse_process,
     parse_shard,
     path_or_none,
+    stride_attr,
 )
 
 Precision = Literal["fp32", "fp16", "bf16"]
@@ -97,7 +98,7 @@ class ExtractConfig:
         attr=True,
     )
     output_stride: OutputStride | None = opt(
-        "8|16|32 (dilated).", default=None, setting=True, attr=lambda cfg: cfg.output_stride or 0
+        "8|16|32 (dilated).", default=None, setting=True, attr=lambda cfg: stride_attr(cfg.output_stride)
     )
     img_size: tuple[int, int] | None = opt(
         "224 or HEIGHTxWIDTH. \\[default: pretrained config]",

@@ -122,3 +122,21 @@ def parse_crop_pct(value: Any) -> float | None:
 
 def path_or_none(value: Any) -> str | None:
     return str(value) if value else None
+
+
+# The ``output_stride`` file attribute of a run that asked for none (the model's own strides, which
+# the feature datasets' ``reduction`` attributes give). Files written before it existed hold 0 there.
+NO_STRIDE = "none"
+
+
+def stride_attr(stride: int | None) -> int | str:
+    """The ``output_stride`` attribute for ``--output-stride``: the stride asked, else ``"none"``."""
+    return stride or NO_STRIDE
+
+
+def stored_stride(value: Any) -> Any:
+    """An ``output_stride`` attribute as the option value: None where none was asked (``"none"``, or
+    0 as earlier featdump builds wrote it), anything else as stored."""
+    if value is None or (isinstance(value, (str, int, float)) and value in (NO_STRIDE, "", 0)):
+        return None
+    return value

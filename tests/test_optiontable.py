@@ -8,6 +8,7 @@ import inspect
 from pathlib import Path
 from typing import Literal, get_args, get_origin
 
+import numpy as np
 import pytest
 import typer
 from typer.testing import CliRunner
@@ -18,8 +19,9 @@ from featdump.cli import commands
 from featdump.errors import UsageError
 from featdump.options import OPTIONS, SETTINGS, ExtractConfig, load_toml, option_attrs, resolve
 from featdump.optiontable import opt, option_table, options_of, without_none
-from featdump.store.check import RESUME_KEYS
+from featdump.store.check import RESUME_KEYS, setting_text, setting_value
 from featdump.store.merge import MERGE_KEYS
+from featdump.values import stored_stride
 
 BASE = {"model": "resnet18", "inputs": ("imgs",), "output": "o.h5"}
 NAMES = [o.name for o in OPTIONS]
@@ -100,12 +102,22 @@ def test_option_attrs() -> None:
     cfg = resolve({**BASE, "pool": "AVG", "fast_decode": True})
     attrs = option_attrs(cfg)
     assert attrs == {
-        "tokens": "seq", "output_stride": 0, "precision": "fp32", "dtype": "float32", "pool": "avg",
+        "tokens": "seq", "output_stride": "none", "precision": "fp32", "dtype": "float32", "pool": "avg",
         "compression": "none", "decode": "fast", "path_column": "", "image_column": "", "id_column": "",
         "process": None,
     }  # fmt: skip
     assert option_attrs(resolve({**BASE, "decode": "gpu", "output_stride": "16"}))["decode"] == "gpu"
     assert option_attrs(resolve({**BASE, "output_stride": 16}))["output_stride"] == 16
+
+
+def test_output_stride_none_asked_reads_the_same_as_earlier_builds_0() -> None:
+    # earlier builds wrote 0 where no --output-stride was asked; resume, merge, --like and show read it as "none"
+    for old in (0, "", None, "none"):
+        assert stored_stride(old) is None
+        assert setting_value("output_stride", old) == "none" and setting_text("output_stride", old) == '"none"'
+    assert stored_stride(16) == 16 and setting_value("output_stride", np.int64(16)) == 16
+    assert setting_text("output_stride", 16) != setting_text("output_stride", 0)
+    assert setting_value("dtype", b"float16") == "float16" and setting_value("process", None) == ""
 
 
 def test_resume_and_merge_keys_hold_the_settings() -> None:

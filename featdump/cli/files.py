@@ -242,7 +242,10 @@ def processors(
 @app.command()
 @handle_errors
 def merge(
-    shards: Annotated[list[Path], typer.Argument(help="Shard files of one run, all N of them (any order).")],
+    shards: Annotated[
+        list[Path],
+        typer.Argument(help="Shard files of one run, all N of them (any order); or whole runs, joined in the order given."),
+    ],
     output: Annotated[Path, typer.Option("-o", "--output", help="Merged HDF5 file to write.")],
     copy: Annotated[
         bool, typer.Option("--copy", help="Copy the rows into a self-contained file (default: virtual, no copy).")
@@ -254,6 +257,10 @@ def merge(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing on success.")] = False,
 ) -> None:
     """Join the shard files of a sharded run into one file, rows in the order of a single run.
+
+    Files of several runs (say old.h5 and new.h5, extracted with --like old.h5) are joined one run
+    after the other, in the order given, when each run is given whole (all its shards), they share
+    every setting that gives the rows their meaning, and no image path is in two of them.
 
     By default the result is an HDF5 virtual file: seconds for any size, reading from the shards
     (stored relative to the merged file, so move them together). --copy writes a self-contained file.
@@ -279,9 +286,10 @@ def merge(
         if summary.mode == "copy"
         else "virtual: reads the shard files, found relative to it; keep them next to each other"
     )
+    what = f"{summary.num_shards} shards" if summary.num_runs == 1 else f"{summary.num_shards} files of {summary.num_runs} runs"
     typer.echo(
         f"wrote {printable(summary.output)}: {summary.num_images} images, {summary.num_failed} failed, of {summary.num_inputs} "
-        f"from {summary.num_shards} shards · {state} · {how}"
+        f"from {what} · {state} · {how}"
     )
     for name in summary.skipped:
         typer.echo(f"skipped {printable(name)}: no rows")

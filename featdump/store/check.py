@@ -21,6 +21,11 @@ from typing import Any
 from featdump.errors import UsageError
 from featdump.options import SETTINGS
 from featdump.store.format import FEATURES, _attr, _jsonable, read_attr
+from featdump.values import stored_stride, stride_attr
+
+# Which inputs a file covers: its block (input_digest, num_inputs), the whole list it was cut from
+# (list_digest, list_size) and the cut (shard [I, N]). --resume compares them; merge checks them shard by shard.
+INPUT_KEYS = ("input_digest", "num_inputs", "list_digest", "list_size", "shard")
 
 # Settings that must match for --resume to continue a file (and for merge to join shards): the
 # options marked as settings in the option table (featdump/options.py), and what the model and the
@@ -32,11 +37,7 @@ RESUME_KEYS = (
     "mean",
     "std",
     "interpolation",  # (crop_pct and crop_mode are settings in the table: --crop-pct, --crop-mode)
-    "input_digest",
-    "num_inputs",
-    "list_digest",
-    "list_size",
-    "shard",
+    *INPUT_KEYS,
 )
 
 
@@ -230,7 +231,7 @@ def check_file(h5: Any, path: str | Path) -> Counts:
         raise inconsistent(
             path, f"inputs_done is {inputs_done}, fewer than num_images + num_failed ({num_images} + {num_failed})"
         )
-    if num_inputs is not None and _kind(attrs) == "tar":  # num_inputs counts tar files, inputs_done samples
+    if num_inputs is not None and input_kind(attrs) == "tar":  # num_inputs counts tar files, inputs_done samples
         mark = attrs.get("stream_mark")
         shard_done = int(mark[0]) if mark is not None and len(mark) == 2 else 0
         if not 0 <= shard_done <= num_inputs:
@@ -240,7 +241,7 @@ def check_file(h5: Any, path: str | Path) -> Counts:
     return Counts(num_images, num_failed, inputs_done, num_inputs, _shard(attrs, path))
 
 
-def _kind(attrs: Any) -> str:
+def input_kind(attrs: Any) -> str:
     """The file's ``input_kind`` (files | tar | table; files when older featdump wrote it)."""
     value = attrs.get("input_kind", "files")
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
@@ -257,10 +258,9 @@ def check_same_settings(h5: Any, attrs: dict[str, Any], path: str | Path) -> Non
     for key in RESUME_KEYS:
         if key not in attrs:
             continue
-        have = json.dumps(_jsonable(read_attr(h5.attrs.get(key))))
-        want = json.dumps(_jsonable(read_attr(_attr(attrs[key]))))
+        have, want = setting_text(key, h5.attrs.get(key)), setting_text(key, attrs[key])
         if have != want:
-            if key in ("input_digest", "num_inputs", "list_digest", "list_size"):
+            if key in INPUT_KEYS and key != "shard":
                 then = read_attr(h5.attrs.get("list_size", h5.attrs.get("num_inputs", "?")))
                 now = attrs.get("list_size", attrs.get("num_inputs", "?"))
                 raise UsageError(
@@ -271,3 +271,19 @@ def check_same_settings(h5: Any, attrs: dict[str, Any], path: str | Path) -> Non
                 f"--resume: {path} was made with {key}={have}, this run has {key}={want}; "
                 "use the same settings, or --overwrite to start again"
             )
+
+
+def setting_value(key: str, value: Any) -> Any:
+    """A setting (a root attribute, as stored or as a run is about to write it) in today's form, plain
+    Python (None as ""): ``output_stride`` 0, which earlier featdump builds wrote where no stride was
+    asked, is ``"none"``. Resume, merge and ``show`` read settings through it."""
+    value = _jsonable(read_attr(_attr(value)))
+    if key == "output_stride":
+        return stride_attr(stored_stride(value))
+    return value
+
+
+def setting_text(key: str, value: Any) -> str:
+    """:func:`setting_value` as JSON text: two settings are the same when these are equal; error
+    messages show it (``dtype="float16"``)."""
+    return json.dumps(setting_value(key, value), ensure_ascii=False)

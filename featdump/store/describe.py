@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from featdump.errors import FeatdumpError, UsageError
-from featdump.store.check import Counts, check_file
+from featdump.store.check import RESUME_KEYS, Counts, check_file, setting_value
 from featdump.store.format import read_text
 from featdump.store.vds import missing_sources, virtual_sources
 from featdump.text import first_line, to_str
@@ -178,7 +178,8 @@ def summarize_file(path: str | Path, max_failures: int = 10) -> dict[str, Any]:
         if fp is not None and fe is not None:
             shown = min(max_failures, num_failed, fp.shape[0], fe.shape[0])
             failures = [{"path": read_text(fp[i]), "error": read_text(fe[i])} for i in range(shown)]
-        provenance = {k: v for k, v in attrs.items() if k not in STATE_KEYS}
+        # settings in today's form: an output_stride of 0 (earlier builds, none asked) shows as "none"
+        provenance = {k: setting_value(k, v) if k in RESUME_KEYS else v for k, v in attrs.items() if k not in STATE_KEYS}
         info = {
             "file": str(p),
             "file_bytes": p.stat().st_size,

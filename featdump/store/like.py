@@ -13,6 +13,7 @@ from typing import Any
 
 from featdump.errors import UsageError
 from featdump.text import first_line
+from featdump.values import stored_stride
 
 
 def read_attrs(path: str | Path) -> dict[str, Any]:
@@ -72,7 +73,6 @@ def recorded_options(path: str | Path, attrs: dict[str, Any] | None = None, wher
         raise UsageError(f"{where} is not a featdump file")
     named = not attrs.get("out_indices") and bool(attrs.get("layers"))
     decode = str(attrs.get("decode", "exact"))
-    stride = attrs.get("output_stride")
     size = attrs.get("input_size") or []
     weights = parse_weights(str(attrs.get("weights", "")))
     if weights["checkpoint"]:
@@ -82,7 +82,7 @@ def recorded_options(path: str | Path, attrs: dict[str, Any] | None = None, wher
         "model": str(attrs["model"]),
         "out_indices": None if named else tuple(int(i) for i in attrs.get("out_indices") or ()) or None,
         "layers": tuple(str(n) for n in attrs["layers"]) if named else None,
-        "output_stride": int(stride) if stride not in (None, "", 0) else None,
+        "output_stride": stored_stride(attrs.get("output_stride")),  # resolve() checks it
         "img_size": (int(size[1]), int(size[2])) if len(size) == 3 else None,
         "pretrained": weights["pretrained"],
         "checkpoint": weights["checkpoint"],

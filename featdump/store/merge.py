@@ -1,5 +1,10 @@
 """Join shard files into one featdump file: an HDF5 virtual file (default, no copy) or a copy.
 
+Two kinds of input: the shards of one run (its rows in the order of a single run over the whole
+input list), or several runs, each given whole (every shard of it; an unsharded file is shard 0 of
+1), joined run after run in the order given: ``extract --like OLD.h5`` over new images, then
+``merge OLD.h5 NEW.h5``. Files cut from one input list into the same number of shards are one run.
+
 A virtual merge writes ``/paths`` and ``/failed`` (small) and maps every ``/features/<name>`` onto
 the shards' datasets, with source file names stored *relative to the merged file*: move the folder
 holding the merged file and its shards, and it still reads. A source that goes missing would read as
@@ -7,13 +12,16 @@ the fill value (NaN here, never silent zeros); :func:`featdump.store.vds.missing
 sources, for ``featdump show`` and for anyone opening a merged file.
 
 Refused, naming the shard: a missing shard index, a shard given twice, shards of different runs
-(settings, input list, shard count), an incomplete shard (unless ``allow_partial``). Shards without
-rows (more shards than images) are skipped.
+(settings, input list, shard count) unless each of those runs is given whole, an incomplete shard
+(unless ``allow_partial``). Runs joined together must share every setting that gives the rows their
+meaning (:data:`MERGE_KEYS`), the kind of input and whether rows have ids, and no stored path (or
+id) may be in two of them: rows are found by path. Shards without rows (more shards than images)
+are skipped.
 """
 
 from __future__ import annotations
 
-import json
+import hashlib
 import math
 import os
 import re
@@ -24,15 +32,34 @@ from typing import Any
 
 from featdump.errors import FeatdumpError, UsageError
 from featdump.run.placement import shard_bounds
-from featdump.store.check import RESUME_KEYS, check_file, count_attr
+from featdump.store.check import (
+    INPUT_KEYS,
+    RESUME_KEYS,
+    check_file,
+    count_attr,
+    input_kind,
+    setting_text,
+    setting_value,
+)
 from featdump.store.committed import open_committed
-from featdump.store.format import FEATURES, compression_kwargs, load_codecs, read_attr, read_text, set_attr, utc_now
+from featdump.store.format import (
+    FEATURES,
+    compression_kwargs,
+    inputs_attr,
+    load_codecs,
+    read_attr,
+    read_inputs_attr,
+    read_text,
+    set_attr,
+    utc_now,
+)
 from featdump.store.mergetemp import claim_temp, remove_stale_temps
 from featdump.store.vds import check_sources, refused_sources
 from featdump.text import first_line
 
-# Settings every shard of one merge must share (the per-shard ones are checked separately).
-MERGE_KEYS = ("format_version",) + tuple(k for k in RESUME_KEYS if k not in ("input_digest", "num_inputs", "shard"))
+# Settings every file of one merge must share: what the rows mean. Which inputs a file covers
+# (INPUT_KEYS) is checked shard by shard within a run and differs between runs.
+MERGE_KEYS = ("format_version",) + tuple(k for k in RESUME_KEYS if k not in INPUT_KEYS)
 COPY_BLOCK_BYTES = 64 << 20
 _SHARD_NAME = re.compile(r"^(?P<stem>.*)\.shard-(?P<i>\d+)-of-(?P<n>\d+)(?P<ext>\.[^.]*)?$")
 
@@ -51,6 +78,7 @@ class Shard:
     inputs_done: int
     num_inputs: int
     list_size: int  # images in the whole input list (all shards)
+    has_ids: bool  # /ids: the inputs gave ids (tar shards, --id-column)
     attrs: dict[str, Any] = field(repr=False)
     layers: dict[str, tuple[tuple[int, ...], str]] = field(repr=False)  # name -> (row shape, dtype)
 
@@ -67,14 +95,11 @@ class MergeSummary:
     layers: list[tuple[str, tuple[int, ...], str]]
     skipped: list[str]  # shards without rows
     partial: list[str]  # incomplete shards merged with allow_partial
+    num_runs: int = 1  # independent runs joined one after the other
     bytes: int = 0
 
 
 # --------------------------------------------------------------------------- reading shards
-
-
-def _value(v: Any) -> str:
-    return json.dumps("" if v is None else read_attr(v))
 
 
 def read_shard(path: str | Path) -> Shard:
@@ -96,7 +121,10 @@ def read_shard(path: str | Path) -> Shard:
         if attrs.get("format") != "featdump":
             raise UsageError(f"{shown} is not a featdump file")
         if "merged_from" in attrs:
-            raise UsageError(f"{shown} is itself a merged file; merge the shard files it was made from")
+            raise UsageError(
+                f"{shown} is itself a merged file; merge the original files it was made from "
+                "(its merged_from attribute lists them)"
+            )
         counts = check_file(h5, shown)  # counters and shard [I, N] checked before any is used
         if counts.shard is None:
             raise UsageError(f"{shown} records no shard [I, N]; is it from an older featdump?")
@@ -118,6 +146,7 @@ def read_shard(path: str | Path) -> Shard:
             inputs_done=counts.inputs_done,
             num_inputs=counts.num_inputs or 0,
             list_size=list_size,
+            has_ids="ids" in h5.keys(),  # noqa: SIM118 - link names (check_file saw it is a dataset)
             attrs=attrs,
             layers=layers,
         )
@@ -139,6 +168,61 @@ def _expected_name(example: Shard, index: int) -> str:
     return str(Path(example.shown).parent / name)
 
 
+def _run_key(s: Shard) -> tuple[str, int, int]:
+    """Which run a file belongs to: the whole input list it was cut from, and into how many blocks."""
+    return setting_text("list_digest", s.attrs.get("list_digest")), s.list_size, s.count
+
+
+def _whole(run: Sequence[Shard]) -> bool:
+    """Does ``run`` hold every shard index of its run?"""
+    count = run[0].count
+    return len({s.index for s in run}) == count  # indices are checked to lie in [0, count)
+
+
+def check_runs(files: Sequence[Shard], allow_partial: bool = False) -> list[list[Shard]]:
+    """The runs to join, in the order given, each its shards in index order; or a UsageError naming
+    the first file that does not fit.
+
+    Files of one input list cut into the same number of shards are one run. One run is checked as
+    today's shards (:func:`check_shards`). Several runs are joined when each is given whole and they
+    share the settings that give rows their meaning; when a run lacks a shard, the files are checked
+    as the shards of one run, which names what does not fit (another input list or shard count, a
+    missing shard).
+    """
+    runs: dict[tuple[str, int, int], list[Shard]] = {}
+    for s in files:
+        runs.setdefault(_run_key(s), []).append(s)
+    if len(runs) <= 1 or not all(_whole(run) for run in runs.values()):
+        return [check_shards(files, allow_partial)]
+    ordered = [check_shards(run, allow_partial) for run in runs.values()]
+    ref = ordered[0][0]
+    for run in ordered[1:]:
+        s = run[0]
+        _check_meaning(s, ref, "files merged together need the same settings")
+        if input_kind(s.attrs) != input_kind(ref.attrs):
+            raise UsageError(
+                f"{s.shown} was made from {input_kind(s.attrs)} inputs, {ref.shown} from {input_kind(ref.attrs)}; "
+                "merge runs over one kind of input (image files, tar shards or a table)"
+            )
+        if s.has_ids != ref.has_ids:
+            with_ids, without = (s, ref) if s.has_ids else (ref, s)
+            raise UsageError(
+                f"{with_ids.shown} has /ids (its inputs gave ids), {without.shown} has none; "
+                "merge files that both have ids, or both have none"
+            )
+    return ordered
+
+
+def _check_meaning(s: Shard, ref: Shard, rule: str) -> None:
+    """UsageError naming the first setting (or the layers) in which ``s`` differs from ``ref``."""
+    for key in MERGE_KEYS:
+        have, want = setting_text(key, s.attrs.get(key)), setting_text(key, ref.attrs.get(key))
+        if have != want:
+            raise UsageError(f"{s.shown} was made with {key}={have}, {ref.shown} with {key}={want}; {rule}")
+    if s.layers != ref.layers:
+        raise UsageError(f"{s.shown} holds layers {_layers(s)}, {ref.shown} holds {_layers(ref)}")
+
+
 def check_shards(shards: Sequence[Shard], allow_partial: bool = False) -> list[Shard]:
     """The shards in index order, or a UsageError naming the first shard that does not fit."""
     if not shards:
@@ -153,7 +237,7 @@ def check_shards(shards: Sequence[Shard], allow_partial: bool = False) -> list[S
         if s.count != count:
             raise UsageError(
                 f"{s.shown} is shard {s.index} of {s.count}, but {shards[0].shown} is of {count}: "
-                "merge the shards of one run"
+                "merge the shards of one run (or several runs, each with all its shards)"
             )
     by_index: dict[int, Shard] = {}
     for s in shards:
@@ -173,21 +257,13 @@ def check_shards(shards: Sequence[Shard], allow_partial: bool = False) -> list[S
         )
     ref = ordered[0]
     for s in ordered[1:]:
-        if _value(s.attrs.get("list_digest")) != _value(ref.attrs.get("list_digest")) or s.list_size != ref.list_size:
+        if _run_key(s) != _run_key(ref):
             raise UsageError(
                 f"{s.shown} was made from another input list than {ref.shown} "
                 f"({s.list_size} vs {ref.list_size} images, or other paths); "
                 "run every shard over the same input"
             )
-        for key in MERGE_KEYS:
-            have, want = _value(s.attrs.get(key)), _value(ref.attrs.get(key))
-            if have != want:
-                raise UsageError(
-                    f"{s.shown} was made with {key}={have}, {ref.shown} with {key}={want}; "
-                    "shards of one merge need the same settings"
-                )
-        if s.layers != ref.layers:
-            raise UsageError(f"{s.shown} holds layers {_layers(s)}, {ref.shown} holds {_layers(ref)}")
+        _check_meaning(s, ref, "shards of one merge need the same settings")
     total = ref.list_size
     for s in ordered:
         start, stop = shard_bounds(total, s.index, count)
@@ -260,7 +336,8 @@ def merge_shards(
     overwrite: bool = False,
     command: str = "",
 ) -> MergeSummary:
-    """Write ``output`` from the shards; refuses (UsageError) anything that would not equal one run."""
+    """Write ``output`` from the shards of one run, or from several whole runs joined in the order
+    given; refuses (UsageError) anything that would not equal those runs' rows, one after the other."""
     from featdump.store.output import output_target
 
     load_codecs()
@@ -268,18 +345,19 @@ def merge_shards(
     out_dir = out.parent.resolve() if str(out.parent) else Path.cwd()
     if not out_dir.is_dir():
         raise UsageError(f"-o {out}: folder {out.parent} does not exist")
-    shards = check_shards([read_shard(p) for p in shard_paths], allow_partial)
+    runs = check_runs([read_shard(p) for p in shard_paths], allow_partial)
     target = out_dir / out.name
-    for s in shards:
+    for s in (s for run in runs for s in run):
         if s.path == target:
             raise UsageError(f"-o {out} is one of the shards; write the merged file elsewhere")
     if out_st is not None and not overwrite:
         raise UsageError(f"{output} exists; pass --overwrite to replace it")
+    paths, ids = _row_names(runs)
 
     remove_stale_temps(out_dir, out.name)
     tmp, fd = claim_temp(out_dir, out.name)
     try:
-        summary = _write(shards, tmp, out_dir, copy=copy, command=command, fd=fd)
+        summary = _write(runs, paths, ids, tmp, out_dir, copy=copy, command=command, fd=fd)
         if not copy:
             problems = check_sources(tmp)
             if problems:
@@ -295,19 +373,117 @@ def merge_shards(
     return summary
 
 
-def _write(shards: Sequence[Shard], tmp: Path, out_dir: Path, *, copy: bool, command: str, fd: int) -> MergeSummary:
+def _row_names(runs: Sequence[Sequence[Shard]]) -> tuple[list[str], list[str] | None]:
+    """The merged file's ``/paths``, and its ``/ids`` when every file has them; UsageError when a
+    path or an id is in two of the runs."""
+    shards = [s for run in runs for s in run]
+    counts = [s.num_images for s in shards]
+    handles = [open_committed(s.path) for s in shards]
+    try:
+        paths = _strings(handles, "paths", counts)
+        ids = _strings(handles, "ids", counts) if all(s.has_ids for s in shards) else None
+    finally:
+        for f in handles:
+            f.close()
+    if len(runs) > 1:
+        _once(runs, paths, "path")
+        if ids is not None:
+            _once(runs, ids, "id")
+    return paths, ids
+
+
+def _once(runs: Sequence[Sequence[Shard]], values: Sequence[str], what: str) -> None:
+    """No value (the rows' paths or ids, in merge order) may be in two runs: rows are found by it."""
+    first: dict[str, Shard] = {}
+    at = 0
+    for run in runs:
+        mine: dict[str, Shard] = {}
+        for s in run:
+            for v in values[at : at + s.num_images]:
+                if v in first:
+                    raise UsageError(
+                        f"{first[v].shown} and {s.shown} both hold the {what} {v}: a merged file holds each "
+                        f"{what} once (rows are found by {what}); extract only the images the other file lacks"
+                    )
+                mine.setdefault(v, s)
+            at += s.num_images
+        first.update(mine)
+
+
+def _joined_digest(digests: Sequence[str]) -> str:
+    """The ``list_digest`` of runs joined in this order: sha256 of their list digests, in order."""
+    return hashlib.sha256("\n".join(digests).encode("utf-8")).hexdigest()
+
+
+def _merged_attrs(runs: Sequence[Sequence[Shard]], *, copy: bool, command: str, out_dir: Path) -> dict[str, Any]:
+    """The merged file's root attributes: the first file's settings (in today's form), and what the
+    merged file covers as one whole run of ``[0, 1]``.
+
+    One run: ``num_inputs``/``input_digest`` are the whole list's (``list_size``/``list_digest``).
+    Several runs: the list is theirs joined, so ``list_size`` and ``num_inputs`` are the sum of their
+    lists and ``list_digest`` and ``input_digest`` a digest of their list digests in order; ``inputs``
+    is every run's INPUTs in order (left out when a run did not record them: readers then fall back
+    to ``extract_command``), and ``extract_command`` holds their commands joined by `` ; ``.
+    """
+    shards = [s for run in runs for s in run]
+    heads = [run[0] for run in runs]
+    ref = heads[0]
+    attrs = {key: setting_value(key, value) for key, value in ref.attrs.items()}
+    size = sum(h.list_size for h in heads)
+    digest = str(ref.attrs.get("list_digest", ""))
+    extract_command = str(ref.attrs.get("command", ""))  # where the inputs were (viz)
+    if len(runs) > 1:
+        digest = _joined_digest([str(h.attrs.get("list_digest", "")) for h in heads])
+        extract_command = " ; ".join(str(h.attrs.get("command", "")) for h in heads)
+        attrs.pop("inputs", None)
+        given = [read_inputs_attr(h.attrs.get("inputs")) for h in heads]
+        if all(g is not None for g in given):
+            attrs["inputs"] = inputs_attr(list(dict.fromkeys(i for g in given for i in g or ())))
+        attrs["list_size"] = size
+        attrs["list_digest"] = digest
+    partial = any(not s.complete for s in shards)
+    attrs.update(
+        {
+            "shard": [0, 1],
+            "num_images": sum(s.num_images for s in shards),
+            "num_failed": sum(s.num_failed for s in shards),
+            "inputs_done": sum(s.inputs_done for s in shards),
+            "num_inputs": size,
+            "input_digest": digest,
+            "complete": not partial,
+            "created": utc_now(),
+            "command": command,
+            "extract_command": extract_command,
+            "merged_from": [_relative(s.path, out_dir) for s in shards],
+            "merge": "copy" if copy else "virtual",
+        }
+    )
+    return attrs
+
+
+def _write(
+    runs: Sequence[Sequence[Shard]],
+    paths: Sequence[str],
+    ids: Sequence[str] | None,
+    tmp: Path,
+    out_dir: Path,
+    *,
+    copy: bool,
+    command: str,
+    fd: int,
+) -> MergeSummary:
     import io
 
     import h5py
     import numpy as np
 
+    shards = [s for run in runs for s in run]
     ref = shards[0]
     used = [s for s in shards if s.num_images > 0]
     skipped = [s.shown for s in shards if s.num_images == 0]
     partial = [s.shown for s in shards if not s.complete]
-    num_images = sum(s.num_images for s in shards)
-    num_failed = sum(s.num_failed for s in shards)
-    complete = not partial
+    attrs = _merged_attrs(runs, copy=copy, command=command, out_dir=out_dir)
+    num_images = int(attrs["num_images"])
     text = h5py.string_dtype()
     handles = [open_committed(s.path) for s in shards]
     try:
@@ -315,36 +491,18 @@ def _write(shards: Sequence[Shard], tmp: Path, out_dir: Path, *, copy: bool, com
         # which our shared one (it marks the temp file alive) refuses
         raw = io.FileIO(fd, "r+b", closefd=False)
         with raw, h5py.File(raw, "w", libver="earliest", track_order=True) as h5:
-            for key, value in ref.attrs.items():
-                set_attr(h5, key, value)
-            for key, value in {
-                "shard": [0, 1],
-                "num_images": num_images,
-                "num_failed": num_failed,
-                "inputs_done": sum(s.inputs_done for s in shards),
-                "num_inputs": int(ref.attrs.get("list_size", 0)),
-                "input_digest": str(ref.attrs.get("list_digest", "")),
-                "complete": complete,
-                "created": utc_now(),
-                "command": command,
-                "extract_command": str(ref.attrs.get("command", "")),  # where the inputs were (viz)
-                "merged_from": [_relative(s.path, out_dir) for s in shards],
-                "merge": "copy" if copy else "virtual",
-            }.items():
+            for key, value in attrs.items():
                 set_attr(h5, key, value)
 
-            paths = _strings(handles, "paths", [s.num_images for s in shards])
             h5.create_dataset("paths", data=np.array(paths, dtype=object), dtype=text, maxshape=(None,), chunks=(4096,))
-            with_ids = all("ids" in f for f in handles)  # the inputs provided ids (tar shards, --id-column)
-            if with_ids:
-                ids = _strings(handles, "ids", [s.num_images for s in shards])
+            if ids is not None:  # the inputs provided ids (tar shards, --id-column)
                 h5.create_dataset("ids", data=np.array(ids, dtype=object), dtype=text, maxshape=(None,), chunks=(4096,))
             if all("geometry" in f for f in handles):  # /geometry is small: always copied
                 rows = [f["geometry"][: s.num_images] for s, f in zip(shards, handles, strict=True)]
                 geo = h5.create_dataset("geometry", data=np.concatenate(rows), maxshape=(None, rows[0].shape[1]), chunks=(256, rows[0].shape[1]))
                 set_attr(geo, "columns", read_attr(handles[0]["geometry"].attrs.get("columns", [])))
             failed = h5.create_group("failed")
-            for key in ("paths", "errors", "ids") if with_ids else ("paths", "errors"):
+            for key in ("paths", "errors", "ids") if ids is not None else ("paths", "errors"):
                 rows = _strings(handles, f"failed/{key}", [s.num_failed for s in shards])
                 failed.create_dataset(key, data=np.array(rows, dtype=object), dtype=text, maxshape=(None,), chunks=(256,))
 
@@ -390,10 +548,11 @@ def _write(shards: Sequence[Shard], tmp: Path, out_dir: Path, *, copy: bool, com
         mode="copy" if copy else "virtual",
         num_shards=len(shards),
         num_images=num_images,
-        num_failed=num_failed,
-        num_inputs=int(ref.attrs.get("list_size", 0)),
-        complete=complete,
+        num_failed=int(attrs["num_failed"]),
+        num_inputs=int(attrs["num_inputs"]),
+        complete=not partial,
         layers=layers,
         skipped=skipped,
         partial=partial,
+        num_runs=len(runs),
     )

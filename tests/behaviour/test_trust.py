@@ -225,10 +225,12 @@ def test_like_reproduces_refuses_and_merges(tmp_path, imgs, random_checkpoint):
     new = tmp_path / "new.h5"
     run("extract", "resnet18", str(more), "-o", str(new), "--like", str(old), "-q", check=True)
     p = run("merge", str(old), str(new), "-o", str(tmp_path / "both.h5"), "--copy")
-    if p.returncode != 0:
-        pytest.xfail(f"merge of two independent runs: {p.stderr.strip()}")
-    with featdump.open(tmp_path / "both.h5") as f:
-        assert f.num_images == 5
+    assert p.returncode == 0, p.stderr
+    a, b = _stored(old), _stored(new)
+    with featdump.open(tmp_path / "both.h5") as f, featdump.open(old) as o, featdump.open(new) as n:
+        assert f.num_images == 5 and f.paths == o.paths + n.paths and f.row("camera.jpg") == 4
+        for name in f.layers:
+            np.testing.assert_array_equal(f.numpy(name), np.concatenate([a[name], b[name]]))
 
 
 # --------------------------------------------------------------------------- disk planning
