@@ -115,7 +115,7 @@ def _center_crop(h: int, w: int, ch: int, cw: int) -> tuple[int, int, int, int]:
 
 
 def cell_boxes(
-    geometry: Any, grid: tuple[int, int], input_hw: tuple[int, int], reduction: int
+    geometry: Any, grid: tuple[int, int], input_hw: tuple[int, int], reduction: float
 ) -> Any:
     """``(H, W, 4)`` boxes ``y0, x0, y1, x1`` in original-image pixels (continuous coordinates, see
     the module docstring) of the cells of an ``H x W`` feature map.

@@ -22,7 +22,7 @@ class LayerInfo:
     module: str
     index: int
     channels: int
-    reduction: int
+    reduction: int | float  # input pixels per cell; a float only after a --process resize to an odd grid
     shape: tuple[int, ...]  # per image, as stored without pooling: (C, H, W) or (T, D)
     layout: str = "NCHW"  # what the model returns: NCHW, NHWC (permuted on store) or NLC (tokens)
     attrs: dict[str, Any] = field(default_factory=dict, compare=False)

@@ -241,11 +241,20 @@ def stored_layers(layers: Sequence[Any], pool: str, processors: Sequence[Any]) -
         return list(layers)
     out = []
     for layer in layers:
-        shape = tuple(layer.stored_shape(pool))
+        before = shape = tuple(layer.stored_shape(pool))
         for p in processors:
             shape = tuple(int(d) for d in p.output_shape(shape))
-        out.append(replace(layer, processed=shape))
+        out.append(replace(layer, processed=shape, reduction=_reduction(layer, before, shape)))
     return out
+
+
+def _reduction(layer: Any, before: tuple[int, ...], after: tuple[int, ...]) -> Any:
+    """The stride (input pixels per cell) of a map whose grid a processor changed (``resize``):
+    the old stride times old rows / new rows; an int when whole, else a float."""
+    if len(before) != 3 or len(after) != 3 or before[1:] == after[1:] or not after[1] or layer.attrs.get("part") == "prefix":
+        return layer.reduction
+    r = layer.reduction * before[1] / after[1]
+    return int(r) if float(r).is_integer() else round(r, 6)
 
 
 def apply(processors: Sequence[Any], x: Any, dtype: Any) -> Any:

@@ -16,7 +16,7 @@ class LayerSummary:
     name: str
     module: str
     index: int
-    reduction: int
+    reduction: int | float
     shape: tuple[int, ...]
     dtype: str
     stored_bytes: int

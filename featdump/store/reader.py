@@ -193,7 +193,7 @@ class FeatureFile:
             )
         _, in_h, in_w = (int(v) for v in self.meta["input_size"])
         grid = (int(ds.shape[2]), int(ds.shape[3]))
-        return cell_boxes(self.geometry(row), grid, (in_h, in_w), int(attrs.get("reduction", 0) or 0))
+        return cell_boxes(self.geometry(row), grid, (in_h, in_w), float(attrs.get("reduction", 0) or 0))
 
     # ------------------------------------------------------------------ lifetime
 

@@ -58,6 +58,10 @@ def test_processors_equal_timm_by_hand(tmp_path, imgs, random_checkpoint):
     for name, r in zip(["layer1", "layer2"], ref, strict=True):
         want = F.normalize(F.interpolate(torch.from_numpy(r), size=(28, 28), mode="bilinear", align_corners=False), dim=1)
         np.testing.assert_allclose(got[name], want.numpy(), rtol=1e-4, atol=1e-5)
+    import h5py
+
+    with h5py.File(out, "r") as h5:  # the stride of the stored grid, not the module's (4 and 8)
+        assert [h5[f"features/{n}"].attrs["reduction"] for n in ("layer1", "layer2")] == [8, 8]
 
     out = tmp_path / "pca.h5"
     p = _extract(ckpt, imgs, out, "--out-indices", "2", "--process", f"pca:4:{basis}", "--process", "resize:14x21")
@@ -65,6 +69,8 @@ def test_processors_equal_timm_by_hand(tmp_path, imgs, random_checkpoint):
     x = torch.from_numpy(ref[1]).permute(0, 2, 3, 1) - torch.from_numpy(mean)
     want = F.interpolate((x @ torch.from_numpy(comp[:4]).T).permute(0, 3, 1, 2), size=(14, 21), mode="bilinear", align_corners=False)
     np.testing.assert_allclose(_stored(out)["layer2"], want.numpy(), rtol=1e-4, atol=1e-4)
+    with h5py.File(out, "r") as h5:
+        assert h5["features/layer2"].attrs["reduction"] == 16  # input rows per cell row: 224 / 14
 
     out = tmp_path / "pooled.h5"
     _extract(ckpt, imgs, out, "--out-indices", "2", "--pool", "avg", "--process", "l2norm").check_returncode()
