@@ -152,3 +152,21 @@ def test_missing_pyarrow_names_the_extra(monkeypatch: pytest.MonkeyPatch, tmp_pa
     monkeypatch.setattr(builtins, "__import__", fake)
     with pytest.raises(UsageError, match=r"pip install 'featdump\[tables\]'"):
         open_source([str(table)])
+
+
+def test_a_table_may_list_an_image_twice_and_lookups_say_so(cli, data: dict, tmp_path: Path) -> None:
+    """One image under two labels is a legitimate table: both rows are stored; .row and .row_of_id
+    refuse the ambiguous key (naming the rows) and agree on the others."""
+    first, second = data["order"][0], data["order"][1]
+    table = tmp_path / "dup.csv"
+    table.write_text(f"path,id\n{first},x\n{first},x\n{second},y\n", encoding="utf-8")
+    out = tmp_path / "dup.h5"
+    result = cli(*argv(str(table), out, data["ckpt"], "--id-column", "id"))
+    assert result.exit_code == 0, result.output
+    with featdump.open(out) as f:
+        assert f.num_images == 3
+        with pytest.raises(ValueError, match=r"rows of .* \(0, 1\); choose one from \.paths"):
+            f.row(str(first))
+        with pytest.raises(ValueError, match=r"\(0, 1\); choose one from \.ids"):
+            f.row_of_id("x")
+        assert f.row(str(second)) == f.row_of_id("y") == 2

@@ -41,10 +41,10 @@ class FeatureFile:
             raise
         self.num_images = len(self.paths)
         self.layers: list[str] = list(self._h5["features"].keys())
-        self._rows = {p: i for i, p in enumerate(self.paths)}
+        self._rows = _index(self.paths)
         # ids (tar sample keys, a table's id column), row-aligned with paths; None when the inputs had none
         self.ids: list[str] | None = [read_text(v) for v in self._h5["ids"][:n]] if "ids" in self._h5 else None
-        self._id_rows: dict[str, int] | None = None
+        self._id_rows: dict[str, list[int]] | None = None
 
     # ------------------------------------------------------------------ access
 
@@ -67,24 +67,17 @@ class FeatureFile:
         return {k: read_attr(v) for k, v in self[layer].attrs.items()}
 
     def row(self, path: str) -> int:
-        """The row of a stored image path (as in :attr:`paths`)."""
-        try:
-            return self._rows[path]
-        except KeyError:
-            raise KeyError(f"{path!r} is not a stored path in {self.path} (see .paths)") from None
+        """The row of a stored image path (as in :attr:`paths`). A path stored in several rows
+        (a table may list an image twice) is a ``ValueError`` naming them: choose from :attr:`paths`."""
+        return _lookup(self._rows, path, "path", self.path, ".paths")
 
     def row_of_id(self, id: str) -> int:  # noqa: A002 - the SPEC's name
-        """The row of a stored id (as in :attr:`ids`; the first row when an id repeats)."""
+        """The row of a stored id (as in :attr:`ids`); an id in several rows is a ``ValueError``, as for :meth:`row`."""
         if self.ids is None:
             raise KeyError(f"{self.path} holds no ids (its inputs had none: tar shards or a table's --id-column give them)")
         if self._id_rows is None:
-            self._id_rows = {}
-            for i, v in enumerate(self.ids):
-                self._id_rows.setdefault(v, i)
-        try:
-            return self._id_rows[str(id)]
-        except KeyError:
-            raise KeyError(f"{id!r} is not a stored id in {self.path} (see .ids)") from None
+            self._id_rows = _index(self.ids)
+        return _lookup(self._id_rows, str(id), "id", self.path, ".ids")
 
     def numpy(self, layer: str, rows: int | slice | Sequence[int] | None = None) -> np.ndarray:
         """Rows of a layer as a numpy array: all committed rows, one row (``int``: no leading axis),
@@ -216,3 +209,21 @@ class FeatureFile:
 def open(path: str | Path) -> FeatureFile:  # noqa: A001 - featdump.open mirrors h5py.File / builtins.open
     """Open a featdump file for reading: ``.paths``, ``.layers``, ``.meta``, ``[layer]``, ``.row()``, ``.numpy()``."""
     return FeatureFile(path)
+
+
+def _index(values: Sequence[str]) -> dict[str, list[int]]:
+    """value -> the rows holding it, in order."""
+    out: dict[str, list[int]] = {}
+    for i, v in enumerate(values):
+        out.setdefault(v, []).append(i)
+    return out
+
+
+def _lookup(index: dict[str, list[int]], key: str, what: str, path: Any, attr: str) -> int:
+    rows = index.get(key)
+    if rows is None:
+        raise KeyError(f"{key!r} is not a stored {what} in {path} (see {attr})")
+    if len(rows) > 1:
+        shown = ", ".join(map(str, rows[:5])) + (", ..." if len(rows) > 5 else "")
+        raise ValueError(f"{key!r} is the {what} of {len(rows)} rows of {path} ({shown}); choose one from {attr}")
+    return rows[0]
