@@ -178,7 +178,11 @@ def test_refuses_duplicates(run: dict[str, Path], tmp_path: Path) -> None:
     twin = tmp_path / "copy-of-shard-0.h5"
     shutil.copy(s[0], twin)
     out = _refused(*s, str(twin), "-o", str(tmp_path / "m.h5"))
-    assert f"{twin} and {s[0]} are both shard 0 of 3 (duplicates)" in out
+    assert f"{twin} and {s[0]} are both shard 0 of 3 over the same images (the same rows twice)" in out
+    with h5py.File(twin, "r+") as h5:  # the same images with another setting: that is what to say
+        h5.attrs["crop_pct"] = 0.5
+    out = _refused(*s, str(twin), "-o", str(tmp_path / "m.h5"))
+    assert "crop_pct=0.5" in out and "they cover the same images, so they cannot be merged" in out
 
 
 def test_refuses_other_settings_input_lists_and_shard_counts(run: dict[str, Path], tmp_path: Path) -> None:

@@ -242,8 +242,11 @@ def check_shards(shards: Sequence[Shard], allow_partial: bool = False) -> list[S
     by_index: dict[int, Shard] = {}
     for s in shards:
         if s.index in by_index:
+            other = by_index[s.index]
+            _check_meaning(s, other, "they cover the same images, so they cannot be merged")
+            whole = "a whole run" if count == 1 else f"shard {s.index} of {count}"
             raise UsageError(
-                f"{s.shown} and {by_index[s.index].shown} are both shard {s.index} of {count} (duplicates); give one"
+                f"{s.shown} and {other.shown} are both {whole} over the same images (the same rows twice); give one"
             )
         by_index[s.index] = s
     ordered = [by_index[i] for i in sorted(by_index)]
