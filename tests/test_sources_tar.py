@@ -23,6 +23,7 @@ from streamkit import (
 import featdump
 from featdump.data.sources import TarSelection, open_source
 from featdump.data.tars import expand_braces, read_samples
+from featdump.errors import UsageError
 
 from faultkit import journal_seq, kill, make_images, popen, run
 
@@ -341,3 +342,47 @@ def test_dataloader_workers_decode_a_stream_like_the_threads(data: dict) -> None
         assert [r.path for r in a.refs.values()] == [r.path for r in b.refs.values()]
         assert all(r.data is None for r in b.refs.values())  # the job's copy holds no bytes
         assert np.array_equal(a.pixels.numpy(), b.pixels.numpy())
+
+
+# --------------------------------------------------------------------------- disk planning for streams
+
+
+def test_count_samples_from_headers_agrees_with_reading(tmp_path: Path) -> None:
+    """Headers alone give as many samples as reading the shard (sidecars, folders, __meta__ and a
+    sample without an image included); remote and compressed shards are not counted."""
+    from featdump.data.tars import count_samples
+
+    members = [("d/", b""), ("__meta__", b"m"), ("d/a.png", _png(1)), ("d/a.cls", b"1"), ("d/b.json", b"{}"),
+               ("d/c.x.y.png", _png(2)), ("d/c.x.y.txt", b"t")]
+    shard = hand_tar(tmp_path / "s.tar", members)
+    assert count_samples(str(shard)) == len(list(read_samples(str(shard)))) == 3
+    assert count_samples(f"file://{shard}") == 3
+    assert count_samples(str(hand_tar(tmp_path / "s.tar.gz", members, "w:gz"))) is None
+    assert count_samples("http://127.0.0.1:9/s.tar") is None
+
+
+def test_space_check_estimates_tar_streams(tmp_path: Path, monkeypatch) -> None:
+    """Tar shards: the image count is estimated from the first shard's headers and the shards'
+    bytes, and the check refuses with 'about N images'; without an estimate it warns."""
+    import warnings
+
+    from featdump.options import resolve
+    from featdump.run import space
+
+    images = make_images(tmp_path / "imgs", 12, seed=3)
+    write_shards(images, tmp_path / "wds", 4)
+    cfg = resolve({"model": "resnet18", "inputs": (str(tmp_path / "wds" / "data-{000000..000002}.tar"),),
+                   "output": str(tmp_path / "o.h5"), "img_size": "2048"})
+    selection = open_source(cfg.inputs, cfg).select(0, 1)
+    assert selection.length is None
+    n, how = selection.estimated_length()
+    assert 11 <= n <= 13 and "4 samples in" in how and "3 shard(s)" in how
+    monkeypatch.setattr(space.os, "statvfs", lambda p: type("S", (), {"f_bavail": 1, "f_frsize": 1 << 20})())
+    with pytest.raises(UsageError, match=r"not enough space for the output: about 1[123] images \(4 samples in"):
+        space.check_space(cfg, tmp_path / "o.h5", selection)
+    gz = hand_tar(tmp_path / "data.tar.gz", [("a.png", _png(1)), ("b.png", _png(2))], "w:gz")
+    cfg = resolve({**{k: getattr(cfg, k) for k in ("model", "output", "img_size")}, "inputs": (str(gz),)})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert space.check_space(cfg, tmp_path / "o.h5", open_source(cfg.inputs, cfg).select(0, 1)) is None
+    assert any("disk space not checked" in str(w.message) for w in caught)

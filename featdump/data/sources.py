@@ -53,6 +53,10 @@ class Selection:
         """The refs from position ``done`` on (``mark``: the committed tar mark, if any)."""
         raise NotImplementedError
 
+    def estimated_length(self) -> tuple[int, str] | None:
+        """``(positions, how)`` where :attr:`length` is unknown but can be estimated cheaply; else None."""
+        return None
+
 
 class ListSelection(Selection):
     """Files: a materialised list (in row order, SPEC "Inputs")."""
@@ -97,6 +101,21 @@ class TarSelection(Selection):
     def __init__(self, shards: list[tuple[str, int]], everything: list[tuple[str, int]]) -> None:
         super().__init__(_digest(shards), len(everything), _digest(everything), len(shards), None)
         self.shards = shards
+
+    def estimated_length(self) -> tuple[int, str] | None:
+        """The first shard's samples (counted from its headers, when it is a local plain tar) scaled
+        by the bytes of all the shards in this block."""
+        from featdump.data.tars import count_samples
+
+        if not self.shards:
+            return None
+        first, first_size = self.shards[0]
+        count = count_samples(first)
+        if not count or first_size <= 0:
+            return None
+        total_bytes = sum(size for _, size in self.shards)
+        estimate = max(count, round(count * total_bytes / first_size))
+        return estimate, f"{count} samples in {first}, scaled by the bytes of {len(self.shards)} shard(s)"
 
     def stream(self, done: int = 0, mark: Sequence[int] | None = None) -> Iterator[ImageRef]:
         from featdump.data.tars import read_samples

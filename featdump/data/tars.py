@@ -105,6 +105,37 @@ class _StrictInfo(tarfile.TarInfo):
 _READ_ERRORS = (_Damaged, tarfile.TarError, EOFError, OSError, zlib.error, ValueError)
 
 
+def member_key(info: tarfile.TarInfo) -> tuple[str | None, str]:
+    """A member -> ``(sample key, extension)``; ``(None, "")`` for members that belong to no sample
+    (folders, links, ``__meta__`` names, names webdataset skips)."""
+    name = info.name
+    if not info.isreg() or ("/" not in name and name.startswith("__") and name.endswith("__")) or _META.match(name):
+        return None, ""
+    return split_key(name)
+
+
+def count_samples(shard: str) -> int | None:
+    """Samples in a local, uncompressed shard, from its headers alone (``tarfile`` seeks over the
+    data); None for a remote or compressed shard, or one that cannot be read (extract says why)."""
+    if "://" in shard and not shard.startswith("file://"):
+        return None
+    path = shard.removeprefix("file://")
+    if not path.endswith(".tar"):
+        return None
+    keys = 0
+    last: str | None = None
+    try:
+        with tarfile.open(path, mode="r:") as tar:
+            for info in tar:
+                k, _ = member_key(info)
+                if k is not None and k != last:
+                    keys, last = keys + 1, k
+                tar.members = []  # type: ignore[attr-defined]  # headers only; do not keep them
+    except _READ_ERRORS:
+        return None
+    return keys
+
+
 def read_samples(shard: str) -> Iterator[TarSample]:
     """The samples of one shard, in tar order. A truncated or corrupt tar ends with one
     ``TarSample`` whose ``offset`` is set (the rest of the shard could not be read); the sample
@@ -117,16 +148,10 @@ def read_samples(shard: str) -> Iterator[TarSample]:
         try:
             stream = tarfile.open(fileobj=fh, mode="r|*", tarinfo=_StrictInfo)  # noqa: SIM115 - a generator: closed with fh below
             for info in stream:
-                if not info.isreg():
-                    continue
-                name = info.name
-                if "/" not in name and name.startswith("__") and name.endswith("__"):
-                    continue
-                if _META.match(name):
-                    continue
-                k, ext = split_key(name)
+                k, ext = member_key(info)
                 if k is None:
                     continue
+                name = info.name
                 if k != key:
                     if key is not None:
                         yield _sample(key, member, data, exts)

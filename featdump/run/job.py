@@ -60,7 +60,7 @@ def _run(cfg: ExtractConfig, progress: ProgressSink, on_ready: Callable | None, 
     selection = open_source(cfg.inputs, cfg).select(placement.index, placement.count)
     procs = processors.load(cfg.process)  # unknown processors and bad arguments: usage errors before the model
     if cfg.space_check:
-        check_space(cfg, out_path, selection.length, procs)
+        check_space(cfg, out_path, selection, procs)
     device = resolve_device(cfg.device, placement.local_rank)
     check_decode(cfg, device)
     tuning = tune(device, cfg, placement)

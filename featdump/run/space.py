@@ -11,12 +11,13 @@ is refused only when even that would not fit. ``--no-space-check`` skips the che
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from featdump.errors import UsageError
+from featdump.errors import FeatdumpWarning, UsageError
 
 MiB = 1 << 20
 MARGIN_FRACTION = 0.02
@@ -35,6 +36,7 @@ class SpaceNeed:
     need_bytes: int  # after the codec's ratio, plus the margin
     free_bytes: int
     folder: str
+    estimate: str = ""  # how ``images`` was estimated (tar shards), or "" when counted
 
     @property
     def fits(self) -> bool:
@@ -77,11 +79,24 @@ def remaining_images(total: int, out_path: Path, resume: bool) -> int:
     return total
 
 
-def check_space(cfg: Any, out_path: Path, total: int | None, processors: Sequence[Any] = ()) -> SpaceNeed | None:
-    """Refuse (UsageError) a run whose rows cannot fit on the output's file system; None when not checked
-    (``total`` None: a stream of tar shards, whose image count is known only once it is read)."""
+def check_space(cfg: Any, out_path: Path, selection: Any, processors: Sequence[Any] = ()) -> SpaceNeed | None:
+    """Refuse (UsageError) a run whose rows cannot fit on the output's file system; None when not checked.
+
+    Tar shards are counted only as they are read: the check then uses
+    ``selection.estimated_length()`` (local plain tars), and warns (``FeatdumpWarning``) that it
+    cannot check where there is no estimate (remote or compressed shards)."""
+    total, about = selection.length, ""
     if total is None:
-        return None
+        estimate = selection.estimated_length()
+        if estimate is None:
+            warnings.warn(
+                "disk space not checked: the number of images in these tar shards is known only once they are read "
+                "(remote or compressed shards); --no-space-check silences this",
+                FeatdumpWarning,
+                stacklevel=2,
+            )
+            return None
+        total, about = estimate
     images = remaining_images(total, out_path, cfg.resume)
     if not images:
         return None
@@ -92,7 +107,7 @@ def check_space(cfg: Any, out_path: Path, total: int | None, processors: Sequenc
         raise
     except Exception:  # noqa: BLE001 - a model the meta device cannot build: the load says more
         return None
-    n = need(layers, images, cfg.dtype, cfg.pool, cfg.compression, folder)
+    n = replace(need(layers, images, cfg.dtype, cfg.pool, cfg.compression, folder), estimate=about)
     if not n.fits:
         raise UsageError(space_message(n, cfg))
     return n
@@ -118,7 +133,8 @@ def space_message(n: SpaceNeed, cfg: Any) -> str:
     ways.append("--no-space-check to try anyway")
     how = "uncompressed" if cfg.compression == "none" else f"at {cfg.compression}'s best ratio {BEST_RATIO[cfg.compression]}"
     return (
-        f"not enough space for the output: {n.images} images × {fmt_bytes(n.bytes_per_image)} = {fmt_bytes(n.raw_bytes)} "
+        f"not enough space for the output: {'about ' if n.estimate else ''}{n.images} images"
+        f"{f' ({n.estimate})' if n.estimate else ''} × {fmt_bytes(n.bytes_per_image)} = {fmt_bytes(n.raw_bytes)} "
         f"of features, {fmt_bytes(n.need_bytes)} with margin {how}, but {n.folder} has {fmt_bytes(n.free_bytes)} free; "
         f"ways out: {', '.join(ways)}"
     )
