@@ -112,3 +112,12 @@ def test_merge_copy_refuses_a_folder_without_room(small_fs: Path, case: Case, cl
     assert sorted(p.name for p in small_fs.iterdir()) == ["filler"]
     result = cli("merge", str(case.clean_path), "-o", str(small_fs / "m.h5"))
     assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "npy"])
+def test_export_out_of_space_is_one_line(small_fs: Path, case: Case, cli, fmt: str) -> None:
+    (small_fs / "filler").write_bytes(b"\0" * ((6 << 20) - (64 << 10)))  # about 64 KiB left
+    result = cli("export", str(case.clean_path), "-o", str(small_fs / "emb"), "--format", fmt, "--pool", "avg")
+    assert result.exit_code == 1, result.output
+    line = _one_line(result.output)
+    assert "out of disk space writing" in line and "run the export again" in line, line
