@@ -251,6 +251,7 @@ def open_source(inputs: Sequence[str], options: Any = None) -> Source:
         return TarSource(inputs)
     if kind == "table":
         if len(inputs) != 1:
-            raise UsageError(f"one table per run: got {len(inputs)} ({inputs[0]}, {inputs[1]}, ...)")
+            shown = ", ".join(inputs[:3]) + (", ..." if len(inputs) > 3 else "")
+            raise UsageError(f"one table per run: got {len(inputs)} ({shown})")
         return TableSource(str(inputs[0]), **columns)
     return FileSource(inputs)
