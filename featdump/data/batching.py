@@ -1,4 +1,10 @@
-"""Decoded batches in input order: threads on CPU (featdump/data/loading.py), DataLoader workers on GPUs."""
+"""Decoded batches in input order: threads on CPU (featdump/data/loading.py), DataLoader workers on GPUs.
+
+A stream that fails while it is read (a remote store gone: a :class:`~featdump.errors.FeatdumpError`
+from the source) ends the keys there (:class:`StreamBatches`); the loader, threads or workers, hands
+out every batch of the refs read before the failure, and only then does :class:`Loader` raise it, so
+the job writes and commits them and ``--resume`` continues after them.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +17,7 @@ from typing import Any
 from featdump.data.datasets import Batch, ImageDataset, collate
 from featdump.data.discover import ImageRef
 from featdump.data.loading import ThreadLoader
+from featdump.errors import FeatdumpError
 from featdump.model.layers import Backbone
 from featdump.options import ExtractConfig
 
@@ -44,7 +51,7 @@ class Loader:
         if length is None and isinstance(todo, Sized):
             length = len(todo)
         self.inflight: dict[int, ImageRef] = {}  # position -> ref (without its bytes), until its batch is out
-        keys = StreamBatches(todo, batch_size, self.inflight)
+        self.keys = keys = StreamBatches(todo, batch_size, self.inflight)
         todo = []  # the datasets decode the refs handed to them with each key, not a list of their own
         transform = backbone.data.transform()
         self.geometry = Geometry(transform)  # each image's /geometry row, from its original size
@@ -83,23 +90,38 @@ class Loader:
             batch.refs = {i: self.inflight.pop(i) for i in range(batch.first, batch.last + 1)}
             batch.geometry = self.geometry.rows(batch.sizes or [None] * len(batch.positions))
             yield batch
+        if self.keys.broken is not None:  # every batch read before the failure is out: now the error
+            raise self.keys.broken
 
 
 class StreamBatches:
     """The loader's keys: lists of ``(position, ref)`` of ``batch_size`` consecutive refs, read
     from ``refs`` lazily (only as far as the loader prefetches), so a stream of any length runs
-    in bounded memory. Each ref is also noted in ``inflight`` (without its bytes) for the job."""
+    in bounded memory. Each ref is also noted in ``inflight`` (without its bytes) for the job.
+
+    A :class:`~featdump.errors.FeatdumpError` from ``refs`` ends the keys (the refs read before it
+    still make a last, shorter batch) and is kept in ``broken``: the loader drains what it has in
+    flight as at a normal end, and :class:`Loader` raises it after the last batch."""
 
     def __init__(self, refs: Iterable[ImageRef], batch_size: int, inflight: dict[int, ImageRef]) -> None:
         self.refs = refs
         self.batch_size = batch_size
         self.inflight = inflight
+        self.broken: FeatdumpError | None = None
+
+    def _chunk(self, it: Iterator[ImageRef]) -> list[ImageRef]:
+        chunk: list[ImageRef] = []
+        try:
+            chunk.extend(itertools.islice(it, self.batch_size))
+        except FeatdumpError as exc:
+            self.broken = exc
+        return chunk
 
     def __iter__(self) -> Iterator[list[tuple[int, ImageRef]]]:
         it = iter(self.refs)
         pos = 0
-        while True:
-            chunk = list(itertools.islice(it, self.batch_size))
+        while self.broken is None:
+            chunk = self._chunk(it)
             if not chunk:
                 return
             keys = []
