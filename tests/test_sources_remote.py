@@ -221,6 +221,28 @@ def test_server_gone_mid_run_exits_1_and_resume_completes(data: dict, tmp_path: 
     _same_rows_as(got, data["tar"], data["root"], f"http://127.0.0.1:{port}")
 
 
+def test_remote_shards_are_looked_up_concurrently_in_order(data: dict, http: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Thousands of remote shards: their sizes are asked for STAT_THREADS at a time, not one
+    round trip after another; results (and the first failure) stay in the shards' order."""
+    import threading
+
+    names = [f"{http.url}/shards/{s.name}" for s in data["shards"]]
+    got = remote.stat_inputs([names[0], f"{http.url}/shards/nope.tar", *names[1:]])
+    assert got[:1] + got[2:] == [s.stat().st_size for s in data["shards"]]
+    assert isinstance(got[1], FileNotFoundError)
+
+    barrier = threading.Barrier(4, timeout=30)  # passes only when 4 lookups are under way together
+    plain = remote.stat_input
+
+    def meeting(path: str) -> int:
+        barrier.wait()
+        return plain(path)
+
+    monkeypatch.setattr(remote, "stat_input", meeting)
+    many = [names[k % len(names)] for k in range(8)]
+    assert remote.stat_inputs(many) == [data["shards"][k % len(names)].stat().st_size for k in range(8)]
+
+
 def test_remote_reads_are_bounded_and_retried(data: dict, http: Server) -> None:
     shard = f"{http.url}/shards/data-000000.tar"
     assert remote.stat_input(shard) == data["shards"][0].stat().st_size
