@@ -25,7 +25,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
 from featdump.data.discover import ImageRef, discover, list_digest
-from featdump.data.remote import stat_input
+from featdump.data.remote import stat_input, stat_inputs
 from featdump.errors import FeatdumpError, UsageError
 from featdump.run.placement import shard_bounds
 
@@ -155,18 +155,17 @@ class TarSource:
     def __init__(self, inputs: Sequence[str]) -> None:
         from featdump.data.tars import expand_braces
 
+        expanded = [(raw, expand_braces(raw)) for raw in inputs]
+        named = [(raw, len(names), name) for raw, names in expanded for name in names]
+        sizes = stat_inputs([name for _, _, name in named])  # remote shards: looked up concurrently
         self.shards: list[tuple[str, int]] = []
-        for raw in inputs:
-            names = expand_braces(raw)
-            for name in names:
-                try:
-                    size = stat_input(name)
-                except FileNotFoundError:
-                    where = f" (from the pattern {raw})" if len(names) > 1 or name != raw else ""
-                    raise UsageError(f"tar shard not found: {name}{where}") from None
-                except OSError as exc:
-                    raise UsageError(f"cannot read tar shard {name}: {exc.strerror or exc}") from None
-                self.shards.append((name, size))
+        for (raw, count, name), size in zip(named, sizes, strict=True):
+            if isinstance(size, FileNotFoundError):
+                where = f" (from the pattern {raw})" if count > 1 or name != raw else ""
+                raise UsageError(f"tar shard not found: {name}{where}")
+            if isinstance(size, OSError):
+                raise UsageError(f"cannot read tar shard {name}: {size.strerror or size}")
+            self.shards.append((name, size))
 
     def select(self, index: int, count: int) -> Selection:
         start, stop = shard_bounds(len(self.shards), index, count)
