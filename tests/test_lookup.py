@@ -10,7 +10,7 @@ import pytest
 from streamkit import hand_tar
 
 from featdump.data.discover import ImageRef
-from featdump.data.lookup import Wanted, _written_as, find_rows, split_shard, wanted_rows
+from featdump.data.lookup import Wanted, _written_as, find_rows, shard_names, split_shard, wanted_rows
 from featdump.errors import UsageError
 
 
@@ -51,6 +51,11 @@ def test_a_row_is_the_rank_th_sample_that_decodes_when_its_path_also_failed():
 )
 def test_split_shard(stored, want):
     assert split_shard(stored) == want
+
+
+def test_shard_names_of_every_row_and_failure():
+    stored = ["a.tar/x.jpg", "a.tar/y.jpg", "B.TGZ@512", "B.TGZ/k", "c.tar.gz/k.png", "photos/d.jpg"]
+    assert shard_names(stored) == {"a.tar", "B.TGZ", "c.tar.gz"}
 
 
 def test_shard_names_as_written_go_to_the_recorded_shard_they_name_best():

@@ -32,6 +32,7 @@ several runs records every run's table in order; their rows follow one another t
 from __future__ import annotations
 
 import os
+import re
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -40,6 +41,7 @@ from typing import Any
 
 from featdump.data.discover import ImageRef
 from featdump.data.remote import is_url
+from featdump.data.tars import TAR_EXTENSIONS, expand_braces
 from featdump.errors import UsageError
 from featdump.text import storable
 
@@ -87,21 +89,25 @@ class Wanted:
 
 def wanted_rows(rows: Sequence[int], paths: Sequence[str], ids: Sequence[str] | None, failed: Iterable[str]) -> list[Wanted]:
     """The sampled ``rows`` of a file with ``paths`` (and ``ids``) and failed paths ``failed``, ranked."""
+
     def key(r: int) -> Key:
         return (paths[r], ids[r] if ids is not None else None)
 
     keys = {key(r) for r in rows}
+    names = {k[0] for k in keys}
     seen: Counter[Key] = Counter()
     ranks: dict[int, int] = {}
     todo = set(rows)
     for r in range(max(rows, default=-1) + 1):
+        if paths[r] not in names:
+            continue
         k = key(r)
         if k not in keys:
             continue
         if r in todo:
             ranks[r] = seen[k]
         seen[k] += 1
-    spare = Counter(p for p in failed if p in {k[0] for k in keys})
+    spare = Counter(p for p in failed if p in names)
     return [Wanted(r, paths[r], key(r)[1], ranks[r], spare[paths[r]]) for r in rows]
 
 
@@ -174,13 +180,12 @@ def _find_in_tables(inputs: Sequence[str], options: Any, wanted: Sequence[Wanted
 
 
 def _find_in_tars(inputs: Sequence[str], wanted: Sequence[Wanted], shard: Sequence[int], names: Iterable[str]) -> None:
-    from featdump.data.tars import expand_braces
     from featdump.run.placement import shard_bounds
 
     every = list(dict.fromkeys(name for raw in inputs for name in expand_braces(raw)))
     start, stop = shard_bounds(len(every), int(shard[0]), int(shard[1]))
     shards = every[start:stop]
-    written = {name for stored in (*names, *(w.path for w in wanted)) for name, _ in split_shard(stored)}
+    written = shard_names(names) | shard_names(w.path for w in wanted)
     recorded = _written_as(shards, written)
     places: dict[str, list[tuple[Wanted, str]]] = {}  # recorded shard -> (row, member)
     for w in wanted:
@@ -208,16 +213,28 @@ def _find_in_tars(inputs: Sequence[str], wanted: Sequence[Wanted], shard: Sequen
 # --------------------------------------------------------------------------- shard names
 
 
+# a tar name's end, then "/" (a member) or "@" (the offset of a damaged shard's rest)
+_SHARD_END = re.compile("(?:" + "|".join(map(re.escape, sorted(TAR_EXTENSIONS, key=len, reverse=True))) + ")(?=[/@])", re.I)
+
+
 def split_shard(stored: str) -> list[tuple[str, str]]:
     """``SHARD/MEMBER`` (or ``SHARD@OFFSET``, a failure) -> every ``(SHARD, rest)`` it may be, the
     shortest shard first: each ``/`` or ``@`` that follows a tar name."""
-    from featdump.data.tars import is_tar_name
+    return [(stored[: m.end()], stored[m.end() + 1 :]) for m in _SHARD_END.finditer(stored)]
 
-    out = []
-    for i, c in enumerate(stored):
-        if c in "/@" and i and is_tar_name(stored[:i]):
-            out.append((stored[:i], stored[i + 1 :]))
-    return out
+
+def shard_names(stored: Iterable[str]) -> set[str]:
+    """Every shard name as written in ``stored`` paths (rows in shard order: a run of rows of one
+    shard costs a prefix test each)."""
+    names: set[str] = set()
+    last = None
+    for s in stored:
+        if last is not None and s.startswith(last):
+            continue
+        found = split_shard(s)
+        names.update(name for name, _ in found)
+        last = found[0][0] + "/" if found else None
+    return names
 
 
 def _match(written: str, recorded: str) -> int:
