@@ -225,7 +225,7 @@ def family(raw: str) -> str:
 
 
 _FAMILY_WORDS = {"files": "image files/folders/lists", "tar": "tar shards", "table": "a table"}
-_TABLE_OPTIONS = ("path_column", "image_column", "id_column")
+TABLE_OPTIONS = ("path_column", "image_column", "id_column")
 
 
 def open_source(inputs: Sequence[str], options: Any = None) -> Source:
@@ -240,7 +240,7 @@ def open_source(inputs: Sequence[str], options: Any = None) -> Source:
             f"{_FAMILY_WORDS[kinds[inputs.index(b)]]}; one run reads image files/folders/lists, tar shards, or one table"
         )
     kind = kinds[0] if kinds else "files"
-    columns = {name: getattr(options, name, None) for name in _TABLE_OPTIONS}
+    columns = {name: getattr(options, name, None) for name in TABLE_OPTIONS}
     if kind != "table":
         given = [name for name, value in columns.items() if value]
         if given:
