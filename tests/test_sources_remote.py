@@ -190,18 +190,23 @@ def test_folder_list_and_image_urls_over_http(cli, data: dict, http: Server, tmp
 # --------------------------------------------------------------------------- the server goes away
 
 
-@pytest.mark.slow
-def test_server_gone_mid_run_exits_1_and_resume_completes(data: dict, tmp_path: Path) -> None:
-    from faultkit import committed_rows
-
+def _dying_server(data: dict, tmp_path: Path) -> tuple[Path, Any, str]:
+    """The shards served from ``tmp_path/www`` by a server that exits when the third is asked for:
+    ``(root, server, pattern of the three shards)``."""
     root = tmp_path / "www"
     (root / "shards").mkdir(parents=True)
     for shard in data["shards"]:
         (root / "shards" / shard.name).write_bytes(shard.read_bytes())
-    server = http_server(root, die_on="data-000002")  # exits when the third shard is asked for
-    port = server.port
-    out = tmp_path / "gone.h5"
-    pattern = f"{server.url}/shards/data-{{000000..000002}}.tar"
+    server = http_server(root, die_on="data-000002")
+    return root, server, f"{server.url}/shards/data-{{000000..000002}}.tar"
+
+
+@pytest.mark.slow
+def test_server_gone_mid_run_exits_1_and_resume_completes(data: dict, tmp_path: Path) -> None:
+    from faultkit import committed_rows
+
+    root, server, pattern = _dying_server(data, tmp_path)
+    port, out = server.port, tmp_path / "gone.h5"
     try:
         proc = run(argv(pattern, out, data["ckpt"]), timeout=240)
     finally:
@@ -274,14 +279,8 @@ def test_server_gone_with_dataloader_workers_commits_what_they_read(
             assert not isinstance(self.loader, ThreadLoader)
 
     monkeypatch.setattr(job, "Loader", WorkerLoader)
-    root = tmp_path / "www"
-    (root / "shards").mkdir(parents=True)
-    for shard in data["shards"]:
-        (root / "shards" / shard.name).write_bytes(shard.read_bytes())
-    server = http_server(root, die_on="data-000002")  # exits when the third shard is asked for
-    port = server.port
-    out = tmp_path / "gone.h5"
-    pattern = f"{server.url}/shards/data-{{000000..000002}}.tar"
+    root, server, pattern = _dying_server(data, tmp_path)
+    port, out = server.port, tmp_path / "gone.h5"
     extra = ("--workers", "2")  # 2 workers, 2 batches of 4 ahead each: the first two shards are read ahead
     try:
         result = cli(*argv(pattern, out, data["ckpt"], *extra))
