@@ -48,15 +48,19 @@ def _backbone(shapes: dict[str, tuple[int, ...]]) -> Any:
 
 def decode_rate(folder: Path, backbone: Any, workers: int, batch: int = 32) -> tuple[float, float]:
     """(img/s, CPU-ms per image) of the loader alone: reading, decoding, resize, to-tensor, batching."""
+    from bench.throughput import torch_threads
     from featdump.data.batching import Loader
     from featdump.data.sources import open_source
 
     refs = open_source((str(folder),)).select(0, 1).refs
     cfg = _cfg(folder, folder / "unused.h5", workers)
-    c0, t0, n = _cpu(), time.perf_counter(), 0
-    for b in Loader(refs, backbone, cfg, _cpu_device(), batch, workers, 2, 0):
-        n += len(b.positions)
-    return n / (time.perf_counter() - t0), (_cpu() - c0) * 1000 / max(1, n)
+    # one torch thread, as in a GPU run's DataLoader workers (torch sets 1 in each): otherwise one
+    # worker's resize and to-tensor already spread over every core and the per-worker figure means nothing
+    with torch_threads(1):
+        c0, t0, n = _cpu(), time.perf_counter(), 0
+        for b in Loader(refs, backbone, cfg, _cpu_device(), batch, workers, 2, 0):
+            n += len(b.positions)
+        return n / (time.perf_counter() - t0), (_cpu() - c0) * 1000 / max(1, n)
 
 
 def _cpu_device() -> Any:
