@@ -202,6 +202,8 @@ def verify_file(path: str | Path, n: int = 8, seed: int = 0, device: str = "auto
     forward = Forward(backbone, dev, cfg.precision, cfg.pool, cfg.dtype, False, False, procs)
     fresh: dict[str, list[Any]] = {name: [None] * len(refs) for name in names}
     for batch in loader:
+        if batch.stopped:
+            raise CannotVerify(f"cannot verify {p}: {batch.stopped}")
         if batch.failed:
             i, err = batch.failed[0]
             raise CannotVerify(f"cannot verify {p}: input image {sources[i]} cannot be read now ({err})")
