@@ -208,6 +208,33 @@ def test_missing_shard_is_a_usage_error_before_the_model_loads(cli, data: dict, 
     assert not out.exists()
 
 
+@pytest.mark.parametrize(
+    "given, message",
+    [
+        (["data-000000.tar", "data-000000.tar"], "tar shard {d}/data-000000.tar is named twice, by the INPUTs {d}/data-000000.tar and {d}/data-000000.tar:"),
+        (["data-{000000..000001}.tar", "data-{000001..000002}.tar"], "tar shard {d}/data-000001.tar is named twice, by the INPUTs {d}/data-{{000000..000001}}.tar and {d}/data-{{000001..000002}}.tar:"),
+        (["data-{000000,000000}.tar"], "tar shard {d}/data-000000.tar is named twice, by the pattern {d}/data-{{000000,000000}}.tar:"),
+        (["data-000001.tar", "../shards/data-00000{0..1}.tar"], "tar shard {d}/data-000001.tar is named twice, by the INPUTs {d}/data-000001.tar and {d}/../shards/data-00000{{0..1}}.tar (the second time as {d}/../shards/data-000001.tar):"),
+    ],
+)  # fmt: skip
+def test_a_shard_named_twice_is_a_usage_error_naming_the_inputs(
+    cli, data: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, given: list[str], message: str
+) -> None:
+    """SPEC "Inputs": the same stored path twice is a usage error naming both sources; a shard named
+    twice would store every sample twice."""
+    import featdump.data.sources as sources
+    import featdump.run.job as job
+
+    monkeypatch.setattr(job, "_load_model", lambda cfg: pytest.fail("the model was loaded"))
+    monkeypatch.setattr(sources, "stat_input", lambda name: pytest.fail("a shard was looked up"))
+    d = data["root"] / "shards"
+    out = tmp_path / "o.h5"
+    result = cli(*argv([f"{d}/{g}" for g in given], out, data["ckpt"]))
+    assert result.exit_code == 2, result.output
+    assert message.format(d=d) in result.output and "its samples would be stored twice" in result.output, result.output
+    assert not out.exists()
+
+
 def test_mixing_families_is_a_usage_error(cli, data: dict, tmp_path: Path) -> None:
     out = tmp_path / "o.h5"
     result = cli(*argv([str(data["shards"][0]), str(data["images"])], out, data["ckpt"]))
