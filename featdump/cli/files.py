@@ -13,7 +13,7 @@ import typer
 
 from featdump.cli.typer_app import app, handle_errors
 from featdump.errors import FeatdumpError, UsageError
-from featdump.text import printable
+from featdump.text import LINE_CHARS, clip, printable
 
 # --------------------------------------------------------------------------- show / viz / models
 
@@ -318,7 +318,7 @@ def fetch(
             got = fetch_weights(src)
         except FeatdumpError as exc:
             errors.append(str(exc))
-            typer.echo(f"featdump: error: {printable(exc)}", err=True)
+            typer.echo(f"featdump: error: {printable(clip(str(exc), LINE_CHARS))}", err=True)
             continue
         if quiet:
             typer.echo(str(got.path))

@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from featdump.text import printable
+from featdump.text import clip, printable
 
 if TYPE_CHECKING:
     from featdump.model.layers import Description, LayerInfo
@@ -245,7 +245,7 @@ def failures_table(failures: Sequence[tuple[str, str]], total: int) -> Table:
     table.add_column("path")
     table.add_column("why")
     for path, err in failures:
-        table.add_row(cell(path), cell(err))
+        table.add_row(cell(clip(path)), cell(clip(err)))
     return table
 
 
