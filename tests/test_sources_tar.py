@@ -276,6 +276,54 @@ def test_sharding_splits_tar_files_and_merge_equals_one_run(cli, data: dict, tmp
     assert_same_features(a, b)
 
 
+@pytest.mark.parametrize(
+    ("samples", "files", "complete", "done", "words"),
+    [
+        (30, 3, True, 3, "30 samples read from 3 tar shards"),
+        (4, 1, True, None, "4 samples read from 1 tar shard"),
+        (8, 3, False, 1, "8 samples read, 1 of 3 tar shards done"),
+        (8, 3, False, None, "8 samples read (3 tar shards)"),
+    ],
+)
+def test_tar_progress_says_samples_and_tar_files_apart(samples: int, files: int, complete: bool, done, words: str) -> None:
+    from featdump.store.check import tar_progress
+
+    assert tar_progress(samples, files, complete, done) == words
+
+
+@pytest.mark.slow
+def test_show_and_merge_count_samples_of_tar_shards(cli, data: dict, tmp_path: Path) -> None:
+    """inputs_done counts samples and num_inputs tar files: show and merge say both, never
+    "24 of 6 inputs done"; a file with more samples than tar files is not taken for a damaged one."""
+    import h5py
+
+    inputs = [str(s) for s in data["shards"]]
+    parts = []
+    for i in range(2):
+        result = cli(*argv(inputs, tmp_path / "part.h5", data["ckpt"], "--shard", f"{i}/2"))
+        assert result.exit_code == 0, result.output
+        parts.append(str(tmp_path / f"part.shard-{i:05d}-of-00002.h5"))
+    result = cli("show", parts[0])
+    assert result.exit_code == 0, result.output
+    assert "12 images · 0 failed, 12 samples read from 3 tar shards · shard 0/2" in result.output, result.output
+    merged = tmp_path / "merged.h5"
+    result = cli("merge", *parts, "-o", str(merged))
+    assert result.exit_code == 0, result.output
+    assert "24 images, 0 failed · 24 samples read from 6 tar shards · merged from 2 shards · complete" in result.output
+    assert "24 samples read from 6 tar shards" in cli("show", str(merged)).output
+
+    with h5py.File(parts[1], "r+") as f:  # as a run killed 2 samples into its second tar file leaves it
+        f.attrs["complete"], f.attrs["stream_mark"] = False, [1, 2]
+    result = cli("merge", *parts, "-o", str(tmp_path / "partial.h5"))
+    assert result.exit_code == 2, result.output
+    assert "is not complete (12 samples read, 1 of 3 tar shards done)" in result.output, result.output
+    result = cli("merge", *parts, "-o", str(tmp_path / "partial.h5"), "--allow-partial")
+    assert result.exit_code == 0, result.output
+    assert "24 samples read (6 tar shards) · merged from 2 shards · NOT complete" in result.output, result.output
+    result = cli("show", str(tmp_path / "partial.h5"))
+    assert "24 samples read (6 tar shards)" in result.output, result.output
+
+
 def test_stream_resumes_inside_a_shard_without_opening_finished_ones(data: dict, monkeypatch) -> None:
     import featdump.data.tars as tars
 
