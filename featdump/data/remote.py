@@ -203,11 +203,25 @@ class _Retrying:
         self.close()
 
 
+_NOT_FOUND_CODES = frozenset({"NoSuchBucket", "NoSuchKey", "NotFound", "404", "410"})  # botocore's error codes
+
+
 def _really_not_found(exc: FileNotFoundError) -> bool:
     """fsspec's HTTP client says "not found" for any failed HEAD/GET: a refused connection is not
-    a missing file. Only an answer (HTTP 404/410, or no cause at all) counts as "not found"."""
+    a missing file. Only an answer counts as "not found": no cause at all, HTTP 404/410 (aiohttp's
+    ``status``, gcsfs's ``code``), or botocore's ``NoSuchBucket``/``NoSuchKey``/404 (s3fs turns a
+    missing bucket into a FileNotFoundError caused by botocore's ClientError)."""
     cause = exc.__cause__
-    return cause is None or isinstance(cause, FileNotFoundError) or getattr(cause, "status", None) in (404, 410)
+    if cause is None or isinstance(cause, FileNotFoundError):
+        return True
+    if getattr(cause, "status", None) in (404, 410) or getattr(cause, "code", None) in (404, 410):
+        return True
+    response = getattr(cause, "response", None)
+    if isinstance(response, dict):
+        code = str(response.get("Error", {}).get("Code", ""))
+        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        return code in _NOT_FOUND_CODES or status in (404, 410)
+    return False
 
 
 def _retry(url: str, call: Any, hint: bool = True) -> Any:
