@@ -167,6 +167,13 @@ def test_a_missing_protocol_package_names_the_extra(
     assert len(lines) == 1 and f"pip install 'featdump[{extra}]'" in lines[0] and module in lines[0], result.output
 
 
+@pytest.mark.slow
+def test_a_remote_folder_of_tar_shards_says_how_to_give_them(cli, data: dict, http: Server, tmp_path: Path) -> None:
+    result = cli(*argv(f"{http.url}/shards/", tmp_path / "o.h5", data["ckpt"]))
+    assert result.exit_code == 2, result.output
+    assert f"it holds 3 tar shards (WebDataset): give them as INPUTs, e.g. '{http.url}/shards/data-{{000000..000002}}.tar'" in result.output
+
+
 # --------------------------------------------------------------------------- tables, folders, lists
 
 

@@ -59,6 +59,52 @@ def test_expand_braces_matches_braceexpand(pattern: str) -> None:
     assert expand_braces(pattern) == list(braceexpand(pattern))
 
 
+@pytest.mark.parametrize(
+    ("names", "pattern"),
+    [
+        (["w/data-000002.tar", "w/data-000000.tar", "w/data-000001.tar"], "w/data-{000000..000002}.tar"),
+        (["s-8.tar.gz", "s-9.tar.gz", "s-10.tar.gz"], "s-{8..10}.tar.gz"),
+        (["s-08.tar", "s-9.tar", "s-10.tar"], None),  # no range gives both s-08 and s-9
+        (["s-08.tgz", "s-09.tgz", "s-10.tgz"], "s-{08..10}.tgz"),
+        (["a.tar"], "a.tar"),
+        (["p-000.tar", "p-002.tar"], None),  # a gap: the pattern would name a shard that is not there
+        (["p-000.tar", "q-001.tar"], None),
+        (["p-000.tar", "p-001.tgz"], None),
+        (["x.tar", "y.tar"], None),
+    ],
+)
+def test_shard_pattern_expands_to_exactly_the_names(names: list[str], pattern: str | None) -> None:
+    from featdump.data.tars import shard_pattern
+
+    assert shard_pattern(names) == pattern
+    if pattern is not None:
+        assert sorted(expand_braces(pattern)) == sorted(names)
+
+
+def test_a_folder_of_tar_shards_says_how_to_give_them(cli, tmp_path: Path) -> None:
+    wds = tmp_path / "wds"
+    wds.mkdir()
+    for k in range(5):
+        hand_tar(wds / f"data-{k:06d}.tar", [("a.png", _png(k))])
+    out = tmp_path / "o.h5"
+    result = cli(*argv(str(wds), out, Path("unused.safetensors")))
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().endswith(
+        f"(looked recursively for: jpg jpeg png bmp gif tif tiff webp ppm pgm); it holds 5 tar shards (WebDataset): "
+        f"give them as INPUTs, e.g. '{wds}/data-{{000000..000004}}.tar'"
+    ), result.output
+    (wds / "data-000002.tar").rename(wds / "extra.tar")  # no pattern names these: a shell glob does
+    (wds / "more").mkdir()
+    hand_tar(wds / "more" / "b.tgz", [("b.png", _png(9))], mode="w:gz")
+    result = cli(*argv(str(wds), out, Path("unused.safetensors")))
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().endswith(f"it holds 6 tar shards (WebDataset): give them as INPUTs, e.g. {wds}/*.tar {wds}/more/*.tgz")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = cli(*argv(str(empty), out, Path("unused.safetensors")))
+    assert result.exit_code == 2 and result.output.strip().endswith("ppm pgm)"), result.output
+
+
 def test_samples_group_as_webdataset_reads_them(tmp_path: Path) -> None:
     import webdataset as wds
 

@@ -80,7 +80,13 @@ class FileSource:
     folder sorted by stored path, a list in its own order), split into contiguous blocks of near-equal size."""
 
     def __init__(self, inputs: Sequence[str]) -> None:
-        self.refs = discover(inputs)
+        from featdump.data.discover import NoImagesInFolder
+        from featdump.data.tars import shards_hint
+
+        try:
+            self.refs = discover(inputs)
+        except NoImagesInFolder as exc:  # a folder of tar shards: say how to give them
+            raise UsageError(f"{exc}{shards_hint(exc.folder)}") from None
 
     def select(self, index: int, count: int) -> Selection:
         start, stop = shard_bounds(len(self.refs), index, count)
