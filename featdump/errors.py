@@ -37,15 +37,18 @@ def is_out_of_space(exc: BaseException) -> bool:
     return "No space left" in str(exc)
 
 
-def out_of_space(path: object) -> FeatdumpError:
-    """The one wording of "the disk is full" (the README quotes it)."""
-    return FeatdumpError(
-        f"out of disk space writing {path}; free some space, then rerun the same command with --resume "
-        "(everything committed so far is kept)"
-    )
+RESUME_AFTER_SPACE = "rerun the same command with --resume (everything committed so far is kept)"
 
 
-def os_error(exc: BaseException, path: object, what: str = "write", hint: str | None = None) -> FeatdumpError:
+def out_of_space(path: object, then: str = RESUME_AFTER_SPACE) -> FeatdumpError:
+    """The one wording of "the disk is full" (the README quotes it); ``then``: what to do after
+    freeing space (extract: resume; merge, export: run it again)."""
+    return FeatdumpError(f"out of disk space writing {path}; free some space, then {then}")
+
+
+def os_error(
+    exc: BaseException, path: object, what: str = "write", hint: str | None = None, then: str = RESUME_AFTER_SPACE
+) -> FeatdumpError:
     """The one OSError -> FeatdumpError mapper: ``cannot WHAT PATH: reason[; hint]``.
 
     Out of space (ENOSPC, EDQUOT) always gives :func:`out_of_space`. Without a ``hint``, a read-only
@@ -56,7 +59,7 @@ def os_error(exc: BaseException, path: object, what: str = "write", hint: str | 
     from featdump.text import first_line
 
     if is_out_of_space(exc):
-        return out_of_space(path)
+        return out_of_space(path, then)
     reason = (exc.strerror if isinstance(exc, OSError) else None) or first_line(exc)
     if hint is None and isinstance(exc, OSError) and exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
         hint = "write the output to a folder you can write to"

@@ -14,7 +14,10 @@ def parse_indices(value: str | list[int] | tuple[int, ...] | None) -> tuple[int,
     if value is None or value == "":
         return None
     items: list[Any]
-    items = list(value) if isinstance(value, (list, tuple)) else [v.strip() for v in str(value).split(",") if v.strip()]
+    items = list(value) if isinstance(value, (list, tuple)) else [v.strip() for v in str(value).split(",")]
+    if len(items) > 1 and any(v == "" for v in items):  # "1,,2" or "1,": a level left out by mistake?
+        raise UsageError(f"--out-indices {value!r} has an empty item; give levels separated by single commas, e.g. 1,2,-1")
+    items = [v for v in items if v != ""]
     try:
         out = tuple(int(v) for v in items)
     except (TypeError, ValueError):

@@ -45,6 +45,9 @@ def read(path: Path) -> dict[str, Any]:
             "paths": h5["paths"].asstr()[:].tolist(),
             "failed": h5["failed/paths"].asstr()[:].tolist(),
             "errors": h5["failed/errors"].asstr()[:].tolist(),
+            # the inputs' ids (tar shards, --id-column); None when the inputs have none
+            "ids": h5["ids"].asstr()[:].tolist() if "ids" in h5 else None,
+            "failed_ids": h5["failed/ids"].asstr()[:].tolist() if "ids" in h5["failed"] else None,
             "features": {name: ds[:] for name, ds in h5["features"].items()},
             "layer_attrs": {name: {k: read_attr(v) for k, v in ds.attrs.items()} for name, ds in h5["features"].items()},
         }
@@ -61,7 +64,9 @@ def assert_same_as_single(merged: Path, single: Path) -> None:
 
     m, s = read(merged), read(single)
     assert m["paths"] == s["paths"]
+    assert m["ids"] == s["ids"]
     assert m["failed"] == s["failed"]
+    assert m["failed_ids"] == s["failed_ids"]
     assert m["errors"] == s["errors"]
     assert list(m["features"]) == list(s["features"])
     for name, want in s["features"].items():
@@ -74,11 +79,13 @@ def assert_same_as_single(merged: Path, single: Path) -> None:
 
 
 def assert_rows_of_shards(merged: Path, shards: list[Path]) -> None:
-    """Every merged row is the shard's row, bit for bit, shards in index order."""
+    """Every merged row (path, id, features) is the shard's row, bit for bit, shards in index order."""
     import numpy as np
 
     m = read(merged)
     parts = [read(p) for p in shards]
     assert m["paths"] == [p for part in parts for p in part["paths"]]
+    if m["ids"] is not None:
+        assert m["ids"] == [i for part in parts for i in part["ids"]]
     for name, got in m["features"].items():
         np.testing.assert_array_equal(got, np.concatenate([part["features"][name] for part in parts]), err_msg=name)

@@ -182,3 +182,44 @@ def test_decode_threads_run_niced_and_this_thread_helps(tmp_path: Path) -> None:
         assert {nice for name, nice in who.values() if name == "MainThread"} == {os.getpriority(os.PRIO_PROCESS, 0)}
     want = torch.stack([ds[i][1] for i in batches[0].positions])
     assert torch.equal(batches[0].pixels, want)
+
+
+# --------------------------------------------------------------------------- streams read ahead
+
+
+def test_stream_is_read_ahead_in_a_thread_bounded_and_closed(tmp_path: Path) -> None:
+    """The loader's keys come from a thread that reads the stream (opening shards, waiting for a
+    remote store) while the forward pass runs, at most AHEAD batches beyond what was taken; a
+    loader that stops early ends that thread and closes the stream."""
+    import time
+
+    from featdump.data.batching import StreamBatches
+
+    readers: set[str] = set()
+    produced: list[int] = []
+    closed = threading.Event()
+
+    def stream() -> Any:
+        try:
+            for i in range(1000):
+                readers.add(threading.current_thread().name)
+                produced.append(i)
+                yield ImageRef(f"p{i}", "", data=b"x" * 10)
+        finally:
+            closed.set()
+
+    inflight: dict[int, ImageRef] = {}
+    keys = iter(StreamBatches(stream(), 5, inflight))
+    first = next(keys)
+    assert [pos for pos, _ in first] == [0, 1, 2, 3, 4] and inflight[0].data is None
+    # taken: 1 batch; queued: AHEAD batches; the thread holds one more, waiting for room
+    bound = 5 * (1 + StreamBatches.AHEAD + 1)
+    deadline = time.monotonic() + 30
+    while len(produced) < bound and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.2)  # room to overrun the bound, were there no bound
+    assert len(produced) == bound
+    assert readers == {"featdump-stream"}
+    keys.close()  # the loader stopped (a stop request)
+    assert closed.wait(30)
+    assert len(produced) == bound

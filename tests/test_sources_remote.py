@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from servers import Server, http_server, s3_env, s3_server
@@ -229,18 +230,23 @@ def test_folder_list_and_image_urls_over_http(cli, data: dict, http: Server, tmp
 # --------------------------------------------------------------------------- the server goes away
 
 
-@pytest.mark.slow
-def test_server_gone_mid_run_exits_1_and_resume_completes(data: dict, tmp_path: Path) -> None:
-    from faultkit import committed_rows
-
+def _dying_server(data: dict, tmp_path: Path) -> tuple[Path, Any, str]:
+    """The shards served from ``tmp_path/www`` by a server that exits when the third is asked for:
+    ``(root, server, pattern of the three shards)``."""
     root = tmp_path / "www"
     (root / "shards").mkdir(parents=True)
     for shard in data["shards"]:
         (root / "shards" / shard.name).write_bytes(shard.read_bytes())
-    server = http_server(root, die_on="data-000002")  # exits when the third shard is asked for
-    port = server.port
-    out = tmp_path / "gone.h5"
-    pattern = f"{server.url}/shards/data-{{000000..000002}}.tar"
+    server = http_server(root, die_on="data-000002")
+    return root, server, f"{server.url}/shards/data-{{000000..000002}}.tar"
+
+
+@pytest.mark.slow
+def test_server_gone_mid_run_exits_1_and_resume_completes(data: dict, tmp_path: Path) -> None:
+    from faultkit import committed_rows
+
+    root, server, pattern = _dying_server(data, tmp_path)
+    port, out = server.port, tmp_path / "gone.h5"
     try:
         proc = run(argv(pattern, out, data["ckpt"]), timeout=240)
     finally:
@@ -261,6 +267,28 @@ def test_server_gone_mid_run_exits_1_and_resume_completes(data: dict, tmp_path: 
     _same_rows_as(got, data["tar"], data["root"], f"http://127.0.0.1:{port}")
 
 
+def test_remote_shards_are_looked_up_concurrently_in_order(data: dict, http: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Thousands of remote shards: their sizes are asked for STAT_THREADS at a time, not one
+    round trip after another; results (and the first failure) stay in the shards' order."""
+    import threading
+
+    names = [f"{http.url}/shards/{s.name}" for s in data["shards"]]
+    got = remote.stat_inputs([names[0], f"{http.url}/shards/nope.tar", *names[1:]])
+    assert got[:1] + got[2:] == [s.stat().st_size for s in data["shards"]]
+    assert isinstance(got[1], FileNotFoundError)
+
+    barrier = threading.Barrier(4, timeout=30)  # passes only when 4 lookups are under way together
+    plain = remote.stat_input
+
+    def meeting(path: str) -> int:
+        barrier.wait()
+        return plain(path)
+
+    monkeypatch.setattr(remote, "stat_input", meeting)
+    many = [names[k % len(names)] for k in range(8)]
+    assert remote.stat_inputs(many) == [data["shards"][k % len(names)].stat().st_size for k in range(8)]
+
+
 def test_remote_reads_are_bounded_and_retried(data: dict, http: Server) -> None:
     shard = f"{http.url}/shards/data-000000.tar"
     assert remote.stat_input(shard) == data["shards"][0].stat().st_size
@@ -269,3 +297,44 @@ def test_remote_reads_are_bounded_and_retried(data: dict, http: Server) -> None:
         assert fh.read(512) == data["shards"][0].read_bytes()[:512]
     with pytest.raises(FileNotFoundError):
         remote.stat_input(f"{http.url}/shards/nope.tar")
+
+
+@pytest.mark.slow
+def test_server_gone_with_dataloader_workers_commits_what_they_read(
+    cli, data: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """GPU runs decode in DataLoader worker processes, which take batches of refs ahead of the
+    job: those read before the store went away are written and committed before exit 1."""
+    from types import SimpleNamespace
+
+    import featdump.run.job as job
+    from featdump.data.batching import Loader
+    from featdump.data.loading import ThreadLoader
+
+    from faultkit import committed_rows
+
+    class WorkerLoader(Loader):  # the GPU path's DataLoader workers, on this CPU
+        def __init__(self, todo: Any, backbone: Any, cfg: Any, device: Any, *args: Any, **kwargs: Any) -> None:
+            super().__init__(todo, backbone, cfg, SimpleNamespace(type="meta"), *args, **kwargs)
+            assert not isinstance(self.loader, ThreadLoader)
+
+    monkeypatch.setattr(job, "Loader", WorkerLoader)
+    root, server, pattern = _dying_server(data, tmp_path)
+    port, out = server.port, tmp_path / "gone.h5"
+    extra = ("--workers", "2")  # 2 workers, 2 batches of 4 ahead each: the first two shards are read ahead
+    try:
+        result = cli(*argv(pattern, out, data["ckpt"], *extra))
+    finally:
+        server.stop()
+    assert result.exit_code == 1, result.output
+    assert "data-000002.tar" in result.output and "--resume" in result.output, result.output
+    assert committed_rows(out)["inputs_done"] == 8  # every sample of the first two shards
+    server = http_server(root, port=port)
+    try:
+        result = cli(*argv(pattern, out, data["ckpt"], *extra, "--resume"))
+    finally:
+        server.stop()
+    assert result.exit_code == 0, result.output
+    got = features(out)
+    assert got["attrs"]["complete"]
+    _same_rows_as(got, data["tar"], data["root"], f"http://127.0.0.1:{port}")

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import io
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -507,3 +509,35 @@ def test_space_check_estimates_tar_streams(tmp_path: Path, monkeypatch) -> None:
         warnings.simplefilter("always")
         assert space.check_space(cfg, tmp_path / "o.h5", open_source(cfg.inputs, cfg).select(0, 1)) is None
     assert any("disk space not checked" in str(w.message) for w in caught)
+@pytest.mark.parametrize("device_type", ["cpu", "meta"])  # threads, DataLoader worker processes
+def test_a_stream_that_fails_hands_out_what_it_read_first(data: dict, device_type: str) -> None:
+    """A remote store gone mid-stream: every ref read before the failure comes out decoded (the
+    refs of the broken batch too, as a shorter batch), and only then the loader raises the error."""
+    from types import SimpleNamespace
+
+    from timm.data import create_transform
+
+    from featdump.data.batching import Loader
+    from featdump.errors import FeatdumpError
+
+    transform = create_transform(input_size=(3, 64, 64), crop_pct=0.875, is_training=False)
+    data_config = {"input_size": (3, 64, 64), "crop_pct": 0.875, "crop_mode": "center"}
+    backbone = SimpleNamespace(data=SimpleNamespace(transform=lambda: transform, **data_config))
+    cfg = SimpleNamespace(decode="cpu", fast_decode=False, max_image_pixels=None)
+    sel = open_source([str(s) for s in data["shards"]]).select(0, 1)
+    read = 13  # not a whole number of batches of 5
+
+    def failing() -> Iterator[Any]:
+        for k, ref in enumerate(sel.stream()):
+            if k == read:
+                raise FeatdumpError("cannot read the rest (store gone)")
+            yield ref
+
+    got: list[Any] = []
+    loader = Loader(failing(), backbone, cfg, SimpleNamespace(type=device_type), 5, 2, 2)
+    with pytest.raises(FeatdumpError, match="store gone"):
+        for batch in loader:
+            got.append(batch)
+    assert [(b.first, b.last) for b in got] == [(0, 4), (5, 9), (10, 12)]
+    assert [p for b in got for p in b.positions] == list(range(read))
+    assert all(b.pixels.shape[0] == len(b.positions) for b in got)

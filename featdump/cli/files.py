@@ -349,7 +349,7 @@ def export(
     pool: Annotated[
         str | None, typer.Option("--pool", help="avg|max over H×W (token layers: the patch tokens); map layers need it.")
     ] = None,
-    dtype: Annotated[str | None, typer.Option("--dtype", help="float16|float32 [the stored dtype].")] = None,
+    dtype: Annotated[str | None, typer.Option("--dtype", help="float16|float32. \\[default: the stored dtype]")] = None,
     rows_per_part: Annotated[int, typer.Option("--rows-per-part", help="Rows per .npy/.parquet part.")] = 100_000,
     fmt: Annotated[str, typer.Option("--format", help="npy (embedding-reader layout) or safetensors (up to 2 GiB).")] = "npy",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Write into a folder that is not empty.")] = False,

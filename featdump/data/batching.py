@@ -1,16 +1,25 @@
-"""Decoded batches in input order: threads on CPU (featdump/data/loading.py), DataLoader workers on GPUs."""
+"""Decoded batches in input order: threads on CPU (featdump/data/loading.py), DataLoader workers on GPUs.
+
+A stream that fails while it is read (a remote store gone: a :class:`~featdump.errors.FeatdumpError`
+from the source) ends the keys there (:class:`StreamBatches`); the loader, threads or workers, hands
+out every batch of the refs read before the failure, and only then does :class:`Loader` raise it, so
+the job writes and commits them and ``--resume`` continues after them.
+"""
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import itertools
 import signal
+import threading
 from collections.abc import Iterable, Iterator, Sized
 from typing import Any
 
 from featdump.data.datasets import Batch, ImageDataset, collate
 from featdump.data.discover import ImageRef
 from featdump.data.loading import ThreadLoader
+from featdump.errors import FeatdumpError
 from featdump.model.layers import Backbone
 from featdump.options import ExtractConfig
 
@@ -44,7 +53,7 @@ class Loader:
         if length is None and isinstance(todo, Sized):
             length = len(todo)
         self.inflight: dict[int, ImageRef] = {}  # position -> ref (without its bytes), until its batch is out
-        keys = StreamBatches(todo, batch_size, self.inflight)
+        self.keys = keys = StreamBatches(todo, batch_size, self.inflight)
         todo = []  # the datasets decode the refs handed to them with each key, not a list of their own
         transform = backbone.data.transform()
         self.geometry = Geometry(transform)  # each image's /geometry row, from its original size
@@ -83,31 +92,120 @@ class Loader:
             batch.refs = {i: self.inflight.pop(i) for i in range(batch.first, batch.last + 1)}
             batch.geometry = self.geometry.rows(batch.sizes or [None] * len(batch.positions))
             yield batch
+        if self.keys.broken is not None:  # every batch read before the failure is out: now the error
+            raise self.keys.broken
 
 
 class StreamBatches:
     """The loader's keys: lists of ``(position, ref)`` of ``batch_size`` consecutive refs, read
-    from ``refs`` lazily (only as far as the loader prefetches), so a stream of any length runs
-    in bounded memory. Each ref is also noted in ``inflight`` (without its bytes) for the job."""
+    from ``refs`` lazily, so a stream of any length runs in bounded memory. Each ref is also noted
+    in ``inflight`` (without its bytes) for the job.
+
+    The refs are read by a thread of their own (:class:`ReadAhead`), at most :attr:`AHEAD` batches
+    (and :attr:`AHEAD_BYTES` of image bytes) beyond what the loader has asked for: opening the next
+    tar shard, waiting for a remote store's answer and parsing tar headers then overlap the forward
+    pass instead of stalling the thread that runs it.
+
+    A :class:`~featdump.errors.FeatdumpError` from ``refs`` ends the keys (the refs read before it
+    still make a last, shorter batch) and is kept in ``broken``: the loader drains what it has in
+    flight as at a normal end, and :class:`Loader` raises it after the last batch."""
+
+    AHEAD = 2
+    AHEAD_BYTES = 64 << 20
 
     def __init__(self, refs: Iterable[ImageRef], batch_size: int, inflight: dict[int, ImageRef]) -> None:
         self.refs = refs
         self.batch_size = batch_size
         self.inflight = inflight
+        self.broken: FeatdumpError | None = None
 
     def __iter__(self) -> Iterator[list[tuple[int, ImageRef]]]:
-        it = iter(self.refs)
+        # started at the first key asked for: after a DataLoader has forked its workers
+        reader = ReadAhead(self.refs, self.batch_size, self.AHEAD, self.AHEAD_BYTES)
         pos = 0
+        try:
+            for chunk in reader:
+                keys = []
+                for ref in chunk:
+                    self.inflight[pos] = dataclasses.replace(ref, data=None) if ref.data is not None else ref
+                    keys.append((pos, ref))
+                    pos += 1
+                yield keys
+        finally:
+            reader.close()  # the loader stopped early (a stop request): the thread ends, the stream is closed
+        self.broken = reader.broken
+
+
+class ReadAhead:
+    """Chunks of ``size`` consecutive refs of ``refs``, read in a thread of their own, at most
+    ``ahead`` chunks (and ``max_bytes`` of the refs' image bytes; one chunk always) before they are
+    taken. A :class:`~featdump.errors.FeatdumpError` from ``refs`` ends the chunks (those read
+    before it come first, the last one shorter) and is kept in ``broken``; any other error is
+    raised where the chunks are taken. :meth:`close` ends the thread at its next chunk and closes
+    the stream there."""
+
+    def __init__(self, refs: Iterable[ImageRef], size: int, ahead: int, max_bytes: int) -> None:
+        self.refs = iter(refs)
+        self.size, self.ahead, self.max_bytes = max(1, size), max(1, ahead), max_bytes
+        self.broken: FeatdumpError | None = None
+        self.error: BaseException | None = None
+        self.cond = threading.Condition()
+        self.chunks: collections.deque[tuple[list[ImageRef], int]] = collections.deque()
+        self.bytes = 0
+        self.ended = self.closed = False
+        self.thread = threading.Thread(target=self._run, name="featdump-stream", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            while self.broken is None:
+                chunk: list[ImageRef] = []
+                try:
+                    chunk.extend(itertools.islice(self.refs, self.size))
+                except FeatdumpError as exc:
+                    self.broken = exc
+                if not chunk:
+                    return
+                size = sum(len(r.data) for r in chunk if r.data is not None)
+                with self.cond:
+                    while not self.closed and self.chunks and (
+                        len(self.chunks) >= self.ahead or self.bytes + size > self.max_bytes
+                    ):
+                        self.cond.wait()
+                    if self.closed:
+                        return
+                    self.chunks.append((chunk, size))
+                    self.bytes += size
+                    self.cond.notify_all()
+        except BaseException as exc:  # noqa: BLE001 - raised where the chunks are taken
+            self.error = exc
+        finally:
+            close = getattr(self.refs, "close", None)
+            if close is not None:
+                close()  # a generator's finally (open files) runs here, in the thread that ran it
+            with self.cond:
+                self.ended = True
+                self.cond.notify_all()
+
+    def __iter__(self) -> Iterator[list[ImageRef]]:
         while True:
-            chunk = list(itertools.islice(it, self.batch_size))
-            if not chunk:
-                return
-            keys = []
-            for ref in chunk:
-                self.inflight[pos] = dataclasses.replace(ref, data=None) if ref.data is not None else ref
-                keys.append((pos, ref))
-                pos += 1
-            yield keys
+            with self.cond:
+                while not self.chunks and not self.ended:
+                    self.cond.wait()
+                if not self.chunks:
+                    break
+                chunk, size = self.chunks.popleft()
+                self.bytes -= size
+                self.cond.notify_all()
+            yield chunk
+        if self.error is not None:
+            raise self.error
+
+    def close(self) -> None:
+        with self.cond:
+            self.closed = True
+            self.chunks.clear()
+            self.cond.notify_all()
 
 
 def _worker_init(_: int) -> None:

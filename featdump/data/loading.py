@@ -21,7 +21,6 @@ from typing import Any
 
 from featdump.data.datasets import Batch, ImageDataset, collate
 from featdump.data.transform import SplitTransform
-from featdump.errors import FeatdumpError
 
 
 def lower_priority(nice: int) -> None:
@@ -88,21 +87,14 @@ class ThreadLoader:
         queued: collections.deque[list[tuple[concurrent.futures.Future[tuple[int, Any, str, Any]], Any]]]
         queued = collections.deque()
         todo: Iterator[Any] = iter(batches)
-        broken: FeatdumpError | None = None  # the stream failed (a remote store gone): raised after what was read
         try:
             while True:
-                while broken is None and len(queued) <= self.prefetch:  # the batch to hand out next + `prefetch` more
-                    try:
-                        keys = next(todo, None)
-                    except FeatdumpError as exc:
-                        broken = exc
-                        break
+                while len(queued) <= self.prefetch:  # the batch to hand out next + `prefetch` more
+                    keys = next(todo, None)
                     if keys is None:
                         break
                     queued.append([(pool.submit(self._decode, k), k) for k in keys])
                 if not queued:
-                    if broken is not None:
-                        raise broken
                     return
                 yield self._batch(self._collect(queued.popleft()))
         finally:

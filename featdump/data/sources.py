@@ -25,7 +25,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
 from featdump.data.discover import ImageRef, discover, list_digest
-from featdump.data.remote import stat_input
+from featdump.data.remote import stat_input, stat_inputs
 from featdump.errors import FeatdumpError, UsageError
 from featdump.run.placement import shard_bounds
 
@@ -161,18 +161,17 @@ class TarSource:
     def __init__(self, inputs: Sequence[str]) -> None:
         from featdump.data.tars import expand_braces
 
+        expanded = [(raw, expand_braces(raw)) for raw in inputs]
+        named = [(raw, len(names), name) for raw, names in expanded for name in names]
+        sizes = stat_inputs([name for _, _, name in named])  # remote shards: looked up concurrently
         self.shards: list[tuple[str, int]] = []
-        for raw in inputs:
-            names = expand_braces(raw)
-            for name in names:
-                try:
-                    size = stat_input(name)
-                except FileNotFoundError:
-                    where = f" (from the pattern {raw})" if len(names) > 1 or name != raw else ""
-                    raise UsageError(f"tar shard not found: {name}{where}") from None
-                except OSError as exc:
-                    raise UsageError(f"cannot read tar shard {name}: {exc.strerror or exc}") from None
-                self.shards.append((name, size))
+        for (raw, count, name), size in zip(named, sizes, strict=True):
+            if isinstance(size, FileNotFoundError):
+                where = f" (from the pattern {raw})" if count > 1 or name != raw else ""
+                raise UsageError(f"tar shard not found: {name}{where}")
+            if isinstance(size, OSError):
+                raise UsageError(f"cannot read tar shard {name}: {size.strerror or size}")
+            self.shards.append((name, size))
 
     def select(self, index: int, count: int) -> Selection:
         start, stop = shard_bounds(len(self.shards), index, count)
@@ -254,7 +253,7 @@ def family(raw: str) -> str:
 
 
 _FAMILY_WORDS = {"files": "image files/folders/lists", "tar": "tar shards", "table": "a table"}
-_TABLE_OPTIONS = ("path_column", "image_column", "id_column")
+TABLE_OPTIONS = ("path_column", "image_column", "id_column")
 
 
 def open_source(inputs: Sequence[str], options: Any = None) -> Source:
@@ -269,7 +268,7 @@ def open_source(inputs: Sequence[str], options: Any = None) -> Source:
             f"{_FAMILY_WORDS[kinds[inputs.index(b)]]}; one run reads image files/folders/lists, tar shards, or one table"
         )
     kind = kinds[0] if kinds else "files"
-    columns = {name: getattr(options, name, None) for name in _TABLE_OPTIONS}
+    columns = {name: getattr(options, name, None) for name in TABLE_OPTIONS}
     if kind != "table":
         given = [name for name, value in columns.items() if value]
         if given:
@@ -280,6 +279,7 @@ def open_source(inputs: Sequence[str], options: Any = None) -> Source:
         return TarSource(inputs)
     if kind == "table":
         if len(inputs) != 1:
-            raise UsageError(f"one table per run: got {len(inputs)} ({inputs[0]}, {inputs[1]}, ...)")
+            shown = ", ".join(inputs[:3]) + (", ..." if len(inputs) > 3 else "")
+            raise UsageError(f"one table per run: got {len(inputs)} ({shown})")
         return TableSource(str(inputs[0]), **columns)
     return FileSource(inputs)

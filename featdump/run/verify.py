@@ -38,9 +38,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from featdump.errors import UsageError
+
+if TYPE_CHECKING:
+    from featdump.data.lookup import Wanted
 
 TOLERANCE: dict[tuple[str, str], tuple[float, float]] = {
     ("fp32", "float32"): (1e-3, 0.99999),
@@ -114,7 +117,7 @@ def pick_rows(num_images: int, n: int, seed: int) -> list[int]:
 
 
 def locate_inputs(path: Path, attrs: dict[str, Any], stored: list[str]) -> list[Path]:
-    """Where each stored path can be read now (viz's rules); a missing one is :class:`CannotVerify`."""
+    """Files family: where each stored path can be read now (viz's rules); a missing one is :class:`CannotVerify`."""
     from featdump.store.format import read_inputs_attr
     from featdump.viz import _input_roots, _roots_from_inputs, find_input
 
@@ -128,6 +131,34 @@ def locate_inputs(path: Path, attrs: dict[str, Any], stored: list[str]) -> list[
             raise CannotVerify(f"cannot verify {path}: input image {s} is gone (looked under {', '.join(str(r) for r in roots[:3])})")
         out.append(where)
     return out
+
+
+def find_sampled(path: Path, attrs: dict[str, Any], ff: Any, rows: list[int], options: Any) -> list[Wanted]:
+    """Each sampled row with the references to re-read it from: files are looked up where the
+    recorded INPUTs are (:func:`locate_inputs`); tar shards and tables are read again from the
+    recorded inputs through ``extract``'s own sources (featdump/data/lookup.py, which says how rows
+    are matched)."""
+    from featdump.data.discover import ImageRef
+    from featdump.data.lookup import Wanted, find_rows, wanted_rows
+    from featdump.store.check import input_kind
+    from featdump.store.format import read_inputs_attr
+
+    kind = input_kind(attrs)
+    stored = [ff.paths[r] for r in rows]
+    if kind == "files":
+        where = locate_inputs(path, attrs, stored)
+        return [Wanted(r, s, None, found=[ImageRef(s, str(w))]) for r, s, w in zip(rows, stored, where, strict=True)]
+    inputs = read_inputs_attr(attrs.get("inputs"))
+    if not inputs:
+        raise CannotVerify(f"cannot verify {path}: it does not record the {kind} inputs its rows were read from")
+    failed = [f for f, _ in ff.failed]
+    wanted = wanted_rows(rows, ff.paths, ff.ids, failed)
+    shard = attrs.get("shard") or (0, 1)
+    try:
+        find_rows(kind, inputs, options, wanted, shard, names=[*ff.paths, *failed])
+    except UsageError as exc:
+        raise CannotVerify(f"cannot verify {path}: {exc}") from None
+    return wanted
 
 
 def compare(stored: Any, fresh: Any) -> tuple[float, float, float]:
@@ -153,13 +184,13 @@ def verify_file(path: str | Path, n: int = 8, seed: int = 0, device: str = "auto
 
     from featdump import open as open_file
     from featdump.data.batching import Loader
-    from featdump.data.discover import ImageRef
     from featdump.options import resolve
     from featdump.run import processors
     from featdump.run.device import resolve_device
     from featdump.run.forward import Forward
     from featdump.run.job import _load_model
-    from featdump.store.like import read_attrs, recorded_options
+    from featdump.store.check import input_kind
+    from featdump.store.like import read_attrs, recorded_columns, recorded_options
 
     p = Path(path)
     attrs = read_attrs(p)
@@ -176,14 +207,16 @@ def verify_file(path: str | Path, n: int = 8, seed: int = 0, device: str = "auto
         raise
     except UsageError as exc:
         raise CannotVerify(str(exc)) from None
+    kind = input_kind(attrs)
+    columns = recorded_columns(attrs) if kind == "table" else {}
+    cfg = resolve({**opts, **columns, "inputs": (str(p),), "output": str(p), "device": device})
     with open_file(p) as ff:
         if ff.num_images == 0:
             raise CannotVerify(f"cannot verify {p}: it holds no rows yet")
         rows = pick_rows(ff.num_images, n, seed)
         stored_paths = [ff.paths[r] for r in rows]
-        sources = locate_inputs(p, attrs, stored_paths)
         stored = {name: ff.numpy(name, rows) for name in ff.layers}
-    cfg = resolve({**opts, "inputs": (str(p),), "output": str(p), "device": device})
+        wanted = find_sampled(p, attrs, ff, rows, cfg)
     dev = resolve_device(cfg.device, 0)
     try:
         backbone = _load_model(cfg)
@@ -197,20 +230,32 @@ def verify_file(path: str | Path, n: int = 8, seed: int = 0, device: str = "auto
     names = [layer.name for layer in backbone.layers]
     if sorted(names) != sorted(stored):
         raise CannotVerify(f"cannot verify {p}: this timm builds layers {names}, the file holds {sorted(stored)}")
-    refs = [ImageRef(s, str(src)) for s, src in zip(stored_paths, sources, strict=True)]
+    refs = [ref for w in wanted for ref in w.found]  # several for a row only where /failed holds its path
     loader = Loader(refs, backbone, cfg, dev, batch_size=len(refs), workers=0, prefetch=2)
     forward = Forward(backbone, dev, cfg.precision, cfg.pool, cfg.dtype, False, False, procs)
-    fresh: dict[str, list[Any]] = {name: [None] * len(refs) for name in names}
+    outs: dict[int, list[Any]] = {}  # position in refs -> one array per layer
+    errors: dict[int, str] = {}
     for batch in loader:
-        if batch.stopped:
+        if batch.stopped:  # an image URL's store stopped answering
             raise CannotVerify(f"cannot verify {p}: {batch.stopped}")
-        if batch.failed:
-            i, err = batch.failed[0]
-            raise CannotVerify(f"cannot verify {p}: input image {sources[i]} cannot be read now ({err})")
-        outs = forward(batch.pixels)
-        for name, arr in zip(names, outs, strict=True):
-            for j, pos in enumerate(batch.positions):
-                fresh[name][pos] = arr[j]
+        errors.update(dict(batch.failed))
+        if not batch.positions:
+            continue
+        arrays = forward(batch.pixels)
+        for j, pos in enumerate(batch.positions):
+            outs[pos] = [arr[j] for arr in arrays]
+    fresh: dict[str, list[Any]] = {name: [] for name in names}
+    at = 0
+    for w in wanted:
+        span = range(at, at + len(w.found))
+        at += len(w.found)
+        chosen = w.pick([pos in outs for pos in span])
+        if chosen is None:
+            err = next((errors[pos] for pos in span if pos in errors), "no image")
+            shown = w.found[0].source or w.path
+            raise CannotVerify(f"cannot verify {p}: input image {shown} (row {w.row}) cannot be read now ({err})")
+        for name, arr in zip(names, outs[span[chosen]], strict=True):
+            fresh[name].append(arr)
     made_on = str(attrs.get("device", "cpu"))
     rtol, min_cos, why = tolerance(cfg.precision, cfg.dtype, made_on, str(dev), cfg.decode)
     checks = []

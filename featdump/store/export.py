@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from featdump.errors import FeatdumpError, UsageError
+from featdump.errors import FeatdumpError, UsageError, is_out_of_space, out_of_space
 from featdump.store.rowdata import ids_of, layout_of, pool_block
 
 FORMATS = ("npy", "safetensors")
@@ -137,35 +137,46 @@ def export_file(
                 f"exports up to {safetensors_limit / (1 << 30):g} GiB: use --format npy (parts of --rows-per-part rows)"
             )
         _prepare_dir(out, overwrite)
-        exported: list[ExportedLayer] = []
-        written = 0
-        if fmt == "safetensors":
-            target = out / "features.safetensors"
-            _clear([target])
-            written = _write_safetensors(ff, plans, target, pool)
-            for name, _layout, _prefix, pooled_here, shape, out_dtype in plans:
-                exported.append(ExportedLayer(name, shape, str(out_dtype), pooled_here, [target.name]))
-            parts = 1
-        else:
-            parts = -(-n // rows_per_part)
-            for name, layout, prefix, pooled_here, shape, out_dtype in plans:
-                _clear([out / name / "emb", out / name / "metadata"])
-                files, nbytes = _write_npy_layer(
-                    ff, name, layout, prefix, pool if pooled_here else None, out_dtype, shape[0], out / name, rows_per_part, ids
-                )
-                written += nbytes
-                exported.append(ExportedLayer(name, shape, str(out_dtype), pooled_here, [str(f.relative_to(out)) for f in files]))
-        return ExportSummary(
-            source=str(ff.path),
-            output=str(out),
-            format=fmt,
-            rows=n,
-            rows_per_part=rows_per_part,
-            parts=parts,
-            bytes=written,
-            has_ids=ids is not None,
-            layers=exported,
-        )
+        try:
+            return _export(ff, plans, out, fmt, pool, rows_per_part, ids, n)
+        except Exception as exc:  # safetensors' errors are not OSErrors: a full disk is text there
+            if is_out_of_space(exc):
+                raise out_of_space(out, then="run the export again") from None
+            raise
+
+
+def _export(
+    ff: Any, plans: list[Any], out: Path, fmt: str, pool: str | None, rows_per_part: int, ids: Any, n: int
+) -> ExportSummary:
+    exported: list[ExportedLayer] = []
+    written = 0
+    if fmt == "safetensors":
+        target = out / "features.safetensors"
+        _clear([target])
+        written = _write_safetensors(ff, plans, target, pool)
+        for name, _layout, _prefix, pooled_here, shape, out_dtype in plans:
+            exported.append(ExportedLayer(name, shape, str(out_dtype), pooled_here, [target.name]))
+        parts = 1
+    else:
+        parts = -(-n // rows_per_part)
+        for name, layout, prefix, pooled_here, shape, out_dtype in plans:
+            _clear([out / name / "emb", out / name / "metadata"])
+            files, nbytes = _write_npy_layer(
+                ff, name, layout, prefix, pool if pooled_here else None, out_dtype, shape[0], out / name, rows_per_part, ids
+            )
+            written += nbytes
+            exported.append(ExportedLayer(name, shape, str(out_dtype), pooled_here, [str(f.relative_to(out)) for f in files]))
+    return ExportSummary(
+        source=str(ff.path),
+        output=str(out),
+        format=fmt,
+        rows=n,
+        rows_per_part=rows_per_part,
+        parts=parts,
+        bytes=written,
+        has_ids=ids is not None,
+        layers=exported,
+    )
 
 
 def _blocks(ds: Any, start: int, stop: int) -> Any:

@@ -96,3 +96,12 @@ def recorded_options(path: str | Path, attrs: dict[str, Any] | None = None, wher
     if "tokens" in attrs:
         out["tokens"] = str(attrs["tokens"])
     return out
+
+
+def recorded_columns(attrs: dict[str, Any]) -> dict[str, str | None]:
+    """The table columns a file's rows were read from (``--path-column``, ``--image-column``,
+    ``--id-column``; None where not given). Not part of :func:`recorded_options`: ``--like`` takes
+    the rows' meaning to other inputs, which need not be a table."""
+    from featdump.data.sources import TABLE_OPTIONS
+
+    return {name: str(attrs.get(name) or "") or None for name in TABLE_OPTIONS}

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from featdump.errors import FeatdumpError, UsageError
+from featdump.errors import FeatdumpError, UsageError, is_out_of_space, os_error
 from featdump.run.placement import shard_bounds
 from featdump.store.check import (
     INPUT_KEYS,
@@ -364,24 +364,53 @@ def merge_shards(
     if out_st is not None and not overwrite:
         raise UsageError(f"{output} exists; pass --overwrite to replace it")
     paths, ids = _row_names(runs)
+    if copy:
+        _check_room([s for run in runs for s in run], out_dir, output)
 
     remove_stale_temps(out_dir, out.name)
     tmp, fd = claim_temp(out_dir, out.name)
     try:
-        summary = _write(runs, paths, ids, tmp, out_dir, copy=copy, command=command, fd=fd)
-        if not copy:
-            problems = check_sources(tmp)
-            if problems:
-                p = problems[0]
-                raise FeatdumpError(f"merged file would not read {p.dataset} from {p.source}: {p.reason}")
-        os.fsync(fd)
-        os.replace(tmp, out)
+        try:
+            summary = _write(runs, paths, ids, tmp, out_dir, copy=copy, command=command)
+            if not copy:
+                problems = check_sources(tmp)
+                if problems:
+                    p = problems[0]
+                    raise FeatdumpError(f"merged file would not read {p.dataset} from {p.source}: {p.reason}")
+            os.fsync(fd)
+            os.replace(tmp, out)
+        except (OSError, RuntimeError) as exc:  # h5py's: OSError, or RuntimeError with ENOSPC as text
+            if isinstance(exc, RuntimeError) and not is_out_of_space(exc):
+                raise
+            raise os_error(exc, output, then="run the merge again (nothing was written)") from None
     finally:
         tmp.unlink(missing_ok=True)
         os.close(fd)  # drops the lock that told other merges this temp file is alive
     summary.output = str(output)
     summary.bytes = out.stat().st_size
     return summary
+
+
+def _check_room(shards: Sequence[Shard], out_dir: Path, output: str | Path) -> None:
+    """``--copy`` writes the shards' stored bytes again: refuse up front when the folder lacks room.
+
+    Not only politeness: HDF5 (2.0, through h5py) can crash the process when a write fails for a
+    full disk while the file is being closed, so the copy must not start where it cannot end."""
+    from featdump.run.space import MARGIN_BYTES, MARGIN_FRACTION, fmt_bytes
+
+    stored = 0
+    for s in shards:
+        with open_committed(s.path) as h5:
+            stored += sum(int(ds.id.get_storage_size()) for ds in h5[FEATURES].values())
+    need = int(stored * (1 + MARGIN_FRACTION)) + MARGIN_BYTES
+    st = os.statvfs(out_dir)
+    free = st.f_bavail * st.f_frsize
+    if need > free:
+        raise UsageError(
+            f"not enough space for merge --copy: the shards' features take {fmt_bytes(stored)}, "
+            f"{fmt_bytes(need)} with margin, but {out_dir} has {fmt_bytes(free)} free; "
+            "free some space, write -o elsewhere, or merge without --copy (a virtual file: no copy)"
+        )
 
 
 def _row_names(runs: Sequence[Sequence[Shard]]) -> tuple[list[str], list[str] | None]:
@@ -482,10 +511,7 @@ def _write(
     *,
     copy: bool,
     command: str,
-    fd: int,
 ) -> MergeSummary:
-    import io
-
     import h5py
     import numpy as np
 
@@ -499,10 +525,10 @@ def _write(
     text = h5py.string_dtype()
     handles = [open_committed(s.path) for s in shards]
     try:
-        # through our descriptor: HDF5 opening it for writing would take an exclusive lock of its own,
-        # which our shared one (it marks the temp file alive) refuses
-        raw = io.FileIO(fd, "r+b", closefd=False)
-        with raw, h5py.File(raw, "w", libver="earliest", track_order=True) as h5:
+        # without HDF5's own file lock: it would be exclusive, which our shared one on the claimed temp
+        # file (it marks the file alive) refuses. HDF5's own driver, not a Python file object: an I/O
+        # error (a full disk) in h5py's fileobj callbacks leaves HDF5 in a state that can crash
+        with h5py.File(tmp, "w", libver="earliest", track_order=True, locking=False) as h5:
             for key, value in attrs.items():
                 set_attr(h5, key, value)
 

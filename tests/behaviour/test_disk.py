@@ -98,3 +98,26 @@ def test_unwritable_folder_without_root(tmp_path: Path, case: Case, cli) -> None
     folder.chmod(0o555)
     result = cli(*case.argv(folder / "feats.h5", "--workers", "0"))
     assert result.exit_code == 1 and "not writable" in result.output, result.output
+
+
+def test_merge_copy_refuses_a_folder_without_room(small_fs: Path, case: Case, cli) -> None:
+    """merge --copy checks the room for the shards' stored bytes before writing: exit 2 with the
+    numbers, nothing left behind (HDF5 can crash the process on a full disk while closing a file,
+    so the copy must not start); the virtual merge needs no room and still works."""
+    (small_fs / "filler").write_bytes(b"\0" * (5 << 20))  # about 1 MiB left
+    result = cli("merge", str(case.clean_path), "-o", str(small_fs / "m.h5"), "--copy")
+    assert result.exit_code == 2, result.output
+    line = _one_line(result.output)
+    assert "not enough space for merge --copy" in line and "MiB" in line and "without --copy" in line, line
+    assert sorted(p.name for p in small_fs.iterdir()) == ["filler"]
+    result = cli("merge", str(case.clean_path), "-o", str(small_fs / "m.h5"))
+    assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "npy"])
+def test_export_out_of_space_is_one_line(small_fs: Path, case: Case, cli, fmt: str) -> None:
+    (small_fs / "filler").write_bytes(b"\0" * ((6 << 20) - (64 << 10)))  # about 64 KiB left
+    result = cli("export", str(case.clean_path), "-o", str(small_fs / "emb"), "--format", fmt, "--pool", "avg")
+    assert result.exit_code == 1, result.output
+    line = _one_line(result.output)
+    assert "out of disk space writing" in line and "run the export again" in line, line

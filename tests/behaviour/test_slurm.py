@@ -4,6 +4,8 @@ configs/slurm/extract-array.sbatch runs as a 3-task array twice (--array=0-2 and
 followed by configs/slurm/merge.sbatch with --dependency=afterok; both merged files must equal a
 single run. One shard is left unfinished before its array is submitted, as a killed and requeued
 task leaves it: the task must continue it. A stepped array (0-4:4) must be refused by every task.
+A third 3-task array reads 6 WebDataset tar shards (a brace pattern): task I opens tars 2I and 2I+1
+only, and the merged file equals a single run over the 6 shards, ids and failures included.
 
 Needs root and Debian's slurm-wlm + munge (installed with apt-get by `.ci/slurm-up.sh install`,
 which .ci/run calls first). Elsewhere the test skips and says why; with CI=true it fails instead.
@@ -23,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from streamkit import hand_tar
 
 from clusterkit import assert_rows_of_shards, assert_same_as_single, make_images, read
 
@@ -36,6 +39,9 @@ COMMANDS = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "scontrol", "si
 SEARCH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin", "/usr/bin"])
 ARGS = ("--img-size", "64", "--workers", "0", "--batch-size", "3")  # device auto: CPU here, the GPU on a cluster
 WAIT_S = 240
+TARS = "shards/s-{000000..000005}.tar"  # relative: read from the job's working folder
+TAR_SAMPLES = (3, 2, 4, 3, 3, 2)  # samples per tar shard
+BROKEN_TAR_SAMPLE = (3, 1)  # (shard, sample): bytes that are not a JPEG
 
 pytestmark = pytest.mark.slow
 
@@ -123,6 +129,26 @@ def wait(cluster: Cluster, jobs: list[str], folders: list[Path]) -> dict[str, li
     return states
 
 
+def write_tars(folder: Path) -> None:
+    """Six WebDataset shards ``folder/shards/s-00000K.tar`` of tiny JPEGs (``KEY.jpg`` + ``KEY.cls``)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(3)
+    (folder / "shards").mkdir(parents=True)
+    for k, count in enumerate(TAR_SAMPLES):
+        members = []
+        for j in range(count):
+            buf = io.BytesIO()
+            pixels = rng.integers(0, 256, (30 + 2 * j, 44 - 3 * k, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(buf, format="JPEG", quality=90)
+            data = b"not a JPEG" if (k, j) == BROKEN_TAR_SAMPLE else buf.getvalue()
+            members += [(f"s{k}_{j:03d}.jpg", data), (f"s{k}_{j:03d}.cls", str(j).encode())]
+        hand_tar(folder / "shards" / f"s-{k:06d}.tar", members)
+
+
 @pytest.fixture(scope="module")
 def jobs(slurm: Cluster, tmp_path_factory: pytest.TempPathFactory, random_checkpoint: Any) -> dict[str, Any]:
     """Submit every case at once (they run side by side) and wait for all of them."""
@@ -139,9 +165,18 @@ def jobs(slurm: Cluster, tmp_path_factory: pytest.TempPathFactory, random_checkp
     result = runner.invoke(app, ["extract", "resnet18", str(images), "-o", str(single), *args, "--shard", "0/1", "--quiet"])
     assert result.exit_code == 0, result.output
 
-    cases = {name: base / name for name in ("zero", "one", "stepped")}
+    cases = {name: base / name for name in ("zero", "one", "stepped", "tar")}
     for folder in cases.values():
         folder.mkdir()
+    # tar shards: the single run in the same folder, so that both store the same relative paths
+    write_tars(cases["tar"])
+    tar_args = ("--no-pretrained", *ARGS)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "featdump", "extract", "resnet18", TARS, "-o", "single.h5", *tar_args, "--quiet"],
+        capture_output=True, text=True, cwd=cases["tar"], env=env, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
     # shard 1 of the first array: started, then killed after its first commit (rows past it don't count)
     unfinished = cases["zero"] / "feats.shard-00001-of-00003.h5"
     result = runner.invoke(
@@ -163,7 +198,11 @@ def jobs(slurm: Cluster, tmp_path_factory: pytest.TempPathFactory, random_checkp
         "zero": slurm.sbatch("--array=0-2", *common, str(cases["zero"] / "feats.h5"), *args, cwd=cases["zero"]),
         "one": slurm.sbatch("--array=1-3", *common, str(cases["one"] / "feats.h5"), *args, cwd=cases["one"]),
         "stepped": slurm.sbatch("--array=0-4:4", *common, str(cases["stepped"] / "feats.h5"), *args, cwd=cases["stepped"]),
+        "tar": slurm.sbatch(
+            "--array=0-2", "--cpus-per-task=1", str(EXTRACT), "resnet18", TARS, "out.h5", *tar_args, cwd=cases["tar"]
+        ),
     }
+    ids["tar-merge"] = slurm.sbatch(f"--dependency=afterok:{ids['tar']}", str(MERGE), "out.h5", cwd=cases["tar"])
     ids["zero-merge"] = slurm.sbatch(
         f"--dependency=afterok:{ids['zero']}", str(MERGE), str(cases["zero"] / "feats.h5"), cwd=cases["zero"]
     )
@@ -172,7 +211,7 @@ def jobs(slurm: Cluster, tmp_path_factory: pytest.TempPathFactory, random_checkp
     )
     states = wait(slurm, list(ids.values()), list(cases.values()))
     seconds = time.monotonic() - started
-    print(f"slurm: 3 arrays (8 tasks) + 2 dependent merges done in {seconds:.1f} s")
+    print(f"slurm: 4 arrays (11 tasks) + 3 dependent merges done in {seconds:.1f} s")
     return {"ids": ids, "states": states, "cases": cases, "single": single, "cluster": slurm}
 
 
@@ -196,6 +235,28 @@ def test_array_and_dependent_merge_equal_a_single_run(jobs: dict[str, Any], case
     merged = folder / "feats.h5"
     assert read(merged)["attrs"]["merge"] == ("virtual" if case == "zero" else "copy")
     assert_same_as_single(merged, jobs["single"])
+    assert_rows_of_shards(merged, shards)
+
+
+def test_array_over_tar_shards_each_task_reads_its_own_tars(jobs: dict[str, Any]) -> None:
+    ids, states, folder = jobs["ids"], jobs["states"], jobs["cases"]["tar"]
+    assert states[ids["tar"]] == [("COMPLETED", "0:0")] * 3, _logs(jobs, "tar")
+    assert states[ids["tar-merge"]] == [("COMPLETED", "0:0")], _logs(jobs, "tar")
+    shards = [folder / f"out.shard-0000{i}-of-00003.h5" for i in range(3)]
+    for i, shard in enumerate(shards):
+        part = read(shard)
+        assert part["attrs"]["shard"] == [i, 3] and part["attrs"]["complete"] is True
+        assert part["attrs"]["num_inputs"] == 2  # tar files, not samples
+        rows = part["paths"] + part["failed"]
+        tars = {re.fullmatch(r"shards/s-(\d{6})\.tar/s\d_\d{3}\.jpg", p).group(1) for p in rows}  # type: ignore[union-attr]
+        assert tars == {f"{2 * i:06d}", f"{2 * i + 1:06d}"}, rows  # only its own two tars, both of them
+        assert len(rows) == TAR_SAMPLES[2 * i] + TAR_SAMPLES[2 * i + 1]
+    merged, single = folder / "out.h5", folder / "single.h5"
+    want = read(single)
+    assert len(want["paths"]) == sum(TAR_SAMPLES) - 1 and len(want["failed"]) == 1
+    assert want["ids"] == [p.split("/")[-1].removesuffix(".jpg") for p in want["paths"]]
+    assert want["failed_ids"] == ["s{}_{:03d}".format(*BROKEN_TAR_SAMPLE)]
+    assert_same_as_single(merged, single)
     assert_rows_of_shards(merged, shards)
 
 

@@ -198,6 +198,103 @@ def test_verify_input_gone_and_shards(tmp_path, imgs):
     assert p.returncode == 2 and "rocket.jpg is gone" in p.stderr
 
 
+# --------------------------------------------------------------------------- verify: tar shards, tables, URLs
+
+
+@pytest.fixture
+def stream_inputs(tmp_path: Path, random_checkpoint) -> dict:
+    """6 small PNGs (the third broken: a /failed record) as 3 WebDataset shards of 2 and as a folder."""
+    from streamkit import make_images, write_shards
+
+    images = make_images(tmp_path / "images", 6, seed=5, broken=(2,))
+    return {"images": images, "shards": write_shards(images, tmp_path / "shards", per_shard=2),
+            "ckpt": random_checkpoint("resnet18")}  # fmt: skip
+
+
+def _stream_extract(inputs: str, out: Path, ckpt: Path, *extra: str) -> None:
+    from streamkit import argv
+
+    p = run(*argv(inputs, out, ckpt, "--out-indices", "1,3", *extra))
+    assert p.returncode == 0, p.stderr
+
+
+@pytest.mark.slow
+def test_verify_tar_shards_their_merge_a_changed_row_and_a_gone_shard(tmp_path, stream_inputs):
+    """Rows of tar shards are re-read from their shards: a whole run, its 2 shard files merged; a row
+    changed by hand is named (exit 1), a deleted shard too (exit 2)."""
+    import h5py
+
+    pattern, ckpt = str(tmp_path / "shards" / "data-{000000..000002}.tar"), stream_inputs["ckpt"]
+    whole = tmp_path / "t.h5"
+    _stream_extract(pattern, whole, ckpt)
+    for i in (0, 1):
+        _stream_extract(pattern, tmp_path / "s.h5", ckpt, "--shard", f"{i}/2")
+    parts = [tmp_path / f"s.shard-0000{i}-of-00002.h5" for i in (0, 1)]
+    merged = tmp_path / "merged.h5"
+    run("merge", *map(str, parts), "-o", str(merged), "-q", check=True)
+    for f, rows in ((whole, 5), (merged, 5), (parts[1], 2)):  # 5 rows: the broken image is in /failed
+        p = run("verify", str(f), "-n", "5", "--json")
+        assert p.returncode == 0, f"{f.name}: {p.stderr}"
+        report = json.loads(p.stdout)
+        assert report["rows"] == list(range(rows)) and all(layer["max_rel"] < 1e-5 for layer in report["layers"])
+
+    bad = tmp_path / "bad.h5"
+    shutil.copy(whole, bad)
+    with h5py.File(bad, "r+") as h5:
+        changed = h5["paths"][3].decode()
+        h5["features/layer3"][3] = h5["features/layer3"][3] * 1.5
+    assert changed.startswith(str(tmp_path / "shards" / "data-000002.tar") + "/")  # row 3: the third shard
+    p = run("verify", str(bad), "-n", "5")
+    assert p.returncode == 1 and f"3 ({changed})" in p.stderr, p.stderr
+
+    gone = tmp_path / "shards" / "data-000002.tar"
+    gone.unlink()
+    p = run("verify", str(whole), "-n", "5")
+    assert p.returncode == 2 and f"tar shard not found: {gone}" in p.stderr, p.stderr
+    assert run("verify", str(parts[0]), "-n", "5").returncode == 0  # its shards are all there
+
+
+@pytest.mark.slow
+def test_verify_parquet_image_bytes_and_a_csv_of_paths(tmp_path, stream_inputs):
+    from streamkit import images_in_order, write_parquet
+
+    images, ckpt = stream_inputs["images"], stream_inputs["ckpt"]
+    table = write_parquet(images, tmp_path / "hf.parquet", struct=True, row_group_size=2)
+    out = tmp_path / "pq.h5"
+    _stream_extract(str(table), out, ckpt, "--image-column", "image", "--id-column", "id")
+    p = run("verify", str(out), "-n", "5")
+    assert p.returncode == 0, p.stderr
+
+    rels = [q.relative_to(images).as_posix() for q in images_in_order(images)]
+    csv = images / "list.csv"  # paths relative to the table's folder, one of them twice and one missing
+    csv.write_text("label,path\n" + "".join(f"{i},{r}\n" for i, r in enumerate([*rels, "gone.png", rels[0]])))
+    out = tmp_path / "csv.h5"
+    _stream_extract(str(csv), out, ckpt)
+    p = run("verify", str(out), "-n", "6", "--json")
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["paths"][-1] == rels[0]
+    csv.unlink()
+    p = run("verify", str(out), "-n", "6")
+    assert p.returncode == 2 and f"input not found: {csv}" in p.stderr, p.stderr
+
+
+@pytest.mark.slow
+def test_verify_tar_shards_over_http(tmp_path, stream_inputs):
+    from servers import http_server
+
+    server = http_server(tmp_path / "shards")
+    try:
+        out = tmp_path / "http.h5"
+        _stream_extract(f"{server.url}/data-{{000000..000002}}.tar", out, stream_inputs["ckpt"])
+        p = run("verify", str(out), "-n", "5")
+        assert p.returncode == 0, p.stderr
+        (tmp_path / "shards" / "data-000000.tar").unlink()
+        p = run("verify", str(out), "-n", "5")
+        assert p.returncode == 2 and f"tar shard not found: {server.url}/data-000000.tar" in p.stderr, p.stderr
+    finally:
+        server.stop()
+
+
 # --------------------------------------------------------------------------- --like
 
 

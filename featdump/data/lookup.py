@@ -1,0 +1,266 @@
+"""Stored rows found again in the inputs a file records (``featdump verify``), for tar shards and tables.
+
+A row of such a file holds its stored path (``SHARD/MEMBER``; a table's path or URL as written, the
+image struct's ``path``, or ``ROW:<n>``) and, where the inputs give them, its id. The inputs are read
+again through the sources ``extract`` reads them with (:func:`featdump.data.sources.open_source`,
+``select``, ``stream``): the references handed back are the ones the run decoded (a tar member's or
+a table cell's bytes, or a table's path or URL), so the Loader treats them exactly as it did then.
+
+**How a row is matched.** A row's *key* is its stored path, and its id when the file has ``/ids``.
+Row ``r`` is the ``j``-th row of the file with its key (``j`` counted in the file's rows from 0,
+:attr:`Wanted.rank`), and its sample the ``j``-th sample with that key that the inputs yield (samples
+the source itself reports as failed, with no image member, no bytes or no path, are never rows and
+are not counted). Rows keep the inputs' order, so this is exact, also where a table lists a path
+twice or a tar holds a member twice: a row's place in the table is never taken to be its row number,
+which failed images before it would shift. Only a sample that failed to *decode* can break the count:
+it is in ``/failed``, not in the rows, and may come before the row. When ``/failed`` holds the row's
+path (``f`` times, :attr:`Wanted.spare`), the candidates are the key's first ``j + f + 1`` samples and
+the row is the ``j``-th of them that decodes (decoding the same bytes gives the same answer); the
+caller decodes them all and picks (:meth:`Wanted.pick`).
+
+**Tar shards** are opened only where sampled rows lie: the stored path starts with the shard as
+written after brace expansion (relative, absolute or a URL), which is matched to the recorded shard
+(``inputs``: absolute paths, URLs as written) whose trailing parts it names, the longest such
+match over every shard name the file's rows and failures use. A file cut with ``--shard I/N`` holds
+block ``I`` of the shards. A shard is read until its sampled members are found, then closed.
+
+**Tables** are read once, in order, stopping when every sampled row is found; a file cut with
+``--shard I/N`` holds block ``I`` of the rows (the same ``select(I, N)`` as its run). A merged file of
+several runs records every run's table in order; their rows follow one another the same way.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+from typing import Any
+
+from featdump.data.discover import ImageRef
+from featdump.data.remote import is_url
+from featdump.data.tars import TAR_EXTENSIONS, expand_braces
+from featdump.errors import UsageError
+from featdump.text import storable
+
+Key = tuple[str, str | None]
+
+
+@dataclass
+class Wanted:
+    """One sampled row and the references found for it (see the module doc, "How a row is matched")."""
+
+    row: int  # in the file
+    path: str  # stored
+    id: str | None  # stored; None when the file has no /ids
+    rank: int = 0  # rows before this one with the same key
+    spare: int = 0  # /failed records with this path: 0 means the match is exact
+    found: list[ImageRef] = field(default_factory=list)  # the candidates, in input order
+
+    @property
+    def key(self) -> Key:
+        return (self.path, self.id)
+
+    @property
+    def done(self) -> bool:
+        return len(self.found) >= (self.rank + self.spare + 1 if self.spare else 1)
+
+    @property
+    def enough(self) -> bool:
+        """Found as many of the key's samples as the row needs at the least."""
+        return len(self.found) >= (self.rank + 1 if self.spare else 1)
+
+    def offer(self, occurrence: int, ref: ImageRef) -> None:
+        """The ``occurrence``-th sample (from 0) with this row's key."""
+        if self.done:
+            return
+        if occurrence == self.rank or (self.spare and occurrence <= self.rank + self.spare):
+            self.found.append(ImageRef(self.path, ref.source, ref.id, ref.data))
+
+    def pick(self, decoded: Sequence[bool]) -> int | None:
+        """Which of :attr:`found` is the row, given whether each one decoded now; None when too few do."""
+        ok = [i for i, good in enumerate(decoded) if good]
+        if not self.spare:
+            return 0 if ok[:1] == [0] else None
+        return ok[self.rank] if len(ok) > self.rank else None
+
+
+def wanted_rows(rows: Sequence[int], paths: Sequence[str], ids: Sequence[str] | None, failed: Iterable[str]) -> list[Wanted]:
+    """The sampled ``rows`` of a file with ``paths`` (and ``ids``) and failed paths ``failed``, ranked."""
+
+    def key(r: int) -> Key:
+        return (paths[r], ids[r] if ids is not None else None)
+
+    keys = {key(r) for r in rows}
+    names = {k[0] for k in keys}
+    seen: Counter[Key] = Counter()
+    ranks: dict[int, int] = {}
+    todo = set(rows)
+    for r in range(max(rows, default=-1) + 1):
+        if paths[r] not in names:
+            continue
+        k = key(r)
+        if k not in keys:
+            continue
+        if r in todo:
+            ranks[r] = seen[k]
+        seen[k] += 1
+    spare = Counter(p for p in failed if p in names)
+    return [Wanted(r, paths[r], key(r)[1], ranks[r], spare[paths[r]]) for r in rows]
+
+
+def find_rows(kind: str, inputs: Sequence[str], options: Any, wanted: Sequence[Wanted], shard: Sequence[int],
+              names: Iterable[str] = ()) -> None:  # fmt: skip
+    """Fill each :attr:`Wanted.found` from the recorded ``inputs`` of a ``kind`` (tar | table) file
+    that is block ``shard`` = ``(I, N)`` of its run (``options``: the table columns); ``names``: every
+    stored path of the file (rows and failures), for the shard names as written. UsageError naming
+    the shard, table or URL that is gone, or the row an input no longer holds."""
+    if kind == "tar":
+        _find_in_tars(inputs, wanted, shard, names)
+    elif kind == "table":
+        _find_in_tables(inputs, options, wanted, shard)
+    else:
+        raise UsageError(f"rows of {kind!r} inputs cannot be found again")
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _select(inputs: Sequence[str], options: Any, shard: tuple[int, int], what: str) -> Any:
+    """The source ``extract`` reads ``inputs`` with, block ``shard``; a missing input says ``what`` it held."""
+    from featdump.data.sources import open_source
+
+    try:
+        return open_source(inputs, options).select(*shard)
+    except UsageError as exc:
+        raise UsageError(f"{exc} ({what})") from None
+
+
+def _scan(stream: Iterator[ImageRef], by_key: dict[Key, list[Wanted]], seen: Counter[Key], cut: int = 0) -> None:
+    """Offer each sample of ``stream`` to the rows with its key, until every one of them is done;
+    ``cut``: characters of a sample's path before the stored part (a tar shard's recorded name and ``/``)."""
+    pending = [w for ws in by_key.values() for w in ws]
+    ids = any(w.id is not None for w in pending)
+    try:
+        for ref in stream:
+            if ref.error:
+                continue  # reported by the source itself: never a row
+            k = (storable(ref.path[cut:]), ref.id if ids else None)
+            rows = by_key.get(k)
+            if rows is None:
+                continue
+            for w in rows:
+                w.offer(seen[k], ref)
+            seen[k] += 1
+            if all(w.done for w in pending):
+                return
+    finally:
+        close = getattr(stream, "close", None)
+        if close is not None:
+            close()  # a tar shard is closed here, unread past its last sampled member
+
+
+def _find_in_tables(inputs: Sequence[str], options: Any, wanted: Sequence[Wanted], shard: Sequence[int]) -> None:
+    by_key: dict[Key, list[Wanted]] = {}
+    for w in wanted:
+        by_key.setdefault(w.key, []).append(w)
+    seen: Counter[Key] = Counter()
+    block = (int(shard[0]), int(shard[1])) if len(inputs) == 1 else (0, 1)  # several: a merge of whole runs
+    for table in inputs:
+        selection = _select([table], options, block, "the table the rows were read from")
+        _scan(selection.stream(), by_key, seen)
+        if all(w.done for w in wanted):
+            return
+    for w in wanted:
+        if not w.enough:
+            what = f"{w.path} (id {w.id})" if w.id is not None else w.path
+            raise UsageError(f"row {w.row}'s image {what} is not in the table {', '.join(inputs)} any more")
+
+
+def _find_in_tars(inputs: Sequence[str], wanted: Sequence[Wanted], shard: Sequence[int], names: Iterable[str]) -> None:
+    from featdump.run.placement import shard_bounds
+
+    every = list(dict.fromkeys(name for raw in inputs for name in expand_braces(raw)))
+    start, stop = shard_bounds(len(every), int(shard[0]), int(shard[1]))
+    shards = every[start:stop]
+    written = shard_names(names) | shard_names(w.path for w in wanted)
+    recorded = _written_as(shards, written)
+    places: dict[str, list[tuple[Wanted, str]]] = {}  # recorded shard -> (row, member)
+    for w in wanted:
+        hits = [(s, member) for name, member in split_shard(w.path) for s in recorded.get(name, [])]
+        if not hits:
+            more = ", ..." if len(inputs) > 3 else ""
+            raise UsageError(f"row {w.row} ({w.path}) names no tar shard of its inputs ({', '.join(inputs[:3])}{more})")
+        for s, member in hits:
+            places.setdefault(s, []).append((w, member))
+    for s in shards:  # in the run's order; only those holding sampled rows are opened
+        todo = [(w, member) for w, member in places.get(s, []) if not w.done]
+        if not todo:
+            continue
+        by_key: dict[Key, list[Wanted]] = {}
+        for w, member in todo:
+            by_key.setdefault((member, w.id), []).append(w)
+        selection = _select([s], None, (0, 1), f"it holds row {todo[0][0].row}, {todo[0][0].path}")
+        _scan(selection.stream(), by_key, Counter(), cut=len(s) + 1)  # the stream's paths: the recorded shard, "/", member
+    for s, rows in places.items():
+        for w, member in rows:
+            if not w.enough:
+                raise UsageError(f"row {w.row}'s image {member} is not in the tar shard {s} any more")
+
+
+# --------------------------------------------------------------------------- shard names
+
+
+# a tar name's end, then "/" (a member) or "@" (the offset of a damaged shard's rest)
+_SHARD_END = re.compile("(?:" + "|".join(map(re.escape, sorted(TAR_EXTENSIONS, key=len, reverse=True))) + ")(?=[/@])", re.I)
+
+
+def split_shard(stored: str) -> list[tuple[str, str]]:
+    """``SHARD/MEMBER`` (or ``SHARD@OFFSET``, a failure) -> every ``(SHARD, rest)`` it may be, the
+    shortest shard first: each ``/`` or ``@`` that follows a tar name."""
+    return [(stored[: m.end()], stored[m.end() + 1 :]) for m in _SHARD_END.finditer(stored)]
+
+
+def shard_names(stored: Iterable[str]) -> set[str]:
+    """Every shard name as written in ``stored`` paths (rows in shard order: a run of rows of one
+    shard costs a prefix test each)."""
+    names: set[str] = set()
+    last = None
+    for s in stored:
+        if last is not None and s.startswith(last):
+            continue
+        found = split_shard(s)
+        names.update(name for name, _ in found)
+        last = found[0][0] + "/" if found else None
+    return names
+
+
+def _match(written: str, recorded: str) -> int:
+    """How well a shard name as written names a recorded shard: 0 not at all; else the number of
+    trailing path parts they share (a URL or an absolute path: all of them, and more than any relative name)."""
+    if is_url(written) or is_url(recorded):
+        return 1 << 16 if written == recorded else 0
+    if os.path.isabs(written):
+        return 1 << 16 if os.path.normpath(written) == os.path.normpath(recorded) else 0
+    parts = [p for p in PurePosixPath(os.path.normpath(written)).parts if p not in ("..", ".")]
+    have = PurePosixPath(recorded).parts
+    if not parts or len(parts) > len(have) or list(have[-len(parts) :]) != parts:
+        return 0
+    return len(parts)
+
+
+def _written_as(shards: Sequence[str], written: Iterable[str]) -> dict[str, list[str]]:
+    """Shard name as written -> the recorded shards it names: each recorded shard goes to the
+    written names that match it best (``a.tar`` and ``sub/a.tar`` written in one folder name two shards)."""
+    names = sorted(set(written))
+    out: dict[str, list[str]] = {}
+    for s in shards:
+        scores = [(_match(name, s), name) for name in names]
+        best = max((score for score, _ in scores), default=0)
+        if best:
+            for score, name in scores:
+                if score == best:
+                    out.setdefault(name, []).append(s)
+    return out
