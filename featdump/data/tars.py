@@ -69,7 +69,7 @@ def shard_pattern(names: Sequence[str]) -> str | None:
     if len(names) == 1:
         return names[0]
     parts = [_NUMBERED.match(n) for n in names]
-    if not names or any(m is None for m in parts):
+    if not parts or any(m is None for m in parts):
         return None
     found = sorted((int(m.group(2)), m.group(2), m.group(1), m.group(3)) for m in parts if m is not None)
     if len({(head, ext) for _, _, head, ext in found}) != 1:
@@ -77,6 +77,10 @@ def shard_pattern(names: Sequence[str]) -> str | None:
     (_, first, head, ext), (_, last, _, _) = found[0], found[-1]
     pattern = f"{head}{{{first}..{last}}}{ext}"
     return pattern if expand_braces(pattern) == [f"{h}{d}{e}" for _, d, h, e in found] else None
+
+
+def _tar_extension(name: str) -> str:
+    return next(e for e in TAR_EXTENSIONS if name.lower().endswith(e))
 
 
 def shards_hint(folder: str) -> str:
@@ -93,15 +97,12 @@ def shards_hint(folder: str) -> str:
     if pattern is not None:
         how = f"'{pattern}'"
     else:
-        groups: dict[tuple[str, str], int] = {}  # (folder, extension) -> shards
-        for name in names:
-            where, base = name.rsplit("/", 1)
-            ext = next(e for e in TAR_EXTENSIONS if base.lower().endswith(e))
-            groups[(where, ext)] = groups.get((where, ext), 0) + 1
+        # (folder, extension) of the shards, in order: one shell glob each
+        groups = list(dict.fromkeys((n.rsplit("/", 1)[0], _tar_extension(n)) for n in names))
         if is_url(folder):  # no shell expands a URL: name them
             how = " ".join(f"'{n}'" for n in names[:3]) + (" ..." if len(names) > 3 else "")
         else:
-            how = " ".join(f"{where}/*{ext}" for where, ext in list(groups)[:3]) + (" ..." if len(groups) > 3 else "")
+            how = " ".join(f"{where}/*{ext}" for where, ext in groups[:3]) + (" ..." if len(groups) > 3 else "")
     many = f"{len(names)} tar shards" if len(names) > 1 else "1 tar shard"
     return f"; it holds {many} (WebDataset): give them as INPUTs, e.g. {how}"
 
