@@ -14,6 +14,18 @@ def first_line(exc: BaseException, default: str | None = None) -> str:
     return exc.__class__.__name__ if default is None else default
 
 
+ERROR_CHARS = 1000  # the longest error text stored in a file (/failed/errors)
+LINE_CHARS = 2000  # the longest message printed as one line
+
+
+def clip(text: str, limit: int = ERROR_CHARS) -> str:
+    """``text`` cut after ``limit`` characters, with how much was left out: no error text, stored
+    or printed, floods a file or a terminal (image bytes taken for a file name once made a 165 KB line)."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text) - limit} more characters)"
+
+
 def to_str(value: Any) -> str:
     """HDF5 strings (``bytes`` from h5py, or ``str``) -> ``str``; bytes that are not UTF-8 become U+FFFD."""
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)

@@ -116,6 +116,39 @@ def test_missing_remote_shard_is_a_usage_error_before_the_model_loads(
     assert result.exit_code == 2 and f"input not found: {http.url}/gone.parquet" in result.output
 
 
+@pytest.mark.slow
+def test_a_missing_s3_bucket_is_not_found_at_once(
+    cli, data: dict, s3: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """moto answers NoSuchBucket (s3fs: a FileNotFoundError caused by botocore's ClientError): "not
+    found", a usage error before the model loads, not a store to retry (4 tries, ~5 s, then exit 1)."""
+    from types import SimpleNamespace
+
+    import s3fs
+
+    import featdump.run.job as job
+
+    def no_retry(seconds: float) -> None:
+        raise AssertionError("a 'not found' answer was retried")
+
+    for key, value in s3.items():
+        monkeypatch.setenv(key, value)
+    s3fs.S3FileSystem.clear_instance_cache()  # the client reads the endpoint from the environment above
+    monkeypatch.setattr(remote, "time", SimpleNamespace(sleep=no_retry))
+    monkeypatch.setattr(job, "_load_model", lambda cfg: pytest.fail("the model was loaded"))
+    out = tmp_path / "o.h5"
+    for url, message in [
+        ("s3://nobucket/shards/data-{000000..000001}.tar", "tar shard not found: s3://nobucket/shards/data-000000.tar"),
+        ("s3://nobucket/urls.parquet", "input not found: s3://nobucket/urls.parquet"),
+        ("s3://bucket/shards/data-000009.tar", "tar shard not found: s3://bucket/shards/data-000009.tar"),  # no such key
+    ]:
+        result = cli(*argv(url, out, data["ckpt"]))
+        assert result.exit_code == 2, result.output
+        assert message in result.output, result.output
+        assert not out.exists()
+    s3fs.S3FileSystem.clear_instance_cache()
+
+
 @pytest.mark.parametrize(
     "url, module, extra",
     [
@@ -133,6 +166,13 @@ def test_a_missing_protocol_package_names_the_extra(
     assert result.exit_code == 2, result.output
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and f"pip install 'featdump[{extra}]'" in lines[0] and module in lines[0], result.output
+
+
+@pytest.mark.slow
+def test_a_remote_folder_of_tar_shards_says_how_to_give_them(cli, data: dict, http: Server, tmp_path: Path) -> None:
+    result = cli(*argv(f"{http.url}/shards/", tmp_path / "o.h5", data["ckpt"]))
+    assert result.exit_code == 2, result.output
+    assert f"it holds 3 tar shards (WebDataset): give them as INPUTs, e.g. '{http.url}/shards/data-{{000000..000002}}.tar'" in result.output
 
 
 # --------------------------------------------------------------------------- tables, folders, lists

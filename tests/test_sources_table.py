@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from streamkit import argv, assert_same_features, features, images_in_order, key_of, write_parquet
@@ -120,6 +121,69 @@ def test_table_errors_are_usage_errors(cli, data: dict, tmp_path: Path, text: st
     assert result.exit_code == 2, result.output
     assert message in result.output
     assert not out.exists()
+
+
+def test_a_path_column_of_image_bytes_is_a_usage_error_before_the_model_loads(
+    cli, data: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Image bytes taken for file names used to fail every row with its bytes as the path (a
+    165 KB error line); the column's type says which option was meant."""
+    import featdump.run.job as job
+
+    monkeypatch.setattr(job, "_load_model", lambda cfg: pytest.fail("the model was loaded"))
+    table = write_parquet(data["images"], tmp_path / "hf.parquet", struct=True)
+    out = tmp_path / "o.h5"
+    result = cli(*argv(str(table), out, data["ckpt"], "--path-column", "image"))
+    assert result.exit_code == 2, result.output
+    assert result.output.strip() == (
+        "featdump: error: column image holds image bytes ({bytes, path} structs); use --image-column image"
+    )
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("table", "columns", "message"),
+    [
+        ("bin.parquet", {"path_column": "image"}, "column image holds image bytes (binary); use --image-column image"),
+        ("file.parquet", {}, "column file holds image bytes (binary); use --image-column file"),  # the default path column
+        ("n.parquet", {"path_column": "label"}, "column label holds int64 values, not paths or URLs (text)"),
+        ("n.jsonl", {}, "column path holds int64 values, not paths or URLs (text)"),
+        ("s.parquet", {"image_column": "id"}, "column id holds text, not image bytes; for paths or URLs use --path-column id"),
+        ("n.parquet", {"image_column": "label"}, "column label holds int64 values, not image bytes (binary, or {bytes, path} structs)"),
+    ],
+)
+def test_a_column_of_the_wrong_kind_is_a_usage_error(tmp_path: Path, table: str, columns: dict, message: str) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from featdump.errors import UsageError
+
+    path = tmp_path / table
+    if table == "n.jsonl":
+        path.write_text('{"path": 1}\n{"path": 2}\n')
+    else:
+        cells = {"bin.parquet": {"image": pa.array([b"\xff\xd8"], pa.binary())}, "file.parquet": {"file": pa.array([b"x"])}}
+        pq.write_table(pa.table(cells.get(table, {"id": ["a"], "label": [3]})), path)
+    with pytest.raises(UsageError) as err:
+        open_source([str(path)], SimpleNamespace(**columns))
+    assert str(err.value) == message
+
+
+def test_error_text_is_clipped_where_it_is_stored_and_printed(cli, data: dict, tmp_path: Path) -> None:
+    from featdump.text import ERROR_CHARS, LINE_CHARS, clip
+
+    assert clip("x" * 10, 10) == "x" * 10 and clip("x" * 15, 10) == "x" * 10 + "... (5 more characters)"
+    long = "/".join(["d" * 200] * 15) + "/gone.png"  # 3 KB of path: no such file, named in the error
+    table = tmp_path / "long.csv"
+    table.write_text(f"path\n{long}\n")
+    out = tmp_path / "o.h5"
+    result = cli(*argv(str(table), out, data["ckpt"]))
+    assert result.exit_code == 1, result.output  # every input failed
+    lines = [line for line in result.output.splitlines() if line.startswith("featdump: error:")]
+    assert len(lines) == 1 and LINE_CHARS < len(lines[0]) < LINE_CHARS + 100, lines
+    got = features(out)
+    assert got["failed"] == [long]  # the path itself is data: kept whole
+    assert got["errors"][0].startswith("FileNotFoundError:") and len(got["errors"][0]) < ERROR_CHARS + 100
 
 
 def test_one_table_per_run_and_missing_table(cli, data: dict, tmp_path: Path) -> None:

@@ -61,6 +61,52 @@ def test_expand_braces_matches_braceexpand(pattern: str) -> None:
     assert expand_braces(pattern) == list(braceexpand(pattern))
 
 
+@pytest.mark.parametrize(
+    ("names", "pattern"),
+    [
+        (["w/data-000002.tar", "w/data-000000.tar", "w/data-000001.tar"], "w/data-{000000..000002}.tar"),
+        (["s-8.tar.gz", "s-9.tar.gz", "s-10.tar.gz"], "s-{8..10}.tar.gz"),
+        (["s-08.tar", "s-9.tar", "s-10.tar"], None),  # no range gives both s-08 and s-9
+        (["s-08.tgz", "s-09.tgz", "s-10.tgz"], "s-{08..10}.tgz"),
+        (["a.tar"], "a.tar"),
+        (["p-000.tar", "p-002.tar"], None),  # a gap: the pattern would name a shard that is not there
+        (["p-000.tar", "q-001.tar"], None),
+        (["p-000.tar", "p-001.tgz"], None),
+        (["x.tar", "y.tar"], None),
+    ],
+)
+def test_shard_pattern_expands_to_exactly_the_names(names: list[str], pattern: str | None) -> None:
+    from featdump.data.tars import shard_pattern
+
+    assert shard_pattern(names) == pattern
+    if pattern is not None:
+        assert sorted(expand_braces(pattern)) == sorted(names)
+
+
+def test_a_folder_of_tar_shards_says_how_to_give_them(cli, tmp_path: Path) -> None:
+    wds = tmp_path / "wds"
+    wds.mkdir()
+    for k in range(5):
+        hand_tar(wds / f"data-{k:06d}.tar", [("a.png", _png(k))])
+    out = tmp_path / "o.h5"
+    result = cli(*argv(str(wds), out, Path("unused.safetensors")))
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().endswith(
+        f"(looked recursively for: jpg jpeg png bmp gif tif tiff webp ppm pgm); it holds 5 tar shards (WebDataset): "
+        f"give them as INPUTs, e.g. '{wds}/data-{{000000..000004}}.tar'"
+    ), result.output
+    (wds / "data-000002.tar").rename(wds / "extra.tar")  # no pattern names these: a shell glob does
+    (wds / "more").mkdir()
+    hand_tar(wds / "more" / "b.tgz", [("b.png", _png(9))], mode="w:gz")
+    result = cli(*argv(str(wds), out, Path("unused.safetensors")))
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().endswith(f"it holds 6 tar shards (WebDataset): give them as INPUTs, e.g. {wds}/*.tar {wds}/more/*.tgz")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = cli(*argv(str(empty), out, Path("unused.safetensors")))
+    assert result.exit_code == 2 and result.output.strip().endswith("ppm pgm)"), result.output
+
+
 def test_samples_group_as_webdataset_reads_them(tmp_path: Path) -> None:
     import webdataset as wds
 
@@ -210,6 +256,33 @@ def test_missing_shard_is_a_usage_error_before_the_model_loads(cli, data: dict, 
     assert not out.exists()
 
 
+@pytest.mark.parametrize(
+    "given, message",
+    [
+        (["data-000000.tar", "data-000000.tar"], "tar shard {d}/data-000000.tar is named twice, by the INPUTs {d}/data-000000.tar and {d}/data-000000.tar:"),
+        (["data-{000000..000001}.tar", "data-{000001..000002}.tar"], "tar shard {d}/data-000001.tar is named twice, by the INPUTs {d}/data-{{000000..000001}}.tar and {d}/data-{{000001..000002}}.tar:"),
+        (["data-{000000,000000}.tar"], "tar shard {d}/data-000000.tar is named twice, by the pattern {d}/data-{{000000,000000}}.tar:"),
+        (["data-000001.tar", "../shards/data-00000{0..1}.tar"], "tar shard {d}/data-000001.tar is named twice, by the INPUTs {d}/data-000001.tar and {d}/../shards/data-00000{{0..1}}.tar (the second time as {d}/../shards/data-000001.tar):"),
+    ],
+)  # fmt: skip
+def test_a_shard_named_twice_is_a_usage_error_naming_the_inputs(
+    cli, data: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, given: list[str], message: str
+) -> None:
+    """SPEC "Inputs": the same stored path twice is a usage error naming both sources; a shard named
+    twice would store every sample twice."""
+    import featdump.data.sources as sources
+    import featdump.run.job as job
+
+    monkeypatch.setattr(job, "_load_model", lambda cfg: pytest.fail("the model was loaded"))
+    monkeypatch.setattr(sources, "stat_input", lambda name: pytest.fail("a shard was looked up"))
+    d = data["root"] / "shards"
+    out = tmp_path / "o.h5"
+    result = cli(*argv([f"{d}/{g}" for g in given], out, data["ckpt"]))
+    assert result.exit_code == 2, result.output
+    assert message.format(d=d) in result.output and "its samples would be stored twice" in result.output, result.output
+    assert not out.exists()
+
+
 def test_mixing_families_is_a_usage_error(cli, data: dict, tmp_path: Path) -> None:
     out = tmp_path / "o.h5"
     result = cli(*argv([str(data["shards"][0]), str(data["images"])], out, data["ckpt"]))
@@ -249,6 +322,54 @@ def test_sharding_splits_tar_files_and_merge_equals_one_run(cli, data: dict, tmp
     a, b = features(merged), features(one)
     assert a["paths"] == b["paths"] and a["ids"] == b["ids"] and a["failed"] == b["failed"]
     assert_same_features(a, b)
+
+
+@pytest.mark.parametrize(
+    ("samples", "files", "complete", "done", "words"),
+    [
+        (30, 3, True, 3, "30 samples read from 3 tar shards"),
+        (4, 1, True, None, "4 samples read from 1 tar shard"),
+        (8, 3, False, 1, "8 samples read, 1 of 3 tar shards done"),
+        (8, 3, False, None, "8 samples read (3 tar shards)"),
+    ],
+)
+def test_tar_progress_says_samples_and_tar_files_apart(samples: int, files: int, complete: bool, done, words: str) -> None:
+    from featdump.store.check import tar_progress
+
+    assert tar_progress(samples, files, complete, done) == words
+
+
+@pytest.mark.slow
+def test_show_and_merge_count_samples_of_tar_shards(cli, data: dict, tmp_path: Path) -> None:
+    """inputs_done counts samples and num_inputs tar files: show and merge say both, never
+    "24 of 6 inputs done"; a file with more samples than tar files is not taken for a damaged one."""
+    import h5py
+
+    inputs = [str(s) for s in data["shards"]]
+    parts = []
+    for i in range(2):
+        result = cli(*argv(inputs, tmp_path / "part.h5", data["ckpt"], "--shard", f"{i}/2"))
+        assert result.exit_code == 0, result.output
+        parts.append(str(tmp_path / f"part.shard-{i:05d}-of-00002.h5"))
+    result = cli("show", parts[0])
+    assert result.exit_code == 0, result.output
+    assert "12 images · 0 failed, 12 samples read from 3 tar shards · shard 0/2" in result.output, result.output
+    merged = tmp_path / "merged.h5"
+    result = cli("merge", *parts, "-o", str(merged))
+    assert result.exit_code == 0, result.output
+    assert "24 images, 0 failed · 24 samples read from 6 tar shards · merged from 2 shards · complete" in result.output
+    assert "24 samples read from 6 tar shards" in cli("show", str(merged)).output
+
+    with h5py.File(parts[1], "r+") as f:  # as a run killed 2 samples into its second tar file leaves it
+        f.attrs["complete"], f.attrs["stream_mark"] = False, [1, 2]
+    result = cli("merge", *parts, "-o", str(tmp_path / "partial.h5"))
+    assert result.exit_code == 2, result.output
+    assert "is not complete (12 samples read, 1 of 3 tar shards done)" in result.output, result.output
+    result = cli("merge", *parts, "-o", str(tmp_path / "partial.h5"), "--allow-partial")
+    assert result.exit_code == 0, result.output
+    assert "24 samples read (6 tar shards) · merged from 2 shards · NOT complete" in result.output, result.output
+    result = cli("show", str(tmp_path / "partial.h5"))
+    assert "24 samples read (6 tar shards)" in result.output, result.output
 
 
 def test_stream_resumes_inside_a_shard_without_opening_finished_ones(data: dict, monkeypatch) -> None:

@@ -20,7 +20,7 @@ import typer
 from featdump.cli.typer_app import _STATE, F, app, given_options, handle_errors
 from featdump.errors import FeatdumpError, FeatdumpWarning, UsageError
 from featdump.options import OPTIONS, Option
-from featdump.text import printable
+from featdump.text import LINE_CHARS, clip, printable
 
 # --------------------------------------------------------------------------- inspect
 
@@ -182,7 +182,7 @@ def _extract(ctx: typer.Context, config_file: Path | None, stop: Any) -> None:
 
     def featdump_warning(message: Any, category: Any, *args: Any, **kwargs: Any) -> None:
         if issubclass(category, FeatdumpWarning):  # one line, like errors (e.g. --resume on another device)
-            typer.echo(f"featdump: warning: {printable(message)}", err=True)
+            typer.echo(f"featdump: warning: {printable(clip(str(message), LINE_CHARS))}", err=True)
         else:
             shown(message, category, *args, **kwargs)
 

@@ -13,7 +13,7 @@ import typer
 
 from featdump.cli.typer_app import app, handle_errors
 from featdump.errors import FeatdumpError, UsageError
-from featdump.text import printable
+from featdump.text import LINE_CHARS, clip, printable
 
 # --------------------------------------------------------------------------- show / viz / models
 
@@ -268,6 +268,7 @@ def merge(
 
     Example: featdump merge out/feats.shard-*.h5 -o out/feats.h5
     """
+    from featdump.store.check import tar_progress
     from featdump.store.merge import merge_shards
 
     summary = merge_shards(
@@ -287,10 +288,12 @@ def merge(
         else "virtual: reads the shard files, found relative to it; keep them next to each other"
     )
     what = f"{summary.num_shards} shards" if summary.num_runs == 1 else f"{summary.num_shards} files of {summary.num_runs} runs"
-    typer.echo(
-        f"wrote {printable(summary.output)}: {summary.num_images} images, {summary.num_failed} failed, of {summary.num_inputs} "
-        f"from {what} · {state} · {how}"
-    )
+    counts = f"{summary.num_images} images, {summary.num_failed} failed"
+    if summary.input_kind == "tar":  # num_inputs counts tar files, inputs_done samples: say both
+        counts += f" · {tar_progress(summary.inputs_done, summary.num_inputs, summary.complete)} · merged from {what}"
+    else:
+        counts += f", of {summary.num_inputs} from {what}"
+    typer.echo(f"wrote {printable(summary.output)}: {counts} · {state} · {how}")
     for name in summary.skipped:
         typer.echo(f"skipped {printable(name)}: no rows")
     for name in summary.partial:
@@ -318,7 +321,7 @@ def fetch(
             got = fetch_weights(src)
         except FeatdumpError as exc:
             errors.append(str(exc))
-            typer.echo(f"featdump: error: {printable(exc)}", err=True)
+            typer.echo(f"featdump: error: {printable(clip(str(exc), LINE_CHARS))}", err=True)
             continue
         if quiet:
             typer.echo(str(got.path))

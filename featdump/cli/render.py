@@ -9,7 +9,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from featdump.text import printable
+from featdump.store.check import tar_progress
+from featdump.text import clip, printable
 
 if TYPE_CHECKING:
     from featdump.model.layers import Description, LayerInfo
@@ -247,7 +248,7 @@ def failures_table(failures: Sequence[tuple[str, str]], total: int) -> Table:
     table.add_column("path")
     table.add_column("why")
     for path, err in failures:
-        table.add_row(cell(path), cell(err))
+        table.add_row(cell(clip(path)), cell(clip(err)))
     return table
 
 
@@ -318,7 +319,9 @@ def show_renderables(info: dict[str, Any]) -> list[Any]:
     attrs = info["attrs"]
     shard = info.get("shard") or [0, 1]
     parts = [f"{info['num_images']} images", f"{info['num_failed']} failed"]
-    if info.get("num_inputs") not in (None, ""):
+    if info.get("num_inputs") not in (None, "") and info.get("input_kind") == "tar":  # samples of tar files
+        parts[-1] += ", " + tar_progress(info["inputs_done"], info["num_inputs"], info["complete"], info.get("tar_files_done"))
+    elif info.get("num_inputs") not in (None, ""):
         parts[-1] += f", {info['inputs_done']} of {info['num_inputs']} inputs done"
     if isinstance(shard, list) and len(shard) == 2 and shard[1] > 1:
         parts.append(f"shard {shard[0]}/{shard[1]}")

@@ -20,7 +20,7 @@ import typer
 from featdump import __version__
 from featdump.cli.typer_compat import click_exceptions, parameter_source
 from featdump.errors import FeatdumpError, Interrupted
-from featdump.text import first_line, printable
+from featdump.text import LINE_CHARS, clip, first_line, printable
 
 app = typer.Typer(
     name="featdump",
@@ -65,7 +65,7 @@ def _main(
 
 
 def fail(message: str, code: int) -> typer.Exit:
-    typer.echo(f"featdump: error: {printable(message)}", err=True)
+    typer.echo(f"featdump: error: {printable(clip(message, LINE_CHARS))}", err=True)
     return typer.Exit(code)
 
 
@@ -87,7 +87,7 @@ def handle_errors(func: F) -> F:
             if isinstance(exc, Interrupted) and _STATE["own_process"]:
                 # The file is committed and closed. Leave now: interpreter shutdown resets signal
                 # handlers, and a second Ctrl-C landing there would kill us without a word.
-                typer.echo(f"featdump: error: {printable(exc)}", err=True)
+                typer.echo(f"featdump: error: {printable(clip(str(exc), LINE_CHARS))}", err=True)
                 sys.stdout.flush()
                 sys.stderr.flush()
                 os._exit(exc.exit_code)

@@ -2,7 +2,11 @@
 ``--decode gpu`` finisher.
 
 Failures are records, not exceptions: an unreadable image becomes ``(index, None, reason)`` and
-never shifts another image's row.
+never shifts another image's row. One failure is not a record but ends the run: an image URL whose
+host answered earlier in the run and now does not (:class:`~featdump.data.remote.StoreStopped`).
+Its sample carries the reason as a :class:`Stop`; :func:`collate` empties that batch and sets
+:attr:`Batch.stopped`, and the job raises it with every batch before committed (threads and
+DataLoader workers alike: the marker is only text in the sample).
 """
 
 from __future__ import annotations
@@ -14,24 +18,34 @@ from typing import Any
 
 from featdump.data.decode import Encoded, describe_error, load_rgb, read_jpeg
 from featdump.data.discover import ImageRef
-from featdump.data.remote import fetch_bytes, is_url
+from featdump.data.remote import StoreStopped, fetch_bytes, is_url
 
 # (position in the list, tensor or None, error text or "", original (height, width) after EXIF or None)
 Sample = tuple[int, Any, str, Any]
 
 
-def image_source(ref: ImageRef) -> str | bytes:
+class Stop(str):
+    """A sample's reason that is no failure record but ends the run before this sample (the store
+    stopped answering: :class:`~featdump.data.remote.StoreStopped`). A ``str``, so it travels in the
+    sample like any reason, through a DataLoader worker's pipe too."""
+
+
+def image_source(ref: ImageRef, answered: set[str] | None = None) -> str | bytes:
     """What the decoder reads: the bytes carried by the ref (tar member, table cell), the bytes of
-    a URL (fetched with timeouts and bounded retries: featdump/data/remote.py), else its path."""
+    a URL (fetched with timeouts and bounded retries: featdump/data/remote.py; ``answered``: the
+    hosts that answered so far, see :func:`~featdump.data.remote.fetch_bytes`), else its path."""
     if ref.data is not None:
         return ref.data
     if is_url(ref.source):
-        return fetch_bytes(ref.source)
+        return fetch_bytes(ref.source, answered)
     return ref.source
 
 
 def failure(exc: BaseException, ref: ImageRef) -> str:
-    """The /failed error line; a file that was not found names the path (or URL) actually tried."""
+    """The /failed error line; a file that was not found names the path (or URL) actually tried.
+    For :class:`~featdump.data.remote.StoreStopped`, a :class:`Stop` (the run's last words)."""
+    if isinstance(exc, StoreStopped):
+        return Stop(str(exc))
     line = describe_error(exc)
     if isinstance(exc, FileNotFoundError) and ref.data is None:
         line += f" (tried {ref.source})"
@@ -55,6 +69,8 @@ class ImageDataset:
         self.max_pixels = max_pixels
         self.loader = loader
         self.guard = guard  # (width, height) -> raises for an image the resize would blow up (ResizeGuard)
+        # hosts of image URLs that answered in this run: shared by decode threads, one copy per DataLoader worker
+        self.answered: set[str] = set()
 
     def __len__(self) -> int:
         return len(self.refs)
@@ -68,7 +84,7 @@ class ImageDataset:
         if ref.error:  # the input itself has no image here (a tar sample without one, an empty cell)
             return i, None, ref.error, None
         try:
-            img = self.loader(image_source(ref), self.max_pixels)
+            img = self.loader(image_source(ref, self.answered), self.max_pixels)
             if self.guard is not None:
                 self.guard(*img.size)
             size = (int(img.size[1]), int(img.size[0]))
@@ -86,7 +102,7 @@ class EncodedDataset(ImageDataset):
         if ref.error:
             return i, None, ref.error, None
         try:
-            encoded = read_jpeg(image_source(ref), self.max_pixels, self.guard)
+            encoded = read_jpeg(image_source(ref, self.answered), self.max_pixels, self.guard)
         except Exception as exc:  # noqa: BLE001 - any failure becomes a record
             return i, None, failure(exc, ref), None
         # the size of a JPEG the device decodes is known after decoding (DeviceDecoder)
@@ -109,24 +125,36 @@ class Batch:
     # one per position: the original (height, width) after EXIF orientation (None: not known)
     sizes: list[Any] = field(default_factory=list)
     geometry: Any = None  # (B, 6) float64 rows of /geometry (featdump/data/geometry.py), set by the Loader
+    # why the run stops before this batch (a Stop: the store stopped answering; the batch is empty); "" to go on
+    stopped: str = ""
 
     def pin_memory(self) -> Batch:
         """Called by the DataLoader's pinning thread (``pin_memory=True``, CUDA runs): page-locked
         pixels let the copy to the GPU run asynchronously (``non_blocking``)."""
         pixels = self.pixels.pin_memory() if self.pixels is not None else None
         encoded = [Encoded(e.data.pin_memory()) if isinstance(e, Encoded) else e.pin_memory() for e in self.encoded]
-        return Batch(self.positions, pixels, self.failed, self.first, self.last, encoded, sizes=self.sizes)
+        return Batch(
+            self.positions, pixels, self.failed, self.first, self.last, encoded, sizes=self.sizes, stopped=self.stopped
+        )
 
 
 def collate(samples: list[Sample], stack: Callable[[list[Any]], Any] | None = None) -> Batch:
-    """Samples -> a Batch; ``stack`` joins the good items' pixels (default ``torch.stack``)."""
+    """Samples -> a Batch; ``stack`` joins the good items' pixels (default ``torch.stack``).
+
+    A :class:`Stop` among them empties the batch (no positions: ``last`` is ``first - 1``) and sets
+    ``stopped``: its images before the stop are not written either, so the run ends on a batch
+    boundary and ``--resume``'s batches are an uninterrupted run's (CPU kernels round differently
+    for another batch size: the values are bit-identical only so)."""
     import torch
 
+    covered = [s[0] for s in samples]
+    stop = next((s[2] for s in samples if isinstance(s[2], Stop)), None)
+    if stop is not None:
+        return Batch([], None, [], min(covered), min(covered) - 1, stopped=str(stop))
     good = [(s[0], s[1]) for s in samples if s[1] is not None]
     failed = [(s[0], s[2]) for s in samples if s[1] is None]
     sizes = [s[3] if len(s) > 3 else None for s in samples if s[1] is not None]
     positions = [i for i, _ in good]
-    covered = [s[0] for s in samples]
     if any(isinstance(t, Encoded) for _, t in good):
         return Batch(positions, None, failed, min(covered), max(covered), [t for _, t in good], sizes=sizes)
     pixels = (stack or torch.stack)([t for _, t in good]) if good else None
@@ -180,4 +208,4 @@ class DeviceDecoder:
                 rows.append(item.to(self.device, non_blocking=True))
             positions.append(pos)
         pixels = torch.stack(rows) if rows else None
-        return Batch(positions, pixels, sorted(failed), batch.first, batch.last, sizes=sizes)
+        return Batch(positions, pixels, sorted(failed), batch.first, batch.last, sizes=sizes, stopped=batch.stopped)

@@ -38,8 +38,9 @@ def is_image_name(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS)
 
 
-def _walk(root: Path) -> Iterable[tuple[str, str]]:
-    """Yield ``(relative posix path, absolute path)`` of image-named entries below ``root``.
+def _walk(root: Path, accept: Callable[[str], bool] = is_image_name) -> Iterable[tuple[str, str]]:
+    """Yield ``(relative posix path, absolute path)`` of the entries below ``root`` whose names
+    ``accept`` takes (image names).
 
     Hidden files and folders are skipped; symlinked folders are followed once (a loop is cut at
     the first folder seen twice). Non-regular files with an image name are yielded too, so that
@@ -72,9 +73,9 @@ def _walk(root: Path) -> Iterable[tuple[str, str]]:
                 is_dir = False
             if is_dir:
                 stack.append((Path(entry.path), rel / entry.name))
-                if is_image_name(entry.name):
+                if accept(entry.name):
                     yield (rel / entry.name).as_posix(), entry.path
-            elif is_image_name(entry.name):
+            elif accept(entry.name):
                 yield (rel / entry.name).as_posix(), entry.path
 
 
@@ -113,18 +114,33 @@ def read_list_file(path: Path | str) -> list[ImageRef]:
     return refs
 
 
-def _folder_refs(raw: str, prefixed: bool) -> list[ImageRef]:
-    """A folder's images sorted by stored path: relative to the folder, or (``prefixed``: several
-    INPUTs) starting with the folder as written."""
+class NoImagesInFolder(UsageError):
+    """A folder INPUT with no image in it (``folder``: as written); data/sources.py says what else
+    it holds (tar shards) and how to pass that."""
+
+    def __init__(self, folder: str) -> None:
+        exts = " ".join(e.lstrip(".") for e in IMAGE_EXTENSIONS)
+        super().__init__(f"no images in folder {folder} (looked recursively for: {exts})")
+        self.folder = folder
+
+
+def folder_files(raw: str, accept: Callable[[str], bool] = is_image_name) -> list[tuple[str, str]]:
+    """``(path relative to the folder, where to read it)`` of the files below the folder ``raw``
+    (local, walked as :func:`_walk` does; or a URL the store lists) whose names ``accept`` takes;
+    hidden files and folders skipped; in no particular order."""
     from featdump.data.remote import is_url, list_remote
 
     if is_url(raw):
-        found = [(rel, src) for rel, src in list_remote(raw) if is_image_name(rel) and not _hidden(rel)]
-    else:
-        found = list(_walk(Path(raw)))
+        return [(rel, src) for rel, src in list_remote(raw) if accept(rel) and not _hidden(rel)]
+    return list(_walk(Path(raw), accept))
+
+
+def _folder_refs(raw: str, prefixed: bool) -> list[ImageRef]:
+    """A folder's images sorted by stored path: relative to the folder, or (``prefixed``: several
+    INPUTs) starting with the folder as written."""
+    found = folder_files(raw)
     if not found:
-        exts = " ".join(e.lstrip(".") for e in IMAGE_EXTENSIONS)
-        raise UsageError(f"no images in folder {raw} (looked recursively for: {exts})")
+        raise NoImagesInFolder(raw)
     head = raw.rstrip("/") + "/" if prefixed and raw.rstrip("/") else ("/" if prefixed else "")
     return sorted((ImageRef(storable(head + rel), src) for rel, src in found), key=lambda r: r.path)
 

@@ -12,13 +12,17 @@ missing protocol package is a :class:`~featdump.errors.UsageError` naming the ex
 
 A store that stops answering while a stream is read raises :class:`RemoteUnreachable` (a
 :class:`~featdump.errors.FeatdumpError`, exit 1, not an ``OSError``): the tar reader must not take
-a lost connection for a damaged shard.
+a lost connection for a damaged shard. One image URL that fails is a dead link (a ``/failed``
+record), unless no answer came (refused, reset, timed out, name not found) from a host that did
+answer earlier in the run: then the store stopped answering and :func:`fetch_bytes` raises
+:class:`StoreStopped`, which ends the run before that image so ``--resume`` tries it again.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import socket
 import time
 from collections.abc import Sequence
 from typing import Any, BinaryIO
@@ -46,8 +50,60 @@ EXTRAS: dict[str, tuple[str, str]] = {
 }
 
 
+RESUME_HINT = "rerun the same command with --resume to continue from the last commit"
+
+
 class RemoteUnreachable(FeatdumpError):
-    """A remote store failed while featdump was reading from it (after the retries)."""
+    """A remote store failed while featdump was reading from it (after the retries). ``answered``:
+    the last try got an answer (an HTTP error status), not a connection-level failure."""
+
+    def __init__(self, message: str, answered: bool = False) -> None:
+        super().__init__(message)
+        self.answered = answered
+
+
+class StoreStopped(RemoteUnreachable):
+    """An image URL got no answer from a host that answered earlier in this run: the store stopped
+    answering, so the run stops before this image (rather than record it, and every later one, as failed)."""
+
+
+# the classes (by name, in any client's hierarchy) of a failure that got no answer from the server
+_NO_ANSWER = frozenset(
+    {
+        "ClientConnectionError",  # aiohttp: refused, reset, DNS, server disconnected, timeouts
+        "ClientPayloadError",  # aiohttp: the connection dropped in the middle of the body
+        "EndpointConnectionError",  # botocore (s3fs)
+        "ConnectionClosedError",
+        "ConnectTimeoutError",
+        "ReadTimeoutError",
+        "ProxyConnectionError",
+    }
+)
+
+
+def no_answer(exc: BaseException | None) -> bool:
+    """Whether a failure is at the connection level (refused, reset, timed out, name not found:
+    aiohttp's, botocore's and the OS's errors, through the exception's causes); an HTTP error
+    status is an answer, not this."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if getattr(exc, "status", None) is not None:  # aiohttp's ClientResponseError: the server answered
+            return False
+        if isinstance(exc, (ConnectionError, TimeoutError, socket.gaierror)):
+            return True
+        if any(cls.__name__ in _NO_ANSWER for cls in type(exc).__mro__):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def host_of(url: str) -> str:
+    """``scheme://host[:port]`` of a URL (for ``s3://`` and ``gs://``: the bucket)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    return f"{parts.scheme.lower()}://{parts.netloc.lower()}"
 
 
 def is_url(path: str) -> bool:
@@ -149,11 +205,25 @@ class _Retrying:
         self.close()
 
 
+_NOT_FOUND_CODES = frozenset({"NoSuchBucket", "NoSuchKey", "NotFound", "404", "410"})  # botocore's error codes
+
+
 def _really_not_found(exc: FileNotFoundError) -> bool:
     """fsspec's HTTP client says "not found" for any failed HEAD/GET: a refused connection is not
-    a missing file. Only an answer (HTTP 404/410, or no cause at all) counts as "not found"."""
+    a missing file. Only an answer counts as "not found": no cause at all, HTTP 404/410 (aiohttp's
+    ``status``, gcsfs's ``code``), or botocore's ``NoSuchBucket``/``NoSuchKey``/404 (s3fs turns a
+    missing bucket into a FileNotFoundError caused by botocore's ClientError)."""
     cause = exc.__cause__
-    return cause is None or isinstance(cause, FileNotFoundError) or getattr(cause, "status", None) in (404, 410)
+    if cause is None or isinstance(cause, FileNotFoundError):
+        return True
+    if getattr(cause, "status", None) in (404, 410) or getattr(cause, "code", None) in (404, 410):
+        return True
+    response = getattr(cause, "response", None)
+    if isinstance(response, dict):
+        code = str(response.get("Error", {}).get("Code", ""))
+        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        return code in _NOT_FOUND_CODES or status in (404, 410)
+    return False
 
 
 def _retry(url: str, call: Any, hint: bool = True) -> Any:
@@ -170,8 +240,9 @@ def _retry(url: str, call: Any, hint: bool = True) -> Any:
 
                 cause = exc.__cause__ if isinstance(exc, FileNotFoundError) and exc.__cause__ else exc
                 why = first_line(cause)
-                again = "; rerun the same command with --resume to continue from the last commit" if hint else ""
-                raise RemoteUnreachable(f"cannot read {url} ({why}; {RETRIES + 1} tries){again}") from None
+                again = f"; {RESUME_HINT}" if hint else ""
+                message = f"cannot read {url} ({why}; {RETRIES + 1} tries){again}"
+                raise RemoteUnreachable(message, answered=not no_answer(cause)) from None
         time.sleep(delay)
         delay *= 2
     raise AssertionError("unreachable")
@@ -252,11 +323,29 @@ def list_remote(url: str) -> list[tuple[str, str]]:
     return out
 
 
-def fetch_bytes(url: str) -> bytes:
+def fetch_bytes(url: str, answered: set[str] | None = None) -> bytes:
     """The whole of one remote image (timeouts, :data:`RETRIES` retries); ``FileNotFoundError``
-    when the store answers "not found", :class:`RemoteUnreachable` when it does not answer."""
+    when the store answers "not found", :class:`RemoteUnreachable` when it fails otherwise.
+
+    ``answered``: the hosts (:func:`host_of`) that have answered so far in this run, kept up to date
+    here. A URL that gets no answer at all (:func:`no_answer`) from one of them raises
+    :class:`StoreStopped`: the store stopped answering, the run must stop. Not thread-local: one
+    set serves the decode threads (``set.add`` is atomic), and each DataLoader worker its own copy."""
     fs, inner = filesystem(url)
+    host = host_of(url)
+    seen = answered if answered is not None else set()
     try:
-        return bytes(_retry(url, lambda: fs.cat_file(inner), hint=False))
+        data = bytes(_retry(url, lambda: fs.cat_file(inner), hint=False))
     except FileNotFoundError:
+        seen.add(host)
         raise FileNotFoundError(2, "not found", url) from None
+    except RemoteUnreachable as exc:
+        if exc.answered:
+            seen.add(host)
+        elif host in seen:
+            raise StoreStopped(
+                f"{exc}; {host} answered earlier in this run, so the store stopped answering"
+            ) from None
+        raise
+    seen.add(host)
+    return data

@@ -80,7 +80,13 @@ class FileSource:
     folder sorted by stored path, a list in its own order), split into contiguous blocks of near-equal size."""
 
     def __init__(self, inputs: Sequence[str]) -> None:
-        self.refs = discover(inputs)
+        from featdump.data.discover import NoImagesInFolder
+        from featdump.data.tars import shards_hint
+
+        try:
+            self.refs = discover(inputs)
+        except NoImagesInFolder as exc:  # a folder of tar shards: say how to give them
+            raise UsageError(f"{exc}{shards_hint(exc.folder)}") from None
 
     def select(self, index: int, count: int) -> Selection:
         start, stop = shard_bounds(len(self.refs), index, count)
@@ -172,6 +178,28 @@ class TarSource:
         return TarSelection(self.shards[start:stop], self.shards)
 
 
+def check_shards_unique(inputs: Sequence[str]) -> None:
+    """A tar shard named twice (after brace expansion; a local one by its real path, so ``a.tar``
+    and ``./a.tar`` are one) would store its samples twice: a UsageError naming the shard and the
+    INPUTs that gave it, before any shard is opened."""
+    from featdump.data.remote import is_url
+    from featdump.data.tars import expand_braces
+
+    seen: dict[str, tuple[int, str]] = {}  # shard -> (INPUT index, name as expanded) of its first mention
+    for k, raw in enumerate(inputs):
+        for name in expand_braces(raw):
+            key = name if is_url(name) else os.path.realpath(name)
+            if key not in seen:
+                seen[key] = (k, name)
+                continue
+            j, first = seen[key]
+            by = f"by the pattern {raw}" if j == k else f"by the INPUTs {inputs[j]} and {raw}"
+            also = f" (the second time as {name})" if name != first else ""
+            raise UsageError(
+                f"tar shard {first} is named twice, {by}{also}: its samples would be stored twice; name each shard once"
+            )
+
+
 # --------------------------------------------------------------------------- tables
 
 
@@ -247,6 +275,7 @@ def open_source(inputs: Sequence[str], options: Any = None) -> Source:
             flag = "--" + given[0].replace("_", "-")
             raise UsageError(f"{flag} applies to a table INPUT (.csv, .tsv, .parquet, .jsonl), not to {inputs[0]}")
     if kind == "tar":
+        check_shards_unique(inputs)
         return TarSource(inputs)
     if kind == "table":
         if len(inputs) != 1:

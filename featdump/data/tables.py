@@ -45,7 +45,8 @@ class Table:
         self.kind = next(e for e in TABLE_EXTENSIONS if path.lower().endswith(e)).lstrip(".")
         self.folder = os.path.dirname(path)
         self.pa = _pyarrow()
-        names = self._names()
+        schema = self._schema()
+        names = list(schema.names)
         if path_column and image_column:
             raise UsageError("--path-column and --image-column exclude each other: paths or image bytes")
         if image_column and self.kind != "parquet":
@@ -60,6 +61,8 @@ class Table:
                     f"{path} has none of the columns {', '.join(PATH_COLUMNS)}; name the image column with "
                     f"--path-column or --image-column (columns: {', '.join(names)})"
                 )
+        if self.kind not in ("csv", "tsv"):  # the text formats' cells are read as text
+            self._check_type(schema, path_column, image_column)
         self.path_column, self.image_column, self.id_column = path_column, image_column, id_column
         self.columns = [c for c in (path_column, image_column, id_column) if c]
         self.columns = list(dict.fromkeys(self.columns))
@@ -67,13 +70,35 @@ class Table:
 
     # ------------------------------------------------------------------ pyarrow readers
 
-    def _names(self) -> list[str]:
+    def _check_type(self, schema: Any, path_column: str | None, image_column: str | None) -> None:
+        """A path column holds text, an image column bytes: a column of the other kind (or of
+        numbers, lists, ...) is a UsageError naming the option to use, before any row is read."""
+        types = self.pa.types
+        column = str(path_column or image_column)
+        kind = schema.field(column).type
+        if types.is_dictionary(kind):
+            kind = kind.value_type
+        text = types.is_string(kind) or types.is_large_string(kind) or str(kind) == "string_view"
+        raw = types.is_binary(kind) or types.is_large_binary(kind) or types.is_fixed_size_binary(kind)
+        raw = raw or str(kind) == "binary_view"
+        struct = types.is_struct(kind) and kind.get_field_index("bytes") >= 0
+        if types.is_null(kind) or (text if path_column else raw or struct):
+            return
+        if path_column and (raw or struct):
+            held = "{bytes, path} structs" if struct else "binary"
+            raise UsageError(f"column {column} holds image bytes ({held}); use --image-column {column}")
+        if image_column and text:
+            raise UsageError(f"column {column} holds text, not image bytes; for paths or URLs use --path-column {column}")
+        want = "paths or URLs (text)" if path_column else "image bytes (binary, or {bytes, path} structs)"
+        raise UsageError(f"column {column} holds {kind} values, not {want}")
+
+    def _schema(self) -> Any:
         try:
             if self.kind == "parquet":
                 with open_input(self.path) as fh:
-                    return list(self._parquet(fh).schema_arrow.names)
+                    return self._parquet(fh).schema_arrow
             with open_input(self.path) as fh:
-                return list(self._text(fh, None).schema.names)
+                return self._text(fh, None).schema
         except OSError as exc:
             raise UsageError(f"cannot read table {self.path}: {exc.strerror or exc}") from None
         except self.pa.ArrowException as exc:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 import tarfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Self
 
@@ -57,6 +57,54 @@ def expand_braces(pattern: str) -> list[str]:
     else:
         choices = ["{" + body + "}"]  # not a brace expression: kept literally
     return [head + c + rest for c in choices for rest in expand_braces(tail)]
+
+
+_NUMBERED = re.compile(r"^(.*?)(\d+)(\.tar|\.tar\.gz|\.tgz)$", re.IGNORECASE)
+
+
+def shard_pattern(names: Sequence[str]) -> str | None:
+    """The brace pattern that :func:`expand_braces` turns into exactly ``names`` (in numeric order),
+    for numbered shards of one run (``data-000000.tar`` ... ``data-000004.tar`` ->
+    ``data-{000000..000004}.tar``); the name itself for one; None when no pattern gives them."""
+    if len(names) == 1:
+        return names[0]
+    parts = [_NUMBERED.match(n) for n in names]
+    if not parts or any(m is None for m in parts):
+        return None
+    found = sorted((int(m.group(2)), m.group(2), m.group(1), m.group(3)) for m in parts if m is not None)
+    if len({(head, ext) for _, _, head, ext in found}) != 1:
+        return None
+    (_, first, head, ext), (_, last, _, _) = found[0], found[-1]
+    pattern = f"{head}{{{first}..{last}}}{ext}"
+    return pattern if expand_braces(pattern) == [f"{h}{d}{e}" for _, d, h, e in found] else None
+
+
+def _tar_extension(name: str) -> str:
+    return next(e for e in TAR_EXTENSIONS if name.lower().endswith(e))
+
+
+def shards_hint(folder: str) -> str:
+    """For a folder INPUT without images: how many tar shards it holds and how to give them (a
+    brace pattern built from their names, else a shell glob per folder), or "" when it holds none."""
+    from featdump.data.discover import folder_files
+    from featdump.data.remote import is_url
+
+    head = folder.rstrip("/") + "/"
+    names = sorted(head + rel for rel, _ in folder_files(folder, is_tar_name))
+    if not names:
+        return ""
+    pattern = shard_pattern(names)
+    if pattern is not None:
+        how = f"'{pattern}'"
+    else:
+        # (folder, extension) of the shards, in order: one shell glob each
+        groups = list(dict.fromkeys((n.rsplit("/", 1)[0], _tar_extension(n)) for n in names))
+        if is_url(folder):  # no shell expands a URL: name them
+            how = " ".join(f"'{n}'" for n in names[:3]) + (" ..." if len(names) > 3 else "")
+        else:
+            how = " ".join(f"{where}/*{ext}" for where, ext in groups[:3]) + (" ..." if len(groups) > 3 else "")
+    many = f"{len(names)} tar shards" if len(names) > 1 else "1 tar shard"
+    return f"; it holds {many} (WebDataset): give them as INPUTs, e.g. {how}"
 
 
 def split_key(name: str) -> tuple[str | None, str]:

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from featdump.data.batching import Loader
+from featdump.data.remote import RESUME_HINT, StoreStopped
 from featdump.data.sources import open_source
 from featdump.errors import FeatdumpWarning, Interrupted, UsageError
 from featdump.model.backbone import load_backbone
@@ -94,6 +95,8 @@ def _run(cfg: ExtractConfig, progress: ProgressSink, on_ready: Callable | None, 
             progress.start(length, done, cfg.model)
             try:
                 for batch in loader:
+                    if batch.stopped:  # the store stopped answering (an empty batch): what came before is committed
+                        raise StoreStopped(f"{batch.stopped}; {RESUME_HINT}")
                     feats = forward(batch.pixels) if batch.pixels is not None else []
                     refs = batch.refs
                     paths = [refs[i].path for i in batch.positions]

@@ -236,6 +236,8 @@ def verify_file(path: str | Path, n: int = 8, seed: int = 0, device: str = "auto
     outs: dict[int, list[Any]] = {}  # position in refs -> one array per layer
     errors: dict[int, str] = {}
     for batch in loader:
+        if batch.stopped:  # an image URL's store stopped answering
+            raise CannotVerify(f"cannot verify {p}: {batch.stopped}")
         errors.update(dict(batch.failed))
         if not batch.positions:
             continue

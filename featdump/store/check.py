@@ -232,8 +232,7 @@ def check_file(h5: Any, path: str | Path) -> Counts:
             path, f"inputs_done is {inputs_done}, fewer than num_images + num_failed ({num_images} + {num_failed})"
         )
     if num_inputs is not None and input_kind(attrs) == "tar":  # num_inputs counts tar files, inputs_done samples
-        mark = attrs.get("stream_mark")
-        shard_done = int(mark[0]) if mark is not None and len(mark) == 2 else 0
+        shard_done = tar_files_done(attrs) or 0
         if not 0 <= shard_done <= num_inputs:
             raise inconsistent(path, f"stream_mark names tar file {shard_done} but num_inputs is {num_inputs}")
     elif num_inputs is not None and inputs_done > num_inputs:
@@ -245,6 +244,26 @@ def input_kind(attrs: Any) -> str:
     """The file's ``input_kind`` (files | tar | table; files when older featdump wrote it)."""
     value = attrs.get("input_kind", "files")
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def tar_files_done(attrs: Any) -> int | None:
+    """Tar files a tar-shard file has finished: the first number of its committed ``stream_mark``
+    ``[tar file, samples read in it]``; None without one (nothing committed yet, a merged file)."""
+    mark = attrs.get("stream_mark")
+    return int(mark[0]) if mark is not None and len(mark) == 2 else None
+
+
+def tar_progress(samples: int, tar_files: int, complete: bool, files_done: int | None = None) -> str:
+    """The one wording of a tar-shard file's progress, in its two units: ``inputs_done`` counts
+    samples, ``num_inputs`` tar files (``30 samples read from 3 tar shards``; unfinished:
+    ``8 samples read, 1 of 3 tar shards done``, or ``8 samples read (3 tar shards)`` where it is
+    not known how many are done)."""
+    shards = f"{tar_files} tar shard{'' if tar_files == 1 else 's'}"
+    if complete:
+        return f"{samples} samples read from {shards}"
+    if files_done is not None:
+        return f"{samples} samples read, {files_done} of {shards} done"
+    return f"{samples} samples read ({shards})"
 
 
 def check_same_settings(h5: Any, attrs: dict[str, Any], path: str | Path) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from featdump.errors import FeatdumpError, UsageError
-from featdump.store.check import RESUME_KEYS, Counts, check_file, setting_value
+from featdump.store.check import RESUME_KEYS, Counts, check_file, input_kind, setting_value, tar_files_done
 from featdump.store.format import read_text
 from featdump.store.vds import missing_sources, virtual_sources
 from featdump.text import first_line, to_str
@@ -188,8 +188,10 @@ def summarize_file(path: str | Path, max_failures: int = 10) -> dict[str, Any]:
             "num_images": num_images,
             "rows_in_paths": paths_rows,
             "num_failed": num_failed,
-            "inputs_done": counts.inputs_done,
-            "num_inputs": attrs.get("num_inputs"),
+            "inputs_done": counts.inputs_done,  # tar shards: samples read (and damaged-shard records)
+            "num_inputs": attrs.get("num_inputs"),  # tar shards: tar files
+            "input_kind": input_kind(attrs),
+            "tar_files_done": tar_files_done(attrs),  # None unless a tar-shard file has committed rows
             "shard": attrs.get("shard"),
             "virtual": bool(sources),
             # a writer holds the file, or was killed holding it (--resume replays the journal)

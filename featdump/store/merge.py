@@ -40,6 +40,8 @@ from featdump.store.check import (
     input_kind,
     setting_text,
     setting_value,
+    tar_files_done,
+    tar_progress,
 )
 from featdump.store.committed import open_committed
 from featdump.store.format import (
@@ -97,6 +99,8 @@ class MergeSummary:
     partial: list[str]  # incomplete shards merged with allow_partial
     num_runs: int = 1  # independent runs joined one after the other
     bytes: int = 0
+    input_kind: str = "files"  # files | tar | table: for tar, num_inputs counts tar files and inputs_done samples
+    inputs_done: int = 0
 
 
 # --------------------------------------------------------------------------- reading shards
@@ -276,8 +280,12 @@ def check_shards(shards: Sequence[Shard], allow_partial: bool = False) -> list[S
                 f"{total}-image list has {stop - start}; was it made by another version of featdump?"
             )
         if not s.complete and not allow_partial:
+            if input_kind(s.attrs) == "tar":
+                done = tar_progress(s.inputs_done, s.num_inputs, False, tar_files_done(s.attrs))
+            else:
+                done = f"{s.inputs_done} of {s.num_inputs} inputs done"
             raise UsageError(
-                f"{s.shown} is not complete ({s.inputs_done} of {s.num_inputs} inputs done); finish it "
+                f"{s.shown} is not complete ({done}); finish it "
                 "(re-run its task with --resume) or pass --allow-partial to merge the rows it has"
             )
     return ordered
@@ -461,6 +469,7 @@ def _merged_attrs(runs: Sequence[Sequence[Shard]], *, copy: bool, command: str, 
     heads = [run[0] for run in runs]
     ref = heads[0]
     attrs = {key: setting_value(key, value) for key, value in ref.attrs.items()}
+    attrs.pop("stream_mark", None)  # the first shard's place in its tar files: none of the merged file's
     size = sum(h.list_size for h in heads)
     digest = str(ref.attrs.get("list_digest", ""))
     extract_command = str(ref.attrs.get("command", ""))  # where the inputs were (viz)
@@ -579,6 +588,8 @@ def _write(
         num_images=num_images,
         num_failed=int(attrs["num_failed"]),
         num_inputs=int(attrs["num_inputs"]),
+        input_kind=input_kind(attrs),
+        inputs_done=int(attrs["inputs_done"]),
         complete=not partial,
         layers=layers,
         skipped=skipped,

@@ -27,7 +27,7 @@ from featdump.store.format import (
     compression_kwargs,
     set_attr,
 )
-from featdump.text import first_line
+from featdump.text import clip, first_line
 
 
 class NothingCommitted(FeatdumpError):
@@ -263,7 +263,7 @@ class Store:
                     append_geometry(self.h5[GEOMETRY], n, b, geometry)
             m = self.progress.num_failed
             if failed:
-                cols = [("paths", [f[0] for f in failed]), ("errors", [f[1] for f in failed])]
+                cols = [("paths", [f[0] for f in failed]), ("errors", [clip(f[1]) for f in failed])]
                 if self.ids:
                     cols.append(("ids", [(f[2] if len(f) > 2 else None) or "" for f in failed]))
                 for key, col in cols:
