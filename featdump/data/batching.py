@@ -106,8 +106,9 @@ class StreamBatches:
     tar shard, waiting for a remote store's answer and parsing tar headers then overlap the forward
     pass instead of stalling the thread that runs it.
 
-    A :class:`~featdump.errors.FeatdumpError` from ``refs`` ends the keys (the refs read before it
-    still make a last, shorter batch) and is kept in ``broken``: the loader drains what it has in
+    A :class:`~featdump.errors.FeatdumpError` from ``refs`` ends the keys (the refs of the batch it
+    cut are dropped, so that every batch written is a whole one and ``--resume`` cuts the same
+    batches as an uninterrupted run) and is kept in ``broken``: the loader drains what it has in
     flight as at a normal end, and :class:`Loader` raises it after the last batch."""
 
     AHEAD = 2
@@ -139,8 +140,8 @@ class StreamBatches:
 class ReadAhead:
     """Chunks of ``size`` consecutive refs of ``refs``, read in a thread of their own, at most
     ``ahead`` chunks (and ``max_bytes`` of the refs' image bytes; one chunk always) before they are
-    taken. A :class:`~featdump.errors.FeatdumpError` from ``refs`` ends the chunks (those read
-    before it come first, the last one shorter) and is kept in ``broken``; any other error is
+    taken. A :class:`~featdump.errors.FeatdumpError` from ``refs`` ends the chunks (the whole ones
+    read before it come first; the one it cut is dropped) and is kept in ``broken``; any other error is
     raised where the chunks are taken. :meth:`close` ends the thread at its next chunk and closes
     the stream there."""
 
@@ -164,6 +165,9 @@ class ReadAhead:
                     chunk.extend(itertools.islice(self.refs, self.size))
                 except FeatdumpError as exc:
                     self.broken = exc
+                    # no shorter last batch: --resume starts at the committed position, so a cut batch
+                    # would shift every later batch against an uninterrupted run (and values with them)
+                    chunk = []
                 if not chunk:
                     return
                 size = sum(len(r.data) for r in chunk if r.data is not None)
