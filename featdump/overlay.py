@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from featdump.data.findinput import find_input, input_roots, roots_from_inputs
 from featdump.errors import UsageError
 from featdump.viz import (
     BACKGROUND,
@@ -19,16 +20,11 @@ from featdump.viz import (
     PAD,
     TILE,
     VizResult,
-    _clip,
-    _font,
-    _input_roots,
     _placeholder,
-    _roots_from_inputs,
     check_picture,
-    find_input,
-    pca_rgb,
     select_rows,
 )
+from featdump.vizdraw import fit_text, label_font, pca_rgb
 
 ALPHA = 0.6  # weight of the feature colours over the photo
 
@@ -115,17 +111,17 @@ def render_overlay(
     inputs = read_inputs_attr(meta.get("inputs"))
     anchors = [Path(i) for i in inputs or [] if Path(i).is_absolute()]
     if inputs is not None:
-        roots = ([Path(root)] if root else []) + _roots_from_inputs(inputs, src)
+        roots = ([Path(root)] if root else []) + roots_from_inputs(inputs, src)
     else:
-        roots = ([Path(root)] if root else []) + _input_roots(str(meta.get("command", "")), src)
-        roots += _input_roots(str(meta.get("extract_command", "")), src)
+        roots = ([Path(root)] if root else []) + input_roots(str(meta.get("command", "")), src)
+        roots += input_roots(str(meta.get("extract_command", "")), src)
     width = PAD + (1 + len(chosen)) * (tile + PAD)
     height = PAD + LABEL_H + len(rows) * (tile + LABEL_H // 2 + PAD)
     canvas = Image.new("RGB", (width, height), BACKGROUND)
     draw = ImageDraw.Draw(canvas)
-    font = _font()
+    font = label_font()
     for c, name in enumerate(["original"] + chosen):
-        draw.text((PAD + c * (tile + PAD), PAD), _clip(name, tile), fill=(20, 20, 20), font=font)
+        draw.text((PAD + c * (tile + PAD), PAD), fit_text(name, tile), fill=(20, 20, 20), font=font)
     found: dict[str, str] = {}
     for r, row in enumerate(rows):
         y = PAD + LABEL_H + r * (tile + LABEL_H // 2 + PAD)
@@ -137,13 +133,13 @@ def render_overlay(
                 photo = load_rgb(str(where))
             except Exception:  # noqa: BLE001 - an unreadable input is drawn as missing
                 photo = None
-        tiles = [_placeholder((tile, tile), "input not found:\n" + _clip(paths[row], tile))] * (1 + len(chosen))
+        tiles = [_placeholder((tile, tile), "input not found:\n" + fit_text(paths[row], tile))] * (1 + len(chosen))
         if photo is not None:
             small = _fit(photo, tile, pad=False)  # paint at the tile's resolution: boxes scaled alike
             k = small.size[0] / photo.size[0]
             tiles = [_fit(photo, tile)] + [_fit(paint(small, boxes[(n, row)] * k, colours[n][r]), tile) for n in chosen]
         for c, img in enumerate(tiles):
             canvas.paste(img, (PAD + c * (tile + PAD), y))
-        draw.text((PAD, y + tile + 1), _clip(f"#{row} {paths[row]}", width - 2 * PAD), fill=(60, 60, 60), font=font)
+        draw.text((PAD, y + tile + 1), fit_text(f"#{row} {paths[row]}", width - 2 * PAD), fill=(60, 60, 60), font=font)
     canvas.save(out, format="PNG", optimize=True)
     return VizResult(str(out), width, height, rows, chosen, found)

@@ -14,30 +14,30 @@ shown images, each a dot in its row's colour. Rows are chosen by ``--image`` or 
 from __future__ import annotations
 
 import math
-import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from featdump.data.findinput import find_input, input_roots, roots_from_inputs
 from featdump.errors import FeatdumpError, UsageError
 from featdump.store.describe import open_featdump
 from featdump.store.format import read_inputs_attr, read_text
+from featdump.vizdraw import (
+    PALETTE,
+    SCATTER_MIN,
+    bar_strips,
+    fit_text,
+    label_font,
+    pca_rgb,
+    pca_scatter,
+)
 
 TILE = 160
 PAD = 6
 LABEL_H = 30
 BACKGROUND = (255, 255, 255)
 DEFAULT_IMAGES = 4
-
-MAX_BARS = 16  # channels in a pooled vector's bar strip, at most
-SCATTER_MIN = 3  # images shown before a pooled layer gets a PCA scatter panel
-# One colour per shown image (Tableau 10): its bars, its dot in the scatter and its row's swatch.
-PALETTE = [
-    (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
-    (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207),
-]  # fmt: skip
-PANEL = (248, 248, 248)
 
 
 @dataclass
@@ -110,140 +110,6 @@ def select_rows(
     return rows
 
 
-def _roots_from_inputs(inputs: Sequence[str], h5_path: Path) -> list[Path]:
-    """Folders where the stored (relative) paths may live, from the file's ``inputs`` attribute:
-    INPUT folders, and the folders of list files and image files."""
-    roots: list[Path] = []
-    for item in inputs:
-        p = Path(item)
-        if p.is_dir():
-            roots.append(p)
-        elif p.is_file():
-            roots.append(p.parent)
-    return _unique(roots + [Path.cwd(), h5_path.parent])
-
-
-def _input_roots(command: str, h5_path: Path) -> list[Path]:
-    """For files written before the ``inputs`` attribute: INPUT folders (or list files' folders)
-    named in the recorded command, tried as given and relative to the output file's folder."""
-    try:
-        words = shlex.split(command)
-    except ValueError:
-        words = command.split()
-    roots: list[Path] = []
-    for word in words[1:]:
-        word = word.strip("[]'\",()")  # also featdump.extract('m', ['photos/'], ...) as the API records it
-        if not word or word.startswith("-"):
-            continue
-        for base in (Path.cwd(), h5_path.parent):
-            p = Path(word) if Path(word).is_absolute() else base / word
-            if p.is_dir():
-                roots.append(p)
-            elif p.is_file() and p.suffix.lower() in (".txt", ".lst", ".list", ".csv", ".tsv"):
-                roots.append(p.parent)
-    return _unique(roots + [Path.cwd(), h5_path.parent])
-
-
-def _unique(roots: Sequence[Path]) -> list[Path]:
-    unique: list[Path] = []
-    for r in roots:
-        if r.resolve() not in [u.resolve() for u in unique]:
-            unique.append(r)
-    return unique
-
-
-def find_input(stored: str, roots: Sequence[Path], anchors: Sequence[Path] = ()) -> Path | None:
-    """Where a stored image path can be read now, or None.
-
-    ``anchors`` are the run's INPUTs as absolute paths: a stored path that starts with an INPUT
-    as written (several INPUTs: ``split/train/cat/1.jpg``; image files: the path as given) is found
-    under the absolute INPUT whose trailing parts it starts with.
-    """
-    p = Path(stored)
-    if p.is_absolute():
-        return p if p.is_file() else None
-    for root in roots:
-        candidate = root / p
-        if candidate.is_file():
-            return candidate
-    parts = p.parts
-    for anchor in anchors:
-        for i in range(min(len(parts), len(anchor.parts)), 0, -1):
-            if anchor.parts[-i:] == parts[:i]:
-                candidate = anchor.joinpath(*parts[i:])
-                if candidate.is_file():
-                    return candidate
-    return None
-
-
-# --------------------------------------------------------------------------- numbers -> colours
-
-
-def principal_components(x: Any, k: int) -> tuple[Any, Any]:
-    """(n, C) rows -> their scores on the first ``k`` principal components (n, <=k) and each
-    component's share of the variance. Signs are fixed (the larger tail of each score is
-    positive), so a picture does not flip between runs or LAPACK builds."""
-    import numpy as np
-
-    x = np.nan_to_num(np.asarray(x, dtype=np.float64))
-    x = x - x.mean(axis=0, keepdims=True)
-    n, c = x.shape
-    if c == 1:
-        comps, var = x, np.array([float((x * x).sum())])
-    elif n >= c:
-        vals, vecs = np.linalg.eigh(x.T @ x)
-        comps, var = x @ vecs[:, ::-1][:, :k], vals[::-1][:k].clip(0)
-    else:
-        _, s, vt = np.linalg.svd(x, full_matrices=False)
-        comps, var = x @ vt[:k].T, (s**2)[:k]
-    total = float((x * x).sum())
-    share = var / total if total > 0 else np.zeros_like(var)
-    for j in range(comps.shape[1]):
-        col = comps[:, j]
-        if abs(np.percentile(col, 1)) > abs(np.percentile(col, 99)):
-            comps[:, j] = -col
-    return comps, share
-
-
-def pca_rgb(maps: Any) -> Any:
-    """(K, C, H, W) feature maps -> (K, H, W, 3) uint8: first three principal components of the
-    channels, fitted jointly over all K maps, each scaled by its 1st-99th percentile."""
-    import numpy as np
-
-    k, c, h, w = maps.shape
-    comps, _ = principal_components(maps.astype(np.float64).transpose(0, 2, 3, 1).reshape(-1, c), 3)
-    if comps.shape[1] < 3:
-        comps = np.concatenate([comps] + [comps[:, :1]] * (3 - comps.shape[1]), axis=1)
-    out = np.empty_like(comps)
-    for j in range(3):
-        col = comps[:, j]
-        lo, hi = np.percentile(col, 1), np.percentile(col, 99)
-        out[:, j] = np.clip((col - lo) / (hi - lo), 0, 1) if hi > lo else 0.5
-    return (out.reshape(k, h, w, 3) * 255).round().astype(np.uint8)
-
-
-def pca_2d(vectors: Any) -> tuple[Any, Any]:
-    """(K, C) pooled vectors -> (K, 2) coordinates on their first two principal components (fitted
-    over the K vectors; a missing component is 0) and the two components' shares of the variance."""
-    import numpy as np
-
-    comps, share = principal_components(vectors, 2)
-    xy = np.zeros((comps.shape[0], 2))
-    xy[:, : comps.shape[1]] = comps
-    shares = np.zeros(2)
-    shares[: len(share)] = share
-    return xy, shares
-
-
-def top_channels(vectors: Any, k: int) -> Any:
-    """(K, C) vectors -> (K, k) channel numbers of each vector's ``k`` largest magnitudes, largest
-    first (ties: the lower channel first)."""
-    import numpy as np
-
-    v = np.nan_to_num(np.asarray(vectors, dtype=np.float64))
-    return np.argsort(-np.abs(v), axis=1, kind="stable")[:, : min(k, v.shape[1])]
-
-
 def as_maps(data: Any, attrs: dict[str, Any]) -> tuple[str, Any]:
     """Stored rows -> ("map", (K, C, H, W)) or ("vector", (K, C))."""
     import numpy as np
@@ -269,15 +135,6 @@ def as_maps(data: Any, attrs: dict[str, Any]) -> tuple[str, Any]:
 
 
 # --------------------------------------------------------------------------- drawing
-
-
-def _font() -> Any:
-    from PIL import ImageFont
-
-    try:
-        return ImageFont.load_default(size=11)
-    except TypeError:  # Pillow < 10.1
-        return ImageFont.load_default()
 
 
 def model_transform(attrs: dict[str, Any]) -> Any:
@@ -310,98 +167,7 @@ def _placeholder(tile: tuple[int, int], text: str) -> Any:
     draw = ImageDraw.Draw(img)
     draw.line([(0, 0), (tile[0], tile[1])], fill=(200, 200, 200))
     draw.line([(0, tile[1]), (tile[0], 0)], fill=(200, 200, 200))
-    draw.multiline_text((6, tile[1] // 2 - 12), text, fill=(90, 90, 90), font=_font())
-    return img
-
-
-def _clip(text: str, width: int, keep_end: bool = True) -> str:
-    """Shorten a label to the tile width: module names keep their end (blocks.11.mlp.fc1), others their start."""
-    max_chars = max(4, width // 6)
-    if len(text) <= max_chars:
-        return text
-    return "…" + text[-(max_chars - 1) :] if keep_end else text[: max_chars - 1] + "…"
-
-
-def _number(v: float) -> str:
-    """A bar's value in at most 7 characters."""
-    text = f"{v:.3g}"
-    return text if len(text) <= 7 else f"{v:.0e}"
-
-
-def bar_strips(vectors: Any, colours: Sequence[tuple[int, int, int]], size: tuple[int, int]) -> list[Any]:
-    """(K, C) pooled vectors -> K tiles: each vector's largest-magnitude channels as bars, largest
-    first, labelled with the channel number and value; one scale per layer (the largest magnitude
-    among the K), so bars compare down a column. Negative values grow left of a middle axis."""
-    import numpy as np
-    from PIL import Image, ImageDraw
-
-    v = np.nan_to_num(np.asarray(vectors, dtype=np.float64))
-    k, c = v.shape
-    w, h = size
-    font = _font()
-    labelled = w >= 72 and h >= 40
-    head = 13 if labelled else 0
-    line = 12 if labelled else max(2, h // 8)
-    count = max(1, min(c, MAX_BARS, (h - head) // line))
-    line = max(line, min(2 * line, (h - head) // count))  # large tiles: thicker bars, same count
-    top = top_channels(v, count)
-    scale = float(np.abs(v).max()) or 1.0
-    signed = bool((v < 0).any())
-    name_w = 6 * len(f"c{c - 1}") + 4 if labelled else 0
-    value_w = 44 if labelled else 0
-    left, right = name_w + 2, max(name_w + 4, w - value_w - 2)
-    zero = (left + right) // 2 if signed else left
-    half = (right - left) / 2 if signed else right - left
-    tiles = []
-    for i in range(k):
-        img = Image.new("RGB", (w, h), PANEL)
-        draw = ImageDraw.Draw(img)
-        if labelled:
-            draw.text((2, 0), _clip(f"top {len(top[i])} of {c} channels", w - 4, keep_end=False), fill=(90, 90, 90), font=font)
-        draw.line([(zero, head), (zero, h)], fill=(190, 190, 190))
-        for j, ch in enumerate(top[i]):
-            y = head + j * line
-            value = float(v[i, ch])
-            end = zero + value / scale * half
-            x0, x1 = sorted((zero, end))
-            draw.rectangle([x0, y + 1, max(x0, x1), y + max(1, line - 2)], fill=colours[i])
-            if labelled:
-                mid = y + line // 2
-                draw.text((2, mid), f"c{ch}", fill=(60, 60, 60), font=font, anchor="lm")
-                draw.text((right + 3, mid), _number(value), fill=(60, 60, 60), font=font, anchor="lm")
-        tiles.append(img)
-    return tiles
-
-
-def pca_scatter(vectors: Any, rows: Sequence[int], colours: Sequence[tuple[int, int, int]], size: tuple[int, int]) -> Any:
-    """A panel of the K vectors' 2-D PCA (:func:`pca_2d`): one dot per image in its colour, labelled
-    ``#row``; both axes on one scale (distances read true), the cross at the mean of the K."""
-    from PIL import Image, ImageDraw
-
-    xy, share = pca_2d(vectors)
-    w, h = size
-    img = Image.new("RGB", (w, h), PANEL)
-    draw = ImageDraw.Draw(img)
-    font = _font()
-    labelled = w >= 72 and h >= 60
-    radius = 4 if labelled else max(1, min(w, h) // 24)
-    top = 14 if labelled else radius + 1
-    bottom = h - (14 if labelled else radius + 1)
-    left, right = radius + 2, w - (radius + 2) - (22 if labelled else 0)  # room for the "#row" labels
-    span = max(float(xy[:, 0].max() - xy[:, 0].min()), float(xy[:, 1].max() - xy[:, 1].min())) or 1.0
-    unit = min(right - left, bottom - top) / span
-    cx = (left + right) / 2 - unit * (xy[:, 0].max() + xy[:, 0].min()) / 2
-    cy = (top + bottom) / 2 + unit * (xy[:, 1].max() + xy[:, 1].min()) / 2
-    draw.line([(cx, top), (cx, bottom)], fill=(215, 215, 215))
-    draw.line([(left, cy), (right, cy)], fill=(215, 215, 215))
-    if labelled:
-        draw.text((2, 0), f"PC2 {share[1]:.0%}", fill=(90, 90, 90), font=font)
-        draw.text((w - 2, h - 1), f"PC1 {share[0]:.0%}", fill=(90, 90, 90), font=font, anchor="rd")
-    for (x, y), row, colour in zip(xy, rows, colours, strict=True):
-        px, py = cx + unit * x, cy - unit * y
-        draw.ellipse([px - radius, py - radius, px + radius, py + radius], fill=colour, outline=(40, 40, 40))
-        if labelled:
-            draw.text((px + radius + 1, py - radius - 6), f"#{row}", fill=(40, 40, 40), font=font)
+    draw.multiline_text((6, tile[1] // 2 - 12), text, fill=(90, 90, 90), font=label_font())
     return img
 
 
@@ -489,10 +255,10 @@ def render(
     inputs = read_inputs_attr(attrs.get("inputs"))  # merged files copy it from their shards
     anchors = [Path(i) for i in inputs or [] if Path(i).is_absolute()]
     if inputs is not None:
-        roots = ([Path(root)] if root else []) + _roots_from_inputs(inputs, src)
+        roots = ([Path(root)] if root else []) + roots_from_inputs(inputs, src)
     else:  # written before the inputs attribute: the INPUTs from the recorded command line
-        roots = ([Path(root)] if root else []) + _input_roots(str(attrs.get("command", "")), src)
-        roots += _input_roots(str(attrs.get("extract_command", "")), src)  # merged files: the shards' command
+        roots = ([Path(root)] if root else []) + input_roots(str(attrs.get("command", "")), src)
+        roots += input_roots(str(attrs.get("extract_command", "")), src)  # merged files: the shards' command
     split: Any = None
     found: dict[str, str] = {}
     cols = 1 + len(chosen)
@@ -505,11 +271,11 @@ def render(
     height = PAD + LABEL_H + (len(rows) + scatter) * band
     canvas = Image.new("RGB", (width, height), BACKGROUND)
     draw = ImageDraw.Draw(canvas)
-    font = _font()
+    font = label_font()
     for c, name in enumerate(["input"] + chosen):
         x = PAD + c * (tw + PAD)
         text = labels.get(name, "input (model's crop)")
-        lines = [_clip(line, tw, keep_end=(i == 0 and c > 0)) for i, line in enumerate(text.split("\n"))]
+        lines = [fit_text(line, tw, keep_end=(i == 0 and c > 0)) for i, line in enumerate(text.split("\n"))]
         draw.multiline_text((x, PAD), "\n".join(lines), fill=(20, 20, 20), font=font, spacing=2)
     for r, row in enumerate(rows):
         y = PAD + LABEL_H + r * band
@@ -526,7 +292,7 @@ def render(
             except Exception as exc:  # noqa: BLE001 - an unreadable input is drawn as missing
                 first = _placeholder((tw, th), f"cannot read input:\n{type(exc).__name__}")
         else:
-            first = _placeholder((tw, th), "input not found:\n" + _clip(stored_path, tw))
+            first = _placeholder((tw, th), "input not found:\n" + fit_text(stored_path, tw))
         canvas.paste(first, (PAD, y))
         for c, name in enumerate(chosen, start=1):
             img = tiles[name][r]
@@ -536,12 +302,12 @@ def render(
         if vectors:  # the row's colour, as in its bars and its scatter dot
             swatch = 10
             draw.rectangle([PAD, y + th + 3, PAD + 7, y + th + 10], fill=colours[r])
-        text = _clip(f"#{row} {stored_path}", width - 2 * PAD - swatch)
+        text = fit_text(f"#{row} {stored_path}", width - 2 * PAD - swatch)
         draw.text((PAD + swatch, y + th + 1), text, fill=(60, 60, 60), font=font)
     if scatter:
         y = PAD + LABEL_H + len(rows) * band
         caption = ["2-D PCA of the", "pooled vectors", "of these images:", "one dot each, #row"]
-        draw.multiline_text((PAD, y), "\n".join(_clip(t, tw, keep_end=False) for t in caption), fill=(20, 20, 20), font=font)
+        draw.multiline_text((PAD, y), "\n".join(fit_text(t, tw, keep_end=False) for t in caption), fill=(20, 20, 20), font=font)
         for c, name in enumerate(chosen, start=1):
             if name in vectors:
                 canvas.paste(pca_scatter(vectors[name], rows, colours, (tw, th)), (PAD + c * (tw + PAD), y))

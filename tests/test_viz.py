@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from featdump.viz import LABEL_H, PAD, pca_2d, pca_rgb, render, select_rows, top_channels
+from featdump.viz import LABEL_H, PAD, render, select_rows
+from featdump.vizdraw import pca_2d, pca_rgb, top_channels
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from featdump.data.findinput import find_input
 from featdump.data.transform import SplitTransform
 from featdump.store.format import inputs_attr, read_inputs_attr
-from featdump.viz import find_input, model_transform
+from featdump.viz import model_transform
 
 
 def test_inputs_attr_round_trip(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
