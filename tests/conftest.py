@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
@@ -108,6 +109,15 @@ def timm_features(
     x = torch.stack([transform(load_rgb(str(s))) for s in sources])
     with torch.inference_mode():
         return [o.numpy() for o in model(x)]
+
+
+def photos_and_a_broken_one(folder: Path) -> Path:
+    """``folder`` with three example photos and ``broken.jpg`` (not a JPEG): a run with one failure."""
+    folder.mkdir(parents=True)
+    for name in ("astronaut.jpg", "camera.jpg", "coins.jpg"):
+        shutil.copy(PHOTOS / name, folder / name)
+    (folder / "broken.jpg").write_bytes(b"not a jpeg at all")
+    return folder
 
 
 def run(*args: str, check: bool = False, env: dict[str, str] | None = None, **kw: Any) -> subprocess.CompletedProcess[str]:

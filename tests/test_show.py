@@ -9,22 +9,18 @@ from pathlib import Path
 import h5py
 import pytest
 
-from conftest import run
+from conftest import photos_and_a_broken_one, run
 
 
 @pytest.fixture(scope="module")
-def made(tmp_path_factory: pytest.TempPathFactory, photos: Path) -> dict[str, Path]:
+def made(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A finished gzip file with one failed image, and two shards of the same run."""
     from typer.testing import CliRunner
 
     from featdump.cli.commands import app
 
     root = tmp_path_factory.mktemp("show")
-    imgs = root / "imgs"
-    imgs.mkdir()
-    for name in ("astronaut.jpg", "camera.jpg", "coins.jpg"):
-        shutil.copy(photos / name, imgs / name)
-    (imgs / "broken.jpg").write_bytes(b"not a jpeg at all")
+    imgs = photos_and_a_broken_one(root / "imgs")
     runner = CliRunner()
     common = ["resnet18", str(imgs), "--no-pretrained", "--img-size", "64", "--out-indices", "1,2", "--quiet"]
     out = root / "feats.h5"

@@ -24,24 +24,20 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import run
+from conftest import photos_and_a_broken_one, run
 
 ARGS = ("resnet18", "--no-pretrained", "--img-size", "64", "--out-indices", "1,2", "--workers", "0", "--device", "cpu")
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory: pytest.TempPathFactory, photos: Path) -> dict[str, Any]:
+def base(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """A finished file (3 images, 1 failed) and the two shards of the same run."""
     from typer.testing import CliRunner
 
     from featdump.cli.commands import app
 
     root = tmp_path_factory.mktemp("hostile")
-    imgs = root / "imgs"
-    imgs.mkdir()
-    for name in ("astronaut.jpg", "camera.jpg", "coins.jpg"):
-        shutil.copy(photos / name, imgs / name)
-    (imgs / "broken.jpg").write_bytes(b"not a jpeg at all")
+    imgs = photos_and_a_broken_one(root / "imgs")
     runner = CliRunner()
     res = runner.invoke(app, ["extract", *ARGS, str(imgs), "-o", str(root / "feats.h5"), "--quiet"])
     assert res.exit_code == 0, res.output
