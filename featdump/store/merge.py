@@ -126,7 +126,7 @@ def merge_shards(
         raise UsageError(f"{output} exists; pass --overwrite to replace it")
     paths, ids = _row_names(runs)
     if copy:
-        _check_room([s for run in runs for s in run], out_dir, output)
+        _check_room([s for run in runs for s in run], out_dir)
 
     remove_stale_temps(out_dir, out.name)
     tmp, fd = claim_temp(out_dir, out.name)
@@ -152,17 +152,14 @@ def merge_shards(
     return summary
 
 
-def _check_room(shards: Sequence[Shard], out_dir: Path, output: str | Path) -> None:
+def _check_room(shards: Sequence[Shard], out_dir: Path) -> None:
     """``--copy`` writes the shards' stored bytes again: refuse up front when the folder lacks room.
 
     Not only politeness: HDF5 (2.0, through h5py) can crash the process when a write fails for a
     full disk while the file is being closed, so the copy must not start where it cannot end."""
     from featdump.run.space import MARGIN_BYTES, MARGIN_FRACTION, fmt_bytes
 
-    stored = 0
-    for s in shards:
-        with open_committed(s.path) as h5:
-            stored += sum(int(ds.id.get_storage_size()) for ds in h5[FEATURES].values())
+    stored = sum(s.stored_bytes for s in shards)
     need = int(stored * (1 + MARGIN_FRACTION)) + MARGIN_BYTES
     st = os.statvfs(out_dir)
     free = st.f_bavail * st.f_frsize

@@ -53,6 +53,7 @@ class Shard:
     has_ids: bool  # /ids: the inputs gave ids (tar shards, --id-column)
     attrs: dict[str, Any] = field(repr=False)
     layers: dict[str, tuple[tuple[int, ...], str]] = field(repr=False)  # name -> (row shape, dtype)
+    stored_bytes: int = 0  # the features' bytes on disk (what merge --copy writes again)
 
 
 
@@ -91,8 +92,10 @@ def read_shard(path: str | Path) -> Shard:
         list_size = count_attr(h5.attrs, "list_size", shown, 0)
         layers: dict[str, tuple[tuple[int, ...], str]] = {}
         virtual = [name for name, ds in h5[FEATURES].items() if ds.is_virtual]  # hard links: check_file saw to it
+        stored = 0
         for name, ds in h5[FEATURES].items():
             layers[name] = (tuple(int(d) for d in ds.shape[1:]), str(ds.dtype))
+            stored += int(ds.id.get_storage_size())
         shard = Shard(
             path=p.resolve(),
             shown=shown,
@@ -107,6 +110,7 @@ def read_shard(path: str | Path) -> Shard:
             has_ids="ids" in h5.keys(),  # noqa: SIM118 - link names (check_file saw it is a dataset)
             attrs=attrs,
             layers=layers,
+            stored_bytes=stored,
         )
     if virtual:  # shards hold their rows; say first if the sources are ones that must never be read
         refused_sources(shown)
