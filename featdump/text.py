@@ -48,6 +48,16 @@ def printable(text: Any) -> str:
     return _UNPRINTABLE.sub(_escape, str(text))
 
 
+def unsafe_name(name: str) -> str | None:
+    """Why ``name`` (a layer or dataset name, which ``export`` makes a folder of) is not one safe path
+    component: empty, ``.`` or ``..``, or holding ``/``, NUL or a control character; None when it is one."""
+    if name in ("", ".", ".."):
+        return "is empty, '.' or '..'"
+    if "/" in name or _UNPRINTABLE.search(name):
+        return "holds a path separator or a control character"
+    return None
+
+
 def storable(text: str) -> str:
     """``text`` as it can be stored as UTF-8: the bytes of an OS name that are not valid UTF-8 (which
     Python holds as surrogates, ``surrogateescape``) are written as ``\\xHH`` (``backslashreplace``),

@@ -21,6 +21,7 @@ from typing import Any
 from featdump.errors import UsageError
 from featdump.options import SETTINGS
 from featdump.store.format import FEATURES, _attr, _jsonable, read_attr
+from featdump.text import printable, unsafe_name
 from featdump.values import stored_stride, stride_attr
 
 # Which inputs a file covers: its block (input_digest, num_inputs), the whole list it was cut from
@@ -198,7 +199,8 @@ def check_file(h5: Any, path: str | Path) -> Counts:
     """Check an open featdump file's layout and counters; return the counters.
 
     Layout: ``/paths``, ``/failed/paths`` and ``/failed/errors`` are datasets, ``/features`` a group
-    of datasets (hard links: no soft or external links, no groups). Counters: ``num_images``,
+    of datasets (hard links: no soft or external links, no groups) named by one safe path component
+    (:func:`~featdump.text.unsafe_name`). Counters: ``num_images``,
     ``num_failed``, ``inputs_done`` and ``num_inputs`` are whole numbers >= 0; ``num_images`` is at
     most the rows of ``/paths`` and of every ``/features`` dataset (rows past it are uncommitted),
     and those rows have storage (were written); ``num_failed`` likewise for ``/failed/*``; ``num_images + num_failed <= inputs_done <=
@@ -214,6 +216,9 @@ def check_file(h5: Any, path: str | Path) -> Counts:
     failed_rows = {f"/failed/{name}": _dataset(failed, name, f"/failed/{name}", path) for name in ("paths", "errors")}
     features = _group(h5, FEATURES, path)
     for name in features.keys():  # noqa: SIM118 - link names, nothing followed
+        why = unsafe_name(name)
+        if why:  # a reader (export) would make a folder of it
+            raise invalid(path, f"its layer name {printable(repr(name))} {why}, not one file name")
         rows[f"/{FEATURES}/{name}"] = _dataset(features, name, f"/{FEATURES}/{name}", path, virtual=True)
 
     num_images = count_attr(attrs, "num_images", path, 0)

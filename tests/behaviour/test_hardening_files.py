@@ -421,3 +421,25 @@ def test_non_utf8_names_read_as_backslash_escapes(cli, base: dict[str, Any], tmp
     assert res.exit_code == 0, res.output
     with h5py.File(tmp_path / "m.h5", "r") as h5:
         assert h5["paths"].asstr()[0] == "caf\\xe9.jpg"
+
+
+@pytest.mark.parametrize("name", ["..", "a\x01b"])
+def test_layer_names_that_are_not_one_path_component_are_refused_by_every_reader(
+    cli, base: dict[str, Any], tmp_path: Path, name: str
+) -> None:
+    """issue 21 item 1: export would make a folder of it (`..` wrote beside -o)."""
+    import featdump
+    from featdump.errors import UsageError
+
+    def rename(h5: h5py.File) -> None:
+        h5["features"].move(base["layers"][0], name)
+
+    path = hostile(base["file"], tmp_path / "in" / "feats.h5", rename)
+    assert_refused_everywhere(cli, path, tmp_path, "layer name", "not one file name")
+    for args in (("verify", str(path)), ("export", str(path), "-o", str(tmp_path / "out"), "--pool", "avg")):
+        res = cli(*args)
+        assert res.exit_code == 2, (args, res.output)
+        one_line(res.stderr, "layer name")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "in" / "emb").exists()
+    with pytest.raises(UsageError, match="not one file name"):
+        featdump.open(path).torch()
