@@ -120,6 +120,32 @@ def photos_and_a_broken_one(folder: Path) -> Path:
     return folder
 
 
+FOUR_PHOTOS = ["astronaut.jpg", "chelsea.jpg", "coffee.jpg", "rocket.jpg"]
+
+
+@pytest.fixture
+def imgs(tmp_path: Path) -> Path:
+    """A folder of four example photos (``FOUR_PHOTOS``)."""
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for name in FOUR_PHOTOS:
+        shutil.copy(PHOTOS / name, folder / name)
+    return folder
+
+
+def stored(path: Path) -> dict[str, Any]:
+    """Every stored layer of a featdump file, read through ``featdump.open``."""
+    import featdump
+
+    with featdump.open(path) as f:
+        return {name: f.numpy(name) for name in f.layers}
+
+
+def extract_resnet18(ckpt: Path, imgs: Path, out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    """``featdump extract resnet18 IMGS -o OUT --checkpoint CKPT`` on the CPU, quietly."""
+    return run("extract", "resnet18", str(imgs), "-o", str(out), "--checkpoint", str(ckpt), "--device", "cpu", "-q", *extra)
+
+
 def run(*args: str, check: bool = False, env: dict[str, str] | None = None, **kw: Any) -> subprocess.CompletedProcess[str]:
     """The real command in a real process (``python -m featdump``)."""
     full_env = dict(os.environ)

@@ -64,3 +64,9 @@ def test_models_json_nothing_else_on_stdout() -> None:
     assert json.loads(proc.stdout) == [
         {"name": "resnet18", "pretrained_tags": json.loads(proc.stdout)[0]["pretrained_tags"], "output_stride": True}
     ]
+
+
+@pytest.mark.slow
+def test_models_nothing_matches():
+    p = run("models", "zzz*")
+    assert p.returncode == 2 and "no timm model matches 'zzz*'" in p.stderr

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from featdump.data.decode import load_rgb, to_rgb
-from featdump.data.discover import discover
+from featdump.data.discover import discover, read_list_file
 from featdump.errors import UsageError
 
 
@@ -241,3 +241,12 @@ def test_list_order_property(tmp_path_factory, tree) -> None:
     listing = root / "list.txt"
     listing.write_text("\n".join(reversed(paths)))
     assert list_digest(discover([str(listing)])) == list_digest(list(reversed(refs)))
+
+
+def test_list_file_quotes_and_duplicates(tmp_path):
+    lst = tmp_path / "l.txt"
+    lst.write_text('a.jpg\n"  b c .jpg "\n  d.jpg  \n')
+    assert [r.path for r in read_list_file(lst)] == ["a.jpg", "  b c .jpg ", "d.jpg"]
+    lst.write_text("a.jpg\nb.jpg\n a.jpg\n")
+    with pytest.raises(UsageError, match=r"names 'a.jpg' twice \(lines 1 and 3\)"):
+        read_list_file(lst)

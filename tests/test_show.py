@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
 import h5py
 import pytest
 
-from conftest import photos_and_a_broken_one, run
+from conftest import FOUR_PHOTOS, photos_and_a_broken_one, run
 
 
 @pytest.fixture(scope="module")
@@ -174,3 +175,15 @@ def test_show_real_merge(cli, made: dict[str, Path], tmp_path: Path) -> None:
     shards[0].unlink()
     res = cli("show", str(merged))
     assert res.exit_code == 1 and "missing" in res.stderr and shards[0].name in res.stderr
+
+
+@pytest.mark.slow
+def test_show_paths_and_whole_command(tmp_path, imgs, cli):
+    out = tmp_path / "f.h5"
+    long_dir = imgs.rename(tmp_path / ("a" * 120))
+    run("extract", "resnet18", str(long_dir), "-o", str(out), "--no-pretrained", "-q", "--out-indices", "1", "--pool", "avg", check=True)
+    res = cli("show", str(out), "--paths")
+    assert res.stdout.split() == sorted(FOUR_PHOTOS)
+    assert json.loads(cli("show", str(out), "--paths", "--json").stdout) == sorted(FOUR_PHOTOS)
+    shown = re.sub(r"[\s│]", "", cli("show", str(out)).stdout)  # the provenance folds long values
+    assert "a" * 120 in shown and "-o" + str(out) + "--no-pretrained-q--out-indices1--poolavg" in shown

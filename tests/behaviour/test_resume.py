@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import run
 from faultkit import (
     FAST,
     MODEL,
@@ -132,3 +133,24 @@ def test_resume_with_nothing_there_starts(tmp_path: Path, random_checkpoint, cli
     result = cli(*argv, "--resume")
     assert result.exit_code == 0, result.output
     assert read_rows(out)["num_images"] == 5
+
+
+@pytest.mark.slow
+def test_resume_with_another_batch_size_warns(tmp_path, imgs):
+    import h5py
+
+    from featdump.run.facts import previous_facts, rounding_note
+
+    out = tmp_path / "r.h5"
+    run("extract", "resnet18", str(imgs), "-o", str(out), "--no-pretrained", "-q", "--batch-size", "2",
+        "--device", "cpu", "--out-indices", "1", "--pool", "avg", check=True)  # fmt: skip
+    assert previous_facts(out) is None  # complete: nothing to continue
+    with h5py.File(out, "r+") as h5:
+        h5.attrs["complete"] = False
+    assert previous_facts(out) == {"batch_size": 2, "device": "cpu"}
+    assert rounding_note({"batch_size": 2, "device": "cpu"}, {"batch_size": 2, "device": "cpu"}) is None
+    note = rounding_note({"batch_size": 2, "device": "cpu"}, {"batch_size": 3, "device": "cpu"})
+    assert note and "--batch-size 2 then, 3 now" in note and "float rounding" in note
+    p = run("extract", "resnet18", str(imgs), "-o", str(out), "--no-pretrained", "-q", "--batch-size", "3",
+            "--device", "cpu", "--out-indices", "1", "--pool", "avg", "--resume")  # fmt: skip
+    assert p.returncode == 0 and "featdump: warning: --resume with another --batch-size" in p.stderr, p.stderr
