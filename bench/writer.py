@@ -1,5 +1,5 @@
-"""The writer against the disk: featdump's Store (h5py writes vs whole chunks, 1 or more preparing
-threads, with and without zstd) next to plain ``os.write`` of the same bytes in the same folder.
+"""The writer against the disk: featdump's Store (whole chunks, 1 or more preparing threads,
+with and without zstd) next to plain ``os.write`` of the same bytes in the same folder.
 
 Each figure is MiB of feature arrays per second from the first append to the closed file (commits,
 fsyncs and the journal included); the raw figure writes the same bytes with ``os.write`` in 8 MiB
@@ -48,7 +48,7 @@ def batch_arrays(shapes: dict[str, tuple[int, ...]], batch: int, dtype: str = "f
 
 
 def store_rate(folder: Path, shapes: dict[str, tuple[int, ...]], arrays: list[Any], batches: int, *,
-               compression: str = "none", direct: bool = True, threads: int = 1, dtype: str = "float16",
+               compression: str = "none", threads: int = 1, dtype: str = "float16",
                durable: bool = True) -> float:
     """MiB/s of ``batches`` appends of ``arrays`` through a Store (create .. close).
 
@@ -62,7 +62,7 @@ def store_rate(folder: Path, shapes: dict[str, tuple[int, ...]], arrays: list[An
     nbytes = sum(a.nbytes for a in arrays) * batches
     t0 = time.perf_counter()
     store = Store.create(path, {"format": "featdump"}, layers_for(shapes), pool="none", dtype=dtype, compression=compression)
-    store.direct, store.write_threads = direct, threads
+    store.write_threads = threads
     store.jf.durable = durable
     for k in range(batches):
         store.append(arrays, [f"p{k * b + i}" for i in range(b)], [], (k + 1) * b)
@@ -112,10 +112,8 @@ def writer_table(folder: Path | None = None, *, batch: int = 16, batches: int = 
         variants: dict[str, Any] = {
             "raw write()": lambda: raw_rate(where, arrays, batches),
             "raw write(), fsync each second": lambda: raw_rate(where, arrays, batches, fsync=True, every=1.0),
-            "Store, h5py writes (before)": lambda: store_rate(where, RESNET50, arrays, batches, direct=False),
             "Store, whole chunks": lambda: store_rate(where, RESNET50, arrays, batches),
             "Store, whole chunks, commits without fsync": lambda: store_rate(where, RESNET50, arrays, batches, durable=False),
-            "Store zstd, h5py writes (before)": lambda: store_rate(where, RESNET50, arrays, batches, compression="zstd", direct=False),
         }
         for t in zstd_threads:
             variants[f"Store zstd, whole chunks, {t} thread{'s' if t > 1 else ''}"] = (

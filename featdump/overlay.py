@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from featdump.data.findinput import find_input, input_roots, roots_from_inputs
+from featdump.data.findinput import find_input, input_places
 from featdump.errors import UsageError
 from featdump.viz import (
     BACKGROUND,
@@ -108,13 +108,7 @@ def render_overlay(
         colours = {n: pca_rgb(f.numpy(n, rows)) for n in chosen}
         boxes = {(n, r): f.pixel_boxes(n, r) for n in chosen for r in rows}
         meta, paths, src = f.meta, f.paths, f.path
-    inputs = read_inputs_attr(meta.get("inputs"))
-    anchors = [Path(i) for i in inputs or [] if Path(i).is_absolute()]
-    if inputs is not None:
-        roots = ([Path(root)] if root else []) + roots_from_inputs(inputs, src)
-    else:
-        roots = ([Path(root)] if root else []) + input_roots(str(meta.get("command", "")), src)
-        roots += input_roots(str(meta.get("extract_command", "")), src)
+    roots, anchors = input_places(read_inputs_attr(meta.get("inputs")), src, root)
     width = PAD + (1 + len(chosen)) * (tile + PAD)
     height = PAD + LABEL_H + len(rows) * (tile + LABEL_H // 2 + PAD)
     canvas = Image.new("RGB", (width, height), BACKGROUND)

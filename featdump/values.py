@@ -128,7 +128,7 @@ def path_or_none(value: Any) -> str | None:
 
 
 # The ``output_stride`` file attribute of a run that asked for none (the model's own strides, which
-# the feature datasets' ``reduction`` attributes give). Files written before it existed hold 0 there.
+# the feature datasets' ``reduction`` attributes give).
 NO_STRIDE = "none"
 
 
@@ -138,8 +138,5 @@ def stride_attr(stride: int | None) -> int | str:
 
 
 def stored_stride(value: Any) -> Any:
-    """An ``output_stride`` attribute as the option value: None where none was asked (``"none"``, or
-    0 as earlier featdump builds wrote it), anything else as stored."""
-    if value is None or (isinstance(value, (str, int, float)) and value in (NO_STRIDE, "", 0)):
-        return None
-    return value
+    """An ``output_stride`` attribute as the option value: None where none was asked, else the stride."""
+    return None if value is None or (isinstance(value, str) and value == NO_STRIDE) else value

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from featdump.data.findinput import find_input, input_roots, roots_from_inputs
+from featdump.data.findinput import find_input, input_places
 from featdump.errors import FeatdumpError, UsageError
 from featdump.store.describe import open_featdump
 from featdump.store.format import read_inputs_attr, read_text
@@ -139,15 +139,10 @@ def as_maps(data: Any, attrs: dict[str, Any]) -> tuple[str, Any]:
 
 def model_transform(attrs: dict[str, Any]) -> Any:
     """timm's eval transform built from the file's stored ``input_size``, ``interpolation``,
-    ``crop_pct`` and ``crop_mode`` (timm's defaults where an older file lacks one)."""
+    ``crop_pct`` and ``crop_mode``."""
     from featdump.model.layers import DataConfig
 
-    cfg = {"input_size": attrs.get("input_size") or [3, 224, 224], "mean": attrs.get("mean") or (0.0, 0.0, 0.0)}
-    cfg["std"] = attrs.get("std") or (1.0, 1.0, 1.0)
-    for key in ("interpolation", "crop_pct", "crop_mode"):
-        if attrs.get(key) not in (None, ""):
-            cfg[key] = attrs[key]
-    return DataConfig.from_timm(cfg).transform()
+    return DataConfig.from_timm(attrs).transform()
 
 
 def _model_view(path: Path, split: Any, tile: tuple[int, int]) -> Any:
@@ -248,17 +243,11 @@ def render(
     finally:
         h5.close()
 
-    input_size = attrs.get("input_size") or [3, 224, 224]
+    input_size = attrs["input_size"]
     h_in, w_in = int(input_size[1]), int(input_size[2])
     tw = tile
     th = max(8, round(tile * h_in / w_in))
-    inputs = read_inputs_attr(attrs.get("inputs"))  # merged files copy it from their shards
-    anchors = [Path(i) for i in inputs or [] if Path(i).is_absolute()]
-    if inputs is not None:
-        roots = ([Path(root)] if root else []) + roots_from_inputs(inputs, src)
-    else:  # written before the inputs attribute: the INPUTs from the recorded command line
-        roots = ([Path(root)] if root else []) + input_roots(str(attrs.get("command", "")), src)
-        roots += input_roots(str(attrs.get("extract_command", "")), src)  # merged files: the shards' command
+    roots, anchors = input_places(read_inputs_attr(attrs.get("inputs")), src, root)
     split: Any = None
     found: dict[str, str] = {}
     cols = 1 + len(chosen)

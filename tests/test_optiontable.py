@@ -21,7 +21,7 @@ from featdump.options import OPTIONS, SETTINGS, ExtractConfig, load_toml, option
 from featdump.optiontable import opt, option_table, options_of, without_none
 from featdump.store.check import RESUME_KEYS, setting_text, setting_value
 from featdump.store.mergecheck import MERGE_KEYS
-from featdump.values import stored_stride
+from featdump.values import stored_stride, stride_attr
 
 BASE = {"model": "resnet18", "inputs": ("imgs",), "output": "o.h5"}
 NAMES = [o.name for o in OPTIONS]
@@ -110,14 +110,12 @@ def test_option_attrs() -> None:
     assert option_attrs(resolve({**BASE, "output_stride": 16}))["output_stride"] == 16
 
 
-def test_output_stride_none_asked_reads_the_same_as_earlier_builds_0() -> None:
-    # earlier builds wrote 0 where no --output-stride was asked; resume, merge, --like and show read it as "none"
-    for old in (0, "", None, "none"):
-        assert stored_stride(old) is None
-        assert setting_value("output_stride", old) == "none" and setting_text("output_stride", old) == '"none"'
-    assert stored_stride(16) == 16 and setting_value("output_stride", np.int64(16)) == 16
-    assert setting_text("output_stride", 16) != setting_text("output_stride", 0)
-    assert setting_value("dtype", b"float16") == "float16" and setting_value("process", None) == ""
+def test_output_stride_attribute_reads_back_as_the_option() -> None:
+    for asked in (None, 8, 16):
+        assert stored_stride(stride_attr(asked)) == asked
+    assert stored_stride(np.int64(16)) == 16 and setting_value(np.int64(16)) == 16
+    assert setting_text("none") != setting_text(16)
+    assert setting_value(b"float16") == "float16" and setting_value(None) == ""
 
 
 def test_resume_and_merge_keys_hold_the_settings() -> None:

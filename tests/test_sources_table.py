@@ -199,25 +199,6 @@ def test_one_table_per_run_and_missing_table(cli, data: dict, tmp_path: Path) ->
     assert result.exit_code == 2 and "INPUTs mix kinds" in result.output
 
 
-def test_missing_pyarrow_names_the_extra(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    import builtins
-
-    from featdump.errors import UsageError
-
-    real = builtins.__import__
-
-    def fake(name, *a, **k):  # noqa: ANN001, ANN002, ANN003, ANN202
-        if name == "pyarrow" or name.startswith("pyarrow."):
-            raise ImportError(name)
-        return real(name, *a, **k)
-
-    table = tmp_path / "t.csv"
-    table.write_text("path\nx.png\n")
-    monkeypatch.setattr(builtins, "__import__", fake)
-    with pytest.raises(UsageError, match=r"pip install 'featdump\[tables\]'"):
-        open_source([str(table)])
-
-
 def test_a_table_may_list_an_image_twice_and_lookups_say_so(cli, data: dict, tmp_path: Path) -> None:
     """One image under two labels is a legitimate table: both rows are stored; .row and .row_of_id
     refuse the ambiguous key (naming the rows) and agree on the others."""

@@ -252,38 +252,6 @@ def failures_table(failures: Sequence[tuple[str, str]], total: int) -> Table:
     return table
 
 
-def summary_dict(summary: Summary) -> dict[str, Any]:
-    return {
-        "output": summary.output,
-        "model": summary.model,
-        "weights": summary.weights,
-        "device": summary.device,
-        "num_images": summary.num_images,
-        "num_failed": summary.num_failed,
-        "num_inputs": summary.num_inputs,
-        "shard": list(summary.shard),
-        "complete": summary.complete,
-        "seconds": round(summary.seconds, 3),
-        "images_per_second": round(summary.images_per_second, 3),
-        "mb_per_second": round(summary.mb_per_second, 3),
-        "layers": [
-            {
-                "name": l.name,
-                "module": l.module,
-                "index": l.index,
-                "reduction": l.reduction,
-                "shape": list(l.shape),
-                "dtype": l.dtype,
-                "stored_bytes": l.stored_bytes,
-                "raw_bytes": l.raw_bytes,
-                "nonfinite": l.nonfinite,
-            }
-            for l in summary.layers
-        ],
-        "failures": [{"path": p, "error": e} for p, e in summary.failures],
-    }
-
-
 def bench_table(result: Any) -> None:
     """``featdump bench``'s report: one row per stage, the limit and what to try (stdout)."""
     out = console()

@@ -19,7 +19,6 @@ from featdump.errors import UsageError
 from featdump.text import storable
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
-LIST_EXTENSIONS = (".txt", ".lst", ".list")  # .csv/.tsv are tables (featdump/data/tables.py)
 
 
 @dataclass(frozen=True)

@@ -1,46 +1,26 @@
 """Where a stored image path can be read now: relative to the run's recorded INPUT folders (the
-``inputs`` attribute, or the recorded command of older files), the current folder or the file's
+``inputs`` attribute), the current folder or the file's
 folder. For ``viz`` (drawing the inputs) and ``verify`` (re-extracting files-family rows)."""
 
 from __future__ import annotations
 
-import shlex
 from collections.abc import Sequence
 from pathlib import Path
 
 
-def roots_from_inputs(inputs: Sequence[str], h5_path: Path) -> list[Path]:
-    """Folders where the stored (relative) paths may live, from the file's ``inputs`` attribute:
-    INPUT folders, and the folders of list files and image files."""
-    roots: list[Path] = []
-    for item in inputs:
+def input_places(inputs: Sequence[str] | None, h5_path: Path, root: str | Path | None = None) -> tuple[list[Path], list[Path]]:
+    """Where the stored (relative) paths of a file made from ``inputs`` (its ``inputs`` attribute)
+    may live: ``root`` if given, the INPUT folders, the folders of list and image files, the current
+    folder and the file's folder; and the absolute INPUTs as anchors for :func:`find_input`."""
+    roots: list[Path] = [Path(root)] if root else []
+    for item in inputs or ():
         p = Path(item)
         if p.is_dir():
             roots.append(p)
         elif p.is_file():
             roots.append(p.parent)
-    return _unique(roots + [Path.cwd(), h5_path.parent])
-
-
-def input_roots(command: str, h5_path: Path) -> list[Path]:
-    """For files written before the ``inputs`` attribute: INPUT folders (or list files' folders)
-    named in the recorded command, tried as given and relative to the output file's folder."""
-    try:
-        words = shlex.split(command)
-    except ValueError:
-        words = command.split()
-    roots: list[Path] = []
-    for word in words[1:]:
-        word = word.strip("[]'\",()")  # also featdump.extract('m', ['photos/'], ...) as the API records it
-        if not word or word.startswith("-"):
-            continue
-        for base in (Path.cwd(), h5_path.parent):
-            p = Path(word) if Path(word).is_absolute() else base / word
-            if p.is_dir():
-                roots.append(p)
-            elif p.is_file() and p.suffix.lower() in (".txt", ".lst", ".list", ".csv", ".tsv"):
-                roots.append(p.parent)
-    return _unique(roots + [Path.cwd(), h5_path.parent])
+    anchors = [Path(i) for i in inputs or () if Path(i).is_absolute()]
+    return _unique(roots + [Path.cwd(), h5_path.parent]), anchors
 
 
 def _unique(roots: Sequence[Path]) -> list[Path]:

@@ -1,7 +1,7 @@
 """The one place where input files (tar shards, tables, lists, images) are opened and looked at.
 
 Every source that reads an INPUT goes through :func:`open_input`, :func:`stat_input` (or
-:func:`stat_inputs` for many), :func:`input_exists` (and :func:`fetch_bytes` for one image), so remote storage lives here and
+:func:`stat_inputs` for many) (and :func:`fetch_bytes` for one image), so remote storage lives here and
 nowhere else. A URL (``https://``, ``s3://``, ``gs://``, ``hf://``, ``file://``) is opened with
 ``fsspec``: streamed through a read-ahead cache of :data:`BLOCK_SIZE` bytes (memory per open file
 is bounded; nothing is fetched whole to disk), with a bounded number of retries for a read that
@@ -135,18 +135,17 @@ def _options(protocol: str) -> dict[str, Any]:
 def filesystem(url: str) -> tuple[Any, str]:
     """``(fsspec filesystem, path inside it)`` for ``url``; UsageError for a missing extra or an
     unknown scheme."""
+    import fsspec
+
     protocol = scheme(url)
     need = EXTRAS.get(protocol)
     try:
-        import fsspec
-
         if need is not None:
             __import__(need[0])
         return fsspec.core.url_to_fs(url, **_options(protocol))
-    except ImportError:
-        if need is None:
-            raise UsageError(f"{url}: reading URLs needs fsspec: pip install fsspec") from None
-        raise UsageError(f"{url}: reading {protocol}:// URLs needs {need[0]}: pip install 'featdump[{need[1]}]'") from None
+    except ImportError as exc:  # fsspec names the package of a protocol featdump has no extra for
+        hint = f"reading {protocol}:// URLs needs {need[0]}: pip install 'featdump[{need[1]}]'" if need else str(exc)
+        raise UsageError(f"{url}: {hint.splitlines()[0]}") from None
     except ValueError as exc:  # fsspec: "Protocol not known"
         raise UsageError(f"{url}: {str(exc).splitlines()[0]}") from None
 
@@ -292,14 +291,6 @@ def stat_inputs(paths: Sequence[str]) -> list[int | OSError]:
         return list(pool.map(one, paths))
     finally:
         pool.shutdown(wait=True, cancel_futures=True)  # after an error: the lookups under way end, no more start
-
-
-def input_exists(path: str) -> bool:
-    """Whether the input file ``path`` exists (a URL: whether the store answers "found")."""
-    if not is_url(path):
-        return os.path.isfile(path)
-    fs, inner = filesystem(path)
-    return bool(_retry(path, lambda: fs.isfile(inner), hint=False))
 
 
 def is_remote_dir(url: str) -> bool:

@@ -1,6 +1,6 @@
 """Tables (SPEC, "Inputs at scale"): ``.csv``, ``.tsv``, ``.parquet``, ``.jsonl``, one row per image.
 
-Read with pyarrow (the ``featdump[tables]`` extra) in record batches, never whole: Parquet by row
+Read with pyarrow in record batches, never whole: Parquet by row
 groups (whole groups are skipped by their footer counts on ``--resume`` and for ``--shard``), the
 text formats as streams. The file is opened through :func:`featdump.data.remote.open_input`.
 Each row becomes an :class:`~featdump.data.discover.ImageRef`: from a path column (relative to the
@@ -27,16 +27,6 @@ def is_table_name(name: str) -> bool:
     return name.lower().endswith(TABLE_EXTENSIONS)
 
 
-def _pyarrow() -> Any:
-    try:
-        import pyarrow  # noqa: F401
-    except ImportError:
-        raise UsageError("reading tables needs pyarrow: pip install 'featdump[tables]'") from None
-    import pyarrow
-
-    return pyarrow
-
-
 class Table:
     """One table INPUT: its columns checked and its rows counted when opened (exit 2 on a bad column)."""
 
@@ -44,7 +34,9 @@ class Table:
         self.path = path
         self.kind = next(e for e in TABLE_EXTENSIONS if path.lower().endswith(e)).lstrip(".")
         self.folder = os.path.dirname(path)
-        self.pa = _pyarrow()
+        import pyarrow
+
+        self.pa = pyarrow
         schema = self._schema()
         names = list(schema.names)
         if path_column and image_column:

@@ -32,10 +32,6 @@ def is_tar_name(name: str) -> bool:
     return name.lower().endswith(TAR_EXTENSIONS)
 
 
-def has_braces(text: str) -> bool:
-    return bool(_BRACE.search(text))
-
-
 def expand_braces(pattern: str) -> list[str]:
     """``train-{000000..000002}.tar`` -> ``train-000000.tar`` ... in order, as ``braceexpand`` does:
     numeric ranges (up or down; zero padding kept: the width of the longer bound when either has a

@@ -49,11 +49,8 @@ def hub_reachable(timeout: float = PROBE_SECONDS) -> bool:
 @contextlib.contextmanager
 def offline_unless_reachable(active: bool = True) -> Iterator[bool]:
     """Inside: huggingface_hub in offline mode when the hub cannot be reached (yields whether it is)."""
-    try:
-        from huggingface_hub import constants
-    except ImportError:  # pragma: no cover - timm depends on it
-        yield False
-        return
+    from huggingface_hub import constants
+
     if not active or constants.HF_HUB_OFFLINE or hub_reachable():
         yield bool(constants.HF_HUB_OFFLINE)
         return

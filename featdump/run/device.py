@@ -121,7 +121,3 @@ def check_decode(cfg: ExtractConfig, device: Any) -> None:
             f"--decode gpu decodes JPEGs on a CUDA GPU (torchvision's nvjpeg), but this run is on {device.type}; "
             "drop --decode gpu (or use --fast-decode for faster CPU decoding)"
         )
-    try:
-        import torchvision.io  # noqa: F401
-    except ImportError:
-        raise UsageError("--decode gpu needs torchvision (pip install torchvision)") from None

@@ -118,12 +118,10 @@ def pick_rows(num_images: int, n: int, seed: int) -> list[int]:
 
 def locate_inputs(path: Path, attrs: dict[str, Any], stored: list[str]) -> list[Path]:
     """Files family: where each stored path can be read now (viz's rules); a missing one is :class:`CannotVerify`."""
-    from featdump.data.findinput import find_input, input_roots, roots_from_inputs
+    from featdump.data.findinput import find_input, input_places
     from featdump.store.format import read_inputs_attr
 
-    inputs = read_inputs_attr(attrs.get("inputs"))
-    anchors = [Path(i) for i in inputs or [] if Path(i).is_absolute()]
-    roots = roots_from_inputs(inputs, path) if inputs is not None else input_roots(str(attrs.get("command", "")), path)
+    roots, anchors = input_places(read_inputs_attr(attrs.get("inputs")), path)
     out = []
     for s in stored:
         where = find_input(s, roots, anchors)

@@ -22,7 +22,6 @@ from featdump.errors import UsageError
 from featdump.options import SETTINGS
 from featdump.store.format import FEATURES, _attr, _jsonable, read_attr
 from featdump.text import printable, unsafe_name
-from featdump.values import stored_stride, stride_attr
 
 # Which inputs a file covers: its block (input_digest, num_inputs), the whole list it was cut from
 # (list_digest, list_size) and the cut (shard [I, N]). --resume compares them; merge checks them shard by shard.
@@ -246,7 +245,7 @@ def check_file(h5: Any, path: str | Path) -> Counts:
 
 
 def input_kind(attrs: Any) -> str:
-    """The file's ``input_kind`` (files | tar | table; files when older featdump wrote it)."""
+    """The file's ``input_kind``: files | tar | table."""
     value = attrs.get("input_kind", "files")
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
@@ -282,7 +281,7 @@ def check_same_settings(h5: Any, attrs: dict[str, Any], path: str | Path) -> Non
     for key in RESUME_KEYS:
         if key not in attrs:
             continue
-        have, want = setting_text(key, h5.attrs.get(key)), setting_text(key, attrs[key])
+        have, want = setting_text(h5.attrs.get(key)), setting_text(attrs[key])
         if have != want:
             if key in INPUT_KEYS and key != "shard":
                 then = read_attr(h5.attrs.get("list_size", h5.attrs.get("num_inputs", "?")))
@@ -297,17 +296,13 @@ def check_same_settings(h5: Any, attrs: dict[str, Any], path: str | Path) -> Non
             )
 
 
-def setting_value(key: str, value: Any) -> Any:
-    """A setting (a root attribute, as stored or as a run is about to write it) in today's form, plain
-    Python (None as ""): ``output_stride`` 0, which earlier featdump builds wrote where no stride was
-    asked, is ``"none"``. Resume, merge and ``show`` read settings through it."""
-    value = _jsonable(read_attr(_attr(value)))
-    if key == "output_stride":
-        return stride_attr(stored_stride(value))
-    return value
+def setting_value(value: Any) -> Any:
+    """A setting (a root attribute, as stored or as a run is about to write it) as plain Python (None
+    as ""). Resume, merge and ``show`` read settings through it."""
+    return _jsonable(read_attr(_attr(value)))
 
 
-def setting_text(key: str, value: Any) -> str:
+def setting_text(value: Any) -> str:
     """:func:`setting_value` as JSON text: two settings are the same when these are equal; error
     messages show it (``dtype="float16"``)."""
-    return json.dumps(setting_value(key, value), ensure_ascii=False)
+    return json.dumps(setting_value(value), ensure_ascii=False)

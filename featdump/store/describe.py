@@ -178,8 +178,7 @@ def summarize_file(path: str | Path, max_failures: int = 10) -> dict[str, Any]:
         if fp is not None and fe is not None:
             shown = min(max_failures, num_failed, fp.shape[0], fe.shape[0])
             failures = [{"path": read_text(fp[i]), "error": read_text(fe[i])} for i in range(shown)]
-        # settings in today's form: an output_stride of 0 (earlier builds, none asked) shows as "none"
-        provenance = {k: setting_value(k, v) if k in RESUME_KEYS else v for k, v in attrs.items() if k not in STATE_KEYS}
+        provenance = {k: setting_value(v) if k in RESUME_KEYS else v for k, v in attrs.items() if k not in STATE_KEYS}
         info = {
             "file": str(p),
             "file_bytes": p.stat().st_size,

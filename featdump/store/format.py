@@ -8,7 +8,6 @@ other remote inputs as written. Files written before this attribute existed have
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
 import json
 import math
@@ -33,8 +32,7 @@ def inputs_attr(inputs: Sequence[str | os.PathLike[str]]) -> str:
 
 
 def read_inputs_attr(value: Any) -> list[str] | None:
-    """The list written by :func:`inputs_attr`, or None when the file has none (older files) or it
-    is not such a list."""
+    """The list written by :func:`inputs_attr`, or None when the file has none or it is not such a list."""
     if value is None:
         return None
     if isinstance(value, bytes):
@@ -64,8 +62,7 @@ CHUNK_MIN = 64 << 10
 def load_codecs() -> None:
     """Register hdf5plugin's filters (Zstandard, Blosc2, ...) with HDF5, so that files written with
     ``--compression zstd`` can be read. Cheap after the first call."""
-    with contextlib.suppress(ImportError):  # a dependency; without it only zstd files are unreadable
-        import hdf5plugin  # noqa: F401
+    import hdf5plugin  # noqa: F401
 
 
 def utc_now() -> str:
@@ -130,10 +127,8 @@ def compression_kwargs(name: str, dtype: str) -> dict[str, Any]:
     if name == "lzf":
         return {"compression": "lzf", "shuffle": True}
     if name == "zstd":
-        try:
-            import hdf5plugin  # noqa: F401 - registers the filter with HDF5
-        except ImportError:  # pragma: no cover - hdf5plugin is a dependency
-            raise UsageError("--compression zstd needs the hdf5plugin package: pip install hdf5plugin") from None
+        import hdf5plugin  # noqa: F401 - registers the filter with HDF5
+
         # the filter reads its level as a C int from an unsigned cd_value: negative levels wrap
         return {"compression": ZSTD_FILTER, "compression_opts": (zstd_level() % (1 << 32),)}
     raise UsageError(f"--compression must be one of none|gzip|lzf|zstd, not {name!r}")

@@ -226,7 +226,7 @@ def _merged_attrs(runs: Sequence[Sequence[Shard]], *, copy: bool, command: str, 
     shards = [s for run in runs for s in run]
     heads = [run[0] for run in runs]
     ref = heads[0]
-    attrs = {key: setting_value(key, value) for key, value in ref.attrs.items()}
+    attrs = {key: setting_value(value) for key, value in ref.attrs.items()}
     attrs.pop("stream_mark", None)  # the first shard's place in its tar files: none of the merged file's
     size = sum(h.list_size for h in heads)
     digest = str(ref.attrs.get("list_digest", ""))
@@ -234,10 +234,8 @@ def _merged_attrs(runs: Sequence[Sequence[Shard]], *, copy: bool, command: str, 
     if len(runs) > 1:
         digest = _joined_digest([str(h.attrs.get("list_digest", "")) for h in heads])
         extract_command = " ; ".join(str(h.attrs.get("command", "")) for h in heads)
-        attrs.pop("inputs", None)
-        given = [read_inputs_attr(h.attrs.get("inputs")) for h in heads]
-        if all(g is not None for g in given):
-            attrs["inputs"] = inputs_attr(list(dict.fromkeys(i for g in given for i in g or ())))
+        given = [read_inputs_attr(h.attrs.get("inputs")) or [] for h in heads]
+        attrs["inputs"] = inputs_attr(list(dict.fromkeys(i for g in given for i in g)))
         attrs["list_size"] = size
         attrs["list_digest"] = digest
     partial = any(not s.complete for s in shards)

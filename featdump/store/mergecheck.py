@@ -132,7 +132,7 @@ def _expected_name(example: Shard, index: int) -> str:
 
 def _run_key(s: Shard) -> tuple[str, int, int]:
     """Which run a file belongs to: the whole input list it was cut from, and into how many blocks."""
-    return setting_text("list_digest", s.attrs.get("list_digest")), s.list_size, s.count
+    return setting_text(s.attrs.get("list_digest")), s.list_size, s.count
 
 
 def _whole(run: Sequence[Shard]) -> bool:
@@ -178,7 +178,7 @@ def check_runs(files: Sequence[Shard], allow_partial: bool = False) -> list[list
 def _check_meaning(s: Shard, ref: Shard, rule: str) -> None:
     """UsageError naming the first setting (or the layers) in which ``s`` differs from ``ref``."""
     for key in MERGE_KEYS:
-        have, want = setting_text(key, s.attrs.get(key)), setting_text(key, ref.attrs.get(key))
+        have, want = setting_text(s.attrs.get(key)), setting_text(ref.attrs.get(key))
         if have != want:
             raise UsageError(f"{s.shown} was made with {key}={have}, {ref.shown} with {key}={want}; {rule}")
     if s.layers != ref.layers:

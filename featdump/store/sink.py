@@ -72,8 +72,7 @@ class Store:
         self.ids = h5 is not None and "ids" in h5  # the inputs provide ids: /ids and /failed/ids
         self.geometry = h5 is not None and GEOMETRY in h5  # /geometry (files made before it have none)
         self._last_commit = time.monotonic()
-        # Feature rows go out as whole chunks (featdump/store/chunks.py); False: h5py's ds[a:b] = arr.
-        self.direct = True
+        # Feature rows go out as whole chunks (featdump/store/chunks.py)
         self.write_threads = 1  # threads preparing (compressing) chunks; set by run/writer.py
         self._chunks: Any = None
 
@@ -247,11 +246,7 @@ class Store:
                     ds.resize(n + b, axis=0)
                     batch.append((ds, arr))
                     self.bytes_written += arr.nbytes
-                if self.direct:
-                    self._chunk_writer().write(batch, n)
-                else:
-                    for ds, arr in batch:
-                        ds[n : n + b] = arr
+                self._chunk_writer().write(batch, n)
                 ds = self.h5["paths"]
                 ds.resize(n + b, axis=0)
                 ds[n : n + b] = list(paths)
