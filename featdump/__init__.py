@@ -19,6 +19,10 @@ __all__ = ["FORMAT_VERSION", "FeatureFile", "__version__", "extract", "open"]
 _LAZY = {"extract": "featdump.api", "open": "featdump.store.reader", "FeatureFile": "featdump.store.reader"}
 
 
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
+
 def __getattr__(name: str) -> Any:
     """``featdump.extract`` / ``featdump.open`` / ``featdump.FeatureFile``, imported on first use."""
     if name in _LAZY:

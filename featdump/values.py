@@ -8,11 +8,15 @@ from typing import Any
 
 from featdump.errors import UsageError
 
+ALL_LEVELS: tuple[int, ...] = ()  # ``--out-indices all``: every level the model has (expanded by normalize_indices)
+
 
 def parse_indices(value: str | list[int] | tuple[int, ...] | None) -> tuple[int, ...] | None:
-    """``"1,2,-1"`` or ``[1, 2, -1]`` -> ``(1, 2, -1)``."""
+    """``"1,2,-1"`` or ``[1, 2, -1]`` -> ``(1, 2, -1)``; ``"all"`` -> :data:`ALL_LEVELS`."""
     if value is None or value == "":
         return None
+    if isinstance(value, str) and value.strip().lower() == "all":
+        return ALL_LEVELS
     items: list[Any]
     items = list(value) if isinstance(value, (list, tuple)) else [v.strip() for v in str(value).split(",")]
     if len(items) > 1 and any(v == "" for v in items):  # "1,,2" or "1,": a level left out by mistake?
@@ -22,7 +26,7 @@ def parse_indices(value: str | list[int] | tuple[int, ...] | None) -> tuple[int,
         out = tuple(int(v) for v in items)
     except (TypeError, ValueError):
         raise UsageError(
-            f"--out-indices takes whole numbers separated by commas (e.g. 1,2,-1), not {value!r}"
+            f"--out-indices takes whole numbers separated by commas (e.g. 1,2,-1) or all, not {value!r}"
         ) from None
     if not out:
         raise UsageError("--out-indices is empty; give at least one level, e.g. --out-indices -1")

@@ -113,6 +113,7 @@ def test_import_and_version_do_not_load_torch() -> None:
 def test_typed_package() -> None:
     assert (Path(featdump.__file__).parent / "py.typed").exists()
     assert {"extract", "open", "FeatureFile"} <= set(featdump.__all__)
+    assert {"extract", "open", "FeatureFile", "__version__"} <= set(dir(featdump))  # tab completion finds them
 
 
 def test_viz_finds_the_inputs_of_an_api_run(cli, made: tuple[Path, object], tmp_path: Path) -> None:

@@ -31,3 +31,19 @@ def test_bench_core_returns_data(photos: Path, tmp_path: Path) -> None:
     assert [s.name for s in result.stages] == ["decode", "forward", "write", "pipeline"]
     assert all(s.images > 0 and s.rate > 0 for s in result.stages)
     assert result.limit in ("decode", "forward", "write", "pipeline") and result.advice
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--seconds", "nan", "--seconds takes a number of seconds above 0 and at most 3600, not nan"),
+        ("--seconds", "inf", "--seconds takes a number of seconds above 0 and at most 3600, not inf"),
+        ("--seconds", "-1", "--seconds takes a number of seconds above 0 and at most 3600, not -1.0"),
+        ("--images", "2000000000", "--images takes a whole number from 1 to 100,000, not 2000000000"),
+        ("--images", "0", "--images takes a whole number from 1 to 100,000, not 0"),
+    ],
+)
+def test_bench_refuses_unbounded_timings(cli, photos: Path, tmp_path: Path, flag: str, value: str, message: str) -> None:
+    res = cli("bench", "resnet18", str(photos), "-o", str(tmp_path / "x.h5"), "--no-pretrained", flag, value)
+    assert res.exit_code == 2
+    assert res.stderr.strip().splitlines() == [f"featdump: error: {message}"]

@@ -43,7 +43,7 @@ def test_show_table(cli, made: dict[str, Path]) -> None:
     assert res.exit_code == 0, res.output
     text = res.stdout
     for expected in ("layer1", "layer2", "3×64×16×16", "gzip-1", "resnet18", "weights", "random", "broken.jpg",
-                     "3 images", "1 failed", "complete", "provenance", "timm_version", "command"):  # fmt: skip
+                     "3 images", "1 failed", "complete", "provenance", "timm_version", "command", "stored/raw"):  # fmt: skip
         assert expected in text, expected
 
 

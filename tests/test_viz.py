@@ -155,6 +155,9 @@ def test_viz_random_on_the_command_line(cli, feats: dict[str, Path], tmp_path: P
     assert res.exit_code == 2 and "give --random N too" in res.stderr
     res = cli("viz", str(feats["maps"]), "-o", str(out), "--random", "0")
     assert res.exit_code == 2 and "--random 0" in res.stderr
+    for args in (["viz", str(feats["maps"]), "-o", str(out), "--random", "2", "--seed", "-1"], ["verify", str(feats["maps"]), "--seed", "-1"]):
+        res = cli(*args)
+        assert res.exit_code == 2 and res.stderr.splitlines() == ["featdump: error: --seed -1: give a seed of 0 or more"], args
     # --overlay picks its rows the same way
     overlay = cli("viz", str(feats["maps"]), "-o", str(out), "--overlay", "--random", "2", "--seed", "5", "--tile", "32")
     assert overlay.exit_code == 0 and "2 image(s) × 2 layer(s)" in overlay.stdout, overlay.output

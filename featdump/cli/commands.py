@@ -18,6 +18,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from featdump.cli.typer_app import _STATE, F, app, given_options, handle_errors
+from featdump.cli.typer_compat import join_paragraph_lines
 from featdump.errors import FeatdumpError, FeatdumpWarning, UsageError
 from featdump.options import OPTIONS, Option
 from featdump.text import LINE_CHARS, clip, printable
@@ -255,3 +256,5 @@ def bench(ctx: typer.Context, **values: Any) -> None:
 
 # The commands on files and the catalog register with the same app.
 from featdump.cli import files  # noqa: E402, F401
+
+join_paragraph_lines(app)  # every command is registered by now

@@ -101,6 +101,8 @@ def inspect_table(desc: Description, pool: str = "none", images: int | None = No
         title = f"{desc.name}: {len(desc.layers)} named module(s){stride}"
     else:
         title = f"{desc.name}: {len(desc.layers)} of {desc.num_levels} feature levels{stride}"
+        if len(desc.layers) < desc.num_levels:
+            caption += f"\n--out-indices all lists all {desc.num_levels} levels"
     table = Table(title=title, caption=caption)
     if not named:  # named modules (--layers) have no level index
         table.add_column("index", justify="right")
@@ -109,8 +111,9 @@ def inspect_table(desc: Description, pool: str = "none", images: int | None = No
     table.add_column("channels", justify="right")
     table.add_column("stride", justify="right")
     table.add_column("shape", justify="right", no_wrap=True)
-    table.add_column("MiB f32", justify="right")
-    table.add_column("MiB f16", justify="right")
+    dtypes = ("float32", "float16") if images is None else (dtype,)  # --images: its dtype only (fits 80 columns)
+    for name in dtypes:
+        table.add_column(f"MiB {name.replace('float', 'f')}", justify="right")
     if images is not None:
         table.add_column("total", justify="right", no_wrap=True)  # the caption says for how many images
     for layer in desc.layers:
@@ -119,8 +122,7 @@ def inspect_table(desc: Description, pool: str = "none", images: int | None = No
             str(layer.channels),
             str(layer.reduction) if layer.reduction else "-",
             fmt_shape(layer.stored_shape(pool)),
-            fmt_mb(layer.bytes_per_image("float32", pool)),
-            fmt_mb(layer.bytes_per_image("float16", pool)),
+            *(fmt_mb(layer.bytes_per_image(name, pool)) for name in dtypes),
         ]
         if images is not None:
             cells.append(fmt_bytes(layer.bytes_per_image(dtype, pool) * images))
@@ -208,7 +210,7 @@ def summary_table(summary: Summary) -> Table:
     table.add_column("shape / image", justify="right", no_wrap=True)
     table.add_column("dtype")
     table.add_column("MiB on disk", justify="right")
-    table.add_column("ratio", justify="right")
+    table.add_column("stored/raw", justify="right")  # bytes on disk / uncompressed bytes
     for layer in summary.layers:
         ratio = layer.stored_bytes / layer.raw_bytes if layer.raw_bytes else 1.0
         table.add_row(
@@ -306,7 +308,7 @@ def show_renderables(info: dict[str, Any]) -> list[Any]:
     table.add_column("chunks", justify="right", no_wrap=True)
     table.add_column("codec", overflow="fold")
     table.add_column("MiB", justify="right")
-    table.add_column("ratio", justify="right")
+    table.add_column("stored/raw", justify="right")  # bytes on disk / uncompressed bytes
     for ds in info["datasets"]:
         comp = ds["compression"]
         if ds["virtual"]:

@@ -51,12 +51,15 @@ def num_levels(name: str) -> int:
 
 
 def normalize_indices(name: str, indices: Sequence[int] | None, levels: int, modules: Sequence[str]) -> tuple[int, ...] | None:
-    """Negative indices count from the end (timm semantics); out of range or twice exits 2.
+    """Negative indices count from the end (timm semantics); out of range or twice exits 2; none
+    given (``--out-indices all``) means every level.
 
     The result is in model order (the order timm returns the levels in), not in the order given.
     """
     if indices is None:
         return None
+    if not indices:  # --out-indices all
+        return tuple(range(levels))
     bad = [i for i in indices if not -levels <= i < levels]
     if bad:
         listing = ", ".join(f"{i}={m}" for i, m in enumerate(modules))

@@ -82,6 +82,10 @@ ADVICE = {
 }
 
 
+MAX_SECONDS = 3600  # an hour: longer timings say nothing new
+MAX_IMAGES = 100_000  # the images' references are held in memory
+
+
 def run_benchmark(cfg: ExtractConfig, seconds: float = 60.0, images: int = 300) -> BenchResult:
     """Time the four stages for at most about ``seconds`` in all (plus loading the model)."""
     from featdump.data.batching import Loader
@@ -93,8 +97,10 @@ def run_benchmark(cfg: ExtractConfig, seconds: float = 60.0, images: int = 300) 
     from featdump.run.process import torch_settings, tune_malloc
     from featdump.store.output import check_environment
 
-    if seconds <= 0 or images < 1:
-        raise UsageError("--seconds and --images must be above 0")
+    if not 0 < seconds <= MAX_SECONDS:  # false for nan too
+        raise UsageError(f"--seconds takes a number of seconds above 0 and at most {MAX_SECONDS}, not {seconds}")
+    if not 1 <= images <= MAX_IMAGES:
+        raise UsageError(f"--images takes a whole number from 1 to {MAX_IMAGES:,}, not {images}")
     check_environment()
     placement = placement_from_env(shard=(0, 1))
     refs = list(itertools.islice(open_source(cfg.inputs, cfg).select(0, 1).stream(), images))

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from featdump.errors import UsageError
+from featdump.text import first_line
 
 GROUP = "featdump.processors"
 
@@ -186,8 +187,15 @@ def installed() -> list[ProcessorInfo]:
     out = [ProcessorInfo(n, "built in", f"{c.__module__}:{c.__name__}", _doc(c)) for n, c in BUILTIN.items()]
     for ep in _entry_points():
         dist = getattr(getattr(ep, "dist", None), "name", None) or "?"
-        out.append(ProcessorInfo(ep.name, dist, ep.value, ""))
+        out.append(ProcessorInfo(ep.name, dist, ep.value, _plugin_doc(ep)))
     return out
+
+
+def _plugin_doc(ep: Any) -> str:
+    try:
+        return _doc(ep.load())
+    except Exception as exc:  # noqa: BLE001 - a plug-in that cannot load is listed, saying why
+        return f"cannot be loaded: {first_line(exc)}"
 
 
 def _doc(cls: Any) -> str:

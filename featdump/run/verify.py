@@ -110,8 +110,6 @@ def pick_rows(num_images: int, n: int, seed: int) -> list[int]:
     """``n`` distinct rows of ``num_images``, drawn with ``seed`` (sorted)."""
     import numpy as np
 
-    if n < 1:
-        raise UsageError(f"-n must be at least 1, not {n}")
     rng = np.random.default_rng(seed)
     return sorted(int(r) for r in rng.choice(num_images, size=min(n, num_images), replace=False))
 
@@ -190,6 +188,10 @@ def verify_file(path: str | Path, n: int = 8, seed: int = 0, device: str = "auto
     from featdump.store.check import input_kind
     from featdump.store.like import read_attrs, recorded_columns, recorded_options
 
+    if n < 1:
+        raise UsageError(f"-n must be at least 1, not {n}")
+    if seed < 0:
+        raise UsageError(f"--seed {seed}: give a seed of 0 or more")
     p = Path(path)
     attrs = read_attrs(p)
     made_with = str(attrs.get("timm_version", ""))

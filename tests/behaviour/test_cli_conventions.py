@@ -35,6 +35,20 @@ def test_every_help_has_an_example(cli, command: str) -> None:
     )
 
 
+@pytest.mark.parametrize("columns", [80, 120])
+@pytest.mark.parametrize("command", _commands())
+def test_help_prose_is_not_broken_mid_sentence(command: str, columns: int) -> None:
+    """The description above the option boxes wraps at the terminal's width, not at the source's."""
+    from typer.testing import CliRunner
+
+    res = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": str(columns)}, terminal_width=columns)
+    prose = res.stdout.split("╭─")[0].splitlines()[2:]  # below the usage line
+    for line, after in zip(prose, [*prose[1:], ""], strict=True):
+        if line.strip() and after.strip() and not after.strip().startswith("Example:"):
+            next_word = after.split()[0]
+            assert len(line.rstrip()) + 1 + len(next_word) > columns - 2, f"{command}: line broken early: {line.strip()!r}"
+
+
 def test_completion_is_offered(cli) -> None:
     res = cli("--help")
     assert "--install-completion" in res.stdout and "--show-completion" in res.stdout

@@ -61,6 +61,28 @@ def test_inspect_output_stride_and_vit(cli):
     vit = json.loads(cli("inspect", "vit_tiny_patch16_224", "--json").stdout)
     assert [l["module"] for l in vit["layers"]] == ["blocks.9", "blocks.10", "blocks.11"]
     assert vit["layers"][0]["shape"] == [192, 14, 14]
+    assert "--out-indices all lists all 12 levels" in cli("inspect", "vit_tiny_patch16_224").stdout
+    every = json.loads(cli("inspect", "vit_tiny_patch16_224", "--json", "--out-indices", "all").stdout)
+    assert every["out_indices"] == list(range(12)) and [l["module"] for l in every["layers"]] == [f"blocks.{i}" for i in range(12)]
+    assert "lists all" not in cli("inspect", "vit_tiny_patch16_224", "--out-indices", "all").stdout
+
+
+def test_extract_out_indices_all(cli, photos, tmp_path):
+    out = tmp_path / "all.h5"
+    res = cli("extract", "resnet18", str(photos / "coffee.jpg"), "-o", str(out), "--no-pretrained", "--img-size", "64",
+              "--out-indices", "all", "-q")  # fmt: skip
+    assert res.exit_code == 0, res.output
+    with h5py.File(out) as f:  # every level of timm's feature_info, recorded as the levels it resolved to
+        assert list(f.attrs["out_indices"]) == [0, 1, 2, 3, 4]
+        assert [f["features"][name].shape[1] for name in ("act1", "layer1", "layer2", "layer3", "layer4")] == [64, 64, 128, 256, 512]
+
+
+def test_inspect_images_fits_80_columns() -> None:
+    p = run("inspect", "resnet50", "--images", "1000000", "--dtype", "float16", env={"COLUMNS": "80"}, check=True)
+    assert all(len(line) <= 80 for line in p.stdout.splitlines()), p.stdout
+    header = next(line for line in p.stdout.splitlines() if "index" in line)
+    assert [c.strip() for c in header.strip("┃ ").split("┃")] == ["index", "module", "channels", "stride", "shape", "MiB f16", "total"]
+    assert "1.46 TiB" in p.stdout  # act1: 64×112×112 float16 × 10⁶ images
 
 
 @pytest.mark.parametrize(

@@ -96,7 +96,8 @@ def test_entry_point_plugin(tmp_path, imgs, random_checkpoint):
     (dist / "entry_points.txt").write_text("[featdump.processors]\ndouble = fd_double:Double\n")
     env = {"PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
     p = run("processors", "--json", env=env)
-    assert {"name": "double", "source": "fd-double", "target": "fd_double:Double", "doc": ""} in json.loads(p.stdout)
+    assert {"name": "double", "source": "fd-double", "target": "fd_double:Double",
+            "doc": "Doubles every value (a test plug-in)."} in json.loads(p.stdout)
     ckpt = random_checkpoint("resnet18")
     base, doubled = tmp_path / "a.h5", tmp_path / "b.h5"
     run("extract", "resnet18", str(imgs), "-o", str(base), "--checkpoint", str(ckpt), "-q", "--out-indices", "1", env=env, check=True)
@@ -107,3 +108,18 @@ def test_entry_point_plugin(tmp_path, imgs, random_checkpoint):
     assert p.returncode == 0, p.stderr
     p = run("verify", str(doubled), "-n", "2")  # without the plug-in installed
     assert p.returncode == 2 and "double" in p.stderr
+
+
+def test_processors_lists_each_plugin_docstring(tmp_path):
+    site = tmp_path / "site"
+    dist = site / "fd_double-0.1.dist-info"
+    dist.mkdir(parents=True)
+    (site / "fd_double.py").write_text(PLUGIN)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: fd-double\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[featdump.processors]\ndouble = fd_double:Double\nbroken = fd_missing:Gone\n")
+    env = {"PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]), "COLUMNS": "200"}
+    listed = {p["name"]: p["doc"] for p in json.loads(run("processors", "--json", env=env, check=True).stdout)}
+    assert listed["double"] == "Doubles every value (a test plug-in)."
+    assert listed["broken"] == "cannot be loaded: No module named 'fd_missing'"
+    table = run("processors", env=env, check=True).stdout
+    assert "Doubles every value (a test plug-in)." in table and "cannot be loaded" in table
