@@ -33,11 +33,11 @@ def test_writer_queue_is_bounded_in_bytes() -> None:
     writer = Writer(store, max_bytes=50_000)  # type: ignore[arg-type]
     for _ in range(20):
         writer.put((batch, ["p"] * 4, [], 0))
-        assert writer.pending <= 50_000
+        assert writer.queue.bytes <= 50_000
     writer.close()
     assert store.rows == 80
-    assert 16_000 <= writer.peak <= 48_000
-    assert writer.pending == 0
+    assert 16_000 <= writer.queue.peak <= 48_000
+    assert writer.queue.bytes == 0
 
 
 def test_writer_admits_one_batch_larger_than_the_bound() -> None:
@@ -50,7 +50,7 @@ def test_writer_admits_one_batch_larger_than_the_bound() -> None:
         writer.put((big, ["p"], [], 0))
     writer.close()
     assert store.rows == 3
-    assert writer.peak == big[0].nbytes  # one at a time: never two of them queued
+    assert writer.queue.peak == big[0].nbytes  # one at a time: never two of them queued
 
 
 def test_writer_error_reaches_the_main_thread() -> None:

@@ -8,12 +8,12 @@ the job writes and commits them and ``--resume`` continues after them.
 
 from __future__ import annotations
 
-import collections
+import contextlib
 import dataclasses
 import itertools
 import signal
 import threading
-from collections.abc import Iterable, Iterator, Sized
+from collections.abc import Generator, Iterable, Iterator, Sized
 from typing import Any
 
 from featdump.data.datasets import Batch, ImageDataset, collate
@@ -22,6 +22,7 @@ from featdump.data.loading import ThreadLoader
 from featdump.errors import FeatdumpError
 from featdump.model.layers import Backbone
 from featdump.options import ExtractConfig
+from featdump.queues import BoundedQueue
 
 
 class Loader:
@@ -101,7 +102,7 @@ class StreamBatches:
     from ``refs`` lazily, so a stream of any length runs in bounded memory. Each ref is also noted
     in ``inflight`` (without its bytes) for the job.
 
-    The refs are read by a thread of their own (:class:`ReadAhead`), at most :attr:`AHEAD` batches
+    The refs are read by a thread of their own (:func:`read_ahead`), at most :attr:`AHEAD` batches
     (and :attr:`AHEAD_BYTES` of image bytes) beyond what the loader has asked for: opening the next
     tar shard, waiting for a remote store's answer and parsing tar headers then overlap the forward
     pass instead of stalling the thread that runs it.
@@ -121,95 +122,49 @@ class StreamBatches:
         self.broken: FeatdumpError | None = None
 
     def __iter__(self) -> Iterator[list[tuple[int, ImageRef]]]:
-        # started at the first key asked for: after a DataLoader has forked its workers
-        reader = ReadAhead(self.refs, self.batch_size, self.AHEAD, self.AHEAD_BYTES)
         pos = 0
         try:
-            for chunk in reader:
-                keys = []
-                for ref in chunk:
-                    self.inflight[pos] = dataclasses.replace(ref, data=None) if ref.data is not None else ref
-                    keys.append((pos, ref))
-                    pos += 1
-                yield keys
-        finally:
-            reader.close()  # the loader stopped early (a stop request): the thread ends, the stream is closed
-        self.broken = reader.broken
+            with contextlib.closing(read_ahead(self.refs, self.batch_size, self.AHEAD, self.AHEAD_BYTES)) as chunks:
+                for chunk in chunks:
+                    keys = []
+                    for ref in chunk:
+                        self.inflight[pos] = dataclasses.replace(ref, data=None) if ref.data is not None else ref
+                        keys.append((pos, ref))
+                        pos += 1
+                    yield keys
+        except FeatdumpError as exc:
+            self.broken = exc
 
 
-class ReadAhead:
-    """Chunks of ``size`` consecutive refs of ``refs``, read in a thread of their own, at most
-    ``ahead`` chunks (and ``max_bytes`` of the refs' image bytes; one chunk always) before they are
-    taken. A :class:`~featdump.errors.FeatdumpError` from ``refs`` ends the chunks (the whole ones
-    read before it come first; the one it cut is dropped) and is kept in ``broken``; any other error is
-    raised where the chunks are taken. :meth:`close` ends the thread at its next chunk and closes
-    the stream there."""
+def read_ahead(refs: Iterable[ImageRef], size: int, ahead: int, max_bytes: int) -> Generator[list[ImageRef]]:
+    """Chunks of ``size`` consecutive refs of ``refs``, read in a thread of their own (started at the
+    first chunk asked for: after a DataLoader has forked its workers), at most ``ahead`` chunks (and
+    ``max_bytes`` of the refs' image bytes; one chunk always) before they are taken. An error from
+    ``refs`` is raised after the whole chunks read before it (the one it cut is dropped: no shorter
+    last batch, so ``--resume`` cuts the same batches as an uninterrupted run). Closing this
+    generator (the loader stopped early) ends the thread at its next chunk, which closes the stream."""
+    queue: BoundedQueue[list[ImageRef]] = BoundedQueue(max(1, ahead), max_bytes)
+    stream = iter(refs)
 
-    def __init__(self, refs: Iterable[ImageRef], size: int, ahead: int, max_bytes: int) -> None:
-        self.refs = iter(refs)
-        self.size, self.ahead, self.max_bytes = max(1, size), max(1, ahead), max_bytes
-        self.broken: FeatdumpError | None = None
-        self.error: BaseException | None = None
-        self.cond = threading.Condition()
-        self.chunks: collections.deque[tuple[list[ImageRef], int]] = collections.deque()
-        self.bytes = 0
-        self.ended = self.closed = False
-        self.thread = threading.Thread(target=self._run, name="featdump-stream", daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
+    def produce() -> None:
+        error = None
         try:
-            while self.broken is None:
-                chunk: list[ImageRef] = []
-                try:
-                    chunk.extend(itertools.islice(self.refs, self.size))
-                except FeatdumpError as exc:
-                    self.broken = exc
-                    # no shorter last batch: --resume starts at the committed position, so a cut batch
-                    # would shift every later batch against an uninterrupted run (and values with them)
-                    chunk = []
-                if not chunk:
-                    return
-                size = sum(len(r.data) for r in chunk if r.data is not None)
-                with self.cond:
-                    while not self.closed and self.chunks and (
-                        len(self.chunks) >= self.ahead or self.bytes + size > self.max_bytes
-                    ):
-                        self.cond.wait()
-                    if self.closed:
-                        return
-                    self.chunks.append((chunk, size))
-                    self.bytes += size
-                    self.cond.notify_all()
+            while chunk := list(itertools.islice(stream, max(1, size))):
+                if not queue.put(chunk, sum(len(r.data) for r in chunk if r.data is not None)):
+                    break
         except BaseException as exc:  # noqa: BLE001 - raised where the chunks are taken
-            self.error = exc
+            error = exc
         finally:
-            close = getattr(self.refs, "close", None)
+            close = getattr(stream, "close", None)
             if close is not None:
                 close()  # a generator's finally (open files) runs here, in the thread that ran it
-            with self.cond:
-                self.ended = True
-                self.cond.notify_all()
+            queue.end(error)
 
-    def __iter__(self) -> Iterator[list[ImageRef]]:
-        while True:
-            with self.cond:
-                while not self.chunks and not self.ended:
-                    self.cond.wait()
-                if not self.chunks:
-                    break
-                chunk, size = self.chunks.popleft()
-                self.bytes -= size
-                self.cond.notify_all()
-            yield chunk
-        if self.error is not None:
-            raise self.error
-
-    def close(self) -> None:
-        with self.cond:
-            self.closed = True
-            self.chunks.clear()
-            self.cond.notify_all()
+    threading.Thread(target=produce, name="featdump-stream", daemon=True).start()
+    try:
+        yield from queue
+    finally:
+        queue.close()
 
 
 def _worker_init(_: int) -> None:

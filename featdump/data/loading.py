@@ -10,7 +10,6 @@ operations (``/ 255``, ``- mean``, ``/ std``), and the batch comes out channels_
 
 from __future__ import annotations
 
-import collections
 import concurrent.futures
 import contextlib
 import os
@@ -21,6 +20,7 @@ from typing import Any
 
 from featdump.data.datasets import Batch, ImageDataset, collate
 from featdump.data.transform import SplitTransform
+from featdump.queues import BoundedQueue
 
 
 def lower_priority(nice: int) -> None:
@@ -84,18 +84,15 @@ class ThreadLoader:
         pool = concurrent.futures.ThreadPoolExecutor(
             self.threads, thread_name_prefix="featdump-decode", initializer=lower_priority, initargs=(self.nice,)
         )
-        queued: collections.deque[list[tuple[concurrent.futures.Future[tuple[int, Any, str, Any]], Any]]]
-        queued = collections.deque()
+        queued: BoundedQueue[list[tuple[concurrent.futures.Future[tuple[int, Any, str, Any]], Any]]]
+        queued = BoundedQueue(self.prefetch + 1)  # the batch to hand out next + `prefetch` more
         todo: Iterator[Any] = iter(batches)
         try:
             while True:
-                while len(queued) <= self.prefetch:  # the batch to hand out next + `prefetch` more
-                    keys = next(todo, None)
-                    if keys is None:
-                        break
-                    queued.append([(pool.submit(self._decode, k), k) for k in keys])
+                while queued.room() and (keys := next(todo, None)) is not None:
+                    queued.put([(pool.submit(self._decode, k), k) for k in keys])
                 if not queued:
                     return
-                yield self._batch(self._collect(queued.popleft()))
+                yield self._batch(self._collect(queued.get()))
         finally:
             pool.shutdown(wait=True, cancel_futures=True)  # images being decoded finish (ms); the rest are dropped

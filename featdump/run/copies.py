@@ -6,7 +6,7 @@ batch k+1's forward runs while batch k is copied, and the writer thread waits fo
 only when it is about to store it. At most ``depth`` copies are in flight: :meth:`CopyQueue.submit`
 waits for the oldest beyond that.
 
-The queue logic (order, bound, ``ready``, ``drain``) is in :class:`CopyQueue`; a subclass only
+The queue logic (order, bound) is in :class:`CopyQueue`; a subclass only
 starts a copy and says how to wait for it. :class:`ThreadCopies` does the same with a host thread in
 place of the copy stream, so the logic is exercised where there is no GPU (the tests); CPU runs do
 not use a queue at all (their outputs are host arrays already).
@@ -14,10 +14,11 @@ not use a queue at all (their outputs are host arrays already).
 
 from __future__ import annotations
 
-import collections
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+
+from featdump.queues import BoundedQueue
 
 
 class Pending(list[Any]):
@@ -25,13 +26,10 @@ class Pending(list[Any]):
 
     :meth:`wait` blocks until the copy is complete and returns the arrays (numpy)."""
 
-    def __init__(self, host: list[Any], done: Callable[[], bool], result: Callable[[], list[Any]]) -> None:
+    def __init__(self, host: list[Any], result: Callable[[], list[Any]]) -> None:
         super().__init__(host)
-        self._done, self._result = done, result
+        self._result = result
         self._arrays: list[Any] | None = None
-
-    def done(self) -> bool:
-        return self._arrays is not None or self._done()
 
     def wait(self) -> list[Any]:
         if self._arrays is None:
@@ -45,53 +43,27 @@ def resolve(outputs: Any) -> list[Any]:
 
 
 class CopyQueue:
-    """Copies in submission order, at most ``depth`` in flight.
-
-    ``submit(outputs) -> Pending`` starts a copy (waiting first for the oldest while ``depth`` are in
-    flight); ``ready()`` returns the finished batches' arrays in order without waiting; ``drain()``
-    waits for all of them (the end of a run, or a stop)."""
+    """Copies in submission order, at most ``depth`` in flight: ``submit(outputs) -> Pending`` starts
+    a copy, waiting first for the oldest while ``depth`` are in flight; :meth:`close` waits for all."""
 
     def __init__(self, depth: int = 2) -> None:
         if depth < 1:
             raise ValueError("depth must be at least 1")
-        self.depth = depth
-        self.inflight: collections.deque[Pending] = collections.deque()
-        self.finished: collections.deque[Pending] = collections.deque()
-        self.peak = 0  # the most copies ever in flight (tests)
+        self.inflight: BoundedQueue[Pending] = BoundedQueue(depth)
 
     def _start(self, outputs: list[Any]) -> Pending:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def submit(self, outputs: list[Any]) -> Pending:
-        self._collect()
-        while len(self.inflight) >= self.depth:
-            oldest = self.inflight.popleft()
-            oldest.wait()
-            self.finished.append(oldest)
+        while not self.inflight.room():
+            self.inflight.get().wait()
         pending = self._start(outputs)
-        self.inflight.append(pending)
-        self.peak = max(self.peak, len(self.inflight))
+        self.inflight.put(pending)
         return pending
 
-    def _collect(self) -> None:
-        while self.inflight and self.inflight[0].done():  # in order: a later copy waits for the earlier
-            self.finished.append(self.inflight.popleft())
-
-    def ready(self) -> list[list[Any]]:
-        self._collect()
-        out = [p.wait() for p in self.finished]
-        self.finished.clear()
-        return out
-
-    def drain(self) -> list[list[Any]]:
-        while self.inflight:
-            p = self.inflight.popleft()
-            p.wait()
-            self.finished.append(p)
-        return self.ready()
-
     def close(self) -> None:
-        self.drain()
+        while self.inflight:
+            self.inflight.get().wait()
 
 
 class ThreadCopies(CopyQueue):
@@ -104,7 +76,7 @@ class ThreadCopies(CopyQueue):
 
     def _start(self, outputs: list[Any]) -> Pending:
         future = self.pool.submit(lambda: [self.copy(o) for o in outputs])
-        return Pending(list(outputs), future.done, future.result)
+        return Pending(list(outputs), future.result)
 
     def close(self) -> None:
         super().close()
@@ -141,8 +113,9 @@ class CudaCopies(CopyQueue):
                 o.record_stream(self.stream)  # the compute stream may not reuse o's memory before the copy
             event = torch.cuda.Event()
             event.record(self.stream)
+
         def result() -> list[Any]:
             event.synchronize()
             return [h.numpy() for h in host]
 
-        return Pending(host, event.query, result)
+        return Pending(host, result)

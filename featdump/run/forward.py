@@ -90,9 +90,7 @@ class Forward:
             self._count_nonfinite(stored)
             if self.copies is None:
                 return [s.cpu().numpy() for s in stored]
-            pending = self.copies.submit(stored)  # a Pending: the writer waits for its event
-            self.copies.ready()  # forget finished copies (the writer holds them)
-            return pending
+            return self.copies.submit(stored)  # a Pending: the writer waits for its event
 
     def _count_nonfinite(self, stored: list[Any]) -> None:
         """Add each layer's NaN/inf count to a running total kept on the device (no sync)."""
