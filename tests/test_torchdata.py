@@ -153,6 +153,43 @@ def test_missing_virtual_source_is_refused(files: dict[str, Path], tmp_path: Pat
         ff.torch()
 
 
+def _loader(ds: Any, workers: int, start: str) -> Any:
+    from torch.utils.data import DataLoader
+
+    return DataLoader(ds, batch_size=4, num_workers=workers, multiprocessing_context=start if workers else None)
+
+
+@pytest.mark.parametrize(("workers", "start"), [(0, None), (2, "fork"), pytest.param(2, "spawn", marks=pytest.mark.slow)])
+def test_a_source_gone_after_the_dataset_was_made_is_an_error_naming_it(
+    files: dict[str, Path], tmp_path: Path, workers: int, start: str
+) -> None:
+    """Never rows of NaN: HDF5 reads a gone source's rows as the fill value."""
+    for name in ("m.h5", "s.shard-00000-of-00002.h5", "s.shard-00001-of-00002.h5"):
+        shutil.copy(files["merged"].parent / name, tmp_path / name)
+    with featdump.open(tmp_path / "m.h5") as ff:
+        ds = ff.torch()
+        ds[0]  # the parent has read (and holds the file open)
+    (tmp_path / "s.shard-00001-of-00002.h5").unlink()
+    with pytest.raises(FeatdumpError, match="s.shard-00001-of-00002.h5"):
+        list(_loader(ds, workers, start))
+
+
+@pytest.mark.parametrize(("workers", "start"), [(0, None), (2, "fork"), pytest.param(2, "spawn", marks=pytest.mark.slow)])
+def test_a_file_replaced_after_the_dataset_was_made_is_refused(
+    files: dict[str, Path], tmp_path: Path, workers: int, start: str
+) -> None:
+    path = tmp_path / "f.h5"
+    shutil.copy(files["finished"], path)
+    with featdump.open(path) as ff:
+        ds = ff.torch()
+        ds[0]
+    shutil.copy(files["finished"], tmp_path / "new.h5")  # the same bytes, another file
+    (tmp_path / "new.h5").replace(path)
+    with pytest.raises(FeatdumpError, match="changed after this dataset was made"):
+        list(_loader(ds, workers, start))
+    assert len(list(_loader(featdump.open(path).torch(), workers, start))) == 2  # made again: it reads
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["finished", "merged"])
 def test_featdump_open_and_plain_h5py_together_in_either_order(files: dict[str, Path], kind: str) -> None:

@@ -26,6 +26,7 @@ import numpy as np
 
 from featdump.errors import FeatdumpError, UsageError, is_out_of_space, out_of_space
 from featdump.store.rowdata import ids_of, layout_of, pool_block
+from featdump.store.vds import read_span
 
 FORMATS = ("npy", "safetensors")
 POOLS = ("avg", "max")
@@ -192,7 +193,7 @@ def _blocks(ds: Any, start: int, stop: int) -> Any:
 
 
 def _vectors(ds: Any, a: int, b: int, layout: str, prefix: int, pool: str | None, dtype: np.dtype) -> np.ndarray:
-    block = ds[a:b]
+    block = read_span(ds, a, b)  # a merged file's sources a few at a time, each checked
     if pool is not None:
         block = pool_block(block, layout, pool, prefix)
     return np.ascontiguousarray(block, dtype=dtype)

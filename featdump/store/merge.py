@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -89,7 +89,20 @@ def _copy_rows(src: Any, dst: Any, at: int, rows: int) -> None:
         dst[at + start : at + stop] = src[start:stop]
 
 
-def _strings(h5s: Sequence[Any], key: str, counts: Sequence[int]) -> list[str]:
+class _OneAtATime:
+    """The shards' files, opened in turn as they are iterated, each closed before the next opens: any
+    number of shards fits the process's open-file limit (``ulimit -n``)."""
+
+    def __init__(self, shards: Sequence[Shard]) -> None:
+        self.paths = [s.path for s in shards]
+
+    def __iter__(self) -> Iterator[Any]:
+        for path in self.paths:
+            with open_committed(path) as h5:
+                yield h5
+
+
+def _strings(h5s: Iterable[Any], key: str, counts: Sequence[int]) -> list[str]:
     """The first ``counts[i]`` strings of ``key`` in each file (checked: each holds that many);
     bytes that are not UTF-8 become ``\\xHH``, as featdump stores undecodable names."""
     out: list[str] = []
@@ -176,13 +189,9 @@ def _row_names(runs: Sequence[Sequence[Shard]]) -> tuple[list[str], list[str] | 
     path or an id is in two of the runs."""
     shards = [s for run in runs for s in run]
     counts = [s.num_images for s in shards]
-    handles = [open_committed(s.path) for s in shards]
-    try:
-        paths = _strings(handles, "paths", counts)
-        ids = _strings(handles, "ids", counts) if all(s.has_ids for s in shards) else None
-    finally:
-        for f in handles:
-            f.close()
+    handles = _OneAtATime(shards)
+    paths = _strings(handles, "paths", counts)
+    ids = _strings(handles, "ids", counts) if all(s.has_ids for s in shards) else None
     if len(runs) > 1:
         _once(runs, paths, "path")
         if ids is not None:
@@ -279,7 +288,8 @@ def _write(
     attrs = _merged_attrs(runs, copy=copy, command=command, out_dir=out_dir)
     num_images = int(attrs["num_images"])
     text = h5py.string_dtype()
-    handles = [open_committed(s.path) for s in shards]
+    handles = _OneAtATime(shards)
+    ref_h5 = open_committed(ref.path)
     try:
         # without HDF5's own file lock: it would be exclusive, which our shared one on the claimed temp
         # file (it marks the file alive) refuses. HDF5's own driver, not a Python file object: an I/O
@@ -294,14 +304,13 @@ def _write(
             if all("geometry" in f for f in handles):  # /geometry is small: always copied
                 rows = [f["geometry"][: s.num_images] for s, f in zip(shards, handles, strict=True)]
                 geo = h5.create_dataset("geometry", data=np.concatenate(rows), maxshape=(None, rows[0].shape[1]), chunks=(256, rows[0].shape[1]))
-                set_attr(geo, "columns", read_attr(handles[0]["geometry"].attrs.get("columns", [])))
+                set_attr(geo, "columns", read_attr(ref_h5["geometry"].attrs.get("columns", [])))
             failed = h5.create_group("failed")
             for key in ("paths", "errors", "ids") if ids is not None else ("paths", "errors"):
                 rows = _strings(handles, f"failed/{key}", [s.num_failed for s in shards])
                 failed.create_dataset(key, data=np.array(rows, dtype=object), dtype=text, maxshape=(None,), chunks=(256,))
 
             group = h5.create_group(FEATURES, track_order=True)
-            ref_h5 = handles[0]
             layers = []
             for name, (shape, dtype) in ref.layers.items():
                 src0 = ref_h5[FEATURES][name]
@@ -335,8 +344,7 @@ def _write(
                 for key, value in src0.attrs.items():
                     set_attr(ds, key, read_attr(value))
     finally:
-        for f in handles:
-            f.close()
+        ref_h5.close()
     return MergeSummary(
         output=str(tmp),
         mode="copy" if copy else "virtual",

@@ -6,6 +6,7 @@ sources of merged (virtual) files with :mod:`featdump.store.vds` before any row 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,6 +33,8 @@ class FeatureFile:
         self.path = Path(path)
         self._missing = check_virtual(self.path)  # before our own handle: HDF5 allows one kind of open
         self._h5, self._counts = open_checked(self.path)  # the layout and the counters, checked
+        st = os.stat(self.path)  # what .torch() workers check they reopen (identity, size, time, counters)
+        self._identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, self._counts)
         try:
             self.meta: dict[str, Any] = {k: read_attr(v) for k, v in self._h5.attrs.items()}
             n = self._counts.num_images
@@ -45,6 +48,7 @@ class FeatureFile:
         # ids (tar sample keys, a table's id column), row-aligned with paths; None when the inputs had none
         self.ids: list[str] | None = [read_text(v) for v in self._h5["ids"][:n]] if "ids" in self._h5 else None
         self._id_rows: dict[str, list[int]] | None = None
+        self._spans: dict[str, Any] = {}  # virtual layers: where their sources' rows start (vds.source_spans)
 
     # ------------------------------------------------------------------ access
 
@@ -81,43 +85,41 @@ class FeatureFile:
 
     def numpy(self, layer: str, rows: int | slice | Sequence[int] | None = None) -> np.ndarray:
         """Rows of a layer as a numpy array: all committed rows, one row (``int``: no leading axis),
-        a slice, or a list of rows in any order (duplicates allowed)."""
-
-        if self._missing and self[layer].is_virtual:
+        a slice, or a list of rows in any order (duplicates allowed). A merged file's rows are read
+        from its sources a few at a time, each checked to be there (FeatdumpError naming one that is not)."""
+        ds = self[layer]
+        if self._missing and ds.is_virtual:
             raise FeatdumpError(
                 f"{self.path}: virtual source file(s) missing ({', '.join(self._missing[:3])}); "
                 "their rows would read as the fill value (NaN in files written by `featdump merge`)"
             )
-        return self._take(self[layer], rows)
+        return self._take(ds, rows, layer)
 
-    def _take(self, ds: Any, rows: int | slice | Sequence[int] | None) -> np.ndarray:
-        """Committed rows of a row-aligned dataset: all, one (no leading axis), a slice, or a list."""
+    def _take(self, ds: Any, rows: int | slice | Sequence[int] | None, layer: str | None = None) -> np.ndarray:
+        """Committed rows of a row-aligned dataset (a layer's: ``layer``): all, one (no leading axis), a slice, or a list."""
         import numpy as np
 
+        from featdump.store.vds import read_rows, source_spans
+
         n = self.num_images
-        if rows is None:
-            return ds[:n]
         if isinstance(rows, (int, np.integer)):
-            r = int(rows)
-            if not -n <= r < n:
-                raise IndexError(f"row {r} out of range: {self.path} has {n} rows")
-            return ds[r % n]
-        if isinstance(rows, slice):
-            span = range(n)[rows]
-            if span.step == 1:
-                return ds[span.start : max(span.start, span.stop)]
-            rows = list(span)
-        idx = [int(i) for i in rows]
-        bad = [r for r in idx if not -n <= r < n]
-        if bad:
-            raise IndexError(f"rows {bad[:5]} out of range: {self.path} has {n} rows")
-        idx = [r % n for r in idx]
-        if not idx:
+            if not -n <= int(rows) < n:
+                raise IndexError(f"row {int(rows)} out of range: {self.path} has {n} rows")
+            return self._take(ds, [int(rows)], layer)[0]
+        if rows is None or isinstance(rows, slice):
+            rows = range(n)[rows or slice(None)]
+        idx = np.asarray(rows, dtype=np.int64).reshape(-1)
+        bad = idx[(idx < -n) | (idx >= n)]
+        if bad.size:
+            raise IndexError(f"rows {bad[:5].tolist()} out of range: {self.path} has {n} rows")
+        if not idx.size:
             return np.empty((0, *ds.shape[1:]), dtype=ds.dtype)
-        unique = sorted(set(idx))
-        block = ds[unique]  # h5py wants increasing indices
-        pos = {r: i for i, r in enumerate(unique)}
-        return block[[pos[r] for r in idx]]
+        unique, where = np.unique(idx % n, return_inverse=True)
+        spans = None
+        if layer is not None and ds.is_virtual:
+            spans = self._spans[layer] = self._spans.get(layer) or source_spans(ds, self.path)
+        block = read_rows(ds, unique, spans, self.path)
+        return block if unique.size == idx.size and (unique == idx).all() else block[where]
 
     @property
     def failed(self) -> list[tuple[str, str]]:

@@ -181,15 +181,30 @@ class FeatureDataset(Dataset):
         self._layouts = {n: layout_of(ff.attrs(n), ff[n].ndim) for n in names}
         self._prefix = {n: int(ff.attrs(n).get("num_prefix_tokens", 0) or 0) for n in names}
         self._opener = type(ff)  # FeatureFile, passed in (no import of the reader from here)
+        self._identity = ff._identity  # the file this dataset was made on: every reopen must find it
         self._state: tuple[int, Any] | None = None  # (pid, FeatureFile) of this process
 
     # ------------------------------------------------------------------ per-process file
 
     def _file(self) -> Any:
+        """This process's file, opened on first use here (or in a forked child), and before every
+        batch checked to be the file this dataset was made on: same device and inode, size, time and
+        counters (a file replaced or written to since is a FeatdumpError, whichever process reads)."""
+        from featdump.errors import FeatdumpError
+
         state = self._state
-        if state is None or state[0] != os.getpid():  # first use here, or a forked child
-            self._inherited = state  # never closed from a child: the parent still reads through it
-            self._state = state = (os.getpid(), self._opener(self.path))
+        try:
+            st = os.stat(self.path)
+            if state is None or state[0] != os.getpid():  # first use here, or a forked child
+                self._inherited = state  # never closed from a child: the parent still reads through it
+                self._state = state = (os.getpid(), self._opener(self.path))
+        except (OSError, FeatdumpError) as exc:
+            raise FeatdumpError(f"{self.path} cannot be read again ({exc}); make the dataset again") from None
+        if (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, state[1]._identity[4]) != self._identity:
+            raise FeatdumpError(
+                f"{self.path} changed after this dataset was made (replaced, or rows written to it); "
+                "make the dataset again: featdump.open(path).torch(...)"
+            )
         return state[1]
 
     def __getstate__(self) -> dict[str, Any]:
@@ -225,6 +240,9 @@ class FeatureDataset(Dataset):
         in_worker = torch.utils.data.get_worker_info() is not None
         tensors = {}
         for name in self.layers:
+            if ff[name].is_virtual:  # from its sources, a few at a time, each checked to be there
+                tensors[name] = self._convert(name, torch.from_numpy(ff.numpy(name, unique)))
+                continue
             raw = not self._converts(name, ff[name].dtype)
             tensors[name] = self._convert(name, read_rows(ff[name], unique, shared=in_worker and raw))
         ids = ids_of(ff)

@@ -82,6 +82,62 @@ def virtual_sources(h5: Any, path: str | Path) -> dict[str, list[dict[str, Any]]
     return out
 
 
+def source_spans(ds: Any, path: str | Path) -> list[tuple[int, str, str, int]]:
+    """A virtual dataset's mappings in row order, for :func:`read_rows`: the first row of each, its
+    source file (resolved as HDF5 does), the source dataset and the source's first row."""
+    from h5py import h5s
+
+    spans = []
+    for m in ds.virtual_sources():
+        src_lo = 0 if m.src_space.get_select_type() == h5s.SEL_ALL else int(m.src_space.get_select_bounds()[0][0])
+        spans.append((int(m.vspace.get_select_bounds()[0][0]), str(source_path(path, stored_name(m))), m.dset_name, src_lo))
+    return sorted(spans)
+
+
+def read_rows(ds: Any, rows: Any, spans: list[tuple[int, str, str, int]] | None, path: str | Path) -> Any:
+    """Sorted unique ``rows`` of the dataset ``ds`` as one array (a slice when they are
+    consecutive). A virtual one (``spans`` from :func:`source_spans`) is read from its source files
+    themselves, each opened for the read and closed after it, never through HDF5's virtual dataset:
+    HDF5 holds the sources open while any handle to the dataset is, and reads the rows of a source
+    it cannot open (gone, or past the process's open-file limit) as the fill value without a word.
+    A source that is gone is a FeatdumpError naming it."""
+    import numpy as np
+
+    from featdump.errors import FeatdumpError
+    from featdump.store.committed import open_committed
+
+    if spans is None:
+        return _sorted_rows(ds, rows)
+    out = np.empty((len(rows), *ds.shape[1:]), dtype=ds.dtype)
+    src = np.searchsorted(np.array([s[0] for s in spans], dtype=np.int64), rows, side="right") - 1
+    for i in np.unique(src):
+        lo, source, dataset, src_lo = spans[i]
+        if not os.path.exists(source):
+            raise FeatdumpError(
+                f"{path}: the virtual source {source} of {ds.name} is gone (its rows would read as "
+                "the fill value): put it back, or merge again"
+            )
+        at = np.flatnonzero(src == i)
+        with open_committed(source) as f:
+            out[at] = _sorted_rows(f[dataset], rows[at] - lo + src_lo)
+    return out
+
+
+def read_span(ds: Any, a: int, b: int) -> Any:
+    """Rows ``a:b`` of a layer's dataset: ``ds[a:b]``, or for a virtual one :func:`read_rows`."""
+    import numpy as np
+
+    if not ds.is_virtual or a >= b:
+        return ds[a:b]
+    path = ds.file.filename
+    return read_rows(ds, np.arange(a, b), source_spans(ds, path), path)
+
+
+def _sorted_rows(ds: Any, rows: Any) -> Any:
+    lo, hi = (int(rows[0]), int(rows[-1]) + 1) if len(rows) else (0, 0)
+    return ds[lo:hi] if hi - lo == len(rows) else ds[rows]
+
+
 def check_sources(path: str | Path) -> list[SourceProblem]:
     """Every source of the virtual datasets under ``/features`` that is missing, unreadable, short or
     refused (see :class:`SourceProblem`), checked before anything reads a row.
@@ -98,33 +154,32 @@ def check_sources(path: str | Path) -> list[SourceProblem]:
     from featdump.store.committed import open_committed
 
     p = Path(path)
-    problems: list[SourceProblem] = []
-    opened: dict[str, Any] = {}
-    reported: set[tuple[str, str]] = set()
-    try:
-        with open_committed(p) as h5:
-            features_link = h5.get(FEATURES, getlink=True)  # None when absent; never follows a link
-            if not isinstance(features_link, h5py.HardLink):
-                return []
-            group = h5[FEATURES]
-            for name in group.keys():  # noqa: SIM118 - link names, nothing followed
-                if not isinstance(group.get(name, getlink=True), h5py.HardLink):
-                    continue  # check_file refuses links; nothing here follows one
-                ds = group.get(name)
-                if not isinstance(ds, h5py.Dataset) or not ds.is_virtual:
-                    continue
+    maps: dict[str, list[tuple[str, Any, tuple[int, ...]]]] = {}  # source -> (stored name, mapping, row shape)
+    with open_committed(p) as h5:
+        features_link = h5.get(FEATURES, getlink=True)  # None when absent; never follows a link
+        if not isinstance(features_link, h5py.HardLink):
+            return []
+        group = h5[FEATURES]
+        for name in group.keys():  # noqa: SIM118 - link names, nothing followed
+            if not isinstance(group.get(name, getlink=True), h5py.HardLink):
+                continue  # check_file refuses links; nothing here follows one
+            ds = group.get(name)
+            if isinstance(ds, h5py.Dataset) and ds.is_virtual:
                 for vmap in ds.virtual_sources():
                     stored = stored_name(vmap)
-                    source = str(source_path(p, stored))
-                    key = (source, vmap.dset_name)
-                    if key in reported:
-                        continue
-                    reason, refused = _source_reason(opened, p, stored, source, vmap, ds.shape[1:])
-                    if reason:
-                        reported.add(key)
-                        problems.append(SourceProblem(source, vmap.dset_name, reason, refused))
-    finally:
-        for f, _refused in opened.values():
+                    maps.setdefault(str(source_path(p, stored)), []).append((stored, vmap, ds.shape[1:]))
+    problems: list[SourceProblem] = []
+    for source, mappings in maps.items():  # one source open at a time: thousands of shards fit any fd limit
+        self_ref = _is_self(p, mappings[0][0], source)
+        f, refused = ("the file itself (a virtual dataset reading its own file)", True) if self_ref else _open_source(source)
+        try:
+            reported: set[str] = set()
+            for _stored, vmap, row_shape in mappings:
+                reason, refused_here = (f, refused) if isinstance(f, str) else _source_reason(f, vmap, row_shape)
+                if reason and vmap.dset_name not in reported:
+                    reported.add(vmap.dset_name)
+                    problems.append(SourceProblem(source, vmap.dset_name, reason, refused_here))
+        finally:
             if not isinstance(f, str):
                 f.close()
     return problems
@@ -150,54 +205,40 @@ def _is_self(vds: Path, stored: str, source: str) -> bool:
         return Path(source).resolve() == vds.resolve()
 
 
-def _open_source(opened: dict[str, Any], source: str) -> tuple[Any, bool]:
+def _open_source(source: str) -> tuple[Any, bool]:
     """The open source file, or ``(reason, refused)`` text when it cannot or must not be opened."""
     import h5py
 
     from featdump.store.check import check_file
     from featdump.store.committed import open_committed
 
-    if source in opened:
-        return opened[source]
-    f: Any
-    refused = True
     if not os.path.exists(source):
-        f, refused = "file not found", False
-    elif not os.path.isfile(source):
-        f = "not a regular file"
-    elif not h5py.is_hdf5(source):
-        f = "not an HDF5 file (a virtual source must be a featdump shard)"
-    else:
-        try:
-            f = open_committed(source)
-        except OSError as exc:
-            f, refused = f"cannot open: {first_line(exc)}", False
-        else:
-            fmt = f.attrs.get("format", "")
-            if (fmt.decode("utf-8", "replace") if isinstance(fmt, bytes) else fmt) != "featdump":
-                f.close()
-                f = 'not a featdump file (no format="featdump" attribute)'
-            else:
-                try:
-                    check_file(f, source)
-                except UsageError as exc:
-                    f.close()
-                    f = f"not a valid featdump shard ({exc})"
-    opened[source] = (f, refused)
-    return opened[source]
+        return "file not found", False
+    if not os.path.isfile(source):
+        return "not a regular file", True
+    if not h5py.is_hdf5(source):
+        return "not an HDF5 file (a virtual source must be a featdump shard)", True
+    try:
+        f = open_committed(source)
+    except OSError as exc:
+        return f"cannot open: {first_line(exc)}", False
+    fmt = f.attrs.get("format", "")
+    if (fmt.decode("utf-8", "replace") if isinstance(fmt, bytes) else fmt) != "featdump":
+        f.close()
+        return 'not a featdump file (no format="featdump" attribute)', True
+    try:
+        check_file(f, source)
+    except UsageError as exc:
+        f.close()
+        return f"not a valid featdump shard ({exc})", True
+    return f, False
 
 
-def _source_reason(
-    opened: dict[str, Any], vds: Path, stored: str, source: str, vmap: Any, row_shape: tuple[int, ...]
-) -> tuple[str, bool]:
-    """Why one mapping cannot deliver its rows (empty when it can), and whether it is refused."""
+def _source_reason(f: Any, vmap: Any, row_shape: tuple[int, ...]) -> tuple[str, bool]:
+    """Why one mapping onto the open source ``f`` cannot deliver its rows (empty when it can), and
+    whether it is refused."""
     import h5py
 
-    if _is_self(vds, stored, source):
-        return "the file itself (a virtual dataset reading its own file)", True
-    f, refused = _open_source(opened, source)
-    if isinstance(f, str):
-        return f, refused
     dataset = vmap.dset_name
     parts = dataset.strip("/").split("/")
     if len(parts) != 2 or parts[0] != FEATURES:
