@@ -342,7 +342,9 @@ def fetch(
 @handle_errors
 def export(
     path: Annotated[Path, typer.Argument(help="A featdump .h5 file: finished, partial (committed rows), a shard or merged.")],
-    output: Annotated[Path, typer.Option("-o", "--output", help="Folder to write (new or empty, unless --overwrite).")],
+    output: Annotated[
+        str, typer.Option("-o", "--output", help="Folder or fsspec URL (s3://, gs://, file://) to write: new or empty, unless --overwrite.")
+    ],
     layer: Annotated[
         list[str] | None, typer.Option("--layer", help="Stored layer name (repeatable). \\[default: all]")
     ] = None,
@@ -350,9 +352,11 @@ def export(
         str | None, typer.Option("--pool", help="avg|max over H×W (token layers: the patch tokens); map layers need it.")
     ] = None,
     dtype: Annotated[str | None, typer.Option("--dtype", help="float16|float32. \\[default: the stored dtype]")] = None,
-    rows_per_part: Annotated[int, typer.Option("--rows-per-part", help="Rows per .npy/.parquet part.")] = 100_000,
-    fmt: Annotated[str, typer.Option("--format", help="npy (embedding-reader layout) or safetensors (up to 2 GiB).")] = "npy",
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Write into a folder that is not empty.")] = False,
+    rows_per_part: Annotated[int, typer.Option("--rows-per-part", help="Rows per .npy/.parquet part (zarr: per chunk, at most).")] = 100_000,
+    fmt: Annotated[
+        str, typer.Option("--format", help="npy (embedding-reader layout), safetensors (up to 2 GiB) or zarr (a Zarr v3 store).")
+    ] = "npy",
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an earlier export, or write into a folder that is not empty.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON on stdout (nothing else).")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing on success.")] = False,
 ) -> None:
@@ -360,7 +364,9 @@ def export(
 
     Rows in file order, parts of at most --rows-per-part rows; the parquet parts hold row, path (and
     id). embedding-reader reads it with file_format="parquet_npy"; autofaiss and faiss index it.
-    --format safetensors writes DIR/features.safetensors, one tensor per layer.
+    --format safetensors writes DIR/features.safetensors, one tensor per layer; --format zarr makes DIR
+    a Zarr v3 store (one array per layer, maps whole unless --pool). DIR may be an fsspec URL. The export
+    is complete when DIR/featdump-export.json says so (written last); rerunning an unfinished one replaces it.
 
     Example: featdump export feats.h5 -o emb/ --layer layer4 --pool avg --dtype float16
     """
@@ -380,6 +386,6 @@ def export(
         f"{l.name} ({'×'.join(str(s) for s in l.shape)} {l.dtype}{', ' + str(pool) + '-pooled' if l.pooled_here else ''})"
         for l in summary.layers
     )
-    parts = "features.safetensors" if summary.format == "safetensors" else f"{summary.parts} part(s) per layer"
+    parts = {"safetensors": "features.safetensors", "zarr": "zarr store"}.get(summary.format, f"{summary.parts} part(s) per layer")
     size = f"{summary.bytes / 1e6:.1f} MB" if summary.bytes >= 1e5 else f"{summary.bytes / 1e3:.1f} kB"
     typer.echo(f"wrote {summary.output}: {summary.rows} rows of {what} · {parts} · {size}")

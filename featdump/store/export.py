@@ -1,13 +1,28 @@
-"""``featdump export``: a file's vectors in the layouts the embedding ecosystem reads.
+"""``featdump export``: a file's vectors in the layouts the embedding ecosystem and cloud readers read.
 
-``npy`` (default): per layer, ``DIR/<layer>/emb/part-00000.npy`` (2-D, rows × C, rows in file order)
-and ``DIR/<layer>/metadata/part-00000.parquet`` (columns ``row``, ``path``, and ``id`` when the file
+``npy`` (default): per layer, ``OUT/<layer>/emb/part-00000.npy`` (2-D, rows × C, rows in file order)
+and ``OUT/<layer>/metadata/part-00000.parquet`` (columns ``row``, ``path``, and ``id`` when the file
 has ids), parts of at most ``rows_per_part`` rows: what ``embedding-reader`` (``file_format="parquet_npy"``),
-autofaiss and clip-retrieval read. Each part is streamed block by block to its file, so memory stays
-bounded whatever the file size. A map layer (C×H×W, or tokens) needs ``pool``.
+autofaiss and clip-retrieval read. Each part is streamed block by block, so memory stays bounded
+whatever the file size. A map layer (C×H×W, or tokens) needs ``pool``.
 
-``safetensors``: ``DIR/features.safetensors``, one tensor per layer, for small files (up to
-:data:`SAFETENSORS_LIMIT` bytes of tensors; larger exports are refused in favour of npy).
+``safetensors``: ``OUT/features.safetensors``, one tensor per layer, for small files (up to
+:data:`SAFETENSORS_LIMIT` bytes of tensors, held twice in memory while written; larger exports are
+refused in favour of npy).
+
+``zarr``: OUT is a Zarr v3 store: one array per layer ((N, C, H, W), (N, T, D) or pooled (N, C)),
+chunked by rows (at most ``rows_per_part`` rows and about :data:`CHUNK_BYTES`), zstd-compressed, with
+``paths`` and ``ids`` arrays, the file's attributes on the group, dimension names (``row`` shared)
+and consolidated metadata, as ``zarr.open`` and ``xarray.open_zarr`` read it.
+
+OUT is a local folder or any fsspec URL (``file://``, ``s3://``, ``gs://``). The export is committed
+when :data:`MANIFEST` says ``"complete": true``; it is written last (:func:`read_export` checks it).
+It is first written with ``"complete": false`` and the top-level names the export writes
+(``entries``), so a rerun may replace an unfinished export. Each part appears whole or not at all:
+a local part is written under a hidden temporary name and renamed; an object store shows an upload
+only once it completes (a failed one is discarded). Only names listed in OUT itself are deleted, and
+a symlink is removed, never followed. ``overwrite`` deletes what an earlier export listed and what
+this one writes; other files in OUT are left alone.
 
 Nothing here prints; :func:`export_file` returns an :class:`ExportSummary`.
 """
@@ -17,22 +32,27 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
-from featdump.errors import FeatdumpError, UsageError, is_out_of_space, out_of_space
+from featdump.errors import FeatdumpError, UsageError, is_out_of_space, os_error
 from featdump.store.rowdata import ids_of, layout_of, pool_block
 from featdump.store.vds import read_span
 
-FORMATS = ("npy", "safetensors")
+FORMATS = ("npy", "safetensors", "zarr")
 POOLS = ("avg", "max")
 DTYPES = ("float16", "float32")
 SAFETENSORS_LIMIT = 2 << 30  # 2 GiB of tensors
 BLOCK_BYTES = 32 << 20  # stored bytes read per step
+CHUNK_BYTES = 4 << 20  # zarr: bytes per chunk (at most), before compression
+MANIFEST = "featdump-export.json"
+RERUN = "run the same export command again (it replaces the unfinished export)"
 
 
 @dataclass
@@ -57,21 +77,111 @@ class ExportSummary:
     layers: list[ExportedLayer]
 
 
-def _prepare_dir(out: Path, overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"-o {out} exists and is not a folder; export writes a folder")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise UsageError(f"{out} is not empty; export into a new or empty folder, or pass --overwrite to replace it")
-    out.mkdir(parents=True, exist_ok=True)
+class Folder:
+    """Where an export writes: a local folder (a path or ``file://``) or a prefix in an object store."""
+
+    def __init__(self, out: str | Path) -> None:
+        from fsspec.implementations.local import LocalFileSystem
+
+        from featdump.data.remote import filesystem, is_url
+
+        self.shown = str(out)
+        self.fs: Any
+        self.fs, root = filesystem(self.shown) if is_url(self.shown) else (None, self.shown)
+        self.local = self.fs is None or isinstance(self.fs, LocalFileSystem)
+        self.root = os.path.abspath(root) if self.local else root.rstrip("/")
+
+    def path(self, rel: str) -> str:
+        return os.path.join(self.root, rel) if self.local else f"{self.root}/{rel}"
+
+    def names(self) -> list[str]:
+        """The names in the folder itself (none when it does not exist)."""
+        if self.local:
+            if os.path.lexists(self.root) and not os.path.isdir(self.root):
+                raise UsageError(f"-o {self.shown} exists and is not a folder; export writes a folder")
+            return os.listdir(self.root) if os.path.isdir(self.root) else []
+        if self.fs.isfile(self.root):
+            raise UsageError(f"-o {self.shown} is an object, not a folder; export writes a folder")
+        try:
+            return [p.rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(self.root, detail=False, refresh=True)]
+        except FileNotFoundError:
+            return []
+
+    def manifest(self) -> dict[str, Any] | None:
+        """The export's manifest, or None where there is none (or it is not one of featdump's)."""
+        try:
+            if self.local:
+                found = json.loads(Path(self.path(MANIFEST)).read_text())
+            else:
+                found = json.loads(self.fs.cat_file(self.path(MANIFEST)))
+        except (OSError, ValueError):
+            return None
+        return found if isinstance(found, dict) and found.get("featdump_export") == 1 else None
+
+    def remove(self, name: str) -> None:
+        """Delete ``name`` in the folder: a symlink itself (never what it points to), a file, a tree."""
+        target = self.path(name)
+        if not self.local:
+            self.fs.rm(target, recursive=True)
+        elif os.path.isdir(target) and not os.path.islink(target):
+            shutil.rmtree(target)  # unlinks the symlinks inside it, follows none
+        else:
+            os.unlink(target)
+
+    @contextmanager
+    def writing(self, rel: str) -> Iterator[IO[bytes]]:
+        """A file to write ``rel`` into; it appears whole when the block ends, and not at all on an error."""
+        if not self.local:
+            fh = self.fs.open(self.path(rel), "wb")
+            try:
+                yield fh
+            except BaseException:
+                fh.discard()  # an unfinished upload is aborted, never completed by close()
+                raise
+            fh.close()
+            return
+        target = Path(self.path(rel))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.tmp")
+        with suppress(FileNotFoundError):
+            tmp.unlink()
+        try:
+            with open(tmp, "xb") as fh:  # exclusive: a planted symlink at the temporary name is not followed
+                yield fh
+            os.replace(tmp, target)
+        except BaseException:
+            with suppress(OSError):
+                tmp.unlink()
+            raise
+
+    def write_manifest(self, content: dict[str, Any]) -> None:
+        with self.writing(MANIFEST) as fh:
+            fh.write((json.dumps({"featdump_export": 1, **content}, indent=2) + "\n").encode())
 
 
-def _clear(paths: Sequence[Path]) -> None:
-    """With --overwrite: the folders and file this export writes, so no stale part survives."""
-    for p in paths:
-        if p.is_dir() and not p.is_symlink():
-            shutil.rmtree(p)
-        elif p.exists() or p.is_symlink():
-            p.unlink()
+def read_export(out: str | Path) -> dict[str, Any]:
+    """The manifest of the export at ``out`` (a folder or URL); FeatdumpError unless it is complete."""
+    found = Folder(out).manifest()
+    if found is None:
+        raise FeatdumpError(f"{out} holds no featdump export ({MANIFEST} is missing)")
+    if found.get("complete") is not True:
+        raise FeatdumpError(f"{out} holds an unfinished export (stopped or failed): {RERUN}")
+    return found
+
+
+def _prepare(folder: Folder, entries: list[str], overwrite: bool) -> None:
+    """Refuse a folder that holds other things (unless ``overwrite``); delete an unfinished export,
+    or with ``overwrite`` an earlier one and whatever this export writes."""
+    names = folder.names()
+    old = folder.manifest()
+    if names and not overwrite and (old is None or old.get("complete") is True):
+        what = "holds a finished export" if old else "is not empty"
+        raise UsageError(f"{folder.shown} {what}; export into a new or empty folder, or pass --overwrite to replace it")
+    listed = old.get("entries", []) if old else []
+    doomed = set(entries) | {str(e) for e in listed if isinstance(e, str)}
+    for name in names:  # names listed in the folder itself: never a path outside it
+        if name in doomed:
+            folder.remove(name)
 
 
 def export_file(
@@ -85,7 +195,7 @@ def export_file(
     overwrite: bool = False,
     safetensors_limit: int = SAFETENSORS_LIMIT,
 ) -> ExportSummary:
-    """Export the committed rows of ``path`` into the folder ``out`` (see the module doc).
+    """Export the committed rows of ``path`` into ``out``, a folder or URL (see the module doc).
 
     ``dtype``: float16 or float32 [the stored dtype]; ``pool``: avg or max, needed for map layers
     (npy); stored pooled layers are exported as they are.
@@ -93,7 +203,7 @@ def export_file(
     from featdump.store.reader import FeatureFile
 
     if fmt not in FORMATS:
-        raise UsageError(f"--format must be npy or safetensors, not {fmt!r}")
+        raise UsageError(f"--format must be npy, safetensors or zarr, not {fmt!r}")
     if pool in (None, "none"):
         pool = None
     elif pool not in POOLS:
@@ -102,7 +212,12 @@ def export_file(
         raise UsageError(f"--dtype must be float16 or float32, not {dtype!r}")
     if rows_per_part < 1:
         raise UsageError(f"--rows-per-part must be at least 1, not {rows_per_part}")
-    out = Path(out)
+    if fmt == "zarr":
+        try:
+            import zarr  # noqa: F401
+        except ImportError:
+            raise UsageError("--format zarr needs the zarr package: pip install 'featdump[zarr]'") from None
+    folder = Folder(out)
     with FeatureFile(path) as ff:
         if ff._missing:
             raise FeatdumpError(
@@ -113,6 +228,9 @@ def export_file(
         unknown = [n for n in names if n not in ff.layers]
         if unknown:
             raise UsageError(f"no layer {unknown[0]!r} in {ff.path}; layers: {', '.join(ff.layers)}")
+        unsafe = [n for n in names if n in ("", ".", "..") or "/" in n or "\\" in n]
+        if unsafe:
+            raise UsageError(f"{ff.path}: its layer name {unsafe[0]!r} is not one file name; export makes a folder of it")
         plans = []
         for name in names:
             ds = ff[name]
@@ -137,55 +255,49 @@ def export_file(
                 f"the export would hold {total / (1 << 30):.2f} GiB of tensors; --format safetensors is for "
                 f"exports up to {safetensors_limit / (1 << 30):g} GiB: use --format npy (parts of --rows-per-part rows)"
             )
-        _prepare_dir(out, overwrite)
+        entries = {"npy": names, "safetensors": ["features.safetensors"], "zarr": ["zarr.json", *names, "paths", "ids"]}[fmt]
+        st = ff.path.stat()  # the source's identity, in the manifest
+        source = {"path": str(ff.path), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns, "created": ff.meta.get("created"), "num_images": n}
         try:
-            return _export(ff, plans, out, fmt, pool, rows_per_part, ids, n)
-        except Exception as exc:  # safetensors' errors are not OSErrors: a full disk is text there
-            if is_out_of_space(exc):
-                raise out_of_space(out, then="run the export again") from None
+            _prepare(folder, entries, overwrite)
+            folder.write_manifest({"complete": False, "entries": entries, "source": source})
+            summary = _export(ff, plans, folder, fmt, pool, rows_per_part, ids, n)
+            folder.write_manifest({"complete": True, "entries": entries, **asdict(summary), "source": source})
+        except (OSError, RuntimeError, ValueError) as exc:  # safetensors' and zarr's errors carry ENOSPC as text
+            if isinstance(exc, OSError) or is_out_of_space(exc):
+                raise os_error(exc, folder.shown, then=RERUN) from None
             raise
+        return summary
 
 
 def _export(
-    ff: Any, plans: list[Any], out: Path, fmt: str, pool: str | None, rows_per_part: int, ids: Any, n: int
+    ff: Any, plans: list[Any], folder: Folder, fmt: str, pool: str | None, rows_per_part: int, ids: Any, n: int
 ) -> ExportSummary:
     exported: list[ExportedLayer] = []
-    written = 0
-    if fmt == "safetensors":
-        target = out / "features.safetensors"
-        _clear([target])
-        written = _write_safetensors(ff, plans, target, pool)
-        for name, _layout, _prefix, pooled_here, shape, out_dtype in plans:
-            exported.append(ExportedLayer(name, shape, str(out_dtype), pooled_here, [target.name]))
-        parts = 1
-    else:
+    written, parts = 0, 1
+    if fmt == "npy":
         parts = -(-n // rows_per_part)
         for name, layout, prefix, pooled_here, shape, out_dtype in plans:
-            _clear([out / name / "emb", out / name / "metadata"])
             files, nbytes = _write_npy_layer(
-                ff, name, layout, prefix, pool if pooled_here else None, out_dtype, shape[0], out / name, rows_per_part, ids
+                ff, name, layout, prefix, pool if pooled_here else None, out_dtype, shape[0], folder, rows_per_part, ids
             )
             written += nbytes
-            exported.append(ExportedLayer(name, shape, str(out_dtype), pooled_here, [str(f.relative_to(out)) for f in files]))
-    return ExportSummary(
-        source=str(ff.path),
-        output=str(out),
-        format=fmt,
-        rows=n,
-        rows_per_part=rows_per_part,
-        parts=parts,
-        bytes=written,
-        has_ids=ids is not None,
-        layers=exported,
-    )
+            exported.append(ExportedLayer(name, shape, str(out_dtype), pooled_here, files))
+    else:
+        write = _write_safetensors if fmt == "safetensors" else _write_zarr
+        written = write(ff, plans, folder, pool, rows_per_part, ids)
+        for name, _layout, _prefix, pooled_here, shape, out_dtype in plans:
+            files = ["features.safetensors"] if fmt == "safetensors" else [name]
+            exported.append(ExportedLayer(name, shape, str(out_dtype), pooled_here, files))
+    return ExportSummary(str(ff.path), folder.shown, fmt, n, rows_per_part, parts, written, ids is not None, exported)
 
 
-def _blocks(ds: Any, start: int, stop: int) -> Any:
+def _blocks(ds: Any, start: int, stop: int, chunk_rows: int = 0) -> Any:
     """``(a, b)`` row ranges covering ``[start, stop)``, each about :data:`BLOCK_BYTES` of stored data
-    and whole chunks where the dataset has row chunks of several rows."""
+    and whole chunks: ``chunk_rows`` (zarr's), else the dataset's row chunks."""
     row_bytes = max(1, int(np.prod(ds.shape[1:])) * ds.dtype.itemsize)
     step = max(1, BLOCK_BYTES // row_bytes)
-    chunk_rows = int(ds.chunks[0]) if ds.chunks else 1
+    chunk_rows = chunk_rows or (int(ds.chunks[0]) if ds.chunks else 1)
     if chunk_rows > 1:
         step = max(chunk_rows, step - step % chunk_rows)
     for a in range(start, stop, step):
@@ -201,43 +313,39 @@ def _vectors(ds: Any, a: int, b: int, layout: str, prefix: int, pool: str | None
 
 def _write_npy_layer(
     ff: Any, name: str, layout: str, prefix: int, pool: str | None, dtype: np.dtype, dim: int,
-    folder: Path, rows_per_part: int, ids: list[str] | None,
-) -> tuple[list[Path], int]:  # fmt: skip
+    folder: Folder, rows_per_part: int, ids: list[str] | None,
+) -> tuple[list[str], int]:  # fmt: skip
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    emb, meta = folder / "emb", folder / "metadata"
-    emb.mkdir(parents=True, exist_ok=True)
-    meta.mkdir(parents=True, exist_ok=True)
     ds = ff[name]
     n = ff.num_images
-    files: list[Path] = []
+    files: list[str] = []
     nbytes = 0
     for part, start in enumerate(range(0, n, rows_per_part)):
         stop = min(n, start + rows_per_part)
-        target = emb / f"part-{part:05d}.npy"
-        tmp = target.with_name(f".{target.name}.tmp")
-        with open(tmp, "wb") as fh:
+        emb, meta = f"{name}/emb/part-{part:05d}.npy", f"{name}/metadata/part-{part:05d}.parquet"
+        with folder.writing(emb) as fh:
             header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": (stop - start, dim)}
             np.lib.format.write_array_header_1_0(fh, header)
             for a, b in _blocks(ds, start, stop):
                 fh.write(_vectors(ds, a, b, layout, prefix, pool, dtype).tobytes())
-        os.replace(tmp, target)
+            nbytes += fh.tell()
         columns: dict[str, Any] = {
             "row": pa.array(np.arange(start, stop, dtype=np.int64)),
             "path": pa.array(ff.paths[start:stop], type=pa.string()),
         }
         if ids is not None:
             columns["id"] = pa.array(ids[start:stop], type=pa.string())
-        table_path = meta / f"part-{part:05d}.parquet"
-        pq.write_table(pa.table(columns), table_path)
-        files += [target, table_path]
-        nbytes += target.stat().st_size + table_path.stat().st_size
+        with folder.writing(meta) as fh:
+            pq.write_table(pa.table(columns), fh)
+            nbytes += fh.tell()
+        files += [emb, meta]
     return files, nbytes
 
 
-def _write_safetensors(ff: Any, plans: list[Any], target: Path, pool: str | None) -> int:
-    from safetensors.numpy import save_file
+def _write_safetensors(ff: Any, plans: list[Any], folder: Folder, pool: str | None, _rows: int, _ids: Any) -> int:
+    from safetensors.numpy import save
 
     n = ff.num_images
     tensors = {}
@@ -255,19 +363,38 @@ def _write_safetensors(ff: Any, plans: list[Any], target: Path, pool: str | None
         "pool": pool or "none",
         "layers": json.dumps([p[0] for p in plans]),
     }
-    tmp = target.with_name(f".{target.name}.tmp")
-    save_file(tensors, str(tmp), metadata=meta)
-    os.chmod(tmp, 0o666 & ~_umask())  # safetensors creates it 0600; give it the mode open() would
-    os.replace(tmp, target)
-    return target.stat().st_size
+    data = save(tensors, metadata=meta)
+    with folder.writing("features.safetensors") as fh:
+        fh.write(data)
+    return len(data)
 
 
-def _umask() -> int:
-    """The process's umask, read without changing it where Linux tells (/proc), else 0o022."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0o022
+def _write_zarr(ff: Any, plans: list[Any], folder: Folder, pool: str | None, rows: int, ids: Any) -> int:
+    import zarr
+    from zarr.codecs import ZstdCodec
+
+    n = ff.num_images
+    group = zarr.open_group(folder.root if folder.local else folder.shown, mode="a", zarr_format=3)
+    group.attrs.update({k: v for k, v in ff.meta.items() if isinstance(v, (str, int, float, bool, list))})
+    arrays = []
+    for name, layout, prefix, pooled_here, shape, dtype in plans:
+        ds = ff[name]
+        per_row = max(1, int(np.prod(shape)) * dtype.itemsize)
+        chunk = max(1, min(rows, CHUNK_BYTES // per_row, n))
+        axes = "NC" if pooled_here else layout
+        arr = group.create_array(
+            name, shape=(n, *shape), chunks=(chunk, *shape), dtype=dtype, compressors=ZstdCodec(level=3),
+            dimension_names=["row", *(f"{name}.{a.lower()}" for a in axes[1:])],
+        )  # fmt: skip
+        arrays.append(arr)
+        for a, b in _blocks(ds, 0, n, chunk):
+            arr[a:b] = _vectors(ds, a, b, layout, prefix, pool if pooled_here else None, dtype)
+    for name, values in (("paths", ff.paths), ("ids", ids)):
+        if values is not None:
+            text = group.create_array(name, shape=(n,), chunks=(max(1, min(rows, n)),), dtype=str, dimension_names=["row"])
+            text[:] = np.array(values, dtype=object)
+            arrays.append(text)
+    with warnings.catch_warnings():  # "consolidated metadata is not in the v3 spec yet": xarray reads it
+        warnings.simplefilter("ignore")
+        zarr.consolidate_metadata(group.store)
+    return sum(int(a.nbytes_stored()) for a in arrays)

@@ -114,10 +114,20 @@ def test_merge_copy_refuses_a_folder_without_room(small_fs: Path, case: Case, cl
     assert result.exit_code == 0, result.output
 
 
-@pytest.mark.parametrize("fmt", ["safetensors", "npy"])
-def test_export_out_of_space_is_one_line(small_fs: Path, case: Case, cli, fmt: str) -> None:
+@pytest.mark.parametrize("fmt", ["safetensors", "npy", "zarr"])
+def test_export_out_of_space_is_one_line_and_the_same_command_then_works(small_fs: Path, case: Case, cli, fmt: str) -> None:
+    from featdump.errors import FeatdumpError
+    from featdump.store.export import read_export
+
     (small_fs / "filler").write_bytes(b"\0" * ((6 << 20) - (64 << 10)))  # about 64 KiB left
-    result = cli("export", str(case.clean_path), "-o", str(small_fs / "emb"), "--format", fmt, "--pool", "avg")
+    argv = ("export", str(case.clean_path), "-o", str(small_fs / "emb"), "--format", fmt, "--pool", "avg")
+    result = cli(*argv)
     assert result.exit_code == 1, result.output
     line = _one_line(result.output)
-    assert "out of disk space writing" in line and "run the export again" in line, line
+    assert "out of disk space writing" in line and "run the same export command again" in line, line
+    with pytest.raises(FeatdumpError, match="unfinished export"):
+        read_export(small_fs / "emb")
+    (small_fs / "filler").unlink()
+    result = cli(*argv)  # as the message says: no --overwrite
+    assert result.exit_code == 0, result.output
+    assert read_export(small_fs / "emb")["rows"] == case.clean["num_images"]
