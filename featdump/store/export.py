@@ -228,9 +228,6 @@ def export_file(
         unknown = [n for n in names if n not in ff.layers]
         if unknown:
             raise UsageError(f"no layer {unknown[0]!r} in {ff.path}; layers: {', '.join(ff.layers)}")
-        unsafe = [n for n in names if n in ("", ".", "..") or "/" in n or "\\" in n]
-        if unsafe:
-            raise UsageError(f"{ff.path}: its layer name {unsafe[0]!r} is not one file name; export makes a folder of it")
         plans = []
         for name in names:
             ds = ff[name]
