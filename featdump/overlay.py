@@ -20,8 +20,8 @@ from featdump.viz import (
     PAD,
     TILE,
     VizResult,
-    _placeholder,
     check_picture,
+    placeholder,
     select_rows,
 )
 from featdump.vizdraw import fit_text, label_font, pca_rgb
@@ -127,7 +127,7 @@ def render_overlay(
                 photo = load_rgb(str(where))
             except Exception:  # noqa: BLE001 - an unreadable input is drawn as missing
                 photo = None
-        tiles = [_placeholder((tile, tile), "input not found:\n" + fit_text(paths[row], tile))] * (1 + len(chosen))
+        tiles = [placeholder((tile, tile), "input not found:\n" + fit_text(paths[row], tile))] * (1 + len(chosen))
         if photo is not None:
             small = _fit(photo, tile, pad=False)  # paint at the tile's resolution: boxes scaled alike
             k = small.size[0] / photo.size[0]

@@ -71,3 +71,11 @@ def storable(text: str) -> str:
     if escaped_bytes:
         return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def fmt_bytes(n: float) -> str:
+    """Binary units, labelled as such."""
+    for unit, size in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20)):
+        if n >= size:
+            return f"{n / size:,.2f} {unit}"
+    return f"{n / 1024:,.1f} KiB"

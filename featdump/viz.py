@@ -155,7 +155,7 @@ def _model_view(path: Path, split: Any, tile: tuple[int, int]) -> Any:
     return img.resize(tile, Image.Resampling.BICUBIC)
 
 
-def _placeholder(tile: tuple[int, int], text: str) -> Any:
+def placeholder(tile: tuple[int, int], text: str) -> Any:
     from PIL import Image, ImageDraw
 
     img = Image.new("RGB", tile, (230, 230, 230))
@@ -279,9 +279,9 @@ def render(
                     split = SplitTransform(model_transform(attrs))
                 first = _model_view(where, split, (tw, th))
             except Exception as exc:  # noqa: BLE001 - an unreadable input is drawn as missing
-                first = _placeholder((tw, th), f"cannot read input:\n{type(exc).__name__}")
+                first = placeholder((tw, th), f"cannot read input:\n{type(exc).__name__}")
         else:
-            first = _placeholder((tw, th), "input not found:\n" + fit_text(stored_path, tw))
+            first = placeholder((tw, th), "input not found:\n" + fit_text(stored_path, tw))
         canvas.paste(first, (PAD, y))
         for c, name in enumerate(chosen, start=1):
             img = tiles[name][r]

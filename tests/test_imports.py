@@ -1,6 +1,7 @@
-"""The package's import structure, read from the source (no module is imported): no cycles between
-featdump's modules, a core that imports neither the CLI nor the console, and a `--help`/`--version`
-path that does not load torch.
+"""The package's import structure, read from the source (no module is imported): packages import one
+way (model <- data <- store <- run <- api/cli, each above the base modules), no cycles between
+featdump's modules, no private name imported from another module, a core that imports neither the
+CLI nor the console, and a `--help`/`--version` path that does not load torch.
 
 Every ``featdump/**/*.py`` is parsed; every ``import``/``from ... import`` counts, function-local ones
 included (they run too, only later), except those under ``if TYPE_CHECKING:`` (never run). The run-time
@@ -20,10 +21,10 @@ from conftest import ROOT
 
 PACKAGE = ROOT / "featdump"
 
-# Edges (importer, imported) allowed to close a cycle, and core modules allowed to import the CLI or
-# the console: none. (Kept as names so that a deliberate exception is one visible, tested line.)
-KNOWN_CYCLE_EDGES: set[tuple[str, str]] = set()
-KNOWN_CORE_TO_CLI: set[tuple[str, str]] = set()
+# The layers, lowest first: a module imports only from its own layer and those below. Base modules
+# (errors, text, options, environment, queues, ...) sit directly in featdump/ and import only each other
+# (found below); the other modules directly in featdump/ (api, viz, ...) sit above run.
+PACKAGES = ("featdump.model", "featdump.data", "featdump.store", "featdump.run")
 
 CONSOLE = ("rich",)
 HEAVY = ("torch", "timm", "torchvision")
@@ -130,33 +131,63 @@ def test_the_walk_sees_the_package() -> None:
     assert local, "no function-local featdump import found: the walk misses them"
 
 
+def _base() -> set[str]:
+    """The modules directly in featdump/ whose featdump imports are all base modules themselves."""
+    base = {m for m, path in MODULES.items() if m.count(".") == 1 and path.name != "__init__.py"} | {"featdump"}
+    while shrunk := {m for m in base if any(d in MODULES and d not in base for d in GRAPH[m])}:
+        base -= shrunk
+    return base
+
+
+BASE = _base()
+
+
+def layer(module: str) -> int:
+    """0 for the base modules, 1-4 for model, data, store, run; 5 for the rest (api, viz, cli)."""
+    if module in BASE:
+        return 0
+    for k, package in enumerate(PACKAGES, 1):
+        if module == package or module.startswith(package + "."):
+            return k
+    return len(PACKAGES) + 1
+
+
+def upward(graph: dict[str, dict[str, bool]]) -> list[str]:
+    return sorted(f"{m} imports {d}" for m, deps in graph.items() for d in deps if d in MODULES and layer(d) > layer(m))
+
+
+def test_packages_import_one_way() -> None:
+    """Module-level and function-local imports alike: a lazy import from above is still a cycle in the design."""
+    assert upward(GRAPH) == []
+
+
+def test_the_layer_check_can_fail() -> None:
+    bad = {**GRAPH, "featdump.data.sources": {**GRAPH["featdump.data.sources"], "featdump.run.placement": False}}
+    assert "featdump.data.sources imports featdump.run.placement" in upward(bad)
+    assert layer("featdump.cli.commands") > layer("featdump.run.job") > layer("featdump.store.sink") > layer("featdump.data.sources")
+    assert layer("featdump.data.sources") > layer("featdump.model.backbone") > layer("featdump.options") == 0
+
+
+def private_imports(module: str) -> list[str]:
+    """``from featdump.x import _name`` (dunders such as ``__version__`` are public)."""
+    tree = ast.parse(MODULES[module].read_text(encoding="utf-8"))
+    return [
+        f"{module} imports {node.module}.{alias.name}"
+        for node, _ in _walk(tree)
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("featdump")
+        for alias in node.names
+        if alias.name.startswith("_") and not alias.name.endswith("__")
+    ]
+
+
+def test_no_private_name_crosses_a_module() -> None:
+    assert [p for m in MODULES for p in private_imports(m)] == []
+
+
 def test_no_import_cycles() -> None:
-    edges = {m: {d for d in _internal(m) if (m, d) not in KNOWN_CYCLE_EDGES} for m in MODULES}
-    cycle = _cycle(edges)
+    cycle = _cycle({m: _internal(m) for m in MODULES})
     assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
-
-
-def test_known_cycle_edges_are_still_there() -> None:
-    """The allow-list only holds edges that exist and still close a cycle: drop the rest."""
-    full = {m: _internal(m) for m in MODULES}
-    for importer, imported in sorted(KNOWN_CYCLE_EDGES):
-        if imported not in full.get(importer, set()):
-            pytest.fail(f"{importer} no longer imports {imported}: remove it from KNOWN_CYCLE_EDGES")
-        rest = {m: d - {imported} if m == importer else d for m, d in full.items()}
-        if not _reaches(rest, imported, importer):
-            pytest.fail(f"{importer} -> {imported} closes no cycle any more: remove it from KNOWN_CYCLE_EDGES")
-
-
-def _reaches(edges: dict[str, set[str]], start: str, goal: str) -> bool:
-    seen, todo = {start}, [start]
-    while todo:
-        for nxt in edges[todo.pop()]:
-            if nxt == goal:
-                return True
-            if nxt not in seen:
-                seen.add(nxt)
-                todo.append(nxt)
-    return False
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]  # the search finds one
 
 
 def _is_cli(module: str) -> bool:
@@ -169,7 +200,7 @@ def test_core_imports_neither_the_cli_nor_the_console(module: str) -> None:
     bad = sorted(
         d
         for d in GRAPH[module]
-        if (_is_cli(d) or d.split(".")[0] in CONSOLE) and (module, d) not in KNOWN_CORE_TO_CLI
+        if _is_cli(d) or d.split(".")[0] in CONSOLE
     )
     assert not bad, f"{module} imports {bad}"
 

@@ -19,7 +19,8 @@ from featdump.cli import commands
 from featdump.errors import UsageError
 from featdump.options import OPTIONS, SETTINGS, ExtractConfig, load_toml, option_attrs, resolve
 from featdump.optiontable import opt, option_table, options_of, without_none
-from featdump.store.check import RESUME_KEYS, setting_text, setting_value
+from featdump.store.check import RESUME_KEYS
+from featdump.store.format import setting_text, setting_value
 from featdump.store.mergecheck import MERGE_KEYS
 from featdump.values import stored_stride, stride_attr
 

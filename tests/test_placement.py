@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from featdump.data.sources import shard_bounds
 from featdump.errors import UsageError
-from featdump.run.placement import Placement, placement_from_env, shard_bounds, shard_output_path
+from featdump.run.placement import Placement, placement_from_env, shard_output_path
 
 # --------------------------------------------------------------------------- shard_bounds
 

@@ -106,7 +106,7 @@ def test_missing_remote_shard_is_a_usage_error_before_the_model_loads(
 ) -> None:
     import featdump.run.job as job
 
-    monkeypatch.setattr(job, "_load_model", lambda cfg: pytest.fail("the model was loaded"))
+    monkeypatch.setattr(job, "backbone_for", lambda cfg: pytest.fail("the model was loaded"))
     out = tmp_path / "o.h5"
     result = cli(*argv(f"{http.url}/shards/data-{{000000..000003}}.tar", out, data["ckpt"]))
     assert result.exit_code == 2, result.output
@@ -135,7 +135,7 @@ def test_a_missing_s3_bucket_is_not_found_at_once(
         monkeypatch.setenv(key, value)
     s3fs.S3FileSystem.clear_instance_cache()  # the client reads the endpoint from the environment above
     monkeypatch.setattr(remote, "time", SimpleNamespace(sleep=no_retry))
-    monkeypatch.setattr(job, "_load_model", lambda cfg: pytest.fail("the model was loaded"))
+    monkeypatch.setattr(job, "backbone_for", lambda cfg: pytest.fail("the model was loaded"))
     out = tmp_path / "o.h5"
     for url, message in [
         ("s3://nobucket/shards/data-{000000..000001}.tar", "tar shard not found: s3://nobucket/shards/data-000000.tar"),

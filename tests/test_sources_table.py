@@ -130,7 +130,7 @@ def test_a_path_column_of_image_bytes_is_a_usage_error_before_the_model_loads(
     165 KB error line); the column's type says which option was meant."""
     import featdump.run.job as job
 
-    monkeypatch.setattr(job, "_load_model", lambda cfg: pytest.fail("the model was loaded"))
+    monkeypatch.setattr(job, "backbone_for", lambda cfg: pytest.fail("the model was loaded"))
     table = write_parquet(data["images"], tmp_path / "hf.parquet", struct=True)
     out = tmp_path / "o.h5"
     result = cli(*argv(str(table), out, data["ckpt"], "--path-column", "image"))

@@ -247,7 +247,7 @@ def test_missing_shard_is_a_usage_error_before_the_model_loads(cli, data: dict, 
     def boom(*a, **k):  # noqa: ANN002, ANN003
         raise AssertionError("the model was loaded")
 
-    monkeypatch.setattr(job, "_load_model", boom)
+    monkeypatch.setattr(job, "backbone_for", boom)
     pattern = str(data["root"] / "shards" / "data-{000000..000007}.tar")
     out = tmp_path / "o.h5"
     result = cli(*argv(pattern, out, data["ckpt"]))
@@ -273,7 +273,7 @@ def test_a_shard_named_twice_is_a_usage_error_naming_the_inputs(
     import featdump.data.sources as sources
     import featdump.run.job as job
 
-    monkeypatch.setattr(job, "_load_model", lambda cfg: pytest.fail("the model was loaded"))
+    monkeypatch.setattr(job, "backbone_for", lambda cfg: pytest.fail("the model was loaded"))
     monkeypatch.setattr(sources, "stat_input", lambda name: pytest.fail("a shard was looked up"))
     d = data["root"] / "shards"
     out = tmp_path / "o.h5"

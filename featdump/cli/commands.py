@@ -17,7 +17,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from featdump.cli.typer_app import _STATE, F, app, given_options, handle_errors
+from featdump.cli.typer_app import STATE, F, app, given_options, handle_errors
 from featdump.cli.typer_compat import join_paragraph_lines
 from featdump.errors import FeatdumpError, FeatdumpWarning, UsageError
 from featdump.options import OPTIONS, Option
@@ -156,7 +156,7 @@ def extract(ctx: typer.Context, **values: Any) -> None:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from featdump.cli.signals import guarded_run
 
-    start, _STATE["start"] = _STATE["start"], None
+    start, STATE["start"] = STATE["start"], None
     with guarded_run(start) as stop:  # a Ctrl-C during start-up is remembered, not lost in third-party code
         _extract(ctx, values["config_file"], stop)
 

@@ -121,6 +121,6 @@ def progress_for(quiet: bool) -> Any:
         return RichProgress(enabled=False)
     if sys.stderr.isatty():
         return RichProgress(enabled=True)
-    from featdump.run.logline import log_seconds
+    from featdump.environment import LOG_SECONDS
 
-    return LogProgress(log_seconds())
+    return LogProgress(LOG_SECONDS.value())

@@ -10,7 +10,7 @@ from rich.table import Table
 from rich.text import Text
 
 from featdump.store.check import tar_progress
-from featdump.text import clip, printable
+from featdump.text import clip, fmt_bytes, printable
 
 if TYPE_CHECKING:
     from featdump.model.layers import Description, LayerInfo
@@ -131,14 +131,6 @@ def inspect_table(desc: Description, pool: str = "none", images: int | None = No
         total = sum(layer.bytes_per_image(dtype, pool) for layer in desc.layers) * images
         table.caption = f"{images:,} images at {dtype}, pool {pool}: {fmt_bytes(total)} uncompressed\n" + str(table.caption)
     return table
-
-
-def fmt_bytes(n: float) -> str:
-    """Binary units, labelled as such."""
-    for unit, size in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20)):
-        if n >= size:
-            return f"{n / size:,.2f} {unit}"
-    return f"{n / 1024:,.1f} KiB"
 
 
 def verify_table(report: Any) -> Table:

@@ -31,7 +31,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-_STATE: dict[str, Any] = {"debug": False, "own_process": False, "start": None}
+STATE: dict[str, Any] = {"debug": False, "own_process": False, "start": None}
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -55,13 +55,13 @@ def _main(
     """
     from featdump.cli.signals import release_start_up
 
-    _STATE["debug"] = debug
-    start = _STATE["start"]
+    STATE["debug"] = debug
+    start = STATE["start"]
     if start is not None and start[0].stopped:
         raise fail(f"stopped by {signal.Signals(start[0].signum).name} during start-up; nothing was written", 128 + start[0].signum)
     if ctx.invoked_subcommand != "extract":  # extract keeps watching (guarded_run); the rest need no stop requests
         release_start_up(start)
-        _STATE["start"] = None
+        STATE["start"] = None
 
 
 def fail(message: str, code: int) -> typer.Exit:
@@ -82,9 +82,9 @@ def handle_errors(func: F) -> F:
         except _PASS_THROUGH:
             raise
         except FeatdumpError as exc:
-            if _STATE["debug"]:
+            if STATE["debug"]:
                 raise
-            if isinstance(exc, Interrupted) and _STATE["own_process"]:
+            if isinstance(exc, Interrupted) and STATE["own_process"]:
                 # The file is committed and closed. Leave now: interpreter shutdown resets signal
                 # handlers, and a second Ctrl-C landing there would kill us without a word.
                 typer.echo(f"featdump: error: {printable(clip(str(exc), LINE_CHARS))}", err=True)
@@ -95,7 +95,7 @@ def handle_errors(func: F) -> F:
         except KeyboardInterrupt:
             raise fail("interrupted", 130) from None
         except Exception as exc:  # noqa: BLE001 - last resort: one line, not a traceback
-            if _STATE["debug"]:
+            if STATE["debug"]:
                 raise
             text = first_line(exc, "")
             raise fail(f"{exc.__class__.__name__}: {text} (rerun with --debug for the traceback)", 1) from None
@@ -116,6 +116,6 @@ def given_options(ctx: Any, names: list[str]) -> dict[str, Any]:
 def run(start: Any = None) -> None:
     """Run the app as the process's own command line (``featdump.cli.main``); ``start`` is the
     signal watch begun before the imports (featdump/cli/signals.py)."""
-    _STATE["own_process"] = True  # the console script / python -m featdump (not an embedding caller)
-    _STATE["start"] = start
+    STATE["own_process"] = True  # the console script / python -m featdump (not an embedding caller)
+    STATE["start"] = start
     app()

@@ -41,6 +41,7 @@ from typing import Any
 
 from featdump.data.discover import ImageRef
 from featdump.data.remote import is_url
+from featdump.data.sources import open_source, shard_bounds
 from featdump.data.tars import TAR_EXTENSIONS, expand_braces
 from featdump.errors import UsageError
 from featdump.text import storable
@@ -130,8 +131,6 @@ def find_rows(kind: str, inputs: Sequence[str], options: Any, wanted: Sequence[W
 
 def _select(inputs: Sequence[str], options: Any, shard: tuple[int, int], what: str) -> Any:
     """The source ``extract`` reads ``inputs`` with, block ``shard``; a missing input says ``what`` it held."""
-    from featdump.data.sources import open_source
-
     try:
         return open_source(inputs, options).select(*shard)
     except UsageError as exc:
@@ -180,8 +179,6 @@ def _find_in_tables(inputs: Sequence[str], options: Any, wanted: Sequence[Wanted
 
 
 def _find_in_tars(inputs: Sequence[str], wanted: Sequence[Wanted], shard: Sequence[int], names: Iterable[str]) -> None:
-    from featdump.run.placement import shard_bounds
-
     every = list(dict.fromkeys(name for raw in inputs for name in expand_braces(raw)))
     start, stop = shard_bounds(len(every), int(shard[0]), int(shard[1]))
     shards = every[start:stop]

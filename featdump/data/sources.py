@@ -27,7 +27,23 @@ from typing import Any, Protocol
 from featdump.data.discover import ImageRef, discover, list_digest
 from featdump.data.remote import stat_input, stat_inputs
 from featdump.errors import FeatdumpError, UsageError
-from featdump.run.placement import shard_bounds
+
+
+def shard_bounds(num_items: int, index: int, count: int) -> tuple[int, int]:
+    """Half-open range ``[start, stop)`` of block ``index`` of ``count`` contiguous, near-equal blocks.
+
+    The first ``num_items % count`` blocks get one item more, so sizes differ by at most one and
+    the blocks, taken in order, cover ``range(num_items)`` exactly once. With more blocks than
+    items, the last blocks are empty.
+    """
+    if count < 1 or not 0 <= index < count:
+        raise ValueError(f"shard {index}/{count} is not 0 <= I < N")
+    if num_items < 0:
+        raise ValueError("num_items must be >= 0")
+    base, extra = divmod(num_items, count)
+    start = index * base + min(index, extra)
+    stop = start + base + (1 if index < extra else 0)
+    return start, stop
 
 
 class Selection:

@@ -27,6 +27,7 @@ from featdump.model.levels import (
 )
 from featdump.model.modules import describe_modules, load_module_backbone
 from featdump.model.weights import choose_weights, create_with_weights, why_no_download
+from featdump.options import ExtractConfig
 
 __all__ = [
     "DTYPE_BYTES",
@@ -101,3 +102,25 @@ def load_backbone(
     model, weights = create_with_weights(name, choice, create)
     model.eval()
     return Backbone(name, model, desc.layers, resolve_data_config(model, img_size), indices, output_stride, weights)
+
+
+def backbone_for(cfg: ExtractConfig) -> Backbone:
+    """The backbone of a run's options; ``--no-pretrained`` gets the same random weights in every
+    run (seed 0, so ``--resume`` matches) without touching the caller's global random state."""
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        if not cfg.pretrained and not cfg.checkpoint:
+            torch.manual_seed(0)
+        backbone = load_backbone(
+            cfg.model,
+            out_indices=cfg.out_indices,
+            output_stride=cfg.output_stride,
+            img_size=cfg.img_size,
+            pretrained=cfg.pretrained,
+            checkpoint=cfg.checkpoint,
+            layers=cfg.layers,
+            tokens=cfg.tokens,
+        )
+    backbone.data = backbone.data.with_crop(cfg.crop_mode, cfg.crop_pct)  # --crop-mode / --crop-pct
+    return backbone

@@ -46,7 +46,7 @@ def _create(name: str, *, img_size: tuple[int, int] | None, **kwargs: Any) -> An
     return timm.create_model(name, **kwargs)
 
 
-def _stride_error(name: str, stride: int, detail: str = "") -> UsageError:
+def stride_error(name: str, stride: int, detail: str = "") -> UsageError:
     why = f" ({detail})" if detail else ""
     return UsageError(
         f"{name} cannot run at --output-stride {stride}{why}; output stride works for models that dilate "
@@ -63,11 +63,11 @@ def create_checked(name: str, *, img_size: tuple[int, int] | None, output_stride
         return _create(name, img_size=img_size, **kwargs)
     except TypeError as exc:
         if output_stride is not None and "output_stride" in str(exc):
-            raise _stride_error(name, output_stride, "the model takes no output_stride") from None
+            raise stride_error(name, output_stride, "the model takes no output_stride") from None
         raise
     except AssertionError as exc:
         if output_stride is not None:
-            raise _stride_error(name, output_stride, str(exc) or "rejected by timm") from None
+            raise stride_error(name, output_stride, str(exc) or "rejected by timm") from None
         raise
 
 

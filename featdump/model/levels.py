@@ -8,11 +8,11 @@ from typing import Any
 from featdump.errors import FeatdumpError, UsageError
 from featdump.model.create import (
     HUB_PREFIXES,
-    _stride_error,
     check_model_name,
     check_tiling,
     create_checked,
     resolve_data_config,
+    stride_error,
 )
 from featdump.model.layers import Description, LayerInfo, chw, guess_layout
 from featdump.model.weights import why_no_download
@@ -177,4 +177,4 @@ def _check_stride(name: str, layers: Sequence[LayerInfo], output_stride: int | N
         return
     biggest = max(layer.reduction for layer in layers)
     if biggest > output_stride:
-        raise _stride_error(name, output_stride, f"its feature levels still reach stride {biggest}")
+        raise stride_error(name, output_stride, f"its feature levels still reach stride {biggest}")

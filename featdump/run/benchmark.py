@@ -90,12 +90,12 @@ def run_benchmark(cfg: ExtractConfig, seconds: float = 60.0, images: int = 300) 
     """Time the four stages for at most about ``seconds`` in all (plus loading the model)."""
     from featdump.data.batching import Loader
     from featdump.data.sources import open_source
+    from featdump.environment import check_environment
+    from featdump.model.backbone import backbone_for
     from featdump.run.device import check_decode, resolve_device, tune
     from featdump.run.forward import Forward
-    from featdump.run.job import _load_model
     from featdump.run.placement import placement_from_env
     from featdump.run.process import torch_settings, tune_malloc
-    from featdump.store.output import check_environment
 
     if not 0 < seconds <= MAX_SECONDS:  # false for nan too
         raise UsageError(f"--seconds takes a number of seconds above 0 and at most {MAX_SECONDS}, not {seconds}")
@@ -114,7 +114,7 @@ def run_benchmark(cfg: ExtractConfig, seconds: float = 60.0, images: int = 300) 
     tune_malloc()
     share = seconds / 4
     with torch_settings(device, tuning.threads):
-        backbone = _load_model(cfg)
+        backbone = backbone_for(cfg)
         per_image = sum(layer.bytes_per_image(cfg.dtype, cfg.pool) for layer in backbone.layers)
         result = BenchResult(cfg.model, str(device), tuning.batch_size, tuning.workers, tuning.write_threads, per_image / 1e6)
 

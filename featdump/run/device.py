@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from featdump.environment import WRITE_THREADS
 from featdump.errors import UsageError
 from featdump.options import ExtractConfig
 from featdump.run.placement import Placement
@@ -73,16 +74,7 @@ class Tuning:
 def write_threads(cpus: int, busy: int) -> int:
     """The writer's chunk-preparing threads: ``FEATDUMP_WRITE_THREADS``, else the cores of the
     budget that decoding and the forward pass leave over (1-8)."""
-    raw = os.environ.get("FEATDUMP_WRITE_THREADS", "").strip()
-    if raw:
-        try:
-            n = int(raw)
-        except ValueError:
-            n = 0
-        if not 1 <= n <= 64:
-            raise UsageError(f"FEATDUMP_WRITE_THREADS={raw!r}: give a number of threads from 1 to 64")
-        return n
-    return max(1, min(8, cpus - busy))
+    return WRITE_THREADS.value() or max(1, min(8, cpus - busy))
 
 
 def tune(device: Any, cfg: ExtractConfig, placement: Placement) -> Tuning:

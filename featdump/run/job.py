@@ -20,7 +20,7 @@ from featdump.data.batching import Loader
 from featdump.data.remote import RESUME_HINT, StoreStopped
 from featdump.data.sources import open_source
 from featdump.errors import FeatdumpWarning, Interrupted, UsageError
-from featdump.model.backbone import load_backbone
+from featdump.model.backbone import backbone_for
 from featdump.model.layers import Backbone
 from featdump.options import ExtractConfig
 from featdump.run import processors
@@ -67,7 +67,7 @@ def _run(cfg: ExtractConfig, progress: ProgressSink, on_ready: Callable | None, 
     tuning = tune(device, cfg, placement)
     tune_malloc()  # before the model's and the activations' memory is allocated
     with torch_settings(device, tuning.threads):
-        backbone = _load_model(cfg)
+        backbone = backbone_for(cfg)
         processors.prepare(procs, backbone.data.input_size)
         backbone.layers = processors.stored_layers(backbone.layers, cfg.pool, procs)
         if on_ready:
@@ -78,7 +78,7 @@ def _run(cfg: ExtractConfig, progress: ProgressSink, on_ready: Callable | None, 
         note = rounding_note(previous_facts(out_path), facts) if cfg.resume else None
         if note:
             warnings.warn(note, FeatdumpWarning, stacklevel=2)
-        attrs = {**file_attrs(cfg, backbone, placement, selection), **facts}
+        attrs = {**file_attrs(cfg, backbone, placement.shard, selection), **facts}
         output = open_output(cfg, out_path, attrs, backbone.layers)
         store, length = output.store, selection.length  # length: None while a stream's is unknown
         stop.hint = f"{store.path} keeps its last commit; resume with --resume"
@@ -147,28 +147,6 @@ def _add_run_facts(summary: Summary, forward: Forward | None, workers: int) -> N
     if forward is not None:
         for layer, count in zip(summary.layers, forward.nonfinite(), strict=True):
             layer.nonfinite = count
-
-
-def _load_model(cfg: ExtractConfig) -> Backbone:
-    """The backbone; ``--no-pretrained`` gets the same random weights in every run (seed 0, so
-    ``--resume`` matches) without touching the caller's global random state."""
-    import torch
-
-    with torch.random.fork_rng(devices=[]):
-        if not cfg.pretrained and not cfg.checkpoint:
-            torch.manual_seed(0)
-        backbone = load_backbone(
-            cfg.model,
-            out_indices=cfg.out_indices,
-            output_stride=cfg.output_stride,
-            img_size=cfg.img_size,
-            pretrained=cfg.pretrained,
-            checkpoint=cfg.checkpoint,
-            layers=cfg.layers,
-            tokens=cfg.tokens,
-        )
-    backbone.data = backbone.data.with_crop(cfg.crop_mode, cfg.crop_pct)  # --crop-mode / --crop-pct
-    return backbone
 
 
 def _stopped(signum: int, what: str) -> Interrupted:

@@ -1,29 +1,9 @@
 """The plain progress line for batch-job logs (Slurm, PBS: stderr is a file, not a terminal).
 
-The CLI prints :func:`progress_line` every :func:`log_seconds` seconds; this module only computes.
+The CLI prints :func:`progress_line` every ``FEATDUMP_LOG_SECONDS``; this module only computes.
 """
 
 from __future__ import annotations
-
-import os
-
-from featdump.errors import UsageError
-
-LOG_SECONDS = 30.0
-
-
-def log_seconds() -> float:
-    """``FEATDUMP_LOG_SECONDS`` (> 0; default 30): the interval of the plain progress line."""
-    raw = os.environ.get("FEATDUMP_LOG_SECONDS", "").strip()
-    if not raw:
-        return LOG_SECONDS
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not 0 < value < 1e9:
-        raise UsageError(f"FEATDUMP_LOG_SECONDS={raw!r}: give the seconds between progress lines (a number above 0)")
-    return value
 
 
 def _duration(seconds: float) -> str:

@@ -1,4 +1,5 @@
-"""Shard arithmetic (pure) and the one function that reads the launcher's environment.
+"""Where this process stands among N copies: the one function that reads the launcher's environment,
+and the shard's output name (the blocks themselves: :func:`featdump.data.sources.shard_bounds`).
 
 featdump runs no scheduler of its own: a job array (Slurm) or a process group (torchrun) starts N
 copies, and each copy takes block I of N of the ordered input list. ``placement_from_env`` is the
@@ -30,29 +31,17 @@ class Placement:
     cpus: int | None = None
     local_size: int | None = None
 
+    @property
+    def shard(self) -> tuple[int, int]:
+        """``(index, count)``, as the file's ``shard`` attribute records it."""
+        return self.index, self.count
+
     def cpu_budget(self, available: int) -> int:
         """CPUs this process may use: Slurm's grant (or ``available``), split among local peers;
         never more than ``available`` (the process's CPU affinity): a grant that claims more cores
         than the process may run on would only start threads that wait for each other."""
         total = min(self.cpus, available) if self.cpus else available
         return max(1, total // max(1, self.local_size or 1))
-
-
-def shard_bounds(num_items: int, index: int, count: int) -> tuple[int, int]:
-    """Half-open range ``[start, stop)`` of block ``index`` of ``count`` contiguous, near-equal blocks.
-
-    The first ``num_items % count`` blocks get one item more, so sizes differ by at most one and
-    the blocks, taken in order, cover ``range(num_items)`` exactly once. With more blocks than
-    items, the last blocks are empty.
-    """
-    if count < 1 or not 0 <= index < count:
-        raise ValueError(f"shard {index}/{count} is not 0 <= I < N")
-    if num_items < 0:
-        raise ValueError("num_items must be >= 0")
-    base, extra = divmod(num_items, count)
-    start = index * base + min(index, extra)
-    stop = start + base + (1 if index < extra else 0)
-    return start, stop
 
 
 def is_template(output: str) -> bool:

@@ -26,6 +26,8 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
+from featdump.environment import MALLOC_TUNING
+
 M_TRIM_THRESHOLD = -1
 M_MMAP_MAX = -4
 TRIM_THRESHOLD = 1 << 30
@@ -36,22 +38,10 @@ _ALLOCATORS = ("jemalloc", "tcmalloc", "mimalloc")
 _done: list[str] = []  # what tune_malloc() did in this process (it runs once)
 
 
-def malloc_tuning_allowed(env: dict[str, str] | None = None) -> bool:
-    """``FEATDUMP_MALLOC_TUNING``: unset or 1 allows the settings, 0 refuses them; anything else is
-    a UsageError (checked before a run creates anything)."""
-    from featdump.errors import UsageError
-
-    values = dict(os.environ) if env is None else env
-    raw = values.get("FEATDUMP_MALLOC_TUNING", "")
-    if raw.strip() not in ("", "0", "1"):
-        raise UsageError(f"FEATDUMP_MALLOC_TUNING={raw!r}: give 0 (leave malloc alone) or 1")
-    return raw.strip() != "0"
-
-
 def user_choice(env: dict[str, str] | None = None) -> str:
     """Why the user's own allocator settings win ("" when there are none)."""
     env = dict(os.environ) if env is None else env
-    if not malloc_tuning_allowed(env):
+    if not MALLOC_TUNING.value(env):
         return "FEATDUMP_MALLOC_TUNING=0"
     preload = env.get("LD_PRELOAD", "")
     for name in _ALLOCATORS:

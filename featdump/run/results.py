@@ -105,7 +105,7 @@ def summarize(
         num_images=store.progress.num_images,
         num_failed=store.progress.num_failed,
         num_inputs=num_inputs,
-        shard=(placement.index, placement.count),
+        shard=placement.shard,
         layers=layers,
         failures=failures,
         seconds=seconds,

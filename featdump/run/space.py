@@ -10,7 +10,6 @@ is refused only when even that would not fit. ``--no-space-check`` skips the che
 
 from __future__ import annotations
 
-import os
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -18,10 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from featdump.errors import FeatdumpWarning, UsageError
+from featdump.store.format import free_bytes, with_margin
+from featdump.text import fmt_bytes
 
-MiB = 1 << 20
-MARGIN_FRACTION = 0.02
-MARGIN_BYTES = 1 * MiB
 # stored / raw bytes, the best measured per codec (resnet50 maps, about half zeros: docs/performance.md)
 BEST_RATIO = {"none": 1.0, "gzip": 0.46, "lzf": 0.53, "zstd": 0.47}
 
@@ -58,9 +56,7 @@ def need(layers: Sequence[Any], images: int, dtype: str, pool: str, compression:
     per_image = sum(layer.bytes_per_image(dtype, pool) for layer in layers)
     raw = per_image * images
     want = int(raw * BEST_RATIO.get(compression, 1.0))
-    want += int(want * MARGIN_FRACTION) + MARGIN_BYTES if images else 0
-    st = os.statvfs(folder)
-    return SpaceNeed(images, per_image, raw, want, st.f_bavail * st.f_frsize, str(folder))
+    return SpaceNeed(images, per_image, raw, with_margin(want) if images else 0, free_bytes(folder), str(folder))
 
 
 def remaining_images(total: int, out_path: Path, resume: bool) -> int:
@@ -111,13 +107,6 @@ def check_space(cfg: Any, out_path: Path, selection: Any, processors: Sequence[A
     if not n.fits:
         raise UsageError(space_message(n, cfg))
     return n
-
-
-def fmt_bytes(n: float) -> str:
-    """Bytes for people: GiB/MiB (binary units, labelled as such)."""
-    if n >= 1 << 30:
-        return f"{n / (1 << 30):,.2f} GiB"
-    return f"{n / MiB:,.1f} MiB"
 
 
 def space_message(n: SpaceNeed, cfg: Any) -> str:

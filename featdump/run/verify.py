@@ -180,11 +180,11 @@ def verify_file(path: str | Path, n: int = 8, seed: int = 0, device: str = "auto
 
     from featdump import open as open_file
     from featdump.data.batching import Loader
+    from featdump.model.backbone import backbone_for
     from featdump.options import resolve
     from featdump.run import processors
     from featdump.run.device import resolve_device
     from featdump.run.forward import Forward
-    from featdump.run.job import _load_model
     from featdump.store.check import input_kind
     from featdump.store.like import read_attrs, recorded_columns, recorded_options
 
@@ -219,7 +219,7 @@ def verify_file(path: str | Path, n: int = 8, seed: int = 0, device: str = "auto
         wanted = find_sampled(p, attrs, ff, rows, cfg)
     dev = resolve_device(cfg.device, 0)
     try:
-        backbone = _load_model(cfg)
+        backbone = backbone_for(cfg)
     except UsageError as exc:
         raise CannotVerify(f"cannot verify {p}: {exc}") from None
     recorded = str(attrs.get("weights", ""))

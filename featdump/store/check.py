@@ -13,14 +13,13 @@ reads a virtual dataset (their sources are checked by :mod:`featdump.store.vds`)
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from featdump.errors import UsageError
 from featdump.options import SETTINGS
-from featdump.store.format import FEATURES, _attr, _jsonable, read_attr
+from featdump.store.format import FEATURES, read_attr, setting_text
 from featdump.text import printable, unsafe_name
 
 # Which inputs a file covers: its block (input_digest, num_inputs), the whole list it was cut from
@@ -296,13 +295,3 @@ def check_same_settings(h5: Any, attrs: dict[str, Any], path: str | Path) -> Non
             )
 
 
-def setting_value(value: Any) -> Any:
-    """A setting (a root attribute, as stored or as a run is about to write it) as plain Python (None
-    as ""). Resume, merge and ``show`` read settings through it."""
-    return _jsonable(read_attr(_attr(value)))
-
-
-def setting_text(value: Any) -> str:
-    """:func:`setting_value` as JSON text: two settings are the same when these are equal; error
-    messages show it (``dtype="float16"``)."""
-    return json.dumps(setting_value(value), ensure_ascii=False)

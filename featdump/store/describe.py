@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from featdump.errors import FeatdumpError, UsageError
-from featdump.store.check import RESUME_KEYS, Counts, check_file, input_kind, setting_value, tar_files_done
-from featdump.store.format import read_text
+from featdump.store.check import RESUME_KEYS, Counts, check_file, input_kind, tar_files_done
+from featdump.store.format import read_text, setting_value
 from featdump.store.vds import missing_sources, virtual_sources
 from featdump.text import first_line, to_str
 

@@ -16,6 +16,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+from featdump.environment import ZSTD_LEVEL
 from featdump.errors import UsageError
 from featdump.text import storable, to_str
 
@@ -65,6 +66,18 @@ def load_codecs() -> None:
     import hdf5plugin  # noqa: F401
 
 
+def with_margin(nbytes: int) -> int:
+    """Room a file of ``nbytes`` feature bytes needs: 2% and 1 MiB more (HDF5 metadata, the redo
+    journal, /paths). The space check of ``extract`` and ``merge --copy`` both use it."""
+    return nbytes + int(nbytes * 0.02) + (1 << 20)
+
+
+def free_bytes(folder: str | os.PathLike[str]) -> int:
+    """Bytes the file system of ``folder`` lets this user write."""
+    st = os.statvfs(folder)
+    return st.f_bavail * st.f_frsize
+
+
 def utc_now() -> str:
     return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
@@ -91,22 +104,6 @@ def chunk_shape(shape: Sequence[int], itemsize: int) -> tuple[int, ...]:
 
 
 ZSTD_FILTER = 32015  # HDF5's registered Zstandard filter (hdf5plugin.Zstd)
-ZSTD_DEFAULT_LEVEL = -3  # zstd's fast mode: faster than level 1 for a slightly larger file (docs/performance.md)
-
-
-def zstd_level() -> int:
-    """``--compression zstd``'s level: ``FEATDUMP_ZSTD_LEVEL`` (-50..22; negative levels are
-    zstd's fast modes), else :data:`ZSTD_DEFAULT_LEVEL`."""
-    raw = os.environ.get("FEATDUMP_ZSTD_LEVEL", "").strip()
-    if not raw:
-        return ZSTD_DEFAULT_LEVEL
-    try:
-        level = int(raw)
-    except ValueError:
-        level = None
-    if level is None or not -50 <= level <= 22 or level == 0:
-        raise UsageError(f"FEATDUMP_ZSTD_LEVEL={raw!r}: give a zstd level from -50 (fastest) to 22 (smallest), not 0")
-    return level
 
 
 def compression_kwargs(name: str, dtype: str) -> dict[str, Any]:
@@ -114,7 +111,7 @@ def compression_kwargs(name: str, dtype: str) -> dict[str, Any]:
 
     On post-ReLU maps (about half exact zeros) plain zstd beat the alternatives at every ratio
     (byte shuffle before it gains little and halves its speed; Blosc2's zstd+shuffle was slower for
-    the same ratio), and its fast level -3 (the default, :func:`zstd_level`) is faster than level 1
+    the same ratio), and its fast level -3 (the default, ``FEATDUMP_ZSTD_LEVEL``) is faster than level 1
     for a slightly larger file, so a CPU run loses less of its forward pass and a GPU run's writer
     keeps up longer. ``zstd`` is HDF5's
     registered Zstandard filter (32015, via hdf5plugin: readers need ``import hdf5plugin``; the
@@ -130,7 +127,7 @@ def compression_kwargs(name: str, dtype: str) -> dict[str, Any]:
         import hdf5plugin  # noqa: F401 - registers the filter with HDF5
 
         # the filter reads its level as a C int from an unsigned cd_value: negative levels wrap
-        return {"compression": ZSTD_FILTER, "compression_opts": (zstd_level() % (1 << 32),)}
+        return {"compression": ZSTD_FILTER, "compression_opts": (ZSTD_LEVEL.value() % (1 << 32),)}
     raise UsageError(f"--compression must be one of none|gzip|lzf|zstd, not {name!r}")
 
 
@@ -183,3 +180,15 @@ def read_attr(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
     return value
+
+
+def setting_value(value: Any) -> Any:
+    """A setting (a root attribute, as stored or as a run is about to write it) as plain Python (None
+    as ""). Resume, merge and ``show`` read settings through it."""
+    return _jsonable(read_attr(_attr(value)))
+
+
+def setting_text(value: Any) -> str:
+    """:func:`setting_value` as JSON text: two settings are the same when these are equal; error
+    messages show it (``dtype="float16"``)."""
+    return json.dumps(setting_value(value), ensure_ascii=False)

@@ -11,6 +11,7 @@ import stat
 import zlib
 from pathlib import Path
 
+from featdump.environment import FILE_LOCKING
 from featdump.errors import FeatdumpError, UsageError, os_error
 from featdump.store.redo import HEADER, HEADER_MAGIC, HEADER_SIZE, JOURNAL_SUFFIX, NO_LOCK_ERRNOS, pread_full
 
@@ -19,22 +20,6 @@ def journal_path(path: str | Path) -> Path:
     """``OUT.h5-journal`` beside the real file: symlinks in ``path`` are resolved, so every name that
     reaches one file (a symlink to it, a linked folder) finds the same journal, hence the same lock."""
     return Path(f"{os.path.realpath(path)}{JOURNAL_SUFFIX}")
-
-
-_LOCKING_OFF = ("FALSE", "0", "NO", "OFF")
-_LOCKING_ON = ("", "TRUE", "1", "YES", "ON", "BEST_EFFORT")
-
-
-def locking_disabled() -> bool:
-    """``HDF5_USE_FILE_LOCKING=FALSE`` (HDF5's own switch) turns our lock off as well; a value that
-    is neither on nor off is a UsageError (a typo must not silently keep or drop the lock)."""
-    raw = os.environ.get("HDF5_USE_FILE_LOCKING", "")
-    value = raw.strip().upper()
-    if value in _LOCKING_OFF:
-        return True
-    if value in _LOCKING_ON:
-        return False
-    raise UsageError(f"HDF5_USE_FILE_LOCKING={raw!r}: give TRUE or FALSE (or BEST_EFFORT)")
 
 
 NO_LOCK_RISK = (
@@ -75,7 +60,7 @@ def busy(target: str | Path, jpath: str | Path) -> FeatdumpError:
 
 def writer_active(target: str | Path) -> bool:
     """Does a featdump run hold the lock of ``target`` now? (Takes nothing: for an early refusal.)"""
-    if locking_disabled():
+    if not FILE_LOCKING.value():
         return False
     try:
         fd = os.open(journal_path(target), os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -127,7 +112,7 @@ class OutputLock:
         self.path = journal_path(target)
         self.fd = -1
         self.created = not self.path.exists()  # ours to remove again when we let go
-        unlocked = locking_disabled()
+        unlocked = not FILE_LOCKING.value()
         while True:
             try:  # O_NONBLOCK: a FIFO put where the journal goes must not hang us
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)

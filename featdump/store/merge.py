@@ -30,25 +30,26 @@ from pathlib import Path
 from typing import Any
 
 from featdump.errors import FeatdumpError, UsageError, is_out_of_space, os_error
-from featdump.store.check import (
-    input_kind,
-    setting_value,
-)
+from featdump.store.check import input_kind
 from featdump.store.committed import open_committed
 from featdump.store.format import (
     FEATURES,
     compression_kwargs,
+    free_bytes,
     inputs_attr,
     load_codecs,
     read_attr,
     read_inputs_attr,
     read_text,
     set_attr,
+    setting_value,
     utc_now,
+    with_margin,
 )
 from featdump.store.mergecheck import Shard, check_runs, read_shard
 from featdump.store.mergetemp import claim_temp, remove_stale_temps
 from featdump.store.vds import check_sources
+from featdump.text import fmt_bytes
 
 COPY_BLOCK_BYTES = 64 << 20
 
@@ -170,12 +171,8 @@ def _check_room(shards: Sequence[Shard], out_dir: Path) -> None:
 
     Not only politeness: HDF5 (2.0, through h5py) can crash the process when a write fails for a
     full disk while the file is being closed, so the copy must not start where it cannot end."""
-    from featdump.run.space import MARGIN_BYTES, MARGIN_FRACTION, fmt_bytes
-
     stored = sum(s.stored_bytes for s in shards)
-    need = int(stored * (1 + MARGIN_FRACTION)) + MARGIN_BYTES
-    st = os.statvfs(out_dir)
-    free = st.f_bavail * st.f_frsize
+    need, free = with_margin(stored), free_bytes(out_dir)
     if need > free:
         raise UsageError(
             f"not enough space for merge --copy: the shards' features take {fmt_bytes(stored)}, "

@@ -10,15 +10,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from featdump.data.sources import shard_bounds
 from featdump.errors import FeatdumpError, UsageError
-from featdump.run.placement import shard_bounds
 from featdump.store.check import (
     INPUT_KEYS,
     RESUME_KEYS,
     check_file,
     count_attr,
     input_kind,
-    setting_text,
     tar_files_done,
     tar_progress,
 )
@@ -26,6 +25,7 @@ from featdump.store.committed import open_committed
 from featdump.store.format import (
     FEATURES,
     read_attr,
+    setting_text,
 )
 from featdump.store.vds import refused_sources
 from featdump.text import first_line

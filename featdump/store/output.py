@@ -12,12 +12,12 @@ from typing import Any
 
 from featdump import FORMAT_VERSION, __version__
 from featdump.data.sources import Selection
+from featdump.environment import check_environment
 from featdump.errors import FeatdumpError, UsageError, os_error
 from featdump.model.layers import Backbone, LayerInfo
 from featdump.options import ExtractConfig, option_attrs
-from featdump.run.placement import Placement
 from featdump.store.committed import open_committed
-from featdump.store.format import inputs_attr, utc_now, zstd_level
+from featdump.store.format import inputs_attr, utc_now
 from featdump.store.locks import (
     OutputLock,
     busy,
@@ -32,7 +32,7 @@ from featdump.store.sink import NothingCommitted, Store
 from featdump.text import to_str
 
 
-def file_attrs(cfg: ExtractConfig, backbone: Backbone, placement: Placement, selection: Selection) -> dict[str, Any]:
+def file_attrs(cfg: ExtractConfig, backbone: Backbone, shard: tuple[int, int], selection: Selection) -> dict[str, Any]:
     """The root attributes of an output file (SPEC, "The output file"); resume and merge compare them."""
     import timm
     import torch
@@ -58,7 +58,7 @@ def file_attrs(cfg: ExtractConfig, backbone: Backbone, placement: Placement, sel
         "created": utc_now(),
         "command": cfg.command,
         "inputs": inputs_attr(cfg.inputs),  # the INPUTs as given, structured (viz finds the images)
-        "shard": [placement.index, placement.count],
+        "shard": list(shard),
         "num_inputs": selection.size,  # images, or tar files for tar shards
         "input_kind": selection.kind,  # files | tar | table
         "has_ids": selection.has_ids,  # /ids and /failed/ids exist
@@ -66,23 +66,6 @@ def file_attrs(cfg: ExtractConfig, backbone: Backbone, placement: Placement, sel
         "list_size": selection.total,  # the whole list: merge checks that shards agree
         "list_digest": selection.total_digest,
     }
-
-
-def check_environment() -> None:
-    """Every environment setting a run reads, checked before anything is created (a bad value is a
-    UsageError, and the corrected rerun finds nothing in its way)."""
-    from featdump.run.device import write_threads
-    from featdump.run.logline import log_seconds
-    from featdump.run.process import malloc_tuning_allowed
-    from featdump.store.locks import locking_disabled
-    from featdump.store.sink import commit_interval
-
-    commit_interval()  # FEATDUMP_COMMIT_SECONDS
-    zstd_level()  # FEATDUMP_ZSTD_LEVEL (checked whether or not this run compresses with zstd)
-    malloc_tuning_allowed()  # FEATDUMP_MALLOC_TUNING
-    log_seconds()  # FEATDUMP_LOG_SECONDS
-    write_threads(1, 0)  # FEATDUMP_WRITE_THREADS
-    locking_disabled()  # HDF5_USE_FILE_LOCKING
 
 
 def preflight(path: Path, cfg: ExtractConfig) -> None:

@@ -10,7 +10,6 @@ already open for write" flag that h5py cannot clear.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from featdump import __version__
+from featdump.environment import COMMIT_SECONDS
 from featdump.errors import FeatdumpError, UsageError, is_out_of_space, os_error, out_of_space
 from featdump.model.layers import LayerInfo
 from featdump.store.check import check_file, check_same_settings
@@ -64,7 +64,7 @@ class Store:
         self.complete = bool(h5.attrs.get("complete", False)) if h5 is not None else False
         self.broken = False
         self.readonly = False  # a complete file reopened by --resume: nothing to write
-        self.commit_seconds = commit_interval()
+        self.commit_seconds = COMMIT_SECONDS.value()
         # streams (tar shards): where --resume continues, committed with inputs_done (data/sources.py)
         self.mark: list[int] | None = None
         if h5 is not None and "stream_mark" in h5.attrs:
@@ -365,15 +365,6 @@ def append_geometry(ds: Any, n: int, b: int, rows: Any) -> None:
 
     ds.resize(n + b, axis=0)
     ds[n : n + b] = rows if rows is not None and len(rows) == b else np.full((b, ds.shape[1]), np.nan)
-
-
-def commit_interval() -> float:
-    """Seconds between commits (``FEATDUMP_COMMIT_SECONDS``; 0 commits after every batch)."""
-    raw = os.environ.get("FEATDUMP_COMMIT_SECONDS", "").strip()
-    try:
-        return max(0.0, float(raw)) if raw else 1.0
-    except ValueError:
-        raise UsageError(f"FEATDUMP_COMMIT_SECONDS={raw!r} is not a number of seconds") from None
 
 
 def _close_quietly(h5: Any) -> None:
