@@ -104,11 +104,13 @@ def test_an_unfinished_export_is_not_complete_and_a_rerun_replaces_it(files: dic
         read_export(out)
     with pytest.raises(FeatdumpError, match="holds no featdump export"):
         read_export(tmp_path)
-    res = run("export", str(files["finished"]), "-o", str(out), "--pool", "avg", "--rows-per-part", "4")
+    f = files["finished"]
+    res = run("export", f.name, "-o", str(out), "--pool", "avg", "--rows-per-part", "4", cwd=f.parent)
     assert res.returncode == 0, res.stderr
     assert (victim / "data").read_text() == "keep me"
     assert sorted(p.name for p in (out / "layer1" / "emb").iterdir()) == ["part-00000.npy", "part-00001.npy"]
-    assert read_export(out)["parts"] == 2
+    manifest = read_export(out)
+    assert manifest["parts"] == 2 and manifest["source"]["path"] == str(f)  # the source named whatever the cwd
 
 
 @pytest.mark.slow

@@ -254,7 +254,7 @@ def export_file(
             )
         entries = {"npy": names, "safetensors": ["features.safetensors"], "zarr": ["zarr.json", *names, "paths", "ids"]}[fmt]
         st = ff.path.stat()  # the source's identity, in the manifest
-        source = {"path": str(ff.path), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns, "created": ff.meta.get("created"), "num_images": n}
+        source = {"path": str(ff.path.absolute()), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns, "created": ff.meta.get("created"), "num_images": n}
         try:
             _prepare(folder, entries, overwrite)
             folder.write_manifest({"complete": False, "entries": entries, "source": source})
