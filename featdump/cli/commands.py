@@ -178,7 +178,7 @@ def _extract(ctx: typer.Context, config_file: Path | None, stop: Any) -> None:
     progress = progress_for(cfg.quiet)  # a bar on a terminal, plain lines in a job's log
     if cfg.quiet:  # third-party RuntimeWarnings (numpy/torch on NaN values): what they mean is said below
         warnings.filterwarnings("ignore", category=RuntimeWarning)
-    ready = (lambda b, o, p: progress.ready(b, o, p, cfg.dtype, cfg.pool)) if isinstance(progress, LogProgress) else None
+    ready = (lambda b, o, p: progress.ready(b, cfg.dtype, cfg.pool)) if isinstance(progress, LogProgress) else None
     shown = warnings.showwarning
 
     def featdump_warning(message: Any, category: Any, *args: Any, **kwargs: Any) -> None:

@@ -1,14 +1,18 @@
-"""Progress for people: a rich bar on a terminal, plain lines at a steady interval in a job's log."""
+"""Progress for people: a rich bar on a terminal, plain lines at a steady interval in a job's log
+(both count with featdump/progress.py's :class:`~featdump.progress.Counter`)."""
 
 from __future__ import annotations
 
 import sys
+import threading
+from collections.abc import Callable
 from typing import Any
 
 from featdump.cli.render import console
+from featdump.progress import Counter
 
 
-class RichProgress:
+class RichProgress(Counter):
     """Progress bar with images/s and ETA on a terminal (stderr); silent when piped or quiet."""
 
     def __init__(self, enabled: bool | None = None) -> None:
@@ -17,6 +21,7 @@ class RichProgress:
         self._task: Any = None
 
     def start(self, total: int | None, done: int, description: str) -> None:
+        super().start(total, done, description)
         if not self.enabled:
             return
         from rich.progress import (
@@ -28,83 +33,80 @@ class RichProgress:
             TimeElapsedColumn,
             TimeRemainingColumn,
         )
+        from rich.text import Text
+
+        counter = self
 
         class Rate(TextColumn):
-            def render(self, task: Any) -> Any:
-                from rich.text import Text
-
-                speed = task.finished_speed or task.speed
-                if not speed and task.elapsed:
-                    speed = (task.completed - task.fields.get("initial", 0)) / task.elapsed
+            def render(self, task: Any) -> Text:
+                speed = counter.rate()
                 return Text(f"{speed:.1f} img/s" if speed else "- img/s")
 
+        columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn())
         self._progress = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TaskProgressColumn(),
-            Rate(""),
-            TimeElapsedColumn(),
-            TextColumn("eta"),
-            TimeRemainingColumn(),
-            console=console(stderr=True),
-            transient=False,
+            *columns, Rate(""), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=console(stderr=True)
         )
         self._progress.start()
-        self._task = self._progress.add_task(description, total=total or None, completed=done, initial=done)
+        self._task = self._progress.add_task(description, total=total or None, completed=done)
 
     def advance(self, images: int) -> None:
+        super().advance(images)
         if self._progress is not None:
             self._progress.advance(self._task, images)
 
     def stop(self) -> None:
         if self._progress is not None:
-            self._progress.stop()
+            self._progress.stop()  # its last frame still shows this run's rate
             self._progress = None
+        super().stop()
 
 
-class LogProgress:
-    """A plain line every ``FEATDUMP_LOG_SECONDS`` (default 30) when stderr is not a terminal (Slurm
+def _duration(seconds: float) -> str:
+    s = int(round(seconds))
+    if s >= 3600:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
+
+
+class LogProgress(Counter):
+    """A plain line every ``seconds`` (``FEATDUMP_LOG_SECONDS``) when stderr is not a terminal (Slurm
     and PBS logs): images done/total, img/s, MB/s, ETA. Nothing before the first interval, so short
     runs stay silent; a last line at the end once any was printed."""
 
-    def __init__(self, seconds: float, bytes_per_image: int = 0, write: Any = None) -> None:
-        import threading
-
+    def __init__(self, seconds: float, bytes_per_image: int = 0, write: Callable[[str], Any] | None = None) -> None:
         self.seconds = seconds
-        self.bytes_per_image = bytes_per_image
+        self.bytes_per_image = bytes_per_image  # feature bytes (uncompressed); 0 leaves MB/s out
         self.write = write or (lambda line: print(line, file=sys.stderr, flush=True))
-        self.total = self.done = self.started_at = 0
-        self.t0 = 0.0
         self.printed = 0
         self._stop = threading.Event()
-        self._thread: Any = None
+        self._thread: threading.Thread | None = None
 
-    def ready(self, backbone: Any, out_path: str, placement: Any, dtype: str = "float32", pool: str = "none") -> None:
+    def ready(self, backbone: Any, dtype: str, pool: str) -> None:
         self.bytes_per_image = sum(layer.bytes_per_image(dtype, pool) for layer in backbone.layers)
 
-    def start(self, total: int, done: int, description: str) -> None:
-        import threading
-        import time
-
-        self.total, self.done, self.started_at, self.t0 = total, done, done, time.perf_counter()
+    def start(self, total: int | None, done: int, description: str) -> None:
+        super().start(total, done, description)
         self._thread = threading.Thread(target=self._loop, name="featdump-log", daemon=True)
         self._thread.start()
 
-    def _line(self) -> None:
-        import time
+    def line(self, seconds: float) -> str:
+        """``"featdump: 1200/50000 images (2.4%), 85.3 img/s, 392.1 MB/s, ETA 9m32s"`` after ``seconds``."""
+        rate, left = self.rate(seconds), max(0, self.total - self.done)
+        share = f" ({100.0 * self.done / self.total:.1f}%)" if self.total else ""  # a stream's length: unknown
+        parts = [f"featdump: {self.done}/{self.total or '?'} images{share}", f"{rate:.1f} img/s"]
+        if self.bytes_per_image:
+            parts.append(f"{rate * self.bytes_per_image / 1e6:.1f} MB/s")
+        if self.total:
+            parts.append(f"ETA {_duration(left / rate)}" if rate > 0 else ("done" if not left else "ETA -"))
+        return ", ".join(parts)
 
-        from featdump.run.logline import progress_line
-
-        self.write(progress_line(self.done, self.total, self.started_at, time.perf_counter() - self.t0, self.bytes_per_image))
+    def _print(self) -> None:
+        self.write(self.line(self.elapsed()))
         self.printed += 1
 
     def _loop(self) -> None:
         while not self._stop.wait(self.seconds):
-            self._line()
-
-    def advance(self, images: int) -> None:
-        self.done += images
+            self._print()
 
     def stop(self) -> None:
         if self._thread is not None:
@@ -112,15 +114,14 @@ class LogProgress:
             self._thread.join()
             self._thread = None
             if self.printed:
-                self._line()
+                self._print()
+        super().stop()
 
 
 def progress_for(quiet: bool) -> Any:
     """A bar on a terminal, plain lines in a log file, nothing with --quiet."""
-    if quiet:
-        return RichProgress(enabled=False)
-    if sys.stderr.isatty():
-        return RichProgress(enabled=True)
+    if quiet or sys.stderr.isatty():
+        return RichProgress(enabled=not quiet)
     from featdump.environment import LOG_SECONDS
 
     return LogProgress(LOG_SECONDS.value())
