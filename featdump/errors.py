@@ -41,7 +41,7 @@ RESUME_AFTER_SPACE = "rerun the same command with --resume (everything committed
 
 
 def out_of_space(path: object, then: str = RESUME_AFTER_SPACE) -> FeatdumpError:
-    """The one wording of "the disk is full" (the README quotes it); ``then``: what to do after
+    """The one wording of "the disk is full" (docs/safety.md quotes it); ``then``: what to do after
     freeing space (extract: resume; merge, export: run it again)."""
     return FeatdumpError(f"out of disk space writing {path}; free some space, then {then}")
 

@@ -201,7 +201,7 @@ class ExtractConfig:
     )
     space_check: bool = opt(
         "Refuse to start when the output's file system lacks room for the uncompressed rows still to "
-        "write (compressed: at the codec's expected ratio, see README).",
+        "write (compressed: at the codec's expected ratio, see docs/trust.md).",
         default=True,
         flags=("--space-check/--no-space-check",),
     )

@@ -41,7 +41,7 @@ def feature_files(tmp_path_factory: pytest.TempPathFactory, photos: Path) -> dic
         f.attrs["complete"] = False
         f.attrs["num_images"] = 5
     shutil.copy(root / "f.h5", root / "ids.h5")
-    with h5py.File(root / "ids.h5", "r+") as f:  # /ids as SPEC's "Inputs at scale" lays it out (tar/table sources)
+    with h5py.File(root / "ids.h5", "r+") as f:  # /ids as docs/file-format.md lays it out (tar/table sources)
         f.create_dataset("ids", data=[f"key-{i:03d}" for i in range(8)], dtype=h5py.string_dtype())
     _extract("vit_tiny_patch16_224", str(photos), "--img-size", "32", "--layers", "blocks.1", "-o", str(root / "v.h5"))
     _MADE.update(

@@ -60,8 +60,8 @@ def test_values_and_bounds(name: str, text: str, value: object) -> None:
         assert setting.value({name: text}) == value
 
 
-def test_the_readme_lists_the_table() -> None:
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    section = readme.split("### Environment settings\n", 1)[1].split("\n#", 1)[0]
+def test_the_docs_list_the_table() -> None:
+    page = (ROOT / "docs" / "options.md").read_text(encoding="utf-8")
+    section = page.split("## Environment settings\n", 1)[1].split("\n#", 1)[0]
     listed = [line for line in section.splitlines() if line.startswith("- `")]
     assert listed == [f"- `{s.name}`: {s.help}" for s in ENVIRONMENT]

@@ -54,13 +54,13 @@ def test_linear_probe_features_beat_pixels(lite0_weights: Path, tmp_path: Path, 
 
 
 @pytest.mark.slow
-def test_readme_torch_snippet_prints_what_the_readme_says(photos: Path, tmp_path: Path) -> None:
+def test_torch_snippet_prints_what_the_docs_say(photos: Path, tmp_path: Path) -> None:
     import re
     import subprocess
 
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    start = readme.index("## Using the features")
-    code, shown = re.compile(r"```(?:python)?\n(.*?)```", re.S).findall(readme, start)[:2]
+    page = (ROOT / "docs" / "reading.md").read_text(encoding="utf-8")
+    start = page.index("## A PyTorch dataset")
+    code, shown = re.compile(r"```(?:python)?\n(.*?)```", re.S).findall(page, start)[:2]
     out = tmp_path / "out" / "demo.h5"
     out.parent.mkdir()
     featdump.extract(

@@ -1,5 +1,5 @@
 """``featdump export``: read back by the real readers (embedding-reader, faiss, safetensors), the
-layout of SPEC "Reading features", parts, ids, partial and merged files, and the refusals."""
+layout of docs/reading.md, parts, ids, partial and merged files, and the refusals."""
 
 from __future__ import annotations
 

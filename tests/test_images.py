@@ -183,7 +183,7 @@ def test_list_file_relative_to_its_folder_and_stored_as_written(tmp_path):
     listing = tmp_path / "list.txt"
     listing.write_text("# comment\nimgs/b.png\n\nimgs/a.png\n")
     refs = discover([str(listing)])
-    assert [r.path for r in refs] == ["imgs/b.png", "imgs/a.png"]  # the list's own order (SPEC, Inputs)
+    assert [r.path for r in refs] == ["imgs/b.png", "imgs/a.png"]  # the list's own order (docs/inputs.md)
     assert Path(refs[1].source) == tmp_path / "imgs" / "a.png"
 
 

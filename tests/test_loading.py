@@ -147,7 +147,7 @@ def test_extract_leaves_pillow_limit_alone(cli, random_checkpoint, tmp_path: Pat
         "extract", "resnet18", str(PHOTOS), "-o", str(tmp_path / "o.h5"), "--checkpoint",
         str(random_checkpoint("resnet18")), "--img-size", "64", "--max-image-pixels", "5000", "--quiet",
     )  # fmt: skip
-    # every photo is over the limit: the file is written, but a run that read nothing exits 1 (SPEC, Exit status)
+    # every photo is over the limit: the file is written, but a run that read nothing exits 1 (docs/safety.md)
     assert result.exit_code == 1 and "no image could be read" in result.output, result.output
     assert before == Image.MAX_IMAGE_PIXELS
 

@@ -1,4 +1,4 @@
-"""Remote INPUTs through fsspec (SPEC, "Inputs at scale", Remote), against real servers on
+"""Remote INPUTs through fsspec (docs/inputs.md, remote storage), against real servers on
 127.0.0.1 started here and stopped by PID (tests/servers.py): an HTTP server with range requests,
 and moto's S3 server through the real s3fs client. The same shards, tables and folders read
 remotely give the numbers of the local run; a missing remote shard or a missing protocol package

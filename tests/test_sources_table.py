@@ -1,4 +1,4 @@
-"""Tables as INPUTs (SPEC, "Inputs at scale"): Parquet of image bytes (Hugging Face struct and plain
+"""Tables as INPUTs (docs/inputs.md): Parquet of image bytes (Hugging Face struct and plain
 binary), CSV/TSV/JSONL of paths, id columns, column defaults and errors, sharding by rows, resume."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""WebDataset tar shards as INPUTs (SPEC, "Inputs at scale"): grouping as webdataset reads it, brace
+"""WebDataset tar shards as INPUTs (docs/inputs.md): grouping as webdataset reads it, brace
 patterns, equal numbers to the unpacked folder, damaged shards, missing shards, families, sharding
 by tar files + merge, ids, resume inside a shard (a real SIGKILL)."""
 
@@ -268,7 +268,7 @@ def test_missing_shard_is_a_usage_error_before_the_model_loads(cli, data: dict, 
 def test_a_shard_named_twice_is_a_usage_error_naming_the_inputs(
     cli, data: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, given: list[str], message: str
 ) -> None:
-    """SPEC "Inputs": the same stored path twice is a usage error naming both sources; a shard named
+    """docs/inputs.md: the same stored path twice is a usage error naming both sources; a shard named
     twice would store every sample twice."""
     import featdump.data.sources as sources
     import featdump.run.job as job

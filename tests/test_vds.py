@@ -12,7 +12,7 @@ from featdump.store.vds import check_sources, missing_sources, source_path
 
 
 def _source(path: Path, rows: int, value: float) -> None:
-    """A minimal featdump shard: virtual sources must be featdump files (SPEC "Safety")."""
+    """A minimal featdump shard: virtual sources must be featdump files (docs/safety.md)."""
     text = h5py.string_dtype()
     with h5py.File(path, "w") as h5:
         h5.attrs["format"] = "featdump"

@@ -192,7 +192,7 @@ def verify(
     """Re-extract random stored rows with the settings recorded in the file and compare.
 
     Prints per layer the largest absolute difference and the smallest cosine similarity. Exit 0
-    within the tolerance of the file's precision and dtype (README, "Verify"), 1 outside it (rows
+    within the tolerance of the file's precision and dtype (docs/trust.md), 1 outside it (rows
     named), 2 when it cannot check (weights, checkpoint sha256, inputs, processor or timm version).
 
     Example: featdump verify feats.h5 -n 16 --seed 1

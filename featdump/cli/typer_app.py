@@ -73,7 +73,7 @@ _PASS_THROUGH = click_exceptions()
 
 
 def handle_errors(func: F) -> F:
-    """Core exceptions -> one line on stderr and the SPEC's exit code (tracebacks with --debug)."""
+    """Core exceptions -> one line on stderr and its exit code (docs/safety.md) (tracebacks with --debug)."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:

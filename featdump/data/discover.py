@@ -1,6 +1,6 @@
 """Finding images: folders walked recursively, list files, image files; their order and digest.
 
-The order is the row order of the output (SPEC, Inputs): a folder's images sorted by stored path,
+The order is the row order of the output (docs/inputs.md): a folder's images sorted by stored path,
 a list in its own order, INPUTs in the order given. With several INPUTs a folder's stored paths
 start with the folder as written (``split/train/cat/1.jpg``), so equal layouts stay apart. Any
 INPUT may be a URL (featdump/data/remote.py): a folder where the store can list, a list, an image.
@@ -150,7 +150,7 @@ def _hidden(rel: str) -> bool:
 
 def discover(inputs: Sequence[str]) -> list[ImageRef]:
     """All images named by ``inputs`` (folders, list files, image files; local or URLs), in row
-    order (SPEC, Inputs): INPUTs in the order given, a folder's images sorted by stored path, a
+    order (docs/inputs.md): INPUTs in the order given, a folder's images sorted by stored path, a
     list in its own order."""
     from featdump.data.remote import is_remote_dir, is_url, stat_input
 

@@ -1,6 +1,6 @@
 """Where each model-input pixel came from: the affine map of timm's eval transform, per image.
 
-``/geometry`` (SPEC, "Dense features") holds, per stored row, ``orig_h, orig_w, scale_y, scale_x,
+``/geometry`` (docs/file-format.md) holds, per stored row, ``orig_h, orig_w, scale_y, scale_x,
 offset_y, offset_x`` such that, in continuous pixel coordinates,
 
     original = model_input * scale + offset        (separately for y and x)

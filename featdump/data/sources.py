@@ -2,7 +2,7 @@
 
 A source knows its family's order and how a family splits among shards; the job only asks for
 :meth:`Source.select` and then streams the :class:`Selection` from the position ``--resume``
-continues at. Three families (SPEC, "Inputs at scale"), never mixed in one run:
+continues at. Three families (docs/inputs.md), never mixed in one run:
 
 - files (folders, text lists, image files): one materialised list in row order, split into blocks of images;
 - WebDataset tar shards (``.tar``, ``.tar.gz``, ``.tgz``, brace patterns): the ordered list of tar
@@ -75,7 +75,7 @@ class Selection:
 
 
 class ListSelection(Selection):
-    """Files: a materialised list (in row order, SPEC "Inputs")."""
+    """Files: a materialised list (in row order, docs/inputs.md)."""
 
     def __init__(self, refs: Sequence[ImageRef], total_refs: Sequence[ImageRef]) -> None:
         super().__init__(list_digest(refs), len(total_refs), list_digest(total_refs), len(refs), len(refs))

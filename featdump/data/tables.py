@@ -1,4 +1,4 @@
-"""Tables (SPEC, "Inputs at scale"): ``.csv``, ``.tsv``, ``.parquet``, ``.jsonl``, one row per image.
+"""Tables (docs/inputs.md): ``.csv``, ``.tsv``, ``.parquet``, ``.jsonl``, one row per image.
 
 Read with pyarrow in record batches, never whole: Parquet by row
 groups (whole groups are skipped by their footer counts on ``--resume`` and for ``--shard``), the

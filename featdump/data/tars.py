@@ -1,4 +1,4 @@
-"""WebDataset tar shards (SPEC, "Inputs at scale"): brace patterns, and samples streamed from a tar.
+"""WebDataset tar shards (docs/inputs.md): brace patterns, and samples streamed from a tar.
 
 A shard is read once, front to back, with :mod:`tarfile` in stream mode (``r|*``: plain or
 gzip-compressed), through :func:`featdump.data.remote.open_input`; nothing is unpacked to disk and

@@ -55,7 +55,7 @@ class Summary:
 
 
 def nothing_read(summary: Summary) -> str | None:
-    """The one-line error of a run in which every input failed (SPEC, Exit status), else None."""
+    """The one-line error of a run in which every input failed (docs/safety.md), else None."""
     if summary.num_images or not summary.num_failed:
         return None
     first = f"; first: {summary.failures[0][0]}: {summary.failures[0][1]}" if summary.failures else ""

@@ -1,7 +1,7 @@
 """Disk planning: bytes per image from the layer shapes (meta device, no weights), and the check
 ``extract`` makes before loading the model.
 
-The rule (README, "Disk planning"): the rows still to write need ``remaining images × bytes per
+The rule (docs/trust.md): the rows still to write need ``remaining images × bytes per
 image`` uncompressed (at ``--dtype``/``--pool``, after ``--process``), plus a margin of 2% and
 1 MiB (HDF5 metadata, the redo journal, /paths). With ``--compression`` the need is scaled by the
 best ratio measured for the codec (:data:`BEST_RATIO`, docs/performance.md's Codecs table): the run

@@ -6,7 +6,7 @@ The settings come from the file's attributes (featdump/store/like.py: the same m
 same Loader (timm's eval transform, the recorded decoding) and the arrays from the same Forward stage
 (pooling, processors, storage dtype). Nothing here prints.
 
-Tolerance (README, "Verify"): a row passes when, in every layer, the largest absolute difference is
+Tolerance (docs/trust.md): a row passes when, in every layer, the largest absolute difference is
 at most ``rtol × max |stored value|`` of that row and the cosine similarity is at least ``min_cos``:
 
 =========================  =======  ========

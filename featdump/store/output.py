@@ -33,7 +33,7 @@ from featdump.text import to_str
 
 
 def file_attrs(cfg: ExtractConfig, backbone: Backbone, shard: tuple[int, int], selection: Selection) -> dict[str, Any]:
-    """The root attributes of an output file (SPEC, "The output file"); resume and merge compare them."""
+    """The root attributes of an output file (docs/file-format.md); resume and merge compare them."""
     import timm
     import torch
 
@@ -92,7 +92,7 @@ def preflight(path: Path, cfg: ExtractConfig) -> None:
     if st is not None and cfg.resume and new_st is None and not _is_featdump(path):
         raise UsageError(f"--resume: {path} is not a featdump file; use --overwrite to replace it")
     parent = target.parent if str(target.parent) else Path(".")  # where the file is written
-    if not parent.is_dir():  # SPEC "Dense features": -o DIR/OUT.h5 creates missing folders, like mkdir -p
+    if not parent.is_dir():  # docs/options.md: -o DIR/OUT.h5 creates missing folders, like mkdir -p
         try:
             parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:

@@ -75,7 +75,7 @@ class FeatureFile:
         (a table may list an image twice) is a ``ValueError`` naming them: choose from :attr:`paths`."""
         return _lookup(self._rows, path, "path", self.path, ".paths")
 
-    def row_of_id(self, id: str) -> int:  # noqa: A002 - the SPEC's name
+    def row_of_id(self, id: str) -> int:  # noqa: A002 - the documented name (docs/reading.md)
         """The row of a stored id (as in :attr:`ids`); an id in several rows is a ``ValueError``, as for :meth:`row`."""
         if self.ids is None:
             raise KeyError(f"{self.path} holds no ids (its inputs had none: tar shards or a table's --id-column give them)")
@@ -162,7 +162,7 @@ class FeatureFile:
 
         return FeatureDataset(self, layers, rows, dtype=dtype, resize=resize, pool=pool, transform=transform)
 
-    # ------------------------------------------------------------------ geometry (SPEC, "Dense features")
+    # ------------------------------------------------------------------ geometry (docs/dense.md)
 
     def geometry(self, rows: int | slice | Sequence[int] | None = None) -> np.ndarray:
         """``/geometry`` rows: ``orig_h, orig_w, scale_y, scale_x, offset_y, offset_x`` (float64),

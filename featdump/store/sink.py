@@ -1,4 +1,4 @@
-"""The HDF5 layout of SPEC.md (format_version 1): create, append, commit, resume, finish.
+"""The HDF5 layout of docs/file-format.md (format_version 1): create, append, commit, resume, finish.
 
 Crash consistency (see featdump/store/journal-design.md): HDF5 writes through a redo journal
 (:mod:`featdump.store.journal`), so rows and the counters ``num_images`` / ``num_failed`` /
@@ -348,7 +348,7 @@ class Store:
         self.jf.close()
 
 
-GEOMETRY = "geometry"  # /geometry (N, 6) float64: featdump/data/geometry.py (SPEC, "Dense features")
+GEOMETRY = "geometry"  # /geometry (N, 6) float64: featdump/data/geometry.py (docs/file-format.md)
 
 
 def create_geometry(h5: Any) -> None:

@@ -94,7 +94,7 @@ def test_every_bad_kind_is_recorded_and_nothing_hangs(tmp_path: Path, zoo, rando
     assert rows["complete"]
     assert len(rows["failed"]) == len(rows["errors"])
     failed = dict(zip(rows["failed"], rows["errors"], strict=True))
-    # two INPUTs: the folder's stored paths start with the folder as written (SPEC, Inputs)
+    # two INPUTs: the folder's stored paths start with the folder as written (docs/inputs.md)
     expect = {(k if os.path.isabs(k) else f"{folder}/{k}"): v for k, v in expect.items()}
     assert f"(tried {folder.parent / 'vanished.png'})" in failed[str(folder.parent / "vanished.png")]
     for path, reason in expect.items():
@@ -183,7 +183,7 @@ def test_max_image_pixels(tmp_path: Path, random_checkpoint, cli) -> None:
 
 @pytest.mark.slow
 def test_a_run_in_which_every_input_failed_exits_1_naming_the_path_tried(tmp_path: Path, random_checkpoint, cli) -> None:
-    """SPEC, Exit status: the file is written (every failure recorded), but nothing was read, so
+    """docs/safety.md, exit status: the file is written (every failure recorded), but nothing was read, so
     the run is not a success: exit 1 with the first error and the path featdump tried."""
     (tmp_path / "lists").mkdir()
     listing = tmp_path / "lists" / "images.txt"  # entries relative to the list's folder, not the cwd

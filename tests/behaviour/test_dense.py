@@ -1,4 +1,4 @@
-"""Dense features (SPEC "Dense features"): crop modes through timm's transform, /geometry and
+"""Dense features (docs/dense.md): crop modes through timm's transform, /geometry and
 pixel_boxes, --tokens both, the ViT tiling error, and -o into folders. Through the real command."""
 
 from __future__ import annotations
@@ -281,8 +281,8 @@ def test_viz_overlay_paints_cells_into_their_boxes(cli, shapes, tmp_path):
 
 
 @pytest.mark.slow
-def test_readme_dense_prediction_example(photos, tmp_path):
-    """The README's FPN example, run as written (random weights, two of the photos)."""
+def test_docs_dense_prediction_example(photos, tmp_path):
+    """docs/dense.md's FPN example, run as written (random weights, two of the photos)."""
     import re
     import shlex
     import shutil
@@ -291,8 +291,7 @@ def test_readme_dense_prediction_example(photos, tmp_path):
 
     from conftest import ROOT
 
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    section = readme[readme.index("## Dense prediction") :]
+    section = (ROOT / "docs" / "dense.md").read_text(encoding="utf-8")
     command, code = re.compile(r"^```\w*\n(.*?)^```", re.S | re.M).findall(section)[:2]
     args = shlex.split(command.strip())
     assert args[:2] == ["featdump", "extract"]

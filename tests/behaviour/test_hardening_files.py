@@ -397,7 +397,7 @@ def test_broken_layout_is_one_line(cli, base: dict[str, Any], tmp_path: Path, ca
 
 
 def test_non_utf8_names_read_as_backslash_escapes(cli, base: dict[str, Any], tmp_path: Path) -> None:
-    """SPEC: undecodable bytes are stored as \\xHH; a file holding raw bytes reads the same way."""
+    """docs/safety.md: undecodable bytes are stored as \\xHH; a file holding raw bytes reads the same way."""
     import featdump
 
     def edit(h5: h5py.File) -> None:

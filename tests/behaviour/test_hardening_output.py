@@ -237,8 +237,8 @@ def test_without_locks_the_docs_and_message_say_silent_corruption(tmp_path: Path
     with pytest.raises(FeatdumpError) as info:
         OutputLock(tmp_path / "feats.h5")
     assert "HDF5_USE_FILE_LOCKING=FALSE" in str(info.value) and "corrupt it silently" in str(info.value)
-    readme = " ".join((ROOT / "README.md").read_text().split())
-    assert "HDF5_USE_FILE_LOCKING=FALSE" in readme and "silently corrupt" in readme
+    docs = " ".join((ROOT / "docs" / "safety.md").read_text().split())
+    assert "HDF5_USE_FILE_LOCKING=FALSE" in docs and "silently corrupt" in docs
 
 
 # --------------------------------------------------------------------------- 9. merge's temp files

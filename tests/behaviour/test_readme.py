@@ -1,4 +1,5 @@
-"""The README's examples are run here, so they cannot drift from what featdump does."""
+"""The examples of README.md and docs/*.md are run here, and every featdump command line they show
+is checked against the command's real options, so they cannot drift from what featdump does."""
 
 from __future__ import annotations
 
@@ -15,11 +16,12 @@ from featdump.cli.commands import app
 from conftest import ROOT
 
 README = (ROOT / "README.md").read_text(encoding="utf-8")
+PAGES = {p.name: p.read_text(encoding="utf-8") for p in sorted((ROOT / "docs").glob("*.md"))}
 
 
-def _block_after(marker: str, lang: str = "") -> str:
-    start = README.index(marker)
-    m = re.compile(r"```" + lang + r"\n(.*?)```", re.S).search(README, start)
+def _block_after(marker: str, lang: str = "", text: str = README) -> str:
+    start = text.index(marker)
+    m = re.compile(r"```" + lang + r"\n(.*?)```", re.S).search(text, start)
     assert m, marker
     return m.group(1)
 
@@ -43,23 +45,20 @@ def test_h5py_snippet_runs_on_a_real_output(cli, lite0_weights, photos, tmp_path
         "--out-indices", "1,2,3,4", "--dtype", "float16", "--quiet",
     )  # fmt: skip
     assert r.exit_code == 0, r.output
-    code = _block_after("Reading it needs nothing but h5py", "python")
+    code = _block_after("Reading it needs nothing but h5py", "python", PAGES["reading.md"])
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split()[:2] == ["astronaut.jpg", "(320,"]
     assert proc.stdout.strip().endswith("tf_efficientnet_lite0 True")
 
 
-# --------------------------------------------------------------------------- the README's examples, run
-
-README = (ROOT / "README.md").read_text(encoding="utf-8")
-SECTION = README[README.index("<!-- section:issue6 -->") : README.index("<!-- /section:issue6 -->")]
+# --------------------------------------------------------------------------- the docs' examples, run
 
 
-def _block(after: str, nth: int = 0) -> str:
-    """The nth fenced block after a heading of the issue-6 README section."""
-    start = SECTION.index(after)
-    return re.compile(r"^```\w*\n(.*?)^```", re.S | re.M).findall(SECTION, start)[nth]
+def _block(page: str, after: str, nth: int = 0) -> str:
+    """The nth fenced block after a heading of docs/PAGE."""
+    text = PAGES[page]
+    return re.compile(r"^```\w*\n(.*?)^```", re.S | re.M).findall(text, text.index(after))[nth]
 
 
 def _lines(text: str) -> list[str]:
@@ -84,7 +83,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory, photos: Path, lite0_weights: 
 @pytest.mark.slow
 def test_readme_show(cli, demo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(demo)
-    shown = _block("### `featdump show`")
+    shown = _block("commands.md", "## `featdump show`")
     res = cli("show", "out/demo.h5")
     assert res.exit_code == 0, res.output
     want = _lines(shown.split("provenance")[0])[1:]  # without the "$ featdump show" line
@@ -95,7 +94,7 @@ def test_readme_viz(cli, demo: Path, photos: Path, monkeypatch: pytest.MonkeyPat
     from PIL import Image
 
     monkeypatch.chdir(demo)
-    shown = _block("### `featdump viz`")
+    shown = _block("commands.md", "## `featdump viz`")
     command, output = _lines(shown)
     args = command.split()[2:]  # after "$ featdump"
     res = cli(*args, "--root", str(photos))
@@ -108,7 +107,7 @@ def test_readme_viz(cli, demo: Path, photos: Path, monkeypatch: pytest.MonkeyPat
 
 
 def test_readme_inspect_layers(cli) -> None:
-    shown = _block("### `--layers`")
+    shown = _block("options.md", "## `--layers`")
     command = _lines(shown)[0]
     res = cli(*command.split()[2:])
     assert res.exit_code == 0, res.output
@@ -116,7 +115,7 @@ def test_readme_inspect_layers(cli) -> None:
 
 
 def test_readme_models(cli) -> None:
-    shown = _block("### `featdump models`")
+    shown = _block("commands.md", "## `featdump models`")
     res = cli("models", "convnext_at*")
     assert _lines(res.stdout) == _lines(shown)[1:]
 
@@ -125,7 +124,41 @@ def test_readme_python(demo: Path) -> None:
     import subprocess
     import sys
 
-    code = _block("### From Python")
+    code = _block("reading.md", "## `featdump.open`")
     proc = subprocess.run([sys.executable, "-c", code], cwd=demo, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    assert _lines(proc.stdout) == _lines(_block("### From Python", 1))
+    assert _lines(proc.stdout) == _lines(_block("reading.md", "## `featdump.open`", 1))
+
+
+# --------------------------------------------------------------------------- every command line shown, parsed
+
+
+def _shown_commands() -> list[tuple[str, list[str]]]:
+    """(page, argv after "featdump") for every featdump command line in a fenced block of the docs."""
+    import shlex
+
+    found = []
+    for page, text in {"README.md": README, **PAGES}.items():
+        for block in re.findall(r"^```\w*\n(.*?)^```", text, re.S | re.M):
+            for line in block.replace("\\\n", " ").splitlines():
+                line = re.sub(r"^(\$ )?(\w+=\S* )*", "", line.strip())  # a prompt, VAR=value
+                words = shlex.split(line, comments=True) if line.startswith("featdump ") else []
+                if len(words) > 1 and not words[1].startswith("-"):
+                    found.append((page, words[1:]))
+    return found
+
+
+def test_every_command_line_in_the_docs_names_real_options() -> None:
+    """A renamed or removed command or option fails here, naming the page that still shows it."""
+    import typer.main
+
+    commands = typer.main.get_command(app).commands  # type: ignore[attr-defined]
+    shown = _shown_commands()
+    assert len(shown) > 20, shown  # the pages do hold examples
+    for page, (name, *args) in shown:
+        assert name in commands, f"{page}: featdump {name} is not a command"
+        known = {o for p in commands[name].params for o in (*p.opts, *p.secondary_opts)}
+        for arg in args:
+            flag = arg.split("=")[0]
+            if flag.startswith("-") and flag != "-":
+                assert flag in known, f"{page}: featdump {name} has no option {flag}"

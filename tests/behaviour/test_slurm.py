@@ -281,9 +281,8 @@ def test_stepped_array_is_refused_by_every_task(jobs: dict[str, Any]) -> None:
     assert not list(jobs["cases"]["stepped"].glob("*.h5"))
 
 
-def test_job_scripts_parse_and_are_the_ones_the_readme_shows() -> None:
-    readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("<!-- section:issue5 -->") : readme.index("<!-- /section:issue5 -->")]
+def test_job_scripts_parse_and_are_the_ones_the_docs_show() -> None:
+    section = (ROOT / "docs" / "cluster.md").read_text()
     torchrun = ROOT / "configs" / "torchrun" / "extract-node.sh"
     for script in (EXTRACT, MERGE, torchrun, SLURM_UP):
         assert subprocess.run(["bash", "-n", str(script)]).returncode == 0, script
