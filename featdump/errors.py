@@ -40,10 +40,14 @@ def is_out_of_space(exc: BaseException) -> bool:
 RESUME_AFTER_SPACE = "rerun the same command with --resume (everything committed so far is kept)"
 
 
+class OutOfSpace(FeatdumpError):
+    """The disk is full (what to do next depends on the command: bench has no --resume)."""
+
+
 def out_of_space(path: object, then: str = RESUME_AFTER_SPACE) -> FeatdumpError:
     """The one wording of "the disk is full" (docs/safety.md quotes it); ``then``: what to do after
     freeing space (extract: resume; merge, export: run it again)."""
-    return FeatdumpError(f"out of disk space writing {path}; free some space, then {then}")
+    return OutOfSpace(f"out of disk space writing {path}; free some space, then {then}")
 
 
 def os_error(

@@ -6,6 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from featdump.options import resolve
+from featdump.run.benchmark import BenchResult, Stage, advise
+
 
 @pytest.mark.slow
 def test_bench_names_the_limit(cli, photos: Path, tmp_path: Path) -> None:
@@ -18,6 +21,7 @@ def test_bench_names_the_limit(cli, photos: Path, tmp_path: Path) -> None:
         assert stage in res.stdout
     assert "limit: " in res.stdout and "Try:" in res.stdout
     assert list(out.parent.iterdir()) == []  # nothing left behind
+    assert "(batch 8," in res.stdout and "batch 8 " in res.stdout  # the header's batch size is the rows'
 
 
 @pytest.mark.slow
@@ -47,3 +51,65 @@ def test_bench_refuses_unbounded_timings(cli, photos: Path, tmp_path: Path, flag
     res = cli("bench", "resnet18", str(photos), "-o", str(tmp_path / "x.h5"), "--no-pretrained", flag, value)
     assert res.exit_code == 2
     assert res.stderr.strip().splitlines() == [f"featdump: error: {message}"]
+
+
+def _result(limit: str, megapixels: float = 0.3, jpeg: bool = True) -> BenchResult:
+    rates = {"decode": 50.0, "forward": 50.0, "write": 50.0}
+    rates[limit] = 10.0
+    r = BenchResult("resnet50", "cpu", 8, 2, 1, 1 << 20, megapixels=megapixels, jpeg=jpeg,
+                    forward_rates={8: rates["forward"], 4: rates["forward"] * 0.8, 16: rates["forward"] * 1.3})  # fmt: skip
+    r.stages = [Stage(name, int(rate * 10), 10.0) for name, rate in rates.items()] + [Stage("pipeline", 90, 10.0)]
+    return r
+
+
+CFG = resolve({"model": "resnet50", "inputs": ("x",), "output": "x.h5"})
+
+
+def test_cpu_forward_advice_fits_a_cpu() -> None:
+    r = _result("forward")
+    advise(r, CFG, "cpu")
+    text = "\n".join(r.advice)
+    assert r.limit == "forward"
+    for wanted in ("--batch-size 16 (1.30x", "--img-size", "--compile", "a smaller model"):
+        assert wanted in text, wanted
+    assert "--precision" not in text and "GPU" not in text
+    advise(r, CFG, "cuda")
+    assert "--precision bf16" in "\n".join(r.advice) and "--img-size" not in "\n".join(r.advice)
+
+
+@pytest.mark.parametrize(("device", "jpeg", "megapixels"), [("cpu", False, 3.0), ("cpu", True, 3.0), ("cuda", False, 0.5), ("cuda", True, 0.5)])
+def test_decode_advice_fits_the_inputs(device: str, jpeg: bool, megapixels: float) -> None:
+    r = _result("decode", megapixels, jpeg)
+    advise(r, CFG, device)
+    text = "\n".join(r.advice)
+    assert r.limit == "decode"
+    assert ("resize the images first: they average 3.0 MP" in text) == (megapixels > 2)
+    assert ("--fast-decode" in text) == jpeg  # JPEG DCT scaling: nothing to do for PNGs
+    assert ("--decode gpu" in text) == (jpeg and device == "cuda")
+    assert ("--workers" in text) == (device == "cuda")  # on a CPU the decoders already share every core
+
+
+def test_pipeline_faster_than_its_limit_is_said_to_be_noise() -> None:
+    r = _result("write")
+    r.stages[-1] = Stage("pipeline", 150, 10.0)  # 15 img/s against the writer's 10 alone
+    advise(r, CFG, "cpu")
+    assert r.limit == "write" and "cannot do for long" in r.note and "--dtype float16" in r.advice[0]
+
+
+@pytest.mark.slow
+def test_bench_on_large_pngs_says_resize_first(cli, tmp_path: Path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    folder = tmp_path / "pngs"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(2):  # 3 MP of noise: PNG decoding costs far more than resnet18's forward at 64 px
+        Image.fromarray(rng.integers(0, 255, (1500, 2000, 3), dtype=np.uint8)).save(folder / f"big{i}.png")
+    res = cli("bench", "resnet18", str(folder), "-o", str(tmp_path / "x.h5"), "--no-pretrained", "--img-size", "64",
+              "--pool", "avg", "--seconds", "3", "--images", "12", "--device", "cpu")  # fmt: skip
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.stdout.split())
+    assert "0.0039 MiB/image as stored" in text  # resnet18's five pooled levels: 1024 float32 values
+    assert "limit: decode" in text and "resize the images first: they average 3.0 MP" in text
+    assert "--fast-decode" not in text and "--decode gpu" not in text and "--precision" not in text

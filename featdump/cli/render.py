@@ -251,13 +251,16 @@ def bench_table(result: Any) -> None:
     out = console()
     table = Table(title=f"featdump bench: {result.model} on {result.device} "
                         f"(batch {result.batch_size}, {result.workers} decoding worker(s), "
-                        f"{result.write_threads} writer thread(s), {result.mb_per_image:.2f} MB/image)")
+                        f"{result.write_threads} writer thread(s), {fmt_mb(result.bytes_per_image)} MiB/image as stored)")
     for col in ("stage", "images", "seconds", "img/s", "detail"):
         table.add_column(col, justify="right" if col in ("images", "seconds", "img/s") else "left")
     for s in result.stages:
         mark = " <- limit" if s.name == result.limit else ""
         table.add_row(s.name + mark, str(s.images), f"{s.seconds:.1f}", f"{s.rate:.1f}", cell_text(s.detail))
+    table.caption = "timed from each stage's first batch on (start-up left out)"
     out.print(table)
+    if result.note:
+        out.print(f"note: {result.note}")
     out.print(f"limit: {result.limit}. Try:")
     for line in result.advice:
         out.print(f"  - {line}")

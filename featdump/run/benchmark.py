@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from featdump.errors import UsageError
+from featdump.errors import OutOfSpace, UsageError
 from featdump.options import ExtractConfig
 
 
@@ -46,44 +46,25 @@ class Stage:
 class BenchResult:
     model: str
     device: str
-    batch_size: int
+    batch_size: int  # the run's, used by every row (other sizes: forward_rates)
     workers: int
     write_threads: int
-    mb_per_image: float
+    bytes_per_image: int  # as stored: --dtype, --pool and --process applied
     stages: list[Stage] = field(default_factory=list)
+    forward_rates: dict[int, float] = field(default_factory=dict)  # batch size -> img/s of the bare forward pass
+    megapixels: float = 0.0  # the decoded images' mean size
+    jpeg: bool = True  # any JPEG among the inputs (what --fast-decode and --decode gpu work on)
     limit: str = ""
     advice: list[str] = field(default_factory=list)
+    note: str = ""  # what the rows alone would not say
 
     def stage(self, name: str) -> Stage | None:
         return next((s for s in self.stages if s.name == name), None)
 
 
-ADVICE = {
-    "decode": [
-        "more decoding workers: --workers N (up to the free cores)",
-        "--decode gpu (JPEGs decoded on a CUDA GPU with nvjpeg)",
-        "--fast-decode (JPEG DCT scaling before the resize; slightly different pixels)",
-    ],
-    "forward": [
-        "--precision bf16 (or fp16) on a GPU",
-        "a larger --batch-size on a GPU (the best one measured is shown)",
-        "fewer levels (--out-indices): a model cut after its last stored level computes less",
-    ],
-    "write": [
-        "--dtype float16 (half the bytes)",
-        "fewer levels (--out-indices), or --pool avg",
-        "--compression none when the CPU, not the disk, is the limit (zstd when the disk is)",
-        "a faster disk for -o (local SSD or tmpfs, then copy)",
-    ],
-    "pipeline": [
-        "the stages do not overlap: leave cores free for the writer and the decoders (fewer --workers "
-        "or torch threads), and check that the disk is not shared with another heavy job",
-    ],
-}
-
-
 MAX_SECONDS = 3600  # an hour: longer timings say nothing new
 MAX_IMAGES = 100_000  # the images' references are held in memory
+LARGE_MP = 2.0  # mean megapixels from which decoding + resizing dominates on CPUs (bench/cpubatch.py)
 
 
 def run_benchmark(cfg: ExtractConfig, seconds: float = 60.0, images: int = 300) -> BenchResult:
@@ -92,6 +73,7 @@ def run_benchmark(cfg: ExtractConfig, seconds: float = 60.0, images: int = 300) 
     from featdump.data.sources import open_source
     from featdump.environment import check_environment
     from featdump.model.backbone import backbone_for
+    from featdump.run import processors
     from featdump.run.device import check_decode, resolve_device, tune
     from featdump.run.forward import Forward
     from featdump.run.placement import placement_from_env
@@ -102,6 +84,7 @@ def run_benchmark(cfg: ExtractConfig, seconds: float = 60.0, images: int = 300) 
     if not 1 <= images <= MAX_IMAGES:
         raise UsageError(f"--images takes a whole number from 1 to {MAX_IMAGES:,}, not {images}")
     check_environment()
+    procs = processors.load(cfg.process)
     placement = placement_from_env(shard=(0, 1))
     refs = list(itertools.islice(open_source(cfg.inputs, cfg).select(0, 1).stream(), images))
     if not refs:
@@ -115,62 +98,139 @@ def run_benchmark(cfg: ExtractConfig, seconds: float = 60.0, images: int = 300) 
     share = seconds / 4
     with torch_settings(device, tuning.threads):
         backbone = backbone_for(cfg)
+        processors.prepare(procs, backbone.data.input_size)
+        backbone.layers = processors.stored_layers(backbone.layers, cfg.pool, procs)
         per_image = sum(layer.bytes_per_image(cfg.dtype, cfg.pool) for layer in backbone.layers)
-        result = BenchResult(cfg.model, str(device), tuning.batch_size, tuning.workers, tuning.write_threads, per_image / 1e6)
+        result = BenchResult(cfg.model, str(device), tuning.batch_size, tuning.workers, tuning.write_threads, per_image)
+        result.jpeg = any(Path(r.path).suffix.lower() in (".jpg", ".jpeg") for r in refs)
 
-        def loader(batch_size: int) -> Any:
-            return Loader(refs, backbone, cfg, device, batch_size, tuning.workers, tuning.prefetch, tuning.decode_nice)
+        def loader() -> Any:
+            return Loader(refs, backbone, cfg, device, tuning.batch_size, tuning.workers, tuning.prefetch, tuning.decode_nice)
 
-        # 1. decode alone
-        first = None
-        n, t0 = 0, time.perf_counter()
-        for batch in loader(tuning.batch_size):
-            n += len(batch.positions)
-            if first is None and batch.pixels is not None:
-                first = batch.pixels
-            if time.perf_counter() - t0 > share:
-                break
-        result.stages.append(Stage("decode", n, time.perf_counter() - t0, f"{tuning.workers} worker(s)"))
+        # 1. decode alone (timed as the pipeline is: from the first batch on)
+        first, sizes = None, []
+        for batch, _ in _steady(loader(), share):
+            first = batch.pixels if first is None and batch.pixels is not None else first
+            sizes += [h * w for h, w in (s for s in batch.sizes if s)]
+        result.stages.append(_stage("decode", f"{tuning.workers} worker(s)"))
         if first is None:
             raise UsageError("bench: none of the first images could be decoded")
+        result.megapixels = sum(sizes) / 1e6 / max(1, len(sizes))
 
-        # 2. forward alone, bare, best of three batch sizes
-        forward = Forward(backbone, device, cfg.precision, cfg.pool, cfg.dtype, tuning.channels_last, cfg.compile)
-        best: Stage | None = None
+        # 2. forward alone, bare, at the run's batch size (the row) and at half and twice it (the advice)
+        forward = Forward(backbone, device, cfg.precision, cfg.pool, cfg.dtype, tuning.channels_last, cfg.compile, procs)
         outputs: list[Any] = []
-        for bs in sorted({max(1, tuning.batch_size // 2), tuning.batch_size, tuning.batch_size * 2}):
-            reps = -(-bs // len(first))
-            import torch
-
-            pixels = torch.cat([first] * reps)[:bs]
-            out = _resolve(forward(pixels))  # warm-up
-            k, t0 = 0, time.perf_counter()
-            while True:
-                out = _resolve(forward(pixels))
-                k += bs
-                if time.perf_counter() - t0 > share / 3:
-                    break
-            stage = Stage("forward", k, time.perf_counter() - t0, f"batch {bs}")
-            if best is None or stage.rate > best.rate:
-                best, outputs = stage, out
-        assert best is not None
-        result.stages.append(best)
+        for bs in (tuning.batch_size, max(1, tuning.batch_size // 2), tuning.batch_size * 2):
+            stage, out = _time_forward(forward, first, bs, share / 3)
+            result.forward_rates.setdefault(bs, stage.rate)
+            if bs == tuning.batch_size:
+                result.stages.append(stage)
+                outputs = out
 
         # 3. the writer alone, in the output's folder
         folder = Path(cfg.output).resolve().parent if cfg.output else Path.cwd()
-        result.stages.append(_time_writer(folder, backbone.layers, outputs, cfg, tuning.write_threads, share))
+        try:
+            result.stages.append(_time_writer(folder, backbone.layers, outputs, cfg, tuning.write_threads, share))
+            # 4. the pipeline: loader -> forward -> writer, as extract runs it
+            result.stages.append(_time_pipeline(folder, backbone, cfg, forward, loader(), tuning, share))
+        except OutOfSpace:
+            raise OutOfSpace(
+                f"out of disk space in {folder} (bench writes temporary files there and removes them); "
+                "free some space or give -o a folder with room"
+            ) from None
+    advise(result, cfg, device.type)
+    return result
 
-        # 4. the pipeline: loader -> forward -> writer, as extract runs it
-        result.stages.append(_time_pipeline(folder, backbone, cfg, forward, loader(tuning.batch_size), tuning, share))
 
+def advise(result: BenchResult, cfg: ExtractConfig, device: str) -> None:
+    """The limit (the slowest stage, or the pipeline when the stages do not overlap) and what can
+    help with it on this device and these inputs."""
     stages = [s for s in result.stages if s.name != "pipeline"]
     slowest = min(stages, key=lambda s: s.rate)
     pipe = result.stage("pipeline")
     result.limit = slowest.name
     if pipe is not None and pipe.rate < 0.7 * slowest.rate:
         result.limit = "pipeline"
-    result.advice = list(ADVICE[result.limit])
-    return result
+    if pipe is not None and pipe.rate > slowest.rate:
+        result.note = (
+            f"the pipeline ran {pipe.rate / slowest.rate:.2f}x as fast as {slowest.name} alone, which it cannot "
+            "do for long: the timings are noisy (other jobs, or few images); rerun with more --seconds and --images"
+        )
+    gpu = device == "cuda"
+    best = max(result.forward_rates, key=lambda b: result.forward_rates[b])
+    faster = result.forward_rates[best] / result.forward_rates[result.batch_size]
+    tips = {
+        "decode": [
+            f"resize the images first: they average {result.megapixels:.1f} MP, and decoding and resizing them "
+            "costs more than the model's forward pass" if result.megapixels >= LARGE_MP else "",
+            f"more decoding workers: --workers N (up to the free cores; now {result.workers})" if gpu else "",
+            "--fast-decode (JPEG DCT scaling before the resize; slightly different pixels)" if result.jpeg else "",
+            "--decode gpu (JPEGs decoded on the GPU with nvjpeg)" if gpu and result.jpeg else "",
+            "a GPU takes the forward pass off these cores, leaving them to decoding" if not gpu else "",
+        ],
+        "forward": [
+            f"--batch-size {best} ({faster:.2f}x the forward rate of batch {result.batch_size} here)" if faster > 1.05 else "",
+            "--precision bf16 (or fp16)" if gpu else "",
+            "a smaller --img-size: the forward pass costs about in proportion to the pixels" if not gpu else "",
+            "--compile (torch.compile: slower first batches, then often faster)" if not cfg.compile else "",
+            "a smaller model (e.g. resnet18, convnext_atto, tf_efficientnet_lite0)" if not gpu else "",
+            "fewer levels (--out-indices): a model cut after its last stored level computes less",
+        ],
+        "write": [
+            "--dtype float16 (half the bytes)" if cfg.dtype != "float16" else "",
+            "fewer levels (--out-indices)" + (", or --pool avg" if cfg.pool == "none" else ""),
+            "--compression none when the CPU, not the disk, is the limit (zstd when the disk is)",
+            "a faster disk for -o (local SSD or tmpfs, then copy)",
+        ],
+        "pipeline": [
+            "the stages do not overlap: leave cores free for the writer and the decoders (fewer --workers "
+            "or torch threads), and check that the disk is not shared with another heavy job",
+        ],
+    }
+    result.advice = [t for t in tips[result.limit] if t]
+
+
+class _Steady:
+    """Iterate ``loader`` for about ``budget`` seconds, timed from the first batch on (start-up
+    left out); ``count`` and ``seconds``: the images and time after the first batch."""
+
+    count, seconds, t0 = 0, 0.0, 0.0
+
+    def __call__(self, loader: Any, budget: float) -> Iterator[tuple[Any, int]]:
+        self.count, self.seconds = 0, 0.0
+        for i, batch in enumerate(loader):
+            k = len(batch.positions)
+            if i == 0:
+                self.t0 = time.perf_counter()
+            else:
+                self.count += k
+                self.seconds = time.perf_counter() - self.t0
+            yield batch, k
+            if self.count and time.perf_counter() - self.t0 > budget:
+                break
+
+    def finished(self) -> None:
+        """The timed work ends now (the pipeline: once the writer has written every batch)."""
+        self.seconds = time.perf_counter() - self.t0
+
+
+_steady = _Steady()
+
+
+def _stage(name: str, detail: str) -> Stage:
+    return Stage(name, _steady.count, _steady.seconds, detail)
+
+
+def _time_forward(forward: Any, first: Any, bs: int, budget: float) -> tuple[Stage, list[Any]]:
+    import torch
+
+    pixels = torch.cat([first] * -(-bs // len(first)))[:bs]
+    out = _resolve(forward(pixels))  # warm-up
+    k, t0 = 0, time.perf_counter()
+    while k == 0 or time.perf_counter() - t0 < budget:
+        out = _resolve(forward(pixels))
+        k += bs
+    return Stage("forward", k, time.perf_counter() - t0, f"batch {bs}"), out
 
 
 def _resolve(out: Any) -> list[Any]:
@@ -218,22 +278,19 @@ def _time_pipeline(folder: Path, backbone: Any, cfg: ExtractConfig, forward: Any
     from featdump.run.writer import Writer
 
     with _scratch_store(folder, backbone.layers, cfg) as store:
-        n, t0 = 0, time.perf_counter()
+        n = 0
         writer = Writer(store, tuning.queue_bytes, tuning.write_threads)
         try:
-            for batch in loader:
+            for batch, k in _steady(loader, budget):
                 feats = forward(batch.pixels) if batch.pixels is not None else []
-                k = len(batch.positions)
                 writer.put((feats, [f"{n + i}" for i in range(k)], [], n + k))
                 n += k
-                if time.perf_counter() - t0 > budget:
-                    break
         finally:
             writer.close()
+        _steady.finished()
         store.finish()
         store.close()
-        seconds = time.perf_counter() - t0
-    return Stage("pipeline", n, seconds, "decode + forward + write")
+    return _stage("pipeline", "decode + forward + write")
 
 
 def bench_config(cfg: ExtractConfig) -> ExtractConfig:

@@ -131,3 +131,12 @@ def test_export_out_of_space_is_one_line_and_the_same_command_then_works(small_f
     result = cli(*argv)  # as the message says: no --overwrite
     assert result.exit_code == 0, result.output
     assert read_export(small_fs / "emb")["rows"] == case.clean["num_images"]
+
+
+def test_bench_on_a_full_disk_does_not_suggest_resume(small_fs: Path, photos: Path, cli) -> None:
+    res = cli("bench", "resnet18", str(photos), "-o", str(small_fs / "x.h5"), "--no-pretrained", "--img-size", "64",
+              "--seconds", "2", "--images", "16")  # fmt: skip
+    assert res.exit_code == 1
+    line = _one_line(res.stderr)
+    assert line.startswith(f"featdump: error: out of disk space in {small_fs}") and "--resume" not in line
+    assert list(small_fs.iterdir()) == []  # the scratch file is gone
