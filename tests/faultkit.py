@@ -156,7 +156,7 @@ def pending_redo(path: Path | str) -> bool:
 
     jf = JournaledFile.open(path)
     try:
-        return jf._pending is not None
+        return jf.pending is not None
     finally:
         jf.release()
 

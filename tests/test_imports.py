@@ -180,8 +180,51 @@ def private_imports(module: str) -> list[str]:
     ]
 
 
+def _private(name: str) -> bool:
+    return name.startswith("_") and not name.endswith("__")
+
+
+def private_defined(tree: ast.AST) -> set[str]:
+    """Private names a module defines: functions, classes, variables and ``self.``/``cls.`` attributes."""
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            found.add(node.name)
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            found.add(node.id)
+        elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store) and _self(node.value):
+            found.add(node.attr)
+    return {name for name in found if _private(name)}
+
+
+def _self(node: ast.expr) -> bool:
+    return isinstance(node, ast.Name) and node.id in ("self", "cls")
+
+
+TREES = {m: ast.parse(path.read_text(encoding="utf-8")) for m, path in MODULES.items()}
+PRIVATE = {m: private_defined(tree) for m, tree in TREES.items()}
+
+
+def private_attributes(module: str, tree: ast.AST) -> list[str]:
+    """``obj._name`` (obj not ``self``/``cls``) where another featdump module defines ``_name``: a
+    private attribute of another module's object (third-party ones such as ``os._exit`` do not count)."""
+    elsewhere = set().union(*(names for m, names in PRIVATE.items() if m != module))
+    return [
+        f"{module} reads {ast.unparse(node)}"
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute) and _private(node.attr) and not _self(node.value) and node.attr in elsewhere
+    ]
+
+
 def test_no_private_name_crosses_a_module() -> None:
     assert [p for m in MODULES for p in private_imports(m)] == []
+    assert [p for m, tree in TREES.items() for p in private_attributes(m, tree)] == []
+
+
+def test_the_private_attribute_check_can_fail() -> None:
+    reader = next(iter(PRIVATE["featdump.store.reader"]))
+    bad = ast.parse(f"def f(ff):\n    return ff.{reader}, os._exit, self.{reader}")
+    assert private_attributes("featdump.store.export", bad) == [f"featdump.store.export reads ff.{reader}"]
 
 
 def test_no_import_cycles() -> None:

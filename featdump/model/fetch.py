@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from featdump.errors import FeatdumpError, UsageError
+from featdump.model.hub import hub_endpoint
 
 HF_WEIGHTS_NAME = "pytorch_model.bin"  # timm's default file name on the hub
 
@@ -155,12 +156,6 @@ def _fetch_hf_files(src: WeightsSource) -> tuple[Path, bool]:
             raise _hf_error(src, exc) from None
         return Path(path), isinstance(before, str)
     raise _hf_error(src, last or RuntimeError("no file"))  # pragma: no cover - loop always returns or raises
-
-
-def hub_endpoint() -> str:
-    from featdump.model.hub import hub_endpoint as endpoint
-
-    return endpoint()
 
 
 def _fetch_url(src: WeightsSource) -> tuple[Path, bool]:

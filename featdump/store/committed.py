@@ -63,7 +63,7 @@ class _ReaderLock:
 def _reader_view(path: Path, fd: int, jfd: int) -> JournaledFile | None:
     """A read-only view with the pending redo block overlaid, or None when there is none."""
     jf = JournaledFile(path, fd, _ReaderLock(jfd))  # type: ignore[arg-type]
-    header = jf._read_header()
+    header = jf.read_header()
     if header is None:
         return None
     seq, size, dev, ino = header
@@ -74,7 +74,7 @@ def _reader_view(path: Path, fd: int, jfd: int) -> JournaledFile | None:
     redo = Redo.decode(pread_full(jfd, length, HEADER_SIZE))
     if redo is None or redo.seq != seq + 1:
         return None
-    jf.committed, jf.seq, jf._pending = size, seq, redo
+    jf.committed, jf.seq, jf.pending = size, seq, redo
     view = jf.view()
     view.owner = jf  # type: ignore[attr-defined]  # keeps the descriptors' owner alive as long as h5py holds the view
     weakref.finalize(view, _close_fds, fd, jfd)

@@ -42,7 +42,7 @@ from typing import IO, Any
 import numpy as np
 
 from featdump.errors import FeatdumpError, UsageError, is_out_of_space, os_error
-from featdump.store.rowdata import ids_of, layout_of, pool_block
+from featdump.store.rowdata import layout_of, pool_block
 from featdump.store.vds import read_span
 
 FORMATS = ("npy", "safetensors", "zarr")
@@ -219,11 +219,7 @@ def export_file(
             raise UsageError("--format zarr needs the zarr package: pip install 'featdump[zarr]'") from None
     folder = Folder(out)
     with FeatureFile(path) as ff:
-        if ff._missing:
-            raise FeatdumpError(
-                f"{ff.path}: virtual source file(s) missing ({', '.join(ff._missing[:3])}); their rows would "
-                "read as the fill value (NaN in files written by `featdump merge`); put them back first"
-            )
+        ff.check_sources()
         names = list(dict.fromkeys(layers)) if layers else list(ff.layers)
         unknown = [n for n in names if n not in ff.layers]
         if unknown:
@@ -245,7 +241,7 @@ def export_file(
             out_dtype = np.dtype(dtype or ("float16" if ds.dtype == np.float16 else "float32"))
             plans.append((name, layout, int(attrs.get("num_prefix_tokens", 0) or 0), pooled_here, shape, out_dtype))
         n = ff.num_images
-        ids = ids_of(ff)
+        ids = ff.ids
         total = sum(n * int(np.prod(s)) * d.itemsize for _, _, _, _, s, d in plans)
         if fmt == "safetensors" and total > safetensors_limit:
             raise UsageError(

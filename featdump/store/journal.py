@@ -69,7 +69,7 @@ class JournaledFile:
         self.zero_from: int | None = None  # bytes in [zero_from, L) were cut by a truncate
         self.dirty = False
         self.error: OSError | None = None  # first I/O error, for a message that names its cause
-        self._pending: Redo | None = None  # a complete redo block not yet known to be applied
+        self.pending: Redo | None = None  # a complete redo block not yet known to be applied
         self.failed = False  # an I/O error happened: nothing more is committed (see write)
         self.spill: dict[int, bytearray] = {}  # writes after a failure, held so HDF5 reads them back
         self._unsynced: tuple[int, int] | None = None  # [lo, hi) written past L, writeback not started
@@ -116,7 +116,7 @@ class JournaledFile:
             raise os_error(exc, path, "open") from None
         self = cls(path, fd, lock, durable)
         self.size = self.committed = os.fstat(fd).st_size
-        header = self._read_header()
+        header = self.read_header()
         if header is not None:
             seq, size, dev, ino = header
             st = os.fstat(fd)
@@ -125,7 +125,7 @@ class JournaledFile:
                 length = max(0, os.fstat(self.jfd).st_size - HEADER_SIZE)
                 redo = Redo.decode(pread_full(self.jfd, length, HEADER_SIZE))
                 if redo is not None and redo.seq == seq + 1:
-                    self._pending = redo
+                    self.pending = redo
         return self
 
     def view(self) -> JournaledFile:
@@ -133,7 +133,7 @@ class JournaledFile:
         other = JournaledFile(self.path, self.fd, self.lock, self.durable)
         other.readonly = True
         other.committed = self.committed
-        redo = self._pending
+        redo = self.pending
         if redo is not None:
             for offset, data in redo.pages:  # runs of whole pages (the last may be short)
                 for k in range(0, len(data), PAGE):
@@ -148,7 +148,7 @@ class JournaledFile:
 
     def recover(self) -> None:
         """Bring the file to its last commit: replay a complete redo block, or cut what follows L."""
-        redo = self._pending
+        redo = self.pending
         try:
             if redo is not None:
                 redo.apply(self.fd)
@@ -167,7 +167,7 @@ class JournaledFile:
             self._sync(self.jfd)
         except OSError as exc:
             raise os_error(exc, self.path, "repair") from None
-        self._pending = None
+        self.pending = None
         self.size = self.committed
 
     # ------------------------------------------------------------ the h5py fileobj protocol
@@ -393,7 +393,7 @@ class JournaledFile:
             block = redo.encode()
             pwrite_full(self.jfd, block, HEADER_SIZE)
             self._sync(self.jfd)  # the redo block is complete before the file changes
-            self._pending = redo  # from here on, a failure leaves a block that --resume replays
+            self.pending = redo  # from here on, a failure leaves a block that --resume replays
             redo.apply(self.fd)
             self._sync(self.fd)
             self.seq, self.committed = redo.seq, size
@@ -402,7 +402,7 @@ class JournaledFile:
         except OSError as exc:
             self._remember(exc)
             raise
-        self._pending = None
+        self.pending = None
         self._unsynced = None
         self.pages.clear()
         self.zero_from = None
@@ -422,7 +422,7 @@ class JournaledFile:
         raw = struct.pack("<8sQQQQ", *fields)
         pwrite_full(self.jfd, HEADER.pack(*fields, zlib.crc32(raw)).ljust(HEADER_SIZE, b"\0"), 0)
 
-    def _read_header(self) -> tuple[int, int, int, int] | None:
+    def read_header(self) -> tuple[int, int, int, int] | None:
         raw = pread_full(self.jfd, HEADER_SIZE, 0)
         if len(raw) < HEADER.size:
             return None
@@ -437,7 +437,7 @@ class JournaledFile:
         """After a final :meth:`commit`: the file is whole, so the journal goes and the lock with it."""
         if self.fd < 0 or self.readonly:
             return
-        clean = not self.dirty and self._pending is None
+        clean = not self.dirty and self.pending is None
         os.close(self.fd)
         self.fd = -1
         self.lock.release(remove=clean)
@@ -463,7 +463,7 @@ class JournaledFile:
         if remove:
             with contextlib.suppress(FileNotFoundError):
                 self.path.unlink()
-        elif self._pending is not None:
+        elif self.pending is not None:
             keep = True
         else:
             try:

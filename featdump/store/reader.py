@@ -31,10 +31,10 @@ class FeatureFile:
         from featdump.store.format import read_attr
 
         self.path = Path(path)
-        self._missing = check_virtual(self.path)  # before our own handle: HDF5 allows one kind of open
+        self.missing = check_virtual(self.path)  # gone virtual sources (before our own handle: HDF5 allows one kind of open)
         self._h5, self._counts = open_checked(self.path)  # the layout and the counters, checked
         st = os.stat(self.path)  # what .torch() workers check they reopen (identity, size, time, counters)
-        self._identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, self._counts)
+        self.identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, self._counts)
         try:
             self.meta: dict[str, Any] = {k: read_attr(v) for k, v in self._h5.attrs.items()}
             n = self._counts.num_images
@@ -88,12 +88,17 @@ class FeatureFile:
         a slice, or a list of rows in any order (duplicates allowed). A merged file's rows are read
         from its sources a few at a time, each checked to be there (FeatdumpError naming one that is not)."""
         ds = self[layer]
-        if self._missing and ds.is_virtual:
-            raise FeatdumpError(
-                f"{self.path}: virtual source file(s) missing ({', '.join(self._missing[:3])}); "
-                "their rows would read as the fill value (NaN in files written by `featdump merge`)"
-            )
+        if ds.is_virtual:
+            self.check_sources()
         return self._take(ds, rows, layer)
+
+    def check_sources(self) -> None:
+        """FeatdumpError when a merged file's source files went missing (their rows would read as NaN)."""
+        if self.missing:
+            raise FeatdumpError(
+                f"{self.path}: virtual source file(s) missing ({', '.join(self.missing[:3])}); their rows would "
+                "read as the fill value (NaN in files written by `featdump merge`); put them back first"
+            )
 
     def _take(self, ds: Any, rows: int | slice | Sequence[int] | None, layer: str | None = None) -> np.ndarray:
         """Committed rows of a row-aligned dataset (a layer's: ``layer``): all, one (no leading axis), a slice, or a list."""

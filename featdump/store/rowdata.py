@@ -1,28 +1,11 @@
 """Helpers shared by the readers on top of :class:`~featdump.store.reader.FeatureFile` (``.torch()``,
-export, stats): a stored layer's layout, pooling of stored rows, the file's ids. No torch here."""
+export, stats): a stored layer's layout, pooling of stored rows. No torch here."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import numpy as np
-
-from featdump.store.format import read_text
-
-
-def ids_of(ff: Any) -> list[str] | None:
-    """The file's ids (``/ids``), row-aligned with ``ff.paths``; None when it has none. Uses the
-    reader's ``.ids`` where it has one, else reads ``/ids`` (cached on the reader)."""
-    ids = getattr(ff, "ids", None)
-    if ids is not None:
-        return list(ids)
-    if hasattr(ff, "_export_ids"):
-        cached: list[str] | None = ff._export_ids
-        return cached
-    h5 = ff.h5
-    found = [read_text(v) for v in h5["ids"][: ff.num_images]] if "ids" in h5 else None
-    ff._export_ids = found
-    return found
 
 
 def layout_of(attrs: dict[str, Any], ndim: int) -> str:

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from featdump.errors import UsageError
-from featdump.store.rowdata import ids_of, layout_of
+from featdump.store.rowdata import layout_of
 
 
 def _channels_first(x: np.ndarray, layout: str) -> np.ndarray:
@@ -39,7 +39,7 @@ def map_stats(path: str | Path, layer: str, row: int) -> dict[str, Any]:
         stored = ff.numpy(layer, row)
         attrs = ff.attrs(layer)
         layout = layout_of(attrs, stored.ndim + 1)
-        ids = ids_of(ff)
+        ids = ff.ids
         x = stored.astype(np.float64)
         finite = np.isfinite(x)
         values = x[finite]

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from featdump.store.rowdata import ids_of, layout_of
+from featdump.store.rowdata import layout_of
 
 POOLS = ("avg", "max")
 _DTYPES = {"float16": torch.float16, "float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
@@ -148,13 +148,7 @@ class FeatureDataset(Dataset):
         pool: str | None = None,
         transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
     ) -> None:
-        from featdump.errors import FeatdumpError
-
-        if getattr(ff, "_missing", None):
-            raise FeatdumpError(
-                f"{ff.path}: virtual source file(s) missing ({', '.join(ff._missing[:3])}); "
-                "their rows would read as the fill value (NaN in files written by `featdump merge`)"
-            )
+        ff.check_sources()
         names = list(ff.layers) if layers is None else [layers] if isinstance(layers, str) else list(layers)
         for name in names:
             ff[name]  # KeyError naming the stored layers
@@ -181,7 +175,7 @@ class FeatureDataset(Dataset):
         self._layouts = {n: layout_of(ff.attrs(n), ff[n].ndim) for n in names}
         self._prefix = {n: int(ff.attrs(n).get("num_prefix_tokens", 0) or 0) for n in names}
         self._opener = type(ff)  # FeatureFile, passed in (no import of the reader from here)
-        self._identity = ff._identity  # the file this dataset was made on: every reopen must find it
+        self._identity = ff.identity  # the file this dataset was made on: every reopen must find it
         self._state: tuple[int, Any] | None = None  # (pid, FeatureFile) of this process
 
     # ------------------------------------------------------------------ per-process file
@@ -200,7 +194,7 @@ class FeatureDataset(Dataset):
                 self._state = state = (os.getpid(), self._opener(self.path))
         except (OSError, FeatdumpError) as exc:
             raise FeatdumpError(f"{self.path} cannot be read again ({exc}); make the dataset again") from None
-        if (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, state[1]._identity[4]) != self._identity:
+        if (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, state[1].identity[4]) != self._identity:
             raise FeatdumpError(
                 f"{self.path} changed after this dataset was made (replaced, or rows written to it); "
                 "make the dataset again: featdump.open(path).torch(...)"
@@ -245,7 +239,7 @@ class FeatureDataset(Dataset):
                 continue
             raw = not self._converts(name, ff[name].dtype)
             tensors[name] = self._convert(name, read_rows(ff[name], unique, shared=in_worker and raw))
-        ids = ids_of(ff)
+        ids = ff.ids
         items = []
         for k, row in enumerate(rows.tolist()):
             at = int(where[k])
@@ -288,4 +282,3 @@ class FeatureDataset(Dataset):
             f", {k}={v!r}" for k, v in (("dtype", self.dtype), ("resize", self.resize), ("pool", self.pool)) if v
         )
         return f"<featdump FeatureDataset {str(self.path)!r}: {len(self)} rows, layers {self.layers}{extra}>"
-
