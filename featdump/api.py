@@ -103,16 +103,11 @@ input failed raises FeatdumpError ("no image could be read") after writing it. L
     given = {k: _recorded(table[k], v) for k, v in options.items() if v is not None}
     args = ", ".join(f"{k}={v!r}" for k, v in given.items())
     given.update(model=model, inputs=tuple(str(i) for i in inputs), output=str(output))
+    from featdump.store.like import resolve_with_like
+
     file_values = cfgmod.load_toml(config) if config else {}
-    like = cfgmod.like_path(given, file_values)
-    if like:
-        from featdump.store.like import recorded_options
-    cfg = cfgmod.resolve(
-        given,
-        file_values,
-        command=f"featdump.extract({model!r}, {list(given['inputs'])!r}, {str(output)!r}, {args})",
-        like_values=recorded_options(like) if like else None,
-    )
+    command = f"featdump.extract({model!r}, {list(given['inputs'])!r}, {str(output)!r}, {args})"
+    cfg = resolve_with_like(given, file_values, command)
     summary = run_extraction(cfg, _progress_sink(progress, cfg.quiet))
     from featdump.run.results import nothing_read
 

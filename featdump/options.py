@@ -1,24 +1,24 @@
 """Job options, declared once: the fields of :class:`ExtractConfig` are the option table.
 
 Each field carries its help text, flag spelling, type (``Literal`` for choices) and default, and says
-whether it is a resume/merge setting and a file attribute. The ``extract`` command's parameters
-(featdump/cli/commands.py), ``featdump.extract(...)``'s keyword arguments (featdump/api.py), the
-TOML keys (:func:`load_toml`), the option-derived file attributes (:func:`option_attrs`) and the
-option part of the resume/merge checks (:data:`SETTINGS`) are all derived from it, and
-:func:`resolve` applies the one precedence rule: defaults < TOML < flags. Adding an option is one
-field here plus its behaviour.
+whether it defines the rows' meaning (then: its file attribute and both conversions) or only how a
+run executes. The ``extract`` command's parameters (featdump/cli/commands.py) and ``inspect``'s
+shared ones, ``featdump.extract(...)``'s keyword arguments (featdump/api.py), the TOML keys
+(:func:`load_toml`), the file attributes (:func:`option_attrs`), the resume/merge checks
+(:data:`SETTINGS`), ``--like`` and ``verify`` (featdump/store/like.py) and their error texts are all
+derived from it, and :func:`resolve` applies the one precedence rule: defaults < TOML < ``--like``
+file < flags. Adding an option is one field here plus its behaviour.
 """
 
 from __future__ import annotations
 
 import tomllib
 from collections.abc import Sequence
-from dataclasses import field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 from featdump.errors import UsageError
-from featdump.optiontable import Option, opt, option_table, options_of, without_none
+from featdump.optiontable import FROM_MODEL, Option, opt, option_table, options_of, without_none
 from featdump.values import (
     check_choice,
     check_positive,
@@ -28,7 +28,9 @@ from featdump.values import (
     parse_names,
     parse_process,
     parse_shard,
+    parse_weights,
     path_or_none,
+    stored_stride,
     stride_attr,
 )
 
@@ -36,6 +38,7 @@ Precision = Literal["fp32", "fp16", "bf16"]
 Dtype = Literal["float32", "float16"]
 Pool = Literal["none", "avg", "max"]
 Compression = Literal["none", "gzip", "lzf", "zstd"]
+Interpolation = Literal["bilinear", "bicubic", "nearest", "box", "hamming", "lanczos"]  # timm's eval resize filters
 Decode = Literal["cpu", "gpu"]  # --decode: PIL in worker processes, or torchvision's nvjpeg on the CUDA device
 # token outputs as (N, T, D), as a (N, D, H, W) map of the patch tokens, or both: the map plus the
 # prefix (class, register) tokens (N, P, D) under <name>.prefix
@@ -61,11 +64,36 @@ def decode_attr(cfg: Any) -> str:
     return "fast" if cfg.fast_decode else "exact"
 
 
+def _levels(attrs: dict[str, Any]) -> tuple[int, ...] | None:
+    """``out_indices`` from a file: the levels it holds, or None when it holds named modules."""
+    if not attrs.get("out_indices"):
+        return None
+    return tuple(int(i) for i in attrs["out_indices"])
+
+
+def _names(attrs: dict[str, Any]) -> tuple[str, ...] | None:
+    """``layers`` from a file: the module names, only when it was made with ``--layers`` (no levels)."""
+    if attrs.get("out_indices") or not attrs.get("layers"):
+        return None
+    return tuple(str(n) for n in attrs["layers"])
+
+
+def _height_width(attrs: dict[str, Any]) -> tuple[int, int] | None:
+    size = attrs.get("input_size") or []
+    return (int(size[1]), int(size[2])) if len(size) == 3 else None
+
+
 @option_table
 class ExtractConfig:
-    """Everything one ``extract`` run needs, validated. Every field but ``command``/``extra`` is an option."""
+    """Everything one ``extract`` run needs, validated. Every field but ``command`` is an option.
 
-    model: str = opt("timm model name, e.g. resnet50.", flags=(), setting=True)  # attribute: file_attrs
+    ``meaning=True`` marks the options that define what the rows hold (see featdump/optiontable.py):
+    recorded as file attributes, compared by ``--resume`` and ``merge``, carried by ``--like`` and
+    ``verify``. Their ``example`` is a value other than the default that the table-wide test
+    (tests/test_like_table.py) extracts, reproduces with ``--like`` and verifies.
+    """
+
+    model: str = opt("timm model name, e.g. resnet50.", flags=(), meaning=True, example="resnet10t")
     inputs: tuple[str, ...] = opt(
         "Image folders (recursive), text files listing images, image files; or WebDataset tar shards "
         "(shards/train-{000000..000099}.tar); or one table (.csv/.tsv/.parquet/.jsonl).",
@@ -79,26 +107,37 @@ class ExtractConfig:
         default=None,
         cli=str | None,
         api=Sequence[int] | str | None,
-        setting=True,  # the attribute holds the levels the model resolved (file_attrs)
         parse=parse_indices,
+        meaning=True,
+        to_attr=FROM_MODEL,  # the levels the model resolved
+        from_attr=_levels,
+        example=(2,),
     )
     layers: tuple[str, ...] | None = opt(
         "Module names instead of levels (see inspect --all-modules).",
         default=None,
         cli=str | None,
         api=Sequence[str] | str | None,
-        setting=True,  # the attribute holds the stored layer names (file_attrs)
         parse=parse_names,
+        meaning=True,
+        to_attr=FROM_MODEL,  # the stored layer names (levels too)
+        from_attr=_names,
+        example=("layer2.0",),
     )
     tokens: Tokens = opt(
         "Token outputs: seq stores (N,T,D), map stores (N,D,H,W) (prefix tokens dropped), both stores the map "
         "and the prefix (CLS, register) tokens (N,P,D) as <name>.prefix.",
         default="seq",
-        setting=True,
-        attr=True,
+        meaning=True,
+        example="map",
     )
     output_stride: OutputStride | None = opt(
-        "8|16|32 (dilated).", default=None, setting=True, attr=lambda cfg: stride_attr(cfg.output_stride)
+        "8|16|32 (dilated).",
+        default=None,
+        meaning=True,
+        to_attr=lambda cfg: stride_attr(cfg.output_stride),
+        from_attr=lambda attrs: stored_stride(attrs.get("output_stride")),
+        example=16,
     )
     img_size: tuple[int, int] | None = opt(
         "224 or HEIGHTxWIDTH. \\[default: pretrained config]",
@@ -106,24 +145,46 @@ class ExtractConfig:
         cli=str | None,
         api=int | str | tuple[int, int] | None,
         parse=parse_img_size,
+        meaning=True,
+        attr="input_size",
+        to_attr=FROM_MODEL,
+        from_attr=_height_width,
+        example=(96, 80),
     )
-    # the resolved values are the file's crop_mode/crop_pct attributes (file_attrs), compared on resume/merge
     crop_mode: CropMode | None = opt(
         "center|squash|border: crop the centre, resize the whole image (aspect changes), or keep the "
         "aspect and pad (letterbox). \\[default: the model's]",
         default=None,
-        setting=True,
+        meaning=True,
+        to_attr=FROM_MODEL,
+        example="squash",
     )
     crop_pct: float | None = opt(
         "Fraction of the resized image kept (timm's crop_pct; 1.0 keeps it all). \\[default: the model's]",
         default=None,
         cli=str | None,
         api=float | str | None,
-        setting=True,
         parse=parse_crop_pct,
+        meaning=True,
+        to_attr=FROM_MODEL,
+        example=0.5,
+    )
+    interpolation: Interpolation | None = opt(
+        "Resize filter of timm's eval transform: bilinear|bicubic|nearest|box|hamming|lanczos. \\[default: the model's]",
+        default=None,
+        meaning=True,
+        to_attr=FROM_MODEL,
+        example="nearest",
     )
     pretrained: bool = opt(
-        "Hub weights (cached), or random init.", default=True, flags=("--pretrained/--no-pretrained",)
+        "Hub weights (cached), or random init.",
+        default=True,
+        flags=("--pretrained/--no-pretrained",),
+        meaning=True,
+        attr="weights",
+        to_attr=FROM_MODEL,  # the weights tag: the pretrained tag, checkpoint:PATH sha256:HEX, or random
+        from_attr=lambda attrs: parse_weights(attrs.get("weights"))["pretrained"],
+        example=False,
     )
     checkpoint: str | None = opt(
         "Local weights: .safetensors/.pth/.pt/.bin (timm names).",
@@ -131,27 +192,42 @@ class ExtractConfig:
         cli=Path | None,
         api=str | Path | None,
         parse=path_or_none,
+        meaning=True,
+        attr="weights",
+        to_attr=FROM_MODEL,
+        from_attr=lambda attrs: parse_weights(attrs.get("weights"))["checkpoint"],  # sha256 checked: store/like.py
     )
     device: str = opt("auto|cpu|cuda|cuda:N|mps.", default="auto")
-    precision: Precision = opt("fp32|fp16|bf16 (autocast).", default="fp32", setting=True, attr=True)
+    precision: Precision = opt("fp32|fp16|bf16 (autocast).", default="fp32", meaning=True, example="bf16")
     batch_size: int | None = opt("\\[default: tuned per device]", default=None)
     workers: int | None = opt(
         "Decoding workers: threads on CPU, processes on GPUs; 0 decodes in the main thread. \\[default: tuned]",
         default=None,
         minimum=0,
     )
-    dtype: Dtype = opt("Storage dtype: float32|float16.", default="float32", setting=True, attr=True)
-    pool: Pool = opt("none|avg|max over space (stores N×C).", default="none", setting=True, attr=True)
+    dtype: Dtype = opt("Storage dtype: float32|float16.", default="float32", meaning=True, example="float16")
+    pool: Pool = opt("none|avg|max over space (stores N×C).", default="none", meaning=True, example="avg")
     compression: Compression = opt(
         "none|gzip|lzf|zstd (zstd: level -3, or FEATDUMP_ZSTD_LEVEL; readers import hdf5plugin).",
         default="none",
-        attr=True,
+        attr="compression",
     )
     fast_decode: bool = opt(
-        "JPEG DCT scaling / reduce before resize: faster decoding, pixels change slightly.", default=False
-    )  # recorded in the ``decode`` attribute
+        "JPEG DCT scaling / reduce before resize: faster decoding, pixels change slightly.",
+        default=False,
+        meaning=True,
+        attr="decode",
+        to_attr=decode_attr,
+        from_attr=lambda attrs: attrs.get("decode") == "fast",
+        example=True,
+    )
     decode: Decode = opt(
-        "cpu|gpu (gpu: torchvision's nvjpeg on the CUDA device).", default="cpu", setting=True, attr=decode_attr
+        "cpu|gpu (gpu: torchvision's nvjpeg on the CUDA device).",
+        default="cpu",
+        meaning=True,
+        to_attr=decode_attr,
+        from_attr=lambda attrs: "gpu" if attrs.get("decode") == "gpu" else "cpu",
+        example="gpu",
     )
     compile: bool = opt("torch.compile the backbone (pays off on long GPU runs).", default=False)
     shard: tuple[int, int] | None = opt(
@@ -166,21 +242,24 @@ class ExtractConfig:
     strict: bool = opt("Exit 1 at the end if any image failed.", default=False)
     quiet: bool = opt("No progress bar, no table.", default=False, flags=("--quiet", "-q"))
     max_image_pixels: int | None = opt("Refuse larger images. \\[default: Pillow's 89.5 MP]", default=None)
-    # tables (featdump/data/tables.py): which column holds the image, which the id; they define the rows
+    # tables (featdump/data/tables.py): which column holds the image, which the id; --like carries
+    # them only onto another table
     path_column: str | None = opt(
         "Table column of image paths/URLs. \\[default: first of path, image_path, filepath, file, filename, url]",
         default=None,
-        setting=True,
-        attr=lambda cfg: cfg.path_column or "",
+        meaning=True,
+        family="table",
+        example="where",
     )
     image_column: str | None = opt(
         "Table column of image bytes (binary, or a {bytes, path} struct as Hugging Face stores images).",
         default=None,
-        setting=True,
-        attr=lambda cfg: cfg.image_column or "",
+        meaning=True,
+        family="table",
+        example="jpeg",
     )
     id_column: str | None = opt(
-        "Table column stored, as text, in /ids.", default=None, setting=True, attr=lambda cfg: cfg.id_column or ""
+        "Table column stored, as text, in /ids.", default=None, meaning=True, family="table", example="key"
     )
     process: tuple[str, ...] | None = opt(
         "NAME or NAME:ARG:ARG applied to every layer before storage, in order (repeatable): l2norm, "
@@ -188,9 +267,9 @@ class ExtractConfig:
         default=None,
         cli=list[str] | None,
         api=Sequence[str] | str | None,
-        setting=True,
-        attr=lambda cfg: list(cfg.process) if cfg.process else None,  # "" when none
         parse=parse_process,
+        meaning=True,
+        example=("l2norm",),
     )
     like: str | None = opt(
         "Take every meaning setting from this featdump file (flags may change only execution).",
@@ -206,18 +285,24 @@ class ExtractConfig:
         flags=("--space-check/--no-space-check",),
     )
     command: str = ""
-    extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
 OPTIONS = options_of(ExtractConfig)
-# Options whose file attribute must match for --resume to continue a file and for merge to join shards
-# (store/sink.py adds the keys that come from the model and the inputs).
-SETTINGS: tuple[str, ...] = tuple(o.name for o in OPTIONS if o.setting)
+
+
+def settings(table: Sequence[Option] = OPTIONS) -> tuple[str, ...]:
+    """The file attributes that record the meaning options: they must match for ``--resume`` to
+    continue a file and for ``merge`` to join files (store/check.py adds what the model made of them)."""
+    return tuple(dict.fromkeys(o.attr for o in table if o.meaning and o.attr))
+
+
+SETTINGS: tuple[str, ...] = settings()
 
 
 def option_attrs(cfg: Any, table: Sequence[Option] | None = None) -> dict[str, Any]:
-    """The file attributes that come straight from options (``pool``, ``dtype``, ``decode``, ...)."""
+    """The file attributes written straight from options (``model``, ``pool``, ``dtype``, ``decode``, ...);
+    the model writes those it resolves (``crop_pct``, ``input_size``, ``weights``, ...)."""
     table = table or options_of(type(cfg))
-    return {o.name: o.attr(cfg) for o in table if o.attr is not None}
+    return {o.attr: o.to_attr(cfg) for o in table if o.attr and o.to_attr is not None}
 
 
 def toml_keys(table: Sequence[Option] = OPTIONS) -> frozenset[str]:
@@ -278,11 +363,12 @@ def _check(option: Option, value: Any) -> Any:
     return value
 
 
-# Options that --like leaves to the caller: how a run executes, not what its rows mean.
-EXECUTION: frozenset[str] = frozenset(
-    {"inputs", "output", "batch_size", "workers", "device", "quiet", "compression", "shard", "resume",
-     "overwrite", "strict", "compile", "max_image_pixels", "space_check", "like"}
-)  # fmt: skip
+def flag_of(option: Option, value: Any = None) -> str:
+    """How a user writes the option: ``--crop-mode``, ``MODEL``, ``--no-pretrained``."""
+    if option.argument:
+        return option.name.upper()
+    first = option.flags[0].split("/")
+    return first[1] if value is False and len(first) > 1 else first[0]
 
 
 def like_path(given: dict[str, Any], file_values: dict[str, Any] | None = None) -> str | None:
@@ -310,18 +396,17 @@ def resolve(
     if like_values is not None:
         table = {o.name: o for o in options_of(cls)}
         for name, value in given.items():
-            if value is None or name in EXECUTION or name not in like_values:
+            option = table.get(name)
+            if value is None or option is None or not option.meaning or name not in like_values:
                 continue
-            mine = _check(table[name], value) if name in table and name != "model" else value
             theirs = like_values[name]
-            if mine != theirs:
-                flag = "MODEL" if name == "model" else (table[name].flags or (name,))[0].split("/")[0]
-                if name == "pretrained":
-                    flag = "--pretrained" if value else "--no-pretrained"
+            if theirs is not None:
+                theirs = _check(option, theirs)
+            if _check(option, value) != theirs:
+                execution = ", ".join(flag_of(o) for o in table.values() if not o.meaning and o.flags and o.name != "like")
                 raise UsageError(
-                    f"--like {like_path(given, file_values)}: {flag} {value!r} changes what the rows mean "
-                    f"(the file has {theirs!r}); with --like give only execution flags (--batch-size, --workers, "
-                    "--device, --quiet, --compression, --shard, -o, --resume, --overwrite)"
+                    f"--like {like_path(given, file_values)}: {flag_of(option, value)} {value!r} changes what the "
+                    f"rows mean (the file has {theirs!r}); with --like give only execution flags ({execution})"
                 )
         merged.update(like_values)
     merged.update({k: v for k, v in given.items() if v is not None})
@@ -338,10 +423,20 @@ def resolve(
     if not output:
         raise UsageError("missing -o/--output: where to write the HDF5 file, e.g. -o feats.h5")
 
+    kw = check_options(merged, cls)
+    if merged:
+        raise UsageError(f"unknown option(s): {', '.join(sorted(merged))}")
+    return cls(model=str(model), inputs=tuple(str(i) for i in inputs), output=str(output), command=command, **kw)
+
+
+def check_options(values: dict[str, Any], cls: type = ExtractConfig) -> dict[str, Any]:
+    """Take the table's options out of ``values``, each checked (choices, whole numbers, parsers) and
+    the pairs that exclude each other refused; what is left in ``values`` is no option of ``cls``.
+    ``extract`` (through :func:`resolve`) and ``inspect`` check their options here."""
     kw: dict[str, Any] = {}
     for option in options_of(cls):
-        if option.name in merged:
-            value = merged.pop(option.name)
+        if option.name in values:
+            value = values.pop(option.name)
             kw[option.name] = None if value is None and without_none(option.type)[1] else _check(option, value)
     if kw.get("out_indices") is not None and kw.get("layers") is not None:
         raise UsageError("--out-indices and --layers exclude each other; pick feature levels or module names")
@@ -349,6 +444,4 @@ def resolve(
         raise UsageError("--fast-decode and --decode gpu exclude each other: fast decoding is a CPU (PIL) shortcut")
     if kw.get("resume") and kw.get("overwrite"):
         raise UsageError("--resume and --overwrite exclude each other: continue the file, or replace it")
-    if merged:
-        raise UsageError(f"unknown option(s): {', '.join(sorted(merged))}")
-    return cls(model=str(model), inputs=tuple(str(i) for i in inputs), output=str(output), command=command, **kw)
+    return kw

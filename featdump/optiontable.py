@@ -1,9 +1,10 @@
 """How the option table is declared and read.
 
 The table itself is :class:`featdump.options.ExtractConfig`: a frozen dataclass whose fields are
-declared with :func:`opt` (help, flags, resume/merge setting, file attribute). :func:`options_of`
-reads such a class back as :class:`Option` rows, from which the command, the Python API, the TOML
-keys, the file attributes and the resume checks are derived.
+declared with :func:`opt` (help, flags, and whether the option defines the rows' meaning, with its
+file attribute and both conversions). :func:`options_of` reads such a class back as :class:`Option`
+rows, from which the command, the Python API, the TOML keys, the file attributes, the resume and
+merge checks, ``--like`` and ``verify`` are derived.
 """
 
 from __future__ import annotations
@@ -28,10 +29,17 @@ class Option:
     flags: tuple[str, ...]  # command-line spellings, e.g. ("-o", "--output"); () for a positional argument
     cli_type: Any  # what Typer parses (choices stay str: resolve() checks them, case-insensitively)
     api_type: Any  # what featdump.extract accepts (None there always means "not given")
-    setting: bool  # resume/merge setting: the file attribute of this name must match
-    attr: Callable[[Any], Any] | None  # the file attribute's value, or None: not written from the option
     parse: Callable[[Any], Any] | None  # given value -> field value; None: checked by type
     minimum: int  # for whole numbers
+    # A meaning option defines what the rows hold: its file attribute ``attr`` must match for --resume
+    # and merge, and --like / verify rebuild the option from the file with ``from_attr``. Any other
+    # option only says how a run executes (--like leaves it to the caller).
+    meaning: bool
+    attr: str | None  # the file attribute it is recorded in (None: not recorded)
+    to_attr: Callable[[Any], Any] | None  # config -> attribute value; None: written from the resolved model
+    from_attr: Callable[[dict[str, Any]], Any] | None  # the file's attributes -> the option value
+    family: str | None  # carried by --like only onto inputs of this family ("table": the column options)
+    example: Any  # a value other than the default (the table-wide --like/verify test runs each)
 
     @property
     def argument(self) -> bool:
@@ -42,6 +50,9 @@ class Option:
         return self.default is MISSING
 
 
+_FROM_MODEL = object()
+
+
 def opt(
     help: str,  # noqa: A002 - Typer's word
     *,
@@ -49,15 +60,49 @@ def opt(
     flags: tuple[str, ...] | None = None,
     cli: Any = None,
     api: Any = None,
-    setting: bool = False,
-    attr: bool | Callable[[Any], Any] = False,
     parse: Callable[[Any], Any] | None = None,
     minimum: int = 1,
+    meaning: bool = False,
+    attr: str | None = None,
+    to_attr: Callable[[Any], Any] | None | object = None,
+    from_attr: Callable[[dict[str, Any]], Any] | None = None,
+    family: str | None = None,
+    example: Any = None,
 ) -> Any:
     """Declare a field of the option table (see :class:`Option`). ``flags`` defaults to ``--name``;
-    ``attr=True`` stores the value as is; ``cli``/``api`` default to the field's type."""
-    spec = dict(help=help, flags=flags, cli=cli, api=api, setting=setting, attr=attr, parse=parse, minimum=minimum)
+    ``cli``/``api`` default to the field's type. A ``meaning`` option is recorded in the attribute
+    ``attr`` [its name]: ``to_attr`` [the value as is, None as ""] writes it, or ``to_attr=FROM_MODEL``
+    when the run writes the value the model resolved (``crop_pct``: the option or the model's);
+    ``from_attr`` [the attribute as is, "" as None, lists as tuples] reads it back. An execution
+    option given ``attr`` is recorded too, but compared nowhere."""
+    spec = dict(help=help, flags=flags, cli=cli, api=api, parse=parse, minimum=minimum, meaning=meaning, attr=attr,
+                to_attr=to_attr, from_attr=from_attr, family=family, example=example)  # fmt: skip
     return field(default=default, metadata={"option": spec})
+
+
+FROM_MODEL: Any = _FROM_MODEL  # opt(to_attr=FROM_MODEL): the attribute holds what the model resolved
+
+
+def plain_attr(name: str) -> Callable[[dict[str, Any]], Any]:
+    """The default ``from_attr``: attribute ``name`` as stored, "" (or missing) as None, lists as tuples."""
+
+    def read(attrs: dict[str, Any]) -> Any:
+        value = attrs.get(name)
+        if value is None or value == "" or value == []:
+            return None
+        return tuple(value) if isinstance(value, list) else value
+
+    return read
+
+
+def _as_stored(name: str) -> Callable[[Any], Any]:
+    """The default ``to_attr``: the field's value, None as "" (HDF5 has no None)."""
+
+    def write(cfg: Any) -> Any:
+        value = getattr(cfg, name)
+        return "" if value is None else list(value) if isinstance(value, tuple) else value
+
+    return write
 
 
 _T = typing.TypeVar("_T")
@@ -107,9 +152,14 @@ def _read_table(cls: Any) -> tuple[Option, ...]:
         if spec is None:
             continue
         tp = hints[f.name]
-        attr = spec["attr"]
-        if attr is True:
-            attr = operator.attrgetter(f.name)
+        meaning = spec["meaning"]
+        attr = spec["attr"] or (f.name if meaning else None)
+        to_attr = spec["to_attr"]
+        if to_attr is _FROM_MODEL or attr is None:
+            to_attr = None
+        elif to_attr is None:
+            to_attr = _as_stored(f.name)
+        from_attr = (spec["from_attr"] or plain_attr(str(attr))) if meaning else None
         flags = spec["flags"]
         if flags is None:
             flags = ("--" + f.name.replace("_", "-"),)
@@ -125,10 +175,14 @@ def _read_table(cls: Any) -> tuple[Option, ...]:
                 flags=flags,
                 cli_type=_cli_type(spec["cli"] if spec["cli"] is not None else tp),
                 api_type=api,
-                setting=spec["setting"],
-                attr=attr or None,
                 parse=spec["parse"],
                 minimum=spec["minimum"],
+                meaning=meaning,
+                attr=attr,
+                to_attr=to_attr,
+                from_attr=from_attr,
+                family=spec["family"],
+                example=spec["example"],
             )
         )
     return tuple(table)

@@ -144,3 +144,16 @@ def stride_attr(stride: int | None) -> int | str:
 def stored_stride(value: Any) -> Any:
     """An ``output_stride`` attribute as the option value: None where none was asked, else the stride."""
     return None if value is None or (isinstance(value, str) and value == NO_STRIDE) else value
+
+
+def parse_weights(tag: Any) -> dict[str, Any]:
+    """The ``weights`` attribute (model/weights.py writes it) -> ``{"pretrained": bool, "checkpoint":
+    path or None, "sha256": hex or None}``."""
+    tag = str(tag or "")
+    if tag == "random":
+        return {"pretrained": False, "checkpoint": None, "sha256": None}
+    if tag.startswith("checkpoint:"):
+        body = tag[len("checkpoint:") :]
+        path, _, sha = body.rpartition(" sha256:")
+        return {"pretrained": True, "checkpoint": path or body, "sha256": sha or None}
+    return {"pretrained": True, "checkpoint": None, "sha256": None}

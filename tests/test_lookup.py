@@ -111,14 +111,12 @@ def test_a_shard_file_holds_its_block_of_the_shards(tmp_path, photos):
 
 
 def test_table_rows_match_by_path_in_order_despite_failures_and_repeats(tmp_path, photos):
-    from featdump.store.like import recorded_columns
-
     for n in ("astronaut.jpg", "coffee.jpg"):
         (tmp_path / n).write_bytes(_png(photos, n))
     table = tmp_path / "t.csv"
     table.write_text("path\nastronaut.jpg\n\nmissing.jpg\ncoffee.jpg\nastronaut.jpg\n")
     paths = ["astronaut.jpg", "coffee.jpg", "astronaut.jpg"]  # row 1 of the table had no path, row 2 failed
-    cols = SimpleNamespace(**recorded_columns({"path_column": "", "image_column": "", "id_column": ""}))
+    cols = SimpleNamespace(path_column=None, image_column=None, id_column=None)  # the default columns
     wanted = wanted_rows([1, 2], paths, None, failed=["ROW:1", "missing.jpg"])
     find_rows("table", [str(table)], cols, wanted, (0, 1))
     assert [w.found[0].source for w in wanted] == [str(tmp_path / "coffee.jpg"), str(tmp_path / "astronaut.jpg")]

@@ -26,7 +26,7 @@ from featdump.values import stored_stride, stride_attr
 
 BASE = {"model": "resnet18", "inputs": ("imgs",), "output": "o.h5"}
 NAMES = [o.name for o in OPTIONS]
-CHOICES = {"tokens", "output_stride", "crop_mode", "precision", "dtype", "pool", "compression", "decode"}
+CHOICES = {"tokens", "output_stride", "crop_mode", "interpolation", "precision", "dtype", "pool", "compression", "decode"}
 
 
 def _click_params(command_table: typer.Typer) -> dict:
@@ -36,7 +36,7 @@ def _click_params(command_table: typer.Typer) -> dict:
 
 def test_every_config_field_is_an_option() -> None:
     fields = [f.name for f in dataclasses.fields(ExtractConfig)]
-    assert fields == [*NAMES, "command", "extra"]
+    assert fields == [*NAMES, "command"]
     assert all(o.help for o in OPTIONS)
     assert [o.name for o in OPTIONS if o.required] == ["model", "inputs", "output"]
 
@@ -103,9 +103,9 @@ def test_option_attrs() -> None:
     cfg = resolve({**BASE, "pool": "AVG", "fast_decode": True})
     attrs = option_attrs(cfg)
     assert attrs == {
-        "tokens": "seq", "output_stride": "none", "precision": "fp32", "dtype": "float32", "pool": "avg",
-        "compression": "none", "decode": "fast", "path_column": "", "image_column": "", "id_column": "",
-        "process": None,
+        "model": "resnet18", "tokens": "seq", "output_stride": "none", "precision": "fp32", "dtype": "float32",
+        "pool": "avg", "compression": "none", "decode": "fast", "path_column": "", "image_column": "",
+        "id_column": "", "process": "",
     }  # fmt: skip
     assert option_attrs(resolve({**BASE, "decode": "gpu", "output_stride": "16"}))["decode"] == "gpu"
     assert option_attrs(resolve({**BASE, "output_stride": 16}))["output_stride"] == 16
@@ -120,12 +120,11 @@ def test_output_stride_attribute_reads_back_as_the_option() -> None:
 
 
 def test_resume_and_merge_keys_hold_the_settings() -> None:
-    want = ("model", "out_indices", "layers", "tokens", "output_stride", "crop_mode", "crop_pct", "precision", "dtype",
-            "pool", "decode", "path_column", "image_column", "id_column", "process")  # fmt: skip
+    want = ("model", "out_indices", "layers", "tokens", "output_stride", "input_size", "crop_mode", "crop_pct",
+            "interpolation", "weights", "precision", "dtype", "pool", "decode", "path_column", "image_column",
+            "id_column", "process")  # fmt: skip
     assert want == SETTINGS
-    # "shard" is the placement's [I, N] (the option, or torchrun/Slurm): listed with the derived keys
-    assert [k for k in RESUME_KEYS if k in NAMES and k != "shard"] == list(SETTINGS)
-    assert [k for k in MERGE_KEYS if k in NAMES] == list(SETTINGS)
+    assert set(SETTINGS) < set(RESUME_KEYS) and set(SETTINGS) < set(MERGE_KEYS)
     assert "compression" not in RESUME_KEYS  # a file may be resumed or merged with another codec
 
 
@@ -151,7 +150,7 @@ def test_resolve_checks_by_type() -> None:
 class WithThrowaway(ExtractConfig):
     """ExtractConfig plus one option: the one entry adding an option takes."""
 
-    shuffle_channels: Literal["no", "yes"] = opt("Throwaway: no|yes.", default="no", setting=True, attr=True)
+    shuffle_channels: Literal["no", "yes"] = opt("Throwaway: no|yes.", default="no", meaning=True, example="yes")
 
 
 def test_a_new_option_is_one_entry(tmp_path: Path) -> None:
@@ -184,9 +183,11 @@ def test_a_new_option_is_one_entry(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="--shuffle-channels must be one of no|yes, not 'maybe'"):
         resolve({**BASE, "shuffle_channels": "maybe"}, cls=WithThrowaway)
 
-    # the file attribute and the resume/merge setting
+    # the file attribute, the resume/merge setting, and --like / verify read it back
     assert option_attrs(cfg)["shuffle_channels"] == "yes"
-    assert "shuffle_channels" in [o.name for o in table if o.setting]
+    assert "shuffle_channels" in options.settings(table)
+    (new,) = (o for o in table if o.name == "shuffle_channels")
+    assert new.from_attr({"shuffle_channels": "yes"}) == "yes"
     assert dataclasses.is_dataclass(WithThrowaway)
 
 

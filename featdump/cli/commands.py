@@ -23,95 +23,8 @@ from featdump.errors import FeatdumpError, FeatdumpWarning, UsageError
 from featdump.options import OPTIONS, Option
 from featdump.text import LINE_CHARS, clip, printable
 
-# --------------------------------------------------------------------------- inspect
 
-
-@app.command()
-@handle_errors
-def inspect(
-    model: Annotated[str, typer.Argument(help="timm model name, e.g. resnet50 or convnext_tiny.fb_in22k")],
-    out_indices: Annotated[
-        Optional[str], typer.Option("--out-indices", help="Feature levels, e.g. 1,2,-1 (negatives from the end).")
-    ] = None,
-    output_stride: Annotated[
-        Optional[int], typer.Option("--output-stride", help="Dilate late stages: 8 or 16 (where the model can).")
-    ] = None,
-    img_size: Annotated[Optional[str], typer.Option("--img-size", help="Input size: 224 or HEIGHTxWIDTH.")] = None,
-    pool: Annotated[str, typer.Option("--pool", help="Show shapes as stored with none|avg|max pooling.")] = "none",
-    layers: Annotated[
-        Optional[str], typer.Option("--layers", help="Module names instead of levels, e.g. layer1.0,blocks.3.")
-    ] = None,
-    all_modules: Annotated[
-        bool, typer.Option("--all-modules", help="List every module name (for --layers) with its output shape.")
-    ] = False,
-    tokens: Annotated[
-        str, typer.Option("--tokens", help="Token outputs as seq (N,T,D), map (N,D,H,W, prefix tokens dropped) or both (map + <name>.prefix).")
-    ] = "seq",
-    images: Annotated[
-        Optional[int], typer.Option("--images", help="Disk planning: add per-layer and total sizes for N images.")
-    ] = None,
-    dtype: Annotated[str, typer.Option("--dtype", help="Storage dtype of the --images totals: float32|float16.")] = "float32",
-    process: Annotated[
-        Optional[list[str]], typer.Option("--process", help="Processors, as extract takes them (stored shapes change).")
-    ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON on stdout (nothing else).")] = False,
-) -> None:
-    """List a backbone's feature layers: module, channels, stride, shape and MiB per image.
-
-    Builds the model on the meta device: no weights, no downloads.
-
-    Example: featdump inspect resnet50 --out-indices 1,2,3 --img-size 256x320
-
-    Example: featdump inspect resnet50 --images 1000000 --dtype float16 --pool avg
-
-    Example: featdump inspect vit_small_patch16_224 --all-modules
-    """
-    from featdump import options as config
-    from featdump import values
-    from featdump.cli.render import console, description_dict, inspect_table
-    from featdump.model.backbone import describe
-
-    stride = output_stride
-    if stride is not None and stride not in config.OUTPUT_STRIDES:
-        raise UsageError(f"--output-stride must be one of 8|16|32, not {stride}")
-    values.check_choice("pool", pool, config.POOLS)
-    values.check_choice("tokens", tokens, config.TOKENS)
-    names = values.parse_names(layers)
-    indices = values.parse_indices(out_indices)
-    if names is not None and indices is not None:
-        raise UsageError("--out-indices and --layers exclude each other; pick feature levels or module names")
-    if all_modules:
-        from featdump.cli.render import modules_dict, modules_table
-        from featdump.model.modules import list_modules
-
-        data, records = list_modules(model, values.parse_img_size(img_size), stride)
-        if as_json:
-            sys.stdout.write(json.dumps(modules_dict(model, data, records), indent=2) + "\n")
-        else:
-            console().print(modules_table(model, data, records))
-        return
-    values.check_choice("dtype", dtype, config.DTYPES)
-    if images is not None and images < 1:
-        raise UsageError(f"--images must be a whole number >= 1, not {images}")
-    desc = describe(model, indices, stride, values.parse_img_size(img_size), layers=names, tokens=tokens)
-    if process:
-        import dataclasses
-
-        from featdump.run import processors
-
-        procs = processors.load(values.parse_process(process))
-        processors.prepare(procs, desc.data.input_size)
-        desc = dataclasses.replace(desc, layers=processors.stored_layers(desc.layers, pool, procs))
-    if as_json:
-        sys.stdout.write(json.dumps(description_dict(desc, pool, images, dtype), indent=2) + "\n")
-        return
-    console().print(inspect_table(desc, pool, images, dtype))
-
-
-# --------------------------------------------------------------------------- extract
-
-
-def extract_parameters(table: Sequence[Option] = OPTIONS) -> Signature:
+def extract_parameters(table: Sequence[Option] = OPTIONS, config: bool = True) -> Signature:
     """The ``extract`` command's parameters, derived from the option table (featdump/options.py)."""
     keyword = Parameter.KEYWORD_ONLY  # Typer passes every parameter by name
     params = [Parameter("ctx", keyword, annotation=typer.Context)]
@@ -119,8 +32,9 @@ def extract_parameters(table: Sequence[Option] = OPTIONS) -> Signature:
         info = typer.Argument(help=o.help) if o.argument else typer.Option(*o.flags, help=o.help)
         default = Parameter.empty if o.required else o.default
         params.append(Parameter(o.name, keyword, annotation=Annotated[o.cli_type, info], default=default))
-    config = typer.Option("--config", help="TOML file of option defaults (flags win).")
-    params.append(Parameter("config_file", keyword, annotation=Annotated[Optional[Path], config], default=None))
+    if config:
+        info = typer.Option("--config", help="TOML file of option defaults (flags win).")
+        params.append(Parameter("config_file", keyword, annotation=Annotated[Optional[Path], info], default=None))
     return Signature(params, return_annotation=None)
 
 
@@ -132,6 +46,82 @@ def with_signature(signature: Signature) -> Callable[[F], F]:
         return func
 
     return apply
+
+
+# --------------------------------------------------------------------------- inspect
+
+
+# extract's options that also shape what inspect shows (their flags, help and checks come from the table)
+INSPECT_OPTIONS = ("out_indices", "output_stride", "img_size", "pool", "layers", "tokens", "dtype", "process")
+
+
+def inspect_parameters() -> Signature:
+    """``inspect``'s parameters: MODEL, the extract options of :data:`INSPECT_OPTIONS`, and its own."""
+    shared = [o for o in OPTIONS if o.name in INSPECT_OPTIONS]
+    params = list(extract_parameters(shared, config=False).parameters.values())
+    own = {
+        "all_modules": typer.Option("--all-modules", help="List every module name (for --layers) with its output shape."),
+        "images": typer.Option("--images", help="Disk planning: add per-layer and total sizes for N images."),
+        "as_json": typer.Option("--json", help="Print JSON on stdout (nothing else)."),
+    }
+    kinds = {"all_modules": (bool, False), "images": (Optional[int], None), "as_json": (bool, False)}
+    for name, info in own.items():
+        tp, default = kinds[name]
+        params.append(Parameter(name, Parameter.KEYWORD_ONLY, annotation=Annotated[tp, info], default=default))
+    model = typer.Argument(help="timm model name, e.g. resnet50 or convnext_tiny.fb_in22k")
+    params.insert(1, Parameter("model", Parameter.KEYWORD_ONLY, annotation=Annotated[str, model]))
+    return Signature(params, return_annotation=None)
+
+
+@app.command()
+@handle_errors
+@with_signature(inspect_parameters())
+def inspect(ctx: typer.Context, model: str, all_modules: bool, images: int | None, as_json: bool, **values: Any) -> None:
+    """List a backbone's feature layers: module, channels, stride, shape and MiB per image.
+
+    Builds the model on the meta device: no weights, no downloads.
+
+    Example: featdump inspect resnet50 --out-indices 1,2,3 --img-size 256x320
+
+    Example: featdump inspect resnet50 --images 1000000 --dtype float16 --pool avg
+
+    Example: featdump inspect vit_small_patch16_224 --all-modules
+    """
+    from featdump.cli.render import console, description_dict, inspect_table
+    from featdump.model.backbone import describe
+    from featdump.options import check_options
+
+    given = given_options(ctx, list(INSPECT_OPTIONS))
+    o = {**{f.name: f.default for f in OPTIONS if f.name in INSPECT_OPTIONS}, **check_options(given)}
+    if all_modules:
+        from featdump.cli.render import modules_dict, modules_table
+        from featdump.model.modules import list_modules
+
+        data, records = list_modules(model, o["img_size"], o["output_stride"])
+        if as_json:
+            sys.stdout.write(json.dumps(modules_dict(model, data, records), indent=2) + "\n")
+        else:
+            console().print(modules_table(model, data, records))
+        return
+    if images is not None and images < 1:
+        raise UsageError(f"--images must be a whole number >= 1, not {images}")
+    pool, dtype = o["pool"], o["dtype"]
+    desc = describe(model, o["out_indices"], o["output_stride"], o["img_size"], layers=o["layers"], tokens=o["tokens"])
+    if o["process"]:
+        import dataclasses
+
+        from featdump.run import processors
+
+        procs = processors.load(o["process"])
+        processors.prepare(procs, desc.data.input_size)
+        desc = dataclasses.replace(desc, layers=processors.stored_layers(desc.layers, pool, procs))
+    if as_json:
+        sys.stdout.write(json.dumps(description_dict(desc, pool, images, dtype), indent=2) + "\n")
+        return
+    console().print(inspect_table(desc, pool, images, dtype))
+
+
+# --------------------------------------------------------------------------- extract
 
 
 @app.command()
@@ -168,13 +158,11 @@ def _extract(ctx: typer.Context, config_file: Path | None, stop: Any) -> None:
     from featdump.cli.signals import leave_at_once
     from featdump.run.job import run_extraction
     from featdump.run.results import nothing_read
-    from featdump.store.like import recorded_options
+    from featdump.store.like import resolve_with_like
 
     given = given_options(ctx, [o.name for o in OPTIONS])  # MODEL, INPUT... and -o are always given
     file_values = config.load_toml(config_file) if config_file else {}
-    like = config.like_path(given, file_values)
-    like_values = recorded_options(like) if like else None
-    cfg = config.resolve(given, file_values, command=shlex.join(["featdump", *sys.argv[1:]]), like_values=like_values)
+    cfg = resolve_with_like(given, file_values, shlex.join(["featdump", *sys.argv[1:]]))
     progress = progress_for(cfg.quiet)  # a bar on a terminal, plain lines in a job's log
     if cfg.quiet:  # third-party RuntimeWarnings (numpy/torch on NaN values): what they mean is said below
         warnings.filterwarnings("ignore", category=RuntimeWarning)

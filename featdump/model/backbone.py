@@ -122,5 +122,5 @@ def backbone_for(cfg: ExtractConfig) -> Backbone:
             layers=cfg.layers,
             tokens=cfg.tokens,
         )
-    backbone.data = backbone.data.with_crop(cfg.crop_mode, cfg.crop_pct)  # --crop-mode / --crop-pct
+    backbone.data = backbone.data.with_options(cfg)  # --crop-mode, --crop-pct, --interpolation
     return backbone

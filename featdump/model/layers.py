@@ -61,15 +61,13 @@ class DataConfig:
             crop_mode=str(cfg.get("crop_mode", "center")),
         )
 
-    def with_crop(self, crop_mode: str | None = None, crop_pct: float | None = None) -> DataConfig:
-        """This config with ``--crop-mode`` / ``--crop-pct`` in place of the model's (None: keep it)."""
+    def with_options(self, cfg: Any) -> DataConfig:
+        """This config with ``--crop-mode`` / ``--crop-pct`` / ``--interpolation`` in place of the
+        model's (None: keep it)."""
         import dataclasses
 
-        return dataclasses.replace(
-            self,
-            crop_mode=self.crop_mode if crop_mode is None else str(crop_mode),
-            crop_pct=self.crop_pct if crop_pct is None else float(crop_pct),
-        )
+        names = ("crop_mode", "crop_pct", "interpolation")
+        return dataclasses.replace(self, **{n: getattr(cfg, n) for n in names if getattr(cfg, n) is not None})
 
     def as_timm(self) -> dict[str, Any]:
         return {

@@ -186,7 +186,7 @@ def verify_file(path: str | Path, n: int = 8, seed: int = 0, device: str = "auto
     from featdump.run.device import resolve_device
     from featdump.run.forward import Forward
     from featdump.store.check import input_kind
-    from featdump.store.like import read_attrs, recorded_columns, recorded_options
+    from featdump.store.like import read_attrs, recorded_options
 
     if n < 1:
         raise UsageError(f"-n must be at least 1, not {n}")
@@ -201,15 +201,13 @@ def verify_file(path: str | Path, n: int = 8, seed: int = 0, device: str = "auto
             f"verify with timm=={made_with}"
         )
     try:
-        opts = recorded_options(p, attrs, where="cannot verify")
+        opts = recorded_options(p, attrs, where="cannot verify", onto=input_kind(attrs))
         procs = processors.load(opts.get("process"))
     except CannotVerify:
         raise
     except UsageError as exc:
         raise CannotVerify(str(exc)) from None
-    kind = input_kind(attrs)
-    columns = recorded_columns(attrs) if kind == "table" else {}
-    cfg = resolve({**opts, **columns, "inputs": (str(p),), "output": str(p), "device": device})
+    cfg = resolve({**opts, "inputs": (str(p),), "output": str(p), "device": device})
     with open_file(p) as ff:
         if ff.num_images == 0:
             raise CannotVerify(f"cannot verify {p}: it holds no rows yet")

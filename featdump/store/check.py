@@ -27,17 +27,9 @@ from featdump.text import printable, unsafe_name
 INPUT_KEYS = ("input_digest", "num_inputs", "list_digest", "list_size", "shard")
 
 # Settings that must match for --resume to continue a file (and for merge to join shards): the
-# options marked as settings in the option table (featdump/options.py), and what the model and the
-# inputs made of them.
-RESUME_KEYS = (
-    *SETTINGS,  # model, out_indices, layers, tokens, output_stride, crop_mode, crop_pct, precision, dtype, pool, decode, ...
-    "weights",
-    "input_size",
-    "mean",
-    "std",
-    "interpolation",  # (crop_pct and crop_mode are settings in the table: --crop-pct, --crop-mode)
-    *INPUT_KEYS,
-)
+# attributes of the meaning options in the option table (featdump/options.py), the normalisation the
+# model brings with it, and the inputs.
+RESUME_KEYS = (*SETTINGS, "mean", "std", *INPUT_KEYS)
 
 
 # Datasets that, when present, hold one row per image (row i belongs to /paths[i]).

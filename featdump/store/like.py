@@ -1,8 +1,9 @@
 """The meaning of an existing file's rows, as option values: ``extract --like FILE`` and ``verify``.
 
-:func:`recorded_options` maps a featdump file's root attributes back to the options that made them
-(model, levels or modules, tokens, output stride, input size, weights, precision, dtype, pool,
-decoding, processors). A checkpoint is used only when its sha256 still matches the recorded one.
+:func:`recorded_options` maps a featdump file's root attributes back to the options that made them,
+through the option table (featdump/options.py: every ``meaning`` option's ``from_attr``), so an
+option added there is carried with no edit here. A checkpoint is used only when its sha256 still
+matches the recorded one.
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from featdump.errors import UsageError
+from featdump.options import OPTIONS, ExtractConfig, like_path, resolve
 from featdump.text import first_line
-from featdump.values import stored_stride
+from featdump.values import parse_weights
 
 
 def read_attrs(path: str | Path) -> dict[str, Any]:
@@ -36,18 +38,6 @@ def read_attrs(path: str | Path) -> dict[str, Any]:
         h5.close()
 
 
-def parse_weights(tag: str) -> dict[str, Any]:
-    """``weights`` attribute -> ``{"pretrained": bool, "checkpoint": path or None, "sha256": hex or None}``."""
-    tag = str(tag or "")
-    if tag == "random":
-        return {"pretrained": False, "checkpoint": None, "sha256": None}
-    if tag.startswith("checkpoint:"):
-        body = tag[len("checkpoint:") :]
-        path, _, sha = body.rpartition(" sha256:")
-        return {"pretrained": True, "checkpoint": path or body, "sha256": sha or None}
-    return {"pretrained": True, "checkpoint": None, "sha256": None}
-
-
 def check_checkpoint(path: str, sha256: str | None, where: str) -> None:
     """The recorded checkpoint must exist and hash to the recorded sha256 (else UsageError)."""
     p = Path(path)
@@ -65,43 +55,31 @@ def check_checkpoint(path: str, sha256: str | None, where: str) -> None:
             )
 
 
-def recorded_options(path: str | Path, attrs: dict[str, Any] | None = None, where: str = "--like") -> dict[str, Any]:
-    """Every option that defines the rows' meaning, as :func:`featdump.options.resolve` takes them."""
+def recorded_options(
+    path: str | Path, attrs: dict[str, Any] | None = None, where: str = "--like", onto: str | None = None
+) -> dict[str, Any]:
+    """Every meaning option of the option table, as :func:`featdump.options.resolve` takes them, read
+    back from the file's attributes by each option's ``from_attr``. ``onto`` is the kind of input
+    the rows are rebuilt from (``files``, ``tar``, ``table``): options of a family (the table columns)
+    are carried only onto that family. A recorded checkpoint must still hash to its sha256."""
     attrs = read_attrs(path) if attrs is None else attrs
     where = f"{where} {path}"
     if attrs.get("format") != "featdump" or not attrs.get("model"):
         raise UsageError(f"{where} is not a featdump file")
-    named = not attrs.get("out_indices") and bool(attrs.get("layers"))
-    decode = str(attrs.get("decode", "exact"))
-    size = attrs.get("input_size") or []
-    weights = parse_weights(str(attrs.get("weights", "")))
+    weights = parse_weights(attrs.get("weights"))
     if weights["checkpoint"]:
         check_checkpoint(weights["checkpoint"], weights["sha256"], where)
-    process = attrs.get("process")
-    out: dict[str, Any] = {
-        "model": str(attrs["model"]),
-        "out_indices": None if named else tuple(int(i) for i in attrs.get("out_indices") or ()) or None,
-        "layers": tuple(str(n) for n in attrs["layers"]) if named else None,
-        "output_stride": stored_stride(attrs.get("output_stride")),  # resolve() checks it
-        "img_size": (int(size[1]), int(size[2])) if len(size) == 3 else None,
-        "pretrained": weights["pretrained"],
-        "checkpoint": weights["checkpoint"],
-        "precision": str(attrs.get("precision", "fp32")),
-        "dtype": str(attrs.get("dtype", "float32")),
-        "pool": str(attrs.get("pool", "none")),
-        "decode": "gpu" if decode == "gpu" else "cpu",
-        "fast_decode": decode == "fast",
-        "process": tuple(str(p) for p in process) if isinstance(process, list) and process else None,
-    }
-    if "tokens" in attrs:
-        out["tokens"] = str(attrs["tokens"])
-    return out
+    return {o.name: o.from_attr(attrs) for o in OPTIONS if o.from_attr and o.family in (None, onto)}
 
 
-def recorded_columns(attrs: dict[str, Any]) -> dict[str, str | None]:
-    """The table columns a file's rows were read from (``--path-column``, ``--image-column``,
-    ``--id-column``; None where not given). Not part of :func:`recorded_options`: ``--like`` takes
-    the rows' meaning to other inputs, which need not be a table."""
-    from featdump.data.sources import TABLE_OPTIONS
+def resolve_with_like(given: dict[str, Any], file_values: dict[str, Any], command: str) -> ExtractConfig:
+    """:func:`featdump.options.resolve`, with the meaning options of a ``--like`` file (named by the
+    flags or the config file) in place of the defaults: the one way the CLI and the API configure a run."""
+    like = like_path(given, file_values)
+    like_values = None
+    if like:
+        from featdump.data.sources import family
 
-    return {name: str(attrs.get(name) or "") or None for name in TABLE_OPTIONS}
+        onto = {family(str(raw)) for raw in given.get("inputs") or ()}
+        like_values = recorded_options(like, onto=onto.pop() if len(onto) == 1 else None)
+    return resolve(given, file_values, command=command, like_values=like_values)

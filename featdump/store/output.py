@@ -42,7 +42,6 @@ def file_attrs(cfg: ExtractConfig, backbone: Backbone, shard: tuple[int, int], s
         "format": "featdump",
         "format_version": FORMAT_VERSION,
         "featdump_version": __version__,
-        "model": cfg.model,
         "weights": backbone.weights,
         "timm_version": timm.__version__,
         "torch_version": torch.__version__,
@@ -54,7 +53,7 @@ def file_attrs(cfg: ExtractConfig, backbone: Backbone, shard: tuple[int, int], s
         "crop_mode": data.crop_mode,
         "out_indices": [layer.index for layer in backbone.layers] if not cfg.layers else [],
         "layers": [layer.name for layer in backbone.layers],
-        **option_attrs(cfg),  # tokens, output_stride, precision, dtype, pool, compression, decode, ...
+        **option_attrs(cfg),  # model, tokens, output_stride, precision, dtype, pool, compression, decode, ...
         "created": utc_now(),
         "command": cfg.command,
         "inputs": inputs_attr(cfg.inputs),  # the INPUTs as given, structured (viz finds the images)
