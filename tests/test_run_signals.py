@@ -74,7 +74,9 @@ def test_api_survives_sigint_and_resumes_to_the_clean_rows(tmp_path: Path, photo
         assert got["outcome"] == "KeyboardInterrupt", got["outcome"]
     assert got["handler_back"], "the caller's SIGINT handler was not restored"
     num, complete = got["partial"]
-    assert not complete and 0 < num < len(clean_rows)
+    assert not complete and num < len(clean_rows)
+    if times == 1:  # a first SIGINT commits what was handed to the writer; a second drops it, so 0 rows is fine
+        assert num > 0
     assert got["complete"]
     assert len(got["rows"]) == len(clean_rows)
     assert got["rows"] == clean_rows
