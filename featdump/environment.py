@@ -7,7 +7,6 @@ The list in docs/options.md ("Environment settings") matches this table (tests/t
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -34,20 +33,12 @@ class Setting:
             raise UsageError(f"{self.name}={raw!r}: {self.give}") from None
 
 
-def _number(low: float, high: float, *, low_open: bool = False) -> Callable[[str], float]:
-    def parse(text: str) -> float:
-        value = float(text)
-        if not math.isfinite(value) or value > high or value < low or (low_open and value == low):
-            raise ValueError(text)
-        return value
+def _number(low: float, high: float, kind: Callable[[str], Any] = float, *, not_: float | None = None) -> Callable[[str], Any]:
+    """A number in ``[low, high]``, not ``not_`` (NaN fails the comparison, infinity the bound)."""
 
-    return parse
-
-
-def _int(low: int, high: int, *, not_zero: bool = False) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        value = int(text)
-        if not low <= value <= high or (not_zero and value == 0):
+    def parse(text: str) -> Any:
+        value = kind(text)
+        if not low <= value <= high or value == not_:
             raise ValueError(text)
         return value
 
@@ -69,7 +60,7 @@ COMMIT_SECONDS = Setting(
     "Seconds between commits of a run (default 1; 0 commits after every batch).",
 )  # fmt: skip
 ZSTD_LEVEL = Setting(
-    "FEATDUMP_ZSTD_LEVEL", -3, _int(-50, 22, not_zero=True),
+    "FEATDUMP_ZSTD_LEVEL", -3, _number(-50, 22, int, not_=0),
     "give a zstd level from -50 (fastest) to 22 (smallest), not 0",
     "The level of --compression zstd (default -3, zstd's fast mode; -50..22, not 0).",
 )  # fmt: skip
@@ -79,12 +70,12 @@ MALLOC_TUNING = Setting(
     "0 leaves glibc's malloc settings alone (default 1: tuned for steady speed, docs/performance.md).",
 )  # fmt: skip
 LOG_SECONDS = Setting(
-    "FEATDUMP_LOG_SECONDS", 30.0, _number(0, 1e9, low_open=True),
+    "FEATDUMP_LOG_SECONDS", 30.0, _number(0, 1e9, not_=0),
     "give the seconds between progress lines (a number above 0)",
     "Seconds between the plain progress lines when stderr is not a terminal (default 30).",
 )  # fmt: skip
 WRITE_THREADS = Setting(
-    "FEATDUMP_WRITE_THREADS", None, _int(1, 64),
+    "FEATDUMP_WRITE_THREADS", None, _number(1, 64, int),
     "give a number of threads from 1 to 64",
     "Threads preparing (compressing) chunks for the writer (default: the cores left over, 1-8).",
 )  # fmt: skip

@@ -37,9 +37,11 @@ def test_unset_or_empty_is_the_default(setting: Setting) -> None:
     [
         ("FEATDUMP_COMMIT_SECONDS", "0", 0.0),
         ("FEATDUMP_COMMIT_SECONDS", "-1", None),
+        ("FEATDUMP_COMMIT_SECONDS", "inf", None),
         ("FEATDUMP_ZSTD_LEVEL", "-50", -50),
         ("FEATDUMP_ZSTD_LEVEL", "0", None),
         ("FEATDUMP_ZSTD_LEVEL", "23", None),
+        ("FEATDUMP_ZSTD_LEVEL", "1.5", None),
         ("FEATDUMP_MALLOC_TUNING", "0", False),
         ("FEATDUMP_MALLOC_TUNING", "2", None),
         ("FEATDUMP_LOG_SECONDS", "0.5", 0.5),
