@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.writer import LITE0, RESNET50, batch_arrays, layers_for, raw_rate, store_rate
+from featdump.data.batching import Rows
 
 R50_L34 = {k: v for k, v in RESNET50.items() if k in ("layer3", "layer4")}
 CASES = {"resnet50 (all levels)": RESNET50, "resnet50 layer3+layer4": R50_L34, "lite0 (all levels)": LITE0}
@@ -103,7 +104,7 @@ def host_rate(folder: Path, backbone: Any, shapes: dict[str, tuple[int, ...]], o
     for b in Loader(refs, backbone, cfg, _cpu_device(), batch, workers, 2, 0):
         k = len(b.positions)
         feats = [a[:k] for a in outputs]  # the null forward: precomputed outputs of the model's shapes
-        writer.put((feats, [refs[i].path for i in b.positions], [], n + k))
+        writer.put(Rows(feats, b.paths, [], n + k))
         n += k
     writer.close()
     store.finish()

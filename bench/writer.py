@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from featdump.data.batching import Rows
+
 # resnet50's five levels at 224x224 (float16 storage); layer3 + layer4 are the GPU check's levels
 RESNET50 = {"act1": (64, 112, 112), "layer1": (256, 56, 56), "layer2": (512, 28, 28), "layer3": (1024, 14, 14), "layer4": (2048, 7, 7)}
 # tf_efficientnet_lite0's five levels at 224x224
@@ -65,7 +67,7 @@ def store_rate(folder: Path, shapes: dict[str, tuple[int, ...]], arrays: list[An
     store.write_threads = threads
     store.jf.durable = durable
     for k in range(batches):
-        store.append(arrays, [f"p{k * b + i}" for i in range(b)], [], (k + 1) * b)
+        store.append(Rows(arrays, [f"p{k * b + i}" for i in range(b)], [], (k + 1) * b))
     store.finish()
     store.close()
     seconds = time.perf_counter() - t0

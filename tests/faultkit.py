@@ -22,6 +22,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "resnet18"
+# timm knows no such model: a refusal that must come before the model loads says its own words, not "unknown model"
+NO_MODEL = "no_such_model"
 # Small and fast: 64 px input, batch of 4, every batch committed (FEATDUMP_COMMIT_SECONDS=0).
 FAST = ("--img-size", "64", "--batch-size", "4", "--device", "cpu", "--quiet")
 ENV = {"FEATDUMP_COMMIT_SECONDS": "0"}

@@ -73,9 +73,9 @@ def write_parquet(folder: Path, out: Path, *, struct: bool = True, row_group_siz
     return out
 
 
-def argv(inputs: list[str] | str, out: Path, ckpt: Path, *extra: str) -> list[str]:
+def argv(inputs: list[str] | str, out: Path, ckpt: Path, *extra: str, model: str = MODEL) -> list[str]:
     inputs = [inputs] if isinstance(inputs, str) else inputs
-    return ["extract", MODEL, *inputs, "-o", str(out), "--checkpoint", str(ckpt), *FAST, *extra]
+    return ["extract", model, *inputs, "-o", str(out), "--checkpoint", str(ckpt), *FAST, *extra]
 
 
 def features(path: Path) -> dict[str, Any]:

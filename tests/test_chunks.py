@@ -11,6 +11,7 @@ import h5py
 import numpy as np
 import pytest
 
+from featdump.data.batching import Rows
 from featdump.model.layers import LayerInfo
 
 CODECS = ["none", "gzip", "lzf", "zstd"]
@@ -41,7 +42,7 @@ def _write(path: Path, *, codec: str, dtype: str, sizes: list[int], threads: int
     store.write_threads = threads
     done = 0
     for k, n in enumerate(sizes):
-        store.append(_batch(rng, n, dtype), [f"p{done + i}" for i in range(n)], [], done + n)
+        store.append(Rows(_batch(rng, n, dtype), [f"p{done + i}" for i in range(n)], [], done + n))
         done += n
         if k in commit_at:
             store.commit()
@@ -109,14 +110,14 @@ def test_partial_chunks_are_in_every_commit(tmp_path: Path) -> None:
     path = tmp_path / "f.h5"
     store = Store.create(path, {"format": "featdump"}, _layers(), pool="none", dtype="float32", compression="zstd")
     batches = [_batch(rng, n, "float32") for n in (2, 3)]
-    store.append(batches[0], ["a", "b"], [], 2)
+    store.append(Rows(batches[0], ["a", "b"], [], 2))
     store.commit()
     from featdump.store.committed import open_committed
 
     with open_committed(path) as h5:
         for layer, arr in zip(_layers(), batches[0], strict=True):
             np.testing.assert_array_equal(h5["features"][layer.name][:], arr)
-    store.append(batches[1], ["c", "d", "e"], [], 5)
+    store.append(Rows(batches[1], ["c", "d", "e"], [], 5))
     store.finish()
     store.close()
     with h5py.File(path) as h5:
@@ -146,7 +147,7 @@ def test_resume_after_a_kill_mid_chunk(tmp_path: Path, codec: str) -> None:
                 store.write_threads = 2
                 done = 0
                 for k, n in enumerate(sizes[:4]):
-                    store.append(_batch(rng, n, "float16"), [f"p{done + i}" for i in range(n)], [], done + n)
+                    store.append(Rows(_batch(rng, n, "float16"), [f"p{done + i}" for i in range(n)], [], done + n))
                     done += n
                     if k == 1:
                         store.commit()  # 5 rows committed; batches 3 and 4 written, not committed
@@ -160,7 +161,7 @@ def test_resume_after_a_kill_mid_chunk(tmp_path: Path, codec: str) -> None:
             _batch(rng, n, "float16")  # the rows already committed
         done = 5
         for n in sizes[2:]:
-            store.append(_batch(rng, n, "float16"), [f"p{done + i}" for i in range(n)], [], done + n)
+            store.append(Rows(_batch(rng, n, "float16"), [f"p{done + i}" for i in range(n)], [], done + n))
             done += n
         store.finish()
         store.close()

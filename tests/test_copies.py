@@ -58,6 +58,7 @@ def test_pending_counts_bytes_and_resolves() -> None:
 def test_writer_stores_pending_batches_in_order(tmp_path) -> None:
     import h5py
 
+    from featdump.data.batching import Rows
     from featdump.model.layers import LayerInfo
     from featdump.run.writer import Writer
     from featdump.store.sink import Store
@@ -67,7 +68,7 @@ def test_writer_stores_pending_batches_in_order(tmp_path) -> None:
     q = ThreadCopies(depth=2)
     w = Writer(store, threads=2)
     for k in range(5):
-        w.put((q.submit([np.full((2, 2, 3), k, np.float32)]), [f"p{2 * k}", f"p{2 * k + 1}"], [], 2 * k + 2))
+        w.put(Rows(q.submit([np.full((2, 2, 3), k, np.float32)]), [f"p{2 * k}", f"p{2 * k + 1}"], [], 2 * k + 2))
     w.close()
     q.close()
     store.finish()

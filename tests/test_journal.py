@@ -73,6 +73,7 @@ def test_readers_see_the_last_commit_after_a_kill_inside_apply(tmp_path: Path, m
     and the end of its apply. open_committed (for featdump's readers) and --resume see through it."""
     import h5py
 
+    from featdump.data.batching import Rows
     from featdump.model.layers import LayerInfo
     from featdump.store import redo
     from featdump.store.committed import open_committed
@@ -85,7 +86,7 @@ def test_readers_see_the_last_commit_after_a_kill_inside_apply(tmp_path: Path, m
     def batches(store, first, last):
         for b in range(first, last):
             rows = [np.full((4, 8, 8), b * 3 + i, np.float32) for i in range(3)]
-            store.append([np.stack(rows)], [f"p{b * 3 + i}" for i in range(3)], [], (b + 1) * 3)
+            store.append(Rows([np.stack(rows)], [f"p{b * 3 + i}" for i in range(3)], [], (b + 1) * 3))
 
     pid = os.fork()
     if pid == 0:  # dies half-way through applying the commit of batch 4

@@ -14,6 +14,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from featdump.data.batching import Failure, Rows
+
 from conftest import run
 from faultkit import assert_prefix_of, assert_same_rows, read_rows
 
@@ -111,7 +113,7 @@ def _write(path: Path, ok: list[bool], batch: int, start_store=None, stop_after:
         chunk = todo[b0 : b0 + batch]
         good = [i for i in chunk if ok[i]]
         feats = [np.stack([np.full(l.shape, i + 0.5 * j, np.float32) for i in good]) if good else np.zeros((0, *l.shape), np.float32) for j, l in enumerate(layers)]
-        store.append(feats, [f"p{i}" for i in good], [(f"p{i}", "bad") for i in chunk if not ok[i]], start + b0 + len(chunk))
+        store.append(Rows(feats, [f"p{i}" for i in good], [Failure(i, f"p{i}", "bad") for i in chunk if not ok[i]], start + b0 + len(chunk)))
     return store
 
 

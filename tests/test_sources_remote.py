@@ -18,7 +18,7 @@ from streamkit import argv, assert_same_features, features, images_in_order, wri
 
 from featdump.data import remote
 
-from faultkit import make_images, run
+from faultkit import NO_MODEL, make_images, run
 
 
 @pytest.fixture(scope="module")
@@ -104,15 +104,12 @@ def test_file_urls_read_like_local_paths(cli, data: dict, tmp_path: Path) -> Non
 def test_missing_remote_shard_is_a_usage_error_before_the_model_loads(
     cli, data: dict, http: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import featdump.run.job as job
-
-    monkeypatch.setattr(job, "backbone_for", lambda cfg: pytest.fail("the model was loaded"))
     out = tmp_path / "o.h5"
-    result = cli(*argv(f"{http.url}/shards/data-{{000000..000003}}.tar", out, data["ckpt"]))
+    result = cli(*argv(f"{http.url}/shards/data-{{000000..000003}}.tar", out, data["ckpt"], model=NO_MODEL))
     assert result.exit_code == 2, result.output
     assert f"tar shard not found: {http.url}/shards/data-000003.tar (from the pattern" in result.output
     assert not out.exists()
-    result = cli(*argv(f"{http.url}/gone.parquet", out, data["ckpt"]))
+    result = cli(*argv(f"{http.url}/gone.parquet", out, data["ckpt"], model=NO_MODEL))
     assert result.exit_code == 2 and f"input not found: {http.url}/gone.parquet" in result.output
 
 
@@ -126,8 +123,6 @@ def test_a_missing_s3_bucket_is_not_found_at_once(
 
     import s3fs
 
-    import featdump.run.job as job
-
     def no_retry(seconds: float) -> None:
         raise AssertionError("a 'not found' answer was retried")
 
@@ -135,14 +130,13 @@ def test_a_missing_s3_bucket_is_not_found_at_once(
         monkeypatch.setenv(key, value)
     s3fs.S3FileSystem.clear_instance_cache()  # the client reads the endpoint from the environment above
     monkeypatch.setattr(remote, "time", SimpleNamespace(sleep=no_retry))
-    monkeypatch.setattr(job, "backbone_for", lambda cfg: pytest.fail("the model was loaded"))
     out = tmp_path / "o.h5"
     for url, message in [
         ("s3://nobucket/shards/data-{000000..000001}.tar", "tar shard not found: s3://nobucket/shards/data-000000.tar"),
         ("s3://nobucket/urls.parquet", "input not found: s3://nobucket/urls.parquet"),
         ("s3://bucket/shards/data-000009.tar", "tar shard not found: s3://bucket/shards/data-000009.tar"),  # no such key
     ]:
-        result = cli(*argv(url, out, data["ckpt"]))
+        result = cli(*argv(url, out, data["ckpt"], model=NO_MODEL))
         assert result.exit_code == 2, result.output
         assert message in result.output, result.output
         assert not out.exists()

@@ -13,7 +13,7 @@ from streamkit import argv, assert_same_features, features, images_in_order, key
 import featdump
 from featdump.data.sources import open_source
 
-from faultkit import make_images, run
+from faultkit import NO_MODEL, make_images, run
 
 
 @pytest.fixture(scope="module")
@@ -128,12 +128,9 @@ def test_a_path_column_of_image_bytes_is_a_usage_error_before_the_model_loads(
 ) -> None:
     """Image bytes taken for file names used to fail every row with its bytes as the path (a
     165 KB error line); the column's type says which option was meant."""
-    import featdump.run.job as job
-
-    monkeypatch.setattr(job, "backbone_for", lambda cfg: pytest.fail("the model was loaded"))
     table = write_parquet(data["images"], tmp_path / "hf.parquet", struct=True)
     out = tmp_path / "o.h5"
-    result = cli(*argv(str(table), out, data["ckpt"], "--path-column", "image"))
+    result = cli(*argv(str(table), out, data["ckpt"], "--path-column", "image", model=NO_MODEL))
     assert result.exit_code == 2, result.output
     assert result.output.strip() == (
         "featdump: error: column image holds image bytes ({bytes, path} structs); use --image-column image"

@@ -27,7 +27,7 @@ from featdump.data.sources import TarSelection, open_source
 from featdump.data.tars import expand_braces, read_samples
 from featdump.errors import UsageError
 
-from faultkit import journal_seq, kill, make_images, popen, run
+from faultkit import NO_MODEL, journal_seq, kill, make_images, popen, run
 
 
 def _png(seed: int = 0, size: int = 32) -> bytes:
@@ -242,15 +242,9 @@ def test_sample_without_image_is_a_failed_record_with_its_id(cli, data: dict, tm
 
 
 def test_missing_shard_is_a_usage_error_before_the_model_loads(cli, data: dict, tmp_path: Path, monkeypatch) -> None:
-    import featdump.run.job as job
-
-    def boom(*a, **k):  # noqa: ANN002, ANN003
-        raise AssertionError("the model was loaded")
-
-    monkeypatch.setattr(job, "backbone_for", boom)
     pattern = str(data["root"] / "shards" / "data-{000000..000007}.tar")
     out = tmp_path / "o.h5"
-    result = cli(*argv(pattern, out, data["ckpt"]))
+    result = cli(*argv(pattern, out, data["ckpt"], model=NO_MODEL))
     assert result.exit_code == 2
     assert "tar shard not found:" in result.output and "data-000006.tar" in result.output
     assert not out.exists()
@@ -271,13 +265,10 @@ def test_a_shard_named_twice_is_a_usage_error_naming_the_inputs(
     """docs/inputs.md: the same stored path twice is a usage error naming both sources; a shard named
     twice would store every sample twice."""
     import featdump.data.sources as sources
-    import featdump.run.job as job
-
-    monkeypatch.setattr(job, "backbone_for", lambda cfg: pytest.fail("the model was loaded"))
     monkeypatch.setattr(sources, "stat_input", lambda name: pytest.fail("a shard was looked up"))
     d = data["root"] / "shards"
     out = tmp_path / "o.h5"
-    result = cli(*argv([f"{d}/{g}" for g in given], out, data["ckpt"]))
+    result = cli(*argv([f"{d}/{g}" for g in given], out, data["ckpt"], model=NO_MODEL))
     assert result.exit_code == 2, result.output
     assert message.format(d=d) in result.output and "its samples would be stored twice" in result.output, result.output
     assert not out.exists()
@@ -461,9 +452,7 @@ def test_dataloader_workers_decode_a_stream_like_the_threads(data: dict) -> None
     threads, procs = batches("cpu", 2), batches("meta", 2)  # "meta": any non-CPU device takes the DataLoader path
     assert len(threads) == len(procs) == 5
     for a, b in zip(threads, procs, strict=True):
-        assert (a.first, a.last, a.positions) == (b.first, b.last, b.positions)
-        assert [r.path for r in a.refs.values()] == [r.path for r in b.refs.values()]
-        assert all(r.data is None for r in b.refs.values())  # the job's copy holds no bytes
+        assert (a.positions, a.paths, a.ids, a.inputs_done, a.mark) == (b.positions, b.paths, b.ids, b.inputs_done, b.mark)
         assert np.array_equal(a.pixels.numpy(), b.pixels.numpy())
 
 
@@ -541,6 +530,6 @@ def test_a_stream_that_fails_hands_out_the_whole_batches_read_first(data: dict, 
     with pytest.raises(FeatdumpError, match="store gone"):
         for batch in loader:
             got.append(batch)
-    assert [(b.first, b.last) for b in got] == [(0, 4), (5, 9)]
+    assert [b.inputs_done for b in got] == [5, 10]
     assert [p for b in got for p in b.positions] == list(range(10))
     assert all(b.pixels.shape[0] == len(b.positions) for b in got)

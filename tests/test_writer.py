@@ -11,6 +11,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+from featdump.data.batching import Rows
+
 
 class _SlowStore:
     def __init__(self, delay: float) -> None:
@@ -20,9 +22,9 @@ class _SlowStore:
         self.path = "slow.h5"
         self.lock = threading.Lock()
 
-    def append(self, features: Any, paths: Any, failed: Any, inputs_done: int) -> None:
+    def append(self, rows: Rows) -> None:
         time.sleep(self.delay)
-        self.rows += len(paths)
+        self.rows += len(rows.paths)
 
 
 def test_writer_queue_is_bounded_in_bytes() -> None:
@@ -32,7 +34,7 @@ def test_writer_queue_is_bounded_in_bytes() -> None:
     batch = [np.zeros((4, 1000), np.float32)]  # 16 000 bytes a batch
     writer = Writer(store, max_bytes=50_000)  # type: ignore[arg-type]
     for _ in range(20):
-        writer.put((batch, ["p"] * 4, [], 0))
+        writer.put(Rows(batch, ["p"] * 4, [], 0))
         assert writer.queue.bytes <= 50_000
     writer.close()
     assert store.rows == 80
@@ -47,7 +49,7 @@ def test_writer_admits_one_batch_larger_than_the_bound() -> None:
     writer = Writer(store, max_bytes=1_000)  # type: ignore[arg-type]
     big = [np.zeros(10_000, np.float32)]
     for _ in range(3):
-        writer.put((big, ["p"], [], 0))
+        writer.put(Rows(big, ["p"], [], 0))
     writer.close()
     assert store.rows == 3
     assert writer.queue.peak == big[0].nbytes  # one at a time: never two of them queued
@@ -62,9 +64,9 @@ def test_writer_error_reaches_the_main_thread() -> None:
             raise OSError(28, "No space left on device")
 
     writer = Writer(Broken(0.0), max_bytes=10)  # type: ignore[arg-type]
-    writer.put(([np.zeros(100)], ["p"], [], 0))
+    writer.put(Rows([np.zeros(100)], ["p"], [], 0))
     with pytest.raises(FeatdumpError, match="disk space"):
         for _ in range(50):
-            writer.put(([np.zeros(100)], ["p"], [], 0))
+            writer.put(Rows([np.zeros(100)], ["p"], [], 0))
             time.sleep(0.01)
         writer.close()

@@ -13,22 +13,56 @@ import dataclasses
 import itertools
 import signal
 import threading
-from collections.abc import Generator, Iterable, Iterator, Sized
-from typing import Any
+from collections.abc import Generator, Iterable, Iterator, Sequence, Sized
+from typing import Any, NamedTuple
 
-from featdump.data.datasets import Batch, ImageDataset, collate
+from featdump.data.datasets import ImageDataset, collate
 from featdump.data.discover import ImageRef
 from featdump.data.loading import ThreadLoader
+from featdump.data.remote import RESUME_HINT, StoreStopped
 from featdump.errors import FeatdumpError
 from featdump.model.layers import Backbone
 from featdump.options import ExtractConfig
 from featdump.queues import BoundedQueue
 
 
+class Failure(NamedTuple):
+    """An input that gives no row: its position in the list streamed, stored path, one-line reason, id."""
+
+    position: int
+    path: str
+    reason: str
+    id: str | None = None
+
+
+@dataclasses.dataclass
+class Rows:
+    """One batch as one record, from the loader to the store: the rows (stored paths, ids,
+    ``/geometry``, the model's input ``pixels`` and, once the job has run the model, ``features``;
+    ``positions``: their places in the list streamed), the inputs that gave none (``failed``), and
+    where the input stands after the batch (``inputs_done``, and a tar stream's ``mark``), which the
+    store commits with the rows so that ``--resume`` continues there."""
+
+    features: Sequence[Any]
+    paths: list[str]
+    failed: list[Failure]
+    inputs_done: int
+    ids: list[str | None] = dataclasses.field(default_factory=list)
+    mark: Sequence[int] | None = None
+    geometry: Any = None  # (B, 6) float64 (featdump/data/geometry.py); None: NaN rows
+    pixels: Any = None
+    positions: list[int] = dataclasses.field(default_factory=list)
+
+
 class Loader:
-    """Decoded batches in list order: DataLoader workers decode and transform (each
-    ``prefetch`` batches ahead), pinned memory on CUDA; with ``--decode gpu`` the workers only read JPEG bytes
-    and :class:`DeviceDecoder` finishes each batch on the device in this thread."""
+    """:class:`Rows` in list order: DataLoader workers decode and transform (each ``prefetch``
+    batches ahead), pinned memory on CUDA; with ``--decode gpu`` the workers only read JPEG bytes
+    and :class:`DeviceDecoder` finishes each batch on the device in this thread. ``start``: the
+    position ``todo`` starts at (``inputs_done`` counts from the list's start). ``processes``:
+    decode in DataLoader worker processes (default: on GPUs), else in threads (featdump/data/loading.py).
+
+    The run stops by an exception, raised after every batch before it is out: a stream that failed
+    (:class:`StreamBatches`), or an image URL's store that stopped answering (:class:`StoreStopped`)."""
 
     def __init__(
         self,
@@ -41,6 +75,8 @@ class Loader:
         prefetch: int,
         decode_nice: int = 0,
         length: int | None = None,
+        start: int = 0,
+        processes: bool | None = None,
     ) -> None:
         import functools
 
@@ -51,6 +87,7 @@ class Loader:
         from featdump.data.geometry import Geometry
         from featdump.data.transform import ResizeGuard
 
+        self.start = start
         if length is None and isinstance(todo, Sized):
             length = len(todo)
         self.inflight: dict[int, ImageRef] = {}  # position -> ref (without its bytes), until its batch is out
@@ -73,7 +110,9 @@ class Loader:
             batches = -(-length // batch_size)
             workers = min(workers, max(1, batches))  # no idle processes for a handful of images
         self.loader: Any
-        if device.type == "cpu" and self.decoder is None:  # threads: see featdump/data/loading.py
+        if processes is None:
+            processes = device.type != "cpu" or self.decoder is not None
+        if not processes:  # threads: see featdump/data/loading.py
             self.loader = ThreadLoader(dataset, batch_size, workers, prefetch, decode_nice, batches=keys)
             return
         self.loader = torch.utils.data.DataLoader(
@@ -87,12 +126,23 @@ class Loader:
             persistent_workers=False,  # one pass over the list: workers live exactly as long as it
         )
 
-    def __iter__(self) -> Iterator[Batch]:
+    def __iter__(self) -> Iterator[Rows]:
         for batch in self.loader:
             batch = self.decoder(batch) if self.decoder is not None else batch
-            batch.refs = {i: self.inflight.pop(i) for i in range(batch.first, batch.last + 1)}
-            batch.geometry = self.geometry.rows(batch.sizes or [None] * len(batch.positions))
-            yield batch
+            if batch.stopped:  # the store stopped answering: the batches before it are out, this one is dropped
+                raise StoreStopped(f"{batch.stopped}; {RESUME_HINT}")
+            refs = {i: self.inflight.pop(i) for i in range(batch.first, batch.last + 1)}
+            yield Rows(
+                [],
+                [refs[i].path for i in batch.positions],
+                [Failure(i, refs[i].path, reason, refs[i].id) for i, reason in batch.failed],
+                self.start + batch.last + 1,
+                ids=[refs[i].id for i in batch.positions],
+                mark=refs[batch.last].mark,
+                geometry=self.geometry.rows(batch.sizes or [None] * len(batch.positions)),
+                pixels=batch.pixels,
+                positions=batch.positions,
+            )
         if self.keys.broken is not None:  # every batch read before the failure is out: now the error
             raise self.keys.broken
 

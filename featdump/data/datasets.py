@@ -5,7 +5,7 @@ Failures are records, not exceptions: an unreadable image becomes ``(index, None
 never shifts another image's row. One failure is not a record but ends the run: an image URL whose
 host answered earlier in the run and now does not (:class:`~featdump.data.remote.StoreStopped`).
 Its sample carries the reason as a :class:`Stop`; :func:`collate` empties that batch and sets
-:attr:`Batch.stopped`, and the job raises it with every batch before committed (threads and
+:attr:`Batch.stopped`, and the loader raises it after every batch before it (threads and
 DataLoader workers alike: the marker is only text in the sample).
 """
 
@@ -120,11 +120,8 @@ class Batch:
     last: int  # largest list position covered by this batch
     # --decode gpu: one entry per position, an Encoded JPEG or a decoded tensor; pixels is None
     encoded: list[Any] = field(default_factory=list)
-    # position -> ImageRef (path, id, mark; no bytes) of every position in first..last, set by the Loader
-    refs: dict[int, ImageRef] = field(default_factory=dict)
     # one per position: the original (height, width) after EXIF orientation (None: not known)
     sizes: list[Any] = field(default_factory=list)
-    geometry: Any = None  # (B, 6) float64 rows of /geometry (featdump/data/geometry.py), set by the Loader
     # why the run stops before this batch (a Stop: the store stopped answering; the batch is empty); "" to go on
     stopped: str = ""
 

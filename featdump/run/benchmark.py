@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from featdump.data.batching import Rows
 from featdump.errors import OutOfSpace, UsageError
 from featdump.options import ExtractConfig
 
@@ -264,7 +265,7 @@ def _time_writer(folder: Path, layers: Any, outputs: list[Any], cfg: ExtractConf
         store.write_threads = threads
         n, t0 = 0, time.perf_counter()
         while True:
-            store.append(outputs, [f"{n + i}" for i in range(b)], [], n + b)
+            store.append(Rows(outputs, [f"{n + i}" for i in range(b)], [], n + b))
             n += b
             if time.perf_counter() - t0 > budget:
                 break
@@ -283,7 +284,7 @@ def _time_pipeline(folder: Path, backbone: Any, cfg: ExtractConfig, forward: Any
         try:
             for batch, k in _steady(loader, budget):
                 feats = forward(batch.pixels) if batch.pixels is not None else []
-                writer.put((feats, [f"{n + i}" for i in range(k)], [], n + k))
+                writer.put(Rows(feats, [f"{n + i}" for i in range(k)], [], n + k))
                 n += k
         finally:
             writer.close()

@@ -17,7 +17,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 from featdump.data.batching import Loader
-from featdump.data.remote import RESUME_HINT, StoreStopped
 from featdump.data.sources import open_source
 from featdump.errors import FeatdumpWarning, Interrupted, UsageError
 from featdump.model.backbone import backbone_for
@@ -89,21 +88,16 @@ def _run(cfg: ExtractConfig, progress: ProgressSink, on_ready: Callable | None, 
                 raise UsageError(f"--resume: {out_path} has {done} inputs done but the list has {length}")
             todo = selection.stream(done, store.mark)
             left = length - done if length is not None else None
-            loader = Loader(todo, backbone, cfg, device, tuning.batch_size, tuning.workers, tuning.prefetch, tuning.decode_nice, left)
+            loader = Loader(todo, backbone, cfg, device, tuning.batch_size, tuning.workers, tuning.prefetch, tuning.decode_nice, left, done)
             forward = Forward(backbone, device, cfg.precision, cfg.pool, cfg.dtype, tuning.channels_last, cfg.compile, procs)
             writer = Writer(store, tuning.queue_bytes, tuning.write_threads)
             progress.start(length, done, cfg.model)
             try:
-                for batch in loader:
-                    if batch.stopped:  # the store stopped answering (an empty batch): what came before is committed
-                        raise StoreStopped(f"{batch.stopped}; {RESUME_HINT}")
-                    feats = forward(batch.pixels) if batch.pixels is not None else []
-                    refs = batch.refs
-                    paths = [refs[i].path for i in batch.positions]
-                    failed = [(refs[i].path, err, refs[i].id) for i, err in batch.failed]
-                    ids = [refs[i].id for i in batch.positions] if selection.has_ids else None
-                    writer.put((feats, paths, failed, done + batch.last + 1, ids, refs[batch.last].mark, batch.geometry))
-                    progress.advance(len(batch.positions) + len(batch.failed))
+                for rows in loader:
+                    rows.features = forward(rows.pixels) if rows.pixels is not None else []
+                    rows.pixels = None
+                    writer.put(rows)
+                    progress.advance(len(rows.paths) + len(rows.failed))
                     if stop.stopped:
                         break
             except KeyboardInterrupt:

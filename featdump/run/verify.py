@@ -180,6 +180,7 @@ def verify_file(path: str | Path, n: int = 8, seed: int = 0, device: str = "auto
 
     from featdump import open as open_file
     from featdump.data.batching import Loader
+    from featdump.data.remote import RESUME_HINT, StoreStopped
     from featdump.model.backbone import backbone_for
     from featdump.options import resolve
     from featdump.run import processors
@@ -233,15 +234,14 @@ def verify_file(path: str | Path, n: int = 8, seed: int = 0, device: str = "auto
     forward = Forward(backbone, dev, cfg.precision, cfg.pool, cfg.dtype, False, False, procs)
     outs: dict[int, list[Any]] = {}  # position in refs -> one array per layer
     errors: dict[int, str] = {}
-    for batch in loader:
-        if batch.stopped:  # an image URL's store stopped answering
-            raise CannotVerify(f"cannot verify {p}: {batch.stopped}")
-        errors.update(dict(batch.failed))
-        if not batch.positions:
-            continue
-        arrays = forward(batch.pixels)
-        for j, pos in enumerate(batch.positions):
-            outs[pos] = [arr[j] for arr in arrays]
+    try:
+        for batch in loader:
+            errors.update((f.position, f.reason) for f in batch.failed)
+            if batch.positions:
+                arrays = forward(batch.pixels)
+                outs.update((pos, [arr[j] for arr in arrays]) for j, pos in enumerate(batch.positions))
+    except StoreStopped as exc:  # an image URL's store stopped answering
+        raise CannotVerify(f"cannot verify {p}: {str(exc).removesuffix('; ' + RESUME_HINT)}") from None
     fresh: dict[str, list[Any]] = {name: [] for name in names}
     at = 0
     for w in wanted:

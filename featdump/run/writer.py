@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any
 
+from featdump.data.batching import Rows
 from featdump.errors import FeatdumpError, os_error
 from featdump.queues import BoundedQueue
 from featdump.run.copies import resolve
@@ -25,22 +25,23 @@ class Writer:
     def __init__(self, store: Store, max_bytes: int = WRITE_QUEUE_BYTES, threads: int = 1) -> None:
         self.store = store
         store.write_threads = max(1, threads)  # threads preparing (compressing) whole chunks
-        self.queue: BoundedQueue[tuple[Any, ...]] = BoundedQueue(max_bytes=max_bytes, hold=True)
+        self.queue: BoundedQueue[Rows] = BoundedQueue(max_bytes=max_bytes, hold=True)
         self.seconds = 0.0
         self.thread = threading.Thread(target=self._run, name="featdump-writer", daemon=True)
         self.thread.start()
 
     def _run(self) -> None:
         try:
-            for feats, *rest in self.queue:
+            for rows in self.queue:
                 t0 = time.perf_counter()
-                self.store.append(resolve(feats), *rest)  # a device copy in flight: wait for it here
+                rows.features = resolve(rows.features)  # a device copy in flight: wait for it here
+                self.store.append(rows)
                 self.seconds += time.perf_counter() - t0
         except BaseException as exc:  # noqa: BLE001 - handed to the main thread
             self.queue.close(_write_error(self.store, exc))
 
-    def put(self, item: tuple[Any, ...]) -> None:
-        self.queue.put(item, sum(int(getattr(a, "nbytes", 0)) for a in item[0]))
+    def put(self, rows: Rows) -> None:
+        self.queue.put(rows, sum(int(getattr(a, "nbytes", 0)) for a in rows.features))
 
     def discard(self) -> None:
         """Drop the batches not yet being written (a hurried stop: the file keeps its last commit)."""

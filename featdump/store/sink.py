@@ -14,7 +14,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from featdump import __version__
 from featdump.environment import COMMIT_SECONDS
@@ -28,6 +28,9 @@ from featdump.store.format import (
     set_attr,
 )
 from featdump.text import clip, first_line
+
+if TYPE_CHECKING:
+    from featdump.data.batching import Rows
 
 
 class NothingCommitted(FeatdumpError):
@@ -220,56 +223,37 @@ class Store:
 
     # ---------------------------------------------------------------- write
 
-    def append(
-        self,
-        features: Sequence[Any],
-        paths: Sequence[str],
-        failed: Sequence[tuple[str, str] | tuple[str, str, str | None]],
-        inputs_done: int,
-        ids: Sequence[str | None] | None = None,
-        mark: Sequence[int] | None = None,
-        geometry: Any = None,
-    ) -> None:
-        """Write one batch (rows in list order); commit when ``commit_seconds`` have passed.
-
-        ``failed`` items are ``(path, reason)`` or ``(path, reason, id)``; ``ids`` (one per path) and
-        the ids of failures are written when the file has ``/ids``. ``mark``: where a stream
-        continues after this batch, committed together with ``inputs_done``. ``geometry``: the rows'
-        ``(B, 6)`` /geometry (NaN rows when not given)."""
+    def append(self, rows: Rows) -> None:
+        """Write one batch (rows in list order, failures after the failed ones); commit when
+        ``commit_seconds`` have passed. Ids are written when the file has ``/ids``; ``rows.mark``
+        (where a stream continues) is committed together with ``rows.inputs_done``."""
         try:
-            n = self.progress.num_images
-            b = len(paths)
+            n, m = self.progress.num_images, self.progress.num_failed
+            b, failed = len(rows.paths), rows.failed
             if b:
                 batch = []
-                for layer, arr in zip(self.layers, features, strict=True):
+                for layer, arr in zip(self.layers, rows.features, strict=True):
                     ds = self.h5[FEATURES][layer.name]
                     ds.resize(n + b, axis=0)
                     batch.append((ds, arr))
                     self.bytes_written += arr.nbytes
                 self._chunk_writer().write(batch, n)
-                ds = self.h5["paths"]
-                ds.resize(n + b, axis=0)
-                ds[n : n + b] = list(paths)
+                columns = [(self.h5["paths"], list(rows.paths))]
                 if self.ids:
-                    ds = self.h5["ids"]
-                    ds.resize(n + b, axis=0)
-                    ds[n : n + b] = [i or "" for i in ids] if ids is not None else [""] * b
+                    columns.append((self.h5["ids"], [i or "" for i in rows.ids or [None] * b]))
                 if self.geometry:
-                    append_geometry(self.h5[GEOMETRY], n, b, geometry)
-            m = self.progress.num_failed
+                    append_geometry(self.h5[GEOMETRY], n, b, rows.geometry)
+                _extend(columns, n)
             if failed:
-                cols = [("paths", [f[0] for f in failed]), ("errors", [clip(f[1]) for f in failed])]
+                columns = [(self.h5["failed/paths"], [f.path for f in failed]), (self.h5["failed/errors"], [clip(f.reason) for f in failed])]
                 if self.ids:
-                    cols.append(("ids", [(f[2] if len(f) > 2 else None) or "" for f in failed]))
-                for key, col in cols:
-                    ds = self.h5["failed"][key]
-                    ds.resize(m + len(failed), axis=0)
-                    ds[m : m + len(failed)] = col
+                    columns.append((self.h5["failed/ids"], [f.id or "" for f in failed]))
+                _extend(columns, m)
             if self.jf is not None and self.jf.failed:  # an I/O error inside HDF5's writes
                 raise self.jf.error or OSError("write failed")
-            self.progress = Progress(n + b, m + len(failed), inputs_done)
-            if mark is not None:
-                self.mark = [int(v) for v in mark]
+            self.progress = Progress(n + b, m + len(failed), rows.inputs_done)
+            if rows.mark is not None:
+                self.mark = [int(v) for v in rows.mark]
             if time.monotonic() - self._last_commit >= self.commit_seconds:
                 self.commit()
         except BaseException as exc:
@@ -365,6 +349,13 @@ def append_geometry(ds: Any, n: int, b: int, rows: Any) -> None:
 
     ds.resize(n + b, axis=0)
     ds[n : n + b] = rows if rows is not None and len(rows) == b else np.full((b, ds.shape[1]), np.nan)
+
+
+def _extend(columns: list[tuple[Any, list[Any]]], n: int) -> None:
+    """Each ``(dataset, values)``: the values appended as rows ``n ..``."""
+    for ds, values in columns:
+        ds.resize(n + len(values), axis=0)
+        ds[n:] = values
 
 
 def _close_quietly(h5: Any) -> None:

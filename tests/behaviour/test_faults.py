@@ -105,6 +105,7 @@ def test_kill_chain_equals_clean_run(tmp_path: Path, case: Case) -> None:
 WRITER = r"""
 import sys
 import numpy as np
+from featdump.data.batching import Failure, Rows
 from featdump.model.layers import LayerInfo
 from featdump.store.sink import NothingCommitted, Store
 
@@ -123,8 +124,8 @@ if store is None:
 for b in range(store.progress.inputs_done // B, batches):
     rows = [r for r in range(b * B, b * B + B) if r % 7 != 3]
     feats = [np.stack([np.full(l.shape, r + 0.25 * i, np.float32) for r in rows]) for i, l in enumerate(layers)]
-    store.append(feats, [f"img{r:05d}.png" for r in rows],
-                 [(f"img{r:05d}.png", f"err {r}") for r in range(b * B, b * B + B) if r % 7 == 3], (b + 1) * B)
+    failed = [Failure(r, f"img{r:05d}.png", f"err {r}") for r in range(b * B, b * B + B) if r % 7 == 3]
+    store.append(Rows(feats, [f"img{r:05d}.png" for r in rows], failed, (b + 1) * B))
 if not store.complete:
     store.finish()
 store.close()
