@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import itertools
+import math
 import os
 import tempfile
 import time
@@ -112,7 +113,7 @@ def run_benchmark(cfg: ExtractConfig, seconds: float = 60.0, images: int = 300) 
         first, sizes = None, []
         for batch, _ in _steady(loader(), share):
             first = batch.pixels if first is None and batch.pixels is not None else first
-            sizes += [h * w for h, w in (s for s in batch.sizes if s)]
+            sizes += [h * w for h, w in batch.geometry[:, :2] if not math.isnan(h)]  # orig_h, orig_w (NaN: unknown)
         result.stages.append(_stage("decode", f"{tuning.workers} worker(s)"))
         if first is None:
             raise UsageError("bench: none of the first images could be decoded")
