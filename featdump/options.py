@@ -46,7 +46,6 @@ Tokens = Literal["seq", "map", "both"]
 CropMode = Literal["center", "squash", "border"]  # timm's eval crop modes (transforms_imagenet_eval)
 OutputStride = Literal[8, 16, 32]
 
-PRECISIONS: tuple[str, ...] = get_args(Precision)
 DTYPES: tuple[str, ...] = get_args(Dtype)
 POOLS: tuple[str, ...] = get_args(Pool)
 COMPRESSIONS: tuple[str, ...] = get_args(Compression)

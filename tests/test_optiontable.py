@@ -1,12 +1,13 @@
 """The option table (featdump/options.py) and everything derived from it: the extract command's
-parameters, featdump.extract's keywords, the TOML keys, the file attributes and the resume keys."""
+parameters, featdump.extract's keywords, the TOML keys and the file attributes (what --resume and merge
+refuse to change: tests/test_settings.py)."""
 
 from __future__ import annotations
 
 import dataclasses
 import inspect
 from pathlib import Path
-from typing import Literal, get_args, get_origin
+from typing import Literal, get_origin
 
 import numpy as np
 import pytest
@@ -17,11 +18,9 @@ import featdump
 from featdump import api, options
 from featdump.cli import commands
 from featdump.errors import UsageError
-from featdump.options import OPTIONS, SETTINGS, ExtractConfig, load_toml, option_attrs, resolve
+from featdump.options import OPTIONS, ExtractConfig, load_toml, option_attrs, resolve
 from featdump.optiontable import opt, option_table, options_of, without_none
-from featdump.store.check import RESUME_KEYS
 from featdump.store.format import setting_text, setting_value
-from featdump.store.mergecheck import MERGE_KEYS
 from featdump.values import stored_stride, stride_attr
 
 BASE = {"model": "resnet18", "inputs": ("imgs",), "output": "o.h5"}
@@ -45,7 +44,6 @@ def test_choices_are_literal_types() -> None:
     literal = {o.name for o in OPTIONS if get_origin(without_none(o.type)[0]) is Literal}
     assert literal == CHOICES
     assert options.POOLS == ("none", "avg", "max") and options.OUTPUT_STRIDES == (8, 16, 32)
-    assert get_args(options.Precision) == options.PRECISIONS
 
 
 def test_command_parameters_are_the_table() -> None:
@@ -119,15 +117,6 @@ def test_output_stride_attribute_reads_back_as_the_option() -> None:
     assert setting_value(b"float16") == "float16" and setting_value(None) == ""
 
 
-def test_resume_and_merge_keys_hold_the_settings() -> None:
-    want = ("model", "out_indices", "layers", "tokens", "output_stride", "input_size", "crop_mode", "crop_pct",
-            "interpolation", "weights", "precision", "dtype", "pool", "decode", "path_column", "image_column",
-            "id_column", "process")  # fmt: skip
-    assert want == SETTINGS
-    assert set(SETTINGS) < set(RESUME_KEYS) and set(SETTINGS) < set(MERGE_KEYS)
-    assert "compression" not in RESUME_KEYS  # a file may be resumed or merged with another codec
-
-
 def test_resolve_checks_by_type() -> None:
     cfg = resolve({**BASE, "precision": "FP16", "workers": 0, "checkpoint": Path("w.pth"), "output_stride": "8"})
     assert (cfg.precision, cfg.workers, cfg.checkpoint, cfg.output_stride) == ("fp16", 0, "w.pth", 8)
@@ -136,6 +125,7 @@ def test_resolve_checks_by_type() -> None:
         ({"max_image_pixels": 0}, "--max-image-pixels must be a whole number >= 1, not 0"),
         ({"output_stride": "x"}, "--output-stride must be one of 8|16|32, not -1"),
         ({"tokens": "all"}, "--tokens must be one of seq|map|both, not 'all'"),
+        ({"precision": "fp8"}, "--precision must be one of fp32|fp16|bf16, not 'fp8'"),
         ({"compile": 1}, "compile must be true or false, not 1"),
         ({"fast_decode": True, "decode": "gpu"}, "--fast-decode and --decode gpu exclude each other"),
     ]:

@@ -1,0 +1,112 @@
+"""Settings across files: what a file records, what `--resume` and `merge` refuse when one differs,
+and shards that agree merging (virtually and with --copy) into what one run writes.
+
+Every setting that changes what the rows mean is made once with one value and once with another,
+in real runs of a tiny model; the list is written here, not taken from the option table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from featdump.cli.commands import app
+
+from clusterkit import assert_rows_of_shards, assert_same_as_single, make_images
+
+FAST = ("--img-size", "64", "--workers", "0", "--quiet", "--device", "cpu", "--no-pretrained")
+
+# setting: (the first shard's model, input and flags; the second's); IMGS, TABLE, CKPT: made below
+CASES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "model": (("test_resnet", "IMGS"), ("test_convnext", "IMGS")),
+    "out_indices": (("test_resnet", "IMGS", "--out-indices", "1,2"), ("test_resnet", "IMGS", "--out-indices", "2,3")),
+    "layers": (("test_resnet", "IMGS", "--layers", "layer1"), ("test_resnet", "IMGS", "--layers", "layer2")),
+    "tokens": (("test_vit", "IMGS", "--tokens", "seq"), ("test_vit", "IMGS", "--tokens", "map")),
+    "output_stride": (("test_resnet", "IMGS"), ("test_resnet", "IMGS", "--output-stride", "16")),
+    "input_size": (("test_resnet", "IMGS"), ("test_resnet", "IMGS", "--img-size", "96")),
+    "interpolation": (("test_resnet", "IMGS", "--interpolation", "bilinear"), ("test_resnet", "IMGS", "--interpolation", "bicubic")),
+    "weights": (("test_resnet", "IMGS"), ("test_resnet", "IMGS", "--checkpoint", "CKPT")),
+    "crop_mode": (("test_resnet", "IMGS", "--crop-mode", "center"), ("test_resnet", "IMGS", "--crop-mode", "squash")),
+    "crop_pct": (("test_resnet", "IMGS", "--crop-pct", "0.875"), ("test_resnet", "IMGS", "--crop-pct", "1.0")),
+    "precision": (("test_resnet", "IMGS"), ("test_resnet", "IMGS", "--precision", "bf16")),
+    "dtype": (("test_resnet", "IMGS"), ("test_resnet", "IMGS", "--dtype", "float16")),
+    "pool": (("test_resnet", "IMGS"), ("test_resnet", "IMGS", "--pool", "avg")),
+    "decode": (("test_resnet", "IMGS"), ("test_resnet", "IMGS", "--fast-decode")),
+    "path_column": (("test_resnet", "TABLE", "--path-column", "path"), ("test_resnet", "TABLE", "--path-column", "file")),
+    "image_column": (("test_resnet", "TABLE", "--image-column", "img"), ("test_resnet", "TABLE", "--image-column", "img2")),
+    "id_column": (("test_resnet", "TABLE", "--id-column", "key"), ("test_resnet", "TABLE", "--id-column", "key2")),
+    "process": (("test_resnet", "IMGS"), ("test_resnet", "IMGS", "--process", "l2norm")),
+}  # fmt: skip
+
+
+def _cli(*args: str) -> Any:
+    return CliRunner().invoke(app, list(args))
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory: pytest.TempPathFactory, random_checkpoint: Any) -> dict[str, str]:
+    """Two small images, a Parquet table of them with two path, two bytes and two id columns, weights."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    root = tmp_path_factory.mktemp("settings")
+    imgs = make_images(root / "imgs", 2)
+    files = sorted(str(p) for p in imgs.rglob("*.png"))
+    data = [Path(f).read_bytes() for f in files]
+    keys = [f"k{i}" for i in range(len(files))]
+    table = {"path": files, "file": files, "img": data, "img2": data, "key": keys, "key2": keys}
+    pq.write_table(pa.table(table), root / "table.parquet")
+    ckpt = random_checkpoint("test_resnet")
+    return {"IMGS": str(imgs), "TABLE": str(root / "table.parquet"), "CKPT": str(ckpt)}
+
+
+def _extract(inputs: dict[str, str], args: tuple[str, ...], out: Path, *extra: str) -> Any:
+    model, source, *flags = (inputs.get(a, a) for a in args)
+    return _cli("extract", model, source, "-o", str(out), *FAST, *flags, *extra)
+
+
+def _shard(out: Path, i: int, n: int = 2) -> Path:
+    return out.with_name(f"{out.stem}.shard-{i:05d}-of-{n:05d}{out.suffix}")
+
+
+@pytest.mark.parametrize("key", list(CASES))
+def test_a_changed_setting_is_refused_by_resume_and_merge(key: str, inputs: dict[str, str], tmp_path: Path) -> None:
+    first, second = CASES[key]
+    out = tmp_path / "feats.h5"
+    for i, args in enumerate((first, second)):
+        r = _extract(inputs, args, out, "--shard", f"{i}/2")
+        assert r.exit_code == 0, r.output
+
+    r = _extract(inputs, second, out, "--shard", "0/2", "--resume")
+    assert r.exit_code == 2, r.output
+    assert f"was made with {key}=" in r.output and f"this run has {key}=" in r.output, r.output
+
+    merged = tmp_path / "all.h5"
+    r = _cli("merge", str(_shard(out, 0)), str(_shard(out, 1)), "-o", str(merged))
+    assert r.exit_code == 2, r.output
+    # a table column picks the rows themselves: the shards are then cut from two input lists
+    said = "was made from another input list" if key.endswith("_column") else f"was made with {key}="
+    assert said in r.output, r.output
+    assert not merged.exists()
+
+
+def test_shards_that_agree_merge_into_one_run(inputs: dict[str, str], tmp_path: Path) -> None:
+    """The codec and batch size are not settings: shards that differ only in them merge, virtually and
+    with --copy, into the rows one run over every image writes; `--resume` takes them too."""
+    args = ("test_resnet", "IMGS", "--out-indices", "2,4")
+    single, out = tmp_path / "single.h5", tmp_path / "feats.h5"
+    assert _extract(inputs, args, single, "--shard", "0/1").exit_code == 0
+    assert _extract(inputs, args, out, "--shard", "0/2", "--compression", "gzip", "--batch-size", "1").exit_code == 0
+    assert _extract(inputs, args, out, "--shard", "1/2").exit_code == 0
+    r = _extract(inputs, args, out, "--shard", "0/2", "--resume")  # without gzip: nothing left to do
+    assert r.exit_code == 0, r.output
+
+    shards = [_shard(out, 0), _shard(out, 1)]
+    for how, extra in (("virtual", ()), ("copy", ("--copy",))):
+        merged = tmp_path / f"{how}.h5"
+        r = _cli("merge", *map(str, shards), "-o", str(merged), *extra)
+        assert r.exit_code == 0, r.output
+        assert_same_as_single(merged, single)
+        assert_rows_of_shards(merged, shards)
