@@ -67,7 +67,7 @@ def measure_reader(images: list[Path], cache: Path, quick: bool, log: Callable[[
     from torch.utils.data import DataLoader
 
     import featdump
-    from featdump.store.torchdata import _empty
+    from featdump.store.torchdata import empty_tensor
 
     img_size = 128 if quick else 224
     passes = 2 if quick else 5
@@ -99,7 +99,7 @@ def measure_reader(images: list[Path], cache: Path, quick: bool, log: Callable[[
             assert got == nbytes, (key, got, nbytes)
     loaders.clear()
     t0 = time.perf_counter()
-    shm = _empty((nbytes // 4,), "float32", shared=True)
+    shm = empty_tensor((nbytes // 4,), "float32", shared=True)
     shm.numpy()[:] = 0
     shm_s = time.perf_counter() - t0
     del shm

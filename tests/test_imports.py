@@ -168,9 +168,9 @@ def test_the_layer_check_can_fail() -> None:
     assert layer("featdump.data.sources") > layer("featdump.model.backbone") > layer("featdump.options") == 0
 
 
-def private_imports(module: str) -> list[str]:
+def private_imports(module: str, path: Path | None = None) -> list[str]:
     """``from featdump.x import _name`` (dunders such as ``__version__`` are public)."""
-    tree = ast.parse(MODULES[module].read_text(encoding="utf-8"))
+    tree = ast.parse((path or MODULES[module]).read_text(encoding="utf-8"))
     return [
         f"{module} imports {node.module}.{alias.name}"
         for node, _ in _walk(tree)
@@ -218,6 +218,8 @@ def private_attributes(module: str, tree: ast.AST) -> list[str]:
 
 def test_no_private_name_crosses_a_module() -> None:
     assert [p for m in MODULES for p in private_imports(m)] == []
+    tools = [p for folder in ("bench", "scripts") for p in sorted((ROOT / folder).rglob("*.py"))]
+    assert [p for path in tools for p in private_imports(str(path.relative_to(ROOT)), path)] == []  # nor to the tools
     assert [p for m, tree in TREES.items() for p in private_attributes(m, tree)] == []
 
 

@@ -60,7 +60,7 @@ def read_rows(ds: Any, rows: np.ndarray, shared: bool = False) -> torch.Tensor:
     shape = (count, *(int(s) for s in ds.shape[1:]))
     lo, hi = (int(rows[0]), int(rows[-1]) + 1) if count else (0, 0)
     if hi - lo == count:
-        out = _empty(shape, ds.dtype, shared)
+        out = empty_tensor(shape, ds.dtype, shared)
         if count:
             ds.read_direct(out.numpy(), np.s_[lo:hi])
         return out
@@ -68,7 +68,7 @@ def read_rows(ds: Any, rows: np.ndarray, shared: bool = False) -> torch.Tensor:
     return torch.from_numpy(block)
 
 
-def _empty(shape: tuple[int, ...], dtype: Any, shared: bool) -> torch.Tensor:
+def empty_tensor(shape: tuple[int, ...], dtype: Any, shared: bool) -> torch.Tensor:
     tdtype = torch.from_numpy(np.empty(0, dtype=dtype)).dtype
     if shared:
         try:  # what DataLoader's default_collate does in a worker: allocate in shared memory, no copy
