@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, get_args
 
-from featdump.errors import FeatdumpError, FeatdumpWarning
+from featdump.errors import FeatdumpWarning
 from featdump.options import OPTIONS, Option
 
 if TYPE_CHECKING:
@@ -109,15 +109,9 @@ input failed raises FeatdumpError ("no image could be read") after writing it. L
     command = f"featdump.extract({model!r}, {list(given['inputs'])!r}, {str(output)!r}, {args})"
     cfg = resolve_with_like(given, file_values, command)
     summary = run_extraction(cfg, _progress_sink(progress, cfg.quiet))
-    from featdump.run.results import nothing_read
+    from featdump.run.results import end_of_run
 
-    if none := nothing_read(summary):
-        raise FeatdumpError(none)
-    if cfg.strict and summary.num_failed:
-        raise FeatdumpError(f"{summary.num_failed} image(s) failed (strict=True); see /failed in {summary.output}")
-    bad = [f"{layer.name} ({layer.nonfinite})" for layer in summary.layers if layer.nonfinite]
-    if cfg.strict and bad:
-        raise FeatdumpError(f"NaN/inf values in layer(s) {', '.join(bad)} (strict=True); see {summary.output}")
+    end_of_run(summary, cfg.strict, "strict=True")
     return summary
 
 

@@ -19,7 +19,7 @@ import typer
 
 from featdump.cli.typer_app import STATE, F, app, given_options, handle_errors
 from featdump.cli.typer_compat import join_paragraph_lines
-from featdump.errors import FeatdumpError, FeatdumpWarning, UsageError
+from featdump.errors import FeatdumpWarning, UsageError
 from featdump.options import OPTIONS, Option
 from featdump.text import LINE_CHARS, clip, printable
 
@@ -154,10 +154,10 @@ def extract(ctx: typer.Context, **values: Any) -> None:
 def _extract(ctx: typer.Context, config_file: Path | None, stop: Any) -> None:
     from featdump import options as config
     from featdump.cli.progress import LogProgress, progress_for
-    from featdump.cli.render import console, failures_table, nonfinite_line, summary_table
+    from featdump.cli.render import console, failures_table, summary_table
     from featdump.cli.signals import leave_at_once
     from featdump.run.job import run_extraction
-    from featdump.run.results import nothing_read
+    from featdump.run.results import end_of_run, nonfinite_line
     from featdump.store.like import resolve_with_like
 
     given = given_options(ctx, [o.name for o in OPTIONS])  # MODEL, INPUT... and -o are always given
@@ -185,17 +185,10 @@ def _extract(ctx: typer.Context, config_file: Path | None, stop: Any) -> None:
         out.print(summary_table(summary))
         if summary.failures:
             out.print(failures_table(summary.failures, summary.num_failed))
-    bad = [layer for layer in summary.layers if layer.nonfinite]
-    for layer in bad:  # not silenced by --quiet: the rows hold no usable numbers
-        typer.echo(f"featdump: warning: {nonfinite_line(layer)}", err=True)
-    if none := nothing_read(summary):
-        raise FeatdumpError(none)
-    if cfg.strict and summary.num_failed:
-        raise FeatdumpError(f"{summary.num_failed} image(s) failed (--strict); see /failed in {summary.output}")
-    if cfg.strict and bad:
-        raise FeatdumpError(
-            f"{len(bad)} layer(s) hold NaN/inf values (--strict), e.g. {nonfinite_line(bad[0])}; see {summary.output}"
-        )
+    for layer in summary.layers:  # not silenced by --quiet: the rows hold no usable numbers
+        if layer.nonfinite:
+            typer.echo(f"featdump: warning: {nonfinite_line(layer)}", err=True)
+    end_of_run(summary, cfg.strict)
 
 
 # --------------------------------------------------------------------------- bench

@@ -14,7 +14,7 @@ from featdump.text import clip, fmt_bytes, printable
 
 if TYPE_CHECKING:
     from featdump.model.layers import Description, LayerInfo
-    from featdump.run.results import LayerSummary, Summary
+    from featdump.run.results import Summary
 
 MB = 1024 * 1024
 
@@ -226,14 +226,6 @@ def summary_table(summary: Summary) -> Table:
         f"{summary.device} · {rate}{resumed} · {state}"
     )
     return table
-
-
-def nonfinite_line(layer: LayerSummary) -> str:
-    """One layer's NaN/inf count, as the warning (or the --strict error) says it."""
-    return (
-        f"layer {cell_text(layer.name)}: {layer.nonfinite} non-finite value(s) (NaN/inf) in the features "
-        "written by this run; check the weights (a checkpoint holding NaN gives all-NaN features)"
-    )
 
 
 def failures_table(failures: Sequence[tuple[str, str]], total: int) -> Table:

@@ -6,9 +6,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from featdump.errors import FeatdumpError
 from featdump.model.layers import Backbone
 from featdump.run.placement import Placement
-from featdump.text import to_str
+from featdump.text import printable, to_str
 
 
 @dataclass
@@ -54,12 +55,28 @@ class Summary:
         return self.bytes_written / (1 << 20) / self.seconds if self.seconds > 0 else 0.0
 
 
-def nothing_read(summary: Summary) -> str | None:
-    """The one-line error of a run in which every input failed (docs/safety.md), else None."""
-    if summary.num_images or not summary.num_failed:
-        return None
-    first = f"; first: {summary.failures[0][0]}: {summary.failures[0][1]}" if summary.failures else ""
-    return f"no image could be read: all {summary.num_failed} input(s) failed{first}; the file {summary.output} lists them under /failed"
+def end_of_run(summary: Summary, strict: bool, flag: str = "--strict") -> None:
+    """What ends a written run in an error, for the CLI and the API alike (docs/safety.md): no input
+    could be read (the first error said); with ``strict`` (named ``flag``), any failed image or any
+    layer holding NaN/inf values."""
+    if not summary.num_images and summary.num_failed:
+        first = f"; first: {summary.failures[0][0]}: {summary.failures[0][1]}" if summary.failures else ""
+        raise FeatdumpError(
+            f"no image could be read: all {summary.num_failed} input(s) failed{first}; the file {summary.output} lists them under /failed"
+        )
+    bad = [layer for layer in summary.layers if layer.nonfinite]
+    if strict and summary.num_failed:
+        raise FeatdumpError(f"{summary.num_failed} image(s) failed ({flag}); see /failed in {summary.output}")
+    if strict and bad:
+        raise FeatdumpError(f"{len(bad)} layer(s) hold NaN/inf values ({flag}), e.g. {nonfinite_line(bad[0])}; see {summary.output}")
+
+
+def nonfinite_line(layer: LayerSummary) -> str:
+    """One layer's NaN/inf count, as the warning (or the strict error) says it."""
+    return (
+        f"layer {printable(layer.name)}: {layer.nonfinite} non-finite value(s) (NaN/inf) in the features "
+        "written by this run; check the weights (a checkpoint holding NaN gives all-NaN features)"
+    )
 
 
 class ProgressSink:
