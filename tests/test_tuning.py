@@ -63,3 +63,13 @@ def test_cuda_defaults() -> None:
     assert (t.batch_size, t.threads, t.channels_last) == (64, None, True)
     assert 1 <= t.workers <= 8
     assert tune(_dev("cuda"), _cfg(decode="gpu"), Placement(cpus=16)).workers <= 4
+
+
+def test_a_resumed_run_keeps_its_files_batch_size() -> None:
+    from featdump.run.device import tune
+
+    first = {"batch_size": 4, "device": "cpu"}  # what run/facts.py read from the file
+    assert tune(_dev("cpu"), _cfg(), Placement(cpus=2), first).batch_size == 4
+    assert tune(_dev("cpu"), _cfg(batch_size=3), Placement(cpus=2), first).batch_size == 3  # a flag wins
+    assert tune(_dev("cuda"), _cfg(), Placement(cpus=2), first).batch_size == 64  # another device: its default
+    assert tune(_dev("cuda"), _cfg(), Placement(cpus=2), {"batch_size": 32, "device": "cuda:1"}).batch_size == 32

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from featdump.environment import WRITE_THREADS
@@ -54,6 +54,7 @@ def cpu_budget(placement: Placement) -> int:
     return placement.cpu_budget(available)
 
 
+CPU_BATCH = 8  # batch size on CPUs (see tune)
 WRITE_QUEUE_BYTES = 256 << 20  # the writer's queue: enough for a few large batches, never more
 
 
@@ -77,25 +78,28 @@ def write_threads(cpus: int, busy: int) -> int:
     return WRITE_THREADS.value() or max(1, min(8, cpus - busy))
 
 
-def tune(device: Any, cfg: ExtractConfig, placement: Placement) -> Tuning:
+def tune(device: Any, cfg: ExtractConfig, placement: Placement, previous: dict[str, Any] | None = None) -> Tuning:
     """Defaults per device, from measurements (``make bench``; the figures are in docs/performance.md).
 
     CPU: decoding runs in threads of this process (featdump/data/loading.py), since decoding + timm's
     transform costs a fraction of the forward pass per image. Up to 4 cores the decode threads share
     all the cores with the forward threads (faster than one worker process there); on more, ``cpus // 8`` decode threads (1-8) and the forward pass gets the other cores of the
     budget (Slurm's --cpus-per-task, else this process's affinity), because an OpenMP region
-    waits for its slowest thread. Batches of 8 in channels_last: larger batches are slower on
-    CPUs. The batch size is fixed, not timed per run, so reruns and resumed runs compute with the
-    same kernels.
+    waits for its slowest thread. Batches of :data:`CPU_BATCH` in channels_last (bench/cpubatch.py).
+    The batch size is fixed, not timed per run, so reruns compute with the same kernels; a resumed
+    run without --batch-size keeps the one its file was started with (``previous``: run/facts.py)
+    on the same kind of device, so its rows are bit-identical to an uninterrupted run's.
     CUDA: batches of 64, channels_last, threads left alone, DataLoader worker processes for up
     to 8 of the cores.
     """
     cpus = cpu_budget(placement)
+    if previous and not cfg.batch_size and str(previous.get("device", "")).split(":")[0] == device.type:
+        cfg = replace(cfg, batch_size=int(previous["batch_size"]))
     if device.type == "cpu":
         workers = cfg.workers if cfg.workers is not None else cpus if cpus <= 4 else min(8, max(1, cpus // 8))
         shared = cpus <= 4  # decode threads and forward threads on the same cores
         threads = cpus if shared else cpus - workers
-        return Tuning(cfg.batch_size or 8, workers, max(1, threads), True, prefetch=2, decode_nice=19 if shared else 0,
+        return Tuning(cfg.batch_size or CPU_BATCH, workers, max(1, threads), True, prefetch=2, decode_nice=19 if shared else 0,
                       write_threads=write_threads(cpus, cpus))
     workers = cfg.workers if cfg.workers is not None else max(1, min(8, cpus - 1))
     if cfg.decode == "gpu":  # workers only read files

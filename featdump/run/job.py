@@ -63,7 +63,8 @@ def _run(cfg: ExtractConfig, progress: ProgressSink, on_ready: Callable | None, 
         check_space(cfg, out_path, selection, procs)
     device = resolve_device(cfg.device, placement.local_rank)
     check_decode(cfg, device)
-    tuning = tune(device, cfg, placement)
+    previous = previous_facts(out_path) if cfg.resume else None
+    tuning = tune(device, cfg, placement, previous)  # a resumed run keeps its file's batch size
     tune_malloc()  # before the model's and the activations' memory is allocated
     with torch_settings(device, tuning.threads):
         backbone = backbone_for(cfg)
@@ -74,7 +75,7 @@ def _run(cfg: ExtractConfig, progress: ProgressSink, on_ready: Callable | None, 
         if stop.stopped:
             raise _stopped(stop.signum or signal.SIGINT, "during start-up; nothing was written")
         facts = run_facts(tuning.batch_size, device)
-        note = rounding_note(previous_facts(out_path), facts) if cfg.resume else None
+        note = rounding_note(previous, facts)
         if note:
             warnings.warn(note, FeatdumpWarning, stacklevel=2)
         attrs = {**file_attrs(cfg, backbone, placement.shard, selection), **facts}

@@ -13,6 +13,7 @@ from faultkit import (
     FAST,
     MODEL,
     Case,
+    assert_same_rows,
     case,  # noqa: F401 - the shared clean run (session fixture)
     journal_seq,
     kill,
@@ -154,3 +155,14 @@ def test_resume_with_another_batch_size_warns(tmp_path, imgs):
     p = run("extract", "resnet18", str(imgs), "-o", str(out), "--no-pretrained", "-q", "--batch-size", "3",
             "--device", "cpu", "--out-indices", "1", "--pool", "avg", "--resume")  # fmt: skip
     assert p.returncode == 0 and "featdump: warning: --resume with another --batch-size" in p.stderr, p.stderr
+
+
+def test_resume_without_batch_size_keeps_the_files(tmp_path: Path, case: Case, partial: Path) -> None:
+    out = _copy(partial, tmp_path)  # started with --batch-size 4, not the CPU default
+    argv = case.argv(out, "--resume")
+    i = argv.index("--batch-size")
+    del argv[i : i + 2]
+    proc = popen(argv)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0 and "warning" not in err, err  # no "--resume with another --batch-size"
+    assert_same_rows(read_rows(out), case.clean)
