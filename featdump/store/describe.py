@@ -14,12 +14,12 @@ from typing import Any
 from featdump.errors import FeatdumpError, UsageError
 from featdump.store.check import RESUME_KEYS, Counts, check_file, input_kind, tar_files_done
 from featdump.store.format import read_text, setting_value
+from featdump.store.locks import journal_path
 from featdump.store.vds import missing_sources, virtual_sources
 from featdump.text import first_line, to_str
 
 # Root attributes that are counters / state, shown in the summary rather than the provenance list.
 STATE_KEYS = ("complete", "num_images", "num_failed", "inputs_done")
-
 
 
 def open_featdump(path: str | Path) -> Any:
@@ -55,7 +55,7 @@ def open_checked(path: str | Path) -> tuple[Any, Counts]:
     if not is_hdf5:
         raise UsageError(f"{p} is not an HDF5 file (featdump files are HDF5, written by `featdump extract`)")
     try:
-        if journal_file(p).exists():  # a run holds it or was killed: read the last commit through the journal
+        if journal_path(p).exists():  # a run holds it or was killed: read the last commit through the journal
             from featdump.store.committed import open_committed
 
             h5 = open_committed(p)
@@ -76,13 +76,6 @@ def open_checked(path: str | Path) -> tuple[Any, Counts]:
         h5.close()
         raise
     return h5, counts
-
-
-def journal_file(path: str | Path) -> Path:
-    """``OUT.h5-journal``: present while a run writes ``OUT.h5``, or after one was killed."""
-    from featdump.store.locks import journal_path
-
-    return Path(journal_path(Path(path)))
 
 
 def check_virtual(path: str | Path) -> list[str]:
@@ -194,7 +187,7 @@ def summarize_file(path: str | Path, max_failures: int = 10) -> dict[str, Any]:
             "shard": attrs.get("shard"),
             "virtual": bool(sources),
             # a writer holds the file, or was killed holding it (--resume replays the journal)
-            "journal": journal_file(p).exists(),
+            "journal": journal_path(p).exists(),
             "missing_sources": missing,
             "plain_reader": plain_reader_note(attrs, datasets),
             "datasets": datasets,
