@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# The GPU check of issue 15, in one script: on a fresh CUDA node that has torch, timm, h5py, typer,
+# The GPU check, in one script: on a fresh CUDA node that has torch, timm, h5py, typer,
 # rich and pillow, it prints for resnet50 (layer3+layer4, float16 storage, bf16 autocast) over a few
 # thousand generated JPEGs:
 #   bare bf16 forward img/s on pre-decoded tensors (no decoding, no copy back, no writer),
 #   featdump img/s with CPU decoding and with --decode gpu, and the ratios to the bare forward.
-# Target (issue 15): featdump with --decode gpu >= 0.8 x the bare forward.
+# Target: featdump with --decode gpu >= 0.8 x the bare forward.
 #
 # Carry featdump and hdf5plugin as wheels (the node needs no index):
 #   pip wheel . -w .whl --no-deps            # featdump, from the repository

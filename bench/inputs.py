@@ -15,7 +15,7 @@ Run alone (about 2 minutes on 2 CPU cores; ``python -m bench`` runs it too, as i
 
     python -m bench.inputs --images 200 --reps 3 --device cpu
 
-Targets (issue 12): tar / folder >= 0.95 and tar over HTTP / folder >= 0.9 (tf_efficientnet_lite0,
+Targets: tar / folder >= 0.95 and tar over HTTP / folder >= 0.9 (tf_efficientnet_lite0,
 last level, float16; the ImageNet weights when weights/ holds them, else random ones).
 """
 

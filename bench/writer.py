@@ -3,7 +3,7 @@ with and without zstd) next to plain ``os.write`` of the same bytes in the same 
 
 Each figure is MiB of feature arrays per second from the first append to the closed file (commits,
 fsyncs and the journal included); the raw figure writes the same bytes with ``os.write`` in 8 MiB
-calls (page cache; the first ratio uses it, as issue 15 did), and once more with an ``fsync``
+calls (page cache; the first ratio uses it), and once more with an ``fsync``
 once a second and at the end: the Store commits (and fsyncs) at that cadence, so that is the
 like-for-like yardstick of a writer that survives a power cut (second ratio). "commits without
 fsync" is the Store with its fsyncs dropped (bench only): the writer's own cost against raw

@@ -1,4 +1,4 @@
-"""viz reads the structured ``inputs`` attribute and the stored transform settings (issue 10)."""
+"""viz reads the structured ``inputs`` attribute and the stored transform settings."""
 
 from __future__ import annotations
 

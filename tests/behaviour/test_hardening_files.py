@@ -1,4 +1,4 @@
-"""Hostile featdump files (issue 11, items 5, 6, 7, 11): forged counters and shard counts, virtual
+"""Hostile featdump files: forged counters and shard counts, virtual
 datasets that read their own file or a foreign one, links and groups where datasets belong.
 
 Every hostile file is made here with h5py from a real (tiny) run; nothing binary is checked in.
@@ -427,7 +427,7 @@ def test_non_utf8_names_read_as_backslash_escapes(cli, base: dict[str, Any], tmp
 def test_layer_names_that_are_not_one_path_component_are_refused_by_every_reader(
     cli, base: dict[str, Any], tmp_path: Path, name: str
 ) -> None:
-    """issue 21 item 1: export would make a folder of it (`..` wrote beside -o)."""
+    """A layer named `..`: export would make a folder of it (`..` wrote beside -o)."""
     import featdump
     from featdump.errors import UsageError
 

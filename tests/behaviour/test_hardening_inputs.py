@@ -1,4 +1,4 @@
-"""Issue 11, hostile inputs through the real command: resize bombs, undecodable and control-character
+"""Hostile inputs through the real command: resize bombs, undecodable and control-character
 file names, NaN weights, overlapping INPUTs, oversized CPU grants, broken configs and checkpoints.
 
 Every attack file is generated here (no binaries in the repository)."""

@@ -1,4 +1,4 @@
-"""Issue 11, the output side: what an adversary put at ``-o``, beside it, or in the environment.
+"""Hostile outputs: what an adversary put at ``-o``, beside it, or in the environment.
 
 featdump creates, resumes or replaces only regular files; one writer per file whatever name reaches
 it; a killed ``merge --copy`` leaves nothing behind for good; every environment setting is checked

@@ -1,4 +1,4 @@
-"""More shards than the open-file limit (issue 21 item 14): ``merge``, ``show``, ``featdump.open`` and
+"""More shards than the open-file limit: ``merge``, ``show``, ``featdump.open`` and
 ``export`` open a merged file's sources a few at a time, so they work under ``ulimit -n 256`` with
 300 shards (HDF5 keeps a virtual dataset's sources open until it is closed, and past the limit reads
 their rows as NaN without a word).

@@ -1,4 +1,4 @@
-"""`featdump merge` of independent runs (issue 16): an old file and new images extracted with
+"""`featdump merge` of independent runs: an old file and new images extracted with
 `--like` it join, run after run in the order given, virtual and `--copy`; files whose rows would
 mean something else, or that hold one path (or id) twice, are refused naming the files."""
 

@@ -1,4 +1,4 @@
-"""The ``output_stride`` attribute (issue 16): ``"none"`` where no ``--output-stride`` was asked, the
+"""The ``output_stride`` attribute: ``"none"`` where no ``--output-stride`` was asked, the
 stride where one was; "none" files resume, merge and serve ``--like`` without a settings error, and
 a file of another stride is refused."""
 
