@@ -19,11 +19,6 @@ if TYPE_CHECKING:
 MB = 1024 * 1024
 
 
-def cell_text(value: Any) -> str:
-    """Any text from a file, a name or a message, safe for a terminal (:func:`featdump.text.printable`)."""
-    return printable(value)
-
-
 def cell(value: Any) -> Text:
     """A table cell or title from untrusted text: control characters escaped, no rich markup."""
     return Text(printable(value))
@@ -248,7 +243,7 @@ def bench_table(result: Any) -> None:
         table.add_column(col, justify="right" if col in ("images", "seconds", "img/s") else "left")
     for s in result.stages:
         mark = " <- limit" if s.name == result.limit else ""
-        table.add_row(s.name + mark, str(s.images), f"{s.seconds:.1f}", f"{s.rate:.1f}", cell_text(s.detail))
+        table.add_row(s.name + mark, str(s.images), f"{s.seconds:.1f}", f"{s.rate:.1f}", printable(s.detail))
     table.caption = "timed from each stage's first batch on (start-up left out)"
     out.print(table)
     if result.note:
