@@ -211,6 +211,7 @@ def verify(
         console().print(verify_table(report))
     if not report.ok:
         named = ", ".join(f"{r} ({report.paths[report.rows.index(r)]})" for r in report.bad_rows[:5])
+        named += f" … and {len(report.bad_rows) - 5} more" if len(report.bad_rows) > 5 else ""
         raise FeatdumpError(f"{len(report.bad_rows)} of {len(report.rows)} checked row(s) differ beyond the tolerance: {named}")
 
 

@@ -36,6 +36,9 @@ Two cases widen the tolerance (never narrow it), and the report says which:
 
 from __future__ import annotations
 
+import math
+import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -52,6 +55,19 @@ TOLERANCE: dict[tuple[str, str], tuple[float, float]] = {
 AUTOCAST_TOLERANCE = (0.1, 0.99)
 CUDA_FP32 = (5e-2, 0.9995)  # TF32 convolutions (module doc)
 OTHER_DECODER = (0.5, 0.98)  # nvjpeg vs libjpeg-turbo pixels (module doc)
+_ATTRIBUTE = {"img-size": "input_size"}  # flags whose file attribute has another name
+# a forward needs about this many float32 copies of its input image (12 bytes a pixel) at its peak:
+# measured 11-28 for resnet18/50, convnext_atto, efficientnet_b0 and vit_tiny (ru_maxrss, batch 1)
+ROW_MEMORY = 32
+
+
+def available_memory() -> int:
+    """Bytes of memory this machine can still hand out (MemAvailable; physical memory elsewhere)."""
+    try:
+        with open("/proc/meminfo") as fh:
+            return next(int(line.split()[1]) * 1024 for line in fh if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration):
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 class CannotVerify(UsageError):
@@ -104,6 +120,12 @@ class VerifyReport:
     @property
     def ok(self) -> bool:
         return not self.bad_rows
+
+
+def as_attributes(message: str) -> str:
+    """An option's error about a value read from the file, worded as the file's attribute (the
+    user typed no such flag): ``--img-size 9000x9000 ...`` -> ``attribute input_size 9000x9000 ...``."""
+    return re.sub(r"--([a-z][a-z-]+)", lambda m: "attribute " + _ATTRIBUTE.get(m[1], m[1].replace("-", "_")), message)
 
 
 def pick_rows(num_images: int, n: int, seed: int) -> list[int]:
@@ -203,34 +225,49 @@ def verify_file(path: str | Path, n: int = 8, seed: int = 0, device: str = "auto
         )
     try:
         opts = recorded_options(p, attrs, where="cannot verify", onto=input_kind(attrs))
+    except UsageError as exc:
+        raise CannotVerify(str(exc)) from None
+    try:  # the values come from the file, not from flags: errors name its attributes
         procs = processors.load(opts.get("process"))
+        cfg = resolve({**opts, "inputs": (str(p),), "output": str(p), "device": device})
+        backbone = backbone_for(cfg)
     except CannotVerify:
         raise
     except UsageError as exc:
-        raise CannotVerify(str(exc)) from None
-    cfg = resolve({**opts, "inputs": (str(p),), "output": str(p), "device": device})
+        raise CannotVerify(f"cannot verify {p}: {as_attributes(str(exc))}") from None
     with open_file(p) as ff:
         if ff.num_images == 0:
             raise CannotVerify(f"cannot verify {p}: it holds no rows yet")
         rows = pick_rows(ff.num_images, n, seed)
         stored_paths = [ff.paths[r] for r in rows]
-        stored = {name: ff.numpy(name, rows) for name in ff.layers}
+        shapes = {name: tuple(ff[name].shape[1:]) for name in ff.layers}
         wanted = find_sampled(p, attrs, ff, rows, cfg)
     dev = resolve_device(cfg.device, 0)
-    try:
-        backbone = backbone_for(cfg)
-    except UsageError as exc:
-        raise CannotVerify(f"cannot verify {p}: {exc}") from None
     recorded = str(attrs.get("weights", ""))
     if recorded.startswith("pretrained:") and backbone.weights != recorded:
         raise CannotVerify(f"cannot verify {p}: it was made with weights {recorded}, this timm loads {backbone.weights}")
     processors.prepare(procs, backbone.data.input_size)
     backbone.layers = processors.stored_layers(backbone.layers, cfg.pool, procs)
     names = [layer.name for layer in backbone.layers]
-    if sorted(names) != sorted(stored):
-        raise CannotVerify(f"cannot verify {p}: this timm builds layers {names}, the file holds {sorted(stored)}")
+    if sorted(names) != sorted(shapes):
+        raise CannotVerify(f"cannot verify {p}: this timm builds layers {names}, the file holds {sorted(shapes)}")
+    size = "x".join(str(d) for d in backbone.data.input_size[1:])
+    for layer in backbone.layers:  # before the model runs: an input size the rows do not have is never run
+        if tuple(layer.stored_shape(cfg.pool)) != shapes[layer.name]:
+            raise CannotVerify(
+                f"cannot verify {p}: at its attribute input_size {size} this timm makes {layer.name} "
+                f"{tuple(layer.stored_shape(cfg.pool))}, the file stores {shapes[layer.name]} per row"
+            )
     refs = [ref for w in wanted for ref in w.found]  # several for a row only where /failed holds its path
-    loader = Loader(refs, backbone, cfg, dev, batch_size=len(refs), workers=0, prefetch=2)
+    need, have = ROW_MEMORY * 12 * math.prod(backbone.data.input_size[1:]), available_memory()
+    if need > have:  # a pooled file's input size shows in no shape
+        raise CannotVerify(
+            f"cannot verify {p}: re-extracting one row at its attribute input_size {size} needs about "
+            f"{need / 2**30:.1f} GiB of memory, {have / 2**30:.1f} GiB is available"
+        )
+    with open_file(p) as ff:
+        stored = {name: ff.numpy(name, rows) for name in names}
+    loader = Loader(refs, backbone, cfg, dev, batch_size=max(1, min(len(refs), have // need)), workers=0, prefetch=2)
     forward = Forward(backbone, dev, cfg.precision, cfg.pool, cfg.dtype, False, False, procs)
     outs: dict[int, list[Any]] = {}  # position in refs -> one array per layer
     errors: dict[int, str] = {}

@@ -206,3 +206,58 @@ def test_verify_a_gpu_decoded_file_on_the_cpu(tmp_path, imgs, monkeypatch):
     assert all(l["max_rel"] < 1e-5 for l in report["layers"])  # the same decoder code here: equal rows
     p = run("verify", str(out), "-n", "2")
     assert p.returncode == 0 and "widened" in p.stdout and "TF32" in p.stdout, p.stdout
+
+
+# --------------------------------------------------------------------------- verify: crafted attributes, many rows
+
+
+def _with_attrs(src: Path, dst: Path, **attrs: object) -> Path:
+    import h5py
+
+    shutil.copy(src, dst)
+    with h5py.File(dst, "r+") as h5:
+        for name, value in attrs.items():
+            h5.attrs[name] = value
+    return dst
+
+
+@pytest.mark.slow
+def test_verify_checks_crafted_attributes_before_running_the_model(tmp_path, imgs):
+    """A file claiming an 8192x8192 input is refused before the model runs (its maps are 16x16; a
+    pooled file: the memory it would take); crafted values are named as the file's attributes."""
+    from featdump.run.verify import ROW_MEMORY, available_memory
+
+    maps, pooled = tmp_path / "maps.h5", tmp_path / "pooled.h5"
+    common = ("resnet18", str(imgs), "--no-pretrained", "--img-size", "64", "-q", "--device", "cpu")
+    run("extract", *common, "-o", str(maps), "--out-indices", "1", check=True)
+    run("extract", *common, "-o", str(pooled), "--out-indices", "-1", "--pool", "avg", check=True)
+    huge = [3, 8192, 8192]
+    p = run("verify", str(_with_attrs(maps, tmp_path / "a.h5", input_size=huge)), timeout=120)
+    assert p.returncode == 2, p.stderr
+    assert "at its attribute input_size 8192x8192 this timm makes layer1 (64, 2048, 2048), the file stores (64, 16, 16)" in p.stderr
+    for attrs, words in (
+        ({"pool": "bogus"}, "attribute pool must be one of none|avg|max, not 'bogus'"),
+        ({"input_size": [3, 99999, 5]}, "attribute input_size 99999x5 is out of range"),
+        ({"out_indices": [9]}, "attribute out_indices 9 out of range for resnet18"),
+    ):
+        p = run("verify", str(_with_attrs(maps, tmp_path / "b.h5", **attrs)))
+        assert p.returncode == 2 and f"cannot verify {tmp_path / 'b.h5'}: {words}" in p.stderr, p.stderr
+        assert "--" not in p.stderr  # no flag the user never gave
+    if available_memory() > ROW_MEMORY * 12 * 8192 * 8192:
+        pytest.skip("this machine has the memory to re-extract a row at 8192x8192: nothing to refuse")
+    p = run("verify", str(_with_attrs(pooled, tmp_path / "c.h5", input_size=huge)), timeout=120)
+    assert p.returncode == 2 and "at its attribute input_size 8192x8192 needs about 24.0 GiB" in p.stderr, p.stderr
+
+
+def test_verify_names_five_failing_rows_and_how_many_more(cli, tmp_path, photos):
+    import h5py
+
+    out = tmp_path / "f.h5"
+    args = ("resnet18", str(photos), "--no-pretrained", "--img-size", "32", "--out-indices", "-1", "--pool", "avg", "-q")
+    assert cli("extract", *args, "-o", str(out), "--device", "cpu").exit_code == 0
+    with h5py.File(out, "r+") as h5:
+        h5["features/layer4"][...] = -h5["features/layer4"][...]
+    res = cli("verify", str(out), "-n", "8", "--device", "cpu", "-q")
+    assert res.exit_code == 1
+    assert "8 of 8 checked row(s) differ beyond the tolerance: 0 (astronaut.jpg)" in res.stderr
+    assert "4 (coins.jpg) … and 3 more" in res.stderr
