@@ -50,11 +50,23 @@ def layer_dict(layer: LayerInfo, pool: str = "none") -> dict[str, Any]:
         "module": layer.module,
         "channels": layer.channels,
         "reduction": layer.reduction,
+        **({"pixel_grid": layer.attrs["pixel_grid"]} if "pixel_grid" in layer.attrs else {}),  # after --process
         "shape": list(layer.stored_shape(pool)),
         "layout": layer.layout,
         "mb_per_image_float32": layer.bytes_per_image("float32", pool) / MB,
         "mb_per_image_float16": layer.bytes_per_image("float16", pool) / MB,
     }
+
+
+def stride_text(layer: LayerInfo) -> str:
+    """The stride column: input pixels per cell; after a --process that moves the cells, per axis
+    with their offset (``64x32 +16,+0``); ``-`` where the cells are not places in the input."""
+    grid = layer.attrs.get("pixel_grid")
+    if not layer.reduction or grid == []:
+        return "-"
+    if not grid or (grid[0] == grid[2] and not grid[1] and not grid[3]):
+        return str(layer.reduction)
+    return f"{grid[0]:g}x{grid[2]:g} {grid[1]:+g},{grid[3]:+g}"
 
 
 def description_dict(desc: Description, pool: str = "none", images: int | None = None, dtype: str = "float32") -> dict[str, Any]:
@@ -115,7 +127,7 @@ def inspect_table(desc: Description, pool: str = "none", images: int | None = No
         cells = [
             layer.module,
             str(layer.channels),
-            str(layer.reduction) if layer.reduction else "-",
+            stride_text(layer),
             fmt_shape(layer.stored_shape(pool)),
             *(fmt_mb(layer.bytes_per_image(name, pool)) for name in dtypes),
         ]

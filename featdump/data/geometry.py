@@ -115,7 +115,7 @@ def _center_crop(h: int, w: int, ch: int, cw: int) -> tuple[int, int, int, int]:
 
 
 def cell_boxes(
-    geometry: Any, grid: tuple[int, int], input_hw: tuple[int, int], reduction: float
+    geometry: Any, grid: tuple[int, int], input_hw: tuple[int, int], reduction: float, pixel_grid: Any = None
 ) -> Any:
     """``(H, W, 4)`` boxes ``y0, x0, y1, x1`` in original-image pixels (continuous coordinates, see
     the module docstring) of the cells of an ``H x W`` feature map.
@@ -123,7 +123,9 @@ def cell_boxes(
     Cell ``(i, j)`` covers model-input rows ``[i * s, (i + 1) * s)`` (``s``: the layer's stride,
     ``reduction``; where the grid does not tile the input at that stride, e.g. a model that rounds
     up, ``input / H``), cut at the input's edge, mapped through the row's affine map and clipped to
-    the original image. A cell that lies wholly in padding (``border`` mode) is NaN.
+    the original image. A cell that lies wholly in padding (``border`` mode) is NaN. ``pixel_grid``
+    (``scale_y, offset_y, scale_x, offset_x``, a layer's attribute after ``--process``) places cell
+    ``i`` at ``[offset + i * scale, offset + (i + 1) * scale)`` instead.
     """
     import numpy as np
 
@@ -131,17 +133,18 @@ def cell_boxes(
     in_h, in_w = input_hw
     orig_h, orig_w, sy, sx, oy, ox = (float(v) for v in geometry)
 
-    def edges(n: int, size: int, scale: float, offset: float, extent: float) -> tuple[Any, Any]:
+    def edges(n: int, size: int, scale: float, offset: float, extent: float, cells: Any) -> tuple[Any, Any]:
         step = float(reduction) if reduction and math.ceil(size / reduction) == n else size / n
-        lo = np.minimum(np.arange(n) * step, size)
-        hi = np.minimum((np.arange(n) + 1) * step, size)
+        step, start = (float(cells[0]), float(cells[1])) if cells else (step, 0.0)
+        lo = np.clip(start + np.arange(n) * step, 0, size)
+        hi = np.clip(start + (np.arange(n) + 1) * step, 0, size)
         lo, hi = lo * scale + offset, hi * scale + offset
         inside = (hi > 0) & (lo < extent)
         lo, hi = np.clip(lo, 0, extent), np.clip(hi, 0, extent)
         return np.where(inside, lo, np.nan), np.where(inside, hi, np.nan)
 
-    y0, y1 = edges(gh, in_h, sy, oy, orig_h)
-    x0, x1 = edges(gw, in_w, sx, ox, orig_w)
+    y0, y1 = edges(gh, in_h, sy, oy, orig_h, pixel_grid[:2] if pixel_grid else None)
+    x0, x1 = edges(gw, in_w, sx, ox, orig_w, pixel_grid[2:] if pixel_grid else None)
     out = np.empty((gh, gw, 4), dtype=np.float64)
     out[..., 0] = y0[:, None]
     out[..., 1] = x0[None, :]

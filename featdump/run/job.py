@@ -14,6 +14,7 @@ import signal
 import time
 import warnings
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from featdump.data.batching import Loader
@@ -59,6 +60,7 @@ def _run(cfg: ExtractConfig, progress: ProgressSink, on_ready: Callable | None, 
     preflight(out_path, cfg)
     selection = open_source(cfg.inputs, cfg).select(placement.index, placement.count)
     procs = processors.load(cfg.process)  # unknown processors and bad arguments: usage errors before the model
+    cfg = replace(cfg, process=processors.recorded(procs))  # files they read pinned by sha256
     if cfg.space_check:
         check_space(cfg, out_path, selection, procs)
     device = resolve_device(cfg.device, placement.local_rank)
@@ -69,7 +71,7 @@ def _run(cfg: ExtractConfig, progress: ProgressSink, on_ready: Callable | None, 
     with torch_settings(device, tuning.threads):
         backbone = backbone_for(cfg)
         processors.prepare(procs, backbone.data.input_size)
-        backbone.layers = processors.stored_layers(backbone.layers, cfg.pool, procs)
+        backbone.layers = processors.stored_layers(backbone.layers, cfg.pool, procs, device)
         if on_ready:
             on_ready(backbone, str(out_path), placement)
         if stop.stopped:

@@ -8,7 +8,17 @@ A processor is a class built from its ``ARG`` strings (``cls(*args)``) with
   (``inspect`` and the file's datasets use it, so the stored shapes are known before a model loads);
 - ``__call__(x) -> tensor``: the batch ``(B, *shape)`` as float32 on the device, returned in the
   shape ``output_shape`` promised;
-- optionally ``prepare(input_size)``, called with the model's input ``(H, W)`` before any of the above.
+- optionally ``prepare(input_size)``, called with the model's input ``(H, W)`` before any of the above;
+- optionally ``cells(shape) -> (scale_y, offset_y, scale_x, offset_x) | None``: where its output cells lie on
+  the map ``shape`` it receives: output cell ``(i, j)`` covers input cells ``[i * scale_y + offset_y,
+  (i + 1) * scale_y + offset_y)`` (and likewise across), so a 2x2 average pool declares ``(2, 0, 2, 0)``;
+  None: its output is not spatial. Without it, a map that keeps its grid keeps its cells and one
+  whose grid changes is not spatial. The file records the result per layer (``pixel_grid``
+  attribute, model-input pixels), which ``pixel_boxes`` and ``viz --overlay`` use;
+- optionally ``FILE_ARGS``: the indices of the ARGs that name files it reads; their sha256 is
+  recorded with the spec (``process`` attribute), so a changed file is a changed setting.
+
+The returned shape is checked against ``output_shape`` on every batch (a mismatch stops the run).
 
 Built in: ``l2norm``, ``resize:HxW`` / ``resize:stride=S`` and ``pca:K:FILE``. Others register under the
 ``featdump.processors`` entry-point group (``name = "package.module:Class"``) and are found by name.
@@ -23,7 +33,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from featdump.errors import UsageError
+from featdump.errors import FeatdumpError, UsageError
 from featdump.text import first_line
 
 GROUP = "featdump.processors"
@@ -85,6 +95,10 @@ class Resize:
             raise UsageError("--process resize:stride=S needs the input size (prepare was not called)")
         return (shape[0], *self.size)
 
+    def cells(self, shape: tuple[int, ...]) -> tuple[float, float, float, float]:
+        h, w = self.output_shape(shape)[1:]
+        return (shape[1] / h, 0.0, shape[2] / w, 0.0)  # align_corners=False: input = output x scale
+
     def __call__(self, x: Any) -> Any:
         import torch.nn.functional as F
 
@@ -100,6 +114,8 @@ class PCA:
     (K_max, C), rows the principal axes as sklearn's ``PCA.components_``: the output is
     ``(x - mean) @ components[:K].T`` along the channel axis (C of a map or a vector, D of tokens).
     """
+
+    FILE_ARGS = (1,)
 
     def __init__(self, *args: str) -> None:
         if len(args) != 2 or not args[0].strip().isdigit() or int(args[0]) < 1:
@@ -127,9 +143,7 @@ class PCA:
         if self._on is None or self._on[0].device != x.device:
             self._on = (torch.from_numpy(self.mean).to(x.device), torch.from_numpy(self.components).to(x.device))
         mean, comp = self._on
-        if x.ndim == 3:  # tokens: (B, T, D)
-            return (x - mean) @ comp.T
-        if x.ndim == 2:
+        if x.ndim < 4:  # tokens (B, T, D) or vectors (B, C)
             return (x - mean) @ comp.T
         y = x.permute(0, 2, 3, 1) - mean  # (B, H, W, C)
         return (y @ comp.T).permute(0, 3, 1, 2)
@@ -220,14 +234,40 @@ def find(name: str) -> type:
     )
 
 
-def load(specs: Sequence[str] | None) -> list[Any]:
-    """Processor instances for ``--process`` values, in order (usage errors before any model loads)."""
+@dataclass(frozen=True)
+class Step:
+    """One ``--process`` value (without its pins) and the processor built from it."""
+
+    spec: str
+    run: Any
+    files: tuple[str, ...] = ()  # the files it reads (its class's ``FILE_ARGS``), pinned by sha256
+
+
+PIN = " sha256:"
+
+
+def load(specs: Sequence[str] | None) -> list[Step]:
+    """The steps for ``--process`` values, in order (usage errors before any model loads). A value
+    read back from a file carries the sha256 of each file its processor reads (:func:`recorded`):
+    a file that is gone or has changed since is a UsageError."""
+    from featdump.model.weights import sha256_file
+
     out = []
-    for spec in specs or ():
+    for value in specs or ():
+        spec, *pins = str(value).split(PIN)
         name, args = split_spec(spec)
         cls = find(name)
+        files = tuple(args[i] for i in getattr(cls, "FILE_ARGS", ()) if i < len(args))
+        for file, sha in zip(files, pins, strict=False):
+            digest = sha256_file(file) if Path(file).is_file() else None
+            if digest != sha:
+                now = f"sha256 {digest[:12]}…, recorded {sha[:12]}…" if digest else "it is gone"
+                raise UsageError(
+                    f"--process {name}: {file} has changed since the file was made ({now}); "
+                    "its rows cannot be reproduced without the original"
+                )
         try:
-            out.append(cls(*args))
+            out.append(Step(spec, cls(*args), files))
         except UsageError:
             raise
         except Exception as exc:  # noqa: BLE001 - a plugin's own argument checks
@@ -235,41 +275,89 @@ def load(specs: Sequence[str] | None) -> list[Any]:
     return out
 
 
-def prepare(processors: Sequence[Any], input_size: Sequence[int]) -> None:
+def recorded(steps: Sequence[Step]) -> tuple[str, ...] | None:
+    """The ``--process`` values as the file records them: each followed by `` sha256:HEX`` of every
+    file its processor reads, so a changed file is a changed setting (``--resume``, ``merge``)."""
+    from featdump.model.weights import sha256_file
+
+    return tuple(s.spec + "".join(PIN + sha256_file(f) for f in s.files if Path(f).is_file()) for s in steps) or None
+
+
+def prepare(steps: Sequence[Step], input_size: Sequence[int]) -> None:
     """Tell processors that need it the model's input ``(H, W)`` (``input_size`` may be ``[C, H, W]``)."""
     hw = (int(input_size[-2]), int(input_size[-1]))
-    for p in processors:
-        if hasattr(p, "prepare"):
-            p.prepare(hw)
+    for step in steps:
+        if hasattr(step.run, "prepare"):
+            step.run.prepare(hw)
 
 
-def stored_layers(layers: Sequence[Any], pool: str, processors: Sequence[Any]) -> list[Any]:
-    """The layers with the shapes the processors make (``LayerInfo.processed``); unchanged without processors."""
-    if not processors:
+Grid = tuple[float, float, float, float]  # scale_y, offset_y, scale_x, offset_x
+
+
+def stored_layers(layers: Sequence[Any], pool: str, steps: Sequence[Step], device: Any = None) -> list[Any]:
+    """The layers with the shapes the processors make (``LayerInfo.processed``) and, for maps, where
+    their cells lie in model-input pixels (``pixel_grid`` attribute; ``[]``: not spatial) and the
+    stride that follows (``reduction``, 0 when not spatial); unchanged without processors. With a
+    ``device``, the processors first run once on zeros there (shapes checked, as :func:`apply` does),
+    so a processor that returns another shape than it declares stops a run before anything is written."""
+    if not steps:
         return list(layers)
     out = []
     for layer in layers:
-        before = shape = tuple(layer.stored_shape(pool))
-        for p in processors:
-            shape = tuple(int(d) for d in p.output_shape(shape))
-        out.append(replace(layer, processed=shape, reduction=_reduction(layer, before, shape)))
+        shape = tuple(layer.stored_shape(pool))
+        if device is not None:
+            import torch
+
+            apply(steps, torch.zeros((1, *shape), device=device), torch.float32)
+        r = layer.reduction
+        grid: Grid | None = (r, 0.0, r, 0.0) if len(shape) == 3 and r else None
+        for step in steps:
+            after = tuple(int(d) for d in step.run.output_shape(shape))
+            grid = _compose(grid, _cells(step.run, shape, after))
+            shape = after
+        if len(shape) != 3:
+            out.append(replace(layer, processed=shape))
+            continue
+        pixel_grid = [_num(v) for v in grid] if grid else []
+        attrs = {**layer.attrs, "pixel_grid": pixel_grid}
+        out.append(replace(layer, processed=shape, reduction=pixel_grid[0] if grid else 0, attrs=attrs))
     return out
 
 
-def _reduction(layer: Any, before: tuple[int, ...], after: tuple[int, ...]) -> Any:
-    """The stride (input pixels per cell) of a map whose grid a processor changed (``resize``):
-    the old stride times old rows / new rows; an int when whole, else a float."""
-    if len(before) != 3 or len(after) != 3 or before[1:] == after[1:] or not after[1] or layer.attrs.get("part") == "prefix":
-        return layer.reduction
-    r = layer.reduction * before[1] / after[1]
-    return int(r) if float(r).is_integer() else round(r, 6)
+def _cells(p: Any, before: tuple[int, ...], after: tuple[int, ...]) -> Grid | None:
+    """Where ``p``'s output cells lie on its input map (None: not spatial, or not a map)."""
+    if len(before) != 3 or len(after) != 3:
+        return None
+    if hasattr(p, "cells"):
+        c = p.cells(before)
+        return None if c is None else tuple(float(v) for v in c)  # type: ignore[return-value]
+    return (1.0, 0.0, 1.0, 0.0) if before[1:] == after[1:] else None
 
 
-def apply(processors: Sequence[Any], x: Any, dtype: Any) -> Any:
-    """One layer's stored batch through every processor (in float32), then cast to the storage ``dtype``."""
+def _compose(grid: Grid | None, cells: Grid | None) -> Grid | None:
+    """Input cells in pixels (``grid``) then output cells in input cells -> output cells in pixels."""
+    if grid is None or cells is None:
+        return None
+    return (cells[0] * grid[0], cells[1] * grid[0] + grid[1], cells[2] * grid[2], cells[3] * grid[2] + grid[3])
+
+
+def _num(v: float) -> int | float:
+    return int(v) if float(v).is_integer() else round(v, 6)
+
+
+def apply(steps: Sequence[Step], x: Any, dtype: Any) -> Any:
+    """One layer's stored batch through every processor (in float32), each result's shape checked
+    against what the processor declared, then cast to the storage ``dtype``."""
     import torch
 
     y = x.float()
-    for p in processors:
-        y = p(y)
+    for step in steps:
+        want = tuple(int(d) for d in step.run.output_shape(tuple(y.shape[1:])))
+        y = step.run(y)
+        got = tuple(getattr(y, "shape", ())[1:])
+        if got != want:
+            raise FeatdumpError(
+                f"--process {step.spec}: the processor declared shape {want} per image but returned {got}; "
+                "its output_shape and __call__ must agree (fix or remove the processor)"
+            )
     return y.to(dtype=dtype, memory_format=torch.contiguous_format)

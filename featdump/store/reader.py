@@ -180,8 +180,9 @@ class FeatureFile:
     def pixel_boxes(self, layer: str, row: int) -> np.ndarray:
         """``(H, W, 4)`` boxes ``y0, x0, y1, x1`` in original-image pixels (continuous coordinates:
         pixel ``i`` spans ``[i, i + 1)``) of the cells of a spatial layer for one stored row, from
-        the layer's stride (``reduction``), the input size and the row's ``/geometry``. Cells are cut
-        at the image's edges; a cell wholly in padding (``--crop-mode border``) is NaN."""
+        the layer's stride (``reduction``; after ``--process``, its ``pixel_grid``), the input size and
+        the row's ``/geometry``. Cells are cut at the image's edges; a cell wholly in padding
+        (``--crop-mode border``) is NaN."""
         from featdump.data.geometry import cell_boxes
 
         attrs = self.attrs(layer)
@@ -191,9 +192,12 @@ class FeatureFile:
                 f"{layer!r} is not a spatial map (layout {attrs.get('layout')}, shape {ds.shape}); "
                 "pixel boxes need an (N, C, H, W) layer (--pool none, --tokens map|both for token layers)"
             )
+        if attrs.get("pixel_grid") == []:
+            raise ValueError(f"{layer!r}: a --process step made its cells something other than places in the image")
         _, in_h, in_w = (int(v) for v in self.meta["input_size"])
         grid = (int(ds.shape[2]), int(ds.shape[3]))
-        return cell_boxes(self.geometry(row), grid, (in_h, in_w), float(attrs.get("reduction", 0) or 0))
+        reduction = float(attrs.get("reduction", 0) or 0)
+        return cell_boxes(self.geometry(row), grid, (in_h, in_w), reduction, attrs.get("pixel_grid"))
 
     # ------------------------------------------------------------------ lifetime
 
