@@ -48,10 +48,7 @@ OutputStride = Literal[8, 16, 32]
 
 DTYPES: tuple[str, ...] = get_args(Dtype)
 POOLS: tuple[str, ...] = get_args(Pool)
-COMPRESSIONS: tuple[str, ...] = get_args(Compression)
-DECODERS: tuple[str, ...] = get_args(Decode)
 TOKENS: tuple[str, ...] = get_args(Tokens)
-CROP_MODES: tuple[str, ...] = get_args(CropMode)
 OUTPUT_STRIDES: tuple[int, ...] = get_args(OutputStride)
 
 

@@ -8,11 +8,11 @@ matches the recorded one.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
 from featdump.errors import UsageError
+from featdump.model.weights import sha256_file
 from featdump.options import OPTIONS, ExtractConfig, like_path, resolve
 from featdump.text import first_line
 from featdump.values import parse_weights
@@ -43,16 +43,11 @@ def check_checkpoint(path: str, sha256: str | None, where: str) -> None:
     p = Path(path)
     if not p.is_file():
         raise UsageError(f"{where}: the checkpoint it was made with, {path}, is gone; put it back")
-    if sha256:
-        h = hashlib.sha256()
-        with p.open("rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-        if h.hexdigest() != sha256:
-            raise UsageError(
-                f"{where}: checkpoint {path} has changed since the file was made (sha256 {h.hexdigest()[:12]}…, "
-                f"recorded {sha256[:12]}…); its rows cannot be reproduced with it"
-            )
+    if sha256 and (have := sha256_file(p)) != sha256:
+        raise UsageError(
+            f"{where}: checkpoint {path} has changed since the file was made (sha256 {have[:12]}…, "
+            f"recorded {sha256[:12]}…); its rows cannot be reproduced with it"
+        )
 
 
 def recorded_options(
