@@ -11,39 +11,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from featdump.errors import UsageError
-from featdump.model.create import check_model_name, create_checked, resolve_data_config
-from featdump.model.layers import (
-    DTYPE_BYTES,
-    Backbone,
-    DataConfig,
-    Description,
-    LayerInfo,
-)
-from featdump.model.levels import (
-    describe_levels,
-    features_model,
-    normalize_indices,
-    num_levels,
-)
+from featdump.model.create import resolve_data_config
+from featdump.model.layers import Backbone, Description
+from featdump.model.levels import describe_levels, features_model
 from featdump.model.modules import describe_modules, load_module_backbone
-from featdump.model.weights import choose_weights, create_with_weights, why_no_download
+from featdump.model.weights import choose_weights, create_with_weights
 from featdump.options import ExtractConfig
-
-__all__ = [
-    "DTYPE_BYTES",
-    "Backbone",
-    "DataConfig",
-    "Description",
-    "LayerInfo",
-    "check_model_name",
-    "create_checked",
-    "describe",
-    "load_backbone",
-    "normalize_indices",
-    "num_levels",
-    "resolve_data_config",
-    "why_no_download",
-]
 
 
 def describe(

@@ -41,15 +41,6 @@ def features_model(
         raise
 
 
-def num_levels(name: str) -> int:
-    """How many feature levels the model exposes (``out_indices`` range over these)."""
-    import torch
-
-    with torch.device("meta"):
-        model = features_model(name, out_indices=None, output_stride=None, img_size=None)
-    return len(model.feature_info.info)
-
-
 def normalize_indices(name: str, indices: Sequence[int] | None, levels: int, modules: Sequence[str]) -> tuple[int, ...] | None:
     """Negative indices count from the end (timm semantics); out of range or twice exits 2; none
     given (``--out-indices all``) means every level.
@@ -105,17 +96,8 @@ def describe_layers(model: Any, input_size: tuple[int, int, int]) -> list[LayerI
         layout = guess_layout(model, per_image, channels)
         name = module if module not in seen else f"{module}#{idx}"
         seen.add(name)
-        layers.append(
-            LayerInfo(
-                name=name,
-                module=module,
-                index=int(idx),
-                channels=channels,
-                reduction=int(info.info[idx]["reduction"]),
-                shape=chw(per_image, layout),
-                layout=layout,
-            )
-        )
+        reduction = int(info.info[idx]["reduction"])
+        layers.append(LayerInfo(name, module, int(idx), channels, reduction, chw(per_image, layout), layout))
     return layers
 
 
@@ -128,7 +110,7 @@ def _prepare(
     out_indices: Sequence[int] | None,
     output_stride: int | None,
     img_size: tuple[int, int] | None,
-) -> tuple[int, list[str], tuple[int, ...] | None]:
+) -> tuple[int, tuple[int, ...] | None]:
     import torch
 
     check_model_name(name)
@@ -146,7 +128,7 @@ def _prepare(
         raise
     levels = len(probe.feature_info.info)
     modules = [str(d["module"]) for d in probe.feature_info.info]
-    return levels, modules, normalize_indices(name, out_indices, levels, modules)
+    return levels, normalize_indices(name, out_indices, levels, modules)
 
 
 def describe_levels(
@@ -158,7 +140,7 @@ def describe_levels(
     """Feature levels and data config of a backbone; builds on the meta device (no weights, no downloads)."""
     import torch
 
-    levels, _, indices = _prepare(name, out_indices, output_stride, img_size)
+    levels, indices = _prepare(name, out_indices, output_stride, img_size)
     with torch.device("meta"):
         model = features_model(name, out_indices=indices, output_stride=output_stride, img_size=img_size)
     data = resolve_data_config(model, img_size)

@@ -30,6 +30,7 @@ from featdump.model.layers import (
 )
 from featdump.model.weights import choose_weights, create_with_weights
 from featdump.options import TOKENS
+from featdump.values import check_choice
 
 
 @dataclass(frozen=True)
@@ -44,10 +45,6 @@ class ModuleRecord:
 
 
 # --------------------------------------------------------------------------- model
-
-
-def _full_model(name: str, *, img_size: tuple[int, int] | None, output_stride: int | None, **kwargs: Any) -> Any:
-    return create_checked(name, img_size=img_size, output_stride=output_stride, **kwargs)
 
 
 def _kind(out: Any) -> str:
@@ -72,7 +69,6 @@ def trace_modules(model: Any, input_size: tuple[int, int, int]) -> list[ModuleRe
     calls: dict[str, int] = {}
     shapes: dict[str, tuple[int, ...] | None] = {}
     kinds: dict[str, str] = {}
-    handles = []
     named = [(n, m) for n, m in model.named_modules() if n]
 
     def make(name: str) -> Any:
@@ -86,8 +82,7 @@ def trace_modules(model: Any, input_size: tuple[int, int, int]) -> list[ModuleRe
 
         return hook
 
-    for n, m in named:
-        handles.append(m.register_forward_hook(make(n)))
+    handles = [m.register_forward_hook(make(n)) for n, m in named]
     params = list(model.parameters())
     device = params[0].device if params else torch.device("cpu")
     try:
@@ -107,13 +102,13 @@ def _trace(
 
     check_model_name(name)
     with torch.device("meta"):
-        model = _full_model(name, img_size=img_size, output_stride=output_stride, pretrained=False)
+        model = create_checked(name, img_size=img_size, output_stride=output_stride, pretrained=False)
     data = resolve_data_config(model, img_size)
     check_tiling(name, model, data.input_size[1:])
     try:
         records = trace_modules(model.eval(), data.input_size)
     except Exception:  # noqa: BLE001 - some models cannot run on meta tensors
-        model = _full_model(name, img_size=img_size, output_stride=output_stride, pretrained=False).eval()
+        model = create_checked(name, img_size=img_size, output_stride=output_stride, pretrained=False).eval()
         records = trace_modules(model, data.input_size)
     return model, data, records
 
@@ -210,13 +205,6 @@ def _layer(model_name: str, model: Any, rec: ModuleRecord, data: DataConfig, tok
     )
 
 
-def _check_tokens(tokens: str) -> str:
-    tokens = str(tokens).lower()
-    if tokens not in TOKENS:
-        raise UsageError(f"--tokens must be one of {'|'.join(TOKENS)}, not {tokens!r}")
-    return tokens
-
-
 def describe_modules(
     name: str,
     layers: Sequence[str],
@@ -225,7 +213,7 @@ def describe_modules(
     tokens: str = "seq",
 ) -> Description:
     """Layer description for named modules (meta device: no weights, no downloads)."""
-    tokens = _check_tokens(tokens)
+    tokens = check_choice("tokens", str(tokens).lower(), TOKENS)
     model, data, records = _trace(name, img_size, output_stride)
     by_name = {r.name: r for r in records}
     infos = []
@@ -238,11 +226,6 @@ def describe_modules(
     return Description(name, infos, data, 0, None, output_stride)
 
 
-def prefix_name(name: str) -> str:
-    """Where ``--tokens both`` stores a layer's prefix (class, register) tokens."""
-    return f"{name}.prefix"
-
-
 def _prefix_layer(layer: LayerInfo) -> list[LayerInfo]:
     """``--tokens both``: the ``(P, D)`` prefix tokens of a token layer laid out as a map (none
     when the layer is not a token map or the model has no prefix tokens). They are not spatial,
@@ -252,7 +235,7 @@ def _prefix_layer(layer: LayerInfo) -> list[LayerInfo]:
         return []
     d = layer.channels
     attrs = {"tokens": "both", "part": "prefix", "num_prefix_tokens": p, "of": layer.name, "layout": "NTD", "pool": "none"}
-    return [LayerInfo(prefix_name(layer.name), layer.module, -1, d, 0, (p, d), "NLC", attrs)]
+    return [LayerInfo(f"{layer.name}.prefix", layer.module, -1, d, 0, (p, d), "NLC", attrs)]
 
 
 # --------------------------------------------------------------------------- the hooked model
@@ -333,7 +316,7 @@ def load_module_backbone(
     choice = choose_weights(name, pretrained=pretrained, checkpoint=checkpoint)
 
     def create(**kwargs: Any) -> Any:
-        return _full_model(name, img_size=img_size, output_stride=output_stride, **kwargs)
+        return create_checked(name, img_size=img_size, output_stride=output_stride, **kwargs)
 
     model, weights = create_with_weights(name, choice, create, headless_retry=True)
     model.eval()
