@@ -78,6 +78,26 @@ def argv(inputs: list[str] | str, out: Path, ckpt: Path, *extra: str, model: str
     return ["extract", model, *inputs, "-o", str(out), "--checkpoint", str(ckpt), *FAST, *extra]
 
 
+def extract_in_worker_processes(inputs: str, out: Path, ckpt: Path, **options: Any) -> str:
+    """``extract`` (argv's options, 2 decoding workers) with the GPU path's DataLoader worker
+    processes, on this CPU and in this process: the run's one-line error ("" when it succeeds)."""
+    from functools import partial
+
+    from featdump.data.batching import Loader
+    from featdump.errors import FeatdumpError
+    from featdump.options import resolve
+    from featdump.run.job import Stages, run_extraction
+    from featdump.run.results import end_of_run
+
+    given = {"model": MODEL, "inputs": (inputs,), "output": str(out), "checkpoint": str(ckpt), "img_size": "64"}
+    given.update(batch_size=4, device="cpu", quiet=True, workers=2, **options)
+    try:
+        end_of_run(run_extraction(resolve(given), stages=Stages(loader=partial(Loader, processes=True))), strict=False)
+    except FeatdumpError as exc:
+        return str(exc)
+    return ""
+
+
 def features(path: Path) -> dict[str, Any]:
     """Committed rows of a file: paths, ids, failures and feature arrays."""
     import h5py

@@ -14,7 +14,15 @@ from typing import Any
 
 import pytest
 from servers import Server, http_server, s3_env, s3_server
-from streamkit import argv, assert_same_features, features, images_in_order, write_parquet, write_shards
+from streamkit import (
+    argv,
+    assert_same_features,
+    extract_in_worker_processes,
+    features,
+    images_in_order,
+    write_parquet,
+    write_shards,
+)
 
 from featdump.data import remote
 
@@ -294,41 +302,24 @@ def test_remote_reads_are_bounded_and_retried(data: dict, http: Server) -> None:
 
 
 @pytest.mark.slow
-def test_server_gone_with_dataloader_workers_commits_what_they_read(
-    cli, data: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_server_gone_with_dataloader_workers_commits_what_they_read(data: dict, tmp_path: Path) -> None:
     """GPU runs decode in DataLoader worker processes, which take batches of refs ahead of the
     job: those read before the store went away are written and committed before exit 1."""
-    from types import SimpleNamespace
-
-    import featdump.run.job as job
-    from featdump.data.batching import Loader
-    from featdump.data.loading import ThreadLoader
-
     from faultkit import committed_rows
 
-    class WorkerLoader(Loader):  # the GPU path's DataLoader workers, on this CPU
-        def __init__(self, todo: Any, backbone: Any, cfg: Any, device: Any, *args: Any, **kwargs: Any) -> None:
-            super().__init__(todo, backbone, cfg, SimpleNamespace(type="meta"), *args, **kwargs)
-            assert not isinstance(self.loader, ThreadLoader)
-
-    monkeypatch.setattr(job, "Loader", WorkerLoader)
     root, server, pattern = _dying_server(data, tmp_path)
     port, out = server.port, tmp_path / "gone.h5"
-    extra = ("--workers", "2")  # 2 workers, 2 batches of 4 ahead each: the first two shards are read ahead
-    try:
-        result = cli(*argv(pattern, out, data["ckpt"], *extra))
+    try:  # 2 workers, 2 batches of 4 ahead each: the first two shards are read ahead
+        error = extract_in_worker_processes(pattern, out, data["ckpt"])
     finally:
         server.stop()
-    assert result.exit_code == 1, result.output
-    assert "data-000002.tar" in result.output and "--resume" in result.output, result.output
+    assert "data-000002.tar" in error and "--resume" in error, error
     assert committed_rows(out)["inputs_done"] == 8  # every sample of the first two shards
     server = http_server(root, port=port)
     try:
-        result = cli(*argv(pattern, out, data["ckpt"], *extra, "--resume"))
+        assert extract_in_worker_processes(pattern, out, data["ckpt"], resume=True) == ""
     finally:
         server.stop()
-    assert result.exit_code == 0, result.output
     got = features(out)
     assert got["attrs"]["complete"]
     _same_rows_as(got, data["tar"], data["root"], f"http://127.0.0.1:{port}")

@@ -7,12 +7,11 @@ back) gives the rows of a clean run. Decoding in threads (CPU) and in DataLoader
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from servers import free_port, http_server
-from streamkit import argv, assert_same_features, features, images_in_order
+from streamkit import argv, assert_same_features, extract_in_worker_processes, features, images_in_order
 
 from featdump.data import remote
 from featdump.data.datasets import Stop, collate
@@ -96,41 +95,26 @@ def test_a_dead_host_among_good_ones_is_one_failed_record(cli, data: dict, tmp_p
     assert got["errors"][0].startswith("RemoteUnreachable: cannot read " + dead) and "Cannot connect" in got["errors"][0]
 
 
-class _WorkerLoader:
-    """The GPU path's DataLoader worker processes, on this CPU (a device whose type is not "cpu")."""
-
-    def __new__(cls, todo: Any, backbone: Any, cfg: Any, device: Any, *args: Any, **kwargs: Any) -> Any:
-        from featdump.data.batching import Loader
-        from featdump.data.loading import ThreadLoader
-
-        loader = Loader(todo, backbone, cfg, SimpleNamespace(type="meta"), *args, **kwargs)
-        assert not isinstance(loader.loader, ThreadLoader)
-        return loader
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("decode", ["threads", "workers"])
 def test_a_store_that_stops_answering_ends_the_run_and_resume_completes(
-    cli, data: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, quick_retries: None, decode: str
+    cli, data: dict, tmp_path: Path, quick_retries: None, decode: str
 ) -> None:
-    import featdump.run.job as job
-
-    extra: tuple[str, ...] = ("--id-column", "id")
-    if decode == "workers":
-        monkeypatch.setattr(job, "Loader", _WorkerLoader)
-        extra += ("--workers", "2")
     server = http_server(data["root"], die_on=Path(data["rels"][13]).name)  # exits at the 14th image's GET
     port = server.port
     urls = [f"{server.url}/{r}" for r in data["rels"]]
     table = url_table(tmp_path / "urls.csv", urls)
     out = tmp_path / "u.h5"
     try:
-        result = cli(*argv(str(table), out, data["ckpt"], *extra))
+        if decode == "workers":
+            error = extract_in_worker_processes(str(table), out, data["ckpt"], id_column="id")
+        else:
+            result = cli(*argv(str(table), out, data["ckpt"], "--id-column", "id"))
+            assert result.exit_code == 1, result.output
+            error = [line for line in result.output.splitlines() if line.strip()][-1]
     finally:
         server.stop()
-    assert result.exit_code == 1, result.output
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert "stopped answering" in lines[-1] and "--resume" in lines[-1], result.output
+    assert "stopped answering" in error and "--resume" in error, error
     rows = committed_rows(out)
     done = rows["inputs_done"]
     assert done in (4, 8, 12), rows  # whole batches of 4 (the first at least), none holding the 14th image
@@ -140,11 +124,14 @@ def test_a_store_that_stops_answering_ends_the_run_and_resume_completes(
 
     server = http_server(data["root"], port=port)  # back, at the same address
     try:
-        result = cli(*argv(str(table), out, data["ckpt"], *extra, "--resume"))
-        assert result.exit_code == 0, result.output
         clean = tmp_path / "clean.h5"
-        result = cli(*argv(str(table), clean, data["ckpt"], *extra))
-        assert result.exit_code == 0, result.output
+        if decode == "workers":
+            assert extract_in_worker_processes(str(table), out, data["ckpt"], id_column="id", resume=True) == ""
+            assert extract_in_worker_processes(str(table), clean, data["ckpt"], id_column="id") == ""
+        else:
+            for path, resume in ((out, ("--resume",)), (clean, ())):
+                result = cli(*argv(str(table), path, data["ckpt"], "--id-column", "id", *resume))
+                assert result.exit_code == 0, result.output
     finally:
         server.stop()
     got, want = features(out), features(clean)

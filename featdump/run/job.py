@@ -1,11 +1,10 @@
 """The ``extract`` job: source -> loader -> forward -> writer -> summary, wired in one short loop.
 
-Each stage is a module: the source (featdump/data/sources.py) yields this shard's image references,
-the loader (featdump/data/batching.py) decodes them into batches (threads on CPU, DataLoader worker
-processes on GPUs), the forward stage (run/forward.py) computes the stored arrays, and the writer
-(run/writer.py) appends them to the output store (store/sink.py, behind the redo journal) in a
-thread of its own. A stop request (run/signals.py) ends the loop after the current batch with
-everything written so far committed; nothing here prints or exits.
+The stages are handed in (:class:`Stages`; the defaults are what ``extract`` runs). The loader yields
+one :class:`~featdump.data.batching.Rows` record per batch, which the writer appends whole to the
+output's store in a thread of its own: the loop knows nothing of ids, tar marks or geometry. It ends
+when the loader does or raises (every batch before the error is written first), or after the current
+batch once a stop is requested (run/signals.py). Nothing here prints or exits.
 """
 
 from __future__ import annotations
@@ -13,15 +12,15 @@ from __future__ import annotations
 import signal
 import time
 import warnings
-from collections.abc import Callable
-from dataclasses import replace
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from featdump.data.batching import Loader
-from featdump.data.sources import open_source
+from featdump.data.batching import Loader, Rows
+from featdump.data.sources import Source, open_source
 from featdump.errors import FeatdumpWarning, Interrupted, UsageError
 from featdump.model.backbone import backbone_for
-from featdump.model.layers import Backbone
+from featdump.model.layers import Backbone, LayerInfo
 from featdump.options import ExtractConfig
 from featdump.run import processors
 from featdump.run.device import check_decode, resolve_device, tune
@@ -36,12 +35,25 @@ from featdump.run.writer import Writer
 from featdump.store.output import Output, file_attrs, open_output, preflight
 
 
+@dataclass(frozen=True)
+class Stages:
+    """The job's parts: ``source(inputs, cfg)``, ``loader(refs, backbone, cfg, device, batch_size,
+    workers, prefetch, decode_nice, length, start)`` (yields :class:`Rows`), ``backbone(cfg)`` and
+    ``output(cfg, path, attrs, layers)`` (an :class:`Output`, a context manager)."""
+
+    source: Callable[[Sequence[str], ExtractConfig], Source] = open_source
+    loader: Callable[..., Iterable[Rows]] = Loader
+    backbone: Callable[[ExtractConfig], Backbone] = backbone_for
+    output: Callable[[ExtractConfig, Path, dict, Sequence[LayerInfo]], Output] = open_output
+
+
 def run_extraction(
     cfg: ExtractConfig,
     progress: ProgressSink | None = None,
     on_ready: Callable[[Backbone, str, Placement], None] | None = None,
     stop: StopToken | None = None,
     on_repeat: Callable[[int], None] = raise_keyboard_interrupt,
+    stages: Stages = Stages(),
 ) -> Summary:
     """The whole ``extract`` job. Raises FeatdumpError subclasses (:class:`Interrupted` after a stop
     request); a repeated signal calls ``on_repeat`` (default: ``KeyboardInterrupt`` in the caller)."""
@@ -49,16 +61,16 @@ def run_extraction(
     watch = SignalWatch(stop, on_repeat, keep_after_stop=True)
     with watch:
         try:
-            return _run(cfg, progress or ProgressSink(), on_ready, stop)
+            return _run(cfg, progress or ProgressSink(), on_ready, stop, stages)
         finally:
             watch.restore()  # only now: a signal during the clean-up above still counts as a repeat
 
 
-def _run(cfg: ExtractConfig, progress: ProgressSink, on_ready: Callable | None, stop: StopToken) -> Summary:
+def _run(cfg: ExtractConfig, progress: ProgressSink, on_ready: Callable | None, stop: StopToken, stages: Stages) -> Summary:
     placement = placement_from_env(shard=cfg.shard)  # --shard wins over the launcher's environment
     out_path = Path(shard_output_path(cfg.output, placement.index, placement.count))
     preflight(out_path, cfg)
-    selection = open_source(cfg.inputs, cfg).select(placement.index, placement.count)
+    selection = stages.source(cfg.inputs, cfg).select(placement.index, placement.count)
     procs = processors.load(cfg.process)  # unknown processors and bad arguments: usage errors before the model
     cfg = replace(cfg, process=processors.recorded(procs))  # files they read pinned by sha256
     if cfg.space_check:
@@ -69,7 +81,7 @@ def _run(cfg: ExtractConfig, progress: ProgressSink, on_ready: Callable | None, 
     tuning = tune(device, cfg, placement, previous)  # a resumed run keeps its file's batch size
     tune_malloc()  # before the model's and the activations' memory is allocated
     with torch_settings(device, tuning.threads):
-        backbone = backbone_for(cfg)
+        backbone = stages.backbone(cfg)
         processors.prepare(procs, backbone.data.input_size)
         backbone.layers = processors.stored_layers(backbone.layers, cfg.pool, procs, device)
         if on_ready:
@@ -77,73 +89,62 @@ def _run(cfg: ExtractConfig, progress: ProgressSink, on_ready: Callable | None, 
         if stop.stopped:
             raise _stopped(stop.signum or signal.SIGINT, "during start-up; nothing was written")
         facts = run_facts(tuning.batch_size, device)
-        note = rounding_note(previous, facts)
-        if note:
+        if note := rounding_note(previous, facts):
             warnings.warn(note, FeatdumpWarning, stacklevel=2)
         attrs = {**file_attrs(cfg, backbone, placement.shard, selection), **facts}
-        output = open_output(cfg, out_path, attrs, backbone.layers)
-        store, length = output.store, selection.length  # length: None while a stream's is unknown
-        stop.hint = f"{store.path} keeps its last commit; resume with --resume"
-        done = store.progress.inputs_done
-        started, finished, summary, forward = time.perf_counter(), False, None, None
-        try:
+        with stages.output(cfg, out_path, attrs, backbone.layers) as output:
+            store, length = output.store, selection.length  # length: None while a stream's is unknown
+            stop.hint = f"{store.path} keeps its last commit; resume with --resume"
+            done, started = store.progress.inputs_done, time.perf_counter()
             if length is not None and done > length:
                 raise UsageError(f"--resume: {out_path} has {done} inputs done but the list has {length}")
-            todo = selection.stream(done, store.mark)
-            left = length - done if length is not None else None
-            loader = Loader(todo, backbone, cfg, device, tuning.batch_size, tuning.workers, tuning.prefetch, tuning.decode_nice, left, done)
-            forward = Forward(backbone, device, cfg.precision, cfg.pool, cfg.dtype, tuning.channels_last, cfg.compile, procs)
-            writer = Writer(store, tuning.queue_bytes, tuning.write_threads)
-            progress.start(length, done, cfg.model)
             try:
-                for rows in loader:
-                    rows.features = forward(rows.pixels) if rows.pixels is not None else []
-                    rows.pixels = None
-                    writer.put(rows)
-                    progress.advance(len(rows.paths) + len(rows.failed))
-                    if stop.stopped:
-                        break
+                todo, left = selection.stream(done, store.mark), (length - done if length is not None else None)
+                loader = stages.loader(todo, backbone, cfg, device, tuning.batch_size, tuning.workers, tuning.prefetch,
+                                       tuning.decode_nice, left, done)  # fmt: skip
+                forward = Forward(backbone, device, cfg.precision, cfg.pool, cfg.dtype, tuning.channels_last,
+                                  cfg.compile, procs)  # fmt: skip
+                progress.start(length, done, cfg.model)
+                _loop(loader, forward, Writer(store, tuning.queue_bytes, tuning.write_threads), progress, stop)
+                if stop.stopped:
+                    raise _interrupted(stop.signum or signal.SIGINT, output)
+                store.finish()
             except KeyboardInterrupt:
-                writer.discard()  # a repeated signal: leave quickly, the file keeps its last commit
-                raise
+                if stop.stopped:
+                    raise  # a repeated signal: KeyboardInterrupt for the caller (the CLI has left already)
+                raise _interrupted(signal.SIGINT, output) from None  # one raised by other code
             finally:
-                writer.close()
-            if stop.stopped:
-                raise _interrupted(stop.signum or signal.SIGINT, output)
-            store.finish()
-            finished = True
-        except KeyboardInterrupt:
-            if stop.stopped:
-                raise  # a repeated signal: KeyboardInterrupt for the caller (the CLI has left already)
-            raise _interrupted(signal.SIGINT, output) from None  # one raised by other code
-        finally:
-            progress.stop()
+                progress.stop()
+            total = length if length is not None else store.progress.inputs_done
             seconds = time.perf_counter() - started
-            try:
-                total = length if length is not None else store.progress.inputs_done
-                summary = summarize(store, out_path, backbone, str(device), placement, total, seconds, done)
-                _add_run_facts(summary, forward, tuning.workers)
-            except Exception:  # noqa: BLE001 - only reached when already failing; that error wins
-                if finished:
-                    raise
-            try:
-                store.close()
-                if finished:
-                    output.finish()
-            finally:
-                output.release()
-    assert summary is not None  # set whenever the job finished
+            summary = summarize(store, out_path, backbone, str(device), placement, total, seconds, done)
+            _add_run_facts(summary, forward, tuning.workers)
     return summary
 
 
-def _add_run_facts(summary: Summary, forward: Forward | None, workers: int) -> None:
+def _loop(loader: Iterable[Rows], forward: Forward, writer: Writer, progress: ProgressSink, stop: StopToken) -> None:
+    """Each batch through the model to the writer, until the loader ends (or raises) or a stop is requested."""
+    try:
+        for rows in loader:
+            rows.features, rows.pixels = forward(rows.pixels) if rows.pixels is not None else [], None
+            writer.put(rows)
+            progress.advance(len(rows.paths) + len(rows.failed))
+            if stop.stopped:
+                break
+    except KeyboardInterrupt:
+        writer.discard()  # a repeated signal: leave quickly, the file keeps its last commit
+        raise
+    finally:
+        writer.close()
+
+
+def _add_run_facts(summary: Summary, forward: Forward, workers: int) -> None:
     """What this run did beyond the file: threads and workers used, NaN/inf values per layer."""
     import torch
 
     summary.threads, summary.workers = torch.get_num_threads(), workers
-    if forward is not None:
-        for layer, count in zip(summary.layers, forward.nonfinite(), strict=True):
-            layer.nonfinite = count
+    for layer, count in zip(summary.layers, forward.nonfinite(), strict=True):
+        layer.nonfinite = count
 
 
 def _stopped(signum: int, what: str) -> Interrupted:
@@ -160,4 +161,6 @@ def _interrupted(signum: int, output: Output) -> Interrupted:
     if output.replacing:
         where += f" ({output.target} is replaced by it when it completes)"
         how = "the same command, with --resume instead of --overwrite"
-    return _stopped(signum, f"after committing {store.progress.num_images} images {where}; resume with --resume ({how})")
+    return _stopped(
+        signum, f"after committing {store.progress.num_images} images {where}; resume with --resume ({how})"
+    )

@@ -202,6 +202,18 @@ class Output:
     def replacing(self) -> bool:
         return self.store.path != self.target
 
+    def __enter__(self) -> Output:
+        return self
+
+    def __exit__(self, kind: Any, *_: Any) -> None:
+        """The output's lifetime ends: the store closed; moved into place only when the run finished."""
+        try:
+            self.store.close()
+            if kind is None:
+                self.finish()
+        finally:
+            self.release()
+
     def finish(self) -> None:
         """After a successful run: move the replacement into place (atomically), let go of the target."""
         if self.replacing:
