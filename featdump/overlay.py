@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from featdump.data.findinput import find_input, input_places
+from featdump.data.findinput import locate_rows, read_found
 from featdump.errors import UsageError
 from featdump.viz import (
     BACKGROUND,
@@ -23,6 +23,7 @@ from featdump.viz import (
     check_picture,
     placeholder,
     select_rows,
+    where_found,
 )
 from featdump.vizdraw import fit_text, label_font, pca_rgb
 
@@ -87,8 +88,7 @@ def render_overlay(
     """Per chosen row: the original image, then each chosen spatial layer's PCA map over it."""
     from PIL import Image, ImageDraw
 
-    from featdump.data.decode import load_rgb
-    from featdump.store.format import read_inputs_attr
+    from featdump.store.check import input_kind
     from featdump.store.reader import FeatureFile
 
     out = Path(output)
@@ -107,8 +107,9 @@ def render_overlay(
         rows = select_rows(f.paths, images, f.num_images, random, seed)
         colours = {n: pca_rgb(f.numpy(n, rows)) for n in chosen}
         boxes = {(n, r): f.pixel_boxes(n, r) for n in chosen for r in rows}
-        meta, paths, src = f.meta, f.paths, f.path
-    roots, anchors = input_places(read_inputs_attr(meta.get("inputs")), src, root)
+        paths = f.paths
+        wanted, why = locate_rows(f, rows, root)
+        why += "; pass --root DIR" if why and input_kind(f.meta) == "files" else ""
     width = PAD + (1 + len(chosen)) * (tile + PAD)
     height = PAD + LABEL_H + len(rows) * (tile + LABEL_H // 2 + PAD)
     canvas = Image.new("RGB", (width, height), BACKGROUND)
@@ -119,14 +120,11 @@ def render_overlay(
     found: dict[str, str] = {}
     for r, row in enumerate(rows):
         y = PAD + LABEL_H + r * (tile + LABEL_H // 2 + PAD)
-        where = find_input(paths[row], roots, anchors)
-        found[paths[row]] = str(where) if where else ""
-        photo = None
-        if where is not None:
-            try:
-                photo = load_rgb(str(where))
-            except Exception:  # noqa: BLE001 - an unreadable input is drawn as missing
-                photo = None
+        found[paths[row]] = where_found(wanted[r])
+        try:
+            photo = read_found(wanted[r])
+        except Exception:  # noqa: BLE001 - an unreadable input is drawn as missing
+            photo = None
         tiles = [placeholder((tile, tile), "input not found:\n" + fit_text(paths[row], tile))] * (1 + len(chosen))
         if photo is not None:
             small = _fit(photo, tile, pad=False)  # paint at the tile's resolution: boxes scaled alike
@@ -136,4 +134,4 @@ def render_overlay(
             canvas.paste(img, (PAD + c * (tile + PAD), y))
         draw.text((PAD, y + tile + 1), fit_text(f"#{row} {paths[row]}", width - 2 * PAD), fill=(60, 60, 60), font=font)
     canvas.save(out, format="PNG", optimize=True)
-    return VizResult(str(out), width, height, rows, chosen, found)
+    return VizResult(str(out), width, height, rows, chosen, found, why)

@@ -1,7 +1,8 @@
 """``featdump viz``: a picture of stored feature maps (Pillow and numpy only).
 
 One row per chosen image: the input as the model saw it (resized and centre-cropped with the file's
-preprocessing settings, read from its stored path if it is still there), then one tile per layer.
+preprocessing settings, read again from the recorded inputs: featdump/data/findinput.py), then one
+tile per layer.
 Spatial maps become a PCA of the channels mapped to RGB, fitted per layer across all shown
 images (so colours are comparable along a column), and upsampled to a common tile size. Token
 outputs with a known patch grid are shown as maps too. Pooled vectors (and token outputs without a
@@ -19,10 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from featdump.data.findinput import find_input, input_places
-from featdump.errors import FeatdumpError, UsageError
-from featdump.store.describe import open_featdump
-from featdump.store.format import read_inputs_attr, read_text
+from featdump.data.findinput import locate_rows, read_found
+from featdump.data.lookup import Wanted
+from featdump.errors import UsageError
 from featdump.vizdraw import (
     PALETTE,
     SCATTER_MIN,
@@ -50,6 +50,7 @@ class VizResult:
     rows: list[int]
     layers: list[str]
     inputs: dict[str, str] = field(default_factory=dict)  # stored path -> where it was read ("" = missing)
+    why: str = ""  # why an input is missing (featdump/data/findinput.py)
 
     @property
     def missing(self) -> list[str]:
@@ -145,14 +146,9 @@ def model_transform(attrs: dict[str, Any]) -> Any:
     return DataConfig.from_timm(attrs).transform()
 
 
-def _model_view(path: Path, split: Any, tile: tuple[int, int]) -> Any:
-    """The image as the model saw it: the PIL half (resize, crop) of the stored transform."""
-    from PIL import Image
-
-    from featdump.data.decode import load_rgb
-
-    img = split.pil_view(load_rgb(str(path)))
-    return img.resize(tile, Image.Resampling.BICUBIC)
+def where_found(w: Wanted) -> str:
+    """Where a row's image was found ("" = not found): its file or URL, else (bytes) its stored path."""
+    return (w.found[0].source or w.path) if w.found else ""
 
 
 def placeholder(tile: tuple[int, int], text: str) -> Any:
@@ -191,63 +187,43 @@ def render(
     Rows: ``images`` or ``random``/``seed`` (:func:`select_rows`). Spatial layers are PCA maps;
     pooled vectors are bar strips of their largest channels, plus a PCA scatter panel per pooled
     layer below the rows when at least ``SCATTER_MIN`` images are shown."""
-    import numpy as np
     from PIL import Image, ImageDraw
 
-    from featdump.store.describe import check_virtual
-    from featdump.store.format import read_attr
+    from featdump.store.check import input_kind
+    from featdump.store.reader import FeatureFile
 
-    src = Path(path)
     out = Path(output)
     check_picture(out, tile)
-    gone = check_virtual(src)  # before our own handle: HDF5 allows one kind of open per file
-    h5 = open_featdump(src)
-    try:
-        attrs = {k: read_attr(v) for k, v in h5.attrs.items()}
-        num_images = int(attrs.get("num_images", 0))
-        paths = [read_text(p) for p in h5["paths"][:num_images]] if "paths" in h5 else []
-        num_images = min(num_images, len(paths))
-        stored = list(h5["features"].keys()) if "features" in h5 else []
+    with FeatureFile(path) as f:
         if layers:
-            unknown = [name for name in layers if name not in stored]
+            unknown = [name for name in layers if name not in f.layers]
             if unknown:
-                raise UsageError(f"--layer {unknown[0]!r} is not in {src}; stored layers: {', '.join(stored)}")
-            chosen = list(dict.fromkeys(layers))
-        else:
-            chosen = stored
+                raise UsageError(f"--layer {unknown[0]!r} is not in {path}; stored layers: {', '.join(f.layers)}")
+        chosen = list(dict.fromkeys(layers)) if layers else f.layers
         if not chosen:
-            raise UsageError(f"{src} holds no feature datasets")
-        rows = select_rows(paths, images, num_images, random, seed)
-        if gone and any(h5["features"][n].is_virtual for n in chosen):
-            raise FeatdumpError(
-                f"{src} is a merged file whose source file(s) cannot be read ({', '.join(gone[:3])}); "
-                "put them back next to it"
-            )
-        order = sorted(rows)
+            raise UsageError(f"{path} holds no feature datasets")
+        rows = select_rows(f.paths, images, f.num_images, random, seed)
         tiles: dict[str, list[Any]] = {}
         vectors: dict[str, Any] = {}  # pooled layers: drawn once the tile size is known
         labels: dict[str, str] = {}
         for name in chosen:
-            ds = h5["features"][name]
-            dattrs = {k: read_attr(v) for k, v in ds.attrs.items()}
-            data = np.stack([ds[r] for r in order])[[order.index(r) for r in rows]]
-            kind, arr = as_maps(data, dattrs)
+            dattrs = f.attrs(name)
+            kind, arr = as_maps(f.numpy(name, rows), dattrs)
             stride = dattrs.get("reduction") or "-"
-            labels[name] = f"{name}\nstride {stride} · {'x'.join(str(d) for d in ds.shape[1:])}"
+            labels[name] = f"{name}\nstride {stride} · {'x'.join(str(d) for d in f[name].shape[1:])}"
             if kind == "map":
-                rgb = pca_rgb(arr)
-                tiles[name] = [Image.fromarray(x) for x in rgb]
+                tiles[name] = [Image.fromarray(x) for x in pca_rgb(arr)]
             else:
                 vectors[name] = arr
                 labels[name] += " pooled" if dattrs.get("pool", "none") != "none" else " vector"
-    finally:
-        h5.close()
+        attrs, paths = f.meta, f.paths
+        wanted, why = locate_rows(f, rows, root)
+        why += "; pass --root DIR" if why and input_kind(f.meta) == "files" else ""
 
     input_size = attrs["input_size"]
     h_in, w_in = int(input_size[1]), int(input_size[2])
     tw = tile
     th = max(8, round(tile * h_in / w_in))
-    roots, anchors = input_places(read_inputs_attr(attrs.get("inputs")), src, root)
     split: Any = None
     found: dict[str, str] = {}
     cols = 1 + len(chosen)
@@ -269,15 +245,14 @@ def render(
     for r, row in enumerate(rows):
         y = PAD + LABEL_H + r * band
         stored_path = paths[row]
-        where = find_input(stored_path, roots, anchors)
-        found[stored_path] = str(where) if where else ""
-        if where is not None:
+        found[stored_path] = where_found(wanted[r])
+        if found[stored_path]:
             try:
                 if split is None:
                     from featdump.data.transform import SplitTransform
 
                     split = SplitTransform(model_transform(attrs))
-                first = _model_view(where, split, (tw, th))
+                first = split.pil_view(read_found(wanted[r])).resize((tw, th), Image.Resampling.BICUBIC)
             except Exception as exc:  # noqa: BLE001 - an unreadable input is drawn as missing
                 first = placeholder((tw, th), f"cannot read input:\n{type(exc).__name__}")
         else:
@@ -301,4 +276,4 @@ def render(
             if name in vectors:
                 canvas.paste(pca_scatter(vectors[name], rows, colours, (tw, th)), (PAD + c * (tw + PAD), y))
     canvas.save(out, format="PNG", optimize=True)
-    return VizResult(str(out), width, height, rows, chosen, found)
+    return VizResult(str(out), width, height, rows, chosen, found, why)

@@ -99,7 +99,8 @@ def test_viz_pooled_file_and_missing_inputs(cli, feats: dict[str, Path], tmp_pat
         out = tmp_path / "pooled.png"
         res = cli("viz", str(moved), "-o", str(out))
         assert res.exit_code == 0, res.output
-        assert "input image not found: astronaut.jpg" in res.stderr and "--root" in res.stderr
+        assert "input image(s) not found, drawn as placeholders: input image astronaut.jpg is gone" in res.stderr
+        assert res.stderr.count("\n") == 1 and res.stderr.rstrip().endswith("; pass --root DIR")
         _not_blank(out)
         res = cli("viz", str(moved), "-o", str(out), "--root", str(hidden), "--quiet")
         assert res.exit_code == 0 and res.stdout == "" and res.stderr == ""

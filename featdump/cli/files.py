@@ -117,8 +117,9 @@ def viz(
     The PCA is fitted per layer across the shown images. Pooled vectors are drawn as bars of each
     image's largest channels (channel number and value; one scale per layer), and with 3 or more
     images, a last row holds a 2-D PCA scatter per pooled layer: one dot per image, in the colour of
-    its row. Input images are read from their stored paths (relative ones are looked up under
-    --root, the INPUT folders of the recorded command, the current folder and the file's folder).
+    its row. Input images are read again as verify reads them (tar members and table rows from the
+    recorded shards and table; files by their stored paths, relative ones looked up under --root, the
+    recorded INPUT folders, the current folder and the file's folder).
 
     Rows: --image (row number or stored path, repeatable), or --random N: N rows drawn without
     replacement among the file's rows, the same ones for the same --seed (default 0), shown in row
@@ -142,8 +143,8 @@ def viz(
             f"wrote {printable(result.output)} ({result.width}x{result.height}): {len(result.rows)} image(s) × "
             f"{len(result.layers)} layer(s)"
         )
-        for stored in result.missing:
-            typer.echo(f"input image not found: {printable(stored)} (drawn as a placeholder; pass --root DIR)", err=True)
+        if result.missing:
+            typer.echo(f"{len(result.missing)} input image(s) not found, drawn as placeholders: {printable(result.why)}", err=True)
 
 
 @app.command()

@@ -1,11 +1,85 @@
-"""Where a stored image path can be read now: relative to the run's recorded INPUT folders (the
-``inputs`` attribute), the current folder or the file's
-folder. For ``viz`` (drawing the inputs) and ``verify`` (re-extracting files-family rows)."""
+"""Where a stored row's image can be read now, for ``viz`` (drawing it) and ``verify`` (re-extracting
+it): :func:`locate_rows`. Image files are looked up relative to the run's recorded INPUT folders (the
+``inputs`` attribute), the current folder or the file's folder; a URL is read from itself; rows of
+tar shards and tables are read again from their recorded inputs (featdump/data/lookup.py), never
+from a local file that happens to have the stored name."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from featdump.data.discover import ImageRef
+from featdump.data.lookup import Wanted
+from featdump.errors import UsageError
+
+
+def locate_rows(ff: Any, rows: Sequence[int], root: str | Path | None = None) -> tuple[list[Wanted], str]:
+    """Each of ``rows`` of the open FeatureFile ``ff`` with the references its image is read from
+    (:attr:`Wanted.found`: what its run decoded; none when it is not found), and why a row is not
+    found ("" when every one is). Files: :func:`find_input` (``root`` first), or the recorded remote
+    INPUTs listed again; tar shards and tables: :func:`featdump.data.lookup.find_rows`."""
+    from featdump.data.discover import discover
+    from featdump.data.lookup import find_rows, wanted_rows
+    from featdump.data.remote import is_url
+    from featdump.data.sources import TABLE_OPTIONS
+    from featdump.store.check import input_kind
+    from featdump.store.format import read_inputs_attr
+
+    kind, inputs = input_kind(ff.meta), read_inputs_attr(ff.meta.get("inputs")) or []
+    if kind != "files":
+        failed = [f for f, _ in ff.failed]
+        wanted = wanted_rows(rows, ff.paths, ff.ids, failed)
+        if not inputs:
+            return wanted, f"it does not record the {kind} inputs its rows were read from"
+        columns = SimpleNamespace(**{name: str(ff.meta.get(name) or "") or None for name in TABLE_OPTIONS})
+        try:
+            find_rows(kind, inputs, columns, wanted, ff.meta.get("shard") or (0, 1), names=[*ff.paths, *failed])
+        except UsageError as exc:
+            return wanted, str(exc)
+        return wanted, ""
+    roots, anchors = input_places(inputs, ff.path, root)
+    listed: dict[str, str] | None = None  # the remote INPUTs' images: stored path -> URL
+    wanted, why = [], ""
+    for r in rows:
+        stored, gone = ff.paths[r], ""
+        if is_url(stored):
+            where: str | None = stored
+        elif any(is_url(i) for i in inputs) and not root:
+            try:
+                listed = {ref.path: ref.source for ref in discover(inputs)} if listed is None else listed
+            except UsageError as exc:
+                why, listed = why or str(exc), {}
+            where = listed.get(stored)
+            gone = f"input image {stored} is not in {', '.join(inputs[:3])} any more"
+        else:
+            found = find_input(stored, roots, anchors)
+            where = str(found) if found else None
+            gone = f"input image {stored} is gone (looked under {', '.join(str(p) for p in roots[:3])})"
+        wanted.append(Wanted(r, stored, None, found=[ImageRef(stored, where)] if where else []))
+        why = why or ("" if where else gone)
+    return wanted, why
+
+
+def read_found(w: Wanted) -> Any:
+    """The row's image (RGB) from its references: the one :meth:`Wanted.pick` takes among those that
+    decode now. Raises the first error (or ``FileNotFoundError``) when there is none."""
+    from featdump.data.datasets import image_source
+    from featdump.data.decode import load_rgb
+
+    images, errors = [], []
+    for ref in w.found:
+        try:
+            images.append(load_rgb(image_source(ref)))
+        except Exception as exc:  # noqa: BLE001 - which candidate decodes is the answer
+            images.append(None)
+            errors.append(exc)
+    chosen = w.pick([im is not None for im in images])
+    if chosen is None:
+        raise errors[0] if errors else FileNotFoundError(w.path)
+    return images[chosen]
 
 
 def input_places(inputs: Sequence[str] | None, h5_path: Path, root: str | Path | None = None) -> tuple[list[Path], list[Path]]:
@@ -53,6 +127,3 @@ def find_input(stored: str, roots: Sequence[Path], anchors: Sequence[Path] = ())
                 if candidate.is_file():
                     return candidate
     return None
-
-
-# --------------------------------------------------------------------------- numbers -> colours

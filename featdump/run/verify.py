@@ -41,12 +41,9 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from featdump.errors import UsageError
-
-if TYPE_CHECKING:
-    from featdump.data.lookup import Wanted
 
 TOLERANCE: dict[tuple[str, str], tuple[float, float]] = {
     ("fp32", "float32"): (1e-3, 0.99999),
@@ -136,49 +133,6 @@ def pick_rows(num_images: int, n: int, seed: int) -> list[int]:
     return sorted(int(r) for r in rng.choice(num_images, size=min(n, num_images), replace=False))
 
 
-def locate_inputs(path: Path, attrs: dict[str, Any], stored: list[str]) -> list[Path]:
-    """Files family: where each stored path can be read now (viz's rules); a missing one is :class:`CannotVerify`."""
-    from featdump.data.findinput import find_input, input_places
-    from featdump.store.format import read_inputs_attr
-
-    roots, anchors = input_places(read_inputs_attr(attrs.get("inputs")), path)
-    out = []
-    for s in stored:
-        where = find_input(s, roots, anchors)
-        if where is None:
-            raise CannotVerify(f"cannot verify {path}: input image {s} is gone (looked under {', '.join(str(r) for r in roots[:3])})")
-        out.append(where)
-    return out
-
-
-def find_sampled(path: Path, attrs: dict[str, Any], ff: Any, rows: list[int], options: Any) -> list[Wanted]:
-    """Each sampled row with the references to re-read it from: files are looked up where the
-    recorded INPUTs are (:func:`locate_inputs`); tar shards and tables are read again from the
-    recorded inputs through ``extract``'s own sources (featdump/data/lookup.py, which says how rows
-    are matched)."""
-    from featdump.data.discover import ImageRef
-    from featdump.data.lookup import Wanted, find_rows, wanted_rows
-    from featdump.store.check import input_kind
-    from featdump.store.format import read_inputs_attr
-
-    kind = input_kind(attrs)
-    stored = [ff.paths[r] for r in rows]
-    if kind == "files":
-        where = locate_inputs(path, attrs, stored)
-        return [Wanted(r, s, None, found=[ImageRef(s, str(w))]) for r, s, w in zip(rows, stored, where, strict=True)]
-    inputs = read_inputs_attr(attrs.get("inputs"))
-    if not inputs:
-        raise CannotVerify(f"cannot verify {path}: it does not record the {kind} inputs its rows were read from")
-    failed = [f for f, _ in ff.failed]
-    wanted = wanted_rows(rows, ff.paths, ff.ids, failed)
-    shard = attrs.get("shard") or (0, 1)
-    try:
-        find_rows(kind, inputs, options, wanted, shard, names=[*ff.paths, *failed])
-    except UsageError as exc:
-        raise CannotVerify(f"cannot verify {path}: {exc}") from None
-    return wanted
-
-
 def compare(stored: Any, fresh: Any) -> tuple[float, float, float]:
     """One row: ``(max abs difference, that / max |stored|, cosine similarity)`` in float64."""
     import numpy as np
@@ -202,6 +156,7 @@ def verify_file(path: str | Path, n: int = 8, seed: int = 0, device: str = "auto
 
     from featdump import open as open_file
     from featdump.data.batching import Loader
+    from featdump.data.findinput import locate_rows
     from featdump.data.remote import RESUME_HINT, StoreStopped
     from featdump.model.backbone import backbone_for
     from featdump.options import resolve
@@ -241,7 +196,9 @@ def verify_file(path: str | Path, n: int = 8, seed: int = 0, device: str = "auto
         rows = pick_rows(ff.num_images, n, seed)
         stored_paths = [ff.paths[r] for r in rows]
         shapes = {name: tuple(ff[name].shape[1:]) for name in ff.layers}
-        wanted = find_sampled(p, attrs, ff, rows, cfg)
+        wanted, gone = locate_rows(ff, rows)
+    if gone:
+        raise CannotVerify(f"cannot verify {p}: {gone}")
     dev = resolve_device(cfg.device, 0)
     recorded = str(attrs.get("weights", ""))
     if recorded.startswith("pretrained:") and backbone.weights != recorded:
