@@ -6,11 +6,31 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 import pytest
 
-from featdump.run.copies import Pending, ThreadCopies, resolve
+from featdump.run.copies import CopyQueue, Pending, resolve
+
+
+class ThreadCopies(CopyQueue):
+    """Host arrays copied by a background thread: the CPU stand-in for a CUDA copy stream."""
+
+    def __init__(self, depth: int = 2, copy: Callable[[Any], Any] = lambda x: np.array(x, copy=True)) -> None:
+        super().__init__(depth)
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="featdump-copies")
+        self.copy = copy
+
+    def _start(self, outputs: list[Any]) -> Pending:
+        future = self.pool.submit(lambda: [self.copy(o) for o in outputs])
+        return Pending(list(outputs), future.result)
+
+    def close(self) -> None:
+        super().close()
+        self.pool.shutdown(wait=True)
 
 
 def test_order_bound_and_drain() -> None:

@@ -6,16 +6,14 @@ batch k+1's forward runs while batch k is copied, and the writer thread waits fo
 only when it is about to store it. At most ``depth`` copies are in flight: :meth:`CopyQueue.submit`
 waits for the oldest beyond that.
 
-The queue logic (order, bound) is in :class:`CopyQueue`; a subclass only
-starts a copy and says how to wait for it. :class:`ThreadCopies` does the same with a host thread in
-place of the copy stream, so the logic is exercised where there is no GPU (the tests); CPU runs do
-not use a queue at all (their outputs are host arrays already).
+The queue logic (order, bound) is in :class:`CopyQueue`; a subclass only starts a copy and says how
+to wait for it (tests/test_copies.py puts a host thread in place of the copy stream). CPU runs do not
+use a queue at all (their outputs are host arrays already).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from featdump.queues import BoundedQueue
@@ -64,31 +62,6 @@ class CopyQueue:
     def close(self) -> None:
         while self.inflight:
             self.inflight.get().wait()
-
-
-class ThreadCopies(CopyQueue):
-    """Host arrays (or CPU tensors) copied by a background thread: the CPU stand-in for a copy stream."""
-
-    def __init__(self, depth: int = 2, copy: Callable[[Any], Any] | None = None) -> None:
-        super().__init__(depth)
-        self.pool = ThreadPoolExecutor(1, thread_name_prefix="featdump-copies")
-        self.copy = copy or _copy_array
-
-    def _start(self, outputs: list[Any]) -> Pending:
-        future = self.pool.submit(lambda: [self.copy(o) for o in outputs])
-        return Pending(list(outputs), future.result)
-
-    def close(self) -> None:
-        super().close()
-        self.pool.shutdown(wait=True)
-
-
-def _copy_array(x: Any) -> Any:
-    import numpy as np
-
-    if hasattr(x, "numpy"):
-        return x.detach().cpu().numpy().copy()
-    return np.array(x, copy=True)
 
 
 class CudaCopies(CopyQueue):

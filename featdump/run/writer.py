@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 
 from featdump.data.batching import Rows
 from featdump.errors import FeatdumpError, os_error
@@ -26,17 +25,14 @@ class Writer:
         self.store = store
         store.write_threads = max(1, threads)  # threads preparing (compressing) whole chunks
         self.queue: BoundedQueue[Rows] = BoundedQueue(max_bytes=max_bytes, hold=True)
-        self.seconds = 0.0
         self.thread = threading.Thread(target=self._run, name="featdump-writer", daemon=True)
         self.thread.start()
 
     def _run(self) -> None:
         try:
             for rows in self.queue:
-                t0 = time.perf_counter()
                 rows.features = resolve(rows.features)  # a device copy in flight: wait for it here
                 self.store.append(rows)
-                self.seconds += time.perf_counter() - t0
         except BaseException as exc:  # noqa: BLE001 - handed to the main thread
             self.queue.close(_write_error(self.store, exc))
 
