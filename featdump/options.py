@@ -25,6 +25,7 @@ from featdump.values import (
     parse_crop_pct,
     parse_img_size,
     parse_indices,
+    parse_kept,
     parse_names,
     parse_process,
     parse_shard,
@@ -257,6 +258,16 @@ class ExtractConfig:
     id_column: str | None = opt(
         "Table column stored, as text, in /ids.", default=None, meaning=True, family="table", example="key"
     )
+    keep: tuple[str, ...] | None = opt(
+        "WebDataset members stored as text along with the features, e.g. cls,txt,json: /meta/<ext>.",
+        default=None, cli=str | None, api=Sequence[str] | str | None, parse=lambda v: parse_kept(v, "--keep"),
+        meaning=True, family="tar", example=("cls",),
+    )  # fmt: skip
+    keep_columns: tuple[str, ...] | None = opt(
+        "Table columns stored as text along with the features: /meta/<name>.",
+        default=None, cli=str | None, api=Sequence[str] | str | None, parse=lambda v: parse_kept(v, "--keep-columns"),
+        meaning=True, family="table", example=("key",),
+    )  # fmt: skip
     process: tuple[str, ...] | None = opt(
         "NAME or NAME:ARG:ARG applied to every layer before storage, in order (repeatable): l2norm, "
         "resize:HxW, resize:stride=S, pca:K:FILE; `featdump processors` lists more.",

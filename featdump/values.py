@@ -7,6 +7,7 @@ import re
 from typing import Any
 
 from featdump.errors import UsageError
+from featdump.text import unsafe_name
 
 ALL_LEVELS: tuple[int, ...] = ()  # ``--out-indices all``: every level the model has (expanded by normalize_indices)
 
@@ -45,6 +46,15 @@ def parse_names(value: str | list[str] | tuple[str, ...] | None, option: str = "
         raise UsageError(f"{option} is empty; give module names separated by commas")
     if len(set(out)) != len(out):
         raise UsageError(f"{option} lists a name twice: {value!r}")
+    return out
+
+
+def parse_kept(value: str | list[str] | tuple[str, ...] | None, option: str) -> tuple[str, ...] | None:
+    """``--keep`` / ``--keep-columns``: names, each of which names a dataset ``/meta/<name>``."""
+    out = parse_names(value, option)
+    for name in out or ():
+        if why := unsafe_name(name):
+            raise UsageError(f"{option} {name!r} {why}; it names the dataset /meta/<name>")
     return out
 
 

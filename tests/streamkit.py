@@ -24,7 +24,7 @@ def key_of(folder: Path, path: Path) -> str:
 
 def write_shards(folder: Path, out: Path, per_shard: int, *, extra: bool = True) -> list[Path]:
     """The folder's images, in row order, as WebDataset shards ``out/data-000000.tar`` ...
-    (TarWriter: ``KEY.png`` + ``KEY.cls`` per sample)."""
+    (TarWriter: ``KEY.png`` + ``KEY.cls`` per sample, the cls its row number)."""
     import webdataset as wds
 
     out.mkdir(parents=True, exist_ok=True)
@@ -33,10 +33,10 @@ def write_shards(folder: Path, out: Path, per_shard: int, *, extra: bool = True)
     for s in range(0, len(paths), per_shard):
         name = out / f"data-{s // per_shard:06d}.tar"
         with wds.TarWriter(str(name)) as sink:
-            for p in paths[s : s + per_shard]:
+            for row, p in enumerate(paths[s : s + per_shard], s):
                 sample = {"__key__": key_of(folder, p), "png": p.read_bytes()}
                 if extra:
-                    sample["cls"] = b"3"
+                    sample["cls"] = str(row).encode()
                 sink.write(sample)
         shards.append(name)
     return shards

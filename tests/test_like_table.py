@@ -33,7 +33,10 @@ BASE = {"pretrained": False, "img_size": 64, "out_indices": (4,), "batch_size": 
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory: pytest.TempPathFactory, photos: Path, random_checkpoint: Any) -> dict[str, Any]:
-    """Three small JPEGs as a folder and as a Parquet table (paths, image bytes, ids), a checkpoint."""
+    """Three small JPEGs as a folder, as a Parquet table (paths, image bytes, ids) and as a tar shard
+    (with a ``cls`` member), a checkpoint."""
+    from streamkit import hand_tar
+
     root = tmp_path_factory.mktemp("like_table")
     folder = root / "imgs"
     folder.mkdir()
@@ -46,8 +49,10 @@ def inputs(tmp_path_factory: pytest.TempPathFactory, photos: Path, random_checkp
                      "jpeg": {"bytes": buf.getvalue(), "path": name}})  # fmt: skip
     table = root / "t.parquet"
     pq.write_table(pa.Table.from_pylist(rows), table)
-    made = {"files": folder, "table": table, "checkpoint": random_checkpoint("test_resnet")}
-    for family in ("files", "table"):  # the same inputs with every option at its default
+    members = [(f"{p.stem}.{ext}", data) for p in sorted(folder.iterdir()) for ext, data in (("jpg", p.read_bytes()), ("cls", b"1"))]
+    tar = hand_tar(root / "t.tar", members)
+    made = {"files": folder, "table": table, "tar": tar, "checkpoint": random_checkpoint("test_resnet")}
+    for family in ("files", "table", "tar"):  # the same inputs with every option at its default
         featdump.extract("test_resnet", made[family], root / f"{family}.h5", **BASE)
         made[f"base:{family}"] = root / f"{family}.h5"
     return made

@@ -37,6 +37,7 @@ CASES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "path_column": (("test_resnet", "TABLE", "--path-column", "path"), ("test_resnet", "TABLE", "--path-column", "file")),
     "image_column": (("test_resnet", "TABLE", "--image-column", "img"), ("test_resnet", "TABLE", "--image-column", "img2")),
     "id_column": (("test_resnet", "TABLE", "--id-column", "key"), ("test_resnet", "TABLE", "--id-column", "key2")),
+    "keep_columns": (("test_resnet", "TABLE", "--keep-columns", "key"), ("test_resnet", "TABLE", "--keep-columns", "key2")),
     "process": (("test_resnet", "IMGS"), ("test_resnet", "IMGS", "--process", "l2norm")),
 }  # fmt: skip
 

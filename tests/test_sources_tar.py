@@ -404,10 +404,10 @@ def test_peak_memory_of_a_stream_is_flat_in_the_number_of_shards(tmp_path: Path)
 def test_sigkill_inside_a_shard_then_resume_equals_the_clean_run(data: dict, tmp_path: Path) -> None:
     inputs = [str(s) for s in data["shards"]]
     clean = tmp_path / "clean.h5"
-    proc = run(argv(inputs, clean, data["ckpt"], "--batch-size", "1"))
+    proc = run(argv(inputs, clean, data["ckpt"], "--batch-size", "1", "--keep", "cls"))
     assert proc.returncode == 0, proc.stderr
     out = tmp_path / "killed.h5"
-    proc = popen(argv(inputs, out, data["ckpt"], "--batch-size", "1"))
+    proc = popen(argv(inputs, out, data["ckpt"], "--batch-size", "1", "--keep", "cls"))
     from faultkit import wait_for
 
     assert wait_for(lambda: journal_seq(out) >= 7, proc), proc.communicate()[1]
@@ -415,10 +415,12 @@ def test_sigkill_inside_a_shard_then_resume_equals_the_clean_run(data: dict, tmp
     proc.communicate(timeout=60)
     done = features_committed(out)
     assert 0 < done < 24
-    proc = run(argv(inputs, out, data["ckpt"], "--batch-size", "1", "--resume"))
+    proc = run(argv(inputs, out, data["ckpt"], "--batch-size", "1", "--keep", "cls", "--resume"))
     assert proc.returncode == 0, proc.stderr
     a, b = features(out), features(clean)
     assert a["attrs"]["complete"] and a["paths"] == b["paths"] and a["ids"] == b["ids"]
+    with featdump.open(out) as f, featdump.open(clean) as g:  # --keep: each row's own value, none shifted
+        assert f.kept == g.kept and len(set(f.kept["cls"])) == len(f.paths)
     assert a["failed"] == b["failed"]
     assert_same_features(a, b)
 

@@ -52,6 +52,7 @@ class Rows:
     geometry: Any = None  # (B, 6) float64 (featdump/data/geometry.py); None: NaN rows
     pixels: Any = None
     positions: list[int] = dataclasses.field(default_factory=list)
+    meta: list[dict[str, str] | None] = dataclasses.field(default_factory=list)  # --keep, --keep-columns
 
 
 class Loader:
@@ -138,6 +139,7 @@ class Loader:
                 [Failure(i, refs[i].path, reason, refs[i].id) for i, reason in batch.failed],
                 self.start + batch.last + 1,
                 ids=[refs[i].id for i in batch.positions],
+                meta=[refs[i].meta for i in batch.positions],
                 mark=refs[batch.last].mark,
                 geometry=self.geometry.rows(batch.sizes or [None] * len(batch.positions)),
                 pixels=batch.pixels,

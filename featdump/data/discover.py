@@ -12,7 +12,7 @@ import hashlib
 import os
 import posixpath
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 
 from featdump.errors import UsageError
@@ -31,6 +31,7 @@ class ImageRef:
     data: bytes | None = None  # the image's bytes, when the input holds them (tar member, table cell)
     error: str = ""  # set when the input itself says there is no image (a /failed record)
     mark: tuple[int, int] | None = None  # streams: where --resume continues after this ref (data/sources.py)
+    meta: dict[str, str] | None = field(default=None, compare=False)  # --keep/--keep-columns: /meta/<name>
 
 
 def is_image_name(name: str) -> bool:

@@ -22,6 +22,7 @@ import itertools
 import json
 import os
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from typing import Any, Protocol
 
 from featdump.data.discover import ImageRef, discover, list_digest
@@ -120,9 +121,9 @@ class TarSelection(Selection):
     kind = "tar"
     has_ids = True
 
-    def __init__(self, shards: list[tuple[str, int]], everything: list[tuple[str, int]]) -> None:
+    def __init__(self, shards: list[tuple[str, int]], everything: list[tuple[str, int]], keep: Sequence[str]) -> None:
         super().__init__(_digest(shards), len(everything), _digest(everything), len(shards), None)
-        self.shards = shards
+        self.shards, self.keep = shards, keep
 
     def estimated_length(self) -> tuple[int, str] | None:
         """The first shard's samples (counted from its headers, when it is a local plain tar) scaled
@@ -146,7 +147,7 @@ class TarSelection(Selection):
         for k in range(first, len(self.shards)):
             name = self.shards[k][0]
             try:
-                samples = read_samples(name)
+                samples = read_samples(name, self.keep)
                 pending: ImageRef | None = None
                 for j, s in enumerate(samples):
                     if k == first and j < skip:
@@ -155,7 +156,7 @@ class TarSelection(Selection):
                         yield pending
                     pending = _tar_ref(name, s, (k, j + 1))
                 if pending is not None:
-                    yield ImageRef(pending.path, pending.source, pending.id, pending.data, pending.error, (k + 1, 0))
+                    yield replace(pending, mark=(k + 1, 0))
             except OSError as exc:
                 raise FeatdumpError(
                     f"cannot read tar shard {name}: {exc.strerror or exc}; rerun with --resume to continue"
@@ -167,16 +168,17 @@ def _tar_ref(shard: str, s: Any, mark: tuple[int, int]) -> ImageRef:
         return ImageRef(f"{shard}@{s.offset}", "", "", None, s.error, mark)
     if s.data is None:
         return ImageRef(f"{shard}/{s.key}", "", s.key, None, s.error, mark)
-    return ImageRef(f"{shard}/{s.member}", "", s.key, s.data, "", mark)
+    return ImageRef(f"{shard}/{s.member}", "", s.key, s.data, "", mark, s.meta)
 
 
 class TarSource:
     """WebDataset shards: INPUTs (patterns expanded) in the order given; whole tar files are split
     into contiguous blocks. A shard that does not exist is a UsageError here, before any model loads."""
 
-    def __init__(self, inputs: Sequence[str]) -> None:
+    def __init__(self, inputs: Sequence[str], keep: Sequence[str] = ()) -> None:
         from featdump.data.tars import expand_braces
 
+        self.keep = keep  # members stored in /meta/<ext>
         expanded = [(raw, expand_braces(raw)) for raw in inputs]
         named = [(raw, len(names), name) for raw, names in expanded for name in names]
         sizes = stat_inputs([name for _, _, name in named])  # remote shards: looked up concurrently
@@ -191,7 +193,7 @@ class TarSource:
 
     def select(self, index: int, count: int) -> Selection:
         start, stop = shard_bounds(len(self.shards), index, count)
-        return TarSelection(self.shards[start:stop], self.shards)
+        return TarSelection(self.shards[start:stop], self.shards, self.keep)
 
 
 def check_shards_unique(inputs: Sequence[str]) -> None:
@@ -235,7 +237,7 @@ class TableSelection(Selection):
 class TableSource:
     """One table: rows in table order, split into contiguous blocks of rows."""
 
-    def __init__(self, path: str, path_column: str | None, image_column: str | None, id_column: str | None) -> None:
+    def __init__(self, path: str, path_column: str | None, image_column: str | None, id_column: str | None, keep_columns: Sequence[str] | None) -> None:
         from featdump.data.tables import Table
 
         try:
@@ -244,7 +246,7 @@ class TableSource:
             raise UsageError(f"input not found: {path}") from None
         except OSError as exc:
             raise UsageError(f"cannot read table {path}: {exc.strerror or exc}") from None
-        self.table = Table(path, path_column, image_column, id_column)
+        self.table = Table(path, path_column, image_column, id_column, keep_columns)
 
     def select(self, index: int, count: int) -> Selection:
         start, stop = shard_bounds(self.table.rows, index, count)
@@ -269,7 +271,7 @@ def family(raw: str) -> str:
 
 
 _FAMILY_WORDS = {"files": "image files/folders/lists", "tar": "tar shards", "table": "a table"}
-TABLE_OPTIONS = ("path_column", "image_column", "id_column")
+TABLE_OPTIONS = ("path_column", "image_column", "id_column", "keep_columns")
 
 
 def open_source(inputs: Sequence[str], options: Any = None) -> Source:
@@ -290,9 +292,12 @@ def open_source(inputs: Sequence[str], options: Any = None) -> Source:
         if given:
             flag = "--" + given[0].replace("_", "-")
             raise UsageError(f"{flag} applies to a table INPUT (.csv, .tsv, .parquet, .jsonl), not to {inputs[0]}")
+    keep = getattr(options, "keep", None) or ()
+    if keep and kind != "tar":
+        raise UsageError(f"--keep applies to WebDataset tar shards (.tar, .tar.gz, .tgz), not to {inputs[0]}; for a table use --keep-columns")
     if kind == "tar":
         check_shards_unique(inputs)
-        return TarSource(inputs)
+        return TarSource(inputs, keep)
     if kind == "table":
         if len(inputs) != 1:
             shown = ", ".join(inputs[:3]) + (", ..." if len(inputs) > 3 else "")

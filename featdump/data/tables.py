@@ -11,7 +11,8 @@ table's folder, stored as written), or from an image-bytes column (binary, or Hu
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from typing import Any
 
 from featdump.data.discover import ImageRef
@@ -30,7 +31,9 @@ def is_table_name(name: str) -> bool:
 class Table:
     """One table INPUT: its columns checked and its rows counted when opened (exit 2 on a bad column)."""
 
-    def __init__(self, path: str, path_column: str | None, image_column: str | None, id_column: str | None) -> None:
+    def __init__(
+        self, path: str, path_column: str | None, image_column: str | None, id_column: str | None, keep_columns: Sequence[str] | None = None
+    ) -> None:
         self.path = path
         self.kind = next(e for e in TABLE_EXTENSIONS if path.lower().endswith(e)).lstrip(".")
         self.folder = os.path.dirname(path)
@@ -43,7 +46,9 @@ class Table:
             raise UsageError("--path-column and --image-column exclude each other: paths or image bytes")
         if image_column and self.kind != "parquet":
             raise UsageError(f"--image-column needs a .parquet table ({self.kind} cells cannot hold image bytes)")
-        for option, col in (("--path-column", path_column), ("--image-column", image_column), ("--id-column", id_column)):
+        self.keep = list(keep_columns or ())  # stored in /meta/<name>
+        named = [("--path-column", path_column), ("--image-column", image_column), ("--id-column", id_column)]
+        for option, col in [*named, *(("--keep-columns", c) for c in self.keep)]:
             if col and col not in names:
                 raise UsageError(f"{option} {col}: no such column in {path}; columns: {', '.join(names)}")
         if not image_column and not path_column:
@@ -56,8 +61,7 @@ class Table:
         if self.kind not in ("csv", "tsv"):  # the text formats' cells are read as text
             self._check_type(schema, path_column, image_column)
         self.path_column, self.image_column, self.id_column = path_column, image_column, id_column
-        self.columns = [c for c in (path_column, image_column, id_column) if c]
-        self.columns = list(dict.fromkeys(self.columns))
+        self.columns = list(dict.fromkeys(c for c in (path_column, image_column, id_column, *self.keep) if c))
         self.rows = self._count()
 
     # ------------------------------------------------------------------ pyarrow readers
@@ -164,7 +168,9 @@ class Table:
                     row = first + k
                     if row >= stop:
                         return
-                    yield self._ref(row, {c: v[k] for c, v in cols.items()})
+                    values = {c: v[k] for c, v in cols.items()}
+                    ref = self._ref(row, values)
+                    yield replace(ref, meta={c: "" if values[c] is None else str(values[c]) for c in self.keep}) if self.keep else ref
         except self.pa.ArrowException as exc:
             from featdump.errors import FeatdumpError
 

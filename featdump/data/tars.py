@@ -124,6 +124,7 @@ class TarSample:
     data: bytes | None
     error: str = ""  # set for a sample without an image, and for the record of a damaged shard
     offset: int = -1  # damaged shard: byte offset (of the tar stream) where reading stopped
+    meta: dict[str, str] | None = None  # the text of the members kept (--keep), by extension
 
 
 class _Damaged(Exception):
@@ -180,14 +181,15 @@ def count_samples(shard: str) -> int | None:
     return keys
 
 
-def read_samples(shard: str) -> Iterator[TarSample]:
-    """The samples of one shard, in tar order. A truncated or corrupt tar ends with one
-    ``TarSample`` whose ``offset`` is set (the rest of the shard could not be read); the sample
+def read_samples(shard: str, keep: Sequence[str] = ()) -> Iterator[TarSample]:
+    """The samples of one shard, in tar order, with the text of their ``keep`` members (by extension).
+    A truncated or corrupt tar ends with one ``TarSample`` whose ``offset`` is set (the rest of the shard could not be read); the sample
     being read when the damage was found is part of that rest. Opening errors propagate (OSError)."""
     fh = open_input(shard)
     key: str | None = None  # the sample being gathered
     member, data, start = "", None, 0
     exts: list[str] = []
+    texts: dict[str, str] = {}
     try:
         try:
             stream = tarfile.open(fileobj=fh, mode="r|*", tarinfo=_StrictInfo)  # noqa: SIM115 - a generator: closed with fh below
@@ -198,12 +200,14 @@ def read_samples(shard: str) -> Iterator[TarSample]:
                 name = info.name
                 if k != key:
                     if key is not None:
-                        yield _sample(key, member, data, exts)
-                    key, member, data, exts, start = k, "", None, [], info.offset
+                        yield _sample(key, member, data, exts, texts)
+                    key, member, data, exts, start, texts = k, "", None, [], info.offset, {}
                 exts.append(ext)
                 if data is None and is_image_ext(ext):
                     f = stream.extractfile(info)
                     data, member = (f.read() if f is not None else b""), name
+                elif ext in keep and (f := stream.extractfile(info)) is not None:
+                    texts[ext] = f.read().decode("utf-8", "replace")
                 stream.members = []  # type: ignore[attr-defined]  # stream mode keeps every TarInfo otherwise
         except _READ_ERRORS as exc:
             at = start if key is not None else _offset(locals().get("stream"))
@@ -211,7 +215,7 @@ def read_samples(shard: str) -> Iterator[TarSample]:
             yield TarSample(key or "", "", None, f"rest of the shard unreadable from byte {at} (truncated or corrupt tar: {why})", at)
             return
         if key is not None:
-            yield _sample(key, member, data, exts)
+            yield _sample(key, member, data, exts, texts)
     finally:
         fh.close()
 
@@ -220,8 +224,8 @@ def _offset(stream: tarfile.TarFile | None) -> int:
     return int(getattr(stream, "offset", 0)) if stream is not None else 0
 
 
-def _sample(key: str, member: str, data: bytes | None, exts: list[str]) -> TarSample:
+def _sample(key: str, member: str, data: bytes | None, exts: list[str], texts: dict[str, str]) -> TarSample:
     if data is None:
         found = ", ".join("." + e for e in exts)
         return TarSample(key, "", None, f"sample {key!r} has no image member (found: {found})")
-    return TarSample(key, member, data)
+    return TarSample(key, member, data, meta=texts)

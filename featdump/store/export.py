@@ -330,6 +330,8 @@ def _write_npy_layer(
         }
         if ids is not None:
             columns["id"] = pa.array(ids[start:stop], type=pa.string())
+        for key, values in ff.kept.items():  # --keep, --keep-columns
+            columns[f"meta.{key}" if key in columns else key] = pa.array(values[start:stop], type=pa.string())
         with folder.writing(meta) as fh:
             pq.write_table(pa.table(columns), fh)
             nbytes += fh.tell()

@@ -298,6 +298,9 @@ def _write(
             h5.create_dataset("paths", data=np.array(paths, dtype=object), dtype=text, maxshape=(None,), chunks=(4096,))
             if ids is not None:  # the inputs provided ids (tar shards, --id-column)
                 h5.create_dataset("ids", data=np.array(ids, dtype=object), dtype=text, maxshape=(None,), chunks=(4096,))
+            for name in ref_h5.get("meta", ()):  # --keep, --keep-columns: small, always copied
+                kept = _strings(handles, f"meta/{name}", [s.num_images for s in shards])
+                h5.create_dataset(f"meta/{name}", data=np.array(kept, dtype=object), dtype=text, maxshape=(None,), chunks=(4096,))
             if all("geometry" in f for f in handles):  # /geometry is small: always copied
                 rows = [f["geometry"][: s.num_images] for s, f in zip(shards, handles, strict=True)]
                 geo = h5.create_dataset("geometry", data=np.concatenate(rows), maxshape=(None, rows[0].shape[1]), chunks=(256, rows[0].shape[1]))

@@ -47,6 +47,8 @@ class FeatureFile:
         self._rows = _index(self.paths)
         # ids (tar sample keys, a table's id column), row-aligned with paths; None when the inputs had none
         self.ids: list[str] | None = [read_text(v) for v in self._h5["ids"][:n]] if "ids" in self._h5 else None
+        # values kept along (--keep, --keep-columns: /meta/<name>), row-aligned with paths; {} when none
+        self.kept: dict[str, list[str]] = {k: [read_text(v) for v in ds[:n]] for k, ds in self._h5.get("meta", {}).items()}
         self._id_rows: dict[str, list[int]] | None = None
         self._spans: dict[str, Any] = {}  # virtual layers: where their sources' rows start (vds.source_spans)
 

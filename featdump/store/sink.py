@@ -73,6 +73,7 @@ class Store:
         if h5 is not None and "stream_mark" in h5.attrs:
             self.mark = [int(v) for v in h5.attrs["stream_mark"]]
         self.ids = h5 is not None and "ids" in h5  # the inputs provide ids: /ids and /failed/ids
+        self.meta = list(h5["meta"]) if h5 is not None and "meta" in h5 else []  # --keep, --keep-columns
         self.geometry = h5 is not None and GEOMETRY in h5  # /geometry (files made before it have none)
         self._last_commit = time.monotonic()
         # Feature rows go out as whole chunks (featdump/store/chunks.py)
@@ -117,6 +118,8 @@ class Store:
             if attrs.get("has_ids"):
                 h5.create_dataset("ids", shape=(0,), maxshape=(None,), dtype=text, chunks=(4096,))
                 failed.create_dataset("ids", shape=(0,), maxshape=(None,), dtype=text, chunks=(256,))
+            for name in attrs.get("keep") or attrs.get("keep_columns") or ():  # /meta/<name>, row-aligned
+                h5.create_dataset(f"meta/{name}", shape=(0,), maxshape=(None,), dtype=text, chunks=(4096,))
             create_geometry(h5)
             group = h5.create_group(FEATURES, track_order=True)
             filters = compression_kwargs(compression, dtype)
@@ -211,7 +214,8 @@ class Store:
         for ds in self.h5[FEATURES].values():
             if ds.shape[0] != n:
                 ds.resize(n, axis=0)
-        for key in ("paths", "ids", GEOMETRY) if self.ids else ("paths", GEOMETRY):
+        rows = ("paths", "ids", GEOMETRY) if self.ids else ("paths", GEOMETRY)
+        for key in (*rows, *(f"meta/{name}" for name in self.meta)):
             if key not in self.h5:
                 continue
             if self.h5[key].shape[0] != n:
@@ -243,6 +247,8 @@ class Store:
                     columns.append((self.h5["ids"], [i or "" for i in rows.ids or [None] * b]))
                 if self.geometry:
                     append_geometry(self.h5[GEOMETRY], n, b, rows.geometry)
+                for name in self.meta:  # --keep, --keep-columns: "" where a row lacks one
+                    columns.append((self.h5["meta"][name], [(m or {}).get(name, "") for m in rows.meta or [None] * b]))
                 _extend(columns, n)
             if failed:
                 columns = [(self.h5["failed/paths"], [f.path for f in failed]), (self.h5["failed/errors"], [clip(f.reason) for f in failed])]

@@ -133,7 +133,8 @@ def _torch_dtype(dtype: Any) -> torch.dtype | None:
 
 class FeatureDataset(Dataset):
     """Items are dicts: one tensor per chosen layer (key: the layer name), ``"path"``, ``"row"`` and
-    ``"id"`` (when the file has ids). Built by :meth:`featdump.FeatureFile.torch`; see its docstring.
+    ``"id"`` (when the file has ids), ``"meta"`` (``{name: text}``, when the file keeps values: ``--keep``,
+    ``--keep-columns``). Built by :meth:`featdump.FeatureFile.torch`; see its docstring.
 
     Attributes: ``path``, ``layers``, ``rows`` (the file row of each item, int64).
     """
@@ -239,7 +240,7 @@ class FeatureDataset(Dataset):
                 continue
             raw = not self._converts(name, ff[name].dtype)
             tensors[name] = self._convert(name, read_rows(ff[name], unique, shared=in_worker and raw))
-        ids = ff.ids
+        ids, meta = ff.ids, ff.kept
         items = []
         for k, row in enumerate(rows.tolist()):
             at = int(where[k])
@@ -248,6 +249,8 @@ class FeatureDataset(Dataset):
             item["row"] = row
             if ids is not None:
                 item["id"] = ids[row]
+            if meta:
+                item["meta"] = {name: values[row] for name, values in meta.items()}
             items.append(self.transform(item) if self.transform is not None else item)
         return items
 
