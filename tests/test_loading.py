@@ -91,10 +91,14 @@ def _dataset(tmp_path: Path) -> ImageDataset:
     return ImageDataset(refs, create_transform(input_size=(3, 64, 64), crop_pct=0.875, is_training=False))
 
 
+def _keys(n: int, batch: int) -> list[list[int]]:
+    return [list(range(s, min(n, s + batch))) for s in range(0, n, batch)]
+
+
 @pytest.mark.parametrize(("threads", "prefetch", "batch"), [(0, 1, 3), (1, 1, 3), (3, 2, 3), (4, 3, 5), (2, 2, 64)])
 def test_thread_loader_keeps_order_and_records(tmp_path: Path, threads: int, prefetch: int, batch: int) -> None:
     ds = _dataset(tmp_path)
-    batches = list(ThreadLoader(ds, batch, threads, prefetch))
+    batches = list(ThreadLoader(ds, _keys(len(ds), batch), threads, prefetch))
     assert [(b.first, b.last) for b in batches] == [(s, min(len(ds), s + batch) - 1) for s in range(0, len(ds), batch)]
     positions = [p for b in batches for p in b.positions]
     failed = [i for b in batches for i, _ in b.failed]
@@ -109,7 +113,7 @@ def test_thread_loader_keeps_order_and_records(tmp_path: Path, threads: int, pre
 
 def test_thread_loader_stops_its_threads_when_abandoned(tmp_path: Path) -> None:
     ds = _dataset(tmp_path)
-    it = iter(ThreadLoader(ds, 2, 2, 2))
+    it = iter(ThreadLoader(ds, _keys(len(ds), 2), 2, 2))
     next(it)
     it.close()  # the run stopped after one batch (Ctrl-C): queued decodes are dropped
     assert not [t for t in threading.enumerate() if t.name.startswith("featdump-decode")]
@@ -173,7 +177,7 @@ def test_decode_threads_run_niced_and_this_thread_helps(tmp_path: Path) -> None:
         return plain(source, max_pixels)
 
     ds.loader = slow_loader
-    batches = list(ThreadLoader(ds, 4, 1, 1, nice=19))
+    batches = list(ThreadLoader(ds, _keys(len(ds), 4), 1, 1, nice=19))
     assert [p for b in batches for p in b.positions] == [i for i in range(len(ds)) if i not in (3, 8)]
     threads = {name for name, _ in who.values()}
     assert "MainThread" in threads and any(t.startswith("featdump-decode") for t in threads)

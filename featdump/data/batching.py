@@ -114,7 +114,7 @@ class Loader:
         if processes is None:
             processes = device.type != "cpu" or self.decoder is not None
         if not processes:  # threads: see featdump/data/loading.py
-            self.loader = ThreadLoader(dataset, batch_size, workers, prefetch, decode_nice, batches=keys)
+            self.loader = ThreadLoader(dataset, keys, workers, prefetch, decode_nice)
             return
         self.loader = torch.utils.data.DataLoader(
             dataset,

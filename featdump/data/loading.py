@@ -31,8 +31,9 @@ def lower_priority(nice: int) -> None:
 
 
 class ThreadLoader:
-    """Batches in list order, decoded by ``threads`` threads (0: in this thread), up to
-    ``prefetch`` batches ahead. Failed images are records in the batch, like the DataLoader's.
+    """A batch per item of ``batches`` (the dataset's keys: list indices, or ``(position, ref)``
+    pairs streamed in, featdump/data/batching.py), decoded by ``threads`` threads (0: in this
+    thread), up to ``prefetch`` batches ahead. Failed images are records in the batch, like the DataLoader's.
 
     ``nice``: the decode threads' nice value. Where they share cores with the forward pass's
     OpenMP threads, a decode thread that takes a core mid-layer stalls the whole layer (the other
@@ -42,21 +43,12 @@ class ThreadLoader:
     """
 
     def __init__(
-        self,
-        dataset: ImageDataset,
-        batch_size: int,
-        threads: int,
-        prefetch: int = 2,
-        nice: int = 0,
-        batches: Iterable[list[Any]] | None = None,
+        self, dataset: ImageDataset, batches: Iterable[list[Any]], threads: int, prefetch: int = 2, nice: int = 0
     ) -> None:
-        self.dataset = dataset
-        self.batch_size = batch_size
+        self.batches = batches
         self.threads = threads
         self.prefetch = max(1, prefetch)
         self.nice = nice
-        # the keys of each batch: list indices, or (position, ref) pairs streamed in (featdump/data/batching.py)
-        self.batches = batches
         self.split = SplitTransform(dataset.transform)
         # the same dataset with the PIL half of the transform: item i is (i, uint8 array, "", size) or a failure record
         self._decode = ImageDataset(
@@ -73,12 +65,8 @@ class ThreadLoader:
         return collate(samples, stack=self.split.finish)
 
     def __iter__(self) -> Iterator[Batch]:
-        batches = self.batches
-        if batches is None:
-            n = len(self.dataset)
-            batches = (list(range(s, min(n, s + self.batch_size))) for s in range(0, n, self.batch_size))
         if self.threads <= 0:
-            for each in batches:
+            for each in self.batches:
                 yield self._batch([self._decode(k) for k in each])
             return
         pool = concurrent.futures.ThreadPoolExecutor(
@@ -86,7 +74,7 @@ class ThreadLoader:
         )
         queued: BoundedQueue[list[tuple[concurrent.futures.Future[tuple[int, Any, str, Any]], Any]]]
         queued = BoundedQueue(self.prefetch + 1)  # the batch to hand out next + `prefetch` more
-        todo: Iterator[Any] = iter(batches)
+        todo: Iterator[Any] = iter(self.batches)
         try:
             while True:
                 while queued.room() and (keys := next(todo, None)) is not None:
