@@ -81,7 +81,7 @@ def open_checked(path: str | Path) -> tuple[Any, Counts]:
 def check_virtual(path: str | Path) -> list[str]:
     """The missing-source problems of a merged file; empty for files without virtual datasets.
     UsageError (exit 2) for a file that is not valid, or whose virtual datasets read a source that
-    must never be read (itself, a file that is not a featdump shard: :func:`~featdump.store.vds.refused_sources`).
+    must never be read (itself, a file that is not a featdump shard: :func:`~featdump.store.vds.missing_sources`).
 
     Opens the file on its own (call it while no other handle to ``path`` is open in this process:
     HDF5 refuses a second open with other locking flags).

@@ -27,7 +27,7 @@ from featdump.store.format import (
     read_attr,
     setting_text,
 )
-from featdump.store.vds import refused_sources
+from featdump.store.vds import missing_sources
 from featdump.text import first_line
 
 # Settings every file of one merge must share: what the rows mean. Which inputs a file covers
@@ -113,7 +113,7 @@ def read_shard(path: str | Path) -> Shard:
             stored_bytes=stored,
         )
     if virtual:  # shards hold their rows; say first if the sources are ones that must never be read
-        refused_sources(shown)
+        missing_sources(shown)
         raise UsageError(
             f"{shown}: /{FEATURES}/{virtual[0]} is a virtual dataset, so {shown} is not a shard file; "
             "merge the shard files themselves"

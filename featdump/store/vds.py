@@ -9,7 +9,7 @@ HDF5 reads the rows of a missing source as the dataset's fill value, without any
 merged files set the fill value to NaN (float features), so such rows read as NaN, never as
 plausible zeros; these functions find the missing sources before anyone reads them. A source that
 is the virtual file itself (HDF5 recurses until it crashes) or is not a featdump shard (say
-``/etc/passwd``) is refused outright (:func:`refused_sources`), before any row is read.
+``/etc/passwd``) is refused outright (:func:`missing_sources`), before any row is read.
 """
 
 from __future__ import annotations
@@ -260,29 +260,18 @@ def _source_reason(f: Any, vmap: Any, row_shape: tuple[int, ...]) -> tuple[str, 
     return "", False
 
 
-def refused_sources(path: str | Path) -> None:
-    """Raise UsageError (exit 2) when a virtual dataset of ``path`` reads a source that must never be
-    read: the file itself, or a file that is not a featdump shard."""
-    for problem in check_sources(path):
-        if problem.refused:
-            raise _refusal(path, problem)
-
-
-def _refusal(path: str | Path, problem: SourceProblem) -> UsageError:
-    return UsageError(
-        f"{path}: refusing to read its virtual dataset, which maps {problem.dataset} of {problem.source}: "
-        f"{problem.reason}"
-    )
-
-
 def missing_sources(path: str | Path) -> list[str]:
     """Source files of a merged (virtual) file that cannot deliver their rows, as ``"FILE: why"``
     (e.g. ``/data/feats.shard-00001-of-00004.h5: file not found``); empty when all is well.
-    A source that must never be read (:func:`refused_sources`) raises UsageError instead."""
+    A source that must never be read (the file itself, a file that is not a featdump shard) raises
+    UsageError (exit 2) instead."""
     seen: dict[str, str] = {}
     for problem in check_sources(path):
         if problem.refused:
-            raise _refusal(path, problem)
+            raise UsageError(
+                f"{path}: refusing to read its virtual dataset, which maps {problem.dataset} of {problem.source}: "
+                f"{problem.reason}"
+            )
         seen.setdefault(problem.source, problem.reason)
     return [f"{source}: {reason}" for source, reason in seen.items()]
 
