@@ -96,7 +96,7 @@ def render_overlay(
     with FeatureFile(path) as f:
         if "geometry" not in f.h5:
             raise UsageError(f"--overlay: {path} holds no /geometry (made by an older featdump); extract it again")
-        spatial = [n for n in f.layers if len(f[n].shape) == 4]
+        spatial = [n for n in f.layers if len(f[n].shape) == 4 and f.attrs(n).get("pixel_grid") != []]  # []: its cells are no places (--process)
         chosen = list(dict.fromkeys(layers)) if layers else spatial
         bad = [n for n in chosen if n not in spatial] or ([] if chosen else f.layers[:1])
         if bad:

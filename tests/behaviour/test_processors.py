@@ -155,3 +155,7 @@ def test_a_pooling_processor_places_its_cells(tmp_path, plugin_env):
     _extract(folder, out, "--out-indices", "4", "--process", "shuffle", env=plugin_env).check_returncode()
     with featdump.open(out) as f, pytest.raises(ValueError, match="not places in the image|other than places"):
         f.pixel_boxes("layer4", 0)
+    p = run("viz", str(out), "-o", str(tmp_path / "w.png"), "--overlay", "--root", str(folder), env=plugin_env)
+    assert p.returncode == 2 and p.stderr.strip().splitlines() == [
+        f"featdump: error: --overlay draws spatial (N, C, H, W) layers; 'layer4' is not one ({out} holds none)"
+    ], p.stderr
