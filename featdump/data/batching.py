@@ -1,7 +1,8 @@
 """Decoded batches in input order: threads on CPU (featdump/data/loading.py), DataLoader workers on GPUs.
 
 A stream that fails while it is read (a remote store gone: a :class:`~featdump.errors.FeatdumpError`
-from the source) ends the keys there (:class:`StreamBatches`); the loader, threads or workers, hands
+from the source) ends the keys there (:class:`StreamBatches`; the batch it cut is dropped, so that
+``--resume`` cuts the same batches as an uninterrupted run); the loader, threads or workers, hands
 out every batch of the refs read before the failure, and only then does :class:`Loader` raise it, so
 the job writes and commits them and ``--resume`` continues after them.
 """
@@ -159,10 +160,8 @@ class StreamBatches:
     tar shard, waiting for a remote store's answer and parsing tar headers then overlap the forward
     pass instead of stalling the thread that runs it.
 
-    A :class:`~featdump.errors.FeatdumpError` from ``refs`` ends the keys (the refs of the batch it
-    cut are dropped, so that every batch written is a whole one and ``--resume`` cuts the same
-    batches as an uninterrupted run) and is kept in ``broken``: the loader drains what it has in
-    flight as at a normal end, and :class:`Loader` raises it after the last batch."""
+    A :class:`~featdump.errors.FeatdumpError` from ``refs`` ends the keys and is kept in ``broken``
+    (see the module's docstring): the loader drains what it has in flight as at a normal end."""
 
     AHEAD = 2
     AHEAD_BYTES = 64 << 20

@@ -118,7 +118,11 @@ def _run(cfg: ExtractConfig, progress: ProgressSink, on_ready: Callable | None, 
             total = length if length is not None else store.progress.inputs_done
             seconds = time.perf_counter() - started
             summary = summarize(store, out_path, backbone, str(device), placement, total, seconds, done)
-            _add_run_facts(summary, forward, tuning.workers)
+            import torch  # imported by now (the device, the model)
+
+            summary.threads, summary.workers = torch.get_num_threads(), tuning.workers
+            for layer, count in zip(summary.layers, forward.nonfinite(), strict=True):
+                layer.nonfinite = count  # NaN/inf values this run wrote
     return summary
 
 
@@ -136,15 +140,6 @@ def _loop(loader: Iterable[Rows], forward: Forward, writer: Writer, progress: Pr
         raise
     finally:
         writer.close()
-
-
-def _add_run_facts(summary: Summary, forward: Forward, workers: int) -> None:
-    """What this run did beyond the file: threads and workers used, NaN/inf values per layer."""
-    import torch
-
-    summary.threads, summary.workers = torch.get_num_threads(), workers
-    for layer, count in zip(summary.layers, forward.nonfinite(), strict=True):
-        layer.nonfinite = count
 
 
 def _stopped(signum: int, what: str) -> Interrupted:
