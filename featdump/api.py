@@ -69,7 +69,9 @@ def extract(
     ``quiet=True``; ``None`` = not given: the ``config`` file's value, else the default). ``progress``:
     ``None`` shows a one-line progress display on stderr when stderr is a terminal and ``quiet`` is not
     set, ``True`` always, ``False`` never; or pass an object with ``start``/``advance``/``stop``.
-    Raises :class:`~featdump.errors.UsageError` for bad options (``TypeError`` for an unknown keyword)
+    With ``ray=`` ("local", "auto" or an address) and ``shards=N`` the shards run as tasks on a Ray
+    cluster and are merged at ``output``: it returns the merge's :class:`~featdump.store.merge.MergeSummary`
+    (docs/cluster.md). Raises :class:`~featdump.errors.UsageError` for bad options (``TypeError`` for an unknown keyword)
     and :class:`~featdump.errors.FeatdumpError` for runtime failures; prints nothing but that display. With
     ``strict=True`` a run in which any image failed raises after writing the file; a run in which every
 input failed raises FeatdumpError ("no image could be read") after writing it. Like the
@@ -108,6 +110,10 @@ input failed raises FeatdumpError ("no image could be read") after writing it. L
     file_values = cfgmod.load_toml(config) if config else {}
     command = f"featdump.extract({model!r}, {list(given['inputs'])!r}, {str(output)!r}, {args})"
     cfg = resolve_with_like(given, file_values, command)
+    if cfg.ray:  # the shards on a Ray cluster, merged at output: the merge's summary
+        from featdump.run.onray import run_on_ray
+
+        return run_on_ray(cfg, _progress_sink(progress, cfg.quiet))  # type: ignore[return-value]
     summary = run_extraction(cfg, _progress_sink(progress, cfg.quiet))
     from featdump.run.results import end_of_run
 

@@ -234,6 +234,13 @@ class ExtractConfig:
         api=str | tuple[int, int] | None,
         parse=parse_shard,
     )
+    ray: str | None = opt(
+        "Run as --shards tasks on a Ray cluster, then merge them into -o: local (start one), auto (find a "
+        "running one) or the cluster's ADDRESS. Needs featdump\\[ray]; see docs/cluster.md.",
+        default=None,
+    )
+    shards: int | None = opt("With --ray: how many shard tasks (files OUT.shard-0000I-of-0000N.h5).", default=None)
+    ray_retries: int = opt("With --ray: retries of a failed or lost shard task (each resumes its file).", default=3, minimum=0)
     resume: bool = opt("Continue an unfinished output (same settings), or start it if there is none.", default=False)
     overwrite: bool = opt("Replace an existing output; it is swapped in only when the run succeeds.", default=False)
     strict: bool = opt("Exit 1 at the end if any image failed.", default=False)
@@ -449,6 +456,10 @@ def check_options(values: dict[str, Any], cls: type = ExtractConfig) -> dict[str
         raise UsageError("--out-indices and --layers exclude each other; pick feature levels or module names")
     if kw.get("fast_decode") and kw.get("decode") == "gpu":
         raise UsageError("--fast-decode and --decode gpu exclude each other: fast decoding is a CPU (PIL) shortcut")
+    if (kw.get("ray") is None) != (kw.get("shards") is None):
+        raise UsageError("--ray and --shards go together: e.g. --ray auto --shards 8 (one process per shard: --shard I/N)")
+    if kw.get("ray") is not None and kw.get("shard") is not None:
+        raise UsageError("--ray runs every shard itself; drop --shard I/N (or run that one shard without --ray)")
     if kw.get("resume") and kw.get("overwrite"):
         raise UsageError("--resume and --overwrite exclude each other: continue the file, or replace it")
     return kw

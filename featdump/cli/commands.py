@@ -176,6 +176,14 @@ def _extract(ctx: typer.Context, config_file: Path | None, stop: Any) -> None:
             shown(message, category, *args, **kwargs)
 
     warnings.showwarning = featdump_warning
+    if cfg.ray:
+        from featdump.cli.files import merge_line
+        from featdump.run.onray import run_on_ray
+
+        merged = run_on_ray(cfg, progress, stop)
+        if not cfg.quiet:
+            typer.echo(merge_line(merged))
+        return
     try:
         summary = run_extraction(cfg, progress, on_ready=ready, stop=stop, on_repeat=leave_at_once(stop))
     finally:

@@ -7,13 +7,16 @@ import json
 import shlex
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from featdump.cli.typer_app import app, handle_errors
 from featdump.errors import FeatdumpError, UsageError
 from featdump.text import LINE_CHARS, clip, printable
+
+if TYPE_CHECKING:
+    from featdump.store.merge import MergeSummary
 
 # --------------------------------------------------------------------------- show / viz / models
 
@@ -270,7 +273,6 @@ def merge(
 
     Example: featdump merge out/feats.shard-*.h5 -o out/feats.h5
     """
-    from featdump.store.check import tar_progress
     from featdump.store.merge import merge_shards
 
     summary = merge_shards(
@@ -283,6 +285,17 @@ def merge(
     )
     if quiet:
         return
+    typer.echo(merge_line(summary))
+    for name in summary.skipped:
+        typer.echo(f"skipped {printable(name)}: no rows")
+    for name in summary.partial:
+        typer.echo(f"unfinished shard merged as far as it goes: {printable(name)}", err=True)
+
+
+def merge_line(summary: MergeSummary) -> str:
+    """``wrote OUT: N images, F failed, of M from K shards · complete · virtual: ...`` (merge, extract --ray)."""
+    from featdump.store.check import tar_progress
+
     state = "complete" if summary.complete else "NOT complete (--allow-partial)"
     how = (
         "self-contained copy"
@@ -295,11 +308,7 @@ def merge(
         counts += f" · {tar_progress(summary.inputs_done, summary.num_inputs, summary.complete)} · merged from {what}"
     else:
         counts += f", of {summary.num_inputs} from {what}"
-    typer.echo(f"wrote {printable(summary.output)}: {counts} · {state} · {how}")
-    for name in summary.skipped:
-        typer.echo(f"skipped {printable(name)}: no rows")
-    for name in summary.partial:
-        typer.echo(f"unfinished shard merged as far as it goes: {printable(name)}", err=True)
+    return f"wrote {printable(summary.output)}: {counts} · {state} · {how}"
 
 
 @app.command()
