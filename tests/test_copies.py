@@ -29,7 +29,8 @@ class ThreadCopies(CopyQueue):
         return Pending(list(outputs), future.result)
 
     def close(self) -> None:
-        super().close()
+        while self.inflight:
+            self.inflight.get().wait()
         self.pool.shutdown(wait=True)
 
 

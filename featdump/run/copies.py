@@ -42,7 +42,8 @@ def resolve(outputs: Any) -> list[Any]:
 
 class CopyQueue:
     """Copies in submission order, at most ``depth`` in flight: ``submit(outputs) -> Pending`` starts
-    a copy, waiting first for the oldest while ``depth`` are in flight; :meth:`close` waits for all."""
+    a copy, waiting first for the oldest while ``depth`` are in flight (the writer waits for each
+    batch's copy before it stores it, so none is left in flight once the writer is closed)."""
 
     def __init__(self, depth: int = 2) -> None:
         if depth < 1:
@@ -58,10 +59,6 @@ class CopyQueue:
         pending = self._start(outputs)
         self.inflight.put(pending)
         return pending
-
-    def close(self) -> None:
-        while self.inflight:
-            self.inflight.get().wait()
 
 
 class CudaCopies(CopyQueue):
