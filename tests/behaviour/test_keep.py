@@ -10,6 +10,8 @@ import h5py
 import pytest
 from streamkit import hand_tar
 
+from featdump.errors import UsageError
+
 from conftest import PHOTOS, run
 
 FAST = ("--no-pretrained", "--device", "cpu", "--out-indices", "1", "--pool", "avg", "-q")
@@ -51,6 +53,10 @@ def test_keep_stores_members_row_aligned_through_merge_export_and_torch(tmp_path
     table = pq.read_table(tmp_path / "exp" / "layer1" / "metadata" / "part-00000.parquet")
     assert table.column("cls").to_pylist() == ["1", "2", "", "5"] and table.column("txt").to_pylist()[0] == "a café"
 
+    with h5py.File(shards[1], "r+") as h5:  # a /meta dataset shorter than the rows: the file is refused
+        h5["meta/cls"].resize(0, axis=0)
+    with pytest.raises(UsageError, match="num_images is 1 but /meta/cls holds 0 rows"):
+        featdump.open(shards[1])
     with featdump.open(merged) as f:
         assert f.kept == {"cls": ["1", "2", "", "5"], "txt": ["a café", "", "e only", ""]}
         items = [f.torch(layers=["layer1"])[k] for k in range(4)]
