@@ -57,22 +57,18 @@ def inconsistent(path: str | Path, what: str) -> UsageError:
     return UsageError(f"{path} is inconsistent: {what} (edited or damaged?); none of its rows can be trusted")
 
 
-def _link(group: Any, name: str) -> str:
-    """``"hard"``, ``"soft"``, ``"external"`` or ``"missing"``, without following the link."""
+def _hard(group: Any, name: str, where: str, path: str | Path, noun: str) -> Any:
+    """The object the link ``name`` of ``group`` points at, None when there is none; a soft or an
+    external link (checked without following it) is refused."""
     import h5py
 
     if name not in group.keys():  # noqa: SIM118 - keys() lists link names; `in group` follows the link
-        return "missing"
+        return None
     link = group.get(name, getlink=True)
-    if isinstance(link, h5py.SoftLink):
-        return "soft"
-    if isinstance(link, h5py.ExternalLink):
-        return "external"
-    return "hard"
-
-
-def _a(kind: str) -> str:
-    return f"an {kind}" if kind[0] in "aeiou" else f"a {kind}"
+    if isinstance(link, (h5py.SoftLink, h5py.ExternalLink)):
+        kind = "a soft" if isinstance(link, h5py.SoftLink) else "an external"
+        raise invalid(path, f"{where} is {kind} link, not a {noun}")
+    return group.get(name)
 
 
 def _dataset(
@@ -82,14 +78,11 @@ def _dataset(
     ``virtual`` allows it), or None if it is absent and not ``required``."""
     import h5py
 
-    kind = _link(group, name)
-    if kind == "missing":
+    obj = _hard(group, name, where, path, "dataset")
+    if obj is None:
         if required:
             raise invalid(path, f"it has no {where} dataset")
         return None
-    if kind != "hard":
-        raise invalid(path, f"{where} is {_a(kind)} link, not a dataset")
-    obj = group.get(name)
     if not isinstance(obj, h5py.Dataset):
         raise invalid(path, f"{where} is a group, not a dataset")
     if obj.shape is None or len(obj.shape) < 1:
@@ -122,12 +115,9 @@ def _stored_rows_short(ds: Any, n: int) -> bool:
 def _group(h5: Any, name: str, path: str | Path) -> Any:
     import h5py
 
-    kind = _link(h5, name)
-    if kind == "missing":
+    obj = _hard(h5, name, f"/{name}", path, "group")
+    if obj is None:
         raise invalid(path, f"it has no /{name} group")
-    if kind != "hard":
-        raise invalid(path, f"/{name} is {_a(kind)} link, not a group")
-    obj = h5.get(name)
     if not isinstance(obj, h5py.Group):
         raise invalid(path, f"/{name} is a dataset, not a group")
     return obj
@@ -137,11 +127,7 @@ def _whole(value: Any) -> int | None:
     """An HDF5 attribute as a whole number, or None when it is not one (floats, bools, strings, arrays)."""
     import numpy as np
 
-    if isinstance(value, (bool, np.bool_)):
-        return None
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    return None
+    return int(value) if isinstance(value, (int, np.integer)) and not isinstance(value, bool) else None
 
 
 def count_attr(attrs: Any, key: str, path: str | Path, default: int) -> int:

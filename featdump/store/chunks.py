@@ -30,6 +30,7 @@ On resume the tail is read back from the file.
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import zlib
 from collections.abc import Callable, Sequence
@@ -64,47 +65,37 @@ class _H5ZClass2(ctypes.Structure):  # H5Z_class2_t (H5Zpublic.h)
     ]
 
 
-_libc: Any = None
-_c_filters: dict[int, Any] = {}
-
-
+@functools.cache
 def _malloc_free() -> Any:
-    global _libc
-    if _libc is None:
-        lib = ctypes.CDLL(None)
-        lib.malloc.restype = ctypes.c_void_p
-        lib.malloc.argtypes = [ctypes.c_size_t]
-        lib.free.restype = None
-        lib.free.argtypes = [ctypes.c_void_p]
-        _libc = lib
-    return _libc
+    lib = ctypes.CDLL(None)
+    lib.malloc.restype = ctypes.c_void_p
+    lib.malloc.argtypes = [ctypes.c_size_t]
+    lib.free.restype = None
+    lib.free.argtypes = [ctypes.c_void_p]
+    return lib
 
 
+@functools.cache
 def c_filter(code: int) -> Any:
     """The C function HDF5 would call for filter ``code`` (an ``H5Z_func_t``), or None."""
-    if code in _c_filters:
-        return _c_filters[code]
-    fn = None
     try:
         if code == LZF:
             import h5py.h5z
 
             lib = ctypes.CDLL(h5py.h5z.__file__)
-            fn = _FILTER_FUNC(int(ctypes.cast(lib.lzf_filter, ctypes.c_void_p).value or 0))
-        else:
-            import hdf5plugin
+            return _FILTER_FUNC(int(ctypes.cast(lib.lzf_filter, ctypes.c_void_p).value or 0))
+        import hdf5plugin
 
-            names = {v: k for k, v in hdf5plugin.FILTERS.items()}
-            if code in names:
-                lib = ctypes.CDLL(os.path.join(hdf5plugin.PLUGIN_PATH, f"libh5{names[code]}.so"))
-                lib.H5PLget_plugin_info.restype = ctypes.POINTER(_H5ZClass2)
-                info = lib.H5PLget_plugin_info().contents
-                if info.version == 1 and info.id == code and info.encoder_present and info.filter:
-                    fn = _FILTER_FUNC(info.filter)
+        names = {v: k for k, v in hdf5plugin.FILTERS.items()}
+        if code in names:
+            lib = ctypes.CDLL(os.path.join(hdf5plugin.PLUGIN_PATH, f"libh5{names[code]}.so"))
+            lib.H5PLget_plugin_info.restype = ctypes.POINTER(_H5ZClass2)
+            info = lib.H5PLget_plugin_info().contents
+            if info.version == 1 and info.id == code and info.encoder_present and info.filter:
+                return _FILTER_FUNC(info.filter)
     except (ImportError, OSError, AttributeError, ValueError):
-        fn = None
-    _c_filters[code] = fn
-    return fn
+        pass
+    return None
 
 
 def _run_c_filter(fn: Any, cd_values: Sequence[int], data: Any) -> bytes | None:
@@ -211,7 +202,6 @@ class _Lane:
         self.tail_dirty = False
         grid = [range(0, size, step) for size, step in zip(ds.shape[1:], self.chunks[1:], strict=True)]
         self.blocks = list(product(*grid))
-        self.padded = any(size % step for size, step in zip(ds.shape[1:], self.chunks[1:], strict=True))
 
 
 class ChunkWriter:

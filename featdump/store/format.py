@@ -25,21 +25,14 @@ _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 def inputs_attr(inputs: Sequence[str | os.PathLike[str]]) -> str:
     """The ``inputs`` root attribute for a run over ``inputs`` (a JSON list of strings)."""
-    out = []
-    for item in inputs:
-        text = os.fspath(item)
-        out.append(text if _URL.match(text) else os.path.abspath(text))
-    return json.dumps(out, ensure_ascii=False)
+    texts = [os.fspath(item) for item in inputs]
+    return json.dumps([t if _URL.match(t) else os.path.abspath(t) for t in texts], ensure_ascii=False)
 
 
 def read_inputs_attr(value: Any) -> list[str] | None:
     """The list written by :func:`inputs_attr`, or None when the file has none or it is not such a list."""
-    if value is None:
-        return None
-    if isinstance(value, bytes):
-        value = to_str(value)
     try:
-        items = json.loads(value) if isinstance(value, str) else None
+        items = json.loads(to_str(value)) if isinstance(value, (str, bytes)) else None
     except ValueError:
         return None
     if not isinstance(items, list) or not all(isinstance(i, str) for i in items):

@@ -174,10 +174,9 @@ class JournaledFile:
 
     def read(self, n: int = -1) -> bytes:
         left = max(0, self.size - self.pos)
-        n = left if n < 0 else min(n, left)
-        buf = bytearray(n)
-        got = self.readinto(buf)
-        return bytes(buf[:got])
+        buf = bytearray(left if n < 0 else min(n, left))
+        self.readinto(buf)
+        return bytes(buf)
 
     def readinto(self, buf: Any) -> int:
         view = memoryview(buf).cast("B")
@@ -435,21 +434,14 @@ class JournaledFile:
 
     def close(self) -> None:
         """After a final :meth:`commit`: the file is whole, so the journal goes and the lock with it."""
-        if self.fd < 0 or self.readonly:
-            return
-        clean = not self.dirty and self.pending is None
-        os.close(self.fd)
-        self.fd = -1
-        self.lock.release(remove=clean)
+        if self.fd >= 0 and not self.readonly:
+            self._close(remove=not self.dirty and self.pending is None)
 
     def release(self) -> None:
         """Let go without touching a byte (a refused --resume): the journal stays as it was
         (or, if there was none, the empty one made for the lock goes again)."""
-        if self.fd < 0 or self.readonly:
-            return
-        os.close(self.fd)
-        self.fd = -1
-        self.lock.release(remove=self.lock.created)
+        if self.fd >= 0 and not self.readonly:
+            self._close(remove=self.lock.created)
 
     def abandon(self, remove: bool = False) -> None:
         """After a failure: drop what was not committed; ``remove`` deletes the file altogether.
@@ -474,6 +466,9 @@ class JournaledFile:
         self.pages.clear()
         self.spill.clear()
         self.dirty = False
+        self._close(remove=not keep)
+
+    def _close(self, remove: bool) -> None:
         os.close(self.fd)
         self.fd = -1
-        self.lock.release(remove=not keep)
+        self.lock.release(remove=remove)

@@ -214,11 +214,6 @@ def _once(runs: Sequence[Sequence[Shard]], values: Sequence[str], what: str) -> 
         first.update(mine)
 
 
-def _joined_digest(digests: Sequence[str]) -> str:
-    """The ``list_digest`` of runs joined in this order: sha256 of their list digests, in order."""
-    return hashlib.sha256("\n".join(digests).encode("utf-8")).hexdigest()
-
-
 def _merged_attrs(runs: Sequence[Sequence[Shard]], *, copy: bool, command: str, out_dir: Path) -> dict[str, Any]:
     """The merged file's root attributes: the first file's settings (in today's form), and what the
     merged file covers as one whole run of ``[0, 1]``.
@@ -238,7 +233,7 @@ def _merged_attrs(runs: Sequence[Sequence[Shard]], *, copy: bool, command: str, 
     digest = str(ref.attrs.get("list_digest", ""))
     extract_command = str(ref.attrs.get("command", ""))  # where the inputs were (viz)
     if len(runs) > 1:
-        digest = _joined_digest([str(h.attrs.get("list_digest", "")) for h in heads])
+        digest = hashlib.sha256("\n".join(str(h.attrs.get("list_digest", "")) for h in heads).encode()).hexdigest()
         extract_command = " ; ".join(str(h.attrs.get("command", "")) for h in heads)
         given = [read_inputs_attr(h.attrs.get("inputs")) or [] for h in heads]
         attrs["inputs"] = inputs_attr(list(dict.fromkeys(i for g in given for i in g)))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import filterfalse, islice
 from pathlib import Path
 from typing import Any
 
@@ -54,8 +55,6 @@ class Shard:
     attrs: dict[str, Any] = field(repr=False)
     layers: dict[str, tuple[tuple[int, ...], str]] = field(repr=False)  # name -> (row shape, dtype)
     stored_bytes: int = 0  # the features' bytes on disk (what merge --copy writes again)
-
-
 
 
 # --------------------------------------------------------------------------- reading shards
@@ -214,7 +213,7 @@ def check_shards(shards: Sequence[Shard], allow_partial: bool = False) -> list[S
     ordered = [by_index[i] for i in sorted(by_index)]
     if len(by_index) < count:  # count comes from the files: never build anything count long
         absent = count - len(by_index)
-        missing = _first_missing(by_index, count, 6)
+        missing = list(islice(filterfalse(by_index.__contains__, range(count)), 6))  # lazy: any count
         more = f" (and {absent - 1} more: {', '.join(map(str, missing[1:6]))}{'...' if absent > 6 else ''})"
         raise UsageError(
             f"shard {missing[0]} of {count} is missing: {_expected_name(ordered[0], missing[0])}"
@@ -249,20 +248,5 @@ def check_shards(shards: Sequence[Shard], allow_partial: bool = False) -> list[S
     return ordered
 
 
-def _first_missing(given: dict[int, Any], count: int, k: int) -> list[int]:
-    """The ``k`` lowest indices below ``count`` not in ``given`` (at most ``len(given) + k`` steps,
-    whatever the count)."""
-    out: list[int] = []
-    i = 0
-    while len(out) < k and i < count:
-        if i not in given:
-            out.append(i)
-        i += 1
-    return out
-
-
 def _layers(s: Shard) -> str:
     return ", ".join(f"{n} {'x'.join(map(str, shape))} {dtype}" for n, (shape, dtype) in s.layers.items()) or "none"
-
-
-# --------------------------------------------------------------------------- writing

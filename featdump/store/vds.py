@@ -21,7 +21,7 @@ from typing import Any
 
 from featdump.errors import UsageError
 from featdump.store.format import FEATURES
-from featdump.text import first_line
+from featdump.text import first_line, to_str
 
 
 @dataclass(frozen=True)
@@ -222,8 +222,7 @@ def _open_source(source: str) -> tuple[Any, bool]:
         f = open_committed(source)
     except OSError as exc:
         return f"cannot open: {first_line(exc)}", False
-    fmt = f.attrs.get("format", "")
-    if (fmt.decode("utf-8", "replace") if isinstance(fmt, bytes) else fmt) != "featdump":
+    if to_str(f.attrs.get("format", "")) != "featdump":
         f.close()
         return 'not a featdump file (no format="featdump" attribute)', True
     try:
@@ -253,8 +252,7 @@ def _source_reason(f: Any, vmap: Any, row_shape: tuple[int, ...]) -> tuple[str, 
         return f"{dataset} is itself virtual (a merged file, not a shard)", True
     if tuple(ds.shape[1:]) != tuple(row_shape):
         return f"{dataset} has rows of shape {tuple(ds.shape[1:])}, the merged file expects {tuple(row_shape)}", True
-    have = int(ds.shape[0])
-    need = _rows_needed(vmap)
+    have, need = int(ds.shape[0]), _rows_needed(vmap)
     if have < need:
         return f"holds {have} rows of {dataset}, the merged file maps {need}", False
     return "", False
