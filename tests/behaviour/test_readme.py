@@ -162,3 +162,15 @@ def test_every_command_line_in_the_docs_names_real_options() -> None:
             flag = arg.split("=")[0]
             if flag.startswith("-") and flag != "-":
                 assert flag in known, f"{page}: featdump {name} has no option {flag}"
+
+
+def test_every_option_of_every_command_is_on_a_docs_page() -> None:
+    """An option added without a word in docs/ fails here, naming it."""
+    import typer.main
+
+    docs = "".join(PAGES.values())
+    for name, command in typer.main.get_command(app).commands.items():  # type: ignore[attr-defined]
+        for param in command.params:
+            for flag in param.opts:
+                if flag.startswith("--") and flag != "--help":
+                    assert re.search(re.escape(flag) + r"(?![\w-])", docs), f"featdump {name} {flag} is on no page of docs/"
