@@ -188,7 +188,7 @@ def check_file(h5: Any, path: str | Path) -> Counts:
         ds = _dataset(h5, name, f"/{name}", path, required=name == "paths")
         if ds is not None:
             rows[f"/{name}"] = ds
-    kept = _group(h5, "meta", path) if _link(h5, "meta") != "missing" else {}  # --keep, --keep-columns
+    kept = _group(h5, "meta", path) if "meta" in h5.keys() else {}  # noqa: SIM118 - link names; --keep, --keep-columns
     for name in kept.keys():  # noqa: SIM118 - link names, nothing followed
         rows[f"/meta/{name}"] = _dataset(kept, name, f"/meta/{name}", path)
     failed = _group(h5, "failed", path)
