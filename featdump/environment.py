@@ -85,8 +85,15 @@ FILE_LOCKING = Setting(
     "give TRUE or FALSE (or BEST_EFFORT)",
     "HDF5's own switch; FALSE also turns off featdump's lock on the output (two writers then corrupt it).",
 )  # fmt: skip
+REQUEST_SECONDS = Setting(
+    "FEATDUMP_REQUEST_SECONDS", 120.0, _number(0, 1e9, not_=0),
+    "give the seconds one remote request may take (a number above 0)",
+    "The deadline of one HTTP(S) request, start to last byte (default 120); a slower one is retried, then a /failed record.",
+)  # fmt: skip
 
-ENVIRONMENT: tuple[Setting, ...] = (COMMIT_SECONDS, ZSTD_LEVEL, MALLOC_TUNING, LOG_SECONDS, WRITE_THREADS, FILE_LOCKING)
+ENVIRONMENT: tuple[Setting, ...] = (
+    COMMIT_SECONDS, ZSTD_LEVEL, MALLOC_TUNING, LOG_SECONDS, WRITE_THREADS, FILE_LOCKING, REQUEST_SECONDS
+)  # fmt: skip
 
 
 def check_environment() -> None:

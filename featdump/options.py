@@ -246,6 +246,9 @@ class ExtractConfig:
     strict: bool = opt("Exit 1 at the end if any image failed.", default=False)
     quiet: bool = opt("No progress bar, no table.", default=False, flags=("--quiet", "-q"))
     max_image_pixels: int | None = opt("Refuse larger images. \\[default: Pillow's 89.5 MP]", default=None)
+    max_image_bytes: int = opt(
+        "Read no image (file, tar member, URL body) past this many bytes. \\[default: 256 MiB]", default=256 << 20, minimum=1
+    )
     # tables (featdump/data/tables.py): which column holds the image, which the id; --like carries
     # them only onto another table
     path_column: str | None = opt(

@@ -212,3 +212,40 @@ def test_a_table_may_list_an_image_twice_and_lookups_say_so(cli, data: dict, tmp
         with pytest.raises(ValueError, match=r"\(0, 1\); choose one from \.ids"):
             f.row_of_id("x")
         assert f.row(str(second)) == f.row_of_id("y") == 2
+
+
+def test_a_hugging_face_image_column_is_found_and_missing_ids_are_empty(cli, data: dict, tmp_path: Path) -> None:
+    """No option names the image column: a Parquet column of {bytes, path} structs is taken. A
+    missing id (null, NaN) is stored as "", never as "None" or "nan"."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    photos = data["order"][:4]
+    image = pa.array([{"bytes": p.read_bytes(), "path": p.name} for p in photos])
+    table = tmp_path / "hf.parquet"
+    pq.write_table(pa.table({"picture": image, "key": pa.array([1.5, float("nan"), None, 4.0])}), table)
+    out = tmp_path / "o.h5"
+    result = cli(*argv(str(table), out, data["ckpt"], "--id-column", "key"))
+    assert result.exit_code == 0, result.output
+    got = features(out)
+    assert got["paths"] == [p.name for p in photos]
+    assert got["ids"] == ["1.5", "", "", "4.0"]
+
+
+def test_a_text_table_row_over_a_megabyte(cli, data: dict, tmp_path: Path) -> None:
+    """A 2 MB caption is read (CSV and JSONL); a row over the 16 MiB parse block is one line saying
+    so (exit 2), not pyarrow's advice to raise a block size the user cannot set."""
+    rel = data["order"][0].relative_to(data["images"]).as_posix()
+    csv, jsonl = data["images"] / "long.csv", data["images"] / "long.jsonl"
+    csv.write_text(f"filename,caption\n{rel},{'x' * (2 << 20)}\n")
+    jsonl.write_text(json.dumps({"filename": rel, "caption": "x" * (2 << 20)}) + "\n")
+    for k, table in enumerate((csv, jsonl)):
+        result = cli(*argv(str(table), tmp_path / f"{k}.h5", data["ckpt"]))
+        assert result.exit_code == 0, result.output
+        assert features(tmp_path / f"{k}.h5")["paths"] == [rel]
+    jsonl.write_text(jsonl.read_text() + json.dumps({"filename": rel, "caption": "x" * (33 << 20)}) + "\n")
+    result = cli(*argv(str(jsonl), tmp_path / "p.h5", data["ckpt"]))
+    assert result.exit_code == 2, result.output
+    assert "a row is longer than 16 MiB (one row per image is expected)" in result.output
+    csv.unlink()
+    jsonl.unlink()

@@ -13,7 +13,7 @@ import pytest
 from servers import free_port, http_server
 from streamkit import argv, assert_same_features, extract_in_worker_processes, features, images_in_order
 
-from featdump.data import remote
+from featdump.data import imagefetch, remote
 from featdump.data.datasets import Stop, collate
 
 from faultkit import committed_rows, make_images
@@ -61,19 +61,19 @@ def test_fetch_bytes_knows_which_hosts_answered(data: dict, quick_retries: None)
     answered: set[str] = set()
     try:
         with pytest.raises(FileNotFoundError):
-            remote.fetch_bytes(f"{server.url}/images/gone.png", answered)  # a 404 is an answer
+            imagefetch.fetch_bytes(f"{server.url}/images/gone.png", answered)  # a 404 is an answer
         assert answered == {host}
-        assert remote.fetch_bytes(good, answered) == (data["root"] / data["rels"][0]).read_bytes()
+        assert imagefetch.fetch_bytes(good, answered) == (data["root"] / data["rels"][0]).read_bytes()
         with pytest.raises(remote.RemoteUnreachable) as dead_link:
-            remote.fetch_bytes(dead, answered)  # never answered: a dead link, not a stopped store
+            imagefetch.fetch_bytes(dead, answered)  # never answered: a dead link, not a stopped store
         assert not isinstance(dead_link.value, remote.StoreStopped) and not dead_link.value.answered
         assert "4 tries" in str(dead_link.value)
     finally:
         server.stop()
     with pytest.raises(remote.StoreStopped, match="answered earlier in this run, so the store stopped answering"):
-        remote.fetch_bytes(good, answered)
+        imagefetch.fetch_bytes(good, answered)
     with pytest.raises(remote.RemoteUnreachable) as fresh:
-        remote.fetch_bytes(good, set())  # another run (or worker) that never reached it: a failure record
+        imagefetch.fetch_bytes(good, set())  # another run (or worker) that never reached it: a failure record
     assert not isinstance(fresh.value, remote.StoreStopped)
 
 

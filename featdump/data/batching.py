@@ -108,6 +108,7 @@ class Loader:
             dataset = ImageDataset(todo, transform, cfg.max_image_pixels, loader, guard)
         else:
             dataset = ImageDataset(todo, transform, cfg.max_image_pixels, guard=guard)
+        dataset.max_bytes = cfg.max_image_bytes
         if length is not None:
             batches = -(-length // batch_size)
             workers = min(workers, max(1, batches))  # no idle processes for a handful of images

@@ -11,6 +11,8 @@ DataLoader workers alike: the marker is only text in the sample).
 
 from __future__ import annotations
 
+import copy
+import os
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -18,7 +20,8 @@ from typing import Any
 
 from featdump.data.decode import Encoded, describe_error, load_rgb, read_jpeg
 from featdump.data.discover import ImageRef
-from featdump.data.remote import StoreStopped, fetch_bytes, is_url
+from featdump.data.imagefetch import fetch_bytes
+from featdump.data.remote import MAX_IMAGE_BYTES, StoreStopped, check_regular, local_path, too_big
 
 # (position in the list, tensor or None, error text or "", original (height, width) after EXIF or None)
 Sample = tuple[int, Any, str, Any]
@@ -30,15 +33,21 @@ class Stop(str):
     sample like any reason, through a DataLoader worker's pipe too."""
 
 
-def image_source(ref: ImageRef, answered: set[str] | None = None) -> str | bytes:
+def image_source(ref: ImageRef, answered: set[str] | None = None, cap: int = MAX_IMAGE_BYTES) -> str | bytes:
     """What the decoder reads: the bytes carried by the ref (tar member, table cell), the bytes of
     a URL (fetched with timeouts and bounded retries: featdump/data/remote.py; ``answered``: the
-    hosts that answered so far, see :func:`~featdump.data.remote.fetch_bytes`), else its path."""
+    hosts that answered so far, see :func:`~featdump.data.imagefetch.fetch_bytes`), else its local path
+    (a ``file://`` URL's too). None of them holds more than ``cap`` bytes (``--max-image-bytes``)."""
     if ref.data is not None:
+        if len(ref.data) > cap:
+            raise ValueError(too_big(f"the image ({len(ref.data)} bytes)", cap))
         return ref.data
-    if is_url(ref.source):
-        return fetch_bytes(ref.source, answered)
-    return ref.source
+    path = local_path(ref.source)
+    if path is None:
+        return fetch_bytes(ref.source, answered, cap)
+    if os.path.exists(path):
+        check_regular(os.stat(path), cap)
+    return path
 
 
 def failure(exc: BaseException, ref: ImageRef) -> str:
@@ -71,9 +80,16 @@ class ImageDataset:
         self.guard = guard  # (width, height) -> raises for an image the resize would blow up (ResizeGuard)
         # hosts of image URLs that answered in this run: shared by decode threads, one copy per DataLoader worker
         self.answered: set[str] = set()
+        self.max_bytes = MAX_IMAGE_BYTES  # --max-image-bytes
 
     def __len__(self) -> int:
         return len(self.refs)
+
+    def with_transform(self, transform: Callable[[Any], Any]) -> ImageDataset:
+        """The same dataset (limits, hosts that answered) with another transform."""
+        other = copy.copy(self)
+        other.transform = transform
+        return other
 
     def ref(self, key: int | tuple[int, ImageRef]) -> tuple[int, ImageRef]:
         """A key is a list index, or ``(position, ref)`` for refs streamed to the loader (batching.py)."""
@@ -84,7 +100,7 @@ class ImageDataset:
         if ref.error:  # the input itself has no image here (a tar sample without one, an empty cell)
             return i, None, ref.error, None
         try:
-            img = self.loader(image_source(ref, self.answered), self.max_pixels)
+            img = self.loader(image_source(ref, self.answered, self.max_bytes), self.max_pixels)
             if self.guard is not None:
                 self.guard(*img.size)
             size = (int(img.size[1]), int(img.size[0]))
@@ -102,7 +118,7 @@ class EncodedDataset(ImageDataset):
         if ref.error:
             return i, None, ref.error, None
         try:
-            encoded = read_jpeg(image_source(ref, self.answered), self.max_pixels, self.guard)
+            encoded = read_jpeg(image_source(ref, self.answered, self.max_bytes), self.max_pixels, self.guard)
         except Exception as exc:  # noqa: BLE001 - any failure becomes a record
             return i, None, failure(exc, ref), None
         # the size of a JPEG the device decodes is known after decoding (DeviceDecoder)

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import re
-import stat
 import threading
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -146,32 +144,13 @@ def _open_image(source: str | bytes) -> Any:
         if not source:
             raise OSError("empty file (0 bytes)")
         return io.BytesIO(source)
-    _check_regular(os.stat(source))  # never open a FIFO or device: that could block or have effects
-    # O_NONBLOCK: if the path was swapped for a FIFO since the stat, open returns instead of waiting
-    fh = open(source, "rb", opener=_open_nonblocking)  # noqa: SIM115 - the caller's with-block closes it
-    try:
-        _check_regular(os.fstat(fh.fileno()))
-    except BaseException:
-        fh.close()
-        raise
-    return fh
+    from featdump.data.remote import open_regular
+
+    return open_regular(source)
 
 
 def _shown(source: str | bytes) -> str:
     return f"data ({len(source)} bytes)" if isinstance(source, (bytes, bytearray)) else f"file {source!r}"
-
-
-def _open_nonblocking(path: str, flags: int) -> int:
-    return os.open(path, flags | os.O_NONBLOCK)
-
-
-def _check_regular(st: os.stat_result) -> None:
-    if stat.S_ISDIR(st.st_mode):
-        raise IsADirectoryError("is a folder, not an image file")
-    if not stat.S_ISREG(st.st_mode):
-        raise OSError("not a regular file (FIFO, socket or device)")
-    if st.st_size == 0:
-        raise OSError("empty file (0 bytes)")
 
 
 def _orient(im: Any) -> Any:

@@ -51,9 +51,7 @@ class ThreadLoader:
         self.nice = nice
         self.split = SplitTransform(dataset.transform)
         # the same dataset with the PIL half of the transform: item i is (i, uint8 array, "", size) or a failure record
-        self._decode = ImageDataset(
-            dataset.refs, self.split.pil, dataset.max_pixels, dataset.loader, dataset.guard
-        ).__getitem__
+        self._decode = dataset.with_transform(self.split.pil).__getitem__
 
     def _collect(self, jobs: list[tuple[concurrent.futures.Future[tuple[int, Any, str, Any]], Any]]) -> list[Any]:
         """The batch's results in order: images no decode thread has started yet are decoded

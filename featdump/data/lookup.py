@@ -42,7 +42,7 @@ from typing import Any
 from featdump.data.discover import ImageRef
 from featdump.data.remote import is_url
 from featdump.data.sources import open_source, shard_bounds
-from featdump.data.tars import TAR_EXTENSIONS, expand_braces
+from featdump.data.tars import TAR_EXTENSIONS, expand_shards
 from featdump.errors import UsageError
 from featdump.text import storable
 
@@ -179,7 +179,7 @@ def _find_in_tables(inputs: Sequence[str], options: Any, wanted: Sequence[Wanted
 
 
 def _find_in_tars(inputs: Sequence[str], wanted: Sequence[Wanted], shard: Sequence[int], names: Iterable[str]) -> None:
-    every = list(dict.fromkeys(name for raw in inputs for name in expand_braces(raw)))
+    every = list(dict.fromkeys(name for _, name in expand_shards(inputs)))
     start, stop = shard_bounds(len(every), int(shard[0]), int(shard[1]))
     shards = every[start:stop]
     written = shard_names(names) | shard_names(w.path for w in wanted)

@@ -1,11 +1,15 @@
 """The one place where input files (tar shards, tables, lists, images) are opened and looked at.
 
 Every source that reads an INPUT goes through :func:`open_input`, :func:`stat_input` (or
-:func:`stat_inputs` for many) (and :func:`fetch_bytes` for one image), so remote storage lives here and
+:func:`stat_inputs` for many) (and featdump/data/imagefetch.py for one image URL), so remote storage lives here and
 nowhere else. A URL (``https://``, ``s3://``, ``gs://``, ``hf://``, ``file://``) is opened with
 ``fsspec``: streamed through a read-ahead cache of :data:`BLOCK_SIZE` bytes (memory per open file
-is bounded; nothing is fetched whole to disk), with a bounded number of retries for a read that
-fails. Credentials and endpoints come from where each client normally finds them (``AWS_*`` /
+is bounded; nothing is fetched whole to disk). One layer of retries: s3fs, gcsfs and
+huggingface_hub retry a failed request themselves, so featdump adds none there; fsspec's HTTP
+client does not, so an ``http(s)://`` request is tried :data:`RETRIES` more times here. Every HTTP
+request has a total deadline (``FEATDUMP_REQUEST_SECONDS`` [120], featdump/environment.py) and
+s3 reads a per-read timeout. A ``file://`` URL is a local path: the same checks (regular files
+only) and no fsspec. Credentials and endpoints come from where each client normally finds them (``AWS_*`` /
 ``AWS_ENDPOINT_URL`` for s3fs, ``GOOGLE_APPLICATION_CREDENTIALS`` for gcsfs, ``HF_TOKEN`` for
 ``hf://``) and from fsspec's own configuration (``FSSPEC_<PROTOCOL>_<OPTION>`` variables). A
 missing protocol package is a :class:`~featdump.errors.UsageError` naming the extra to install.
@@ -14,19 +18,22 @@ A store that stops answering while a stream is read raises :class:`RemoteUnreach
 :class:`~featdump.errors.FeatdumpError`, exit 1, not an ``OSError``): the tar reader must not take
 a lost connection for a damaged shard. One image URL that fails is a dead link (a ``/failed``
 record), unless no answer came (refused, reset, timed out, name not found) from a host that did
-answer earlier in the run: then the store stopped answering and :func:`fetch_bytes` raises
+answer earlier in the run: then the store stopped answering and ``fetch_bytes`` raises
 :class:`StoreStopped`, which ends the run before that image so ``--resume`` tries it again.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import socket
+import stat
 import time
 from collections.abc import Sequence
 from typing import Any, BinaryIO
 
+from featdump.environment import REQUEST_SECONDS
 from featdump.errors import FeatdumpError, UsageError
 
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
@@ -36,6 +43,8 @@ RETRIES = 3  # further tries of a failed remote read (a "not found" is not retri
 BACKOFF = 0.5  # seconds before the first retry, doubled for each next one
 CONNECT_TIMEOUT = 20.0  # seconds to connect
 READ_TIMEOUT = 60.0  # seconds without data before a read fails (then retried)
+MAX_IMAGE_BYTES = 256 << 20  # --max-image-bytes' default: the most one image (member, body, file) may hold
+HEAD_BYTES = 4096  # what :func:`identity` hashes of a local file's start
 STAT_THREADS = 16  # remote inputs looked up at once before a run (stat_inputs)
 
 # scheme -> (the module fsspec needs, the extra that installs it)
@@ -71,7 +80,6 @@ class StoreStopped(RemoteUnreachable):
 _NO_ANSWER = frozenset(
     {
         "ClientConnectionError",  # aiohttp: refused, reset, DNS, server disconnected, timeouts
-        "ClientPayloadError",  # aiohttp: the connection dropped in the middle of the body
         "EndpointConnectionError",  # botocore (s3fs)
         "ConnectionClosedError",
         "ConnectTimeoutError",
@@ -124,7 +132,9 @@ def _options(protocol: str) -> dict[str, Any]:
         import aiohttp
 
         opts["client_kwargs"] = {
-            "timeout": aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT, sock_read=READ_TIMEOUT)
+            "timeout": aiohttp.ClientTimeout(
+                total=REQUEST_SECONDS.value(), sock_connect=CONNECT_TIMEOUT, sock_read=READ_TIMEOUT
+            )
         }
     elif protocol in ("s3", "s3a"):
         opts["config_kwargs"] = {"connect_timeout": CONNECT_TIMEOUT, "read_timeout": READ_TIMEOUT}
@@ -150,16 +160,56 @@ def filesystem(url: str) -> tuple[Any, str]:
         raise UsageError(f"{url}: {str(exc).splitlines()[0]}") from None
 
 
+def local_path(path: str) -> str | None:
+    """The local path ``path`` names (itself, or a ``file://`` URL's path); None for a remote URL."""
+    if not is_url(path):
+        return path
+    return path[len("file://") :] if scheme(path) == "file" else None
+
+
+def too_big(what: str, cap: int) -> str:
+    return f"{what} holds more than --max-image-bytes ({cap} bytes); raise it if this is a real image"
+
+
+def check_regular(st: os.stat_result, cap: int | None = None, empty: bool = False) -> None:
+    """Only regular files (non-empty unless ``empty``; at most ``cap`` bytes) are read: a FIFO or a
+    device could block for ever, or never end."""
+    if stat.S_ISDIR(st.st_mode):
+        raise IsADirectoryError(errno.EISDIR, "is a folder, not a file")
+    if not stat.S_ISREG(st.st_mode):
+        raise OSError(errno.EINVAL, "not a regular file (FIFO, socket or device)")
+    if st.st_size == 0 and not empty:
+        raise OSError(errno.EINVAL, "empty file (0 bytes)")
+    if cap is not None and st.st_size > cap:
+        raise OSError(errno.EFBIG, too_big(f"the file ({st.st_size} bytes)", cap))
+
+
+def open_regular(path: str, cap: int | None = None, empty: bool = False) -> BinaryIO:
+    """A local file opened for reading after :func:`check_regular` (before and after the open:
+    ``O_NONBLOCK`` makes a path swapped for a FIFO in between return instead of wait)."""
+    check_regular(os.stat(path), cap, empty)  # never open a FIFO or device: that could block or have effects
+    fh = open(path, "rb", opener=lambda p, flags: os.open(p, flags | os.O_NONBLOCK))  # noqa: SIM115 - the caller closes it
+    try:
+        check_regular(os.fstat(fh.fileno()), cap, empty)
+    except BaseException:
+        fh.close()
+        raise
+    return fh
+
+
 class _Retrying:
-    """A read-only file over an fsspec file: a failed read is retried (from the same position) up to
-    :data:`RETRIES` times, then raises :class:`RemoteUnreachable`."""
+    """A read-only file over an fsspec HTTP file: a failed read is retried (from the same position)
+    up to :data:`RETRIES` times, then raises :class:`RemoteUnreachable`; the rest is the file's."""
 
     def __init__(self, url: str, fh: Any) -> None:
         self.url, self.fh = url, fh
 
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.fh, name)
+
     def read(self, n: int = -1) -> bytes:
         at = self.fh.tell()
-        return _retry(self.url, lambda: self._read_at(at, n))
+        return retry(self.url, lambda: self._read_at(at, n))
 
     def _read_at(self, at: int, n: int) -> bytes:
         if self.fh.tell() != at:
@@ -171,37 +221,11 @@ class _Retrying:
         b[: len(data)] = data
         return len(data)
 
-    def seek(self, pos: int, whence: int = 0) -> int:
-        return int(self.fh.seek(pos, whence))
-
-    def tell(self) -> int:
-        return int(self.fh.tell())
-
-    def seekable(self) -> bool:
-        return True
-
-    def readable(self) -> bool:
-        return True
-
-    def writable(self) -> bool:
-        return False
-
-    @property
-    def closed(self) -> bool:
-        return bool(self.fh.closed)
-
-    @property
-    def size(self) -> int:
-        return int(self.fh.size)
-
-    def close(self) -> None:
-        self.fh.close()
-
     def __enter__(self) -> _Retrying:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.close()
+        self.fh.close()
 
 
 _NOT_FOUND_CODES = frozenset({"NoSuchBucket", "NoSuchKey", "NotFound", "404", "410"})  # botocore's error codes
@@ -225,22 +249,32 @@ def _really_not_found(exc: FileNotFoundError) -> bool:
     return False
 
 
-def _retry(url: str, call: Any, hint: bool = True) -> Any:
-    """``call()``, tried again after a failure (not after "not found") up to :data:`RETRIES` times."""
-    delay = BACKOFF
-    for attempt in range(RETRIES + 1):
+def why_failed(exc: BaseException) -> str:
+    """One line for a failed request (aiohttp's redirect loop says only ``0, message='', url=...``)."""
+    from featdump.text import first_line
+
+    if type(exc).__name__ == "TooManyRedirects":
+        return "too many redirects: a redirect loop"
+    if isinstance(exc, TimeoutError) and not str(exc):
+        return f"no complete answer within {REQUEST_SECONDS.value():g} s (FEATDUMP_REQUEST_SECONDS)"
+    return first_line(exc)
+
+
+def retry(url: str, call: Any, hint: bool = True) -> Any:
+    """``call()``; for ``http(s)://`` tried again after a failure (not after "not found" or an
+    over-cap body) up to :data:`RETRIES` times: the other clients retry on their own."""
+    delay, tries = BACKOFF, RETRIES + 1 if scheme(url) in ("http", "https") else 1
+    for attempt in range(tries):
         try:
             return call()
         except Exception as exc:  # noqa: BLE001 - every client has its own errors (aiohttp, botocore, ...)
-            if isinstance(exc, FileNotFoundError) and _really_not_found(exc):
+            if isinstance(exc, (FeatdumpError, ValueError)) or isinstance(exc, FileNotFoundError) and _really_not_found(exc):
                 raise
-            if attempt == RETRIES:
-                from featdump.text import first_line
-
+            if attempt == tries - 1:
                 cause = exc.__cause__ if isinstance(exc, FileNotFoundError) and exc.__cause__ else exc
-                why = first_line(cause)
+                counted = f"; {tries} tries" if tries > 1 else ""
                 again = f"; {RESUME_HINT}" if hint else ""
-                message = f"cannot read {url} ({why}; {RETRIES + 1} tries){again}"
+                message = f"cannot read {url} ({why_failed(cause)}{counted}){again}"
                 raise RemoteUnreachable(message, answered=not no_answer(cause)) from None
         time.sleep(delay)
         delay *= 2
@@ -250,35 +284,61 @@ def _retry(url: str, call: Any, hint: bool = True) -> Any:
 def open_input(path: str) -> BinaryIO:
     """A binary file object reading ``path`` from its start (caller closes it).
 
-    Raises ``FileNotFoundError``/``OSError`` as ``open`` does; a URL is streamed (read-ahead of
-    :data:`BLOCK_SIZE` bytes, retried reads).
+    Raises ``FileNotFoundError``/``OSError`` as ``open`` does (and for a file that is not regular);
+    a URL is streamed (read-ahead of :data:`BLOCK_SIZE` bytes, retried reads).
     """
-    if not is_url(path):
-        return open(path, "rb")  # noqa: SIM115 - returned to the caller, who closes it
+    local = local_path(path)
+    if local is not None:
+        return open_regular(local, empty=True)
     fs, inner = filesystem(path)
-    fh = _retry(path, lambda: fs.open(inner, "rb", block_size=BLOCK_SIZE, cache_type="readahead"))
-    return _Retrying(path, fh)  # type: ignore[return-value]
+    fh = retry(path, lambda: fs.open(inner, "rb", block_size=BLOCK_SIZE, cache_type="readahead"))
+    return _Retrying(path, fh) if scheme(path) in ("http", "https") else fh  # type: ignore[return-value]
 
 
 def stat_input(path: str) -> int:
-    """The size in bytes of the input file ``path`` (``FileNotFoundError`` when it does not exist)."""
-    if not is_url(path):
-        return os.stat(path).st_size
+    """The size in bytes of the input file ``path`` (``FileNotFoundError`` when it does not exist;
+    OSError for a local one that is not a regular file)."""
+    local = local_path(path)
+    if local is not None:
+        st = os.stat(local)
+        check_regular(st, empty=True)
+        return st.st_size
+    return int(_info(path).get("size") or 0)
+
+
+def _info(path: str) -> dict[str, Any]:
     fs, inner = filesystem(path)
-    info = _retry(path, lambda: fs.info(inner), hint=False)
+    info = retry(path, lambda: fs.info(inner), hint=False)
     if info.get("type") == "directory":
         raise IsADirectoryError(21, "a folder, not a file", path)
-    return int(info.get("size") or 0)
+    return dict(info)
 
 
-def stat_inputs(paths: Sequence[str]) -> list[int | OSError]:
-    """:func:`stat_input` of each path, in order: its size, or the ``OSError`` it raised (other
-    errors propagate). URLs are looked up :data:`STAT_THREADS` at a time: one round trip each, so
-    thousands of remote tar shards do not wait for each other's answers before the run starts."""
+def identity(path: str) -> str:
+    """What tells this input file from another one of the same name and size, without reading it
+    whole: a local file's size, modification time and sha256 of its first :data:`HEAD_BYTES`; a
+    remote one's size with the store's ``ETag``/``Last-Modified`` (a content hash on s3, gcs, hf)."""
+    import hashlib
 
-    def one(path: str) -> int | OSError:
+    local = local_path(path)
+    if local is None:
+        info = _info(path)
+        tags = [str(info.get(k, "")) for k in ("size", "ETag", "etag", "md5Hash", "LastModified", "Last-Modified", "mtime")]
+        return ":".join(tags)
+    with open_regular(local, empty=True) as fh:
+        st = os.fstat(fh.fileno())
+        return f"{st.st_size}:{st.st_mtime_ns}:{hashlib.sha256(fh.read(HEAD_BYTES)).hexdigest()}"
+
+
+def stat_inputs(paths: Sequence[str], look: Any = None) -> list[Any]:
+    """``look`` (:func:`stat_input`) of each path, in order: its result, or the ``OSError`` it raised
+    (other errors propagate). URLs are looked up :data:`STAT_THREADS` at a time: one round trip each,
+    so thousands of remote tar shards do not wait for each other's answers before the run starts."""
+    look = look or stat_input
+
+    def one(path: str) -> Any:
         try:
-            return stat_input(path)
+            return look(path)
         except OSError as exc:
             return exc
 
@@ -297,7 +357,7 @@ def is_remote_dir(url: str) -> bool:
     """Whether the URL names a folder the store can list."""
     fs, inner = filesystem(url)
     try:
-        return bool(_retry(url, lambda: fs.isdir(inner), hint=False))
+        return bool(retry(url, lambda: fs.isdir(inner), hint=False))
     except FileNotFoundError:
         return False
 
@@ -306,37 +366,9 @@ def list_remote(url: str) -> list[tuple[str, str]]:
     """``(path relative to the folder, full URL)`` of every file below the folder URL, recursively."""
     fs, inner = filesystem(url)
     root = inner.rstrip("/")
-    found = _retry(url, lambda: fs.find(root), hint=False)
+    found = retry(url, lambda: fs.find(root), hint=False)
     out = []
     for p in found:
         rel = p[len(root) :].lstrip("/") if p.startswith(root) else p
         out.append((rel, url.rstrip("/") + "/" + rel))
     return out
-
-
-def fetch_bytes(url: str, answered: set[str] | None = None) -> bytes:
-    """The whole of one remote image (timeouts, :data:`RETRIES` retries); ``FileNotFoundError``
-    when the store answers "not found", :class:`RemoteUnreachable` when it fails otherwise.
-
-    ``answered``: the hosts (:func:`host_of`) that have answered so far in this run, kept up to date
-    here. A URL that gets no answer at all (:func:`no_answer`) from one of them raises
-    :class:`StoreStopped`: the store stopped answering, the run must stop. Not thread-local: one
-    set serves the decode threads (``set.add`` is atomic), and each DataLoader worker its own copy."""
-    fs, inner = filesystem(url)
-    host = host_of(url)
-    seen = answered if answered is not None else set()
-    try:
-        data = bytes(_retry(url, lambda: fs.cat_file(inner), hint=False))
-    except FileNotFoundError:
-        seen.add(host)
-        raise FileNotFoundError(2, "not found", url) from None
-    except RemoteUnreachable as exc:
-        if exc.answered:
-            seen.add(host)
-        elif host in seen:
-            raise StoreStopped(
-                f"{exc}; {host} answered earlier in this run, so the store stopped answering"
-            ) from None
-        raise
-    seen.add(host)
-    return data

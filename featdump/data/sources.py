@@ -26,7 +26,7 @@ from dataclasses import replace
 from typing import Any, Protocol
 
 from featdump.data.discover import ImageRef, discover, list_digest
-from featdump.data.remote import stat_input, stat_inputs
+from featdump.data.remote import MAX_IMAGE_BYTES, identity, is_url, stat_input, stat_inputs
 from featdump.errors import FeatdumpError, UsageError
 
 
@@ -113,6 +113,9 @@ class FileSource:
 # --------------------------------------------------------------------------- tar shards
 
 
+LOOKUP_CHUNK = 1024  # tar shards looked up at a time
+
+
 def _digest(items: Any) -> str:
     return hashlib.sha256(json.dumps(items, ensure_ascii=False).encode("utf-8", "surrogateescape")).hexdigest()
 
@@ -121,9 +124,14 @@ class TarSelection(Selection):
     kind = "tar"
     has_ids = True
 
-    def __init__(self, shards: list[tuple[str, int]], everything: list[tuple[str, int]], keep: Sequence[str]) -> None:
-        super().__init__(_digest(shards), len(everything), _digest(everything), len(shards), None)
-        self.shards, self.keep = shards, keep
+    def __init__(self, shards: list[tuple[str, int]], everything: list[tuple[str, int]], keep: Sequence[str], cap: int) -> None:
+        # --resume continues only in the same files: their identity (size, time, head; data/remote.py)
+        tags = stat_inputs([name for name, _ in shards], identity)
+        for (name, _), tag in zip(shards, tags, strict=True):
+            if isinstance(tag, OSError):
+                raise UsageError(f"cannot read tar shard {name}: {tag.strerror or tag}")
+        super().__init__(_digest([shards, tags]), len(everything), _digest(everything), len(shards), None)
+        self.shards, self.keep, self.cap = shards, keep, cap
 
     def estimated_length(self) -> tuple[int, str] | None:
         """The first shard's samples (counted from its headers, when it is a local plain tar) scaled
@@ -147,7 +155,7 @@ class TarSelection(Selection):
         for k in range(first, len(self.shards)):
             name = self.shards[k][0]
             try:
-                samples = read_samples(name, self.keep)
+                samples = read_samples(name, self.keep, self.cap)
                 pending: ImageRef | None = None
                 for j, s in enumerate(samples):
                     if k == first and j < skip:
@@ -167,55 +175,52 @@ def _tar_ref(shard: str, s: Any, mark: tuple[int, int]) -> ImageRef:
     if s.offset >= 0:
         return ImageRef(f"{shard}@{s.offset}", "", "", None, s.error, mark)
     if s.data is None:
-        return ImageRef(f"{shard}/{s.key}", "", s.key, None, s.error, mark)
+        return ImageRef(f"{shard}/{s.member or s.key}", "", s.key, None, s.error, mark)
     return ImageRef(f"{shard}/{s.member}", "", s.key, s.data, "", mark, s.meta)
 
 
 class TarSource:
     """WebDataset shards: INPUTs (patterns expanded) in the order given; whole tar files are split
-    into contiguous blocks. A shard that does not exist is a UsageError here, before any model loads."""
+    into contiguous blocks. A shard named twice, or one that does not exist, is a UsageError here,
+    before any model loads; a pattern is expanded and looked up :data:`LOOKUP_CHUNK` names at a
+    time, so ``x-{0..99999999}.tar`` stops at its first missing shard."""
 
-    def __init__(self, inputs: Sequence[str], keep: Sequence[str] = ()) -> None:
-        from featdump.data.tars import expand_braces
+    def __init__(self, inputs: Sequence[str], keep: Sequence[str] = (), cap: int = MAX_IMAGE_BYTES) -> None:
+        from featdump.data.tars import expand_shards, glob_hint
 
-        self.keep = keep  # members stored in /meta/<ext>
-        expanded = [(raw, expand_braces(raw)) for raw in inputs]
-        named = [(raw, len(names), name) for raw, names in expanded for name in names]
-        sizes = stat_inputs([name for _, _, name in named])  # remote shards: looked up concurrently
+        self.keep, self.cap = keep, cap  # keep: members stored in /meta/<ext>
         self.shards: list[tuple[str, int]] = []
-        for (raw, count, name), size in zip(named, sizes, strict=True):
-            if isinstance(size, FileNotFoundError):
-                where = f" (from the pattern {raw})" if count > 1 or name != raw else ""
-                raise UsageError(f"tar shard not found: {name}{where}")
-            if isinstance(size, OSError):
-                raise UsageError(f"cannot read tar shard {name}: {size.strerror or size}")
-            self.shards.append((name, size))
+        seen: dict[str, tuple[int, str]] = {}  # shard -> (INPUT index, name as expanded) of its first mention
+        named = expand_shards(inputs)
+        while chunk := list(itertools.islice(named, LOOKUP_CHUNK)):
+            for k, name in chunk:
+                _check_once(seen, inputs, k, name)
+            for (k, name), size in zip(chunk, stat_inputs([name for _, name in chunk]), strict=True):
+                if isinstance(size, FileNotFoundError):
+                    where = f" (from the pattern {inputs[k]})" if name != inputs[k] else ""
+                    raise UsageError(f"tar shard not found: {name}{where}{glob_hint(name)}")
+                if isinstance(size, OSError):
+                    raise UsageError(f"cannot read tar shard {name}: {size.strerror or size}")
+                self.shards.append((name, size))
 
     def select(self, index: int, count: int) -> Selection:
         start, stop = shard_bounds(len(self.shards), index, count)
-        return TarSelection(self.shards[start:stop], self.shards, self.keep)
+        return TarSelection(self.shards[start:stop], self.shards, self.keep, self.cap)
 
 
-def check_shards_unique(inputs: Sequence[str]) -> None:
+def _check_once(seen: dict[str, tuple[int, str]], inputs: Sequence[str], k: int, name: str) -> None:
     """A tar shard named twice (after brace expansion; a local one by its real path, so ``a.tar``
     and ``./a.tar`` are one) would store its samples twice: a UsageError naming the shard and the
-    INPUTs that gave it, before any shard is opened."""
-    from featdump.data.remote import is_url
-    from featdump.data.tars import expand_braces
-
-    seen: dict[str, tuple[int, str]] = {}  # shard -> (INPUT index, name as expanded) of its first mention
-    for k, raw in enumerate(inputs):
-        for name in expand_braces(raw):
-            key = name if is_url(name) else os.path.realpath(name)
-            if key not in seen:
-                seen[key] = (k, name)
-                continue
-            j, first = seen[key]
-            by = f"by the pattern {raw}" if j == k else f"by the INPUTs {inputs[j]} and {raw}"
-            also = f" (the second time as {name})" if name != first else ""
-            raise UsageError(
-                f"tar shard {first} is named twice, {by}{also}: its samples would be stored twice; name each shard once"
-            )
+    INPUTs that gave it."""
+    key = name if is_url(name) else os.path.realpath(name)
+    if key not in seen:
+        seen[key] = (k, name)
+        return
+    j, first = seen[key]
+    raw = inputs[k]
+    by = f"by the pattern {raw}" if j == k else f"by the INPUTs {inputs[j]} and {raw}"
+    also = f" (the second time as {name})" if name != first else ""
+    raise UsageError(f"tar shard {first} is named twice, {by}{also}: its samples would be stored twice; name each shard once")
 
 
 # --------------------------------------------------------------------------- tables
@@ -224,9 +229,10 @@ def check_shards_unique(inputs: Sequence[str]) -> None:
 class TableSelection(Selection):
     kind = "table"
 
-    def __init__(self, table: Any, start: int, stop: int, size: int) -> None:
+    def __init__(self, table: Any, start: int, stop: int, size: int, tag: str) -> None:
         what = [table.path, size, table.path_column, table.image_column, table.id_column]
-        super().__init__(_digest([*what, start, stop]), table.rows, _digest([*what, table.rows]), stop - start, stop - start)
+        # --resume continues only in the same table: its identity (size, time, head; data/remote.py)
+        super().__init__(_digest([*what, start, stop, tag]), table.rows, _digest([*what, table.rows]), stop - start, stop - start)
         self.table, self.start, self.stop = table, start, stop
         self.has_ids = bool(table.id_column)
 
@@ -237,20 +243,23 @@ class TableSelection(Selection):
 class TableSource:
     """One table: rows in table order, split into contiguous blocks of rows."""
 
-    def __init__(self, path: str, path_column: str | None, image_column: str | None, id_column: str | None, keep_columns: Sequence[str] | None) -> None:
+    def __init__(
+        self, path: str, path_column: str | None, image_column: str | None, id_column: str | None,
+        keep_columns: Sequence[str] | None, cap: int,
+    ) -> None:  # fmt: skip
         from featdump.data.tables import Table
 
         try:
-            self.size = stat_input(path)
+            self.size, self.tag = stat_input(path), identity(path)
         except FileNotFoundError:
             raise UsageError(f"input not found: {path}") from None
         except OSError as exc:
             raise UsageError(f"cannot read table {path}: {exc.strerror or exc}") from None
-        self.table = Table(path, path_column, image_column, id_column, keep_columns)
+        self.table = Table(path, path_column, image_column, id_column, keep_columns, cap)
 
     def select(self, index: int, count: int) -> Selection:
         start, stop = shard_bounds(self.table.rows, index, count)
-        return TableSelection(self.table, start, stop, self.size)
+        return TableSelection(self.table, start, stop, self.size, self.tag)
 
 
 # --------------------------------------------------------------------------- choosing
@@ -295,12 +304,12 @@ def open_source(inputs: Sequence[str], options: Any = None) -> Source:
     keep = getattr(options, "keep", None) or ()
     if keep and kind != "tar":
         raise UsageError(f"--keep applies to WebDataset tar shards (.tar, .tar.gz, .tgz), not to {inputs[0]}; for a table use --keep-columns")
+    cap = getattr(options, "max_image_bytes", None) or MAX_IMAGE_BYTES
     if kind == "tar":
-        check_shards_unique(inputs)
-        return TarSource(inputs, keep)
+        return TarSource(inputs, keep, cap)
     if kind == "table":
         if len(inputs) != 1:
             shown = ", ".join(inputs[:3]) + (", ..." if len(inputs) > 3 else "")
             raise UsageError(f"one table per run: got {len(inputs)} ({shown})")
-        return TableSource(str(inputs[0]), **columns)
+        return TableSource(str(inputs[0]), **columns, cap=cap)
     return FileSource(inputs)

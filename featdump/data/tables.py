@@ -1,8 +1,9 @@
 """Tables (docs/inputs.md): ``.csv``, ``.tsv``, ``.parquet``, ``.jsonl``, one row per image.
 
-Read with pyarrow in record batches, never whole: Parquet by row
-groups (whole groups are skipped by their footer counts on ``--resume`` and for ``--shard``), the
-text formats as streams. The file is opened through :func:`featdump.data.remote.open_input`.
+Read with pyarrow in record batches, never whole: Parquet page by page, in batches of about
+:data:`BATCH_BYTES` (rows per batch from the footer's sizes; whole row groups are skipped by their
+counts on ``--resume`` and for ``--shard``, and not read when their rows average over ``--max-image-bytes``), the text formats as streams of :data:`TEXT_BLOCK`-byte
+blocks (a longer row is an error saying so). Memory does not grow with the file. The file is opened through :func:`featdump.data.remote.open_input`.
 Each row becomes an :class:`~featdump.data.discover.ImageRef`: from a path column (relative to the
 table's folder, stored as written), or from an image-bytes column (binary, or Hugging Face's
 ``{bytes, path}`` struct; stored as the struct's ``path``, else ``ROW:<n>``), with the id column as text.
@@ -21,7 +22,9 @@ from featdump.errors import UsageError
 
 TABLE_EXTENSIONS = (".csv", ".tsv", ".parquet", ".jsonl")
 PATH_COLUMNS = ("path", "image_path", "filepath", "file", "filename", "url")
-BATCH_ROWS = 1024
+BATCH_ROWS = 1024  # the most rows of a batch
+BATCH_BYTES = 64 << 20  # about the most bytes of a batch (Parquet; from the row groups' uncompressed sizes)
+TEXT_BLOCK = 16 << 20  # the block a CSV/TSV/JSONL stream is parsed in: the longest row it reads
 
 
 def is_table_name(name: str) -> bool:
@@ -32,9 +35,10 @@ class Table:
     """One table INPUT: its columns checked and its rows counted when opened (exit 2 on a bad column)."""
 
     def __init__(
-        self, path: str, path_column: str | None, image_column: str | None, id_column: str | None, keep_columns: Sequence[str] | None = None
-    ) -> None:
-        self.path = path
+        self, path: str, path_column: str | None, image_column: str | None, id_column: str | None,
+        keep_columns: Sequence[str] | None, cap: int,
+    ) -> None:  # fmt: skip
+        self.path, self.cap = path, cap  # cap: --max-image-bytes
         self.kind = next(e for e in TABLE_EXTENSIONS if path.lower().endswith(e)).lstrip(".")
         self.folder = os.path.dirname(path)
         import pyarrow
@@ -53,9 +57,11 @@ class Table:
                 raise UsageError(f"{option} {col}: no such column in {path}; columns: {', '.join(names)}")
         if not image_column and not path_column:
             path_column = next((c for c in PATH_COLUMNS if c in names), None)
-            if path_column is None:
+            if path_column is None and self.kind == "parquet":  # Hugging Face's images: {bytes, path} structs
+                image_column = next((f.name for f in schema if _image_struct(self.pa, f.type)), None)
+            if path_column is None and image_column is None:
                 raise UsageError(
-                    f"{path} has none of the columns {', '.join(PATH_COLUMNS)}; name the image column with "
+                    f"{path} has none of the columns {', '.join(PATH_COLUMNS)} nor a column of image structs; name the image column with "
                     f"--path-column or --image-column (columns: {', '.join(names)})"
                 )
         if self.kind not in ("csv", "tsv"):  # the text formats' cells are read as text
@@ -77,7 +83,7 @@ class Table:
         text = types.is_string(kind) or types.is_large_string(kind) or str(kind) == "string_view"
         raw = types.is_binary(kind) or types.is_large_binary(kind) or types.is_fixed_size_binary(kind)
         raw = raw or str(kind) == "binary_view"
-        struct = types.is_struct(kind) and kind.get_field_index("bytes") >= 0
+        struct = _image_struct(self.pa, kind)
         if types.is_null(kind) or (text if path_column else raw or struct):
             return
         if path_column and (raw or struct):
@@ -98,19 +104,19 @@ class Table:
         except OSError as exc:
             raise UsageError(f"cannot read table {self.path}: {exc.strerror or exc}") from None
         except self.pa.ArrowException as exc:
-            raise UsageError(f"cannot read table {self.path}: {str(exc).splitlines()[0]}") from None
+            raise UsageError(f"cannot read table {self.path}: {_arrow_why(exc)}") from None
 
     def _parquet(self, fh: Any) -> Any:
         import pyarrow.parquet as pq
 
-        return pq.ParquetFile(fh)
+        return pq.ParquetFile(fh, buffer_size=1 << 20)  # pages read as needed, not a column chunk whole
 
     def _text(self, fh: Any, columns: list[str] | None) -> Any:
         pa = self.pa
         if self.kind == "jsonl":
             import pyarrow.json as pj
 
-            return pj.open_json(fh)
+            return pj.open_json(fh, read_options=pj.ReadOptions(block_size=TEXT_BLOCK))
         import pyarrow.csv as pc
 
         parse = pc.ParseOptions(delimiter="\t" if self.kind == "tsv" else ",")
@@ -120,13 +126,17 @@ class Table:
             strings_can_be_null=True,
             quoted_strings_can_be_null=False,
         )
-        return pc.open_csv(fh, parse_options=parse, convert_options=convert)
+        read = pc.ReadOptions(block_size=TEXT_BLOCK)
+        return pc.open_csv(fh, read_options=read, parse_options=parse, convert_options=convert)
 
     def _count(self) -> int:
         if self.kind == "parquet":
             with open_input(self.path) as fh:
                 return int(self._parquet(fh).metadata.num_rows)
-        return sum(n for _, n, _ in self._batches(0, count_only=True))
+        try:
+            return sum(n for _, n, _ in self._batches(0, count_only=True))
+        except self.pa.ArrowException as exc:
+            raise UsageError(f"cannot read table {self.path}: {_arrow_why(exc)}") from None
 
     def _batches(self, start: int, count_only: bool = False) -> Iterator[tuple[int, int, Any]]:
         """``(first row, rows, RecordBatch)`` from the batch holding row ``start`` on."""
@@ -134,26 +144,35 @@ class Table:
             at = 0
             if self.kind == "parquet":
                 pf = self._parquet(fh)
-                groups: list[Any] = []
-                end = 0
                 for g in range(pf.metadata.num_row_groups):
-                    n = pf.metadata.row_group(g).num_rows
-                    if groups or end + n > start:
-                        groups.append(g)
-                    else:
-                        at += n  # a whole row group before ``start``: skipped unread
-                    end += n
-                if not groups:
-                    return
-                for batch in pf.iter_batches(batch_size=BATCH_ROWS, row_groups=groups, columns=self.columns):
-                    yield at, batch.num_rows, batch
-                    at += batch.num_rows
+                    group = pf.metadata.row_group(g)
+                    n = group.num_rows
+                    if at + n > start:  # else a whole row group before ``start``: skipped unread
+                        yield from self._row_group(pf, g, at)
+                    at += n
                 return
             reader = self._text(fh, self.columns[:1] if count_only else self.columns)
             for batch in reader:
                 if at + batch.num_rows > start:
                     yield at, batch.num_rows, batch
                 at += batch.num_rows
+
+    def _row_group(self, pf: Any, g: int, at: int) -> Iterator[tuple[int, int, Any]]:
+        """One Parquet row group in batches of at most about :data:`BATCH_BYTES`, from its footer's
+        uncompressed sizes of the columns read: a row's share of a column, or (dictionary-encoded:
+        each row may be its largest value) the whole column. A group whose rows average over the
+        cap is not read: ``batch`` None."""
+        group, n = pf.metadata.row_group(g), pf.metadata.row_group(g).num_rows
+        chunks = [group.column(i) for i in range(group.num_columns)]
+        chunks = [c for c in chunks if c.path_in_schema.split(".")[0] in self.columns]
+        if sum(c.total_uncompressed_size for c in chunks) > n * self.cap:
+            yield at, n, None
+            return
+        row = sum(c.total_uncompressed_size // (1 if c.has_dictionary_page else max(n, 1)) for c in chunks)
+        rows = max(1, min(BATCH_ROWS, BATCH_BYTES // max(row, 1)))
+        for batch in pf.iter_batches(batch_size=rows, row_groups=[g], columns=self.columns):
+            yield at, batch.num_rows, batch
+            at += batch.num_rows
 
     # ------------------------------------------------------------------ rows -> refs
 
@@ -163,24 +182,28 @@ class Table:
             return
         try:
             for first, n, batch in self._batches(start):
-                cols = {name: batch.column(name).to_pylist() for name in self.columns}
+                cols = {name: batch.column(name).to_pylist() for name in self.columns} if batch else {}
                 for k in range(max(0, start - first), n):
                     row = first + k
                     if row >= stop:
                         return
+                    if batch is None:
+                        why = f"row {row}: its row group averages more than --max-image-bytes ({self.cap} bytes) a row"
+                        yield ImageRef(f"ROW:{row}", "", id="" if self.id_column else None, error=why)
+                        continue
                     values = {c: v[k] for c, v in cols.items()}
                     ref = self._ref(row, values)
                     yield replace(ref, meta={c: "" if values[c] is None else str(values[c]) for c in self.keep}) if self.keep else ref
         except self.pa.ArrowException as exc:
             from featdump.errors import FeatdumpError
 
-            raise FeatdumpError(f"cannot read table {self.path}: {str(exc).splitlines()[0]}") from None
+            raise FeatdumpError(f"cannot read table {self.path}: {_arrow_why(exc)}") from None
 
     def _ref(self, row: int, values: dict[str, Any]) -> ImageRef:
         ident = None
         if self.id_column:
             v = values[self.id_column]
-            ident = "" if v is None else str(v)
+            ident = "" if v is None or v != v else str(v)  # missing (null, NaN): stored as ""
         if self.image_column:
             v = values[self.image_column]
             stored = f"ROW:{row}"
@@ -197,3 +220,15 @@ class Table:
         entry = str(v).strip()
         source = entry if os.path.isabs(entry) or is_url(entry) else os.path.join(self.folder, entry)
         return ImageRef(entry, source, id=ident)
+
+
+def _arrow_why(exc: BaseException) -> str:
+    """pyarrow's first line, but a row longer than a parse block in the user's words."""
+    text = str(exc).splitlines()[0]
+    if "straddl" in text or "block size" in text:
+        return f"a row is longer than {TEXT_BLOCK >> 20} MiB (one row per image is expected)"
+    return text
+
+
+def _image_struct(pa: Any, kind: Any) -> bool:
+    return bool(pa.types.is_struct(kind) and kind.get_field_index("bytes") >= 0)

@@ -15,16 +15,15 @@ import tarfile
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Self
+from typing import Any, Self
 
 from featdump.data.discover import IMAGE_EXTENSIONS
-from featdump.data.remote import open_input
+from featdump.data.remote import MAX_IMAGE_BYTES, open_input, too_big
+from featdump.errors import UsageError
 
 TAR_EXTENSIONS = (".tar", ".tar.gz", ".tgz")
 _KEY = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")  # webdataset's base_plus_ext
 _META = re.compile(r"__[^/]*__($|/)")  # webdataset's skip_meta
-_BRACE = re.compile(r"\{([^{}]*)\}")
-_RANGE = re.compile(r"^(-?\d+)\.\.(-?\d+)$")
 _IMAGE_EXT = frozenset(e.lstrip(".") for e in IMAGE_EXTENSIONS)
 
 
@@ -32,27 +31,33 @@ def is_tar_name(name: str) -> bool:
     return name.lower().endswith(TAR_EXTENSIONS)
 
 
-def expand_braces(pattern: str) -> list[str]:
-    """``train-{000000..000002}.tar`` -> ``train-000000.tar`` ... in order, as ``braceexpand`` does:
-    numeric ranges (up or down; zero padding kept: the width of the longer bound when either has a
-    leading zero) and comma lists; several braces give every combination, the left one slowest."""
-    m = _BRACE.search(pattern)
-    if not m:
-        return [pattern]
-    head, body, tail = pattern[: m.start()], m.group(1), pattern[m.end() :]
-    r = _RANGE.match(body)
-    if r:
-        lo, hi = r.group(1), r.group(2)
-        padded = any(len(s.lstrip("-")) > 1 and s.lstrip("-").startswith("0") for s in (lo, hi))
-        width = max(len(lo), len(hi)) if padded else 0
-        a, b = int(lo), int(hi)
-        step = 1 if b >= a else -1
-        choices = [f"{v:0{width}d}" for v in range(a, b + step, step)]
-    elif "," in body:
-        choices = body.split(",")
-    else:
-        choices = ["{" + body + "}"]  # not a brace expression: kept literally
-    return [head + c + rest for c in choices for rest in expand_braces(tail)]
+MAX_SHARDS = 1_000_000  # the most tar files one run may name (a brace pattern is expanded up to this)
+_INT_RANGE = re.compile(r"\{(-?\d+)\.\.(-?\d+)(?:\.\.-?(\d+))?\}")  # braceexpand's numeric range
+
+
+def expand_braces(pattern: str) -> Iterator[str]:
+    """``train-{000000..000002}.tar`` -> ``train-000000.tar`` ... in order (``braceexpand``: numeric
+    ranges up or down with zero padding kept, comma lists, several braces)."""
+    from braceexpand import braceexpand
+
+    return braceexpand(pattern)
+
+
+def expand_shards(inputs: Sequence[str]) -> Iterator[tuple[int, str]]:
+    """``(INPUT index, shard name)`` of every tar shard the INPUTs name, in order; a UsageError past
+    :data:`MAX_SHARDS`, for a pattern before it is expanded (braceexpand lists each range whole)."""
+    count = 0
+    for k, raw in enumerate(inputs):
+        bound = 1
+        for a, b, step in _INT_RANGE.findall(raw):
+            bound *= abs(int(b) - int(a)) // int(step or 1) + 1
+        if bound > MAX_SHARDS:
+            raise UsageError(f"{raw} names {bound} tar shards, more than {MAX_SHARDS}; give a smaller brace range")
+        for name in expand_braces(raw):
+            count += 1
+            if count > MAX_SHARDS:
+                raise UsageError(f"{raw} names more than {MAX_SHARDS} tar shards; give fewer (a smaller brace range)")
+            yield k, name
 
 
 _NUMBERED = re.compile(r"^(.*?)(\d+)(\.tar|\.tar\.gz|\.tgz)$", re.IGNORECASE)
@@ -72,7 +77,7 @@ def shard_pattern(names: Sequence[str]) -> str | None:
         return None
     (_, first, head, ext), (_, last, _, _) = found[0], found[-1]
     pattern = f"{head}{{{first}..{last}}}{ext}"
-    return pattern if expand_braces(pattern) == [f"{h}{d}{e}" for _, d, h, e in found] else None
+    return pattern if list(expand_braces(pattern)) == [f"{h}{d}{e}" for _, d, h, e in found] else None
 
 
 def _tar_extension(name: str) -> str:
@@ -103,6 +108,18 @@ def shards_hint(folder: str) -> str:
     return f"; it holds {many} (WebDataset): give them as INPUTs, e.g. {how}"
 
 
+def glob_hint(name: str) -> str:
+    """For a shard name that is a quoted shell glob: the brace pattern (or the shell) that gives
+    the shards it matches; "" for any other name."""
+    import glob
+
+    if not glob.has_magic(name):
+        return ""
+    pattern = shard_pattern(sorted(glob.glob(name)))
+    how = f"the brace pattern '{pattern}'" if pattern else "a brace pattern"
+    return f"; a glob is not expanded: give {how}, or leave the glob unquoted for the shell"
+
+
 def split_key(name: str) -> tuple[str | None, str]:
     """A member name -> ``(key, extension)``; ``(None, "")`` for names webdataset skips."""
     m = _KEY.match(name)
@@ -131,9 +148,19 @@ class _Damaged(Exception):
     """A header that is not a tar header, or the data ending without the end-of-archive blocks."""
 
 
+HEADER_BYTES = 1 << 20  # the largest PAX or GNU long-name header read (tarfile reads one whole)
+_HEADERS = (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE)
+
+
 class _StrictInfo(tarfile.TarInfo):
     """``tarfile`` ends a stream quietly at a bad header after the first (and reads a short file as
-    ending there); here that is damage, so the rest of the shard becomes a /failed record."""
+    ending there), and reads a PAX or long-name header whole, whatever size it claims; here both
+    are damage, so the rest of the shard becomes a /failed record."""
+
+    def _proc_member(self, tarfile_: tarfile.TarFile) -> Any:
+        if self.type in _HEADERS and self.size > HEADER_BYTES:
+            raise _Damaged(f"a {self.size}-byte PAX or long-name header, over {HEADER_BYTES} bytes")
+        return super()._proc_member(tarfile_)  # type: ignore[misc]
 
     @classmethod
     def fromtarfile(cls, tarfile_: tarfile.TarFile) -> Self:
@@ -181,13 +208,15 @@ def count_samples(shard: str) -> int | None:
     return keys
 
 
-def read_samples(shard: str, keep: Sequence[str] = ()) -> Iterator[TarSample]:
+def read_samples(shard: str, keep: Sequence[str] = (), cap: int = MAX_IMAGE_BYTES) -> Iterator[TarSample]:
     """The samples of one shard, in tar order, with the text of their ``keep`` members (by extension).
-    A truncated or corrupt tar ends with one ``TarSample`` whose ``offset`` is set (the rest of the shard could not be read); the sample
-    being read when the damage was found is part of that rest. Opening errors propagate (OSError)."""
+    An image or kept member over ``cap`` bytes is not read (its sample is a failure). A truncated or
+    corrupt tar ends with one ``TarSample`` whose ``offset`` is set (the rest of the shard could not
+    be read); the sample being read when the damage was found is part of that rest. Opening errors
+    propagate (OSError)."""
     fh = open_input(shard)
     key: str | None = None  # the sample being gathered
-    member, data, start = "", None, 0
+    member, data, start, error = "", None, 0, ""
     exts: list[str] = []
     texts: dict[str, str] = {}
     try:
@@ -200,10 +229,14 @@ def read_samples(shard: str, keep: Sequence[str] = ()) -> Iterator[TarSample]:
                 name = info.name
                 if k != key:
                     if key is not None:
-                        yield _sample(key, member, data, exts, texts)
-                    key, member, data, exts, start, texts = k, "", None, [], info.offset, {}
+                        yield _sample(key, member, data, exts, texts, error)
+                    key, member, data, exts, start, texts, error = k, "", None, [], info.offset, {}, ""
                 exts.append(ext)
-                if data is None and is_image_ext(ext):
+                image = data is None and is_image_ext(ext)
+                if (image or ext in keep) and info.size > cap:  # not read: tarfile skips its data in blocks
+                    error = error or too_big(f"member {name} ({info.size} bytes)", cap)
+                    member = name if image else member
+                elif image and not error:
                     f = stream.extractfile(info)
                     data, member = (f.read() if f is not None else b""), name
                 elif ext in keep and (f := stream.extractfile(info)) is not None:
@@ -215,7 +248,7 @@ def read_samples(shard: str, keep: Sequence[str] = ()) -> Iterator[TarSample]:
             yield TarSample(key or "", "", None, f"rest of the shard unreadable from byte {at} (truncated or corrupt tar: {why})", at)
             return
         if key is not None:
-            yield _sample(key, member, data, exts, texts)
+            yield _sample(key, member, data, exts, texts, error)
     finally:
         fh.close()
 
@@ -224,7 +257,9 @@ def _offset(stream: tarfile.TarFile | None) -> int:
     return int(getattr(stream, "offset", 0)) if stream is not None else 0
 
 
-def _sample(key: str, member: str, data: bytes | None, exts: list[str], texts: dict[str, str]) -> TarSample:
+def _sample(key: str, member: str, data: bytes | None, exts: list[str], texts: dict[str, str], error: str) -> TarSample:
+    if error:
+        return TarSample(key, member, None, error)
     if data is None:
         found = ", ".join("." + e for e in exts)
         return TarSample(key, "", None, f"sample {key!r} has no image member (found: {found})")

@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from featdump.data.batching import Loader, Rows
+from featdump.data.remote import StoreStopped
 from featdump.data.sources import Source, open_source
 from featdump.errors import FeatdumpWarning, Interrupted, UsageError
 from featdump.model.backbone import backbone_for
@@ -138,6 +139,9 @@ def _loop(loader: Iterable[Rows], forward: Forward, writer: Writer, progress: Pr
     except KeyboardInterrupt:
         writer.discard()  # a repeated signal: leave quickly, the file keeps its last commit
         raise
+    except StoreStopped:
+        if not stop.stopped:
+            raise  # else a stop request cut an image fetch: the caller reports the interruption
     finally:
         writer.close()
 
