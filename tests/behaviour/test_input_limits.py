@@ -74,8 +74,8 @@ def _header(name: str, kind: bytes, size: int, real_size: int | None = None) -> 
 
 @pytest.mark.slow
 def test_tar_members_and_headers_past_the_caps_are_failed_records(data: dict[str, Any], tmp_path: Path) -> None:
-    """A GNU sparse member of 4 GiB (a 512-byte header on disk), a 300 MB member in a .tar.gz and a
-    PAX header claiming 3 GiB: each a /failed record, the samples around them kept, under 6 GB of
+    """A GNU sparse member of 4 GiB (a 512-byte header on disk), a 300 MB member in a .tar.gz, a
+    PAX header claiming 3 GiB and a GNU long name claiming 2 GiB: each a /failed record, the samples around them kept, under 6 GB of
     address space. The sample being read when the PAX header is found (f.png) is part of the rest."""
     a, b, c, d, e, f = data["pngs"][:6]
     sparse = tmp_path / "s-0.tar"
@@ -85,15 +85,18 @@ def test_tar_members_and_headers_past_the_caps_are_failed_records(data: dict[str
         fh.write(_member("d.png", d) + _member("zeros.png", bytes(300 << 20)) + _member("e.png", e) + b"\0" * 1024)
     pax = tmp_path / "s-2.tar"
     pax.write_bytes(_member("b.png", b) + _member("f.png", f) + _header("././@PaxHeader", tarfile.XHDTYPE, 3 << 30) + b"x" * 4096)
+    long = tmp_path / "s-3.tar"
+    long.write_bytes(_header("././@LongLink", tarfile.GNUTYPE_LONGNAME, 2 << 30) + b"x" * 4096)
     out = tmp_path / "o.h5"
-    proc = limited(*argv([str(sparse), str(packed), str(pax)], out, data["ckpt"]))
+    proc = limited(*argv([str(sparse), str(packed), str(pax), str(long)], out, data["ckpt"]))
     assert proc.returncode == 0, proc.stderr
     got = features(out)
     assert [p.rsplit("/", 1)[1] for p in got["paths"]] == ["a.png", "c.png", "d.png", "e.png", "b.png"]
-    assert got["failed"] == [f"{sparse}/big.png", f"{packed}/zeros.png", f"{pax}@{512 + len(b) + (-len(b) % 512)}"]
+    assert got["failed"] == [f"{sparse}/big.png", f"{packed}/zeros.png", f"{pax}@{512 + len(b) + (-len(b) % 512)}", f"{long}@0"]
     assert "member big.png (4294967296 bytes) holds more than --max-image-bytes (268435456 bytes)" in got["errors"][0]
     assert "member zeros.png (314572800 bytes) holds more than --max-image-bytes" in got["errors"][1]
     assert "a 3221225472-byte PAX or long-name header, over 1048576 bytes" in got["errors"][2]
+    assert "a 2147483648-byte PAX or long-name header, over 1048576 bytes" in got["errors"][3]
 
 
 @pytest.fixture
@@ -103,15 +106,17 @@ def fifo(tmp_path: Path) -> Path:
     return path
 
 
-def test_file_urls_get_the_checks_of_plain_paths(data: dict[str, Any], tmp_path: Path, fifo: Path) -> None:
-    """``file:///dev/zero`` and a ``file://`` FIFO in a list are /failed records at once (a plain
-    path's checks), as is an image over ``--max-image-bytes``; the good images are rows."""
+@pytest.mark.parametrize("kind", ["list", "table"])
+def test_file_urls_get_the_checks_of_plain_paths(data: dict[str, Any], tmp_path: Path, fifo: Path, kind: str) -> None:
+    """``file:///dev/zero`` and a ``file://`` FIFO in a list or a table are /failed records at once
+    (a plain path's checks), as is an image over ``--max-image-bytes``; the good images are rows."""
     from conftest import run
 
     for k in range(2):
         (tmp_path / f"good{k}.png").write_bytes(data["pngs"][k])
-    listing = tmp_path / "list.txt"
-    listing.write_text(f"good0.png\nfile:///dev/zero\nfile://{fifo}\nfile://{tmp_path}/good1.png\n{tmp_path}/big.png\n")
+    listing = tmp_path / ("list.txt" if kind == "list" else "t.csv")
+    entries = f"good0.png\nfile:///dev/zero\nfile://{fifo}\nfile://{tmp_path}/good1.png\n{tmp_path}/big.png\n"
+    listing.write_text(entries if kind == "list" else "path\n" + entries)
     (tmp_path / "big.png").write_bytes(data["pngs"][2] + bytes(1 << 20))
     out = tmp_path / "o.h5"
     proc = run(*argv(str(listing), out, data["ckpt"], "--max-image-bytes", str(1 << 20)), timeout=120)
