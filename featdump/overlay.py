@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from featdump.data.findinput import locate_rows, read_found
+from featdump.store.findinput import locate_rows, read_found
 from featdump.errors import UsageError
 from featdump.viz import (
     BACKGROUND,

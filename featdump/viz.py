@@ -1,7 +1,7 @@
 """``featdump viz``: a picture of stored feature maps (Pillow and numpy only).
 
 One row per chosen image: the input as the model saw it (resized and centre-cropped with the file's
-preprocessing settings, read again from the recorded inputs: featdump/data/findinput.py), then one
+preprocessing settings, read again from the recorded inputs: featdump/store/findinput.py), then one
 tile per layer.
 Spatial maps become a PCA of the channels mapped to RGB, fitted per layer across all shown
 images (so colours are comparable along a column), and upsampled to a common tile size. Token
@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from featdump.data.findinput import locate_rows, read_found
+from featdump.store.findinput import locate_rows, read_found
 from featdump.data.lookup import Wanted
 from featdump.errors import UsageError
 from featdump.vizdraw import (
@@ -50,7 +50,7 @@ class VizResult:
     rows: list[int]
     layers: list[str]
     inputs: dict[str, str] = field(default_factory=dict)  # stored path -> where it was read ("" = missing)
-    why: str = ""  # why an input is missing (featdump/data/findinput.py)
+    why: str = ""  # why an input is missing (featdump/store/findinput.py)
 
     @property
     def missing(self) -> list[str]:

@@ -156,7 +156,7 @@ def verify_file(path: str | Path, n: int = 8, seed: int = 0, device: str = "auto
 
     from featdump import open as open_file
     from featdump.data.batching import Loader
-    from featdump.data.findinput import locate_rows
+    from featdump.store.findinput import locate_rows
     from featdump.data.remote import RESUME_HINT, StoreStopped
     from featdump.model.backbone import backbone_for
     from featdump.options import resolve
