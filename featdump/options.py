@@ -33,6 +33,7 @@ from featdump.values import (
     path_or_none,
     stored_stride,
     stride_attr,
+    unpinned,
 )
 
 Precision = Literal["fp32", "fp16", "bf16"]
@@ -405,21 +406,24 @@ def resolve(
 
     ``given`` holds only the options the user actually typed (plus ``model``/``inputs``/``output``
     when present); ``file_values`` comes from :func:`load_toml`; ``like_values`` are the meaning
-    settings read from a ``--like`` file (featdump/store/like.py): a typed flag outside
-    :data:`EXECUTION` that differs from them is a UsageError naming it. Returns a ``cls`` (an
+    settings read from a ``--like`` file (featdump/store/like.py): a typed meaning flag that
+    differs from them is a UsageError naming it. Returns a ``cls`` (an
     :class:`ExtractConfig`).
     """
     merged: dict[str, Any] = dict(file_values or {})
+    given = dict(given)
     if like_values is not None:
         table = {o.name: o for o in options_of(cls)}
-        for name, value in given.items():
+        for name, value in list(given.items()):
             option = table.get(name)
             if value is None or option is None or not option.meaning or name not in like_values:
                 continue
             theirs = like_values[name]
             if theirs is not None:
                 theirs = _check(option, theirs)
-            if _check(option, value) != theirs:
+            if _check(option, value) == unpinned(theirs):
+                del given[name]  # the file's value, with its sha256 pins (--process pca:K:FILE)
+            else:
                 execution = ", ".join(flag_of(o) for o in table.values() if not o.meaning and o.flags and o.name != "like")
                 raise UsageError(
                     f"--like {like_path(given, file_values)}: {flag_of(option, value)} {value!r} changes what the "

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from featdump.store.findinput import locate_rows, read_found
 from featdump.errors import UsageError
+from featdump.store.findinput import locate_rows, read_found
 from featdump.viz import (
     BACKGROUND,
     LABEL_H,

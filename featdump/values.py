@@ -109,6 +109,16 @@ def parse_process(value: str | list[str] | tuple[str, ...] | None) -> tuple[str,
     return out
 
 
+PIN = " sha256:"  # a file a setting reads, pinned: ``pca:8:basis.npz sha256:HEX`` (run/processors.py)
+
+
+def unpinned(value: Any) -> Any:
+    """A setting without its sha256 pins: what a user types for it."""
+    if isinstance(value, tuple):
+        return tuple(str(v).split(PIN)[0] for v in value)
+    return value
+
+
 def check_choice(name: str, value: Any, choices: tuple) -> Any:
     if value not in choices:
         shown = "|".join(str(c) for c in choices)

@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from featdump.store.findinput import locate_rows, read_found
 from featdump.data.lookup import Wanted
 from featdump.errors import UsageError
+from featdump.store.findinput import locate_rows, read_found
 from featdump.vizdraw import (
     PALETTE,
     SCATTER_MIN,

@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 
 import featdump
-from featdump.store.findinput import find_input
 from featdump.data.transform import SplitTransform
+from featdump.store.findinput import find_input
 from featdump.store.format import inputs_attr, read_inputs_attr
 from featdump.viz import model_transform
 

@@ -35,6 +35,7 @@ from typing import Any
 
 from featdump.errors import FeatdumpError, UsageError
 from featdump.text import first_line
+from featdump.values import PIN
 
 GROUP = "featdump.processors"
 
@@ -241,9 +242,6 @@ class Step:
     spec: str
     run: Any
     files: tuple[str, ...] = ()  # the files it reads (its class's ``FILE_ARGS``), pinned by sha256
-
-
-PIN = " sha256:"
 
 
 def load(specs: Sequence[str] | None) -> list[Step]:

@@ -156,7 +156,6 @@ def verify_file(path: str | Path, n: int = 8, seed: int = 0, device: str = "auto
 
     from featdump import open as open_file
     from featdump.data.batching import Loader
-    from featdump.store.findinput import locate_rows
     from featdump.data.remote import RESUME_HINT, StoreStopped
     from featdump.model.backbone import backbone_for
     from featdump.options import resolve
@@ -164,6 +163,7 @@ def verify_file(path: str | Path, n: int = 8, seed: int = 0, device: str = "auto
     from featdump.run.device import resolve_device
     from featdump.run.forward import Forward
     from featdump.store.check import input_kind
+    from featdump.store.findinput import locate_rows
     from featdump.store.like import read_attrs, recorded_options
 
     if n < 1:

@@ -90,11 +90,13 @@ def test_a_changed_pca_basis_is_refused_by_like_verify_merge_and_resume(tmp_path
     with featdump.open(old) as f:
         assert f.meta["process"] == [f"pca:3:{basis} sha256:{sha}"]
     assert run("verify", str(old), "-n", "1").returncode == 0
-    like = tmp_path / "like.h5"  # unchanged basis: --like takes it
-    run("extract", "resnet18", str(imgs), "-o", str(like), "--like", str(old), "-q", check=True)
+    like = tmp_path / "like.h5"  # unchanged basis: --like takes it, the same --process typed again too
+    run("extract", "resnet18", str(imgs), "-o", str(like), "--like", str(old), "--process", f"pca:3:{basis}", "-q", check=True)
+    with featdump.open(like) as f:
+        assert f.meta["process"] == [f"pca:3:{basis} sha256:{sha}"]
 
     np.savez(basis, mean=np.zeros(64, np.float32), components=rng.normal(size=(4, 64)).astype(np.float32))
-    p = run("extract", "resnet18", str(imgs), "-o", str(tmp_path / "x.h5"), "--like", str(old), "-q")
+    p = run("extract", "resnet18", str(imgs), "-o", str(tmp_path / "x.h5"), "--like", str(old), "--process", f"pca:3:{basis}", "-q")
     assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, p.stderr
     assert f"--process pca: {basis} has changed since the file was made" in p.stderr
     assert not (tmp_path / "x.h5").exists()
