@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import codecs, hostpath, inputs, memory, reader, throughput, writer
+from bench import codecs, cpubatch, hostpath, inputs, memory, photos, reader, throughput, writer
 from bench.images import link_many, make_jpegs
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -66,7 +66,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--memory-counts", default=None, help="two image counts for peak RSS [200,800; quick 4,12]")
     p.add_argument("--shard-counts", default=None, help="two tar-shard counts for peak RSS [100,400; quick 4,12]")
     p.add_argument(
-        "--skip", default="", help="comma list of sections to skip: throughput,codecs,memory,reader,writer,host,inputs"
+        "--skip", default="",
+        help="comma list of sections to skip: throughput,photos,cpubatch,codecs,memory,reader,writer,host,inputs",
     )
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results", help="results folder [bench/results]")
     return p.parse_args(argv)
@@ -190,6 +191,10 @@ def markdown(report: dict[str, Any]) -> str:
                 f"{r['float16_mb_s']:.0f} | {r['float16_ratio']:.2f} |"
             )
         lines.append("")
+    if report.get("photos"):
+        lines += photos.markdown(report["photos"])
+    if report.get("cpubatch"):
+        lines += cpubatch.markdown(report["cpubatch"])
     if report.get("writer"):
         lines += writer.markdown(report["writer"])
     if report.get("host"):
@@ -255,6 +260,16 @@ def main(argv: list[str] | None = None) -> int:
             log(f"throughput: {case.label}")
             result = throughput.measure_case(case, paths, device, reps, quick, log)
             report["throughput"].append(throughput.summarize(result))
+
+    if "photos" not in skip and device.type == "cpu":
+        log("photos: featdump on 0.1-4.5 MP JPEGs, all levels, float16, against the best bare forward")
+        report["photos"] = photos.measure(cache, reps, quick, log)
+
+    if "cpubatch" not in skip and device.type == "cpu":
+        log("cpubatch: the bare forward pass per batch size, several models")
+        models = ("resnet18",) if quick else cpubatch.MODELS
+        report["cpubatch"] = cpubatch.measure(models, (4, 8) if quick else cpubatch.SIZES, 1 if quick else 8,
+                                              pool[:16], log)  # fmt: skip
 
     if "codecs" not in skip:
         log("codecs: resnet50 post-ReLU maps")

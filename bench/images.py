@@ -10,7 +10,8 @@ PHOTOS = (
     "astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry",
     "retina", "cat", "colorwheel", "camera", "coins",
 )  # fmt: skip
-MAX_PIXELS = 1_500_000
+MIXED = (0.05, 0.15, 0.3, 0.6, 1.0, 1.5)  # megapixels (times 0.7-1.0) of the default set
+PHOTOS_MP = (0.15, 0.3, 0.6, 1.0, 2.0, 3.0, 4.5)  # camera-sized photos too (bench/photos.py)
 MIN_SIDE = 160
 
 
@@ -30,9 +31,10 @@ def _photos() -> list[object]:
     return out
 
 
-def make_jpegs(folder: Path, count: int, seed: int = 0) -> list[Path]:
-    """``count`` JPEGs (cached by name): random crops of the photos, resized to sizes from
-    ~160 px a side up to ~1.5 MP with mixed aspect ratios, quality 80-95."""
+def make_jpegs(folder: Path, count: int, seed: int = 0, megapixels: tuple[float, ...] = MIXED) -> list[Path]:
+    """``count`` JPEGs (cached by name, so one folder per ``megapixels``): random crops of the
+    photos, resized to sizes from ~160 px a side up to the largest of ``megapixels`` with mixed
+    aspect ratios, quality 80-95."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = [folder / f"img{i:05d}.jpg" for i in range(count)]
     missing = [i for i, p in enumerate(paths) if not p.exists()]
@@ -46,11 +48,11 @@ def make_jpegs(folder: Path, count: int, seed: int = 0) -> list[Path]:
         cw, ch = int(w * rng.uniform(0.5, 1.0)), int(h * rng.uniform(0.5, 1.0))
         x0, y0 = rng.randint(0, w - cw), rng.randint(0, h - ch)
         crop = src.crop((x0, y0, x0 + cw, y0 + ch))  # type: ignore[attr-defined]
-        pixels = rng.choice((0.05, 0.15, 0.3, 0.6, 1.0, 1.5)) * 1e6 * rng.uniform(0.7, 1.0)
+        pixels = rng.choice(megapixels) * 1e6 * rng.uniform(0.7, 1.0)
         aspect = rng.uniform(0.6, 1.8)
         tw = max(MIN_SIDE, int((pixels * aspect) ** 0.5))
         th = max(MIN_SIDE, int(pixels / tw))
-        while tw * th > MAX_PIXELS:
+        while tw * th > max(megapixels) * 1e6:
             tw, th = int(tw * 0.95), int(th * 0.95)
         img = crop.resize((tw, th), resample=3)
         tmp = paths[i].with_suffix(".tmp")

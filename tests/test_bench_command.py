@@ -8,6 +8,7 @@ import pytest
 
 from featdump.options import resolve
 from featdump.run.benchmark import BenchResult, Stage, advise
+from featdump.run.device import CPU_BATCH
 
 
 @pytest.mark.slow
@@ -21,7 +22,7 @@ def test_bench_names_the_limit(cli, photos: Path, tmp_path: Path) -> None:
         assert stage in res.stdout
     assert "limit: " in res.stdout and "Try:" in res.stdout
     assert list(out.parent.iterdir()) == []  # nothing left behind
-    assert "(batch 8," in res.stdout and "batch 8 " in res.stdout  # the header's batch size is the rows'
+    assert f"(batch {CPU_BATCH}," in res.stdout and f"batch {CPU_BATCH} " in res.stdout  # header and rows alike
 
 
 @pytest.mark.slow
@@ -111,5 +112,14 @@ def test_bench_on_large_pngs_says_resize_first(cli, tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     text = " ".join(res.stdout.split())
     assert "0.0039 MiB/image as stored" in text  # resnet18's five pooled levels: 1024 float32 values
-    assert "limit: decode" in text and "resize the images first: they average 3.0 MP" in text
+    assert "limit: decode" in text or "limit: pipeline" in text  # the pipeline: on a machine other jobs load
+    assert "resize the images first: they average 3.0 MP" in text
     assert "--fast-decode" not in text and "--decode gpu" not in text and "--precision" not in text
+
+
+def test_a_pipeline_limit_also_says_what_helps_the_slowest_stage() -> None:
+    r = _result("forward")
+    r.stages[-1] = Stage("pipeline", 20, 10.0)  # 2 img/s against the forward pass's 10 alone
+    advise(r, CFG, "cpu")
+    assert r.limit == "pipeline" and "do not overlap" in r.advice[0]
+    assert any("--img-size" in tip for tip in r.advice[1:])

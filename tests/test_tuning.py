@@ -31,10 +31,10 @@ def test_cpu_defaults_follow_the_cpu_budget(
     cpus: int, workers: int, threads: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr("featdump.run.device.os.sched_getaffinity", lambda pid: set(range(512)), raising=False)
-    from featdump.run.device import tune
+    from featdump.run.device import CPU_BATCH, tune
 
     t = tune(_dev("cpu"), _cfg(), Placement(cpus=cpus))
-    assert (t.workers, t.threads, t.batch_size, t.channels_last) == (workers, threads, 8, True)
+    assert (t.workers, t.threads, t.batch_size, t.channels_last) == (workers, threads, CPU_BATCH, True)
     assert t.decode_nice == (19 if cpus <= 4 else 0)  # decode threads share the forward's cores up to 4
 
 

@@ -91,11 +91,12 @@ def run_benchmark(cfg: ExtractConfig, seconds: float = 60.0, images: int = 300) 
     refs = list(itertools.islice(open_source(cfg.inputs, cfg).select(0, 1).stream(), images))
     if not refs:
         raise UsageError("bench: no images found in the INPUTs")
-    if len(refs) < images:  # few images: go round them again, so that each stage runs long enough
-        refs = (refs * -(-images // len(refs)))[:images]
     device = resolve_device(cfg.device, placement.local_rank)
     check_decode(cfg, device)
     tuning = tune(device, cfg, placement)
+    want = max(images, 3 * tuning.batch_size)  # the timings start after a first batch
+    if len(refs) < want:  # few images: go round them again, so that each stage runs long enough
+        refs = (refs * -(-want // len(refs)))[:want]
     tune_malloc()
     share = seconds / 4
     with torch_settings(device, tuning.threads):
@@ -189,7 +190,8 @@ def advise(result: BenchResult, cfg: ExtractConfig, device: str) -> None:
             "or torch threads), and check that the disk is not shared with another heavy job",
         ],
     }
-    result.advice = [t for t in tips[result.limit] if t]
+    extra = tips[slowest.name] if result.limit == "pipeline" else []  # what helps once the stages overlap
+    result.advice = [t for t in tips[result.limit] + extra if t]
 
 
 class _Steady:

@@ -31,7 +31,13 @@ def test_bench_quick_runs_and_saves_its_report(tmp_path: Path) -> None:
     assert {r["--compression"] for r in report["codecs"]} >= {"none", "gzip", "lzf", "zstd"}
     assert all(0 < r["float16_ratio"] <= 1.01 for r in report["codecs"])
     assert set(report["memory"]["peak_bytes"]) == {"4", "12"}
+    photos = report["photos"]  # camera-sized photos: whole featdump processes against the bare forward
+    assert photos["median"]["featdump bs 8 / best bare"] > 0 and photos["megapixels"][2] <= 4.5
+    assert set(photos["stage_cpu_ms"]) >= {"decode + resize + to-tensor", "forward (bs 8)", "write (uncompressed)"}
+    (row,) = report["cpubatch"]["rows"]  # the bare forward per batch size
+    assert row["model"] == "resnet18" and set(row["of_best_median"]) == {"4", "8"} and row["best"] in (4, 8)
     table = (tmp_path / "latest-quick.md").read_text()
     assert table.strip() in proc.stdout
-    for heading in ("### Throughput", "### Codecs", "### Peak RSS", "featdump / bare forward"):
+    for heading in ("### Throughput", "### Photos on a CPU", "### CPU batch size", "### Codecs", "### Peak RSS",
+                    "featdump / bare forward"):  # fmt: skip
         assert heading in table

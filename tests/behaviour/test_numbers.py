@@ -91,7 +91,7 @@ def test_torch_checkpoint_nested_and_prefixed(cli, random_checkpoint, photos, tm
 
 
 def test_tuned_cpu_run_equals_timm(tmp_path: Path, photos: Path, random_checkpoint: Any) -> None:
-    """Default tuning (channels_last, all cores, workers, batches of 8) against timm's plain
+    """Default tuning (channels_last, all cores, workers, the CPU batch size) against timm's plain
     contiguous forward: the same numbers to float tolerance, with one thread and without."""
     ckpt = random_checkpoint("resnet50")
     sources = sorted(photos.glob("*.jpg"))
