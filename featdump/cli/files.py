@@ -208,9 +208,7 @@ def verify(
 
     report = verify_file(path, n=n, seed=seed, device=device)
     if as_json:
-        data = dataclasses.asdict(report)
-        data["ok"] = report.ok
-        sys.stdout.write(json.dumps(data, indent=2) + "\n")
+        sys.stdout.write(json.dumps({**dataclasses.asdict(report), "ok": report.ok}, indent=2) + "\n")
     elif not quiet:
         console().print(verify_table(report))
     if not report.ok:

@@ -32,15 +32,12 @@ def _unwrap(obj: Any) -> dict[str, Any]:
     import torch
 
     for _ in range(4):
-        if isinstance(obj, dict) and not any(isinstance(v, torch.Tensor) for v in obj.values()):
-            for key in ("state_dict", "model", "model_state_dict", "module"):
-                if isinstance(obj.get(key), dict):
-                    obj = obj[key]
-                    break
-            else:
-                break
-        else:
+        if not isinstance(obj, dict) or any(isinstance(v, torch.Tensor) for v in obj.values()):
             break
+        key = next((k for k in ("state_dict", "model", "model_state_dict", "module") if isinstance(obj.get(k), dict)), None)
+        if key is None:
+            break
+        obj = obj[key]
     if not isinstance(obj, dict) or not obj:
         raise UsageError("checkpoint holds no state dict (expected tensors keyed by timm parameter names)")
     tensors = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}

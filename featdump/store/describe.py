@@ -86,12 +86,8 @@ def check_virtual(path: str | Path) -> list[str]:
     Opens the file on its own (call it while no other handle to ``path`` is open in this process:
     HDF5 refuses a second open with other locking flags).
     """
-    h5 = open_featdump(path)
-    try:
-        virtual = bool(virtual_sources(h5, path))
-    finally:
-        h5.close()
-    return missing_sources(path) if virtual else []
+    open_featdump(path).close()  # exit 2 for a file that is not valid, before its sources are read
+    return missing_sources(path)
 
 
 # Registered HDF5 filter ids (https://github.com/HDFGroup/hdf5_plugins, RegisteredFilterPlugins.md).
@@ -141,6 +137,7 @@ def summarize_file(path: str | Path, max_failures: int = 10) -> dict[str, Any]:
         features = h5.get("features")
         for name, ds in features.items() if features is not None else []:
             rows = int(ds.shape[0]) if ds.shape else 0
+            mapped = sources.get(ds.name.lstrip("/"), [])
             raw = int(ds.dtype.itemsize) * int(ds.size)
             virtual = bool(ds.is_virtual)
             stored = 0 if virtual else int(ds.id.get_storage_size())
@@ -155,10 +152,8 @@ def summarize_file(path: str | Path, max_failures: int = 10) -> dict[str, Any]:
                     "raw_bytes": raw,
                     "ratio": round(stored / raw, 3) if raw else None,  # stored/raw, as in extract
                     "virtual": virtual,
-                    "virtual_sources": len({e["file"] for e in sources.get(ds.name.lstrip("/"), [])}),
-                    "missing_sources": len(
-                        {e["resolved"] for e in sources.get(ds.name.lstrip("/"), []) if not e["exists"]}
-                    ),
+                    "virtual_sources": len({e["file"] for e in mapped}),
+                    "missing_sources": len({e["resolved"] for e in mapped if not e["exists"]}),
                     "uncommitted_rows": max(0, rows - num_images),
                     "attrs": {k: read_attr(v) for k, v in ds.attrs.items()},
                 }

@@ -110,10 +110,7 @@ class Folder:
     def manifest(self) -> dict[str, Any] | None:
         """The export's manifest, or None where there is none (or it is not one of featdump's)."""
         try:
-            if self.local:
-                found = json.loads(Path(self.path(MANIFEST)).read_text())
-            else:
-                found = json.loads(self.fs.cat_file(self.path(MANIFEST)))
+            found = json.loads(Path(self.path(MANIFEST)).read_text() if self.local else self.fs.cat_file(self.path(MANIFEST)))
         except (OSError, ValueError):
             return None
         return found if isinstance(found, dict) and found.get("featdump_export") == 1 else None

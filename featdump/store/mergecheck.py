@@ -134,12 +134,6 @@ def _run_key(s: Shard) -> tuple[str, int, int]:
     return setting_text(s.attrs.get("list_digest")), s.list_size, s.count
 
 
-def _whole(run: Sequence[Shard]) -> bool:
-    """Does ``run`` hold every shard index of its run?"""
-    count = run[0].count
-    return len({s.index for s in run}) == count  # indices are checked to lie in [0, count)
-
-
 def check_runs(files: Sequence[Shard], allow_partial: bool = False) -> list[list[Shard]]:
     """The runs to join, in the order given, each its shards in index order; or a UsageError naming
     the first file that does not fit.
@@ -153,7 +147,8 @@ def check_runs(files: Sequence[Shard], allow_partial: bool = False) -> list[list
     runs: dict[tuple[str, int, int], list[Shard]] = {}
     for s in files:
         runs.setdefault(_run_key(s), []).append(s)
-    if len(runs) <= 1 or not all(_whole(run) for run in runs.values()):
+    # a run is whole when it holds every shard index (indices are checked to lie in [0, count))
+    if len(runs) <= 1 or not all(len({s.index for s in run}) == run[0].count for run in runs.values()):
         return [check_shards(files, allow_partial)]
     ordered = [check_shards(run, allow_partial) for run in runs.values()]
     ref = ordered[0][0]
