@@ -1,11 +1,7 @@
-"""``extract --ray``: the job as N shard tasks on a Ray cluster, then a virtual merge at ``-o``.
-
-Ray schedules and retries; featdump submits one task per unfinished shard and waits. A task is the
-shard's own run with ``resume=True``, so a retry (failed task, lost node) and a rerun of the command
-go on from the shard file's last commit; complete shards are left as they are. Tasks run in the
-driver's working directory (relative paths mean the same on every node); ``-o``'s folder must be
-storage every node sees, checked first with a marker file each node reads back.
-"""
+"""``extract --ray``: one Ray task per unfinished shard (its run with ``resume=True``: a retry or a
+rerun goes on from the file's last commit), then a virtual merge at ``-o``. Ray schedules and retries;
+featdump submits and waits. Tasks run in the driver's working directory; ``-o``'s folder must be
+storage every node sees (:func:`check_nodes`)."""
 
 from __future__ import annotations
 
@@ -19,6 +15,7 @@ from typing import Any
 
 from featdump.errors import FeatdumpError, Interrupted, UsageError
 from featdump.options import ExtractConfig
+from featdump.progress import Counter
 from featdump.run.placement import shard_output_path
 from featdump.run.results import ProgressSink
 from featdump.run.signals import StopToken
@@ -52,17 +49,15 @@ def run_on_ray(cfg: ExtractConfig, progress: ProgressSink | None = None, stop: S
     try:
         check_nodes(ray, cfg.output)
         gpu = cfg.device.startswith("cuda") or (cfg.device == "auto" and ray.cluster_resources().get("GPU", 0) > 0)
-        task = ray.remote(_shard).options(
-            num_gpus=1 if gpu else 0, num_cpus=(cfg.workers or 0) + 1, max_retries=cfg.ray_retries, retry_exceptions=True
-        )
-        here = _pin(ray, ray.get_runtime_context().get_node_id(), soft=True)  # the driver's node: not one that dies
+        needs = {"num_gpus": 1 if gpu else 0, "num_cpus": (cfg.workers or 0) + 1}  # CPU tasks: the decoding workers + 1
+        task = ray.remote(_shard).options(**needs, max_retries=cfg.ray_retries, retry_exceptions=True)
+        pin = ray.util.scheduling_strategies.NodeAffinitySchedulingStrategy
+        here = pin(ray.get_runtime_context().get_node_id(), soft=True)  # the driver's node: not one that dies
         counts: Any = ray.remote(_Counts).options(num_cpus=0, scheduling_strategy=here).remote()
         shard_cfg = dataclasses.replace(cfg, ray=None, shards=None, resume=True, overwrite=False, quiet=True,
                                         device="cuda" if gpu else cfg.device)  # fmt: skip
-        pending = {
-            task.remote(dataclasses.replace(shard_cfg, shard=(i, count)), os.getcwd(), counts): i
-            for i in range(count) if i not in done
-        }  # fmt: skip
+        cwd = os.getcwd()
+        pending = {task.remote(dataclasses.replace(shard_cfg, shard=(i, count)), cwd, counts): i for i in range(count) if i not in done}
         failed: dict[int, BaseException] = {}
         progress.start(total, sum(done.values()), cfg.model)
         shown = 0
@@ -104,18 +99,14 @@ def _shard(cfg: ExtractConfig, cwd: str, counts: Any) -> None:
         run_extraction(cfg, _Report(counts, cfg.shard[0] if cfg.shard else 0))
 
 
-class _Report(ProgressSink):
-    """A task's progress: images done in its shard (a retry restarts from what its file holds)."""
+class _Report(Counter, ProgressSink):
+    """A task's progress: images done in its shard (a retry starts from what its file holds)."""
 
     def __init__(self, counts: Any, index: int) -> None:
-        self.counts, self.index, self.done = counts, index, 0
-
-    def start(self, total: int | None, done: int, description: str) -> None:
-        self.done = done
-        self.advance(0)
+        self.counts, self.index = counts, index
 
     def advance(self, images: int) -> None:
-        self.done += images
+        super().advance(images)
         self.counts.put.remote(self.index, self.done)
 
 
@@ -138,8 +129,8 @@ def check_nodes(ray: Any, output: str) -> None:
     marker, token = folder / f".featdump-ray-check-{secrets.token_hex(6)}", secrets.token_hex(8)
     marker.write_text(token)  # preflight saw that the folder is writable
     try:
-        nodes, check = [n for n in ray.nodes() if n["Alive"]], ray.remote(sees)
-        pins = [_pin(ray, n["NodeID"], soft=False) for n in nodes]
+        nodes, check, pin = [n for n in ray.nodes() if n["Alive"]], ray.remote(sees), ray.util.scheduling_strategies
+        pins = [pin.NodeAffinitySchedulingStrategy(n["NodeID"], soft=False) for n in nodes]
         refs = [check.options(num_cpus=0, max_retries=0, scheduling_strategy=p).remote(str(marker), token) for p in pins]
         for node, seen in zip(nodes, ray.get(refs), strict=True):
             if seen:
@@ -147,10 +138,6 @@ def check_nodes(ray: Any, output: str) -> None:
                 raise UsageError(f"-o {output} is not on storage every Ray node sees: {where}; put it on a shared file system")
     finally:
         marker.unlink(missing_ok=True)
-
-
-def _pin(ray: Any, node: str, soft: bool) -> Any:
-    return ray.util.scheduling_strategies.NodeAffinitySchedulingStrategy(node, soft=soft)
 
 
 def sees(marker: str, token: str) -> str | None:
