@@ -9,7 +9,6 @@ stopped answering".
 
 from __future__ import annotations
 
-import threading
 import zlib
 from typing import Any
 
@@ -22,24 +21,9 @@ from featdump.data.remote import (
     retry,
     scheme,
     too_big,
+    unless_stopped,
     why_failed,
 )
-
-# set by a stop request (run/signals.py): image URLs being fetched give up within a quarter second
-STOPPING = threading.Event()
-
-
-async def _unless_stopped(job: Any) -> Any:
-    """``await job``, given up (:class:`StoreStopped`) within a quarter second of a stop request."""
-    import asyncio
-
-    task = asyncio.ensure_future(job)
-    while not task.done():
-        await asyncio.wait({task}, timeout=0.25)
-        if STOPPING.is_set() and not task.done():
-            task.cancel()
-            raise StoreStopped("stopped by a stop request while an image was being fetched")
-    return task.result()
 
 
 async def _http_get(fs: Any, url: str, cap: int) -> bytes:
@@ -81,7 +65,7 @@ def _read_capped(fs: Any, inner: str, url: str, cap: int) -> bytes:
     if scheme(url) in ("http", "https"):
         from fsspec.asyn import sync
 
-        return sync(fs.loop, _unless_stopped, _http_get(fs, inner, cap))
+        return sync(fs.loop, unless_stopped, _http_get(fs, inner, cap))
     with fs.open(inner, "rb") as fh:
         if (getattr(fh, "size", None) or 0) > cap:
             raise ValueError(too_big(f"{url} ({fh.size} bytes)", cap))

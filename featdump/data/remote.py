@@ -29,6 +29,7 @@ import os
 import re
 import socket
 import stat
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any, BinaryIO
@@ -60,6 +61,8 @@ EXTRAS: dict[str, tuple[str, str]] = {
 
 
 RESUME_HINT = "rerun the same command with --resume to continue from the last commit"
+# set by a stop request (run/signals.py): HTTP reads under way give up within a quarter second
+STOPPING = threading.Event()
 
 
 class RemoteUnreachable(FeatdumpError):
@@ -281,6 +284,19 @@ def retry(url: str, call: Any, hint: bool = True) -> Any:
     raise AssertionError("unreachable")
 
 
+async def unless_stopped(job: Any) -> Any:
+    """``await job``, given up (:class:`StoreStopped`) within a quarter second of a stop request."""
+    import asyncio
+
+    task = asyncio.ensure_future(job)
+    while not task.done():
+        await asyncio.wait({task}, timeout=0.25)
+        if STOPPING.is_set() and not task.done():
+            task.cancel()
+            raise StoreStopped("stopped by a stop request while a remote read waited")
+    return task.result()
+
+
 def open_input(path: str) -> BinaryIO:
     """A binary file object reading ``path`` from its start (caller closes it).
 
@@ -292,7 +308,13 @@ def open_input(path: str) -> BinaryIO:
         return open_regular(local, empty=True)
     fs, inner = filesystem(path)
     fh = retry(path, lambda: fs.open(inner, "rb", block_size=BLOCK_SIZE, cache_type="readahead"))
-    return _Retrying(path, fh) if scheme(path) in ("http", "https") else fh  # type: ignore[return-value]
+    if scheme(path) not in ("http", "https"):
+        return fh
+    if hasattr(fh, "async_fetch_range"):  # each block's request given up at a stop request
+        from fsspec.asyn import sync
+
+        fh.cache.fetcher = lambda start, end: sync(fs.loop, unless_stopped, fh.async_fetch_range(start, end))
+    return _Retrying(path, fh)  # type: ignore[return-value]
 
 
 def stat_input(path: str) -> int:

@@ -35,7 +35,7 @@ class StopToken:
 
 
 def _fetches() -> threading.Event:
-    from featdump.data.imagefetch import STOPPING
+    from featdump.data.remote import STOPPING
 
     return STOPPING
 

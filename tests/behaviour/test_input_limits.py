@@ -227,8 +227,9 @@ class Hostile(BaseHTTPRequestHandler):
         pass
 
     def do_HEAD(self) -> None:  # noqa: N802 - http.server's naming
-        self.send_response(405)
-        self.send_header("Content-Length", "0")
+        tar = self.path == "/drip.tar"  # a tar shard of 1 MiB, read by ranges
+        self.send_response(200 if tar else 405)
+        self.send_header("Content-Length", str(1 << 20) if tar else "0")
         self.end_headers()
 
     def do_GET(self) -> None:  # noqa: N802
@@ -243,8 +244,11 @@ class Hostile(BaseHTTPRequestHandler):
                 return self.end_headers()
             if name == "bomb.png":
                 return self._answer(200, self.bomb, {"Content-Encoding": "gzip"})
-            self.send_response(200)
-            self.send_header("Content-Length", str(1 << 40))
+            ranged = name == "drip.tar"  # its range answered at once, then dripped
+            self.send_response(206 if ranged else 200)
+            if ranged:
+                self.send_header("Content-Range", f"bytes 0-{(1 << 20) - 1}/{1 << 20}")
+            self.send_header("Content-Length", str(1 << 20 if ranged else 1 << 40))
             self.end_headers()
             while name == "endless.png":
                 self.wfile.write(bytes(1 << 16))
@@ -252,7 +256,7 @@ class Hostile(BaseHTTPRequestHandler):
                 self.wfile.write(self.pngs[0][:100])
                 self.close_connection = True
                 return None
-            for _ in range(200):  # drip.png: a byte every 5 s
+            for _ in range(200):  # drip.png, drip.tar: a byte every 5 s
                 self.wfile.write(b"\0")
                 self.wfile.flush()
                 time.sleep(5)
@@ -308,13 +312,16 @@ def test_hostile_http_answers_are_failed_records(data: dict[str, Any], hostile: 
 
 
 @pytest.mark.slow
-def test_a_stop_request_is_honoured_while_a_read_waits(data: dict[str, Any], hostile: str, tmp_path: Path) -> None:
-    """SIGTERM while the only image drips a byte every 5 s: the run ends within seconds (exit 130)."""
+@pytest.mark.parametrize("kind", ["image", "tar"])
+def test_a_stop_request_is_honoured_while_a_read_waits(data: dict[str, Any], hostile: str, tmp_path: Path, kind: str) -> None:
+    """SIGTERM while the only image (or the only tar shard) drips a byte every 5 s: the run ends
+    within seconds (exit 143)."""
     listing = tmp_path / "list.txt"
     listing.write_text(f"{hostile}/drip.png\n")
+    given = str(listing) if kind == "image" else f"{hostile}/drip.tar"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "featdump", *argv(str(listing), tmp_path / "o.h5", data["ckpt"])],
+        [sys.executable, "-m", "featdump", *argv(given, tmp_path / "o.h5", data["ckpt"])],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )  # fmt: skip
     time.sleep(25)  # the model is loaded and the drip is being read
@@ -326,4 +333,5 @@ def test_a_stop_request_is_honoured_while_a_read_waits(data: dict[str, Any], hos
     finally:
         proc.kill()
     assert time.monotonic() - stopped < 15
-    assert proc.returncode in (130, 143, -signal.SIGTERM), proc.stderr.read() if proc.stderr else ""
+    err = proc.stderr.read() if proc.stderr else ""
+    assert proc.returncode == 143 and "stopped by SIGTERM" in err, err
