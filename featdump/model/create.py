@@ -33,19 +33,6 @@ def check_model_name(name: str) -> None:
     raise UsageError(f"unknown model {name!r}{hint}")
 
 
-def _create(name: str, *, img_size: tuple[int, int] | None, **kwargs: Any) -> Any:
-    """timm.create_model, passing ``img_size`` only to models that take one (ViTs and kin)."""
-    import timm
-
-    if img_size is not None:
-        try:
-            return timm.create_model(name, img_size=img_size, **kwargs)
-        except TypeError as exc:
-            if "img_size" not in str(exc):
-                raise
-    return timm.create_model(name, **kwargs)
-
-
 def stride_error(name: str, stride: int, detail: str = "") -> UsageError:
     why = f" ({detail})" if detail else ""
     return UsageError(
@@ -56,11 +43,20 @@ def stride_error(name: str, stride: int, detail: str = "") -> UsageError:
 
 
 def create_checked(name: str, *, img_size: tuple[int, int] | None, output_stride: int | None, **kwargs: Any) -> Any:
-    """``timm.create_model`` with ``--output-stride`` refusals turned into one usage error."""
+    """``timm.create_model``, passing ``img_size`` only to models that take one (ViTs and kin), with
+    ``--output-stride`` refusals turned into one usage error."""
+    import timm
+
     if output_stride is not None:
         kwargs["output_stride"] = output_stride
     try:
-        return _create(name, img_size=img_size, **kwargs)
+        if img_size is not None:
+            try:
+                return timm.create_model(name, img_size=img_size, **kwargs)
+            except TypeError as exc:
+                if "img_size" not in str(exc):
+                    raise
+        return timm.create_model(name, **kwargs)
     except TypeError as exc:
         if output_stride is not None and "output_stride" in str(exc):
             raise stride_error(name, output_stride, "the model takes no output_stride") from None

@@ -70,21 +70,14 @@ def normalize_indices(name: str, indices: Sequence[int] | None, levels: int, mod
 
 
 def describe_layers(model: Any, input_size: tuple[int, int, int]) -> list[LayerInfo]:
-    """Run a shape-only forward (meta tensors; a real one on CPU if the model cannot) and describe outputs."""
+    """Run a shape-only forward (on the model's device: meta tensors, no arithmetic) and describe outputs."""
     import torch
 
     info = model.feature_info
     indices = list(info.out_indices)
-    params = list(model.parameters())
-    device = params[0].device if params else torch.device("cpu")
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
     with torch.inference_mode():
-        x = torch.zeros((1, *input_size), device=device)
-        try:
-            outs = model(x)
-        except Exception:
-            if device.type != "meta":
-                raise
-            raise _MetaFailed() from None
+        outs = model(torch.zeros((1, *input_size), device=device))
     if isinstance(outs, dict):
         outs = list(outs.values())
     layers: list[LayerInfo] = []
@@ -99,10 +92,6 @@ def describe_layers(model: Any, input_size: tuple[int, int, int]) -> list[LayerI
         reduction = int(info.info[idx]["reduction"])
         layers.append(LayerInfo(name, module, int(idx), channels, reduction, chw(per_image, layout), layout))
     return layers
-
-
-class _MetaFailed(Exception):
-    pass
 
 
 def _prepare(
@@ -147,7 +136,7 @@ def describe_levels(
     check_tiling(name, model, data.input_size[1:])
     try:
         layers = describe_layers(model, data.input_size)
-    except _MetaFailed:
+    except Exception:  # noqa: BLE001 - some models cannot run on meta tensors: a real CPU model then
         model = features_model(name, out_indices=indices, output_stride=output_stride, img_size=img_size)
         layers = describe_layers(model.eval(), data.input_size)
     _check_stride(name, layers, output_stride)

@@ -83,8 +83,7 @@ def trace_modules(model: Any, input_size: tuple[int, int, int]) -> list[ModuleRe
         return hook
 
     handles = [m.register_forward_hook(make(n)) for n, m in named]
-    params = list(model.parameters())
-    device = params[0].device if params else torch.device("cpu")
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
     try:
         with torch.inference_mode():
             model(torch.zeros((1, *input_size), device=device))

@@ -132,7 +132,6 @@ def summarize_file(path: str | Path, max_failures: int = 10) -> dict[str, Any]:
     try:
         attrs = {k: read_attr(v) for k, v in h5.attrs.items()}
         sources = virtual_sources(h5, p)
-        num_images = counts.num_images
         datasets = []
         features = h5.get("features")
         for name, ds in features.items() if features is not None else []:
@@ -154,17 +153,16 @@ def summarize_file(path: str | Path, max_failures: int = 10) -> dict[str, Any]:
                     "virtual": virtual,
                     "virtual_sources": len({e["file"] for e in mapped}),
                     "missing_sources": len({e["resolved"] for e in mapped if not e["exists"]}),
-                    "uncommitted_rows": max(0, rows - num_images),
+                    "uncommitted_rows": max(0, rows - counts.num_images),
                     "attrs": {k: read_attr(v) for k, v in ds.attrs.items()},
                 }
             )
         paths_rows = int(h5["paths"].shape[0]) if "paths" in h5 else 0
         fp = h5.get("failed/paths", None)
         fe = h5.get("failed/errors", None)
-        num_failed = counts.num_failed
         failures = []
         if fp is not None and fe is not None:
-            shown = min(max_failures, num_failed, fp.shape[0], fe.shape[0])
+            shown = min(max_failures, counts.num_failed, fp.shape[0], fe.shape[0])
             failures = [{"path": read_text(fp[i]), "error": read_text(fe[i])} for i in range(shown)]
         provenance = {k: setting_value(v) if k in RESUME_KEYS else v for k, v in attrs.items() if k not in STATE_KEYS}
         info = {
@@ -172,9 +170,9 @@ def summarize_file(path: str | Path, max_failures: int = 10) -> dict[str, Any]:
             "file_bytes": p.stat().st_size,
             "format_version": attrs.get("format_version"),
             "complete": bool(attrs.get("complete", False)),
-            "num_images": num_images,
+            "num_images": counts.num_images,
             "rows_in_paths": paths_rows,
-            "num_failed": num_failed,
+            "num_failed": counts.num_failed,
             "inputs_done": counts.inputs_done,  # tar shards: samples read (and damaged-shard records)
             "num_inputs": attrs.get("num_inputs"),  # tar shards: tar files
             "input_kind": input_kind(attrs),
