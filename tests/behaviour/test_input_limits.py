@@ -74,12 +74,14 @@ def _header(name: str, kind: bytes, size: int, real_size: int | None = None) -> 
 
 @pytest.mark.slow
 def test_tar_members_and_headers_past_the_caps_are_failed_records(data: dict[str, Any], tmp_path: Path) -> None:
-    """A GNU sparse member of 4 GiB (a 512-byte header on disk), a 300 MB member in a .tar.gz, a
-    PAX header claiming 3 GiB and a GNU long name claiming 2 GiB: each a /failed record, the samples around them kept, under 6 GB of
-    address space. The sample being read when the PAX header is found (f.png) is part of the rest."""
+    """A GNU sparse member of 4 GiB (a 512-byte header on disk; an image, and a caption kept with
+    --keep txt), a 300 MB member in a .tar.gz, a PAX header claiming 3 GiB and a GNU long name
+    claiming 2 GiB: each a /failed record, the samples around them kept, under 6 GB of address
+    space. The sample being read when the PAX header is found (f.png) is part of the rest."""
     a, b, c, d, e, f = data["pngs"][:6]
     sparse = tmp_path / "s-0.tar"
-    sparse.write_bytes(_member("a.png", a) + _header("big.png", tarfile.GNUTYPE_SPARSE, 0, 4 << 30) + _member("c.png", c) + b"\0" * 1024)
+    caption = _member("g.png", f) + _header("g.txt", tarfile.GNUTYPE_SPARSE, 0, 4 << 30)
+    sparse.write_bytes(_member("a.png", a) + _header("big.png", tarfile.GNUTYPE_SPARSE, 0, 4 << 30) + caption + _member("c.png", c) + b"\0" * 1024)
     packed = tmp_path / "s-1.tar.gz"
     with gzip.open(packed, "wb", compresslevel=1) as fh:
         fh.write(_member("d.png", d) + _member("zeros.png", bytes(300 << 20)) + _member("e.png", e) + b"\0" * 1024)
@@ -88,15 +90,17 @@ def test_tar_members_and_headers_past_the_caps_are_failed_records(data: dict[str
     long = tmp_path / "s-3.tar"
     long.write_bytes(_header("././@LongLink", tarfile.GNUTYPE_LONGNAME, 2 << 30) + b"x" * 4096)
     out = tmp_path / "o.h5"
-    proc = limited(*argv([str(sparse), str(packed), str(pax), str(long)], out, data["ckpt"]))
+    proc = limited(*argv([str(sparse), str(packed), str(pax), str(long)], out, data["ckpt"], "--keep", "txt"))
     assert proc.returncode == 0, proc.stderr
     got = features(out)
     assert [p.rsplit("/", 1)[1] for p in got["paths"]] == ["a.png", "c.png", "d.png", "e.png", "b.png"]
-    assert got["failed"] == [f"{sparse}/big.png", f"{packed}/zeros.png", f"{pax}@{512 + len(b) + (-len(b) % 512)}", f"{long}@0"]
+    skipped = f"{pax}@{512 + len(b) + (-len(b) % 512)}"
+    assert got["failed"] == [f"{sparse}/big.png", f"{sparse}/g.png", f"{packed}/zeros.png", skipped, f"{long}@0"]
     assert "member big.png (4294967296 bytes) holds more than --max-image-bytes (268435456 bytes)" in got["errors"][0]
-    assert "member zeros.png (314572800 bytes) holds more than --max-image-bytes" in got["errors"][1]
-    assert "a 3221225472-byte PAX or long-name header, over 1048576 bytes" in got["errors"][2]
-    assert "a 2147483648-byte PAX or long-name header, over 1048576 bytes" in got["errors"][3]
+    assert "member g.txt (4294967296 bytes) holds more than --max-image-bytes" in got["errors"][1]
+    assert "member zeros.png (314572800 bytes) holds more than --max-image-bytes" in got["errors"][2]
+    assert "a 3221225472-byte PAX or long-name header, over 1048576 bytes" in got["errors"][3]
+    assert "a 2147483648-byte PAX or long-name header, over 1048576 bytes" in got["errors"][4]
 
 
 @pytest.fixture
