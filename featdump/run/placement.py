@@ -44,11 +44,6 @@ class Placement:
         return max(1, total // max(1, self.local_size or 1))
 
 
-def is_template(output: str) -> bool:
-    """Does ``-o`` name the shard itself (``{shard}``, ``{shard:03d}``, ``{num_shards}``)?"""
-    return re.search(r"\{(shard|num_shards)(:[^{}]*)?\}", output) is not None
-
-
 MAX_SHARD_DIGITS = 12  # {shard:05d} pads; a spec like {shard:>400} would only make an unusable name
 
 
@@ -59,10 +54,11 @@ def shard_output_path(output: str, index: int, count: int) -> str:
     gets ``.h5``. A template without ``{shard}`` would send every shard to one file, so it is refused
     for ``count > 1``.
     """
-    if is_template(output):
-        if count > 1 and not re.search(r"\{shard(:[^{}]*)?\}", output):
+    fields = list(re.finditer(r"\{(shard|num_shards)(?::([^{}]*))?\}", output))  # -o names the shard itself
+    if fields:
+        if count > 1 and all(m.group(1) != "shard" for m in fields):
             raise UsageError(f"-o {output!r} names no {{shard}}: all {count} shards would write the same file")
-        for m in re.finditer(r"\{(shard|num_shards)(?::([^{}]*))?\}", output):
+        for m in fields:
             spec = m.group(2) or ""
             digits = re.fullmatch(r"(?:0(\d{1,2}))?d?", spec)  # "", "d", "05", "05d": no spaces, no 400-wide pads
             if digits is None or int(digits.group(1) or 0) > MAX_SHARD_DIGITS:
@@ -85,20 +81,15 @@ def shard_output_path(output: str, index: int, count: int) -> str:
     return os.path.join(folder, renamed) if folder else renamed
 
 
-def _int(env: Mapping[str, str], name: str) -> int | None:
+def _int(env: Mapping[str, str], name: str, positive: bool = False) -> int | None:
     raw = env.get(name)
     if raw is None or raw.strip() == "":
         return None
     if not re.fullmatch(r"\s*-?\d+\s*", raw):
         raise UsageError(f"environment variable {name}={raw!r} is not a whole number")
+    if positive and int(raw) < 1:
+        raise UsageError(f"environment variable {name}={int(raw)} must be at least 1")
     return int(raw)
-
-
-def check_positive(env: Mapping[str, str], name: str) -> int | None:
-    value = _int(env, name)
-    if value is not None and value < 1:
-        raise UsageError(f"environment variable {name}={value} must be at least 1")
-    return value
 
 
 def _slurm_array(env: Mapping[str, str]) -> tuple[int, int] | None:
@@ -112,11 +103,9 @@ def _slurm_array(env: Mapping[str, str]) -> tuple[int, int] | None:
             f"Slurm array step is {step} (SLURM_ARRAY_TASK_STEP): featdump needs contiguous task ids "
             "such as --array=0-7 or --array=1-8, or pass --shard I/N yourself"
         )
-    first = _int(env, "SLURM_ARRAY_TASK_MIN")
+    first = _int(env, "SLURM_ARRAY_TASK_MIN") or 0
     last = _int(env, "SLURM_ARRAY_TASK_MAX")
     count = _int(env, "SLURM_ARRAY_TASK_COUNT")
-    if first is None:
-        first = 0
     if count is None:
         if last is None:
             raise UsageError("SLURM_ARRAY_TASK_ID is set but SLURM_ARRAY_TASK_COUNT is not; pass --shard I/N")
@@ -145,11 +134,11 @@ def placement_from_env(env: Mapping[str, str] | None = None, shard: tuple[int, i
     given, the launcher's GPU and CPU hints still count, and its array variables are not checked.
     """
     env = os.environ if env is None else env
-    cpus = check_positive(env, "SLURM_CPUS_PER_TASK")
+    cpus = _int(env, "SLURM_CPUS_PER_TASK", positive=True)
     rank, world = _int(env, "RANK"), _int(env, "WORLD_SIZE")
     torchrun = rank is not None and world is not None
     local_rank = _int(env, "LOCAL_RANK") if torchrun else None
-    local_size = check_positive(env, "LOCAL_WORLD_SIZE") if torchrun else None
+    local_size = _int(env, "LOCAL_WORLD_SIZE", positive=True) if torchrun else None
     if shard is not None:
         return Placement(shard[0], shard[1], "--shard", local_rank, cpus, local_size)
     if rank is not None and world is not None:

@@ -2,25 +2,17 @@
 threads and cuDNN's autotuner. The CLI owns its process; the Python API documents each setting
 (see :func:`featdump.extract`) and restores what can be restored when the run ends.
 
-glibc ``malloc`` settings for the forward pass (Linux; a no-op elsewhere):
-
-PyTorch on the CPU allocates every activation with ``malloc``. glibc serves large blocks with
-``mmap`` and gives them back on ``free``, so each batch page-faults its activations afresh
-(thousands of zero-filled page faults per image); and glibc's adaptive mmap threshold makes how
-much of that happens depend on the allocation history, so the same model ran at very different
-speeds in otherwise identical processes (docs/performance.md). Serving everything from the heap and never
-trimming it (``M_MMAP_MAX=0``, ``M_TRIM_THRESHOLD`` 1 GiB) reuses the same pages batch after batch.
-Peak memory is unchanged (the heap holds what the run had live at its peak anyway). These stay
-for the rest of the process (glibc cannot return to its adaptive thresholds).
-
-Left alone when the user chose an allocator (``LD_PRELOAD`` of jemalloc/tcmalloc/mimalloc) or
-glibc settings (``MALLOC_*_`` variables, ``GLIBC_TUNABLES`` with ``malloc``), and when
-``FEATDUMP_MALLOC_TUNING=0``.
+glibc ``malloc`` (Linux): every allocation served from the heap and the heap never trimmed
+(``M_MMAP_MAX=0``, ``M_TRIM_THRESHOLD`` 1 GiB), so each batch reuses the pages of the last instead of
+page-faulting its activations afresh (why, and what it measured: docs/performance.md). It stays
+for the rest of the process; left alone when the user chose an allocator or glibc settings, and
+when ``FEATDUMP_MALLOC_TUNING=0``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import sys
 from collections.abc import Iterator
@@ -34,8 +26,6 @@ TRIM_THRESHOLD = 1 << 30
 
 _GLIBC_VARS = ("MALLOC_MMAP_MAX_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_ARENA_MAX")
 _ALLOCATORS = ("jemalloc", "tcmalloc", "mimalloc")
-
-_done: list[str] = []  # what tune_malloc() did in this process (it runs once)
 
 
 def user_choice(env: dict[str, str] | None = None) -> str:
@@ -55,16 +45,10 @@ def user_choice(env: dict[str, str] | None = None) -> str:
     return ""
 
 
+@functools.cache
 def tune_malloc() -> str:
     """Apply the settings once per process; returns what was done (``make bench`` records it):
     ``"heap"`` when applied, else why not."""
-    if _done:
-        return _done[0]
-    _done.append(_tune())
-    return _done[0]
-
-
-def _tune() -> str:
     if not sys.platform.startswith("linux"):
         return "not linux"
     reason = user_choice()

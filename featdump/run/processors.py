@@ -1,28 +1,10 @@
 """Feature processors (``--process NAME[:ARG[:ARG]]``): small steps applied, in order, to each stored
 layer's batch on the device, after pooling and before the storage dtype.
 
-A processor is a class built from its ``ARG`` strings (``cls(*args)``) with
-
-- ``output_shape(shape) -> shape``: the per-image shape it produces from the per-image shape it
-  receives: ``(C, H, W)`` for a map, ``(T, D)`` for tokens, ``(C,)`` for a pooled vector
-  (``inspect`` and the file's datasets use it, so the stored shapes are known before a model loads);
-- ``__call__(x) -> tensor``: the batch ``(B, *shape)`` as float32 on the device, returned in the
-  shape ``output_shape`` promised;
-- optionally ``prepare(input_size)``, called with the model's input ``(H, W)`` before any of the above;
-- optionally ``cells(shape) -> (scale_y, offset_y, scale_x, offset_x) | None``: where its output cells lie on
-  the map ``shape`` it receives: output cell ``(i, j)`` covers input cells ``[i * scale_y + offset_y,
-  (i + 1) * scale_y + offset_y)`` (and likewise across), so a 2x2 average pool declares ``(2, 0, 2, 0)``;
-  None: its output is not spatial. Without it, a map that keeps its grid keeps its cells and one
-  whose grid changes is not spatial. The file records the result per layer (``pixel_grid``
-  attribute, model-input pixels), which ``pixel_boxes`` and ``viz --overlay`` use;
-- optionally ``FILE_ARGS``: the indices of the ARGs that name files it reads; their sha256 is
-  recorded with the spec (``process`` attribute), so a changed file is a changed setting.
-
-The returned shape is checked against ``output_shape`` on every batch (a mismatch stops the run).
-
-Built in: ``l2norm``, ``resize:HxW`` / ``resize:stride=S`` and ``pca:K:FILE``. Others register under the
-``featdump.processors`` entry-point group (``name = "package.module:Class"``) and are found by name.
-Nothing here imports torch at module level.
+A processor is a class built from its ``ARG`` strings (``cls(*args)``) with ``output_shape(shape)``
+and ``__call__(x)``, optionally ``prepare(input_size)``, ``cells(shape)`` and ``FILE_ARGS``: the
+protocol for plug-ins is in docs/trust.md. Built in: ``l2norm``, ``resize`` and ``pca``; others
+register under the ``featdump.processors`` entry-point group. Nothing here imports torch at module level.
 """
 
 from __future__ import annotations
@@ -76,9 +58,7 @@ class Resize:
         m = re.fullmatch(r"\s*(\d+)\s*[x×]\s*(\d+)\s*", arg) or re.fullmatch(r"\s*(\d+)\s*", arg)
         s = re.fullmatch(r"\s*stride\s*=\s*(\d+)\s*", arg)
         if m:
-            h = int(m.group(1))
-            w = int(m.group(m.lastindex or 1))
-            self.size = (h, w)
+            self.size = (int(m.group(1)), int(m.group(m.lastindex or 1)))
         elif s:
             self.stride = int(s.group(1))
         if (self.size is None and not self.stride) or (self.size is not None and min(self.size) < 1):

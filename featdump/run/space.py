@@ -1,11 +1,6 @@
 """Disk planning: bytes per image from the layer shapes (meta device, no weights), and the check
-``extract`` makes before loading the model.
-
-The rule (docs/trust.md): the rows still to write need ``remaining images × bytes per
-image`` uncompressed (at ``--dtype``/``--pool``, after ``--process``), plus a margin of 2% and
-1 MiB (HDF5 metadata, the redo journal, /paths). With ``--compression`` the need is scaled by the
-best ratio measured for the codec (:data:`BEST_RATIO`, docs/performance.md's Codecs table): the run
-is refused only when even that would not fit. ``--no-space-check`` skips the check.
+``extract`` makes before loading the model (the rule: docs/trust.md). With ``--compression`` the
+need is scaled by the best ratio measured for the codec (:data:`BEST_RATIO`).
 """
 
 from __future__ import annotations

@@ -1,37 +1,8 @@
 """``featdump verify FILE``: re-extract a random sample of stored rows with the settings recorded in
-the file and compare.
-
-The settings come from the file's attributes (featdump/store/like.py: the same mapping as
-``extract --like``), the model from the same loader as ``extract`` (run/job.py), the pixels from the
-same Loader (timm's eval transform, the recorded decoding) and the arrays from the same Forward stage
-(pooling, processors, storage dtype). Nothing here prints.
-
-Tolerance (docs/trust.md): a row passes when, in every layer, the largest absolute difference is
-at most ``rtol × max |stored value|`` of that row and the cosine similarity is at least ``min_cos``:
-
-=========================  =======  ========
-precision / storage dtype  rtol     min_cos
-=========================  =======  ========
-fp32 / float32             1e-3     0.99999
-fp32 / float16             1e-2     0.9999
-fp16 or bf16 autocast      0.1      0.99
-=========================  =======  ========
-
-fp32 rows made on another device or batch size differ by float rounding (~1e-6 relative); float16
-storage rounds to ~1e-3 relative; autocast runs differ by much more between devices and batch sizes.
-
-Two cases widen the tolerance (never narrow it), and the report says which:
-
-* **fp32 on a CUDA device** (rows made there, or re-extracted there): cuDNN runs fp32 convolutions
-  in TF32 by default (torch's ``cudnn.allow_tf32``), as timm does on that GPU. Emulated on the CPU
-  (operands rounded to TF32's 10-bit mantissa), rows moved by up to 2.2e-2 × max|row| (cosine
-  0.99993) for tf_efficientnet_lite0: ``CUDA_FP32 = (5e-2, 0.9995)``.
-* **``--decode gpu`` rows re-extracted off CUDA**: the JPEGs were decoded by nvjpeg; here they are
-  decoded by torchvision's CPU decoder (libjpeg-turbo) with the same tensor transform. JPEG
-  decoders may differ by a level or so per pixel (IDCT and chroma upsampling are not fixed by the
-  standard); ±1 on 30 % of the pixels moved lite0's rows by up to 0.36 × max|row| (cosine 0.991):
-  ``OTHER_DECODER = (0.5, 0.98)``. That still tells another model, other weights or another
-  image apart (cosines well below 0.9), not the last digits.
+the file (featdump/store/like.py, as ``extract --like``) through the same model loader, Loader and
+Forward stage as ``extract``, and compare. Nothing here prints. The tolerance table and the two
+cases that widen it (fp32 on CUDA: TF32 convolutions; ``--decode gpu`` rows decoded here by
+libjpeg-turbo instead of nvjpeg) are in docs/trust.md.
 """
 
 from __future__ import annotations
@@ -50,8 +21,8 @@ TOLERANCE: dict[tuple[str, str], tuple[float, float]] = {
     ("fp32", "float16"): (1e-2, 0.9999),
 }
 AUTOCAST_TOLERANCE = (0.1, 0.99)
-CUDA_FP32 = (5e-2, 0.9995)  # TF32 convolutions (module doc)
-OTHER_DECODER = (0.5, 0.98)  # nvjpeg vs libjpeg-turbo pixels (module doc)
+CUDA_FP32 = (5e-2, 0.9995)  # TF32 emulated on the CPU moved lite0's rows by up to 2.2e-2 x max|row|
+OTHER_DECODER = (0.5, 0.98)  # ±1 on 30 % of the pixels moved lite0's rows by up to 0.36 x max|row|
 _ATTRIBUTE = {"img-size": "input_size"}  # flags whose file attribute has another name
 # a forward needs about this many float32 copies of its input image (12 bytes a pixel) at its peak:
 # measured 11-28 for resnet18/50, convnext_atto, efficientnet_b0 and vit_tiny (ru_maxrss, batch 1)
@@ -125,14 +96,6 @@ def as_attributes(message: str) -> str:
     return re.sub(r"--([a-z][a-z-]+)", lambda m: "attribute " + _ATTRIBUTE.get(m[1], m[1].replace("-", "_")), message)
 
 
-def pick_rows(num_images: int, n: int, seed: int) -> list[int]:
-    """``n`` distinct rows of ``num_images``, drawn with ``seed`` (sorted)."""
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    return sorted(int(r) for r in rng.choice(num_images, size=min(n, num_images), replace=False))
-
-
 def compare(stored: Any, fresh: Any) -> tuple[float, float, float]:
     """One row: ``(max abs difference, that / max |stored|, cosine similarity)`` in float64."""
     import numpy as np
@@ -152,6 +115,7 @@ def compare(stored: Any, fresh: Any) -> tuple[float, float, float]:
 
 def verify_file(path: str | Path, n: int = 8, seed: int = 0, device: str = "auto") -> VerifyReport:
     """Re-extract ``n`` random rows of ``path`` and compare them with the stored ones."""
+    import numpy as np
     import timm
 
     from featdump import open as open_file
@@ -186,14 +150,13 @@ def verify_file(path: str | Path, n: int = 8, seed: int = 0, device: str = "auto
         procs = processors.load(opts.get("process"))
         cfg = resolve({**opts, "inputs": (str(p),), "output": str(p), "device": device})
         backbone = backbone_for(cfg)
-    except CannotVerify:
-        raise
     except UsageError as exc:
         raise CannotVerify(f"cannot verify {p}: {as_attributes(str(exc))}") from None
     with open_file(p) as ff:
         if ff.num_images == 0:
             raise CannotVerify(f"cannot verify {p}: it holds no rows yet")
-        rows = pick_rows(ff.num_images, n, seed)
+        drawn = np.random.default_rng(seed).choice(ff.num_images, size=min(n, ff.num_images), replace=False)
+        rows = sorted(int(r) for r in drawn)
         stored_paths = [ff.paths[r] for r in rows]
         shapes = {name: tuple(ff[name].shape[1:]) for name in ff.layers}
         wanted, gone = locate_rows(ff, rows)
