@@ -66,7 +66,7 @@ class BenchResult:
 
 MAX_SECONDS = 3600  # an hour: longer timings say nothing new
 MAX_IMAGES = 100_000  # the images' references are held in memory
-LARGE_MP = 2.0  # mean megapixels from which decoding + resizing dominates on CPUs (bench/cpubatch.py)
+LARGE_MP = 2.0  # mean MP from which decoding + resizing (~18 CPU-ms/MP, bench/photos.py) outweighs small models
 
 
 def run_benchmark(cfg: ExtractConfig, seconds: float = 60.0, images: int = 300) -> BenchResult:
