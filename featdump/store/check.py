@@ -20,7 +20,7 @@ from typing import Any
 from featdump.errors import UsageError
 from featdump.options import SETTINGS
 from featdump.store.format import FEATURES, read_attr, setting_text
-from featdump.text import printable, unsafe_name
+from featdump.text import printable, to_str, unsafe_name
 
 # Which inputs a file covers: its block (input_digest, num_inputs), the whole list it was cut from
 # (list_digest, list_size) and the cut (shard [I, N]). --resume compares them; merge checks them shard by shard.
@@ -101,14 +101,10 @@ def _stored_rows_short(ds: Any, n: int) -> bool:
 
     if n <= 0 or ds.is_virtual:
         return False
-    if ds.chunks is None:  # contiguous (all or nothing) or compact (always there)
-        layout = ds.id.get_create_plist().get_layout()
-        if layout != 1:  # H5D_CONTIGUOUS
-            return False
-        return ds.id.get_storage_size() < n * ds.dtype.itemsize * math.prod(int(d) for d in ds.shape[1:])
-    chunks = -(-n // ds.chunks[0])
-    for size, chunk in zip(ds.shape[1:], ds.chunks[1:], strict=True):
-        chunks *= -(-int(size) // int(chunk))
+    if ds.chunks is None:  # contiguous (all or nothing: layout 1, H5D_CONTIGUOUS) or compact (always there)
+        contiguous = ds.id.get_create_plist().get_layout() == 1
+        return contiguous and ds.id.get_storage_size() < n * ds.dtype.itemsize * math.prod(int(d) for d in ds.shape[1:])
+    chunks = math.prod(-(-int(size) // int(chunk)) for size, chunk in zip((n, *ds.shape[1:]), ds.chunks, strict=True))
     return ds.id.get_num_chunks() < chunks
 
 
@@ -226,8 +222,7 @@ def check_file(h5: Any, path: str | Path) -> Counts:
 
 def input_kind(attrs: Any) -> str:
     """The file's ``input_kind``: files | tar | table."""
-    value = attrs.get("input_kind", "files")
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+    return to_str(attrs.get("input_kind", "files"))
 
 
 def tar_files_done(attrs: Any) -> int | None:

@@ -216,11 +216,6 @@ class ChunkWriter:
         self.threads = max(1, int(threads))
         self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="featdump-chunks") if self.threads > 1 else None
 
-    @property
-    def fallback(self) -> list[str]:
-        """Datasets written through h5py, with their filters (a filter this module cannot reproduce)."""
-        return [f"{lane.ds.name} ({'+'.join(lane.codec.names)})" for lane in self.lanes.values() if not lane.direct]
-
     def write(self, batch: Sequence[tuple[Any, Any]], start: int) -> None:
         """Rows ``start .. start + len(arr)`` of each ``(dataset, arr)``; the datasets already have
         that many rows (resized by the caller)."""

@@ -140,8 +140,7 @@ class Folder:
         target = Path(self.path(rel))
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.tmp")
-        with suppress(FileNotFoundError):
-            tmp.unlink()
+        tmp.unlink(missing_ok=True)
         try:
             with open(tmp, "xb") as fh:  # exclusive: a planted symlink at the temporary name is not followed
                 yield fh
