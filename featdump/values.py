@@ -18,8 +18,7 @@ def parse_indices(value: str | list[int] | tuple[int, ...] | None) -> tuple[int,
         return None
     if isinstance(value, str) and value.strip().lower() == "all":
         return ALL_LEVELS
-    items: list[Any]
-    items = list(value) if isinstance(value, (list, tuple)) else [v.strip() for v in str(value).split(",")]
+    items: list[Any] = list(value) if isinstance(value, (list, tuple)) else [v.strip() for v in str(value).split(",")]
     if len(items) > 1 and any(v == "" for v in items):  # "1,,2" or "1,": a level left out by mistake?
         raise UsageError(f"--out-indices {value!r} has an empty item; give levels separated by single commas, e.g. 1,2,-1")
     items = [v for v in items if v != ""]

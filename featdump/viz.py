@@ -121,14 +121,12 @@ def as_maps(data: Any, attrs: dict[str, Any]) -> tuple[str, Any]:
         return "vector", np.asarray(data).mean(axis=1)
     if data.ndim == 3:  # tokens (K, T, D)
         prefix = int(attrs.get("num_prefix_tokens", 0) or 0)
-        grid = attrs.get("grid")
         k, t, d = data.shape
-        if grid is not None and len(grid) == 2 and int(grid[0]) * int(grid[1]) == t - prefix:
-            patches = data[:, prefix:, :].transpose(0, 2, 1).reshape(k, d, int(grid[0]), int(grid[1]))
-            return "map", patches
-        side = int(round(math.sqrt(t - prefix)))
-        if side * side == t - prefix:
-            return "map", data[:, prefix:, :].transpose(0, 2, 1).reshape(k, d, side, side)
+        grid = attrs.get("grid")
+        if grid is None or len(grid) != 2 or int(grid[0]) * int(grid[1]) != t - prefix:
+            grid = [round(math.sqrt(t - prefix))] * 2  # no stored grid: a square one, where the tokens make one
+        if int(grid[0]) * int(grid[1]) == t - prefix:
+            return "map", data[:, prefix:, :].transpose(0, 2, 1).reshape(k, d, int(grid[0]), int(grid[1]))
         return "vector", np.asarray(data).mean(axis=1)
     if data.ndim == 2:
         return "vector", data

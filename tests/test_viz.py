@@ -217,3 +217,23 @@ def test_top_channels() -> None:
     v = np.array([[0.1, -3.0, 2.0, 2.0], [5.0, 0.0, 0.0, -1.0]])
     assert top_channels(v, 3).tolist() == [[1, 2, 3], [0, 3, 1]]
     assert top_channels(v, 9).shape == (2, 4)
+
+
+def test_token_rows_drawn_as_maps_on_their_grid() -> None:
+    """Tokens (K, T, D) become (K, D, H, W) maps on the stored grid, else on a square grid when the
+    patch tokens make one; prefix tokens dropped; otherwise, and for --tokens both's prefix part, the
+    token mean."""
+    from featdump.viz import as_maps
+
+    data = np.arange(2 * 7 * 3, dtype="f4").reshape(2, 7, 3)  # 1 prefix + 6 patch tokens of 3 dims
+    kind, maps = as_maps(data, {"num_prefix_tokens": 1, "grid": [2, 3]})
+    assert kind == "map" and maps.shape == (2, 3, 2, 3)
+    np.testing.assert_array_equal(maps[1, :, 1, 2], data[1, 6])  # row 1, column 2: the last patch token
+    kind, maps = as_maps(data[:, :5], {"num_prefix_tokens": 1})  # 4 patch tokens: a 2x2 square
+    assert kind == "map" and maps.shape == (2, 3, 2, 2)
+    np.testing.assert_array_equal(maps[0, :, 0, 1], data[0, 2])
+    kind, vec = as_maps(data, {"num_prefix_tokens": 1})  # 6 patch tokens, no grid: not square
+    assert kind == "vector"
+    np.testing.assert_allclose(vec, data.mean(axis=1))
+    kind, vec = as_maps(data[:, :4], {"part": "prefix", "num_prefix_tokens": 4})
+    assert kind == "vector" and vec.shape == (2, 3)

@@ -59,11 +59,10 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         from safetensors.torch import load_file
 
         try:
-            return _unwrap(load_file(str(p), device="cpu"))
-        except UsageError:
-            raise
+            tensors = load_file(str(p), device="cpu")
         except Exception as exc:  # noqa: BLE001
             raise UsageError(f"cannot read safetensors checkpoint {p}: {exc}") from None
+        return _unwrap(tensors)
     _check_torch_magic(p)
     try:
         obj = torch.load(str(p), map_location="cpu", weights_only=True)
