@@ -26,7 +26,7 @@ from featdump.options import OPTIONS, Option
 if TYPE_CHECKING:
     from featdump.run.results import ProgressSink, Summary
 
-__all__ = ["FeatureFile", "extract", "open"]
+__all__ = ["extract"]
 
 
 def api_signature(table: Sequence[Option] = OPTIONS) -> inspect.Signature:
@@ -132,7 +132,3 @@ def _progress_sink(progress: bool | ProgressSink | None, quiet: bool) -> Progres
 
         return TextProgress(sys.stderr)  # type: ignore[return-value]  # the same protocol
     return progress or None
-
-
-# Reading lives in the store package; ``featdump.api.open`` / ``.FeatureFile`` stay importable here.
-from featdump.store.reader import FeatureFile, open  # noqa: E402, A004

@@ -65,11 +65,7 @@ def pca_2d(vectors: Any) -> tuple[Any, Any]:
     import numpy as np
 
     comps, share = principal_components(vectors, 2)
-    xy = np.zeros((comps.shape[0], 2))
-    xy[:, : comps.shape[1]] = comps
-    shares = np.zeros(2)
-    shares[: len(share)] = share
-    return xy, shares
+    return np.pad(comps, ((0, 0), (0, 2 - comps.shape[1]))), np.pad(share, (0, 2 - len(share)))
 
 
 def top_channels(vectors: Any, k: int) -> Any:

@@ -24,27 +24,19 @@ class RichProgress(Counter):
         super().start(total, done, description)
         if not self.enabled:
             return
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TaskProgressColumn,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
+        from rich import progress as rp
         from rich.text import Text
 
         counter = self
 
-        class Rate(TextColumn):
+        class Rate(rp.TextColumn):
             def render(self, task: Any) -> Text:
                 speed = counter.rate()
                 return Text(f"{speed:.1f} img/s" if speed else "- img/s")
 
-        columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn())
-        self._progress = Progress(
-            *columns, Rate(""), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=console(stderr=True)
+        columns = (rp.TextColumn("[bold]{task.description}"), rp.BarColumn(), rp.MofNCompleteColumn(), rp.TaskProgressColumn())
+        self._progress = rp.Progress(
+            *columns, Rate(""), rp.TimeElapsedColumn(), rp.TextColumn("eta"), rp.TimeRemainingColumn(), console=console(stderr=True)
         )
         self._progress.start()
         self._task = self._progress.add_task(description, total=total or None, completed=done)

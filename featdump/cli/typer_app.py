@@ -49,10 +49,6 @@ def _main(
     ] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
 ) -> None:
-    """Per-layer feature maps of timm backbones, streamed from image folders into HDF5.
-
-    Example: featdump extract resnet50 photos/ -o feats.h5
-    """
     from featdump.cli.signals import release_start_up
 
     STATE["debug"] = debug

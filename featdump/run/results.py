@@ -104,16 +104,10 @@ def summarize(
     layers = []
     for layer in backbone.layers:
         ds = h5["features"][layer.name]
-        raw = int(ds.dtype.itemsize) * int(ds.size)
-        layers.append(
-            LayerSummary(
-                layer.name, layer.module, layer.index, layer.reduction, tuple(ds.shape[1:]), str(ds.dtype),
-                int(ds.id.get_storage_size()), raw,
-            )
-        )  # fmt: skip
+        stored, raw = int(ds.id.get_storage_size()), int(ds.dtype.itemsize) * int(ds.size)
+        layers.append(LayerSummary(layer.name, layer.module, layer.index, layer.reduction, tuple(ds.shape[1:]), str(ds.dtype), stored, raw))
     fp, fe = h5["failed"]["paths"], h5["failed"]["errors"]
-    shown = min(len(fp), 20)
-    failures = [(to_str(fp[i]), to_str(fe[i])) for i in range(shown)]
+    failures = [(to_str(fp[i]), to_str(fe[i])) for i in range(min(len(fp), 20))]
     return Summary(
         output=str(out_path),
         model=backbone.name,

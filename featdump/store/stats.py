@@ -37,9 +37,7 @@ def map_stats(path: str | Path, layer: str, row: int) -> dict[str, Any]:
             raise UsageError(f"--row {row} is out of range: {ff.path} has {n} committed rows (0..{n - 1})")
         row %= n
         stored = ff.numpy(layer, row)
-        attrs = ff.attrs(layer)
-        layout = layout_of(attrs, stored.ndim + 1)
-        ids = ff.ids
+        layout = layout_of(ff.attrs(layer), stored.ndim + 1)
         x = stored.astype(np.float64)
         finite = np.isfinite(x)
         values = x[finite]
@@ -70,6 +68,6 @@ def map_stats(path: str | Path, layer: str, row: int) -> dict[str, Any]:
                 "zero_channels": int((norms == 0).sum()),
             },
         }
-        if ids is not None:
-            info["id"] = ids[row]
+        if ff.ids is not None:
+            info["id"] = ff.ids[row]
     return info

@@ -74,19 +74,10 @@ def empty_tensor(shape: tuple[int, ...], dtype: Any, shared: bool) -> torch.Tens
         try:  # what DataLoader's default_collate does in a worker: allocate in shared memory, no copy
             nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
             storage = torch.UntypedStorage._new_shared(nbytes)
-            return torch.empty(0, dtype=tdtype).set_(storage, 0, shape, _strides(shape))
+            return torch.empty(0, dtype=tdtype).set_(storage, 0, shape)  # C-contiguous
         except (AttributeError, RuntimeError, TypeError):  # pragma: no cover - another torch: a plain tensor
             pass
     return torch.from_numpy(np.empty(shape, dtype=dtype))  # numpy asks for huge pages: fewer page faults
-
-
-def _strides(shape: Sequence[int]) -> tuple[int, ...]:
-    """C-contiguous strides, in elements."""
-    out, step = [], 1
-    for size in reversed(shape):
-        out.append(step)
-        step *= int(size)
-    return tuple(reversed(out))
 
 
 def _stack_views(batch: Sequence[torch.Tensor], *, collate_fn_map: Any = None) -> torch.Tensor:
@@ -104,8 +95,7 @@ def _stack_views(batch: Sequence[torch.Tensor], *, collate_fn_map: Any = None) -
         and t.is_contiguous()
         for k, t in enumerate(batch)
     ):
-        shape = (len(batch), *first.shape)
-        return first.new_empty(0).set_(storage, base, shape, _strides(shape))
+        return first.new_empty(0).set_(storage, base, (len(batch), *first.shape))  # C-contiguous
     from torch.utils.data._utils.collate import collate_tensor_fn
 
     stacked: torch.Tensor = collate_tensor_fn(batch, collate_fn_map=collate_fn_map)
