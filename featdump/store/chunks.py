@@ -4,18 +4,11 @@ h5py's ``ds[a:b] = arr`` goes through HDF5's selection code, its chunk cache and
 one chunk at a time, in the calling thread: about half the disk's speed uncompressed, and one core's
 worth of zstd. Here the writer thread hands each batch's full chunks to a pool that casts them, lays
 them out in chunk order (padding edge chunks with the fill value, 0) and runs the dataset's own
-filter pipeline on them, then writes the finished bytes with ``H5Dwrite_chunk`` in order. The file
-stays plain HDF5: same datasets, chunk shapes and filters; the bytes are those HDF5 would write:
-
-* ``shuffle`` (2): numpy, the same byte transposition as HDF5's;
-* ``deflate`` (1): :func:`zlib.compress` at the dataset's level (zlib's ``compress2``, as HDF5 calls it);
-* ``lzf`` (32000): h5py's own filter function (exported by ``h5py.h5z``), through ctypes;
-* hdf5plugin's filters (``zstd``, 32015, and the others): the plugin's own filter function (found
-  through ``H5PLget_plugin_info``), through ctypes, so the zstd frames are exactly the plugin's.
-
-ctypes calls release the GIL, and so do zlib and numpy's copies, so the pool compresses in
-parallel. A dataset with any other filter (fletcher32, scale-offset, an unknown plugin) is written
-through h5py as before.
+filter pipeline on them (shuffle in numpy, deflate by zlib, lzf and hdf5plugin's filters by their
+own C functions through ctypes: see :meth:`ChunkCodec._step`), then writes the finished bytes with
+``H5Dwrite_chunk`` in order: plain HDF5, the bytes HDF5 would write (docs/performance.md). ctypes,
+zlib and numpy's copies release the GIL, so the pool compresses in parallel. A dataset with any
+other filter (fletcher32, scale-offset, an unknown plugin) is written through h5py.
 
 Crash safety is unchanged: ``write_direct_chunk`` goes through the same file driver, hence the
 same :class:`~featdump.store.journal.JournaledFile`, as every other HDF5 write.

@@ -1,30 +1,14 @@
 """``featdump export``: a file's vectors in the layouts the embedding ecosystem and cloud readers read.
 
-``npy`` (default): per layer, ``OUT/<layer>/emb/part-00000.npy`` (2-D, rows × C, rows in file order)
-and ``OUT/<layer>/metadata/part-00000.parquet`` (columns ``row``, ``path``, and ``id`` when the file
-has ids), parts of at most ``rows_per_part`` rows: what ``embedding-reader`` (``file_format="parquet_npy"``),
-autofaiss and clip-retrieval read. Each part is streamed block by block, so memory stays bounded
-whatever the file size. A map layer (C×H×W, or tokens) needs ``pool``.
-
-``safetensors``: ``OUT/features.safetensors``, one tensor per layer, for small files (up to
-:data:`SAFETENSORS_LIMIT` bytes of tensors, held twice in memory while written; larger exports are
-refused in favour of npy).
-
-``zarr``: OUT is a Zarr v3 store: one array per layer ((N, C, H, W), (N, T, D) or pooled (N, C)),
-chunked by rows (at most ``rows_per_part`` rows and about :data:`CHUNK_BYTES`), zstd-compressed, with
-``paths`` and ``ids`` arrays, the file's attributes on the group, dimension names (``row`` shared)
-and consolidated metadata, as ``zarr.open`` and ``xarray.open_zarr`` read it.
-
-OUT is a local folder or any fsspec URL (``file://``, ``s3://``, ``gs://``). The export is committed
-when :data:`MANIFEST` says ``"complete": true``; it is written last (:func:`read_export` checks it).
-It is first written with ``"complete": false`` and the top-level names the export writes
-(``entries``), so a rerun may replace an unfinished export. Each part appears whole or not at all:
-a local part is written under a hidden temporary name and renamed; an object store shows an upload
-only once it completes (a failed one is discarded). Only names listed in OUT itself are deleted, and
-a symlink is removed, never followed. ``overwrite`` deletes what an earlier export listed and what
-this one writes; other files in OUT are left alone.
-
-Nothing here prints; :func:`export_file` returns an :class:`ExportSummary`.
+The layouts (``npy`` parts with parquet metadata, ``safetensors``, ``zarr``) are the contract of
+docs/reading.md; how a kill or a failed upload leaves OUT, that of docs/object-storage.md. Here:
+each npy part is streamed block by block (memory stays bounded whatever the file size); safetensors
+holds the tensors twice in memory, hence :data:`SAFETENSORS_LIMIT`. The export is committed when
+:data:`MANIFEST`, written last, says ``"complete": true`` (:func:`read_export` checks it); it is
+first written with ``"complete": false`` and the top-level names the export writes (``entries``),
+so a rerun may replace an unfinished export. Only names listed in OUT itself are deleted, and a
+symlink is removed, never followed. Nothing here prints; :func:`export_file` returns an
+:class:`ExportSummary`.
 """
 
 from __future__ import annotations

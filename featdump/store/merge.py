@@ -1,22 +1,10 @@
 """Join shard files into one featdump file: an HDF5 virtual file (default, no copy) or a copy.
 
-Two kinds of input: the shards of one run (its rows in the order of a single run over the whole
-input list), or several runs, each given whole (every shard of it; an unsharded file is shard 0 of
-1), joined run after run in the order given: ``extract --like OLD.h5`` over new images, then
-``merge OLD.h5 NEW.h5``. Files cut from one input list into the same number of shards are one run.
-
-A virtual merge writes ``/paths`` and ``/failed`` (small) and maps every ``/features/<name>`` onto
-the shards' datasets, with source file names stored *relative to the merged file*: move the folder
-holding the merged file and its shards, and it still reads. A source that goes missing would read as
-the fill value (NaN here, never silent zeros); :func:`featdump.store.vds.missing_sources` finds such
-sources, for ``featdump show`` and for anyone opening a merged file.
-
-Refused, naming the shard: a missing shard index, a shard given twice, shards of different runs
-(settings, input list, shard count) unless each of those runs is given whole, an incomplete shard
-(unless ``allow_partial``). Runs joined together must share every setting that gives the rows their
-meaning (:data:`featdump.store.mergecheck.MERGE_KEYS`), the kind of input and whether rows have ids, and no stored path (or
-id) may be in two of them: rows are found by path. Shards without rows (more shards than images)
-are skipped.
+The inputs (the shards of one run, or several whole runs joined in the order given), the merged
+file's layout and what is refused are the contract of docs/cluster.md; which files fit together is
+decided by :mod:`featdump.store.mergecheck`. A virtual merge stores its source file names *relative
+to the merged file* and a fill value of NaN, so a missing source reads as NaN, never as zeros;
+:func:`featdump.store.vds.missing_sources` finds such sources before anyone reads them.
 """
 
 from __future__ import annotations
@@ -215,15 +203,9 @@ def _once(runs: Sequence[Sequence[Shard]], values: Sequence[str], what: str) -> 
 
 
 def _merged_attrs(runs: Sequence[Sequence[Shard]], *, copy: bool, command: str, out_dir: Path) -> dict[str, Any]:
-    """The merged file's root attributes: the first file's settings (in today's form), and what the
-    merged file covers as one whole run of ``[0, 1]``.
-
-    One run: ``num_inputs``/``input_digest`` are the whole list's (``list_size``/``list_digest``).
-    Several runs: the list is theirs joined, so ``list_size`` and ``num_inputs`` are the sum of their
-    lists and ``list_digest`` and ``input_digest`` a digest of their list digests in order; ``inputs``
-    is every run's INPUTs in order (left out when a run did not record them: readers then fall back
-    to ``extract_command``), and ``extract_command`` holds their commands joined by `` ; ``.
-    """
+    """The merged file's root attributes: the first file's settings, and what the merged file covers
+    as one whole run of ``[0, 1]``: the whole input list, or for several runs their lists joined
+    (sizes summed, a digest of their list digests in order, their INPUTs and commands in order)."""
     shards = [s for run in runs for s in run]
     heads = [run[0] for run in runs]
     ref = heads[0]
