@@ -49,7 +49,14 @@ def _session(sid: int) -> list[int]:
 
 
 def _named(sid: int, name: str) -> list[int]:
-    return [p for p in _session(sid) if Path(f"/proc/{p}/comm").read_text().strip() == name]
+    """The processes of session ``sid`` whose command line starts with ``name`` (Ray retitles a worker
+    ``ray::TASK`` while it runs one)."""
+    found = []
+    for pid in _session(sid):
+        with contextlib.suppress(OSError):
+            if Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].split(b"/")[-1].startswith(name.encode()):
+                found.append(pid)
+    return found
 
 
 def _kill_session(sid: int) -> None:
@@ -157,10 +164,11 @@ def test_killed_node_still_ends_with_one_runs_rows(cluster: dict[str, object], s
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
     try:
         deadline = time.monotonic() + 120
-        while len(list(tmp_path.glob("f.shard-*.h5"))) < 2 and driver.poll() is None:  # both nodes at work
-            assert time.monotonic() < deadline
+        second = int(cluster["second"])  # type: ignore[call-overload]
+        while not (len(list(tmp_path.glob("f.shard-*.h5"))) >= 2 and _named(second, "ray::_shard")):  # mid-shard there
+            assert time.monotonic() < deadline and driver.poll() is None, driver.poll()
             time.sleep(0.05)
-        raylets = _named(int(cluster["second"]), "raylet")  # type: ignore[call-overload]
+        raylets = _named(second, "raylet")
         assert len(raylets) == 1
         os.kill(raylets[0], signal.SIGKILL)
         stdout, stderr = driver.communicate(timeout=240)

@@ -295,11 +295,8 @@ def merge_line(summary: MergeSummary) -> str:
     from featdump.store.check import tar_progress
 
     state = "complete" if summary.complete else "NOT complete (--allow-partial)"
-    how = (
-        "self-contained copy"
-        if summary.mode == "copy"
-        else "virtual: reads the shard files, found relative to it; keep them next to each other"
-    )
+    how = "virtual: reads the shard files, found relative to it; keep them next to each other"
+    how = "self-contained copy" if summary.mode == "copy" else how
     what = f"{summary.num_shards} shards" if summary.num_runs == 1 else f"{summary.num_shards} files of {summary.num_runs} runs"
     counts = f"{summary.num_images} images, {summary.num_failed} failed"
     if summary.input_kind == "tar":  # num_inputs counts tar files, inputs_done samples: say both

@@ -53,7 +53,8 @@ def run_on_ray(cfg: ExtractConfig, progress: ProgressSink | None = None, stop: S
         task = ray.remote(_shard).options(**needs, max_retries=cfg.ray_retries, retry_exceptions=True)
         pin = ray.util.scheduling_strategies.NodeAffinitySchedulingStrategy
         here = pin(ray.get_runtime_context().get_node_id(), soft=True)  # the driver's node: not one that dies
-        counts: Any = ray.remote(_Counts).options(num_cpus=0, scheduling_strategy=here).remote()
+        restart = {"max_restarts": -1, "max_task_retries": -1}  # a lost node may hold it anyway: it starts again
+        counts: Any = ray.remote(_Counts).options(num_cpus=0, scheduling_strategy=here, **restart).remote()
         shard_cfg = dataclasses.replace(cfg, ray=None, shards=None, resume=True, overwrite=False, quiet=True,
                                         device="cuda" if gpu else cfg.device)  # fmt: skip
         cwd = os.getcwd()
