@@ -64,9 +64,7 @@ def normalize_indices(name: str, indices: Sequence[int] | None, levels: int, mod
         raise UsageError(
             f"--out-indices names level {twice[0]} ({modules[twice[0]]}) twice (negatives count from the end)"
         )
-    # timm returns levels in model order whatever order they were asked in: keep that order, so
-    # that output i is labelled with level i.
-    return tuple(sorted(resolved))
+    return tuple(sorted(resolved))  # as timm returns them, so that output i is labelled with level i
 
 
 def describe_layers(model: Any, input_size: tuple[int, int, int]) -> list[LayerInfo]:

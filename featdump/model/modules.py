@@ -1,13 +1,10 @@
 """Any module of any timm model by name (``--layers``), through forward hooks on the full model.
 
 Produces the same :class:`~featdump.model.layers.Backbone` / :class:`~featdump.model.layers.LayerInfo`
-objects as the feature-level path, so ``inspect``, the writer and the summary need no special case:
-``LayerInfo.index`` is -1, and token outputs of transformer blocks have layout ``NLC`` with the
-number of leading prefix (class / register) tokens in ``attrs["num_prefix_tokens"]``. With
-``tokens="map"`` the prefix tokens are dropped and the patch tokens are laid out as a
-``(D, H, W)`` map, the way timm's ``forward_intermediates`` does it; ``tokens="both"`` stores that
-map under the module's name and the prefix tokens ``(P, D)`` as a second layer ``<name>.prefix``
-(``attrs["part"] = "prefix"``; none for a model without prefix tokens).
+objects as the feature-level path (``index`` -1), so ``inspect``, the writer and the summary need no
+special case. Token outputs are stored as ``--tokens`` says (``seq``, ``map`` the way timm's
+``forward_intermediates`` lays them out, or ``both``: the map and ``<name>.prefix``), as
+docs/file-format.md describes.
 """
 
 from __future__ import annotations

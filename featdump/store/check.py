@@ -168,16 +168,10 @@ def _shard(attrs: Any, path: str | Path) -> tuple[int, int] | None:
 
 
 def check_file(h5: Any, path: str | Path) -> Counts:
-    """Check an open featdump file's layout and counters; return the counters.
-
-    Layout: ``/paths``, ``/failed/paths`` and ``/failed/errors`` are datasets, ``/features`` a group
-    of datasets (hard links: no soft or external links, no groups) named by one safe path component
-    (:func:`~featdump.text.unsafe_name`). Counters: ``num_images``,
-    ``num_failed``, ``inputs_done`` and ``num_inputs`` are whole numbers >= 0; ``num_images`` is at
-    most the rows of ``/paths`` and of every ``/features`` dataset (rows past it are uncommitted),
-    and those rows have storage (were written); ``num_failed`` likewise for ``/failed/*``; ``num_images + num_failed <= inputs_done <=
-    num_inputs``; ``shard`` is ``[I, N]`` with ``0 <= I < N``. Raises UsageError (exit 2) otherwise.
-    """
+    """Check an open featdump file's layout (datasets behind hard links, layer names that are one
+    safe path component) and counters (whole numbers >= 0, each backed by written rows of its
+    datasets, ``num_images + num_failed <= inputs_done <= num_inputs``, ``shard`` ``[I, N]``); return
+    the counters, or raise UsageError (exit 2) naming what disagrees."""
     attrs = h5.attrs
     rows: dict[str, Any] = {}
     for name in ROW_DATASETS:
