@@ -191,7 +191,8 @@ def test_ray_missing_is_a_usage_error_naming_the_extra(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "says"),
     [(("--ray", "auto"), "--ray and --shards go together"), (("--shards", "3"), "--ray and --shards go together"),
-     (("--ray", "auto", "--shards", "2", "--shard", "0/2"), "drop --shard")],
+     (("--ray", "auto", "--shards", "2", "--shard", "0/2"), "drop --shard"),
+     (("--ray", "local", "--shards", "2", "-o", "f-{shard}.h5"), "not the template")],
 )  # fmt: skip
 def test_ray_options_that_do_not_fit_are_usage_errors(tmp_path: Path, args: tuple[str, ...], says: str) -> None:
     imgs = make_images(tmp_path / "imgs", 1)

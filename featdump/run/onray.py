@@ -33,6 +33,8 @@ def run_on_ray(cfg: ExtractConfig, progress: ProgressSink | None = None, stop: S
     from featdump.store.mergecheck import read_shard
     from featdump.store.output import preflight
 
+    if shard_output_path(cfg.output, 0, 1) != cfg.output:  # -o holds {shard}: it names the shards, not the merge
+        raise UsageError(f"--ray merges the shards into -o: give it a file name, not the template {cfg.output!r}")
     count = int(cfg.shards or 1)
     paths = [shard_output_path(cfg.output, i, count) for i in range(count)]
     preflight(Path(cfg.output), cfg)  # -o: a regular file or nothing, its folder made; the merge replaces it
