@@ -101,12 +101,7 @@ def handle_errors(func: F) -> F:
 
 def given_options(ctx: Any, names: list[str]) -> dict[str, Any]:
     """The options the user typed (not defaults), for the precedence defaults < file < flags."""
-    out = {}
-    for name in names:
-        source = parameter_source(ctx, name)
-        if source is not None and source not in ("DEFAULT", "DEFAULT_MAP"):
-            out[name] = ctx.params[name]
-    return out
+    return {name: ctx.params[name] for name in names if parameter_source(ctx, name) not in (None, "DEFAULT", "DEFAULT_MAP")}
 
 
 def run(start: Any = None) -> None:

@@ -13,6 +13,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from featdump.data.remote import STOPPING
+
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
@@ -22,22 +24,16 @@ class StopToken:
     def __init__(self) -> None:
         self.signum: int | None = None
         self.hint = ""  # what a hurried stop leaves behind, for whoever reports it (set by the job)
-        _fetches().clear()
+        STOPPING.clear()
 
     def request(self, signum: int) -> None:
         if self.signum is None:
             self.signum = int(signum)
-            _fetches().set()  # image URLs being fetched give up: the batch waiting for them ends at once
+            STOPPING.set()  # image URLs being fetched give up: the batch waiting for them ends at once
 
     @property
     def stopped(self) -> bool:
         return self.signum is not None
-
-
-def _fetches() -> threading.Event:
-    from featdump.data.remote import STOPPING
-
-    return STOPPING
 
 
 def raise_keyboard_interrupt(signum: int) -> None:
