@@ -191,14 +191,13 @@ def weights_tag(name: str, model: Any) -> str:
 def quiet_timm() -> Iterator[None]:
     """timm logs "unexpected keys" when a full checkpoint feeds a features-only model: expected here
     (check_state_dict has already compared the checkpoint with the full model)."""
-    loggers = [logging.getLogger(n) for n in ("timm", "huggingface_hub")]  # the hub logs every retry
-    old = [logger.level for logger in loggers]
-    for logger in loggers:
+    old = {logger: logger.level for logger in map(logging.getLogger, ("timm", "huggingface_hub"))}  # the hub logs every retry
+    for logger in old:
         logger.setLevel(logging.ERROR)
     try:
         yield
     finally:
-        for logger, level in zip(loggers, old, strict=True):
+        for logger, level in old.items():
             logger.setLevel(level)
 
 

@@ -133,8 +133,7 @@ def summarize_file(path: str | Path, max_failures: int = 10) -> dict[str, Any]:
         attrs = {k: read_attr(v) for k, v in h5.attrs.items()}
         sources = virtual_sources(h5, p)
         datasets = []
-        features = h5.get("features")
-        for name, ds in features.items() if features is not None else []:
+        for name, ds in h5["features"].items():  # /paths, /failed/* and /features: check_file saw to them
             rows = int(ds.shape[0]) if ds.shape else 0
             mapped = sources.get(ds.name.lstrip("/"), [])
             raw = int(ds.dtype.itemsize) * int(ds.size)
@@ -157,13 +156,8 @@ def summarize_file(path: str | Path, max_failures: int = 10) -> dict[str, Any]:
                     "attrs": {k: read_attr(v) for k, v in ds.attrs.items()},
                 }
             )
-        paths_rows = int(h5["paths"].shape[0]) if "paths" in h5 else 0
-        fp = h5.get("failed/paths", None)
-        fe = h5.get("failed/errors", None)
-        failures = []
-        if fp is not None and fe is not None:
-            shown = min(max_failures, counts.num_failed, fp.shape[0], fe.shape[0])
-            failures = [{"path": read_text(fp[i]), "error": read_text(fe[i])} for i in range(shown)]
+        fp, fe = h5["failed/paths"], h5["failed/errors"]  # each holds num_failed rows at least
+        failures = [{"path": read_text(fp[i]), "error": read_text(fe[i])} for i in range(min(max_failures, counts.num_failed))]
         provenance = {k: setting_value(v) if k in RESUME_KEYS else v for k, v in attrs.items() if k not in STATE_KEYS}
         info = {
             "file": str(p),
@@ -171,7 +165,7 @@ def summarize_file(path: str | Path, max_failures: int = 10) -> dict[str, Any]:
             "format_version": attrs.get("format_version"),
             "complete": bool(attrs.get("complete", False)),
             "num_images": counts.num_images,
-            "rows_in_paths": paths_rows,
+            "rows_in_paths": int(h5["paths"].shape[0]),
             "num_failed": counts.num_failed,
             "inputs_done": counts.inputs_done,  # tar shards: samples read (and damaged-shard records)
             "num_inputs": attrs.get("num_inputs"),  # tar shards: tar files

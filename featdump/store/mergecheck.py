@@ -89,12 +89,10 @@ def read_shard(path: str | Path) -> Shard:
         if "list_digest" not in attrs:
             raise UsageError(f"{shown} records no digest of the whole input list (older featdump); extract it again")
         list_size = count_attr(h5.attrs, "list_size", shown, 0)
-        layers: dict[str, tuple[tuple[int, ...], str]] = {}
-        virtual = [name for name, ds in h5[FEATURES].items() if ds.is_virtual]  # hard links: check_file saw to it
-        stored = 0
-        for name, ds in h5[FEATURES].items():
-            layers[name] = (tuple(int(d) for d in ds.shape[1:]), str(ds.dtype))
-            stored += int(ds.id.get_storage_size())
+        features = h5[FEATURES]  # hard links to datasets: check_file saw to it
+        layers = {name: (tuple(int(d) for d in ds.shape[1:]), str(ds.dtype)) for name, ds in features.items()}
+        virtual = [name for name, ds in features.items() if ds.is_virtual]
+        stored = sum(int(ds.id.get_storage_size()) for ds in features.values())
         shard = Shard(
             path=p.resolve(),
             shown=shown,
