@@ -100,16 +100,10 @@ ZSTD_FILTER = 32015  # HDF5's registered Zstandard filter (hdf5plugin.Zstd)
 
 
 def compression_kwargs(name: str, dtype: str) -> dict[str, Any]:
-    """h5py filter arguments for ``--compression`` (measured by ``make bench``: docs/performance.md).
-
-    On post-ReLU maps (about half exact zeros) plain zstd beat the alternatives at every ratio
-    (byte shuffle before it gains little and halves its speed; Blosc2's zstd+shuffle was slower for
-    the same ratio), and its fast level -3 (the default, ``FEATDUMP_ZSTD_LEVEL``) is faster than level 1
-    for a slightly larger file, so a CPU run loses less of its forward pass and a GPU run's writer
-    keeps up longer. ``zstd`` is HDF5's
-    registered Zstandard filter (32015, via hdf5plugin: readers need ``import hdf5plugin``; the
-    level does not matter to them). gzip and lzf keep shuffle, which helps them.
-    """
+    """h5py filter arguments for ``--compression``, chosen by measurement (``make bench``; why plain
+    zstd at level -3, ``FEATDUMP_ZSTD_LEVEL``: docs/performance.md). ``zstd`` is HDF5's registered
+    Zstandard filter (32015, via hdf5plugin: readers need ``import hdf5plugin``; the level does not
+    matter to them). gzip and lzf keep shuffle, which helps them."""
     if name == "none":
         return {}
     if name == "gzip":

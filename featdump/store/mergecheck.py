@@ -134,14 +134,10 @@ def _run_key(s: Shard) -> tuple[str, int, int]:
 
 def check_runs(files: Sequence[Shard], allow_partial: bool = False) -> list[list[Shard]]:
     """The runs to join, in the order given, each its shards in index order; or a UsageError naming
-    the first file that does not fit.
-
-    Files of one input list cut into the same number of shards are one run. One run is checked as
-    today's shards (:func:`check_shards`). Several runs are joined when each is given whole and they
-    share the settings that give rows their meaning; when a run lacks a shard, the files are checked
-    as the shards of one run, which names what does not fit (another input list or shard count, a
-    missing shard).
-    """
+    the first file that does not fit. Files of one input list cut into the same number of shards are
+    one run. Several runs are joined when each is whole and they share the settings that give rows
+    their meaning; otherwise the files are checked as the shards of one run (:func:`check_shards`),
+    which names what does not fit."""
     runs: dict[tuple[str, int, int], list[Shard]] = {}
     for s in files:
         runs.setdefault(_run_key(s), []).append(s)

@@ -140,14 +140,9 @@ def _sorted_rows(ds: Any, rows: Any) -> Any:
 
 def check_sources(path: str | Path) -> list[SourceProblem]:
     """Every source of the virtual datasets under ``/features`` that is missing, unreadable, short or
-    refused (see :class:`SourceProblem`), checked before anything reads a row.
-
-    A source must be another file (after resolving ``.``, ``HDF5_VDS_PREFIX``, ``${ORIGIN}``, links),
-    a regular file, HDF5, a valid featdump file (:func:`~featdump.store.check.check_file`) whose
-    dataset is under ``/features``, is not itself virtual (no cycles) and has the rows and row shape
-    mapped. Sources are opened through the journal (:func:`~featdump.store.committed.open_committed`),
-    as every featdump reader opens files. Empty for files without virtual datasets. Opens ``path`` on
-    its own: call it while no other handle to ``path`` is open in this process.
+    refused (see :class:`SourceProblem`, :func:`_open_source`, :func:`_source_reason`), checked before
+    anything reads a row; empty for files without virtual datasets. Opens ``path`` on its own: call
+    it while no other handle to ``path`` is open in this process.
     """
     import h5py
 
