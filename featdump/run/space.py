@@ -1,13 +1,12 @@
-"""Disk planning: bytes per image from the layer shapes (meta device, no weights), and the check
-``extract`` makes before loading the model (the rule: docs/trust.md). With ``--compression`` the
-need is scaled by the best ratio measured for the codec (:data:`BEST_RATIO`).
+"""Disk planning: the check ``extract`` makes before loading the model (the rule: docs/trust.md),
+bytes per image from the layer shapes (meta device, no weights). With ``--compression`` the need is
+scaled by the best ratio measured for the codec (:data:`BEST_RATIO`).
 """
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -17,41 +16,6 @@ from featdump.text import fmt_bytes
 
 # stored / raw bytes, the best measured per codec (resnet50 maps, about half zeros: docs/performance.md)
 BEST_RATIO = {"none": 1.0, "gzip": 0.46, "lzf": 0.53, "zstd": 0.47}
-
-
-@dataclass(frozen=True)
-class SpaceNeed:
-    """What the rows still to write need on disk, and what the file system has."""
-
-    images: int
-    bytes_per_image: int
-    raw_bytes: int  # images x bytes per image, uncompressed
-    need_bytes: int  # after the codec's ratio, plus the margin
-    free_bytes: int
-    folder: str
-    estimate: str = ""  # how ``images`` was estimated (tar shards), or "" when counted
-
-    @property
-    def fits(self) -> bool:
-        return self.need_bytes <= self.free_bytes
-
-
-def layers_for(cfg: Any, processors: Sequence[Any] = ()) -> list[Any]:
-    """The stored layers of a run (shapes after pooling and processors), from the meta device."""
-    from featdump.model.backbone import describe
-    from featdump.run.processors import prepare, stored_layers
-
-    desc = describe(cfg.model, cfg.out_indices, cfg.output_stride, cfg.img_size, layers=cfg.layers, tokens=cfg.tokens)
-    prepare(processors, desc.data.input_size)
-    return stored_layers(desc.layers, cfg.pool, processors)
-
-
-def need(layers: Sequence[Any], images: int, dtype: str, pool: str, compression: str, folder: str | Path) -> SpaceNeed:
-    """The numbers of the check for ``images`` more rows written into ``folder``."""
-    per_image = sum(layer.bytes_per_image(dtype, pool) for layer in layers)
-    raw = per_image * images
-    want = int(raw * BEST_RATIO.get(compression, 1.0))
-    return SpaceNeed(images, per_image, raw, with_margin(want) if images else 0, free_bytes(folder), str(folder))
 
 
 def remaining_images(total: int, out_path: Path, resume: bool) -> int:
@@ -70,12 +34,15 @@ def remaining_images(total: int, out_path: Path, resume: bool) -> int:
     return total
 
 
-def check_space(cfg: Any, out_path: Path, selection: Any, processors: Sequence[Any] = ()) -> SpaceNeed | None:
-    """Refuse (UsageError) a run whose rows cannot fit on the output's file system; None when not checked.
+def check_space(cfg: Any, out_path: Path, selection: Any, processors: Sequence[Any] = ()) -> None:
+    """Refuse (UsageError) a run whose rows cannot fit on the output's file system.
 
     Tar shards are counted only as they are read: the check then uses
     ``selection.estimated_length()`` (local plain tars), and warns (``FeatdumpWarning``) that it
     cannot check where there is no estimate (remote or compressed shards)."""
+    from featdump.model.backbone import describe
+    from featdump.run.processors import prepare, stored_layers
+
     total, about = selection.length, ""
     if total is None:
         estimate = selection.estimated_length()
@@ -86,25 +53,25 @@ def check_space(cfg: Any, out_path: Path, selection: Any, processors: Sequence[A
                 FeatdumpWarning,
                 stacklevel=2,
             )
-            return None
+            return
         total, about = estimate
     images = remaining_images(total, out_path, cfg.resume)
     if not images:
-        return None
+        return
     folder = out_path.resolve().parent if out_path.parent != Path("") else Path.cwd()
-    try:
-        layers = layers_for(cfg, processors)
+    try:  # the stored layers: shapes after pooling and processors
+        desc = describe(cfg.model, cfg.out_indices, cfg.output_stride, cfg.img_size, layers=cfg.layers, tokens=cfg.tokens)
+        prepare(processors, desc.data.input_size)
+        layers = stored_layers(desc.layers, cfg.pool, processors)
     except UsageError:
         raise
     except Exception:  # noqa: BLE001 - a model the meta device cannot build: the load says more
-        return None
-    n = replace(need(layers, images, cfg.dtype, cfg.pool, cfg.compression, folder), estimate=about)
-    if not n.fits:
-        raise UsageError(space_message(n, cfg))
-    return n
-
-
-def space_message(n: SpaceNeed, cfg: Any) -> str:
+        return
+    per_image = sum(layer.bytes_per_image(cfg.dtype, cfg.pool) for layer in layers)
+    raw, free = per_image * images, free_bytes(folder)
+    need = with_margin(int(raw * BEST_RATIO.get(cfg.compression, 1.0)))
+    if need <= free:
+        return
     ways = []
     if cfg.dtype != "float16":
         ways.append("--dtype float16 (half)")
@@ -116,9 +83,9 @@ def space_message(n: SpaceNeed, cfg: Any) -> str:
     ways.append("another -o folder")
     ways.append("--no-space-check to try anyway")
     how = "uncompressed" if cfg.compression == "none" else f"at {cfg.compression}'s best ratio {BEST_RATIO[cfg.compression]}"
-    return (
-        f"not enough space for the output: {'about ' if n.estimate else ''}{n.images} images"
-        f"{f' ({n.estimate})' if n.estimate else ''} × {fmt_bytes(n.bytes_per_image)} = {fmt_bytes(n.raw_bytes)} "
-        f"of features, {fmt_bytes(n.need_bytes)} with margin {how}, but {n.folder} has {fmt_bytes(n.free_bytes)} free; "
+    raise UsageError(
+        f"not enough space for the output: {'about ' if about else ''}{images} images"
+        f"{f' ({about})' if about else ''} × {fmt_bytes(per_image)} = {fmt_bytes(raw)} "
+        f"of features, {fmt_bytes(need)} with margin {how}, but {folder} has {fmt_bytes(free)} free; "
         f"ways out: {', '.join(ways)}"
     )
