@@ -13,7 +13,8 @@ from typing import Any
 
 from featdump.errors import FeatdumpError, UsageError
 from featdump.store.check import RESUME_KEYS, Counts, check_file, input_kind, tar_files_done
-from featdump.store.format import read_text, setting_value
+from featdump.store.committed import open_committed
+from featdump.store.format import load_codecs, read_attr, read_text, setting_value
 from featdump.store.locks import journal_path
 from featdump.store.vds import missing_sources, virtual_sources
 from featdump.text import first_line, to_str
@@ -38,8 +39,6 @@ def open_checked(path: str | Path) -> tuple[Any, Counts]:
     """
     import h5py
 
-    from featdump.store.format import load_codecs
-
     load_codecs()
     p = Path(path)
     if not p.exists():
@@ -55,12 +54,7 @@ def open_checked(path: str | Path) -> tuple[Any, Counts]:
     if not is_hdf5:
         raise UsageError(f"{p} is not an HDF5 file (featdump files are HDF5, written by `featdump extract`)")
     try:
-        if journal_path(p).exists():  # a run holds it or was killed: read the last commit through the journal
-            from featdump.store.committed import open_committed
-
-            h5 = open_committed(p)
-        else:
-            h5 = h5py.File(str(p), "r")  # default locking: see the docstring
+        h5 = open_committed(p)  # through the journal where there is one, else h5py.File(p, "r")
     except OSError as exc:
         raise FeatdumpError(f"cannot open {p}: {first_line(exc, repr(exc))}") from None
     fmt = to_str(h5.attrs.get("format", ""))
@@ -124,8 +118,6 @@ def _filters(ds: Any) -> str:
 
 def summarize_file(path: str | Path, max_failures: int = 10) -> dict[str, Any]:
     """Everything ``show`` prints, as JSON-ready data."""
-    from featdump.store.format import read_attr
-
     p = Path(path)
     missing = check_virtual(p)  # before our own handle; refuses what must never be read
     h5, counts = open_checked(p)

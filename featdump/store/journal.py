@@ -13,11 +13,8 @@ object h5py's ``fileobj`` driver writes through:
   them to the file, then records the new size in the journal header. A kill before the block is
   complete leaves the old state; a kill after it is repaired by replaying the block (idempotent).
 
-The journal file is also the lock: a writer holds ``flock(LOCK_EX)`` on it for its whole life,
-so a second run on the same output fails at once with a clear message. The journal sits beside the
-*real* file (symlinks resolved), so two names for one file (a symlink, a linked folder) share one
-lock. With ``durable`` (the
-default) every commit is ordered by fsync, so a power cut is survived the same way.
+The journal file is also the writer's lock, held for its whole life (:mod:`featdump.store.locks`).
+With ``durable`` (the default) every commit is ordered by fsync, so a power cut is survived the same way.
 """
 
 from __future__ import annotations
