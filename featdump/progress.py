@@ -1,10 +1,6 @@
 """Progress: the one count of a run's images (:class:`Counter`) under every display, and the plain
-line of ``featdump.extract(..., progress=True)`` (:class:`TextProgress`).
-
-The command's displays (a rich bar on a terminal, a plain line every ``FEATDUMP_LOG_SECONDS`` in a
-job's log) are featdump/cli/progress.py: the library must not import the CLI or a console. A display
-writes only when asked to (``progress=True``, or ``progress=None`` with stderr on a terminal), to
-the stream it was given.
+line of ``featdump.extract(..., progress=True)`` (:class:`TextProgress`). The command's displays
+are featdump/cli/progress.py: the library must not import the CLI or a console.
 """
 
 from __future__ import annotations

@@ -125,14 +125,9 @@ def _slurm_array(env: Mapping[str, str]) -> tuple[int, int] | None:
 
 
 def placement_from_env(env: Mapping[str, str] | None = None, shard: tuple[int, int] | None = None) -> Placement:
-    """This process's shard: ``shard`` (``--shard I/N``) if given, else torchrun, else a Slurm array.
-
-    torchrun (``RANK``/``WORLD_SIZE``, ``LOCAL_RANK`` for the GPU) wins over Slurm.
-    ``SLURM_ARRAY_TASK_ID`` is offset by ``SLURM_ARRAY_TASK_MIN`` so that ``--array=1-8`` works; a
-    stepped array (``0-15:4``) or a list (``1,3,5``) is refused because task ids would not be
-    contiguous. ``SLURM_CPUS_PER_TASK`` is passed on for thread and worker counts. With ``shard``
-    given, the launcher's GPU and CPU hints still count, and its array variables are not checked.
-    """
+    """This process's shard: ``shard`` (``--shard I/N``) if given, else torchrun, else a Slurm array
+    (the rules: docs/cluster.md). With ``shard`` given, the launcher's GPU and CPU hints
+    (``LOCAL_RANK``, ``SLURM_CPUS_PER_TASK``) still count, and its array variables are not checked."""
     env = os.environ if env is None else env
     cpus = _int(env, "SLURM_CPUS_PER_TASK", positive=True)
     rank, world = _int(env, "RANK"), _int(env, "WORLD_SIZE")

@@ -16,15 +16,6 @@ from featdump.errors import UsageError
 from featdump.store.rowdata import layout_of
 
 
-def _channels_first(x: np.ndarray, layout: str) -> np.ndarray:
-    """One row -> (C, values per channel): NCHW rows are (C, H, W); token rows (T, D) have D channels."""
-    if layout == "NTD" and x.ndim == 2:
-        return x.T
-    if x.ndim == 1:
-        return x[:, None]
-    return x.reshape(x.shape[0], -1)
-
-
 def map_stats(path: str | Path, layer: str, row: int) -> dict[str, Any]:
     """Statistics of ``layer`` at file row ``row`` (negative rows count from the end), JSON-ready."""
     from featdump.store.reader import FeatureFile
@@ -41,8 +32,10 @@ def map_stats(path: str | Path, layer: str, row: int) -> dict[str, Any]:
         x = stored.astype(np.float64)
         finite = np.isfinite(x)
         values = x[finite]
-        per_channel = _channels_first(np.where(finite, x, 0.0), layout)
-        norms = np.sqrt((per_channel**2).sum(axis=1))
+        per_channel = np.where(finite, x, 0.0)
+        if layout == "NTD" and x.ndim == 2:  # token rows (T, D) have D channels
+            per_channel = per_channel.T
+        norms = np.sqrt((per_channel.reshape(per_channel.shape[0], -1) ** 2).sum(axis=1))
         info: dict[str, Any] = {
             "file": str(ff.path),
             "layer": layer,

@@ -28,10 +28,8 @@ _DTYPES = {"float16": torch.float16, "float32": torch.float32, "float64": torch.
 
 def select_rows(rows: Any, n: int) -> np.ndarray:
     """``rows`` (None, indices, a range/slice, or a boolean mask of length ``n``) -> int64 file rows."""
-    if rows is None:
-        return np.arange(n, dtype=np.int64)
-    if isinstance(rows, slice):
-        return np.arange(n, dtype=np.int64)[rows]
+    if rows is None or isinstance(rows, slice):
+        return np.arange(n, dtype=np.int64)[rows or slice(None)]
     if isinstance(rows, torch.Tensor):
         rows = rows.cpu().numpy()
     arr = np.asarray(rows)
