@@ -13,11 +13,8 @@ other filter (fletcher32, scale-offset, an unknown plugin) is written through h5
 Crash safety is unchanged: ``write_direct_chunk`` goes through the same file driver, hence the
 same :class:`~featdump.store.journal.JournaledFile`, as every other HDF5 write.
 
-Rows that do not fill a chunk (datasets with several rows per chunk, e.g. pooled vectors) stay in a
-per-dataset *tail* in memory. :meth:`ChunkWriter.flush` (called by every commit) writes the tail
-through h5py's ordinary path, so the committed file holds every row; when later rows complete that
-chunk, the whole chunk is written directly, replacing the partial one (HDF5 evicts its cached copy).
-On resume the tail is read back from the file.
+Rows that do not fill a chunk stay in a per-dataset *tail* in memory, written through h5py at every
+commit (:meth:`ChunkWriter.flush`); the whole chunk replaces them later, and resume reads them back.
 """
 
 from __future__ import annotations

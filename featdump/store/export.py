@@ -246,22 +246,18 @@ def export_file(
 def _export(
     ff: Any, plans: list[Any], folder: Folder, fmt: str, pool: str | None, rows_per_part: int, ids: Any, n: int
 ) -> ExportSummary:
-    exported: list[ExportedLayer] = []
-    written, parts = 0, 1
+    files = {name: ["features.safetensors"] if fmt == "safetensors" else [name] for name, *_ in plans}
+    written, parts = 0, -(-n // rows_per_part) if fmt == "npy" else 1
     if fmt == "npy":
-        parts = -(-n // rows_per_part)
         for name, layout, prefix, pooled_here, shape, out_dtype in plans:
-            files, nbytes = _write_npy_layer(
+            files[name], nbytes = _write_npy_layer(
                 ff, name, layout, prefix, pool if pooled_here else None, out_dtype, shape[0], folder, rows_per_part, ids
             )
             written += nbytes
-            exported.append(ExportedLayer(name, shape, str(out_dtype), pooled_here, files))
     else:
         write = _write_safetensors if fmt == "safetensors" else _write_zarr
         written = write(ff, plans, folder, pool, rows_per_part, ids)
-        for name, _layout, _prefix, pooled_here, shape, out_dtype in plans:
-            files = ["features.safetensors"] if fmt == "safetensors" else [name]
-            exported.append(ExportedLayer(name, shape, str(out_dtype), pooled_here, files))
+    exported = [ExportedLayer(name, shape, str(dtype), pooled_here, files[name]) for name, _, _, pooled_here, shape, dtype in plans]
     return ExportSummary(str(ff.path), folder.shown, fmt, n, rows_per_part, parts, written, ids is not None, exported)
 
 

@@ -1,10 +1,5 @@
-"""The file format's shared pieces: attribute encoding, chunk shapes, compression filters, and
-attributes that more than one module writes or reads.
-
-``inputs``: the INPUT arguments of the run, as a JSON list of strings, in the order given; local
-paths made absolute (so readers such as ``viz`` find the images again from any folder), URLs and
-other remote inputs as written. Files written before this attribute existed have only ``command``.
-"""
+"""The file format's shared pieces (docs/file-format.md): attribute encoding, chunk shapes,
+compression filters, and attributes that more than one module writes or reads."""
 
 from __future__ import annotations
 
@@ -24,7 +19,8 @@ _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
 def inputs_attr(inputs: Sequence[str | os.PathLike[str]]) -> str:
-    """The ``inputs`` root attribute for a run over ``inputs`` (a JSON list of strings)."""
+    """The ``inputs`` root attribute: the INPUTs as given, a JSON list of strings; local paths made
+    absolute (readers such as ``viz`` find the images from any folder), URLs as written."""
     texts = [os.fspath(item) for item in inputs]
     return json.dumps([t if _URL.match(t) else os.path.abspath(t) for t in texts], ensure_ascii=False)
 

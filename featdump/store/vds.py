@@ -1,9 +1,7 @@
 """Virtual datasets (merged files): where their source files are, and which cannot deliver rows.
 
-The one resolver every reader uses (``show``, ``merge``, ``featdump.open``, ``viz``). It resolves a
-source file name the way HDF5 does: ``"."`` is the virtual file itself, absolute names are taken
-as they are, relative names are looked up under ``HDF5_VDS_PREFIX`` first (``${ORIGIN}`` standing
-for the virtual file's folder) and then in the virtual file's folder.
+The one resolver every reader uses (``show``, ``merge``, ``featdump.open``, ``viz``):
+:func:`source_path` finds a source file the way HDF5 does.
 
 HDF5 reads the rows of a missing source as the dataset's fill value, without any error. featdump's
 merged files set the fill value to NaN (float features), so such rows read as NaN, never as
@@ -45,7 +43,8 @@ def stored_name(vmap: Any) -> str:
 
 
 def source_path(vds_file: str | Path, file_name: str) -> Path:
-    """Where a virtual dataset's source ``file_name`` lives, for the virtual file ``vds_file``."""
+    """Where a virtual dataset's source ``file_name`` lives, for the virtual file ``vds_file``, as HDF5
+    looks: ``.`` (the file itself), absolute, under ``HDF5_VDS_PREFIX`` (``${ORIGIN}``), its folder."""
     vds = Path(vds_file).resolve()
     if file_name == ".":
         return vds
