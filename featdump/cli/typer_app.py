@@ -77,24 +77,21 @@ def handle_errors(func: F) -> F:
             return func(*args, **kwargs)
         except _PASS_THROUGH:
             raise
-        except FeatdumpError as exc:
+        except KeyboardInterrupt:
+            raise fail("interrupted", 130) from None
+        except Exception as exc:  # noqa: BLE001 - one line, not a traceback
             if STATE["debug"]:
                 raise
+            if not isinstance(exc, FeatdumpError):  # the last resort
+                raise fail(f"{exc.__class__.__name__}: {first_line(exc, '')} (rerun with --debug for the traceback)", 1) from None
             if isinstance(exc, Interrupted) and STATE["own_process"]:
                 # The file is committed and closed. Leave now: interpreter shutdown resets signal
                 # handlers, and a second Ctrl-C landing there would kill us without a word.
-                typer.echo(f"featdump: error: {printable(clip(str(exc), LINE_CHARS))}", err=True)
+                fail(str(exc), exc.exit_code)  # writes the line
                 sys.stdout.flush()
                 sys.stderr.flush()
                 os._exit(exc.exit_code)
             raise fail(str(exc), exc.exit_code) from None
-        except KeyboardInterrupt:
-            raise fail("interrupted", 130) from None
-        except Exception as exc:  # noqa: BLE001 - last resort: one line, not a traceback
-            if STATE["debug"]:
-                raise
-            text = first_line(exc, "")
-            raise fail(f"{exc.__class__.__name__}: {text} (rerun with --debug for the traceback)", 1) from None
 
     return wrapper  # type: ignore[return-value]
 

@@ -1,12 +1,7 @@
-"""``FeatureFile.torch(...)``: a ``torch.utils.data.Dataset`` over a featdump file's committed rows.
-
-Safe with ``DataLoader`` worker processes under fork and spawn: the dataset holds the file's path
-and the chosen rows, never an h5py handle. Each process opens the file on its first read (a forked
-worker notices the changed process id and opens its own), and pickling drops the handle.
-
-Reading is chunk-aware: ``DataLoader`` hands a whole batch of indices to :meth:`FeatureDataset.__getitems__`,
-which reads the batch's sorted unique rows of each layer in one h5py call (one slice when they lie
-close together), so a batch costs what a plain sequential h5py read of the same rows costs.
+"""``FeatureFile.torch(...)``: a ``torch.utils.data.Dataset`` over a featdump file's committed rows,
+safe with ``DataLoader`` workers under fork and spawn (it holds the path, never an h5py handle: each
+process opens the file on its first read) and chunk-aware (:meth:`FeatureDataset.__getitems__` reads
+a batch's rows of each layer in one h5py call, as a plain sequential read of those rows would).
 """
 
 from __future__ import annotations
@@ -191,10 +186,8 @@ class FeatureDataset(Dataset):
         return state[1]
 
     def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        state["_state"] = None
-        state.pop("_inherited", None)
-        return state
+        state = {k: v for k, v in self.__dict__.items() if k != "_inherited"}  # a parent's handle stays there
+        return {**state, "_state": None}
 
     def close(self) -> None:
         """Close this process's handle (reopened on the next read)."""
