@@ -87,8 +87,7 @@ def describe_layers(model: Any, input_size: tuple[int, int, int]) -> list[LayerI
         layout = guess_layout(model, per_image, channels)
         name = module if module not in seen else f"{module}#{idx}"
         seen.add(name)
-        reduction = int(info.info[idx]["reduction"])
-        layers.append(LayerInfo(name, module, int(idx), channels, reduction, chw(per_image, layout), layout))
+        layers.append(LayerInfo(name, module, int(idx), channels, int(info.info[idx]["reduction"]), chw(per_image, layout), layout))
     return layers
 
 
@@ -137,13 +136,7 @@ def describe_levels(
     except Exception:  # noqa: BLE001 - some models cannot run on meta tensors: a real CPU model then
         model = features_model(name, out_indices=indices, output_stride=output_stride, img_size=img_size)
         layers = describe_layers(model.eval(), data.input_size)
-    _check_stride(name, layers, output_stride)
-    return Description(name, layers, data, levels, indices, output_stride)
-
-
-def _check_stride(name: str, layers: Sequence[LayerInfo], output_stride: int | None) -> None:
-    if output_stride is None or not layers:
-        return
-    biggest = max(layer.reduction for layer in layers)
-    if biggest > output_stride:
+    biggest = max((layer.reduction for layer in layers), default=0)
+    if output_stride is not None and biggest > output_stride:
         raise stride_error(name, output_stride, f"its feature levels still reach stride {biggest}")
+    return Description(name, layers, data, levels, indices, output_stride)

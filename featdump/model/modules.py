@@ -49,11 +49,7 @@ def _kind(out: Any) -> str:
 
     if isinstance(out, torch.Tensor):
         return "tensor"
-    if out is None:
-        return "none"
-    if isinstance(out, dict):
-        return "dict"
-    return "tuple"
+    return "none" if out is None else "dict" if isinstance(out, dict) else "tuple"
 
 
 def trace_modules(model: Any, input_size: tuple[int, int, int]) -> list[ModuleRecord]:

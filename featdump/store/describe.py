@@ -1,9 +1,7 @@
 """What a featdump file holds, for `featdump show`: datasets, provenance, failures, missing sources.
 
-Works on finished, partial (``complete`` false), sharded and merged files. Merged files may hold
-HDF5 virtual datasets whose rows live in other files: a missing source file would silently read as
-the fill value (NaN in featdump's merged files), so the sources are checked (:mod:`featdump.store.vds`)
-and missing ones reported.
+Works on finished, partial (``complete`` false), sharded and merged files; a merged file's missing
+sources (:mod:`featdump.store.vds`) are reported.
 """
 
 from __future__ import annotations
@@ -73,13 +71,9 @@ def open_checked(path: str | Path) -> tuple[Any, Counts]:
 
 
 def check_virtual(path: str | Path) -> list[str]:
-    """The missing-source problems of a merged file; empty for files without virtual datasets.
-    UsageError (exit 2) for a file that is not valid, or whose virtual datasets read a source that
-    must never be read (itself, a file that is not a featdump shard: :func:`~featdump.store.vds.missing_sources`).
-
-    Opens the file on its own (call it while no other handle to ``path`` is open in this process:
-    HDF5 refuses a second open with other locking flags).
-    """
+    """:func:`~featdump.store.vds.missing_sources` of a valid featdump file (UsageError, exit 2,
+    otherwise). Opens the file on its own: call it while no other handle to ``path`` is open in this
+    process (HDF5 refuses a second open with other locking flags)."""
     open_featdump(path).close()  # exit 2 for a file that is not valid, before its sources are read
     return missing_sources(path)
 

@@ -65,11 +65,6 @@ def _relative(shard: Path, out_dir: Path) -> str:
     return Path(os.path.relpath(shard, out_dir)).as_posix()
 
 
-def _vds_name(shard: Path, out_dir: Path) -> str:
-    """The source file name as HDF5 stores it: relative, with ``%`` escaped (HDF5 reads ``%b`` etc.)."""
-    return _relative(shard, out_dir).replace("%", "%%")
-
-
 def _copy_rows(src: Any, dst: Any, at: int, rows: int) -> None:
     row_bytes = max(1, src.dtype.itemsize * math.prod(int(d) for d in src.shape[1:]))
     block = max(1, COPY_BLOCK_BYTES // row_bytes)
@@ -314,7 +309,8 @@ def _write(
                         if not s.num_images:
                             continue
                         src_shape = f[FEATURES][name].shape
-                        vs = h5py.VirtualSource(_vds_name(s.path, out_dir), f"{FEATURES}/{name}", shape=src_shape)
+                        stored = _relative(s.path, out_dir).replace("%", "%%")  # HDF5 reads %b etc. in file names
+                        vs = h5py.VirtualSource(stored, f"{FEATURES}/{name}", shape=src_shape)
                         layout[at : at + s.num_images] = vs[0 : s.num_images]
                         at += s.num_images
                     ds = group.create_virtual_dataset(name, layout, fillvalue=np.nan)
