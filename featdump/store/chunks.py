@@ -129,10 +129,8 @@ def _shuffle(data: Any, itemsize: int) -> Any:
 
 
 class ChunkCodec:
-    """A dataset's filter pipeline, run in Python threads: ``encode(bytes) -> (filter_mask, bytes)``.
-
-    ``supported`` is False when a filter cannot be reproduced exactly; then h5py writes that dataset.
-    """
+    """A dataset's filter pipeline, run in Python threads: ``encode(bytes) -> (filter_mask, bytes)``;
+    ``supported`` is False when a filter cannot be reproduced exactly (then h5py writes that dataset)."""
 
     def __init__(self, ds: Any) -> None:
         plist = ds.id.get_create_plist()
@@ -195,11 +193,8 @@ class _Lane:
 
 
 class ChunkWriter:
-    """Writes batches of rows to a group of datasets as whole chunks (see the module's notes).
-
-    Not thread-safe: the Store's writer thread calls it; ``threads`` more threads prepare chunks
-    (``threads <= 1``: prepared in the calling thread).
-    """
+    """Writes batches of rows to a group of datasets as whole chunks (see the module's notes). Not
+    thread-safe: the Store's writer thread calls it; ``threads`` more (if > 1) prepare chunks."""
 
     def __init__(self, datasets: Sequence[Any], rows: int, threads: int = 1) -> None:
         self.lanes = {ds.name: _Lane(ds, rows) for ds in datasets}

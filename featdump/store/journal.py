@@ -46,10 +46,8 @@ WRITEBACK_BYTES = 32 << 20
 
 
 class JournaledFile:
-    """The file object h5py writes through (``h5py.File(JournaledFile(...))``); see the module doc.
-
-    Not thread-safe; h5py serialises its calls.
-    """
+    """The file object h5py writes through (``h5py.File(JournaledFile(...))``; see the module doc).
+    Not thread-safe; h5py serialises its calls."""
 
     def __init__(self, path: str | Path, fd: int, lock: OutputLock, durable: bool = True) -> None:
         self.path = Path(path)
