@@ -48,12 +48,8 @@ MAX_SHARD_DIGITS = 12  # {shard:05d} pads; a spec like {shard:>400} would only m
 
 
 def shard_output_path(output: str, index: int, count: int) -> str:
-    """``feats.h5`` -> ``feats.shard-00003-of-00008.h5`` when ``count > 1``; ``{shard}``/``{num_shards}`` fill in.
-
-    Only the file name changes (a dot in a folder name is left alone); a name without an extension
-    gets ``.h5``. A template without ``{shard}`` would send every shard to one file, so it is refused
-    for ``count > 1``.
-    """
+    """``feats.h5`` -> ``feats.shard-00003-of-00008.h5`` when ``count > 1`` (only the file name changes;
+    ``.h5`` added where it has no extension); ``{shard}``/``{num_shards}`` fill in (docs/cluster.md)."""
     fields = list(re.finditer(r"\{(shard|num_shards)(?::([^{}]*))?\}", output))  # -o names the shard itself
     if fields:
         if count > 1 and all(m.group(1) != "shard" for m in fields):

@@ -132,8 +132,6 @@ class FeatureFile:
     def failed(self) -> list[tuple[str, str]]:
         """``(path, reason)`` of the images that could not be read."""
         m = self._counts.num_failed  # checked: /failed/paths and /failed/errors hold at least m rows
-        if not m:
-            return []
         return [(read_text(p), read_text(e)) for p, e in zip(self._h5["failed/paths"][:m], self._h5["failed/errors"][:m], strict=True)]
 
     @property
