@@ -178,11 +178,9 @@ class FeatureFile:
         return self._take(self._h5["geometry"], rows)
 
     def pixel_boxes(self, layer: str, row: int) -> np.ndarray:
-        """``(H, W, 4)`` boxes ``y0, x0, y1, x1`` in original-image pixels (continuous coordinates:
-        pixel ``i`` spans ``[i, i + 1)``) of the cells of a spatial layer for one stored row, from
-        the layer's stride (``reduction``; after ``--process``, its ``pixel_grid``), the input size and
-        the row's ``/geometry``. Cells are cut at the image's edges; a cell wholly in padding
-        (``--crop-mode border``) is NaN."""
+        """``(H, W, 4)`` boxes ``y0, x0, y1, x1`` in original-image pixels of the cells of a spatial
+        layer for one stored row (pixel ``i`` spans ``[i, i + 1)``; a cell wholly in padding is NaN:
+        docs/dense.md)."""
         from featdump.data.geometry import cell_boxes
 
         attrs = self.attrs(layer)
