@@ -24,7 +24,7 @@ def locate_rows(ff: Any, rows: Sequence[int], root: str | Path | None = None) ->
     from featdump.data.discover import discover
     from featdump.data.lookup import find_rows, wanted_rows
     from featdump.data.remote import is_url
-    from featdump.data.sources import TABLE_OPTIONS
+    from featdump.options import OPTIONS
     from featdump.store.check import input_kind
     from featdump.store.format import read_inputs_attr
 
@@ -34,7 +34,7 @@ def locate_rows(ff: Any, rows: Sequence[int], root: str | Path | None = None) ->
         wanted = wanted_rows(rows, ff.paths, ff.ids, failed)
         if not inputs:
             return wanted, f"it does not record the {kind} inputs its rows were read from"
-        columns = SimpleNamespace(**{name: str(ff.meta.get(name) or "") or None for name in TABLE_OPTIONS})
+        columns = SimpleNamespace(**{o.name: o.from_attr(ff.meta) for o in OPTIONS if o.family == "table" and o.from_attr})
         try:
             find_rows(kind, inputs, columns, wanted, ff.meta.get("shard") or (0, 1), names=[*ff.paths, *failed])
         except UsageError as exc:
