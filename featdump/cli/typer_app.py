@@ -1,9 +1,6 @@
 """The Typer app and what every command shares: the error handler (the one place that turns core
 exceptions into one line and an exit code), the options a user typed, and the process entry.
-
-Nothing here imports torch at module level, so ``--help`` and ``--version`` stay fast. The
-commands live in featdump/cli/commands.py (inspect, extract, bench) and featdump/cli/files.py
-(show, viz, models, verify, processors, merge, fetch, export).
+Nothing here imports torch at module level, so ``--help`` and ``--version`` stay fast.
 """
 
 from __future__ import annotations

@@ -1,9 +1,6 @@
 """Where this process stands among N copies: the one function that reads the launcher's environment,
 and the shard's output name (the blocks themselves: :func:`featdump.data.sources.shard_bounds`).
-
-featdump runs no scheduler of its own: a job array (Slurm) or a process group (torchrun) starts N
-copies, and each copy takes block I of N of the ordered input list. ``placement_from_env`` is the
-only place that reads ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``/``LOCAL_WORLD_SIZE`` and ``SLURM_*``.
+A job array (Slurm) or a process group (torchrun) starts N copies (docs/cluster.md).
 """
 
 from __future__ import annotations

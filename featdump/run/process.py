@@ -34,15 +34,10 @@ def user_choice(env: dict[str, str] | None = None) -> str:
     if not MALLOC_TUNING.value(env):
         return "FEATDUMP_MALLOC_TUNING=0"
     preload = env.get("LD_PRELOAD", "")
-    for name in _ALLOCATORS:
-        if name in preload:
-            return f"LD_PRELOAD {name}"
-    for var in _GLIBC_VARS:
-        if var in env:
-            return var
+    chosen = [f"LD_PRELOAD {name}" for name in _ALLOCATORS if name in preload] + [var for var in _GLIBC_VARS if var in env]
     if "malloc" in env.get("GLIBC_TUNABLES", ""):
-        return "GLIBC_TUNABLES"
-    return ""
+        chosen.append("GLIBC_TUNABLES")
+    return chosen[0] if chosen else ""
 
 
 @functools.cache

@@ -1,9 +1,7 @@
-"""Stop requests: SIGINT/SIGTERM ask a run to stop after the current batch. Nothing here prints or exits.
-
-A :class:`StopToken` holds the request; :class:`SignalWatch` turns signals into requests while a run
-needs it (main thread only). A repeated signal calls ``on_repeat``: by default it raises
-``KeyboardInterrupt`` in the caller (a notebook survives; the file keeps its last commit and
-``--resume`` finishes it). The CLI passes its own ``on_repeat``, which leaves the process at once.
+"""Stop requests: SIGINT/SIGTERM ask a run to stop after the current batch (a :class:`StopToken`
+holds the request, a :class:`SignalWatch` makes it). Nothing here prints or exits: by default a
+repeated signal raises ``KeyboardInterrupt`` in the caller (a notebook survives; the file keeps its
+last commit); the CLI passes its own ``on_repeat``, which leaves the process at once.
 """
 
 from __future__ import annotations
