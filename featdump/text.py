@@ -67,8 +67,7 @@ def storable(text: str) -> str:
         return text
     except UnicodeEncodeError:
         pass
-    escaped_bytes = all(not 0xD800 <= ord(c) <= 0xDFFF or 0xDC80 <= ord(c) <= 0xDCFF for c in text)
-    if escaped_bytes:
+    if all(not 0xD800 <= ord(c) <= 0xDFFF or 0xDC80 <= ord(c) <= 0xDCFF for c in text):  # only escaped bytes
         return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
