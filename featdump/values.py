@@ -114,7 +114,7 @@ PIN = " sha256:"  # a file a setting reads, pinned: ``pca:8:basis.npz sha256:HEX
 def unpinned(value: Any) -> Any:
     """A setting without its sha256 pins: what a user types for it."""
     if isinstance(value, tuple):
-        return tuple(str(v).split(PIN)[0] for v in value)
+        return tuple(v.split(PIN)[0] if isinstance(v, str) else v for v in value)
     return value
 
 

@@ -192,3 +192,12 @@ def test_options_and_the_api_import_neither_the_cli_nor_rich() -> None:
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_like_takes_the_files_value_typed_again_in_any_spelling() -> None:
+    like = {"img_size": (64, 64), "out_indices": (1, 4), "process": ("pca:3:b.npz sha256:ab12",), "pool": "avg"}
+    typed = {"img_size": "64", "out_indices": "1,4", "process": ["pca:3:b.npz"], "pool": "AVG"}
+    cfg = resolve({**BASE, **typed}, like_values=like)
+    assert (cfg.img_size, cfg.out_indices, cfg.process, cfg.pool) == ((64, 64), (1, 4), ("pca:3:b.npz sha256:ab12",), "avg")
+    with pytest.raises(UsageError, match=r"--img-size '96' changes what the rows mean \(the file has \(64, 64\)\)"):
+        resolve({**BASE, "img_size": "96"}, like_values=like)
