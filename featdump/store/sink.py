@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from featdump import __version__
+from featdump.data.geometry import COLUMNS as GEOMETRY_COLUMNS
 from featdump.environment import COMMIT_SECONDS
 from featdump.errors import FeatdumpError, UsageError, is_out_of_space, os_error, out_of_space
 from featdump.model.layers import LayerInfo
@@ -47,34 +48,27 @@ class Progress:
 
 
 class Store:
-    """An open featdump file being written. Not thread-safe: one writer thread owns it.
-
-    Writes go through a :class:`~featdump.store.journal.JournaledFile`: what HDF5 writes becomes the
-    file's committed state only at :meth:`commit` (rows and the counters that vouch for them
-    together), so a kill at any moment leaves the last commit (featdump/store/journal-design.md).
-    Commits happen at most every ``commit_seconds`` (env ``FEATDUMP_COMMIT_SECONDS``, default 1)
-    and always at :meth:`finish` and :meth:`close`.
+    """An open featdump file being written through its journal. Not thread-safe: one writer thread
+    owns it. Commits happen at most every ``commit_seconds`` (env ``FEATDUMP_COMMIT_SECONDS``,
+    default 1) and always at :meth:`finish` and :meth:`close`.
     """
 
-    def __init__(self, h5: Any, layers: Sequence[LayerInfo], progress: Progress, jf: Any = None, path: str | Path = "") -> None:
+    def __init__(self, h5: Any, layers: Sequence[LayerInfo], progress: Progress, jf: Any, path: str | Path) -> None:
         self.h5 = h5
         self.layers = list(layers)
         self.progress = progress  # what the file holds, written or not yet committed
         self.committed = Progress(progress.num_images, progress.num_failed, progress.inputs_done)
         self.bytes_written = 0
         self.jf = jf
-        self.path = Path(path) if path else Path(str(getattr(h5, "filename", "")))
-        self.complete = bool(h5.attrs.get("complete", False)) if h5 is not None else False
+        self.path = Path(path)
+        self.complete = bool(h5.attrs.get("complete", False))
         self.broken = False
         self.readonly = False  # a complete file reopened by --resume: nothing to write
         self.commit_seconds = COMMIT_SECONDS.value()
         # streams (tar shards): where --resume continues, committed with inputs_done (data/sources.py)
-        self.mark: list[int] | None = None
-        if h5 is not None and "stream_mark" in h5.attrs:
-            self.mark = [int(v) for v in h5.attrs["stream_mark"]]
-        self.ids = h5 is not None and "ids" in h5  # the inputs provide ids: /ids and /failed/ids
-        self.meta = list(h5["meta"]) if h5 is not None and "meta" in h5 else []  # --keep, --keep-columns
-        self.geometry = h5 is not None and GEOMETRY in h5  # /geometry (files made before it have none)
+        self.mark = [int(v) for v in h5.attrs["stream_mark"]] if "stream_mark" in h5.attrs else None
+        self.ids = "ids" in h5  # the inputs provide ids: /ids and /failed/ids
+        self.meta = list(h5["meta"]) if "meta" in h5 else []  # --keep, --keep-columns
         self._last_commit = time.monotonic()
         # Feature rows go out as whole chunks (featdump/store/chunks.py)
         self.write_threads = 1  # threads preparing (compressing) chunks; set by run/writer.py
@@ -107,9 +101,8 @@ class Store:
             for key, value in attrs.items():
                 set_attr(h5, key, value)
             h5.attrs["complete"] = False
-            h5.attrs["num_images"] = 0
-            h5.attrs["num_failed"] = 0
-            h5.attrs["inputs_done"] = 0
+            for key in ("num_images", "num_failed", "inputs_done"):
+                h5.attrs[key] = 0
             text = h5py.string_dtype()
             h5.create_dataset("paths", shape=(0,), maxshape=(None,), dtype=text, chunks=(4096,))
             failed = h5.create_group("failed")
@@ -120,7 +113,9 @@ class Store:
                 failed.create_dataset("ids", shape=(0,), maxshape=(None,), dtype=text, chunks=(256,))
             for name in attrs.get("keep") or attrs.get("keep_columns") or ():  # /meta/<name>, row-aligned
                 h5.create_dataset(f"meta/{name}", shape=(0,), maxshape=(None,), dtype=text, chunks=(4096,))
-            create_geometry(h5)
+            columns = len(GEOMETRY_COLUMNS)  # /geometry (N, 6) float64 in 12 KiB chunks: featdump/data/geometry.py
+            geometry = h5.create_dataset(GEOMETRY, shape=(0, columns), maxshape=(None, columns), dtype="float64", chunks=(256, columns))
+            geometry.attrs["columns"] = list(GEOMETRY_COLUMNS)
             group = h5.create_group(FEATURES, track_order=True)
             filters = compression_kwargs(compression, dtype)
             itemsize = 4 if dtype == "float32" else 2
@@ -216,8 +211,6 @@ class Store:
                 ds.resize(n, axis=0)
         rows = ("paths", "ids", GEOMETRY) if self.ids else ("paths", GEOMETRY)
         for key in (*rows, *(f"meta/{name}" for name in self.meta)):
-            if key not in self.h5:
-                continue
             if self.h5[key].shape[0] != n:
                 self.h5[key].resize(n, axis=0)
         for key in ("paths", "errors", "ids") if self.ids else ("paths", "errors"):
@@ -245,8 +238,11 @@ class Store:
                 columns = [(self.h5["paths"], list(rows.paths))]
                 if self.ids:
                     columns.append((self.h5["ids"], [i or "" for i in rows.ids or [None] * b]))
-                if self.geometry:
-                    append_geometry(self.h5[GEOMETRY], n, b, rows.geometry)
+                import numpy as np
+
+                geometry = self.h5[GEOMETRY]
+                geometry.resize(n + b, axis=0)  # NaN where the batch brought none
+                geometry[n:] = rows.geometry if rows.geometry is not None and len(rows.geometry) == b else np.full((b, geometry.shape[1]), np.nan)
                 for name in self.meta:  # --keep, --keep-columns: "" where a row lacks one
                     columns.append((self.h5["meta"][name], [(m or {}).get(name, "") for m in rows.meta or [None] * b]))
                 _extend(columns, n)
@@ -255,7 +251,7 @@ class Store:
                 if self.ids:
                     columns.append((self.h5["failed/ids"], [f.id or "" for f in failed]))
                 _extend(columns, m)
-            if self.jf is not None and self.jf.failed:  # an I/O error inside HDF5's writes
+            if self.jf.failed:  # an I/O error inside HDF5's writes
                 raise self.jf.error or OSError("write failed")
             self.progress = Progress(n + b, m + len(failed), rows.inputs_done)
             if rows.mark is not None:
@@ -270,14 +266,13 @@ class Store:
 
     def commit(self) -> None:
         """Counters, HDF5 flush and journal commit: rows and counters become durable together."""
-        if self.broken or self.readonly or self.jf is None:
+        if self.broken or self.readonly:
             return
         try:
             if self._chunks is not None:
                 self._chunks.flush()  # rows of unfilled chunks: into the file before the counters vouch for them
-            self.h5.attrs["num_images"] = self.progress.num_images
-            self.h5.attrs["num_failed"] = self.progress.num_failed
-            self.h5.attrs["inputs_done"] = self.progress.inputs_done
+            for key, value in vars(self.progress).items():
+                self.h5.attrs[key] = value
             if self.mark is not None:
                 self.h5.attrs["stream_mark"] = self.mark
             if self.complete:
@@ -300,21 +295,14 @@ class Store:
             self._chunks = ChunkWriter(datasets, self.progress.num_images, self.write_threads)
         return self._chunks
 
-    def _stop_threads(self) -> None:
-        if self._chunks is not None:
-            self._chunks.close()
-
     def finish(self) -> None:
         self.complete = True
         self.commit()
 
     def close(self) -> None:
         """Commit what was written (unless a write failed), close, and drop the journal and the lock."""
-        self._stop_threads()  # the pool only prepares chunks; what is left to write, commit() writes
-        if self.jf is None:
-            if self.h5.id.valid:
-                self.h5.close()
-            return
+        if self._chunks is not None:
+            self._chunks.close()  # the pool only prepares chunks; what is left to write, commit() writes
         if self.jf.fd < 0:
             return
         if self.readonly:
@@ -338,23 +326,7 @@ class Store:
         self.jf.close()
 
 
-GEOMETRY = "geometry"  # /geometry (N, 6) float64: featdump/data/geometry.py (docs/file-format.md)
-
-
-def create_geometry(h5: Any) -> None:
-    """The empty ``/geometry`` dataset, its columns named in an attribute."""
-    from featdump.data.geometry import COLUMNS
-
-    ds = h5.create_dataset(GEOMETRY, shape=(0, len(COLUMNS)), maxshape=(None, len(COLUMNS)), dtype="float64", chunks=(256, len(COLUMNS)))  # 12 KiB chunks
-    ds.attrs["columns"] = list(COLUMNS)
-
-
-def append_geometry(ds: Any, n: int, b: int, rows: Any) -> None:
-    """Rows ``n .. n+b`` of ``/geometry``; NaN where the batch brought none."""
-    import numpy as np
-
-    ds.resize(n + b, axis=0)
-    ds[n : n + b] = rows if rows is not None and len(rows) == b else np.full((b, ds.shape[1]), np.nan)
+GEOMETRY = "geometry"  # /geometry: featdump/data/geometry.py (docs/file-format.md)
 
 
 def _extend(columns: list[tuple[Any, list[Any]]], n: int) -> None:
