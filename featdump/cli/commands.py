@@ -59,14 +59,12 @@ def inspect_parameters() -> Signature:
     """``inspect``'s parameters: MODEL, the extract options of :data:`INSPECT_OPTIONS`, and its own."""
     shared = [o for o in OPTIONS if o.name in INSPECT_OPTIONS]
     params = list(extract_parameters(shared, config=False).parameters.values())
-    own = {
-        "all_modules": typer.Option("--all-modules", help="List every module name (for --layers) with its output shape."),
-        "images": typer.Option("--images", help="Disk planning: add per-layer and total sizes for N images."),
-        "as_json": typer.Option("--json", help="Print JSON on stdout (nothing else)."),
-    }
-    kinds = {"all_modules": (bool, False), "images": (Optional[int], None), "as_json": (bool, False)}
-    for name, info in own.items():
-        tp, default = kinds[name]
+    own = [
+        ("all_modules", bool, False, typer.Option("--all-modules", help="List every module name (for --layers) with its output shape.")),
+        ("images", Optional[int], None, typer.Option("--images", help="Disk planning: add per-layer and total sizes for N images.")),
+        ("as_json", bool, False, typer.Option("--json", help="Print JSON on stdout (nothing else).")),
+    ]
+    for name, tp, default, info in own:
         params.append(Parameter(name, Parameter.KEYWORD_ONLY, annotation=Annotated[tp, info], default=default))
     model = typer.Argument(help="timm model name, e.g. resnet50 or convnext_tiny.fb_in22k")
     params.insert(1, Parameter("model", Parameter.KEYWORD_ONLY, annotation=Annotated[str, model]))
@@ -230,15 +228,12 @@ def bench(ctx: typer.Context, **values: Any) -> None:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from featdump import options as config
     from featdump.cli.render import bench_table
-    from featdump.run.benchmark import bench_config, run_benchmark
+    from featdump.run.benchmark import run_benchmark
 
-    names = [o.name for o in OPTIONS]
-    given = given_options(ctx, names)
-    given.setdefault("output", values.get("output") or "")
+    given = given_options(ctx, [o.name for o in OPTIONS])
+    given["output"] = given.get("output") or values.get("output") or str(Path.cwd() / "featdump-bench.h5")
     file_values = config.load_toml(values["config_file"]) if values.get("config_file") else {}
-    if not given["output"]:
-        given["output"] = str(Path.cwd() / "featdump-bench.h5")
-    cfg = bench_config(config.resolve(given, file_values, command=shlex.join(["featdump", *sys.argv[1:]])))
+    cfg = config.resolve(given, file_values, command=shlex.join(["featdump", *sys.argv[1:]]))
     result = run_benchmark(cfg, seconds=values["seconds"], images=values["images"])
     bench_table(result)
 

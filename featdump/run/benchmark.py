@@ -86,6 +86,7 @@ def run_benchmark(cfg: ExtractConfig, seconds: float = 60.0, images: int = 300) 
     if not 1 <= images <= MAX_IMAGES:
         raise UsageError(f"--images takes a whole number from 1 to {MAX_IMAGES:,}, not {images}")
     check_environment()
+    cfg = dataclasses.replace(cfg, resume=False, overwrite=False)  # what only a real output needs
     procs = processors.load(cfg.process)
     placement = placement_from_env(shard=(0, 1))
     refs = list(itertools.islice(open_source(cfg.inputs, cfg).select(0, 1).stream(), images))
@@ -228,19 +229,15 @@ def _stage(name: str, detail: str) -> Stage:
 def _time_forward(forward: Any, first: Any, bs: int, budget: float) -> tuple[Stage, list[Any]]:
     import torch
 
-    pixels = torch.cat([first] * -(-bs // len(first)))[:bs]
-    out = _resolve(forward(pixels))  # warm-up
-    k, t0 = 0, time.perf_counter()
-    while k == 0 or time.perf_counter() - t0 < budget:
-        out = _resolve(forward(pixels))
-        k += bs
-    return Stage("forward", k, time.perf_counter() - t0, f"batch {bs}"), out
-
-
-def _resolve(out: Any) -> list[Any]:
     from featdump.run.copies import resolve
 
-    return resolve(out)
+    pixels = torch.cat([first] * -(-bs // len(first)))[:bs]
+    out = resolve(forward(pixels))  # warm-up
+    k, t0 = 0, time.perf_counter()
+    while k == 0 or time.perf_counter() - t0 < budget:
+        out = resolve(forward(pixels))
+        k += bs
+    return Stage("forward", k, time.perf_counter() - t0, f"batch {bs}"), out
 
 
 @contextlib.contextmanager
@@ -267,11 +264,9 @@ def _time_writer(folder: Path, layers: Any, outputs: list[Any], cfg: ExtractConf
     with _scratch_store(folder, layers, cfg) as store:
         store.write_threads = threads
         n, t0 = 0, time.perf_counter()
-        while True:
+        while n == 0 or time.perf_counter() - t0 <= budget:
             store.append(Rows(outputs, [f"{n + i}" for i in range(b)], [], n + b))
             n += b
-            if time.perf_counter() - t0 > budget:
-                break
         store.finish()
         store.close()
         seconds = time.perf_counter() - t0
@@ -293,10 +288,4 @@ def _time_pipeline(folder: Path, backbone: Any, cfg: ExtractConfig, forward: Any
             writer.close()
         _steady.finished()
         store.finish()
-        store.close()
     return _stage("pipeline", "decode + forward + write")
-
-
-def bench_config(cfg: ExtractConfig) -> ExtractConfig:
-    """The run's options without what only a real output needs."""
-    return dataclasses.replace(cfg, resume=False, overwrite=False)
