@@ -81,12 +81,7 @@ class BoundedQueue(Generic[T]):
             return item
 
     def __iter__(self) -> Iterator[T]:
-        while True:
-            try:
-                item = self.get()
-            except StopIteration:
-                return
-            yield item
+        return iter(self.get, object())  # ends where get raises StopIteration
 
     def end(self, error: BaseException | None = None) -> None:
         """The producer's last word: no more items (``error``: why, raised to the consumer after them)."""

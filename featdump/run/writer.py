@@ -34,7 +34,8 @@ class Writer:
                 rows.features = resolve(rows.features)  # a device copy in flight: wait for it here
                 self.store.append(rows)
         except BaseException as exc:  # noqa: BLE001 - handed to the main thread
-            self.queue.close(_write_error(self.store, exc))
+            hint = "rerun with --resume to continue"
+            self.queue.close(exc if isinstance(exc, FeatdumpError) else os_error(exc, self.store.path, hint=hint))
 
     def put(self, rows: Rows) -> None:
         self.queue.put(rows, sum(int(getattr(a, "nbytes", 0)) for a in rows.features))
@@ -48,9 +49,3 @@ class Writer:
         self.thread.join()
         if self.queue.error is not None:
             raise self.queue.error
-
-
-def _write_error(store: Store, exc: BaseException) -> FeatdumpError:
-    if isinstance(exc, FeatdumpError):
-        return exc
-    return os_error(exc, store.path, hint="rerun with --resume to continue")
