@@ -73,9 +73,7 @@ def _walk(root: Path, accept: Callable[[str], bool] = is_image_name) -> Iterable
                 is_dir = False
             if is_dir:
                 stack.append((Path(entry.path), rel / entry.name))
-                if accept(entry.name):
-                    yield (rel / entry.name).as_posix(), entry.path
-            elif accept(entry.name):
+            if accept(entry.name):
                 yield (rel / entry.name).as_posix(), entry.path
 
 
@@ -238,7 +236,7 @@ def _check_overlap(folders: Sequence[str], files: Sequence[tuple[str, str]]) -> 
         rf = os.path.realpath(source)
         for raw, rd in real:
             rel = _inside(rf, rd)
-            if rel is None or not is_image_name(rf) or any(part.startswith(".") for part in Path(rel).parts):
+            if rel is None or not is_image_name(rf) or _hidden(Path(rel).as_posix()):
                 continue
             named = source if given == source else f"{source} (listed in {given})"
             raise UsageError(

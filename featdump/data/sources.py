@@ -272,11 +272,7 @@ def family(raw: str) -> str:
 
     if os.path.isdir(raw):
         return "files"
-    if is_tar_name(raw):
-        return "tar"
-    if is_table_name(raw):
-        return "table"
-    return "files"
+    return "tar" if is_tar_name(raw) else "table" if is_table_name(raw) else "files"
 
 
 _FAMILY_WORDS = {"files": "image files/folders/lists", "tar": "tar shards", "table": "a table"}

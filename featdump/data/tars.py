@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Self
 
 from featdump.data.discover import IMAGE_EXTENSIONS
-from featdump.data.remote import MAX_IMAGE_BYTES, open_input, too_big
+from featdump.data.remote import MAX_IMAGE_BYTES, local_path, open_input, too_big
 from featdump.errors import UsageError
 
 TAR_EXTENSIONS = (".tar", ".tar.gz", ".tgz")
@@ -80,10 +80,6 @@ def shard_pattern(names: Sequence[str]) -> str | None:
     return pattern if list(expand_braces(pattern)) == [f"{h}{d}{e}" for _, d, h, e in found] else None
 
 
-def _tar_extension(name: str) -> str:
-    return next(e for e in TAR_EXTENSIONS if name.lower().endswith(e))
-
-
 def shards_hint(folder: str) -> str:
     """For a folder INPUT without images: how many tar shards it holds and how to give them (a
     brace pattern built from their names, else a shell glob per folder), or "" when it holds none."""
@@ -99,7 +95,7 @@ def shards_hint(folder: str) -> str:
         how = f"'{pattern}'"
     else:
         # (folder, extension) of the shards, in order: one shell glob each
-        groups = list(dict.fromkeys((n.rsplit("/", 1)[0], _tar_extension(n)) for n in names))
+        groups = list(dict.fromkeys((n.rsplit("/", 1)[0], next(e for e in TAR_EXTENSIONS if n.lower().endswith(e))) for n in names))
         if is_url(folder):  # no shell expands a URL: name them
             how = " ".join(f"'{n}'" for n in names[:3]) + (" ..." if len(names) > 3 else "")
         else:
@@ -118,14 +114,6 @@ def glob_hint(name: str) -> str:
     pattern = shard_pattern(sorted(glob.glob(name)))
     how = f"the brace pattern '{pattern}'" if pattern else "a brace pattern"
     return f"; a glob is not expanded: give {how}, or leave the glob unquoted for the shell"
-
-
-def split_key(name: str) -> tuple[str | None, str]:
-    """A member name -> ``(key, extension)``; ``(None, "")`` for names webdataset skips."""
-    m = _KEY.match(name)
-    if not m:
-        return None, ""
-    return m.group(1), m.group(2).lower()
 
 
 def is_image_ext(ext: str) -> bool:
@@ -183,16 +171,15 @@ def member_key(info: tarfile.TarInfo) -> tuple[str | None, str]:
     name = info.name
     if not info.isreg() or ("/" not in name and name.startswith("__") and name.endswith("__")) or _META.match(name):
         return None, ""
-    return split_key(name)
+    m = _KEY.match(name)
+    return (m.group(1), m.group(2).lower()) if m else (None, "")
 
 
 def count_samples(shard: str) -> int | None:
     """Samples in a local, uncompressed shard, from its headers alone (``tarfile`` seeks over the
     data); None for a remote or compressed shard, or one that cannot be read (extract says why)."""
-    if "://" in shard and not shard.startswith("file://"):
-        return None
-    path = shard.removeprefix("file://")
-    if not path.endswith(".tar"):
+    path = local_path(shard)
+    if path is None or not path.endswith(".tar"):
         return None
     keys = 0
     last: str | None = None
@@ -243,7 +230,7 @@ def read_samples(shard: str, keep: Sequence[str] = (), cap: int = MAX_IMAGE_BYTE
                     texts[ext] = f.read().decode("utf-8", "replace")
                 stream.members = []  # type: ignore[attr-defined]  # stream mode keeps every TarInfo otherwise
         except _READ_ERRORS as exc:
-            at = start if key is not None else _offset(locals().get("stream"))
+            at = start if key is not None else int(getattr(locals().get("stream"), "offset", 0))
             why = str(exc).replace("\n", " ").strip() or exc.__class__.__name__
             yield TarSample(key or "", "", None, f"rest of the shard unreadable from byte {at} (truncated or corrupt tar: {why})", at)
             return
@@ -251,10 +238,6 @@ def read_samples(shard: str, keep: Sequence[str] = (), cap: int = MAX_IMAGE_BYTE
             yield _sample(key, member, data, exts, texts, error)
     finally:
         fh.close()
-
-
-def _offset(stream: tarfile.TarFile | None) -> int:
-    return int(getattr(stream, "offset", 0)) if stream is not None else 0
 
 
 def _sample(key: str, member: str, data: bytes | None, exts: list[str], texts: dict[str, str], error: str) -> TarSample:
