@@ -96,11 +96,8 @@ class Table:
 
     def _schema(self) -> Any:
         try:
-            if self.kind == "parquet":
-                with open_input(self.path) as fh:
-                    return self._parquet(fh).schema_arrow
             with open_input(self.path) as fh:
-                return self._text(fh, None).schema
+                return self._parquet(fh).schema_arrow if self.kind == "parquet" else self._text(fh, None).schema
         except OSError as exc:
             raise UsageError(f"cannot read table {self.path}: {exc.strerror or exc}") from None
         except self.pa.ArrowException as exc:

@@ -8,6 +8,7 @@ from typing import Any
 
 from featdump.errors import FeatdumpError
 from featdump.model.layers import Backbone, LayerInfo
+from featdump.run.copies import CudaCopies
 from featdump.run.processors import apply
 from featdump.text import first_line
 
@@ -25,14 +26,6 @@ def to_storage(out: Any, layer: LayerInfo, pool: str, dtype: Any) -> Any:
         out = out.float()
         out = out.mean(dim=dims) if pool == "avg" else out.amax(dim=dims)
     return out.to(dtype=dtype, memory_format=torch.contiguous_format)  # one pass: cast and NCHW
-
-
-def _cuda_copies(device: Any) -> Any:
-    if device.type != "cuda":
-        return None
-    from featdump.run.copies import CudaCopies
-
-    return CudaCopies(device)
 
 
 class Forward:
@@ -68,7 +61,7 @@ class Forward:
         self.compiled = compile
         self.processors = list(processors)  # --process (run/processors.py), in order, before the dtype cast
         self._nonfinite: Any = None  # per stored layer: NaN/inf values so far (a tensor on the device)
-        self.copies = _cuda_copies(device)  # CUDA: copies overlap the next forward (run/copies.py)
+        self.copies = CudaCopies(device) if device.type == "cuda" else None  # CUDA: copies overlap the next forward (run/copies.py)
         if compile:
             self.model = torch.compile(self.model)
 

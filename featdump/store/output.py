@@ -167,8 +167,6 @@ def _is_featdump(path: Path) -> bool:
     if journal_names(path):
         return True
     try:
-        if os.path.getsize(path) == 0:
-            return False
         import h5py
 
         if not h5py.is_hdf5(path):
