@@ -70,12 +70,9 @@ def to_rgb(im: Any) -> Any:
     mode = im.mode
     if mode == "RGB":
         return im
-    if mode == "P":
-        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+    if mode in ("P", "PA"):
+        im = im.convert("RGBA" if mode == "PA" or "transparency" in im.info else "RGB")
         mode = im.mode
-    elif mode == "PA":
-        im = im.convert("RGBA")
-        mode = "RGBA"
     if mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
         import numpy as np
 
@@ -127,8 +124,7 @@ def load_rgb(source: str | bytes, max_pixels: int | None = None, shrink_to: int 
             if shrink_to:
                 im.draft(None, (shrink_to, shrink_to))  # a no-op for anything but JPEG
             im.load()
-            oriented = _orient(im)
-            rgb = to_rgb(oriented if oriented is not None else im)
+            rgb = to_rgb(_orient(im))
             if rgb is im:
                 rgb = im.copy()
     if shrink_to:

@@ -25,6 +25,7 @@ answer earlier in the run: then the store stopped answering and ``fetch_bytes`` 
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import re
 import socket
@@ -33,6 +34,7 @@ import threading
 import time
 from collections.abc import Sequence
 from typing import Any, BinaryIO
+from urllib.parse import urlsplit
 
 from featdump.environment import REQUEST_SECONDS
 from featdump.errors import FeatdumpError, UsageError
@@ -111,8 +113,6 @@ def no_answer(exc: BaseException | None) -> bool:
 
 def host_of(url: str) -> str:
     """``scheme://host[:port]`` of a URL (for ``s3://`` and ``gs://``: the bucket)."""
-    from urllib.parse import urlsplit
-
     parts = urlsplit(url)
     return f"{parts.scheme.lower()}://{parts.netloc.lower()}"
 
@@ -340,8 +340,6 @@ def identity(path: str) -> str:
     """What tells this input file from another one of the same name and size, without reading it
     whole: a local file's size, modification time and sha256 of its first :data:`HEAD_BYTES`; a
     remote one's size with the store's ``ETag``/``Last-Modified`` (a content hash on s3, gcs, hf)."""
-    import hashlib
-
     local = local_path(path)
     if local is None:
         info = _info(path)
@@ -352,11 +350,10 @@ def identity(path: str) -> str:
         return f"{st.st_size}:{st.st_mtime_ns}:{hashlib.sha256(fh.read(HEAD_BYTES)).hexdigest()}"
 
 
-def stat_inputs(paths: Sequence[str], look: Any = None) -> list[Any]:
+def stat_inputs(paths: Sequence[str], look: Any = stat_input) -> list[Any]:
     """``look`` (:func:`stat_input`) of each path, in order: its result, or the ``OSError`` it raised
     (other errors propagate). URLs are looked up :data:`STAT_THREADS` at a time: one round trip each,
     so thousands of remote tar shards do not wait for each other's answers before the run starts."""
-    look = look or stat_input
 
     def one(path: str) -> Any:
         try:

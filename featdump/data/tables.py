@@ -202,12 +202,9 @@ class Table:
             v = values[self.id_column]
             ident = "" if v is None or v != v else str(v)  # missing (null, NaN): stored as ""
         if self.image_column:
-            v = values[self.image_column]
-            stored = f"ROW:{row}"
-            data = v
-            if isinstance(v, dict):
-                data = v.get("bytes")
-                stored = v.get("path") or stored
+            v = values[self.image_column]  # bytes, or an image struct {bytes, path}
+            data, stored = (v.get("bytes"), v.get("path")) if isinstance(v, dict) else (v, None)
+            stored = stored or f"ROW:{row}"
             if not isinstance(data, (bytes, bytearray)):
                 return ImageRef(stored, "", id=ident, error=f"row {row}: no image bytes in column {self.image_column!r}")
             return ImageRef(stored, "", id=ident, data=bytes(data))
