@@ -80,8 +80,7 @@ def show(
         out = console()
         for part in show_renderables(info):
             out.print(part)
-    if info["missing_sources"]:
-        gone = info["missing_sources"]
+    if gone := info["missing_sources"]:
         raise FeatdumpError(
             f"{len(gone)} virtual source file(s) of {path} are missing (e.g. {gone[0]}); "
             "their rows read as the fill value (NaN in files written by `featdump merge`) until they are put back"

@@ -201,8 +201,7 @@ def modules_table(name: str, data: Any, records: Sequence[Any]) -> Table:
 
 def summary_table(summary: Summary) -> Table:
     shard = f" · shard {summary.shard[0]}/{summary.shard[1]}" if summary.shard[1] > 1 else ""
-    title = f"{summary.output}: {summary.model}{shard}"
-    table = Table(title=cell(title))
+    table = Table(title=cell(f"{summary.output}: {summary.model}{shard}"))
     table.add_column("layer")
     table.add_column("module")
     table.add_column("stride", justify="right")

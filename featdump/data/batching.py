@@ -102,12 +102,9 @@ class Loader:
         if cfg.decode == "gpu":
             dataset: ImageDataset = EncodedDataset(todo, transform, cfg.max_image_pixels, guard=guard)
             self.decoder = DeviceDecoder(transform, device)
-        elif cfg.fast_decode:
-            size = fast_decode_size(backbone.data.input_size, backbone.data.crop_pct)
-            loader = functools.partial(load_rgb, shrink_to=size)
-            dataset = ImageDataset(todo, transform, cfg.max_image_pixels, loader, guard)
-        else:
-            dataset = ImageDataset(todo, transform, cfg.max_image_pixels, guard=guard)
+        else:  # --fast-decode: decode at the size the resize needs
+            size = fast_decode_size(backbone.data.input_size, backbone.data.crop_pct) if cfg.fast_decode else None
+            dataset = ImageDataset(todo, transform, cfg.max_image_pixels, functools.partial(load_rgb, shrink_to=size), guard)
         dataset.max_bytes = cfg.max_image_bytes
         if length is not None:
             batches = -(-length // batch_size)
@@ -207,9 +204,8 @@ def read_ahead(refs: Iterable[ImageRef], size: int, ahead: int, max_bytes: int) 
         except BaseException as exc:  # noqa: BLE001 - raised where the chunks are taken
             error = exc
         finally:
-            close = getattr(stream, "close", None)
-            if close is not None:
-                close()  # a generator's finally (open files) runs here, in the thread that ran it
+            if hasattr(stream, "close"):
+                stream.close()  # a generator's finally (open files) runs here, in the thread that ran it
             queue.end(error)
 
     threading.Thread(target=produce, name="featdump-stream", daemon=True).start()

@@ -15,7 +15,7 @@ import copy
 import os
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from featdump.data.decode import Encoded, describe_error, load_rgb, read_jpeg
@@ -146,9 +146,7 @@ class Batch:
         pixels let the copy to the GPU run asynchronously (``non_blocking``)."""
         pixels = self.pixels.pin_memory() if self.pixels is not None else None
         encoded = [Encoded(e.data.pin_memory()) if isinstance(e, Encoded) else e.pin_memory() for e in self.encoded]
-        return Batch(
-            self.positions, pixels, self.failed, self.first, self.last, encoded, sizes=self.sizes, stopped=self.stopped
-        )
+        return replace(self, pixels=pixels, encoded=encoded)
 
 
 def collate(samples: list[Sample], stack: Callable[[list[Any]], Any] | None = None) -> Batch:
