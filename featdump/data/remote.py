@@ -386,8 +386,5 @@ def list_remote(url: str) -> list[tuple[str, str]]:
     fs, inner = filesystem(url)
     root = inner.rstrip("/")
     found = retry(url, lambda: fs.find(root), hint=False)
-    out = []
-    for p in found:
-        rel = p[len(root) :].lstrip("/") if p.startswith(root) else p
-        out.append((rel, url.rstrip("/") + "/" + rel))
-    return out
+    rels = [p[len(root) :].lstrip("/") if p.startswith(root) else p for p in found]
+    return [(rel, url.rstrip("/") + "/" + rel) for rel in rels]
