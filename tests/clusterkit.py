@@ -75,6 +75,8 @@ def assert_same_as_single(merged: Path, single: Path) -> None:
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6, err_msg=name)
     assert m["layer_attrs"] == s["layer_attrs"]
     for key in SAME_ATTRS:
+        if key == "input_digest" and s["attrs"].get("input_kind") == "tar":
+            continue  # one run's covers the tar files' identity (size, mtime, head), a merge records the list digest
         assert m["attrs"].get(key) == s["attrs"].get(key), key
 
 
