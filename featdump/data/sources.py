@@ -28,6 +28,7 @@ from typing import Any, Protocol
 from featdump.data.discover import ImageRef, discover, list_digest
 from featdump.data.remote import MAX_IMAGE_BYTES, identity, is_url, stat_input, stat_inputs
 from featdump.errors import FeatdumpError, UsageError
+from featdump.options import OPTIONS
 
 
 def shard_bounds(num_items: int, index: int, count: int) -> tuple[int, int]:
@@ -276,7 +277,6 @@ def family(raw: str) -> str:
 
 
 _FAMILY_WORDS = {"files": "image files/folders/lists", "tar": "tar shards", "table": "a table"}
-TABLE_OPTIONS = ("path_column", "image_column", "id_column", "keep_columns")
 
 
 def open_source(inputs: Sequence[str], options: Any = None) -> Source:
@@ -291,7 +291,7 @@ def open_source(inputs: Sequence[str], options: Any = None) -> Source:
             f"{_FAMILY_WORDS[kinds[inputs.index(b)]]}; one run reads image files/folders/lists, tar shards, or one table"
         )
     kind = kinds[0] if kinds else "files"
-    columns = {name: getattr(options, name, None) for name in TABLE_OPTIONS}
+    columns = {o.name: getattr(options, o.name, None) for o in OPTIONS if o.family == "table"}  # the table's own options
     if kind != "table":
         given = [name for name, value in columns.items() if value]
         if given:
