@@ -34,7 +34,7 @@ def _cpu() -> float:
 
 
 def _cfg(folder: Path, out: Path, workers: int) -> Any:
-    from featdump.options import resolve
+    from featdump.configure import resolve
 
     return resolve({"model": "resnet50", "inputs": (str(folder),), "output": str(out), "pretrained": False,
                     "dtype": "float16", "workers": workers, "device": "cpu"})  # fmt: skip

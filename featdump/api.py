@@ -92,7 +92,7 @@ input failed raises FeatdumpError ("no image could be read") after writing it. L
     if advice:
         warnings.warn(advice, FeatdumpWarning, stacklevel=2)
 
-    from featdump import options as cfgmod
+    from featdump import configure as cfgmod
     from featdump.run.job import run_extraction
 
     try:

@@ -4,24 +4,20 @@ Each field carries its help text, flag spelling, type (``Literal`` for choices) 
 whether it defines the rows' meaning (then: its file attribute and both conversions) or only how a
 run executes. The ``extract`` command's parameters (featdump/cli/commands.py) and ``inspect``'s
 shared ones, ``featdump.extract(...)``'s keyword arguments (featdump/api.py), the TOML keys
-(:func:`load_toml`), the file attributes (:func:`option_attrs`), the resume/merge checks
+(featdump/configure.py), the file attributes (:func:`option_attrs`), the resume/merge checks
 (:data:`SETTINGS`), ``--like`` and ``verify`` (featdump/store/like.py) and their error texts are all
-derived from it, and :func:`resolve` applies the one precedence rule: defaults < TOML < ``--like``
+derived from it; featdump/configure.py applies the one precedence rule: defaults < TOML < ``--like``
 file < flags. Adding an option is one field here plus its behaviour.
 """
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
+from typing import Any, Literal, get_args
 
-from featdump.errors import UsageError
-from featdump.optiontable import FROM_MODEL, Option, opt, option_table, options_of, without_none
+from featdump.optiontable import FROM_MODEL, Option, opt, option_table, options_of
 from featdump.values import (
-    check_choice,
-    check_positive,
     parse_crop_pct,
     parse_img_size,
     parse_indices,
@@ -33,7 +29,6 @@ from featdump.values import (
     path_or_none,
     stored_stride,
     stride_attr,
-    unpinned,
 )
 
 Precision = Literal["fp32", "fp16", "bf16"]
@@ -321,152 +316,3 @@ def option_attrs(cfg: Any, table: Sequence[Option] | None = None) -> dict[str, A
     the model writes those it resolves (``crop_pct``, ``input_size``, ``weights``, ...)."""
     table = table or options_of(type(cfg))
     return {o.attr: o.to_attr(cfg) for o in table if o.attr and o.to_attr is not None}
-
-
-def toml_keys(table: Sequence[Option] = OPTIONS) -> frozenset[str]:
-    """The keys a ``--config`` file may hold: every option (``model`` and ``inputs`` included)."""
-    return frozenset(o.name for o in table)
-
-
-def load_toml(path: str | Path, cls: type = ExtractConfig) -> dict[str, Any]:
-    """Read a job preset; keys are option names (``out_indices`` or ``out-indices``)."""
-    p = Path(path)
-    try:
-        with p.open("rb") as fh:
-            data = tomllib.load(fh)
-    except FileNotFoundError:
-        raise UsageError(f"config file not found: {p}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise UsageError(f"config file {p} is not valid TOML: {exc}") from None
-    except UnicodeDecodeError as exc:
-        raise UsageError(f"config file {p} is not valid TOML: not UTF-8 text (byte {exc.start})") from None
-    except RecursionError:
-        raise UsageError(f"config file {p} is not valid TOML: tables or arrays nested too deeply") from None
-    except IsADirectoryError:
-        raise UsageError(f"config file {p} is a folder, not a TOML file") from None
-    except OSError as exc:
-        raise UsageError(f"cannot read config file {p}: {exc.strerror or exc}") from None
-    keys = toml_keys(options_of(cls))
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        name = key.replace("-", "_")
-        if name not in keys:
-            raise UsageError(f"unknown key {key!r} in config file {p}; known keys: {', '.join(sorted(keys))}")
-        out[name] = value
-    return out
-
-
-def _check(option: Option, value: Any) -> Any:
-    """One given value -> the field's value, or a UsageError in the words of today's messages."""
-    if option.parse is not None:
-        return option.parse(value)
-    tp, _ = without_none(option.type)
-    if get_origin(tp) is Literal:
-        choices = get_args(tp)
-        if isinstance(choices[0], int):
-            try:
-                value = int(value)
-            except (TypeError, ValueError):
-                value = -1
-            return check_choice(option.name, value, choices)
-        return check_choice(option.name, str(value).lower(), choices)
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise UsageError(f"{option.name} must be true or false, not {value!r}")
-        return value
-    if tp is int:
-        return check_positive(option.name, value, option.minimum)
-    if tp is str:
-        return str(value)
-    return value
-
-
-def flag_of(option: Option, value: Any = None) -> str:
-    """How a user writes the option: ``--crop-mode``, ``MODEL``, ``--no-pretrained``."""
-    if option.argument:
-        return option.name.upper()
-    first = option.flags[0].split("/")
-    return first[1] if value is False and len(first) > 1 else first[0]
-
-
-def like_path(given: dict[str, Any], file_values: dict[str, Any] | None = None) -> str | None:
-    """The ``--like`` file named by the flags or the config file, or None."""
-    value = given.get("like") or (file_values or {}).get("like")
-    return str(value) if value else None
-
-
-def resolve(
-    given: dict[str, Any],
-    file_values: dict[str, Any] | None = None,
-    command: str = "",
-    cls: type = ExtractConfig,
-    like_values: dict[str, Any] | None = None,
-) -> Any:
-    """Merge option values: dataclass defaults < config file < ``--like`` file < flags given on the command line.
-
-    ``given`` holds only the options the user actually typed (plus ``model``/``inputs``/``output``
-    when present); ``file_values`` comes from :func:`load_toml`; ``like_values`` are the meaning
-    settings read from a ``--like`` file (featdump/store/like.py): a typed meaning flag that
-    differs from them is a UsageError naming it. Returns a ``cls`` (an
-    :class:`ExtractConfig`).
-    """
-    merged: dict[str, Any] = dict(file_values or {})
-    given = dict(given)
-    if like_values is not None:
-        table = {o.name: o for o in options_of(cls)}
-        for name, value in list(given.items()):
-            option = table.get(name)
-            if value is None or option is None or not option.meaning or name not in like_values:
-                continue
-            theirs = like_values[name]
-            if theirs is not None:
-                theirs = _check(option, theirs)
-            if _check(option, value) == unpinned(theirs):
-                del given[name]  # the file's value, with its sha256 pins (--process pca:K:FILE)
-            else:
-                execution = ", ".join(flag_of(o) for o in table.values() if not o.meaning and o.flags and o.name != "like")
-                raise UsageError(
-                    f"--like {like_path(given, file_values)}: {flag_of(option, value)} {value!r} changes what the "
-                    f"rows mean (the file has {theirs!r}); with --like give only execution flags ({execution})"
-                )
-        merged.update(like_values)
-    merged.update({k: v for k, v in given.items() if v is not None})
-
-    model = merged.pop("model", None)
-    if not model:
-        raise UsageError("missing MODEL: name a timm model, e.g. featdump extract resnet50 images/ -o feats.h5")
-    inputs = merged.pop("inputs", None) or ()
-    if isinstance(inputs, str):
-        inputs = (inputs,)
-    if not inputs:
-        raise UsageError("missing INPUT: give an image folder, a text file listing images, or image files")
-    output = merged.pop("output", None)
-    if not output:
-        raise UsageError("missing -o/--output: where to write the HDF5 file, e.g. -o feats.h5")
-
-    kw = check_options(merged, cls)
-    if merged:
-        raise UsageError(f"unknown option(s): {', '.join(sorted(merged))}")
-    return cls(model=str(model), inputs=tuple(str(i) for i in inputs), output=str(output), command=command, **kw)
-
-
-def check_options(values: dict[str, Any], cls: type = ExtractConfig) -> dict[str, Any]:
-    """Take the table's options out of ``values``, each checked (choices, whole numbers, parsers) and
-    the pairs that exclude each other refused; what is left in ``values`` is no option of ``cls``.
-    ``extract`` (through :func:`resolve`) and ``inspect`` check their options here."""
-    kw: dict[str, Any] = {}
-    for option in options_of(cls):
-        if option.name in values:
-            value = values.pop(option.name)
-            kw[option.name] = None if value is None and without_none(option.type)[1] else _check(option, value)
-    if kw.get("out_indices") is not None and kw.get("layers") is not None:
-        raise UsageError("--out-indices and --layers exclude each other; pick feature levels or module names")
-    if kw.get("fast_decode") and kw.get("decode") == "gpu":
-        raise UsageError("--fast-decode and --decode gpu exclude each other: fast decoding is a CPU (PIL) shortcut")
-    if (kw.get("ray") is None) != (kw.get("shards") is None):
-        raise UsageError("--ray and --shards go together: e.g. --ray auto --shards 8 (one process per shard: --shard I/N)")
-    if kw.get("ray") is not None and kw.get("shard") is not None:
-        raise UsageError("--ray runs every shard itself; drop --shard I/N (or run that one shard without --ray)")
-    if kw.get("resume") and kw.get("overwrite"):
-        raise UsageError("--resume and --overwrite exclude each other: continue the file, or replace it")
-    return kw

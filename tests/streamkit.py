@@ -83,9 +83,9 @@ def extract_in_worker_processes(inputs: str, out: Path, ckpt: Path, **options: A
     processes, on this CPU and in this process: the run's one-line error ("" when it succeeds)."""
     from functools import partial
 
+    from featdump.configure import resolve
     from featdump.data.batching import Loader
     from featdump.errors import FeatdumpError
-    from featdump.options import resolve
     from featdump.run.job import Stages, run_extraction
     from featdump.run.results import end_of_run
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from featdump.options import resolve
+from featdump.configure import resolve
 from featdump.run.benchmark import BenchResult, Stage, advise
 from featdump.run.device import CPU_BATCH
 
@@ -27,7 +27,7 @@ def test_bench_names_the_limit(cli, photos: Path, tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_bench_core_returns_data(photos: Path, tmp_path: Path) -> None:
-    from featdump.options import resolve
+    from featdump.configure import resolve
     from featdump.run.benchmark import run_benchmark
 
     cfg = resolve({"model": "resnet18", "inputs": (str(photos),), "output": str(tmp_path / "x.h5"), "pretrained": False,

@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 import torch
 
+from featdump.configure import resolve
 from featdump.data.discover import ImageRef
 from featdump.data.sources import Selection
 from featdump.errors import FeatdumpError, Interrupted
 from featdump.model.layers import Backbone, DataConfig, LayerInfo
-from featdump.options import resolve
 from featdump.run.job import Stages, run_extraction
 from featdump.run.results import ProgressSink
 from featdump.run.signals import StopToken

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from featdump.configure import resolve
 from featdump.errors import UsageError
-from featdump.options import ExtractConfig, resolve
+from featdump.options import ExtractConfig
 from featdump.values import parse_img_size, parse_indices, parse_shard
 
 BASE = {"model": "resnet18", "inputs": ("imgs",), "output": "o.h5"}

@@ -17,8 +17,9 @@ from typer.testing import CliRunner
 import featdump
 from featdump import api, options
 from featdump.cli import commands
+from featdump.configure import load_toml, resolve
 from featdump.errors import UsageError
-from featdump.options import OPTIONS, ExtractConfig, load_toml, option_attrs, resolve
+from featdump.options import OPTIONS, ExtractConfig, option_attrs
 from featdump.optiontable import opt, option_table, options_of, without_none
 from featdump.store.format import setting_text, setting_value
 from featdump.values import stored_stride, stride_attr

@@ -8,7 +8,7 @@ from pathlib import Path
 import h5py
 import pytest
 
-from featdump import options as config
+from featdump import configure as config
 from featdump.model.backbone import describe
 
 ROOT = Path(__file__).resolve().parent.parent

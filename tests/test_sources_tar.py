@@ -482,7 +482,7 @@ def test_space_check_estimates_tar_streams(tmp_path: Path, monkeypatch) -> None:
     bytes, and the check refuses with 'about N images'; without an estimate it warns."""
     import warnings
 
-    from featdump.options import resolve
+    from featdump.configure import resolve
     from featdump.run import space
 
     images = make_images(tmp_path / "imgs", 12, seed=3)

@@ -86,8 +86,8 @@ def inspect(ctx: typer.Context, model: str, all_modules: bool, images: int | Non
     Example: featdump inspect vit_small_patch16_224 --all-modules
     """
     from featdump.cli.render import console, description_dict, inspect_table
+    from featdump.configure import check_options
     from featdump.model.backbone import describe
-    from featdump.options import check_options
 
     given = given_options(ctx, list(INSPECT_OPTIONS))
     o = {**{f.name: f.default for f in OPTIONS if f.name in INSPECT_OPTIONS}, **check_options(given)}
@@ -150,7 +150,7 @@ def extract(ctx: typer.Context, **values: Any) -> None:
 
 
 def _extract(ctx: typer.Context, config_file: Path | None, stop: Any) -> None:
-    from featdump import options as config
+    from featdump import configure as config
     from featdump.cli.progress import LogProgress, progress_for
     from featdump.cli.render import console, failures_table, summary_table
     from featdump.cli.signals import leave_at_once
@@ -226,7 +226,7 @@ def bench(ctx: typer.Context, **values: Any) -> None:
     Example: featdump bench resnet50 photos/ --out-indices 3,4 --dtype float16 --device cuda --seconds 60
     """
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from featdump import options as config
+    from featdump import configure as config
     from featdump.cli.render import bench_table
     from featdump.run.benchmark import run_benchmark
 

@@ -119,10 +119,10 @@ def verify_file(path: str | Path, n: int = 8, seed: int = 0, device: str = "auto
     import timm
 
     from featdump import open as open_file
+    from featdump.configure import resolve
     from featdump.data.batching import Loader
     from featdump.data.remote import RESUME_HINT, StoreStopped
     from featdump.model.backbone import backbone_for
-    from featdump.options import resolve
     from featdump.run import processors
     from featdump.run.device import resolve_device
     from featdump.run.forward import Forward

@@ -11,9 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from featdump.configure import like_path, resolve
 from featdump.errors import UsageError
 from featdump.model.weights import sha256_file
-from featdump.options import OPTIONS, ExtractConfig, like_path, resolve
+from featdump.options import OPTIONS, ExtractConfig
 from featdump.text import first_line
 from featdump.values import parse_weights
 
@@ -53,7 +54,7 @@ def check_checkpoint(path: str, sha256: str | None, where: str) -> None:
 def recorded_options(
     path: str | Path, attrs: dict[str, Any] | None = None, where: str = "--like", onto: str | None = None
 ) -> dict[str, Any]:
-    """Every meaning option of the option table, as :func:`featdump.options.resolve` takes them, read
+    """Every meaning option of the option table, as :func:`featdump.configure.resolve` takes them, read
     back from the file's attributes by each option's ``from_attr``. ``onto`` is the kind of input
     the rows are rebuilt from (``files``, ``tar``, ``table``): options of a family (the table columns)
     are carried only onto that family. A recorded checkpoint must still hash to its sha256."""
@@ -68,7 +69,7 @@ def recorded_options(
 
 
 def resolve_with_like(given: dict[str, Any], file_values: dict[str, Any], command: str) -> ExtractConfig:
-    """:func:`featdump.options.resolve`, with the meaning options of a ``--like`` file (named by the
+    """:func:`featdump.configure.resolve`, with the meaning options of a ``--like`` file (named by the
     flags or the config file) in place of the defaults: the one way the CLI and the API configure a run."""
     like = like_path(given, file_values)
     like_values = None
