@@ -111,6 +111,23 @@ class Description:
     output_stride: int | None
 
 
+def is_ragged(layer: LayerInfo, pool: str) -> bool:
+    """A layer stored at each row's own grid (``--img-size long:L|short:S|native``): a spatial map
+    the backbone marked ``layout = "ragged"``, and not pooled (a pooled layer stays (N, C))."""
+    return layer.attrs.get("layout") == "ragged" and pool == "none"
+
+
+def mark_ragged(layers: list[LayerInfo]) -> list[LayerInfo]:
+    """A size mode's layers: every spatial map (not prefix tokens) marked ragged; ``shape`` stays
+    the one at the mode's nominal square size (an upper bound for the space check and inspect)."""
+    import dataclasses
+
+    def spatial(layer: LayerInfo) -> bool:
+        return len(layer.shape) == 3 and layer.attrs.get("part") != "prefix"
+
+    return [dataclasses.replace(x, attrs={**x.attrs, "layout": "ragged"}) if spatial(x) else x for x in layers]
+
+
 def output_fmt(model: Any) -> str:
     """The model's declared output format (timm's ``output_fmt``: NCHW unless it says NHWC)."""
     return str(getattr(model, "output_fmt", "NCHW")).split(".")[-1].upper()
