@@ -178,10 +178,10 @@ def test_unknown_filters_fall_back_to_h5py(tmp_path: Path) -> None:
 
     with h5py.File(tmp_path / "f.h5", "w") as h5:
         ds = h5.create_dataset("x", shape=(0, 8), maxshape=(None, 8), chunks=(2, 8), dtype="f4", fletcher32=True)
-        writer = ChunkWriter([ds], 0, threads=2)
+        writer = ChunkWriter([ds], threads=2)
         assert not writer.lanes["/x"].direct and writer.lanes["/x"].codec.names == ["fletcher32"]
         ds.resize(3, axis=0)
-        writer.write([(ds, np.arange(24, dtype="f4").reshape(3, 8))], 0)
+        writer.write([(ds, np.arange(24, dtype="f4").reshape(3, 8), 0)])
         writer.flush()
         writer.close()
         np.testing.assert_array_equal(ds[:], np.arange(24, dtype="f4").reshape(3, 8))

@@ -17,7 +17,7 @@ from typing import Any
 
 from featdump.errors import UsageError
 from featdump.options import SETTINGS
-from featdump.store.format import FEATURES, read_attr, setting_text
+from featdump.store.format import CELLS, FEATURES, read_attr, setting_text
 from featdump.text import printable, to_str, unsafe_name
 
 # Which inputs a file covers: its block (input_digest, num_inputs), the whole list it was cut from
@@ -182,11 +182,17 @@ def check_file(h5: Any, path: str | Path) -> Counts:
     failed = _group(h5, "failed", path)
     failed_rows = {f"/failed/{name}": _dataset(failed, name, f"/failed/{name}", path) for name in ("paths", "errors")}
     features = _group(h5, FEATURES, path)
+    ragged: dict[str, tuple[Any, Any]] = {}  # name -> (features, cells): cells are row-aligned, features not
     for name in features.keys():  # noqa: SIM118 - link names, nothing followed
         why = unsafe_name(name)
         if why:  # a reader (export) would make a folder of it
             raise invalid(path, f"its layer name {printable(repr(name))} {why}, not one file name")
-        rows[f"/{FEATURES}/{name}"] = _dataset(features, name, f"/{FEATURES}/{name}", path, virtual=True)
+        ds = _dataset(features, name, f"/{FEATURES}/{name}", path, virtual=True)
+        if to_str(ds.attrs.get("layout", "")) == "ragged":
+            ragged[name] = (ds, _dataset(_group(h5, CELLS, path), name, f"/{CELLS}/{name}", path))
+            rows[f"/{CELLS}/{name}"] = ragged[name][1]
+        else:
+            rows[f"/{FEATURES}/{name}"] = ds
 
     num_images = count_attr(attrs, "num_images", path, 0)
     num_failed = count_attr(attrs, "num_failed", path, 0)
@@ -199,6 +205,8 @@ def check_file(h5: Any, path: str | Path) -> Counts:
                 raise inconsistent(path, f"{key} is {want} but {where} holds {have} rows")
             if _stored_rows_short(ds, want):
                 raise inconsistent(path, f"{key} is {want} but {where} has storage for fewer rows (the rest were never written)")
+    for name, (ds, cells) in ragged.items():
+        _check_cells(ds, cells, num_images, f"/{CELLS}/{name}", path)
     if inputs_done < num_images + num_failed:
         raise inconsistent(
             path, f"inputs_done is {inputs_done}, fewer than num_images + num_failed ({num_images} + {num_failed})"
@@ -210,6 +218,22 @@ def check_file(h5: Any, path: str | Path) -> Counts:
     elif num_inputs is not None and inputs_done > num_inputs:
         raise inconsistent(path, f"inputs_done is {inputs_done} but num_inputs is {num_inputs}")
     return Counts(num_images, num_failed, inputs_done, num_inputs, _shard(attrs, path))
+
+
+def _check_cells(ds: Any, cells: Any, n: int, where: str, path: str | Path) -> None:
+    """A ragged layer's ``/cells`` (N, 3) ``start, h, w``: whole numbers, rows that follow each other
+    from cell 0 with h, w >= 1, and cells that ``/features`` holds and wrote."""
+    import numpy as np
+
+    if cells.ndim != 2 or cells.shape[1] != 3 or not np.issubdtype(cells.dtype, np.integer) or ds.ndim != 2:
+        raise invalid(path, f"{where} is not (N, 3) whole numbers start, h, w of an (cells, C) layer")
+    table = cells[:n].astype(np.int64)
+    size = table[:, 1] * table[:, 2]
+    if n and ((table[:, 1:] < 1).any() or table[0, 0] != 0 or (table[1:, 0] != table[:-1, 0] + size[:-1]).any()):
+        raise inconsistent(path, f"{where} does not list rows of cells one after another from cell 0 (start, h, w)")
+    total = int(table[-1, 0] + size[-1]) if n else 0
+    if total > ds.shape[0] or _stored_rows_short(ds, total):
+        raise inconsistent(path, f"{where} needs {total} cells but the layer holds or wrote fewer")
 
 
 def input_kind(attrs: Any) -> str:

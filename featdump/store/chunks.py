@@ -176,9 +176,10 @@ class ChunkCodec:
 class _Lane:
     """One dataset: its chunk grid, codec and the rows of its last, unfilled chunk."""
 
-    def __init__(self, ds: Any, rows: int) -> None:
+    def __init__(self, ds: Any) -> None:
         import numpy as np
 
+        rows = int(ds.shape[0])
         self.ds = ds
         self.chunks = tuple(ds.chunks)
         self.cr = self.chunks[0]
@@ -196,18 +197,18 @@ class ChunkWriter:
     """Writes batches of rows to a group of datasets as whole chunks (see the module's notes). Not
     thread-safe: the Store's writer thread calls it; ``threads`` more (if > 1) prepare chunks."""
 
-    def __init__(self, datasets: Sequence[Any], rows: int, threads: int = 1) -> None:
-        self.lanes = {ds.name: _Lane(ds, rows) for ds in datasets}
+    def __init__(self, datasets: Sequence[Any], threads: int = 1) -> None:
+        self.lanes = {ds.name: _Lane(ds) for ds in datasets}  # each continues after the rows it holds now
         self.threads = max(1, int(threads))
         self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="featdump-chunks") if self.threads > 1 else None
 
-    def write(self, batch: Sequence[tuple[Any, Any]], start: int) -> None:
-        """Rows ``start .. start + len(arr)`` of each ``(dataset, arr)``; the datasets already have
-        that many rows (resized by the caller)."""
+    def write(self, batch: Sequence[tuple[Any, Any, int]]) -> None:
+        """Rows ``start .. start + len(arr)`` of each ``(dataset, arr, start)``; the datasets already
+        have that many rows (resized by the caller)."""
         import numpy as np
 
         jobs: list[tuple[Any, tuple[int, ...], Any]] = []  # (dataset, offset, prepared or future)
-        for ds, arr in batch:
+        for ds, arr, start in batch:
             lane = self.lanes[ds.name]
             if not lane.direct:
                 ds[start : start + len(arr)] = arr

@@ -45,6 +45,8 @@ def read_text(value: Any) -> str:
 
 
 FEATURES = "features"
+CELLS = "cells"  # /cells/<name>: (N, 3) start, h, w of each row of a ragged layer
+RAGGED_VERSION = 2  # the format_version of files holding a ragged layer (fixed files keep FORMAT_VERSION)
 CHUNK_TARGET = 1 << 20  # bytes: h5py's guidance is 10 KiB - 1 MiB per chunk
 CHUNK_MIN = 64 << 10
 

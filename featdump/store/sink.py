@@ -1,4 +1,6 @@
-"""The HDF5 layout of docs/file-format.md (format_version 1): create, append, commit, resume, finish.
+"""The HDF5 layout of docs/file-format.md: create, append, commit, resume, finish. A ragged layer
+(:func:`~featdump.model.layers.is_ragged`) is ``/features/<name>`` (cells, C) plus ``/cells/<name>``
+(N, 3) ``start, h, w``, and makes the file ``format_version`` 2.
 
 Crash consistency (see featdump/store/journal-design.md): HDF5 writes through a redo journal
 (:mod:`featdump.store.journal`), so rows and the counters ``num_images`` / ``num_failed`` /
@@ -20,14 +22,9 @@ from featdump import __version__
 from featdump.data.geometry import COLUMNS as GEOMETRY_COLUMNS
 from featdump.environment import COMMIT_SECONDS
 from featdump.errors import FeatdumpError, UsageError, is_out_of_space, os_error, out_of_space
-from featdump.model.layers import LayerInfo
+from featdump.model.layers import LayerInfo, is_ragged
 from featdump.store.check import check_file, check_same_settings
-from featdump.store.format import (
-    FEATURES,
-    chunk_shape,
-    compression_kwargs,
-    set_attr,
-)
+from featdump.store.format import CELLS, FEATURES, RAGGED_VERSION, chunk_shape, compression_kwargs, set_attr
 from featdump.text import clip, first_line
 
 if TYPE_CHECKING:
@@ -120,7 +117,11 @@ class Store:
             filters = compression_kwargs(compression, dtype)
             itemsize = 4 if dtype == "float32" else 2
             for layer in layers:
-                shape = layer.stored_shape(pool)
+                ragged = is_ragged(layer, pool)
+                shape = layer.stored_shape("avg" if ragged else pool)  # ragged: rows are cells of C values
+                if ragged:
+                    h5.attrs["format_version"] = RAGGED_VERSION
+                    h5.create_dataset(f"{CELLS}/{layer.name}", shape=(0, 3), maxshape=(None, 3), dtype="int64", chunks=(4096, 3))
                 ds = group.create_dataset(
                     layer.name,
                     shape=(0, *shape),
@@ -133,10 +134,10 @@ class Store:
                 ds.attrs["index"] = layer.index
                 ds.attrs["channels"] = layer.channels
                 ds.attrs["reduction"] = layer.reduction
-                ds.attrs["layout"] = "NC" if pool != "none" else ("NTD" if layer.layout == "NLC" else "NCHW")
-                ds.attrs["pool"] = pool
                 for key, value in layer.attrs.items():
                     set_attr(ds, key, value)
+                ds.attrs["layout"] = "ragged" if ragged else "NC" if pool != "none" else ("NTD" if layer.layout == "NLC" else "NCHW")
+                ds.attrs["pool"] = pool
             h5.flush()
             jf.commit()  # the first commit: from now on the file is a valid (empty) featdump file
         except BaseException as exc:
@@ -206,11 +207,16 @@ class Store:
 
     def _truncate(self) -> None:
         n, m = self.progress.num_images, self.progress.num_failed
-        for ds in self.h5[FEATURES].values():
-            if ds.shape[0] != n:
+        for name, ds in self.h5[FEATURES].items():
+            cells = self.h5[CELLS][name] if ds.attrs.get("layout") == "ragged" else None
+            if cells is not None:
+                start, h, w = (int(v) for v in cells[n - 1]) if n else (0, 0, 0)
+                if ds.shape[0] != start + h * w:
+                    ds.resize(start + h * w, axis=0)
+            elif ds.shape[0] != n:
                 ds.resize(n, axis=0)
         rows = ("paths", "ids", GEOMETRY) if self.ids else ("paths", GEOMETRY)
-        for key in (*rows, *(f"meta/{name}" for name in self.meta)):
+        for key in (*rows, *(f"{CELLS}/{name}" for name in self.h5.get(CELLS, {})), *(f"meta/{name}" for name in self.meta)):
             if self.h5[key].shape[0] != n:
                 self.h5[key].resize(n, axis=0)
         for key in ("paths", "errors", "ids") if self.ids else ("paths", "errors"):
@@ -224,22 +230,29 @@ class Store:
         """Write one batch (rows in list order, failures after the failed ones); commit when
         ``commit_seconds`` have passed. Ids are written when the file has ``/ids``; ``rows.mark``
         (where a stream continues) is committed together with ``rows.inputs_done``."""
+        import numpy as np
+
         try:
             n, m = self.progress.num_images, self.progress.num_failed
             b, failed = len(rows.paths), rows.failed
             if b:
-                batch = []
+                writer, batch = self._chunk_writer(), []
+                columns: list[tuple[Any, Any]] = [(self.h5["paths"], list(rows.paths))]
                 for layer, arr in zip(self.layers, rows.features, strict=True):
                     ds = self.h5[FEATURES][layer.name]
-                    ds.resize(n + b, axis=0)
-                    batch.append((ds, arr))
+                    start = n
+                    if isinstance(arr, list):  # ragged: B maps (C, h_i, w_i) -> their cells, row after row
+                        start = ds.shape[0]
+                        sizes = np.array([a.shape[1:] for a in arr], dtype=np.int64).reshape(b, 2)
+                        starts = start + np.concatenate([[0], np.cumsum(sizes.prod(axis=1))[:-1]])
+                        columns.append((self.h5[CELLS][layer.name], np.column_stack([starts, sizes])))
+                        arr = np.concatenate([a.reshape(a.shape[0], -1).T for a in arr])
+                    ds.resize(start + len(arr), axis=0)
+                    batch.append((ds, arr, start))
                     self.bytes_written += arr.nbytes
-                self._chunk_writer().write(batch, n)
-                columns = [(self.h5["paths"], list(rows.paths))]
+                writer.write(batch)
                 if self.ids:
                     columns.append((self.h5["ids"], [i or "" for i in rows.ids or [None] * b]))
-                import numpy as np
-
                 geometry = self.h5[GEOMETRY]
                 geometry.resize(n + b, axis=0)  # NaN where the batch brought none
                 geometry[n:] = rows.geometry if rows.geometry is not None and len(rows.geometry) == b else np.full((b, geometry.shape[1]), np.nan)
@@ -292,7 +305,7 @@ class Store:
             from featdump.store.chunks import ChunkWriter
 
             datasets = [self.h5[FEATURES][layer.name] for layer in self.layers]
-            self._chunks = ChunkWriter(datasets, self.progress.num_images, self.write_threads)
+            self._chunks = ChunkWriter(datasets, self.write_threads)
         return self._chunks
 
     def finish(self) -> None:
@@ -329,7 +342,7 @@ class Store:
 GEOMETRY = "geometry"  # /geometry: featdump/data/geometry.py (docs/file-format.md)
 
 
-def _extend(columns: list[tuple[Any, list[Any]]], n: int) -> None:
+def _extend(columns: list[tuple[Any, Any]], n: int) -> None:
     """Each ``(dataset, values)``: the values appended as rows ``n ..``."""
     for ds, values in columns:
         ds.resize(n + len(values), axis=0)
