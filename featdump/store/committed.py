@@ -12,7 +12,6 @@ from typing import Any
 
 from featdump.store.journal import JournaledFile
 from featdump.store.locks import journal_path
-from featdump.store.redo import HEADER_SIZE, Redo, pread_full
 
 
 def open_committed(path: str | Path) -> Any:
@@ -63,18 +62,9 @@ class _ReaderLock:
 def _reader_view(path: Path, fd: int, jfd: int) -> JournaledFile | None:
     """A read-only view with the pending redo block overlaid, or None when there is none."""
     jf = JournaledFile(path, fd, _ReaderLock(jfd))  # type: ignore[arg-type]
-    header = jf.read_header()
-    if header is None:
+    jf.load_journal()
+    if jf.pending is None:
         return None
-    seq, size, dev, ino = header
-    st = os.fstat(fd)
-    if (dev, ino) != (st.st_dev, st.st_ino):
-        return None
-    length = max(0, os.fstat(jfd).st_size - HEADER_SIZE)
-    redo = Redo.decode(pread_full(jfd, length, HEADER_SIZE))
-    if redo is None or redo.seq != seq + 1:
-        return None
-    jf.committed, jf.seq, jf.pending = size, seq, redo
     view = jf.view()
     view.owner = jf  # type: ignore[attr-defined]  # keeps the descriptors' owner alive as long as h5py holds the view
     weakref.finalize(view, _close_fds, fd, jfd)

@@ -37,6 +37,7 @@ from featdump.store.redo import (
     Redo,
     pread_full,
     pwrite_full,
+    read_header,
     start_writeback,
 )
 
@@ -111,17 +112,20 @@ class JournaledFile:
             raise os_error(exc, path, "open") from None
         self = cls(path, fd, lock, durable)
         self.size = self.committed = os.fstat(fd).st_size
-        header = self.read_header()
-        if header is not None:
-            seq, size, dev, ino = header
-            st = os.fstat(fd)
-            if (dev, ino) == (st.st_dev, st.st_ino):
-                self.seq, self.committed = seq, size
-                length = max(0, os.fstat(self.jfd).st_size - HEADER_SIZE)
-                redo = Redo.decode(pread_full(self.jfd, length, HEADER_SIZE))
-                if redo is not None and redo.seq == seq + 1:
-                    self.pending = redo
+        self.load_journal()
         return self
+
+    def load_journal(self) -> None:
+        """From a journal whose header names this file: the last commit, and a complete redo block
+        not yet known to be applied (:attr:`pending`)."""
+        header = read_header(self.jfd)
+        st = os.fstat(self.fd)
+        if header is not None and header[2:] == (st.st_dev, st.st_ino):
+            self.seq, self.committed = header[:2]
+            length = max(0, os.fstat(self.jfd).st_size - HEADER_SIZE)
+            redo = Redo.decode(pread_full(self.jfd, length, HEADER_SIZE))
+            if redo is not None and redo.seq == self.seq + 1:
+                self.pending = redo
 
     def view(self) -> JournaledFile:
         """Read-only: the file as of its last commit, without changing a byte on disk."""
@@ -415,15 +419,6 @@ class JournaledFile:
         fields = (HEADER_MAGIC, self.seq, self.committed, st.st_dev, st.st_ino)
         raw = struct.pack("<8sQQQQ", *fields)
         pwrite_full(self.jfd, HEADER.pack(*fields, zlib.crc32(raw)).ljust(HEADER_SIZE, b"\0"), 0)
-
-    def read_header(self) -> tuple[int, int, int, int] | None:
-        raw = pread_full(self.jfd, HEADER_SIZE, 0)
-        if len(raw) < HEADER.size:
-            return None
-        magic, seq, size, dev, ino, crc = HEADER.unpack_from(raw, 0)
-        if magic != HEADER_MAGIC or crc != zlib.crc32(raw[: HEADER.size - 4]):
-            return None
-        return seq, size, dev, ino
 
     # ------------------------------------------------------------ closing
 

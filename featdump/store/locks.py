@@ -8,12 +8,11 @@ import errno
 import fcntl
 import os
 import stat
-import zlib
 from pathlib import Path
 
 from featdump.environment import FILE_LOCKING
 from featdump.errors import FeatdumpError, UsageError, os_error
-from featdump.store.redo import HEADER, HEADER_MAGIC, HEADER_SIZE, JOURNAL_SUFFIX, NO_LOCK_ERRNOS, pread_full
+from featdump.store.redo import JOURNAL_SUFFIX, NO_LOCK_ERRNOS, read_header
 
 
 def journal_path(path: str | Path) -> Path:
@@ -91,17 +90,14 @@ def journal_names(target: str | Path) -> bool:
         jst = os.fstat(fd)
         if not stat.S_ISREG(jst.st_mode):
             return False
-        raw = pread_full(fd, HEADER_SIZE, 0)
+        header = read_header(fd)
     except OSError:
         return False
     finally:
         os.close(fd)
     if jst.st_size == 0:
         return st.st_size == 0
-    if len(raw) < HEADER.size:
-        return False
-    magic, _seq, _size, dev, ino, crc = HEADER.unpack_from(raw, 0)
-    return magic == HEADER_MAGIC and crc == zlib.crc32(raw[: HEADER.size - 4]) and (dev, ino) == (st.st_dev, st.st_ino)
+    return header is not None and header[2:] == (st.st_dev, st.st_ino)
 
 
 class OutputLock:

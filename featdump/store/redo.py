@@ -34,6 +34,17 @@ def pread_full(fd: int, size: int, offset: int) -> bytes:
     return b"".join(parts)
 
 
+def read_header(fd: int) -> tuple[int, int, int, int] | None:
+    """``(seq, committed size, st_dev, st_ino)`` from a journal's header; None for none or a torn one."""
+    raw = pread_full(fd, HEADER_SIZE, 0)
+    if len(raw) < HEADER.size:
+        return None
+    magic, seq, size, dev, ino, crc = HEADER.unpack_from(raw, 0)
+    if magic != HEADER_MAGIC or crc != zlib.crc32(raw[: HEADER.size - 4]):
+        return None
+    return seq, size, dev, ino
+
+
 def _sync_file_range() -> Any:
     """libc's ``sync_file_range`` (Linux), or None where there is none."""
     try:
