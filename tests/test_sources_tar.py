@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from braceexpand import braceexpand
 from streamkit import (
     argv,
     assert_same_features,
@@ -24,7 +25,7 @@ from streamkit import (
 
 import featdump
 from featdump.data.sources import TarSelection, open_source
-from featdump.data.tars import expand_braces, read_samples
+from featdump.data.tars import read_samples
 from featdump.errors import UsageError
 
 from faultkit import NO_MODEL, journal_seq, kill, make_images, popen, run
@@ -82,7 +83,7 @@ def test_shard_pattern_expands_to_exactly_the_names(names: list[str], pattern: s
 
     assert shard_pattern(names) == pattern
     if pattern is not None:
-        assert sorted(expand_braces(pattern)) == sorted(names)  # braceexpand's reading of the pattern
+        assert sorted(braceexpand(pattern)) == sorted(names)  # braceexpand's reading of the pattern
 
 
 def test_a_folder_of_tar_shards_says_how_to_give_them(cli, tmp_path: Path) -> None:

@@ -17,6 +17,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Self
 
+from braceexpand import braceexpand
+
 from featdump.data.discover import IMAGE_EXTENSIONS
 from featdump.data.remote import MAX_IMAGE_BYTES, local_path, open_input, too_big
 from featdump.errors import UsageError
@@ -35,14 +37,6 @@ MAX_SHARDS = 1_000_000  # the most tar files one run may name (a brace pattern i
 _INT_RANGE = re.compile(r"\{(-?\d+)\.\.(-?\d+)(?:\.\.-?(\d+))?\}")  # braceexpand's numeric range
 
 
-def expand_braces(pattern: str) -> Iterator[str]:
-    """``train-{000000..000002}.tar`` -> ``train-000000.tar`` ... in order (``braceexpand``: numeric
-    ranges up or down with zero padding kept, comma lists, several braces)."""
-    from braceexpand import braceexpand
-
-    return braceexpand(pattern)
-
-
 def expand_shards(inputs: Sequence[str]) -> Iterator[tuple[int, str]]:
     """``(INPUT index, shard name)`` of every tar shard the INPUTs name, in order; a UsageError past
     :data:`MAX_SHARDS`, for a pattern before it is expanded (braceexpand lists each range whole)."""
@@ -53,7 +47,7 @@ def expand_shards(inputs: Sequence[str]) -> Iterator[tuple[int, str]]:
             bound *= abs(int(b) - int(a)) // int(step or 1) + 1
         if bound > MAX_SHARDS:
             raise UsageError(f"{raw} names {bound} tar shards, more than {MAX_SHARDS}; give a smaller brace range")
-        for name in expand_braces(raw):
+        for name in braceexpand(raw):
             count += 1
             if count > MAX_SHARDS:
                 raise UsageError(f"{raw} names more than {MAX_SHARDS} tar shards; give fewer (a smaller brace range)")
@@ -64,7 +58,7 @@ _NUMBERED = re.compile(r"^(.*?)(\d+)(\.tar|\.tar\.gz|\.tgz)$", re.IGNORECASE)
 
 
 def shard_pattern(names: Sequence[str]) -> str | None:
-    """The brace pattern that :func:`expand_braces` turns into exactly ``names`` (in numeric order),
+    """The brace pattern that ``braceexpand`` turns into exactly ``names`` (in numeric order),
     for numbered shards of one run (``data-000000.tar`` ... ``data-000004.tar`` ->
     ``data-{000000..000004}.tar``); the name itself for one; None when no pattern gives them."""
     if len(names) == 1:
@@ -77,7 +71,7 @@ def shard_pattern(names: Sequence[str]) -> str | None:
         return None
     (_, first, head, ext), (_, last, _, _) = found[0], found[-1]
     pattern = f"{head}{{{first}..{last}}}{ext}"
-    return pattern if list(expand_braces(pattern)) == [f"{h}{d}{e}" for _, d, h, e in found] else None
+    return pattern if list(braceexpand(pattern)) == [f"{h}{d}{e}" for _, d, h, e in found] else None
 
 
 def shards_hint(folder: str) -> str:

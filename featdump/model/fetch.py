@@ -142,20 +142,15 @@ def _fetch_hf_files(src: WeightsSource) -> tuple[Path, bool]:
 
     repo, revision = hf_split(src.location)
     names = [*safe_alternatives(src.filename), src.filename] if src.safe_first else [src.filename]
-    last: BaseException | None = None
-    for i, name in enumerate(names):
+    for name in names:
         before = try_to_load_from_cache(repo, name, revision=revision)
         try:
-            path = hf_hub_download(repo, name, revision=revision, library_name="featdump")
-        except EntryNotFoundError as exc:  # also "not cached and offline": timm moves on the same way
-            last = exc
-            if i < len(names) - 1:
-                continue
-            raise _hf_error(src, exc) from None
+            return Path(hf_hub_download(repo, name, revision=revision, library_name="featdump")), isinstance(before, str)
         except Exception as exc:  # noqa: BLE001 - network, auth, gated repos: one clear line
-            raise _hf_error(src, exc) from None
-        return Path(path), isinstance(before, str)
-    raise _hf_error(src, last or RuntimeError("no file"))  # pragma: no cover - loop always returns or raises
+            # a missing file (also "not cached and offline"): timm moves on to the next the same way
+            if not (isinstance(exc, EntryNotFoundError) and name != names[-1]):
+                raise _hf_error(src, exc) from None
+    raise AssertionError("unreachable: the last name returns or raises")
 
 
 def _fetch_url(src: WeightsSource) -> tuple[Path, bool]:

@@ -285,9 +285,6 @@ def _hooked_class() -> type:
             finally:
                 for h in handles:
                     h.remove()
-            missing = [m for m in modules if m not in captured]
-            if missing:  # pragma: no cover - describe_modules checked that every module runs
-                raise RuntimeError(f"modules did not run: {', '.join(missing)}")
             return [self._convert(captured[layer.module], layer) for layer in self.layers]
 
     return HookedModel
