@@ -157,8 +157,3 @@ def chw(shape: tuple[int, ...], layout: str) -> tuple[int, ...]:
         return (c, h, w)
     return shape
 
-
-def is_ragged(layer: LayerInfo, pool: str) -> bool:
-    """Is ``layer`` stored at each image's own grid (the ragged layout of docs/file-format.md)? The
-    backbone marks spatial layers of a long/short/native run; pooling makes them fixed again."""
-    return layer.attrs.get("layout") == "ragged" and pool == "none"
