@@ -13,10 +13,11 @@ FORMAT_VERSION = 1
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time these load lazily (no torch on import)
     from featdump.api import extract
     from featdump.store.reader import FeatureFile, open
+    from featdump.store.torchdata import collate
 
-__all__ = ["FORMAT_VERSION", "FeatureFile", "__version__", "extract", "open"]
+__all__ = ["FORMAT_VERSION", "FeatureFile", "__version__", "collate", "extract", "open"]
 
-_LAZY = {"extract": "featdump.api", "open": "featdump.store.reader", "FeatureFile": "featdump.store.reader"}
+_LAZY = {"extract": "featdump.api", "open": "featdump.store.reader", "FeatureFile": "featdump.store.reader", "collate": "featdump.store.torchdata"}
 
 
 def __dir__() -> list[str]:
@@ -24,7 +25,7 @@ def __dir__() -> list[str]:
 
 
 def __getattr__(name: str) -> Any:
-    """``featdump.extract`` / ``featdump.open`` / ``featdump.FeatureFile``, imported on first use."""
+    """``featdump.extract`` / ``featdump.open`` / ``featdump.FeatureFile`` / ``featdump.collate``, imported on first use."""
     if name in _LAZY:
         import importlib
 

@@ -25,8 +25,11 @@ def layers() -> list[LayerInfo]:
     ]
 
 
+GRIDS = [(1, 2), (2, 5), (3, 3), (2, 4), (3, 1)]
+
+
 def grid(i: int) -> tuple[int, int]:
-    return 1 + i % 3, 2 + (i * 5) % 7
+    return GRIDS[i % len(GRIDS)]
 
 
 def row_map(i: int) -> np.ndarray:

@@ -51,6 +51,8 @@ class FeatureFile:
         self.kept: dict[str, list[str]] = {k: [read_text(v) for v in ds[:n]] for k, ds in self._h5.get("meta", {}).items()}
         self._id_rows: dict[str, list[int]] | None = None
         self._spans: dict[str, Any] = {}  # virtual layers: where their sources' rows start (vds.source_spans)
+        # ragged layers (docs/file-format.md): each row's cells, ``start, h, w`` (checked on open)
+        self._cells = {k: self._h5["cells"][k][:n] for k in self.layers if self.attrs(k).get("layout") == "ragged"}
 
     # ------------------------------------------------------------------ access
 
@@ -85,14 +87,48 @@ class FeatureFile:
             self._id_rows = _index(self.ids)
         return _lookup(self._id_rows, str(id), "id", self.path, ".ids")
 
-    def numpy(self, layer: str, rows: int | slice | Sequence[int] | None = None) -> np.ndarray:
+    def numpy(self, layer: str, rows: int | slice | Sequence[int] | None = None) -> Any:
         """Rows of a layer as a numpy array: all committed rows, one row (``int``: no leading axis),
         a slice, or a list of rows in any order (duplicates allowed). A merged file's rows are read
-        from its sources a few at a time, each checked to be there (FeatdumpError naming one that is not)."""
+        from its sources a few at a time, each checked to be there (FeatdumpError naming one that is not).
+
+        A ragged layer's row is ``(C, h_i, w_i)``; several rows are one array when their grids are
+        equal, else a list of arrays."""
         ds = self[layer]
         if ds.is_virtual:
             self.check_sources()
-        return self._take(ds, rows, layer)
+        if layer not in self._cells:
+            return self._take(ds, rows, layer)
+        import numpy as np
+
+        table = self._take(self._cells[layer], rows)
+        if table.ndim == 1:
+            return self._read_cells(ds, table[None])[0]
+        maps = self._read_cells(ds, table)
+        return np.stack(maps) if maps and len({m.shape for m in maps}) == 1 else maps
+
+    def cells(self, layer: str) -> np.ndarray:
+        """A ragged layer's ``(N, 3)`` int64 ``start, h, w`` per committed row (its cells are rows
+        ``start .. start + h * w`` of ``self[layer]``, row-major over h, w); KeyError for a fixed layer."""
+        if layer not in self._cells:
+            self[layer]  # KeyError naming the stored layers
+            raise KeyError(f"{layer!r} is a fixed layer of {self.path}, not a ragged one: it has no cells")
+        return self._cells[layer].copy()
+
+    @staticmethod
+    def _read_cells(ds: Any, table: np.ndarray) -> list[np.ndarray]:
+        """The maps ``(C, h, w)`` of the rows ``table`` (start, h, w), read in one call when they lie close together."""
+        from featdump.store.vds import read_span
+
+        if not len(table):
+            return []
+        ends = table[:, 0] + table[:, 1] * table[:, 2]
+        lo, hi = int(table[:, 0].min()), int(ends.max())
+        block = read_span(ds, lo, hi) if hi - lo <= 2 * int((ends - table[:, 0]).sum()) else None
+        return [
+            (block[s - lo : e - lo] if block is not None else read_span(ds, s, e)).T.reshape(-1, h, w)
+            for (s, h, w), e in zip(table.tolist(), ends.tolist(), strict=True)
+        ]
 
     def check_sources(self) -> None:
         """FeatdumpError when a merged file's source files went missing (their rows would read as NaN)."""

@@ -9,9 +9,10 @@ import numpy as np
 
 
 def layout_of(attrs: dict[str, Any], ndim: int) -> str:
-    """A stored layer's layout, ``NC`` (pooled), ``NTD`` (tokens) or ``NCHW``, from its attribute or rank."""
+    """A stored layer's layout, ``NC`` (pooled), ``NTD`` (tokens), ``NCHW`` or ``ragged`` (cells, C:
+    each row at its own grid), from its attribute or rank."""
     layout = str(attrs.get("layout", "") or "")
-    if layout in ("NC", "NTD", "NCHW"):
+    if layout in ("NC", "NTD", "NCHW", "ragged"):
         return layout
     return {2: "NC", 3: "NTD", 4: "NCHW"}.get(ndim, "NC")
 

@@ -96,12 +96,23 @@ def _stack_views(batch: Sequence[torch.Tensor], *, collate_fn_map: Any = None) -
 
 
 def collate(items: Sequence[Any]) -> Any:
-    """``DataLoader(..., collate_fn=featdump.store.torchdata.collate)``: default_collate, except that a
-    batch of in-order rows comes out as a view of the block that was read (no copy, in the worker
-    nor in the main process). Also :attr:`FeatureDataset.collate`."""
+    """``DataLoader(..., collate_fn=featdump.collate)``: default_collate, except that a batch of
+    in-order rows comes out as a view of the block that was read (no copy, in the worker nor in the
+    main process), and that tensors of different shapes under one key (a ragged layer's rows and
+    their ``"<layer>.mask"``) are padded with zeros (False) to the batch's largest shape. Also
+    :attr:`FeatureDataset.collate`."""
     from torch.utils.data._utils.collate import collate as collate_with
     from torch.utils.data._utils.collate import default_collate_fn_map
 
+    if items and isinstance(items[0], dict):
+        items = [dict(item) for item in items]
+        for key, first in items[0].items():
+            if isinstance(first, torch.Tensor) and any(item[key].shape != first.shape for item in items):
+                size = [max(sizes) for sizes in zip(*(item[key].shape for item in items), strict=True)]
+                for item in items:
+                    padded = item[key].new_zeros(size)
+                    padded[tuple(slice(0, s) for s in item[key].shape)] = item[key]
+                    item[key] = padded
     return collate_with(items, collate_fn_map={**default_collate_fn_map, torch.Tensor: _stack_views})
 
 
@@ -117,7 +128,9 @@ def _torch_dtype(dtype: Any) -> torch.dtype | None:
 class FeatureDataset(Dataset):
     """Items are dicts: one tensor per chosen layer (key: the layer name), ``"path"``, ``"row"`` and
     ``"id"`` (when the file has ids), ``"meta"`` (``{name: text}``, when the file keeps values: ``--keep``,
-    ``--keep-columns``). Built by :meth:`featdump.FeatureFile.torch`; see its docstring.
+    ``--keep-columns``). A ragged layer's row is ``(C, h, w)`` at its own grid, with ``"<layer>.mask"``
+    ``(h, w)`` all True (:func:`collate` pads both), unless ``resize`` or ``pool`` make it uniform.
+    Built by :meth:`featdump.FeatureFile.torch`; see its docstring.
 
     Attributes: ``path``, ``layers``, ``rows`` (the file row of each item, int64).
     """
@@ -216,6 +229,9 @@ class FeatureDataset(Dataset):
         in_worker = torch.utils.data.get_worker_info() is not None
         tensors = {}
         for name in self.layers:
+            if self._layouts[name] == "ragged":  # each row at its own grid
+                tensors[name] = [self._convert(name, torch.from_numpy(np.ascontiguousarray(m))[None])[0] for m in ff.numpy(name, unique)]
+                continue
             if ff[name].is_virtual:  # from its sources, a few at a time, each checked to be there
                 tensors[name] = self._convert(name, torch.from_numpy(ff.numpy(name, unique)))
                 continue
@@ -226,6 +242,9 @@ class FeatureDataset(Dataset):
         for k, row in enumerate(rows.tolist()):
             at = int(where[k])
             item: dict[str, Any] = {name: t[at] for name, t in tensors.items()}  # views of the block
+            for name in self.layers:
+                if self._layouts[name] == "ragged" and not (self.resize or self.pool):
+                    item[f"{name}.mask"] = torch.ones(item[name].shape[1:], dtype=torch.bool)
             item["path"] = ff.paths[row]
             item["row"] = row
             if ids is not None:
@@ -247,7 +266,7 @@ class FeatureDataset(Dataset):
         """A block of stored rows -> tensors: resize, pool (in float32 at least), then dtype."""
         out_dtype = self.dtype or x.dtype
         layout = self._layouts[name]
-        spatial = layout == "NCHW" and x.ndim == 4
+        spatial = layout in ("NCHW", "ragged") and x.ndim == 4
         tokens = layout == "NTD" and x.ndim == 3
         if (self.resize and spatial) or (self.pool and (spatial or tokens)):
             if x.dtype not in (torch.float32, torch.float64):
