@@ -96,7 +96,6 @@ def load_rgb(source: str | bytes, max_pixels: int | None = None, shrink_to: int 
     """
     from PIL import Image
 
-    limit = max_pixels
     with _open_image(source) as fh:
         try:
             with pixel_limit(max_pixels) as limit:
@@ -115,10 +114,7 @@ def load_rgb(source: str | bytes, max_pixels: int | None = None, shrink_to: int 
             w, h = im.size
             if w == 0 or h == 0:
                 raise ValueError(f"image has zero size ({w}x{h})")
-            if limit is not None and w * h > limit:
-                raise ValueError(
-                    f"too many pixels ({w}x{h} = {w * h} > {limit}); raise --max-image-pixels if this is a real scan"
-                )
+            _check_pixels(w, h, limit)
             if getattr(im, "is_animated", False):
                 im.seek(0)
             if shrink_to:
@@ -143,6 +139,11 @@ def _open_image(source: str | bytes) -> Any:
     from featdump.data.remote import open_regular
 
     return open_regular(source)
+
+
+def _check_pixels(w: int, h: int, limit: int | None) -> None:
+    if limit is not None and w * h > limit:
+        raise ValueError(f"too many pixels ({w}x{h} = {w * h} > {limit}); raise --max-image-pixels if this is a real scan")
 
 
 def _shown(source: str | bytes) -> str:
@@ -192,7 +193,6 @@ def read_jpeg(
     import torch
     from PIL import Image
 
-    limit = max_pixels
     with _open_image(source) as fh:
         try:
             with pixel_limit(max_pixels) as limit, Image.open(fh) as im:
@@ -201,10 +201,7 @@ def read_jpeg(
             return None
         if kind != "JPEG" or mode not in ("RGB", "L") or w * h == 0:
             return None
-        if limit is not None and w * h > limit:
-            raise ValueError(
-                f"too many pixels ({w}x{h} = {w * h} > {limit}); raise --max-image-pixels if this is a real scan"
-            )
+        _check_pixels(w, h, limit)
         if guard is not None:
             guard(w, h)
         fh.seek(0)

@@ -15,19 +15,12 @@ def run_facts(batch_size: int, device: Any) -> dict[str, Any]:
 def previous_facts(out_path: Path) -> dict[str, Any] | None:
     """``batch_size``/``device`` of the file ``--resume`` will continue (its ``--overwrite``
     replacement first), or None when there is none or it does not record them."""
-    from featdump.store.like import read_attrs
-    from featdump.store.output import overwrite_path
+    from featdump.store.output import resume_attrs
 
-    for candidate in (overwrite_path(out_path), out_path):
-        if candidate.is_file():
-            try:
-                attrs = read_attrs(candidate)
-            except Exception:  # noqa: BLE001 - the resume itself says what is wrong
-                return None
-            if "batch_size" not in attrs or attrs.get("complete") or not int(attrs.get("num_images", 0) or 0):
-                return None
-            return {"batch_size": attrs.get("batch_size"), "device": attrs.get("device")}
-    return None
+    attrs = resume_attrs(out_path)
+    if not attrs or "batch_size" not in attrs or attrs.get("complete") or not int(attrs.get("num_images", 0) or 0):
+        return None
+    return {"batch_size": attrs.get("batch_size"), "device": attrs.get("device")}
 
 
 def rounding_note(previous: dict[str, Any] | None, now: dict[str, Any]) -> str | None:

@@ -20,18 +20,10 @@ BEST_RATIO = {"none": 1.0, "gzip": 0.46, "lzf": 0.53, "zstd": 0.47}
 
 def remaining_images(total: int, out_path: Path, resume: bool) -> int:
     """Images still to write: all of them, or (``--resume``) those past the file's ``inputs_done``."""
-    if not resume:
-        return total
-    from featdump.store.like import read_attrs
-    from featdump.store.output import overwrite_path
+    from featdump.store.output import resume_attrs
 
-    for candidate in (overwrite_path(out_path), out_path):
-        if candidate.is_file():
-            try:
-                return max(0, total - int(read_attrs(candidate).get("inputs_done", 0)))
-            except Exception:  # noqa: BLE001 - unreadable here: the real resume says why
-                return total
-    return total
+    attrs = resume_attrs(out_path) if resume else None
+    return max(0, total - int(attrs.get("inputs_done", 0))) if attrs else total
 
 
 def check_space(cfg: Any, out_path: Path, selection: Any, processors: Sequence[Any] = ()) -> None:

@@ -188,6 +188,20 @@ def overwrite_path(path: Path) -> Path:
     return path.with_name(f"{path.name}.featdump-new")
 
 
+def resume_attrs(out_path: Path) -> dict[str, Any] | None:
+    """The attributes of the file ``--resume`` continues (its ``--overwrite`` replacement first);
+    None when there is none, or it cannot be read here (the resume itself then says why)."""
+    from featdump.store.like import read_attrs
+
+    for candidate in (overwrite_path(out_path), out_path):
+        if candidate.is_file():
+            try:
+                return read_attrs(candidate)
+            except Exception:  # noqa: BLE001 - see above
+                return None
+    return None
+
+
 @dataclass
 class Output:
     """The file being written, and (for --overwrite) the target it replaces at the end."""
