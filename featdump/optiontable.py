@@ -50,7 +50,7 @@ class Option:
         return self.default is MISSING
 
 
-_FROM_MODEL = object()
+FROM_MODEL: Any = object()  # opt(to_attr=FROM_MODEL): the attribute holds what the model resolved
 
 
 def opt(
@@ -78,9 +78,6 @@ def opt(
     spec = dict(help=help, flags=flags, cli=cli, api=api, parse=parse, minimum=minimum, meaning=meaning, attr=attr,
                 to_attr=to_attr, from_attr=from_attr, family=family, example=example)  # fmt: skip
     return field(default=default, metadata={"option": spec})
-
-
-FROM_MODEL: Any = _FROM_MODEL  # opt(to_attr=FROM_MODEL): the attribute holds what the model resolved
 
 
 def plain_attr(name: str) -> Callable[[dict[str, Any]], Any]:
@@ -155,17 +152,13 @@ def _read_table(cls: Any) -> tuple[Option, ...]:
         meaning = spec["meaning"]
         attr = spec["attr"] or (f.name if meaning else None)
         to_attr = spec["to_attr"]
-        if to_attr is _FROM_MODEL or attr is None:
+        if to_attr is FROM_MODEL or attr is None:
             to_attr = None
         elif to_attr is None:
             to_attr = _as_stored(f.name)
         from_attr = (spec["from_attr"] or plain_attr(str(attr))) if meaning else None
-        flags = spec["flags"]
-        if flags is None:
-            flags = ("--" + f.name.replace("_", "-"),)
-        api = spec["api"]
-        if api is None:
-            api = tp if f.default is MISSING else tp | None
+        flags = spec["flags"] if spec["flags"] is not None else ("--" + f.name.replace("_", "-"),)
+        api = spec["api"] if spec["api"] is not None else tp if f.default is MISSING else tp | None
         table.append(
             Option(
                 name=f.name,
