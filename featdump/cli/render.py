@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 from rich.text import Text
 
 from featdump.store.check import tar_progress
@@ -142,12 +142,9 @@ def inspect_table(desc: Description, pool: str = "none", images: int | None = No
 
 def verify_table(report: Any) -> Table:
     """``featdump verify``: per layer the largest difference and the smallest cosine similarity."""
-    table = Table(title=cell(f"{report.path}: {len(report.rows)} row(s) re-extracted on {report.device}"))
-    table.add_column("layer", no_wrap=True)
-    table.add_column("max |diff|", justify="right")
-    table.add_column("max rel", justify="right")
-    table.add_column("min cosine", justify="right")
-    table.add_column("rows outside", justify="right")
+    title = cell(f"{report.path}: {len(report.rows)} row(s) re-extracted on {report.device}")
+    right = [Column(name, justify="right") for name in ("max |diff|", "max rel", "min cosine", "rows outside")]
+    table = Table(Column("layer", no_wrap=True), *right, title=title)
     for layer in report.layers:
         bad = ", ".join(str(r) for r in layer.bad_rows) or "-"
         table.add_row(cell(layer.name), f"{layer.max_abs:.3g}", f"{layer.max_rel:.3g}", f"{layer.min_cos:.6f}", bad)
@@ -161,10 +158,8 @@ def verify_table(report: Any) -> Table:
 
 
 def processors_table(rows: Sequence[Any]) -> Table:
-    table = Table(title="feature processors (--process NAME[:ARG[:ARG]])")
-    table.add_column("name", no_wrap=True)
-    table.add_column("from", no_wrap=True)
-    table.add_column("what it does")
+    columns = (Column("name", no_wrap=True), Column("from", no_wrap=True), "what it does")
+    table = Table(*columns, title="feature processors (--process NAME[:ARG[:ARG]])")
     for p in rows:
         table.add_row(cell(p.name), cell(p.source), cell(p.doc or p.target))
     return table
@@ -186,13 +181,10 @@ def modules_dict(name: str, data: Any, records: Sequence[Any]) -> dict[str, Any]
 def modules_table(name: str, data: Any, records: Sequence[Any]) -> Table:
     """``inspect --all-modules``: every module name a ``--layers`` list may use, with its output shape."""
     table = Table(
+        "module", "type", Column("output / image", justify="right"), Column("runs", justify="right"),
         title=f"{name}: {len(records)} modules (any of these works with --layers)",
         caption=f"output shape per image at input {fmt_shape(data.input_size)}; '-' = not one tensor or never run",
     )
-    table.add_column("module")
-    table.add_column("type")
-    table.add_column("output / image", justify="right")
-    table.add_column("runs", justify="right")
     for r in records:
         shape = fmt_shape(r.shape) if r.shape is not None else ("-" if r.calls == 0 else r.output)
         table.add_row(r.name, r.kind, shape, str(r.calls))
@@ -201,14 +193,12 @@ def modules_table(name: str, data: Any, records: Sequence[Any]) -> Table:
 
 def summary_table(summary: Summary) -> Table:
     shard = f" · shard {summary.shard[0]}/{summary.shard[1]}" if summary.shard[1] > 1 else ""
-    table = Table(title=cell(f"{summary.output}: {summary.model}{shard}"))
-    table.add_column("layer")
-    table.add_column("module")
-    table.add_column("stride", justify="right")
-    table.add_column("shape / image", justify="right", no_wrap=True)
-    table.add_column("dtype")
-    table.add_column("MiB on disk", justify="right")
-    table.add_column("stored/raw", justify="right")  # bytes on disk / uncompressed bytes
+    table = Table(
+        "layer", "module", Column("stride", justify="right"), Column("shape / image", justify="right", no_wrap=True),
+        "dtype", Column("MiB on disk", justify="right"),
+        Column("stored/raw", justify="right"),  # bytes on disk / uncompressed bytes
+        title=cell(f"{summary.output}: {summary.model}{shard}"),
+    )
     for layer in summary.layers:
         ratio = layer.stored_bytes / layer.raw_bytes if layer.raw_bytes else 1.0
         table.add_row(
@@ -236,9 +226,7 @@ def summary_table(summary: Summary) -> Table:
 
 def failures_table(failures: Sequence[tuple[str, str]], total: int) -> Table:
     more = f" (first {len(failures)} of {total})" if total > len(failures) else ""
-    table = Table(title=f"failed images{more}: listed under /failed in the file")
-    table.add_column("path")
-    table.add_column("why")
+    table = Table("path", "why", title=f"failed images{more}: listed under /failed in the file")
     for path, err in failures:
         table.add_row(cell(clip(path)), cell(clip(err)))
     return table
@@ -294,14 +282,13 @@ def show_renderables(info: dict[str, Any]) -> list[Any]:
     if info.get("journal"):
         parts.append("journal present: a run is writing it, or was killed (--resume finishes it)")
     parts.append(f"{fmt_mb(info['file_bytes'])} MiB file")
-    table = Table(title=cell(f"{info['file']}: {attrs.get('model', '?')}"), caption=" · ".join(parts))
-    table.add_column("dataset", overflow="fold")
-    table.add_column("shape", justify="right", no_wrap=True)
-    table.add_column("dtype")
-    table.add_column("chunks", justify="right", no_wrap=True)
-    table.add_column("codec", overflow="fold")
-    table.add_column("MiB", justify="right")
-    table.add_column("stored/raw", justify="right")  # bytes on disk / uncompressed bytes
+    table = Table(
+        Column("dataset", overflow="fold"), Column("shape", justify="right", no_wrap=True), "dtype",
+        Column("chunks", justify="right", no_wrap=True), Column("codec", overflow="fold"),
+        Column("MiB", justify="right"),
+        Column("stored/raw", justify="right"),  # bytes on disk / uncompressed bytes
+        title=cell(f"{info['file']}: {attrs.get('model', '?')}"), caption=" · ".join(parts),
+    )
     for ds in info["datasets"]:
         comp = ds["compression"]
         if ds["virtual"]:
@@ -318,9 +305,7 @@ def show_renderables(info: dict[str, Any]) -> list[Any]:
             fmt_mb(ds["stored_bytes"]) if not ds["virtual"] else "-",
             f"{ds['ratio']:.2f}" if ds["ratio"] else "-",
         )
-    prov = Table(title="provenance", show_header=False)
-    prov.add_column("key", style="bold")
-    prov.add_column("value", overflow="fold")
+    prov = Table(Column("key", style="bold"), Column("value", overflow="fold"), title="provenance", show_header=False)
     for key, value in attrs.items():
         prov.add_row(cell(key), cell(str(value) if key in ("command", "inputs") else _fmt_value(value)))  # whole
     out: list[Any] = [table, prov]
@@ -329,8 +314,8 @@ def show_renderables(info: dict[str, Any]) -> list[Any]:
     if info.get("plain_reader"):
         out.append(Text(info["plain_reader"]))
     if info["missing_sources"]:
-        miss = Table(title="MISSING virtual source files: their rows would read as the fill value (NaN from `featdump merge`)")
-        miss.add_column("file", overflow="fold")
+        why = "their rows would read as the fill value (NaN from `featdump merge`)"
+        miss = Table(Column("file", overflow="fold"), title=f"MISSING virtual source files: {why}")
         for p in info["missing_sources"]:
             miss.add_row(cell(p))
         out.append(miss)
@@ -339,10 +324,8 @@ def show_renderables(info: dict[str, Any]) -> list[Any]:
 
 def models_table(rows: Sequence[dict[str, Any]], pattern: str) -> Table:
     """``featdump models``: names, pretrained tags and whether ``--output-stride`` works."""
-    table = Table(title=f"timm models matching {pattern!r}: {len(rows)}")
-    table.add_column("model")
-    table.add_column("pretrained weights")
-    table.add_column("--output-stride", justify="center", style="green")
+    stride = Column("--output-stride", justify="center", style="green")
+    table = Table("model", "pretrained weights", stride, title=f"timm models matching {pattern!r}: {len(rows)}")
     for r in rows:
         tags = r["pretrained_tags"]
         shown = ", ".join(tags[:3]) + (f" (+{len(tags) - 3})" if len(tags) > 3 else "") if tags else "-"
@@ -357,9 +340,7 @@ def map_stats_table(stats: dict[str, Any]) -> Table:
         return "-" if v is None else f"{v:.6g}"
 
     title = f"{stats['file']}: {stats['layer']} at row {stats['row']} ({stats['path']})"
-    table = Table(title=Text(title), show_header=False)
-    table.add_column("key", style="bold")
-    table.add_column("value", overflow="fold")
+    table = Table(Column("key", style="bold"), Column("value", overflow="fold"), title=Text(title), show_header=False)
     if "id" in stats:
         table.add_row("id", Text(stats["id"]))
     table.add_row("shape", f"{fmt_shape(stats['shape'])} {stats['dtype']} ({stats['layout']})")
