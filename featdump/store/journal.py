@@ -354,15 +354,6 @@ class JournaledFile:
     def flush(self) -> None:
         """HDF5's flush: a no-op; :meth:`commit` decides when bytes become the committed state."""
 
-    def seekable(self) -> bool:
-        return True
-
-    def readable(self) -> bool:
-        return True
-
-    def writable(self) -> bool:
-        return not self.readonly
-
     # ------------------------------------------------------------ commit
 
     def commit(self) -> None:
