@@ -1,25 +1,13 @@
 """The one place where input files (tar shards, tables, lists, images) are opened and looked at.
 
-Every source that reads an INPUT goes through :func:`open_input`, :func:`stat_input` (or
-:func:`stat_inputs` for many) (and featdump/data/imagefetch.py for one image URL), so remote storage lives here and
-nowhere else. A URL (``https://``, ``s3://``, ``gs://``, ``hf://``, ``file://``) is opened with
-``fsspec``: streamed through a read-ahead cache of :data:`BLOCK_SIZE` bytes (memory per open file
-is bounded; nothing is fetched whole to disk). One layer of retries: s3fs, gcsfs and
-huggingface_hub retry a failed request themselves, so featdump adds none there; fsspec's HTTP
-client does not, so an ``http(s)://`` request is tried :data:`RETRIES` more times here. Every HTTP
-request has a total deadline (``FEATDUMP_REQUEST_SECONDS`` [120], featdump/environment.py) and
-s3 reads a per-read timeout. A ``file://`` URL is a local path: the same checks (regular files
-only) and no fsspec. Credentials and endpoints come from where each client normally finds them (``AWS_*`` /
-``AWS_ENDPOINT_URL`` for s3fs, ``GOOGLE_APPLICATION_CREDENTIALS`` for gcsfs, ``HF_TOKEN`` for
-``hf://``) and from fsspec's own configuration (``FSSPEC_<PROTOCOL>_<OPTION>`` variables). A
-missing protocol package is a :class:`~featdump.errors.UsageError` naming the extra to install.
-
-A store that stops answering while a stream is read raises :class:`RemoteUnreachable` (a
-:class:`~featdump.errors.FeatdumpError`, exit 1, not an ``OSError``): the tar reader must not take
-a lost connection for a damaged shard. One image URL that fails is a dead link (a ``/failed``
-record), unless no answer came (refused, reset, timed out, name not found) from a host that did
-answer earlier in the run: then the store stopped answering and ``fetch_bytes`` raises
-:class:`StoreStopped`, which ends the run before that image so ``--resume`` tries it again.
+Every source reads an INPUT through :func:`open_input`, :func:`stat_input` or :func:`stat_inputs`
+(one image URL: featdump/data/imagefetch.py). A URL (``https://``, ``s3://``, ``gs://``, ``hf://``)
+is opened with ``fsspec`` and streamed through a read-ahead cache of :data:`BLOCK_SIZE` bytes;
+``file://`` is a local path. Only HTTP gets featdump's retries (:func:`retry`): s3fs, gcsfs and
+huggingface_hub retry on their own. Credentials and endpoints come from where each client finds
+them (``AWS_*``, ``GOOGLE_APPLICATION_CREDENTIALS``, ``HF_TOKEN``, ``FSSPEC_<PROTOCOL>_<OPTION>``).
+A store that stops answering raises :class:`RemoteUnreachable`, not ``OSError``: the tar reader
+must not take a lost connection for a damaged shard.
 """
 
 from __future__ import annotations
