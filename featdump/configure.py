@@ -10,7 +10,7 @@ from typing import Any, Literal, get_args, get_origin
 from featdump.errors import UsageError
 from featdump.options import ExtractConfig
 from featdump.optiontable import Option, options_of, without_none
-from featdump.values import check_choice, check_positive, unpinned
+from featdump.values import check_choice, check_positive, size_mode_text, unpinned
 
 
 def load_toml(path: str | Path, cls: type = ExtractConfig) -> dict[str, Any]:
@@ -152,6 +152,9 @@ def check_options(values: dict[str, Any], cls: type = ExtractConfig) -> dict[str
         raise UsageError("--ray and --shards go together: e.g. --ray auto --shards 8 (one process per shard: --shard I/N)")
     if kw.get("ray") is not None and kw.get("shard") is not None:
         raise UsageError("--ray runs every shard itself; drop --shard I/N (or run that one shard without --ray)")
+    if size_mode_text(kw.get("img_size")) and (kw.get("process") or kw.get("fast_decode")):
+        flag = "--process" if kw.get("process") else "--fast-decode"
+        raise UsageError(f"{flag} needs a fixed --img-size (e.g. 224): long:/short:/native keep each image's own shape")
     if kw.get("resume") and kw.get("overwrite"):
         raise UsageError("--resume and --overwrite exclude each other: continue the file, or replace it")
     return kw

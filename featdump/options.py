@@ -18,6 +18,7 @@ from typing import Any, Literal, get_args
 
 from featdump.optiontable import FROM_MODEL, Option, opt, option_table, options_of
 from featdump.values import (
+    ImgSize,
     parse_crop_pct,
     parse_img_size,
     parse_indices,
@@ -71,7 +72,9 @@ def _names(attrs: dict[str, Any]) -> tuple[str, ...] | None:
     return tuple(str(n) for n in attrs["layers"])
 
 
-def _height_width(attrs: dict[str, Any]) -> tuple[int, int] | None:
+def _height_width(attrs: dict[str, Any]) -> ImgSize | None:
+    if attrs.get("img_size_mode"):  # a size mode: input_size holds its nominal square
+        return parse_img_size(str(attrs["img_size_mode"]))
     size = attrs.get("input_size") or []
     return (int(size[1]), int(size[2])) if len(size) == 3 else None
 
@@ -132,8 +135,9 @@ class ExtractConfig:
         from_attr=lambda attrs: stored_stride(attrs.get("output_stride")),
         example=16,
     )
-    img_size: tuple[int, int] | None = opt(
-        "224 or HEIGHTxWIDTH. \\[default: pretrained config]",
+    img_size: ImgSize | None = opt(
+        "224 or HEIGHTxWIDTH; or long:L, short:S, native: each image at its own aspect, sides rounded "
+        "to the model's unit, no crop. \\[default: pretrained config]",
         default=None,
         cli=str | None,
         api=int | str | tuple[int, int] | None,
@@ -143,6 +147,13 @@ class ExtractConfig:
         to_attr=FROM_MODEL,
         from_attr=_height_width,
         example=(96, 80),
+    )
+    max_side: int = opt(
+        "With --img-size native: images downscaled so that their long side is at most N pixels.",
+        default=2048,
+        minimum=8,
+        meaning=True,
+        example=512,
     )
     crop_mode: CropMode | None = opt(
         "center|squash|border: crop the centre, resize the whole image (aspect changes), or keep the "
@@ -308,7 +319,8 @@ def settings(table: Sequence[Option] = OPTIONS) -> tuple[str, ...]:
     return tuple(dict.fromkeys(o.attr for o in table if o.meaning and o.attr))
 
 
-SETTINGS: tuple[str, ...] = settings()
+# img_size_mode (long:512, short:256, native; "" for a fixed size): a size mode's input_size is its nominal square
+SETTINGS: tuple[str, ...] = (*settings(), "img_size_mode")
 
 
 def option_attrs(cfg: Any, table: Sequence[Option] | None = None) -> dict[str, Any]:

@@ -57,10 +57,25 @@ def parse_kept(value: str | list[str] | tuple[str, ...] | None, option: str) -> 
     return out
 
 
-def parse_img_size(value: str | int | list[int] | tuple[int, ...] | None) -> tuple[int, int] | None:
-    """``224`` -> ``(224, 224)``; ``"256x320"`` or ``[256, 320]`` -> ``(256, 320)`` (height x width)."""
+SIZE_MODES = ("long", "short", "native")
+ImgSize = tuple[int, int] | tuple[str, int]  # (height, width), or a size mode: ("long", 512), ("native", 0)
+IMG_SIZE_HELP = "--img-size takes SIZE or HEIGHTxWIDTH (e.g. 224 or 256x320), or long:L, short:S, native"
+
+
+def parse_img_size(value: str | int | list[Any] | tuple[Any, ...] | None) -> ImgSize | None:
+    """``224`` -> ``(224, 224)``; ``"256x320"`` or ``[256, 320]`` -> ``(256, 320)`` (height x width);
+    ``"long:512"`` / ``"short:256"`` / ``"native"`` (or ``("long", 512)``) -> a size mode."""
     if value is None or value == "":
         return None
+    if isinstance(value, (list, tuple)) and len(value) == 2 and value[0] in SIZE_MODES:
+        value = f"{value[0]}:{value[1]}"
+    if isinstance(value, str) and (mode := re.fullmatch(r"\s*(long|short)\s*:\s*(\d+)\s*|\s*(native)(?::0)?\s*", value.lower())):
+        if mode.group(3):
+            return ("native", 0)
+        side = int(mode.group(2))
+        if not 8 <= side <= 8192:
+            raise UsageError(f"--img-size {value} is out of range (8 to 8192 pixels a side)")
+        return (mode.group(1), side)
     if isinstance(value, int) and not isinstance(value, bool):
         h = w = value
     elif isinstance(value, (list, tuple)) and len(value) in (1, 2):
@@ -68,16 +83,23 @@ def parse_img_size(value: str | int | list[int] | tuple[int, ...] | None) -> tup
     else:
         m = re.fullmatch(r"\s*(\d+)\s*(?:[x×,]\s*(\d+)\s*)?", str(value))
         if not m:
-            raise UsageError(f"--img-size takes SIZE or HEIGHTxWIDTH (e.g. 224 or 256x320), not {value!r}")
+            raise UsageError(f"{IMG_SIZE_HELP}, not {value!r}")
         h = int(m.group(1))
         w = int(m.group(2) or m.group(1))
     try:
         h, w = int(h), int(w)
     except (TypeError, ValueError):
-        raise UsageError(f"--img-size takes SIZE or HEIGHTxWIDTH (e.g. 224 or 256x320), not {value!r}") from None
+        raise UsageError(f"{IMG_SIZE_HELP}, not {value!r}") from None
     if not (8 <= h <= 8192 and 8 <= w <= 8192):
         raise UsageError(f"--img-size {h}x{w} is out of range (8 to 8192 pixels a side)")
     return (h, w)
+
+
+def size_mode_text(img_size: ImgSize | None) -> str:
+    """The ``img_size_mode`` attribute: ``long:512``, ``short:256``, ``native``; "" for a fixed size."""
+    if img_size is None or not isinstance(img_size[0], str):
+        return ""
+    return "native" if img_size[0] == "native" else f"{img_size[0]}:{img_size[1]}"
 
 
 def parse_shard(value: str | list[int] | tuple[int, ...] | None) -> tuple[int, int] | None:

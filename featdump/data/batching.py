@@ -56,6 +56,41 @@ class Rows:
     meta: list[dict[str, str] | None] = dataclasses.field(default_factory=list)  # --keep, --keep-columns
 
 
+WINDOW = 4  # a size mode reads this many batches of refs at a time and batches their images by shape
+
+
+class ShapeGroups:
+    """A size mode's pixels for one window of the input: ``groups`` of ``(rows, pixels)``, each a
+    ``(b, 3, h, w)`` batch of one shape (b <= the batch size), ``rows`` the indices of its images
+    among the window's ``count`` good ones. A batch never mixes shapes."""
+
+    def __init__(self, groups: list[tuple[list[int], Any]], count: int) -> None:
+        self.groups = groups
+        self.count = count
+
+    def pin_memory(self) -> ShapeGroups:
+        return ShapeGroups([(rows, x.pin_memory()) for rows, x in self.groups], self.count)
+
+
+class ByShape:
+    """``collate``'s ``stack`` for a size mode: the items grouped by shape (in order of first
+    appearance), each group cut into batches of at most ``size`` items, each stacked by ``stack``
+    [``torch.stack``]."""
+
+    def __init__(self, size: int, stack: Any = None) -> None:
+        self.size = max(1, size)
+        self.stack = stack
+
+    def __call__(self, items: Sequence[Any]) -> ShapeGroups:
+        import torch
+
+        by: dict[tuple[int, ...], list[int]] = {}
+        for k, item in enumerate(items):
+            by.setdefault(tuple(item.shape), []).append(k)
+        cuts = [rows[i : i + self.size] for rows in by.values() for i in range(0, len(rows), self.size)]
+        return ShapeGroups([(rows, (self.stack or torch.stack)([items[k] for k in rows])) for rows in cuts], len(items))
+
+
 class Loader:
     """:class:`Rows` in list order: DataLoader workers decode and transform (each ``prefetch``
     batches ahead), pinned memory on CUDA; with ``--decode gpu`` the workers only read JPEG bytes
@@ -93,6 +128,9 @@ class Loader:
         if length is None and isinstance(todo, Sized):
             length = len(todo)
         self.inflight: dict[int, ImageRef] = {}  # position -> ref (without its bytes), until its batch is out
+        # a size mode (--img-size long:L ...): windows of WINDOW batches, their images batched by shape (ByShape)
+        by_shape = ByShape(batch_size) if backbone.data.size_mode else None
+        batch_size *= WINDOW if by_shape else 1
         self.keys = keys = StreamBatches(todo, batch_size, self.inflight)
         todo = []  # the datasets decode the refs handed to them with each key, not a list of their own
         transform = backbone.data.transform()
@@ -101,7 +139,7 @@ class Loader:
         self.decoder: Any = None
         if cfg.decode == "gpu":
             dataset: ImageDataset = EncodedDataset(todo, transform, cfg.max_image_pixels, guard=guard)
-            self.decoder = DeviceDecoder(transform, device)
+            self.decoder = DeviceDecoder(transform, device, by_shape)
         else:  # --fast-decode: decode at the size the resize needs
             size = fast_decode_size(backbone.data.input_size, backbone.data.crop_pct) if cfg.fast_decode else None
             dataset = ImageDataset(todo, transform, cfg.max_image_pixels, functools.partial(load_rgb, shrink_to=size), guard)
@@ -113,13 +151,13 @@ class Loader:
         if processes is None:
             processes = device.type != "cpu" or self.decoder is not None
         if not processes:  # threads: see featdump/data/loading.py
-            self.loader = ThreadLoader(dataset, keys, workers, prefetch, decode_nice)
+            self.loader = ThreadLoader(dataset, keys, workers, prefetch, decode_nice, by_shape)
             return
         self.loader = torch.utils.data.DataLoader(
             dataset,
             batch_sampler=keys,  # keys carry their refs: the stream is read here, decoded in the workers
             num_workers=workers,
-            collate_fn=collate,
+            collate_fn=functools.partial(collate, stack=by_shape) if by_shape else collate,
             pin_memory=device.type == "cuda",
             worker_init_fn=_worker_init if workers else None,
             prefetch_factor=prefetch if workers else None,

@@ -177,8 +177,9 @@ class DeviceDecoder:
     (nvjpeg on CUDA) and transformed there. A file the decoder rejects becomes a failure record;
     images that were not JPEGs arrive decoded already and are only moved."""
 
-    def __init__(self, transform: Any, device: Any) -> None:
+    def __init__(self, transform: Any, device: Any, stack: Callable[[list[Any]], Any] | None = None) -> None:
         self.device = device
+        self.stack = stack  # a size mode's ByShape (featdump/data/batching.py); else torch.stack
         from featdump.data.transform import SplitTransform
 
         self.apply = SplitTransform(transform).on_tensor
@@ -218,5 +219,5 @@ class DeviceDecoder:
                 sizes.append(known[k])
                 rows.append(item.to(self.device, non_blocking=True))
             positions.append(pos)
-        pixels = torch.stack(rows) if rows else None
+        pixels = (self.stack or torch.stack)(rows) if rows else None
         return Batch(positions, pixels, sorted(failed), batch.first, batch.last, sizes=sizes, stopped=batch.stopped)

@@ -47,7 +47,7 @@ class Geometry:
         oy = ox = 0.0
         for step in self.steps:
             kind = type(step).__name__
-            if kind in ("Resize", "ResizeKeepRatio"):
+            if kind in ("Resize", "ResizeKeepRatio", "ResizeToUnit"):
                 nh, nw = _resized(step, h, w)
                 sy, sx = sy * h / nh, sx * w / nw
                 h, w = nh, nw
@@ -81,6 +81,8 @@ def _pair(size: Any) -> tuple[int, int]:
 
 def _resized(step: Any, h: int, w: int) -> tuple[int, int]:
     """The output ``(h, w)`` of a resize step, by the step's own rule."""
+    if hasattr(step, "shape_for"):  # ResizeToUnit (a size mode): each image's own shape
+        return step.shape_for(h, w)
     if type(step).__name__ == "ResizeKeepRatio":
         import torch
 

@@ -43,13 +43,22 @@ class ThreadLoader:
     """
 
     def __init__(
-        self, dataset: ImageDataset, batches: Iterable[list[Any]], threads: int, prefetch: int = 2, nice: int = 0
+        self,
+        dataset: ImageDataset,
+        batches: Iterable[list[Any]],
+        threads: int,
+        prefetch: int = 2,
+        nice: int = 0,
+        by_shape: Any = None,
     ) -> None:
         self.batches = batches
         self.threads = threads
         self.prefetch = max(1, prefetch)
         self.nice = nice
         self.split = SplitTransform(dataset.transform)
+        self.stack = self.split.finish
+        if by_shape is not None:  # a size mode: the images batched by shape (featdump/data/batching.py)
+            by_shape.stack, self.stack = self.split.finish, by_shape
         # the same dataset with the PIL half of the transform: item i is (i, uint8 array, "", size) or a failure record
         self._decode = dataset.with_transform(self.split.pil).__getitem__
 
@@ -60,7 +69,7 @@ class ThreadLoader:
         return [here[k] if k in here else f.result() for k, (f, _) in enumerate(jobs)]
 
     def _batch(self, samples: list[tuple[int, Any, str, Any]]) -> Batch:
-        return collate(samples, stack=self.split.finish)
+        return collate(samples, stack=self.stack)
 
     def __iter__(self) -> Iterator[Batch]:
         if self.threads <= 0:

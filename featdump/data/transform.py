@@ -109,6 +109,43 @@ def _batched(step: Any) -> Callable[[Any], Any]:
     return lambda x: torch.stack([step(row) for row in x])
 
 
+class ResizeToUnit:
+    """``--img-size long:L | short:S | native``: each image resized, aspect kept, to the shape
+    :meth:`shape_for` gives it, by torchvision's ``Resize((h, w))`` at the model's interpolation (on
+    a PIL image, or a uint8 tensor for ``--decode gpu``); no crop, no pad."""
+
+    def __init__(self, mode: tuple[str, int], unit: int, max_side: int, interpolation: str) -> None:
+        from timm.data.transforms import str_to_interp_mode
+
+        self.mode, self.side = mode
+        self.unit, self.max_side = max(1, int(unit)), int(max_side)
+        self.interpolation = str_to_interp_mode(interpolation)
+
+    def shape_for(self, height: int, width: int) -> tuple[int, int]:
+        """``(h, w)`` for an image of that size: scaled so the long (``long``) or short (``short``)
+        side is the mode's, or the long side at most ``max_side`` (``native``); each side then
+        rounded to the nearest multiple of the unit, at least one unit."""
+        h, w = max(1, int(height)), max(1, int(width))
+        scale = {"long": self.side / max(h, w), "short": self.side / min(h, w)}.get(self.mode, min(1.0, self.max_side / max(h, w)))
+        return (max(1, math.floor(h * scale / self.unit + 0.5)) * self.unit, max(1, math.floor(w * scale / self.unit + 0.5)) * self.unit)
+
+    def __call__(self, img: Any) -> Any:
+        from torchvision.transforms import functional
+
+        h, w = (img.shape[-2], img.shape[-1]) if hasattr(img, "shape") else (img.size[1], img.size[0])
+        return functional.resize(img, list(self.shape_for(h, w)), interpolation=self.interpolation, antialias=True)
+
+
+def size_mode_transform(data: Any) -> Any:
+    """A size mode's eval transform (``data``: a DataConfig with ``size_mode``): :class:`ResizeToUnit`,
+    then to-tensor and the model's normalisation as in timm's eval transform."""
+    from timm.data.transforms import MaybeToTensor
+    from torchvision import transforms
+
+    resize = ResizeToUnit(data.size_mode, data.unit, data.max_side, data.interpolation)
+    return transforms.Compose([resize, MaybeToTensor(), transforms.Normalize(data.mean, data.std)])
+
+
 MAX_ASPECT = 1000  # longer side / shorter side beyond which an image is refused before resizing
 DEFAULT_RESIZED_PIXELS = 89_478_485  # Pillow's MAX_IMAGE_PIXELS: the bound without --max-image-pixels
 
@@ -141,6 +178,7 @@ class ResizeGuard:
     pixels (GBs per image). Raises ValueError, which the dataset turns into a ``/failed`` record."""
 
     def __init__(self, data: Any, max_pixels: int | None = None) -> None:
+        self.to_unit = ResizeToUnit(data.size_mode, data.unit, data.max_side, data.interpolation) if data.size_mode else None
         self.input_size = tuple(data.input_size)
         self.crop_pct = float(data.crop_pct)
         self.crop_mode = str(data.crop_mode)
@@ -156,7 +194,10 @@ class ResizeGuard:
                 f"extreme aspect ratio ({width}x{height}, {long / short:.0f}:1 > {MAX_ASPECT}:1): "
                 "refused before resizing"
             )
-        rw, rh = resized_size(width, height, self.input_size, self.crop_pct, self.crop_mode)
+        if self.to_unit is not None:
+            rh, rw = self.to_unit.shape_for(height, width)
+        else:
+            rw, rh = resized_size(width, height, self.input_size, self.crop_pct, self.crop_mode)
         if rw * rh > self.max_pixels:
             raise ValueError(
                 f"resizing {width}x{height} would make {rw}x{rh} = {rw * rh} pixels (> {self.max_pixels}); "

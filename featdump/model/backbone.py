@@ -7,34 +7,64 @@ Feature levels (:mod:`featdump.model.levels`) or named modules (:mod:`featdump.m
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
 from featdump.errors import UsageError
 from featdump.model.create import resolve_data_config
-from featdump.model.layers import Backbone, Description
+from featdump.model.layers import Backbone, DataConfig, Description, LayerInfo, mark_ragged, size_unit
 from featdump.model.levels import describe_levels, features_model
 from featdump.model.modules import describe_modules, load_module_backbone
 from featdump.model.weights import choose_weights, create_with_weights
 from featdump.options import ExtractConfig
+from featdump.values import ImgSize, size_mode_text
 
 
 def describe(
     name: str,
     out_indices: Sequence[int] | None = None,
     output_stride: int | None = None,
-    img_size: tuple[int, int] | None = None,
+    img_size: ImgSize | None = None,
     layers: Sequence[str] | None = None,
     tokens: str = "seq",
+    max_side: int = 2048,
 ) -> Description:
     """Layers and data config of a backbone; builds on the meta device (no weights, no downloads).
 
-    ``layers`` (module names) replaces the feature levels: see :mod:`featdump.model.modules`.
+    ``layers`` (module names) replaces the feature levels: see :mod:`featdump.model.modules`. A size
+    mode (``("long", 512)``, ...) is described at its nominal square (``native``: ``max_side``), its
+    spatial layers marked ragged and its unit in the data config.
     """
+    fixed = _nominal(img_size, max_side)
     if layers:
-        return describe_modules(name, layers, img_size, output_stride, tokens)
-    _levels_take_no_prefix(tokens)
-    return describe_levels(name, out_indices, output_stride, img_size)
+        desc = describe_modules(name, layers, fixed, output_stride, tokens)
+    else:
+        _levels_take_no_prefix(tokens)
+        desc = describe_levels(name, out_indices, output_stride, fixed, dynamic=fixed != img_size)
+    stored, data = _size_mode(img_size, max_side, desc.layers, desc.data)
+    return dataclasses.replace(desc, layers=stored, data=data)
+
+
+def _size_mode(img_size: ImgSize | None, max_side: int, layers: list[LayerInfo], data: DataConfig) -> tuple[list[LayerInfo], DataConfig]:
+    """A size mode's layers (spatial ones marked ragged) and data config (mode, unit); a fixed size's as they are."""
+    if img_size is None or not isinstance(img_size[0], str):
+        return layers, data
+    if any(x.layout == "NLC" for x in layers):
+        raise UsageError(
+            f"--img-size {size_mode_text(img_size)} stores maps at each image's own grid, which token layers "
+            "of --layers cannot follow: take this model's feature levels (--out-indices) instead"
+        )
+    mode = (str(img_size[0]), int(img_size[1]))
+    return mark_ragged(layers), dataclasses.replace(data, size_mode=mode, unit=size_unit(layers), max_side=max_side)
+
+
+def _nominal(img_size: ImgSize | None, max_side: int) -> tuple[int, int] | None:
+    """The square a size mode is described at (an upper bound of ``long:L`` and ``native``)."""
+    if img_size is None or not isinstance(img_size[0], str):
+        return img_size
+    side = max_side if img_size[0] == "native" else int(img_size[1])
+    return (side, side)
 
 
 def _levels_take_no_prefix(tokens: str) -> None:
@@ -52,29 +82,36 @@ def load_backbone(
     *,
     out_indices: Sequence[int] | None = None,
     output_stride: int | None = None,
-    img_size: tuple[int, int] | None = None,
+    img_size: ImgSize | None = None,
     pretrained: bool = True,
     checkpoint: str | None = None,
     layers: Sequence[str] | None = None,
     tokens: str = "seq",
+    max_side: int = 2048,
 ) -> Backbone:
     """The real model with weights from a checkpoint, the hub (pretrained) or random init, in eval mode."""
+    fixed = _nominal(img_size, max_side)
     if layers:
-        return load_module_backbone(
-            name, layers, tokens=tokens, output_stride=output_stride, img_size=img_size,
+        backbone = load_module_backbone(
+            name, layers, tokens=tokens, output_stride=output_stride, img_size=fixed,
             pretrained=pretrained, checkpoint=checkpoint,
         )  # fmt: skip
+        backbone.layers, backbone.data = _size_mode(img_size, max_side, backbone.layers, backbone.data)
+        return backbone
     _levels_take_no_prefix(tokens)
-    desc = describe_levels(name, out_indices, output_stride, img_size)
+    dynamic = fixed != img_size
+    desc = describe_levels(name, out_indices, output_stride, fixed, dynamic=dynamic)
     indices = desc.out_indices
     choice = choose_weights(name, pretrained=pretrained, checkpoint=checkpoint)
 
     def create(**kwargs: Any) -> Any:
-        return features_model(name, out_indices=indices, output_stride=output_stride, img_size=img_size, **kwargs)
+        built = None if dynamic else fixed  # a size mode: at the model's own size (timm resamples per input)
+        return features_model(name, out_indices=indices, output_stride=output_stride, img_size=built, dynamic=dynamic, **kwargs)
 
     model, weights = create_with_weights(name, choice, create)
     model.eval()
-    return Backbone(name, model, desc.layers, resolve_data_config(model, img_size), indices, output_stride, weights)
+    stored, data = _size_mode(img_size, max_side, desc.layers, resolve_data_config(model, fixed))
+    return Backbone(name, model, stored, data, indices, output_stride, weights)
 
 
 def backbone_for(cfg: ExtractConfig) -> Backbone:
@@ -94,6 +131,7 @@ def backbone_for(cfg: ExtractConfig) -> Backbone:
             checkpoint=cfg.checkpoint,
             layers=cfg.layers,
             tokens=cfg.tokens,
+            max_side=cfg.max_side,
         )
     backbone.data = backbone.data.with_options(cfg)  # --crop-mode, --crop-pct, --interpolation
     return backbone

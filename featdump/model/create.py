@@ -42,21 +42,25 @@ def stride_error(name: str, stride: int, detail: str = "") -> UsageError:
     )
 
 
-def create_checked(name: str, *, img_size: tuple[int, int] | None, output_stride: int | None, **kwargs: Any) -> Any:
-    """``timm.create_model``, passing ``img_size`` only to models that take one (ViTs and kin), with
-    ``--output-stride`` refusals turned into one usage error."""
+def create_checked(
+    name: str, *, img_size: tuple[int, int] | None, output_stride: int | None, dynamic: bool = False, **kwargs: Any
+) -> Any:
+    """``timm.create_model``, passing ``img_size`` (and ``dynamic_img_size`` for a size mode) only to
+    models that take them (ViTs and kin), with ``--output-stride`` refusals turned into one usage error."""
     import timm
 
     if output_stride is not None:
         kwargs["output_stride"] = output_stride
+    sized = {k: v for k, v in (("dynamic_img_size", dynamic or None), ("img_size", img_size)) if v is not None}
     try:
-        if img_size is not None:
+        while True:
             try:
-                return timm.create_model(name, img_size=img_size, **kwargs)
+                return timm.create_model(name, **sized, **kwargs)
             except TypeError as exc:
-                if "img_size" not in str(exc):
+                refused = next((k for k in sized if f"'{k}'" in str(exc)), None)
+                if refused is None:
                     raise
-        return timm.create_model(name, **kwargs)
+                del sized[refused]  # a model without it (CNNs; NaFlex ViTs take any size anyway)
     except TypeError as exc:
         if output_stride is not None and "output_stride" in str(exc):
             raise stride_error(name, output_stride, "the model takes no output_stride") from None

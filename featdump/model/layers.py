@@ -49,6 +49,10 @@ class DataConfig:
     interpolation: str
     crop_pct: float
     crop_mode: str
+    # --img-size long:L | short:S | native: ("long", 512) etc., each image resized to a multiple of `unit`
+    size_mode: tuple[str, int] | None = None
+    unit: int = 0
+    max_side: int = 2048
 
     @classmethod
     def from_timm(cls, cfg: dict[str, Any]) -> DataConfig:
@@ -80,9 +84,14 @@ class DataConfig:
         }
 
     def transform(self) -> Any:
-        """Exactly timm's evaluation transform for this config."""
+        """Exactly timm's evaluation transform for this config; for a size mode, its resize to each
+        image's own shape (featdump/data/transform.py), to-tensor and normalisation."""
         from timm.data import create_transform
 
+        if self.size_mode is not None:
+            from featdump.data.transform import size_mode_transform
+
+            return size_mode_transform(self)
         return create_transform(**self.as_timm(), is_training=False)
 
 
@@ -115,6 +124,12 @@ def is_ragged(layer: LayerInfo, pool: str) -> bool:
     """A layer stored at each row's own grid (``--img-size long:L|short:S|native``): a spatial map
     the backbone marked ``layout = "ragged"``, and not pooled (a pooled layer stays (N, C))."""
     return layer.attrs.get("layout") == "ragged" and pool == "none"
+
+
+def size_unit(layers: list[LayerInfo]) -> int:
+    """A size mode's unit: each side of a resized image is a multiple of it (the patch size of a
+    patch model, the largest reduction of the stored levels for a CNN, after --output-stride)."""
+    return int(max((x.reduction for x in layers if len(x.shape) == 3), default=1))
 
 
 def mark_ragged(layers: list[LayerInfo]) -> list[LayerInfo]:

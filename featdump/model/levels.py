@@ -14,7 +14,7 @@ from featdump.model.create import (
     resolve_data_config,
     stride_error,
 )
-from featdump.model.layers import Description, LayerInfo, chw, guess_layout
+from featdump.model.layers import Description, LayerInfo, chw, guess_layout, size_unit
 from featdump.model.weights import why_no_download
 
 
@@ -25,14 +25,16 @@ def features_model(
     output_stride: int | None,
     img_size: tuple[int, int] | None,
     pretrained: bool = False,
+    dynamic: bool = False,
     **kwargs: Any,
 ) -> Any:
-    """timm's ``features_only`` model (``kwargs``: e.g. ``pretrained_cfg_overlay``)."""
+    """timm's ``features_only`` model (``kwargs``: e.g. ``pretrained_cfg_overlay``); ``dynamic``: at
+    any input size (a size mode: timm's ``dynamic_img_size``)."""
     kwargs["features_only"] = True
     if out_indices is not None:
         kwargs["out_indices"] = out_indices
     try:
-        return create_checked(name, img_size=img_size, output_stride=output_stride, pretrained=pretrained, **kwargs)
+        return create_checked(name, img_size=img_size, output_stride=output_stride, pretrained=pretrained, dynamic=dynamic, **kwargs)
     except RuntimeError as exc:
         if "features_only" in str(exc) or "feature" in str(exc).lower() and "not" in str(exc).lower():
             raise UsageError(
@@ -91,6 +93,29 @@ def describe_layers(model: Any, input_size: tuple[int, int, int]) -> list[LayerI
     return layers
 
 
+def check_varying(name: str, model: Any, layers: list[LayerInfo]) -> None:
+    """A size mode needs a model that takes inputs of any shape: a shape-only forward at 2x3 and
+    3x2 units must give every level the grid of its input, else a usage error naming the model."""
+    import torch
+
+    unit = size_unit(layers)
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    for h, w in ((2 * unit, 3 * unit), (3 * unit, 2 * unit)):
+        try:
+            with torch.inference_mode():
+                outs = model(torch.zeros((1, 3, h, w), device=device))
+            outs = list(outs.values()) if isinstance(outs, dict) else outs
+            grids = [tuple(o.shape[1:3] if x.layout == "NHWC" else o.shape[2:4]) for o, x in zip(outs, layers, strict=True)]
+            ok = all(g in ((h // x.reduction, w // x.reduction), (-(-h // x.reduction), -(-w // x.reduction))) for g, x in zip(grids, layers, strict=True))
+        except Exception:  # noqa: BLE001 - any refusal of the shape is the answer
+            ok = False
+        if not ok:
+            raise UsageError(
+                f"{name} cannot take images of varying shapes (a {h}x{w} input fails or gives other grids); "
+                "use a fixed --img-size (e.g. 224) with it"
+            )
+
+
 def _prepare(
     name: str,
     out_indices: Sequence[int] | None,
@@ -122,20 +147,26 @@ def describe_levels(
     out_indices: Sequence[int] | None = None,
     output_stride: int | None = None,
     img_size: tuple[int, int] | None = None,
+    dynamic: bool = False,
 ) -> Description:
-    """Feature levels and data config of a backbone; builds on the meta device (no weights, no downloads)."""
+    """Feature levels and data config of a backbone; builds on the meta device (no weights, no
+    downloads). ``dynamic``: for a size mode, checked to take inputs of varying shapes."""
     import torch
 
     levels, indices = _prepare(name, out_indices, output_stride, img_size)
+    built = None if dynamic else img_size  # a size mode: at the model's own size, resampled per input by timm
     with torch.device("meta"):
-        model = features_model(name, out_indices=indices, output_stride=output_stride, img_size=img_size)
+        model = features_model(name, out_indices=indices, output_stride=output_stride, img_size=built, dynamic=dynamic)
     data = resolve_data_config(model, img_size)
-    check_tiling(name, model, data.input_size[1:])
+    if not dynamic:
+        check_tiling(name, model, data.input_size[1:])
     try:
         layers = describe_layers(model, data.input_size)
     except Exception:  # noqa: BLE001 - some models cannot run on meta tensors: a real CPU model then
-        model = features_model(name, out_indices=indices, output_stride=output_stride, img_size=img_size)
+        model = features_model(name, out_indices=indices, output_stride=output_stride, img_size=built, dynamic=dynamic)
         layers = describe_layers(model.eval(), data.input_size)
+    if dynamic:
+        check_varying(name, model, layers)
     biggest = max((layer.reduction for layer in layers), default=0)
     if output_stride is not None and biggest > output_stride:
         raise stride_error(name, output_stride, f"its feature levels still reach stride {biggest}")

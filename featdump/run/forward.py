@@ -6,8 +6,9 @@ import contextlib
 from collections.abc import Callable
 from typing import Any
 
+from featdump.data.batching import ShapeGroups
 from featdump.errors import FeatdumpError
-from featdump.model.layers import Backbone, LayerInfo
+from featdump.model.layers import Backbone, LayerInfo, is_ragged
 from featdump.run.copies import CudaCopies
 from featdump.run.processors import apply
 from featdump.text import first_line
@@ -66,24 +67,45 @@ class Forward:
             self.model = torch.compile(self.model)
 
     def __call__(self, pixels: Any) -> list[Any]:
+        """One array per stored layer; for a size mode's :class:`~featdump.data.batching.ShapeGroups`,
+        a ragged layer's rows as a list of ``(C, h_i, w_i)`` arrays in row order (fixed ones stacked)."""
         import torch
 
         with torch.inference_mode():
-            x = pixels.to(self.device, non_blocking=True)
-            if self.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with self.autocast():
-                outs = self._model(x)
-            if isinstance(outs, dict):
-                outs = list(outs.values())
-            if self.processors:
-                stored = [apply(self.processors, to_storage(o, layer, self.pool, torch.float32), self.dtype) for o, layer in zip(outs, self.layers, strict=True)]
-            else:
-                stored = [to_storage(o, layer, self.pool, self.dtype) for o, layer in zip(outs, self.layers, strict=True)]
-            self._count_nonfinite(stored)
+            if isinstance(pixels, ShapeGroups):
+                return self._by_shape(pixels)
+            stored = self._stored(pixels)
             if self.copies is None:
                 return [s.cpu().numpy() for s in stored]
             return self.copies.submit(stored)  # a Pending: the writer waits for its event
+
+    def _stored(self, pixels: Any) -> list[Any]:
+        import torch
+
+        x = pixels.to(self.device, non_blocking=True)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with self.autocast():
+            outs = self._model(x)
+        if isinstance(outs, dict):
+            outs = list(outs.values())
+        if self.processors:
+            stored = [apply(self.processors, to_storage(o, layer, self.pool, torch.float32), self.dtype) for o, layer in zip(outs, self.layers, strict=True)]
+        else:
+            stored = [to_storage(o, layer, self.pool, self.dtype) for o, layer in zip(outs, self.layers, strict=True)]
+        self._count_nonfinite(stored)
+        return stored
+
+    def _by_shape(self, groups: ShapeGroups) -> list[Any]:
+        """Each shape's batch through the model (copied back synchronously), the rows put back in order."""
+        import numpy as np
+
+        rows: list[list[Any]] = [[None] * groups.count for _ in self.layers]
+        for where, pixels in groups.groups:
+            for k, out in enumerate(self._stored(pixels)):
+                for j, row in zip(where, out.cpu().numpy(), strict=True):
+                    rows[k][j] = row
+        return [per_row if is_ragged(layer, self.pool) else np.stack(per_row) for layer, per_row in zip(self.layers, rows, strict=True)]
 
     def _count_nonfinite(self, stored: list[Any]) -> None:
         """Add each layer's NaN/inf count to a running total kept on the device (no sync)."""

@@ -30,6 +30,7 @@ from featdump.store.locks import (
 )
 from featdump.store.sink import NothingCommitted, Store
 from featdump.text import to_str
+from featdump.values import size_mode_text
 
 
 def file_attrs(cfg: ExtractConfig, backbone: Backbone, shard: tuple[int, int], selection: Selection) -> dict[str, Any]:
@@ -46,6 +47,7 @@ def file_attrs(cfg: ExtractConfig, backbone: Backbone, shard: tuple[int, int], s
         "timm_version": timm.__version__,
         "torch_version": torch.__version__,
         "input_size": list(data.input_size),
+        "img_size_mode": size_mode_text(cfg.img_size),
         "mean": list(data.mean),
         "std": list(data.std),
         "interpolation": data.interpolation,
