@@ -2,41 +2,25 @@
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from featdump.data.batching import Loader, ShapeGroups
+from featdump.data.discover import ImageRef
+from featdump.model.backbone import backbone_for
 from featdump.model.layers import LayerInfo, is_ragged, mark_ragged
+from featdump.options import ExtractConfig
+from featdump.run.forward import Forward
+from featdump.values import parse_img_size
 
+from conftest import PHOTOS
 
-def test_ragged_marks_spatial_maps_only() -> None:
-    layers = [
-        LayerInfo("layer4", "layer4", 4, 512, 32, (512, 2, 2)),
-        LayerInfo("blocks.1", "blocks.1", -1, 192, 16, (192, 4, 4), "NLC", {"tokens": "map"}),
-        LayerInfo("blocks.1.prefix", "blocks.1", -1, 192, 0, (1, 192), "NLC", {"part": "prefix"}),
-        LayerInfo("head", "head", -1, 10, 0, (10,), "NLC"),
-    ]
-    marked = mark_ragged(layers)
-    assert [is_ragged(x, "none") for x in marked] == [True, True, False, False]
-    assert not any(is_ragged(x, "avg") for x in marked)  # a pooled layer stays (N, C)
-    assert not any(is_ragged(x, "none") for x in layers)  # fixed runs: nothing ragged
-    assert marked[0].shape == layers[0].shape
-
-
-# --- each image at its own shape, against timm directly -------------------------------------------
-
-import math  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
-
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from conftest import PHOTOS  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from featdump.data.batching import Loader, ShapeGroups  # noqa: E402
-from featdump.data.discover import ImageRef  # noqa: E402
-from featdump.model.backbone import backbone_for  # noqa: E402
-from featdump.options import ExtractConfig  # noqa: E402
-from featdump.run.forward import Forward  # noqa: E402
-from featdump.values import parse_img_size  # noqa: E402
+pytestmark = pytest.mark.filterwarnings("ignore::featdump.errors.FeatdumpWarning")
 
 # (width, height): wide, tall, square, very wide, tall again, square: shapes differ per image as the aspects do
 SIZES = [(150, 100), (70, 160), (90, 90), (200, 60), (64, 128), (120, 120)]
@@ -143,3 +127,80 @@ def test_naflex_at_each_images_own_patch_grid(aspect_refs: list[ImageRef]) -> No
     for i, ref_rows in enumerate(want):
         assert got[0][i].shape == ref_rows[0].shape
         np.testing.assert_allclose(got[0][i], ref_rows[0], rtol=1e-4, atol=1e-4)
+
+
+def test_ragged_marks_spatial_maps_only() -> None:
+    layers = [
+        LayerInfo("layer4", "layer4", 4, 512, 32, (512, 2, 2)),
+        LayerInfo("blocks.1", "blocks.1", -1, 192, 16, (192, 4, 4), "NLC", {"tokens": "map"}),
+        LayerInfo("blocks.1.prefix", "blocks.1", -1, 192, 0, (1, 192), "NLC", {"part": "prefix"}),
+        LayerInfo("head", "head", -1, 10, 0, (10,), "NLC"),
+    ]
+    marked = mark_ragged(layers)
+    assert [is_ragged(x, "none") for x in marked] == [True, True, False, False]
+    assert not any(is_ragged(x, "avg") for x in marked)  # a pooled layer stays (N, C)
+    assert not any(is_ragged(x, "none") for x in layers)  # fixed runs: nothing ragged
+    assert marked[0].shape == layers[0].shape
+
+
+@pytest.mark.parametrize(
+    ("raw", "want"),
+    [("long:512", ("long", 512)), ("SHORT: 256", ("short", 256)), ("native", ("native", 0)), (["long", 64], ("long", 64)), ("224", (224, 224))],
+)
+def test_parse_size_modes(raw: Any, want: Any) -> None:
+    assert parse_img_size(raw) == want
+
+
+@pytest.mark.parametrize(
+    ("over", "message"),
+    [
+        ({"img_size": "long:4"}, "out of range"),
+        ({"img_size": "wide:512"}, "--img-size takes SIZE or HEIGHTxWIDTH"),
+        ({"img_size": "long:64", "process": "l2norm"}, r"^--process needs a fixed --img-size"),
+        ({"img_size": "native", "fast_decode": True}, r"^--fast-decode needs a fixed --img-size"),
+    ],
+)
+def test_size_mode_refusals(over: dict[str, Any], message: str) -> None:
+    from featdump.configure import resolve
+    from featdump.errors import UsageError
+
+    with pytest.raises(UsageError, match=message):
+        resolve({"model": "resnet18", "inputs": ["x"], "output": "x.h5", **over})
+
+
+def test_a_model_that_cannot_vary_is_refused_by_name() -> None:
+    from featdump.errors import UsageError
+    from featdump.model.backbone import describe
+
+    with pytest.raises(UsageError, match=r"^levit_128s cannot take images of varying shapes"):
+        describe("levit_128s", img_size=("long", 224))
+    desc = describe("resnet18", img_size=("long", 512), output_stride=16)
+    assert desc.data.unit == 16 and all(is_ragged(x, "none") for x in desc.layers)
+    assert desc.layers[-1].shape == (512, 32, 32)  # the nominal square: an upper bound of long:512
+
+
+def test_extract_long_writes_each_row_at_its_grid(aspect_refs: list[ImageRef], random_checkpoint: Any, tmp_path: Any) -> None:
+    """End to end: ``extract --img-size long:64``, read back per row, equal to timm; /geometry maps the
+    resized input back to the original pixels."""
+    import featdump
+
+    ckpt = random_checkpoint("resnet18")
+    out = tmp_path / "long.h5"
+    featdump.extract("resnet18", [r.source for r in aspect_refs], out, img_size="long:64", checkpoint=ckpt,
+                     out_indices=(2, 4), batch_size=2, quiet=True)  # fmt: skip
+    want = timm_rows("resnet18", aspect_refs, "long", 64, 32, 2048, pretrained=True,
+                     pretrained_cfg_overlay={"file": str(ckpt)}, out_indices=(2, 4))  # fmt: skip
+    with featdump.open(out) as f:
+        assert f.meta["img_size_mode"] == "long:64" and f.paths == [r.source for r in aspect_refs]
+        for i, (w, h) in enumerate(SIZES):
+            for k, layer in enumerate(("layer2", "layer4")):
+                np.testing.assert_allclose(f.numpy(layer, i), want[i][k], rtol=1e-4, atol=1e-4)
+            hi, wi = reference_shape(h, w, "long", 64, 32, 2048)
+            assert f.cells("layer4")[i].tolist()[1:] == [hi // 32, wi // 32]
+    import h5py
+
+    with h5py.File(out, "r") as h5:
+        geometry = h5["geometry"][:]
+    for i, (w, h) in enumerate(SIZES):
+        hi, wi = reference_shape(h, w, "long", 64, 32, 2048)
+        np.testing.assert_allclose(geometry[i], [h, w, h / hi, w / wi, 0, 0])
