@@ -148,6 +148,14 @@ def check_options(values: dict[str, Any], cls: type = ExtractConfig) -> dict[str
         raise UsageError("--out-indices and --layers exclude each other; pick feature levels or module names")
     if kw.get("fast_decode") and kw.get("decode") == "gpu":
         raise UsageError("--fast-decode and --decode gpu exclude each other: fast decoding is a CPU (PIL) shortcut")
+    if (tiles := kw.get("tiles")) is not None:
+        if kw.get("img_size") not in (None, (tiles[0], tiles[0])):
+            raise UsageError(f"--tiles {tiles[0]} sets the model's input to {tiles[0]}x{tiles[0]}; drop --img-size")
+        if kw.get("fast_decode") or kw.get("decode") == "gpu":
+            raise UsageError("--tiles cuts images decoded exactly by PIL; drop --fast-decode and --decode gpu")
+        kw["img_size"] = (tiles[0], tiles[0])
+    elif kw.get("tile_scale", 1.0) != 1.0:
+        raise UsageError("--tile-scale resizes images before --tiles cuts them; give --tiles SIZE too")
     if (kw.get("ray") is None) != (kw.get("shards") is None):
         raise UsageError("--ray and --shards go together: e.g. --ray auto --shards 8 (one process per shard: --shard I/N)")
     if kw.get("ray") is not None and kw.get("shard") is not None:

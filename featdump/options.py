@@ -26,6 +26,8 @@ from featdump.values import (
     parse_names,
     parse_process,
     parse_shard,
+    parse_tile_scale,
+    parse_tiles,
     parse_weights,
     path_or_none,
     stored_stride,
@@ -154,6 +156,25 @@ class ExtractConfig:
         minimum=8,
         meaning=True,
         example=512,
+    )
+    tiles: tuple[int, int] | None = opt(
+        "SIZE\\[:STRIDE]: cut each image into SIZE x SIZE tiles at STRIDE \\[SIZE] steps, one row each (the last "
+        "ones end at the border; small images padded).",
+        default=None,
+        cli=str | None,
+        api=int | str | tuple[int, int] | None,
+        parse=parse_tiles,
+        meaning=True,
+        example=(64, 48),
+    )
+    tile_scale: float = opt(
+        "With --tiles: resize each image by F first (the model's interpolation).",
+        default=1.0,
+        cli=str,
+        api=float | str,
+        parse=parse_tile_scale,
+        meaning=True,
+        example=0.5,
     )
     crop_mode: CropMode | None = opt(
         "center|squash|border: crop the centre, resize the whole image (aspect changes), or keep the "

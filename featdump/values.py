@@ -3,6 +3,7 @@ with the one-line usage errors the options table's ``parse`` and ``resolve`` rai
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
@@ -100,6 +101,34 @@ def size_mode_text(img_size: ImgSize | None) -> str:
     if img_size is None or not isinstance(img_size[0], str):
         return ""
     return "native" if img_size[0] == "native" else f"{img_size[0]}:{img_size[1]}"
+
+
+def parse_tiles(value: str | int | list[int] | tuple[int, ...] | None) -> tuple[int, int] | None:
+    """``--tiles``: ``512`` -> ``(512, 512)``; ``"512:384"`` or ``[512, 384]`` -> ``(512, 384)`` (size, stride)."""
+    if value is None or value == "" or value == []:
+        return None
+    if isinstance(value, (list, tuple)) and len(value) in (1, 2) and all(type(v) is int for v in value):
+        size, stride = value[0], value[-1]
+    elif type(value) is int:
+        size = stride = value
+    elif m := re.fullmatch(r"\s*(\d+)\s*(?::\s*(\d+)\s*)?", str(value)):
+        size, stride = int(m.group(1)), int(m.group(2) or m.group(1))
+    else:
+        raise UsageError(f"--tiles takes SIZE or SIZE:STRIDE in pixels (e.g. 512 or 512:384), not {value!r}")
+    if not (8 <= size <= 8192 and 1 <= stride <= 8192):
+        raise UsageError(f"--tiles {size}:{stride} is out of range (SIZE 8 to 8192 pixels, STRIDE 1 to 8192)")
+    return (size, stride)
+
+
+def parse_tile_scale(value: Any) -> float:
+    """``--tile-scale``: the factor each image is resized by before it is cut, 0 < F <= 16."""
+    try:
+        scale = float(value)
+    except (TypeError, ValueError):
+        scale = math.nan
+    if isinstance(value, bool) or not 0.0 < scale <= 16.0:
+        raise UsageError(f"--tile-scale takes a number in (0, 16], e.g. 0.5 or 2, not {value!r}")
+    return scale
 
 
 def parse_shard(value: str | list[int] | tuple[int, ...] | None) -> tuple[int, int] | None:

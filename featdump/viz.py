@@ -247,10 +247,16 @@ def render(
         if found[stored_path]:
             try:
                 if split is None:
+                    from featdump.data.tiles import tile_view
                     from featdump.data.transform import SplitTransform
 
                     split = SplitTransform(model_transform(attrs))
-                first = split.pil_view(read_found(wanted[r])).resize((tw, th), Image.Resampling.BICUBIC)
+                seen = read_found(wanted[r])
+                if len(attrs.get("tiles", "")):  # --tiles: the row's tile (its index: row - the image's first row)
+                    seen = tile_view(attrs, seen, row - paths.index(stored_path))
+                else:
+                    seen = split.pil_view(seen)
+                first = seen.resize((tw, th), Image.Resampling.BICUBIC)
             except Exception as exc:  # noqa: BLE001 - an unreadable input is drawn as missing
                 first = placeholder((tw, th), f"cannot read input:\n{type(exc).__name__}")
         else:

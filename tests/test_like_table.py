@@ -29,6 +29,7 @@ from featdump.store.merge import merge_shards
 pytestmark = pytest.mark.filterwarnings("ignore::featdump.errors.FeatdumpWarning")
 MEANING = [o for o in OPTIONS if o.meaning]
 BASE = {"pretrained": False, "img_size": 64, "out_indices": (4,), "batch_size": 2, "quiet": True}
+TOGETHER = {"tile_scale": {"tiles": 64}}  # options that mean something only beside another one
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +64,7 @@ def _value(option: Any, inputs: dict[str, Any]) -> Any:
 
 
 def _run(inputs: dict[str, Any], out: Path, option: Any, **over: Any) -> Path:
-    kw = {**BASE, **over}
+    kw = {**BASE, **TOGETHER.get(option.name, {}), **over}
     if option.name in ("out_indices", "layers"):
         kw.pop("out_indices")
     model = kw.pop("model", "test_resnet")
@@ -105,6 +106,8 @@ def test_like_and_verify_reproduce_every_meaning_option(option: Any, inputs: dic
     if option.name == "pretrained":  # the base runs without weights already; the checkpoint case covers it
         return
     other = inputs[f"base:{option.family or 'files'}"]
+    if option.name in TOGETHER:  # the base: the companion options, this one at its default
+        other = _run(inputs, tmp_path / "base.h5", option)
     named = "out_indices|layers" if option.name in ("out_indices", "layers") else option.attr
     with pytest.raises(UsageError, match=named):
         merge_shards([made, other], tmp_path / "m.h5")

@@ -103,7 +103,8 @@ def test_option_attrs() -> None:
     attrs = option_attrs(cfg)
     assert attrs == {
         "model": "resnet18", "tokens": "seq", "output_stride": "none", "precision": "fp32", "dtype": "float32",
-        "max_side": 2048, "pool": "avg", "compression": "none", "decode": "fast", "path_column": "", "image_column": "",
+        "max_side": 2048, "tiles": "", "tile_scale": 1.0, "pool": "avg", "compression": "none", "decode": "fast",
+        "path_column": "", "image_column": "",
         "id_column": "", "keep": "", "keep_columns": "", "process": "",
     }  # fmt: skip
     assert option_attrs(resolve({**BASE, "decode": "gpu", "output_stride": "16"}))["decode"] == "gpu"

@@ -54,6 +54,8 @@ class Rows:
     pixels: Any = None
     positions: list[int] = dataclasses.field(default_factory=list)
     meta: list[dict[str, str] | None] = dataclasses.field(default_factory=list)  # --keep, --keep-columns
+    tiles: Any = None  # --tiles: (B, 4) int64 y0, x0, y1, x1 in original pixels (featdump/data/tiles.py)
+    whole: bool = True  # False: the batch ends inside an image's tiles; the store commits nothing then
 
 
 WINDOW = 4  # a size mode reads this many batches of refs at a time and batches their images by shape

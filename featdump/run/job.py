@@ -16,9 +16,10 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from featdump.data.batching import Loader, Rows
+from featdump.data.batching import Rows
 from featdump.data.remote import StoreStopped
 from featdump.data.sources import Source, open_source
+from featdump.data.tiles import loader as pick_loader
 from featdump.errors import FeatdumpWarning, Interrupted, UsageError
 from featdump.model.backbone import backbone_for
 from featdump.model.layers import Backbone, LayerInfo
@@ -43,7 +44,7 @@ class Stages:
     ``output(cfg, path, attrs, layers)`` (an :class:`Output`, a context manager)."""
 
     source: Callable[[Sequence[str], ExtractConfig], Source] = open_source
-    loader: Callable[..., Iterable[Rows]] = Loader
+    loader: Callable[..., Iterable[Rows]] = pick_loader  # Loader, or TileLoader for --tiles
     backbone: Callable[[ExtractConfig], Backbone] = backbone_for
     output: Callable[[ExtractConfig, Path, dict, Sequence[LayerInfo]], Output] = open_output
 

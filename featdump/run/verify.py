@@ -120,8 +120,8 @@ def verify_file(path: str | Path, n: int = 8, seed: int = 0, device: str = "auto
 
     from featdump import open as open_file
     from featdump.configure import resolve
-    from featdump.data.batching import Loader
     from featdump.data.remote import RESUME_HINT, StoreStopped
+    from featdump.data.tiles import loader as open_loader
     from featdump.model.backbone import backbone_for
     from featdump.run import processors
     from featdump.run.device import resolve_device
@@ -160,6 +160,7 @@ def verify_file(path: str | Path, n: int = 8, seed: int = 0, device: str = "auto
         stored_paths = [ff.paths[r] for r in rows]
         shapes = {name: tuple(ff[name].shape[1:]) for name in ff.layers}
         wanted, gone = locate_rows(ff, rows)
+        tile = {r: r - ff.paths.index(ff.paths[r]) for r in rows}  # --tiles: the row's tile of its image
     if gone:
         raise CannotVerify(f"cannot verify {p}: {gone}")
     dev = resolve_device(cfg.device, 0)
@@ -187,7 +188,8 @@ def verify_file(path: str | Path, n: int = 8, seed: int = 0, device: str = "auto
         )
     with open_file(p) as ff:
         stored = {name: ff.numpy(name, rows) for name in names}
-    loader = Loader(refs, backbone, cfg, dev, batch_size=max(1, min(len(refs), have // need)), workers=0, prefetch=2)
+    only = {"only": [tile[w.row] for w in wanted for _ in w.found]} if cfg.tiles else {}
+    loader = open_loader(refs, backbone, cfg, dev, batch_size=max(1, min(len(refs), have // need)), workers=0, prefetch=2, **only)
     forward = Forward(backbone, dev, cfg.precision, cfg.pool, cfg.dtype, False, False, procs)
     outs: dict[int, list[Any]] = {}  # position in refs -> one array per layer
     errors: dict[int, str] = {}

@@ -213,6 +213,13 @@ class FeatureFile:
             raise KeyError(f"{self.path} holds no /geometry (made by a featdump that did not store it yet); extract again")
         return self._take(self._h5["geometry"], rows)
 
+    def tiles(self, rows: int | slice | Sequence[int] | None = None) -> np.ndarray:
+        """``/tiles`` rows of a ``--tiles`` file: each row's tile ``y0, x0, y1, x1`` in original-image
+        pixels (int64). KeyError for a file made without ``--tiles``."""
+        if "tiles" not in self._h5:
+            raise KeyError(f"{self.path} holds no /tiles: it was made without --tiles")
+        return self._take(self._h5["tiles"], rows)
+
     def pixel_boxes(self, layer: str, row: int) -> np.ndarray:
         """``(H, W, 4)`` boxes ``y0, x0, y1, x1`` in original-image pixels of the cells of a spatial
         layer for one stored row (pixel ``i`` spans ``[i, i + 1)``; a cell wholly in padding is NaN:

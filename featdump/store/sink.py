@@ -60,6 +60,7 @@ class Store:
         self.path = Path(path)
         self.complete = bool(h5.attrs.get("complete", False))
         self.broken = False
+        self.unfinished = False  # rows of an image whose last tiles are still to come (Rows.whole)
         self.readonly = False  # a complete file reopened by --resume: nothing to write
         self.commit_seconds = COMMIT_SECONDS.value()
         # streams (tar shards): where --resume continues, committed with inputs_done (data/sources.py)
@@ -113,6 +114,8 @@ class Store:
             columns = len(GEOMETRY_COLUMNS)  # /geometry (N, 6) float64 in 12 KiB chunks: featdump/data/geometry.py
             geometry = h5.create_dataset(GEOMETRY, shape=(0, columns), maxshape=(None, columns), dtype="float64", chunks=(256, columns))
             geometry.attrs["columns"] = list(GEOMETRY_COLUMNS)
+            if attrs.get("tiles"):  # /tiles (N, 4) int64: each row's tile box (featdump/data/tiles.py)
+                h5.create_dataset("tiles", shape=(0, 4), maxshape=(None, 4), dtype="int64", chunks=(1024, 4))
             group = h5.create_group(FEATURES, track_order=True)
             filters = compression_kwargs(compression, dtype)
             itemsize = 4 if dtype == "float32" else 2
@@ -215,7 +218,7 @@ class Store:
                     ds.resize(start + h * w, axis=0)
             elif ds.shape[0] != n:
                 ds.resize(n, axis=0)
-        rows = ("paths", "ids", GEOMETRY) if self.ids else ("paths", GEOMETRY)
+        rows = [key for key in ("paths", "ids", GEOMETRY, "tiles") if key in self.h5]
         for key in (*rows, *(f"{CELLS}/{name}" for name in self.h5.get(CELLS, {})), *(f"meta/{name}" for name in self.meta)):
             if self.h5[key].shape[0] != n:
                 self.h5[key].resize(n, axis=0)
@@ -256,6 +259,8 @@ class Store:
                 geometry = self.h5[GEOMETRY]
                 geometry.resize(n + b, axis=0)  # NaN where the batch brought none
                 geometry[n:] = rows.geometry if rows.geometry is not None and len(rows.geometry) == b else np.full((b, geometry.shape[1]), np.nan)
+                if "tiles" in self.h5:
+                    _extend([(self.h5["tiles"], rows.tiles)], n)
                 for name in self.meta:  # --keep, --keep-columns: "" where a row lacks one
                     columns.append((self.h5["meta"][name], [(m or {}).get(name, "") for m in rows.meta or [None] * b]))
                 _extend(columns, n)
@@ -267,6 +272,7 @@ class Store:
             if self.jf.failed:  # an I/O error inside HDF5's writes
                 raise self.jf.error or OSError("write failed")
             self.progress = Progress(n + b, m + len(failed), rows.inputs_done)
+            self.unfinished = not rows.whole  # an image's tiles go on in the next batch: no commit before its last
             if rows.mark is not None:
                 self.mark = [int(v) for v in rows.mark]
             if time.monotonic() - self._last_commit >= self.commit_seconds:
@@ -279,7 +285,7 @@ class Store:
 
     def commit(self) -> None:
         """Counters, HDF5 flush and journal commit: rows and counters become durable together."""
-        if self.broken or self.readonly:
+        if self.broken or self.readonly or self.unfinished:
             return
         try:
             if self._chunks is not None:
@@ -322,7 +328,7 @@ class Store:
             _close_quietly(self.h5)
             self.jf.close()  # recovered and complete: the journal has nothing left to say
             return
-        if self.broken:
+        if self.broken or self.unfinished:  # an image's rows cut short: the file keeps its last commit
             _close_quietly(self.h5)
             self.jf.abandon()
             return

@@ -1,0 +1,197 @@
+"""``--tiles SIZE[:STRIDE]``: each image cut into SIZE x SIZE tiles, one row each.
+
+An image (after EXIF orientation) is resized by ``--tile-scale`` (PIL, the model's interpolation),
+padded where a side is shorter than SIZE (timm's ``center_crop_or_pad`` with the fill of its
+``border`` crop mode), and cut at STRIDE steps, the last row and column of tiles shifted inward to
+end at the border; tiles in row-major order. A tile's pixels are only normalised (timm's to-tensor
+and ``Normalize``): the model sees the image's own pixels at SIZE x SIZE.
+
+Memory stays bounded for any image size: a batch holds the tiles of one image only, cut when the
+batch is made, so a 20,000 x 20,000 image is one decoded picture plus one batch of tiles. Batches
+never mix images, so ``--resume`` (which continues at an image boundary: the store commits no rows
+of an image before its last tile, :attr:`Rows.whole`) cuts the same batches as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+from featdump.data.batching import Failure, Rows
+from featdump.data.datasets import ImageDataset, Stop
+from featdump.data.discover import ImageRef
+from featdump.data.remote import RESUME_HINT, StoreStopped
+from featdump.data.transform import DEFAULT_RESIZED_PIXELS, SplitTransform
+from featdump.errors import FeatdumpError
+from featdump.model.layers import Backbone
+from featdump.options import ExtractConfig
+
+
+def starts(length: int, size: int, stride: int) -> list[int]:
+    """Where the tiles along one side begin: every ``stride`` pixels, the last one moved to end at
+    ``length`` (``length >= size``)."""
+    out = list(range(0, length - size + 1, stride))
+    return out if out[-1] + size >= length else [*out, length - size]
+
+
+class Tiler:
+    """Scales, pads and cuts one image; maps each tile back to the original image."""
+
+    def __init__(self, data: Any, size: int, stride: int, scale: float, max_pixels: int | None = None) -> None:
+        from timm.data.transforms import str_to_pil_interp
+
+        self.size, self.stride, self.scale = size, stride, scale
+        self.resample = str_to_pil_interp(data.interpolation)
+        self.fill = tuple(round(255 * v) for v in data.mean)  # timm's border mode pads with the mean colour
+        self.max_pixels = max_pixels or DEFAULT_RESIZED_PIXELS
+
+    def prepare(self, img: Any) -> tuple[Any, int, int, int, int]:
+        """``(picture, scaled_h, scaled_w, pad_top, pad_left)``: the image resized by the scale and
+        padded to at least SIZE a side."""
+        from timm.data.transforms import center_crop_or_pad
+
+        if self.scale != 1.0:
+            w, h = max(1, round(img.width * self.scale)), max(1, round(img.height * self.scale))
+            if w * h > self.max_pixels:
+                raise ValueError(f"--tile-scale {self.scale} makes {w}x{h} = {w * h} pixels (> {self.max_pixels}); "
+                                 "raise --max-image-pixels if this is a real image")  # fmt: skip
+            img = img.resize((w, h), self.resample)
+        h, w, s = img.height, img.width, self.size
+        pad_top, pad_left = max(0, (s - h) // 2), max(0, (s - w) // 2)
+        if h < s or w < s:
+            img = center_crop_or_pad(img, [max(h, s), max(w, s)], fill=self.fill)
+        return img, h, w, pad_top, pad_left
+
+    def windows(self, picture: Any) -> list[tuple[int, int]]:
+        """The tiles' top-left corners in the prepared picture, row-major."""
+        return [
+            (y, x)
+            for y in starts(picture.height, self.size, self.stride)
+            for x in starts(picture.width, self.size, self.stride)
+        ]
+
+    def cut(self, picture: Any, corners: Sequence[tuple[int, int]]) -> list[Any]:
+        """Each tile as an ``(SIZE, SIZE, 3)`` uint8 array."""
+        import numpy as np
+
+        s = self.size
+        return [np.asarray(picture.crop((x, y, x + s, y + s))) for y, x in corners]
+
+    def rows(
+        self, prepared: tuple[Any, ...], orig: tuple[int, int], corners: Sequence[tuple[int, int]]
+    ) -> tuple[Any, Any]:
+        """``(/geometry rows, /tiles rows)`` of these tiles: the affine map of each tile's input to
+        the original image (scale ``orig / scaled``, offset the tile's corner there; negative over
+        padding) and its box ``y0, x0, y1, x1`` in original pixels (clipped to the image, outward to
+        whole pixels)."""
+        import numpy as np
+
+        _, sh, sw, pad_top, pad_left = prepared
+        oh, ow = orig
+        yx = np.array(corners, dtype=np.float64).reshape(-1, 2) - (pad_top, pad_left)
+        scale = np.array([oh / sh, ow / sw])
+        geometry = np.empty((len(yx), 6))
+        geometry[:, :2], geometry[:, 2:4], geometry[:, 4:] = (oh, ow), scale, yx * scale
+        lo = np.floor(np.clip(yx, 0, None) * scale)
+        hi = np.minimum(np.ceil(np.minimum(yx + self.size, (sh, sw)) * scale), (oh, ow))
+        return geometry, np.concatenate([lo, hi], axis=1).astype(np.int64)
+
+
+def tile_view(attrs: dict[str, Any], img: Any, index: int) -> Any:
+    """Tile ``index`` of ``img`` as the model saw it (before normalisation), by a file's attributes
+    (``viz``; ``verify`` cuts tiles through :class:`TileLoader`)."""
+    from featdump.model.layers import DataConfig
+
+    size, stride = (int(v) for v in attrs["tiles"])
+    tiler = Tiler(DataConfig.from_timm(attrs), size, stride, float(attrs["tile_scale"]))
+    picture = tiler.prepare(img)[0]
+    y, x = tiler.windows(picture)[index]
+    return picture.crop((x, y, x + tiler.size, y + tiler.size))
+
+
+class TileLoader:
+    """:class:`Rows` of tiles in input order, for the job's loader stage (same arguments as
+    :class:`~featdump.data.batching.Loader`). Images are decoded ``workers`` ahead in threads (0: in
+    this thread); the tiles of one image go out ``batch_size`` at a time. ``only``: one tile index
+    per input (``verify``), else every tile."""
+
+    def __init__(
+        self,
+        todo: Iterable[ImageRef],
+        backbone: Backbone,
+        cfg: ExtractConfig,
+        device: Any,
+        batch_size: int,
+        workers: int,
+        prefetch: int = 2,
+        decode_nice: int = 0,
+        length: int | None = None,
+        start: int = 0,
+        only: Sequence[int] | None = None,
+    ) -> None:
+        assert cfg.tiles is not None  # loader() picks this class for --tiles runs only
+        self.todo, self.start, self.batch_size, self.workers, self.only = todo, start, batch_size, workers, only
+        self.tiler = Tiler(backbone.data, *cfg.tiles, cfg.tile_scale, cfg.max_image_pixels)
+        self.split = SplitTransform(backbone.data.transform())
+        self.dataset = ImageDataset([], self.tiler.prepare, cfg.max_image_pixels)
+        self.dataset.max_bytes = cfg.max_image_bytes
+
+    def _decoded(self) -> Iterator[tuple[ImageRef, Any]]:
+        """``(ref, sample)`` in input order, ``workers`` images decoded ahead; a stream that fails
+        (a :class:`FeatdumpError` from the source) is raised after the images read before it."""
+        refs = enumerate(self.todo)
+        pending: collections.deque[tuple[ImageRef, Any]] = collections.deque()
+        pool = concurrent.futures.ThreadPoolExecutor(max(1, self.workers), thread_name_prefix="featdump-decode")
+        broken = None
+        try:
+            while True:
+                while broken is None and len(pending) < max(1, self.workers):
+                    try:
+                        pos, ref = next(refs)
+                    except StopIteration:
+                        break
+                    except FeatdumpError as exc:
+                        broken = exc
+                        break
+                    key = (pos, ref)
+                    pending.append((ref, pool.submit(self.dataset.__getitem__, key) if self.workers else key))
+                if not pending:
+                    break
+                ref, job = pending.popleft()
+                yield ref, job.result() if self.workers else self.dataset[job]
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+        if broken is not None:
+            raise broken
+
+    def __iter__(self) -> Iterator[Rows]:
+        for ref, (pos, prepared, reason, orig) in self._decoded():
+            done = self.start + pos + 1
+            if prepared is None:
+                if isinstance(reason, Stop):
+                    raise StoreStopped(f"{reason}; {RESUME_HINT}")
+                yield Rows([], [], [Failure(pos, ref.path, reason, ref.id)], done, mark=ref.mark)
+                continue
+            corners = self.tiler.windows(prepared[0])
+            if self.only is not None:
+                corners = [corners[self.only[pos]]]
+            for k in range(0, len(corners), self.batch_size):
+                part, last = corners[k : k + self.batch_size], k + self.batch_size >= len(corners)
+                geometry, boxes = self.tiler.rows(prepared, orig, part)
+                n = len(part)
+                yield Rows(
+                    [], [ref.path] * n, [], done if last else done - 1, ids=[ref.id] * n, meta=[ref.meta] * n,
+                    mark=ref.mark if last else None, geometry=geometry, tiles=boxes,
+                    pixels=self.split.finish(self.tiler.cut(prepared[0], part)), positions=[pos] * n, whole=last,
+                )  # fmt: skip
+
+
+def loader(
+    todo: Iterable[ImageRef], backbone: Backbone, cfg: ExtractConfig, *args: Any, **kwargs: Any
+) -> Iterable[Rows]:
+    """The job's loader stage: :class:`TileLoader` for ``--tiles`` runs, else the image :class:`Loader`."""
+    from featdump.data.batching import Loader
+
+    return (TileLoader if cfg.tiles else Loader)(todo, backbone, cfg, *args, **kwargs)
