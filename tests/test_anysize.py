@@ -204,3 +204,17 @@ def test_extract_long_writes_each_row_at_its_grid(aspect_refs: list[ImageRef], r
     for i, (w, h) in enumerate(SIZES):
         hi, wi = reference_shape(h, w, "long", 64, 32, 2048)
         np.testing.assert_allclose(geometry[i], [h, w, h / hi, w / wi, 0, 0])
+
+
+def test_inspect_shows_the_unit_and_an_example_photos_grids() -> None:
+    import json
+
+    from conftest import run
+
+    proc = run("inspect", "resnet18", "--img-size", "long:512", "--out-indices", "2,4", "--json", check=True)
+    got = json.loads(proc.stdout)
+    assert got["data_config"]["img_size_mode"] == "long:512" and got["data_config"]["unit"] == 32
+    assert got["data_config"]["input_size"] == [3, 384, 512]  # a 4032x3024 photo at long:512
+    assert [x["shape"] for x in got["layers"]] == [[128, 48, 64], [512, 12, 16]]
+    text = run("inspect", "test_vit", "--img-size", "short:64", check=True).stdout
+    assert "multiples of 16 (the unit)" in " ".join(text.split()) and "64×80" in text  # 3024x4032 -> 64x85 -> 64x80

@@ -52,7 +52,7 @@ def with_signature(signature: Signature) -> Callable[[F], F]:
 
 
 # extract's options that also shape what inspect shows (their flags, help and checks come from the table)
-INSPECT_OPTIONS = ("out_indices", "output_stride", "img_size", "pool", "layers", "tokens", "dtype", "process")
+INSPECT_OPTIONS = ("out_indices", "output_stride", "img_size", "max_side", "pool", "layers", "tokens", "dtype", "process")
 
 
 def inspect_parameters() -> Signature:
@@ -85,7 +85,7 @@ def inspect(ctx: typer.Context, model: str, all_modules: bool, images: int | Non
 
     Example: featdump inspect vit_small_patch16_224 --all-modules
     """
-    from featdump.cli.render import console, description_dict, inspect_table
+    from featdump.cli.render import EXAMPLE_IMAGE, console, description_dict, inspect_table
     from featdump.configure import check_options
     from featdump.model.backbone import describe
 
@@ -95,7 +95,8 @@ def inspect(ctx: typer.Context, model: str, all_modules: bool, images: int | Non
         from featdump.cli.render import modules_dict, modules_table
         from featdump.model.modules import list_modules
 
-        data, records = list_modules(model, o["img_size"], o["output_stride"])
+        fixed = o["img_size"] if o["img_size"] is None or not isinstance(o["img_size"][0], str) else None
+        data, records = list_modules(model, fixed, o["output_stride"])
         if as_json:
             sys.stdout.write(json.dumps(modules_dict(model, data, records), indent=2) + "\n")
         else:
@@ -104,7 +105,11 @@ def inspect(ctx: typer.Context, model: str, all_modules: bool, images: int | Non
     if images is not None and images < 1:
         raise UsageError(f"--images must be a whole number >= 1, not {images}")
     pool, dtype = o["pool"], o["dtype"]
-    desc = describe(model, o["out_indices"], o["output_stride"], o["img_size"], layers=o["layers"], tokens=o["tokens"])
+    desc = describe(model, o["out_indices"], o["output_stride"], o["img_size"], layers=o["layers"], tokens=o["tokens"], max_side=o["max_side"])
+    if desc.data.size_mode:  # what one example image gives (every image gets its own shapes)
+        from featdump.model.backbone import for_image
+
+        desc = for_image(desc, *EXAMPLE_IMAGE)
     if o["process"]:
         import dataclasses
 

@@ -11,12 +11,14 @@ from rich.text import Text
 
 from featdump.store.check import tar_progress
 from featdump.text import clip, fmt_bytes, printable
+from featdump.values import size_mode_text
 
 if TYPE_CHECKING:
     from featdump.model.layers import Description, LayerInfo
     from featdump.run.results import Summary
 
 MB = 1024 * 1024
+EXAMPLE_IMAGE = (3024, 4032)  # (height, width): the photo inspect shows a size mode's shapes for
 
 
 def cell(value: Any) -> Text:
@@ -84,6 +86,7 @@ def description_dict(desc: Description, pool: str = "none", images: int | None =
             "interpolation": d.interpolation,
             "crop_pct": d.crop_pct,
             "crop_mode": d.crop_mode,
+            **({"img_size_mode": size_mode_text(d.size_mode), "unit": d.unit, "max_side": d.max_side} if d.size_mode else {}),
         },
         "layers": [layer_dict(layer, pool) for layer in desc.layers],
     }
@@ -100,6 +103,11 @@ def inspect_table(desc: Description, pool: str = "none", images: int | None = No
     d = desc.data
     caption = (
         f"input {fmt_shape(d.input_size)} · {d.interpolation} · crop_pct {d.crop_pct:g} · crop_mode {d.crop_mode}\n"
+        if not d.size_mode
+        else f"--img-size {size_mode_text(d.size_mode)}: each image at its own aspect, sides rounded to multiples of "
+        f"{d.unit} (the unit); shapes for a {EXAMPLE_IMAGE[1]}×{EXAMPLE_IMAGE[0]} photo (input {fmt_shape(d.input_size)}) · "
+        f"{d.interpolation}\n"
+    ) + (
         f"mean {tuple(round(v, 4) for v in d.mean)}\nstd {tuple(round(v, 4) for v in d.std)}"
     )
     stride = f" · output stride {desc.output_stride}" if desc.output_stride else ""

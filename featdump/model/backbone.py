@@ -13,7 +13,7 @@ from typing import Any
 
 from featdump.errors import UsageError
 from featdump.model.create import resolve_data_config
-from featdump.model.layers import Backbone, DataConfig, Description, LayerInfo, mark_ragged, size_unit
+from featdump.model.layers import Backbone, DataConfig, Description, LayerInfo, is_ragged, mark_ragged, size_unit
 from featdump.model.levels import describe_levels, features_model
 from featdump.model.modules import describe_modules, load_module_backbone
 from featdump.model.weights import choose_weights, create_with_weights
@@ -57,6 +57,19 @@ def _size_mode(img_size: ImgSize | None, max_side: int, layers: list[LayerInfo],
         )
     mode = (str(img_size[0]), int(img_size[1]))
     return mark_ragged(layers), dataclasses.replace(data, size_mode=mode, unit=size_unit(layers), max_side=max_side)
+
+
+def for_image(desc: Description, height: int, width: int) -> Description:
+    """A size mode's description for one image size: the input it is resized to (``input_size``) and
+    each spatial layer's grid there (what ``inspect`` shows for an example photo)."""
+    from featdump.data.transform import ResizeToUnit
+
+    d = desc.data
+    assert d.size_mode is not None
+    h, w = ResizeToUnit(d.size_mode, d.unit, d.max_side, d.interpolation).shape_for(height, width)
+    layers = [dataclasses.replace(x, shape=(x.shape[0], -(-h // int(x.reduction)), -(-w // int(x.reduction))))
+              if is_ragged(x, "none") else x for x in desc.layers]  # fmt: skip
+    return dataclasses.replace(desc, layers=layers, data=dataclasses.replace(d, input_size=(3, h, w)))
 
 
 def _nominal(img_size: ImgSize | None, max_side: int) -> tuple[int, int] | None:

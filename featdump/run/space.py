@@ -52,7 +52,7 @@ def check_space(cfg: Any, out_path: Path, selection: Any, processors: Sequence[A
         return
     folder = out_path.resolve().parent if out_path.parent != Path("") else Path.cwd()
     try:  # the stored layers: shapes after pooling and processors
-        desc = describe(cfg.model, cfg.out_indices, cfg.output_stride, cfg.img_size, layers=cfg.layers, tokens=cfg.tokens)
+        desc = describe(cfg.model, cfg.out_indices, cfg.output_stride, cfg.img_size, layers=cfg.layers, tokens=cfg.tokens, max_side=cfg.max_side)
         prepare(processors, desc.data.input_size)
         layers = stored_layers(desc.layers, cfg.pool, processors)
     except UsageError:
