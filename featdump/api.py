@@ -88,8 +88,7 @@ input failed raises FeatdumpError ("no image could be read") after writing it. L
 
     from featdump.run.process import passive_omp
 
-    advice = passive_omp()  # before anything imports torch
-    if advice:
+    if advice := passive_omp():  # before anything imports torch
         warnings.warn(advice, FeatdumpWarning, stacklevel=2)
 
     from featdump import configure as cfgmod

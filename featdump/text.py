@@ -31,6 +31,7 @@ def to_str(value: Any) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
 _UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
 
 
@@ -62,11 +63,8 @@ def storable(text: str) -> str:
     """``text`` as it can be stored as UTF-8: the bytes of an OS name that are not valid UTF-8 (which
     Python holds as surrogates, ``surrogateescape``) are written as ``\\xHH`` (``backslashreplace``),
     any other lone surrogate as ``\\udXXX``; valid text is returned unchanged."""
-    try:
-        text.encode("utf-8")
+    if not _SURROGATE.search(text):  # what UTF-8 cannot encode
         return text
-    except UnicodeEncodeError:
-        pass
     if all(not 0xD800 <= ord(c) <= 0xDFFF or 0xDC80 <= ord(c) <= 0xDCFF for c in text):  # only escaped bytes
         return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
     return text.encode("utf-8", "backslashreplace").decode("utf-8")

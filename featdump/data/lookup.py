@@ -156,9 +156,8 @@ def _scan(stream: Iterator[ImageRef], by_key: dict[Key, list[Wanted]], seen: Cou
             if all(w.done for w in pending):
                 return
     finally:
-        close = getattr(stream, "close", None)
-        if close is not None:
-            close()  # a tar shard is closed here, unread past its last sampled member
+        if hasattr(stream, "close"):
+            stream.close()  # a tar shard is closed here, unread past its last sampled member
 
 
 def _find_in_tables(inputs: Sequence[str], options: Any, wanted: Sequence[Wanted], shard: Sequence[int]) -> None:

@@ -157,13 +157,9 @@ class OutputLock:
 
 def fsync_dir(path: Path) -> None:
     """fsync the folder holding ``path`` (makes a rename or a new file durable); best effort."""
-    try:
+    with contextlib.suppress(OSError):
         fd = os.open(path.parent if str(path.parent) else ".", os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
