@@ -110,10 +110,6 @@ def glob_hint(name: str) -> str:
     return f"; a glob is not expanded: give {how}, or leave the glob unquoted for the shell"
 
 
-def is_image_ext(ext: str) -> bool:
-    return ext.rsplit(".", 1)[-1] in _IMAGE_EXT
-
-
 @dataclass(frozen=True)
 class TarSample:
     """One sample of a shard: its key, its image member (name and bytes), or why there is none."""
@@ -213,7 +209,7 @@ def read_samples(shard: str, keep: Sequence[str] = (), cap: int = MAX_IMAGE_BYTE
                         yield _sample(key, member, data, exts, texts, error)
                     key, member, data, exts, start, texts, error = k, "", None, [], info.offset, {}, ""
                 exts.append(ext)
-                image = data is None and is_image_ext(ext)
+                image = data is None and ext.rsplit(".", 1)[-1] in _IMAGE_EXT
                 if (image or ext in keep) and info.size > cap:  # not read: tarfile skips its data in blocks
                     error = error or too_big(f"member {name} ({info.size} bytes)", cap)
                     member = name if image else member

@@ -44,14 +44,6 @@ class ModuleRecord:
 # --------------------------------------------------------------------------- model
 
 
-def _kind(out: Any) -> str:
-    import torch
-
-    if isinstance(out, torch.Tensor):
-        return "tensor"
-    return "none" if out is None else "dict" if isinstance(out, dict) else "tuple"
-
-
 def trace_modules(model: Any, input_size: tuple[int, int, int]) -> list[ModuleRecord]:
     """Every named module with the shape of its output, from one forward pass of a zero image.
 
@@ -68,7 +60,8 @@ def trace_modules(model: Any, input_size: tuple[int, int, int]) -> list[ModuleRe
         def hook(_mod: Any, _inp: Any, out: Any) -> None:
             calls[name] = calls.get(name, 0) + 1
             if name not in kinds:
-                kinds[name] = _kind(out)
+                other = "none" if out is None else "dict" if isinstance(out, dict) else "tuple"
+                kinds[name] = "tensor" if isinstance(out, torch.Tensor) else other
                 if kinds[name] == "tensor" and (out.ndim == 0 or int(out.shape[0]) != 1):
                     kinds[name] = "not per image"  # first axis is not the batch: e.g. windowed attention
                 shapes[name] = tuple(int(d) for d in out.shape[1:]) if kinds[name] == "tensor" else None

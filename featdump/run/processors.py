@@ -182,15 +182,12 @@ def installed() -> list[ProcessorInfo]:
     out = [ProcessorInfo(n, "built in", f"{c.__module__}:{c.__name__}", _doc(c)) for n, c in BUILTIN.items()]
     for ep in _entry_points():
         dist = getattr(getattr(ep, "dist", None), "name", None) or "?"
-        out.append(ProcessorInfo(ep.name, dist, ep.value, _plugin_doc(ep)))
+        try:
+            doc = _doc(ep.load())
+        except Exception as exc:  # noqa: BLE001 - a plug-in that cannot load is listed, saying why
+            doc = f"cannot be loaded: {first_line(exc)}"
+        out.append(ProcessorInfo(ep.name, dist, ep.value, doc))
     return out
-
-
-def _plugin_doc(ep: Any) -> str:
-    try:
-        return _doc(ep.load())
-    except Exception as exc:  # noqa: BLE001 - a plug-in that cannot load is listed, saying why
-        return f"cannot be loaded: {first_line(exc)}"
 
 
 def _doc(cls: Any) -> str:
@@ -296,7 +293,7 @@ def stored_layers(layers: Sequence[Any], pool: str, steps: Sequence[Step], devic
         if len(shape) != 3:
             out.append(replace(layer, processed=shape))
             continue
-        pixel_grid = [_num(v) for v in grid] if grid else []
+        pixel_grid = [int(v) if float(v).is_integer() else round(v, 6) for v in grid] if grid else []
         attrs = {**layer.attrs, "pixel_grid": pixel_grid}
         out.append(replace(layer, processed=shape, reduction=pixel_grid[0] if grid else 0, attrs=attrs))
     return out
@@ -317,10 +314,6 @@ def _compose(grid: Grid | None, cells: Grid | None) -> Grid | None:
     if grid is None or cells is None:
         return None
     return (cells[0] * grid[0], cells[1] * grid[0] + grid[1], cells[2] * grid[2], cells[3] * grid[2] + grid[3])
-
-
-def _num(v: float) -> int | float:
-    return int(v) if float(v).is_integer() else round(v, 6)
 
 
 def apply(steps: Sequence[Step], x: Any, dtype: Any) -> Any:

@@ -18,14 +18,6 @@ from featdump.text import fmt_bytes
 BEST_RATIO = {"none": 1.0, "gzip": 0.46, "lzf": 0.53, "zstd": 0.47}
 
 
-def remaining_images(total: int, out_path: Path, resume: bool) -> int:
-    """Images still to write: all of them, or (``--resume``) those past the file's ``inputs_done``."""
-    from featdump.store.output import resume_attrs
-
-    attrs = resume_attrs(out_path) if resume else None
-    return max(0, total - int(attrs.get("inputs_done", 0))) if attrs else total
-
-
 def check_space(cfg: Any, out_path: Path, selection: Any, processors: Sequence[Any] = ()) -> None:
     """Refuse (UsageError) a run whose rows cannot fit on the output's file system.
 
@@ -34,6 +26,7 @@ def check_space(cfg: Any, out_path: Path, selection: Any, processors: Sequence[A
     cannot check where there is no estimate (remote or compressed shards)."""
     from featdump.model.backbone import describe
     from featdump.run.processors import prepare, stored_layers
+    from featdump.store.output import resume_attrs
 
     total, about = selection.length, ""
     if total is None:
@@ -47,7 +40,8 @@ def check_space(cfg: Any, out_path: Path, selection: Any, processors: Sequence[A
             )
             return
         total, about = estimate
-    images = remaining_images(total, out_path, cfg.resume)
+    attrs = resume_attrs(out_path) if cfg.resume else None  # --resume: the images past the file's inputs_done
+    images = max(0, total - int(attrs.get("inputs_done", 0))) if attrs else total
     if not images:
         return
     folder = out_path.resolve().parent if out_path.parent != Path("") else Path.cwd()

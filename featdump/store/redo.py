@@ -80,14 +80,6 @@ def pwrite_full(fd: int, data: Any, offset: int) -> None:
         offset += n
 
 
-def zero_fill(fd: int, start: int, stop: int) -> None:
-    zeros = bytes(min(1 << 20, max(0, stop - start)))
-    while start < stop:
-        n = min(len(zeros), stop - start)
-        pwrite_full(fd, zeros[:n], start)
-        start += n
-
-
 class Redo:
     """One commit as stored in the journal: zero a range, write pages, set the size."""
 
@@ -131,8 +123,12 @@ class Redo:
 
     def apply(self, fd: int) -> None:
         """Idempotent: applying it again, or after a partial application, gives the same file."""
-        if self.zero:
-            zero_fill(fd, *self.zero)
+        start, stop = self.zero or (0, 0)
+        zeros = bytes(min(1 << 20, max(0, stop - start)))
+        while start < stop:
+            n = min(len(zeros), stop - start)
+            pwrite_full(fd, zeros[:n], start)
+            start += n
         for offset, data in self.pages:
             pwrite_full(fd, data, offset)
         os.ftruncate(fd, self.size)
