@@ -1,10 +1,7 @@
 """One image URL's bytes (a table's or a list's entry): at most ``--max-image-bytes``, within the
-request deadline and retries of featdump/data/remote.py, given up at a stop request.
-
-An HTTP body is read in chunks up to the cap (an endless body is cut there); a gzip or deflate
-``Content-Encoding`` is inflated up to the cap too (a bomb is cut, not inflated). A body that breaks
-off after the answer began is the host answering (a dead link after its retries), never "the store
-stopped answering".
+request deadline and retries of featdump/data/remote.py, given up at a stop request. A body that
+breaks off after the answer began is the host answering (a dead link after its retries), never "the
+store stopped answering".
 """
 
 from __future__ import annotations
