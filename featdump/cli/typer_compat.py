@@ -25,9 +25,7 @@ def parameter_source(ctx: Any, name: str) -> str | None:
     """Where an option's value came from, by name (``COMMANDLINE``, ``ENVIRONMENT``, ``DEFAULT``,
     ``DEFAULT_MAP``, ``PROMPT``), whichever click's ``ParameterSource`` enum the context uses."""
     source = ctx.get_parameter_source(name)
-    if source is None:
-        return None
-    return str(getattr(source, "name", source)).rsplit(".", 1)[-1]
+    return None if source is None else str(getattr(source, "name", source)).rsplit(".", 1)[-1]
 
 
 def join_paragraph_lines(app: typer.Typer) -> None:

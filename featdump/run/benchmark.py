@@ -60,9 +60,6 @@ class BenchResult:
     advice: list[str] = field(default_factory=list)
     note: str = ""  # what the rows alone would not say
 
-    def stage(self, name: str) -> Stage | None:
-        return next((s for s in self.stages if s.name == name), None)
-
 
 MAX_SECONDS = 3600  # an hour: longer timings say nothing new
 MAX_IMAGES = 100_000  # the images' references are held in memory
@@ -151,7 +148,7 @@ def advise(result: BenchResult, cfg: ExtractConfig, device: str) -> None:
     help with it on this device and these inputs."""
     stages = [s for s in result.stages if s.name != "pipeline"]
     slowest = min(stages, key=lambda s: s.rate)
-    pipe = result.stage("pipeline")
+    pipe = next((s for s in result.stages if s.name == "pipeline"), None)
     result.limit = slowest.name
     if pipe is not None and pipe.rate < 0.7 * slowest.rate:
         result.limit = "pipeline"
