@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
@@ -278,10 +279,8 @@ def open_output(cfg: ExtractConfig, out_path: Path, attrs: dict[str, Any], layer
             raise
         return Output(store, out_path, lock)
     if cfg.resume and out_path.exists():
-        try:
+        with contextlib.suppress(NothingCommitted):  # no commit to continue: as if there were no file
             return Output(Store.resume(out_path, attrs, layers), out_path)
-        except NothingCommitted:
-            pass
     if cfg.overwrite and out_path.exists():
         lock = OutputLock(out_path)
         try:
