@@ -25,7 +25,7 @@ from featdump.viz import (
     select_rows,
     where_found,
 )
-from featdump.vizdraw import fit_text, label_font, pca_rgb
+from featdump.vizdraw import fit_text, label_font, pca_each, pca_rgb
 
 ALPHA = 0.6  # weight of the feature colours over the photo
 
@@ -96,7 +96,9 @@ def render_overlay(
     with FeatureFile(path) as f:
         if "geometry" not in f.h5:
             raise UsageError(f"--overlay: {path} holds no /geometry (made by an older featdump); extract it again")
-        spatial = [n for n in f.layers if len(f[n].shape) == 4 and f.attrs(n).get("pixel_grid") != []]  # []: its cells are no places (--process)
+        spatial = [  # pixel_grid []: its cells are no places (--process)
+            n for n in f.layers if (len(f[n].shape) == 4 or f.attrs(n).get("layout") == "ragged") and f.attrs(n).get("pixel_grid") != []
+        ]
         chosen = list(dict.fromkeys(layers)) if layers else spatial
         bad = [n for n in chosen if n not in spatial] or ([] if chosen else f.layers[:1])
         if bad:
@@ -105,7 +107,7 @@ def render_overlay(
                 + (f" (spatial layers: {', '.join(spatial)})" if spatial else f" ({path} holds none)")
             )
         rows = select_rows(f.paths, images, f.num_images, random, seed)
-        colours = {n: pca_rgb(f.numpy(n, rows)) for n in chosen}
+        colours = {n: (pca_each if f.attrs(n).get("layout") == "ragged" else pca_rgb)(f.numpy(n, rows)) for n in chosen}
         boxes = {(n, r): f.pixel_boxes(n, r) for n in chosen for r in rows}
         paths = f.paths
         wanted, why = locate_rows(f, rows, root)

@@ -29,6 +29,7 @@ from featdump.vizdraw import (
     bar_strips,
     fit_text,
     label_font,
+    pca_each,
     pca_rgb,
     pca_scatter,
 )
@@ -206,9 +207,13 @@ def render(
         labels: dict[str, str] = {}
         for name in chosen:
             dattrs = f.attrs(name)
-            kind, arr = as_maps(f.numpy(name, rows), dattrs)
             stride = dattrs.get("reduction") or "-"
             labels[name] = f"{name}\nstride {stride} · {'x'.join(str(d) for d in f[name].shape[1:])}"
+            if dattrs.get("layout") == "ragged":  # each row at its own grid, its own PCA
+                labels[name] += "xhxw"
+                tiles[name] = [Image.fromarray(x) for x in pca_each(f.numpy(name, rows))]
+                continue
+            kind, arr = as_maps(f.numpy(name, rows), dattrs)
             if kind == "map":
                 tiles[name] = [Image.fromarray(x) for x in pca_rgb(arr)]
             else:

@@ -59,6 +59,11 @@ def pca_rgb(maps: Any) -> Any:
     return (out.reshape(k, h, w, 3) * 255).round().astype(np.uint8)
 
 
+def pca_each(maps: Any) -> list[Any]:
+    """A ragged layer's rows (C, h_i, w_i) -> one (h_i, w_i, 3) uint8 picture each, each row's own PCA."""
+    return [pca_rgb(m[None])[0] for m in maps]
+
+
 def pca_2d(vectors: Any) -> tuple[Any, Any]:
     """(K, C) pooled vectors -> (K, 2) coordinates on their first two principal components (fitted
     over the K vectors; a missing component is 0) and the two components' shares of the variance."""

@@ -57,16 +57,16 @@ def rows(i: int, j: int, done: int | None = None) -> Rows:
     )
 
 
-def write(path: Path, n: int, batch: int = 3, *, dtype: str = "float32", compression: str = "none", pool: str = "none",
-          attrs: dict[str, Any] | None = None, store: Any = None, stop_after: int | None = None) -> Any:
-    """Rows ``0 .. n`` (from where ``store`` stands, when given) in batches; the open store."""
+def write(path: Path, n: int, batch: int = 3, *, first: int = 0, dtype: str = "float32", compression: str = "none",
+          pool: str = "none", attrs: dict[str, Any] | None = None, store: Any = None, stop_after: int | None = None) -> Any:
+    """Rows ``first .. n`` (from where ``store`` stands, when given) in batches; the open store."""
     from featdump.store.sink import Store
 
     store = store or Store.create(path, {**ATTRS, **(attrs or {})}, layers(), pool=pool, dtype=dtype, compression=compression)
-    for k, i in enumerate(range(store.progress.inputs_done, n, batch)):
+    for k, i in enumerate(range(first + store.progress.inputs_done, n, batch)):
         if stop_after is not None and k == stop_after:
             return store
-        store.append(rows(i, min(n, i + batch)))
+        store.append(rows(i, min(n, i + batch), min(n, i + batch) - first))
     return store
 
 
@@ -75,3 +75,13 @@ def make(path: Path, n: int = 10, **kw: Any) -> Path:
     store.finish()
     store.close()
     return path
+
+
+def shards(folder: Path, n: int = 10) -> list[Path]:
+    """The rows ``0 .. n`` as the two shard files of one run (``--shard 0/2`` and ``1/2``)."""
+    half = n // 2
+    run = {"list_digest": "d", "list_size": n}
+    return [
+        make(folder / "r.shard-0-of-2.h5", half, attrs={**run, "shard": [0, 2], "num_inputs": half}),
+        make(folder / "r.shard-1-of-2.h5", n, first=half, attrs={**run, "shard": [1, 2], "num_inputs": n - half}),
+    ]

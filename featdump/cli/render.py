@@ -304,9 +304,14 @@ def show_renderables(info: dict[str, Any]) -> list[Any]:
             if ds["missing_sources"]:
                 comp += f", {ds['missing_sources']} MISSING"
         note = f" (+{ds['uncommitted_rows']} uncommitted)" if ds["uncommitted_rows"] else ""
+        shape = fmt_shape(ds["shape"])
+        if ds["ragged"]:  # cells x C, each row at its own grid
+            r = ds["ragged"]
+            shape = f"ragged {r['cells']} cells×{ds['shape'][1]}"
+            shape += f", h×w {fmt_shape(r['grid_min'])} to {fmt_shape(r['grid_max'])}" if r["grid_min"] else ""
         table.add_row(
             cell(ds["name"]),
-            fmt_shape(ds["shape"]) + note,
+            shape + note,
             ds["dtype"],
             fmt_shape(ds["chunks"]) if ds["chunks"] else "-",
             comp,

@@ -97,9 +97,12 @@ def as_attributes(message: str) -> str:
 
 
 def compare(stored: Any, fresh: Any) -> tuple[float, float, float]:
-    """One row: ``(max abs difference, that / max |stored|, cosine similarity)`` in float64."""
+    """One row: ``(max abs difference, that / max |stored|, cosine similarity)`` in float64 (rows of
+    different shapes: infinitely far)."""
     import numpy as np
 
+    if np.shape(stored) != np.shape(fresh):  # a ragged row at another grid
+        return float("inf"), float("inf"), 0.0
     a = np.asarray(stored, dtype=np.float64).ravel()
     b = np.asarray(fresh, dtype=np.float64).ravel()
     diff = float(np.max(np.abs(a - b))) if a.size else 0.0
@@ -123,6 +126,7 @@ def verify_file(path: str | Path, n: int = 8, seed: int = 0, device: str = "auto
     from featdump.data.remote import RESUME_HINT, StoreStopped
     from featdump.data.tiles import loader as open_loader
     from featdump.model.backbone import backbone_for
+    from featdump.model.layers import is_ragged
     from featdump.run import processors
     from featdump.run.device import resolve_device
     from featdump.run.forward import Forward
@@ -174,7 +178,7 @@ def verify_file(path: str | Path, n: int = 8, seed: int = 0, device: str = "auto
         raise CannotVerify(f"cannot verify {p}: this timm builds layers {names}, the file holds {sorted(shapes)}")
     size = "x".join(str(d) for d in backbone.data.input_size[1:])
     for layer in backbone.layers:  # before the model runs: an input size the rows do not have is never run
-        if tuple(layer.stored_shape(cfg.pool)) != shapes[layer.name]:
+        if tuple(layer.stored_shape("avg" if is_ragged(layer, cfg.pool) else cfg.pool)) != shapes[layer.name]:  # ragged: (C,) cells
             raise CannotVerify(
                 f"cannot verify {p}: at its attribute input_size {size} this timm makes {layer.name} "
                 f"{tuple(layer.stored_shape(cfg.pool))}, the file stores {shapes[layer.name]} per row"

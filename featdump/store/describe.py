@@ -121,6 +121,15 @@ def summarize_file(path: str | Path, max_failures: int = 10) -> dict[str, Any]:
         datasets = []
         for name, ds in h5["features"].items():  # /paths, /failed/* and /features: check_file saw to them
             rows = int(ds.shape[0]) if ds.shape else 0
+            ragged = None
+            if to_str(ds.attrs.get("layout", "")) == "ragged":  # rows are the /cells (checked)
+                rows = int(h5["cells"][name].shape[0])
+                grids = h5["cells"][name][: counts.num_images, 1:]
+                ragged = {
+                    "cells": int(grids.prod(axis=1).sum()),
+                    "grid_min": grids.min(axis=0).tolist() if len(grids) else None,
+                    "grid_max": grids.max(axis=0).tolist() if len(grids) else None,
+                }
             mapped = sources.get(ds.name.lstrip("/"), [])
             raw = int(ds.dtype.itemsize) * int(ds.size)
             virtual = bool(ds.is_virtual)
@@ -139,6 +148,7 @@ def summarize_file(path: str | Path, max_failures: int = 10) -> dict[str, Any]:
                     "virtual_sources": len({e["file"] for e in mapped}),
                     "missing_sources": len({e["resolved"] for e in mapped if not e["exists"]}),
                     "uncommitted_rows": max(0, rows - counts.num_images),
+                    "ragged": ragged,  # cells committed, smallest and largest h, w; None for a fixed layer
                     "attrs": {k: read_attr(v) for k, v in ds.attrs.items()},
                 }
             )

@@ -26,8 +26,10 @@ from typing import IO, Any
 import numpy as np
 
 from featdump.errors import FeatdumpError, UsageError, is_out_of_space, os_error
-from featdump.store.rowdata import layout_of, pool_block
+from featdump.store.format import CELLS
+from featdump.store.rowdata import layout_of, pool_block, pool_cells
 from featdump.store.vds import read_span
+from featdump.text import to_str
 
 FORMATS = ("npy", "safetensors", "zarr")
 POOLS = ("avg", "max")
@@ -210,6 +212,10 @@ def export_file(
             attrs = ff.attrs(name)
             layout = layout_of(attrs, ds.ndim)
             stored = tuple(int(s) for s in ds.shape[1:])
+            if layout == "ragged" and pool is None:
+                raise UsageError(
+                    f"layer {name!r} is ragged (each image at its own h×w); an export holds one shape per layer: add --pool avg|max"
+                )
             if layout != "NC" and pool is None and fmt == "npy":
                 shown = "×".join(str(s) for s in stored)
                 raise UsageError(
@@ -261,10 +267,18 @@ def _export(
     return ExportSummary(str(ff.path), folder.shown, fmt, n, rows_per_part, parts, written, ids is not None, exported)
 
 
+def _cells(ds: Any) -> Any:
+    """A ragged layer's ``/cells`` dataset (start, h, w per row), None for a fixed layer."""
+    return ds.file[CELLS][ds.name.rsplit("/", 1)[-1]] if to_str(ds.attrs.get("layout", "")) == "ragged" else None
+
+
 def _blocks(ds: Any, start: int, stop: int, chunk_rows: int = 0) -> Any:
     """``(a, b)`` row ranges covering ``[start, stop)``, each about :data:`BLOCK_BYTES` of stored data
-    and whole chunks: ``chunk_rows`` (zarr's), else the dataset's row chunks."""
-    row_bytes = max(1, int(np.prod(ds.shape[1:])) * ds.dtype.itemsize)
+    (a ragged layer's rows: at most that many cells each) and whole chunks: ``chunk_rows`` (zarr's),
+    else the dataset's row chunks."""
+    cells = _cells(ds)
+    most = int(cells[:, 1:].prod(axis=1).max()) if cells is not None and len(cells) else 1
+    row_bytes = max(1, int(np.prod(ds.shape[1:])) * ds.dtype.itemsize * most)
     step = max(1, BLOCK_BYTES // row_bytes)
     chunk_rows = chunk_rows or (int(ds.chunks[0]) if ds.chunks else 1)
     if chunk_rows > 1:
@@ -274,6 +288,11 @@ def _blocks(ds: Any, start: int, stop: int, chunk_rows: int = 0) -> Any:
 
 
 def _vectors(ds: Any, a: int, b: int, layout: str, prefix: int, pool: str | None, dtype: np.dtype) -> np.ndarray:
+    if layout == "ragged" and pool is not None:  # rows a..b: their cells, pooled row by row
+        table = _cells(ds)[a:b]
+        sizes = table[:, 1] * table[:, 2]
+        block = read_span(ds, int(table[0, 0]), int(table[0, 0] + sizes.sum()))
+        return np.ascontiguousarray(pool_cells(block, sizes, pool), dtype=dtype)
     block = read_span(ds, a, b)  # a merged file's sources a few at a time, each checked
     if pool is not None:
         block = pool_block(block, layout, pool, prefix)

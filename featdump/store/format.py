@@ -47,6 +47,17 @@ def read_text(value: Any) -> str:
 FEATURES = "features"
 CELLS = "cells"  # /cells/<name>: (N, 3) start, h, w of each row of a ragged layer
 RAGGED_VERSION = 2  # the format_version of files holding a ragged layer (fixed files keep FORMAT_VERSION)
+
+
+def extent(h5: Any, name: str, n: int) -> int:
+    """How many rows of ``/features/<name>`` the first ``n`` images of an open file fill: ``n``, or
+    for a ragged layer their cells (from ``/cells/<name>``)."""
+    if name not in h5.get(CELLS, ()):
+        return n
+    start, h, w = (int(v) for v in h5[CELLS][name][n - 1]) if n else (0, 0, 0)
+    return start + h * w
+
+
 CHUNK_TARGET = 1 << 20  # bytes: h5py's guidance is 10 KiB - 1 MiB per chunk
 CHUNK_MIN = 64 << 10
 

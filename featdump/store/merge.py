@@ -21,8 +21,10 @@ from featdump.errors import FeatdumpError, UsageError, is_out_of_space, os_error
 from featdump.store.check import input_kind
 from featdump.store.committed import open_committed
 from featdump.store.format import (
+    CELLS,
     FEATURES,
     compression_kwargs,
+    extent,
     free_bytes,
     inputs_attr,
     load_codecs,
@@ -287,32 +289,37 @@ def _write(
             for name, (shape, dtype) in ref.layers.items():
                 src0 = ref_h5[FEATURES][name]
                 layers.append((name, shape, dtype))
+                sizes = [extent(f, name, s.num_images) for s, f in zip(shards, handles, strict=True)]  # rows, or cells
+                total = sum(sizes)
+                if name in ref_h5.get(CELLS, ()):  # ragged: each file's cells, their starts shifted by the cells before
+                    starts = np.cumsum([0, *sizes[:-1]])
+                    tables = [f[CELLS][name][: s.num_images] + [at, 0, 0] for s, f, at in zip(shards, handles, starts, strict=True)]
+                    h5.create_dataset(f"{CELLS}/{name}", data=np.concatenate(tables).astype(np.int64), maxshape=(None, 3), chunks=(4096, 3))
                 if copy or not used:
                     filters = {} if not used else compression_kwargs(str(ref.attrs.get("compression", "none")), dtype)
                     ds = group.create_dataset(
                         name,
-                        shape=(num_images, *shape),
+                        shape=(total, *shape),
                         maxshape=(None, *shape),
                         dtype=dtype,
                         chunks=src0.chunks or True,
                         **filters,
                     )
                     at = 0
-                    for s, f in zip(shards, handles, strict=True):
-                        if s.num_images:
-                            _copy_rows(f[FEATURES][name], ds, at, s.num_images)
-                            at += s.num_images
+                    for size, f in zip(sizes, handles, strict=True):
+                        _copy_rows(f[FEATURES][name], ds, at, size)
+                        at += size
                 else:
-                    layout = h5py.VirtualLayout(shape=(num_images, *shape), dtype=dtype)
+                    layout = h5py.VirtualLayout(shape=(total, *shape), dtype=dtype)
                     at = 0
-                    for s, f in zip(shards, handles, strict=True):
-                        if not s.num_images:
+                    for s, size, f in zip(shards, sizes, handles, strict=True):
+                        if not size:
                             continue
                         src_shape = f[FEATURES][name].shape
                         stored = _relative(s.path, out_dir).replace("%", "%%")  # HDF5 reads %b etc. in file names
                         vs = h5py.VirtualSource(stored, f"{FEATURES}/{name}", shape=src_shape)
-                        layout[at : at + s.num_images] = vs[0 : s.num_images]
-                        at += s.num_images
+                        layout[at : at + size] = vs[0:size]
+                        at += size
                     ds = group.create_virtual_dataset(name, layout, fillvalue=np.nan)
                 for key, value in src0.attrs.items():
                     set_attr(ds, key, read_attr(value))

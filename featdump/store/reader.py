@@ -223,22 +223,27 @@ class FeatureFile:
     def pixel_boxes(self, layer: str, row: int) -> np.ndarray:
         """``(H, W, 4)`` boxes ``y0, x0, y1, x1`` in original-image pixels of the cells of a spatial
         layer for one stored row (pixel ``i`` spans ``[i, i + 1)``; a cell wholly in padding is NaN:
-        docs/dense.md)."""
+        docs/dense.md); a ragged layer's ``(h_i, w_i, 4)`` at the row's own grid."""
         from featdump.data.geometry import cell_boxes
 
         attrs = self.attrs(layer)
         ds = self[layer]
-        if str(attrs.get("layout", "NCHW")) != "NCHW" or len(ds.shape) != 4:
+        if layer not in self._cells and (str(attrs.get("layout", "NCHW")) != "NCHW" or len(ds.shape) != 4):
             raise ValueError(
                 f"{layer!r} is not a spatial map (layout {attrs.get('layout')}, shape {ds.shape}); "
-                "pixel boxes need an (N, C, H, W) layer (--pool none, --tokens map|both for token layers)"
+                "pixel boxes need an (N, C, H, W) or a ragged layer (--pool none, --tokens map|both for token layers)"
             )
         if attrs.get("pixel_grid") == []:
             raise ValueError(f"{layer!r}: a --process step made its cells something other than places in the image")
-        _, in_h, in_w = (int(v) for v in self.meta["input_size"])
-        grid = (int(ds.shape[2]), int(ds.shape[3]))
+        geometry = self.geometry(row)
+        if layer in self._cells:  # the row's own grid, on its own input (h_in, w_in) = original / scale
+            grid = (int(self._cells[layer][row][1]), int(self._cells[layer][row][2]))
+            in_h, in_w = round(geometry[0] / geometry[2]), round(geometry[1] / geometry[3])
+        else:
+            _, in_h, in_w = (int(v) for v in self.meta["input_size"])
+            grid = (int(ds.shape[2]), int(ds.shape[3]))
         reduction = float(attrs.get("reduction", 0) or 0)
-        return cell_boxes(self.geometry(row), grid, (in_h, in_w), reduction, attrs.get("pixel_grid"))
+        return cell_boxes(geometry, grid, (in_h, in_w), reduction, attrs.get("pixel_grid"))
 
     # ------------------------------------------------------------------ lifetime
 

@@ -29,3 +29,13 @@ def pool_block(block: np.ndarray, layout: str, pool: str, prefix: int = 0) -> np
     else:
         axes = tuple(range(2, x.ndim))
     return x.mean(axis=axes, dtype=np.float32) if pool == "avg" else x.max(axis=axes)
+
+
+def pool_cells(cells: np.ndarray, sizes: np.ndarray, pool: str) -> np.ndarray:
+    """A ragged layer's consecutive rows, ``cells`` (sum of ``sizes``, C) -> (rows, C) float32: mean
+    or max over each row's ``sizes[i]`` cells."""
+    x = cells.astype(np.float32, copy=False)
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+    if pool == "max":
+        return np.maximum.reduceat(x, starts, axis=0)
+    return np.add.reduceat(x, starts, axis=0, dtype=np.float32) / sizes[:, None].astype(np.float32)

@@ -24,7 +24,7 @@ from featdump.environment import COMMIT_SECONDS
 from featdump.errors import FeatdumpError, UsageError, is_out_of_space, os_error, out_of_space
 from featdump.model.layers import LayerInfo, is_ragged
 from featdump.store.check import check_file, check_same_settings
-from featdump.store.format import CELLS, FEATURES, RAGGED_VERSION, chunk_shape, compression_kwargs, set_attr
+from featdump.store.format import CELLS, FEATURES, RAGGED_VERSION, chunk_shape, compression_kwargs, extent, set_attr
 from featdump.text import clip, first_line
 
 if TYPE_CHECKING:
@@ -211,13 +211,8 @@ class Store:
     def _truncate(self) -> None:
         n, m = self.progress.num_images, self.progress.num_failed
         for name, ds in self.h5[FEATURES].items():
-            cells = self.h5[CELLS][name] if ds.attrs.get("layout") == "ragged" else None
-            if cells is not None:
-                start, h, w = (int(v) for v in cells[n - 1]) if n else (0, 0, 0)
-                if ds.shape[0] != start + h * w:
-                    ds.resize(start + h * w, axis=0)
-            elif ds.shape[0] != n:
-                ds.resize(n, axis=0)
+            if ds.shape[0] != extent(self.h5, name, n):
+                ds.resize(extent(self.h5, name, n), axis=0)
         rows = [key for key in ("paths", "ids", GEOMETRY, "tiles") if key in self.h5]
         for key in (*rows, *(f"{CELLS}/{name}" for name in self.h5.get(CELLS, {})), *(f"meta/{name}" for name in self.meta)):
             if self.h5[key].shape[0] != n:
