@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import codecs, cpubatch, hostpath, inputs, memory, photos, reader, throughput, writer
+from bench import anysize, codecs, cpubatch, hostpath, inputs, memory, photos, reader, throughput, writer
 from bench.images import link_many, make_jpegs
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -67,7 +67,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--shard-counts", default=None, help="two tar-shard counts for peak RSS [100,400; quick 4,12]")
     p.add_argument(
         "--skip", default="",
-        help="comma list of sections to skip: throughput,photos,cpubatch,codecs,memory,reader,writer,host,inputs",
+        help="comma list of sections to skip: throughput,photos,anysize,cpubatch,codecs,memory,reader,writer,host,inputs",
     )
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results", help="results folder [bench/results]")
     return p.parse_args(argv)
@@ -195,6 +195,8 @@ def markdown(report: dict[str, Any]) -> str:
         lines += photos.markdown(report["photos"])
     if report.get("cpubatch"):
         lines += cpubatch.markdown(report["cpubatch"])
+    if report.get("anysize"):
+        lines += anysize.markdown(report["anysize"])
     if report.get("writer"):
         lines += writer.markdown(report["writer"])
     if report.get("host"):
@@ -265,6 +267,9 @@ def main(argv: list[str] | None = None) -> int:
         log("photos: featdump on 0.1-4.5 MP JPEGs, all levels, float16, against the best bare forward")
         report["photos"] = photos.measure(cache, reps, quick, log)
 
+    if "anysize" not in skip and device.type == "cpu":
+        log("anysize: --img-size long:L on mixed-aspect photos, batched by shape, against a one-image timm loop")
+        report["anysize"] = anysize.measure(cache, 256 if quick else 512, 8 if quick else 64, 8, reps, log)
     if "cpubatch" not in skip and device.type == "cpu":
         log("cpubatch: the bare forward pass per batch size, several models")
         models = ("resnet18",) if quick else cpubatch.MODELS

@@ -72,11 +72,14 @@ def timm_rows(name: str, refs: list[ImageRef], mode: str, side: int, unit: int, 
     return rows
 
 
-def featdump_rows(name: str, refs: list[ImageRef], img_size: Any, batch: int = 2, **over: Any) -> tuple[list[Any], list[list[Any]], list[str]]:
-    """Loader + Forward as extract runs them: the loader's windows, the per-layer rows in row order."""
+def featdump_rows(
+    name: str, refs: list[ImageRef], img_size: Any, batch: int = 2, processes: bool = False, **over: Any
+) -> tuple[list[Any], list[list[Any]], list[str]]:
+    """Loader + Forward as extract runs them: the loader's windows, the per-layer rows in row order
+    (``processes``: decoded by DataLoader workers, the GPU runs' loader)."""
     cfg = ExtractConfig(model=name, inputs=("x",), output="x.h5", img_size=parse_img_size(img_size), **over)
     backbone = backbone_for(cfg)
-    loader = Loader(refs, backbone, cfg, torch.device("cpu"), batch, 1, 1)
+    loader = Loader(refs, backbone, cfg, torch.device("cpu"), batch, 1, 2, processes=processes)
     forward = Forward(backbone, torch.device("cpu"), "fp32", "none", "float32", False)
     windows, per_layer, paths = [], [[] for _ in backbone.layers], []
     for rows in loader:
@@ -91,6 +94,16 @@ CASES = [
     ("resnet18", {}, 32),
     ("test_vit", {"dynamic_img_size": True}, 16),
 ]
+
+
+def test_dataloader_workers_batch_by_shape_alike(aspect_refs: list[ImageRef], random_checkpoint: Any) -> None:
+    """The DataLoader's worker processes (GPU runs) group a window by shape as the CPU threads do."""
+    over = {"checkpoint": str(random_checkpoint("resnet18")), "out_indices": (4,)}
+    windows, got, paths = featdump_rows("resnet18", aspect_refs, "short:48", processes=True, **over)
+    _, want, _ = featdump_rows("resnet18", aspect_refs, "short:48", **over)
+    assert paths == [r.path for r in aspect_refs] and all(isinstance(w, ShapeGroups) for w in windows)
+    for a, b in zip(got[0], want[0], strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize(("name", "create", "unit"), CASES, ids=[c[0] for c in CASES])

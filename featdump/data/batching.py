@@ -132,7 +132,8 @@ class Loader:
         self.inflight: dict[int, ImageRef] = {}  # position -> ref (without its bytes), until its batch is out
         # a size mode (--img-size long:L ...): windows of WINDOW batches, their images batched by shape (ByShape)
         by_shape = ByShape(batch_size) if backbone.data.size_mode else None
-        batch_size *= WINDOW if by_shape else 1
+        if by_shape:  # about as many images in flight as a fixed size's batches
+            batch_size, prefetch = batch_size * WINDOW, max(1, prefetch // WINDOW)
         self.keys = keys = StreamBatches(todo, batch_size, self.inflight)
         todo = []  # the datasets decode the refs handed to them with each key, not a list of their own
         transform = backbone.data.transform()

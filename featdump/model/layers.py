@@ -73,16 +73,6 @@ class DataConfig:
         names = ("crop_mode", "crop_pct", "interpolation")
         return dataclasses.replace(self, **{n: getattr(cfg, n) for n in names if getattr(cfg, n) is not None})
 
-    def as_timm(self) -> dict[str, Any]:
-        return {
-            "input_size": self.input_size,
-            "mean": self.mean,
-            "std": self.std,
-            "interpolation": self.interpolation,
-            "crop_pct": self.crop_pct,
-            "crop_mode": self.crop_mode,
-        }
-
     def transform(self) -> Any:
         """Exactly timm's evaluation transform for this config; for a size mode, its resize to each
         image's own shape (featdump/data/transform.py), to-tensor and normalisation."""
@@ -92,7 +82,8 @@ class DataConfig:
             from featdump.data.transform import size_mode_transform
 
             return size_mode_transform(self)
-        return create_transform(**self.as_timm(), is_training=False)
+        timm_keys = ("input_size", "mean", "std", "interpolation", "crop_pct", "crop_mode")
+        return create_transform(**{k: getattr(self, k) for k in timm_keys}, is_training=False)
 
 
 @dataclass
