@@ -24,6 +24,7 @@ import errno
 import os
 import struct
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -231,29 +232,19 @@ class JournaledFile:
         view = memoryview(data).cast("B")
         start, n = self.pos, len(view)
         stop = start + n
-        if self.failed:
-            self._spill_write(view, start)
-            return n
         L = self.committed
-        try:
-            if stop > L:
-                cut = max(start, L)
-                pwrite_full(self.fd, view[cut - start :], cut)
-                self._written(cut, stop)
-            if start < L:
-                pos = start
-                end = min(stop, L)
-                while pos < end:
-                    p = pos // PAGE
-                    page = self._page(p)
-                    p0 = p * PAGE
-                    b = min(end, p0 + len(page))
-                    page[pos - p0 : b - p0] = view[pos - start : b - start]
-                    pos = b
-        except OSError as exc:
-            self._fail(exc)
-            self._spill_write(view, start)
-            return n
+        if not self.failed:
+            try:
+                if stop > L:
+                    cut = max(start, L)
+                    pwrite_full(self.fd, view[cut - start :], cut)
+                    self._written(cut, stop)
+                if start < L:
+                    self._copy(view, start, min(stop, L), self._page)
+            except OSError as exc:
+                self._fail(exc)
+        if self.failed:  # held in memory from now on
+            self._copy(view, start, stop, self._spill_page)
         self.pos = stop
         self.size = max(self.size, stop)
         self.dirty = True
@@ -271,22 +262,23 @@ class JournaledFile:
         else:
             self._unsynced = (lo, hi)
 
-    def _spill_write(self, view: memoryview, start: int) -> None:
-        stop = start + len(view)
+    @staticmethod
+    def _copy(view: memoryview, start: int, stop: int, page_of: Callable[[int], bytearray]) -> None:
+        """The bytes of ``view`` (written at ``start``) below ``stop`` into the pages ``page_of`` gives."""
         pos = start
         while pos < stop:
-            p = pos // PAGE
-            page = self.spill.get(p)
-            if page is None:
-                page = bytearray(PAGE)
-                self._read(memoryview(page), p * PAGE)
-                self.spill[p] = page
-            b = min(stop, (p + 1) * PAGE)
-            page[pos - p * PAGE : b - p * PAGE] = view[pos - start : b - start]
+            page, p0 = page_of(pos // PAGE), pos // PAGE * PAGE
+            b = min(stop, p0 + len(page))
+            page[pos - p0 : b - p0] = view[pos - start : b - start]
             pos = b
-        self.pos = stop
-        self.size = max(self.size, stop)
-        self.dirty = True
+
+    def _spill_page(self, p: int) -> bytearray:
+        """Page ``p`` of the writes held after a failure, first filled with what reads see now."""
+        if p not in self.spill:
+            page = bytearray(PAGE)
+            self._read(memoryview(page), p * PAGE)
+            self.spill[p] = page
+        return self.spill[p]
 
     def _fail(self, exc: OSError) -> None:
         self._remember(exc)
@@ -323,11 +315,7 @@ class JournaledFile:
         if self.readonly:
             return size
         if self.failed:
-            for p in [p for p in self.spill if p * PAGE >= size]:
-                del self.spill[p]
-            if size // PAGE in self.spill:
-                page = self.spill[size // PAGE]
-                page[size % PAGE :] = bytes(PAGE - size % PAGE)
+            self._cut(self.spill, size)
             self.size = size
             self.dirty = True
             return size
@@ -337,12 +325,7 @@ class JournaledFile:
                 os.ftruncate(self.fd, size)
             else:
                 self.zero_from = size if self.zero_from is None else min(self.zero_from, size)
-                for p in [p for p in self.pages if p * PAGE >= size]:
-                    del self.pages[p]
-                p = size // PAGE
-                if p in self.pages:
-                    page = self.pages[p]
-                    page[size - p * PAGE :] = bytes(len(page) - (size - p * PAGE))
+                self._cut(self.pages, size)
                 os.ftruncate(self.fd, L)  # what lay past L was never committed
         except OSError as exc:
             self._fail(exc)
@@ -350,6 +333,14 @@ class JournaledFile:
             self.dirty = True
         self.size = size
         return size
+
+    @staticmethod
+    def _cut(pages: dict[int, bytearray], size: int) -> None:
+        """Drop the pages past ``size`` and zero the tail of the one it falls in."""
+        for p in [p for p in pages if p * PAGE >= size]:
+            del pages[p]
+        if (page := pages.get(size // PAGE)) is not None:
+            page[size % PAGE :] = bytes(len(page) - size % PAGE)
 
     def flush(self) -> None:
         """HDF5's flush: a no-op; :meth:`commit` decides when bytes become the committed state."""
