@@ -1,6 +1,7 @@
 """The examples that use stored features run here: examples/fpn_head.py (an FPN on stored resnet50
-levels equals the same FPN on timm's live features) and examples/linear_probe.py (pooled ImageNet
-features beat raw pixels on faces vs non-faces)."""
+levels equals the same FPN on timm's live features), examples/linear_probe.py (pooled ImageNet
+features beat raw pixels on faces vs non-faces) and examples/seg_head.py (a 1x1-conv head trained on
+ragged maps, each photo at its own aspect, through featdump.collate's mask)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ sys.path.insert(0, str(ROOT / "examples"))
 
 import fpn_head  # noqa: E402
 import linear_probe  # noqa: E402
+import seg_head  # noqa: E402
 
 
 @pytest.mark.slow
@@ -70,3 +72,33 @@ def test_torch_snippet_prints_what_the_docs_say(photos: Path, tmp_path: Path) ->
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == shown.strip()
+
+
+@pytest.mark.slow
+def test_seg_head_trains_on_ragged_maps_through_the_collate_mask(lite0_weights: Path, photos: Path, tmp_path: Path) -> None:
+    import torch
+    from torch.utils.data import DataLoader
+
+    out = tmp_path / "feats.h5"
+    featdump.extract(
+        "tf_efficientnet_lite0", photos, out, checkpoint=lite0_weights, out_indices=[3], dtype="float32",
+        img_size="long:256", quiet=True, progress=False,
+    )  # fmt: skip
+    layer = "blocks.4"
+    with featdump.open(out) as ff:
+        cells = ff.cells(layer)
+        grids = {(int(h), int(w)) for _, h, w in cells}
+        assert len(grids) > 2  # the photos' aspect ratios give different grids
+        dataset = ff.torch(layers=layer, dtype=torch.float32)
+        rows = [ff.numpy(layer, i) for i in range(len(ff.paths))]
+    for batch in DataLoader(dataset, batch_size=3, collate_fn=featdump.collate):
+        mask = batch[f"{layer}.mask"]
+        for k, row in enumerate(batch["row"].tolist()):
+            h, w = int(cells[row, 1]), int(cells[row, 2])
+            assert mask[k].sum() == h * w and mask[k, :h, :w].all()  # exactly the row's cells
+            torch.testing.assert_close(batch[layer][k, :, :h, :w], torch.from_numpy(rows[row]), rtol=0, atol=0)
+            assert not batch[layer][k][:, ~mask[k]].any()  # padding is zeros
+    _, losses, accuracy = seg_head.train(out, photos, layer, epochs=40)
+    assert losses[-1] < 0.7 * losses[0], losses  # 0.75 -> 0.44 here
+    assert accuracy >= 0.75, accuracy  # 0.80 here; the labels split each photo's cells in half (chance: 0.5)
+    assert seg_head.main([str(out), str(photos), "--layer", layer, "--epochs", "2"]) == 0
