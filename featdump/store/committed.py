@@ -8,6 +8,7 @@ import os
 import stat
 import weakref
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from featdump.store.journal import JournaledFile
@@ -24,51 +25,28 @@ def open_committed(path: str | Path) -> Any:
     """
     import h5py
 
-    path = Path(path)
-    jpath = journal_path(path)
-    try:  # O_NONBLOCK: a FIFO where the journal would be must not hang a reader
-        jfd = os.open(jpath, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError:
-        return h5py.File(path, "r")
-    try:
-        if not stat.S_ISREG(os.fstat(jfd).st_mode):  # a folder or device there is no journal of ours
-            raise IsADirectoryError(str(jpath))
-        fcntl.flock(jfd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # fails while a writer holds LOCK_EX
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        os.close(jfd)
-        return h5py.File(path, "r")
-    view = _reader_view(path, fd, jfd)
-    if view is None:
-        os.close(fd)
-        os.close(jfd)
-        return h5py.File(path, "r")
-    return h5py.File(view, "r")  # the view owns both descriptors (closed with it)
+    view = _reader_view(Path(path))
+    return h5py.File(path if view is None else view, "r")  # a view owns its descriptors (closed with it)
 
 
-class _ReaderLock:
-    """Stands in for an OutputLock in a read-only view: a shared lock on the journal."""
-
-    def __init__(self, jfd: int) -> None:
-        self.fd = jfd
-        self.created = False
-
-    def release(self, remove: bool) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-
-
-def _reader_view(path: Path, fd: int, jfd: int) -> JournaledFile | None:
-    """A read-only view with the pending redo block overlaid, or None when there is none."""
-    jf = JournaledFile(path, fd, _ReaderLock(jfd))  # type: ignore[arg-type]
-    jf.load_journal()
-    if jf.pending is None:
-        return None
-    view = jf.view()
-    view.owner = jf  # type: ignore[attr-defined]  # keeps the descriptors' owner alive as long as h5py holds the view
-    weakref.finalize(view, _close_fds, fd, jfd)
-    return view
+def _reader_view(path: Path) -> JournaledFile | None:
+    """A read-only view with the pending redo block overlaid; None when there is none, or while a
+    writer holds the lock."""
+    fds: list[int] = []
+    with contextlib.suppress(OSError):  # O_NONBLOCK: a FIFO where the journal would be must not hang a reader
+        fds.append(os.open(journal_path(path), os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC))
+        if stat.S_ISREG(os.fstat(fds[0]).st_mode):  # a folder or device there is no journal of ours
+            fcntl.flock(fds[0], fcntl.LOCK_SH | fcntl.LOCK_NB)  # fails while a writer holds LOCK_EX
+            fds.append(os.open(path, os.O_RDONLY | os.O_CLOEXEC))
+            jf = JournaledFile(path, fds[1], SimpleNamespace(fd=fds[0]))  # type: ignore[arg-type]  # the shared lock's
+            jf.load_journal()
+            if jf.pending is not None:
+                view = jf.view()
+                view.owner = jf  # type: ignore[attr-defined]  # keeps the descriptors' owner alive as long as h5py holds the view
+                weakref.finalize(view, _close_fds, *fds)
+                return view
+    _close_fds(*fds)
+    return None
 
 
 def _close_fds(*fds: int) -> None:
