@@ -174,3 +174,19 @@ def test_every_option_of_every_command_is_on_a_docs_page() -> None:
             for flag in param.opts:
                 if flag.startswith("--") and flag != "--help":
                     assert re.search(re.escape(flag) + r"(?![\w-])", docs), f"featdump {name} {flag} is on no page of docs/"
+
+
+@pytest.mark.slow
+def test_readme_any_resolution_snippet_prints_what_it_shows(cli, lite0_weights: Path, photos: Path, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    (tmp_path / "out").mkdir()
+    r = cli("extract", "tf_efficientnet_lite0", str(photos), "-o", str(tmp_path / "out" / "any.h5"), "--checkpoint",
+            str(lite0_weights), "--img-size", "long:512", "--out-indices", "3,4", "--quiet")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    code = _block_after("Readers see each row at its own grid", "python")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    shown = _block_after("Readers see each row at its own grid", "", README[README.index(code) + len(code) :])
+    assert _lines(proc.stdout) == _lines(shown)
