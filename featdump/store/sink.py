@@ -137,10 +137,11 @@ class Store:
                 ds.attrs["index"] = layer.index
                 ds.attrs["channels"] = layer.channels
                 ds.attrs["reduction"] = layer.reduction
-                for key, value in layer.attrs.items():
-                    set_attr(ds, key, value)
                 ds.attrs["layout"] = "ragged" if ragged else "NC" if pool != "none" else ("NTD" if layer.layout == "NLC" else "NCHW")
                 ds.attrs["pool"] = pool
+                for key, value in layer.attrs.items():  # a layer's own win (fc: layout NC), not the size mode's mark
+                    if (key, value) != ("layout", "ragged"):
+                        set_attr(ds, key, value)
             h5.flush()
             jf.commit()  # the first commit: from now on the file is a valid (empty) featdump file
         except BaseException as exc:
