@@ -231,3 +231,27 @@ def test_inspect_shows_the_unit_and_an_example_photos_grids() -> None:
     assert [x["shape"] for x in got["layers"]] == [[128, 48, 64], [512, 12, 16]]
     text = run("inspect", "test_vit", "--img-size", "short:64", check=True).stdout
     assert "multiples of 16 (the unit)" in " ".join(text.split()) and "64×80" in text  # 3024x4032 -> 64x85 -> 64x80
+
+
+def test_pooled_size_mode_stays_fixed_and_like_reproduces(aspect_refs: list[ImageRef], tmp_path: Any) -> None:
+    """``--pool avg`` with a size mode stores (N, C), the mean of each row's own map; ``--like`` takes
+    the size mode (and --max-side) from the file."""
+    import h5py
+
+    import featdump
+
+    sources = [r.source for r in aspect_refs]
+    kw = {"pretrained": False, "out_indices": (4,), "batch_size": 2, "quiet": True, "max_side": 96}
+    featdump.extract("resnet18", sources, tmp_path / "maps.h5", img_size="native", **kw)
+    featdump.extract("resnet18", sources, tmp_path / "pooled.h5", img_size="native", pool="avg", **kw)
+    featdump.extract("resnet18", sources, tmp_path / "like.h5", like=tmp_path / "maps.h5", quiet=True)
+    with featdump.open(tmp_path / "maps.h5") as maps, featdump.open(tmp_path / "pooled.h5") as pooled:
+        rows = maps.numpy("layer4", list(range(len(sources))))
+        assert len({r.shape for r in rows}) >= 3
+        np.testing.assert_allclose(pooled["layer4"][:],
+                                   np.stack([r.mean(axis=(1, 2)) for r in rows]), rtol=1e-5, atol=1e-6)  # fmt: skip
+    with h5py.File(tmp_path / "pooled.h5") as f:
+        assert f["features/layer4"].attrs["layout"] == "NC" and "cells" not in f
+    with h5py.File(tmp_path / "maps.h5") as a, h5py.File(tmp_path / "like.h5") as b:
+        assert (b.attrs["img_size_mode"], b.attrs["max_side"]) == ("native", 96) == (a.attrs["img_size_mode"], a.attrs["max_side"])
+        np.testing.assert_array_equal(b["features/layer4"][:], a["features/layer4"][:])
