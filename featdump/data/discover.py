@@ -165,23 +165,17 @@ def discover(inputs: Sequence[str]) -> list[ImageRef]:
             new = _folder_refs(raw, prefixed)
             if not remote:
                 folders.append(raw)
-        elif is_image_name(raw) and (remote or p.exists() or p.is_symlink()):
+        elif not (remote or p.exists() or p.is_symlink()):
+            raise UsageError(f"input not found: {raw}")
+        else:  # an image file, or a list of them
             if remote:
                 _must_exist(raw, stat_input)
-            new = [ImageRef(storable(raw), raw)]
-            if not remote:
-                files.append((raw, raw))
-        elif remote or p.exists() or p.is_symlink():
-            if remote:
-                _must_exist(raw, stat_input)
-            elif not p.is_file():
+            elif not is_image_name(raw) and not p.is_file():
                 raise UsageError(f"{raw} is not a folder, an image or a list file")
-            new = read_list_file(raw)
+            new = [ImageRef(storable(raw), raw)] if is_image_name(raw) else read_list_file(raw)
             if not new:
                 raise UsageError(f"list file {raw} names no images (one path per line expected)")
             files.extend((raw, r.source) for r in new if not is_url(r.source))
-        else:
-            raise UsageError(f"input not found: {raw}")
         refs.extend(new)
         origin.extend([raw] * len(new))
     if folders and len(inputs) > 1:
