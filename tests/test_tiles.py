@@ -162,3 +162,32 @@ def test_tile_options_are_refused_in_one_line(kw: dict[str, Any], message: str, 
     with pytest.raises(UsageError) as err:
         featdump.extract(MODEL, pictures, tmp_path / "x.h5", pretrained=False, quiet=True, **kw)
     assert message in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.slow
+def test_sigkill_mid_image_then_resume_gives_the_rows_of_one_run(tmp_path: Path, ckpt: Path) -> None:
+    """Commits fall only where an image's last tile is in: a run killed inside an image's tiles and
+    resumed holds exactly the rows, /tiles and /geometry of an uninterrupted run."""
+    from faultkit import assert_same_rows, committed_rows, extract_argv, journal_seq, kill, popen, read_rows, wait_for
+
+    folder = tmp_path / "big"
+    folder.mkdir()
+    for k in range(4):
+        _smooth(960, 704, k).save(folder / f"{k}.png")  # 15 x 11 = 165 tiles of 64 each
+    (folder / "2b.png").write_bytes(b"not a png")
+    clean, out = tmp_path / "clean.h5", tmp_path / "out.h5"
+    argv = extract_argv(folder, clean, ckpt, "--tiles", "64")
+    assert run(*argv, check=True, env={"FEATDUMP_COMMIT_SECONDS": "0"}).returncode == 0
+    proc = popen(extract_argv(folder, out, ckpt, "--tiles", "64"))
+    assert wait_for(lambda: journal_seq(out) >= 2, proc), proc.communicate()[1]
+    kill(proc)
+    proc.communicate(timeout=60)
+    part = committed_rows(out)
+    assert part["num_images"] == 165 * part["inputs_done"] - 165 * (part["inputs_done"] > 3), part["num_images"]
+    assert part["num_images"] < 4 * 165, "the run ended before the kill: nothing was resumed"
+    res = run(*extract_argv(folder, out, ckpt, "--tiles", "64", "--resume"))
+    assert res.returncode == 0, res.stderr
+    assert_same_rows(read_rows(out), read_rows(clean))
+    with h5py.File(out, "r") as a, h5py.File(clean, "r") as b:
+        for key in ("tiles", "geometry"):
+            np.testing.assert_array_equal(a[key][:], b[key][:])

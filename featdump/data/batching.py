@@ -57,6 +57,10 @@ class Rows:
     tiles: Any = None  # --tiles: (B, 4) int64 y0, x0, y1, x1 in original pixels (featdump/data/tiles.py)
     whole: bool = True  # False: the batch ends inside an image's tiles; the store commits nothing then
 
+    def finished(self) -> int:
+        """The inputs this batch finishes: one per row, or with --tiles one per image whose last tile it holds."""
+        return len(self.failed) + (len(self.paths) if self.tiles is None else int(self.whole and bool(self.paths)))
+
 
 WINDOW = 4  # a size mode reads this many batches of refs at a time and batches their images by shape
 

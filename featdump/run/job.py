@@ -134,7 +134,7 @@ def _loop(loader: Iterable[Rows], forward: Forward, writer: Writer, progress: Pr
         for rows in loader:
             rows.features, rows.pixels = forward(rows.pixels) if rows.pixels is not None else [], None
             writer.put(rows)
-            progress.advance(len(rows.paths) + len(rows.failed))
+            progress.advance(rows.finished())
             if stop.stopped:
                 break
     except KeyboardInterrupt:
