@@ -160,22 +160,12 @@ class ExtractConfig:
     tiles: tuple[int, int] | None = opt(
         "SIZE\\[:STRIDE]: cut each image into SIZE x SIZE tiles at STRIDE \\[SIZE] steps, one row each (the last "
         "ones end at the border; small images padded).",
-        default=None,
-        cli=str | None,
-        api=int | str | tuple[int, int] | None,
-        parse=parse_tiles,
-        meaning=True,
-        example=(64, 48),
-    )
+        default=None, cli=str | None, api=int | str | tuple[int, int] | None, parse=parse_tiles, meaning=True, example=(64, 48),
+    )  # fmt: skip
     tile_scale: float = opt(
         "With --tiles: resize each image by F first (the model's interpolation).",
-        default=1.0,
-        cli=str,
-        api=float | str,
-        parse=parse_tile_scale,
-        meaning=True,
-        example=0.5,
-    )
+        default=1.0, cli=str, api=float | str, parse=parse_tile_scale, meaning=True, example=0.5,
+    )  # fmt: skip
     crop_mode: CropMode | None = opt(
         "center|squash|border: crop the centre, resize the whole image (aspect changes), or keep the "
         "aspect and pad (letterbox). \\[default: the model's]",

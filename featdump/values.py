@@ -107,14 +107,10 @@ def parse_tiles(value: str | int | list[int] | tuple[int, ...] | None) -> tuple[
     """``--tiles``: ``512`` -> ``(512, 512)``; ``"512:384"`` or ``[512, 384]`` -> ``(512, 384)`` (size, stride)."""
     if value is None or value == "" or value == []:
         return None
-    if isinstance(value, (list, tuple)) and len(value) in (1, 2) and all(type(v) is int for v in value):
-        size, stride = value[0], value[-1]
-    elif type(value) is int:
-        size = stride = value
-    elif m := re.fullmatch(r"\s*(\d+)\s*(?::\s*(\d+)\s*)?", str(value)):
-        size, stride = int(m.group(1)), int(m.group(2) or m.group(1))
-    else:
+    m = re.fullmatch(r"\s*(\d+)\s*(?::\s*(\d+)\s*)?", ":".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value))
+    if m is None or isinstance(value, bool):
         raise UsageError(f"--tiles takes SIZE or SIZE:STRIDE in pixels (e.g. 512 or 512:384), not {value!r}")
+    size, stride = int(m[1]), int(m[2] or m[1])
     if not (8 <= size <= 8192 and 1 <= stride <= 8192):
         raise UsageError(f"--tiles {size}:{stride} is out of range (SIZE 8 to 8192 pixels, STRIDE 1 to 8192)")
     return (size, stride)

@@ -120,9 +120,7 @@ def load_rgb(source: str | bytes, max_pixels: int | None = None, shrink_to: int 
             if shrink_to:
                 im.draft(None, (shrink_to, shrink_to))  # a no-op for anything but JPEG
             im.load()
-            rgb = to_rgb(_orient(im))
-            if rgb is im:
-                rgb = im.copy()
+            rgb = to_rgb(_orient(im))  # leaving `with im` closes only the file: the loaded pixels stay, no copy
     if shrink_to:
         rgb = shrink(rgb, shrink_to)
     return rgb
@@ -160,7 +158,7 @@ def _orient(im: Any) -> Any:
             orientation = im.getexif().get(0x0112)
             if orientation is not None and not (isinstance(orientation, int) and 1 <= orientation <= 8):
                 raise ValueError(f"orientation tag is {orientation!r}, not 1-8")
-            return ImageOps.exif_transpose(im)
+            return im if orientation in (None, 1) else ImageOps.exif_transpose(im)  # (its copy of an upright image: GBs for a scan)
         except Exception as exc:  # noqa: BLE001 - any EXIF parse failure
             raise ValueError(f"broken EXIF, cannot tell which way up the image is ({exc})") from None
 

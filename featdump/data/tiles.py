@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import itertools
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
@@ -24,7 +25,6 @@ from featdump.data.datasets import ImageDataset, Stop
 from featdump.data.discover import ImageRef
 from featdump.data.remote import RESUME_HINT, StoreStopped
 from featdump.data.transform import DEFAULT_RESIZED_PIXELS, SplitTransform
-from featdump.errors import FeatdumpError
 from featdump.model.layers import Backbone
 from featdump.options import ExtractConfig
 
@@ -66,22 +66,15 @@ class Tiler:
 
     def windows(self, picture: Any) -> list[tuple[int, int]]:
         """The tiles' top-left corners in the prepared picture, row-major."""
-        return [
-            (y, x)
-            for y in starts(picture.height, self.size, self.stride)
-            for x in starts(picture.width, self.size, self.stride)
-        ]
+        return list(itertools.product(starts(picture.height, self.size, self.stride), starts(picture.width, self.size, self.stride)))
 
     def cut(self, picture: Any, corners: Sequence[tuple[int, int]]) -> list[Any]:
         """Each tile as an ``(SIZE, SIZE, 3)`` uint8 array."""
         import numpy as np
 
-        s = self.size
-        return [np.asarray(picture.crop((x, y, x + s, y + s))) for y, x in corners]
+        return [np.asarray(picture.crop((x, y, x + self.size, y + self.size))) for y, x in corners]
 
-    def rows(
-        self, prepared: tuple[Any, ...], orig: tuple[int, int], corners: Sequence[tuple[int, int]]
-    ) -> tuple[Any, Any]:
+    def rows(self, prepared: tuple[Any, ...], orig: tuple[int, int], corners: Sequence[tuple[int, int]]) -> tuple[Any, Any]:
         """``(/geometry rows, /tiles rows)`` of these tiles: the affine map of each tile's input to
         the original image (scale ``orig / scaled``, offset the tile's corner there; negative over
         padding) and its box ``y0, x0, y1, x1`` in original pixels (clipped to the image, outward to
@@ -112,25 +105,14 @@ def tile_view(attrs: dict[str, Any], img: Any, index: int) -> Any:
 
 
 class TileLoader:
-    """:class:`Rows` of tiles in input order, for the job's loader stage (same arguments as
-    :class:`~featdump.data.batching.Loader`). Images are decoded ``workers`` ahead in threads (0: in
-    this thread); the tiles of one image go out ``batch_size`` at a time. ``only``: one tile index
-    per input (``verify``), else every tile."""
+    """:class:`Rows` of tiles in input order: the job's loader stage for ``--tiles`` (the arguments of
+    :class:`~featdump.data.batching.Loader`). Images are decoded ``workers`` ahead in threads, the
+    tiles of one image go out ``batch_size`` at a time. ``only``: one tile index per input (``verify``).
+    A stream that fails drops the images decoded ahead: ``--resume`` redoes them."""
 
-    def __init__(
-        self,
-        todo: Iterable[ImageRef],
-        backbone: Backbone,
-        cfg: ExtractConfig,
-        device: Any,
-        batch_size: int,
-        workers: int,
-        prefetch: int = 2,
-        decode_nice: int = 0,
-        length: int | None = None,
-        start: int = 0,
-        only: Sequence[int] | None = None,
-    ) -> None:
+    def __init__(self, todo: Iterable[ImageRef], backbone: Backbone, cfg: ExtractConfig, device: Any, batch_size: int,
+                 workers: int, prefetch: int = 2, decode_nice: int = 0, length: int | None = None, start: int = 0,
+                 only: Sequence[int] | None = None) -> None:  # fmt: skip
         assert cfg.tiles is not None  # loader() picks this class for --tiles runs only
         self.todo, self.start, self.batch_size, self.workers, self.only = todo, start, batch_size, workers, only
         self.tiler = Tiler(backbone.data, *cfg.tiles, cfg.tile_scale, cfg.max_image_pixels)
@@ -139,32 +121,19 @@ class TileLoader:
         self.dataset.max_bytes = cfg.max_image_bytes
 
     def _decoded(self) -> Iterator[tuple[ImageRef, Any]]:
-        """``(ref, sample)`` in input order, ``workers`` images decoded ahead; a stream that fails
-        (a :class:`FeatdumpError` from the source) is raised after the images read before it."""
-        refs = enumerate(self.todo)
-        pending: collections.deque[tuple[ImageRef, Any]] = collections.deque()
+        """``(ref, sample)`` in input order, ``workers`` images decoded ahead of the one handed out."""
         pool = concurrent.futures.ThreadPoolExecutor(max(1, self.workers), thread_name_prefix="featdump-decode")
-        broken = None
+        pending: collections.deque[tuple[ImageRef, Any]] = collections.deque()
         try:
-            while True:
-                while broken is None and len(pending) < max(1, self.workers):
-                    try:
-                        pos, ref = next(refs)
-                    except StopIteration:
-                        break
-                    except FeatdumpError as exc:
-                        broken = exc
-                        break
-                    key = (pos, ref)
-                    pending.append((ref, pool.submit(self.dataset.__getitem__, key) if self.workers else key))
-                if not pending:
-                    break
-                ref, job = pending.popleft()
-                yield ref, job.result() if self.workers else self.dataset[job]
+            for key in enumerate(self.todo):
+                pending.append((key[1], pool.submit(self.dataset.__getitem__, key)))
+                if len(pending) > self.workers:
+                    ref, job = pending.popleft()
+                    yield ref, job.result()
+            for ref, job in pending:
+                yield ref, job.result()
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
-        if broken is not None:
-            raise broken
 
     def __iter__(self) -> Iterator[Rows]:
         for ref, (pos, prepared, reason, orig) in self._decoded():
@@ -188,9 +157,7 @@ class TileLoader:
                 )  # fmt: skip
 
 
-def loader(
-    todo: Iterable[ImageRef], backbone: Backbone, cfg: ExtractConfig, *args: Any, **kwargs: Any
-) -> Iterable[Rows]:
+def loader(todo: Iterable[ImageRef], backbone: Backbone, cfg: ExtractConfig, *args: Any, **kwargs: Any) -> Iterable[Rows]:
     """The job's loader stage: :class:`TileLoader` for ``--tiles`` runs, else the image :class:`Loader`."""
     from featdump.data.batching import Loader
 
