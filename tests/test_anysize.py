@@ -255,3 +255,40 @@ def test_pooled_size_mode_stays_fixed_and_like_reproduces(aspect_refs: list[Imag
     with h5py.File(tmp_path / "maps.h5") as a, h5py.File(tmp_path / "like.h5") as b:
         assert (b.attrs["img_size_mode"], b.attrs["max_side"]) == ("native", 96) == (a.attrs["img_size_mode"], a.attrs["max_side"])
         np.testing.assert_array_equal(b["features/layer4"][:], a["features/layer4"][:])
+
+
+def test_resume_after_a_stop_gives_the_rows_of_one_run(aspect_refs: list[ImageRef], tmp_path: Any) -> None:
+    """A run stopped after its first window (4 batches of refs, batched by shape) and resumed holds
+    exactly the rows, in order, of an uninterrupted run."""
+    import dataclasses
+    import signal
+
+    import h5py
+
+    from featdump.configure import resolve
+    from featdump.errors import Interrupted
+    from featdump.run.job import run_extraction
+    from featdump.run.results import ProgressSink
+    from featdump.run.signals import StopToken
+
+    sources = [r.source for r in aspect_refs]
+    base = {"model": "resnet18", "inputs": sources, "img_size": "long:64", "pretrained": False, "out_indices": [3],
+            "batch_size": 1, "quiet": True}  # fmt: skip
+    whole = resolve({**base, "output": str(tmp_path / "whole.h5")})
+    run_extraction(whole)
+    cut = resolve({**base, "output": str(tmp_path / "cut.h5")})
+    stop = StopToken()
+
+    class StopAfterFirst(ProgressSink):
+        def advance(self, images: int) -> None:
+            stop.request(signal.SIGINT)
+
+    with pytest.raises(Interrupted):
+        run_extraction(cut, StopAfterFirst(), stop=stop)
+    with h5py.File(cut.output) as f:
+        assert len(f["paths"]) == 4  # one window: 4 batches of 1
+    run_extraction(dataclasses.replace(cut, resume=True))
+    with h5py.File(whole.output) as a, h5py.File(cut.output) as b:
+        assert list(b["paths"]) == list(a["paths"])
+        np.testing.assert_array_equal(b["cells/layer3"][:], a["cells/layer3"][:])
+        np.testing.assert_array_equal(b["features/layer3"][:], a["features/layer3"][:])

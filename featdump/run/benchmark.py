@@ -82,6 +82,8 @@ def run_benchmark(cfg: ExtractConfig, seconds: float = 60.0, images: int = 300) 
         raise UsageError(f"--seconds takes a number of seconds above 0 and at most {MAX_SECONDS}, not {seconds}")
     if not 1 <= images <= MAX_IMAGES:
         raise UsageError(f"--images takes a whole number from 1 to {MAX_IMAGES:,}, not {images}")
+    if isinstance((cfg.img_size or (0,))[0], str):
+        raise UsageError("bench times batches of one shape: give a fixed --img-size (e.g. 512), not a size mode")
     check_environment()
     cfg = dataclasses.replace(cfg, resume=False, overwrite=False)  # what only a real output needs
     procs = processors.load(cfg.process)
