@@ -242,7 +242,7 @@ def render(
     font = label_font()
     for c, name in enumerate(["input"] + chosen):
         x = PAD + c * (tw + PAD)
-        text = labels.get(name, "input (model's crop)")
+        text = labels.get(name, "input (whole image)" if attrs.get("img_size_mode") else "input (model's crop)")
         lines = [fit_text(line, tw, keep_end=(i == 0 and c > 0)) for i, line in enumerate(text.split("\n"))]
         draw.multiline_text((x, PAD), "\n".join(lines), fill=(20, 20, 20), font=font, spacing=2)
     for r, row in enumerate(rows):
@@ -259,7 +259,7 @@ def render(
                 seen = read_found(wanted[r])
                 if len(attrs.get("tiles", "")):  # --tiles: the row's tile (its index: row - the image's first row)
                     seen = tile_view(attrs, seen, row - paths.index(stored_path))
-                else:
+                elif not attrs.get("img_size_mode"):  # a size mode's model saw the whole image, uncropped
                     seen = split.pil_view(seen)
                 first = seen.resize((tw, th), Image.Resampling.BICUBIC)
             except Exception as exc:  # noqa: BLE001 - an unreadable input is drawn as missing

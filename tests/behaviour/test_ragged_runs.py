@@ -107,3 +107,27 @@ def test_collate_mask_is_exactly_the_cells(made: dict[str, Path]) -> None:
         seen += len(batch["row"])
     assert seen == len(f)
     f.close()
+
+
+def test_viz_shows_the_whole_image_and_each_rows_grid(made: dict[str, Path], tmp_path: Path) -> None:
+    """The input column is the whole image (a size mode crops nothing); each layer at its row's grid."""
+    from PIL import Image
+
+    from featdump.viz import LABEL_H, PAD, render
+
+    with featdump.open(made["one"]) as f:
+        row = next(i for i, (_, h, w) in enumerate(f.cells("layer4")) if h != w)
+        w = int(f.cells("layer4")[row][2])
+        _, in_h, in_w = f.meta["input_size"]
+        photo = made["imgs"] / f.paths[row]
+    tile, th = 64, max(8, round(64 * in_h / in_w))
+    result = render(made["one"], tmp_path / "v.png", images=[str(row)], layers=["layer4"], tile=tile, root=made["imgs"])
+    assert not result.missing
+    with Image.open(tmp_path / "v.png") as img:
+        drawn = np.asarray(img.convert("RGB"))[PAD + LABEL_H : PAD + LABEL_H + th]
+    with Image.open(photo) as img:
+        whole = np.asarray(img.convert("RGB").resize((tile, th), Image.Resampling.BICUBIC))
+    np.testing.assert_array_equal(drawn[:, PAD : PAD + tile], whole)
+    # the map, upscaled from its w cells across by nearest neighbour: w runs of colour along a line
+    line = drawn[th // 2, 2 * PAD + tile : 2 * PAD + 2 * tile].astype(int)
+    assert 1 + int((np.abs(np.diff(line, axis=0)).sum(axis=1) > 0).sum()) == w
