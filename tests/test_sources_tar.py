@@ -446,7 +446,7 @@ def test_dataloader_workers_decode_a_stream_like_the_threads(data: dict) -> None
 
     transform = create_transform(input_size=(3, 64, 64), crop_pct=0.875, is_training=False)
     data_config = {"input_size": (3, 64, 64), "crop_pct": 0.875, "crop_mode": "center"}
-    backbone = SimpleNamespace(data=SimpleNamespace(transform=lambda: transform, **data_config))
+    backbone = SimpleNamespace(data=SimpleNamespace(transform=lambda: transform, size_mode=None, **data_config))
     cfg = SimpleNamespace(decode="cpu", fast_decode=False, max_image_pixels=None, max_image_bytes=1 << 20)
     sel = open_source([str(s) for s in data["shards"]]).select(0, 1)
 
@@ -521,7 +521,7 @@ def test_a_stream_that_fails_hands_out_the_whole_batches_read_first(data: dict, 
 
     transform = create_transform(input_size=(3, 64, 64), crop_pct=0.875, is_training=False)
     data_config = {"input_size": (3, 64, 64), "crop_pct": 0.875, "crop_mode": "center"}
-    backbone = SimpleNamespace(data=SimpleNamespace(transform=lambda: transform, **data_config))
+    backbone = SimpleNamespace(data=SimpleNamespace(transform=lambda: transform, size_mode=None, **data_config))
     cfg = SimpleNamespace(decode="cpu", fast_decode=False, max_image_pixels=None, max_image_bytes=1 << 20)
     sel = open_source([str(s) for s in data["shards"]]).select(0, 1)
     read = 13  # not a whole number of batches of 5
