@@ -116,17 +116,6 @@ def parse_tiles(value: str | int | list[int] | tuple[int, ...] | None) -> tuple[
     return (size, stride)
 
 
-def parse_tile_scale(value: Any) -> float:
-    """``--tile-scale``: the factor each image is resized by before it is cut, 0 < F <= 16."""
-    try:
-        scale = float(value)
-    except (TypeError, ValueError):
-        scale = math.nan
-    if isinstance(value, bool) or not 0.0 < scale <= 16.0:
-        raise UsageError(f"--tile-scale takes a number in (0, 16], e.g. 0.5 or 2, not {value!r}")
-    return scale
-
-
 def parse_shard(value: str | list[int] | tuple[int, ...] | None) -> tuple[int, int] | None:
     """``"2/8"`` -> ``(2, 8)``: block 2 (0-based) of 8."""
     if value is None or value == "":
@@ -182,15 +171,23 @@ def check_positive(name: str, value: Any, minimum: int = 1) -> int | None:
 
 def parse_crop_pct(value: Any) -> float | None:
     """``--crop-pct``: the fraction of the resized image that is kept, 0 < F <= 1 (timm's ``crop_pct``)."""
-    if value is None or value == "":
-        return None
+    return None if value is None or value == "" else parse_number(value, "--crop-pct", 1.0, "0.875 or 1.0")
+
+
+def parse_tile_scale(value: Any) -> float:
+    """``--tile-scale``: the factor each image is resized by before it is cut, 0 < F <= 16."""
+    return parse_number(value, "--tile-scale", 16.0, "0.5 or 2")
+
+
+def parse_number(value: Any, flag: str, high: float, examples: str) -> float:
+    """A number F with 0 < F <= ``high``, or a usage error naming ``flag``."""
     try:
-        pct = float(value)
+        number = float(value)
     except (TypeError, ValueError):
-        raise UsageError(f"--crop-pct takes a number in (0, 1], e.g. 0.875 or 1.0, not {value!r}") from None
-    if isinstance(value, bool) or not 0.0 < pct <= 1.0:
-        raise UsageError(f"--crop-pct takes a number in (0, 1], e.g. 0.875 or 1.0, not {value!r}")
-    return pct
+        number = math.nan
+    if isinstance(value, bool) or not 0.0 < number <= high:
+        raise UsageError(f"{flag} takes a number in (0, {high:g}], e.g. {examples}, not {value!r}")
+    return number
 
 
 def path_or_none(value: Any) -> str | None:

@@ -153,6 +153,7 @@ def test_verify_like_and_viz_read_a_tile_file(pictures: Path, ckpt: Path, tmp_pa
         ({"tiles": "512x384"}, "--tiles takes SIZE or SIZE:STRIDE"),
         ({"tiles": "4"}, "out of range"),
         ({"tiles": 128, "img_size": 96}, "--tiles 128 sets the model's input to 128x128; drop --img-size"),
+        ({"tiles": 128, "img_size": "long:128"}, "drop --img-size"),
         ({"tile_scale": 0.5}, "give --tiles SIZE too"),
         ({"tiles": 128, "tile_scale": "0"}, "--tile-scale takes a number in (0, 16]"),
         ({"tiles": 128, "fast_decode": True}, "drop --fast-decode"),
@@ -191,3 +192,19 @@ def test_sigkill_mid_image_then_resume_gives_the_rows_of_one_run(tmp_path: Path,
     with h5py.File(out, "r") as a, h5py.File(clean, "r") as b:
         for key in ("tiles", "geometry"):
             np.testing.assert_array_equal(a[key][:], b[key][:])
+
+
+@pytest.mark.parametrize("copy", [False, True], ids=["virtual", "copy"])
+def test_shards_merged_equal_one_run(copy: bool, pictures: Path, ckpt: Path, tmp_path: Path) -> None:
+    from featdump.store.merge import merge_shards
+
+    one = _extract(pictures, tmp_path / "one.h5", ckpt, tiles="128:96")
+    for i in range(2):  # the wide picture in shard 0, the small one in shard 1
+        featdump.extract(MODEL, pictures, tmp_path / "s{shard}.h5", checkpoint=ckpt, out_indices=(2, 4), device="cpu",
+                         quiet=True, tiles="128:96", shard=(i, 2))  # fmt: skip
+    merge_shards([tmp_path / "s0.h5", tmp_path / "s1.h5"], tmp_path / "m.h5", copy=copy)
+    with featdump.open(tmp_path / "m.h5") as f:
+        assert f.paths == one["paths"]
+        np.testing.assert_array_equal(f.tiles(), one["tiles"])
+        np.testing.assert_array_equal(f.geometry(), one["geometry"])
+        np.testing.assert_array_equal(f.numpy("layer4"), one["layer4"])

@@ -275,10 +275,12 @@ def _write(
             for name in ref_h5.get("meta", ()):  # --keep, --keep-columns: small, always copied
                 kept = _strings(handles, f"meta/{name}", [s.num_images for s in shards])
                 h5.create_dataset(f"meta/{name}", data=np.array(kept, dtype=object), dtype=text, maxshape=(None,), chunks=(4096,))
-            if all("geometry" in f for f in handles):  # /geometry is small: always copied
-                rows = [f["geometry"][: s.num_images] for s, f in zip(shards, handles, strict=True)]
-                geo = h5.create_dataset("geometry", data=np.concatenate(rows), maxshape=(None, rows[0].shape[1]), chunks=(256, rows[0].shape[1]))
-                set_attr(geo, "columns", read_attr(ref_h5["geometry"].attrs.get("columns", [])))
+            for key in ("geometry", "tiles"):  # small: always copied (/tiles: --tiles files only)
+                if all(key in f for f in handles):
+                    rows = [f[key][: s.num_images] for s, f in zip(shards, handles, strict=True)]
+                    geo = h5.create_dataset(key, data=np.concatenate(rows), maxshape=(None, rows[0].shape[1]), chunks=(256, rows[0].shape[1]))
+                    for name, value in ref_h5[key].attrs.items():
+                        set_attr(geo, name, read_attr(value))
             failed = h5.create_group("failed")
             for key in ("paths", "errors", "ids") if ids is not None else ("paths", "errors"):
                 rows = _strings(handles, f"failed/{key}", [s.num_failed for s in shards])
