@@ -96,7 +96,7 @@ def inspect(ctx: typer.Context, model: str, all_modules: bool, images: int | Non
         from featdump.model.modules import list_modules
 
         fixed = o["img_size"] if o["img_size"] is None or not isinstance(o["img_size"][0], str) else None
-        data, records = list_modules(model, fixed, o["output_stride"])
+        _, data, records = list_modules(model, fixed, o["output_stride"])
         if as_json:
             sys.stdout.write(json.dumps(modules_dict(model, data, records), indent=2) + "\n")
         else:

@@ -79,10 +79,11 @@ def trace_modules(model: Any, input_size: tuple[int, int, int]) -> list[ModuleRe
     return [ModuleRecord(n, type(m).__name__, shapes.get(n), calls.get(n, 0), kinds.get(n, "none")) for n, m in named]
 
 
-def _trace(
-    name: str, img_size: tuple[int, int] | None, output_stride: int | None
+def list_modules(
+    name: str, img_size: tuple[int, int] | None = None, output_stride: int | None = None
 ) -> tuple[Any, DataConfig, list[ModuleRecord]]:
-    """Build on the meta device and trace; fall back to a real CPU model if meta tensors fail."""
+    """``(model, data config, every module with its output shape)``, built on the meta device and
+    traced (no weights, no downloads); a real CPU model where meta tensors fail."""
     import torch
 
     check_model_name(name)
@@ -96,14 +97,6 @@ def _trace(
         model = create_checked(name, img_size=img_size, output_stride=output_stride, pretrained=False).eval()
         records = trace_modules(model, data.input_size)
     return model, data, records
-
-
-def list_modules(
-    name: str, img_size: tuple[int, int] | None = None, output_stride: int | None = None
-) -> tuple[DataConfig, list[ModuleRecord]]:
-    """``inspect --all-modules``: every module name with its output shape (no weights, no downloads)."""
-    _, data, records = _trace(name, img_size, output_stride)
-    return data, records
 
 
 # --------------------------------------------------------------------------- layers
@@ -137,26 +130,16 @@ def token_grid(num_patch_tokens: int, model: Any, input_hw: tuple[int, int]) -> 
 
 
 def _layer(model_name: str, model: Any, rec: ModuleRecord, data: DataConfig, tokens: str) -> LayerInfo:
-    if rec.calls == 0:
-        raise UsageError(
-            f"module {rec.name!r} of {model_name} never runs in the forward pass; pick one that does "
-            f"(`featdump inspect {model_name} --all-modules` shows output shapes)"
-        )
-    if rec.calls > 1:
-        raise UsageError(
-            f"module {rec.name!r} of {model_name} runs {rec.calls} times per image, so its output is ambiguous; "
-            "pick a module that runs once"
-        )
-    if rec.shape is None:
-        what = (
-            "tensor whose first axis is not the image batch (e.g. attention over windows)"
-            if rec.output == "not per image"
-            else f"{rec.output}, not one tensor"
-        )
-        raise UsageError(
-            f"module {rec.name!r} of {model_name} returns a {what}; pick another module "
-            f"(`featdump inspect {model_name} --all-modules` shows output shapes)"
-        )
+    shown = f"(`featdump inspect {model_name} --all-modules` shows output shapes)"
+    windows = "tensor whose first axis is not the image batch (e.g. attention over windows)"
+    why = (
+        f"never runs in the forward pass; pick one that does {shown}" if rec.calls == 0
+        else f"runs {rec.calls} times per image, so its output is ambiguous; pick a module that runs once" if rec.calls > 1
+        else f"returns a {windows if rec.output == 'not per image' else f'{rec.output}, not one tensor'}; pick another module {shown}"
+        if rec.shape is None else ""
+    )
+    if why or rec.shape is None:
+        raise UsageError(f"module {rec.name!r} of {model_name} {why}")
     _, in_h, in_w = data.input_size
     shape = rec.shape
     if len(shape) == 3:
@@ -199,7 +182,7 @@ def describe_modules(
 ) -> Description:
     """Layer description for named modules (meta device: no weights, no downloads)."""
     tokens = check_choice("tokens", str(tokens).lower(), TOKENS)
-    model, data, records = _trace(name, img_size, output_stride)
+    model, data, records = list_modules(name, img_size, output_stride)
     by_name = {r.name: r for r in records}
     infos = []
     for wanted in layers:

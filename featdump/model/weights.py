@@ -138,13 +138,8 @@ def check_state_dict(name: str, state_dict: dict[str, Any]) -> None:
         for k in state_dict
         if k in expected and tuple(state_dict[k].shape) != expected[k] and not is_head(k)
     ]
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing (e.g. {', '.join(missing[:3])})")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
-    if mismatched:
-        problems.append(f"{len(mismatched)} of another shape (e.g. {'; '.join(mismatched[:2])})")
+    found = [(missing, "missing", ", ", 3), (unexpected, "unexpected", ", ", 3), (mismatched, "of another shape", "; ", 2)]
+    problems = [f"{len(keys)} {what} (e.g. {sep.join(keys[:k])})" for keys, what, sep, k in found if keys]
     if problems:
         raise UsageError(f"checkpoint does not fit {name}: {'; '.join(problems)} - is it for another model?")
     for head in heads:  # another num_classes: features ignore the classifier anyway
