@@ -167,13 +167,11 @@ def list_models(pattern: str = "*", pretrained: bool = False) -> list[dict[str, 
     if "." in pattern:
         arches = {n.split(".", 1)[0] for n in timm.list_pretrained(pattern)}
         names = sorted(set(names) | arches)
-    rows = []
-    for name in names:
-        have = tags.get(name, [])
-        if pretrained and not have:
-            continue
-        rows.append({"name": name, "pretrained_tags": have, "output_stride": supports_output_stride(name)})
-    return rows
+    return [
+        {"name": name, "pretrained_tags": tags.get(name, []), "output_stride": supports_output_stride(name)}
+        for name in names
+        if tags.get(name) or not pretrained
+    ]
 
 
 def check_pattern(pattern: str) -> str:

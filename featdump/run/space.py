@@ -58,20 +58,18 @@ def check_space(cfg: Any, out_path: Path, selection: Any, processors: Sequence[A
     need = with_margin(int(raw * BEST_RATIO.get(cfg.compression, 1.0)))
     if need <= free:
         return
-    ways = []
-    if cfg.dtype != "float16":
-        ways.append("--dtype float16 (half)")
-    ways.append("fewer levels (--out-indices)")
-    if cfg.pool == "none":
-        ways.append("--pool avg (one vector per layer)")
-    if cfg.compression == "none":
-        ways.append("--compression zstd")
-    ways.append("another -o folder")
-    ways.append("--no-space-check to try anyway")
+    ways = [
+        "--dtype float16 (half)" if cfg.dtype != "float16" else "",
+        "fewer levels (--out-indices)",
+        "--pool avg (one vector per layer)" if cfg.pool == "none" else "",
+        "--compression zstd" if cfg.compression == "none" else "",
+        "another -o folder",
+        "--no-space-check to try anyway",
+    ]
     how = "uncompressed" if cfg.compression == "none" else f"at {cfg.compression}'s best ratio {BEST_RATIO[cfg.compression]}"
     raise UsageError(
         f"not enough space for the output: {'about ' if about else ''}{images} images"
         f"{f' ({about})' if about else ''} × {fmt_bytes(per_image)} = {fmt_bytes(raw)} "
         f"of features, {fmt_bytes(need)} with margin {how}, but {folder} has {fmt_bytes(free)} free; "
-        f"ways out: {', '.join(ways)}"
+        f"ways out: {', '.join(w for w in ways if w)}"
     )

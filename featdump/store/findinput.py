@@ -94,15 +94,10 @@ def input_places(inputs: Sequence[str] | None, h5_path: Path, root: str | Path |
         elif p.is_file():
             roots.append(p.parent)
     anchors = [Path(i) for i in inputs or () if Path(i).is_absolute()]
-    return _unique(roots + [Path.cwd(), h5_path.parent]), anchors
-
-
-def _unique(roots: Sequence[Path]) -> list[Path]:
-    unique: list[Path] = []
-    for r in roots:
-        if r.resolve() not in [u.resolve() for u in unique]:
-            unique.append(r)
-    return unique
+    unique: dict[Path, Path] = {}  # the first of the names of one folder
+    for r in [*roots, Path.cwd(), h5_path.parent]:
+        unique.setdefault(r.resolve(), r)
+    return list(unique.values()), anchors
 
 
 def find_input(stored: str, roots: Sequence[Path], anchors: Sequence[Path] = ()) -> Path | None:
