@@ -217,6 +217,9 @@ def test_extract_long_writes_each_row_at_its_grid(aspect_refs: list[ImageRef], r
     for i, (w, h) in enumerate(SIZES):
         hi, wi = reference_shape(h, w, "long", 64, 32, 2048)
         np.testing.assert_allclose(geometry[i], [h, w, h / hi, w / wi, 0, 0])
+    from featdump.run.verify import verify_file
+
+    assert verify_file(out, n=3, device="cpu").ok  # re-extracted rows, each at its own shape
 
 
 def test_inspect_shows_the_unit_and_an_example_photos_grids() -> None:
