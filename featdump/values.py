@@ -68,32 +68,18 @@ def parse_img_size(value: str | int | list[Any] | tuple[Any, ...] | None) -> Img
     ``"long:512"`` / ``"short:256"`` / ``"native"`` (or ``("long", 512)``) -> a size mode."""
     if value is None or value == "":
         return None
-    if isinstance(value, (list, tuple)) and len(value) == 2 and value[0] in SIZE_MODES:
-        value = f"{value[0]}:{value[1]}"
-    if isinstance(value, str) and (mode := re.fullmatch(r"\s*(long|short)\s*:\s*(\d+)\s*|\s*(native)(?::0)?\s*", value.lower())):
-        if mode.group(3):
-            return ("native", 0)
-        side = int(mode.group(2))
-        if not 8 <= side <= 8192:
-            raise UsageError(f"--img-size {value} is out of range (8 to 8192 pixels a side)")
-        return (mode.group(1), side)
-    if isinstance(value, int) and not isinstance(value, bool):
-        h = w = value
-    elif isinstance(value, (list, tuple)) and len(value) in (1, 2):
-        h, w = (value[0], value[-1])
-    else:
-        m = re.fullmatch(r"\s*(\d+)\s*(?:[x×,]\s*(\d+)\s*)?", str(value))
-        if not m:
-            raise UsageError(f"{IMG_SIZE_HELP}, not {value!r}")
-        h = int(m.group(1))
-        w = int(m.group(2) or m.group(1))
-    try:
-        h, w = int(h), int(w)
-    except (TypeError, ValueError):
-        raise UsageError(f"{IMG_SIZE_HELP}, not {value!r}") from None
-    if not (8 <= h <= 8192 and 8 <= w <= 8192):
-        raise UsageError(f"--img-size {h}x{w} is out of range (8 to 8192 pixels a side)")
-    return (h, w)
+    text = str(value).lower()
+    if isinstance(value, (list, tuple)) and len(value) in (1, 2):
+        text = f"{value[0]}:{value[-1]}" if value[0] in SIZE_MODES else f"{value[0]}x{value[-1]}"
+    m = re.fullmatch(r"\s*(?:(long|short)\s*:\s*(\d+)|(native)(?::0)?|(\d+)\s*(?:[x×,]\s*(\d+))?)\s*", text)
+    if m is None or isinstance(value, bool):
+        raise UsageError(f"{IMG_SIZE_HELP}, not {value!r}")
+    if m[3]:
+        return ("native", 0)
+    sides = (int(m[2]),) if m[1] else (int(m[4]), int(m[5] or m[4]))
+    if not all(8 <= side <= 8192 for side in sides):
+        raise UsageError(f"--img-size {text.strip()} is out of range (8 to 8192 pixels a side)")
+    return (m[1], sides[0]) if m[1] else (sides[0], sides[1])
 
 
 def size_mode_text(img_size: ImgSize | None) -> str:
