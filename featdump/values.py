@@ -76,10 +76,10 @@ def parse_img_size(value: str | int | list[Any] | tuple[Any, ...] | None) -> Img
         raise UsageError(f"{IMG_SIZE_HELP}, not {value!r}")
     if m[3]:
         return ("native", 0)
-    sides = (int(m[2]),) if m[1] else (int(m[4]), int(m[5] or m[4]))
+    sides = [int(m[2])] if m[1] else [int(m[4]), int(m[5] or m[4])]
     if not all(8 <= side <= 8192 for side in sides):
         raise UsageError(f"--img-size {text.strip()} is out of range (8 to 8192 pixels a side)")
-    return (m[1], sides[0]) if m[1] else (sides[0], sides[1])
+    return (m[1], sides[0]) if m[1] else (sides[0], sides[-1])
 
 
 def size_mode_text(img_size: ImgSize | None) -> str:
