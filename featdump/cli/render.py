@@ -30,7 +30,7 @@ def console(stderr: bool = False) -> Console:
     return Console(stderr=stderr, highlight=False, soft_wrap=False)
 
 
-def fmt_shape(shape: Sequence[int]) -> str:
+def fmt_shape(shape: Sequence[int | str]) -> str:
     return "×".join(str(d) for d in shape)
 
 

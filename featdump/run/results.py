@@ -18,7 +18,7 @@ class LayerSummary:
     module: str
     index: int
     reduction: int | float
-    shape: tuple[int, ...]
+    shape: tuple[int | str, ...]  # (C, "h", "w") for a ragged layer
     dtype: str
     stored_bytes: int
     raw_bytes: int
@@ -105,7 +105,8 @@ def summarize(
     for layer in backbone.layers:
         ds = h5["features"][layer.name]
         stored, raw = int(ds.id.get_storage_size()), int(ds.dtype.itemsize) * int(ds.size)
-        layers.append(LayerSummary(layer.name, layer.module, layer.index, layer.reduction, tuple(ds.shape[1:]), str(ds.dtype), stored, raw))
+        shape = (ds.shape[1], "h", "w") if "cells" in h5 and layer.name in h5["cells"] else tuple(ds.shape[1:])  # ragged: rows at their own grid
+        layers.append(LayerSummary(layer.name, layer.module, layer.index, layer.reduction, shape, str(ds.dtype), stored, raw))
     fp, fe = h5["failed"]["paths"], h5["failed"]["errors"]
     failures = [(to_str(fp[i]), to_str(fe[i])) for i in range(min(len(fp), 20))]
     return Summary(
