@@ -1,15 +1,11 @@
 """``--tiles SIZE[:STRIDE]``: each image cut into SIZE x SIZE tiles, one row each.
 
-An image (after EXIF orientation) is resized by ``--tile-scale`` (PIL, the model's interpolation),
-padded where a side is shorter than SIZE (timm's ``center_crop_or_pad`` with the fill of its
-``border`` crop mode), and cut at STRIDE steps, the last row and column of tiles shifted inward to
-end at the border; tiles in row-major order. A tile's pixels are only normalised (timm's to-tensor
-and ``Normalize``): the model sees the image's own pixels at SIZE x SIZE.
-
-Memory stays bounded for any image size: a batch holds the tiles of one image only, cut when the
-batch is made, so a 20,000 x 20,000 image is one decoded picture plus one batch of tiles. Batches
-never mix images, so ``--resume`` (which continues at an image boundary: the store commits no rows
-of an image before its last tile, :attr:`Rows.whole`) cuts the same batches as an uninterrupted run.
+An image (after EXIF orientation, resized by ``--tile-scale``) is padded where a side is shorter
+than SIZE (as timm's ``border`` crop mode pads) and cut at STRIDE steps, the last row and column
+shifted inward to end at the border; tiles are only normalised (timm's to-tensor and ``Normalize``).
+A batch holds the tiles of one image, cut when the batch is made: memory is one decoded image plus
+one batch, and ``--resume`` (the store commits only at image boundaries, :attr:`Rows.whole`) cuts
+the same batches as an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -25,7 +21,7 @@ from featdump.data.datasets import ImageDataset, Stop
 from featdump.data.discover import ImageRef
 from featdump.data.remote import RESUME_HINT, StoreStopped
 from featdump.data.transform import DEFAULT_RESIZED_PIXELS, SplitTransform
-from featdump.model.layers import Backbone
+from featdump.model.layers import Backbone, DataConfig
 from featdump.options import ExtractConfig
 
 
@@ -95,8 +91,6 @@ class Tiler:
 def tile_view(attrs: dict[str, Any], img: Any, index: int) -> Any:
     """Tile ``index`` of ``img`` as the model saw it (before normalisation), by a file's attributes
     (``viz``; ``verify`` cuts tiles through :class:`TileLoader`)."""
-    from featdump.model.layers import DataConfig
-
     size, stride = (int(v) for v in attrs["tiles"])
     tiler = Tiler(DataConfig.from_timm(attrs), size, stride, float(attrs["tile_scale"]))
     picture = tiler.prepare(img)[0]
