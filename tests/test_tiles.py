@@ -208,3 +208,16 @@ def test_shards_merged_equal_one_run(copy: bool, pictures: Path, ckpt: Path, tmp
         np.testing.assert_array_equal(f.tiles(), one["tiles"])
         np.testing.assert_array_equal(f.geometry(), one["geometry"])
         np.testing.assert_array_equal(f.numpy("layer4"), one["layer4"])
+
+
+@pytest.mark.slow
+def test_the_tiles_bench_reports_a_peak() -> None:
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    proc = subprocess.run([sys.executable, "-m", "bench.tiles", "--side", "700", "--tiles", "256", "--", "--pool", "avg"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "--tiles 256 --pool avg on a 700 x 700 PNG: peak RSS" in proc.stdout
