@@ -10,6 +10,7 @@ building every model of timm 1.0.31 at ``--output-stride 16``: it agrees for all
 from __future__ import annotations
 
 import ast
+import contextlib
 import functools
 import inspect
 import sys
@@ -17,21 +18,6 @@ import textwrap
 from typing import Any, TypeGuard
 
 from featdump.errors import UsageError
-
-
-@functools.cache
-def _function_ast(module_name: str, name: str) -> ast.FunctionDef | None:
-    """The parsed source of a module-level function (only the function: parsing whole modules is slow)."""
-    module = sys.modules.get(module_name)
-    obj = getattr(module, name, None) if module is not None else None
-    if not inspect.isfunction(obj) or obj.__module__ != module_name:
-        return None
-    try:
-        tree = ast.parse(textwrap.dedent(inspect.getsource(obj)))
-    except (OSError, TypeError, SyntaxError):
-        return None
-    node = tree.body[0] if tree.body else None
-    return node if isinstance(node, ast.FunctionDef) else None
 
 
 @functools.cache
@@ -64,17 +50,22 @@ def _entrypoints() -> frozenset[Any]:
 
 @functools.cache
 def _function_facts(mod_name: str, name: str) -> tuple[frozenset[type], frozenset[type], tuple[tuple[str, str], ...]]:
-    """One function's (classes given to build_model_with_cfg, classes mentioned, functions it calls)."""
+    """One module-level function's (classes given to build_model_with_cfg, classes mentioned,
+    functions it calls), from its parsed source (only the function: parsing whole modules is slow)."""
     import torch
 
     def is_module_class(obj: Any) -> TypeGuard[type]:
         return isinstance(obj, type) and issubclass(obj, torch.nn.Module)
 
     module = sys.modules.get(mod_name)
-    tree = _function_ast(mod_name, name)
-    if tree is None:
+    func = getattr(module, name, None) if module is not None else None
+    body: list[ast.stmt] = []
+    if inspect.isfunction(func) and func.__module__ == mod_name:
+        with contextlib.suppress(OSError, TypeError, SyntaxError):
+            body = ast.parse(textwrap.dedent(inspect.getsource(func))).body
+    if not body or not isinstance(body[0], ast.FunctionDef):
         return frozenset(), frozenset(), ()
-    nodes = list(ast.walk(tree))
+    nodes = list(ast.walk(body[0]))
     assigned: dict[str, set[type]] = {}
     for node in nodes:  # variables holding classes: model_cls = EfficientNet
         if isinstance(node, ast.Assign) and isinstance(node.value, ast.Name):

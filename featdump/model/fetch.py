@@ -118,37 +118,30 @@ def _hf_error(src: WeightsSource, exc: BaseException) -> FeatdumpError:
 
 
 def _fetch_hf(src: WeightsSource) -> tuple[Path, bool]:
-    from featdump.model.hub import offline_unless_reachable
-    from featdump.model.weights import quiet_timm
-
-    with quiet_timm(), offline_unless_reachable() as unreachable:  # no retry noise; no network: fail at once
-        try:
-            return _fetch_hf_files(src)
-        except FeatdumpError as exc:
-            if unreachable and not offline():
-                raise FeatdumpError(
-                    f"{src.model}: could not download {src.location}: the Hugging Face hub ({hub_endpoint()}) "
-                    "cannot be reached; check the network (proxy, HF_ENDPOINT), or run `featdump fetch` on a "
-                    "machine with internet and share HF_HOME"
-                ) from exc
-            raise
-
-
-def _fetch_hf_files(src: WeightsSource) -> tuple[Path, bool]:
     from huggingface_hub import hf_hub_download, try_to_load_from_cache
     from huggingface_hub.errors import EntryNotFoundError
 
+    from featdump.model.hub import offline_unless_reachable
     from featdump.model.timm_compat import hf_split, safe_alternatives
+    from featdump.model.weights import quiet_timm
 
     repo, revision = hf_split(src.location)
     names = [*safe_alternatives(src.filename), src.filename] if src.safe_first else [src.filename]
-    for name in names:
-        before = try_to_load_from_cache(repo, name, revision=revision)
-        try:
-            return Path(hf_hub_download(repo, name, revision=revision, library_name="featdump")), isinstance(before, str)
-        except Exception as exc:  # noqa: BLE001 - network, auth, gated repos: one clear line
-            # a missing file (also "not cached and offline"): timm moves on to the next the same way
-            if not (isinstance(exc, EntryNotFoundError) and name != names[-1]):
+    with quiet_timm(), offline_unless_reachable() as unreachable:  # no retry noise; no network: fail at once
+        for name in names:
+            before = try_to_load_from_cache(repo, name, revision=revision)
+            try:
+                return Path(hf_hub_download(repo, name, revision=revision, library_name="featdump")), isinstance(before, str)
+            except Exception as exc:  # noqa: BLE001 - network, auth, gated repos: one clear line
+                # a missing file (also "not cached and offline"): timm moves on to the next the same way
+                if isinstance(exc, EntryNotFoundError) and name != names[-1]:
+                    continue
+                if unreachable and not offline():
+                    raise FeatdumpError(
+                        f"{src.model}: could not download {src.location}: the Hugging Face hub ({hub_endpoint()}) "
+                        "cannot be reached; check the network (proxy, HF_ENDPOINT), or run `featdump fetch` on a "
+                        "machine with internet and share HF_HOME"
+                    ) from None
                 raise _hf_error(src, exc) from None
     raise AssertionError("unreachable: the last name returns or raises")
 

@@ -33,10 +33,8 @@ def read_attrs(path: str | Path) -> dict[str, Any]:
         raise
     except Exception as exc:  # noqa: BLE001 - anything unreadable as a featdump file
         raise UsageError(f"{p} is not a readable featdump file ({first_line(exc)})") from None
-    try:
+    with h5:
         return {k: read_attr(v) for k, v in h5.attrs.items()}
-    finally:
-        h5.close()
 
 
 def check_checkpoint(path: str, sha256: str | None, where: str) -> None:
