@@ -298,13 +298,8 @@ class JournaledFile:
             self.pages[p] = page
         return page
 
-    def seek(self, offset: int, whence: int = 0) -> int:
-        if whence == 0:
-            self.pos = offset
-        elif whence == 1:
-            self.pos += offset
-        else:
-            self.pos = self.size + offset
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        self.pos = offset + (0, self.pos, self.size)[whence]  # SEEK_SET, SEEK_CUR, SEEK_END
         return self.pos
 
     def tell(self) -> int:

@@ -26,20 +26,14 @@ NO_LOCK_RISK = (
 )
 
 
+# the file type letter of ``ls -l`` (stat.filemode) -> what messages call it
+_KINDS = {"d": "a folder", "c": "a character device", "b": "a block device", "p": "a FIFO (named pipe)",
+          "s": "a socket", "l": "a symbolic link", "-": "a regular file"}  # fmt: skip
+
+
 def file_kind(mode: int) -> str:
     """"a folder", "a character device", ... for messages about what is not a regular file."""
-    for test, name in (
-        (stat.S_ISDIR, "a folder"),
-        (stat.S_ISCHR, "a character device"),
-        (stat.S_ISBLK, "a block device"),
-        (stat.S_ISFIFO, "a FIFO (named pipe)"),
-        (stat.S_ISSOCK, "a socket"),
-        (stat.S_ISLNK, "a symbolic link"),
-        (stat.S_ISREG, "a regular file"),
-    ):
-        if test(mode):
-            return name
-    return "not a regular file"
+    return _KINDS[stat.filemode(mode)[0]]
 
 
 def not_a_journal(path: Path, target: str | Path, mode: int) -> UsageError:
