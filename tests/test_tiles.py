@@ -221,3 +221,17 @@ def test_the_tiles_bench_reports_a_peak() -> None:
                           cwd=ROOT, capture_output=True, text=True, timeout=600)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "--tiles 256 --pool avg on a 700 x 700 PNG: peak RSS" in proc.stdout
+
+
+def test_verify_finds_the_tiles_of_a_tar_sample(pictures: Path, ckpt: Path, tmp_path: Path) -> None:
+    """Rows of a tar shard's sample are its tiles: each is re-cut from that one sample."""
+    import tarfile
+
+    with tarfile.open(tmp_path / "s.tar", "w") as tar:
+        for p in sorted(pictures.iterdir()):
+            tar.add(p, arcname=p.name)
+    made = tmp_path / "t.h5"
+    got = _extract(tmp_path / "s.tar", made, ckpt, tiles="128:96")
+    assert [Path(p).name for p in got["paths"]] == ["a_wide.png"] * 6 + ["b_small.png"]
+    report = verify_file(made, n=7, device="cpu")
+    assert report.ok and report.rows == list(range(7)), report

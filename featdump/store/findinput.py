@@ -31,7 +31,10 @@ def locate_rows(ff: Any, rows: Sequence[int], root: str | Path | None = None) ->
     kind, inputs = input_kind(ff.meta), read_inputs_attr(ff.meta.get("inputs")) or []
     if kind != "files":
         failed = [f for f, _ in ff.failed]
-        wanted = wanted_rows(rows, ff.paths, ff.ids, failed)
+        tiled = "tiles" in ff.h5  # --tiles: a row is read from its image's sample, which its image's first row ranks
+        wanted = wanted_rows([ff.paths.index(ff.paths[r]) for r in rows] if tiled else rows, ff.paths, ff.ids, failed)
+        for w, r in zip(wanted, rows, strict=True):
+            w.row = r
         if not inputs:
             return wanted, f"it does not record the {kind} inputs its rows were read from"
         columns = SimpleNamespace(**{o.name: o.from_attr(ff.meta) for o in OPTIONS if o.family == "table" and o.from_attr})
