@@ -242,7 +242,8 @@ def render(
     font = label_font()
     for c, name in enumerate(["input"] + chosen):
         x = PAD + c * (tw + PAD)
-        text = labels.get(name, "input (whole image)" if attrs.get("img_size_mode") else "input (model's crop)")
+        what = "whole image" if attrs.get("img_size_mode") else "the row's tile" if len(attrs.get("tiles", "")) else "model's crop"
+        text = labels.get(name, f"input ({what})")
         lines = [fit_text(line, tw, keep_end=(i == 0 and c > 0)) for i, line in enumerate(text.split("\n"))]
         draw.multiline_text((x, PAD), "\n".join(lines), fill=(20, 20, 20), font=font, spacing=2)
     for r, row in enumerate(rows):
