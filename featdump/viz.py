@@ -188,6 +188,7 @@ def render(
     layer below the rows when at least ``SCATTER_MIN`` images are shown."""
     from PIL import Image, ImageDraw
 
+    from featdump.data.tiles import by_image, tile_view
     from featdump.store.check import input_kind
     from featdump.store.reader import FeatureFile
 
@@ -220,7 +221,8 @@ def render(
                 vectors[name] = arr
                 labels[name] += " pooled" if dattrs.get("pool", "none") != "none" else " vector"
         attrs, paths = f.meta, f.paths
-        wanted, why = locate_rows(f, rows, root)
+        view, firsts = by_image(f, rows)
+        wanted, why = locate_rows(view, firsts, root)
         why += "; pass --root DIR" if why and input_kind(f.meta) == "files" else ""
 
     input_size = attrs["input_size"]
@@ -253,13 +255,12 @@ def render(
         if found[stored_path]:
             try:
                 if split is None:
-                    from featdump.data.tiles import tile_view
                     from featdump.data.transform import SplitTransform
 
                     split = SplitTransform(model_transform(attrs))
                 seen = read_found(wanted[r])
                 if len(attrs.get("tiles", "")):  # --tiles: the row's tile (its index: row - the image's first row)
-                    seen = tile_view(attrs, seen, row - paths.index(stored_path))
+                    seen = tile_view(attrs, seen, row - firsts[r])
                 elif not attrs.get("img_size_mode"):  # a size mode's model saw the whole image, uncropped
                     seen = split.pil_view(seen)
                 first = seen.resize((tw, th), Image.Resampling.BICUBIC)

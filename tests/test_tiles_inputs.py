@@ -1,0 +1,59 @@
+"""``--tiles`` files read from tar shards and tables, an image listed twice: ``verify`` and ``viz``
+find each row's image and tile (an image's tiles are several rows of one input)."""
+
+from __future__ import annotations
+
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import featdump
+from featdump.run.verify import verify_file
+
+from conftest import run
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("tile_inputs")
+    rng = np.random.default_rng(0)
+    for name, (w, h) in {"a.png": (200, 72), "b.png": (64, 64)}.items():
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(folder / name)
+    return folder
+
+
+def _extract(inputs: Path, out: Path, ckpt: Path) -> None:
+    featdump.extract("resnet18", inputs, out, checkpoint=ckpt, out_indices=(4,), pool="avg", tiles="64:48", device="cpu", quiet=True)
+
+
+@pytest.mark.parametrize("kind", ["table", "tar"])
+def test_verify_and_viz_find_each_tiles_image(kind: str, folder: Path, random_checkpoint: Any, tmp_path: Path) -> None:
+    if kind == "table":  # a.png twice: its second copy's rows come after b.png's
+        inputs = tmp_path / "list.csv"
+        inputs.write_text("path\n" + "".join(f"{folder / n}\n" for n in ("a.png", "b.png", "a.png")))
+    else:
+        inputs = tmp_path / "shard-0.tar"
+        with tarfile.open(inputs, "w") as tar:
+            for n in ("a.png", "b.png"):
+                tar.add(folder / n, arcname=n)
+    made = tmp_path / "t.h5"
+    _extract(inputs, made, random_checkpoint("resnet18"))
+    with featdump.open(made) as f:
+        n = f.num_images
+        assert n == 8 * (1 + (kind == "table")) + 1  # a.png: 2 x 4 tiles of 64 at 48 steps
+        row = n - 1  # table: the last tile of a.png's second copy
+        box = f.tiles(row).tolist()
+    report = verify_file(made, n=n, device="cpu")
+    assert report.ok and len(report.rows) == n, report
+    res = run("viz", str(made), "-o", str(tmp_path / "v.png"), "--image", str(row))
+    assert res.returncode == 0 and "not found" not in res.stdout + res.stderr, res.stdout + res.stderr
+    from featdump.viz import LABEL_H, PAD, TILE
+
+    drawn = np.asarray(Image.open(tmp_path / "v.png").convert("RGB"))[PAD + LABEL_H : PAD + LABEL_H + TILE, PAD : PAD + TILE]
+    name = "a.png" if kind == "table" else "b.png"
+    tile = Image.open(folder / name).convert("RGB").crop((box[1], box[0], box[3], box[2]))
+    np.testing.assert_array_equal(drawn, np.asarray(tile.resize((TILE, TILE), Image.Resampling.BICUBIC)))
