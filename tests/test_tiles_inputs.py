@@ -57,3 +57,19 @@ def test_verify_and_viz_find_each_tiles_image(kind: str, folder: Path, random_ch
     name = "a.png" if kind == "table" else "b.png"
     tile = Image.open(folder / name).convert("RGB").crop((box[1], box[0], box[3], box[2]))
     np.testing.assert_array_equal(drawn, np.asarray(tile.resize((TILE, TILE), Image.Resampling.BICUBIC)))
+
+
+def test_export_carries_each_tiles_box(folder: Path, random_checkpoint: Any, tmp_path: Path) -> None:
+    """Rows of one image differ only by their box: the parquet metadata has y0, x0, y1, x1 and zarr a tiles array."""
+    import pyarrow.parquet as pq
+    import zarr
+
+    made = tmp_path / "t.h5"
+    _extract(folder, made, random_checkpoint("resnet18"))
+    with featdump.open(made) as f:
+        boxes = f.tiles()
+    assert run("export", str(made), "-o", str(tmp_path / "npy")).returncode == 0
+    table = pq.read_table(tmp_path / "npy/layer4/metadata/part-00000.parquet").to_pydict()
+    np.testing.assert_array_equal(np.array([table[k] for k in ("y0", "x0", "y1", "x1")]).T, boxes)
+    assert run("export", str(made), "-o", str(tmp_path / "z"), "--format", "zarr").returncode == 0
+    np.testing.assert_array_equal(zarr.open_group(tmp_path / "z", mode="r")["tiles"][:], boxes)

@@ -234,7 +234,7 @@ def export_file(
                 f"the export would hold {total / (1 << 30):.2f} GiB of tensors; --format safetensors is for "
                 f"exports up to {safetensors_limit / (1 << 30):g} GiB: use --format npy (parts of --rows-per-part rows)"
             )
-        entries = {"npy": names, "safetensors": ["features.safetensors"], "zarr": ["zarr.json", *names, "paths", "ids"]}[fmt]
+        entries = {"npy": names, "safetensors": ["features.safetensors"], "zarr": ["zarr.json", *names, "paths", "ids", "tiles"]}[fmt]
         st = ff.path.stat()  # the source's identity, in the manifest
         source = {"path": str(ff.path.absolute()), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns, "created": ff.meta.get("created"), "num_images": n}
         try:
@@ -325,6 +325,8 @@ def _write_npy_layer(
         }
         if ids is not None:
             columns["id"] = pa.array(ids[start:stop], type=pa.string())
+        if len(ff.meta.get("tiles", "")):  # --tiles: each row's box in its image
+            columns.update(zip(("y0", "x0", "y1", "x1"), ff.tiles(slice(start, stop)).T, strict=True))
         for key, values in ff.kept.items():  # --keep, --keep-columns
             columns[f"meta.{key}" if key in columns else key] = pa.array(values[start:stop], type=pa.string())
         with folder.writing(meta) as fh:
@@ -384,6 +386,8 @@ def _write_zarr(ff: Any, plans: list[Any], folder: Folder, pool: str | None, row
             text = group.create_array(name, shape=(n,), chunks=(max(1, min(rows, n)),), dtype=str, dimension_names=["row"])
             text[:] = np.array(values, dtype=object)
             arrays.append(text)
+    if len(ff.meta.get("tiles", "")):  # --tiles: each row's box y0, x0, y1, x1 in its image
+        arrays.append(group.create_array("tiles", data=ff.tiles(), chunks=(max(1, min(rows, n)), 4), dimension_names=["row", "box"]))
     with warnings.catch_warnings():  # "consolidated metadata is not in the v3 spec yet": xarray reads it
         warnings.simplefilter("ignore")
         zarr.consolidate_metadata(group.store)
