@@ -19,7 +19,6 @@ With ``durable`` (the default) every commit is ordered by fsync, so a power cut 
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import struct
@@ -210,8 +209,6 @@ class JournaledFile:
 
     @staticmethod
     def _patch(view: memoryview, start: int, pages: dict[int, bytearray], lo: int, hi: int) -> None:
-        if lo >= hi:
-            return
         for p in range(lo // PAGE, (hi - 1) // PAGE + 1):
             page = pages.get(p)
             if page is None:
@@ -401,14 +398,12 @@ class JournaledFile:
 
     def close(self) -> None:
         """After a final :meth:`commit`: the file is whole, so the journal goes and the lock with it."""
-        if self.fd >= 0 and not self.readonly:
-            self._close(remove=not self.dirty and self.pending is None)
+        self._close(remove=not self.dirty and self.pending is None)
 
     def release(self) -> None:
         """Let go without touching a byte (a refused --resume): the journal stays as it was
         (or, if there was none, the empty one made for the lock goes again)."""
-        if self.fd >= 0 and not self.readonly:
-            self._close(remove=self.lock.created)
+        self._close(remove=self.lock.created)
 
     def abandon(self, remove: bool = False) -> None:
         """After a failure: drop what was not committed; ``remove`` deletes the file altogether.
@@ -418,13 +413,10 @@ class JournaledFile:
         """
         if self.fd < 0 or self.readonly:
             return
-        keep = False
+        keep = not remove and self.pending is not None
         if remove:
-            with contextlib.suppress(FileNotFoundError):
-                self.path.unlink()
-        elif self.pending is not None:
-            keep = True
-        else:
+            self.path.unlink(missing_ok=True)
+        elif not keep:
             try:
                 if os.fstat(self.fd).st_size > self.committed:
                     os.ftruncate(self.fd, self.committed)
@@ -436,6 +428,7 @@ class JournaledFile:
         self._close(remove=not keep)
 
     def _close(self, remove: bool) -> None:
-        os.close(self.fd)
-        self.fd = -1
-        self.lock.release(remove=remove)
+        if self.fd >= 0 and not self.readonly:  # a view's descriptors are its owner's
+            os.close(self.fd)
+            self.fd = -1
+            self.lock.release(remove=remove)
