@@ -80,7 +80,7 @@ def shapes(paths: list[Path], side: int) -> dict[tuple[int, int], int]:
     """How many of the photos resize to each ``(h, w)`` at long:side (resnet50's unit: 32)."""
     from PIL import Image
 
-    from featdump.data.transform import ResizeToUnit
+    from featdump.model.layers import ResizeToUnit
 
     to_unit = ResizeToUnit(("long", side), 32, 2048, "bicubic")
     counts: dict[tuple[int, int], int] = {}

@@ -12,6 +12,8 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from featdump.model.layers import ResizeToUnit
+
 # The steps that count as to-tensor (uint8 PIL -> float in [0, 1]): what timm's eval transform uses.
 # PILToTensor keeps uint8, so it is not one of them (a transform holding it is applied whole).
 TO_TENSOR = ("ToTensor", "MaybeToTensor")
@@ -107,43 +109,6 @@ def _batched(step: Any) -> Callable[[Any], Any]:
         std = torch.as_tensor(step.std, dtype=torch.float32).view(1, -1, 1, 1)
         return lambda x: x.sub_(mean).div_(std)  # x is float32: to_tensor's output
     return lambda x: torch.stack([step(row) for row in x])
-
-
-class ResizeToUnit:
-    """``--img-size long:L | short:S | native``: each image resized, aspect kept, to the shape
-    :meth:`shape_for` gives it, by torchvision's ``Resize((h, w))`` at the model's interpolation (on
-    a PIL image, or a uint8 tensor for ``--decode gpu``); no crop, no pad."""
-
-    def __init__(self, mode: tuple[str, int], unit: int, max_side: int, interpolation: str) -> None:
-        from timm.data.transforms import str_to_interp_mode
-
-        self.mode, self.side = mode
-        self.unit, self.max_side = max(1, int(unit)), int(max_side)
-        self.interpolation = str_to_interp_mode(interpolation)
-
-    def shape_for(self, height: int, width: int) -> tuple[int, int]:
-        """``(h, w)`` for an image of that size: scaled so the long (``long``) or short (``short``)
-        side is the mode's, or the long side at most ``max_side`` (``native``); each side then
-        rounded to the nearest multiple of the unit, at least one unit."""
-        h, w = max(1, int(height)), max(1, int(width))
-        scale = {"long": self.side / max(h, w), "short": self.side / min(h, w)}.get(self.mode, min(1.0, self.max_side / max(h, w)))
-        return (max(1, math.floor(h * scale / self.unit + 0.5)) * self.unit, max(1, math.floor(w * scale / self.unit + 0.5)) * self.unit)
-
-    def __call__(self, img: Any) -> Any:
-        from torchvision.transforms import functional
-
-        h, w = (img.shape[-2], img.shape[-1]) if hasattr(img, "shape") else (img.size[1], img.size[0])
-        return functional.resize(img, list(self.shape_for(h, w)), interpolation=self.interpolation, antialias=True)
-
-
-def size_mode_transform(data: Any) -> Any:
-    """A size mode's eval transform (``data``: a DataConfig with ``size_mode``): :class:`ResizeToUnit`,
-    then to-tensor and the model's normalisation as in timm's eval transform."""
-    from timm.data.transforms import MaybeToTensor
-    from torchvision import transforms
-
-    resize = ResizeToUnit(data.size_mode, data.unit, data.max_side, data.interpolation)
-    return transforms.Compose([resize, MaybeToTensor(), transforms.Normalize(data.mean, data.std)])
 
 
 MAX_ASPECT = 1000  # longer side / shorter side beyond which an image is refused before resizing

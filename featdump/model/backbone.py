@@ -62,7 +62,7 @@ def _size_mode(img_size: ImgSize | None, max_side: int, layers: list[LayerInfo],
 def for_image(desc: Description, height: int, width: int) -> Description:
     """A size mode's description for one image size: the input it is resized to (``input_size``) and
     each spatial layer's grid there (what ``inspect`` shows for an example photo)."""
-    from featdump.data.transform import ResizeToUnit
+    from featdump.model.layers import ResizeToUnit
 
     d = desc.data
     assert d.size_mode is not None
