@@ -73,3 +73,10 @@ def test_export_carries_each_tiles_box(folder: Path, random_checkpoint: Any, tmp
     np.testing.assert_array_equal(np.array([table[k] for k in ("y0", "x0", "y1", "x1")]).T, boxes)
     assert run("export", str(made), "-o", str(tmp_path / "z"), "--format", "zarr").returncode == 0
     np.testing.assert_array_equal(zarr.open_group(tmp_path / "z", mode="r")["tiles"][:], boxes)
+
+
+def test_tiles_a_vits_patches_do_not_tile_name_the_flag(folder: Path, tmp_path: Path) -> None:
+    res = run("extract", "vit_tiny_patch16_224", str(folder), "-o", str(tmp_path / "v.h5"), "--no-pretrained", "--tiles", "100")
+    assert res.returncode == 2, res.stderr
+    assert "100x100 (--img-size or --tiles) is not a multiple of vit_tiny_patch16_224's patch size" in res.stderr
+    assert "nearest valid sizes: 96 or 112" in res.stderr

@@ -104,6 +104,6 @@ def check_tiling(name: str, model: Any, input_hw: tuple[int, int]) -> None:
     square = h == w and ph == pw
     valid = " or ".join(str(v) for v in hs) if square else " or ".join(f"{a}x{b}" for a in hs for b in ws)
     raise UsageError(
-        f"--img-size {h}x{w} is not a multiple of {name}'s patch size {ph}x{pw} (timm would drop the "
+        f"the input size {h}x{w} (--img-size or --tiles) is not a multiple of {name}'s patch size {ph}x{pw} (timm would drop the "
         f"leftover pixels); nearest valid sizes: {valid}"
     )
