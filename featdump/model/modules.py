@@ -132,13 +132,13 @@ def token_grid(num_patch_tokens: int, model: Any, input_hw: tuple[int, int]) -> 
 def _layer(model_name: str, model: Any, rec: ModuleRecord, data: DataConfig, tokens: str) -> LayerInfo:
     shown = f"(`featdump inspect {model_name} --all-modules` shows output shapes)"
     windows = "tensor whose first axis is not the image batch (e.g. attention over windows)"
+    what = windows if rec.output == "not per image" else f"{rec.output}, not one tensor"
     why = (
         f"never runs in the forward pass; pick one that does {shown}" if rec.calls == 0
         else f"runs {rec.calls} times per image, so its output is ambiguous; pick a module that runs once" if rec.calls > 1
-        else f"returns a {windows if rec.output == 'not per image' else f'{rec.output}, not one tensor'}; pick another module {shown}"
-        if rec.shape is None else ""
+        else f"returns a {what}; pick another module {shown}"
     )
-    if why or rec.shape is None:
+    if rec.calls != 1 or rec.shape is None:
         raise UsageError(f"module {rec.name!r} of {model_name} {why}")
     _, in_h, in_w = data.input_size
     shape = rec.shape
