@@ -93,6 +93,7 @@ def featdump_rows(
 CASES = [
     ("resnet18", {}, 32),
     ("test_vit", {"dynamic_img_size": True}, 16),
+    ("vit_small_patch14_dinov2", {"dynamic_img_size": True}, 14),  # long:64 and short:48 are no multiples of 14
 ]
 
 
@@ -185,8 +186,9 @@ def test_a_model_that_cannot_vary_is_refused_by_name() -> None:
     from featdump.errors import UsageError
     from featdump.model.backbone import describe
 
-    with pytest.raises(UsageError, match=r"^levit_128s cannot take images of varying shapes"):
-        describe("levit_128s", img_size=("long", 224))
+    for mode in (("long", 224), ("long", 64)):  # 64: too small for levit's own square, still the usage error
+        with pytest.raises(UsageError, match=r"^levit_128s cannot take images of varying shapes"):
+            describe("levit_128s", img_size=mode)
     desc = describe("resnet18", img_size=("long", 512), output_stride=16)
     assert desc.data.unit == 16 and all(is_ragged(x, "none") for x in desc.layers)
     assert desc.layers[-1].shape == (512, 32, 32)  # the nominal square: an upper bound of long:512

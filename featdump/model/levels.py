@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -116,6 +118,14 @@ def check_varying(name: str, model: Any, layers: list[LayerInfo]) -> None:
             )
 
 
+def at_square(layers: list[LayerInfo], side: int) -> list[LayerInfo]:
+    """Layers described at the model's own size, their maps at a size mode's nominal square (``side``
+    rounded to the unit, as each image's sides are): the upper bound the space check and inspect show."""
+    unit = size_unit(layers)
+    side = max(1, math.floor(side / unit + 0.5)) * unit
+    return [dataclasses.replace(x, shape=(x.shape[0], *[int(side // x.reduction)] * 2)) if len(x.shape) == 3 else x for x in layers]
+
+
 def _prepare(
     name: str,
     out_indices: Sequence[int] | None,
@@ -160,13 +170,15 @@ def describe_levels(
     data = resolve_data_config(model, img_size)
     if not dynamic:
         check_tiling(name, model, data.input_size[1:])
+    size = resolve_data_config(model, None).input_size if dynamic else data.input_size  # a size mode: the model's own first
     try:
-        layers = describe_layers(model, data.input_size)
+        layers = describe_layers(model, size)
     except Exception:  # noqa: BLE001 - some models cannot run on meta tensors: a real CPU model then
         model = features_model(name, out_indices=indices, output_stride=output_stride, img_size=built, dynamic=dynamic)
-        layers = describe_layers(model.eval(), data.input_size)
+        layers = describe_layers(model.eval(), size)
     if dynamic:
         check_varying(name, model, layers)
+        layers = at_square(layers, data.input_size[-1])
     biggest = max((layer.reduction for layer in layers), default=0)
     if output_stride is not None and biggest > output_stride:
         raise stride_error(name, output_stride, f"its feature levels still reach stride {biggest}")
