@@ -68,14 +68,10 @@ def virtual_sources(h5: Any, path: str | Path) -> dict[str, list[dict[str, Any]]
 
     def visit(name: str, obj: Any) -> None:
         if isinstance(obj, h5py.Dataset) and obj.is_virtual:
-            entries = []
+            out[name] = []
             for vmap in obj.virtual_sources():
-                stored = stored_name(vmap)
-                resolved = source_path(path, stored)
-                entries.append(
-                    {"file": stored, "dataset": vmap.dset_name, "resolved": str(resolved), "exists": resolved.exists()}
-                )
-            out[name] = entries
+                resolved = source_path(path, stored_name(vmap))
+                out[name].append({"file": stored_name(vmap), "dataset": vmap.dset_name, "resolved": str(resolved), "exists": resolved.exists()})
 
     h5.visititems(visit)
     return out
