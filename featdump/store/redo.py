@@ -93,8 +93,7 @@ class Redo:
         z0, z1 = self.zero if self.zero else (-1, 0)
         parts = [BLOCK.pack(BLOCK_MAGIC, self.seq, z0, z1, self.size)]
         for offset, data in self.pages:
-            parts.append(RECORD.pack(offset, len(data)))
-            parts.append(data)
+            parts += (RECORD.pack(offset, len(data)), data)
         body = b"".join(parts)
         return body + TRAILER.pack(len(self.pages), zlib.crc32(body), TRAILER_MAGIC)
 
@@ -125,10 +124,8 @@ class Redo:
         """Idempotent: applying it again, or after a partial application, gives the same file."""
         start, stop = self.zero or (0, 0)
         zeros = bytes(min(1 << 20, max(0, stop - start)))
-        while start < stop:
-            n = min(len(zeros), stop - start)
-            pwrite_full(fd, zeros[:n], start)
-            start += n
+        for at in range(start, stop, max(1, len(zeros))):
+            pwrite_full(fd, zeros[: stop - at], at)
         for offset, data in self.pages:
             pwrite_full(fd, data, offset)
         os.ftruncate(fd, self.size)
