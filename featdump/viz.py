@@ -188,7 +188,7 @@ def render(
     layer below the rows when at least ``SCATTER_MIN`` images are shown."""
     from PIL import Image, ImageDraw
 
-    from featdump.data.tiles import by_image, tile_view
+    from featdump.data.tiles import first_rows, tile_view
     from featdump.store.check import input_kind
     from featdump.store.reader import FeatureFile
 
@@ -221,8 +221,8 @@ def render(
                 vectors[name] = arr
                 labels[name] += " pooled" if dattrs.get("pool", "none") != "none" else " vector"
         attrs, paths = f.meta, f.paths
-        view, firsts = by_image(f, rows)
-        wanted, why = locate_rows(view, firsts, root)
+        wanted, why = locate_rows(f, rows, root)
+        firsts = first_rows(f, rows) if len(f.meta.get("tiles", "")) else rows
         why += "; pass --root DIR" if why and input_kind(f.meta) == "files" else ""
 
     input_size = attrs["input_size"]

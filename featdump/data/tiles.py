@@ -98,23 +98,15 @@ def tile_view(attrs: dict[str, Any], img: Any, index: int) -> Any:
     return picture.crop((x, y, x + tiler.size, y + tiler.size))
 
 
-def by_image(ff: Any, rows: Sequence[int]) -> tuple[Any, list[int]]:
-    """``(view, firsts)`` for finding the images of ``rows`` of the open file ``ff``: in a ``--tiles``
-    file ``view`` is ``ff`` with a path on each image's first row only (so
-    :func:`~featdump.store.findinput.locate_rows` counts images, not tiles) and ``firsts[k]`` the first
-    row of ``rows[k]``'s image (the row's tile index: ``rows[k] - firsts[k]``). An image begins where the
-    path changes or the tile's corner (its ``/geometry`` offset) does not move on in row-major order."""
-    if not len(ff.meta.get("tiles", "")):
-        return ff, list(rows)
+def first_rows(ff: Any, rows: Sequence[int]) -> list[int]:
+    """The first row of each of ``rows``' images in the open ``--tiles`` file ``ff`` (a row's tile index:
+    ``row - first``). An image begins where the path changes or the tile's corner (its ``/geometry``
+    offset) does not move on in row-major order (an image listed twice in a row)."""
     import bisect
-    import types
 
     paths, corners = ff.paths, ff.geometry()[:, 4:].tolist()
     first = [r for r in range(len(paths)) if not r or paths[r] != paths[r - 1] or corners[r] <= corners[r - 1]]
-    named = set(first)
-    view = types.SimpleNamespace(path=ff.path, meta=ff.meta, failed=ff.failed, ids=ff.ids,
-                                 paths=[p if r in named else "" for r, p in enumerate(paths)])  # fmt: skip
-    return view, [first[bisect.bisect_right(first, r) - 1] for r in rows]
+    return [first[bisect.bisect_right(first, r) - 1] for r in rows]
 
 
 class TileLoader:

@@ -124,7 +124,7 @@ def verify_file(path: str | Path, n: int = 8, seed: int = 0, device: str = "auto
     from featdump import open as open_file
     from featdump.configure import resolve
     from featdump.data.remote import RESUME_HINT, StoreStopped
-    from featdump.data.tiles import by_image
+    from featdump.data.tiles import first_rows
     from featdump.data.tiles import loader as open_loader
     from featdump.model.backbone import backbone_for
     from featdump.model.layers import is_ragged
@@ -164,8 +164,8 @@ def verify_file(path: str | Path, n: int = 8, seed: int = 0, device: str = "auto
         rows = sorted(int(r) for r in drawn)
         stored_paths = [ff.paths[r] for r in rows]
         shapes = {name: tuple(ff[name].shape[1:]) for name in ff.layers}
-        view, firsts = by_image(ff, rows)
-        wanted, gone = locate_rows(view, firsts)
+        wanted, gone = locate_rows(ff, rows)
+        tile = [r - first for r, first in zip(rows, first_rows(ff, rows), strict=True)] if cfg.tiles else []
     if gone:
         raise CannotVerify(f"cannot verify {p}: {gone}")
     dev = resolve_device(cfg.device, 0)
@@ -193,7 +193,7 @@ def verify_file(path: str | Path, n: int = 8, seed: int = 0, device: str = "auto
         )
     with open_file(p) as ff:
         stored = {name: ff.numpy(name, rows) for name in names}
-    only = {"only": [r - w.row for r, w in zip(rows, wanted, strict=True) for _ in w.found]} if cfg.tiles else {}
+    only = {"only": [t for t, w in zip(tile, wanted, strict=True) for _ in w.found]} if cfg.tiles else {}
     loader = open_loader(refs, backbone, cfg, dev, batch_size=max(1, min(len(refs), have // need)), workers=0, prefetch=2, **only)
     forward = Forward(backbone, dev, cfg.precision, cfg.pool, cfg.dtype, False, False, procs)
     outs: dict[int, list[Any]] = {}  # position in refs -> one array per layer
