@@ -92,6 +92,7 @@ def test_resume_after_kill_gives_the_rows_of_one_run(tmp_path: Path, monkeypatch
     [
         (lambda h5: h5["cells/map"].__setitem__(3, [1, 2, 2]), "does not list rows of cells one after another"),
         (lambda h5: h5["cells/map"].__setitem__(9, [h5["cells/map"][9][0], 50, 50]), "needs"),
+        (lambda h5: h5["cells/map"].__setitem__(9, [h5["cells/map"][9][0], 2**32, 2**32]), "needs"),  # h * w wraps to 0 in int64
         (lambda h5: h5.__delitem__("cells/map"), "no /cells/map dataset"),
     ],
 )

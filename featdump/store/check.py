@@ -231,7 +231,7 @@ def _check_cells(ds: Any, cells: Any, n: int, where: str, path: str | Path) -> N
     size = table[:, 1] * table[:, 2]
     if n and ((table[:, 1:] < 1).any() or table[0, 0] != 0 or (table[1:, 0] != table[:-1, 0] + size[:-1]).any()):
         raise inconsistent(path, f"{where} does not list rows of cells one after another from cell 0 (start, h, w)")
-    total = int(table[-1, 0] + size[-1]) if n else 0
+    total = int((table[:, 0] + table[:, 1].astype(float) * table[:, 2]).max()) if n else 0  # float: h * w may not fit int64
     if total > ds.shape[0] or _stored_rows_short(ds, total):
         raise inconsistent(path, f"{where} needs {total} cells but the layer holds or wrote fewer")
 
