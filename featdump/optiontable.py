@@ -131,17 +131,9 @@ def _cli_type(tp: Any) -> Any:
     return typing.Optional[inner] if optional else inner  # noqa: UP045 - the form every Typer release parses
 
 
-_TABLES: dict[type, tuple[Option, ...]] = {}
-
-
+@functools.cache
 def options_of(cls: type) -> tuple[Option, ...]:
     """The option table: one :class:`Option` per field of ``cls`` declared with :func:`opt`, in field order."""
-    if cls not in _TABLES:
-        _TABLES[cls] = _read_table(cls)
-    return _TABLES[cls]
-
-
-def _read_table(cls: Any) -> tuple[Option, ...]:
     hints = typing.get_type_hints(cls)
     table = []
     for f in dataclasses.fields(cls):
@@ -156,26 +148,18 @@ def _read_table(cls: Any) -> tuple[Option, ...]:
             to_attr = None
         elif to_attr is None:
             to_attr = _as_stored(f.name)
-        from_attr = (spec["from_attr"] or plain_attr(str(attr))) if meaning else None
-        flags = spec["flags"] if spec["flags"] is not None else ("--" + f.name.replace("_", "-"),)
-        api = spec["api"] if spec["api"] is not None else tp if f.default is MISSING else tp | None
         table.append(
             Option(
                 name=f.name,
                 type=tp,
                 default=f.default,
-                help=spec["help"],
-                flags=flags,
+                flags=spec["flags"] if spec["flags"] is not None else ("--" + f.name.replace("_", "-"),),
                 cli_type=_cli_type(spec["cli"] if spec["cli"] is not None else tp),
-                api_type=api,
-                parse=spec["parse"],
-                minimum=spec["minimum"],
-                meaning=meaning,
+                api_type=spec["api"] if spec["api"] is not None else tp if f.default is MISSING else tp | None,
                 attr=attr,
                 to_attr=to_attr,
-                from_attr=from_attr,
-                family=spec["family"],
-                example=spec["example"],
+                from_attr=(spec["from_attr"] or plain_attr(str(attr))) if meaning else None,
+                **{key: spec[key] for key in ("help", "parse", "minimum", "meaning", "family", "example")},
             )
         )
     return tuple(table)

@@ -38,6 +38,7 @@ SAFETENSORS_LIMIT = 2 << 30  # 2 GiB of tensors
 BLOCK_BYTES = 32 << 20  # stored bytes read per step
 CHUNK_BYTES = 4 << 20  # zarr: bytes per chunk (at most), before compression
 MANIFEST = "featdump-export.json"
+NPY_PART = (("emb", "npy"), ("metadata", "parquet"))  # each part of a layer: its vectors, its rows' metadata
 RERUN = "run the same export command again (it replaces the unfinished export)"
 
 
@@ -48,6 +49,18 @@ class ExportedLayer:
     dtype: str
     pooled_here: bool  # pooled by the export (else stored pooled, or exported whole)
     files: list[str] = field(default_factory=list)  # relative to the output folder
+
+
+@dataclass
+class _Plan:
+    """One layer to export: how it is stored, and what the export makes of it."""
+
+    name: str
+    layout: str
+    prefix: int  # class/register tokens, left out when token rows are pooled
+    pool: str | None  # set where the export pools the layer
+    shape: list[int]  # per row, as exported
+    dtype: np.dtype
 
 
 @dataclass
@@ -225,10 +238,11 @@ def export_file(
             pooled_here = layout != "NC" and pool is not None
             shape = [stored[-1] if layout == "NTD" else stored[0]] if pooled_here else list(stored)
             out_dtype = np.dtype(dtype or ("float16" if ds.dtype == np.float16 else "float32"))
-            plans.append((name, layout, int(attrs.get("num_prefix_tokens", 0) or 0), pooled_here, shape, out_dtype))
+            prefix = int(attrs.get("num_prefix_tokens", 0) or 0)
+            plans.append(_Plan(name, layout, prefix, pool if pooled_here else None, shape, out_dtype))
         n = ff.num_images
         ids = ff.ids
-        total = sum(n * int(np.prod(s)) * d.itemsize for _, _, _, _, s, d in plans)
+        total = sum(n * int(np.prod(p.shape)) * p.dtype.itemsize for p in plans)
         if fmt == "safetensors" and total > safetensors_limit:
             raise UsageError(
                 f"the export would hold {total / (1 << 30):.2f} GiB of tensors; --format safetensors is for "
@@ -250,21 +264,22 @@ def export_file(
 
 
 def _export(
-    ff: Any, plans: list[Any], folder: Folder, fmt: str, pool: str | None, rows_per_part: int, ids: Any, n: int
+    ff: Any, plans: list[_Plan], folder: Folder, fmt: str, pool: str | None, rows_per_part: int, ids: Any, n: int
 ) -> ExportSummary:
-    files = {name: ["features.safetensors"] if fmt == "safetensors" else [name] for name, *_ in plans}
-    written, parts = 0, -(-n // rows_per_part) if fmt == "npy" else 1
-    if fmt == "npy":
-        for name, layout, prefix, pooled_here, shape, out_dtype in plans:
-            files[name], nbytes = _write_npy_layer(
-                ff, name, layout, prefix, pool if pooled_here else None, out_dtype, shape[0], folder, rows_per_part, ids
-            )
-            written += nbytes
-    else:
-        write = _write_safetensors if fmt == "safetensors" else _write_zarr
-        written = write(ff, plans, folder, pool, rows_per_part, ids)
-    exported = [ExportedLayer(name, shape, str(dtype), pooled_here, files[name]) for name, _, _, pooled_here, shape, dtype in plans]
+    parts = -(-n // rows_per_part) if fmt == "npy" else 1
+    write = {"npy": _write_npy, "safetensors": _write_safetensors, "zarr": _write_zarr}[fmt]
+    written = write(ff, plans, folder, pool, rows_per_part, ids)
+    exported = [
+        ExportedLayer(p.name, p.shape, str(p.dtype), p.pool is not None, _files(fmt, p.name, parts)) for p in plans
+    ]
     return ExportSummary(str(ff.path), folder.shown, fmt, n, rows_per_part, parts, written, ids is not None, exported)
+
+
+def _files(fmt: str, name: str, parts: int) -> list[str]:
+    """A layer's files in the output folder."""
+    if fmt == "npy":
+        return [f"{name}/{kind}/part-{i:05d}.{ext}" for i in range(parts) for kind, ext in NPY_PART]
+    return ["features.safetensors"] if fmt == "safetensors" else [name]
 
 
 def _cells(ds: Any) -> Any:
@@ -287,73 +302,70 @@ def _blocks(ds: Any, start: int, stop: int, chunk_rows: int = 0) -> Any:
         yield a, min(stop, a + step)
 
 
-def _vectors(ds: Any, a: int, b: int, layout: str, prefix: int, pool: str | None, dtype: np.dtype) -> np.ndarray:
-    if layout == "ragged" and pool is not None:  # rows a..b: their cells, pooled row by row
+def _vectors(ds: Any, a: int, b: int, plan: _Plan) -> np.ndarray:
+    if plan.layout == "ragged" and plan.pool is not None:  # rows a..b: their cells, pooled row by row
         table = _cells(ds)[a:b]
         sizes = table[:, 1] * table[:, 2]
         block = read_span(ds, int(table[0, 0]), int(table[0, 0] + sizes.sum()))
-        return np.ascontiguousarray(pool_cells(block, sizes, pool), dtype=dtype)
+        return np.ascontiguousarray(pool_cells(block, sizes, plan.pool), dtype=plan.dtype)
     block = read_span(ds, a, b)  # a merged file's sources a few at a time, each checked
-    if pool is not None:
-        block = pool_block(block, layout, pool, prefix)
-    return np.ascontiguousarray(block, dtype=dtype)
+    if plan.pool is not None:
+        block = pool_block(block, plan.layout, plan.pool, plan.prefix)
+    return np.ascontiguousarray(block, dtype=plan.dtype)
 
 
-def _write_npy_layer(
-    ff: Any, name: str, layout: str, prefix: int, pool: str | None, dtype: np.dtype, dim: int,
-    folder: Folder, rows_per_part: int, ids: list[str] | None,
-) -> tuple[list[str], int]:  # fmt: skip
+def _write_npy(ff: Any, plans: list[_Plan], folder: Folder, _pool: str | None, rows_per_part: int, ids: Any) -> int:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    ds = ff[name]
     n = ff.num_images
-    files: list[str] = []
     nbytes = 0
-    for part, start in enumerate(range(0, n, rows_per_part)):
-        stop = min(n, start + rows_per_part)
-        emb, meta = f"{name}/emb/part-{part:05d}.npy", f"{name}/metadata/part-{part:05d}.parquet"
-        with folder.writing(emb) as fh:
-            header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": (stop - start, dim)}
-            np.lib.format.write_array_header_1_0(fh, header)
-            for a, b in _blocks(ds, start, stop):
-                fh.write(_vectors(ds, a, b, layout, prefix, pool, dtype).tobytes())
-            nbytes += fh.tell()
-        columns: dict[str, Any] = {
-            "row": pa.array(np.arange(start, stop, dtype=np.int64)),
-            "path": pa.array(ff.paths[start:stop], type=pa.string()),
-        }
-        if ids is not None:
-            columns["id"] = pa.array(ids[start:stop], type=pa.string())
-        if len(ff.meta.get("tiles", "")):  # --tiles: each row's box in its image
-            columns.update(zip(("y0", "x0", "y1", "x1"), ff.tiles(slice(start, stop)).T, strict=True))
-        for key, values in ff.kept.items():  # --keep, --keep-columns
-            columns[f"meta.{key}" if key in columns else key] = pa.array(values[start:stop], type=pa.string())
-        with folder.writing(meta) as fh:
-            pq.write_table(pa.table(columns), fh)
-            nbytes += fh.tell()
-        files += [emb, meta]
-    return files, nbytes
+    for plan in plans:
+        ds = ff[plan.name]
+        files = _files("npy", plan.name, -(-n // rows_per_part))
+        for part, start in enumerate(range(0, n, rows_per_part)):
+            stop = min(n, start + rows_per_part)
+            emb, meta = files[2 * part : 2 * part + 2]
+            with folder.writing(emb) as fh:
+                descr = np.lib.format.dtype_to_descr(plan.dtype)
+                header = {"descr": descr, "fortran_order": False, "shape": (stop - start, plan.shape[0])}
+                np.lib.format.write_array_header_1_0(fh, header)
+                for a, b in _blocks(ds, start, stop):
+                    fh.write(_vectors(ds, a, b, plan).tobytes())
+                nbytes += fh.tell()
+            columns: dict[str, Any] = {
+                "row": pa.array(np.arange(start, stop, dtype=np.int64)),
+                "path": pa.array(ff.paths[start:stop], type=pa.string()),
+            }
+            if ids is not None:
+                columns["id"] = pa.array(ids[start:stop], type=pa.string())
+            if len(ff.meta.get("tiles", "")):  # --tiles: each row's box in its image
+                columns.update(zip(("y0", "x0", "y1", "x1"), ff.tiles(slice(start, stop)).T, strict=True))
+            for key, values in ff.kept.items():  # --keep, --keep-columns
+                columns[f"meta.{key}" if key in columns else key] = pa.array(values[start:stop], type=pa.string())
+            with folder.writing(meta) as fh:
+                pq.write_table(pa.table(columns), fh)
+                nbytes += fh.tell()
+    return nbytes
 
 
-def _write_safetensors(ff: Any, plans: list[Any], folder: Folder, pool: str | None, _rows: int, _ids: Any) -> int:
+def _write_safetensors(ff: Any, plans: list[_Plan], folder: Folder, pool: str | None, _rows: int, _ids: Any) -> int:
     from safetensors.numpy import save
 
     n = ff.num_images
     tensors = {}
-    for name, layout, prefix, pooled_here, shape, dtype in plans:
-        ds = ff[name]
-        arr = np.empty((n, *shape), dtype=dtype)
+    for plan in plans:
+        ds = ff[plan.name]
+        tensors[plan.name] = arr = np.empty((n, *plan.shape), dtype=plan.dtype)
         for a, b in _blocks(ds, 0, n):
-            arr[a:b] = _vectors(ds, a, b, layout, prefix, pool if pooled_here else None, dtype)
-        tensors[name] = arr
+            arr[a:b] = _vectors(ds, a, b, plan)
     meta = {
         "format": "featdump-export",
         "source": str(ff.path),
         "model": str(ff.meta.get("model", "")),
         "rows": str(n),
         "pool": pool or "none",
-        "layers": json.dumps([p[0] for p in plans]),
+        "layers": json.dumps([p.name for p in plans]),
     }
     data = save(tensors, metadata=meta)
     with folder.writing("features.safetensors") as fh:
@@ -361,7 +373,7 @@ def _write_safetensors(ff: Any, plans: list[Any], folder: Folder, pool: str | No
     return len(data)
 
 
-def _write_zarr(ff: Any, plans: list[Any], folder: Folder, pool: str | None, rows: int, ids: Any) -> int:
+def _write_zarr(ff: Any, plans: list[_Plan], folder: Folder, pool: str | None, rows: int, ids: Any) -> int:
     import zarr
     from zarr.codecs import ZstdCodec
 
@@ -369,18 +381,18 @@ def _write_zarr(ff: Any, plans: list[Any], folder: Folder, pool: str | None, row
     group = zarr.open_group(folder.root if folder.local else folder.shown, mode="a", zarr_format=3)
     group.attrs.update({k: v for k, v in ff.meta.items() if isinstance(v, (str, int, float, bool, list))})
     arrays = []
-    for name, layout, prefix, pooled_here, shape, dtype in plans:
-        ds = ff[name]
-        per_row = max(1, int(np.prod(shape)) * dtype.itemsize)
+    for plan in plans:
+        ds = ff[plan.name]
+        per_row = max(1, int(np.prod(plan.shape)) * plan.dtype.itemsize)
         chunk = max(1, min(rows, CHUNK_BYTES // per_row, n))
-        axes = "NC" if pooled_here else layout
+        axes = "NC" if plan.pool else plan.layout
         arr = group.create_array(
-            name, shape=(n, *shape), chunks=(chunk, *shape), dtype=dtype, compressors=ZstdCodec(level=3),
-            dimension_names=["row", *(f"{name}.{a.lower()}" for a in axes[1:])],
+            plan.name, shape=(n, *plan.shape), chunks=(chunk, *plan.shape), dtype=plan.dtype, compressors=ZstdCodec(level=3),
+            dimension_names=["row", *(f"{plan.name}.{a.lower()}" for a in axes[1:])],
         )  # fmt: skip
         arrays.append(arr)
         for a, b in _blocks(ds, 0, n, chunk):
-            arr[a:b] = _vectors(ds, a, b, layout, prefix, pool if pooled_here else None, dtype)
+            arr[a:b] = _vectors(ds, a, b, plan)
     for name, values in (("paths", ff.paths), ("ids", ids)):
         if values is not None:
             text = group.create_array(name, shape=(n,), chunks=(max(1, min(rows, n)),), dtype=str, dimension_names=["row"])

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -75,24 +75,19 @@ def _copy_rows(src: Any, dst: Any, at: int, rows: int) -> None:
         dst[at + start : at + stop] = src[start:stop]
 
 
-class _OneAtATime:
-    """The shards' files, opened in turn as they are iterated, each closed before the next opens: any
-    number of shards fits the process's open-file limit (``ulimit -n``)."""
-
-    def __init__(self, shards: Sequence[Shard]) -> None:
-        self.paths = [s.path for s in shards]
-
-    def __iter__(self) -> Iterator[Any]:
-        for path in self.paths:
-            with open_committed(path) as h5:
-                yield h5
+def _opened(shards: Sequence[Shard]) -> Iterator[Any]:
+    """The shards' files, opened in turn, each closed before the next opens: any number of shards
+    fits the process's open-file limit (``ulimit -n``)."""
+    for s in shards:
+        with open_committed(s.path) as h5:
+            yield h5
 
 
-def _strings(h5s: Iterable[Any], key: str, counts: Sequence[int]) -> list[str]:
+def _strings(shards: Sequence[Shard], key: str, counts: Sequence[int]) -> list[str]:
     """The first ``counts[i]`` strings of ``key`` in each file (checked: each holds that many);
     bytes that are not UTF-8 become ``\\xHH``, as featdump stores undecodable names."""
     out: list[str] = []
-    for h5, n in zip(h5s, counts, strict=True):
+    for h5, n in zip(_opened(shards), counts, strict=True):
         if n:
             out.extend(read_text(v) for v in h5[key][:n])
     return out
@@ -171,9 +166,8 @@ def _row_names(runs: Sequence[Sequence[Shard]]) -> tuple[list[str], list[str] | 
     path or an id is in two of the runs."""
     shards = [s for run in runs for s in run]
     counts = [s.num_images for s in shards]
-    handles = _OneAtATime(shards)
-    paths = _strings(handles, "paths", counts)
-    ids = _strings(handles, "ids", counts) if all(s.has_ids for s in shards) else None
+    paths = _strings(shards, "paths", counts)
+    ids = _strings(shards, "ids", counts) if all(s.has_ids for s in shards) else None
     if len(runs) > 1:
         _once(runs, paths, "path")
         if ids is not None:
@@ -259,7 +253,6 @@ def _write(
     attrs = _merged_attrs(runs, copy=copy, command=command, out_dir=out_dir)
     num_images = int(attrs["num_images"])
     text = h5py.string_dtype()
-    handles = _OneAtATime(shards)
     ref_h5 = open_committed(ref.path)
     try:
         # without HDF5's own file lock: it would be exclusive, which our shared one on the claimed temp
@@ -273,17 +266,17 @@ def _write(
             if ids is not None:  # the inputs provided ids (tar shards, --id-column)
                 h5.create_dataset("ids", data=np.array(ids, dtype=object), dtype=text, maxshape=(None,), chunks=(4096,))
             for name in ref_h5.get("meta", ()):  # --keep, --keep-columns: small, always copied
-                kept = _strings(handles, f"meta/{name}", [s.num_images for s in shards])
+                kept = _strings(shards, f"meta/{name}", [s.num_images for s in shards])
                 h5.create_dataset(f"meta/{name}", data=np.array(kept, dtype=object), dtype=text, maxshape=(None,), chunks=(4096,))
             for key in ("geometry", "tiles"):  # small: always copied (/tiles: --tiles files only)
-                if all(key in f for f in handles):
-                    rows = [f[key][: s.num_images] for s, f in zip(shards, handles, strict=True)]
+                if all(key in f for f in _opened(shards)):
+                    rows = [f[key][: s.num_images] for s, f in zip(shards, _opened(shards), strict=True)]
                     geo = h5.create_dataset(key, data=np.concatenate(rows), maxshape=(None, rows[0].shape[1]), chunks=(256, rows[0].shape[1]))
                     for name, value in ref_h5[key].attrs.items():
                         set_attr(geo, name, read_attr(value))
             failed = h5.create_group("failed")
             for key in ("paths", "errors", "ids") if ids is not None else ("paths", "errors"):
-                rows = _strings(handles, f"failed/{key}", [s.num_failed for s in shards])
+                rows = _strings(shards, f"failed/{key}", [s.num_failed for s in shards])
                 failed.create_dataset(key, data=np.array(rows, dtype=object), dtype=text, maxshape=(None,), chunks=(256,))
 
             group = h5.create_group(FEATURES, track_order=True)
@@ -291,11 +284,11 @@ def _write(
             for name, (shape, dtype) in ref.layers.items():
                 src0 = ref_h5[FEATURES][name]
                 layers.append((name, shape, dtype))
-                sizes = [extent(f, name, s.num_images) for s, f in zip(shards, handles, strict=True)]  # rows, or cells
+                sizes = [extent(f, name, s.num_images) for s, f in zip(shards, _opened(shards), strict=True)]  # rows, or cells
                 total = sum(sizes)
                 if name in ref_h5.get(CELLS, ()):  # ragged: each file's cells, their starts shifted by the cells before
                     starts = np.cumsum([0, *sizes[:-1]])
-                    tables = [f[CELLS][name][: s.num_images] + [at, 0, 0] for s, f, at in zip(shards, handles, starts, strict=True)]
+                    tables = [f[CELLS][name][: s.num_images] + [at, 0, 0] for s, f, at in zip(shards, _opened(shards), starts, strict=True)]
                     h5.create_dataset(f"{CELLS}/{name}", data=np.concatenate(tables).astype(np.int64), maxshape=(None, 3), chunks=(4096, 3))
                 if copy or not used:
                     filters = {} if not used else compression_kwargs(str(ref.attrs.get("compression", "none")), dtype)
@@ -308,13 +301,13 @@ def _write(
                         **filters,
                     )
                     at = 0
-                    for size, f in zip(sizes, handles, strict=True):
+                    for size, f in zip(sizes, _opened(shards), strict=True):
                         _copy_rows(f[FEATURES][name], ds, at, size)
                         at += size
                 else:
                     layout = h5py.VirtualLayout(shape=(total, *shape), dtype=dtype)
                     at = 0
-                    for s, size, f in zip(shards, sizes, handles, strict=True):
+                    for s, size, f in zip(shards, sizes, _opened(shards), strict=True):
                         if not size:
                             continue
                         src_shape = f[FEATURES][name].shape
