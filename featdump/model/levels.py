@@ -71,20 +71,22 @@ def normalize_indices(name: str, indices: Sequence[int] | None, levels: int, mod
     return tuple(sorted(resolved))  # as timm returns them, so that output i is labelled with level i
 
 
-def describe_layers(model: Any, input_size: tuple[int, int, int]) -> list[LayerInfo]:
-    """Run a shape-only forward (on the model's device: meta tensors, no arithmetic) and describe outputs."""
+def _outputs(model: Any, input_size: Sequence[int]) -> list[Any]:
+    """The model's outputs for one zero image of ``input_size`` (C, H, W), on the model's device."""
     import torch
 
-    info = model.feature_info
-    indices = list(info.out_indices)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     with torch.inference_mode():
         outs = model(torch.zeros((1, *input_size), device=device))
-    if isinstance(outs, dict):
-        outs = list(outs.values())
+    return list(outs.values()) if isinstance(outs, dict) else outs
+
+
+def describe_layers(model: Any, input_size: tuple[int, int, int]) -> list[LayerInfo]:
+    """Run a shape-only forward (on the model's device: meta tensors, no arithmetic) and describe outputs."""
+    info = model.feature_info
     layers: list[LayerInfo] = []
     seen: set[str] = set()
-    for idx, out in zip(indices, outs, strict=True):
+    for idx, out in zip(info.out_indices, _outputs(model, input_size), strict=True):
         module = str(info.info[idx]["module"])
         channels = int(info.info[idx]["num_chs"])
         per_image = tuple(int(d) for d in out.shape[1:])
@@ -98,15 +100,10 @@ def describe_layers(model: Any, input_size: tuple[int, int, int]) -> list[LayerI
 def check_varying(name: str, model: Any, layers: list[LayerInfo]) -> None:
     """A size mode needs a model that takes inputs of any shape: a shape-only forward at 2x3 and
     3x2 units must give every level the grid of its input, else a usage error naming the model."""
-    import torch
-
     unit = size_unit(layers)
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
     for h, w in ((2 * unit, 3 * unit), (3 * unit, 2 * unit)):
         try:
-            with torch.inference_mode():
-                outs = model(torch.zeros((1, 3, h, w), device=device))
-            outs = list(outs.values()) if isinstance(outs, dict) else outs
+            outs = _outputs(model, (3, h, w))
             grids = [tuple(o.shape[1:3] if x.layout == "NHWC" else o.shape[2:4]) for o, x in zip(outs, layers, strict=True)]
             ok = all(g in ((h // x.reduction, w // x.reduction), (-(-h // x.reduction), -(-w // x.reduction))) for g, x in zip(grids, layers, strict=True))
         except Exception:  # noqa: BLE001 - any refusal of the shape is the answer
@@ -126,12 +123,15 @@ def at_square(layers: list[LayerInfo], side: int) -> list[LayerInfo]:
     return [dataclasses.replace(x, shape=(x.shape[0], *[int(side // x.reduction)] * 2)) if len(x.shape) == 3 else x for x in layers]
 
 
-def _prepare(
+def describe_levels(
     name: str,
-    out_indices: Sequence[int] | None,
-    output_stride: int | None,
-    img_size: tuple[int, int] | None,
-) -> tuple[int, tuple[int, ...] | None]:
+    out_indices: Sequence[int] | None = None,
+    output_stride: int | None = None,
+    img_size: tuple[int, int] | None = None,
+    dynamic: bool = False,
+) -> Description:
+    """Feature levels and data config of a backbone; builds on the meta device (no weights, no
+    downloads). ``dynamic``: for a size mode, checked to take inputs of varying shapes."""
     import torch
 
     check_model_name(name)
@@ -148,22 +148,7 @@ def _prepare(
             ) from None
         raise
     levels = len(probe.feature_info.info)
-    modules = [str(d["module"]) for d in probe.feature_info.info]
-    return levels, normalize_indices(name, out_indices, levels, modules)
-
-
-def describe_levels(
-    name: str,
-    out_indices: Sequence[int] | None = None,
-    output_stride: int | None = None,
-    img_size: tuple[int, int] | None = None,
-    dynamic: bool = False,
-) -> Description:
-    """Feature levels and data config of a backbone; builds on the meta device (no weights, no
-    downloads). ``dynamic``: for a size mode, checked to take inputs of varying shapes."""
-    import torch
-
-    levels, indices = _prepare(name, out_indices, output_stride, img_size)
+    indices = normalize_indices(name, out_indices, levels, [str(d["module"]) for d in probe.feature_info.info])
     built = None if dynamic else img_size  # a size mode: at the model's own size, resampled per input by timm
     with torch.device("meta"):
         model = features_model(name, out_indices=indices, output_stride=output_stride, img_size=built, dynamic=dynamic)
