@@ -153,8 +153,7 @@ class TarSelection(Selection):
         from featdump.data.tars import read_samples
 
         first, skip = (int(mark[0]), int(mark[1])) if mark else (0, done)
-        for k in range(first, len(self.shards)):
-            name = self.shards[k][0]
+        for k, (name, _) in enumerate(self.shards[first:], first):
             try:
                 samples = read_samples(name, self.keep, self.cap)
                 pending: ImageRef | None = None

@@ -189,8 +189,7 @@ def describe_modules(
         if wanted not in by_name:
             raise _unknown(name, wanted, list(by_name))
         infos.append(_layer(name, model, by_name[wanted], data, tokens))
-        if tokens == "both":
-            infos.extend(_prefix_layer(infos[-1]))
+        infos.extend(_prefix_layer(infos[-1]))  # --tokens both
     return Description(name, infos, data, 0, None, output_stride)
 
 
