@@ -101,9 +101,8 @@ def tune(device: Any, cfg: ExtractConfig, placement: Placement, previous: dict[s
         threads = cpus if shared else cpus - workers
         return Tuning(cfg.batch_size or CPU_BATCH, workers, max(1, threads), True, prefetch=2, decode_nice=19 if shared else 0,
                       write_threads=write_threads(cpus, cpus))
-    workers = cfg.workers if cfg.workers is not None else max(1, min(8, cpus - 1))
-    if cfg.decode == "gpu":  # workers only read files
-        workers = cfg.workers if cfg.workers is not None else max(1, min(4, cpus - 1))
+    most = 4 if cfg.decode == "gpu" else 8  # --decode gpu: the workers only read files
+    workers = cfg.workers if cfg.workers is not None else max(1, min(most, cpus - 1))
     return Tuning(cfg.batch_size or 64, workers, None, device.type == "cuda", prefetch=4,
                   write_threads=write_threads(cpus, workers + 1))
 
