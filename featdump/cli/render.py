@@ -93,9 +93,7 @@ def description_dict(desc: Description, pool: str = "none", images: int | None =
     if images is not None:  # disk planning: uncompressed bytes of N images at --dtype/--pool
         for entry, layer in zip(out["layers"], desc.layers, strict=True):
             entry["total_bytes"] = layer.bytes_per_image(dtype, pool) * images
-        out["images"] = images
-        out["dtype"] = dtype
-        out["total_bytes"] = sum(layer.bytes_per_image(dtype, pool) for layer in desc.layers) * images
+        out.update(images=images, dtype=dtype, total_bytes=sum(entry["total_bytes"] for entry in out["layers"]))
     return out
 
 

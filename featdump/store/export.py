@@ -197,14 +197,11 @@ def export_file(
     """
     from featdump.store.reader import FeatureFile
 
-    if fmt not in FORMATS:
-        raise UsageError(f"--format must be npy, safetensors or zarr, not {fmt!r}")
-    if pool in (None, "none"):
-        pool = None
-    elif pool not in POOLS:
-        raise UsageError(f"--pool must be avg or max, not {pool!r}")
-    if dtype is not None and dtype not in DTYPES:
-        raise UsageError(f"--dtype must be float16 or float32, not {dtype!r}")
+    pool = None if pool == "none" else pool
+    for flag, value, choices in (("--format", fmt, FORMATS), ("--pool", pool, (None, *POOLS)), ("--dtype", dtype, (None, *DTYPES))):
+        if value not in choices:
+            shown = [c for c in choices if c]
+            raise UsageError(f"{flag} must be {', '.join(shown[:-1])} or {shown[-1]}, not {value!r}")
     if rows_per_part < 1:
         raise UsageError(f"--rows-per-part must be at least 1, not {rows_per_part}")
     if fmt == "zarr":

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import stat
@@ -221,33 +220,24 @@ class Output:
         return self
 
     def __exit__(self, kind: Any, *_: Any) -> None:
-        """The output's lifetime ends: the store closed; moved into place only when the run finished."""
+        """The store closed; after a successful run the replacement moved into place (atomically) and
+        the target let go, its journal removed (it no longer applies to anything)."""
+        finished = False
         try:
             self.store.close()
-            if kind is None:
-                self.finish()
+            if kind is None and self.replacing:
+                try:
+                    os.replace(self.store.path, self.target)
+                    fsync_dir(self.target)
+                except OSError as exc:
+                    raise FeatdumpError(
+                        f"cannot replace {self.target} with {self.store.path}: {exc.strerror or exc}; "
+                        "rerun with --resume to try again"
+                    ) from None
+            finished = kind is None
         finally:
-            self.release()
-
-    def finish(self) -> None:
-        """After a successful run: move the replacement into place (atomically), let go of the target."""
-        if self.replacing:
-            try:
-                os.replace(self.store.path, self.target)
-                fsync_dir(self.target)
-            except OSError as exc:
-                raise FeatdumpError(
-                    f"cannot replace {self.target} with {self.store.path}: {exc.strerror or exc}; "
-                    "rerun with --resume to try again"
-                ) from None
-        if self.lock is not None:
-            self.lock.release(remove=True)  # a journal of the old target no longer applies to anything
-            self.lock = None
-
-    def release(self) -> None:
-        if self.lock is not None:
-            self.lock.release(remove=self.lock.created)
-            self.lock = None
+            if self.lock is not None:
+                self.lock.release(remove=finished or self.lock.created)
 
 
 def open_output(cfg: ExtractConfig, out_path: Path, attrs: dict[str, Any], layers: Sequence[LayerInfo]) -> Output:
@@ -266,31 +256,25 @@ def open_output(cfg: ExtractConfig, out_path: Path, attrs: dict[str, Any], layer
     def create(path: Path) -> Store:
         return Store.create(path, attrs, layers, pool=cfg.pool, dtype=cfg.dtype, compression=cfg.compression)
 
+    def resume(path: Path) -> Store:
+        try:
+            return Store.resume(path, attrs, layers)
+        except NothingCommitted:  # no commit to continue: as if there were no file
+            return create(path)
+
+    def replace_new() -> Store:
+        if new.exists() or journal_path(new).exists():  # an earlier --overwrite that did not finish
+            stale = OutputLock(new)
+            new.unlink(missing_ok=True)
+            stale.release(remove=True)
+        return create(new)
+
     new = overwrite_path(out_path)
-    if cfg.resume and new.exists():
-        lock = OutputLock(out_path)
+    if (cfg.resume and new.exists()) or (cfg.overwrite and out_path.exists()):
+        lock = OutputLock(out_path)  # the target's, while its replacement is written
         try:
-            try:
-                store = Store.resume(new, attrs, layers)
-            except NothingCommitted:
-                store = create(new)
+            return Output(resume(new) if cfg.resume else replace_new(), out_path, lock)
         except BaseException:
             lock.release(remove=lock.created)
             raise
-        return Output(store, out_path, lock)
-    if cfg.resume and out_path.exists():
-        with contextlib.suppress(NothingCommitted):  # no commit to continue: as if there were no file
-            return Output(Store.resume(out_path, attrs, layers), out_path)
-    if cfg.overwrite and out_path.exists():
-        lock = OutputLock(out_path)
-        try:
-            if new.exists() or journal_path(new).exists():  # an earlier --overwrite that did not finish
-                stale = OutputLock(new)
-                new.unlink(missing_ok=True)
-                stale.release(remove=True)
-            store = create(new)
-        except BaseException:
-            lock.release(remove=lock.created)
-            raise
-        return Output(store, out_path, lock)
-    return Output(create(out_path), out_path)
+    return Output(resume(out_path) if cfg.resume and out_path.exists() else create(out_path), out_path)
