@@ -118,9 +118,7 @@ def as_maps(data: Any, attrs: dict[str, Any]) -> tuple[str, Any]:
 
     if data.ndim == 4:
         return "map", data
-    if data.ndim == 3 and attrs.get("part") == "prefix":  # --tokens both: <name>.prefix (K, P, D), no grid
-        return "vector", np.asarray(data).mean(axis=1)
-    if data.ndim == 3:  # tokens (K, T, D)
+    if data.ndim == 3 and attrs.get("part") != "prefix":  # tokens (K, T, D); --tokens both: <name>.prefix has no grid
         prefix = int(attrs.get("num_prefix_tokens", 0) or 0)
         k, t, d = data.shape
         grid = attrs.get("grid")
@@ -128,6 +126,7 @@ def as_maps(data: Any, attrs: dict[str, Any]) -> tuple[str, Any]:
             grid = [round(math.sqrt(t - prefix))] * 2  # no stored grid: a square one, where the tokens make one
         if int(grid[0]) * int(grid[1]) == t - prefix:
             return "map", data[:, prefix:, :].transpose(0, 2, 1).reshape(k, d, int(grid[0]), int(grid[1]))
+    if data.ndim == 3:  # no grid: the tokens averaged
         return "vector", np.asarray(data).mean(axis=1)
     if data.ndim == 2:
         return "vector", data
@@ -135,14 +134,6 @@ def as_maps(data: Any, attrs: dict[str, Any]) -> tuple[str, Any]:
 
 
 # --------------------------------------------------------------------------- drawing
-
-
-def model_transform(attrs: dict[str, Any]) -> Any:
-    """timm's eval transform built from the file's stored ``input_size``, ``interpolation``,
-    ``crop_pct`` and ``crop_mode``."""
-    from featdump.model.layers import DataConfig
-
-    return DataConfig.from_timm(attrs).transform()
 
 
 def where_found(w: Wanted) -> str:
@@ -254,10 +245,11 @@ def render(
         found[stored_path] = where_found(wanted[r])
         if found[stored_path]:
             try:
-                if split is None:
+                if split is None:  # timm's eval transform, with the file's preprocessing settings
                     from featdump.data.transform import SplitTransform
+                    from featdump.model.layers import DataConfig
 
-                    split = SplitTransform(model_transform(attrs))
+                    split = SplitTransform(DataConfig.from_timm(attrs).transform())
                 seen = read_found(wanted[r])
                 if len(attrs.get("tiles", "")):  # --tiles: the row's tile (its index: row - the image's first row)
                     seen = tile_view(attrs, seen, row - firsts[r])

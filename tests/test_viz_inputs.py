@@ -14,9 +14,9 @@ from PIL import Image
 
 import featdump
 from featdump.data.transform import SplitTransform
+from featdump.model.layers import DataConfig
 from featdump.store.findinput import find_input
 from featdump.store.format import inputs_attr, read_inputs_attr
-from featdump.viz import model_transform
 
 
 def test_inputs_attr_round_trip(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
@@ -51,9 +51,9 @@ def test_find_input_through_absolute_inputs(tmp_path: Path) -> None:
 def test_model_view_uses_the_stored_crop_mode_and_interpolation() -> None:
     img = Image.fromarray((np.arange(64 * 32 * 3) % 251).astype(np.uint8).reshape(32, 64, 3))
     base = {"input_size": [3, 16, 16], "mean": [0.5] * 3, "std": [0.5] * 3, "crop_pct": 1.0}
-    squash = SplitTransform(model_transform({**base, "crop_mode": "squash", "interpolation": "bilinear"}))
-    center = SplitTransform(model_transform({**base, "crop_mode": "center", "interpolation": "bilinear"}))
-    nearest = SplitTransform(model_transform({**base, "crop_mode": "squash", "interpolation": "nearest"}))
+    squash = SplitTransform(DataConfig.from_timm({**base, "crop_mode": "squash", "interpolation": "bilinear"}).transform())
+    center = SplitTransform(DataConfig.from_timm({**base, "crop_mode": "center", "interpolation": "bilinear"}).transform())
+    nearest = SplitTransform(DataConfig.from_timm({**base, "crop_mode": "squash", "interpolation": "nearest"}).transform())
     a, b, c = (np.asarray(s.pil_view(img)) for s in (squash, center, nearest))
     assert a.shape == b.shape == c.shape == (16, 16, 3)
     assert not np.array_equal(a, b) and not np.array_equal(a, c)
@@ -72,7 +72,7 @@ def _input_tile(png: Path, real: Path, h5: Path, tile: int) -> tuple[np.ndarray,
 
     meta = featdump.open(h5).meta
     th = max(8, round(tile * int(meta["input_size"][1]) / int(meta["input_size"][2])))
-    want = SplitTransform(model_transform(meta)).pil_view(load_rgb(str(real))).resize((tile, th), Image.Resampling.BICUBIC)
+    want = SplitTransform(DataConfig.from_timm(meta).transform()).pil_view(load_rgb(str(real))).resize((tile, th), Image.Resampling.BICUBIC)
     shown = np.asarray(Image.open(png).convert("RGB"))[PAD + LABEL_H : PAD + LABEL_H + th, PAD : PAD + tile]
     return shown, np.asarray(want)
 
