@@ -80,26 +80,18 @@ def opt(
     return field(default=default, metadata={"option": spec})
 
 
-def plain_attr(name: str) -> Callable[[dict[str, Any]], Any]:
+def _plain_attr(name: str, attrs: dict[str, Any]) -> Any:
     """The default ``from_attr``: attribute ``name`` as stored, "" (or missing) as None, lists as tuples."""
-
-    def read(attrs: dict[str, Any]) -> Any:
-        value = attrs.get(name)
-        if value is None or value == "" or value == []:
-            return None
-        return tuple(value) if isinstance(value, list) else value
-
-    return read
+    value = attrs.get(name)
+    if value is None or value == "" or value == []:
+        return None
+    return tuple(value) if isinstance(value, list) else value
 
 
-def _as_stored(name: str) -> Callable[[Any], Any]:
+def _as_stored(name: str, cfg: Any) -> Any:
     """The default ``to_attr``: the field's value, None as "" (HDF5 has no None)."""
-
-    def write(cfg: Any) -> Any:
-        value = getattr(cfg, name)
-        return "" if value is None else list(value) if isinstance(value, tuple) else value
-
-    return write
+    value = getattr(cfg, name)
+    return "" if value is None else list(value) if isinstance(value, tuple) else value
 
 
 _T = typing.TypeVar("_T")
@@ -147,7 +139,7 @@ def options_of(cls: type) -> tuple[Option, ...]:
         if to_attr is FROM_MODEL or attr is None:
             to_attr = None
         elif to_attr is None:
-            to_attr = _as_stored(f.name)
+            to_attr = functools.partial(_as_stored, f.name)
         table.append(
             Option(
                 name=f.name,
@@ -158,7 +150,7 @@ def options_of(cls: type) -> tuple[Option, ...]:
                 api_type=spec["api"] if spec["api"] is not None else tp if f.default is MISSING else tp | None,
                 attr=attr,
                 to_attr=to_attr,
-                from_attr=(spec["from_attr"] or plain_attr(str(attr))) if meaning else None,
+                from_attr=(spec["from_attr"] or functools.partial(_plain_attr, str(attr))) if meaning else None,
                 **{key: spec[key] for key in ("help", "parse", "minimum", "meaning", "family", "example")},
             )
         )

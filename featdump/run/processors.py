@@ -101,9 +101,32 @@ class PCA:
     def __init__(self, *args: str) -> None:
         if len(args) != 2 or not args[0].strip().isdigit() or int(args[0]) < 1:
             raise UsageError(f"--process pca:{':'.join(args)}: give pca:K:FILE, e.g. pca:64:basis.npz")
-        self.k = int(args[0])
-        self.file = args[1]
-        self.mean, self.components = load_pca(self.file, self.k)
+        import numpy as np
+
+        k, path = int(args[0]), args[1]
+        self.k, self.file = k, path
+        p = Path(path)
+        if not p.is_file():
+            raise UsageError(f"--process pca: basis file {path} not found")
+        try:
+            if p.suffix == ".safetensors":
+                from safetensors.numpy import load_file
+
+                data = load_file(str(p))
+            else:
+                with np.load(p, allow_pickle=False) as z:
+                    data = {key: z[key] for key in z.files}
+        except Exception as exc:  # noqa: BLE001 - any unreadable file is one usage error
+            raise UsageError(f"--process pca: cannot read {path} as .npz or .safetensors ({type(exc).__name__})") from None
+        if "mean" not in data or "components" not in data:
+            raise UsageError(f"--process pca: {path} must hold 'mean' (C,) and 'components' (K, C); it holds {sorted(data)}")
+        mean = np.asarray(data["mean"], dtype=np.float32).reshape(-1)
+        comp = np.asarray(data["components"], dtype=np.float32)
+        if comp.ndim != 2 or comp.shape[1] != mean.shape[0]:
+            raise UsageError(f"--process pca: {path}: components must be (K, C) with C = len(mean) = {mean.shape[0]}, not {comp.shape}")
+        if k > comp.shape[0]:
+            raise UsageError(f"--process pca:{k}: {path} holds only {comp.shape[0]} components")
+        self.mean, self.components = mean, np.ascontiguousarray(comp[:k])  # float32
         self._on: Any = None
 
     def output_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -128,34 +151,6 @@ class PCA:
             return (x - mean) @ comp.T
         y = x.permute(0, 2, 3, 1) - mean  # (B, H, W, C)
         return (y @ comp.T).permute(0, 3, 1, 2)
-
-
-def load_pca(path: str, k: int) -> tuple[Any, Any]:
-    """``mean`` (C,) and the first ``k`` rows of ``components`` (K, C) as float32 numpy arrays."""
-    import numpy as np
-
-    p = Path(path)
-    if not p.is_file():
-        raise UsageError(f"--process pca: basis file {path} not found")
-    try:
-        if p.suffix == ".safetensors":
-            from safetensors.numpy import load_file
-
-            data = load_file(str(p))
-        else:
-            with np.load(p, allow_pickle=False) as z:
-                data = {k_: z[k_] for k_ in z.files}
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is one usage error
-        raise UsageError(f"--process pca: cannot read {path} as .npz or .safetensors ({type(exc).__name__})") from None
-    if "mean" not in data or "components" not in data:
-        raise UsageError(f"--process pca: {path} must hold 'mean' (C,) and 'components' (K, C); it holds {sorted(data)}")
-    mean = np.asarray(data["mean"], dtype=np.float32).reshape(-1)
-    comp = np.asarray(data["components"], dtype=np.float32)
-    if comp.ndim != 2 or comp.shape[1] != mean.shape[0]:
-        raise UsageError(f"--process pca: {path}: components must be (K, C) with C = len(mean) = {mean.shape[0]}, not {comp.shape}")
-    if k > comp.shape[0]:
-        raise UsageError(f"--process pca:{k}: {path} holds only {comp.shape[0]} components")
-    return mean, np.ascontiguousarray(comp[:k])
 
 
 BUILTIN: dict[str, type] = {"l2norm": L2Norm, "resize": Resize, "pca": PCA}
