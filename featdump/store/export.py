@@ -200,8 +200,8 @@ def export_file(
     pool = None if pool == "none" else pool
     for flag, value, choices in (("--format", fmt, FORMATS), ("--pool", pool, (None, *POOLS)), ("--dtype", dtype, (None, *DTYPES))):
         if value not in choices:
-            shown = [c for c in choices if c]
-            raise UsageError(f"{flag} must be {', '.join(shown[:-1])} or {shown[-1]}, not {value!r}")
+            listed = [c for c in choices if c]
+            raise UsageError(f"{flag} must be {', '.join(listed[:-1])} or {listed[-1]}, not {value!r}")
     if rows_per_part < 1:
         raise UsageError(f"--rows-per-part must be at least 1, not {rows_per_part}")
     if fmt == "zarr":
@@ -248,28 +248,20 @@ def export_file(
         entries = {"npy": names, "safetensors": ["features.safetensors"], "zarr": ["zarr.json", *names, "paths", "ids", "tiles"]}[fmt]
         st = ff.path.stat()  # the source's identity, in the manifest
         source = {"path": str(ff.path.absolute()), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns, "created": ff.meta.get("created"), "num_images": n}
+        parts = -(-n // rows_per_part) if fmt == "npy" else 1
         try:
             _prepare(folder, entries, overwrite)
             folder.write_manifest({"complete": False, "entries": entries, "source": source})
-            summary = _export(ff, plans, folder, fmt, pool, rows_per_part, ids, n)
+            write = {"npy": _write_npy, "safetensors": _write_safetensors, "zarr": _write_zarr}[fmt]
+            written = write(ff, plans, folder, pool, rows_per_part, ids)
+            exported = [ExportedLayer(p.name, p.shape, str(p.dtype), p.pool is not None, _files(fmt, p.name, parts)) for p in plans]
+            summary = ExportSummary(str(ff.path), folder.shown, fmt, n, rows_per_part, parts, written, ids is not None, exported)
             folder.write_manifest({"complete": True, "entries": entries, **asdict(summary), "source": source})
         except (OSError, RuntimeError, ValueError) as exc:  # safetensors' and zarr's errors carry ENOSPC as text
             if isinstance(exc, OSError) or is_out_of_space(exc):
                 raise os_error(exc, folder.shown, then=RERUN) from None
             raise
         return summary
-
-
-def _export(
-    ff: Any, plans: list[_Plan], folder: Folder, fmt: str, pool: str | None, rows_per_part: int, ids: Any, n: int
-) -> ExportSummary:
-    parts = -(-n // rows_per_part) if fmt == "npy" else 1
-    write = {"npy": _write_npy, "safetensors": _write_safetensors, "zarr": _write_zarr}[fmt]
-    written = write(ff, plans, folder, pool, rows_per_part, ids)
-    exported = [
-        ExportedLayer(p.name, p.shape, str(p.dtype), p.pool is not None, _files(fmt, p.name, parts)) for p in plans
-    ]
-    return ExportSummary(str(ff.path), folder.shown, fmt, n, rows_per_part, parts, written, ids is not None, exported)
 
 
 def _files(fmt: str, name: str, parts: int) -> list[str]:
