@@ -334,8 +334,7 @@ def settings(table: Sequence[Option] = OPTIONS) -> tuple[str, ...]:
 SETTINGS: tuple[str, ...] = (*settings(), "img_size_mode")
 
 
-def option_attrs(cfg: Any, table: Sequence[Option] | None = None) -> dict[str, Any]:
+def option_attrs(cfg: Any) -> dict[str, Any]:
     """The file attributes written straight from options (``model``, ``pool``, ``dtype``, ``decode``, ...);
     the model writes those it resolves (``crop_pct``, ``input_size``, ``weights``, ...)."""
-    table = table or options_of(cfg.__class__)
-    return {o.attr: o.to_attr(cfg) for o in table if o.attr and o.to_attr is not None}
+    return {o.attr: o.to_attr(cfg) for o in options_of(cfg.__class__) if o.attr and o.to_attr is not None}
