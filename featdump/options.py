@@ -263,7 +263,8 @@ class ExtractConfig:
     overwrite: bool = opt("Replace an existing output; it is swapped in only when the run succeeds.", default=False)
     strict: bool = opt("Exit 1 at the end if any image failed.", default=False)
     quiet: bool = opt("No progress bar, no table.", default=False, flags=("--quiet", "-q"))
-    max_image_pixels: int | None = opt("Refuse larger images. \\[default: Pillow's 89.5 MP]", default=None)
+    max_image_pixels: int | None = opt("Refuse larger images. \\[default: Pillow's 89.5 MP]", default=None, attr="max_image_pixels",
+                                       from_attr=lambda attrs: attrs.get("max_image_pixels") or None)  # verify and --like read what the run read
     max_image_bytes: int = opt(
         "Read no image (file, tar member, URL body) past this many bytes. \\[default: 256 MiB]", default=256 << 20, minimum=1
     )

@@ -74,7 +74,8 @@ def opt(
     ``attr`` [its name]: ``to_attr`` [the value as is, None as ""] writes it, or ``to_attr=FROM_MODEL``
     when the run writes the value the model resolved (``crop_pct``: the option or the model's);
     ``from_attr`` [the attribute as is, "" as None, lists as tuples] reads it back. An execution
-    option given ``attr`` is recorded too, but compared nowhere."""
+    option given ``attr`` is recorded too, but compared nowhere (given ``from_attr``, ``--like`` and
+    ``verify`` read it back)."""
     spec = dict(help=help, flags=flags, cli=cli, api=api, parse=parse, minimum=minimum, meaning=meaning, attr=attr,
                 to_attr=to_attr, from_attr=from_attr, family=family, example=example)  # fmt: skip
     return field(default=default, metadata={"option": spec})
@@ -150,7 +151,7 @@ def options_of(cls: type) -> tuple[Option, ...]:
                 api_type=spec["api"] if spec["api"] is not None else tp if f.default is MISSING else tp | None,
                 attr=attr,
                 to_attr=to_attr,
-                from_attr=(spec["from_attr"] or functools.partial(_plain_attr, str(attr))) if meaning else None,
+                from_attr=spec["from_attr"] or (functools.partial(_plain_attr, str(attr)) if meaning else None),
                 **{key: spec[key] for key in ("help", "parse", "minimum", "meaning", "family", "example")},
             )
         )

@@ -105,7 +105,7 @@ def test_option_attrs() -> None:
         "model": "resnet18", "tokens": "seq", "output_stride": "none", "precision": "fp32", "dtype": "float32",
         "max_side": 2048, "tiles": "", "tile_scale": 1.0, "pool": "avg", "compression": "none", "decode": "fast",
         "path_column": "", "image_column": "",
-        "id_column": "", "keep": "", "keep_columns": "", "process": "",
+        "id_column": "", "keep": "", "keep_columns": "", "process": "", "max_image_pixels": "",
     }  # fmt: skip
     assert option_attrs(resolve({**BASE, "decode": "gpu", "output_stride": "16"}))["decode"] == "gpu"
     assert option_attrs(resolve({**BASE, "output_stride": 16}))["output_stride"] == 16

@@ -80,3 +80,17 @@ def test_tiles_a_vits_patches_do_not_tile_name_the_flag(folder: Path, tmp_path: 
     assert res.returncode == 2, res.stderr
     assert "100x100 (--img-size or --tiles) is not a multiple of vit_tiny_patch16_224's patch size" in res.stderr
     assert "nearest valid sizes: 96 or 112" in res.stderr
+
+
+def test_like_and_verify_read_images_with_the_runs_max_image_pixels(folder: Path, random_checkpoint: Any, tmp_path: Path) -> None:
+    """A slide needs --max-image-pixels raised: the file records it, so --like (and verify) read what
+    the run read; here a lowered bound refuses a.png (200 x 72) in both runs."""
+    made, again = tmp_path / "t.h5", tmp_path / "again.h5"
+    featdump.extract("resnet18", folder, made, checkpoint=random_checkpoint("resnet18"), out_indices=(4,), pool="avg",
+                     tiles=64, max_image_pixels=10_000, device="cpu", quiet=True)  # fmt: skip
+    featdump.extract("resnet18", folder, again, like=made, quiet=True)
+    for path in (made, again):
+        with featdump.open(path) as f:
+            assert f.paths == ["b.png"] and [p for p, _ in f.failed] == ["a.png"], path
+            assert f.meta["max_image_pixels"] == 10_000
+    assert verify_file(made, n=1, device="cpu").ok
