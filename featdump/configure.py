@@ -156,6 +156,8 @@ def check_options(values: dict[str, Any], cls: type = ExtractConfig) -> dict[str
         kw["img_size"] = (tiles[0], tiles[0])
     elif kw.get("tile_scale", 1.0) != 1.0:
         raise UsageError("--tile-scale resizes images before --tiles cuts them; give --tiles SIZE too")
+    if kw.get("max_side", 2048) != 2048 and size_mode_text(kw.get("img_size")) != "native":
+        raise UsageError("--max-side bounds the images of --img-size native only; drop it, or give --img-size native")
     if (kw.get("ray") is None) != (kw.get("shards") is None):
         raise UsageError("--ray and --shards go together: e.g. --ray auto --shards 8 (one process per shard: --shard I/N)")
     if kw.get("ray") is not None and kw.get("shard") is not None:

@@ -172,6 +172,8 @@ def test_parse_size_modes(raw: Any, want: Any) -> None:
         ({"img_size": "wide:512"}, "--img-size takes SIZE or HEIGHTxWIDTH"),
         ({"img_size": "long:64", "process": "l2norm"}, r"^--process needs a fixed --img-size"),
         ({"img_size": "native", "fast_decode": True}, r"^--fast-decode needs a fixed --img-size"),
+        ({"img_size": "long:64", "max_side": 512}, r"^--max-side bounds the images of --img-size native only"),
+        ({"max_side": 512}, r"^--max-side bounds"),  # ignored, yet recorded: --resume and merge would then refuse
     ],
 )
 def test_size_mode_refusals(over: dict[str, Any], message: str) -> None:
