@@ -94,3 +94,25 @@ def test_like_and_verify_read_images_with_the_runs_max_image_pixels(folder: Path
             assert f.paths == ["b.png"] and [p for p, _ in f.failed] == ["a.png"], path
             assert f.meta["max_image_pixels"] == 10_000
     assert verify_file(made, n=1, device="cpu").ok
+
+
+def test_a_big_image_at_stride_1_is_not_listed_tile_by_tile(folder: Path, random_checkpoint: Any, tmp_path: Path) -> None:
+    """--tiles 8:1 on a 1500 x 1500 image has 1493^2 = 2.2 million tiles: they are counted, never
+    listed (a list of corners took ~150 MB here, and ~30 GB for a 20,000 x 20,000 slide)."""
+    import tracemalloc
+
+    from featdump.data.tiles import tile_view
+
+    made = tmp_path / "t.h5"
+    _extract(folder, made, random_checkpoint("resnet18"))
+    with featdump.open(made) as f:
+        attrs = {**f.meta, "tiles": [8, 1]}
+    big = Image.fromarray(np.random.default_rng(1).integers(0, 256, (1500, 1500, 3), dtype=np.uint8))
+    tracemalloc.start()
+    try:
+        tile = tile_view(attrs, big, 1493 * 1493 - 2)  # the last row's last tile but one
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 10 << 20, f"{peak / 2**20:.0f} MiB"
+    np.testing.assert_array_equal(np.asarray(tile), np.asarray(big)[1492:1500, 1491:1499])

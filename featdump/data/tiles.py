@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
-import itertools
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
@@ -60,9 +59,10 @@ class Tiler:
             img = center_crop_or_pad(img, [max(h, s), max(w, s)], fill=self.fill)
         return img, h, w, pad_top, pad_left
 
-    def windows(self, picture: Any) -> list[tuple[int, int]]:
-        """The tiles' top-left corners in the prepared picture, row-major."""
-        return list(itertools.product(starts(picture.height, self.size, self.stride), starts(picture.width, self.size, self.stride)))
+    def windows(self, picture: Any) -> tuple[list[int], list[int]]:
+        """The tiles' tops and lefts in the prepared picture: tile ``k`` (row-major) is at :func:`corner`
+        (not listed: an image at STRIDE 1 has millions)."""
+        return starts(picture.height, self.size, self.stride), starts(picture.width, self.size, self.stride)
 
     def cut(self, picture: Any, corners: Sequence[tuple[int, int]]) -> list[Any]:
         """Each tile as an ``(SIZE, SIZE, 3)`` uint8 array."""
@@ -88,13 +88,19 @@ class Tiler:
         return geometry, np.concatenate([lo, hi], axis=1).astype(np.int64)
 
 
+def corner(grid: tuple[list[int], list[int]], k: int) -> tuple[int, int]:
+    """Tile ``k``'s top-left corner ``(y, x)`` on a :meth:`Tiler.windows` grid."""
+    i, j = divmod(k, len(grid[1]))
+    return grid[0][i], grid[1][j]
+
+
 def tile_view(attrs: dict[str, Any], img: Any, index: int) -> Any:
     """Tile ``index`` of ``img`` as the model saw it (before normalisation), by a file's attributes
     (``viz``; ``verify`` cuts tiles through :class:`TileLoader`)."""
     size, stride = (int(v) for v in attrs["tiles"])
     tiler = Tiler(DataConfig.from_timm(attrs), size, stride, float(attrs["tile_scale"]))
     picture = tiler.prepare(img)[0]
-    y, x = tiler.windows(picture)[index]
+    y, x = corner(tiler.windows(picture), index)
     return picture.crop((x, y, x + tiler.size, y + tiler.size))
 
 
@@ -148,11 +154,10 @@ class TileLoader:
                     raise StoreStopped(f"{reason}; {RESUME_HINT}")
                 yield Rows([], [], [Failure(pos, ref.path, reason, ref.id)], done, mark=ref.mark)
                 continue
-            corners = self.tiler.windows(prepared[0])
-            if self.only is not None:
-                corners = [corners[self.only[pos]]]
-            for k in range(0, len(corners), self.batch_size):
-                part, last = corners[k : k + self.batch_size], k + self.batch_size >= len(corners)
+            grid = self.tiler.windows(prepared[0])
+            ks = range(len(grid[0]) * len(grid[1])) if self.only is None else [self.only[pos]]
+            for k in range(0, len(ks), self.batch_size):
+                part, last = [corner(grid, i) for i in ks[k : k + self.batch_size]], k + self.batch_size >= len(ks)
                 geometry, boxes = self.tiler.rows(prepared, orig, part)
                 n = len(part)
                 yield Rows(
