@@ -206,7 +206,7 @@ def verify_file(path: str | Path, n: int = 8, seed: int = 0, device: str = "auto
                 outs.update((pos, [arr[j] for arr in arrays]) for j, pos in enumerate(batch.positions))
     except StoreStopped as exc:  # an image URL's store stopped answering
         raise CannotVerify(f"cannot verify {p}: {str(exc).removesuffix('; ' + RESUME_HINT)}") from None
-    fresh: dict[str, list[Any]] = {name: [] for name in names}
+    fresh: list[list[Any]] = []  # per row: one array per layer
     at = 0
     for w in wanted:
         span = range(at, at + len(w.found))
@@ -216,17 +216,12 @@ def verify_file(path: str | Path, n: int = 8, seed: int = 0, device: str = "auto
             err = next((errors[pos] for pos in span if pos in errors), "no image")
             shown = w.found[0].source or w.path
             raise CannotVerify(f"cannot verify {p}: input image {shown} (row {w.row}) cannot be read now ({err})")
-        for name, arr in zip(names, outs[span[chosen]], strict=True):
-            fresh[name].append(arr)
+        fresh.append(outs[span[chosen]])
     made_on = str(attrs.get("device", "cpu"))
     rtol, min_cos, why = tolerance(cfg.precision, cfg.dtype, made_on, str(dev), cfg.decode)
     checks = []
-    for name in names:
-        check = LayerCheck(name, 0.0, 0.0, 1.0)
-        for k, row in enumerate(rows):
-            diff, rel, cos = compare(stored[name][k], fresh[name][k])
-            check.max_abs, check.max_rel, check.min_cos = max(check.max_abs, diff), max(check.max_rel, rel), min(check.min_cos, cos)
-            if rel > rtol or cos < min_cos:
-                check.bad_rows.append(row)
-        checks.append(check)
+    for j, name in enumerate(names):
+        diff, rel, cos = zip(*(compare(stored[name][k], fresh[k][j]) for k in range(len(rows))), strict=True)
+        bad = [row for row, r, c in zip(rows, rel, cos, strict=True) if r > rtol or c < min_cos]
+        checks.append(LayerCheck(name, max(0.0, *diff), max(0.0, *rel), min(1.0, *cos), bad))
     return VerifyReport(str(p), rows, stored_paths, checks, rtol, min_cos, cfg.precision, cfg.dtype, str(dev), why)
