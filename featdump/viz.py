@@ -265,9 +265,8 @@ def render(
             img = tiles[name][r]
             resample = Image.Resampling.NEAREST if img.size[0] < tw else Image.Resampling.BILINEAR
             canvas.paste(img.resize((tw, th), resample), (PAD + c * (tw + PAD), y))
-        swatch = 0
+        swatch = 10 if vectors else 0
         if vectors:  # the row's colour, as in its bars and its scatter dot
-            swatch = 10
             draw.rectangle([PAD, y + th + 3, PAD + 7, y + th + 10], fill=colours[r])
         text = fit_text(f"#{row} {stored_path}", width - 2 * PAD - swatch)
         draw.text((PAD + swatch, y + th + 1), text, fill=(60, 60, 60), font=font)

@@ -55,14 +55,12 @@ def open_checked(path: str | Path) -> tuple[Any, Counts]:
         h5 = open_committed(p)  # through the journal where there is one, else h5py.File(p, "r")
     except OSError as exc:
         raise FeatdumpError(f"cannot open {p}: {first_line(exc, repr(exc))}") from None
-    fmt = to_str(h5.attrs.get("format", ""))
-    if fmt != "featdump":
-        top = ", ".join(sorted(h5.keys())[:8]) or "nothing"
-        h5.close()
-        raise UsageError(
-            f'{p} is an HDF5 file but not a featdump file (no format="featdump" attribute; it holds: {top})'
-        )
     try:
+        if to_str(h5.attrs.get("format", "")) != "featdump":
+            top = ", ".join(sorted(h5.keys())[:8]) or "nothing"
+            raise UsageError(
+                f'{p} is an HDF5 file but not a featdump file (no format="featdump" attribute; it holds: {top})'
+            )
         counts = check_file(h5, p)
     except BaseException:
         h5.close()

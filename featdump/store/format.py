@@ -31,9 +31,7 @@ def read_inputs_attr(value: Any) -> list[str] | None:
         items = json.loads(to_str(value)) if isinstance(value, (str, bytes)) else None
     except ValueError:
         return None
-    if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
-        return None
-    return items
+    return items if isinstance(items, list) and all(isinstance(i, str) for i in items) else None
 
 
 def read_text(value: Any) -> str:

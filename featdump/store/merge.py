@@ -251,80 +251,75 @@ def _write(
     skipped = [s.shown for s in shards if s.num_images == 0]
     partial = [s.shown for s in shards if not s.complete]
     attrs = _merged_attrs(runs, copy=copy, command=command, out_dir=out_dir)
-    num_images = int(attrs["num_images"])
     text = h5py.string_dtype()
-    ref_h5 = open_committed(ref.path)
-    try:
-        # without HDF5's own file lock: it would be exclusive, which our shared one on the claimed temp
-        # file (it marks the file alive) refuses. HDF5's own driver, not a Python file object: an I/O
-        # error (a full disk) in h5py's fileobj callbacks leaves HDF5 in a state that can crash
-        with h5py.File(tmp, "w", libver="earliest", track_order=True, locking=False) as h5:
-            for key, value in attrs.items():
-                set_attr(h5, key, value)
+    # without HDF5's own file lock: it would be exclusive, which our shared one on the claimed temp
+    # file (it marks the file alive) refuses. HDF5's own driver, not a Python file object: an I/O
+    # error (a full disk) in h5py's fileobj callbacks leaves HDF5 in a state that can crash
+    with open_committed(ref.path) as ref_h5, h5py.File(tmp, "w", libver="earliest", track_order=True, locking=False) as h5:
+        for key, value in attrs.items():
+            set_attr(h5, key, value)
 
-            h5.create_dataset("paths", data=np.array(paths, dtype=object), dtype=text, maxshape=(None,), chunks=(4096,))
-            if ids is not None:  # the inputs provided ids (tar shards, --id-column)
-                h5.create_dataset("ids", data=np.array(ids, dtype=object), dtype=text, maxshape=(None,), chunks=(4096,))
-            for name in ref_h5.get("meta", ()):  # --keep, --keep-columns: small, always copied
-                kept = _strings(shards, f"meta/{name}", [s.num_images for s in shards])
-                h5.create_dataset(f"meta/{name}", data=np.array(kept, dtype=object), dtype=text, maxshape=(None,), chunks=(4096,))
-            for key in ("geometry", "tiles"):  # small: always copied (/tiles: --tiles files only)
-                if all(key in f for f in _opened(shards)):
-                    rows = [f[key][: s.num_images] for s, f in zip(shards, _opened(shards), strict=True)]
-                    geo = h5.create_dataset(key, data=np.concatenate(rows), maxshape=(None, rows[0].shape[1]), chunks=(256, rows[0].shape[1]))
-                    for name, value in ref_h5[key].attrs.items():
-                        set_attr(geo, name, read_attr(value))
-            failed = h5.create_group("failed")
-            for key in ("paths", "errors", "ids") if ids is not None else ("paths", "errors"):
-                rows = _strings(shards, f"failed/{key}", [s.num_failed for s in shards])
-                failed.create_dataset(key, data=np.array(rows, dtype=object), dtype=text, maxshape=(None,), chunks=(256,))
+        h5.create_dataset("paths", data=np.array(paths, dtype=object), dtype=text, maxshape=(None,), chunks=(4096,))
+        if ids is not None:  # the inputs provided ids (tar shards, --id-column)
+            h5.create_dataset("ids", data=np.array(ids, dtype=object), dtype=text, maxshape=(None,), chunks=(4096,))
+        for name in ref_h5.get("meta", ()):  # --keep, --keep-columns: small, always copied
+            kept = _strings(shards, f"meta/{name}", [s.num_images for s in shards])
+            h5.create_dataset(f"meta/{name}", data=np.array(kept, dtype=object), dtype=text, maxshape=(None,), chunks=(4096,))
+        for key in ("geometry", "tiles"):  # small: always copied (/tiles: --tiles files only)
+            if all(key in f for f in _opened(shards)):
+                rows = [f[key][: s.num_images] for s, f in zip(shards, _opened(shards), strict=True)]
+                geo = h5.create_dataset(key, data=np.concatenate(rows), maxshape=(None, rows[0].shape[1]), chunks=(256, rows[0].shape[1]))
+                for name, value in ref_h5[key].attrs.items():
+                    set_attr(geo, name, read_attr(value))
+        failed = h5.create_group("failed")
+        for key in ("paths", "errors", "ids") if ids is not None else ("paths", "errors"):
+            rows = _strings(shards, f"failed/{key}", [s.num_failed for s in shards])
+            failed.create_dataset(key, data=np.array(rows, dtype=object), dtype=text, maxshape=(None,), chunks=(256,))
 
-            group = h5.create_group(FEATURES, track_order=True)
-            layers = []
-            for name, (shape, dtype) in ref.layers.items():
-                src0 = ref_h5[FEATURES][name]
-                layers.append((name, shape, dtype))
-                sizes = [extent(f, name, s.num_images) for s, f in zip(shards, _opened(shards), strict=True)]  # rows, or cells
-                total = sum(sizes)
-                if name in ref_h5.get(CELLS, ()):  # ragged: each file's cells, their starts shifted by the cells before
-                    starts = np.cumsum([0, *sizes[:-1]])
-                    tables = [f[CELLS][name][: s.num_images] + [at, 0, 0] for s, f, at in zip(shards, _opened(shards), starts, strict=True)]
-                    h5.create_dataset(f"{CELLS}/{name}", data=np.concatenate(tables).astype(np.int64), maxshape=(None, 3), chunks=(4096, 3))
-                if copy or not used:
-                    filters = {} if not used else compression_kwargs(str(ref.attrs.get("compression", "none")), dtype)
-                    ds = group.create_dataset(
-                        name,
-                        shape=(total, *shape),
-                        maxshape=(None, *shape),
-                        dtype=dtype,
-                        chunks=src0.chunks or True,
-                        **filters,
-                    )
-                    at = 0
-                    for size, f in zip(sizes, _opened(shards), strict=True):
-                        _copy_rows(f[FEATURES][name], ds, at, size)
-                        at += size
-                else:
-                    layout = h5py.VirtualLayout(shape=(total, *shape), dtype=dtype)
-                    at = 0
-                    for s, size, f in zip(shards, sizes, _opened(shards), strict=True):
-                        if not size:
-                            continue
-                        src_shape = f[FEATURES][name].shape
-                        stored = _relative(s.path, out_dir).replace("%", "%%")  # HDF5 reads %b etc. in file names
-                        vs = h5py.VirtualSource(stored, f"{FEATURES}/{name}", shape=src_shape)
-                        layout[at : at + size] = vs[0:size]
-                        at += size
-                    ds = group.create_virtual_dataset(name, layout, fillvalue=np.nan)
-                for key, value in src0.attrs.items():
-                    set_attr(ds, key, read_attr(value))
-    finally:
-        ref_h5.close()
+        group = h5.create_group(FEATURES, track_order=True)
+        layers = []
+        for name, (shape, dtype) in ref.layers.items():
+            src0 = ref_h5[FEATURES][name]
+            layers.append((name, shape, dtype))
+            sizes = [extent(f, name, s.num_images) for s, f in zip(shards, _opened(shards), strict=True)]  # rows, or cells
+            total = sum(sizes)
+            if name in ref_h5.get(CELLS, ()):  # ragged: each file's cells, their starts shifted by the cells before
+                starts = np.cumsum([0, *sizes[:-1]])
+                tables = [f[CELLS][name][: s.num_images] + [at, 0, 0] for s, f, at in zip(shards, _opened(shards), starts, strict=True)]
+                h5.create_dataset(f"{CELLS}/{name}", data=np.concatenate(tables).astype(np.int64), maxshape=(None, 3), chunks=(4096, 3))
+            if copy or not used:
+                filters = {} if not used else compression_kwargs(str(ref.attrs.get("compression", "none")), dtype)
+                ds = group.create_dataset(
+                    name,
+                    shape=(total, *shape),
+                    maxshape=(None, *shape),
+                    dtype=dtype,
+                    chunks=src0.chunks or True,
+                    **filters,
+                )
+                at = 0
+                for size, f in zip(sizes, _opened(shards), strict=True):
+                    _copy_rows(f[FEATURES][name], ds, at, size)
+                    at += size
+            else:
+                layout = h5py.VirtualLayout(shape=(total, *shape), dtype=dtype)
+                at = 0
+                for s, size, f in zip(shards, sizes, _opened(shards), strict=True):
+                    if not size:
+                        continue
+                    src_shape = f[FEATURES][name].shape
+                    stored = _relative(s.path, out_dir).replace("%", "%%")  # HDF5 reads %b etc. in file names
+                    vs = h5py.VirtualSource(stored, f"{FEATURES}/{name}", shape=src_shape)
+                    layout[at : at + size] = vs[0:size]
+                    at += size
+                ds = group.create_virtual_dataset(name, layout, fillvalue=np.nan)
+            for key, value in src0.attrs.items():
+                set_attr(ds, key, read_attr(value))
     return MergeSummary(
         output=str(tmp),
         mode="copy" if copy else "virtual",
         num_shards=len(shards),
-        num_images=num_images,
+        num_images=int(attrs["num_images"]),
         num_failed=int(attrs["num_failed"]),
         num_inputs=int(attrs["num_inputs"]),
         input_kind=input_kind(attrs),
