@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+
 
 class FeatdumpError(Exception):
     """A runtime failure with a message a user can act on (exit status 1)."""
@@ -30,11 +32,7 @@ class Interrupted(FeatdumpError):
 
 def is_out_of_space(exc: BaseException) -> bool:
     """ENOSPC / EDQUOT, or HDF5's wrapped "No space left on device" text."""
-    import errno
-
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return True
-    return "No space left" in str(exc)
+    return (isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)) or "No space left" in str(exc)
 
 
 RESUME_AFTER_SPACE = "rerun the same command with --resume (everything committed so far is kept)"
@@ -58,8 +56,6 @@ def os_error(
     Out of space (ENOSPC, EDQUOT) always gives :func:`out_of_space`. Without a ``hint``, a read-only
     or forbidden location (EROFS, EACCES, EPERM) says to write somewhere writable.
     """
-    import errno
-
     from featdump.text import first_line
 
     if is_out_of_space(exc):
