@@ -32,13 +32,10 @@ def load_toml(path: str | Path, cls: type = ExtractConfig) -> dict[str, Any]:
     except OSError as exc:
         raise UsageError(f"cannot read config file {p}: {exc.strerror or exc}") from None
     keys = {o.name for o in options_of(cls)}  # every option, model and inputs included
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        name = key.replace("-", "_")
-        if name not in keys:
-            raise UsageError(f"unknown key {key!r} in config file {p}; known keys: {', '.join(sorted(keys))}")
-        out[name] = value
-    return out
+    unknown = [key for key in data if key.replace("-", "_") not in keys]
+    if unknown:
+        raise UsageError(f"unknown key {unknown[0]!r} in config file {p}; known keys: {', '.join(sorted(keys))}")
+    return {key.replace("-", "_"): value for key, value in data.items()}
 
 
 def _check(option: Option, value: Any) -> Any:
