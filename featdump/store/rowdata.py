@@ -23,11 +23,7 @@ def pool_block(block: np.ndarray, layout: str, pool: str, prefix: int = 0) -> np
     x = block.astype(np.float32, copy=False)
     if layout == "NC":
         return x
-    axes: tuple[int, ...]
-    if layout == "NTD":
-        x, axes = x[:, prefix:], (1,)
-    else:
-        axes = tuple(range(2, x.ndim))
+    x, axes = (x[:, prefix:], (1,)) if layout == "NTD" else (x, tuple(range(2, x.ndim)))
     return x.mean(axis=axes, dtype=np.float32) if pool == "avg" else x.max(axis=axes)
 
 
