@@ -109,7 +109,7 @@ def render_overlay(
         rows = select_rows(f.paths, images, f.num_images, random, seed)
         colours = {n: (pca_each if f.attrs(n).get("layout") == "ragged" else pca_rgb)(f.numpy(n, rows)) for n in chosen}
         boxes = {(n, r): f.pixel_boxes(n, r) for n in chosen for r in rows}
-        paths = f.paths
+        paths, bound = f.paths, f.meta.get("max_image_pixels") or None
         wanted, why = locate_rows(f, rows, root)
         why += "; pass --root DIR" if why and input_kind(f.meta) == "files" else ""
     width = PAD + (1 + len(chosen)) * (tile + PAD)
@@ -124,7 +124,7 @@ def render_overlay(
         y = PAD + LABEL_H + r * (tile + LABEL_H // 2 + PAD)
         found[paths[row]] = where_found(wanted[r])
         try:
-            photo = read_found(wanted[r])
+            photo = read_found(wanted[r], bound)
         except Exception:  # noqa: BLE001 - an unreadable input is drawn as missing
             photo = None
         tiles = [placeholder((tile, tile), "input not found:\n" + fit_text(paths[row], tile))] * (1 + len(chosen))

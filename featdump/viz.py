@@ -250,7 +250,7 @@ def render(
                     from featdump.model.layers import DataConfig
 
                     split = SplitTransform(DataConfig.from_timm(attrs).transform())
-                seen = read_found(wanted[r])
+                seen = read_found(wanted[r], attrs.get("max_image_pixels") or None)
                 if len(attrs.get("tiles", "")):  # --tiles: the row's tile (its index: row - the image's first row)
                     seen = tile_view(attrs, seen, row - firsts[r])
                 elif not attrs.get("img_size_mode"):  # a size mode's model saw the whole image, uncropped

@@ -116,3 +116,20 @@ def test_a_big_image_at_stride_1_is_not_listed_tile_by_tile(folder: Path, random
         tracemalloc.stop()
     assert peak < 10 << 20, f"{peak / 2**20:.0f} MiB"
     np.testing.assert_array_equal(np.asarray(tile), np.asarray(big)[1492:1500, 1491:1499])
+
+
+def test_viz_cuts_a_tile_with_the_runs_max_image_pixels(tmp_path: Path) -> None:
+    """2400 x 150 at --tile-scale 16 is 92 million pixels, over Pillow's bound: the run raised it, viz
+    draws the tile (it drew "cannot read input: ValueError")."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.fromarray(np.random.default_rng(2).integers(0, 256, (15, 240, 3), dtype=np.uint8)).resize((2400, 150)).save(folder / "m.png")
+    made = tmp_path / "t.h5"
+    featdump.extract("mobilenetv3_small_050", folder, made, pretrained=False, tiles=2400, tile_scale=16, max_image_pixels=100_000_000,
+                     out_indices=(0,), pool="avg", batch_size=2, device="cpu", quiet=True)  # fmt: skip
+    res = run("viz", str(made), "-o", str(tmp_path / "v.png"), "--image", "3")
+    assert res.returncode == 0 and "cannot read" not in res.stdout + res.stderr, res.stdout + res.stderr
+    from featdump.viz import LABEL_H, PAD, TILE
+
+    drawn = np.asarray(Image.open(tmp_path / "v.png").convert("RGB"))[PAD + LABEL_H : PAD + LABEL_H + TILE, PAD : PAD + TILE]
+    assert (drawn == 230).all(axis=2).mean() < 0.5, "the grey placeholder, not the tile"

@@ -98,7 +98,7 @@ def tile_view(attrs: dict[str, Any], img: Any, index: int) -> Any:
     """Tile ``index`` of ``img`` as the model saw it (before normalisation), by a file's attributes
     (``viz``; ``verify`` cuts tiles through :class:`TileLoader`)."""
     size, stride = (int(v) for v in attrs["tiles"])
-    tiler = Tiler(DataConfig.from_timm(attrs), size, stride, float(attrs["tile_scale"]))
+    tiler = Tiler(DataConfig.from_timm(attrs), size, stride, float(attrs["tile_scale"]), attrs.get("max_image_pixels") or None)
     picture = tiler.prepare(img)[0]
     y, x = corner(tiler.windows(picture), index)
     return picture.crop((x, y, x + tiler.size, y + tiler.size))

@@ -66,16 +66,17 @@ def locate_rows(ff: Any, rows: Sequence[int], root: str | Path | None = None) ->
     return wanted, why
 
 
-def read_found(w: Wanted) -> Any:
+def read_found(w: Wanted, max_pixels: int | None = None) -> Any:
     """The row's image (RGB) from its references: the one :meth:`Wanted.pick` takes among those that
-    decode now. Raises the first error (or ``FileNotFoundError``) when there is none."""
+    decode now (within ``max_pixels``: the run's ``--max-image-pixels``). Raises the first error (or
+    ``FileNotFoundError``) when there is none."""
     from featdump.data.datasets import image_source
     from featdump.data.decode import load_rgb
 
     images, errors = [], []
     for ref in w.found:
         try:
-            images.append(load_rgb(image_source(ref)))
+            images.append(load_rgb(image_source(ref), max_pixels))
         except Exception as exc:  # noqa: BLE001 - which candidate decodes is the answer
             images.append(None)
             errors.append(exc)
