@@ -41,9 +41,8 @@ def resolve(outputs: Any) -> list[Any]:
 
 
 class CopyQueue:
-    """Copies in submission order, at most ``depth`` in flight: ``submit(outputs) -> Pending`` starts
-    a copy, waiting first for the oldest while ``depth`` are in flight (the writer waits for each
-    batch's copy before it stores it, so none is left in flight once the writer is closed)."""
+    """Copies in submission order, at most ``depth`` in flight (the writer waits for each batch's copy
+    before it stores it, so none is left in flight once the writer is closed)."""
 
     def __init__(self, depth: int = 2) -> None:
         if depth < 1:
