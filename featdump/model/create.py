@@ -74,9 +74,7 @@ def create_checked(
 def resolve_data_config(model: Any, img_size: tuple[int, int] | None) -> DataConfig:
     from timm.data import resolve_data_config as timm_resolve
 
-    args: dict[str, Any] = {}
-    if img_size is not None:
-        args["input_size"] = (3, img_size[0], img_size[1])
+    args = {"input_size": (3, *img_size)} if img_size is not None else {}
     return DataConfig.from_timm(timm_resolve(args, model=model))
 
 

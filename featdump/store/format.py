@@ -37,9 +37,7 @@ def read_inputs_attr(value: Any) -> list[str] | None:
 def read_text(value: Any) -> str:
     """A stored string (``/paths``, ``/failed/*``) as ``str``: bytes that are not UTF-8 (a hand-made
     or foreign file) read as ``\\xHH``, the way featdump stores undecodable names (docs/safety.md)."""
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "backslashreplace")
-    return str(value)
+    return value.decode("utf-8", "backslashreplace") if isinstance(value, bytes) else str(value)
 
 
 FEATURES = "features"
