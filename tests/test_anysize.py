@@ -299,3 +299,17 @@ def test_resume_after_a_stop_gives_the_rows_of_one_run(aspect_refs: list[ImageRe
         assert list(b["paths"]) == list(a["paths"])
         np.testing.assert_array_equal(b["cells/layer3"][:], a["cells/layer3"][:])
         np.testing.assert_array_equal(b["features/layer3"][:], a["features/layer3"][:])
+
+
+def test_named_modules_in_a_size_mode_must_follow_each_shape() -> None:
+    """--layers in a size mode: CNN maps follow each input (a non-spatial module rides along); a
+    ViT's token map (--tokens map) is built for one size, refused by name before any row."""
+    from featdump.errors import UsageError
+
+    def config(name: str, layers: tuple[str, ...], tokens: str = "seq") -> ExtractConfig:
+        return ExtractConfig(model=name, inputs=("x",), output="x.h5", img_size=("short", 48), layers=layers, tokens=tokens, pretrained=False)
+
+    with pytest.raises(UsageError, match=r"^test_vit cannot take images of varying shapes"):
+        backbone_for(config("test_vit", ("blocks.0",), "map"))
+    backbone = backbone_for(config("resnet18", ("layer2", "fc")))
+    assert [is_ragged(x, "none") for x in backbone.layers] == [True, False]

@@ -14,7 +14,7 @@ from typing import Any
 from featdump.errors import UsageError
 from featdump.model.create import resolve_data_config
 from featdump.model.layers import Backbone, DataConfig, Description, LayerInfo, is_ragged, mark_ragged, size_unit
-from featdump.model.levels import describe_levels, features_model
+from featdump.model.levels import check_varying, describe_levels, features_model
 from featdump.model.modules import describe_modules, load_module_backbone
 from featdump.model.weights import choose_weights, create_with_weights
 from featdump.options import ExtractConfig
@@ -109,6 +109,8 @@ def load_backbone(
             name, layers, tokens=tokens, output_stride=output_stride, img_size=fixed,
             pretrained=pretrained, checkpoint=checkpoint,
         )  # fmt: skip
+        if fixed != img_size:  # a size mode: the hooked modules must follow each input's shape (CNNs do, ViTs do not)
+            check_varying(name, backbone.model, backbone.layers)
         backbone.layers, backbone.data = _size_mode(img_size, max_side, backbone.layers, backbone.data)
         return backbone
     _levels_take_no_prefix(tokens)

@@ -105,7 +105,7 @@ def check_varying(name: str, model: Any, layers: list[LayerInfo]) -> None:
         try:
             outs = _outputs(model, (3, h, w))
             grids = [tuple(o.shape[1:3] if x.layout == "NHWC" else o.shape[2:4]) for o, x in zip(outs, layers, strict=True)]
-            ok = all(g in ((h // x.reduction, w // x.reduction), (-(-h // x.reduction), -(-w // x.reduction))) for g, x in zip(grids, layers, strict=True))
+            ok = all(g in ((h // x.reduction, w // x.reduction), (-(-h // x.reduction), -(-w // x.reduction))) for g, x in zip(grids, layers, strict=True) if len(x.shape) == 3)
         except Exception:  # noqa: BLE001 - any refusal of the shape is the answer
             ok = False
         if not ok:
