@@ -86,11 +86,7 @@ def _opened(shards: Sequence[Shard]) -> Iterator[Any]:
 def _strings(shards: Sequence[Shard], key: str, counts: Sequence[int]) -> list[str]:
     """The first ``counts[i]`` strings of ``key`` in each file (checked: each holds that many);
     bytes that are not UTF-8 become ``\\xHH``, as featdump stores undecodable names."""
-    out: list[str] = []
-    for h5, n in zip(_opened(shards), counts, strict=True):
-        if n:
-            out.extend(read_text(v) for v in h5[key][:n])
-    return out
+    return [read_text(v) for h5, n in zip(_opened(shards), counts, strict=True) if n for v in h5[key][:n]]
 
 
 def merge_shards(
@@ -277,10 +273,8 @@ def _write(
             failed.create_dataset(key, data=np.array(rows, dtype=object), dtype=text, maxshape=(None,), chunks=(256,))
 
         group = h5.create_group(FEATURES, track_order=True)
-        layers = []
         for name, (shape, dtype) in ref.layers.items():
             src0 = ref_h5[FEATURES][name]
-            layers.append((name, shape, dtype))
             sizes = [extent(f, name, s.num_images) for s, f in zip(shards, _opened(shards), strict=True)]  # rows, or cells
             total = sum(sizes)
             if name in ref_h5.get(CELLS, ()):  # ragged: each file's cells, their starts shifted by the cells before
@@ -325,7 +319,7 @@ def _write(
         input_kind=input_kind(attrs),
         inputs_done=int(attrs["inputs_done"]),
         complete=not partial,
-        layers=layers,
+        layers=[(name, shape, dtype) for name, (shape, dtype) in ref.layers.items()],
         skipped=skipped,
         partial=partial,
         num_runs=len(runs),
