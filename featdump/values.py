@@ -110,9 +110,7 @@ def parse_shard(value: str | list[int] | tuple[int, ...] | None) -> tuple[int, i
         i, n = value
     else:
         m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(value))
-        if not m:
-            raise UsageError(f"--shard takes I/N with 0 <= I < N (e.g. 0/4), not {value!r}")
-        i, n = int(m.group(1)), int(m.group(2))
+        i, n = (int(m[1]), int(m[2])) if m else (0, 0)  # no I/N: refused below
     if not (isinstance(i, int) and isinstance(n, int) and n >= 1 and 0 <= i < n):
         raise UsageError(f"--shard takes I/N with 0 <= I < N (e.g. 0/4), not {value!r}")
     return (i, n)
