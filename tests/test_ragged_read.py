@@ -38,6 +38,11 @@ def test_numpy_rows_at_their_own_grid(ragged: Path) -> None:
             f.cells("vec")
         with pytest.raises(IndexError):
             f.numpy("map", 10)
+        for rows in (np.ones(10, bool), [True, False], 1.5):  # no silent rows 1, 0, 1, ...
+            with pytest.raises(TypeError, match="whole numbers"):
+                f.numpy("map", rows)
+            with pytest.raises(TypeError, match="whole numbers"):
+                f.numpy("vec", rows)
 
 
 def test_collate_pads_and_masks_exactly_the_cells(ragged: Path) -> None:

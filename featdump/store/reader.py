@@ -151,7 +151,10 @@ class FeatureFile:
             return self._take(ds, [int(rows)], layer)[0]
         if rows is None or isinstance(rows, slice):
             rows = range(n)[rows or slice(None)]
-        idx = np.asarray(rows, dtype=np.int64).reshape(-1)
+        given = np.asarray(rows)
+        if given.size and given.dtype.kind not in "iu":  # a boolean mask (or floats) would silently read rows 0 and 1
+            raise TypeError(f"rows are whole numbers (a row, a slice or a list), not {given.dtype}; a mask: np.flatnonzero(mask)")
+        idx = given.astype(np.int64).reshape(-1)
         bad = idx[(idx < -n) | (idx >= n)]
         if bad.size:
             raise IndexError(f"rows {bad[:5].tolist()} out of range: {self.path} has {n} rows")
