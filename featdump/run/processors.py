@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
@@ -166,16 +167,10 @@ class ProcessorInfo:
     doc: str
 
 
-def _entry_points() -> list[Any]:
-    from importlib.metadata import entry_points
-
-    return list(entry_points(group=GROUP))
-
-
 def installed() -> list[ProcessorInfo]:
     """Built-in processors, then those registered by installed packages."""
     out = [ProcessorInfo(n, "built in", f"{c.__module__}:{c.__name__}", _doc(c)) for n, c in BUILTIN.items()]
-    for ep in _entry_points():
+    for ep in entry_points(group=GROUP):
         dist = getattr(getattr(ep, "dist", None), "name", None) or "?"
         try:
             doc = _doc(ep.load())
@@ -194,7 +189,7 @@ def find(name: str) -> type:
     usage error naming the package to install (``featdump-NAME`` unless it says otherwise)."""
     if name in BUILTIN:
         return BUILTIN[name]
-    for ep in _entry_points():
+    for ep in entry_points(group=GROUP):
         if ep.name == name:
             try:
                 return ep.load()
