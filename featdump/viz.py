@@ -222,8 +222,7 @@ def render(
     th = max(8, round(tile * h_in / w_in))
     split: Any = None
     found: dict[str, str] = {}
-    cols = 1 + len(chosen)
-    width = PAD + cols * (tw + PAD)
+    width = PAD + (1 + len(chosen)) * (tw + PAD)
     colours = [PALETTE[r % len(PALETTE)] for r in range(len(rows))]
     for name, arr in vectors.items():
         tiles[name] = bar_strips(arr, colours, (tw, th))

@@ -25,12 +25,10 @@ def previous_facts(out_path: Path) -> dict[str, Any] | None:
 
 def rounding_note(previous: dict[str, Any] | None, now: dict[str, Any]) -> str | None:
     """The warning for a resume whose batch size or device differs from the file's first run."""
-    if not previous:
-        return None
     changed = [
         f"--{k.replace('_', '-')} {previous[k]} then, {now[k]} now"
         for k in ("batch_size", "device")
-        if str(previous[k]) != str(now[k])
+        if previous and str(previous[k]) != str(now[k])
     ]
     if not changed:
         return None
