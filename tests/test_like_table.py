@@ -29,7 +29,7 @@ from featdump.store.merge import merge_shards
 pytestmark = pytest.mark.filterwarnings("ignore::featdump.errors.FeatdumpWarning")
 MEANING = [o for o in OPTIONS if o.meaning]
 BASE = {"pretrained": False, "img_size": 64, "out_indices": (4,), "batch_size": 2, "quiet": True}
-TOGETHER = {"tile_scale": {"tiles": 64}}  # options that mean something only beside another one
+TOGETHER = {"tile_scale": {"tiles": 64}, "max_side": {"img_size": "native"}}  # options that mean something only beside another one
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +108,8 @@ def test_like_and_verify_reproduce_every_meaning_option(option: Any, inputs: dic
     other = inputs[f"base:{option.family or 'files'}"]
     if option.name in TOGETHER:  # the base: the companion options, this one at its default
         other = _run(inputs, tmp_path / "base.h5", option)
-    named = "out_indices|layers" if option.name in ("out_indices", "layers") else option.attr
+    both = {"out_indices": "out_indices|layers", "layers": "out_indices|layers", "max_side": "max_side|input_size"}  # native: N x N
+    named = both.get(option.name, option.attr)
     with pytest.raises(UsageError, match=named):
         merge_shards([made, other], tmp_path / "m.h5")
     with h5py.File(other, "r") as f:
