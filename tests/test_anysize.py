@@ -226,6 +226,7 @@ def test_extract_long_writes_each_row_at_its_grid(aspect_refs: list[ImageRef], r
     assert verify_file(out, n=3, device="cpu").ok  # re-extracted rows, each at its own shape
 
 
+@pytest.mark.slow  # real CLI processes: the fast tier stays under about 2 minutes
 def test_inspect_shows_the_unit_and_an_example_photos_grids() -> None:
     import json
 

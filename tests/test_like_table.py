@@ -118,6 +118,7 @@ def test_like_and_verify_reproduce_every_meaning_option(option: Any, inputs: dic
         check_same_settings(h5, base_attrs, made)
 
 
+@pytest.mark.slow  # real CLI processes: the fast tier stays under about 2 minutes
 def test_like_on_the_command_line_keeps_crop_and_size(inputs: dict[str, Any], tmp_path: Path) -> None:
     """The trial's case: squash + crop_pct 1.0 + a non-square size, then --like, then verify."""
     from conftest import run

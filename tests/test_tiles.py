@@ -127,6 +127,7 @@ def test_tile_scale_resizes_first(pictures: Path, ckpt: Path, tmp_path: Path) ->
     np.testing.assert_allclose(got["layer4"][:n], want[1].numpy(), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow  # real CLI processes: the fast tier stays under about 2 minutes
 def test_verify_like_and_viz_read_a_tile_file(pictures: Path, ckpt: Path, tmp_path: Path) -> None:
     made = tmp_path / "t.h5"
     _extract(pictures, made, ckpt, tiles="128:96", dtype="float16")

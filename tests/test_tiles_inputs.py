@@ -30,6 +30,7 @@ def _extract(inputs: Path, out: Path, ckpt: Path) -> None:
     featdump.extract("resnet18", inputs, out, checkpoint=ckpt, out_indices=(4,), pool="avg", tiles="64:48", device="cpu", quiet=True)
 
 
+@pytest.mark.slow  # real CLI processes: the fast tier stays under about 2 minutes
 @pytest.mark.parametrize("kind", ["table", "tar"])
 def test_verify_and_viz_find_each_tiles_image(kind: str, folder: Path, random_checkpoint: Any, tmp_path: Path) -> None:
     if kind == "table":  # a.png twice: its second copy's rows come after b.png's
@@ -75,6 +76,7 @@ def test_export_carries_each_tiles_box(folder: Path, random_checkpoint: Any, tmp
     np.testing.assert_array_equal(zarr.open_group(tmp_path / "z", mode="r")["tiles"][:], boxes)
 
 
+@pytest.mark.slow  # real CLI processes: the fast tier stays under about 2 minutes
 def test_tiles_a_vits_patches_do_not_tile_name_the_flag(folder: Path, tmp_path: Path) -> None:
     res = run("extract", "vit_tiny_patch16_224", str(folder), "-o", str(tmp_path / "v.h5"), "--no-pretrained", "--tiles", "100")
     assert res.returncode == 2, res.stderr
@@ -118,6 +120,7 @@ def test_a_big_image_at_stride_1_is_not_listed_tile_by_tile(folder: Path, random
     np.testing.assert_array_equal(np.asarray(tile), np.asarray(big)[1492:1500, 1491:1499])
 
 
+@pytest.mark.slow  # real CLI processes: the fast tier stays under about 2 minutes
 def test_viz_cuts_a_tile_with_the_runs_max_image_pixels(tmp_path: Path) -> None:
     """2400 x 150 at --tile-scale 16 is 92 million pixels, over Pillow's bound: the run raised it, viz
     draws the tile (it drew "cannot read input: ValueError")."""

@@ -77,6 +77,7 @@ def test_extract_out_indices_all(cli, photos, tmp_path):
         assert [f["features"][name].shape[1] for name in ("act1", "layer1", "layer2", "layer3", "layer4")] == [64, 64, 128, 256, 512]
 
 
+@pytest.mark.slow  # real CLI processes: the fast tier stays under about 2 minutes
 def test_inspect_images_fits_80_columns() -> None:
     p = run("inspect", "resnet50", "--images", "1000000", "--dtype", "float16", env={"COLUMNS": "80"}, check=True)
     assert all(len(line) <= 80 for line in p.stdout.splitlines()), p.stdout

@@ -110,6 +110,7 @@ def fifo(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow  # real CLI processes: the fast tier stays under about 2 minutes
 @pytest.mark.parametrize("kind", ["list", "table"])
 def test_file_urls_get_the_checks_of_plain_paths(data: dict[str, Any], tmp_path: Path, fifo: Path, kind: str) -> None:
     """``file:///dev/zero`` and a ``file://`` FIFO in a list or a table are /failed records at once

@@ -110,6 +110,7 @@ def test_entry_point_plugin(tmp_path, imgs, random_checkpoint):
     assert p.returncode == 2 and "double" in p.stderr
 
 
+@pytest.mark.slow  # real CLI processes: the fast tier stays under about 2 minutes
 def test_processors_lists_each_plugin_docstring(tmp_path):
     site = tmp_path / "site"
     dist = site / "fd_double-0.1.dist-info"
