@@ -120,6 +120,16 @@ def photos_and_a_broken_one(folder: Path) -> Path:
     return folder
 
 
+def smooth_picture(h: int, w: int, seed: int) -> Any:
+    """A smooth random h x w picture (resampling differences stay small, features stay non-trivial)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, size=(max(2, h // 8), max(2, w // 8), 3), dtype=np.uint8)
+    return Image.fromarray(small).resize((w, h), Image.BILINEAR)
+
+
 FOUR_PHOTOS = ["astronaut.jpg", "chelsea.jpg", "coffee.jpg", "rocket.jpg"]
 
 

@@ -18,23 +18,17 @@ from featdump.data.tiles import starts
 from featdump.errors import UsageError
 from featdump.run.verify import verify_file
 
-from conftest import run
+from conftest import run, smooth_picture
 
 MODEL = "resnet18"
-
-
-def _smooth(w: int, h: int, seed: int) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    small = rng.integers(0, 256, size=(max(2, h // 8), max(2, w // 8), 3), dtype=np.uint8)
-    return Image.fromarray(small).resize((w, h), Image.BILINEAR)
 
 
 @pytest.fixture(scope="module")
 def pictures(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 300x200 picture (tiles shifted inward on both axes) and a 100x60 one (smaller than a tile)."""
     folder = tmp_path_factory.mktemp("tiles")
-    _smooth(300, 200, 1).save(folder / "a_wide.png")
-    _smooth(100, 60, 2).save(folder / "b_small.png")
+    smooth_picture(200, 300, 1).save(folder / "a_wide.png")
+    smooth_picture(60, 100, 2).save(folder / "b_small.png")
     return folder
 
 
@@ -101,7 +95,7 @@ def test_padding_is_timms_border_mode(pictures: Path, ckpt: Path, tmp_path: Path
 
     folder = tmp_path / "one"
     folder.mkdir()
-    _smooth(128, 60, 3).save(folder / "strip.png")
+    smooth_picture(60, 128, 3).save(folder / "strip.png")
     got = _extract(folder, tmp_path / "t.h5", ckpt, tiles=128)
     model, _ = _timm(ckpt)
     cfg = resolve_data_config({"input_size": (3, 128, 128), "crop_mode": "border", "crop_pct": 1.0}, model=model)
@@ -175,7 +169,7 @@ def test_sigkill_mid_image_then_resume_gives_the_rows_of_one_run(tmp_path: Path,
     folder = tmp_path / "big"
     folder.mkdir()
     for k in range(4):
-        _smooth(960, 704, k).save(folder / f"{k}.png")  # 15 x 11 = 165 tiles of 64 each
+        smooth_picture(704, 960, k).save(folder / f"{k}.png")  # 15 x 11 = 165 tiles of 64 each
     (folder / "2b.png").write_bytes(b"not a png")
     clean, out = tmp_path / "clean.h5", tmp_path / "out.h5"
     argv = extract_argv(folder, clean, ckpt, "--tiles", "64")

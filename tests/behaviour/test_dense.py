@@ -11,28 +11,21 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import run
+from conftest import run, smooth_picture
 
 IMG = 64  # --img-size: small, so each run takes a second
-
-
-def _smooth(h: int, w: int, seed: int) -> Image.Image:
-    """A smooth random picture (resampling differences stay small, features stay non-trivial)."""
-    rng = np.random.default_rng(seed)
-    small = rng.integers(0, 256, size=(max(2, h // 8), max(2, w // 8), 3), dtype=np.uint8)
-    return Image.fromarray(small).resize((w, h), Image.BILINEAR)
 
 
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Portrait, landscape, tiny and an EXIF-rotated JPEG (stored 120x80, shown 80x120)."""
     folder = tmp_path_factory.mktemp("shapes")
-    _smooth(140, 90, 1).save(folder / "portrait.png")
-    _smooth(100, 170, 2).save(folder / "landscape.png")
-    _smooth(5, 7, 3).save(folder / "tiny.png")
+    smooth_picture(140, 90, 1).save(folder / "portrait.png")
+    smooth_picture(100, 170, 2).save(folder / "landscape.png")
+    smooth_picture(5, 7, 3).save(folder / "tiny.png")
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90° clockwise to display
-    _smooth(80, 120, 4).save(folder / "rotated.jpg", exif=exif, quality=95)
+    smooth_picture(80, 120, 4).save(folder / "rotated.jpg", exif=exif, quality=95)
     return folder
 
 
