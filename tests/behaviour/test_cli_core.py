@@ -183,6 +183,8 @@ def test_pretrained_tags_and_hub_names(cli):
 @pytest.mark.parametrize("model", ["resnet50.a1_in1k", "vit_tiny_patch16_224", "inception_v3", "fastvit_t8"])
 def test_data_config_is_timms(model):
     """The stored preprocessing is what timm resolves for the full pretrained model."""
+    import dataclasses
+
     import timm
     import torch
     from timm.data import resolve_data_config
@@ -192,7 +194,7 @@ def test_data_config_is_timms(model):
     with torch.device("meta"):
         full = timm.create_model(model)
     want = resolve_data_config({}, model=full)
-    got = describe(model).data.as_timm()
+    got = dataclasses.asdict(describe(model).data)
     for key in ("input_size", "mean", "std", "interpolation", "crop_pct", "crop_mode"):
         assert tuple(got[key]) == tuple(want[key]) if isinstance(want[key], tuple) else got[key] == want[key], key
 
