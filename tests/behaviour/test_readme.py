@@ -188,5 +188,6 @@ def test_readme_any_resolution_snippet_prints_what_it_shows(cli, lite0_weights: 
     code = _block_after("Readers see each row at its own grid", "python")
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    shown = _block_after("Readers see each row at its own grid", "", README[README.index(code) + len(code) :])
+    after = README[README.index(code) + len(code) :].removeprefix("```\n")  # the block after the snippet
+    shown = re.match(r"```\n(.*?)```", after, re.S).group(1)  # type: ignore[union-attr]
     assert _lines(proc.stdout) == _lines(shown)
