@@ -26,10 +26,8 @@ from typing import IO, Any
 import numpy as np
 
 from featdump.errors import FeatdumpError, UsageError, is_out_of_space, os_error
-from featdump.store.format import CELLS
 from featdump.store.rowdata import layout_of, pool_block, pool_cells
 from featdump.store.vds import read_span
-from featdump.text import to_str
 
 FORMATS = ("npy", "safetensors", "zarr")
 POOLS = ("avg", "max")
@@ -61,6 +59,7 @@ class _Plan:
     pool: str | None  # set where the export pools the layer
     shape: list[int]  # per row, as exported
     dtype: np.dtype
+    cells: Any = None  # a ragged layer's start, h, w per row (FeatureFile.cells, read once on open)
 
 
 @dataclass
@@ -236,7 +235,8 @@ def export_file(
             shape = [stored[-1] if layout == "NTD" else stored[0]] if pooled_here else list(stored)
             out_dtype = np.dtype(dtype or ("float16" if ds.dtype == np.float16 else "float32"))
             prefix = int(attrs.get("num_prefix_tokens", 0) or 0)
-            plans.append(_Plan(name, layout, prefix, pool if pooled_here else None, shape, out_dtype))
+            cells = ff.cells(name) if layout == "ragged" else None
+            plans.append(_Plan(name, layout, prefix, pool if pooled_here else None, shape, out_dtype, cells))
         n = ff.num_images
         ids = ff.ids
         total = sum(n * int(np.prod(p.shape)) * p.dtype.itemsize for p in plans)
@@ -271,17 +271,11 @@ def _files(fmt: str, name: str, parts: int) -> list[str]:
     return ["features.safetensors"] if fmt == "safetensors" else [name]
 
 
-def _cells(ds: Any) -> Any:
-    """A ragged layer's ``/cells`` dataset (start, h, w per row), None for a fixed layer."""
-    return ds.file[CELLS][ds.name.rsplit("/", 1)[-1]] if to_str(ds.attrs.get("layout", "")) == "ragged" else None
-
-
-def _blocks(ds: Any, start: int, stop: int, chunk_rows: int = 0) -> Any:
+def _blocks(ds: Any, start: int, stop: int, cells: Any = None, chunk_rows: int = 0) -> Any:
     """``(a, b)`` row ranges covering ``[start, stop)``, each about :data:`BLOCK_BYTES` of stored data
     (a ragged layer's rows: at most that many cells each) and whole chunks: ``chunk_rows`` (zarr's),
     else the dataset's row chunks."""
-    cells = _cells(ds)
-    most = int(cells[:, 1:].prod(axis=1).max()) if cells is not None and len(cells) else 1
+    most = int(cells[start:stop, 1:].prod(axis=1).max()) if cells is not None and stop > start else 1
     row_bytes = max(1, int(np.prod(ds.shape[1:])) * ds.dtype.itemsize * most)
     step = max(1, BLOCK_BYTES // row_bytes)
     chunk_rows = chunk_rows or (int(ds.chunks[0]) if ds.chunks else 1)
@@ -293,7 +287,7 @@ def _blocks(ds: Any, start: int, stop: int, chunk_rows: int = 0) -> Any:
 
 def _vectors(ds: Any, a: int, b: int, plan: _Plan) -> np.ndarray:
     if plan.layout == "ragged" and plan.pool is not None:  # rows a..b: their cells, pooled row by row
-        table = _cells(ds)[a:b]
+        table = plan.cells[a:b]
         sizes = table[:, 1] * table[:, 2]
         block = read_span(ds, int(table[0, 0]), int(table[0, 0] + sizes.sum()))
         return np.ascontiguousarray(pool_cells(block, sizes, plan.pool), dtype=plan.dtype)
@@ -319,7 +313,7 @@ def _write_npy(ff: Any, plans: list[_Plan], folder: Folder, _pool: str | None, r
                 descr = np.lib.format.dtype_to_descr(plan.dtype)
                 header = {"descr": descr, "fortran_order": False, "shape": (stop - start, plan.shape[0])}
                 np.lib.format.write_array_header_1_0(fh, header)
-                for a, b in _blocks(ds, start, stop):
+                for a, b in _blocks(ds, start, stop, plan.cells):
                     fh.write(_vectors(ds, a, b, plan).tobytes())
                 nbytes += fh.tell()
             columns: dict[str, Any] = {
@@ -346,7 +340,7 @@ def _write_safetensors(ff: Any, plans: list[_Plan], folder: Folder, pool: str | 
     for plan in plans:
         ds = ff[plan.name]
         tensors[plan.name] = arr = np.empty((n, *plan.shape), dtype=plan.dtype)
-        for a, b in _blocks(ds, 0, n):
+        for a, b in _blocks(ds, 0, n, plan.cells):
             arr[a:b] = _vectors(ds, a, b, plan)
     meta = {
         "format": "featdump-export",
@@ -380,7 +374,7 @@ def _write_zarr(ff: Any, plans: list[_Plan], folder: Folder, pool: str | None, r
             dimension_names=["row", *(f"{plan.name}.{a.lower()}" for a in axes[1:])],
         )  # fmt: skip
         arrays.append(arr)
-        for a, b in _blocks(ds, 0, n, chunk):
+        for a, b in _blocks(ds, 0, n, plan.cells, chunk):
             arr[a:b] = _vectors(ds, a, b, plan)
     for name, values in (("paths", ff.paths), ("ids", ids)):
         if values is not None:
