@@ -210,18 +210,15 @@ class Store:
         return store
 
     def _truncate(self) -> None:
+        """Every row dataset cut back to the last commit (a ragged layer's features: to its cells)."""
         n, m = self.progress.num_images, self.progress.num_failed
-        for name, ds in self.h5[FEATURES].items():
-            if ds.shape[0] != extent(self.h5, name, n):
-                ds.resize(extent(self.h5, name, n), axis=0)
-        rows = [key for key in ("paths", "ids", GEOMETRY, "tiles") if key in self.h5]
-        for key in (*rows, *(f"{CELLS}/{name}" for name in self.h5.get(CELLS, {})), *(f"meta/{name}" for name in self.meta)):
-            if self.h5[key].shape[0] != n:
-                self.h5[key].resize(n, axis=0)
-        for key in ("paths", "errors", "ids") if self.ids else ("paths", "errors"):
-            ds = self.h5["failed"][key]
-            if ds.shape[0] != m:
-                ds.resize(m, axis=0)
+        sizes = {f"{FEATURES}/{name}": extent(self.h5, name, n) for name in self.h5[FEATURES]}
+        sizes |= dict.fromkeys(("paths", "ids", GEOMETRY, "tiles", *(f"{CELLS}/{name}" for name in self.h5.get(CELLS, {}))), n)
+        sizes |= dict.fromkeys((f"meta/{name}" for name in self.meta), n)
+        sizes |= dict.fromkeys(("failed/paths", "failed/errors", "failed/ids"), m)
+        for key, size in sizes.items():
+            if key in self.h5 and self.h5[key].shape[0] != size:
+                self.h5[key].resize(size, axis=0)
 
     # ---------------------------------------------------------------- write
 
