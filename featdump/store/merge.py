@@ -261,9 +261,21 @@ def _write(
         for name in ref_h5.get("meta", ()):  # --keep, --keep-columns: small, always copied
             kept = _strings(shards, f"meta/{name}", [s.num_images for s in shards])
             h5.create_dataset(f"meta/{name}", data=np.array(kept, dtype=object), dtype=text, maxshape=(None,), chunks=(4096,))
-        for key in ("geometry", "tiles"):  # small: always copied (/tiles: --tiles files only)
-            if all(key in f for f in _opened(shards)):
-                rows = [f[key][: s.num_images] for s, f in zip(shards, _opened(shards), strict=True)]
+        # one pass over the shards: each one's rows (a ragged layer's: cells), dataset shapes, /cells
+        # tables and /geometry, /tiles rows (small: always copied; /tiles: --tiles files only)
+        ragged = list(ref_h5.get(CELLS, ()))
+        sizes: dict[str, list[int]] = {name: [] for name in ref.layers}
+        shapes: dict[str, list[Any]] = {name: [] for name in ref.layers}
+        held: dict[str, list[Any]] = {key: [] for key in ("geometry", "tiles", *(f"{CELLS}/{name}" for name in ragged))}
+        for s, f in zip(shards, _opened(shards), strict=True):
+            for name in ref.layers:
+                sizes[name].append(extent(f, name, s.num_images))
+                shapes[name].append(f[FEATURES][name].shape)
+            for key, rows in held.items():
+                rows.append(f[key][: s.num_images] if key in f else None)
+        for key in ("geometry", "tiles"):
+            rows = held[key]
+            if all(r is not None for r in rows):
                 geo = h5.create_dataset(key, data=np.concatenate(rows), maxshape=(None, rows[0].shape[1]), chunks=(256, rows[0].shape[1]))
                 for name, value in ref_h5[key].attrs.items():
                     set_attr(geo, name, read_attr(value))
@@ -275,11 +287,10 @@ def _write(
         group = h5.create_group(FEATURES, track_order=True)
         for name, (shape, dtype) in ref.layers.items():
             src0 = ref_h5[FEATURES][name]
-            sizes = [extent(f, name, s.num_images) for s, f in zip(shards, _opened(shards), strict=True)]  # rows, or cells
-            total = sum(sizes)
-            if name in ref_h5.get(CELLS, ()):  # ragged: each file's cells, their starts shifted by the cells before
-                starts = np.cumsum([0, *sizes[:-1]])
-                tables = [f[CELLS][name][: s.num_images] + [at, 0, 0] for s, f, at in zip(shards, _opened(shards), starts, strict=True)]
+            total = sum(sizes[name])
+            if name in ragged:  # each file's cells, their starts shifted by the cells before
+                starts = np.cumsum([0, *sizes[name][:-1]])
+                tables = [t + [at, 0, 0] for t, at in zip(held[f"{CELLS}/{name}"], starts, strict=True)]
                 h5.create_dataset(f"{CELLS}/{name}", data=np.concatenate(tables).astype(np.int64), maxshape=(None, 3), chunks=(4096, 3))
             if copy or not used:
                 filters = {} if not used else compression_kwargs(str(ref.attrs.get("compression", "none")), dtype)
@@ -292,16 +303,15 @@ def _write(
                     **filters,
                 )
                 at = 0
-                for size, f in zip(sizes, _opened(shards), strict=True):
+                for size, f in zip(sizes[name], _opened(shards), strict=True):
                     _copy_rows(f[FEATURES][name], ds, at, size)
                     at += size
             else:
                 layout = h5py.VirtualLayout(shape=(total, *shape), dtype=dtype)
                 at = 0
-                for s, size, f in zip(shards, sizes, _opened(shards), strict=True):
+                for s, size, src_shape in zip(shards, sizes[name], shapes[name], strict=True):
                     if not size:
                         continue
-                    src_shape = f[FEATURES][name].shape
                     stored = _relative(s.path, out_dir).replace("%", "%%")  # HDF5 reads %b etc. in file names
                     vs = h5py.VirtualSource(stored, f"{FEATURES}/{name}", shape=src_shape)
                     layout[at : at + size] = vs[0:size]
