@@ -238,13 +238,12 @@ class FeatureDataset(Dataset):
             raw = not self._converts(name, ff[name].dtype)
             tensors[name] = self._convert(name, read_rows(ff[name], unique, shared=in_worker and raw))
         ids, meta = ff.ids, ff.kept
+        masked = [] if self.resize or self.pool else [name for name in self.layers if self._layouts[name] == "ragged"]
         items = []
         for k, row in enumerate(rows.tolist()):
             at = int(where[k])
             item: dict[str, Any] = {name: t[at] for name, t in tensors.items()}  # views of the block
-            for name in self.layers:
-                if self._layouts[name] == "ragged" and not (self.resize or self.pool):
-                    item[f"{name}.mask"] = torch.ones(item[name].shape[1:], dtype=torch.bool)
+            item.update({f"{name}.mask": torch.ones(item[name].shape[1:], dtype=torch.bool) for name in masked})
             item["path"] = ff.paths[row]
             item["row"] = row
             if ids is not None:
