@@ -13,7 +13,7 @@ from typing import Any
 
 from featdump.errors import UsageError
 from featdump.model.create import resolve_data_config
-from featdump.model.layers import Backbone, DataConfig, Description, LayerInfo, is_ragged, mark_ragged, size_unit
+from featdump.model.layers import Backbone, DataConfig, Description, LayerInfo, at_grid, mark_ragged, size_unit
 from featdump.model.levels import check_varying, describe_levels, features_model
 from featdump.model.modules import describe_modules, load_module_backbone
 from featdump.model.weights import choose_weights, create_with_weights
@@ -67,9 +67,7 @@ def for_image(desc: Description, height: int, width: int) -> Description:
     d = desc.data
     assert d.size_mode is not None
     h, w = ResizeToUnit(d.size_mode, d.unit, d.max_side, d.interpolation).shape_for(height, width)
-    layers = [dataclasses.replace(x, shape=(x.shape[0], -(-h // int(x.reduction)), -(-w // int(x.reduction))))
-              if is_ragged(x, "none") else x for x in desc.layers]  # fmt: skip
-    return dataclasses.replace(desc, layers=layers, data=dataclasses.replace(d, input_size=(3, h, w)))
+    return dataclasses.replace(desc, layers=at_grid(desc.layers, h, w), data=dataclasses.replace(d, input_size=(3, h, w)))
 
 
 def _nominal(img_size: ImgSize | None, max_side: int) -> tuple[int, int] | None:

@@ -7,6 +7,7 @@ writer's attributes and the summary table all render these objects. Nothing here
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -68,18 +69,19 @@ class DataConfig:
     def with_options(self, cfg: Any) -> DataConfig:
         """This config with ``--crop-mode`` / ``--crop-pct`` / ``--interpolation`` in place of the
         model's (None: keep it)."""
-        import dataclasses
-
         names = ("crop_mode", "crop_pct", "interpolation")
         return dataclasses.replace(self, **{n: getattr(cfg, n) for n in names if getattr(cfg, n) is not None})
 
     def transform(self) -> Any:
-        """Exactly timm's evaluation transform for this config; for a size mode, its resize to each
-        image's own shape (featdump/data/transform.py), to-tensor and normalisation."""
+        """Exactly timm's evaluation transform for this config; for a size mode, :class:`ResizeToUnit`
+        then to-tensor and the model's normalisation as in timm's eval transform."""
         from timm.data import create_transform
+        from timm.data.transforms import MaybeToTensor
+        from torchvision import transforms
 
         if self.size_mode is not None:
-            return size_mode_transform(self)
+            resize = ResizeToUnit(self.size_mode, self.unit, self.max_side, self.interpolation)
+            return transforms.Compose([resize, MaybeToTensor(), transforms.Normalize(self.mean, self.std)])
         timm_keys = ("input_size", "mean", "std", "interpolation", "crop_pct", "crop_mode")
         return create_transform(**{k: getattr(self, k) for k in timm_keys}, is_training=False)
 
@@ -124,12 +126,24 @@ def size_unit(layers: list[LayerInfo]) -> int:
 def mark_ragged(layers: list[LayerInfo]) -> list[LayerInfo]:
     """A size mode's layers: every spatial map (not prefix tokens) marked ragged; ``shape`` stays
     the one at the mode's nominal square size (an upper bound for the space check and inspect)."""
-    import dataclasses
+    return [dataclasses.replace(x, attrs={**x.attrs, "layout": "ragged"}) if _spatial(x) else x for x in layers]
 
-    def spatial(layer: LayerInfo) -> bool:
-        return len(layer.shape) == 3 and layer.attrs.get("part") != "prefix"
 
-    return [dataclasses.replace(x, attrs={**x.attrs, "layout": "ragged"}) if spatial(x) else x for x in layers]
+def _spatial(layer: LayerInfo) -> bool:
+    return len(layer.shape) == 3 and layer.attrs.get("part") != "prefix"
+
+
+def to_unit(side: float, unit: int) -> int:
+    """A size mode's side: ``side`` rounded to the nearest multiple of ``unit``, at least one unit."""
+    return max(1, math.floor(side / unit + 0.5)) * unit
+
+
+def at_grid(layers: list[LayerInfo], height: int, width: int) -> list[LayerInfo]:
+    """The layers with each spatial map (not prefix tokens) at its grid for a ``height`` x ``width`` input."""
+    def grid(x: LayerInfo) -> tuple[int, ...]:
+        return (x.shape[0], -(-height // int(x.reduction)), -(-width // int(x.reduction)))
+
+    return [dataclasses.replace(x, shape=grid(x)) if _spatial(x) else x for x in layers]
 
 
 def output_fmt(model: Any) -> str:
@@ -180,20 +194,10 @@ class ResizeToUnit:
         rounded to the nearest multiple of the unit, at least one unit."""
         h, w = max(1, int(height)), max(1, int(width))
         scale = {"long": self.side / max(h, w), "short": self.side / min(h, w)}.get(self.mode, min(1.0, self.max_side / max(h, w)))
-        return (max(1, math.floor(h * scale / self.unit + 0.5)) * self.unit, max(1, math.floor(w * scale / self.unit + 0.5)) * self.unit)
+        return to_unit(h * scale, self.unit), to_unit(w * scale, self.unit)
 
     def __call__(self, img: Any) -> Any:
         from torchvision.transforms import functional
 
         h, w = (img.shape[-2], img.shape[-1]) if hasattr(img, "shape") else (img.size[1], img.size[0])
         return functional.resize(img, list(self.shape_for(h, w)), interpolation=self.interpolation, antialias=True)
-
-
-def size_mode_transform(data: Any) -> Any:
-    """A size mode's eval transform (``data``: a DataConfig with ``size_mode``): :class:`ResizeToUnit`,
-    then to-tensor and the model's normalisation as in timm's eval transform."""
-    from timm.data.transforms import MaybeToTensor
-    from torchvision import transforms
-
-    resize = ResizeToUnit(data.size_mode, data.unit, data.max_side, data.interpolation)
-    return transforms.Compose([resize, MaybeToTensor(), transforms.Normalize(data.mean, data.std)])

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,7 +14,7 @@ from featdump.model.create import (
     resolve_data_config,
     stride_error,
 )
-from featdump.model.layers import Description, LayerInfo, chw, guess_layout, size_unit
+from featdump.model.layers import Description, LayerInfo, at_grid, chw, guess_layout, size_unit, to_unit
 from featdump.model.weights import why_no_download
 
 
@@ -115,14 +113,6 @@ def check_varying(name: str, model: Any, layers: list[LayerInfo]) -> None:
             )
 
 
-def at_square(layers: list[LayerInfo], side: int) -> list[LayerInfo]:
-    """Layers described at the model's own size, their maps at a size mode's nominal square (``side``
-    rounded to the unit, as each image's sides are): the upper bound the space check and inspect show."""
-    unit = size_unit(layers)
-    side = max(1, math.floor(side / unit + 0.5)) * unit
-    return [dataclasses.replace(x, shape=(x.shape[0], *[int(side // x.reduction)] * 2)) if len(x.shape) == 3 else x for x in layers]
-
-
 def describe_levels(
     name: str,
     out_indices: Sequence[int] | None = None,
@@ -163,7 +153,8 @@ def describe_levels(
         layers = describe_layers(model.eval(), size)
     if dynamic:
         check_varying(name, model, layers)
-        layers = at_square(layers, data.input_size[-1])
+        side = to_unit(data.input_size[-1], size_unit(layers))  # the nominal square, its sides rounded as each image's are
+        layers = at_grid(layers, side, side)  # an upper bound for the space check and inspect
     biggest = max((layer.reduction for layer in layers), default=0)
     if output_stride is not None and biggest > output_stride:
         raise stride_error(name, output_stride, f"its feature levels still reach stride {biggest}")
