@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from featdump.errors import UsageError
 from featdump.model.create import resolve_data_config
-from featdump.model.layers import Backbone, DataConfig, Description, LayerInfo, at_grid, mark_ragged, size_unit
+from featdump.model.layers import Backbone, Description, at_grid, mark_ragged, size_unit
 from featdump.model.levels import check_varying, describe_levels, features_model
 from featdump.model.modules import describe_modules, load_module_backbone
 from featdump.model.weights import choose_weights, create_with_weights
 from featdump.options import ExtractConfig
 from featdump.values import ImgSize, size_mode_text
+
+_Described = TypeVar("_Described", Description, Backbone)
 
 
 def describe(
@@ -42,21 +44,22 @@ def describe(
     else:
         _levels_take_no_prefix(tokens)
         desc = describe_levels(name, out_indices, output_stride, fixed, dynamic=fixed != img_size)
-    stored, data = _size_mode(img_size, max_side, desc.layers, desc.data)
-    return dataclasses.replace(desc, layers=stored, data=data)
+    return _size_mode(img_size, max_side, desc)
 
 
-def _size_mode(img_size: ImgSize | None, max_side: int, layers: list[LayerInfo], data: DataConfig) -> tuple[list[LayerInfo], DataConfig]:
-    """A size mode's layers (spatial ones marked ragged) and data config (mode, unit); a fixed size's as they are."""
+def _size_mode(img_size: ImgSize | None, max_side: int, described: _Described) -> _Described:
+    """A size mode's description or backbone: spatial layers marked ragged, mode and unit in the data
+    config; a fixed size's as it is."""
     if img_size is None or not isinstance(img_size[0], str):
-        return layers, data
+        return described
+    layers = described.layers
     if any(x.layout == "NLC" for x in layers):
         raise UsageError(
             f"--img-size {size_mode_text(img_size)} stores maps at each image's own grid, which token layers "
             "of --layers cannot follow: take this model's feature levels (--out-indices) instead"
         )
-    mode = (str(img_size[0]), int(img_size[1]))
-    return mark_ragged(layers), dataclasses.replace(data, size_mode=mode, unit=size_unit(layers), max_side=max_side)
+    data = dataclasses.replace(described.data, size_mode=img_size, unit=size_unit(layers), max_side=max_side)
+    return dataclasses.replace(described, layers=mark_ragged(layers), data=data)
 
 
 def for_image(desc: Description, height: int, width: int) -> Description:
@@ -102,29 +105,27 @@ def load_backbone(
 ) -> Backbone:
     """The real model with weights from a checkpoint, the hub (pretrained) or random init, in eval mode."""
     fixed = _nominal(img_size, max_side)
+    dynamic = fixed != img_size  # a size mode
     if layers:
         backbone = load_module_backbone(
             name, layers, tokens=tokens, output_stride=output_stride, img_size=fixed,
             pretrained=pretrained, checkpoint=checkpoint,
         )  # fmt: skip
-        if fixed != img_size:  # a size mode: the hooked modules must follow each input's shape (CNNs do, ViTs do not)
+        if dynamic:  # the hooked modules must follow each input's shape (CNNs do, ViTs do not)
             check_varying(name, backbone.model, backbone.layers)
-        backbone.layers, backbone.data = _size_mode(img_size, max_side, backbone.layers, backbone.data)
-        return backbone
+        return _size_mode(img_size, max_side, backbone)
     _levels_take_no_prefix(tokens)
-    dynamic = fixed != img_size
     desc = describe_levels(name, out_indices, output_stride, fixed, dynamic=dynamic)
     indices = desc.out_indices
     choice = choose_weights(name, pretrained=pretrained, checkpoint=checkpoint)
 
     def create(**kwargs: Any) -> Any:
-        built = None if dynamic else fixed  # a size mode: at the model's own size (timm resamples per input)
-        return features_model(name, out_indices=indices, output_stride=output_stride, img_size=built, dynamic=dynamic, **kwargs)
+        return features_model(name, out_indices=indices, output_stride=output_stride, img_size=fixed, dynamic=dynamic, **kwargs)
 
     model, weights = create_with_weights(name, choice, create)
     model.eval()
-    stored, data = _size_mode(img_size, max_side, desc.layers, resolve_data_config(model, fixed))
-    return Backbone(name, model, stored, data, indices, output_stride, weights)
+    backbone = Backbone(name, model, desc.layers, resolve_data_config(model, fixed), indices, output_stride, weights)
+    return _size_mode(img_size, max_side, backbone)
 
 
 def backbone_for(cfg: ExtractConfig) -> Backbone:

@@ -29,8 +29,9 @@ def features_model(
     **kwargs: Any,
 ) -> Any:
     """timm's ``features_only`` model (``kwargs``: e.g. ``pretrained_cfg_overlay``); ``dynamic``: at
-    any input size (a size mode: timm's ``dynamic_img_size``)."""
+    any input size (a size mode: built at the model's own size, timm's ``dynamic_img_size``)."""
     kwargs["features_only"] = True
+    img_size = None if dynamic else img_size
     if out_indices is not None:
         kwargs["out_indices"] = out_indices
     try:
@@ -139,9 +140,8 @@ def describe_levels(
         raise
     levels = len(probe.feature_info.info)
     indices = normalize_indices(name, out_indices, levels, [str(d["module"]) for d in probe.feature_info.info])
-    built = None if dynamic else img_size  # a size mode: at the model's own size, resampled per input by timm
     with torch.device("meta"):
-        model = features_model(name, out_indices=indices, output_stride=output_stride, img_size=built, dynamic=dynamic)
+        model = features_model(name, out_indices=indices, output_stride=output_stride, img_size=img_size, dynamic=dynamic)
     data = resolve_data_config(model, img_size)
     if not dynamic:
         check_tiling(name, model, data.input_size[1:])
@@ -149,7 +149,7 @@ def describe_levels(
     try:
         layers = describe_layers(model, size)
     except Exception:  # noqa: BLE001 - some models cannot run on meta tensors: a real CPU model then
-        model = features_model(name, out_indices=indices, output_stride=output_stride, img_size=built, dynamic=dynamic)
+        model = features_model(name, out_indices=indices, output_stride=output_stride, img_size=img_size, dynamic=dynamic)
         layers = describe_layers(model.eval(), size)
     if dynamic:
         check_varying(name, model, layers)
