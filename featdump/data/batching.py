@@ -14,7 +14,7 @@ import dataclasses
 import itertools
 import signal
 import threading
-from collections.abc import Generator, Iterable, Iterator, Sequence, Sized
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence, Sized
 from typing import Any, NamedTuple
 
 from featdump.data.datasets import ImageDataset, collate
@@ -65,36 +65,30 @@ class Rows:
 WINDOW = 4  # a size mode reads this many batches of refs at a time and batches their images by shape
 
 
+@dataclasses.dataclass
 class ShapeGroups:
     """A size mode's pixels for one window of the input: ``groups`` of ``(rows, pixels)``, each a
     ``(b, 3, h, w)`` batch of one shape (b <= the batch size), ``rows`` the indices of its images
     among the window's ``count`` good ones. A batch never mixes shapes."""
 
-    def __init__(self, groups: list[tuple[list[int], Any]], count: int) -> None:
-        self.groups = groups
-        self.count = count
+    groups: list[tuple[list[int], Any]]
+    count: int
 
     def pin_memory(self) -> ShapeGroups:
         return ShapeGroups([(rows, x.pin_memory()) for rows, x in self.groups], self.count)
 
 
-class ByShape:
+def by_shape(size: int, items: Sequence[Any], stack: Callable[[list[Any]], Any] | None = None) -> ShapeGroups:
     """``collate``'s ``stack`` for a size mode: the items grouped by shape (in order of first
     appearance), each group cut into batches of at most ``size`` items, each stacked by ``stack``
     [``torch.stack``]."""
+    import torch
 
-    def __init__(self, size: int, stack: Any = None) -> None:
-        self.size = max(1, size)
-        self.stack = stack
-
-    def __call__(self, items: Sequence[Any]) -> ShapeGroups:
-        import torch
-
-        by: dict[tuple[int, ...], list[int]] = {}
-        for k, item in enumerate(items):
-            by.setdefault(tuple(item.shape), []).append(k)
-        cuts = [rows[i : i + self.size] for rows in by.values() for i in range(0, len(rows), self.size)]
-        return ShapeGroups([(rows, (self.stack or torch.stack)([items[k] for k in rows])) for rows in cuts], len(items))
+    by: dict[tuple[int, ...], list[int]] = {}
+    for k, item in enumerate(items):
+        by.setdefault(tuple(item.shape), []).append(k)
+    cuts = [rows[i : i + size] for rows in by.values() for i in range(0, len(rows), size)]
+    return ShapeGroups([(rows, (stack or torch.stack)([items[k] for k in rows])) for rows in cuts], len(items))
 
 
 class Loader:
@@ -134,9 +128,9 @@ class Loader:
         if length is None and isinstance(todo, Sized):
             length = len(todo)
         self.inflight: dict[int, ImageRef] = {}  # position -> ref (without its bytes), until its batch is out
-        # a size mode (--img-size long:L ...): windows of WINDOW batches, their images batched by shape (ByShape)
-        by_shape = ByShape(batch_size) if backbone.data.size_mode else None
-        if by_shape:  # about as many images in flight as a fixed size's batches
+        # a size mode (--img-size long:L ...): windows of WINDOW batches, their images batched by shape
+        group = functools.partial(by_shape, max(1, batch_size)) if backbone.data.size_mode else None
+        if group:  # about as many images in flight as a fixed size's batches
             batch_size, prefetch = batch_size * WINDOW, max(1, prefetch // WINDOW)
         self.keys = keys = StreamBatches(todo, batch_size, self.inflight)
         todo = []  # the datasets decode the refs handed to them with each key, not a list of their own
@@ -146,7 +140,7 @@ class Loader:
         self.decoder: Any = None
         if cfg.decode == "gpu":
             dataset: ImageDataset = EncodedDataset(todo, transform, cfg.max_image_pixels, guard=guard)
-            self.decoder = DeviceDecoder(transform, device, by_shape)
+            self.decoder = DeviceDecoder(transform, device, group)
         else:  # --fast-decode: decode at the size the resize needs
             size = fast_decode_size(backbone.data.input_size, backbone.data.crop_pct) if cfg.fast_decode else None
             dataset = ImageDataset(todo, transform, cfg.max_image_pixels, functools.partial(load_rgb, shrink_to=size), guard)
@@ -158,13 +152,13 @@ class Loader:
         if processes is None:
             processes = device.type != "cpu" or self.decoder is not None
         if not processes:  # threads: see featdump/data/loading.py
-            self.loader = ThreadLoader(dataset, keys, workers, prefetch, decode_nice, by_shape)
+            self.loader = ThreadLoader(dataset, keys, workers, prefetch, decode_nice, group)
             return
         self.loader = torch.utils.data.DataLoader(
             dataset,
             batch_sampler=keys,  # keys carry their refs: the stream is read here, decoded in the workers
             num_workers=workers,
-            collate_fn=functools.partial(collate, stack=by_shape) if by_shape else collate,
+            collate_fn=functools.partial(collate, stack=group) if group else collate,
             pin_memory=device.type == "cuda",
             worker_init_fn=_worker_init if workers else None,
             prefetch_factor=prefetch if workers else None,

@@ -179,7 +179,7 @@ class DeviceDecoder:
 
     def __init__(self, transform: Any, device: Any, stack: Callable[[list[Any]], Any] | None = None) -> None:
         self.device = device
-        self.stack = stack  # a size mode's ByShape (featdump/data/batching.py); else torch.stack
+        self.stack = stack  # a size mode's by_shape (featdump/data/batching.py); else torch.stack
         from featdump.data.transform import SplitTransform
 
         self.apply = SplitTransform(transform).on_tensor

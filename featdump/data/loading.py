@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import functools
 import os
 import sys
 import threading
@@ -49,16 +50,15 @@ class ThreadLoader:
         threads: int,
         prefetch: int = 2,
         nice: int = 0,
-        by_shape: Any = None,
+        group: Any = None,
     ) -> None:
         self.batches = batches
         self.threads = threads
         self.prefetch = max(1, prefetch)
         self.nice = nice
         self.split = SplitTransform(dataset.transform)
-        self.stack = self.split.finish
-        if by_shape is not None:  # a size mode: the images batched by shape (featdump/data/batching.py)
-            by_shape.stack, self.stack = self.split.finish, by_shape
+        # a size mode's group: the images batched by shape (featdump/data/batching.py), each by finish
+        self.stack = functools.partial(group, stack=self.split.finish) if group else self.split.finish
         # the same dataset with the PIL half of the transform: item i is (i, uint8 array, "", size) or a failure record
         self._decode = dataset.with_transform(self.split.pil).__getitem__
 
