@@ -136,7 +136,7 @@ class Loader:
         todo = []  # the datasets decode the refs handed to them with each key, not a list of their own
         transform = backbone.data.transform()
         self.geometry = Geometry(transform)  # each image's /geometry row, from its original size
-        guard = ResizeGuard(backbone.data, cfg.max_image_pixels)
+        guard = ResizeGuard(backbone.data, self.geometry, cfg.max_image_pixels)
         self.decoder: Any = None
         if cfg.decode == "gpu":
             dataset: ImageDataset = EncodedDataset(todo, transform, cfg.max_image_pixels, guard=guard)

@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from typing import Any
 
 COLUMNS = ("orig_h", "orig_w", "scale_y", "scale_x", "offset_y", "offset_x")
+RESIZES = ("Resize", "ResizeKeepRatio", "ResizeToUnit")
 
 
 class Geometry:
@@ -47,7 +48,7 @@ class Geometry:
         oy = ox = 0.0
         for step in self.steps:
             kind = type(step).__name__
-            if kind in ("Resize", "ResizeKeepRatio", "ResizeToUnit"):
+            if kind in RESIZES:
                 nh, nw = _resized(step, h, w)
                 sy, sx = sy * h / nh, sx * w / nw
                 h, w = nh, nw
@@ -61,6 +62,11 @@ class Geometry:
                 nan = math.nan
                 return (float(height), float(width), nan, nan, nan, nan)
         return (float(height), float(width), sy, sx, oy, ox)
+
+    def resized(self, height: int, width: int) -> tuple[int, int]:
+        """``(h, w)`` of an image of that size after the transform's resize (its own size without one)."""
+        step = next((s for s in self.steps if type(s).__name__ in RESIZES), None)
+        return _resized(step, height, width) if step is not None else (height, width)
 
     def rows(self, sizes: Sequence[tuple[int, int] | None]) -> Any:
         """A ``(B, 6)`` float64 array for ``(height, width)`` sizes (None: a NaN row)."""

@@ -12,8 +12,6 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from featdump.model.layers import ResizeToUnit
-
 # The steps that count as to-tensor (uint8 PIL -> float in [0, 1]): what timm's eval transform uses.
 # PILToTensor keeps uint8, so it is not one of them (a transform holding it is applied whole).
 TO_TENSOR = ("ToTensor", "MaybeToTensor")
@@ -115,40 +113,17 @@ MAX_ASPECT = 1000  # longer side / shorter side beyond which an image is refused
 DEFAULT_RESIZED_PIXELS = 89_478_485  # Pillow's MAX_IMAGE_PIXELS: the bound without --max-image-pixels
 
 
-def resized_size(width: int, height: int, input_size: Sequence[int], crop_pct: float, crop_mode: str) -> tuple[int, int]:
-    """``(width, height)`` of an image after the resize of timm's eval transform (before the crop),
-    computed as ``timm.data.transforms_imagenet_eval`` builds it: ``scale_size = floor(size /
-    crop_pct)``; ``squash`` resizes to it, ``border`` fits the longer side inside it (ResizeKeepRatio,
-    longest=1), ``center`` puts the shorter side on it (torchvision's Resize(int) for a square
-    target, ResizeKeepRatio longest=0 otherwise)."""
-    th, tw = (int(s) for s in input_size[-2:])
-    pct = crop_pct or 0.875
-    sh, sw = math.floor(th / pct), math.floor(tw / pct)
-    w, h = max(1, width), max(1, height)
-    if crop_mode == "squash":
-        return sw, sh
-    if crop_mode != "border" and sh == sw:  # torchvision Resize(size): shorter side -> size
-        if w <= h:
-            return sw, int(sw * h / w)
-        return int(sh * w / h), sh
-    ratio_h, ratio_w = h / sh, w / sw
-    ratio = max(ratio_h, ratio_w) if crop_mode == "border" else min(ratio_h, ratio_w)
-    return round(w / ratio), round(h / ratio)
-
-
 class ResizeGuard:
     """Refuses, before resizing, an image the eval transform would blow up: an aspect ratio beyond
     :data:`MAX_ASPECT`, or a resized size over ``max_pixels`` (``--max-image-pixels``, else
     Pillow's default limit; at least 16 times the resize target). A 1x20000 PNG of 165 bytes would otherwise resize to 256x5,120,000
     pixels (GBs per image). Raises ValueError, which the dataset turns into a ``/failed`` record."""
 
-    def __init__(self, data: Any, max_pixels: int | None = None) -> None:
-        self.to_unit = ResizeToUnit(data.size_mode, data.unit, data.max_side, data.interpolation) if data.size_mode else None
-        self.input_size = tuple(data.input_size)
-        self.crop_pct = float(data.crop_pct)
-        self.crop_mode = str(data.crop_mode)
-        th, tw = (int(v) for v in self.input_size[-2:])
-        target = math.floor(th / (self.crop_pct or 0.875)) * math.floor(tw / (self.crop_pct or 0.875))
+    def __init__(self, data: Any, geometry: Any, max_pixels: int | None = None) -> None:
+        self.resized = geometry.resized  # featdump/data/geometry.py: the transform's own resize arithmetic
+        th, tw = (int(v) for v in data.input_size[-2:])
+        pct = float(data.crop_pct) or 0.875
+        target = math.floor(th / pct) * math.floor(tw / pct)
         # never below 16x the resize target: a small --max-image-pixels bounds decoding, not a 4:1 panorama's resize
         self.max_pixels = max(max_pixels or DEFAULT_RESIZED_PIXELS, 16 * target)
 
@@ -159,10 +134,7 @@ class ResizeGuard:
                 f"extreme aspect ratio ({width}x{height}, {long / short:.0f}:1 > {MAX_ASPECT}:1): "
                 "refused before resizing"
             )
-        if self.to_unit is not None:
-            rh, rw = self.to_unit.shape_for(height, width)
-        else:
-            rw, rh = resized_size(width, height, self.input_size, self.crop_pct, self.crop_mode)
+        rh, rw = self.resized(height, width)
         if rw * rh > self.max_pixels:
             raise ValueError(
                 f"resizing {width}x{height} would make {rw}x{rh} = {rw * rh} pixels (> {self.max_pixels}); "
