@@ -30,6 +30,7 @@ from typing import Any
 from featdump.data.batching import Rows
 from featdump.errors import OutOfSpace, UsageError
 from featdump.options import ExtractConfig
+from featdump.values import size_mode_text
 
 
 @dataclass
@@ -82,7 +83,7 @@ def run_benchmark(cfg: ExtractConfig, seconds: float = 60.0, images: int = 300) 
         raise UsageError(f"--seconds takes a number of seconds above 0 and at most {MAX_SECONDS}, not {seconds}")
     if not 1 <= images <= MAX_IMAGES:
         raise UsageError(f"--images takes a whole number from 1 to {MAX_IMAGES:,}, not {images}")
-    if isinstance((cfg.img_size or (0,))[0], str):
+    if size_mode_text(cfg.img_size):
         raise UsageError("bench times batches of one shape: give a fixed --img-size (e.g. 512), not a size mode")
     check_environment()
     cfg = dataclasses.replace(cfg, resume=False, overwrite=False)  # what only a real output needs
