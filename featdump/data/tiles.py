@@ -64,11 +64,10 @@ class Tiler:
         (not listed: an image at STRIDE 1 has millions)."""
         return starts(picture.height, self.size, self.stride), starts(picture.width, self.size, self.stride)
 
-    def cut(self, picture: Any, corners: Sequence[tuple[int, int]]) -> list[Any]:
-        """Each tile as an ``(SIZE, SIZE, 3)`` uint8 array."""
-        import numpy as np
-
-        return [np.asarray(picture.crop((x, y, x + self.size, y + self.size))) for y, x in corners]
+    def tile(self, picture: Any, at: tuple[int, int]) -> Any:
+        """The SIZE x SIZE tile at ``at`` ``(y, x)`` of the prepared picture."""
+        y, x = at
+        return picture.crop((x, y, x + self.size, y + self.size))
 
     def rows(self, prepared: tuple[Any, ...], orig: tuple[int, int], corners: Sequence[tuple[int, int]]) -> tuple[Any, Any]:
         """``(/geometry rows, /tiles rows)`` of these tiles: the affine map of each tile's input to
@@ -100,8 +99,7 @@ def tile_view(attrs: dict[str, Any], img: Any, index: int) -> Any:
     size, stride = (int(v) for v in attrs["tiles"])
     tiler = Tiler(DataConfig.from_timm(attrs), size, stride, float(attrs["tile_scale"]), attrs.get("max_image_pixels") or None)
     picture = tiler.prepare(img)[0]
-    y, x = corner(tiler.windows(picture), index)
-    return picture.crop((x, y, x + tiler.size, y + tiler.size))
+    return tiler.tile(picture, corner(tiler.windows(picture), index))
 
 
 def first_rows(ff: Any, rows: Sequence[int]) -> list[int]:
@@ -147,6 +145,8 @@ class TileLoader:
             pool.shutdown(wait=True, cancel_futures=True)
 
     def __iter__(self) -> Iterator[Rows]:
+        import numpy as np
+
         for ref, (pos, prepared, reason, orig) in self._decoded():
             done = self.start + pos + 1
             if prepared is None:
@@ -163,7 +163,7 @@ class TileLoader:
                 yield Rows(
                     [], [ref.path] * n, [], done if last else done - 1, ids=[ref.id] * n, meta=[ref.meta] * n,
                     mark=ref.mark if last else None, geometry=geometry, tiles=boxes,
-                    pixels=self.split.finish(self.tiler.cut(prepared[0], part)), positions=[pos] * n, whole=last,
+                    pixels=self.split.finish([np.asarray(self.tiler.tile(prepared[0], c)) for c in part]), positions=[pos] * n, whole=last,
                 )  # fmt: skip
 
 
