@@ -89,8 +89,7 @@ def resolve(
     ``given`` holds only the options the user actually typed (plus ``model``/``inputs``/``output``
     when present); ``file_values`` comes from :func:`load_toml`; ``like_values`` are the meaning
     settings read from a ``--like`` file (featdump/store/like.py): a typed meaning flag that
-    differs from them is a UsageError naming it. Returns a ``cls`` (an
-    :class:`ExtractConfig`).
+    differs from them is a UsageError naming it.
     """
     merged: dict[str, Any] = dict(file_values or {})
     given = dict(given)

@@ -33,11 +33,7 @@ def describe(
     max_side: int = 2048,
 ) -> Description:
     """Layers and data config of a backbone; builds on the meta device (no weights, no downloads).
-
-    ``layers`` (module names) replaces the feature levels: see :mod:`featdump.model.modules`. A size
-    mode (``("long", 512)``, ...) is described at its nominal square (``native``: ``max_side``), its
-    spatial layers marked ragged and its unit in the data config.
-    """
+    ``layers`` (module names) replaces the feature levels: see :mod:`featdump.model.modules`."""
     fixed = _nominal(img_size, max_side)
     if layers:
         desc = describe_modules(name, layers, fixed, output_stride, tokens)
