@@ -101,10 +101,10 @@ def check_varying(name: str, model: Any, layers: list[LayerInfo]) -> None:
     3x2 units must give every level the grid of its input, else a usage error naming the model."""
     unit = size_unit(layers)
     for h, w in ((2 * unit, 3 * unit), (3 * unit, 2 * unit)):
+        want = at_grid(layers, h, w)
         try:
-            outs = _outputs(model, (3, h, w))
-            grids = [tuple(o.shape[1:3] if x.layout == "NHWC" else o.shape[2:4]) for o, x in zip(outs, layers, strict=True)]
-            ok = all(g in ((h // x.reduction, w // x.reduction), (-(-h // x.reduction), -(-w // x.reduction))) for g, x in zip(grids, layers, strict=True) if len(x.shape) == 3)
+            got = [chw(tuple(o.shape[1:]), x.layout) for o, x in zip(_outputs(model, (3, h, w)), layers, strict=True)]
+            ok = all(g == x.shape for g, x in zip(got, want, strict=True) if len(x.shape) == 3)
         except Exception:  # noqa: BLE001 - any refusal of the shape is the answer
             ok = False
         if not ok:
