@@ -3,7 +3,6 @@ the continued rows will match the earlier ones only to float rounding."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 
@@ -12,12 +11,9 @@ def run_facts(batch_size: int, device: Any) -> dict[str, Any]:
     return {"batch_size": int(batch_size), "device": str(device)}
 
 
-def previous_facts(out_path: Path) -> dict[str, Any] | None:
-    """``batch_size``/``device`` of the file ``--resume`` will continue (its ``--overwrite``
-    replacement first), or None when there is none or it does not record them."""
-    from featdump.store.output import resume_attrs
-
-    attrs = resume_attrs(out_path)
+def previous_facts(attrs: dict[str, Any] | None) -> dict[str, Any] | None:
+    """``batch_size``/``device`` of the file ``--resume`` will continue (its attributes:
+    :func:`~featdump.store.output.resume_attrs`), or None when there is none or it does not record them."""
     if not attrs or "batch_size" not in attrs or attrs.get("complete") or not int(attrs.get("num_images", 0) or 0):
         return None
     return {"batch_size": attrs.get("batch_size"), "device": attrs.get("device")}

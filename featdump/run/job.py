@@ -34,7 +34,7 @@ from featdump.run.results import ProgressSink, Summary, summarize
 from featdump.run.signals import SignalWatch, StopToken, raise_keyboard_interrupt
 from featdump.run.space import check_space
 from featdump.run.writer import Writer
-from featdump.store.output import Output, file_attrs, open_output, preflight
+from featdump.store.output import Output, file_attrs, open_output, preflight, resume_attrs
 
 
 @dataclass(frozen=True)
@@ -75,11 +75,12 @@ def _run(cfg: ExtractConfig, progress: ProgressSink, on_ready: Callable | None, 
     selection = stages.source(cfg.inputs, cfg).select(placement.index, placement.count)
     procs = processors.load(cfg.process)  # unknown processors and bad arguments: usage errors before the model
     cfg = replace(cfg, process=processors.recorded(procs))  # files they read pinned by sha256
+    resumed = resume_attrs(out_path) if cfg.resume else None  # read once: the space check and the tuning
     if cfg.space_check:
-        check_space(cfg, out_path, selection, procs)
+        check_space(cfg, out_path, selection, procs, resumed)
     device = resolve_device(cfg.device, placement.local_rank)
     check_decode(cfg, device)
-    previous = previous_facts(out_path) if cfg.resume else None
+    previous = previous_facts(resumed)
     tuning = tune(device, cfg, placement, previous)  # a resumed run keeps its file's batch size
     tune_malloc()  # before the model's and the activations' memory is allocated
     with torch_settings(device, tuning.threads):

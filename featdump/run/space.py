@@ -18,15 +18,15 @@ from featdump.text import fmt_bytes
 BEST_RATIO = {"none": 1.0, "gzip": 0.46, "lzf": 0.53, "zstd": 0.47}
 
 
-def check_space(cfg: Any, out_path: Path, selection: Any, processors: Sequence[Any] = ()) -> None:
-    """Refuse (UsageError) a run whose rows cannot fit on the output's file system.
+def check_space(cfg: Any, out_path: Path, selection: Any, processors: Sequence[Any] = (), resumed: dict | None = None) -> None:
+    """Refuse (UsageError) a run whose rows cannot fit on the output's file system (``resumed``: the
+    attributes of the file ``--resume`` continues; only the images past its ``inputs_done`` count).
 
     Tar shards are counted only as they are read: the check then uses
     ``selection.estimated_length()`` (local plain tars), and warns (``FeatdumpWarning``) that it
     cannot check where there is no estimate (remote or compressed shards)."""
     from featdump.model.backbone import describe
     from featdump.run.processors import prepare, stored_layers
-    from featdump.store.output import resume_attrs
 
     total, about = selection.length, ""
     if total is None:
@@ -40,8 +40,7 @@ def check_space(cfg: Any, out_path: Path, selection: Any, processors: Sequence[A
             )
             return
         total, about = estimate
-    attrs = resume_attrs(out_path) if cfg.resume else None  # --resume: the images past the file's inputs_done
-    images = max(0, total - int(attrs.get("inputs_done", 0))) if attrs else total
+    images = max(0, total - int(resumed.get("inputs_done", 0))) if resumed else total
     if not images:
         return
     folder = out_path.resolve().parent if out_path.parent != Path("") else Path.cwd()

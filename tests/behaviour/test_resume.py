@@ -141,14 +141,15 @@ def test_resume_with_another_batch_size_warns(tmp_path, imgs):
     import h5py
 
     from featdump.run.facts import previous_facts, rounding_note
+    from featdump.store.output import resume_attrs
 
     out = tmp_path / "r.h5"
     run("extract", "resnet18", str(imgs), "-o", str(out), "--no-pretrained", "-q", "--batch-size", "2",
         "--device", "cpu", "--out-indices", "1", "--pool", "avg", check=True)  # fmt: skip
-    assert previous_facts(out) is None  # complete: nothing to continue
+    assert previous_facts(resume_attrs(out)) is None  # complete: nothing to continue
     with h5py.File(out, "r+") as h5:
         h5.attrs["complete"] = False
-    assert previous_facts(out) == {"batch_size": 2, "device": "cpu"}
+    assert previous_facts(resume_attrs(out)) == {"batch_size": 2, "device": "cpu"}
     assert rounding_note({"batch_size": 2, "device": "cpu"}, {"batch_size": 2, "device": "cpu"}) is None
     note = rounding_note({"batch_size": 2, "device": "cpu"}, {"batch_size": 3, "device": "cpu"})
     assert note and "--batch-size 2 then, 3 now" in note and "float rounding" in note
