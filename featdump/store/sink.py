@@ -249,11 +249,10 @@ class Store:
                 writer.write(batch)
                 if self.ids:
                     columns.append((self.h5["ids"], [i or "" for i in rows.ids or [None] * b]))
-                geometry = self.h5[GEOMETRY]
-                geometry.resize(n + b, axis=0)  # NaN where the batch brought none
-                geometry[n:] = rows.geometry if rows.geometry is not None and len(rows.geometry) == b else np.full((b, geometry.shape[1]), np.nan)
+                geometry, given = self.h5[GEOMETRY], rows.geometry is not None and len(rows.geometry) == b
+                columns.append((geometry, rows.geometry if given else np.full((b, geometry.shape[1]), np.nan)))  # NaN: none given
                 if "tiles" in self.h5:
-                    _extend([(self.h5["tiles"], rows.tiles)], n)
+                    columns.append((self.h5["tiles"], rows.tiles))
                 for name in self.meta:  # --keep, --keep-columns: "" where a row lacks one
                     columns.append((self.h5["meta"][name], [(m or {}).get(name, "") for m in rows.meta or [None] * b]))
                 _extend(columns, n)
