@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import errno
 import os
-import struct
-import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -30,8 +28,6 @@ from typing import Any
 from featdump.errors import FeatdumpError, UsageError, os_error
 from featdump.store.locks import OutputLock, fsync_dir
 from featdump.store.redo import (
-    HEADER,
-    HEADER_MAGIC,
     HEADER_SIZE,
     PAGE,
     Redo,
@@ -39,6 +35,7 @@ from featdump.store.redo import (
     pwrite_full,
     read_header,
     start_writeback,
+    write_header,
 )
 
 # New bytes past the last commit are handed to the kernel for writeback every this many bytes, so
@@ -389,10 +386,7 @@ class JournaledFile:
             self.error = exc
 
     def _write_header(self) -> None:
-        st = os.fstat(self.fd)
-        fields = (HEADER_MAGIC, self.seq, self.committed, st.st_dev, st.st_ino)
-        raw = struct.pack("<8sQQQQ", *fields)
-        pwrite_full(self.jfd, HEADER.pack(*fields, zlib.crc32(raw)).ljust(HEADER_SIZE, b"\0"), 0)
+        write_header(self.jfd, self.seq, self.committed, os.fstat(self.fd))
 
     # ------------------------------------------------------------ closing
 

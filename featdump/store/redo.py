@@ -45,6 +45,12 @@ def read_header(fd: int) -> tuple[int, int, int, int] | None:
     return seq, size, dev, ino
 
 
+def write_header(fd: int, seq: int, size: int, st: os.stat_result) -> None:
+    """The header :func:`read_header` reads back: ``seq``, the committed ``size``, the file's identity ``st``."""
+    raw = HEADER.pack(HEADER_MAGIC, seq, size, st.st_dev, st.st_ino, 0)[: HEADER.size - 4]
+    pwrite_full(fd, (raw + struct.pack("<I", zlib.crc32(raw))).ljust(HEADER_SIZE, b"\0"), 0)
+
+
 def _sync_file_range() -> Any:
     """libc's ``sync_file_range`` (Linux), or None where there is none."""
     try:
