@@ -103,8 +103,8 @@ class FeatureFile:
 
         table = self._take(self._cells[layer], rows)
         if table.ndim == 1:
-            return self._read_cells(ds, table[None])[0]
-        maps = self._read_cells(ds, table)
+            return self._read_cells(layer, table[None])[0]
+        maps = self._read_cells(layer, table)
         return np.stack(maps) if maps and len({m.shape for m in maps}) == 1 else maps
 
     def cells(self, layer: str) -> np.ndarray:
@@ -115,18 +115,20 @@ class FeatureFile:
             raise KeyError(f"{layer!r} is a fixed layer of {self.path}, not a ragged one: it has no cells")
         return self._cells[layer].copy()
 
-    @staticmethod
-    def _read_cells(ds: Any, table: np.ndarray) -> list[np.ndarray]:
+    def _read_cells(self, layer: str, table: np.ndarray) -> list[np.ndarray]:
         """The maps ``(C, h, w)`` of the rows ``table`` (start, h, w), read in one call when they lie close together."""
-        from featdump.store.vds import read_span
+        import numpy as np
 
+        from featdump.store.vds import read_rows
+
+        ds, spans = self[layer], self._virtual_spans(layer)  # a merged file's sources: found once per layer
         if not len(table):
             return []
         ends = table[:, 0] + table[:, 1] * table[:, 2]
         lo, hi = int(table[:, 0].min()), int(ends.max())
-        block = read_span(ds, lo, hi) if hi - lo <= 2 * int((ends - table[:, 0]).sum()) else None
+        block = read_rows(ds, np.arange(lo, hi), spans, self.path) if hi - lo <= 2 * int((ends - table[:, 0]).sum()) else None
         return [
-            (block[s - lo : e - lo] if block is not None else read_span(ds, s, e)).T.reshape(-1, h, w)
+            (block[s - lo : e - lo] if block is not None else read_rows(ds, np.arange(s, e), spans, self.path)).T.reshape(-1, h, w)
             for (s, h, w), e in zip(table.tolist(), ends.tolist(), strict=True)
         ]
 
@@ -142,7 +144,7 @@ class FeatureFile:
         """Committed rows of a row-aligned dataset (a layer's: ``layer``): all, one (no leading axis), a slice, or a list."""
         import numpy as np
 
-        from featdump.store.vds import read_rows, source_spans
+        from featdump.store.vds import read_rows
 
         n = self.num_images
         if isinstance(rows, (int, np.integer)):
@@ -161,11 +163,16 @@ class FeatureFile:
         if not idx.size:
             return np.empty((0, *ds.shape[1:]), dtype=ds.dtype)
         unique, where = np.unique(idx % n, return_inverse=True)
-        spans = None
-        if layer is not None and ds.is_virtual:
-            spans = self._spans[layer] = self._spans.get(layer) or source_spans(ds, self.path)
-        block = read_rows(ds, unique, spans, self.path)
+        block = read_rows(ds, unique, self._virtual_spans(layer) if layer is not None else None, self.path)
         return block if unique.size == idx.size and (unique == idx).all() else block[where]
+
+    def _virtual_spans(self, layer: str) -> Any:
+        """A virtual layer's :func:`~featdump.store.vds.source_spans`, found once; None for a stored one."""
+        from featdump.store.vds import source_spans
+
+        if layer not in self._spans and self[layer].is_virtual:
+            self._spans[layer] = source_spans(self[layer], self.path)
+        return self._spans.get(layer)
 
     @property
     def failed(self) -> list[tuple[str, str]]:
