@@ -11,7 +11,7 @@ reads a virtual dataset (their sources are checked by :mod:`featdump.store.vds`)
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,7 @@ class Counts:
     inputs_done: int
     num_inputs: int | None  # None: not recorded
     shard: tuple[int, int] | None  # (I, N); None: not recorded
+    cells: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)  # ragged layers' checked /cells rows
 
 
 def invalid(path: str | Path, what: str) -> UsageError:
@@ -205,8 +206,7 @@ def check_file(h5: Any, path: str | Path) -> Counts:
                 raise inconsistent(path, f"{key} is {want} but {where} holds {have} rows")
             if _stored_rows_short(ds, want):
                 raise inconsistent(path, f"{key} is {want} but {where} has storage for fewer rows (the rest were never written)")
-    for name, (ds, cells) in ragged.items():
-        _check_cells(ds, cells, num_images, f"/{CELLS}/{name}", path)
+    tables = {name: _check_cells(ds, cells, num_images, f"/{CELLS}/{name}", path) for name, (ds, cells) in ragged.items()}
     if inputs_done < num_images + num_failed and "/tiles" not in rows:  # --tiles: an image gives several rows
         raise inconsistent(
             path, f"inputs_done is {inputs_done}, fewer than num_images + num_failed ({num_images} + {num_failed})"
@@ -217,12 +217,12 @@ def check_file(h5: Any, path: str | Path) -> Counts:
             raise inconsistent(path, f"stream_mark names tar file {shard_done} but num_inputs is {num_inputs}")
     elif num_inputs is not None and inputs_done > num_inputs:
         raise inconsistent(path, f"inputs_done is {inputs_done} but num_inputs is {num_inputs}")
-    return Counts(num_images, num_failed, inputs_done, num_inputs, _shard(attrs, path))
+    return Counts(num_images, num_failed, inputs_done, num_inputs, _shard(attrs, path), tables)
 
 
-def _check_cells(ds: Any, cells: Any, n: int, where: str, path: str | Path) -> None:
-    """A ragged layer's ``/cells`` (N, 3) ``start, h, w``: whole numbers, rows that follow each other
-    from cell 0 with h, w >= 1, and cells that ``/features`` holds and wrote."""
+def _check_cells(ds: Any, cells: Any, n: int, where: str, path: str | Path) -> Any:
+    """A ragged layer's first ``n`` rows of ``/cells`` (N, 3) ``start, h, w`` as int64, checked: whole
+    numbers, rows that follow each other from cell 0 with h, w >= 1, and cells that ``/features`` holds and wrote."""
     import numpy as np
 
     if cells.ndim != 2 or cells.shape[1] != 3 or not np.issubdtype(cells.dtype, np.integer) or ds.ndim != 2:
@@ -234,6 +234,7 @@ def _check_cells(ds: Any, cells: Any, n: int, where: str, path: str | Path) -> N
     total = int((table[:, 0] + table[:, 1].astype(float) * table[:, 2]).max()) if n else 0  # float: h * w may not fit int64
     if total > ds.shape[0] or _stored_rows_short(ds, total):
         raise inconsistent(path, f"{where} needs {total} cells but the layer holds or wrote fewer")
+    return table
 
 
 def input_kind(attrs: Any) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,7 +35,7 @@ class FeatureFile:
         self.missing = check_virtual(self.path)  # gone virtual sources (before our own handle: HDF5 allows one kind of open)
         self._h5, self._counts = open_checked(self.path)  # the layout and the counters, checked
         st = os.stat(self.path)  # what .torch() workers check they reopen (identity, size, time, counters)
-        self.identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, self._counts)
+        self.identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, replace(self._counts, cells={}))  # no tables to workers
         try:
             self.meta: dict[str, Any] = {k: read_attr(v) for k, v in self._h5.attrs.items()}
             n = self._counts.num_images
@@ -51,8 +52,8 @@ class FeatureFile:
         self.kept: dict[str, list[str]] = {k: [read_text(v) for v in ds[:n]] for k, ds in self._h5.get("meta", {}).items()}
         self._id_rows: dict[str, list[int]] | None = None
         self._spans: dict[str, Any] = {}  # virtual layers: where their sources' rows start (vds.source_spans)
-        # ragged layers (docs/file-format.md): each row's cells, ``start, h, w`` (checked on open)
-        self._cells = {k: self._h5["cells"][k][:n] for k in self.layers if self.attrs(k).get("layout") == "ragged"}
+        # ragged layers (docs/file-format.md): each row's cells, ``start, h, w`` (read and checked on open)
+        self._cells: dict[str, np.ndarray] = self._counts.cells
 
     # ------------------------------------------------------------------ access
 
