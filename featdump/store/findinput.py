@@ -24,6 +24,7 @@ def locate_rows(ff: Any, rows: Sequence[int], root: str | Path | None = None) ->
     from featdump.data.discover import discover
     from featdump.data.lookup import find_rows, wanted_rows
     from featdump.data.remote import is_url
+    from featdump.data.tiles import first_rows
     from featdump.options import OPTIONS
     from featdump.store.check import input_kind
     from featdump.store.format import read_inputs_attr
@@ -31,8 +32,8 @@ def locate_rows(ff: Any, rows: Sequence[int], root: str | Path | None = None) ->
     kind, inputs = input_kind(ff.meta), read_inputs_attr(ff.meta.get("inputs")) or []
     if kind != "files":
         failed = [f for f, _ in ff.failed]
-        tiled = "tiles" in ff.h5  # --tiles: a row is read from its image's sample, which its image's first row ranks
-        wanted = wanted_rows([ff.paths.index(ff.paths[r]) for r in rows] if tiled else rows, ff.paths, ff.ids, failed)
+        # --tiles: a row is read from its image's sample, which its image's first row ranks
+        wanted = wanted_rows(first_rows(ff, rows) if "tiles" in ff.h5 else rows, ff.paths, ff.ids, failed)
         for w, r in zip(wanted, rows, strict=True):
             w.row = r
         if not inputs:
