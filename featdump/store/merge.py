@@ -264,13 +264,11 @@ def _write(
         # one pass over the shards: each one's rows (a ragged layer's: cells), dataset shapes, /cells
         # tables and /geometry, /tiles rows (small: always copied; /tiles: --tiles files only)
         ragged = list(ref_h5.get(CELLS, ()))
-        sizes: dict[str, list[int]] = {name: [] for name in ref.layers}
-        shapes: dict[str, list[Any]] = {name: [] for name in ref.layers}
+        sizes: dict[str, list[tuple[int, Any]]] = {name: [] for name in ref.layers}  # (rows, dataset shape) per shard
         held: dict[str, list[Any]] = {key: [] for key in ("geometry", "tiles", *(f"{CELLS}/{name}" for name in ragged))}
         for s, f in zip(shards, _opened(shards), strict=True):
             for name in ref.layers:
-                sizes[name].append(extent(f, name, s.num_images))
-                shapes[name].append(f[FEATURES][name].shape)
+                sizes[name].append((extent(f, name, s.num_images), f[FEATURES][name].shape))
             for key, rows in held.items():
                 rows.append(f[key][: s.num_images] if key in f else None)
         for key in ("geometry", "tiles"):
@@ -287,9 +285,10 @@ def _write(
         group = h5.create_group(FEATURES, track_order=True)
         for name, (shape, dtype) in ref.layers.items():
             src0 = ref_h5[FEATURES][name]
-            total = sum(sizes[name])
+            counts = [size for size, _ in sizes[name]]
+            total = sum(counts)
             if name in ragged:  # each file's cells, their starts shifted by the cells before
-                starts = np.cumsum([0, *sizes[name][:-1]])
+                starts = np.cumsum([0, *counts[:-1]])
                 tables = [t + [at, 0, 0] for t, at in zip(held[f"{CELLS}/{name}"], starts, strict=True)]
                 h5.create_dataset(f"{CELLS}/{name}", data=np.concatenate(tables).astype(np.int64), maxshape=(None, 3), chunks=(4096, 3))
             if copy or not used:
@@ -303,13 +302,13 @@ def _write(
                     **filters,
                 )
                 at = 0
-                for size, f in zip(sizes[name], _opened(shards), strict=True):
+                for size, f in zip(counts, _opened(shards), strict=True):
                     _copy_rows(f[FEATURES][name], ds, at, size)
                     at += size
             else:
                 layout = h5py.VirtualLayout(shape=(total, *shape), dtype=dtype)
                 at = 0
-                for s, size, src_shape in zip(shards, sizes[name], shapes[name], strict=True):
+                for s, (size, src_shape) in zip(shards, sizes[name], strict=True):
                     if not size:
                         continue
                     stored = _relative(s.path, out_dir).replace("%", "%%")  # HDF5 reads %b etc. in file names
