@@ -164,6 +164,7 @@ def verify_file(path: str | Path, n: int = 8, seed: int = 0, device: str = "auto
         rows = sorted(int(r) for r in drawn)
         stored_paths = [ff.paths[r] for r in rows]
         shapes = {name: tuple(ff[name].shape[1:]) for name in ff.layers}
+        stored = {name: ff.numpy(name, rows) for name in ff.layers}
         wanted, gone = locate_rows(ff, rows)
         tile = [r - first for r, first in zip(rows, first_rows(ff, rows), strict=True)] if cfg.tiles else []
     if gone:
@@ -191,8 +192,6 @@ def verify_file(path: str | Path, n: int = 8, seed: int = 0, device: str = "auto
             f"cannot verify {p}: re-extracting one row at its attribute input_size {size} needs about "
             f"{need / 2**30:.1f} GiB of memory, {have / 2**30:.1f} GiB is available"
         )
-    with open_file(p) as ff:
-        stored = {name: ff.numpy(name, rows) for name in names}
     only = {"only": [t for t, w in zip(tile, wanted, strict=True) for _ in w.found]} if cfg.tiles else {}
     loader = open_loader(refs, backbone, cfg, dev, batch_size=max(1, min(len(refs), have // need)), workers=0, prefetch=2, **only)
     forward = Forward(backbone, dev, cfg.precision, cfg.pool, cfg.dtype, False, False, procs)
