@@ -96,9 +96,8 @@ def render_overlay(
     with FeatureFile(path) as f:
         if "geometry" not in f.h5:
             raise UsageError(f"--overlay: {path} holds no /geometry (made by an older featdump); extract it again")
-        spatial = [  # pixel_grid []: its cells are no places (--process)
-            n for n in f.layers if (len(f[n].shape) == 4 or f.attrs(n).get("layout") == "ragged") and f.attrs(n).get("pixel_grid") != []
-        ]
+        ragged = {n for n in f.layers if f.attrs(n).get("layout") == "ragged"}  # each row at its own grid, its own PCA
+        spatial = [n for n in f.layers if (len(f[n].shape) == 4 or n in ragged) and f.attrs(n).get("pixel_grid") != []]  # []: no places (--process)
         chosen = list(dict.fromkeys(layers)) if layers else spatial
         bad = [n for n in chosen if n not in spatial] or ([] if chosen else f.layers[:1])
         if bad:
@@ -107,7 +106,7 @@ def render_overlay(
                 + (f" (spatial layers: {', '.join(spatial)})" if spatial else f" ({path} holds none)")
             )
         rows = select_rows(f.paths, images, f.num_images, random, seed)
-        colours = {n: (pca_each if f.attrs(n).get("layout") == "ragged" else pca_rgb)(f.numpy(n, rows)) for n in chosen}
+        colours = {n: (pca_each if n in ragged else pca_rgb)(f.numpy(n, rows)) for n in chosen}
         boxes = {(n, r): f.pixel_boxes(n, r) for n in chosen for r in rows}
         paths, bound = f.paths, f.meta.get("max_image_pixels") or None
         wanted, why = locate_rows(f, rows, root)
