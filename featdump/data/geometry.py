@@ -40,6 +40,7 @@ class Geometry:
 
         split = SplitTransform(transform)
         self.steps = split.pil_steps if split.split else list(getattr(transform, "transforms", [transform]))
+        self.resize = next((s for s in self.steps if type(s).__name__ in RESIZES), None)  # the first resize step
 
     def of(self, height: int, width: int) -> tuple[float, float, float, float, float, float]:
         """``(orig_h, orig_w, scale_y, scale_x, offset_y, offset_x)`` for an image of that size."""
@@ -65,8 +66,7 @@ class Geometry:
 
     def resized(self, height: int, width: int) -> tuple[int, int]:
         """``(h, w)`` of an image of that size after the transform's resize (its own size without one)."""
-        step = next((s for s in self.steps if type(s).__name__ in RESIZES), None)
-        return _resized(step, height, width) if step is not None else (height, width)
+        return _resized(self.resize, height, width) if self.resize is not None else (height, width)
 
     def rows(self, sizes: Sequence[tuple[int, int] | None]) -> Any:
         """A ``(B, 6)`` float64 array for ``(height, width)`` sizes (None: a NaN row)."""
