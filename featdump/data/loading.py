@@ -68,13 +68,14 @@ class ThreadLoader:
         here = {k: self._decode(key) for k, (f, key) in enumerate(jobs) if not f.done() and f.cancel()}
         return [here[k] if k in here else f.result() for k, (f, _) in enumerate(jobs)]
 
-    def _batch(self, samples: list[tuple[int, Any, str, Any]]) -> Batch:
-        return collate(samples, stack=self.stack)
-
     def __iter__(self) -> Iterator[Batch]:
+        return (collate(samples, stack=self.stack) for samples in self.samples())
+
+    def samples(self) -> Iterator[list[tuple[int, Any, str, Any]]]:
+        """Each batch's samples in order, not collated (``--tiles`` cuts each image itself)."""
         if self.threads <= 0:
             for each in self.batches:
-                yield self._batch([self._decode(k) for k in each])
+                yield [self._decode(k) for k in each]
             return
         pool = concurrent.futures.ThreadPoolExecutor(
             self.threads, thread_name_prefix="featdump-decode", initializer=lower_priority, initargs=(self.nice,)
@@ -88,6 +89,6 @@ class ThreadLoader:
                     queued.put([(pool.submit(self._decode, k), k) for k in keys])
                 if not queued:
                     return
-                yield self._batch(self._collect(queued.get()))
+                yield self._collect(queued.get())
         finally:
             pool.shutdown(wait=True, cancel_futures=True)  # images being decoded finish (ms); the rest are dropped

@@ -10,14 +10,13 @@ the same batches as an uninterrupted run.
 
 from __future__ import annotations
 
-import collections
-import concurrent.futures
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from featdump.data.batching import Failure, Rows
 from featdump.data.datasets import ImageDataset, Stop
 from featdump.data.discover import ImageRef
+from featdump.data.loading import ThreadLoader
 from featdump.data.remote import RESUME_HINT, StoreStopped
 from featdump.data.transform import DEFAULT_RESIZED_PIXELS, SplitTransform
 from featdump.model.layers import Backbone, DataConfig
@@ -115,8 +114,8 @@ def first_rows(ff: Any, rows: Sequence[int]) -> list[int]:
 
 class TileLoader:
     """:class:`Rows` of tiles in input order: the job's loader stage for ``--tiles`` (the arguments of
-    :class:`~featdump.data.batching.Loader`). Images are decoded ``workers`` ahead in threads, the
-    tiles of one image go out ``batch_size`` at a time. ``only``: one tile index per input (``verify``).
+    :class:`~featdump.data.batching.Loader`). Images are decoded ``workers`` ahead in threads
+    (:class:`~featdump.data.loading.ThreadLoader`), the tiles of one image go out ``batch_size`` at a time. ``only``: one tile index per input (``verify``).
     A stream that fails drops the images decoded ahead: ``--resume`` redoes them."""
 
     def __init__(self, todo: Iterable[ImageRef], backbone: Backbone, cfg: ExtractConfig, device: Any, batch_size: int,
@@ -124,30 +123,19 @@ class TileLoader:
                  only: Sequence[int] | None = None) -> None:  # fmt: skip
         assert cfg.tiles is not None  # loader() picks this class for --tiles runs only
         self.todo, self.start, self.batch_size, self.workers, self.only = todo, start, batch_size, workers, only
+        self.nice = decode_nice
         self.tiler = Tiler(backbone.data, *cfg.tiles, cfg.tile_scale, cfg.max_image_pixels)
         self.split = SplitTransform(backbone.data.transform())
         self.dataset = ImageDataset([], self.tiler.prepare, cfg.max_image_pixels)
         self.dataset.max_bytes = cfg.max_image_bytes
 
-    def _decoded(self) -> Iterator[tuple[ImageRef, Any]]:
-        """``(ref, sample)`` in input order, ``workers`` images decoded ahead of the one handed out."""
-        pool = concurrent.futures.ThreadPoolExecutor(max(1, self.workers), thread_name_prefix="featdump-decode")
-        pending: collections.deque[tuple[ImageRef, Any]] = collections.deque()
-        try:
-            for key in enumerate(self.todo):
-                pending.append((key[1], pool.submit(self.dataset.__getitem__, key)))
-                if len(pending) > self.workers:
-                    ref, job = pending.popleft()
-                    yield ref, job.result()
-            for ref, job in pending:
-                yield ref, job.result()
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
-
     def __iter__(self) -> Iterator[Rows]:
         import numpy as np
 
-        for ref, (pos, prepared, reason, orig) in self._decoded():
+        refs: dict[int, ImageRef] = {}  # position -> ref, while its image is decoded
+        keys = ([(pos, refs.setdefault(pos, ref))] for pos, ref in enumerate(self.todo))  # one image a batch
+        for [(pos, prepared, reason, orig)] in ThreadLoader(self.dataset, keys, self.workers, self.workers, self.nice).samples():
+            ref = refs.pop(pos)
             done = self.start + pos + 1
             if prepared is None:
                 if isinstance(reason, Stop):
