@@ -1,18 +1,10 @@
 """Where each model-input pixel came from: the affine map of timm's eval transform, per image.
 
-``/geometry`` (docs/file-format.md) holds, per stored row, ``orig_h, orig_w, scale_y, scale_x,
-offset_y, offset_x`` such that, in continuous pixel coordinates,
-
-    original = model_input * scale + offset        (separately for y and x)
-
-Continuous coordinates put pixel ``i`` on the interval ``[i, i + 1)``, so its centre is ``i + 0.5``:
-model-input pixel ``(r, c)`` has its centre at ``((r + 0.5) * scale_y + offset_y, (c + 0.5) *
-scale_x + offset_x)`` in the original image (after EXIF orientation), and the whole input
-``[0, H) x [0, W)`` covers ``[offset, H * scale + offset)`` there. This is the convention of PIL's
-and torchvision's resize (``align_corners=False``: output centre ``i + 0.5`` samples input
-``(i + 0.5) * in / out``); crops shift by the crop's top-left corner, padding by minus the pad.
-Offsets are negative where ``border`` mode padded the image (the padding lies outside
-``[0, orig)``).
+``/geometry`` (docs/file-format.md; the coordinate convention: docs/dense.md) holds, per stored row,
+``orig_h, orig_w, scale_y, scale_x, offset_y, offset_x`` such that ``original = model_input * scale +
+offset`` (separately for y and x) in continuous pixel coordinates, pixel ``i`` on ``[i, i + 1)``:
+the convention of PIL's and torchvision's resize (``align_corners=False``); crops shift by the crop's
+top-left corner, padding by minus the pad.
 
 The map is computed by walking the transform's own PIL steps with their own arithmetic:
 torchvision's ``Resize`` (shorter side to an int, or an exact ``(h, w)``), timm's
