@@ -109,10 +109,9 @@ def collate(items: Sequence[Any]) -> Any:
         for key, first in items[0].items():
             if isinstance(first, torch.Tensor) and any(item[key].shape != first.shape for item in items):
                 size = [max(sizes) for sizes in zip(*(item[key].shape for item in items), strict=True)]
-                for item in items:
-                    padded = item[key].new_zeros(size)
-                    padded[tuple(slice(0, s) for s in item[key].shape)] = item[key]
-                    item[key] = padded
+                for item in items:  # F.pad's widths run from the last dimension back: (before, after) each
+                    widths = [w for have, want in zip(item[key].shape[::-1], size[::-1], strict=True) for w in (0, want - have)]
+                    item[key] = torch.nn.functional.pad(item[key], widths)
     return collate_with(items, collate_fn_map={**default_collate_fn_map, torch.Tensor: _stack_views})
 
 
