@@ -1,16 +1,9 @@
 """The one bounded queue between the run's threads: read-ahead, the writer, device copies, decode threads.
 
-``queue.Queue`` bounds a count only; here an item also has a size in bytes, and the bound is on
-both (one item always passes, however large). What each side may say:
-
-- the producer: :meth:`put`, then :meth:`end` (with the error that ended it, if any: the consumer
-  gets it after every item put before it);
-- the consumer: iterates (or :meth:`get`); :meth:`close` says it wants no more (queued items are
-  dropped, later ones too; with an error, the producer's next :meth:`put` raises it);
-- either: :meth:`discard` drops what is queued (a hurried stop).
-
-With ``hold``, an item stays counted until the consumer asks for the next one: the bound is then on
-what is queued *or being handled* (the writer's batch being written).
+Unlike ``queue.Queue`` it bounds bytes as well as items (one item always passes, however large).
+The producer calls :meth:`put` then :meth:`end`; the consumer iterates and may :meth:`close`; either
+may :meth:`discard`. With ``hold``, an item stays counted until the consumer asks for the next one,
+so the bound covers what is queued *or being handled* (the writer's batch being written).
 """
 
 from __future__ import annotations

@@ -1,17 +1,11 @@
 """Where each model-input pixel came from: the affine map of timm's eval transform, per image.
 
-``/geometry`` (docs/file-format.md; the coordinate convention: docs/dense.md) holds, per stored row,
-``orig_h, orig_w, scale_y, scale_x, offset_y, offset_x`` such that ``original = model_input * scale +
-offset`` (separately for y and x) in continuous pixel coordinates, pixel ``i`` on ``[i, i + 1)``:
-the convention of PIL's and torchvision's resize (``align_corners=False``); crops shift by the crop's
-top-left corner, padding by minus the pad.
-
-The map is computed by walking the transform's own PIL steps with their own arithmetic:
-torchvision's ``Resize`` (shorter side to an int, or an exact ``(h, w)``), timm's
-``ResizeKeepRatio`` (its ``get_params``), torchvision's ``CenterCrop`` and timm's
-``CenterCropOrPad`` (pad ``(crop - size) // 2`` before, then crop at ``round((size - crop) / 2)``).
-A step it does not know makes the row NaN (never a wrong number). Nothing here imports torch at
-module level.
+``/geometry`` rows are ``orig_h, orig_w, scale_y, scale_x, offset_y, offset_x`` with ``original =
+model_input * scale + offset`` per axis, in continuous pixel coordinates (pixel ``i`` on ``[i, i + 1)``,
+PIL's and torchvision's resize convention; docs/dense.md). The map walks the transform's own PIL steps
+with their own arithmetic (torchvision's ``Resize`` and ``CenterCrop``, timm's ``ResizeKeepRatio`` and
+``CenterCropOrPad``); a step it does not know makes the row NaN, never a wrong number. No torch import
+at module level.
 """
 
 from __future__ import annotations
@@ -117,15 +111,12 @@ def _center_crop(h: int, w: int, ch: int, cw: int) -> tuple[int, int, int, int]:
 def cell_boxes(
     geometry: Any, grid: tuple[int, int], input_hw: tuple[int, int], reduction: float, pixel_grid: Any = None
 ) -> Any:
-    """``(H, W, 4)`` boxes ``y0, x0, y1, x1`` in original-image pixels (continuous coordinates, see
-    the module docstring) of the cells of an ``H x W`` feature map.
+    """``(H, W, 4)`` boxes ``y0, x0, y1, x1`` in original-image pixels of the cells of an ``H x W`` map.
 
-    Cell ``(i, j)`` covers model-input rows ``[i * s, (i + 1) * s)`` (``s``: the layer's stride,
-    ``reduction``; where the grid does not tile the input at that stride, e.g. a model that rounds
-    up, ``input / H``), cut at the input's edge, mapped through the row's affine map and clipped to
-    the original image. A cell that lies wholly in padding (``border`` mode) is NaN. ``pixel_grid``
-    (``scale_y, offset_y, scale_x, offset_x``, a layer's attribute after ``--process``) places cell
-    ``i`` at ``[offset + i * scale, offset + (i + 1) * scale)`` instead.
+    Cell ``i`` covers model-input ``[i * s, (i + 1) * s)`` with ``s`` the layer's stride (``reduction``;
+    ``input / H`` where the grid does not tile the input at that stride), or ``[offset + i * scale, ...)``
+    from ``pixel_grid`` (``scale_y, offset_y, scale_x, offset_x``, set by ``--process``); cut at the
+    input's edge, mapped through the row's affine map, clipped to the image; a cell wholly in padding is NaN.
     """
     import numpy as np
 

@@ -1,32 +1,21 @@
-"""Stored rows found again in the inputs a file records (``featdump verify``), for tar shards and tables.
+"""Stored rows found again in the inputs a file records (``featdump verify``, ``viz``): tar shards, tables.
 
-A row of such a file holds its stored path (``SHARD/MEMBER``; a table's path or URL as written, the
-image struct's ``path``, or ``ROW:<n>``) and, where the inputs give them, its id. The inputs are read
-again through the sources ``extract`` reads them with (:func:`featdump.data.sources.open_source`,
-``select``, ``stream``): the references handed back are the ones the run decoded (a tar member's or
-a table cell's bytes, or a table's path or URL), so the Loader treats them exactly as it did then.
+The inputs are read again with the sources ``extract`` used (``open_source(...).select(I, N).stream()``),
+so the references handed back are the ones the run decoded.
 
-**How a row is matched.** A row's *key* is its stored path, and its id when the file has ``/ids``.
-Row ``r`` is the ``j``-th row of the file with its key (``j`` counted in the file's rows from 0,
-:attr:`Wanted.rank`), and its sample the ``j``-th sample with that key that the inputs yield (samples
-the source itself reports as failed, with no image member, no bytes or no path, are never rows and
-are not counted). Rows keep the inputs' order, so this is exact, also where a table lists a path
-twice or a tar holds a member twice: a row's place in the table is never taken to be its row number,
-which failed images before it would shift. Only a sample that failed to *decode* can break the count:
-it is in ``/failed``, not in the rows, and may come before the row. When ``/failed`` holds the row's
-path (``f`` times, :attr:`Wanted.spare`), the candidates are the key's first ``j + f + 1`` samples and
-the row is the ``j``-th of them that decodes (decoding the same bytes gives the same answer); the
-caller decodes them all and picks (:meth:`Wanted.pick`).
+**How a row is matched.** A row's key is its stored path (and its id when the file has ``/ids``). Row
+``r``, the ``j``-th row with its key (:attr:`Wanted.rank`), is the ``j``-th sample with that key the
+inputs yield; samples the source reports as failed are never rows and are not counted. Rows keep the
+inputs' order, so this is exact even where a key repeats; a table row's number is never used, as
+failed images before it would shift it. Only a sample that failed to *decode* (in ``/failed``, not in
+the rows) can break the count: when ``/failed`` holds the path ``f`` times (:attr:`Wanted.spare`),
+the candidates are the key's first ``j + f + 1`` samples and the row is the ``j``-th that decodes;
+the caller decodes them and picks (:meth:`Wanted.pick`).
 
-**Tar shards** are opened only where sampled rows lie: the stored path starts with the shard as
-written after brace expansion (relative, absolute or a URL), which is matched to the recorded shard
-(``inputs``: absolute paths, URLs as written) whose trailing parts it names, the longest such
-match over every shard name the file's rows and failures use. A file cut with ``--shard I/N`` holds
-block ``I`` of the shards. A shard is read until its sampled members are found, then closed.
-
-**Tables** are read once, in order, stopping when every sampled row is found; a file cut with
-``--shard I/N`` holds block ``I`` of the rows (the same ``select(I, N)`` as its run). A merged file of
-several runs records every run's table in order; their rows follow one another the same way.
+**Tar shards**: a stored path starts with the shard as written, matched to the recorded shard whose
+trailing parts it names best (:func:`_written_as`); only shards holding sampled rows are opened, and
+read only up to their last sampled member. **Tables** are read once, in order, until every sampled
+row is found; a merged file's tables follow one another.
 """
 
 from __future__ import annotations

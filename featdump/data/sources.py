@@ -1,13 +1,9 @@
 """The source seam: INPUT arguments -> this shard's image references, in row order.
 
-A source knows its family's order and how a family splits among shards; the job only asks for
-:meth:`Source.select` and then streams the :class:`Selection` from the position ``--resume``
-continues at. Three families (docs/inputs.md), never mixed in one run:
-
-- files (folders, text lists, image files): one materialised list in row order, split into blocks of images;
-- WebDataset tar shards (``.tar``, ``.tar.gz``, ``.tgz``, brace patterns): the ordered list of tar
-  files is split into blocks of files; samples are streamed, never listed ahead;
-- one table (``.csv``, ``.tsv``, ``.parquet``, ``.jsonl``): rows split into blocks, streamed in batches.
+The job asks :meth:`Source.select` for its block and streams the :class:`Selection` from where
+``--resume`` continues. Three families (docs/inputs.md), never mixed in one run: files (one
+materialised list, split into blocks of images), WebDataset tar shards (split into blocks of whole
+tar files; samples streamed, never listed ahead) and one table (blocks of rows, streamed in batches).
 
 Every ref a stream yields is one position: ``inputs_done`` counts positions, so a source-level
 failure (a sample without an image, the damaged rest of a tar) is a position too. Tar refs carry a
@@ -32,12 +28,8 @@ from featdump.options import OPTIONS
 
 
 def shard_bounds(num_items: int, index: int, count: int) -> tuple[int, int]:
-    """Half-open range ``[start, stop)`` of block ``index`` of ``count`` contiguous, near-equal blocks.
-
-    The first ``num_items % count`` blocks get one item more, so sizes differ by at most one and
-    the blocks, taken in order, cover ``range(num_items)`` exactly once. With more blocks than
-    items, the last blocks are empty.
-    """
+    """Half-open range ``[start, stop)`` of block ``index`` of ``count`` contiguous blocks that cover
+    ``range(num_items)`` once; the first ``num_items % count`` blocks get one item more."""
     if count < 1 or not 0 <= index < count:
         raise ValueError(f"shard {index}/{count} is not 0 <= I < N")
     if num_items < 0:
@@ -49,13 +41,9 @@ def shard_bounds(num_items: int, index: int, count: int) -> tuple[int, int]:
 
 
 class Selection:
-    """One shard's part of the inputs, and the digests that guard resume and merge.
-
-    ``size`` is what the file's ``num_inputs`` records and merge checks against
-    ``shard_bounds(total, i, n)``: images (files, tables) or tar files (tar shards). ``length``
-    is the number of positions :meth:`stream` yields from the start, or None when unknown until
-    read (tar shards).
-    """
+    """One shard's part of the inputs, and the digests that guard resume and merge. ``size``: what
+    ``num_inputs`` records (images, rows or tar files); ``length``: positions :meth:`stream` yields,
+    None until read (tar shards)."""
 
     kind = "files"
     has_ids = False
