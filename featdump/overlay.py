@@ -1,9 +1,8 @@
 """``featdump viz --overlay``: a layer's PCA map drawn over the original image, cell by cell.
 
-Each cell of a spatial layer is painted into its box in original-image pixels
-(:meth:`FeatureFile.pixel_boxes`, from ``/geometry``), so what the model saw lines up with the
-whole picture whatever the crop mode: with ``center`` the cropped-off margins stay bare, with
-``border`` the padding cells are not drawn. Pillow and numpy only.
+Each cell is painted into its box in original-image pixels (:meth:`FeatureFile.pixel_boxes`), so the
+map lines up with the whole picture whatever the crop mode (``center``: the cropped-off margins stay
+bare; ``border``: padding cells are not drawn).
 """
 
 from __future__ import annotations

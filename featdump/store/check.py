@@ -1,12 +1,9 @@
 """Is an open featdump file what it says it is? Layout and counters, checked before anything trusts them.
 
-Every reader (``show``, ``featdump.open``, ``viz``), ``merge`` and ``--resume`` calls
-:func:`check_file` right after opening a file and before using a number read from it: what does not
-hold up is one :class:`~featdump.errors.UsageError` naming the file and what disagrees (exit 2),
-never a traceback, a crash, or rows of zeros read as data.
-
-Only metadata is read (link types, shapes, attributes): nothing here follows an external link or
-reads a virtual dataset (their sources are checked by :mod:`featdump.store.vds`).
+Every reader, ``merge`` and ``--resume`` calls :func:`check_file` right after opening a file: what
+does not hold up is one UsageError naming the file and what disagrees, never a traceback or rows of
+zeros read as data. Only metadata is read: nothing here follows an external link or reads a virtual
+dataset (their sources are checked by :mod:`featdump.store.vds`).
 """
 
 from __future__ import annotations

@@ -1,17 +1,11 @@
 """Whole chunks written straight into HDF5 (``write_direct_chunk``), prepared by a thread pool.
 
-h5py's ``ds[a:b] = arr`` goes through HDF5's selection code, its chunk cache and its filter pipeline
-one chunk at a time, in the calling thread: about half the disk's speed uncompressed, and one core's
-worth of zstd. Here the writer thread hands each batch's full chunks to a pool that casts them, lays
-them out in chunk order (padding edge chunks with the fill value, 0) and runs the dataset's own
-filter pipeline on them (shuffle in numpy, deflate by zlib, lzf and hdf5plugin's filters by their
-own C functions through ctypes: see :meth:`ChunkCodec._step`), then writes the finished bytes with
-``H5Dwrite_chunk`` in order: plain HDF5, the bytes HDF5 would write (docs/performance.md). ctypes,
-zlib and numpy's copies release the GIL, so the pool compresses in parallel. A dataset with any
-other filter (fletcher32, scale-offset, an unknown plugin) is written through h5py.
-
-Crash safety is unchanged: ``write_direct_chunk`` goes through the same file driver, hence the
-same :class:`~featdump.store.journal.JournaledFile`, as every other HDF5 write.
+h5py's ``ds[a:b] = arr`` filters one chunk at a time in the calling thread. Here the writer thread
+hands each batch's full chunks to a pool that casts them, lays them out in chunk order (edge chunks
+padded with the fill value, 0) and runs the dataset's own filter pipeline (:meth:`ChunkCodec._step`),
+producing the bytes HDF5 would write (docs/performance.md); ctypes, zlib and numpy release the GIL.
+A dataset with any other filter (fletcher32, scale-offset, an unknown plugin) is written through h5py.
+Crash safety is unchanged: ``write_direct_chunk`` goes through the same JournaledFile.
 
 Rows that do not fill a chunk stay in a per-dataset *tail* in memory, written through h5py at every
 commit (:meth:`ChunkWriter.flush`); the whole chunk replaces them later, and resume reads them back.

@@ -1,14 +1,11 @@
 """``featdump export``: a file's vectors in the layouts the embedding ecosystem and cloud readers read.
 
-The layouts (``npy`` parts with parquet metadata, ``safetensors``, ``zarr``) are the contract of
-docs/reading.md; how a kill or a failed upload leaves OUT, that of docs/object-storage.md. Here:
-each npy part is streamed block by block (memory stays bounded whatever the file size); safetensors
-holds the tensors twice in memory, hence :data:`SAFETENSORS_LIMIT`. The export is committed when
-:data:`MANIFEST`, written last, says ``"complete": true`` (:func:`read_export` checks it); it is
-first written with ``"complete": false`` and the top-level names the export writes (``entries``),
-so a rerun may replace an unfinished export. Only names listed in OUT itself are deleted, and a
-symlink is removed, never followed. Nothing here prints; :func:`export_file` returns an
-:class:`ExportSummary`.
+The layouts are the contract of docs/reading.md; how a kill or failed upload leaves OUT, that of
+docs/object-storage.md. npy parts are streamed block by block (bounded memory); safetensors holds the
+tensors twice in memory, hence :data:`SAFETENSORS_LIMIT`. :data:`MANIFEST` is written first with
+``"complete": false`` and the top-level names the export writes (``entries``), so a rerun may replace
+an unfinished export, and last with ``"complete": true``. Only names listed in OUT itself are
+deleted, and a symlink is removed, never followed.
 """
 
 from __future__ import annotations

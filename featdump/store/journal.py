@@ -1,20 +1,16 @@
 """A redo journal under HDF5, so that a run killed at any moment leaves its last commit intact.
 
-HDF5 rewrites its metadata (superblock, object headers, B-tree nodes, heaps) in place and in no
-crash-safe order: a process killed in the middle of ``H5Fflush`` can leave a file that cannot be
-opened or extended (measured in featdump/store/journal-design.md). :class:`JournaledFile` is the file
-object h5py's ``fileobj`` driver writes through:
+HDF5 rewrites its metadata in place in no crash-safe order (featdump/store/journal-design.md).
+:class:`JournaledFile` is the file object h5py's ``fileobj`` driver writes through:
 
-* bytes past the last commit's size ``L`` (new chunks, new metadata) go straight to the file;
-  the committed state never points at them, so a kill leaves only unreferenced bytes there;
-* writes below ``L`` (in-place updates of committed metadata and partial chunks) are held in
-  memory, page by page, and reads see them;
+* bytes past the last commit's size ``L`` go straight to the file (the committed state never points at them);
+* writes below ``L`` are held in memory, page by page, and reads see them;
 * :meth:`commit` writes those pages to ``OUT.h5-journal`` as one checksummed redo block, applies
-  them to the file, then records the new size in the journal header. A kill before the block is
-  complete leaves the old state; a kill after it is repaired by replaying the block (idempotent).
+  them, then records the new size in the journal header: a kill before the block is complete leaves
+  the old state, a kill after it is repaired by replaying the block (idempotent).
 
-The journal file is also the writer's lock, held for its whole life (:mod:`featdump.store.locks`).
-With ``durable`` (the default) every commit is ordered by fsync, so a power cut is survived the same way.
+The journal file is also the writer's lock (:mod:`featdump.store.locks`). With ``durable`` (the
+default) every commit is ordered by fsync, so a power cut is survived the same way.
 """
 
 from __future__ import annotations

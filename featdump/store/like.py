@@ -1,9 +1,7 @@
 """The meaning of an existing file's rows, as option values: ``extract --like FILE`` and ``verify``.
 
-:func:`recorded_options` maps a featdump file's root attributes back to the options that made them,
-through the option table (featdump/options.py: every ``meaning`` option's ``from_attr``), so an
-option added there is carried with no edit here. A checkpoint is used only when its sha256 still
-matches the recorded one.
+Driven by the option table (each ``meaning`` option's ``from_attr``), so an option added there is
+carried with no edit here.
 """
 
 from __future__ import annotations

@@ -1,13 +1,10 @@
-"""The HDF5 layout of docs/file-format.md: create, append, commit, resume, finish. A ragged layer
-(:func:`~featdump.model.layers.is_ragged`) is ``/features/<name>`` (cells, C) plus ``/cells/<name>``
-(N, 3) ``start, h, w``, and makes the file ``format_version`` 2.
+"""The HDF5 layout of docs/file-format.md: create, append, commit, resume, finish.
 
-Crash consistency (see featdump/store/journal-design.md): HDF5 writes through a redo journal
-(:mod:`featdump.store.journal`), so rows and the counters ``num_images`` / ``num_failed`` /
-``inputs_done`` that vouch for them become the file's state together, at a commit; a kill at any
-moment leaves the last commit, which ``--resume`` continues. The file uses HDF5's oldest format
-(superblock v0), which a killed process leaves openable; newer superblocks leave a "file is
-already open for write" flag that h5py cannot clear.
+Crash consistency (featdump/store/journal-design.md): HDF5 writes through a redo journal, so rows
+and the counters that vouch for them (``num_images``, ``num_failed``, ``inputs_done``) become the
+file's state together, at a commit. The file uses HDF5's oldest format (superblock v0), which a
+killed process leaves openable; newer superblocks leave a "file is already open for write" flag
+that h5py cannot clear.
 """
 
 from __future__ import annotations

@@ -1,8 +1,7 @@
 """``featdump show FILE --layer NAME --row R``: statistics of one stored map, as data.
 
-Lets a user sanity-check values without Python: range, mean, share of exact zeros (post-ReLU maps
-hold many), non-finite values (NaN is what a merged file's missing shard reads as), and a summary of
-the per-channel L2 norms (dead or exploding channels stand out).
+Range, mean, share of exact zeros, non-finite values (NaN is what a missing merged shard reads as)
+and the spread of per-channel L2 norms (dead or exploding channels stand out).
 """
 
 from __future__ import annotations

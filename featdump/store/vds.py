@@ -1,13 +1,9 @@
 """Virtual datasets (merged files): where their source files are, and which cannot deliver rows.
 
-The one resolver every reader uses (``show``, ``merge``, ``featdump.open``, ``viz``):
-:func:`source_path` finds a source file the way HDF5 does.
-
-HDF5 reads the rows of a missing source as the dataset's fill value, without any error. featdump's
-merged files set the fill value to NaN (float features), so such rows read as NaN, never as
-plausible zeros; these functions find the missing sources before anyone reads them. A source that
-is the virtual file itself (HDF5 recurses until it crashes) or is not a featdump shard (say
-``/etc/passwd``) is refused outright (:func:`missing_sources`), before any row is read.
+:func:`source_path` is the one resolver every reader uses; it finds a source file the way HDF5 does.
+HDF5 reads the rows of a missing source as the fill value (NaN in featdump's merged files) without
+an error, so these functions find missing sources before anyone reads them. A source that is the
+virtual file itself (HDF5 recurses until it crashes) or not a featdump shard is refused outright.
 """
 
 from __future__ import annotations
