@@ -1,15 +1,8 @@
 """``featdump bench``: which of decoding, the forward pass, the writer or their overlap limits a run
 on this machine, with these images, this model and these options. Returns data; the CLI renders it.
 
-Four timings over the same first images (each stage bounded by a share of ``seconds``):
-
-* **decode**: the run's loader alone (reading, decoding, timm's transform, batching);
-* **forward**: the forward pass alone on one decoded batch, repeated (bare: no copy queue, no
-  writer), at the run's batch size and at half and twice it, keeping the best;
-* **write**: the writer alone (a Store in the output's folder, whole chunks, the run's
-  compression and dtype) fed with that batch's outputs;
-* **pipeline**: the three together, as ``extract`` runs them.
-
+Four timings over the same first images, each bounded by a share of ``seconds``: decode, forward
+(bare, on one decoded batch), write (fed with that batch's outputs) and the pipeline of the three.
 The limit is the slowest stage; a pipeline well below it means the stages do not overlap.
 """
 

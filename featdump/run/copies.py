@@ -1,14 +1,9 @@
-"""Device-to-host copies that overlap the next batch's forward pass.
+"""Device-to-host copies that overlap the next batch's forward pass (CUDA; CPU outputs are host arrays).
 
-On CUDA, :class:`CudaCopies` copies a batch's stored outputs into pinned host buffers on a copy
-stream of its own and records an event; the forward stage returns at once (a :class:`Pending`), so
-batch k+1's forward runs while batch k is copied, and the writer thread waits for batch k's event
-only when it is about to store it. At most ``depth`` copies are in flight: :meth:`CopyQueue.submit`
-waits for the oldest beyond that.
-
-The queue logic (order, bound) is in :class:`CopyQueue`; a subclass only starts a copy and says how
-to wait for it (tests/test_copies.py puts a host thread in place of the copy stream). CPU runs do not
-use a queue at all (their outputs are host arrays already).
+:class:`CudaCopies` copies batch k's outputs into pinned host buffers on a stream of its own, so batch
+k+1's forward runs meanwhile; the writer waits for batch k's event only when it stores it.
+:class:`CopyQueue` keeps the order and at most ``depth`` copies in flight; a subclass only starts a
+copy and says how to wait for it (tests/test_copies.py puts a host thread in place of the stream).
 """
 
 from __future__ import annotations
@@ -20,9 +15,7 @@ from featdump.queues import BoundedQueue
 
 
 class Pending(list[Any]):
-    """One batch's host buffers (a list, so ``nbytes`` can be counted before the copy is done).
-
-    :meth:`wait` blocks until the copy is complete and returns the arrays (numpy)."""
+    """One batch's host buffers (a list, so ``nbytes`` is known before the copy is done)."""
 
     def __init__(self, host: list[Any], result: Callable[[], list[Any]]) -> None:
         super().__init__(host)

@@ -54,7 +54,7 @@ def cpu_budget(placement: Placement) -> int:
     return placement.cpu_budget(available)
 
 
-CPU_BATCH = 8  # batch size on CPUs (see tune)
+CPU_BATCH = 8  # batch size on CPUs, channels_last (bench/cpubatch.py)
 WRITE_QUEUE_BYTES = 256 << 20  # the writer's queue: enough for a few large batches, never more
 
 
@@ -79,18 +79,13 @@ def write_threads(cpus: int, busy: int) -> int:
 
 
 def tune(device: Any, cfg: ExtractConfig, placement: Placement, previous: dict[str, Any] | None = None) -> Tuning:
-    """Defaults per device, from measurements (``make bench``; the figures are in docs/performance.md).
+    """Defaults per device, from measurements (``make bench``; figures: docs/performance.md).
 
-    CPU: decoding runs in threads of this process (featdump/data/loading.py), since decoding + timm's
-    transform costs a fraction of the forward pass per image. Up to 4 cores the decode threads share
-    all the cores with the forward threads (faster than one worker process there); on more, ``cpus // 8`` decode threads (1-8) and the forward pass gets the other cores of the
-    budget (Slurm's --cpus-per-task, else this process's affinity), because an OpenMP region
-    waits for its slowest thread. Batches of :data:`CPU_BATCH` in channels_last (bench/cpubatch.py).
-    The batch size is fixed, not timed per run, so reruns compute with the same kernels; a resumed
-    run without --batch-size keeps the one its file was started with (``previous``: run/facts.py)
-    on the same kind of device, so its rows are bit-identical to an uninterrupted run's.
-    CUDA: batches of 64, channels_last, threads left alone, DataLoader worker processes for up
-    to 8 of the cores.
+    CPU: decoding runs in threads of this process (data/loading.py). Up to 4 cores they share all
+    cores with the forward threads; on more, ``cpus // 8`` decode threads (1-8) and the forward pass
+    gets the rest, because an OpenMP region waits for its slowest thread. The batch size is fixed, not
+    timed, so reruns compute with the same kernels; a resume without --batch-size keeps its file's
+    (``previous``: run/facts.py) on the same kind of device, so its rows are bit-identical.
     """
     cpus = cpu_budget(placement)
     if previous and not cfg.batch_size and str(previous.get("device", "")).split(":")[0] == device.type:

@@ -1,10 +1,9 @@
 """The ``extract`` job: source -> loader -> forward -> writer -> summary, wired in one short loop.
 
-The stages are handed in (:class:`Stages`; the defaults are what ``extract`` runs). The loader yields
-one :class:`~featdump.data.batching.Rows` record per batch, which the writer appends whole to the
-output's store in a thread of its own: the loop knows nothing of ids, tar marks or geometry. It ends
-when the loader does or raises (every batch before the error is written first), or after the current
-batch once a stop is requested (run/signals.py). Nothing here prints or exits.
+The stages are handed in (:class:`Stages`). The writer thread appends each batch's
+:class:`~featdump.data.batching.Rows` whole, so the loop knows nothing of ids, tar marks or geometry.
+It ends with the loader (on an error, every earlier batch is written first) or after the current
+batch once a stop is requested (run/signals.py).
 """
 
 from __future__ import annotations

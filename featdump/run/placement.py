@@ -15,11 +15,8 @@ from featdump.errors import UsageError
 
 @dataclass(frozen=True)
 class Placement:
-    """Where this process stands: shard ``index`` of ``count``, and the launcher that said so.
-
-    ``local_rank`` picks ``cuda:LOCAL_RANK`` under torchrun; ``local_size`` is how many copies share
-    this machine (torchrun's ``LOCAL_WORLD_SIZE``); ``cpus`` is Slurm's ``--cpus-per-task``.
-    """
+    """Shard ``index`` of ``count`` and the launcher that said so; ``local_rank`` picks the CUDA device,
+    ``local_size`` is torchrun's ``LOCAL_WORLD_SIZE``, ``cpus`` Slurm's ``--cpus-per-task``."""
 
     index: int = 0
     count: int = 1
@@ -34,9 +31,8 @@ class Placement:
         return self.index, self.count
 
     def cpu_budget(self, available: int) -> int:
-        """CPUs this process may use: Slurm's grant (or ``available``), split among local peers;
-        never more than ``available`` (the process's CPU affinity): a grant that claims more cores
-        than the process may run on would only start threads that wait for each other."""
+        """Slurm's grant (or ``available``: the CPU affinity) split among local peers, capped at
+        ``available``: more threads than allowed cores would only wait for each other."""
         total = min(self.cpus, available) if self.cpus else available
         return max(1, total // max(1, self.local_size or 1))
 

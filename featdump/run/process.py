@@ -1,12 +1,6 @@
 """Process-wide settings a run makes, in one place: glibc's malloc, OpenMP's wait policy, torch's
-threads and cuDNN's autotuner. The CLI owns its process; the Python API documents each setting
-(see :func:`featdump.extract`) and restores what can be restored when the run ends.
-
-glibc ``malloc`` (Linux): every allocation served from the heap and the heap never trimmed
-(``M_MMAP_MAX=0``, ``M_TRIM_THRESHOLD`` 1 GiB), so each batch reuses the pages of the last instead of
-page-faulting its activations afresh (why, and what it measured: docs/performance.md). It stays
-for the rest of the process; left alone when the user chose an allocator or glibc settings, and
-when ``FEATDUMP_MALLOC_TUNING=0``.
+threads and cuDNN's autotuner. The Python API documents each (:func:`featdump.extract`) and restores
+what it can when the run ends; the malloc tuning stays for the rest of the process.
 """
 
 from __future__ import annotations
@@ -42,8 +36,9 @@ def user_choice(env: dict[str, str] | None = None) -> str:
 
 @functools.cache
 def tune_malloc() -> str:
-    """Apply the settings once per process; returns what was done (``make bench`` records it):
-    ``"heap"`` when applied, else why not."""
+    """Serve every allocation from a heap never trimmed, so each batch reuses the last one's pages
+    instead of page-faulting afresh (docs/performance.md); once per process. Returns what was done
+    (``make bench`` records it): ``"heap"``, else why not."""
     if not sys.platform.startswith("linux"):
         return "not linux"
     reason = user_choice()
@@ -75,11 +70,8 @@ OMP_ADVICE = (
 
 
 def passive_omp() -> str:
-    """Ask OpenMP (read once, when torch loads libgomp) to let waiting threads sleep, not spin.
-
-    Sets ``OMP_WAIT_POLICY=PASSIVE`` in ``os.environ`` when the user set no policy and torch is not
-    imported yet; returns ``""`` then (or when the user chose a policy), else :data:`OMP_ADVICE`
-    (torch already loaded: too late, the caller warns)."""
+    """Ask OpenMP (read once, when torch loads libgomp) to let waiting threads sleep, not spin, unless
+    the user chose a policy. Returns :data:`OMP_ADVICE` when torch is already loaded (too late), else ``""``."""
     if "OMP_WAIT_POLICY" in os.environ:
         return ""
     if "torch" in sys.modules:

@@ -21,10 +21,7 @@ BEST_RATIO = {"none": 1.0, "gzip": 0.46, "lzf": 0.53, "zstd": 0.47}
 def check_space(cfg: Any, out_path: Path, selection: Any, processors: Sequence[Any] = (), resumed: dict | None = None) -> None:
     """Refuse (UsageError) a run whose rows cannot fit on the output's file system (``resumed``: the
     attributes of the file ``--resume`` continues; only the images past its ``inputs_done`` count).
-
-    Tar shards are counted only as they are read: the check then uses
-    ``selection.estimated_length()`` (local plain tars), and warns (``FeatdumpWarning``) that it
-    cannot check where there is no estimate (remote or compressed shards)."""
+    Tars are counted as read: the check uses their estimated length, and warns where there is none."""
     from featdump.model.backbone import describe
     from featdump.run.processors import prepare, stored_layers
 

@@ -13,13 +13,9 @@ from featdump.store.sink import Store
 
 
 class Writer:
-    """Owns the Store in a background thread, behind a queue bounded in bytes.
-
-    ``put`` blocks while the feature arrays queued or being written would exceed ``max_bytes``;
-    one batch is always admitted (however large), so memory stays below
-    ``max(max_bytes, one batch)`` whatever the number of images. A write error stops the writing
-    and is raised by the next ``put`` or by ``close``.
-    """
+    """``put`` blocks while the arrays queued or being written exceed ``max_bytes``, but always admits
+    one batch, so memory stays below ``max(max_bytes, one batch)``. A write error stops the writing
+    and is raised by the next ``put`` or by ``close``."""
 
     def __init__(self, store: Store, max_bytes: int = WRITE_QUEUE_BYTES, threads: int = 1) -> None:
         self.store = store
