@@ -1,15 +1,10 @@
 """``featdump viz``: a picture of stored feature maps (Pillow and numpy only).
 
-One row per chosen image: the input as the model saw it (resized and centre-cropped with the file's
-preprocessing settings, read again from the recorded inputs: featdump/store/findinput.py), then one
-tile per layer.
-Spatial maps become a PCA of the channels mapped to RGB, fitted per layer across all shown
-images (so colours are comparable along a column), and upsampled to a common tile size. Token
-outputs with a known patch grid are shown as maps too. Pooled vectors (and token outputs without a
-grid, averaged over the tokens) are shown as a bar strip of each image's largest channels and,
-when at least three images are shown, one more row: per pooled layer a 2-D PCA scatter of the
-shown images, each a dot in its row's colour. Rows are chosen by ``--image`` or drawn at random
-(``--random N --seed S``) by :func:`select_rows`, for ``--overlay`` too.
+One row per chosen image: the input as the model saw it (found again by featdump/store/findinput.py),
+then one tile per layer. Spatial maps (and token outputs with a patch grid) are a PCA of the
+channels mapped to RGB, fitted per layer across all shown images so colours are comparable along a
+column. Pooled vectors are bar strips of each image's largest channels plus, from three images on,
+a 2-D PCA scatter row per pooled layer.
 """
 
 from __future__ import annotations
@@ -172,11 +167,7 @@ def render(
     random: int | None = None,
     seed: int | None = None,
 ) -> VizResult:
-    """Draw the chosen rows and layers of a featdump file into a PNG; returns what was drawn.
-
-    Rows: ``images`` or ``random``/``seed`` (:func:`select_rows`). Spatial layers are PCA maps;
-    pooled vectors are bar strips of their largest channels, plus a PCA scatter panel per pooled
-    layer below the rows when at least ``SCATTER_MIN`` images are shown."""
+    """Draw the chosen rows (:func:`select_rows`) and layers of a featdump file into a PNG (see the module doc)."""
     from PIL import Image, ImageDraw
 
     from featdump.data.tiles import first_rows, tile_view

@@ -164,10 +164,8 @@ def _shard(attrs: Any, path: str | Path) -> tuple[int, int] | None:
 
 
 def check_file(h5: Any, path: str | Path) -> Counts:
-    """Check an open featdump file's layout (datasets behind hard links, layer names that are one
-    safe path component) and counters (whole numbers >= 0, each backed by written rows of its
-    datasets, ``num_images + num_failed <= inputs_done <= num_inputs``, ``shard`` ``[I, N]``); return
-    the counters, or raise UsageError (exit 2) naming what disagrees."""
+    """The counters of an open featdump file, once its layout and counters hold up (UsageError naming
+    what disagrees otherwise)."""
     attrs = h5.attrs
     rows: dict[str, Any] = {}
     for name in ROW_DATASETS:

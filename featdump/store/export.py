@@ -186,11 +186,8 @@ def export_file(
     overwrite: bool = False,
     safetensors_limit: int = SAFETENSORS_LIMIT,
 ) -> ExportSummary:
-    """Export the committed rows of ``path`` into ``out``, a folder or URL (see the module doc).
-
-    ``dtype``: float16 or float32 [the stored dtype]; ``pool``: avg or max, needed for map layers
-    (npy); stored pooled layers are exported as they are.
-    """
+    """Export the committed rows of ``path`` into ``out``, a folder or URL. ``pool`` (avg or max)
+    is needed for map layers (npy); stored pooled layers are exported as they are."""
     from featdump.store.reader import FeatureFile
 
     pool = None if pool == "none" else pool

@@ -151,11 +151,8 @@ class Store:
 
     @classmethod
     def resume(cls, path: str | Path, attrs: dict[str, Any], layers: Sequence[LayerInfo]) -> Store:
-        """Reopen an unfinished file after checking its settings; drop rows past the last commit.
-
-        The settings are read from the last commit without changing a byte, so a refused resume
-        leaves the file byte-identical. A complete file is opened read-only (nothing to do).
-        """
+        """Reopen an unfinished file after checking its settings (read without changing a byte, so a
+        refused resume leaves the file byte-identical); a complete file is opened read-only."""
         import h5py
 
         from featdump.store.journal import JournaledFile

@@ -20,12 +20,8 @@ from featdump.text import first_line, to_str
 
 @dataclass(frozen=True)
 class SourceProblem:
-    """A source of a virtual dataset that cannot deliver its rows.
-
-    ``refused``: the source must never be read (the file itself, not a regular file, not HDF5, not a
-    featdump shard, itself virtual): reading it may crash HDF5 or return another file's bytes as
-    features. Otherwise it is missing or short (put the shard back).
-    """
+    """A source of a virtual dataset that cannot deliver its rows: missing or short, or ``refused``
+    (never to be read: reading it may crash HDF5 or return another file's bytes as features)."""
 
     source: str  # the file, resolved as HDF5 resolves it
     dataset: str
@@ -130,11 +126,8 @@ def _sorted_rows(ds: Any, rows: Any) -> Any:
 
 
 def check_sources(path: str | Path) -> list[SourceProblem]:
-    """Every source of the virtual datasets under ``/features`` that is missing, unreadable, short or
-    refused (see :class:`SourceProblem`, :func:`_open_source`, :func:`_source_reason`), checked before
-    anything reads a row; empty for files without virtual datasets. Opens ``path`` on its own: call
-    it while no other handle to ``path`` is open in this process.
-    """
+    """Every source of the virtual datasets under ``/features`` that cannot deliver its rows.
+    Opens ``path`` on its own: call it while no other handle to ``path`` is open in this process."""
     import h5py
 
     from featdump.store.committed import open_committed
@@ -245,10 +238,8 @@ def _source_reason(f: Any, vmap: Any, row_shape: tuple[int, ...]) -> tuple[str, 
 
 
 def missing_sources(path: str | Path) -> list[str]:
-    """Source files of a merged (virtual) file that cannot deliver their rows, as ``"FILE: why"``
-    (e.g. ``/data/feats.shard-00001-of-00004.h5: file not found``); empty when all is well.
-    A source that must never be read (the file itself, a file that is not a featdump shard) raises
-    UsageError (exit 2) instead."""
+    """Source files of a merged file that cannot deliver their rows, as ``"FILE: why"``; a source
+    that must never be read raises UsageError instead."""
     seen: dict[str, str] = {}
     for problem in check_sources(path):
         if problem.refused:
