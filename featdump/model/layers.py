@@ -36,6 +36,10 @@ class LayerInfo:
             return self.shape
         return (self.shape[-1],) if self.layout == "NLC" else (self.shape[0],)
 
+    def row_shape(self, pool: str = "none") -> tuple[int, ...]:
+        """The shape of one row of the stored dataset: :meth:`stored_shape`, or one cell (C,) of a ragged layer."""
+        return self.stored_shape("avg" if is_ragged(self, pool) else pool)
+
     def bytes_per_image(self, dtype: str = "float32", pool: str = "none") -> int:
         return math.prod(self.stored_shape(pool)) * DTYPE_BYTES[dtype]
 

@@ -127,7 +127,6 @@ def verify_file(path: str | Path, n: int = 8, seed: int = 0, device: str = "auto
     from featdump.data.tiles import first_rows
     from featdump.data.tiles import loader as open_loader
     from featdump.model.backbone import backbone_for
-    from featdump.model.layers import is_ragged
     from featdump.run import processors
     from featdump.run.device import resolve_device
     from featdump.run.forward import Forward
@@ -180,7 +179,7 @@ def verify_file(path: str | Path, n: int = 8, seed: int = 0, device: str = "auto
         raise CannotVerify(f"cannot verify {p}: this timm builds layers {names}, the file holds {sorted(shapes)}")
     size = "x".join(str(d) for d in backbone.data.input_size[1:])
     for layer in backbone.layers:  # before the model runs: an input size the rows do not have is never run
-        if tuple(layer.stored_shape("avg" if is_ragged(layer, cfg.pool) else cfg.pool)) != shapes[layer.name]:  # ragged: (C,) cells
+        if tuple(layer.row_shape(cfg.pool)) != shapes[layer.name]:
             raise CannotVerify(
                 f"cannot verify {p}: at its attribute input_size {size} this timm makes {layer.name} "
                 f"{tuple(layer.stored_shape(cfg.pool))}, the file stores {shapes[layer.name]} per row"

@@ -118,7 +118,7 @@ class Store:
             itemsize = 4 if dtype == "float32" else 2
             for layer in layers:
                 ragged = is_ragged(layer, pool)
-                shape = layer.stored_shape("avg" if ragged else pool)  # ragged: rows are cells of C values
+                shape = layer.row_shape(pool)
                 if ragged:
                     h5.attrs["format_version"] = RAGGED_VERSION
                     h5.create_dataset(f"{CELLS}/{layer.name}", shape=(0, 3), maxshape=(None, 3), dtype="int64", chunks=(4096, 3))
