@@ -1,10 +1,9 @@
 """Decoded batches in input order: threads on CPU (featdump/data/loading.py), DataLoader workers on GPUs.
 
-A stream that fails while it is read (a remote store gone: a :class:`~featdump.errors.FeatdumpError`
-from the source) ends the keys there (:class:`StreamBatches`; the batch it cut is dropped, so that
-``--resume`` cuts the same batches as an uninterrupted run); the loader, threads or workers, hands
-out every batch of the refs read before the failure, and only then does :class:`Loader` raise it, so
-the job writes and commits them and ``--resume`` continues after them.
+A stream that fails while read (a :class:`~featdump.errors.FeatdumpError` from the source: a remote
+store gone) ends the keys there, dropping the batch it cut so that ``--resume`` cuts the same batches
+as an uninterrupted run; :class:`Loader` raises it only after every batch read before it is out, so
+the job commits them and ``--resume`` continues after them.
 """
 
 from __future__ import annotations
@@ -38,11 +37,9 @@ class Failure(NamedTuple):
 
 @dataclasses.dataclass
 class Rows:
-    """One batch as one record, from the loader to the store: the rows (stored paths, ids,
-    ``/geometry``, the model's input ``pixels`` and, once the job has run the model, ``features``;
-    ``positions``: their places in the list streamed), the inputs that gave none (``failed``), and
-    where the input stands after the batch (``inputs_done``, and a tar stream's ``mark``), which the
-    store commits with the rows so that ``--resume`` continues there."""
+    """One batch from the loader to the store: its rows (``features`` once the model ran; ``positions``
+    in the list streamed), the inputs that gave none, and where the input stands after it
+    (``inputs_done``, a tar stream's ``mark``), committed with the rows for ``--resume``."""
 
     features: Sequence[Any]
     paths: list[str]
@@ -92,14 +89,11 @@ def by_shape(size: int, items: Sequence[Any], stack: Callable[[list[Any]], Any] 
 
 
 class Loader:
-    """:class:`Rows` in list order: DataLoader workers decode and transform (each ``prefetch``
-    batches ahead), pinned memory on CUDA; with ``--decode gpu`` the workers only read JPEG bytes
-    and :class:`DeviceDecoder` finishes each batch on the device in this thread. ``start``: the
-    position ``todo`` starts at (``inputs_done`` counts from the list's start). ``processes``:
-    decode in DataLoader worker processes (default: on GPUs), else in threads (featdump/data/loading.py).
-
-    The run stops by an exception, raised after every batch before it is out: a stream that failed
-    (:class:`StreamBatches`), or an image URL's store that stopped answering (:class:`StoreStopped`)."""
+    """:class:`Rows` in list order, decoded by DataLoader worker processes (``processes``; default on
+    GPUs, pinned memory on CUDA) or threads (featdump/data/loading.py); with ``--decode gpu`` the
+    workers only read JPEG bytes and :class:`DeviceDecoder` finishes each batch here. ``start``: the
+    position ``todo`` starts at. A failed stream or a :class:`StoreStopped` is raised after every
+    batch before it is out."""
 
     def __init__(
         self,
@@ -188,17 +182,10 @@ class Loader:
 
 
 class StreamBatches:
-    """The loader's keys: lists of ``(position, ref)`` of ``batch_size`` consecutive refs, read
-    from ``refs`` lazily, so a stream of any length runs in bounded memory. Each ref is also noted
-    in ``inflight`` (without its bytes) for the job.
-
-    The refs are read by a thread of their own (:func:`read_ahead`), at most :attr:`AHEAD` batches
-    (and :attr:`AHEAD_BYTES` of image bytes) beyond what the loader has asked for: opening the next
-    tar shard, waiting for a remote store's answer and parsing tar headers then overlap the forward
-    pass instead of stalling the thread that runs it.
-
-    A :class:`~featdump.errors.FeatdumpError` from ``refs`` ends the keys and is kept in ``broken``
-    (see the module's docstring): the loader drains what it has in flight as at a normal end."""
+    """The loader's keys: lists of ``batch_size`` consecutive ``(position, ref)``, each ref also noted
+    in ``inflight`` (without its bytes). Refs are read lazily by :func:`read_ahead`'s thread, so
+    opening tar shards and waiting on remote stores overlap the forward pass. A
+    :class:`~featdump.errors.FeatdumpError` from ``refs`` ends the keys and is kept in ``broken``."""
 
     AHEAD = 2
     AHEAD_BYTES = 64 << 20
@@ -225,12 +212,10 @@ class StreamBatches:
 
 
 def read_ahead(refs: Iterable[ImageRef], size: int, ahead: int, max_bytes: int) -> Generator[list[ImageRef]]:
-    """Chunks of ``size`` consecutive refs of ``refs``, read in a thread of their own (started at the
-    first chunk asked for: after a DataLoader has forked its workers), at most ``ahead`` chunks (and
-    ``max_bytes`` of the refs' image bytes; one chunk always) before they are taken. An error from
-    ``refs`` is raised after the whole chunks read before it (the one it cut is dropped: no shorter
-    last batch, so ``--resume`` cuts the same batches as an uninterrupted run). Closing this
-    generator (the loader stopped early) ends the thread at its next chunk, which closes the stream."""
+    """Chunks of ``size`` refs read by a thread of their own, at most ``ahead`` chunks and ``max_bytes``
+    ahead. The thread starts at the first chunk asked for (after a DataLoader forked its workers). An
+    error from ``refs`` is raised after the whole chunks before it (the cut one is dropped). Closing
+    this generator ends the thread at its next chunk, which closes the stream."""
     queue: BoundedQueue[list[ImageRef]] = BoundedQueue(max(1, ahead), max_bytes)
     stream = iter(refs)
 

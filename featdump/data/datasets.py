@@ -2,11 +2,9 @@
 ``--decode gpu`` finisher.
 
 Failures are records, not exceptions: an unreadable image becomes ``(index, None, reason)`` and
-never shifts another image's row. One failure is not a record but ends the run: an image URL whose
-host answered earlier in the run and now does not (:class:`~featdump.data.remote.StoreStopped`).
-Its sample carries the reason as a :class:`Stop`; :func:`collate` empties that batch and sets
-:attr:`Batch.stopped`, and the loader raises it after every batch before it (threads and
-DataLoader workers alike: the marker is only text in the sample).
+never shifts another image's row. The exception is :class:`~featdump.data.remote.StoreStopped`,
+which ends the run: its sample carries a :class:`Stop` reason, :func:`collate` empties that batch,
+and the loader raises it after every batch before it.
 """
 
 from __future__ import annotations
@@ -34,10 +32,8 @@ class Stop(str):
 
 
 def image_source(ref: ImageRef, answered: set[str] | None = None, cap: int = MAX_IMAGE_BYTES) -> str | bytes:
-    """What the decoder reads: the bytes carried by the ref (tar member, table cell), the bytes of
-    a URL (fetched with timeouts and bounded retries: featdump/data/remote.py; ``answered``: the
-    hosts that answered so far, see :func:`~featdump.data.imagefetch.fetch_bytes`), else its local path
-    (a ``file://`` URL's too). None of them holds more than ``cap`` bytes (``--max-image-bytes``)."""
+    """What the decoder reads: the ref's own bytes, a URL's bytes (:func:`~featdump.data.imagefetch.fetch_bytes`,
+    with ``answered``), else its local path; never more than ``cap`` bytes (``--max-image-bytes``)."""
     if ref.data is not None:
         if len(ref.data) > cap:
             raise ValueError(too_big(f"the image ({len(ref.data)} bytes)", cap))
@@ -152,10 +148,9 @@ class Batch:
 def collate(samples: list[Sample], stack: Callable[[list[Any]], Any] | None = None) -> Batch:
     """Samples -> a Batch; ``stack`` joins the good items' pixels (default ``torch.stack``).
 
-    A :class:`Stop` among them empties the batch (no positions: ``last`` is ``first - 1``) and sets
-    ``stopped``: its images before the stop are not written either, so the run ends on a batch
-    boundary and ``--resume``'s batches are an uninterrupted run's (CPU kernels round differently
-    for another batch size: the values are bit-identical only so)."""
+    A :class:`Stop` empties the batch (``last`` is ``first - 1``) and sets ``stopped``, so the run ends
+    on a batch boundary: ``--resume`` then cuts an uninterrupted run's batches, and CPU kernels give
+    bit-identical values only for the same batch size."""
     import torch
 
     covered = [s[0] for s in samples]

@@ -1,11 +1,8 @@
 """CPU runs: decoding in a pool of threads, batches assembled in the main thread.
 
 Pillow releases the GIL while it decodes and resamples, so threads decode in parallel without
-the cost of worker processes (pickling every batch through a pipe, a second copy of the
-interpreter per worker). timm's eval transform is split in two halves that give the same numbers
-as the whole: the PIL steps (resize, crop) run in the threads; to-tensor and normalisation run
-once per batch in this thread, on the stacked uint8 pixels, as the same elementwise float32
-operations (``/ 255``, ``- mean``, ``/ std``), and the batch comes out channels_last already.
+worker processes' pickling. The PIL half of the eval transform runs in the threads, to-tensor and
+normalisation once per batch here (:class:`~featdump.data.transform.SplitTransform`).
 """
 
 from __future__ import annotations
@@ -32,15 +29,12 @@ def lower_priority(nice: int) -> None:
 
 
 class ThreadLoader:
-    """A batch per item of ``batches`` (the dataset's keys: list indices, or ``(position, ref)``
-    pairs streamed in, featdump/data/batching.py), decoded by ``threads`` threads (0: in this
-    thread), up to ``prefetch`` batches ahead. Failed images are records in the batch, like the DataLoader's.
+    """A batch per item of ``batches`` (lists of dataset keys), decoded by ``threads`` threads (0: in
+    this thread), up to ``prefetch`` batches ahead.
 
-    ``nice``: the decode threads' nice value. Where they share cores with the forward pass's
-    OpenMP threads, a decode thread that takes a core mid-layer stalls the whole layer (the other
-    OpenMP thread waits at the barrier); at nice 19 they run in the gaps instead. So that they
-    can never starve (other jobs on the cores), this thread decodes any image of the next batch
-    that no decode thread has started when it needs that batch.
+    ``nice``: the decode threads' nice value. A decode thread that takes a core mid-layer stalls the
+    forward pass's OpenMP barrier; at nice 19 they run in the gaps. So they never starve, this thread
+    decodes any image of the next batch no decode thread has started when it needs that batch.
     """
 
     def __init__(

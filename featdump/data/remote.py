@@ -1,13 +1,9 @@
 """The one place where input files (tar shards, tables, lists, images) are opened and looked at.
 
-Every source reads an INPUT through :func:`open_input`, :func:`stat_input` or :func:`stat_inputs`
-(one image URL: featdump/data/imagefetch.py). A URL (``https://``, ``s3://``, ``gs://``, ``hf://``)
-is opened with ``fsspec`` and streamed through a read-ahead cache of :data:`BLOCK_SIZE` bytes;
+URLs are opened with ``fsspec`` (credentials where each client finds them; docs/inputs.md);
 ``file://`` is a local path. Only HTTP gets featdump's retries (:func:`retry`): s3fs, gcsfs and
-huggingface_hub retry on their own. Credentials and endpoints come from where each client finds
-them (``AWS_*``, ``GOOGLE_APPLICATION_CREDENTIALS``, ``HF_TOKEN``, ``FSSPEC_<PROTOCOL>_<OPTION>``).
-A store that stops answering raises :class:`RemoteUnreachable`, not ``OSError``: the tar reader
-must not take a lost connection for a damaged shard.
+huggingface_hub retry on their own. A store that stops answering raises :class:`RemoteUnreachable`,
+not ``OSError``: the tar reader must not take a lost connection for a damaged shard.
 """
 
 from __future__ import annotations
