@@ -1,9 +1,5 @@
-"""The model package's front door: :func:`describe` (no weights) and :func:`load_backbone` (weights).
-
-Feature levels (:mod:`featdump.model.levels`) or named modules (:mod:`featdump.model.modules`,
-``--layers``), with weights from one decision (:mod:`featdump.model.weights`), described as data
-(:mod:`featdump.model.layers`).
-"""
+"""The model package's front door: :func:`describe` (no weights) and :func:`load_backbone` (weights),
+for feature levels (model/levels.py) or named modules (model/modules.py, ``--layers``)."""
 
 from __future__ import annotations
 

@@ -106,16 +106,10 @@ def _function_facts(mod_name: str, name: str) -> tuple[frozenset[type], frozense
 
 
 def _model_classes(module_name: str, func_name: str) -> frozenset[type]:
-    """The nn.Module classes the entrypoint builds as *the model*.
-
-    Follows the entrypoint through the helper functions it calls (also helpers imported from
-    other timm modules, e.g. hybrid ViTs calling ``_create_vision_transformer``) to the class handed
-    to ``build_model_with_cfg`` (directly, or through a variable such as ``model_cls``). Classes
-    merely instantiated on the way (a ResNet backbone inside a hybrid ViT, blocks) do not count,
-    unless no ``build_model_with_cfg`` call is found at all; other registered models used as
-    backbones (``resnet26d()`` inside ``vit_base_resnet26d_224``) and timm's own infrastructure
-    (``timm.models._*``) are not followed.
-    """
+    """The nn.Module classes the entrypoint builds as *the model*: those handed to
+    ``build_model_with_cfg`` through any helper it calls (also from other timm modules); classes merely
+    instantiated on the way (a hybrid ViT's ResNet, blocks) count only when no such call is found.
+    Registered models used as backbones and ``timm.models._*`` are not followed."""
     seen: set[tuple[str, str]] = set()
     built: set[type] = set()
     mentioned: set[type] = set()

@@ -79,12 +79,9 @@ def resolve_data_config(model: Any, img_size: tuple[int, int] | None) -> DataCon
 
 
 def check_tiling(name: str, model: Any, input_hw: tuple[int, int]) -> None:
-    """A patch-embedding model (ViT and kin) at an input size its patches do not tile: a usage error
-    naming the nearest valid sizes (timm would silently drop the leftover pixels).
-
-    featdump builds such models at a fixed ``img_size`` (timm resamples the position embeddings)
-    and does not use timm's ``dynamic_img_size``; a model built with ``dynamic_img_pad`` (it pads
-    the input up to a multiple of the patch) is accepted as it is."""
+    """A patch-embedding model at an input size its patches do not tile: a usage error naming the
+    nearest valid sizes (timm would silently drop the leftover pixels). Such models are built at a fixed
+    ``img_size``; one built with ``dynamic_img_pad`` pads the input itself and is accepted."""
     embed = next((m for n, m in model.named_modules() if n.split(".")[-1] == "patch_embed"), None)
     patch = getattr(embed, "patch_size", None)
     if embed is None or patch is None or getattr(embed, "dynamic_img_pad", False):

@@ -54,10 +54,8 @@ def hub_cache() -> str:
 
 
 def weights_source(model: str) -> WeightsSource:
-    """Resolve ``model`` the way ``timm.create_model(model, pretrained=True)`` does; exit 2 if it has none.
-
-    For ``hf-hub:org/name`` this reads (and so caches) the repo's ``config.json``, as timm does.
-    """
+    """Resolve ``model`` as ``timm.create_model(model, pretrained=True)`` does (reading and so caching
+    an ``hf-hub:`` repo's ``config.json``, as timm does); exit 2 if it has no weights."""
     from timm.models import (
         load_model_config_from_hf,
         parse_model_name,

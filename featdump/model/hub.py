@@ -1,11 +1,8 @@
 """Fail fast without a network: one short probe of the Hugging Face endpoint before a download.
 
-Without this, a first run with ``--pretrained`` on a machine without internet waited ~52 s of
-huggingface_hub's retries, silently, before the error. :func:`offline_unless_reachable` connects once
-to the hub's host (``HF_ENDPOINT``, else huggingface.co; a few seconds at most, DNS included); when
-that fails, the download runs in huggingface_hub's offline mode for its duration: weights already
-in the cache load as before, missing ones fail at once with featdump's one-line message. Process
-setting changed: ``huggingface_hub.constants.HF_HUB_OFFLINE``, only inside the ``with`` block.
+Without it, a ``--pretrained`` run without internet waited ~52 s of huggingface_hub's silent retries.
+When the probe fails, the download runs in huggingface_hub's offline mode (``HF_HUB_OFFLINE``, only
+inside the ``with`` block): cached weights load as before, missing ones fail at once in one line.
 """
 
 from __future__ import annotations

@@ -1,8 +1,5 @@
-"""Layers as data: what a backbone produces, described once and rendered everywhere.
-
-:class:`LayerInfo` (one stored output), :class:`DataConfig` (timm's resolved eval data config),
-:class:`Description` (what ``inspect`` shows) and :class:`Backbone` (a ready model). ``inspect``, the
-writer's attributes and the summary table all render these objects. Nothing here imports torch.
+"""Layers as data: what a backbone produces, described once and rendered by ``inspect``, the writer's
+attributes and the summary table. Nothing here imports torch.
 """
 
 from __future__ import annotations

@@ -45,11 +45,8 @@ def features_model(
 
 
 def normalize_indices(name: str, indices: Sequence[int] | None, levels: int, modules: Sequence[str]) -> tuple[int, ...] | None:
-    """Negative indices count from the end (timm semantics); out of range or twice exits 2; none
-    given (``--out-indices all``) means every level.
-
-    The result is in model order (the order timm returns the levels in), not in the order given.
-    """
+    """Negative indices count from the end (as in timm); out of range or twice exits 2; none means
+    every level. The result is in model order (as timm returns the levels), not in the order given."""
     if indices is None:
         return None
     if not indices:  # --out-indices all

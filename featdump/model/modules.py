@@ -1,10 +1,7 @@
 """Any module of any timm model by name (``--layers``), through forward hooks on the full model.
 
-Produces the same :class:`~featdump.model.layers.Backbone` / :class:`~featdump.model.layers.LayerInfo`
-objects as the feature-level path (``index`` -1), so ``inspect``, the writer and the summary need no
-special case. Token outputs are stored as ``--tokens`` says (``seq``, ``map`` the way timm's
-``forward_intermediates`` lays them out, or ``both``: the map and ``<name>.prefix``), as
-docs/file-format.md describes.
+Produces the same :class:`~featdump.model.layers.Backbone` objects as the feature-level path
+(``index`` -1), so nothing downstream needs a special case. Token layouts (``--tokens``): docs/file-format.md.
 """
 
 from __future__ import annotations
@@ -45,10 +42,8 @@ class ModuleRecord:
 
 
 def trace_modules(model: Any, input_size: tuple[int, int, int]) -> list[ModuleRecord]:
-    """Every named module with the shape of its output, from one forward pass of a zero image.
-
-    Runs on the model's device (meta when built there: shapes only, no arithmetic).
-    """
+    """Every named module with its output's shape, from one forward pass of a zero image on the
+    model's device (meta when built there: shapes only)."""
     import torch
 
     calls: dict[str, int] = {}
@@ -216,11 +211,8 @@ def _hooked_class() -> type:
     import torch
 
     class HookedModel(torch.nn.Module):
-        """Runs the full timm model and returns the outputs of the named modules, in order.
-
-        Outputs are cloned as they appear (later in-place ops such as ``ReLU(inplace=True)`` cannot
-        change them) and the forward pass stops once the last one has been seen.
-        """
+        """The named modules' outputs, in order: cloned as they appear (a later ``ReLU(inplace=True)``
+        cannot change them); the forward pass stops after the last one."""
 
         def __init__(self, model: Any, layers: Sequence[LayerInfo]) -> None:
             super().__init__()

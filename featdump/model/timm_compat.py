@@ -1,11 +1,9 @@
 """Every use of timm's private API goes through here (``timm.models._builder`` / ``_hub``).
 
-timm offers no public way to ask where ``create_model(..., pretrained=True)`` would read weights
-from, which ``.safetensors`` names it tries before a ``.bin``, or to read/download its URL cache;
-``featdump fetch`` must do exactly what timm does, so it calls timm's own private helpers. Each is
-looked up here, checked for the shape featdump relies on, and a timm release that moves or changes
-one fails loudly (:class:`TimmChanged`, and tests/test_compat.py) instead of fetching the wrong file.
-Public timm API (``timm.models.model_entrypoint``, ``list_models``, ...) is used directly elsewhere.
+timm has no public way to ask where ``create_model(..., pretrained=True)`` reads weights from, and
+``featdump fetch`` must do exactly what timm does. Each private helper is looked up and checked here,
+so a timm release that moves or changes one fails loudly (:class:`TimmChanged`, tests/test_compat.py)
+instead of fetching the wrong file.
 """
 
 from __future__ import annotations

@@ -1,9 +1,7 @@
 """The one weights decision: a checkpoint file, timm's pretrained weights, or random init.
 
-:func:`choose_weights` decides (and reads and checks a checkpoint before any model is built);
-:func:`create_with_weights` builds the model that way through a caller's ``create`` function and
-returns the ``weights`` tag the file records (``checkpoint:PATH sha256:HEX``, ``pretrained:…``,
-``random``). The feature-level and the named-module paths both go through these two functions.
+:func:`choose_weights` decides (a checkpoint is read and checked before any model is built);
+:func:`create_with_weights` builds the model so. Both model paths (levels, modules) go through them.
 """
 
 from __future__ import annotations
@@ -115,10 +113,8 @@ def _check_torch_magic(p: Path) -> None:
 
 
 def check_state_dict(name: str, state_dict: dict[str, Any]) -> None:
-    """Compare a checkpoint with the full timm model (built on the meta device); exit 2 on mismatch.
-
-    Only the classifier may be missing or differently shaped: features do not use it.
-    """
+    """Compare a checkpoint with the full timm model (meta device); only the classifier, which
+    features do not use, may be missing or differently shaped."""
     import timm
     import torch
 
@@ -222,10 +218,9 @@ def create_with_weights(
 ) -> tuple[Any, str]:
     """``create(pretrained=…, **kwargs)`` with the chosen weights; returns ``(model, weights tag)``.
 
-    A checkpoint goes through timm's own loader (``pretrained_cfg_overlay``: resamples position
-    embeddings for another ``--img-size``). ``headless_retry``: a checkpoint without a classifier
-    (check_state_dict allows that) is loaded into a model built without one. Hub, network and cache
-    failures of pretrained weights become one line (:func:`pretrained_error`).
+    A checkpoint goes through timm's own loader (``pretrained_cfg_overlay``), which resamples position
+    embeddings for another ``--img-size``; ``headless_retry`` loads one without a classifier into a
+    model built without one. Hub, network and cache failures become one line (:func:`pretrained_error`).
     """
     from featdump.model.hub import offline_unless_reachable
 
