@@ -16,13 +16,11 @@ from featdump.store.locks import journal_path
 
 
 def open_committed(path: str | Path) -> Any:
-    """An ``h5py.File`` (read-only) of ``path`` as of its last commit, for readers (``show``, ``open``).
+    """An ``h5py.File`` (read-only) of ``path`` as of its last commit, read through the journal.
 
-    Plain ``h5py.File(path)`` sees the same thing, except after a kill that fell inside a commit's
-    apply step (microseconds): then the file is half-updated (HDF5 may fail, or loop) until the
-    next writer replays the journal. This reads through the journal instead, changing nothing.
-    While a run is writing (it holds the lock), the plain file is opened.
-    """
+    Plain ``h5py.File(path)`` differs only after a kill inside a commit's apply step, which leaves
+    the file half-updated until the next writer replays the journal. While a run holds the lock,
+    the plain file is opened."""
     import h5py
 
     view = _reader_view(Path(path))

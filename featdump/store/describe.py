@@ -27,13 +27,11 @@ def open_featdump(path: str | Path) -> Any:
 
 
 def open_checked(path: str | Path) -> tuple[Any, Counts]:
-    """Open a featdump file read-only (h5py.File); exit 2 for a missing, non-HDF5 or foreign file,
-    or one whose layout or counters do not hold up (:func:`~featdump.store.check.check_file`).
+    """Open a featdump file read-only and check it (:func:`~featdump.store.check.check_file`).
 
-    Opened with h5py's default file-locking setting (the one a plain ``h5py.File(path)`` uses), so
-    both can be open in one process, in either order; HDF5 refuses a second open of one file with
-    other locking flags. Writers go through the journal's file object, which takes no HDF5 lock,
-    so a file that a run is still writing can be looked at.
+    With h5py's default locking, as a plain ``h5py.File(path)``, so both can be open in one process
+    (HDF5 refuses a second open with other locking flags). Writers take no HDF5 lock, so a file a
+    run is still writing can be looked at.
     """
     import h5py
 
@@ -69,9 +67,8 @@ def open_checked(path: str | Path) -> tuple[Any, Counts]:
 
 
 def check_virtual(path: str | Path) -> list[str]:
-    """:func:`~featdump.store.vds.missing_sources` of a valid featdump file (UsageError, exit 2,
-    otherwise). Opens the file on its own: call it while no other handle to ``path`` is open in this
-    process (HDF5 refuses a second open with other locking flags)."""
+    """:func:`~featdump.store.vds.missing_sources` of a valid featdump file (UsageError otherwise).
+    Call it while no other handle to ``path`` is open in this process."""
     open_featdump(path).close()  # exit 2 for a file that is not valid, before its sources are read
     return missing_sources(path)
 

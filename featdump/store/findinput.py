@@ -1,8 +1,8 @@
-"""Where a stored row's image can be read now, for ``viz`` (drawing it) and ``verify`` (re-extracting
-it): :func:`locate_rows`. Image files are looked up relative to the run's recorded INPUT folders (the
-``inputs`` attribute), the current folder or the file's folder; a URL is read from itself; rows of
-tar shards and tables are read again from their recorded inputs (featdump/data/lookup.py), never
-from a local file that happens to have the stored name."""
+"""Where a stored row's image can be read now, for ``viz`` and ``verify``: :func:`locate_rows`.
+
+Image files are looked up relative to the recorded INPUT folders, the current folder or the file's
+folder; URLs, tar shards and tables are read again from their recorded inputs, never from a local
+file that happens to have the stored name."""
 
 from __future__ import annotations
 
@@ -106,12 +106,9 @@ def input_places(inputs: Sequence[str] | None, h5_path: Path, root: str | Path |
 
 
 def find_input(stored: str, roots: Sequence[Path], anchors: Sequence[Path] = ()) -> Path | None:
-    """Where a stored image path can be read now, or None.
-
-    ``anchors`` are the run's INPUTs as absolute paths: a stored path that starts with an INPUT
-    as written (several INPUTs: ``split/train/cat/1.jpg``; image files: the path as given) is found
-    under the absolute INPUT whose trailing parts it starts with.
-    """
+    """Where a stored image path can be read now, or None. ``anchors`` are the run's INPUTs as
+    absolute paths: a stored path that starts with an INPUT as written is found under the one
+    whose trailing parts it starts with."""
     p = Path(stored)
     if p.is_absolute():
         return p if p.is_file() else None

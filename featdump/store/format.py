@@ -81,11 +81,8 @@ def utc_now() -> str:
 
 
 def chunk_shape(shape: Sequence[int], itemsize: int) -> tuple[int, ...]:
-    """Chunks of ~64 KiB-1 MiB holding whole images where possible, so one image reads fast.
-
-    Small per-image outputs (pooled vectors) pack several rows per chunk; large maps split
-    along channels, keeping whole H x W planes.
-    """
+    """Chunks of ~64 KiB-1 MiB holding whole images where possible, so one image reads fast;
+    pooled vectors pack several rows per chunk, large maps split along channels (whole H x W planes)."""
     per_image = itemsize * math.prod(shape)
     if per_image <= CHUNK_TARGET:
         rows = max(1, min(1024, CHUNK_MIN // max(1, per_image)))

@@ -396,11 +396,8 @@ class JournaledFile:
         self._close(remove=self.lock.created)
 
     def abandon(self, remove: bool = False) -> None:
-        """After a failure: drop what was not committed; ``remove`` deletes the file altogether.
-
-        The disk already holds the last commit plus unreferenced bytes past it, which are cut off.
-        A commit that failed half-way keeps its journal, so that --resume replays it.
-        """
+        """After a failure: cut the unreferenced bytes past the last commit (``remove``: delete the
+        file). A commit that failed half-way keeps its journal, so that --resume replays it."""
         if self.fd < 0 or self.readonly:
             return
         keep = not remove and self.pending is not None

@@ -1,10 +1,8 @@
 """Join shard files into one featdump file: an HDF5 virtual file (default, no copy) or a copy.
 
-The inputs (the shards of one run, or several whole runs joined in the order given), the merged
-file's layout and what is refused are the contract of docs/cluster.md; which files fit together is
-decided by :mod:`featdump.store.mergecheck`. A virtual merge stores its source file names *relative
-to the merged file* and a fill value of NaN, so a missing source reads as NaN, never as zeros;
-:func:`featdump.store.vds.missing_sources` finds such sources before anyone reads them.
+What is joined and refused is the contract of docs/cluster.md; which files fit together is decided
+by :mod:`featdump.store.mergecheck`. A virtual merge stores its source file names *relative to the
+merged file* and a fill value of NaN, so a missing source reads as NaN, never as zeros.
 """
 
 from __future__ import annotations

@@ -16,12 +16,10 @@ def _temp_name(name: str) -> re.Pattern[str]:
 
 
 def remove_stale_temps(out_dir: Path, name: str) -> list[str]:
-    """Remove the hidden temp files (``.OUT.h5.featdump-tmp-PID``, full size for ``--copy``) that
-    merges into ``OUT.h5`` left when they were killed; returns their names.
+    """Remove the temp files (``.OUT.h5.featdump-tmp-PID``) that killed merges into ``OUT.h5`` left.
 
-    A merge holds a shared ``flock`` on its temp file while it lives (shared, so that HDF5 may still
-    open it to read), so one that can be locked exclusively here belongs to nobody; one that cannot
-    (another merge is writing it, or the file system has no locks) is kept.
+    A live merge holds a shared ``flock`` on its temp file (shared, so that HDF5 may still open it),
+    so one that can be locked exclusively here is stale; one that cannot (or with no locks) is kept.
     """
     pattern = _temp_name(name)
     removed: list[str] = []

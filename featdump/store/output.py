@@ -70,10 +70,7 @@ def file_attrs(cfg: ExtractConfig, backbone: Backbone, shard: tuple[int, int], s
 
 
 def preflight(path: Path, cfg: ExtractConfig) -> None:
-    """Refuse early, before any model is built: a bad environment setting, anything at ``-o`` that
-    is not a regular file (device, FIFO, socket, folder, dangling symlink), an existing output
-    without ``--resume``/``--overwrite``, ``--resume`` of a file featdump did not make, an output
-    another run is writing, an unwritable folder. A missing folder is created (``mkdir -p``)."""
+    """Refuse what cannot be written, before any model is built; a missing folder is created."""
     check_environment()
     target, st = output_target(path)
     if st is not None and not (cfg.resume or cfg.overwrite):
@@ -243,10 +240,9 @@ class Output:
 def open_output(cfg: ExtractConfig, out_path: Path, attrs: dict[str, Any], layers: Sequence[LayerInfo]) -> Output:
     """Create, continue or replace the output, as ``--resume`` / ``--overwrite`` ask.
 
-    ``--resume`` continues, in this order: an unfinished ``--overwrite`` run (``OUT.h5.featdump-new``,
-    which replaces OUT.h5 when it completes), then OUT.h5 itself; with neither it starts OUT.h5, so
-    one command line serves the first run and every requeue. A complete file is left as it is.
-    When ``-o`` is a symlink, the file it points to is continued or replaced (the link stays).
+    ``--resume`` continues an unfinished ``--overwrite`` run (``OUT.h5.featdump-new``) first, then
+    OUT.h5 (a complete file is left as it is); with neither it starts OUT.h5, so one command line
+    serves the first run and every requeue.
     """
     out_path = _target(out_path)
     st = _lstat(out_path)  # again: the model took a while to load, and only regular files are replaced

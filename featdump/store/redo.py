@@ -70,10 +70,8 @@ _SFR_WRITE = 2  # SYNC_FILE_RANGE_WRITE: start writing the range back, do not wa
 
 
 def start_writeback(fd: int, offset: int, size: int) -> None:
-    """Ask the kernel to start writing ``[offset, offset+size)`` to disk now, without waiting.
-
-    Best effort (a no-op off Linux): it only moves disk work earlier, so that a later ``fsync``
-    finds most pages already written instead of all of them at once."""
+    """Ask the kernel to start writing ``[offset, offset+size)`` to disk now, without waiting, so a
+    later ``fsync`` finds most pages already written. Best effort (a no-op off Linux)."""
     if _SFR is not None and size > 0:
         _SFR(fd, offset, size, _SFR_WRITE)
 
