@@ -86,10 +86,8 @@ def resolve(
 ) -> Any:
     """Merge option values: dataclass defaults < config file < ``--like`` file < flags given on the command line.
 
-    ``given`` holds only the options the user actually typed (plus ``model``/``inputs``/``output``
-    when present); ``file_values`` comes from :func:`load_toml`; ``like_values`` are the meaning
-    settings read from a ``--like`` file (featdump/store/like.py): a typed meaning flag that
-    differs from them is a UsageError naming it.
+    ``given`` holds only the options the user typed (and ``model``/``inputs``/``output``); a typed
+    meaning flag that differs from ``like_values`` (store/like.py) is a UsageError naming it.
     """
     merged: dict[str, Any] = dict(file_values or {})
     given = dict(given)

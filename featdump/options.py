@@ -1,13 +1,6 @@
-"""Job options, declared once: the fields of :class:`ExtractConfig` are the option table.
-
-Each field carries its help text, flag spelling, type (``Literal`` for choices) and default, and says
-whether it defines the rows' meaning (then: its file attribute and both conversions) or only how a
-run executes. The ``extract`` command's parameters (featdump/cli/commands.py) and ``inspect``'s
-shared ones, ``featdump.extract(...)``'s keyword arguments (featdump/api.py), the TOML keys
-(featdump/configure.py), the file attributes (:func:`option_attrs`), the resume/merge checks
-(:data:`SETTINGS`), ``--like`` and ``verify`` (featdump/store/like.py) and their error texts are all
-derived from it; featdump/configure.py applies the one precedence rule: defaults < TOML < ``--like``
-file < flags. Adding an option is one field here plus its behaviour.
+"""Job options, declared once: the fields of :class:`ExtractConfig` are the option table (how it is
+declared and what is derived from it: featdump/optiontable.py). Adding an option is one field here
+plus its behaviour.
 """
 
 from __future__ import annotations
@@ -85,10 +78,8 @@ def _height_width(attrs: dict[str, Any]) -> ImgSize | None:
 class ExtractConfig:
     """Everything one ``extract`` run needs, validated. Every field but ``command`` is an option.
 
-    ``meaning=True`` marks the options that define what the rows hold (see featdump/optiontable.py):
-    recorded as file attributes, compared by ``--resume`` and ``merge``, carried by ``--like`` and
-    ``verify``. Their ``example`` is a value other than the default that the table-wide test
-    (tests/test_like_table.py) extracts, reproduces with ``--like`` and verifies.
+    A ``meaning`` option's ``example`` is a value other than the default that tests/test_like_table.py
+    extracts, reproduces with ``--like`` and verifies.
     """
 
     model: str = opt("timm model name, e.g. resnet50.", flags=(), meaning=True, example="resnet10t")

@@ -1,10 +1,6 @@
-"""How the option table is declared and read.
-
-The table itself is :class:`featdump.options.ExtractConfig`: a frozen dataclass whose fields are
-declared with :func:`opt` (help, flags, and whether the option defines the rows' meaning, with its
-file attribute and both conversions). :func:`options_of` reads such a class back as :class:`Option`
-rows, from which the command, the Python API, the TOML keys, the file attributes, the resume and
-merge checks, ``--like`` and ``verify`` are derived.
+"""How the option table (:class:`featdump.options.ExtractConfig`, fields declared with :func:`opt`) is
+declared and read back as :class:`Option` rows, from which the command, the Python API, the TOML keys,
+the file attributes, the resume and merge checks, ``--like`` and ``verify`` are derived.
 """
 
 from __future__ import annotations
@@ -31,10 +27,7 @@ class Option:
     api_type: Any  # what featdump.extract accepts (None there always means "not given")
     parse: Callable[[Any], Any] | None  # given value -> field value; None: checked by type
     minimum: int  # for whole numbers
-    # A meaning option defines what the rows hold: its file attribute ``attr`` must match for --resume
-    # and merge, and --like / verify rebuild the option from the file with ``from_attr``. Any other
-    # option only says how a run executes (--like leaves it to the caller).
-    meaning: bool
+    meaning: bool  # defines what the rows hold: compared by --resume and merge, carried by --like / verify
     attr: str | None  # the file attribute it is recorded in (None: not recorded)
     to_attr: Callable[[Any], Any] | None  # config -> attribute value; None: written from the resolved model
     from_attr: Callable[[dict[str, Any]], Any] | None  # the file's attributes -> the option value
