@@ -30,10 +30,8 @@ def warnings_as(action: str, category: type[Warning] = Warning) -> Iterator[None
 
 @contextlib.contextmanager
 def pixel_limit(max_pixels: int | None) -> Iterator[int | None]:
-    """Pillow's decompression-bomb check at ``Image.open`` as an error, at ``max_pixels`` when
-    given; yields the limit in force. The limit is a global of Pillow's, so it is set and put back
-    under the same lock (decoding threads may use different limits; nothing outside this block
-    sees ours, and Pillow's own is read only while no thread has changed it)."""
+    """Pillow's decompression-bomb check as an error, at ``max_pixels`` when given; yields the limit in
+    force. Pillow's limit is a global, so it is set and restored under :func:`warnings_as`'s lock."""
     from PIL import Image
 
     with warnings_as("error", Image.DecompressionBombWarning):
@@ -86,14 +84,9 @@ def to_rgb(im: Any) -> Any:
 
 
 def load_rgb(source: str | bytes, max_pixels: int | None = None, shrink_to: int | None = None) -> Any:
-    """Open one image as RGB, with EXIF orientation applied and only the first frame of animations.
-
-    ``shrink_to`` (``--fast-decode``): decode JPEGs at 1/2, 1/4 or 1/8 scale (DCT scaling) and
-    shrink other images by a whole factor, keeping both sides >= ``shrink_to``; the resize that
-    follows then starts from fewer pixels. Faster, and the pixels change slightly.
-
-    Raises on anything that is not a readable, non-empty regular image file.
-    """
+    """One image as RGB, EXIF orientation applied, first frame only; raises for anything else.
+    ``shrink_to`` (``--fast-decode``): JPEGs decoded at 1/2-1/8 scale (DCT), others shrunk by a whole
+    factor, both sides kept >= ``shrink_to``: faster, and the pixels change slightly."""
     from PIL import Image
 
     with _open_image(source) as fh:

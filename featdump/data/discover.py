@@ -39,13 +39,9 @@ def is_image_name(name: str) -> bool:
 
 
 def _walk(root: Path, accept: Callable[[str], bool] = is_image_name) -> Iterable[tuple[str, str]]:
-    """Yield ``(relative posix path, absolute path)`` of the entries below ``root`` whose names
-    ``accept`` takes (image names).
-
-    Hidden files and folders are skipped; symlinked folders are followed once (a loop is cut at
-    the first folder seen twice). Non-regular files with an image name are yielded too, so that
-    they are recorded as failures instead of vanishing.
-    """
+    """``(relative posix path, path)`` of the entries below ``root`` whose names ``accept`` takes.
+    Hidden entries are skipped; a folder reached twice (symlink loop) is walked once. Non-regular
+    files with an image name are yielded too, to become failure records instead of vanishing."""
     seen: set[tuple[int, int]] = set()
     stack = [(root, PurePath())]
     while stack:
@@ -78,13 +74,8 @@ def _walk(root: Path, accept: Callable[[str], bool] = is_image_name) -> Iterable
 
 
 def read_list_file(path: Path | str) -> list[ImageRef]:
-    """Image paths, one per line, in the list's order; blank lines and ``#`` comments skipped;
-    spaces around a line are dropped unless the name is in double quotes (``"  a.jpg "``: the quotes
-    go, the spaces stay).
-
-    Relative paths are read relative to the list file's folder (a URL's folder for a remote list)
-    and stored as written. A name listed twice is a UsageError naming both lines.
-    """
+    """Image paths, one per line (blank lines and ``#`` comments skipped; edge spaces kept only inside
+    double quotes). Relative paths are read from the list's folder and stored as written."""
     from featdump.data.remote import is_url, open_input
 
     raw = str(path)
@@ -148,9 +139,7 @@ def _hidden(rel: str) -> bool:
 
 
 def discover(inputs: Sequence[str]) -> list[ImageRef]:
-    """All images named by ``inputs`` (folders, list files, image files; local or URLs), in row
-    order (docs/inputs.md): INPUTs in the order given, a folder's images sorted by stored path, a
-    list in its own order."""
+    """All images named by ``inputs`` (folders, list files, image files; local or URLs), in row order."""
     from featdump.data.remote import is_remote_dir, is_url, stat_input
 
     refs: list[ImageRef] = []

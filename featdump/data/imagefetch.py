@@ -73,14 +73,10 @@ def _read_capped(fs: Any, inner: str, url: str, cap: int) -> bytes:
 
 
 def fetch_bytes(url: str, answered: set[str] | None = None, cap: int = MAX_IMAGE_BYTES) -> bytes:
-    """The whole of one remote image, at most ``cap`` bytes (more: ValueError), with the deadline
-    and retries above; ``FileNotFoundError`` when the store answers "not found",
-    :class:`RemoteUnreachable` when it fails otherwise.
-
-    ``answered``: the hosts (:func:`~featdump.data.remote.host_of`) that have answered so far in this run, kept up to date
-    here. A URL that gets no answer at all (:func:`~featdump.data.remote.no_answer`) from one of them raises
-    :class:`StoreStopped`: the store stopped answering, the run must stop. Not thread-local: one
-    set serves the decode threads (``set.add`` is atomic), and each DataLoader worker its own copy."""
+    """One remote image, at most ``cap`` bytes (more: ValueError); ``FileNotFoundError`` for "not
+    found", else :class:`RemoteUnreachable`. ``answered``: hosts that answered so far this run, updated
+    here; no answer from one of them raises :class:`StoreStopped`. One set serves all decode threads
+    (``set.add`` is atomic); each DataLoader worker has its own copy."""
     fs, inner = filesystem(url)
     host = host_of(url)
     seen = answered if answered is not None else set()

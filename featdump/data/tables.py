@@ -1,12 +1,10 @@
 """Tables (docs/inputs.md): ``.csv``, ``.tsv``, ``.parquet``, ``.jsonl``, one row per image.
 
-Read with pyarrow in record batches, never whole: Parquet page by page, in batches of about
-:data:`BATCH_BYTES` (rows per batch from the footer's sizes; whole row groups are skipped by their
-counts on ``--resume`` and for ``--shard``, and not read when their rows average over ``--max-image-bytes``), the text formats as streams of :data:`TEXT_BLOCK`-byte
-blocks (a longer row is an error saying so). Memory does not grow with the file. The file is opened through :func:`featdump.data.remote.open_input`.
-Each row becomes an :class:`~featdump.data.discover.ImageRef`: from a path column (relative to the
-table's folder, stored as written), or from an image-bytes column (binary, or Hugging Face's
-``{bytes, path}`` struct; stored as the struct's ``path``, else ``ROW:<n>``), with the id column as text.
+Read with pyarrow in record batches, never whole, so memory does not grow with the file: Parquet in
+batches of about :data:`BATCH_BYTES` (row groups before ``--resume``/``--shard``'s start skipped
+unread), the text formats in :data:`TEXT_BLOCK`-byte blocks (a longer row is an error saying so).
+A path is stored as written (read relative to the table's folder); image bytes are stored as their
+struct's ``path``, else ``ROW:<n>``.
 """
 
 from __future__ import annotations

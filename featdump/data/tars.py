@@ -1,11 +1,9 @@
 """WebDataset tar shards (docs/inputs.md): brace patterns, and samples streamed from a tar.
 
-A shard is read once, front to back, with :mod:`tarfile` in stream mode (``r|*``: plain or
-gzip-compressed), through :func:`featdump.data.remote.open_input`; nothing is unpacked to disk and
-no member list is built ahead. Members are grouped into samples as the ``webdataset`` package
-groups them: regular files only, ``__*__`` metadata skipped, a key is the member name up to the
-first ``.`` of its base name (with its folder), consecutive members with one key are one sample.
-The sample's image is its first member whose last extension is an image extension.
+A shard is read once, front to back, with :mod:`tarfile` in stream mode (``r|*``); nothing is
+unpacked and no member list is kept. Members are grouped into samples as ``webdataset`` groups them
+(:func:`member_key`; consecutive members with one key are one sample); the image is the sample's
+first member whose last extension is an image extension.
 """
 
 from __future__ import annotations
@@ -186,11 +184,10 @@ def count_samples(shard: str) -> int | None:
 
 
 def read_samples(shard: str, keep: Sequence[str] = (), cap: int = MAX_IMAGE_BYTES) -> Iterator[TarSample]:
-    """The samples of one shard, in tar order, with the text of their ``keep`` members (by extension).
-    An image or kept member over ``cap`` bytes is not read (its sample is a failure). A truncated or
-    corrupt tar ends with one ``TarSample`` whose ``offset`` is set (the rest of the shard could not
-    be read); the sample being read when the damage was found is part of that rest. Opening errors
-    propagate (OSError)."""
+    """The samples of one shard in tar order, with the text of their ``keep`` members. A member over
+    ``cap`` bytes is not read (its sample fails). Damage ends the stream with one ``TarSample`` whose
+    ``offset`` is set; the sample being read then is part of that unreadable rest. Opening errors
+    (OSError) propagate."""
     fh = open_input(shard)
     key: str | None = None  # the sample being gathered
     member, data, start, error = "", None, 0, ""

@@ -1,11 +1,8 @@
 """``--tiles SIZE[:STRIDE]``: each image cut into SIZE x SIZE tiles, one row each.
 
-An image (after EXIF orientation, resized by ``--tile-scale``) is padded where a side is shorter
-than SIZE (as timm's ``border`` crop mode pads) and cut at STRIDE steps, the last row and column
-shifted inward to end at the border; tiles are only normalised (timm's to-tensor and ``Normalize``).
-A batch holds the tiles of one image, cut when the batch is made: memory is one decoded image plus
-one batch, and ``--resume`` (the store commits only at image boundaries, :attr:`Rows.whole`) cuts
-the same batches as an uninterrupted run.
+Tiles are cut (docs/options.md) when their batch is made, and a batch holds one image's tiles: memory
+is one decoded image plus one batch, and since the store commits only at image boundaries
+(:attr:`Rows.whole`), ``--resume`` cuts the same batches as an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -113,10 +110,9 @@ def first_rows(ff: Any, rows: Sequence[int]) -> list[int]:
 
 
 class TileLoader:
-    """:class:`Rows` of tiles in input order: the job's loader stage for ``--tiles`` (the arguments of
-    :class:`~featdump.data.batching.Loader`). Images are decoded ``workers`` ahead in threads
-    (:class:`~featdump.data.loading.ThreadLoader`), the tiles of one image go out ``batch_size`` at a time. ``only``: one tile index per input (``verify``).
-    A stream that fails drops the images decoded ahead: ``--resume`` redoes them."""
+    """:class:`Rows` of tiles in input order (``--tiles``; :class:`~featdump.data.batching.Loader`'s
+    arguments): images decoded ``workers`` ahead in threads, tiles sent ``batch_size`` at a time.
+    ``only``: one tile index per input (``verify``). A failed stream drops the images decoded ahead."""
 
     def __init__(self, todo: Iterable[ImageRef], backbone: Backbone, cfg: ExtractConfig, device: Any, batch_size: int,
                  workers: int, prefetch: int = 2, decode_nice: int = 0, length: int | None = None, start: int = 0,

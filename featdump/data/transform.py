@@ -18,12 +18,8 @@ TO_TENSOR = ("ToTensor", "MaybeToTensor")
 
 
 class SplitTransform:
-    """timm's eval transform as ``pil`` (per image, any thread) + ``finish`` (per batch).
-
-    ``pil(img)`` returns an ``(H, W, 3)`` uint8 array when the rest of the transform is
-    to-tensor + normalisation (what ``timm.data.create_transform`` builds for evaluation), else
-    the fully transformed tensor (any other transform: applied whole, per image).
-    """
+    """timm's eval transform as ``pil`` (per image, any thread) + ``finish`` (per batch). ``pil(img)``
+    gives an ``(H, W, 3)`` uint8 array when the transform has a to-tensor step, else the whole result."""
 
     def __init__(self, transform: Any) -> None:
         steps = list(getattr(transform, "transforms", [transform]))
@@ -114,10 +110,9 @@ DEFAULT_RESIZED_PIXELS = 89_478_485  # Pillow's MAX_IMAGE_PIXELS: the bound with
 
 
 class ResizeGuard:
-    """Refuses, before resizing, an image the eval transform would blow up: an aspect ratio beyond
-    :data:`MAX_ASPECT`, or a resized size over ``max_pixels`` (``--max-image-pixels``, else
-    Pillow's default limit; at least 16 times the resize target). A 1x20000 PNG of 165 bytes would otherwise resize to 256x5,120,000
-    pixels (GBs per image). Raises ValueError, which the dataset turns into a ``/failed`` record."""
+    """Refuses (ValueError: a ``/failed`` record), before resizing, an image the transform would blow up:
+    aspect beyond :data:`MAX_ASPECT`, or a resized size over ``max_pixels``. A 1x20000 PNG of 165 bytes
+    would otherwise resize to 256x5,120,000 pixels."""
 
     def __init__(self, data: Any, geometry: Any, max_pixels: int | None = None) -> None:
         self.resized = geometry.resized  # featdump/data/geometry.py: the transform's own resize arithmetic
