@@ -89,10 +89,8 @@ def _dataset(
 
 
 def _stored_rows_short(ds: Any, n: int) -> bool:
-    """Does ``ds`` lack the storage for its first ``n`` rows? (HDF5 reads unwritten rows as the fill
-    value, zeros, without a word; a shape is only a number, the chunks are the rows.) Every row below
-    a featdump counter was written, so its chunks exist. Virtual datasets: their sources are checked
-    by :mod:`featdump.store.vds`."""
+    """Does ``ds`` lack the storage for its first ``n`` rows? HDF5 reads unwritten rows as zeros
+    without a word, and every row below a featdump counter was written, so its chunks must exist."""
     import math
 
     if n <= 0 or ds.is_virtual:

@@ -1,7 +1,5 @@
-"""What a featdump file holds, for `featdump show`: datasets, provenance, failures, missing sources.
-
-Works on finished, partial (``complete`` false), sharded and merged files; a merged file's missing
-sources (:mod:`featdump.store.vds`) are reported.
+"""What a featdump file holds, for `featdump show`: datasets, provenance, failures, missing sources;
+finished, partial, sharded or merged.
 """
 
 from __future__ import annotations

@@ -17,10 +17,8 @@ from featdump.errors import UsageError
 
 
 def locate_rows(ff: Any, rows: Sequence[int], root: str | Path | None = None) -> tuple[list[Wanted], str]:
-    """Each of ``rows`` of the open FeatureFile ``ff`` with the references its image is read from
-    (:attr:`Wanted.found`: what its run decoded; none when it is not found), and why a row is not
-    found ("" when every one is). Files: :func:`find_input` (``root`` first), or the recorded remote
-    INPUTs listed again; tar shards and tables: :func:`featdump.data.lookup.find_rows`."""
+    """Each of ``rows`` of ``ff`` with the references its image is read from (:attr:`Wanted.found`,
+    empty when not found), and why a row is not found ("" when every one is)."""
     from featdump.data.discover import discover
     from featdump.data.lookup import find_rows, wanted_rows
     from featdump.data.remote import is_url

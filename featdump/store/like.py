@@ -50,10 +50,9 @@ def check_checkpoint(path: str, sha256: str | None, where: str) -> None:
 def recorded_options(
     path: str | Path, attrs: dict[str, Any] | None = None, where: str = "--like", onto: str | None = None
 ) -> dict[str, Any]:
-    """Every meaning option of the option table, as :func:`featdump.configure.resolve` takes them, read
-    back from the file's attributes by each option's ``from_attr``. ``onto`` is the kind of input
-    the rows are rebuilt from (``files``, ``tar``, ``table``): options of a family (the table columns)
-    are carried only onto that family. A recorded checkpoint must still hash to its sha256."""
+    """Every meaning option, as :func:`featdump.configure.resolve` takes them, read back from the file's
+    attributes. Options of a family (the table columns) are carried only ``onto`` that kind of input
+    (``files``, ``tar``, ``table``). A recorded checkpoint must still hash to its sha256."""
     attrs = read_attrs(path) if attrs is None else attrs
     where = f"{where} {path}"
     if attrs.get("format") != "featdump" or not attrs.get("model"):

@@ -71,10 +71,9 @@ def writer_active(target: str | Path) -> bool:
 
 
 def journal_names(target: str | Path) -> bool:
-    """Is there a journal of ``target`` that names this very file (its device and inode)? Then
-    featdump made the file, even if it holds no commit yet. An empty file beside an empty journal
-    counts too: a run killed between creating the file and writing the journal's first header
-    (the lock file comes first, then the file, then the header)."""
+    """Is there a journal of ``target`` that names this very file (device and inode)? Then featdump
+    made it, even with no commit yet. An empty file beside an empty journal counts too (a run killed
+    before the journal's first header: the lock file comes first, then the file, then the header)."""
     try:
         st = os.stat(target)
         fd = os.open(journal_path(target), os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)

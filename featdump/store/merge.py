@@ -141,10 +141,8 @@ def merge_shards(
 
 
 def _check_room(shards: Sequence[Shard], out_dir: Path) -> None:
-    """``--copy`` writes the shards' stored bytes again: refuse up front when the folder lacks room.
-
-    Not only politeness: HDF5 (2.0, through h5py) can crash the process when a write fails for a
-    full disk while the file is being closed, so the copy must not start where it cannot end."""
+    """``--copy``: refuse up front when the folder lacks room, since HDF5 (2.0) can crash the process
+    when a write fails for a full disk while the file is being closed."""
     stored = sum(s.stored_bytes for s in shards)
     need, free = with_margin(stored), free_bytes(out_dir)
     if need > free:

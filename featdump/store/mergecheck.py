@@ -134,10 +134,8 @@ def _run_key(s: Shard) -> tuple[str, int, int]:
 
 def check_runs(files: Sequence[Shard], allow_partial: bool = False) -> list[list[Shard]]:
     """The runs to join, in the order given, each its shards in index order; or a UsageError naming
-    the first file that does not fit. Files of one input list cut into the same number of shards are
-    one run. Several runs are joined when each is whole and they share the settings that give rows
-    their meaning; otherwise the files are checked as the shards of one run (:func:`check_shards`),
-    which names what does not fit."""
+    the first file that does not fit. Several runs are joined only when each is whole; otherwise the
+    files are checked as the shards of one run (:func:`check_shards`), which names what does not fit."""
     runs: dict[tuple[str, int, int], list[Shard]] = {}
     for s in files:
         runs.setdefault(_run_key(s), []).append(s)

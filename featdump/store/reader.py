@@ -1,7 +1,5 @@
-"""Reading a featdump file: :class:`FeatureFile`, returned by ``featdump.open(path)``.
-
-Opens through :func:`~featdump.store.describe.open_featdump` (the journal's last commit) and checks the
-sources of merged (virtual) files with :mod:`featdump.store.vds` before any row is read.
+"""Reading a featdump file: :class:`FeatureFile`, returned by ``featdump.open(path)``; it reads the
+journal's last commit and checks a merged file's sources before any row is read.
 """
 
 from __future__ import annotations

@@ -1,7 +1,6 @@
-"""``FeatureFile.torch(...)``: a ``torch.utils.data.Dataset`` over a featdump file's committed rows,
-safe with ``DataLoader`` workers under fork and spawn (it holds the path, never an h5py handle: each
-process opens the file on its first read) and chunk-aware (:meth:`FeatureDataset.__getitems__` reads
-a batch's rows of each layer in one h5py call, as a plain sequential read of those rows would).
+"""``FeatureFile.torch(...)``: a ``torch.utils.data.Dataset`` over a featdump file's committed rows.
+Safe under fork and spawn (it holds the path, never an h5py handle) and chunk-aware
+(:meth:`FeatureDataset.__getitems__` reads a batch's rows of each layer in one h5py call).
 """
 
 from __future__ import annotations
