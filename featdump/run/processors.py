@@ -261,10 +261,9 @@ Grid = tuple[float, float, float, float]  # scale_y, offset_y, scale_x, offset_x
 
 def stored_layers(layers: Sequence[Any], pool: str, steps: Sequence[Step], device: Any = None) -> list[Any]:
     """The layers with the shapes the processors make (``LayerInfo.processed``) and, for maps, where
-    their cells lie in model-input pixels (``pixel_grid`` attribute; ``[]``: not spatial) and the
-    stride that follows (``reduction``, 0 when not spatial); unchanged without processors. With a
-    ``device``, the processors first run once on zeros there (shapes checked, as :func:`apply` does),
-    so a processor that returns another shape than it declares stops a run before anything is written."""
+    their cells lie in model-input pixels (``pixel_grid``, ``[]`` and ``reduction`` 0: not spatial).
+    With a ``device``, the processors first run once on zeros there, so a processor that returns
+    another shape than it declares stops a run before anything is written."""
     if not steps:
         return list(layers)
     out = []

@@ -1,7 +1,6 @@
 """Stop requests: SIGINT/SIGTERM ask a run to stop after the current batch (a :class:`StopToken`
-holds the request, a :class:`SignalWatch` makes it). Nothing here prints or exits: by default a
-repeated signal raises ``KeyboardInterrupt`` in the caller (a notebook survives; the file keeps its
-last commit); the CLI passes its own ``on_repeat``, which leaves the process at once.
+holds the request, a :class:`SignalWatch` makes it). A repeated signal raises ``KeyboardInterrupt``
+by default (a notebook survives; the file keeps its last commit); the CLI's ``on_repeat`` exits at once.
 """
 
 from __future__ import annotations

@@ -1,8 +1,7 @@
-"""``featdump verify FILE``: re-extract a random sample of stored rows with the settings recorded in
-the file (featdump/store/like.py, as ``extract --like``) through the same model loader, Loader and
-Forward stage as ``extract``, and compare. Nothing here prints. The tolerance table and the two
-cases that widen it (fp32 on CUDA: TF32 convolutions; ``--decode gpu`` rows decoded here by
-libjpeg-turbo instead of nvjpeg) are in docs/trust.md.
+"""``featdump verify FILE``: re-extract a random sample of stored rows with the file's recorded settings
+(store/like.py, as ``extract --like``) through the same model loader, Loader and Forward stage as
+``extract``, and compare. The tolerances and the two cases that widen them (fp32 on CUDA: TF32;
+``--decode gpu`` rows, decoded here by libjpeg-turbo): docs/trust.md.
 """
 
 from __future__ import annotations
