@@ -51,11 +51,8 @@ def out_of_space(path: object, then: str = RESUME_AFTER_SPACE) -> FeatdumpError:
 def os_error(
     exc: BaseException, path: object, what: str = "write", hint: str | None = None, then: str = RESUME_AFTER_SPACE
 ) -> FeatdumpError:
-    """The one OSError -> FeatdumpError mapper: ``cannot WHAT PATH: reason[; hint]``.
-
-    Out of space (ENOSPC, EDQUOT) always gives :func:`out_of_space`. Without a ``hint``, a read-only
-    or forbidden location (EROFS, EACCES, EPERM) says to write somewhere writable.
-    """
+    """The one OSError -> FeatdumpError mapper: ``cannot WHAT PATH: reason[; hint]``; out of space
+    always gives :func:`out_of_space`."""
     from featdump.text import first_line
 
     if is_out_of_space(exc):

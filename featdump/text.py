@@ -43,9 +43,8 @@ def _escape(match: re.Match[str]) -> str:
 
 
 def printable(text: Any) -> str:
-    """``text`` safe to print for a person: control characters (ESC sequences, newlines, C1 codes),
-    bidirectional overrides and undecodable bytes written as ``\\xHH`` / ``\\uHHHH`` escapes, so a
-    file name cannot move the cursor, recolour or rewrite the terminal. JSON output stays exact."""
+    """``text`` with control characters, bidi overrides and undecodable bytes escaped (``\\xHH``), so a
+    file name cannot rewrite the terminal. JSON output stays exact."""
     return _UNPRINTABLE.sub(_escape, str(text))
 
 
@@ -60,9 +59,8 @@ def unsafe_name(name: str) -> str | None:
 
 
 def storable(text: str) -> str:
-    """``text`` as it can be stored as UTF-8: the bytes of an OS name that are not valid UTF-8 (which
-    Python holds as surrogates, ``surrogateescape``) are written as ``\\xHH`` (``backslashreplace``),
-    any other lone surrogate as ``\\udXXX``; valid text is returned unchanged."""
+    """``text`` storable as UTF-8: an OS name's undecodable bytes (``surrogateescape``) written as
+    ``\\xHH``, any other lone surrogate as ``\\udXXX``; valid text unchanged."""
     if not _SURROGATE.search(text):  # what UTF-8 cannot encode
         return text
     if all(not 0xD800 <= ord(c) <= 0xDFFF or 0xDC80 <= ord(c) <= 0xDCFF for c in text):  # only escaped bytes

@@ -76,9 +76,8 @@ class ShapeGroups:
 
 
 def by_shape(size: int, items: Sequence[Any], stack: Callable[[list[Any]], Any] | None = None) -> ShapeGroups:
-    """``collate``'s ``stack`` for a size mode: the items grouped by shape (in order of first
-    appearance), each group cut into batches of at most ``size`` items, each stacked by ``stack``
-    [``torch.stack``]."""
+    """``collate``'s ``stack`` for a size mode: items grouped by shape (first appearance first), cut
+    into batches of at most ``size``, each stacked by ``stack`` [``torch.stack``]."""
     import torch
 
     by: dict[tuple[int, ...], list[int]] = {}

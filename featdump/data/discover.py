@@ -114,9 +114,8 @@ class NoImagesInFolder(UsageError):
 
 
 def folder_files(raw: str, accept: Callable[[str], bool] = is_image_name) -> list[tuple[str, str]]:
-    """``(path relative to the folder, where to read it)`` of the files below the folder ``raw``
-    (local, walked as :func:`_walk` does; or a URL the store lists) whose names ``accept`` takes;
-    hidden files and folders skipped; in no particular order."""
+    """``(relative path, where to read it)`` of the files below the folder ``raw`` (local or a URL the
+    store lists) whose names ``accept`` takes, hidden ones skipped, in no particular order."""
     from featdump.data.remote import is_url, list_remote
 
     if is_url(raw):
@@ -202,10 +201,9 @@ def _inside(path: str, folder: str) -> str | None:
 
 
 def _check_overlap(folders: Sequence[str], files: Sequence[tuple[str, str]]) -> None:
-    """A folder INPUT that also holds another folder INPUT, or an image given (or listed) on its
-    own, would store those images twice under different paths: a usage error naming them. Decided
-    on resolved real paths, so ``./x``, ``../here/x`` and symlinks are caught alike; only what the
-    walk would take counts (no hidden parts, an image extension)."""
+    """A folder INPUT holding another folder INPUT, or an image also given or listed on its own, would
+    store images twice under different paths. Decided on real paths (``./x``, symlinks alike), for
+    what the walk would take only."""
     real = [(raw, os.path.realpath(raw)) for raw in folders]
     for k, (raw, rd) in enumerate(real):
         for other, ro in real[k + 1 :]:

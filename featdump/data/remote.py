@@ -79,9 +79,7 @@ _NO_ANSWER = frozenset(
 
 
 def no_answer(exc: BaseException | None) -> bool:
-    """Whether a failure is at the connection level (refused, reset, timed out, name not found:
-    aiohttp's, botocore's and the OS's errors, through the exception's causes); an HTTP error
-    status is an answer, not this."""
+    """Whether a failure (or one of its causes) is at the connection level; an HTTP error status is an answer."""
     seen: set[int] = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
@@ -282,11 +280,8 @@ async def unless_stopped(job: Any) -> Any:
 
 
 def open_input(path: str) -> BinaryIO:
-    """A binary file object reading ``path`` from its start (caller closes it).
-
-    Raises ``FileNotFoundError``/``OSError`` as ``open`` does (and for a file that is not regular);
-    a URL is streamed (read-ahead of :data:`BLOCK_SIZE` bytes, retried reads).
-    """
+    """A binary file reading ``path`` (caller closes it); OSError as ``open``, also for a non-regular
+    file. A URL is streamed through a :data:`BLOCK_SIZE` read-ahead cache, HTTP reads retried."""
     local = local_path(path)
     if local is not None:
         return open_regular(local, empty=True)
@@ -335,9 +330,8 @@ def identity(path: str) -> str:
 
 
 def stat_inputs(paths: Sequence[str], look: Any = stat_input) -> list[Any]:
-    """``look`` (:func:`stat_input`) of each path, in order: its result, or the ``OSError`` it raised
-    (other errors propagate). URLs are looked up :data:`STAT_THREADS` at a time: one round trip each,
-    so thousands of remote tar shards do not wait for each other's answers before the run starts."""
+    """``look(path)`` of each path in order, or the ``OSError`` it raised. URLs are looked up
+    :data:`STAT_THREADS` at a time, so thousands of remote shards do not wait on each other's round trips."""
 
     def one(path: str) -> Any:
         try:

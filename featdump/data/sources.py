@@ -168,9 +168,8 @@ def _tar_ref(shard: str, s: Any, mark: tuple[int, int]) -> ImageRef:
 
 
 class TarSource:
-    """WebDataset shards: INPUTs (patterns expanded) in the order given; whole tar files are split
-    into contiguous blocks. A shard named twice, or one that does not exist, is a UsageError here,
-    before any model loads; a pattern is expanded and looked up :data:`LOOKUP_CHUNK` names at a
+    """WebDataset shards in the order given, split into blocks of whole tar files. Missing or repeated
+    shards are a UsageError before any model loads; names are looked up :data:`LOOKUP_CHUNK` at a
     time, so ``x-{0..99999999}.tar`` stops at its first missing shard."""
 
     def __init__(self, inputs: Sequence[str], keep: Sequence[str] = (), cap: int = MAX_IMAGE_BYTES) -> None:

@@ -1,9 +1,7 @@
 """The one split of timm's eval transform: PIL steps per image, to-tensor and the rest per batch.
 
-CPU loaders run :meth:`SplitTransform.pil` in decode threads and :meth:`SplitTransform.finish` once
-per batch; ``--decode gpu`` runs :meth:`SplitTransform.on_tensor` on the device; ``viz`` draws
-:meth:`SplitTransform.pil_view`. All of them cut the transform at the same step (:data:`TO_TENSOR`),
-and the halves give the numbers of the whole transform (tests/test_loading.py checks bit-equality).
+Every user (CPU loaders, ``--decode gpu``, ``viz``) cuts the transform at the same step
+(:data:`TO_TENSOR`), and the halves give the whole transform's numbers bit for bit (tests/test_loading.py).
 """
 
 from __future__ import annotations
