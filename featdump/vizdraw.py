@@ -106,9 +106,8 @@ def _number(v: float) -> str:
 
 
 def bar_strips(vectors: Any, colours: Sequence[tuple[int, int, int]], size: tuple[int, int]) -> list[Any]:
-    """(K, C) pooled vectors -> K tiles: each vector's largest-magnitude channels as bars, largest
-    first, labelled with the channel number and value; one scale per layer (the largest magnitude
-    among the K), so bars compare down a column. Negative values grow left of a middle axis."""
+    """(K, C) pooled vectors -> K tiles of each vector's largest-magnitude channels as labelled bars,
+    on one scale for the K so bars compare down a column; negative values grow left of a middle axis."""
     import numpy as np
     from PIL import Image, ImageDraw
 

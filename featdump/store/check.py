@@ -244,9 +244,7 @@ def tar_files_done(attrs: Any) -> int | None:
 
 def tar_progress(samples: int, tar_files: int, complete: bool, files_done: int | None = None) -> str:
     """The one wording of a tar-shard file's progress, in its two units: ``inputs_done`` counts
-    samples, ``num_inputs`` tar files (``30 samples read from 3 tar shards``; unfinished:
-    ``8 samples read, 1 of 3 tar shards done``, or ``8 samples read (3 tar shards)`` where it is
-    not known how many are done)."""
+    samples, ``num_inputs`` tar files."""
     shards = f"{tar_files} tar shard{'' if tar_files == 1 else 's'}"
     if complete:
         return f"{samples} samples read from {shards}"

@@ -102,10 +102,9 @@ ZSTD_FILTER = 32015  # HDF5's registered Zstandard filter (hdf5plugin.Zstd)
 
 
 def compression_kwargs(name: str, dtype: str) -> dict[str, Any]:
-    """h5py filter arguments for ``--compression``, chosen by measurement (``make bench``; why plain
-    zstd at level -3, ``FEATDUMP_ZSTD_LEVEL``: docs/performance.md). ``zstd`` is HDF5's registered
-    Zstandard filter (32015, via hdf5plugin: readers need ``import hdf5plugin``; the level does not
-    matter to them). gzip and lzf keep shuffle, which helps them."""
+    """h5py filter arguments for ``--compression``, chosen by measurement (docs/performance.md).
+    ``zstd`` is HDF5's registered filter 32015 (readers need ``import hdf5plugin``, whatever the
+    level); gzip and lzf keep shuffle, which helps them."""
     if name == "none":
         return {}
     if name == "gzip":

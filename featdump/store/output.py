@@ -105,8 +105,8 @@ def preflight(path: Path, cfg: ExtractConfig) -> None:
 
 
 def output_target(path: Path) -> tuple[Path, os.stat_result | None]:
-    """The file ``-o`` names (a symlink's target: the link stays, the file it points to is written
-    or replaced) and what is there now (None: nothing). Anything but a regular file is a UsageError."""
+    """The file ``-o`` names (:func:`_target`) and what is there now (None: nothing); anything but
+    a regular file is a UsageError."""
     st = _stat_output(path)
     if st is not None and not stat.S_ISREG(st.st_mode):
         shown = f"{path} (a link to {os.readlink(path)})" if os.path.islink(path) else str(path)

@@ -43,9 +43,7 @@ class Progress:
 
 class Store:
     """An open featdump file being written through its journal. Not thread-safe: one writer thread
-    owns it. Commits happen at most every ``commit_seconds`` (env ``FEATDUMP_COMMIT_SECONDS``,
-    default 1) and always at :meth:`finish` and :meth:`close`.
-    """
+    owns it. Commits happen at most every ``commit_seconds`` and always at finish and close."""
 
     def __init__(self, h5: Any, layers: Sequence[LayerInfo], progress: Progress, jf: Any, path: str | Path) -> None:
         self.h5 = h5

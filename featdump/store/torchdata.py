@@ -176,9 +176,8 @@ class FeatureDataset(Dataset):
     # ------------------------------------------------------------------ per-process file
 
     def _file(self) -> Any:
-        """This process's file, opened on first use here (or in a forked child), and before every
-        batch checked to be the file this dataset was made on: same device and inode, size, time and
-        counters (a file replaced or written to since is a FeatdumpError, whichever process reads)."""
+        """This process's file, opened on first use here, and checked before every batch to be the file
+        this dataset was made on (one replaced or written to since is a FeatdumpError)."""
         from featdump.errors import FeatdumpError
 
         state = self._state
