@@ -1,8 +1,7 @@
 """featdump's environment settings, declared once: name, default, how a value is read, what to give.
 
-Every run checks them all before it creates anything (:func:`check_environment`), so a bad value is
-a one-line usage error naming the variable and the corrected command finds nothing in its way.
-The list in docs/options.md ("Environment settings") matches this table (tests/test_environment.py).
+Every run checks them all before it creates anything (:func:`check_environment`). docs/options.md
+("Environment settings") lists the same table (tests/test_environment.py checks).
 """
 
 from __future__ import annotations

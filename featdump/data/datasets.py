@@ -26,9 +26,8 @@ Sample = tuple[int, Any, str, Any]
 
 
 class Stop(str):
-    """A sample's reason that is no failure record but ends the run before this sample (the store
-    stopped answering: :class:`~featdump.data.remote.StoreStopped`). A ``str``, so it travels in the
-    sample like any reason, through a DataLoader worker's pipe too."""
+    """A reason that ends the run before this sample (:class:`~featdump.data.remote.StoreStopped`); a
+    ``str``, so it travels like any reason, through a DataLoader worker's pipe too."""
 
 
 def image_source(ref: ImageRef, answered: set[str] | None = None, cap: int = MAX_IMAGE_BYTES) -> str | bytes:
@@ -138,8 +137,7 @@ class Batch:
     stopped: str = ""
 
     def pin_memory(self) -> Batch:
-        """Called by the DataLoader's pinning thread (``pin_memory=True``, CUDA runs): page-locked
-        pixels let the copy to the GPU run asynchronously (``non_blocking``)."""
+        """Called by the DataLoader's pinning thread (CUDA): page-locked pixels copy asynchronously."""
         pixels = self.pixels.pin_memory() if self.pixels is not None else None
         encoded = [Encoded(e.data.pin_memory()) if isinstance(e, Encoded) else e.pin_memory() for e in self.encoded]
         return replace(self, pixels=pixels, encoded=encoded)

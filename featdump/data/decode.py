@@ -178,9 +178,8 @@ class Encoded:
 def read_jpeg(
     source: str | bytes, max_pixels: int | None = None, guard: Callable[[int, int], None] | None = None
 ) -> Encoded | None:
-    """The bytes of a baseline/progressive RGB or grayscale JPEG, after the same checks as
-    :func:`load_rgb` (regular file, size, pixel limit); None for anything the GPU decoder
-    should not get (other formats, CMYK JPEGs), which then go through :func:`load_rgb`."""
+    """An RGB or grayscale JPEG's bytes, after :func:`load_rgb`'s checks; None for anything the GPU
+    decoder should not get (other formats, CMYK), which then goes through :func:`load_rgb`."""
     import torch
     from PIL import Image
 

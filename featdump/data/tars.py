@@ -129,9 +129,8 @@ _HEADERS = (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE,
 
 
 class _StrictInfo(tarfile.TarInfo):
-    """``tarfile`` ends a stream quietly at a bad header after the first (and reads a short file as
-    ending there), and reads a PAX or long-name header whole, whatever size it claims; here both
-    are damage, so the rest of the shard becomes a /failed record."""
+    """``tarfile`` ends quietly at a bad header (after the first) or a short file, and reads a PAX header
+    (or long name) whole whatever its size; here both are damage: the rest of the shard becomes a /failed record."""
 
     def _proc_member(self, tarfile_: tarfile.TarFile) -> Any:
         if self.type in _HEADERS and self.size > HEADER_BYTES:
