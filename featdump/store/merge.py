@@ -186,9 +186,8 @@ def _once(runs: Sequence[Sequence[Shard]], values: Sequence[str], what: str) -> 
 
 
 def _merged_attrs(runs: Sequence[Sequence[Shard]], *, copy: bool, command: str, out_dir: Path) -> dict[str, Any]:
-    """The merged file's root attributes: the first file's settings, and what the merged file covers
-    as one whole run of ``[0, 1]``: the whole input list, or for several runs their lists joined
-    (sizes summed, a digest of their list digests in order, their INPUTs and commands in order)."""
+    """The merged file's root attributes: the first file's settings, as one whole run of ``[0, 1]``
+    covering the whole input list (several runs: their lists joined, in order)."""
     shards = [s for run in runs for s in run]
     heads = [run[0] for run in runs]
     ref = heads[0]

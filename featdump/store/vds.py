@@ -82,12 +82,10 @@ def source_spans(ds: Any, path: str | Path) -> list[tuple[int, str, str, int]]:
 
 
 def read_rows(ds: Any, rows: Any, spans: list[tuple[int, str, str, int]] | None, path: str | Path) -> Any:
-    """Sorted unique ``rows`` of the dataset ``ds`` as one array (a slice when they are
-    consecutive). A virtual one (``spans`` from :func:`source_spans`) is read from its source files
-    themselves, each opened for the read and closed after it, never through HDF5's virtual dataset:
-    HDF5 holds the sources open while any handle to the dataset is, and reads the rows of a source
-    it cannot open (gone, or past the process's open-file limit) as the fill value without a word.
-    A source that is gone is a FeatdumpError naming it."""
+    """Sorted unique ``rows`` of ``ds`` as one array. A virtual one (``spans`` from :func:`source_spans`)
+    is read from its source files, each opened for the read only, never through HDF5's virtual
+    dataset: HDF5 holds the sources open, and reads a source it cannot open (gone, or past the
+    open-file limit) as the fill value without a word. A gone source is a FeatdumpError naming it."""
     import numpy as np
 
     from featdump.errors import FeatdumpError
