@@ -98,15 +98,21 @@ def tile_view(attrs: dict[str, Any], img: Any, index: int) -> Any:
     return tiler.tile(picture, corner(tiler.windows(picture), index))
 
 
-def first_rows(ff: Any, rows: Sequence[int]) -> list[int]:
+def image_starts(ff: Any) -> list[int]:
+    """The rows of the open ``--tiles`` file ``ff`` that begin an image: where the path changes or the
+    tile's corner (its ``/geometry`` offset) does not move on in row-major order (an image listed twice
+    in a row)."""
+    paths, corners = ff.paths, ff.geometry()[:, 4:].tolist()
+    return [r for r in range(len(paths)) if not r or paths[r] != paths[r - 1] or corners[r] <= corners[r - 1]]
+
+
+def first_rows(ff: Any, rows: Sequence[int], starts: Sequence[int] | None = None) -> list[int]:
     """The first row of each of ``rows``' images in the open ``--tiles`` file ``ff`` (a row's tile index:
-    ``row - first``). An image begins where the path changes or the tile's corner (its ``/geometry``
-    offset) does not move on in row-major order (an image listed twice in a row)."""
+    ``row - first``); ``starts``: :func:`image_starts`, when known."""
     import bisect
 
-    paths, corners = ff.paths, ff.geometry()[:, 4:].tolist()
-    first = [r for r in range(len(paths)) if not r or paths[r] != paths[r - 1] or corners[r] <= corners[r - 1]]
-    return [first[bisect.bisect_right(first, r) - 1] for r in rows]
+    starts = image_starts(ff) if starts is None else starts
+    return [starts[bisect.bisect_right(starts, r) - 1] for r in rows]
 
 
 class TileLoader:

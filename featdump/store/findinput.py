@@ -22,7 +22,7 @@ def locate_rows(ff: Any, rows: Sequence[int], root: str | Path | None = None) ->
     from featdump.data.discover import discover
     from featdump.data.lookup import find_rows, wanted_rows
     from featdump.data.remote import is_url
-    from featdump.data.tiles import first_rows
+    from featdump.data.tiles import first_rows, image_starts
     from featdump.options import OPTIONS
     from featdump.store.check import input_kind
     from featdump.store.format import read_inputs_attr
@@ -30,8 +30,13 @@ def locate_rows(ff: Any, rows: Sequence[int], root: str | Path | None = None) ->
     kind, inputs = input_kind(ff.meta), read_inputs_attr(ff.meta.get("inputs")) or []
     if kind != "files":
         failed = [f for f, _ in ff.failed]
-        # --tiles: a row is read from its image's sample, which its image's first row ranks
-        wanted = wanted_rows(first_rows(ff, rows) if "tiles" in ff.h5 else rows, ff.paths, ff.ids, failed)
+        paths, ids, at = ff.paths, ff.ids, list(rows)
+        if "tiles" in ff.h5:  # a row is read from its image's sample: ranked among the images' first rows
+            starts = image_starts(ff)
+            index = {s: i for i, s in enumerate(starts)}
+            at = [index[f] for f in first_rows(ff, rows, starts)]
+            paths, ids = [paths[s] for s in starts], None if ids is None else [ids[s] for s in starts]
+        wanted = wanted_rows(at, paths, ids, failed)
         for w, r in zip(wanted, rows, strict=True):
             w.row = r
         if not inputs:
