@@ -124,6 +124,10 @@ def resolve(
         raise UsageError("missing -o/--output: where to write the HDF5 file, e.g. -o feats.h5")
 
     kw = check_options(merged, cls)
+    crop = [flag_of(o) for o in options_of(cls) if o.name in ("crop_pct", "crop_mode") and {**(file_values or {}), **given}.get(o.name) is not None]
+    if crop and (kw.get("tiles") or size_mode_text(kw.get("img_size"))):  # typed, not carried by --like or verify
+        raise UsageError(f"{' and '.join(crop)} crop a square --img-size's input; --tiles and --img-size long:/short:/native "
+                         f"keep the whole image: drop {' and '.join(crop)}")  # fmt: skip
     if merged:
         raise UsageError(f"unknown option(s): {', '.join(sorted(merged))}")
     return cls(model=str(model), inputs=tuple(str(i) for i in inputs), output=str(output), command=command, **kw)

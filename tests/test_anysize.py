@@ -174,6 +174,8 @@ def test_parse_size_modes(raw: Any, want: Any) -> None:
         ({"img_size": "native", "fast_decode": True}, r"^--fast-decode needs a fixed --img-size"),
         ({"img_size": "long:64", "max_side": 512}, r"^--max-side bounds the images of --img-size native only"),
         ({"max_side": 512}, r"^--max-side bounds"),  # ignored, yet recorded: --resume and merge would then refuse
+        ({"img_size": "short:64", "crop_pct": 0.9}, r"^--crop-pct crop a square --img-size's input; .* drop --crop-pct$"),
+        ({"tiles": 64, "crop_mode": "squash", "crop_pct": 1}, r"^--crop-mode and --crop-pct crop"),  # else silently ignored
     ],
 )
 def test_size_mode_refusals(over: dict[str, Any], message: str) -> None:
