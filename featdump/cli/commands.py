@@ -167,8 +167,6 @@ def _extract(ctx: typer.Context, config_file: Path | None, stop: Any) -> None:
     file_values = config.load_toml(config_file) if config_file else {}
     cfg = resolve_with_like(given, file_values, shlex.join(["featdump", *sys.argv[1:]]))
     progress = progress_for(cfg.quiet)  # a bar on a terminal, plain lines in a job's log
-    if cfg.quiet:  # third-party RuntimeWarnings (numpy/torch on NaN values): what they mean is said below
-        warnings.filterwarnings("ignore", category=RuntimeWarning)
     ready = (lambda b, o, p: progress.ready(b, cfg.dtype, cfg.pool)) if isinstance(progress, LogProgress) else None
     shown = warnings.showwarning
 
@@ -178,19 +176,19 @@ def _extract(ctx: typer.Context, config_file: Path | None, stop: Any) -> None:
         else:
             shown(message, category, *args, **kwargs)
 
-    warnings.showwarning = featdump_warning
-    if cfg.ray:
-        from featdump.cli.files import merge_line
-        from featdump.run.onray import run_on_ray
+    with warnings.catch_warnings():  # the filters and showwarning are put back after the run
+        warnings.showwarning = featdump_warning
+        if cfg.quiet:  # third-party RuntimeWarnings (numpy/torch on NaN values): what they mean is said below
+            warnings.filterwarnings("ignore", category=RuntimeWarning)
+        if cfg.ray:
+            from featdump.cli.files import merge_line
+            from featdump.run.onray import run_on_ray
 
-        merged = run_on_ray(cfg, progress, stop)
-        if not cfg.quiet:
-            typer.echo(merge_line(merged))
-        return
-    try:
+            merged = run_on_ray(cfg, progress, stop)
+            if not cfg.quiet:
+                typer.echo(merge_line(merged))
+            return
         summary = run_extraction(cfg, progress, on_ready=ready, stop=stop, on_repeat=leave_at_once(stop))
-    finally:
-        warnings.showwarning = shown
     if not cfg.quiet:
         out = console()
         out.print(summary_table(summary))

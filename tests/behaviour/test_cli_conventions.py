@@ -66,10 +66,14 @@ def test_no_color_is_respected() -> None:
 
 
 def test_quiet_prints_nothing(cli, photos: Path, tmp_path: Path) -> None:
+    import warnings
+
     out = tmp_path / "q.h5"
+    before = warnings.showwarning, list(warnings.filters)
     res = cli("extract", "resnet18", str(photos / "coins.jpg"), "-o", str(out), "--no-pretrained",
               "--img-size", "64", "--out-indices", "-1", "--quiet")  # fmt: skip
     assert res.exit_code == 0 and res.stdout == "" and res.stderr == ""
+    assert (warnings.showwarning, warnings.filters) == before  # an in-process run leaves the warnings as they were
     res = cli("show", str(out), "--quiet")
     assert res.exit_code == 0 and res.stdout == ""
     res = cli("viz", str(out), "-o", str(tmp_path / "q.png"), "--quiet")
