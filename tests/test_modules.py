@@ -67,6 +67,14 @@ def test_unknown_module_exits_2_with_close_matches(cli) -> None:
     assert res.exit_code == 2 and "exclude each other" in res.stderr
 
 
+@pytest.mark.parametrize("layers", [(), ("--layers", "stages.0")])
+def test_a_size_the_model_cannot_run_at_exits_2_naming_its_own(cli, layers: tuple[str, ...]) -> None:
+    res = cli("inspect", "levit_128s", "--img-size", "200", *layers)  # levit's attention biases: 224's grids
+    assert res.exit_code == 2, res.output
+    assert res.stderr.startswith("featdump: error: levit_128s cannot run at 200x200 (")
+    assert res.stderr.rstrip().endswith("give another --img-size, e.g. its own 224")
+
+
 def test_resnet_modules_match_timm(cli, photos: Path, tmp_path: Path, random_checkpoint) -> None:
     import timm
     import torch

@@ -4,6 +4,7 @@ passed where the model takes them, and refusals turned into one usage error each
 from __future__ import annotations
 
 import difflib
+from collections.abc import Sequence
 from typing import Any
 
 from featdump.errors import UsageError
@@ -76,6 +77,16 @@ def resolve_data_config(model: Any, img_size: tuple[int, int] | None) -> DataCon
 
     args = {"input_size": (3, *img_size)} if img_size is not None else {}
     return DataConfig.from_timm(timm_resolve(args, model=model))
+
+
+def cannot_run(name: str, model: Any, input_size: Sequence[int], exc: BaseException) -> UsageError:
+    """The usage error for a model whose forward fails at ``input_size`` (C, H, W), e.g. levit at a size
+    its attention biases were not built for."""
+    from featdump.text import first_line
+
+    own = resolve_data_config(model, None).input_size
+    return UsageError(f"{name} cannot run at {input_size[1]}x{input_size[2]} ({first_line(exc)}); "
+                      f"give another --img-size, e.g. its own {own[1]}")  # fmt: skip
 
 
 def check_tiling(name: str, model: Any, input_hw: tuple[int, int]) -> None:

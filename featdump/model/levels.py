@@ -8,6 +8,7 @@ from typing import Any
 from featdump.errors import FeatdumpError, UsageError
 from featdump.model.create import (
     HUB_PREFIXES,
+    cannot_run,
     check_model_name,
     check_tiling,
     create_checked,
@@ -147,7 +148,10 @@ def describe_levels(
         layers = describe_layers(model, size)
     except Exception:  # noqa: BLE001 - some models cannot run on meta tensors: a real CPU model then
         model = features_model(name, out_indices=indices, output_stride=output_stride, img_size=img_size, dynamic=dynamic)
-        layers = describe_layers(model.eval(), size)
+        try:
+            layers = describe_layers(model.eval(), size)
+        except RuntimeError as exc:
+            raise cannot_run(name, model, size, exc) from None
     if dynamic:
         check_varying(name, model, layers)
         side = to_unit(data.input_size[-1], size_unit(layers))  # the nominal square, its sides rounded as each image's are

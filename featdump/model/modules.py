@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from featdump.errors import UsageError
-from featdump.model.create import check_model_name, check_tiling, create_checked, resolve_data_config
+from featdump.model.create import cannot_run, check_model_name, check_tiling, create_checked, resolve_data_config
 from featdump.model.layers import (
     Backbone,
     DataConfig,
@@ -90,7 +90,10 @@ def list_modules(
         records = trace_modules(model.eval(), data.input_size)
     except Exception:  # noqa: BLE001 - some models cannot run on meta tensors
         model = create_checked(name, img_size=img_size, output_stride=output_stride, pretrained=False).eval()
-        records = trace_modules(model, data.input_size)
+        try:
+            records = trace_modules(model, data.input_size)
+        except RuntimeError as exc:
+            raise cannot_run(name, model, data.input_size, exc) from None
     return model, data, records
 
 
