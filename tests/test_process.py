@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from featdump.run.process import OMP_ADVICE, passive_omp
+from featdump.run.process import OMP_ADVICE, passive_omp, torch_settings
 
 from conftest import ROOT
 
@@ -93,6 +93,17 @@ def _run(photos: Path, out: Path, mode: str, env: dict[str, str]) -> tuple[dict,
     stdout, stderr = proc.stdout.read(), proc.stderr.read()  # type: ignore[union-attr]
     assert os.waitstatus_to_exitcode(status) == 0, stderr
     return json.loads(stdout.strip().splitlines()[-1]), usage.ru_utime + usage.ru_stime
+
+
+@pytest.mark.parametrize(("device", "shapes_vary", "tuned"), [("cuda", False, True), ("cuda", True, False), ("cpu", False, False)])
+def test_cudnn_autotunes_a_fixed_input_size_only(device: str, shapes_vary: bool, tuned: bool) -> None:
+    """A size mode's shapes vary: cuDNN would tune again for each new one (the flag is set, not used, on CPU)."""
+    import torch
+
+    torch.backends.cudnn.benchmark = False
+    with torch_settings(torch.device(device), None, shapes_vary=shapes_vary):
+        assert torch.backends.cudnn.benchmark is tuned
+    assert torch.backends.cudnn.benchmark is False
 
 
 def test_passive_omp_sets_the_policy_only_before_torch(monkeypatch: pytest.MonkeyPatch):

@@ -34,6 +34,7 @@ from featdump.run.signals import SignalWatch, StopToken, raise_keyboard_interrup
 from featdump.run.space import check_space
 from featdump.run.writer import Writer
 from featdump.store.output import Output, file_attrs, open_output, preflight, resume_attrs
+from featdump.values import size_mode_text
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,7 @@ def _run(cfg: ExtractConfig, progress: ProgressSink, on_ready: Callable | None, 
     previous = previous_facts(resumed)
     tuning = tune(device, cfg, placement, previous)  # a resumed run keeps its file's batch size
     tune_malloc()  # before the model's and the activations' memory is allocated
-    with torch_settings(device, tuning.threads):
+    with torch_settings(device, tuning.threads, shapes_vary=bool(size_mode_text(cfg.img_size))):
         backbone = stages.backbone(cfg)
         processors.prepare(procs, backbone.data.input_size)
         backbone.layers = processors.stored_layers(backbone.layers, cfg.pool, procs, device)

@@ -84,9 +84,10 @@ def passive_omp() -> str:
 
 
 @contextlib.contextmanager
-def torch_settings(device: Any, threads: int | None) -> Iterator[None]:
+def torch_settings(device: Any, threads: int | None, shapes_vary: bool = False) -> Iterator[None]:
     """torch's intra-op threads (``threads``, None: torch's default) and, on CUDA, cuDNN's autotuner
-    (fixed input size: the fastest kernels) for the duration of a run; both restored afterwards."""
+    for a fixed input size (the fastest kernels; not when ``shapes_vary``: it would tune again for
+    each new shape) for the duration of a run; both restored afterwards."""
     import torch
 
     old_threads = torch.get_num_threads()
@@ -95,7 +96,7 @@ def torch_settings(device: Any, threads: int | None) -> Iterator[None]:
         if threads:
             torch.set_num_threads(threads)
         if device.type == "cuda":
-            torch.backends.cudnn.benchmark = True
+            torch.backends.cudnn.benchmark = not shapes_vary
         yield
     finally:
         if threads and torch.get_num_threads() != old_threads:
