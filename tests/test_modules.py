@@ -72,7 +72,7 @@ def test_a_size_the_model_cannot_run_at_exits_2_naming_its_own(cli, layers: tupl
     res = cli("inspect", "levit_128s", "--img-size", "200", *layers)  # levit's attention biases: 224's grids
     assert res.exit_code == 2, res.output
     assert res.stderr.startswith("featdump: error: levit_128s cannot run at 200x200 (")
-    assert res.stderr.rstrip().endswith("give another --img-size, e.g. its own 224")
+    assert res.stderr.rstrip().endswith("give another --img-size or --tiles size, e.g. its own 224")
 
 
 def test_resnet_modules_match_timm(cli, photos: Path, tmp_path: Path, random_checkpoint) -> None:

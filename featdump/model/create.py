@@ -86,7 +86,7 @@ def cannot_run(name: str, model: Any, input_size: Sequence[int], exc: BaseExcept
 
     own = resolve_data_config(model, None).input_size
     return UsageError(f"{name} cannot run at {input_size[1]}x{input_size[2]} ({first_line(exc)}); "
-                      f"give another --img-size, e.g. its own {own[1]}")  # fmt: skip
+                      f"give another --img-size or --tiles size, e.g. its own {own[1]}")  # fmt: skip
 
 
 def check_tiling(name: str, model: Any, input_hw: tuple[int, int]) -> None:
