@@ -104,6 +104,8 @@ def resolve(
                 del given[name]  # the file's value, with its sha256 pins (--process pca:K:FILE)
             else:
                 execution = ", ".join(flag_of(o) for o in table.values() if not o.meaning and o.flags and o.name != "like")
+                if name == "img_size" and theirs is not None:  # as typed: long:512 or 64x64
+                    theirs = size_mode_text(theirs) or "x".join(map(str, theirs))
                 raise UsageError(
                     f"--like {like_path(given, file_values)}: {flag_of(option, value)} {value!r} changes what the "
                     f"rows mean (the file has {theirs!r}); with --like give only execution flags ({execution})"
