@@ -6,7 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -169,16 +169,17 @@ def run(*args: str, check: bool = False, env: dict[str, str] | None = None, **kw
     return proc
 
 
-@pytest.fixture
-def cli() -> Iterator[Any]:
-    """In-process CLI (Typer's CliRunner): fast, same code path as the console script."""
+def invoke(*args: str) -> Any:
+    """The CLI in this process (Typer's CliRunner): fast, the console script's code path; module
+    fixtures use it for their reference runs (a process costs seconds of imports)."""
     from typer.testing import CliRunner
 
     from featdump.cli.commands import app
 
-    runner = CliRunner()
+    return CliRunner().invoke(app, list(args), catch_exceptions=False)
 
-    def invoke(*args: str) -> Any:
-        return runner.invoke(app, list(args), catch_exceptions=False)
 
-    yield invoke
+@pytest.fixture
+def cli() -> Any:
+    """In-process CLI (:func:`invoke`)."""
+    return invoke

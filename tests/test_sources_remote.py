@@ -26,6 +26,7 @@ from streamkit import (
 
 from featdump.data import remote
 
+from conftest import invoke
 from faultkit import NO_MODEL, make_images, run
 
 
@@ -36,11 +37,11 @@ def data(tmp_path_factory: pytest.TempPathFactory, random_checkpoint) -> dict:
     shards = write_shards(images, root / "shards", per_shard=4)  # 3 shards
     ckpt = random_checkpoint("resnet18")
     local = root / "local.h5"
-    proc = run(argv(str(root / "shards" / "data-{000000..000002}.tar"), local, ckpt))
-    assert proc.returncode == 0, proc.stderr
+    res = invoke(*argv(str(root / "shards" / "data-{000000..000002}.tar"), local, ckpt))
+    assert res.exit_code == 0, res.output
     folder = root / "folder.h5"
-    proc = run(argv(str(images), folder, ckpt))
-    assert proc.returncode == 0, proc.stderr
+    res = invoke(*argv(str(images), folder, ckpt))
+    assert res.exit_code == 0, res.output
     return {"root": root, "images": images, "shards": shards, "ckpt": ckpt, "tar": features(local), "folder": features(folder)}
 
 

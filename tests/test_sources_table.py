@@ -13,7 +13,8 @@ from streamkit import argv, assert_same_features, features, images_in_order, key
 import featdump
 from featdump.data.sources import open_source
 
-from faultkit import NO_MODEL, make_images, run
+from conftest import invoke
+from faultkit import NO_MODEL, make_images
 
 
 @pytest.fixture(scope="module")
@@ -22,8 +23,8 @@ def data(tmp_path_factory: pytest.TempPathFactory, random_checkpoint) -> dict:
     images = make_images(root / "images", 14, seed=9, broken=(5,))
     ckpt = random_checkpoint("resnet18")
     folder_out = root / "folder.h5"
-    proc = run(argv(str(images), folder_out, ckpt))
-    assert proc.returncode == 0, proc.stderr
+    res = invoke(*argv(str(images), folder_out, ckpt))
+    assert res.exit_code == 0, res.output
     order = images_in_order(images)
     return {"root": root, "images": images, "ckpt": ckpt, "folder": features(folder_out), "order": order}
 

@@ -28,7 +28,8 @@ from featdump.data.sources import TarSelection, open_source
 from featdump.data.tars import read_samples
 from featdump.errors import UsageError
 
-from faultkit import NO_MODEL, journal_seq, kill, make_images, popen, run
+from conftest import invoke
+from faultkit import NO_MODEL, journal_seq, kill, make_images, popen
 
 
 def _png(seed: int = 0, size: int = 32) -> bytes:
@@ -159,8 +160,8 @@ def data(tmp_path_factory: pytest.TempPathFactory, random_checkpoint) -> dict:
     shards = write_shards(images, root / "shards", per_shard=4)  # 6 shards
     ckpt = random_checkpoint("resnet18")
     folder_out = root / "folder.h5"
-    proc = run(argv(str(images), folder_out, ckpt))
-    assert proc.returncode == 0, proc.stderr
+    res = invoke(*argv(str(images), folder_out, ckpt))
+    assert res.exit_code == 0, res.output
     return {"root": root, "images": images, "shards": shards, "ckpt": ckpt, "folder": features(folder_out)}
 
 
@@ -407,8 +408,8 @@ def test_peak_memory_of_a_stream_is_flat_in_the_number_of_shards(tmp_path: Path)
 def test_sigkill_inside_a_shard_then_resume_equals_the_clean_run(data: dict, tmp_path: Path) -> None:
     inputs = [str(s) for s in data["shards"]]
     clean = tmp_path / "clean.h5"
-    proc = run(argv(inputs, clean, data["ckpt"], "--batch-size", "1", "--keep", "cls"))
-    assert proc.returncode == 0, proc.stderr
+    res = invoke(*argv(inputs, clean, data["ckpt"], "--batch-size", "1", "--keep", "cls"))
+    assert res.exit_code == 0, res.output
     out = tmp_path / "killed.h5"
     proc = popen(argv(inputs, out, data["ckpt"], "--batch-size", "1", "--keep", "cls"))
     from faultkit import wait_for
@@ -418,8 +419,8 @@ def test_sigkill_inside_a_shard_then_resume_equals_the_clean_run(data: dict, tmp
     proc.communicate(timeout=60)
     done = features_committed(out)
     assert 0 < done < 24
-    proc = run(argv(inputs, out, data["ckpt"], "--batch-size", "1", "--keep", "cls", "--resume"))
-    assert proc.returncode == 0, proc.stderr
+    res = invoke(*argv(inputs, out, data["ckpt"], "--batch-size", "1", "--keep", "cls", "--resume"))
+    assert res.exit_code == 0, res.output
     a, b = features(out), features(clean)
     assert a["attrs"]["complete"] and a["paths"] == b["paths"] and a["ids"] == b["ids"]
     with featdump.open(out) as f, featdump.open(clean) as g:  # --keep: each row's own value, none shifted

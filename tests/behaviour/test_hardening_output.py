@@ -23,7 +23,7 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, invoke
 from faultkit import ENV, MODEL, NO_MODEL, journal_seq, kill, make_images, popen, read_rows, wait_for
 
 BATCH = ("--img-size", "64", "--batch-size", "1", "--device", "cpu", "--quiet")
@@ -36,8 +36,8 @@ class Kit:
         self.images = make_images(root / "images", 40, seed=11)
         self.checkpoint = checkpoint
         self.ref = root / "ref.h5"
-        proc = self.run(self.ref)
-        assert proc.returncode == 0, proc.stderr
+        res = invoke(*self.argv(self.ref))
+        assert res.exit_code == 0, res.output
         self.rows = read_rows(self.ref)
 
     def argv(self, out: Path | str, *extra: str, model: str = MODEL) -> list[str]:
@@ -236,8 +236,8 @@ def shards(kit: Kit, tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     out = []
     for i in range(2):
         path = folder / f"feats.shard-0000{i}-of-00002.h5"
-        proc = kit.run(folder / "feats.h5", "--shard", f"{i}/2")
-        assert proc.returncode == 0, proc.stderr
+        res = invoke(*kit.argv(folder / "feats.h5", "--shard", f"{i}/2"))
+        assert res.exit_code == 0, res.output
         out.append(path)
     return out
 
