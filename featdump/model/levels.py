@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -112,15 +113,17 @@ def check_varying(name: str, model: Any, layers: list[LayerInfo]) -> None:
             )
 
 
+@functools.lru_cache(maxsize=8)  # extract describes the model twice: for its space check, then with its weights
 def describe_levels(
     name: str,
-    out_indices: Sequence[int] | None = None,
+    out_indices: tuple[int, ...] | None = None,
     output_stride: int | None = None,
     img_size: tuple[int, int] | None = None,
     dynamic: bool = False,
 ) -> Description:
     """Feature levels and data config of a backbone; builds on the meta device (no weights, no
-    downloads). ``dynamic``: for a size mode, checked to take inputs of varying shapes."""
+    downloads). ``dynamic``: for a size mode, checked to take inputs of varying shapes. Cached: the
+    arguments are hashable, and the description is shared (its layers are not to be changed)."""
     import torch
 
     check_model_name(name)
