@@ -150,7 +150,8 @@ def describe_levels(
     try:
         layers = describe_layers(model, size)
     except Exception:  # noqa: BLE001 - some models cannot run on meta tensors: a real CPU model then
-        model = features_model(name, out_indices=indices, output_stride=output_stride, img_size=img_size, dynamic=dynamic)
+        with torch.random.fork_rng(devices=[]):  # its random init leaves the run's seed alone (cached or not)
+            model = features_model(name, out_indices=indices, output_stride=output_stride, img_size=img_size, dynamic=dynamic)
         try:
             layers = describe_layers(model.eval(), size)
         except RuntimeError as exc:
