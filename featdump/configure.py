@@ -77,18 +77,11 @@ def like_path(given: dict[str, Any], file_values: dict[str, Any] | None = None) 
     return str(value) if value else None
 
 
-def resolve(
-    given: dict[str, Any],
-    file_values: dict[str, Any] | None = None,
-    command: str = "",
-    cls: type = ExtractConfig,
-    like_values: dict[str, Any] | None = None,
-) -> Any:
+def resolve(given: dict[str, Any], file_values: dict[str, Any] | None = None, command: str = "", cls: type = ExtractConfig,
+            like_values: dict[str, Any] | None = None) -> Any:  # fmt: skip
     """Merge option values: dataclass defaults < config file < ``--like`` file < flags given on the command line.
-
     ``given`` holds only the options the user typed (and ``model``/``inputs``/``output``); a typed
-    meaning flag that differs from ``like_values`` (store/like.py) is a UsageError naming it.
-    """
+    meaning flag that differs from ``like_values`` (store/like.py) is a UsageError naming it."""
     merged: dict[str, Any] = dict(file_values or {})
     given = dict(given)
     if like_values is not None:
@@ -126,10 +119,11 @@ def resolve(
         raise UsageError("missing -o/--output: where to write the HDF5 file, e.g. -o feats.h5")
 
     kw = check_options(merged, cls)
-    crop = [flag_of(o) for o in options_of(cls) if o.name in ("crop_pct", "crop_mode") and {**(file_values or {}), **given}.get(o.name) is not None]
-    if crop and (kw.get("tiles") or size_mode_text(kw.get("img_size"))):  # typed, not carried by --like or verify
-        raise UsageError(f"{' and '.join(crop)} crop a square --img-size's input; --tiles and --img-size long:/short:/native "
-                         f"keep the whole image: drop {' and '.join(crop)}")  # fmt: skip
+    asked = {**(file_values or {} if like_values is None else {}), **given}  # typed or configured, not carried by --like
+    crop = " and ".join(flag_of(o) for o in options_of(cls) if o.name in ("crop_pct", "crop_mode") and asked.get(o.name) is not None)
+    if crop and (kw.get("tiles") or size_mode_text(kw.get("img_size"))):
+        raise UsageError(f"{crop}: a crop needs a fixed --img-size; --tiles and --img-size long:/short:/native keep the "
+                         f"whole image: drop {crop}")  # fmt: skip
     if merged:
         raise UsageError(f"unknown option(s): {', '.join(sorted(merged))}")
     return cls(model=str(model), inputs=tuple(str(i) for i in inputs), output=str(output), command=command, **kw)

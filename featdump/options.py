@@ -159,14 +159,14 @@ class ExtractConfig:
     )  # fmt: skip
     crop_mode: CropMode | None = opt(
         "center|squash|border: crop the centre, resize the whole image (aspect changes), or keep the "
-        "aspect and pad (letterbox); a square --img-size only. \\[default: the model's]",
+        "aspect and pad (letterbox); a fixed --img-size only. \\[default: the model's]",
         default=None,
         meaning=True,
         to_attr=FROM_MODEL,
         example="squash",
     )
     crop_pct: float | None = opt(
-        "Fraction of the resized image kept (timm's crop_pct; 1.0 keeps it all); a square --img-size only. \\[default: the model's]",
+        "Fraction of the resized image kept (timm's crop_pct; 1.0 keeps it all); a fixed --img-size only. \\[default: the model's]",
         default=None,
         cli=str | None,
         api=float | str | None,

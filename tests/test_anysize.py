@@ -174,8 +174,8 @@ def test_parse_size_modes(raw: Any, want: Any) -> None:
         ({"img_size": "native", "fast_decode": True}, r"^--fast-decode needs a fixed --img-size"),
         ({"img_size": "long:64", "max_side": 512}, r"^--max-side bounds the images of --img-size native only"),
         ({"max_side": 512}, r"^--max-side bounds"),  # ignored, yet recorded: --resume and merge would then refuse
-        ({"img_size": "short:64", "crop_pct": 0.9}, r"^--crop-pct crop a square --img-size's input; .* drop --crop-pct$"),
-        ({"tiles": 64, "crop_mode": "squash", "crop_pct": 1}, r"^--crop-mode and --crop-pct crop"),  # else silently ignored
+        ({"img_size": "short:64", "crop_pct": 0.9}, r"^--crop-pct: a crop needs a fixed --img-size; .* drop --crop-pct$"),
+        ({"tiles": 64, "crop_mode": "squash", "crop_pct": 1}, r"^--crop-mode and --crop-pct: a crop needs"),  # else silently ignored
     ],
 )
 def test_size_mode_refusals(over: dict[str, Any], message: str) -> None:
@@ -184,6 +184,17 @@ def test_size_mode_refusals(over: dict[str, Any], message: str) -> None:
 
     with pytest.raises(UsageError, match=message):
         resolve({"model": "resnet18", "inputs": ["x"], "output": "x.h5", **over})
+
+
+def test_a_configured_crop_is_refused_with_a_size_mode_unless_like_replaces_it() -> None:
+    from featdump.configure import resolve
+    from featdump.errors import UsageError
+
+    base = {"model": "resnet18", "inputs": ["x"], "output": "x.h5"}
+    with pytest.raises(UsageError, match=r"^--crop-pct: a crop needs a fixed --img-size"):
+        resolve({**base, "img_size": "long:64"}, file_values={"crop_pct": 0.5})
+    cfg = resolve(base, file_values={"crop_pct": 0.5}, like_values={"img_size": ("long", 64), "crop_pct": 0.9})
+    assert cfg.crop_pct == 0.9  # the --like file's values win over the config file's, and carry no refusal
 
 
 def test_a_model_that_cannot_vary_is_refused_by_name() -> None:

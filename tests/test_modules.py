@@ -67,6 +67,22 @@ def test_unknown_module_exits_2_with_close_matches(cli) -> None:
     assert res.exit_code == 2 and "exclude each other" in res.stderr
 
 
+def test_cannot_run_blames_the_size_only_when_the_model_runs_at_its_own() -> None:
+    import torch
+
+    from featdump.errors import UsageError
+    from featdump.model.create import cannot_run
+    from featdump.model.levels import features_model
+
+    with torch.device("meta"):
+        model = features_model("resnet18", out_indices=None, output_stride=None, img_size=None)
+    failed = RuntimeError("size mismatch")
+    assert isinstance(cannot_run("resnet18", model, (3, 200, 200), failed), UsageError)
+    assert cannot_run("resnet18", model, (3, 224, 224), failed) is failed  # its own size fails too: not the size
+    missing = NotImplementedError("no kernel")
+    assert cannot_run("resnet18", model, (3, 200, 200), missing) is missing
+
+
 @pytest.mark.parametrize("layers", [(), ("--layers", "stages.0")])
 def test_a_size_the_model_cannot_run_at_exits_2_naming_its_own(cli, layers: tuple[str, ...]) -> None:
     res = cli("inspect", "levit_128s", "--img-size", "200", *layers)  # levit's attention biases: 224's grids

@@ -116,7 +116,7 @@ def load_backbone(
 
     model, weights = create_with_weights(name, choice, create)
     model.eval()
-    backbone = Backbone(name, model, desc.layers, resolve_data_config(model, fixed), indices, output_stride, weights)
+    backbone = Backbone(name, model, list(desc.layers), resolve_data_config(model, fixed), indices, output_stride, weights)
     return _size_mode(img_size, max_side, backbone)
 
 

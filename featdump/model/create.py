@@ -79,12 +79,14 @@ def resolve_data_config(model: Any, img_size: tuple[int, int] | None) -> DataCon
     return DataConfig.from_timm(timm_resolve(args, model=model))
 
 
-def cannot_run(name: str, model: Any, input_size: Sequence[int], exc: BaseException) -> UsageError:
-    """The usage error for a model whose forward fails at ``input_size`` (C, H, W), e.g. levit at a size
-    its attention biases were not built for."""
+def cannot_run(name: str, model: Any, input_size: Sequence[int], exc: BaseException) -> BaseException:
+    """A usage error for a model whose forward fails at ``input_size`` (C, H, W) but not at its own
+    size (levit at 200: attention biases built for 224's grids); else ``exc`` itself."""
     from featdump.text import first_line
 
     own = resolve_data_config(model, None).input_size
+    if isinstance(exc, NotImplementedError) or tuple(input_size) == tuple(own):
+        return exc  # not the size: the model fails at its own too
     return UsageError(f"{name} cannot run at {input_size[1]}x{input_size[2]} ({first_line(exc)}); "
                       f"give another --img-size or --tiles size, e.g. its own {own[1]}")  # fmt: skip
 

@@ -113,17 +113,16 @@ def check_varying(name: str, model: Any, layers: list[LayerInfo]) -> None:
             )
 
 
-@functools.lru_cache(maxsize=8)  # extract describes the model twice: for its space check, then with its weights
-def describe_levels(
-    name: str,
-    out_indices: tuple[int, ...] | None = None,
-    output_stride: int | None = None,
-    img_size: tuple[int, int] | None = None,
-    dynamic: bool = False,
-) -> Description:
+def describe_levels(name: str, out_indices: Sequence[int] | None = None, output_stride: int | None = None,
+                    img_size: Sequence[int] | None = None, dynamic: bool = False) -> Description:  # fmt: skip
     """Feature levels and data config of a backbone; builds on the meta device (no weights, no
-    downloads). ``dynamic``: for a size mode, checked to take inputs of varying shapes. Cached: the
-    arguments are hashable, and the description is shared (its layers are not to be changed)."""
+    downloads). ``dynamic``: for a size mode, checked to take inputs of varying shapes."""
+    hashable = [None if v is None else tuple(v) for v in (out_indices, img_size)]
+    return described_levels(name, hashable[0], output_stride, hashable[1], dynamic)
+
+
+@functools.lru_cache(maxsize=4)  # a run's space check and its model load; job.py clears it for each run
+def described_levels(name: str, out_indices: Any, output_stride: int | None, img_size: Any, dynamic: bool) -> Description:
     import torch
 
     check_model_name(name)

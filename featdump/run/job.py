@@ -22,6 +22,7 @@ from featdump.data.tiles import loader as pick_loader
 from featdump.errors import FeatdumpWarning, Interrupted, UsageError
 from featdump.model.backbone import backbone_for
 from featdump.model.layers import Backbone, LayerInfo
+from featdump.model.levels import described_levels
 from featdump.options import ExtractConfig
 from featdump.run import processors
 from featdump.run.device import check_decode, resolve_device, tune
@@ -76,6 +77,7 @@ def _run(cfg: ExtractConfig, progress: ProgressSink, on_ready: Callable | None, 
     procs = processors.load(cfg.process)  # unknown processors and bad arguments: usage errors before the model
     cfg = replace(cfg, process=processors.recorded(procs))  # files they read pinned by sha256
     resumed = resume_attrs(out_path) if cfg.resume else None  # read once: the space check and the tuning
+    described_levels.cache_clear()  # this run's model, as timm and the hub give it now
     if cfg.space_check:
         check_space(cfg, out_path, selection, procs, resumed)
     device = resolve_device(cfg.device, placement.local_rank)

@@ -151,7 +151,7 @@ def verify_file(path: str | Path, n: int = 8, seed: int = 0, device: str = "auto
         raise CannotVerify(str(exc)) from None
     try:  # the values come from the file, not from flags: errors name its attributes
         procs = processors.load(opts.get("process"))
-        cfg = resolve({"model": opts.pop("model"), "inputs": (str(p),), "output": str(p), "device": device}, like_values=opts)
+        cfg = resolve({"model": opts.pop("model"), "inputs": (str(p),), "output": str(p), "device": device}, like_values={k: v for k, v in opts.items() if v is not None})
         backbone = backbone_for(cfg)
     except UsageError as exc:
         raise CannotVerify(f"cannot verify {p}: {as_attributes(str(exc))}") from None

@@ -44,6 +44,6 @@ def test_describing_a_model_leaves_the_random_state_alone(monkeypatch: pytest.Mo
     monkeypatch.setattr(levels, "describe_layers", meta_fails)
     torch.manual_seed(0)
     state = torch.random.get_rng_state()
-    desc = levels.describe_levels.__wrapped__("resnet18", None, None, (64, 64), False)  # uncached
+    desc = levels.described_levels.__wrapped__("resnet18", None, None, (64, 64), False)  # uncached
     assert torch.equal(torch.random.get_rng_state(), state)
     assert [x.shape for x in desc.layers] == [x.shape for x in levels.describe_levels("resnet18", img_size=(64, 64)).layers]

@@ -261,3 +261,18 @@ def test_verify_names_five_failing_rows_and_how_many_more(cli, tmp_path, photos)
     assert res.exit_code == 1
     assert "8 of 8 checked row(s) differ beyond the tolerance: 0 (astronaut.jpg)" in res.stderr
     assert "4 (coins.jpg) … and 3 more" in res.stderr
+
+
+def test_verify_takes_a_missing_attribute_as_its_default(cli, tmp_path, photos):
+    """A file without an attribute the run would have written (tokens, tile_scale, max_side) verifies
+    at that option's default, as a run without the flag would make it."""
+    import h5py
+
+    out = tmp_path / "f.h5"
+    args = ("resnet18", str(photos / "coins.jpg"), "--no-pretrained", "--img-size", "32", "--out-indices", "-1", "-q")
+    assert cli("extract", *args, "-o", str(out), "--device", "cpu").exit_code == 0
+    with h5py.File(out, "r+") as h5:
+        for name in ("tokens", "tile_scale", "max_side"):
+            del h5.attrs[name]
+    res = cli("verify", str(out), "--device", "cpu", "-q")
+    assert res.exit_code == 0, res.output
