@@ -170,7 +170,7 @@ def render(
     """Draw the chosen rows (:func:`select_rows`) and layers of a featdump file into a PNG (see the module doc)."""
     from PIL import Image, ImageDraw
 
-    from featdump.data.tiles import first_rows, tile_view
+    from featdump.data.tiles import first_rows, image_starts, tile_view
     from featdump.store.check import input_kind
     from featdump.store.reader import FeatureFile
 
@@ -203,8 +203,9 @@ def render(
                 vectors[name] = arr
                 labels[name] += " pooled" if dattrs.get("pool", "none") != "none" else " vector"
         attrs, paths = f.meta, f.paths
-        wanted, why = locate_rows(f, rows, root)
-        firsts = first_rows(f, rows) if len(f.meta.get("tiles", "")) else rows
+        starts = image_starts(f) if len(f.meta.get("tiles", "")) else None  # once, for both
+        wanted, why = locate_rows(f, rows, root, starts)
+        firsts = first_rows(f, rows, starts) if starts else rows
         why += "; pass --root DIR" if why and input_kind(f.meta) == "files" else ""
 
     input_size = attrs["input_size"]

@@ -123,7 +123,7 @@ def verify_file(path: str | Path, n: int = 8, seed: int = 0, device: str = "auto
     from featdump import open as open_file
     from featdump.configure import resolve
     from featdump.data.remote import RESUME_HINT, StoreStopped
-    from featdump.data.tiles import first_rows
+    from featdump.data.tiles import first_rows, image_starts
     from featdump.data.tiles import loader as open_loader
     from featdump.model.backbone import backbone_for
     from featdump.run import processors
@@ -163,8 +163,9 @@ def verify_file(path: str | Path, n: int = 8, seed: int = 0, device: str = "auto
         stored_paths = [ff.paths[r] for r in rows]
         shapes = {name: tuple(ff[name].shape[1:]) for name in ff.layers}
         stored = {name: ff.numpy(name, rows) for name in ff.layers}
-        wanted, gone = locate_rows(ff, rows)
-        tile = [r - first for r, first in zip(rows, first_rows(ff, rows), strict=True)] if cfg.tiles else []
+        starts = image_starts(ff) if cfg.tiles else None  # once, for both
+        wanted, gone = locate_rows(ff, rows, starts=starts)
+        tile = [r - first for r, first in zip(rows, first_rows(ff, rows, starts), strict=True)] if starts else []
     if gone:
         raise CannotVerify(f"cannot verify {p}: {gone}")
     dev = resolve_device(cfg.device, 0)

@@ -16,7 +16,8 @@ from featdump.data.lookup import Wanted
 from featdump.errors import UsageError
 
 
-def locate_rows(ff: Any, rows: Sequence[int], root: str | Path | None = None) -> tuple[list[Wanted], str]:
+def locate_rows(ff: Any, rows: Sequence[int], root: str | Path | None = None,
+                starts: Sequence[int] | None = None) -> tuple[list[Wanted], str]:  # fmt: skip
     """Each of ``rows`` of ``ff`` with the references its image is read from (:attr:`Wanted.found`,
     empty when not found), and why a row is not found ("" when every one is)."""
     from featdump.data.discover import discover
@@ -32,7 +33,7 @@ def locate_rows(ff: Any, rows: Sequence[int], root: str | Path | None = None) ->
         failed = [f for f, _ in ff.failed]
         paths, ids, at = ff.paths, ff.ids, list(rows)
         if "tiles" in ff.h5:  # a row is read from its image's sample: ranked among the images' first rows
-            starts = image_starts(ff)
+            starts = image_starts(ff) if starts is None else starts
             index = {s: i for i, s in enumerate(starts)}
             at = [index[f] for f in first_rows(ff, rows, starts)]
             paths, ids = [paths[s] for s in starts], None if ids is None else [ids[s] for s in starts]
