@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-__all__ = ["app", "main"]
-
 
 def main() -> None:
     """The console script and ``python -m featdump``: SIGINT/SIGTERM are watched before the CLI's own
@@ -13,15 +9,8 @@ def main() -> None:
     from featdump.cli.signals import watch_start_up
 
     start = watch_start_up()
-    from featdump.cli import commands  # noqa: F401 - registers every command with the app
-    from featdump.cli.typer_app import run
+    from featdump.cli import commands  # registers every command with the app
+    from featdump.cli.typer_app import STATE
 
-    run(start)
-
-
-def __getattr__(name: str) -> Any:  # ``featdump.cli.app`` without importing Typer with the package
-    if name == "app":
-        from featdump.cli.commands import app
-
-        return app
-    raise AttributeError(f"module 'featdump.cli' has no attribute {name!r}")
+    STATE.update(own_process=True, start=start)  # the process's own command line, not an embedding caller
+    commands.app()

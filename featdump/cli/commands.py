@@ -5,6 +5,7 @@ Nothing here imports torch at module level, so ``--help`` and ``--version`` stay
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shlex
@@ -24,8 +25,11 @@ from featdump.options import OPTIONS, Option
 from featdump.text import LINE_CHARS, clip, printable
 
 
-def extract_parameters(table: Sequence[Option] = OPTIONS, config: bool = True) -> Signature:
-    """The ``extract`` command's parameters, derived from the option table (featdump/options.py)."""
+def extract_parameters(
+    table: Sequence[Option] = OPTIONS, own: Sequence[tuple[str, Any, Any, Any]] = (), config: bool = True
+) -> Signature:
+    """A command's parameters: the options of ``table`` (derived from featdump/options.py), then its
+    ``own`` (name, type, default, Typer info), then ``--config``."""
     keyword = Parameter.KEYWORD_ONLY  # Typer passes every parameter by name
     params = [Parameter("ctx", keyword, annotation=typer.Context)]
     for o in table:
@@ -34,7 +38,9 @@ def extract_parameters(table: Sequence[Option] = OPTIONS, config: bool = True) -
         params.append(Parameter(o.name, keyword, annotation=Annotated[o.cli_type, info], default=default))
     if config:
         info = typer.Option("--config", help="TOML file of option defaults (flags win).")
-        params.append(Parameter("config_file", keyword, annotation=Annotated[Optional[Path], info], default=None))
+        own = [*own, ("config_file", Optional[Path], None, info)]
+    for name, tp, default, info in own:
+        params.append(Parameter(name, keyword, annotation=Annotated[tp, info], default=default))
     return Signature(params, return_annotation=None)
 
 
@@ -57,18 +63,13 @@ INSPECT_OPTIONS = ("out_indices", "output_stride", "img_size", "max_side", "pool
 
 def inspect_parameters() -> Signature:
     """``inspect``'s parameters: MODEL, the extract options of :data:`INSPECT_OPTIONS`, and its own."""
-    shared = [o for o in OPTIONS if o.name in INSPECT_OPTIONS]
-    params = list(extract_parameters(shared, config=False).parameters.values())
+    model = dataclasses.replace(OPTIONS[0], help="timm model name, e.g. resnet50 or convnext_tiny.fb_in22k")
     own = [
         ("all_modules", bool, False, typer.Option("--all-modules", help="List every module name (for --layers) with its output shape.")),
         ("images", Optional[int], None, typer.Option("--images", help="Disk planning: add per-layer and total sizes for N images.")),
         ("as_json", bool, False, typer.Option("--json", help="Print JSON on stdout (nothing else).")),
     ]
-    for name, tp, default, info in own:
-        params.append(Parameter(name, Parameter.KEYWORD_ONLY, annotation=Annotated[tp, info], default=default))
-    model = typer.Argument(help="timm model name, e.g. resnet50 or convnext_tiny.fb_in22k")
-    params.insert(1, Parameter("model", Parameter.KEYWORD_ONLY, annotation=Annotated[str, model]))
-    return Signature(params, return_annotation=None)
+    return extract_parameters([model, *(o for o in OPTIONS if o.name in INSPECT_OPTIONS)], own, config=False)
 
 
 @app.command()
@@ -111,8 +112,6 @@ def inspect(ctx: typer.Context, model: str, all_modules: bool, images: int | Non
 
         desc = for_image(desc, *EXAMPLE_IMAGE)
     if o["process"]:
-        import dataclasses
-
         from featdump.run import processors
 
         procs = processors.load(o["process"])
@@ -205,17 +204,12 @@ def _extract(ctx: typer.Context, config_file: Path | None, stop: Any) -> None:
 
 def bench_parameters() -> Signature:
     """``extract``'s parameters (``-o`` optional: where the writer is timed) plus ``--seconds`` and ``--images``."""
-    import dataclasses
-
-    table = [dataclasses.replace(o, default="") if o.name == "output" else o for o in OPTIONS]
-    sig = extract_parameters(table)
-    params = list(sig.parameters.values())
-    keyword = Parameter.KEYWORD_ONLY
-    params.insert(-1, Parameter("seconds", keyword, default=60.0, annotation=Annotated[float, typer.Option(
-        "--seconds", help="About how long the four timings take in all (model loading aside).")]))
-    params.insert(-1, Parameter("images", keyword, default=300, annotation=Annotated[int, typer.Option(
-        "--images", help="Use at most the first N images.")]))
-    return sig.replace(parameters=params)
+    own = [
+        ("seconds", float, 60.0, typer.Option(
+            "--seconds", help="About how long the four timings take in all (model loading aside).")),
+        ("images", int, 300, typer.Option("--images", help="Use at most the first N images.")),
+    ]
+    return extract_parameters([dataclasses.replace(o, default="") if o.name == "output" else o for o in OPTIONS], own)
 
 
 @app.command()

@@ -37,16 +37,11 @@ StartUp = tuple[StopToken, SignalWatch]
 def watch_start_up() -> StartUp:
     """Before the CLI's imports: signals become stop requests (a remembered Ctrl-C, not a
     KeyboardInterrupt that third-party start-up code might swallow). ``extract`` hands the pair to
-    :func:`guarded_run`; every other command gives the handlers back (:func:`release_start_up`)."""
+    :func:`guarded_run`; every other command gives the handlers back (typer_app.py)."""
     token = StopToken()
     watch = SignalWatch(token, leave_at_once(token))
     watch.__enter__()
     return token, watch
-
-
-def release_start_up(start: StartUp | None) -> None:
-    if start is not None:
-        start[1].restore()
 
 
 @contextlib.contextmanager

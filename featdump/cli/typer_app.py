@@ -46,14 +46,12 @@ def _main(
     ] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
 ) -> None:
-    from featdump.cli.signals import release_start_up
-
     STATE["debug"] = debug
     start = STATE["start"]
     if start is not None and start[0].stopped:
         raise fail(f"stopped by {signal.Signals(start[0].signum).name} during start-up; nothing was written", 128 + start[0].signum)
-    if ctx.invoked_subcommand != "extract":  # extract keeps watching (guarded_run); the rest need no stop requests
-        release_start_up(start)
+    if start is not None and ctx.invoked_subcommand != "extract":  # extract keeps watching (guarded_run)
+        start[1].restore()  # the rest need no stop requests: the handlers go back
         STATE["start"] = None
 
 
@@ -96,11 +94,3 @@ def handle_errors(func: F) -> F:
 def given_options(ctx: Any, names: list[str]) -> dict[str, Any]:
     """The options the user typed (not defaults), for the precedence defaults < file < flags."""
     return {name: ctx.params[name] for name in names if parameter_source(ctx, name) not in (None, "DEFAULT", "DEFAULT_MAP")}
-
-
-def run(start: Any = None) -> None:
-    """Run the app as the process's own command line (``featdump.cli.main``); ``start`` is the
-    signal watch begun before the imports (featdump/cli/signals.py)."""
-    STATE["own_process"] = True  # the console script / python -m featdump (not an embedding caller)
-    STATE["start"] = start
-    app()
