@@ -10,15 +10,13 @@ from typing import Any
 from featdump.errors import UsageError
 from featdump.text import unsafe_name
 
-ALL_LEVELS: tuple[int, ...] = ()  # ``--out-indices all``: every level the model has (expanded by normalize_indices)
-
 
 def parse_indices(value: str | list[int] | tuple[int, ...] | None) -> tuple[int, ...] | None:
-    """``"1,2,-1"`` or ``[1, 2, -1]`` -> ``(1, 2, -1)``; ``"all"`` -> :data:`ALL_LEVELS`."""
+    """``"1,2,-1"`` or ``[1, 2, -1]`` -> ``(1, 2, -1)``; ``"all"`` -> ``()``: every level the model has."""
     if value is None or value == "":
         return None
     if isinstance(value, str) and value.strip().lower() == "all":
-        return ALL_LEVELS
+        return ()
     items: list[Any] = list(value) if isinstance(value, (list, tuple)) else [v.strip() for v in str(value).split(",")]
     if len(items) > 1 and any(v == "" for v in items):  # "1,,2" or "1,": a level left out by mistake?
         raise UsageError(f"--out-indices {value!r} has an empty item; give levels separated by single commas, e.g. 1,2,-1")
@@ -58,9 +56,7 @@ def parse_kept(value: str | list[str] | tuple[str, ...] | None, option: str) -> 
     return out
 
 
-SIZE_MODES = ("long", "short", "native")
 ImgSize = tuple[int, int] | tuple[str, int]  # (height, width), or a size mode: ("long", 512), ("native", 0)
-IMG_SIZE_HELP = "--img-size takes SIZE or HEIGHTxWIDTH (e.g. 224 or 256x320), or long:L, short:S, native"
 
 
 def parse_img_size(value: str | int | list[Any] | tuple[Any, ...] | None) -> ImgSize | None:
@@ -70,10 +66,12 @@ def parse_img_size(value: str | int | list[Any] | tuple[Any, ...] | None) -> Img
         return None
     text = str(value).lower()
     if isinstance(value, (list, tuple)) and len(value) in (1, 2):
-        text = f"{value[0]}:{value[-1]}" if value[0] in SIZE_MODES else f"{value[0]}x{value[-1]}"
+        text = f"{value[0]}:{value[-1]}" if value[0] in ("long", "short", "native") else f"{value[0]}x{value[-1]}"
     m = re.fullmatch(r"\s*(?:(long|short)\s*:\s*(\d+)|(native)(?::0)?|(\d+)\s*(?:[x×,]\s*(\d+))?)\s*", text)
     if m is None or isinstance(value, bool):
-        raise UsageError(f"{IMG_SIZE_HELP}, not {value!r}")
+        raise UsageError(
+            f"--img-size takes SIZE or HEIGHTxWIDTH (e.g. 224 or 256x320), or long:L, short:S, native, not {value!r}"
+        )
     if m[3]:
         return ("native", 0)
     sides = [int(m[2])] if m[1] else [int(m[4]), int(m[5] or m[4])]
@@ -178,19 +176,15 @@ def path_or_none(value: Any) -> str | None:
     return str(value) if value else None
 
 
-# The ``output_stride`` file attribute of a run that asked for none (the model's own strides, which
-# the feature datasets' ``reduction`` attributes give).
-NO_STRIDE = "none"
-
-
 def stride_attr(stride: int | None) -> int | str:
-    """The ``output_stride`` attribute for ``--output-stride``: the stride asked, else ``"none"``."""
-    return stride or NO_STRIDE
+    """The ``output_stride`` attribute for ``--output-stride``: the stride asked, else ``"none"`` (the
+    model's own strides, which the feature datasets' ``reduction`` attributes give)."""
+    return stride or "none"
 
 
 def stored_stride(value: Any) -> Any:
     """An ``output_stride`` attribute as the option value: None where none was asked, else the stride."""
-    return None if value is None or (isinstance(value, str) and value == NO_STRIDE) else value
+    return None if value is None or (isinstance(value, str) and value == "none") else value
 
 
 def parse_weights(tag: Any) -> dict[str, Any]:

@@ -177,10 +177,8 @@ def render(
     out = Path(output)
     check_picture(out, tile)
     with FeatureFile(path) as f:
-        if layers:
-            unknown = [name for name in layers if name not in f.layers]
-            if unknown:
-                raise UsageError(f"--layer {unknown[0]!r} is not in {path}; stored layers: {', '.join(f.layers)}")
+        if unknown := [name for name in layers or () if name not in f.layers]:
+            raise UsageError(f"--layer {unknown[0]!r} is not in {path}; stored layers: {', '.join(f.layers)}")
         chosen = list(dict.fromkeys(layers)) if layers else f.layers
         if not chosen:
             raise UsageError(f"{path} holds no feature datasets")
@@ -208,10 +206,8 @@ def render(
         firsts = first_rows(f, rows, starts) if starts else rows
         why += "; pass --root DIR" if why and input_kind(f.meta) == "files" else ""
 
-    input_size = attrs["input_size"]
-    h_in, w_in = int(input_size[1]), int(input_size[2])
-    tw = tile
-    th = max(8, round(tile * h_in / w_in))
+    _, h_in, w_in = (int(v) for v in attrs["input_size"])
+    tw, th = tile, max(8, round(tile * h_in / w_in))
     split: Any = None
     found: dict[str, str] = {}
     width = PAD + (1 + len(chosen)) * (tw + PAD)
