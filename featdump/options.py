@@ -53,13 +53,6 @@ def decode_attr(cfg: Any) -> str:
     return "fast" if cfg.fast_decode else "exact"
 
 
-def _levels(attrs: dict[str, Any]) -> tuple[int, ...] | None:
-    """``out_indices`` from a file: the levels it holds, or None when it holds named modules."""
-    if not attrs.get("out_indices"):
-        return None
-    return tuple(int(i) for i in attrs["out_indices"])
-
-
 def _names(attrs: dict[str, Any]) -> tuple[str, ...] | None:
     """``layers`` from a file: the module names, only when it was made with ``--layers`` (no levels)."""
     if attrs.get("out_indices") or not attrs.get("layers"):
@@ -99,7 +92,7 @@ class ExtractConfig:
         parse=parse_indices,
         meaning=True,
         to_attr=FROM_MODEL,  # the levels the model resolved
-        from_attr=_levels,
+        from_attr=lambda attrs: tuple(int(i) for i in attrs["out_indices"]) if attrs.get("out_indices") else None,
         example=(2,),
     )
     layers: tuple[str, ...] | None = opt(

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import operator
+import types
 import typing
 from collections.abc import Callable
 from dataclasses import MISSING, dataclass, field
@@ -97,13 +98,10 @@ def option_table(cls: type[_T]) -> type[_T]:
     return dataclass(frozen=True)(cls)
 
 
-_UnionType = type(int | None)
-
-
 def without_none(tp: Any) -> tuple[Any, bool]:
     """``X | None`` -> ``(X, True)``; anything else -> ``(tp, False)``."""
     args = get_args(tp)
-    if get_origin(tp) in (typing.Union, _UnionType) and type(None) in args:
+    if get_origin(tp) in (typing.Union, types.UnionType) and type(None) in args:
         rest = [a for a in args if a is not type(None)]
         return functools.reduce(operator.or_, rest), True
     return tp, False

@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from featdump.cli.typer_app import app, handle_errors
+from featdump.cli.typer_app import app, fail, handle_errors
 from featdump.errors import FeatdumpError, UsageError
-from featdump.text import LINE_CHARS, clip, printable
+from featdump.text import printable
 
 if TYPE_CHECKING:
     from featdump.store.merge import MergeSummary
@@ -326,7 +326,7 @@ def fetch(
             got = fetch_weights(src)
         except FeatdumpError as exc:
             errors.append(str(exc))
-            typer.echo(f"featdump: error: {printable(clip(str(exc), LINE_CHARS))}", err=True)
+            fail(str(exc), 1)  # writes the line; the other models are still fetched
             continue
         if quiet:
             typer.echo(str(got.path))
@@ -384,8 +384,7 @@ def export(
     )
     if as_json:
         sys.stdout.write(json.dumps(asdict(summary), indent=2) + "\n")
-        return
-    if quiet:
+    if as_json or quiet:
         return
     what = ", ".join(
         f"{l.name} ({'×'.join(str(s) for s in l.shape)} {l.dtype}{', ' + str(pool) + '-pooled' if l.pooled_here else ''})"

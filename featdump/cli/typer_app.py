@@ -60,9 +60,6 @@ def fail(message: str, code: int) -> typer.Exit:
     return typer.Exit(code)
 
 
-_PASS_THROUGH = click_exceptions()
-
-
 def handle_errors(func: F) -> F:
     """Core exceptions -> one line on stderr and its exit code (docs/safety.md) (tracebacks with --debug)."""
 
@@ -70,7 +67,7 @@ def handle_errors(func: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
-        except _PASS_THROUGH:
+        except click_exceptions():  # Typer prints these and picks the exit code
             raise
         except KeyboardInterrupt:
             raise fail("interrupted", 130) from None
