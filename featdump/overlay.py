@@ -11,6 +11,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from PIL import Image, ImageDraw
+
 from featdump.errors import UsageError
 from featdump.store.findinput import locate_rows, read_found
 from featdump.viz import (
@@ -31,8 +34,6 @@ ALPHA = 0.6  # weight of the feature colours over the photo
 
 def cell_index(lo: Any, hi: Any, coords: Any) -> Any:
     """For pixel-centre coordinates, the index of the cell whose ``[lo, hi)`` holds each one (-1: none)."""
-    import numpy as np
-
     out = np.full(coords.shape, -1, dtype=np.int64)
     for k in range(len(lo)):  # cells along one axis: at most a few hundred
         if np.isnan(lo[k]):
@@ -43,9 +44,6 @@ def cell_index(lo: Any, hi: Any, coords: Any) -> Any:
 
 def paint(photo: Any, boxes: Any, colours: Any, alpha: float = ALPHA) -> Any:
     """``photo`` (PIL, original size) with ``colours`` (H, W, 3) blended into the cells' ``boxes``."""
-    import numpy as np
-    from PIL import Image
-
     base = np.asarray(photo.convert("RGB"), dtype=np.float64)
     h, w = base.shape[:2]
     finite = ~np.isnan(boxes).any(axis=-1)
@@ -63,8 +61,6 @@ def paint(photo: Any, boxes: Any, colours: Any, alpha: float = ALPHA) -> Any:
 def _fit(img: Any, side: int, pad: bool = True) -> Any:
     """``img`` scaled to fit a ``side`` x ``side`` tile (aspect kept), centred on the background
     (``pad=False``: only scaled)."""
-    from PIL import Image
-
     scale = side / max(img.size)
     size = (max(1, round(img.size[0] * scale)), max(1, round(img.size[1] * scale)))
     if not pad:
@@ -85,8 +81,6 @@ def render_overlay(
     seed: int | None = None,
 ) -> VizResult:
     """Per chosen row: the original image, then each chosen spatial layer's PCA map over it."""
-    from PIL import Image, ImageDraw
-
     from featdump.store.check import input_kind
     from featdump.store.reader import FeatureFile
 

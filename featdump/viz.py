@@ -15,6 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from PIL import Image, ImageDraw
+
 from featdump.data.lookup import Wanted
 from featdump.errors import UsageError
 from featdump.store.findinput import locate_rows, read_found
@@ -78,8 +81,6 @@ def select_rows(
     if num_images == 0:
         raise UsageError("the file holds no images yet (num_images is 0); nothing to draw")
     if random is not None:
-        import numpy as np
-
         rng = np.random.default_rng(0 if seed is None else seed)
         picks = rng.choice(num_images, size=min(random, num_images), replace=False)
         return sorted(int(p) for p in picks)
@@ -109,8 +110,6 @@ def select_rows(
 
 def as_maps(data: Any, attrs: dict[str, Any]) -> tuple[str, Any]:
     """Stored rows -> ("map", (K, C, H, W)) or ("vector", (K, C))."""
-    import numpy as np
-
     if data.ndim == 4:
         return "map", data
     if data.ndim == 3 and attrs.get("part") != "prefix":  # tokens (K, T, D); --tokens both: <name>.prefix has no grid
@@ -137,8 +136,6 @@ def where_found(w: Wanted) -> str:
 
 
 def placeholder(tile: tuple[int, int], text: str) -> Any:
-    from PIL import Image, ImageDraw
-
     img = Image.new("RGB", tile, (230, 230, 230))
     draw = ImageDraw.Draw(img)
     draw.line([(0, 0), (tile[0], tile[1])], fill=(200, 200, 200))
@@ -168,8 +165,6 @@ def render(
     seed: int | None = None,
 ) -> VizResult:
     """Draw the chosen rows (:func:`select_rows`) and layers of a featdump file into a PNG (see the module doc)."""
-    from PIL import Image, ImageDraw
-
     from featdump.data.tiles import first_rows, image_starts, tile_view
     from featdump.store.check import input_kind
     from featdump.store.reader import FeatureFile

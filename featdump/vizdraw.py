@@ -6,6 +6,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
 MAX_BARS = 16  # channels in a pooled vector's bar strip, at most
 SCATTER_MIN = 3  # images shown before a pooled layer gets a PCA scatter panel
 # One colour per shown image (Tableau 10): its bars, its dot in the scatter and its row's swatch.
@@ -20,8 +23,6 @@ def principal_components(x: Any, k: int) -> tuple[Any, Any]:
     """(n, C) rows -> their scores on the first ``k`` principal components (n, <=k) and each
     component's share of the variance. Signs are fixed (the larger tail of each score is
     positive), so a picture does not flip between runs or LAPACK builds."""
-    import numpy as np
-
     x = np.nan_to_num(np.asarray(x, dtype=np.float64))
     x = x - x.mean(axis=0, keepdims=True)
     n, c = x.shape
@@ -45,8 +46,6 @@ def principal_components(x: Any, k: int) -> tuple[Any, Any]:
 def pca_rgb(maps: Any) -> Any:
     """(K, C, H, W) feature maps -> (K, H, W, 3) uint8: first three principal components of the
     channels, fitted jointly over all K maps, each scaled by its 1st-99th percentile."""
-    import numpy as np
-
     k, c, h, w = maps.shape
     comps, _ = principal_components(maps.astype(np.float64).transpose(0, 2, 3, 1).reshape(-1, c), 3)
     if comps.shape[1] < 3:
@@ -67,8 +66,6 @@ def pca_each(maps: Any) -> list[Any]:
 def pca_2d(vectors: Any) -> tuple[Any, Any]:
     """(K, C) pooled vectors -> (K, 2) coordinates on their first two principal components (fitted
     over the K vectors; a missing component is 0) and the two components' shares of the variance."""
-    import numpy as np
-
     comps, share = principal_components(vectors, 2)
     return np.pad(comps, ((0, 0), (0, 2 - comps.shape[1]))), np.pad(share, (0, 2 - len(share)))
 
@@ -76,15 +73,11 @@ def pca_2d(vectors: Any) -> tuple[Any, Any]:
 def top_channels(vectors: Any, k: int) -> Any:
     """(K, C) vectors -> (K, k) channel numbers of each vector's ``k`` largest magnitudes, largest
     first (ties: the lower channel first)."""
-    import numpy as np
-
     v = np.nan_to_num(np.asarray(vectors, dtype=np.float64))
     return np.argsort(-np.abs(v), axis=1, kind="stable")[:, : min(k, v.shape[1])]
 
 
 def label_font() -> Any:
-    from PIL import ImageFont
-
     try:
         return ImageFont.load_default(size=11)
     except TypeError:  # Pillow < 10.1
@@ -108,9 +101,6 @@ def _number(v: float) -> str:
 def bar_strips(vectors: Any, colours: Sequence[tuple[int, int, int]], size: tuple[int, int]) -> list[Any]:
     """(K, C) pooled vectors -> K tiles of each vector's largest-magnitude channels as labelled bars,
     on one scale for the K so bars compare down a column; negative values grow left of a middle axis."""
-    import numpy as np
-    from PIL import Image, ImageDraw
-
     v = np.nan_to_num(np.asarray(vectors, dtype=np.float64))
     k, c = v.shape
     w, h = size
@@ -152,8 +142,6 @@ def bar_strips(vectors: Any, colours: Sequence[tuple[int, int, int]], size: tupl
 def pca_scatter(vectors: Any, rows: Sequence[int], colours: Sequence[tuple[int, int, int]], size: tuple[int, int]) -> Any:
     """A panel of the K vectors' 2-D PCA (:func:`pca_2d`): one dot per image in its colour, labelled
     ``#row``; both axes on one scale (distances read true), the cross at the mean of the K."""
-    from PIL import Image, ImageDraw
-
     xy, share = pca_2d(vectors)
     w, h = size
     img = Image.new("RGB", (w, h), PANEL)
