@@ -18,6 +18,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from featdump import configure
 from featdump.cli.typer_app import STATE, F, app, given_options, handle_errors
 from featdump.cli.typer_compat import join_paragraph_lines
 from featdump.errors import FeatdumpWarning, UsageError
@@ -87,11 +88,10 @@ def inspect(ctx: typer.Context, model: str, all_modules: bool, images: int | Non
     Example: featdump inspect vit_small_patch16_224 --all-modules
     """
     from featdump.cli.render import EXAMPLE_IMAGE, console, description_dict, inspect_table
-    from featdump.configure import check_options
     from featdump.model.backbone import describe
 
     given = given_options(ctx, list(INSPECT_OPTIONS))
-    o = {**{f.name: f.default for f in OPTIONS if f.name in INSPECT_OPTIONS}, **check_options(given)}
+    o = {**{f.name: f.default for f in OPTIONS if f.name in INSPECT_OPTIONS}, **configure.check_options(given)}
     if all_modules:
         from featdump.cli.render import modules_dict, modules_table
         from featdump.model.modules import list_modules
@@ -154,7 +154,6 @@ def extract(ctx: typer.Context, **values: Any) -> None:
 
 
 def _extract(ctx: typer.Context, config_file: Path | None, stop: Any) -> None:
-    from featdump import configure as config
     from featdump.cli.progress import LogProgress, progress_for
     from featdump.cli.render import console, failures_table, summary_table
     from featdump.cli.signals import leave_at_once
@@ -163,7 +162,7 @@ def _extract(ctx: typer.Context, config_file: Path | None, stop: Any) -> None:
     from featdump.store.like import resolve_with_like
 
     given = given_options(ctx, [o.name for o in OPTIONS])  # MODEL, INPUT... and -o are always given
-    file_values = config.load_toml(config_file) if config_file else {}
+    file_values = configure.load_toml(config_file) if config_file else {}
     cfg = resolve_with_like(given, file_values, shlex.join(["featdump", *sys.argv[1:]]))
     progress = progress_for(cfg.quiet)  # a bar on a terminal, plain lines in a job's log
     ready = (lambda b, o, p: progress.ready(b, cfg.dtype, cfg.pool)) if isinstance(progress, LogProgress) else None
@@ -223,14 +222,13 @@ def bench(ctx: typer.Context, **values: Any) -> None:
     Example: featdump bench resnet50 photos/ --out-indices 3,4 --dtype float16 --device cuda --seconds 60
     """
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from featdump import configure as config
     from featdump.cli.render import bench_table
     from featdump.run.benchmark import run_benchmark
 
     given = given_options(ctx, [o.name for o in OPTIONS])
     given["output"] = given.get("output") or values.get("output") or str(Path.cwd() / "featdump-bench.h5")
-    file_values = config.load_toml(values["config_file"]) if values.get("config_file") else {}
-    cfg = config.resolve(given, file_values, command=shlex.join(["featdump", *sys.argv[1:]]))
+    file_values = configure.load_toml(values["config_file"]) if values.get("config_file") else {}
+    cfg = configure.resolve(given, file_values, command=shlex.join(["featdump", *sys.argv[1:]]))
     result = run_benchmark(cfg, seconds=values["seconds"], images=values["images"])
     bench_table(result)
 

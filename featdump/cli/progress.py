@@ -8,7 +8,11 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from rich import progress as rp
+from rich.text import Text
+
 from featdump.cli.render import console
+from featdump.environment import LOG_SECONDS
 from featdump.progress import Counter
 
 
@@ -24,9 +28,6 @@ class RichProgress(Counter):
         super().start(total, done, description)
         if not self.enabled:
             return
-        from rich import progress as rp
-        from rich.text import Text
-
         counter = self
 
         class Rate(rp.TextColumn):
@@ -114,6 +115,4 @@ def progress_for(quiet: bool) -> Any:
     """A bar on a terminal, plain lines in a log file, nothing with --quiet."""
     if quiet or sys.stderr.isatty():
         return RichProgress(enabled=not quiet)
-    from featdump.environment import LOG_SECONDS
-
     return LogProgress(LOG_SECONDS.value())
