@@ -17,17 +17,13 @@ from featdump.progress import Counter
 
 
 class RichProgress(Counter):
-    """Progress bar with images/s and ETA on a terminal (stderr); silent when piped or quiet."""
+    """Progress bar with images/s and ETA on a terminal (stderr)."""
 
-    def __init__(self, enabled: bool | None = None) -> None:
-        self.enabled = sys.stderr.isatty() if enabled is None else enabled
-        self._progress: Any = None
-        self._task: Any = None
+    _progress: Any = None
+    _task: Any = None
 
     def start(self, total: int | None, done: int, description: str) -> None:
         super().start(total, done, description)
-        if not self.enabled:
-            return
         counter = self
 
         class Rate(rp.TextColumn):
@@ -113,6 +109,6 @@ class LogProgress(Counter):
 
 def progress_for(quiet: bool) -> Any:
     """A bar on a terminal, plain lines in a log file, nothing with --quiet."""
-    if quiet or sys.stderr.isatty():
-        return RichProgress(enabled=not quiet)
-    return LogProgress(LOG_SECONDS.value())
+    if quiet:
+        return Counter()
+    return RichProgress() if sys.stderr.isatty() else LogProgress(LOG_SECONDS.value())
