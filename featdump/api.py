@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import inspect
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, get_args
@@ -84,8 +85,6 @@ input failed raises FeatdumpError ("no image could be read") after writing it. L
     :class:`~featdump.errors.Interrupted`), a second raises ``KeyboardInterrupt``; the file keeps its
     last commit either way and ``resume=True`` finishes it. The global random state is left as it was.
     """
-    import warnings
-
     from featdump.run.process import passive_omp
 
     if advice := passive_omp():  # before anything imports torch
@@ -93,6 +92,8 @@ input failed raises FeatdumpError ("no image could be read") after writing it. L
 
     from featdump import configure as cfgmod
     from featdump.run.job import run_extraction
+    from featdump.run.results import end_of_run
+    from featdump.store.like import resolve_with_like
 
     try:
         extract.__signature__.bind(model, inputs, output, **options)  # type: ignore[attr-defined]
@@ -104,8 +105,6 @@ input failed raises FeatdumpError ("no image could be read") after writing it. L
     given = {k: _recorded(table[k], v) for k, v in options.items() if v is not None}
     args = ", ".join(f"{k}={v!r}" for k, v in given.items())
     given.update(model=model, inputs=tuple(str(i) for i in inputs), output=str(output))
-    from featdump.store.like import resolve_with_like
-
     file_values = cfgmod.load_toml(config) if config else {}
     command = f"featdump.extract({model!r}, {list(given['inputs'])!r}, {str(output)!r}, {args})"
     cfg = resolve_with_like(given, file_values, command)
@@ -114,8 +113,6 @@ input failed raises FeatdumpError ("no image could be read") after writing it. L
 
         return run_on_ray(cfg, _progress_sink(progress, cfg.quiet))  # type: ignore[return-value]
     summary = run_extraction(cfg, _progress_sink(progress, cfg.quiet))
-    from featdump.run.results import end_of_run
-
     end_of_run(summary, cfg.strict, "strict=True")
     return summary
 
