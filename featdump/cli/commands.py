@@ -146,56 +146,51 @@ def extract(ctx: typer.Context, **values: Any) -> None:
     # sleep instead of spinning, so decoding workers, the writer and other jobs on the node do not
     # make the forward pass's threads burn their cores waiting (measured: docs/performance.md).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from featdump.cli.signals import guarded_run
+    from featdump.cli.signals import guarded_run, leave_at_once
 
     start, STATE["start"] = STATE["start"], None
     with guarded_run(start) as stop:  # a Ctrl-C during start-up is remembered, not lost in third-party code
-        _extract(ctx, values["config_file"], stop)
+        from featdump.cli.progress import LogProgress, progress_for
+        from featdump.cli.render import console, failures_table, summary_table
+        from featdump.run.job import run_extraction
+        from featdump.run.results import end_of_run, nonfinite_line
+        from featdump.store.like import resolve_with_like
 
+        given = given_options(ctx, [o.name for o in OPTIONS])  # MODEL, INPUT... and -o are always given
+        file_values = configure.load_toml(values["config_file"]) if values["config_file"] else {}
+        cfg = resolve_with_like(given, file_values, shlex.join(["featdump", *sys.argv[1:]]))
+        progress = progress_for(cfg.quiet)  # a bar on a terminal, plain lines in a job's log
+        ready = (lambda b, o, p: progress.ready(b, cfg.dtype, cfg.pool)) if isinstance(progress, LogProgress) else None
+        shown = warnings.showwarning
 
-def _extract(ctx: typer.Context, config_file: Path | None, stop: Any) -> None:
-    from featdump.cli.progress import LogProgress, progress_for
-    from featdump.cli.render import console, failures_table, summary_table
-    from featdump.cli.signals import leave_at_once
-    from featdump.run.job import run_extraction
-    from featdump.run.results import end_of_run, nonfinite_line
-    from featdump.store.like import resolve_with_like
+        def featdump_warning(message: Any, category: Any, *args: Any, **kwargs: Any) -> None:
+            if issubclass(category, FeatdumpWarning):  # one line, like errors (e.g. --resume on another device)
+                typer.echo(f"featdump: warning: {printable(clip(str(message), LINE_CHARS))}", err=True)
+            else:
+                shown(message, category, *args, **kwargs)
 
-    given = given_options(ctx, [o.name for o in OPTIONS])  # MODEL, INPUT... and -o are always given
-    file_values = configure.load_toml(config_file) if config_file else {}
-    cfg = resolve_with_like(given, file_values, shlex.join(["featdump", *sys.argv[1:]]))
-    progress = progress_for(cfg.quiet)  # a bar on a terminal, plain lines in a job's log
-    ready = (lambda b, o, p: progress.ready(b, cfg.dtype, cfg.pool)) if isinstance(progress, LogProgress) else None
-    shown = warnings.showwarning
+        with warnings.catch_warnings():  # the filters and showwarning are put back after the run
+            warnings.showwarning = featdump_warning
+            if cfg.quiet:  # third-party RuntimeWarnings (numpy/torch on NaN values): what they mean is said below
+                warnings.filterwarnings("ignore", category=RuntimeWarning)
+            if cfg.ray:
+                from featdump.cli.files import merge_line
+                from featdump.run.onray import run_on_ray
 
-    def featdump_warning(message: Any, category: Any, *args: Any, **kwargs: Any) -> None:
-        if issubclass(category, FeatdumpWarning):  # one line, like errors (e.g. --resume on another device)
-            typer.echo(f"featdump: warning: {printable(clip(str(message), LINE_CHARS))}", err=True)
-        else:
-            shown(message, category, *args, **kwargs)
-
-    with warnings.catch_warnings():  # the filters and showwarning are put back after the run
-        warnings.showwarning = featdump_warning
-        if cfg.quiet:  # third-party RuntimeWarnings (numpy/torch on NaN values): what they mean is said below
-            warnings.filterwarnings("ignore", category=RuntimeWarning)
-        if cfg.ray:
-            from featdump.cli.files import merge_line
-            from featdump.run.onray import run_on_ray
-
-            merged = run_on_ray(cfg, progress, stop)
-            if not cfg.quiet:
-                typer.echo(merge_line(merged))
-            return
-        summary = run_extraction(cfg, progress, on_ready=ready, stop=stop, on_repeat=leave_at_once(stop))
-    if not cfg.quiet:
-        out = console()
-        out.print(summary_table(summary))
-        if summary.failures:
-            out.print(failures_table(summary.failures, summary.num_failed))
-    for layer in summary.layers:  # not silenced by --quiet: the rows hold no usable numbers
-        if layer.nonfinite:
-            typer.echo(f"featdump: warning: {nonfinite_line(layer)}", err=True)
-    end_of_run(summary, cfg.strict)
+                merged = run_on_ray(cfg, progress, stop)
+                if not cfg.quiet:
+                    typer.echo(merge_line(merged))
+                return
+            summary = run_extraction(cfg, progress, on_ready=ready, stop=stop, on_repeat=leave_at_once(stop))
+        if not cfg.quiet:
+            out = console()
+            out.print(summary_table(summary))
+            if summary.failures:
+                out.print(failures_table(summary.failures, summary.num_failed))
+        for layer in summary.layers:  # not silenced by --quiet: the rows hold no usable numbers
+            if layer.nonfinite:
+                typer.echo(f"featdump: warning: {nonfinite_line(layer)}", err=True)
+        end_of_run(summary, cfg.strict)
 
 
 # --------------------------------------------------------------------------- bench
