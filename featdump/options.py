@@ -12,14 +12,13 @@ from typing import Any, Literal, get_args
 from featdump.optiontable import FROM_MODEL, Option, opt, option_table, options_of
 from featdump.values import (
     ImgSize,
-    parse_crop_pct,
     parse_img_size,
     parse_indices,
     parse_kept,
     parse_names,
+    parse_number,
     parse_process,
     parse_shard,
-    parse_tile_scale,
     parse_tiles,
     parse_weights,
     path_or_none,
@@ -148,7 +147,8 @@ class ExtractConfig:
     )  # fmt: skip
     tile_scale: float = opt(
         "With --tiles: resize each image by F first (the model's interpolation).",
-        default=1.0, cli=str, api=float | str, parse=parse_tile_scale, meaning=True, example=0.5,
+        default=1.0, cli=str, api=float | str, meaning=True, example=0.5,
+        parse=lambda v: parse_number(v, "--tile-scale", 16.0, "0.5 or 2"),
     )  # fmt: skip
     crop_mode: CropMode | None = opt(
         "center|squash|border: crop the centre, resize the whole image (aspect changes), or keep the "
@@ -163,7 +163,7 @@ class ExtractConfig:
         default=None,
         cli=str | None,
         api=float | str | None,
-        parse=parse_crop_pct,
+        parse=lambda v: None if v is None or v == "" else parse_number(v, "--crop-pct", 1.0, "0.875 or 1.0"),
         meaning=True,
         to_attr=FROM_MODEL,
         example=0.5,

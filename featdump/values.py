@@ -151,16 +151,6 @@ def check_positive(name: str, value: Any, minimum: int = 1) -> int | None:
     return value
 
 
-def parse_crop_pct(value: Any) -> float | None:
-    """``--crop-pct``: the fraction of the resized image that is kept, 0 < F <= 1 (timm's ``crop_pct``)."""
-    return None if value is None or value == "" else parse_number(value, "--crop-pct", 1.0, "0.875 or 1.0")
-
-
-def parse_tile_scale(value: Any) -> float:
-    """``--tile-scale``: the factor each image is resized by before it is cut, 0 < F <= 16."""
-    return parse_number(value, "--tile-scale", 16.0, "0.5 or 2")
-
-
 def parse_number(value: Any, flag: str, high: float, examples: str) -> float:
     """A number F with 0 < F <= ``high``, or a usage error naming ``flag``."""
     try:
