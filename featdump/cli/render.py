@@ -219,7 +219,7 @@ def summary_table(summary: Summary) -> Table:
     rate = f"{summary.images_per_second:.1f} images/s" if summary.images_this_run else "nothing new to do"
     if summary.images_this_run and not summary.num_images:  # every input failed: no rate to boast of
         rate = "no image could be read"
-    if summary.images_this_run and getattr(summary, "bytes_written", 0):
+    if summary.images_this_run and summary.bytes_written:
         rate += f", {summary.mb_per_second:.1f} MiB/s of features written"
     resumed = f" · resumed after {summary.resumed_from}" if summary.resumed_from else ""
     state = "complete" if summary.complete else "NOT complete"

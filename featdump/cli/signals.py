@@ -31,26 +31,22 @@ def leave_at_once(token: StopToken) -> Callable[[int], None]:
     return leave
 
 
-StartUp = tuple[StopToken, SignalWatch]
-
-
-def watch_start_up() -> StartUp:
+def watch_start_up() -> SignalWatch:
     """Before the CLI's imports: signals become stop requests (a remembered Ctrl-C, not a
-    KeyboardInterrupt that third-party start-up code might swallow). ``extract`` hands the pair to
+    KeyboardInterrupt that third-party start-up code might swallow). ``extract`` hands the watch to
     :func:`guarded_run`; every other command gives the handlers back (typer_app.py)."""
     token = StopToken()
-    watch = SignalWatch(token, leave_at_once(token))
-    watch.__enter__()
-    return token, watch
+    return SignalWatch(token, leave_at_once(token)).__enter__()
 
 
 @contextlib.contextmanager
-def guarded_run(start: StartUp | None = None) -> Iterator[StopToken]:
+def guarded_run(start: SignalWatch | None = None) -> Iterator[StopToken]:
     """From the start of a command to its end: signals become stop requests on the yielded token
     (hand it to ``run_extraction`` with ``on_repeat=leave_at_once(token)``). After a stop the process
     only reports and tears down, so a further signal leaves at once instead of raising
     KeyboardInterrupt somewhere in interpreter shutdown."""
-    token, watch = start or watch_start_up()
+    watch = start or watch_start_up()
+    token = watch.token
     with watch:
         try:
             yield token

@@ -48,10 +48,11 @@ def _main(
 ) -> None:
     STATE["debug"] = debug
     start = STATE["start"]
-    if start is not None and start[0].stopped:
-        raise fail(f"stopped by {signal.Signals(start[0].signum).name} during start-up; nothing was written", 128 + start[0].signum)
+    if start is not None and start.token.stopped:
+        signum = start.token.signum
+        raise fail(f"stopped by {signal.Signals(signum).name} during start-up; nothing was written", 128 + signum)
     if start is not None and ctx.invoked_subcommand != "extract":  # extract keeps watching (guarded_run)
-        start[1].restore()  # the rest need no stop requests: the handlers go back
+        start.restore()  # the rest need no stop requests: the handlers go back
         STATE["start"] = None
 
 
