@@ -26,9 +26,7 @@ def principal_components(x: Any, k: int) -> tuple[Any, Any]:
     x = np.nan_to_num(np.asarray(x, dtype=np.float64))
     x = x - x.mean(axis=0, keepdims=True)
     n, c = x.shape
-    if c == 1:
-        comps, var = x, np.array([float((x * x).sum())])
-    elif n >= c:
+    if n >= c:
         vals, vecs = np.linalg.eigh(x.T @ x)
         comps, var = x @ vecs[:, ::-1][:, :k], vals[::-1][:k].clip(0)
     else:
