@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, get_args
 
 from featdump.errors import FeatdumpWarning
 from featdump.options import OPTIONS, Option
+from featdump.progress import TextProgress
 
 if TYPE_CHECKING:
     from featdump.run.results import ProgressSink, Summary
@@ -124,7 +125,5 @@ def _progress_sink(progress: bool | ProgressSink | None, quiet: bool) -> Progres
     if progress is None:
         progress = not quiet and sys.stderr.isatty()
     if progress is True:
-        from featdump.progress import TextProgress
-
         return TextProgress(sys.stderr)  # type: ignore[return-value]  # the same protocol
     return progress or None
