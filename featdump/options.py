@@ -32,8 +32,6 @@ Pool = Literal["none", "avg", "max"]
 Compression = Literal["none", "gzip", "lzf", "zstd"]
 Interpolation = Literal["bilinear", "bicubic", "nearest", "box", "hamming", "lanczos"]  # timm's eval resize filters
 Decode = Literal["cpu", "gpu"]  # --decode: PIL in worker processes, or torchvision's nvjpeg on the CUDA device
-# token outputs as (N, T, D), as a (N, D, H, W) map of the patch tokens, or both: the map plus the
-# prefix (class, register) tokens (N, P, D) under <name>.prefix
 Tokens = Literal["seq", "map", "both"]
 CropMode = Literal["center", "squash", "border"]  # timm's eval crop modes (transforms_imagenet_eval)
 OutputStride = Literal[8, 16, 32]

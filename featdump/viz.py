@@ -1,10 +1,5 @@
-"""``featdump viz``: a picture of stored feature maps (Pillow and numpy only).
-
-One row per chosen image: the input as the model saw it (found again by featdump/store/findinput.py),
-then one tile per layer. Spatial maps (and token outputs with a patch grid) are a PCA of the
-channels mapped to RGB, fitted per layer across all shown images so colours are comparable along a
-column. Pooled vectors are bar strips of each image's largest channels plus, from three images on,
-a 2-D PCA scatter row per pooled layer.
+"""``featdump viz``: a picture of stored feature maps (Pillow and numpy only). What it draws is the
+command's help (featdump/cli/files.py); inputs are found again by featdump/store/findinput.py.
 """
 
 from __future__ import annotations
@@ -164,7 +159,7 @@ def render(
     random: int | None = None,
     seed: int | None = None,
 ) -> VizResult:
-    """Draw the chosen rows (:func:`select_rows`) and layers of a featdump file into a PNG (see the module doc)."""
+    """Draw the chosen rows (:func:`select_rows`) and layers of a featdump file into a PNG."""
     from featdump.data.tiles import first_rows, image_starts, tile_view
     from featdump.store.check import input_kind
     from featdump.store.reader import FeatureFile
