@@ -87,13 +87,12 @@ def inspect(ctx: typer.Context, model: str, all_modules: bool, images: int | Non
 
     Example: featdump inspect vit_small_patch16_224 --all-modules
     """
-    from featdump.cli.render import EXAMPLE_IMAGE, console, description_dict, inspect_table
+    from featdump.cli.render import EXAMPLE_IMAGE, console, description_dict, inspect_table, modules_dict, modules_table
     from featdump.model.backbone import describe
 
     given = given_options(ctx, list(INSPECT_OPTIONS))
     o = {**{f.name: f.default for f in OPTIONS if f.name in INSPECT_OPTIONS}, **configure.check_options(given)}
     if all_modules:
-        from featdump.cli.render import modules_dict, modules_table
         from featdump.model.modules import list_modules
 
         fixed = o["img_size"] if o["img_size"] is None or not isinstance(o["img_size"][0], str) else None

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shlex
 import sys
@@ -46,13 +47,12 @@ def show(
 
     Example: featdump show feats.h5 --paths | head
     """
-    from featdump.cli.render import console, show_renderables
+    from featdump.cli.render import console, map_stats_table, show_renderables
     from featdump.store.describe import summarize_file
 
     if (layer is None) != (row is None):
         raise UsageError("--layer and --row go together: featdump show FILE --layer NAME --row R")
     if layer is not None and row is not None:
-        from featdump.cli.render import map_stats_table
         from featdump.store.stats import map_stats
 
         stats = map_stats(path, layer, row)
@@ -200,8 +200,6 @@ def verify(
 
     Example: featdump verify feats.h5 -n 16 --seed 1
     """
-    import dataclasses
-
     from featdump.cli.render import console, verify_table
     from featdump.run.verify import verify_file
 
@@ -226,8 +224,6 @@ def processors(
 
     Example: featdump processors
     """
-    import dataclasses
-
     from featdump.cli.render import console, processors_table
     from featdump.run.processors import installed
 
@@ -375,15 +371,13 @@ def export(
 
     Example: featdump export feats.h5 -o emb/ --layer layer4 --pool avg --dtype float16
     """
-    from dataclasses import asdict
-
     from featdump.store.export import export_file
 
     summary = export_file(
         path, output, layers=layer, pool=pool, dtype=dtype, rows_per_part=rows_per_part, fmt=fmt, overwrite=overwrite
     )
     if as_json:
-        sys.stdout.write(json.dumps(asdict(summary), indent=2) + "\n")
+        sys.stdout.write(json.dumps(dataclasses.asdict(summary), indent=2) + "\n")
     if as_json or quiet:
         return
     what = ", ".join(
