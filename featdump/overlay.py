@@ -15,7 +15,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from featdump.errors import UsageError
+from featdump.store.check import input_kind
 from featdump.store.findinput import locate_rows, read_found
+from featdump.store.reader import FeatureFile
 from featdump.viz import (
     BACKGROUND,
     LABEL_H,
@@ -81,9 +83,6 @@ def render_overlay(
     seed: int | None = None,
 ) -> VizResult:
     """Per chosen row: the original image, then each chosen spatial layer's PCA map over it."""
-    from featdump.store.check import input_kind
-    from featdump.store.reader import FeatureFile
-
     out = Path(output)
     check_picture(out, tile)
     with FeatureFile(path) as f:

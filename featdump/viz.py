@@ -14,8 +14,11 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from featdump.data.lookup import Wanted
+from featdump.data.tiles import first_rows, image_starts, tile_view
 from featdump.errors import UsageError
+from featdump.store.check import input_kind
 from featdump.store.findinput import locate_rows, read_found
+from featdump.store.reader import FeatureFile
 from featdump.vizdraw import (
     PALETTE,
     SCATTER_MIN,
@@ -160,10 +163,6 @@ def render(
     seed: int | None = None,
 ) -> VizResult:
     """Draw the chosen rows (:func:`select_rows`) and layers of a featdump file into a PNG."""
-    from featdump.data.tiles import first_rows, image_starts, tile_view
-    from featdump.store.check import input_kind
-    from featdump.store.reader import FeatureFile
-
     out = Path(output)
     check_picture(out, tile)
     with FeatureFile(path) as f:
