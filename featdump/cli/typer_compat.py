@@ -4,6 +4,7 @@ tests/test_compat.py fails loudly if a Typer release changes it."""
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import click
@@ -31,8 +32,6 @@ def parameter_source(ctx: Any, name: str) -> str | None:
 def join_paragraph_lines(app: typer.Typer) -> None:
     """Typer's rich help keeps the line breaks inside a docstring's paragraphs, so the terminal shows
     source lines broken mid-sentence: give each command its docstring with every paragraph on one line."""
-    import inspect
-
     for info in app.registered_commands:
         doc = inspect.cleandoc(info.help or getattr(info.callback, "__doc__", None) or "")
         info.help = "\n\n".join(" ".join(p.split()) for p in doc.split("\n\n"))
