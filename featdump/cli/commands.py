@@ -223,8 +223,7 @@ def bench(ctx: typer.Context, **values: Any) -> None:
     given["output"] = given.get("output") or values.get("output") or str(Path.cwd() / "featdump-bench.h5")
     file_values = configure.load_toml(values["config_file"]) if values.get("config_file") else {}
     cfg = configure.resolve(given, file_values, command=shlex.join(["featdump", *sys.argv[1:]]))
-    result = run_benchmark(cfg, seconds=values["seconds"], images=values["images"])
-    bench_table(result)
+    bench_table(run_benchmark(cfg, seconds=values["seconds"], images=values["images"]))
 
 
 # The commands on files and the catalog register with the same app.
