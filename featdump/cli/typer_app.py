@@ -1,5 +1,5 @@
 """The Typer app and what every command shares: the error handler (the one place that turns core
-exceptions into one line and an exit code), the options a user typed, and the process entry.
+exceptions into one line and an exit code), the options a user typed, and STATE (set by the entry, cli.main).
 Nothing here imports torch at module level, so ``--help`` and ``--version`` stay fast.
 """
 
