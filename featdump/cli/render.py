@@ -55,8 +55,7 @@ def layer_dict(layer: LayerInfo, pool: str = "none") -> dict[str, Any]:
         **({"pixel_grid": layer.attrs["pixel_grid"]} if "pixel_grid" in layer.attrs else {}),  # after --process
         "shape": list(layer.stored_shape(pool)),
         "layout": layer.layout,
-        "mb_per_image_float32": layer.bytes_per_image("float32", pool) / MB,
-        "mb_per_image_float16": layer.bytes_per_image("float16", pool) / MB,
+        **{f"mb_per_image_{dtype}": layer.bytes_per_image(dtype, pool) / MB for dtype in ("float32", "float16")},
     }
 
 
