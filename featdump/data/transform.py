@@ -21,24 +21,21 @@ class SplitTransform:
 
     def __init__(self, transform: Any) -> None:
         steps = list(getattr(transform, "transforms", [transform]))
-        names = [type(s).__name__ for s in steps]
-        cut = next((k for k, name in enumerate(names) if name in TO_TENSOR), None)
-        self.whole = transform
-        self.pil_steps: list[Any] = steps[:cut] if cut is not None else []
-        self.to_tensor: Any = steps[cut] if cut is not None else None
-        self.tensor_steps: list[Any] = steps[cut + 1 :] if cut is not None else []
+        cut = next((k for k, s in enumerate(steps) if type(s).__name__ in TO_TENSOR), len(steps))
+        self.whole, self.split = transform, cut < len(steps)
+        self.pil_steps: list[Any] = steps[:cut] if self.split else []
+        self.tensor_part: list[Any] = steps[cut:]  # to-tensor and the steps after it
+        self.tensor_steps = steps[cut + 1 :]
         self.batch_steps = [_batched(step) for step in self.tensor_steps]
-        self.split = cut is not None
 
     def pil(self, img: Any) -> Any:
         import numpy as np
 
         if not self.split:
             return self.whole(img)
-        for step in self.pil_steps:
-            img = step(img)
+        img = self.pil_view(img)
         if getattr(img, "mode", None) != "RGB":  # not 8-bit RGB after all: the rest as it is
-            for step in [self.to_tensor, *self.tensor_steps]:
+            for step in self.tensor_part:
                 img = step(img)
             return img
         return np.asarray(img)
@@ -54,12 +51,8 @@ class SplitTransform:
         resize (antialiased, rounded back to uint8 like PIL) and crop, to-tensor as ``/ 255``, then
         the tensor steps. A transform without a to-tensor step is applied whole."""
         if not self.split:
-            for step in getattr(self.whole, "transforms", [self.whole]):
-                x = step(x)
-            return x
-        for step in self.pil_steps:
-            x = step(x)
-        x = x.float().div_(255.0)
+            return self.whole(x)
+        x = self.pil_view(x).float().div_(255.0)
         for step in self.tensor_steps:
             x = step(x)
         return x
@@ -76,19 +69,14 @@ class SplitTransform:
             for step in self.batch_steps:
                 x = step(x)
             return x
-        rows = [self._tensor(x) for x in items]
+        rows = []
+        for x in items:
+            if isinstance(x, np.ndarray):
+                x = torch.from_numpy(x).permute(2, 0, 1).to(torch.float32).div(255)
+                for step in self.tensor_steps:
+                    x = step(x)
+            rows.append(x)
         return torch.stack(rows)
-
-    def _tensor(self, x: Any) -> Any:
-        import numpy as np
-        import torch
-
-        if not isinstance(x, np.ndarray):
-            return x
-        t = torch.from_numpy(x).permute(2, 0, 1).to(torch.float32).div(255)
-        for step in self.tensor_steps:
-            t = step(t)
-        return t
 
 
 def _batched(step: Any) -> Callable[[Any], Any]:
