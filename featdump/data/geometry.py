@@ -40,8 +40,8 @@ class Geometry:
                 sy, sx = sy * h / nh, sx * w / nw
                 h, w = nh, nw
             elif kind in ("CenterCrop", "CenterCropOrPad"):
-                ch, cw = _pair(step.size)
-                top, left, h, w = _center_crop(h, w, ch, cw)
+                size = step.size if isinstance(step.size, (list, tuple)) else [step.size]
+                top, left, h, w = _center_crop(h, w, int(size[0]), int(size[-1]))
                 oy, ox = oy + sy * top, ox + sx * left
             elif kind in ("ToTensor", "MaybeToTensor", "Normalize", "MaybePILToTensor", "PILToTensor"):
                 continue
@@ -63,12 +63,6 @@ class Geometry:
             if size is not None:
                 out[k] = self.of(*size)
         return out
-
-
-def _pair(size: Any) -> tuple[int, int]:
-    if isinstance(size, (list, tuple)):
-        return (int(size[0]), int(size[-1]))
-    return (int(size), int(size))
 
 
 def _resized(step: Any, h: int, w: int) -> tuple[int, int]:
@@ -136,10 +130,6 @@ def cell_boxes(
 
     y0, y1 = edges(gh, in_h, sy, oy, orig_h, pixel_grid[:2] if pixel_grid else None)
     x0, x1 = edges(gw, in_w, sx, ox, orig_w, pixel_grid[2:] if pixel_grid else None)
-    out = np.empty((gh, gw, 4), dtype=np.float64)
-    out[..., 0] = y0[:, None]
-    out[..., 1] = x0[None, :]
-    out[..., 2] = y1[:, None]
-    out[..., 3] = x1[None, :]
+    out = np.stack(np.broadcast_arrays(y0[:, None], x0[None, :], y1[:, None], x1[None, :]), axis=-1)
     out[np.isnan(out).any(axis=-1)] = np.nan  # wholly in padding along either axis: the whole box
     return out
