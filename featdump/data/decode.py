@@ -100,8 +100,9 @@ def load_rgb(source: str | bytes, max_pixels: int | None = None, shrink_to: int 
                 f"too many pixels ({size} > {limit}); raise --max-image-pixels if this is a real scan"
             ) from None
         except Image.UnidentifiedImageError:  # name the file, not the file object
+            shown = f"data ({len(source)} bytes)" if isinstance(source, (bytes, bytearray)) else f"file {source!r}"
             raise Image.UnidentifiedImageError(
-                f"cannot identify image {_shown(source)} (not an image, or a damaged header such as zero width)"
+                f"cannot identify image {shown} (not an image, or a damaged header such as zero width)"
             ) from None
         with im:
             w, h = im.size
@@ -114,9 +115,8 @@ def load_rgb(source: str | bytes, max_pixels: int | None = None, shrink_to: int 
                 im.draft(None, (shrink_to, shrink_to))  # a no-op for anything but JPEG
             im.load()
             rgb = to_rgb(_orient(im))  # leaving `with im` closes only the file: the loaded pixels stay, no copy
-    if shrink_to:
-        rgb = shrink(rgb, shrink_to)
-    return rgb
+    factor = min(rgb.size) // shrink_to if shrink_to else 1
+    return rgb.reduce(factor) if factor >= 2 else rgb  # the largest whole factor that keeps both sides >= shrink_to
 
 
 def _open_image(source: str | bytes) -> Any:
@@ -137,10 +137,6 @@ def _check_pixels(w: int, h: int, limit: int | None) -> None:
         raise ValueError(f"too many pixels ({w}x{h} = {w * h} > {limit}); raise --max-image-pixels if this is a real scan")
 
 
-def _shown(source: str | bytes) -> str:
-    return f"data ({len(source)} bytes)" if isinstance(source, (bytes, bytearray)) else f"file {source!r}"
-
-
 def _orient(im: Any) -> Any:
     """EXIF orientation applied. EXIF that Pillow can read around (a corrupt maker note) is fine;
     an orientation that cannot be read means nobody knows which way up the image is: a failure."""
@@ -154,12 +150,6 @@ def _orient(im: Any) -> Any:
             return im if orientation in (None, 1) else ImageOps.exif_transpose(im)  # (its copy of an upright image: GBs for a scan)
         except Exception as exc:  # noqa: BLE001 - any EXIF parse failure
             raise ValueError(f"broken EXIF, cannot tell which way up the image is ({exc})") from None
-
-
-def shrink(img: Any, size: int) -> Any:
-    """Box-reduce ``img`` by the largest whole factor that keeps both sides >= ``size``."""
-    factor = min(img.size) // max(1, size)
-    return img.reduce(factor) if factor >= 2 else img
 
 
 def fast_decode_size(input_size: Sequence[int], crop_pct: float) -> int:
