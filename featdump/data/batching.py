@@ -172,7 +172,7 @@ class Loader:
                 ids=[refs[i].id for i in batch.positions],
                 meta=[refs[i].meta for i in batch.positions],
                 mark=refs[batch.last].mark,
-                geometry=self.geometry.rows(batch.sizes or [None] * len(batch.positions)),
+                geometry=self.geometry.rows(batch.sizes),
                 pixels=batch.pixels,
                 positions=batch.positions,
             )

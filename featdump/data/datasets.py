@@ -45,20 +45,11 @@ def image_source(ref: ImageRef, answered: set[str] | None = None, cap: int = MAX
     return path
 
 
-def failure(exc: BaseException, ref: ImageRef) -> str:
-    """The /failed error line; a file that was not found names the path (or URL) actually tried.
-    For :class:`~featdump.data.remote.StoreStopped`, a :class:`Stop` (the run's last words)."""
-    if isinstance(exc, StoreStopped):
-        return Stop(str(exc))
-    line = describe_error(exc)
-    if isinstance(exc, FileNotFoundError) and ref.data is None:
-        line += f" (tried {ref.source})"
-    return line
-
-
 class ImageDataset:
     """Map-style dataset over ``refs``; item ``i`` is ``(i, tensor, "", (height, width))`` (the
     decoded image's size after EXIF orientation, for ``/geometry``) or ``(i, None, reason, None)``."""
+
+    jpeg = False  # EncodedDataset: JPEGs are handed on undecoded
 
     def __init__(
         self,
@@ -86,38 +77,33 @@ class ImageDataset:
         other.transform = transform
         return other
 
-    def ref(self, key: int | tuple[int, ImageRef]) -> tuple[int, ImageRef]:
-        """A key is a list index, or ``(position, ref)`` for refs streamed to the loader (batching.py)."""
-        return key if isinstance(key, tuple) else (key, self.refs[key])
-
     def __getitem__(self, key: int | tuple[int, ImageRef]) -> Sample:
-        i, ref = self.ref(key)
+        # a key is a list index, or ``(position, ref)`` for refs streamed to the loader (batching.py)
+        i, ref = key if isinstance(key, tuple) else (key, self.refs[key])
         if ref.error:  # the input itself has no image here (a tar sample without one, an empty cell)
             return i, None, ref.error, None
         try:
-            img = self.loader(image_source(ref, self.answered, self.max_bytes), self.max_pixels)
+            source = image_source(ref, self.answered, self.max_bytes)
+            if self.jpeg and (encoded := read_jpeg(source, self.max_pixels, self.guard)) is not None:
+                return i, encoded, "", None  # its size is known after decoding (DeviceDecoder)
+            img = self.loader(source, self.max_pixels)
             if self.guard is not None:
                 self.guard(*img.size)
             size = (int(img.size[1]), int(img.size[0]))
             return i, self.transform(img), "", size
+        except StoreStopped as exc:  # the run's last words
+            return i, None, Stop(str(exc)), None
         except Exception as exc:  # noqa: BLE001 - any decode failure becomes a record
-            return i, None, failure(exc, ref), None
+            # a file that was not found names the path (or URL) actually tried
+            tried = f" (tried {ref.source})" if isinstance(exc, FileNotFoundError) and ref.data is None else ""
+            return i, None, describe_error(exc) + tried, None
 
 
 class EncodedDataset(ImageDataset):
-    """``--decode gpu``: item ``i`` is ``(i, Encoded, "")`` for JPEGs the device decodes, else what
+    """``--decode gpu``: item ``i`` is ``(i, Encoded, "", None)`` for JPEGs the device decodes, else what
     :class:`ImageDataset` gives (other formats are decoded here, exactly, with PIL)."""
 
-    def __getitem__(self, key: int | tuple[int, ImageRef]) -> Sample:
-        i, ref = self.ref(key)
-        if ref.error:
-            return i, None, ref.error, None
-        try:
-            encoded = read_jpeg(image_source(ref, self.answered, self.max_bytes), self.max_pixels, self.guard)
-        except Exception as exc:  # noqa: BLE001 - any failure becomes a record
-            return i, None, failure(exc, ref), None
-        # the size of a JPEG the device decodes is known after decoding (DeviceDecoder)
-        return (i, encoded, "", None) if encoded is not None else super().__getitem__(key)
+    jpeg = True
 
 
 @dataclass
@@ -157,7 +143,7 @@ def collate(samples: list[Sample], stack: Callable[[list[Any]], Any] | None = No
         return Batch([], None, [], min(covered), min(covered) - 1, stopped=str(stop))
     good = [(s[0], s[1]) for s in samples if s[1] is not None]
     failed = [(s[0], s[2]) for s in samples if s[1] is None]
-    sizes = [s[3] if len(s) > 3 else None for s in samples if s[1] is not None]
+    sizes = [s[3] for s in samples if s[1] is not None]
     positions = [i for i, _ in good]
     if any(isinstance(t, Encoded) for _, t in good):
         return Batch(positions, None, failed, min(covered), max(covered), [t for _, t in good], sizes=sizes)
@@ -201,7 +187,6 @@ class DeviceDecoder:
                         why = re.sub(r"^[^,]*, \S+\.(?:cpp|cu|h):\d+, ", "", describe_error(exc))
                         failed.append((batch.positions[k], f"{why} (decode_jpeg on {self.device})"))
         rows, positions, sizes = [], [], []
-        known = batch.sizes or [None] * len(batch.positions)
         for k, (pos, item) in enumerate(zip(batch.positions, batch.encoded, strict=True)):
             if isinstance(item, Encoded):
                 if k not in decoded:
@@ -209,7 +194,7 @@ class DeviceDecoder:
                 sizes.append((int(decoded[k].shape[-2]), int(decoded[k].shape[-1])))  # EXIF applied
                 rows.append(self.apply(decoded[k]))
             else:
-                sizes.append(known[k])
+                sizes.append(batch.sizes[k])
                 rows.append(item.to(self.device, non_blocking=True))
             positions.append(pos)
         pixels = (self.stack or torch.stack)(rows) if rows else None
