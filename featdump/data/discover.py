@@ -123,16 +123,6 @@ def folder_files(raw: str, accept: Callable[[str], bool] = is_image_name) -> lis
     return list(_walk(Path(raw), accept))
 
 
-def _folder_refs(raw: str, prefixed: bool) -> list[ImageRef]:
-    """A folder's images sorted by stored path: relative to the folder, or (``prefixed``: several
-    INPUTs) starting with the folder as written."""
-    found = folder_files(raw)
-    if not found:
-        raise NoImagesInFolder(raw)
-    head = raw.rstrip("/") + "/" if prefixed and raw.rstrip("/") else ("/" if prefixed else "")
-    return sorted((ImageRef(storable(head + rel), src) for rel, src in found), key=lambda r: r.path)
-
-
 def _hidden(rel: str) -> bool:
     return any(part.startswith(".") for part in rel.split("/"))
 
@@ -145,19 +135,28 @@ def discover(inputs: Sequence[str]) -> list[ImageRef]:
     origin: list[str] = []  # the INPUT each ref came from (for the duplicate message)
     folders: list[str] = []
     files: list[tuple[str, str]] = []  # (the INPUT that named it, source) for image files and list entries
-    prefixed = len(inputs) > 1
     for raw in inputs:
         remote = is_url(raw)
         p = Path(raw)
-        if (is_remote_dir(raw) if remote else p.is_dir()):
-            new = _folder_refs(raw, prefixed)
+        if is_remote_dir(raw) if remote else p.is_dir():
+            found = folder_files(raw)
+            if not found:
+                raise NoImagesInFolder(raw)
+            # sorted by stored path: relative to the folder, or (several INPUTs) starting with the folder as written
+            head = raw.rstrip("/") + "/" if len(inputs) > 1 else ""
+            new = sorted((ImageRef(storable(head + rel), src) for rel, src in found), key=lambda r: r.path)
             if not remote:
                 folders.append(raw)
         elif not (remote or p.exists() or p.is_symlink()):
             raise UsageError(f"input not found: {raw}")
         else:  # an image file, or a list of them
             if remote:
-                _must_exist(raw, stat_input)
+                try:
+                    stat_input(raw)
+                except FileNotFoundError:
+                    raise UsageError(f"input not found: {raw}") from None
+                except IsADirectoryError:
+                    raise UsageError(f"{raw}: a folder the store cannot list") from None
             elif not is_image_name(raw) and not p.is_file():
                 raise UsageError(f"{raw} is not a folder, an image or a list file")
             new = [ImageRef(storable(raw), raw)] if is_image_name(raw) else read_list_file(raw)
@@ -170,15 +169,6 @@ def discover(inputs: Sequence[str]) -> list[ImageRef]:
         _check_overlap(folders, files)
     _check_unique(refs, origin)
     return refs
-
-
-def _must_exist(url: str, stat: Callable[[str], int]) -> None:
-    try:
-        stat(url)
-    except FileNotFoundError:
-        raise UsageError(f"input not found: {url}") from None
-    except IsADirectoryError:
-        raise UsageError(f"{url}: a folder the store cannot list") from None
 
 
 def _check_unique(refs: Sequence[ImageRef], origin: Sequence[str]) -> None:
