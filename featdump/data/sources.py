@@ -160,11 +160,9 @@ class TarSelection(Selection):
 
 
 def _tar_ref(shard: str, s: Any, mark: tuple[int, int]) -> ImageRef:
-    if s.offset >= 0:
+    if s.offset >= 0:  # the unreadable rest of a damaged shard
         return ImageRef(f"{shard}@{s.offset}", "", "", None, s.error, mark)
-    if s.data is None:
-        return ImageRef(f"{shard}/{s.member or s.key}", "", s.key, None, s.error, mark)
-    return ImageRef(f"{shard}/{s.member}", "", s.key, s.data, "", mark, s.meta)
+    return ImageRef(f"{shard}/{s.member or s.key}", "", s.key, s.data, s.error, mark, s.meta)
 
 
 class TarSource:
@@ -181,7 +179,18 @@ class TarSource:
         named = expand_shards(inputs)
         while chunk := list(itertools.islice(named, LOOKUP_CHUNK)):
             for k, name in chunk:
-                _check_once(seen, inputs, k, name)
+                # named twice (after brace expansion; a local shard by its real path, so a.tar and ./a.tar are
+                # one), a shard's samples would be stored twice
+                key = name if is_url(name) else os.path.realpath(name)
+                if key in seen:
+                    j, first = seen[key]
+                    by = f"by the pattern {inputs[k]}" if j == k else f"by the INPUTs {inputs[j]} and {inputs[k]}"
+                    also = f" (the second time as {name})" if name != first else ""
+                    raise UsageError(
+                        f"tar shard {first} is named twice, {by}{also}: its samples would be stored twice; "
+                        "name each shard once"
+                    )
+                seen[key] = (k, name)
             for (k, name), size in zip(chunk, stat_inputs([name for _, name in chunk]), strict=True):
                 if isinstance(size, FileNotFoundError):
                     where = f" (from the pattern {inputs[k]})" if name != inputs[k] else ""
@@ -193,21 +202,6 @@ class TarSource:
     def select(self, index: int, count: int) -> Selection:
         start, stop = shard_bounds(len(self.shards), index, count)
         return TarSelection(self.shards[start:stop], self.shards, self.keep, self.cap)
-
-
-def _check_once(seen: dict[str, tuple[int, str]], inputs: Sequence[str], k: int, name: str) -> None:
-    """A tar shard named twice (after brace expansion; a local one by its real path, so ``a.tar``
-    and ``./a.tar`` are one) would store its samples twice: a UsageError naming the shard and the
-    INPUTs that gave it."""
-    key = name if is_url(name) else os.path.realpath(name)
-    if key not in seen:
-        seen[key] = (k, name)
-        return
-    j, first = seen[key]
-    raw = inputs[k]
-    by = f"by the pattern {raw}" if j == k else f"by the INPUTs {inputs[j]} and {raw}"
-    also = f" (the second time as {name})" if name != first else ""
-    raise UsageError(f"tar shard {first} is named twice, {by}{also}: its samples would be stored twice; name each shard once")
 
 
 # --------------------------------------------------------------------------- tables

@@ -85,13 +85,11 @@ def shards_hint(folder: str) -> str:
     pattern = shard_pattern(names)
     if pattern is not None:
         how = f"'{pattern}'"
-    else:
-        # (folder, extension) of the shards, in order: one shell glob each
+    elif is_url(folder):  # no shell expands a URL: name them
+        how = " ".join(f"'{n}'" for n in names[:3]) + (" ..." if len(names) > 3 else "")
+    else:  # one shell glob per (folder, extension) of the shards, in order
         groups = list(dict.fromkeys((n.rsplit("/", 1)[0], next(e for e in TAR_EXTENSIONS if n.lower().endswith(e))) for n in names))
-        if is_url(folder):  # no shell expands a URL: name them
-            how = " ".join(f"'{n}'" for n in names[:3]) + (" ..." if len(names) > 3 else "")
-        else:
-            how = " ".join(f"{where}/*{ext}" for where, ext in groups[:3]) + (" ..." if len(groups) > 3 else "")
+        how = " ".join(f"{where}/*{ext}" for where, ext in groups[:3]) + (" ..." if len(groups) > 3 else "")
     many = f"{len(names)} tar shards" if len(names) > 1 else "1 tar shard"
     return f"; it holds {many} (WebDataset): give them as INPUTs, e.g. {how}"
 
