@@ -8,12 +8,11 @@ the job commits them and ``--resume`` continues after them.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import itertools
 import signal
 import threading
-from collections.abc import Callable, Generator, Iterable, Iterator, Sequence, Sized
+from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
 from typing import Any, NamedTuple
 
 from featdump.data.datasets import ImageDataset, collate
@@ -182,9 +181,12 @@ class Loader:
 
 class StreamBatches:
     """The loader's keys: lists of ``batch_size`` consecutive ``(position, ref)``, each ref also noted
-    in ``inflight`` (without its bytes). Refs are read lazily by :func:`read_ahead`'s thread, so
-    opening tar shards and waiting on remote stores overlap the forward pass. A
-    :class:`~featdump.errors.FeatdumpError` from ``refs`` ends the keys and is kept in ``broken``."""
+    in ``inflight`` (without its bytes). Refs are read by a thread of their own, at most :attr:`AHEAD`
+    batches and :attr:`AHEAD_BYTES` ahead, so opening tar shards and waiting on remote stores overlap
+    the forward pass; the thread starts at the first batch asked for (after a DataLoader forked its
+    workers), and ends at its next batch once these keys are closed, which closes the stream. A
+    :class:`~featdump.errors.FeatdumpError` from ``refs`` ends the keys after the whole batches before
+    it (the cut one is dropped) and is kept in ``broken``."""
 
     AHEAD = 2
     AHEAD_BYTES = 64 << 20
@@ -196,46 +198,36 @@ class StreamBatches:
         self.broken: FeatdumpError | None = None
 
     def __iter__(self) -> Iterator[list[tuple[int, ImageRef]]]:
+        queue: BoundedQueue[list[ImageRef]] = BoundedQueue(self.AHEAD, self.AHEAD_BYTES)
+        stream = iter(self.refs)
+
+        def produce() -> None:
+            error = None
+            try:
+                while chunk := list(itertools.islice(stream, max(1, self.batch_size))):
+                    if not queue.put(chunk, sum(len(r.data) for r in chunk if r.data is not None)):
+                        break
+            except BaseException as exc:  # noqa: BLE001 - raised where the chunks are taken
+                error = exc
+            finally:
+                if hasattr(stream, "close"):
+                    stream.close()  # a generator's finally (open files) runs here, in the thread that ran it
+                queue.end(error)
+
+        threading.Thread(target=produce, name="featdump-stream", daemon=True).start()
         pos = 0
         try:
-            with contextlib.closing(read_ahead(self.refs, self.batch_size, self.AHEAD, self.AHEAD_BYTES)) as chunks:
-                for chunk in chunks:
-                    keys = []
-                    for ref in chunk:
-                        self.inflight[pos] = dataclasses.replace(ref, data=None) if ref.data is not None else ref
-                        keys.append((pos, ref))
-                        pos += 1
-                    yield keys
+            for chunk in queue:
+                keys = []
+                for ref in chunk:
+                    self.inflight[pos] = dataclasses.replace(ref, data=None) if ref.data is not None else ref
+                    keys.append((pos, ref))
+                    pos += 1
+                yield keys
         except FeatdumpError as exc:
             self.broken = exc
-
-
-def read_ahead(refs: Iterable[ImageRef], size: int, ahead: int, max_bytes: int) -> Generator[list[ImageRef]]:
-    """Chunks of ``size`` refs read by a thread of their own, at most ``ahead`` chunks and ``max_bytes``
-    ahead. The thread starts at the first chunk asked for (after a DataLoader forked its workers). An
-    error from ``refs`` is raised after the whole chunks before it (the cut one is dropped). Closing
-    this generator ends the thread at its next chunk, which closes the stream."""
-    queue: BoundedQueue[list[ImageRef]] = BoundedQueue(max(1, ahead), max_bytes)
-    stream = iter(refs)
-
-    def produce() -> None:
-        error = None
-        try:
-            while chunk := list(itertools.islice(stream, max(1, size))):
-                if not queue.put(chunk, sum(len(r.data) for r in chunk if r.data is not None)):
-                    break
-        except BaseException as exc:  # noqa: BLE001 - raised where the chunks are taken
-            error = exc
         finally:
-            if hasattr(stream, "close"):
-                stream.close()  # a generator's finally (open files) runs here, in the thread that ran it
-            queue.end(error)
-
-    threading.Thread(target=produce, name="featdump-stream", daemon=True).start()
-    try:
-        yield from queue
-    finally:
-        queue.close()
+            queue.close()
 
 
 def _worker_init(_: int) -> None:

@@ -56,12 +56,6 @@ class ThreadLoader:
         # the same dataset with the PIL half of the transform: item i is (i, uint8 array, "", size) or a failure record
         self._decode = dataset.with_transform(self.split.pil).__getitem__
 
-    def _collect(self, jobs: list[tuple[concurrent.futures.Future[tuple[int, Any, str, Any]], Any]]) -> list[Any]:
-        """The batch's results in order: images no decode thread has started yet are decoded
-        here (while this thread would only wait), the others come from their threads."""
-        here = {k: self._decode(key) for k, (f, key) in enumerate(jobs) if not f.done() and f.cancel()}
-        return [here[k] if k in here else f.result() for k, (f, _) in enumerate(jobs)]
-
     def __iter__(self) -> Iterator[Batch]:
         return (collate(samples, stack=self.stack) for samples in self.samples())
 
@@ -83,6 +77,9 @@ class ThreadLoader:
                     queued.put([(pool.submit(self._decode, k), k) for k in keys])
                 if not queued:
                     return
-                yield self._collect(queued.get())
+                jobs = queued.get()
+                # images no decode thread has started yet are decoded here, while this thread would only wait
+                here = {k: self._decode(key) for k, (f, key) in enumerate(jobs) if not f.done() and f.cancel()}
+                yield [here[k] if k in here else f.result() for k, (f, _) in enumerate(jobs)]
         finally:
             pool.shutdown(wait=True, cancel_futures=True)  # images being decoded finish (ms); the rest are dropped
