@@ -137,9 +137,8 @@ class Loader:
             size = fast_decode_size(backbone.data.input_size, backbone.data.crop_pct) if cfg.fast_decode else None
             dataset = ImageDataset(todo, transform, cfg.max_image_pixels, functools.partial(load_rgb, shrink_to=size), guard)
         dataset.max_bytes = cfg.max_image_bytes
-        if length is not None:
-            batches = -(-length // batch_size)
-            workers = min(workers, max(1, batches))  # no idle processes for a handful of images
+        if length is not None:  # no idle processes for a handful of images
+            workers = min(workers, max(1, -(-length // batch_size)))
         self.loader: Any
         if processes is None:
             processes = device.type != "cpu" or self.decoder is not None
@@ -181,12 +180,9 @@ class Loader:
 
 class StreamBatches:
     """The loader's keys: lists of ``batch_size`` consecutive ``(position, ref)``, each ref also noted
-    in ``inflight`` (without its bytes). Refs are read by a thread of their own, at most :attr:`AHEAD`
-    batches and :attr:`AHEAD_BYTES` ahead, so opening tar shards and waiting on remote stores overlap
-    the forward pass; the thread starts at the first batch asked for (after a DataLoader forked its
-    workers), and ends at its next batch once these keys are closed, which closes the stream. A
-    :class:`~featdump.errors.FeatdumpError` from ``refs`` ends the keys after the whole batches before
-    it (the cut one is dropped) and is kept in ``broken``."""
+    in ``inflight`` (without its bytes). Refs are read by a thread of their own from the first batch
+    asked for (after a DataLoader forked its workers), at most :attr:`AHEAD` batches and :attr:`AHEAD_BYTES`
+    ahead; closing the keys ends it and closes the stream. A failed stream is kept in ``broken``."""
 
     AHEAD = 2
     AHEAD_BYTES = 64 << 20

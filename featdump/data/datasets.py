@@ -9,7 +9,6 @@ and the loader raises it after every batch before it.
 
 from __future__ import annotations
 
-import copy
 import os
 import re
 from collections.abc import Callable, Sequence
@@ -70,12 +69,6 @@ class ImageDataset:
 
     def __len__(self) -> int:
         return len(self.refs)
-
-    def with_transform(self, transform: Callable[[Any], Any]) -> ImageDataset:
-        """The same dataset (limits, hosts that answered) with another transform."""
-        other = copy.copy(self)
-        other.transform = transform
-        return other
 
     def __getitem__(self, key: int | tuple[int, ImageRef]) -> Sample:
         # a key is a list index, or ``(position, ref)`` for refs streamed to the loader (batching.py)

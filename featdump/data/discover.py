@@ -9,6 +9,7 @@ INPUT may be a URL (featdump/data/remote.py): a folder where the store can list,
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import posixpath
 from collections.abc import Callable, Iterable, Sequence
@@ -195,14 +196,13 @@ def _check_overlap(folders: Sequence[str], files: Sequence[tuple[str, str]]) -> 
     store images twice under different paths. Decided on real paths (``./x``, symlinks alike), for
     what the walk would take only."""
     real = [(raw, os.path.realpath(raw)) for raw in folders]
-    for k, (raw, rd) in enumerate(real):
-        for other, ro in real[k + 1 :]:
-            if ro == rd or _inside(ro, rd) or _inside(rd, ro):
-                inner, outer = (other, raw) if _inside(ro, rd) is not None else (raw, other)
-                raise UsageError(
-                    f"folder {inner} is also inside folder {outer} (both given as INPUTs): its images "
-                    "would be stored twice; give one of them"
-                )
+    for (raw, rd), (other, ro) in itertools.combinations(real, 2):
+        if _inside(ro, rd) or _inside(rd, ro):  # the same folder too: relpath "."
+            inner, outer = (other, raw) if _inside(ro, rd) is not None else (raw, other)
+            raise UsageError(
+                f"folder {inner} is also inside folder {outer} (both given as INPUTs): its images "
+                "would be stored twice; give one of them"
+            )
     for given, source in files:
         rf = os.path.realpath(source)
         for raw, rd in real:

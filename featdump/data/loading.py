@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import copy
 import functools
 import os
 import sys
@@ -53,8 +54,11 @@ class ThreadLoader:
         self.split = SplitTransform(dataset.transform)
         # a size mode's group: the images batched by shape (featdump/data/batching.py), each by finish
         self.stack = functools.partial(group, stack=self.split.finish) if group else self.split.finish
-        # the same dataset with the PIL half of the transform: item i is (i, uint8 array, "", size) or a failure record
-        self._decode = dataset.with_transform(self.split.pil).__getitem__
+        # the same dataset (limits, hosts that answered) with the PIL half of the transform: item i is
+        # (i, uint8 array, "", size) or a failure record
+        decoding = copy.copy(dataset)
+        decoding.transform = self.split.pil
+        self._decode = decoding.__getitem__
 
     def __iter__(self) -> Iterator[Batch]:
         return (collate(samples, stack=self.stack) for samples in self.samples())

@@ -66,16 +66,14 @@ class StoreStopped(RemoteUnreachable):
 
 
 # the classes (by name, in any client's hierarchy) of a failure that got no answer from the server
-_NO_ANSWER = frozenset(
-    {
-        "ClientConnectionError",  # aiohttp: refused, reset, DNS, server disconnected, timeouts
-        "EndpointConnectionError",  # botocore (s3fs)
-        "ConnectionClosedError",
-        "ConnectTimeoutError",
-        "ReadTimeoutError",
-        "ProxyConnectionError",
-    }
-)
+_NO_ANSWER = {
+    "ClientConnectionError",  # aiohttp: refused, reset, DNS, server disconnected, timeouts
+    "EndpointConnectionError",  # botocore (s3fs)
+    "ConnectionClosedError",
+    "ConnectTimeoutError",
+    "ReadTimeoutError",
+    "ProxyConnectionError",
+}
 
 
 def no_answer(exc: BaseException | None) -> bool:

@@ -36,8 +36,7 @@ def shard_bounds(num_items: int, index: int, count: int) -> tuple[int, int]:
         raise ValueError("num_items must be >= 0")
     base, extra = divmod(num_items, count)
     start = index * base + min(index, extra)
-    stop = start + base + (1 if index < extra else 0)
-    return start, stop
+    return start, start + base + (1 if index < extra else 0)
 
 
 class Selection:
