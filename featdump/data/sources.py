@@ -263,19 +263,17 @@ def open_source(inputs: Sequence[str], options: Any = None) -> Source:
     ``options``: the job's config, for the table columns (``path_column``, ``image_column``, ``id_column``)."""
     kinds = [family(str(raw)) for raw in inputs]
     if len(set(kinds)) > 1:
-        a = inputs[0]
-        b = next(raw for raw, k in zip(inputs, kinds, strict=True) if k != kinds[0])
+        b, kind_b = next((raw, k) for raw, k in zip(inputs, kinds, strict=True) if k != kinds[0])
         raise UsageError(
-            f"INPUTs mix kinds: {a} is {_FAMILY_WORDS[kinds[0]]}, {b} is "
-            f"{_FAMILY_WORDS[kinds[inputs.index(b)]]}; one run reads image files/folders/lists, tar shards, or one table"
+            f"INPUTs mix kinds: {inputs[0]} is {_FAMILY_WORDS[kinds[0]]}, {b} is "
+            f"{_FAMILY_WORDS[kind_b]}; one run reads image files/folders/lists, tar shards, or one table"
         )
     kind = kinds[0] if kinds else "files"
     columns = {o.name: getattr(options, o.name, None) for o in OPTIONS if o.family == "table"}  # the table's own options
     if kind != "table":
-        given = [name for name, value in columns.items() if value]
+        given = next(("--" + name.replace("_", "-") for name, value in columns.items() if value), None)
         if given:
-            flag = "--" + given[0].replace("_", "-")
-            raise UsageError(f"{flag} applies to a table INPUT (.csv, .tsv, .parquet, .jsonl), not to {inputs[0]}")
+            raise UsageError(f"{given} applies to a table INPUT (.csv, .tsv, .parquet, .jsonl), not to {inputs[0]}")
     keep = getattr(options, "keep", None) or ()
     if keep and kind != "tar":
         raise UsageError(f"--keep applies to WebDataset tar shards (.tar, .tar.gz, .tgz), not to {inputs[0]}; for a table use --keep-columns")

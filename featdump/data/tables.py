@@ -125,29 +125,27 @@ class Table:
         return pc.open_csv(fh, read_options=read, parse_options=parse, convert_options=convert)
 
     def _count(self) -> int:
-        if self.kind == "parquet":
-            with open_input(self.path) as fh:
-                return int(self._parquet(fh).metadata.num_rows)
         try:
-            return sum(n for _, n, _ in self._batches(0, count_only=True))
+            with open_input(self.path) as fh:
+                if self.kind == "parquet":
+                    return int(self._parquet(fh).metadata.num_rows)
+                return sum(batch.num_rows for batch in self._text(fh, self.columns[:1]))  # one column parsed
         except self.pa.ArrowException as exc:
             raise UsageError(f"cannot read table {self.path}: {_arrow_why(exc)}") from None
 
-    def _batches(self, start: int, count_only: bool = False) -> Iterator[tuple[int, int, Any]]:
+    def _batches(self, start: int) -> Iterator[tuple[int, int, Any]]:
         """``(first row, rows, RecordBatch)`` from the batch holding row ``start`` on."""
         with open_input(self.path) as fh:
             at = 0
             if self.kind == "parquet":
                 pf = self._parquet(fh)
                 for g in range(pf.metadata.num_row_groups):
-                    group = pf.metadata.row_group(g)
-                    n = group.num_rows
+                    n = pf.metadata.row_group(g).num_rows
                     if at + n > start:  # else a whole row group before ``start``: skipped unread
                         yield from self._row_group(pf, g, at)
                     at += n
                 return
-            reader = self._text(fh, self.columns[:1] if count_only else self.columns)
-            for batch in reader:
+            for batch in self._text(fh, self.columns):
                 if at + batch.num_rows > start:
                     yield at, batch.num_rows, batch
                 at += batch.num_rows
