@@ -44,22 +44,6 @@ def pixel_limit(max_pixels: int | None) -> Iterator[int | None]:
             Image.MAX_IMAGE_PIXELS = saved
 
 
-def _to_uint8(arr: Any) -> Any:
-    import numpy as np
-
-    if arr.dtype == np.uint8:
-        return arr
-    if arr.dtype.kind == "f":
-        hi = float(np.nanmax(arr)) if arr.size else 0.0
-        scale = 255.0 if hi <= 1.0 else 1.0
-        return np.clip(np.nan_to_num(arr) * scale, 0, 255).round().astype(np.uint8)
-    if arr.dtype == np.bool_:
-        return arr.astype(np.uint8) * 255
-    # 16-bit (and 32-bit integer images holding 16-bit values): full range to 0..255
-    hi = 65535 if arr.max(initial=0) > 255 or arr.dtype.itemsize >= 2 else 255
-    return np.clip(np.rint(arr.astype(np.float64) * (255.0 / hi)), 0, 255).astype(np.uint8)
-
-
 def to_rgb(im: Any) -> Any:
     """Convert any PIL image to 8-bit RGB: palette and gray expanded, alpha composited on black,
     CMYK/YCbCr/LAB converted, 16-bit and float scaled to 0..255."""
@@ -74,7 +58,12 @@ def to_rgb(im: Any) -> Any:
     if mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
         import numpy as np
 
-        gray = _to_uint8(np.asarray(im))
+        arr = np.asarray(im)  # int32 (I), uint16 (I;16*) or float32 (F)
+        if arr.dtype.kind == "f":  # 0..1 scaled to 0..255, else taken as 0..255
+            hi = float(np.nanmax(arr)) if arr.size else 0.0
+            gray = np.clip(np.nan_to_num(arr) * (255.0 if hi <= 1.0 else 1.0), 0, 255).round().astype(np.uint8)
+        else:  # 16-bit (and 32-bit integer images holding 16-bit values): full range to 0..255
+            gray = np.clip(np.rint(arr.astype(np.float64) * (255.0 / 65535)), 0, 255).astype(np.uint8)
         return Image.fromarray(gray, "L").convert("RGB")
     if mode in ("RGBA", "LA", "RGBa", "La"):
         rgba = im.convert("RGBA")
