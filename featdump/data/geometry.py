@@ -41,8 +41,12 @@ class Geometry:
                 h, w = nh, nw
             elif kind in ("CenterCrop", "CenterCropOrPad"):
                 size = step.size if isinstance(step.size, (list, tuple)) else [step.size]
-                top, left, h, w = _center_crop(h, w, int(size[0]), int(size[-1]))
-                oy, ox = oy + sy * top, ox + sx * left
+                ch, cw = int(size[0]), int(size[-1])
+                # the window, padding first where the crop is larger (torchvision's center_crop, timm's
+                # center_crop_or_pad): a padded side is as long as the crop; negative offsets are padding
+                top = round((max(h, ch) - ch) / 2.0) - max(0, (ch - h) // 2)
+                left = round((max(w, cw) - cw) / 2.0) - max(0, (cw - w) // 2)
+                oy, ox, h, w = oy + sy * top, ox + sx * left, ch, cw
             elif kind in ("ToTensor", "MaybeToTensor", "Normalize", "MaybePILToTensor", "PILToTensor"):
                 continue
             else:  # unknown geometry: NaN rather than a wrong map
@@ -86,20 +90,6 @@ def _resized(step: Any, h: int, w: int) -> tuple[int, int]:
     if max_size is not None and new_long > max_size:
         new_short, new_long = int(max_size * new_short / new_long), max_size
     return (new_long, new_short) if w <= h else (new_short, new_long)
-
-
-def _center_crop(h: int, w: int, ch: int, cw: int) -> tuple[int, int, int, int]:
-    """``(top, left, ch, cw)``: where a centre crop (padding first where the crop is larger, as
-    torchvision's ``center_crop`` and timm's ``center_crop_or_pad`` do) takes its window, in the
-    coordinates of the unpadded image (negative: padding)."""
-    pad_top = (ch - h) // 2 if ch > h else 0
-    pad_left = (cw - w) // 2 if cw > w else 0
-    if ch > h or cw > w:
-        h = h + pad_top + ((ch - h + 1) // 2 if ch > h else 0)
-        w = w + pad_left + ((cw - w + 1) // 2 if cw > w else 0)
-    top = int(round((h - ch) / 2.0))
-    left = int(round((w - cw) / 2.0))
-    return top - pad_top, left - pad_left, ch, cw
 
 
 def cell_boxes(
