@@ -185,14 +185,13 @@ def read_samples(shard: str, keep: Sequence[str] = (), cap: int = MAX_IMAGE_BYTE
     ``cap`` bytes is not read (its sample fails). Damage ends the stream with one ``TarSample`` whose
     ``offset`` is set; the sample being read then is part of that unreadable rest. Opening errors
     (OSError) propagate."""
-    fh = open_input(shard)
     key: str | None = None  # the sample being gathered
     member, data, start, error = "", None, 0, ""
     exts: list[str] = []
     texts: dict[str, str] = {}
-    try:
+    with open_input(shard) as fh:
         try:
-            stream = tarfile.open(fileobj=fh, mode="r|*", tarinfo=_StrictInfo)  # noqa: SIM115 - a generator: closed with fh below
+            stream = tarfile.open(fileobj=fh, mode="r|*", tarinfo=_StrictInfo)  # noqa: SIM115 - a generator: closed with fh
             for info in stream:
                 k, ext = member_key(info)
                 if k is None:
@@ -220,8 +219,6 @@ def read_samples(shard: str, keep: Sequence[str] = (), cap: int = MAX_IMAGE_BYTE
             return
         if key is not None:
             yield _sample(key, member, data, exts, texts, error)
-    finally:
-        fh.close()
 
 
 def _sample(key: str, member: str, data: bytes | None, exts: list[str], texts: dict[str, str], error: str) -> TarSample:
