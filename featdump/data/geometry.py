@@ -50,8 +50,7 @@ class Geometry:
             elif kind in ("ToTensor", "MaybeToTensor", "Normalize", "MaybePILToTensor", "PILToTensor"):
                 continue
             else:  # unknown geometry: NaN rather than a wrong map
-                nan = math.nan
-                return (float(height), float(width), nan, nan, nan, nan)
+                return (float(height), float(width), math.nan, math.nan, math.nan, math.nan)
         return (float(height), float(width), sy, sx, oy, ox)
 
     def resized(self, height: int, width: int) -> tuple[int, int]:
