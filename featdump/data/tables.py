@@ -107,7 +107,6 @@ class Table:
         return pq.ParquetFile(fh, buffer_size=1 << 20)  # pages read as needed, not a column chunk whole
 
     def _text(self, fh: Any, columns: list[str] | None) -> Any:
-        pa = self.pa
         if self.kind == "jsonl":
             import pyarrow.json as pj
 
@@ -116,7 +115,7 @@ class Table:
 
         parse = pc.ParseOptions(delimiter="\t" if self.kind == "tsv" else ",")
         convert = pc.ConvertOptions(
-            column_types={c: pa.string() for c in columns or ()},
+            column_types={c: self.pa.string() for c in columns or ()},
             include_columns=columns or [],
             strings_can_be_null=True,
             quoted_strings_can_be_null=False,
