@@ -57,15 +57,11 @@ class Geometry:
         """``(h, w)`` of an image of that size after the transform's resize (its own size without one)."""
         return _resized(self.resize, height, width) if self.resize is not None else (height, width)
 
-    def rows(self, sizes: Sequence[tuple[int, int] | None]) -> Any:
-        """A ``(B, 6)`` float64 array for ``(height, width)`` sizes (None: a NaN row)."""
+    def rows(self, sizes: Sequence[tuple[int, int]]) -> Any:
+        """A ``(B, 6)`` float64 array for ``(height, width)`` sizes (every decoded image's is known)."""
         import numpy as np
 
-        out = np.full((len(sizes), len(COLUMNS)), np.nan, dtype=np.float64)
-        for k, size in enumerate(sizes):
-            if size is not None:
-                out[k] = self.of(*size)
-        return out
+        return np.array([self.of(*size) for size in sizes], dtype=np.float64).reshape(len(sizes), len(COLUMNS))
 
 
 def _resized(step: Any, h: int, w: int) -> tuple[int, int]:
