@@ -50,10 +50,6 @@ class Wanted:
     found: list[ImageRef] = field(default_factory=list)  # the candidates, in input order
 
     @property
-    def key(self) -> Key:
-        return (self.path, self.id)
-
-    @property
     def done(self) -> bool:
         return len(self.found) >= (self.rank + self.spare + 1 if self.spare else 1)
 
@@ -126,23 +122,25 @@ def _select(inputs: Sequence[str], options: Any, shard: tuple[int, int], what: s
         raise UsageError(f"{exc} ({what})") from None
 
 
-def _scan(stream: Iterator[ImageRef], by_key: dict[Key, list[Wanted]], seen: Counter[Key], cut: int = 0) -> None:
-    """Offer each sample of ``stream`` to the rows with its key, until every one of them is done;
-    ``cut``: characters of a sample's path before the stored part (a tar shard's recorded name and ``/``)."""
-    pending = [w for ws in by_key.values() for w in ws]
-    ids = any(w.id is not None for w in pending)
+def _scan(stream: Iterator[ImageRef], rows: Sequence[tuple[Key, Wanted]], seen: Counter[Key], cut: int = 0) -> None:
+    """Offer each sample of ``stream`` to the ``(key, row)`` rows with its key, until every one of them is
+    done; ``cut``: characters of a sample's path before the stored part (a tar shard's recorded name and ``/``)."""
+    by_key: dict[Key, list[Wanted]] = {}
+    for key, w in rows:
+        by_key.setdefault(key, []).append(w)
+    ids = any(w.id is not None for _, w in rows)
     try:
         for ref in stream:
             if ref.error:
                 continue  # reported by the source itself: never a row
             k = (storable(ref.path[cut:]), ref.id if ids else None)
-            rows = by_key.get(k)
-            if rows is None:
+            offered = by_key.get(k)
+            if offered is None:
                 continue
-            for w in rows:
+            for w in offered:
                 w.offer(seen[k], ref)
             seen[k] += 1
-            if all(w.done for w in pending):
+            if all(w.done for _, w in rows):
                 return
     finally:
         if hasattr(stream, "close"):
@@ -150,14 +148,11 @@ def _scan(stream: Iterator[ImageRef], by_key: dict[Key, list[Wanted]], seen: Cou
 
 
 def _find_in_tables(inputs: Sequence[str], options: Any, wanted: Sequence[Wanted], shard: Sequence[int]) -> None:
-    by_key: dict[Key, list[Wanted]] = {}
-    for w in wanted:
-        by_key.setdefault(w.key, []).append(w)
     seen: Counter[Key] = Counter()
     block = (int(shard[0]), int(shard[1])) if len(inputs) == 1 else (0, 1)  # several: a merge of whole runs
     for table in inputs:
         selection = _select([table], options, block, "the table the rows were read from")
-        _scan(selection.stream(), by_key, seen)
+        _scan(selection.stream(), [((w.path, w.id), w) for w in wanted], seen)
         if all(w.done for w in wanted):
             return
     for w in wanted:
@@ -184,11 +179,9 @@ def _find_in_tars(inputs: Sequence[str], wanted: Sequence[Wanted], shard: Sequen
         todo = [(w, member) for w, member in places.get(s, []) if not w.done]
         if not todo:
             continue
-        by_key: dict[Key, list[Wanted]] = {}
-        for w, member in todo:
-            by_key.setdefault((member, w.id), []).append(w)
         selection = _select([s], None, (0, 1), f"it holds row {todo[0][0].row}, {todo[0][0].path}")
-        _scan(selection.stream(), by_key, Counter(), cut=len(s) + 1)  # the stream's paths: the recorded shard, "/", member
+        keyed = [((member, w.id), w) for w, member in todo]
+        _scan(selection.stream(), keyed, Counter(), cut=len(s) + 1)  # its paths: the recorded shard, "/", member
     for s, rows in places.items():
         for w, member in rows:
             if not w.enough:
