@@ -125,25 +125,24 @@ class Loader:
         if group:  # about as many images in flight as a fixed size's batches
             batch_size, prefetch = batch_size * WINDOW, max(1, prefetch // WINDOW)
         self.keys = keys = StreamBatches(todo, batch_size, self.inflight)
-        todo = []  # the datasets decode the refs handed to them with each key, not a list of their own
         transform = backbone.data.transform()
         self.geometry = Geometry(transform)  # each image's /geometry row, from its original size
         guard = ResizeGuard(backbone.data, self.geometry, cfg.max_image_pixels)
         self.decoder: Any = None
+        # the datasets decode the refs handed to them with each key, not a list of their own
         if cfg.decode == "gpu":
-            dataset: ImageDataset = EncodedDataset(todo, transform, cfg.max_image_pixels, guard=guard)
+            dataset: ImageDataset = EncodedDataset([], transform, cfg.max_image_pixels, guard=guard)
             self.decoder = DeviceDecoder(transform, device, group)
         else:  # --fast-decode: decode at the size the resize needs
             size = fast_decode_size(backbone.data.input_size, backbone.data.crop_pct) if cfg.fast_decode else None
-            dataset = ImageDataset(todo, transform, cfg.max_image_pixels, functools.partial(load_rgb, shrink_to=size), guard)
+            dataset = ImageDataset([], transform, cfg.max_image_pixels, functools.partial(load_rgb, shrink_to=size), guard)
         dataset.max_bytes = cfg.max_image_bytes
         if length is not None:  # no idle processes for a handful of images
             workers = min(workers, max(1, -(-length // batch_size)))
-        self.loader: Any
         if processes is None:
             processes = device.type != "cpu" or self.decoder is not None
         if not processes:  # threads: see featdump/data/loading.py
-            self.loader = ThreadLoader(dataset, keys, workers, prefetch, decode_nice, group)
+            self.loader: Any = ThreadLoader(dataset, keys, workers, prefetch, decode_nice, group)
             return
         self.loader = torch.utils.data.DataLoader(
             dataset,
