@@ -246,7 +246,7 @@ def why_failed(exc: BaseException) -> str:
 def retry(url: str, call: Any, hint: bool = True) -> Any:
     """``call()``; for ``http(s)://`` tried again after a failure (not after "not found" or an
     over-cap body) up to :data:`RETRIES` times: the other clients retry on their own."""
-    delay, tries = BACKOFF, RETRIES + 1 if scheme(url) in ("http", "https") else 1
+    tries = RETRIES + 1 if scheme(url) in ("http", "https") else 1
     for attempt in range(tries):
         try:
             return call()
@@ -259,8 +259,7 @@ def retry(url: str, call: Any, hint: bool = True) -> Any:
                 again = f"; {RESUME_HINT}" if hint else ""
                 message = f"cannot read {url} ({why_failed(cause)}{counted}){again}"
                 raise RemoteUnreachable(message, answered=not no_answer(cause)) from None
-        time.sleep(delay)
-        delay *= 2
+        time.sleep(BACKOFF * 2**attempt)
     raise AssertionError("unreachable")
 
 
