@@ -42,8 +42,7 @@ class Geometry:
             elif kind in ("CenterCrop", "CenterCropOrPad"):
                 size = step.size if isinstance(step.size, (list, tuple)) else [step.size]
                 ch, cw = int(size[0]), int(size[-1])
-                # the window, padding first where the crop is larger (torchvision's center_crop, timm's
-                # center_crop_or_pad): a padded side is as long as the crop; negative offsets are padding
+                # padding first where the crop is larger (torchvision's center_crop, timm's center_crop_or_pad)
                 top = round((max(h, ch) - ch) / 2.0) - max(0, (ch - h) // 2)
                 left = round((max(w, cw) - cw) / 2.0) - max(0, (cw - w) // 2)
                 oy, ox, h, w = oy + sy * top, ox + sx * left, ch, cw

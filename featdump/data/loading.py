@@ -54,8 +54,7 @@ class ThreadLoader:
         self.split = SplitTransform(dataset.transform)
         # a size mode's group: the images batched by shape (featdump/data/batching.py), each by finish
         self.stack = functools.partial(group, stack=self.split.finish) if group else self.split.finish
-        # the same dataset (limits, hosts that answered) with the PIL half of the transform: item i is
-        # (i, uint8 array, "", size) or a failure record
+        # the same dataset (limits, hosts that answered) with the PIL half: item i is (i, uint8 array, "", size)
         decoding = copy.copy(dataset)
         decoding.transform = self.split.pil
         self._decode = decoding.__getitem__

@@ -178,8 +178,7 @@ class TarSource:
         named = expand_shards(inputs)
         while chunk := list(itertools.islice(named, LOOKUP_CHUNK)):
             for k, name in chunk:
-                # named twice (after brace expansion; a local shard by its real path, so a.tar and ./a.tar are
-                # one), a shard's samples would be stored twice
+                # a shard named twice (a local one by its real path: a.tar is ./a.tar) would store its samples twice
                 key = name if is_url(name) else os.path.realpath(name)
                 if key in seen:
                     j, first = seen[key]
