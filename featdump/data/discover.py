@@ -180,9 +180,7 @@ def _check_unique(refs: Sequence[ImageRef], origin: Sequence[str]) -> None:
         if j != k:
             a, b = origin[j], origin[k]
             where = f"from {a}" if a == b else f"from {a} and from {b}"
-            raise UsageError(
-                f"image path {r.path!r} would be stored twice ({where}); each stored path must be unique"
-            )
+            raise UsageError(f"image path {r.path!r} would be stored twice ({where}); each stored path must be unique")
 
 
 def _inside(path: str, folder: str) -> str | None:
