@@ -85,10 +85,7 @@ def wanted_rows(rows: Sequence[int], paths: Sequence[str], ids: Sequence[str] | 
     ranks: dict[int, int] = {}
     todo = set(rows)
     for r in range(max(rows, default=-1) + 1):
-        if paths[r] not in names:
-            continue
-        k = key(r)
-        if k not in keys:
+        if paths[r] not in names or (k := key(r)) not in keys:  # the name first: no id read for most rows
             continue
         if r in todo:
             ranks[r] = seen[k]
