@@ -8,10 +8,10 @@ from collections.abc import Sequence
 from typing import Any, TypeVar
 
 from featdump.errors import UsageError
-from featdump.model.create import resolve_data_config
+from featdump.model.create import create_checked, resolve_data_config
 from featdump.model.layers import Backbone, Description, at_grid, mark_ragged, size_unit
 from featdump.model.levels import check_varying, describe_levels, features_model
-from featdump.model.modules import describe_modules, load_module_backbone
+from featdump.model.modules import describe_modules, hooked
 from featdump.model.weights import choose_weights, create_with_weights
 from featdump.options import ExtractConfig
 from featdump.values import ImgSize, size_mode_text
@@ -31,12 +31,7 @@ def describe(
     """Layers and data config of a backbone; builds on the meta device (no weights, no downloads).
     ``layers`` (module names) replaces the feature levels: see :mod:`featdump.model.modules`."""
     fixed = _nominal(img_size, max_side)
-    if layers:
-        desc = describe_modules(name, layers, fixed, output_stride, tokens)
-    else:
-        _levels_take_no_prefix(tokens)
-        desc = describe_levels(name, out_indices, output_stride, fixed, dynamic=fixed != img_size)
-    return _size_mode(img_size, max_side, desc)
+    return _size_mode(img_size, max_side, _describe(name, out_indices, output_stride, fixed, fixed != img_size, layers, tokens))
 
 
 def _size_mode(img_size: ImgSize | None, max_side: int, described: _Described) -> _Described:
@@ -73,14 +68,24 @@ def _nominal(img_size: ImgSize | None, max_side: int) -> tuple[int, int] | None:
     return (side, side)
 
 
-def _levels_take_no_prefix(tokens: str) -> None:
-    """Feature levels (timm's ``features_only``) are maps without prefix tokens: ``--tokens both``
-    would store the same as ``map``, so it asks for the modules by name instead."""
-    if tokens == "both":
+def _describe(
+    name: str,
+    out_indices: Sequence[int] | None,
+    output_stride: int | None,
+    fixed: tuple[int, int] | None,
+    dynamic: bool,
+    layers: Sequence[str] | None,
+    tokens: str,
+) -> Description:
+    """The named modules' description, else the feature levels' (``fixed``: the size they are built at)."""
+    if layers:
+        return describe_modules(name, layers, fixed, output_stride, tokens)
+    if tokens == "both":  # feature levels are maps without prefix tokens: it would store the same as ``map``
         raise UsageError(
             "--tokens both stores a token layer's prefix tokens (CLS, registers) beside its patch map, "
             "which timm's feature levels drop: name the blocks with --layers (see inspect --all-modules)"
         )
+    return describe_levels(name, out_indices, output_stride, fixed, dynamic=dynamic)
 
 
 def load_backbone(
@@ -98,26 +103,23 @@ def load_backbone(
     """The real model with weights from a checkpoint, the hub (pretrained) or random init, in eval mode."""
     fixed = _nominal(img_size, max_side)
     dynamic = fixed != img_size  # a size mode
-    if layers:
-        backbone = load_module_backbone(
-            name, layers, tokens=tokens, output_stride=output_stride, img_size=fixed,
-            pretrained=pretrained, checkpoint=checkpoint,
-        )  # fmt: skip
-        if dynamic:  # the hooked modules must follow each input's shape (CNNs do, ViTs do not)
-            check_varying(name, backbone.model, backbone.layers)
-        return _size_mode(img_size, max_side, backbone)
-    _levels_take_no_prefix(tokens)
-    desc = describe_levels(name, out_indices, output_stride, fixed, dynamic=dynamic)
+    desc = _describe(name, out_indices, output_stride, fixed, dynamic, layers, tokens)
     indices = desc.out_indices
     choice = choose_weights(name, pretrained=pretrained, checkpoint=checkpoint)
 
     def create(**kwargs: Any) -> Any:
+        if layers:  # the full model: hooks take the named modules' outputs
+            return create_checked(name, img_size=fixed, output_stride=output_stride, **kwargs)
         return features_model(name, out_indices=indices, output_stride=output_stride, img_size=fixed, dynamic=dynamic, **kwargs)
 
-    model, weights = create_with_weights(name, choice, create)
+    model, weights = create_with_weights(name, choice, create, headless_retry=bool(layers))
     model.eval()
-    backbone = Backbone(name, model, list(desc.layers), resolve_data_config(model, fixed), indices, output_stride, weights)
-    return _size_mode(img_size, max_side, backbone)
+    data = resolve_data_config(model, fixed)
+    if layers:
+        model = hooked(model, desc.layers)
+        if dynamic:  # the hooked modules must follow each input's shape (CNNs do, ViTs do not)
+            check_varying(name, model, desc.layers)
+    return _size_mode(img_size, max_side, Backbone(name, model, list(desc.layers), data, indices, output_stride, weights))
 
 
 def backbone_for(cfg: ExtractConfig) -> Backbone:

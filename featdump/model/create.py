@@ -4,13 +4,14 @@ passed where the model takes them, and refusals turned into one usage error each
 from __future__ import annotations
 
 import difflib
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from featdump.errors import UsageError
 from featdump.model.layers import DataConfig
 
 HUB_PREFIXES = ("hf-hub:", "hf_hub:", "local-dir:")
+T = TypeVar("T")
 
 
 def check_model_name(name: str) -> None:
@@ -89,6 +90,31 @@ def cannot_run(name: str, model: Any, input_size: Sequence[int], exc: BaseExcept
         return exc  # not the size: the model fails at its own too
     return UsageError(f"{name} cannot run at {input_size[1]}x{input_size[2]} ({first_line(exc)}); "
                       f"give another --img-size or --tiles size, e.g. its own {own[1]}")  # fmt: skip
+
+
+def zero_forward(model: Any, input_size: Sequence[int]) -> Any:
+    """The model's output for one zero image of ``input_size`` (C, H, W), on the model's device."""
+    import torch
+
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    with torch.inference_mode():
+        return model(torch.zeros((1, *input_size), device=device))
+
+
+def on_meta(name: str, model: Any, build: Callable[[], Any], run: Callable[[Any], T], input_size: Sequence[int]) -> tuple[Any, T]:
+    """``(model, run(model))`` for a model built on the meta device (shapes only); where meta tensors
+    fail, for a real CPU model from ``build`` instead (its random init leaves the caller's seed alone)."""
+    import torch
+
+    try:
+        return model, run(model.eval())
+    except Exception:  # noqa: BLE001 - some models cannot run on meta tensors
+        with torch.random.fork_rng(devices=[]):
+            model = build().eval()
+        try:
+            return model, run(model)
+        except RuntimeError as exc:
+            raise cannot_run(name, model, input_size, exc) from None
 
 
 def check_tiling(name: str, model: Any, input_hw: tuple[int, int]) -> None:

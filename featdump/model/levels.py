@@ -9,12 +9,13 @@ from typing import Any
 from featdump.errors import FeatdumpError, UsageError
 from featdump.model.create import (
     HUB_PREFIXES,
-    cannot_run,
     check_model_name,
     check_tiling,
     create_checked,
+    on_meta,
     resolve_data_config,
     stride_error,
+    zero_forward,
 )
 from featdump.model.layers import Description, LayerInfo, at_grid, chw, guess_layout, size_unit, to_unit
 from featdump.model.weights import why_no_download
@@ -70,12 +71,7 @@ def normalize_indices(name: str, indices: Sequence[int] | None, levels: int, mod
 
 
 def _outputs(model: Any, input_size: Sequence[int]) -> list[Any]:
-    """The model's outputs for one zero image of ``input_size`` (C, H, W), on the model's device."""
-    import torch
-
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    with torch.inference_mode():
-        outs = model(torch.zeros((1, *input_size), device=device))
+    outs = zero_forward(model, input_size)
     return list(outs.values()) if isinstance(outs, dict) else outs
 
 
@@ -129,32 +125,23 @@ def described_levels(name: str, out_indices: Any, output_stride: int | None, img
     try:
         with torch.device("meta"):
             probe = features_model(name, out_indices=None, output_stride=None, img_size=img_size)
-    except (UsageError, TypeError, AssertionError):
-        raise
     except Exception as exc:  # noqa: BLE001 - hf-hub:/local-dir: names read their config from the hub or disk
-        if name.startswith(HUB_PREFIXES):
-            raise FeatdumpError(
-                f"cannot read the model config of {name} ({why_no_download(exc)}); run `featdump fetch {name}` where there is "
-                "internet, or use a plain timm model name"
-            ) from None
-        raise
+        if isinstance(exc, (UsageError, TypeError, AssertionError)) or not name.startswith(HUB_PREFIXES):
+            raise
+        raise FeatdumpError(
+            f"cannot read the model config of {name} ({why_no_download(exc)}); run `featdump fetch {name}` where there is "
+            "internet, or use a plain timm model name"
+        ) from None
     levels = len(probe.feature_info.info)
     indices = normalize_indices(name, out_indices, levels, [str(d["module"]) for d in probe.feature_info.info])
+    build = functools.partial(features_model, name, out_indices=indices, output_stride=output_stride, img_size=img_size, dynamic=dynamic)
     with torch.device("meta"):
-        model = features_model(name, out_indices=indices, output_stride=output_stride, img_size=img_size, dynamic=dynamic)
+        model = build()
     data = resolve_data_config(model, img_size)
     if not dynamic:
         check_tiling(name, model, data.input_size[1:])
     size = resolve_data_config(model, None).input_size if dynamic else data.input_size  # a size mode: the model's own first
-    try:
-        layers = describe_layers(model, size)
-    except Exception:  # noqa: BLE001 - some models cannot run on meta tensors: a real CPU model then
-        with torch.random.fork_rng(devices=[]):  # its random init leaves the run's seed alone (cached or not)
-            model = features_model(name, out_indices=indices, output_stride=output_stride, img_size=img_size, dynamic=dynamic)
-        try:
-            layers = describe_layers(model.eval(), size)
-        except RuntimeError as exc:
-            raise cannot_run(name, model, size, exc) from None
+    model, layers = on_meta(name, model, build, lambda m: describe_layers(m, size), size)
     if dynamic:
         check_varying(name, model, layers)
         side = to_unit(data.input_size[-1], size_unit(layers))  # the nominal square, its sides rounded as each image's are

@@ -7,22 +7,22 @@ Produces the same :class:`~featdump.model.layers.Backbone` objects as the featur
 from __future__ import annotations
 
 import difflib
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from featdump.errors import UsageError
-from featdump.model.create import cannot_run, check_model_name, check_tiling, create_checked, resolve_data_config
-from featdump.model.layers import (
-    Backbone,
-    DataConfig,
-    Description,
-    LayerInfo,
-    chw,
-    guess_layout,
+from featdump.model.create import (
+    check_model_name,
+    check_tiling,
+    create_checked,
+    on_meta,
+    resolve_data_config,
+    zero_forward,
 )
-from featdump.model.weights import choose_weights, create_with_weights
+from featdump.model.layers import DataConfig, Description, LayerInfo, chw, guess_layout
 from featdump.options import TOKENS
 from featdump.values import check_choice
 
@@ -64,10 +64,8 @@ def trace_modules(model: Any, input_size: tuple[int, int, int]) -> list[ModuleRe
         return hook
 
     handles = [m.register_forward_hook(make(n)) for n, m in named]
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
     try:
-        with torch.inference_mode():
-            model(torch.zeros((1, *input_size), device=device))
+        zero_forward(model, input_size)
     finally:
         for h in handles:
             h.remove()
@@ -82,18 +80,12 @@ def list_modules(
     import torch
 
     check_model_name(name)
+    build = functools.partial(create_checked, name, img_size=img_size, output_stride=output_stride, pretrained=False)
     with torch.device("meta"):
-        model = create_checked(name, img_size=img_size, output_stride=output_stride, pretrained=False)
+        model = build()
     data = resolve_data_config(model, img_size)
     check_tiling(name, model, data.input_size[1:])
-    try:
-        records = trace_modules(model.eval(), data.input_size)
-    except Exception:  # noqa: BLE001 - some models cannot run on meta tensors
-        model = create_checked(name, img_size=img_size, output_stride=output_stride, pretrained=False).eval()
-        try:
-            records = trace_modules(model, data.input_size)
-        except RuntimeError as exc:
-            raise cannot_run(name, model, data.input_size, exc) from None
+    model, records = on_meta(name, model, build, lambda m: trace_modules(m, data.input_size), data.input_size)
     return model, data, records
 
 
@@ -210,7 +202,8 @@ class _Done(Exception):
     """Raised by the last hook: the rest of the forward pass is not needed."""
 
 
-def _hooked_class() -> type:
+def hooked(model: Any, layers: Sequence[LayerInfo]) -> Any:
+    """``model`` (with weights, in eval mode) wrapped so that it returns the named modules' outputs."""
     import torch
 
     class HookedModel(torch.nn.Module):
@@ -257,27 +250,4 @@ def _hooked_class() -> type:
                     h.remove()
             return [self._convert(captured[layer.module], layer) for layer in self.layers]
 
-    return HookedModel
-
-
-def load_module_backbone(
-    name: str,
-    layers: Sequence[str],
-    *,
-    tokens: str = "seq",
-    output_stride: int | None = None,
-    img_size: tuple[int, int] | None = None,
-    pretrained: bool = True,
-    checkpoint: str | None = None,
-) -> Backbone:
-    """The full timm model with weights, wrapped so that it returns the named modules' outputs."""
-    desc = describe_modules(name, layers, img_size, output_stride, tokens)
-    choice = choose_weights(name, pretrained=pretrained, checkpoint=checkpoint)
-
-    def create(**kwargs: Any) -> Any:
-        return create_checked(name, img_size=img_size, output_stride=output_stride, **kwargs)
-
-    model, weights = create_with_weights(name, choice, create, headless_retry=True)
-    model.eval()
-    hooked = _hooked_class()(model, desc.layers).eval()
-    return Backbone(name, hooked, desc.layers, resolve_data_config(model, img_size), None, output_stride, weights)
+    return HookedModel(model, layers).eval()
