@@ -52,7 +52,16 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     import torch
 
     p = Path(path)
-    _check_checkpoint_file(p)
+    try:  # a folder or a FIFO is said as such (a FIFO would block the read and the sha256)
+        st = p.stat()
+    except FileNotFoundError:
+        raise UsageError(f"checkpoint not found: {p}") from None
+    except OSError as exc:
+        raise UsageError(f"cannot read checkpoint {p}: {exc.strerror or exc}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise UsageError(f"checkpoint {p} is a folder, not a file; give the checkpoint file inside it")
+    if not stat.S_ISREG(st.st_mode):
+        raise UsageError(f"checkpoint {p} is not a regular file (a FIFO, socket or device)")
     if p.suffix.lower() == ".safetensors":
         from safetensors.torch import load_file
 
@@ -61,7 +70,18 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         except Exception as exc:  # noqa: BLE001
             raise UsageError(f"cannot read safetensors checkpoint {p}: {exc}") from None
         return _unwrap(tensors)
-    _check_torch_magic(p)
+    try:
+        with open(p, "rb") as fh:
+            head = fh.read(4)
+    except OSError as exc:
+        raise UsageError(f"cannot read checkpoint {p}: {exc.strerror or exc}") from None
+    if not head:
+        raise UsageError(f"checkpoint {p} is empty (0 bytes)")
+    if not (head.startswith(b"PK") or head[:1] == b"\x80"):  # torch.save: a zip archive, or a legacy pickle
+        raise UsageError(
+            f"{p} is not a PyTorch checkpoint (neither a torch.save zip archive nor a pickle; "
+            "expected .pth/.pt/.bin from torch.save, or .safetensors)"
+        )
     try:
         obj = torch.load(str(p), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -78,38 +98,6 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
         raise UsageError(f"cannot read checkpoint {p}: {exc.__class__.__name__}: {first_line(exc, '')}".rstrip(": ")) from None
     return _unwrap(obj)
-
-
-def _check_checkpoint_file(p: Path) -> None:
-    """A checkpoint must be an existing regular file: a folder or a FIFO is said as such (a FIFO
-    would block the read and the sha256)."""
-    try:
-        st = p.stat()
-    except FileNotFoundError:
-        raise UsageError(f"checkpoint not found: {p}") from None
-    except OSError as exc:
-        raise UsageError(f"cannot read checkpoint {p}: {exc.strerror or exc}") from None
-    if stat.S_ISDIR(st.st_mode):
-        raise UsageError(f"checkpoint {p} is a folder, not a file; give the checkpoint file inside it")
-    if not stat.S_ISREG(st.st_mode):
-        raise UsageError(f"checkpoint {p} is not a regular file (a FIFO, socket or device)")
-
-
-def _check_torch_magic(p: Path) -> None:
-    """torch.save writes a zip archive (``PK``) or, in the legacy format, a pickle (``\\x80``
-    protocol byte); anything else (text, HTML from a failed download) is not a checkpoint."""
-    try:
-        with open(p, "rb") as fh:
-            head = fh.read(4)
-    except OSError as exc:
-        raise UsageError(f"cannot read checkpoint {p}: {exc.strerror or exc}") from None
-    if not head:
-        raise UsageError(f"checkpoint {p} is empty (0 bytes)")
-    if not (head.startswith(b"PK") or head[:1] == b"\x80"):
-        raise UsageError(
-            f"{p} is not a PyTorch checkpoint (neither a torch.save zip archive nor a pickle; "
-            "expected .pth/.pt/.bin from torch.save, or .safetensors)"
-        )
 
 
 def check_state_dict(name: str, state_dict: dict[str, Any]) -> None:
@@ -236,10 +224,8 @@ def create_with_weights(
                         raise
                     fresh = load_checkpoint(choice.checkpoint)  # timm consumed the first copy
                     model = create(pretrained=True, num_classes=0, pretrained_cfg_overlay={"state_dict": fresh})
-    except UsageError:
-        raise
     except Exception as exc:  # noqa: BLE001 - hub, network and cache failures
-        if choice.pretrained and choice.state_dict is None:
-            raise pretrained_error(name, exc) from None
-        raise
+        if isinstance(exc, UsageError) or not choice.pretrained or choice.state_dict is not None:
+            raise
+        raise pretrained_error(name, exc) from None
     return model, choice.tag or weights_tag(name, model)
