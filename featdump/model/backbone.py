@@ -31,7 +31,8 @@ def describe(
     """Layers and data config of a backbone; builds on the meta device (no weights, no downloads).
     ``layers`` (module names) replaces the feature levels: see :mod:`featdump.model.modules`."""
     fixed = _nominal(img_size, max_side)
-    return _size_mode(img_size, max_side, _describe(name, out_indices, output_stride, fixed, fixed != img_size, layers, tokens))
+    desc = _describe(name, out_indices, output_stride, fixed, fixed != img_size, layers, tokens)
+    return _size_mode(img_size, max_side, desc)
 
 
 def _size_mode(img_size: ImgSize | None, max_side: int, described: _Described) -> _Described:
@@ -119,7 +120,8 @@ def load_backbone(
         model = hooked(model, desc.layers)
         if dynamic:  # the hooked modules must follow each input's shape (CNNs do, ViTs do not)
             check_varying(name, model, desc.layers)
-    return _size_mode(img_size, max_side, Backbone(name, model, list(desc.layers), data, indices, output_stride, weights))
+    backbone = Backbone(name, model, list(desc.layers), data, indices, output_stride, weights)
+    return _size_mode(img_size, max_side, backbone)
 
 
 def backbone_for(cfg: ExtractConfig) -> Backbone:

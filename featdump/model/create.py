@@ -101,7 +101,9 @@ def zero_forward(model: Any, input_size: Sequence[int]) -> Any:
         return model(torch.zeros((1, *input_size), device=device))
 
 
-def on_meta(name: str, model: Any, build: Callable[[], Any], run: Callable[[Any], T], input_size: Sequence[int]) -> tuple[Any, T]:
+def on_meta(
+    name: str, model: Any, build: Callable[[], Any], run: Callable[[Any], T], input_size: Sequence[int]
+) -> tuple[Any, T]:
     """``(model, run(model))`` for a model built on the meta device (shapes only); where meta tensors
     fail, for a real CPU model from ``build`` instead (its random init leaves the caller's seed alone)."""
     import torch

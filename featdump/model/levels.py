@@ -33,12 +33,11 @@ def features_model(
 ) -> Any:
     """timm's ``features_only`` model (``kwargs``: e.g. ``pretrained_cfg_overlay``); ``dynamic``: at
     any input size (a size mode: built at the model's own size, timm's ``dynamic_img_size``)."""
-    kwargs["features_only"] = True
-    img_size = None if dynamic else img_size
     if out_indices is not None:
         kwargs["out_indices"] = out_indices
     try:
-        return create_checked(name, img_size=img_size, output_stride=output_stride, pretrained=pretrained, dynamic=dynamic, **kwargs)
+        return create_checked(name, img_size=None if dynamic else img_size, output_stride=output_stride,
+                              pretrained=pretrained, dynamic=dynamic, features_only=True, **kwargs)  # fmt: skip
     except RuntimeError as exc:
         if "features_only" in str(exc) or "feature" in str(exc).lower() and "not" in str(exc).lower():
             raise UsageError(
@@ -134,7 +133,9 @@ def described_levels(name: str, out_indices: Any, output_stride: int | None, img
         ) from None
     levels = len(probe.feature_info.info)
     indices = normalize_indices(name, out_indices, levels, [str(d["module"]) for d in probe.feature_info.info])
-    build = functools.partial(features_model, name, out_indices=indices, output_stride=output_stride, img_size=img_size, dynamic=dynamic)
+    build = functools.partial(
+        features_model, name, out_indices=indices, output_stride=output_stride, img_size=img_size, dynamic=dynamic
+    )
     with torch.device("meta"):
         model = build()
     data = resolve_data_config(model, img_size)

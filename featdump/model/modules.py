@@ -1,8 +1,6 @@
 """Any module of any timm model by name (``--layers``), through forward hooks on the full model.
-
-Produces the same :class:`~featdump.model.layers.Backbone` objects as the feature-level path
-(``index`` -1), so nothing downstream needs a special case. Token layouts (``--tokens``): docs/file-format.md.
-"""
+Described as the feature levels are (``index`` -1), so nothing downstream needs a special case.
+Token layouts (``--tokens``): docs/file-format.md."""
 
 from __future__ import annotations
 
