@@ -147,11 +147,6 @@ def at_grid(layers: list[LayerInfo], height: int, width: int) -> list[LayerInfo]
     return [dataclasses.replace(x, shape=grid(x)) if _spatial(x) else x for x in layers]
 
 
-def output_fmt(model: Any) -> str:
-    """The model's declared output format (timm's ``output_fmt``: NCHW unless it says NHWC)."""
-    return str(getattr(model, "output_fmt", "NCHW")).split(".")[-1].upper()
-
-
 def guess_layout(model: Any, shape: tuple[int, ...], channels: int | None = None) -> str:
     """How an output of per-image ``shape`` is laid out: ``NLC`` (tokens) for 2-d, ``NHWC`` or
     ``NCHW`` for 3-d maps (the model's ``output_fmt``, checked against ``channels`` when known).
@@ -159,7 +154,7 @@ def guess_layout(model: Any, shape: tuple[int, ...], channels: int | None = None
     if len(shape) == 2:
         return "NLC"
     if len(shape) == 3:
-        fmt = output_fmt(model)
+        fmt = str(getattr(model, "output_fmt", "NCHW")).split(".")[-1].upper()  # timm's declared format
         if channels is None:
             return "NHWC" if fmt == "NHWC" else "NCHW"
         if fmt == "NHWC" and shape[-1] == channels:
@@ -171,10 +166,7 @@ def guess_layout(model: Any, shape: tuple[int, ...], channels: int | None = None
 
 def chw(shape: tuple[int, ...], layout: str) -> tuple[int, ...]:
     """A per-image shape as stored: NHWC maps become (C, H, W); anything else unchanged."""
-    if layout == "NHWC":
-        h, w, c = shape
-        return (c, h, w)
-    return shape
+    return (shape[2], shape[0], shape[1]) if layout == "NHWC" else shape
 
 
 class ResizeToUnit:

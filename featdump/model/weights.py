@@ -1,8 +1,5 @@
-"""The one weights decision: a checkpoint file, timm's pretrained weights, or random init.
-
-:func:`choose_weights` decides (a checkpoint is read and checked before any model is built);
-:func:`create_with_weights` builds the model so. Both model paths (levels, modules) go through them.
-"""
+"""The one weights decision: a checkpoint file, timm's pretrained weights, or random init
+(:func:`choose_weights`), and the model built so (:func:`create_with_weights`)."""
 
 from __future__ import annotations
 
