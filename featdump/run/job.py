@@ -26,7 +26,7 @@ from featdump.model.levels import described_levels
 from featdump.options import ExtractConfig
 from featdump.run import processors
 from featdump.run.device import check_decode, resolve_device, tune
-from featdump.run.facts import previous_facts, rounding_note, run_facts
+from featdump.run.facts import previous_facts, rounding_note
 from featdump.run.forward import Forward
 from featdump.run.placement import Placement, placement_from_env, shard_output_path
 from featdump.run.process import torch_settings, tune_malloc
@@ -61,12 +61,8 @@ def run_extraction(
     """The whole ``extract`` job. Raises FeatdumpError subclasses (:class:`Interrupted` after a stop
     request); a repeated signal calls ``on_repeat`` (default: ``KeyboardInterrupt`` in the caller)."""
     stop = stop or StopToken()
-    watch = SignalWatch(stop, on_repeat, keep_after_stop=True)
-    with watch:
-        try:
-            return _run(cfg, progress or ProgressSink(), on_ready, stop, stages)
-        finally:
-            watch.restore()  # only now: a signal during the clean-up above still counts as a repeat
+    with SignalWatch(stop, on_repeat):  # restored only once the run's clean-up is done: a signal there is a repeat
+        return _run(cfg, progress or ProgressSink(), on_ready, stop, stages)
 
 
 def _run(cfg: ExtractConfig, progress: ProgressSink, on_ready: Callable | None, stop: StopToken, stages: Stages) -> Summary:
@@ -93,7 +89,7 @@ def _run(cfg: ExtractConfig, progress: ProgressSink, on_ready: Callable | None, 
             on_ready(backbone, str(out_path), placement)
         if stop.stopped:
             raise _stopped(stop.signum or signal.SIGINT, "during start-up; nothing was written")
-        facts = run_facts(tuning.batch_size, device)
+        facts = {"batch_size": tuning.batch_size, "device": str(device)}  # the file attributes of the run that made it
         if note := rounding_note(previous, facts):
             warnings.warn(note, FeatdumpWarning, stacklevel=2)
         attrs = {**file_attrs(cfg, backbone, placement.shard, selection), **facts}

@@ -41,18 +41,11 @@ def raise_keyboard_interrupt(signum: int) -> None:
 class SignalWatch:
     """While entered (in the main thread): SIGINT/SIGTERM request a stop on ``token``; once a stop is
     requested, a further signal calls ``on_repeat(signum)``. Handlers are restored on :meth:`restore`
-    (``__exit__`` restores unless ``keep_after_stop`` and a stop was requested, so a signal during the
-    clean-up that follows still counts as a repeat)."""
+    and on exit."""
 
-    def __init__(
-        self,
-        token: StopToken,
-        on_repeat: Callable[[int], None] = raise_keyboard_interrupt,
-        keep_after_stop: bool = False,
-    ) -> None:
+    def __init__(self, token: StopToken, on_repeat: Callable[[int], None] = raise_keyboard_interrupt) -> None:
         self.token = token
         self.on_repeat = on_repeat
-        self.keep_after_stop = keep_after_stop
         self._old: dict[int, Any] = {}
 
     def _handle(self, signum: int, frame: Any) -> None:
@@ -68,8 +61,7 @@ class SignalWatch:
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        if not (self.keep_after_stop and self.token.stopped):
-            self.restore()
+        self.restore()
 
     def restore(self) -> None:
         for sig, old in self._old.items():
