@@ -6,11 +6,6 @@ from __future__ import annotations
 from typing import Any
 
 
-def run_facts(batch_size: int, device: Any) -> dict[str, Any]:
-    """The file attributes ``batch_size`` and ``device`` of the run that created the file."""
-    return {"batch_size": int(batch_size), "device": str(device)}
-
-
 def previous_facts(attrs: dict[str, Any] | None) -> dict[str, Any] | None:
     """``batch_size``/``device`` of the file ``--resume`` will continue (its attributes:
     :func:`~featdump.store.output.resume_attrs`), or None when there is none or it does not record them."""

@@ -53,11 +53,9 @@ class Forward:
         self.channels_last = channels_last and device.type in ("cpu", "cuda")
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.autocast: Callable[[], Any]
-        if precision == "fp32":
-            self.autocast = contextlib.nullcontext
-        else:
-            amp = torch.float16 if precision == "fp16" else torch.bfloat16
+        amp = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)  # fp32: no autocast
+        self.autocast: Callable[[], Any] = contextlib.nullcontext
+        if amp is not None:
             self.autocast = lambda: torch.autocast(device_type=device.type, dtype=amp)
         self.compiled = compile
         self.processors = list(processors)  # --process (run/processors.py), in order, before the dtype cast

@@ -189,12 +189,11 @@ def find(name: str) -> type:
     usage error naming the package to install (``featdump-NAME`` unless it says otherwise)."""
     if name in BUILTIN:
         return BUILTIN[name]
-    for ep in entry_points(group=GROUP):
-        if ep.name == name:
-            try:
-                return ep.load()
-            except Exception as exc:  # noqa: BLE001 - a broken plugin is the user's to fix
-                raise UsageError(f"--process {name}: cannot load {ep.value} ({type(exc).__name__}: {exc})") from None
+    for ep in entry_points(group=GROUP, name=name):
+        try:
+            return ep.load()
+        except Exception as exc:  # noqa: BLE001 - a broken plugin is the user's to fix
+            raise UsageError(f"--process {name}: cannot load {ep.value} ({type(exc).__name__}: {exc})") from None
     known = ", ".join(p.name for p in installed())
     raise UsageError(
         f"--process {name}: no such processor installed (installed: {known}); install the package that "
@@ -233,9 +232,9 @@ def load(specs: Sequence[str] | None) -> list[Step]:
                 )
         try:
             out.append(Step(spec, cls(*args), files))
-        except UsageError:
-            raise
         except Exception as exc:  # noqa: BLE001 - a plugin's own argument checks
+            if isinstance(exc, UsageError):
+                raise
             raise UsageError(f"--process {spec}: {type(exc).__name__}: {exc}") from None
     return out
 
