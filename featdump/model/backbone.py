@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 from featdump.errors import UsageError
 from featdump.model.create import create_checked, resolve_data_config
-from featdump.model.layers import Backbone, Description, at_grid, mark_ragged, size_unit
+from featdump.model.layers import Backbone, Description, ResizeToUnit, at_grid, mark_ragged, size_unit
 from featdump.model.levels import check_varying, describe_levels, features_model
 from featdump.model.modules import describe_modules, hooked
 from featdump.model.weights import choose_weights, create_with_weights
@@ -53,8 +53,6 @@ def _size_mode(img_size: ImgSize | None, max_side: int, described: _Described) -
 def for_image(desc: Description, height: int, width: int) -> Description:
     """A size mode's description for one image size: the input it is resized to (``input_size``) and
     each spatial layer's grid there (what ``inspect`` shows for an example photo)."""
-    from featdump.model.layers import ResizeToUnit
-
     d = desc.data
     assert d.size_mode is not None
     h, w = ResizeToUnit(d.size_mode, d.unit, d.max_side, d.interpolation).shape_for(height, width)

@@ -154,15 +154,6 @@ def why_no_download(exc: BaseException) -> str:
     return f"{kind}: {first}" if first else kind
 
 
-def weights_tag(name: str, model: Any) -> str:
-    cfg = getattr(model, "pretrained_cfg", {}) or {}
-    arch = cfg.get("architecture") or name.split(".", 1)[0]
-    tag = cfg.get("tag")
-    label = f"{arch}.{tag}" if tag else arch
-    hub = cfg.get("hf_hub_id")
-    return f"pretrained:{label}" + (f" (hf-hub:{hub})" if hub else "")
-
-
 @contextlib.contextmanager
 def quiet_timm() -> Iterator[None]:
     """timm logs "unexpected keys" when a full checkpoint feeds a features-only model: expected here
@@ -225,4 +216,10 @@ def create_with_weights(
         if isinstance(exc, UsageError) or not choice.pretrained or choice.state_dict is not None:
             raise
         raise pretrained_error(name, exc) from None
-    return model, choice.tag or weights_tag(name, model)
+    if choice.tag:
+        return model, choice.tag
+    cfg = getattr(model, "pretrained_cfg", {}) or {}  # the tag of the pretrained weights timm loaded
+    arch = cfg.get("architecture") or name.split(".", 1)[0]
+    label = f"{arch}.{cfg['tag']}" if cfg.get("tag") else arch
+    hub = cfg.get("hf_hub_id")
+    return model, f"pretrained:{label}" + (f" (hf-hub:{hub})" if hub else "")

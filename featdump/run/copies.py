@@ -8,6 +8,7 @@ copy and says how to wait for it (tests/test_copies.py puts a host thread in pla
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -19,13 +20,7 @@ class Pending(list[Any]):
 
     def __init__(self, host: list[Any], result: Callable[[], list[Any]]) -> None:
         super().__init__(host)
-        self._result = result
-        self._arrays: list[Any] | None = None
-
-    def wait(self) -> list[Any]:
-        if self._arrays is None:
-            self._arrays = self._result()
-        return self._arrays
+        self.wait = functools.cache(result)  # the arrays, once the copy is done
 
 
 def resolve(outputs: Any) -> list[Any]:
