@@ -114,8 +114,7 @@ def inspect(ctx: typer.Context, model: str, all_modules: bool, images: int | Non
         from featdump.run import processors
 
         procs = processors.load(o["process"])
-        processors.prepare(procs, desc.data.input_size)
-        desc = dataclasses.replace(desc, layers=processors.stored_layers(desc.layers, pool, procs))
+        desc = dataclasses.replace(desc, layers=processors.stored_layers(desc, pool, procs))
     if as_json:
         sys.stdout.write(json.dumps(description_dict(desc, pool, images, dtype), indent=2) + "\n")
         return

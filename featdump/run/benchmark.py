@@ -95,8 +95,7 @@ def run_benchmark(cfg: ExtractConfig, seconds: float = 60.0, images: int = 300) 
     share = seconds / 4
     with torch_settings(device, tuning.threads):
         backbone = backbone_for(cfg)
-        processors.prepare(procs, backbone.data.input_size)
-        backbone.layers = processors.stored_layers(backbone.layers, cfg.pool, procs)
+        backbone.layers = processors.stored_layers(backbone, cfg.pool, procs)
         per_image = sum(layer.bytes_per_image(cfg.dtype, cfg.pool) for layer in backbone.layers)
         result = BenchResult(cfg.model, str(device), tuning.batch_size, tuning.workers, tuning.write_threads, per_image)
         result.jpeg = any(Path(r.path).suffix.lower() in (".jpg", ".jpeg") for r in refs)

@@ -247,26 +247,23 @@ def recorded(steps: Sequence[Step]) -> tuple[str, ...] | None:
     return tuple(s.spec + "".join(PIN + sha256_file(f) for f in s.files if Path(f).is_file()) for s in steps) or None
 
 
-def prepare(steps: Sequence[Step], input_size: Sequence[int]) -> None:
-    """Tell processors that need it the model's input ``(H, W)`` (``input_size`` may be ``[C, H, W]``)."""
-    hw = (int(input_size[-2]), int(input_size[-1]))
-    for step in steps:
-        if hasattr(step.run, "prepare"):
-            step.run.prepare(hw)
-
-
 Grid = tuple[float, float, float, float]  # scale_y, offset_y, scale_x, offset_x
 
 
-def stored_layers(layers: Sequence[Any], pool: str, steps: Sequence[Step], device: Any = None) -> list[Any]:
-    """The layers with the shapes the processors make (``LayerInfo.processed``) and, for maps, where
-    their cells lie in model-input pixels (``pixel_grid``, ``[]`` and ``reduction`` 0: not spatial).
-    With a ``device``, the processors first run once on zeros there, so a processor that returns
-    another shape than it declares stops a run before anything is written."""
+def stored_layers(described: Any, pool: str, steps: Sequence[Step], device: Any = None) -> list[Any]:
+    """The layers of ``described`` (a backbone or a description) with the shapes the processors make
+    (``LayerInfo.processed``) and, for maps, where their cells lie in model-input pixels (``pixel_grid``,
+    ``[]`` and ``reduction`` 0: not spatial); processors that need it are told the model's input
+    ``(H, W)`` first (``prepare``). With a ``device``, the processors first run once on zeros there, so
+    a processor that returns another shape than it declares stops a run before anything is written."""
+    hw = tuple(int(v) for v in described.data.input_size[-2:])
+    for step in steps:
+        if hasattr(step.run, "prepare"):
+            step.run.prepare(hw)
     if not steps:
-        return list(layers)
+        return list(described.layers)
     out = []
-    for layer in layers:
+    for layer in described.layers:
         shape = tuple(layer.stored_shape(pool))
         if device is not None:
             import torch

@@ -23,7 +23,7 @@ def check_space(cfg: Any, out_path: Path, selection: Any, processors: Sequence[A
     attributes of the file ``--resume`` continues; only the images past its ``inputs_done`` count).
     Tars are counted as read: the check uses their estimated length, and warns where there is none."""
     from featdump.model.backbone import describe
-    from featdump.run.processors import prepare, stored_layers
+    from featdump.run.processors import stored_layers
 
     total, about = selection.length, ""
     if total is None:
@@ -43,8 +43,7 @@ def check_space(cfg: Any, out_path: Path, selection: Any, processors: Sequence[A
     folder = out_path.resolve().parent if out_path.parent != Path("") else Path.cwd()
     try:  # the stored layers: shapes after pooling and processors
         desc = describe(cfg.model, cfg.out_indices, cfg.output_stride, cfg.img_size, layers=cfg.layers, tokens=cfg.tokens, max_side=cfg.max_side)
-        prepare(processors, desc.data.input_size)
-        layers = stored_layers(desc.layers, cfg.pool, processors)
+        layers = stored_layers(desc, cfg.pool, processors)
     except UsageError:
         raise
     except Exception:  # noqa: BLE001 - a model the meta device cannot build: the load says more

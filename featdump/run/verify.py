@@ -172,8 +172,7 @@ def verify_file(path: str | Path, n: int = 8, seed: int = 0, device: str = "auto
     recorded = str(attrs.get("weights", ""))
     if recorded.startswith("pretrained:") and backbone.weights != recorded:
         raise CannotVerify(f"cannot verify {p}: it was made with weights {recorded}, this timm loads {backbone.weights}")
-    processors.prepare(procs, backbone.data.input_size)
-    backbone.layers = processors.stored_layers(backbone.layers, cfg.pool, procs)
+    backbone.layers = processors.stored_layers(backbone, cfg.pool, procs)
     names = [layer.name for layer in backbone.layers]
     if sorted(names) != sorted(shapes):
         raise CannotVerify(f"cannot verify {p}: this timm builds layers {names}, the file holds {sorted(shapes)}")
