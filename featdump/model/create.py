@@ -93,12 +93,13 @@ def cannot_run(name: str, model: Any, input_size: Sequence[int], exc: BaseExcept
 
 
 def zero_forward(model: Any, input_size: Sequence[int]) -> Any:
-    """The model's output for one zero image of ``input_size`` (C, H, W), on the model's device."""
+    """The model's outputs (a dict's values) for one zero image of ``input_size`` (C, H, W), on the model's device."""
     import torch
 
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     with torch.inference_mode():
-        return model(torch.zeros((1, *input_size), device=device))
+        outs = model(torch.zeros((1, *input_size), device=device))
+    return list(outs.values()) if isinstance(outs, dict) else outs
 
 
 def on_meta(

@@ -69,17 +69,12 @@ def normalize_indices(name: str, indices: Sequence[int] | None, levels: int, mod
     return tuple(sorted(resolved))  # as timm returns them, so that output i is labelled with level i
 
 
-def _outputs(model: Any, input_size: Sequence[int]) -> list[Any]:
-    outs = zero_forward(model, input_size)
-    return list(outs.values()) if isinstance(outs, dict) else outs
-
-
 def describe_layers(model: Any, input_size: tuple[int, int, int]) -> list[LayerInfo]:
     """Run a shape-only forward (on the model's device: meta tensors, no arithmetic) and describe outputs."""
     info = model.feature_info
     layers: list[LayerInfo] = []
     seen: set[str] = set()
-    for idx, out in zip(info.out_indices, _outputs(model, input_size), strict=True):
+    for idx, out in zip(info.out_indices, zero_forward(model, input_size), strict=True):
         module = str(info.info[idx]["module"])
         channels = int(info.info[idx]["num_chs"])
         per_image = tuple(int(d) for d in out.shape[1:])
@@ -97,7 +92,7 @@ def check_varying(name: str, model: Any, layers: list[LayerInfo]) -> None:
     for h, w in ((2 * unit, 3 * unit), (3 * unit, 2 * unit)):
         want = at_grid(layers, h, w)
         try:
-            got = [chw(tuple(o.shape[1:]), x.layout) for o, x in zip(_outputs(model, (3, h, w)), layers, strict=True)]
+            got = [chw(tuple(o.shape[1:]), x.layout) for o, x in zip(zero_forward(model, (3, h, w)), layers, strict=True)]
             ok = all(g == x.shape for g, x in zip(got, want, strict=True) if len(x.shape) == 3)
         except Exception:  # noqa: BLE001 - any refusal of the shape is the answer
             ok = False

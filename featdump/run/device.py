@@ -21,7 +21,7 @@ def resolve_device(spec: str, local_rank: int | None = None) -> Any:
         if torch.cuda.is_available():
             index = local_rank if local_rank is not None else 0
             return torch.device("cuda", index % torch.cuda.device_count())
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        if torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
     if spec == "cpu":
@@ -39,7 +39,7 @@ def resolve_device(spec: str, local_rank: int | None = None) -> Any:
             raise UsageError(f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s) here (cuda:0..)")
         return dev
     if spec == "mps":
-        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        if not torch.backends.mps.is_available():
             raise UsageError("--device mps: Apple's Metal backend is not available here; use --device cpu (or auto)")
         return torch.device("mps")
     raise UsageError(f"--device must be auto, cpu, cuda, cuda:N or mps, not {spec!r}")
