@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 
 from featdump.errors import UsageError
 from featdump.model.layers import DataConfig
+from featdump.text import first_line
 
 HUB_PREFIXES = ("hf-hub:", "hf_hub:", "local-dir:")
 T = TypeVar("T")
@@ -83,8 +84,6 @@ def resolve_data_config(model: Any, img_size: tuple[int, int] | None) -> DataCon
 def cannot_run(name: str, model: Any, input_size: Sequence[int], exc: BaseException) -> BaseException:
     """A usage error for a model whose forward fails at ``input_size`` (C, H, W) but not at its own
     size (levit at 200: attention biases built for 224's grids); else ``exc`` itself."""
-    from featdump.text import first_line
-
     own = resolve_data_config(model, None).input_size
     if isinstance(exc, NotImplementedError) or tuple(input_size) == tuple(own):
         return exc  # not the size: the model fails at its own too
