@@ -313,8 +313,9 @@ def settings(table: Sequence[Option] = OPTIONS) -> tuple[str, ...]:
     return tuple(dict.fromkeys(o.attr for o in table if o.meaning and o.attr))
 
 
-# img_size_mode (long:512, short:256, native; "" for a fixed size): a size mode's input_size is its nominal square
-SETTINGS: tuple[str, ...] = (*settings(), "img_size_mode")
+# img_size_mode (long:512, short:256, native; "" for a fixed size): a size mode's input_size is its nominal square,
+# so input_size comes last: a changed mode or --max-side is named as typed, not as the square it implies
+SETTINGS: tuple[str, ...] = (*(k for k in settings() if k != "input_size"), "img_size_mode", "input_size")
 
 
 def option_attrs(cfg: Any) -> dict[str, Any]:

@@ -26,6 +26,10 @@ CASES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "tokens": (("test_vit", "IMGS", "--tokens", "seq"), ("test_vit", "IMGS", "--tokens", "map")),
     "output_stride": (("test_resnet", "IMGS"), ("test_resnet", "IMGS", "--output-stride", "16")),
     "input_size": (("test_resnet", "IMGS"), ("test_resnet", "IMGS", "--img-size", "96")),
+    "img_size_mode": (("test_resnet", "IMGS", "--img-size", "long:64"), ("test_resnet", "IMGS", "--img-size", "short:64")),
+    "max_side": (("test_resnet", "IMGS", "--img-size", "native", "--max-side", "64"), ("test_resnet", "IMGS", "--img-size", "native", "--max-side", "96")),
+    "tiles": (("test_resnet", "IMGS", "--tiles", "32"), ("test_resnet", "IMGS", "--tiles", "32:16")),
+    "tile_scale": (("test_resnet", "IMGS", "--tiles", "32"), ("test_resnet", "IMGS", "--tiles", "32", "--tile-scale", "0.5")),
     "interpolation": (("test_resnet", "IMGS", "--interpolation", "bilinear"), ("test_resnet", "IMGS", "--interpolation", "bicubic")),
     "weights": (("test_resnet", "IMGS"), ("test_resnet", "IMGS", "--checkpoint", "CKPT")),
     "crop_mode": (("test_resnet", "IMGS", "--crop-mode", "center"), ("test_resnet", "IMGS", "--crop-mode", "squash")),
@@ -65,7 +69,8 @@ def inputs(tmp_path_factory: pytest.TempPathFactory, random_checkpoint: Any) -> 
 
 def _extract(inputs: dict[str, str], args: tuple[str, ...], out: Path, *extra: str) -> Any:
     model, source, *flags = (inputs.get(a, a) for a in args)
-    return _cli("extract", model, source, "-o", str(out), *FAST, *flags, *extra)
+    fast = FAST[2:] if "--tiles" in flags else FAST  # a tile sets the input size itself
+    return _cli("extract", model, source, "-o", str(out), *fast, *flags, *extra)
 
 
 def _shard(out: Path, i: int, n: int = 2) -> Path:
