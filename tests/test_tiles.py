@@ -189,6 +189,15 @@ def test_sigkill_mid_image_then_resume_gives_the_rows_of_one_run(tmp_path: Path,
             np.testing.assert_array_equal(a[key][:], b[key][:])
 
 
+def test_torch_items_carry_their_tile(pictures: Path, ckpt: Path, tmp_path: Path) -> None:
+    one = _extract(pictures, tmp_path / "one.h5", ckpt, tiles="128:96")
+    with featdump.open(tmp_path / "one.h5") as f:
+        ds = f.torch("layer4")
+        batch = next(iter(torch.utils.data.DataLoader(ds, batch_size=len(ds), num_workers=1)))
+    np.testing.assert_array_equal(batch["tile"].numpy(), one["tiles"])
+    np.testing.assert_array_equal(batch["layer4"].numpy(), one["layer4"])
+
+
 @pytest.mark.parametrize("copy", [False, True], ids=["virtual", "copy"])
 def test_shards_merged_equal_one_run(copy: bool, pictures: Path, ckpt: Path, tmp_path: Path) -> None:
     from featdump.store.merge import merge_shards

@@ -200,7 +200,7 @@ class FeatureFile:
         """A ``torch.utils.data.Dataset`` over the committed rows (or ``rows``: indices, a slice, or a
         boolean mask), safe with ``DataLoader`` workers under fork and spawn (each process opens the
         file itself). Item ``i`` is a dict: one tensor per layer (key: its name), ``"path"``, ``"row"``
-        (the file row) and ``"id"`` when the file has ids.
+        (the file row), ``"id"`` when the file has ids and ``"tile"`` (its ``/tiles`` box) in a ``--tiles`` file.
 
         ``dtype`` converts (``torch.float32``, or its name); ``resize=(H, W)`` resizes every spatial
         layer bilinearly (align_corners=False); ``pool="avg"|"max"`` pools spatial dims (token layers:

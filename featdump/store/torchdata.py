@@ -124,9 +124,9 @@ def _torch_dtype(dtype: Any) -> torch.dtype | None:
 
 
 class FeatureDataset(Dataset):
-    """Items are dicts: one tensor per chosen layer (key: the layer name), ``"path"``, ``"row"`` and
-    ``"id"`` (when the file has ids), ``"meta"`` (``{name: text}``, when the file keeps values: ``--keep``,
-    ``--keep-columns``). A ragged layer's row is ``(C, h, w)`` at its own grid, with ``"<layer>.mask"``
+    """Items are dicts: one tensor per chosen layer (key: the layer name), ``"path"``, ``"row"``, ``"id"``
+    (when the file has ids), ``"tile"`` (``y0, x0, y1, x1``, a ``--tiles`` file), ``"meta"`` (``{name: text}``,
+    when the file keeps values: ``--keep``, ``--keep-columns``). A ragged layer's row is ``(C, h, w)`` at its own grid, with ``"<layer>.mask"``
     ``(h, w)`` all True (:func:`collate` pads both), unless ``resize`` or ``pool`` make it uniform.
     Built by :meth:`featdump.FeatureFile.torch`; see its docstring.
 
@@ -235,6 +235,7 @@ class FeatureDataset(Dataset):
             raw = not self._converts(name, ff[name].dtype)
             tensors[name] = self._convert(name, read_rows(ff[name], unique, shared=in_worker and raw))
         ids, meta = ff.ids, ff.kept
+        tiles = ff.tiles(unique) if "tiles" in ff.h5 else None
         masked = [] if self.resize or self.pool else [name for name in self.layers if self._layouts[name] == "ragged"]
         items = []
         for k, row in enumerate(rows.tolist()):
@@ -245,6 +246,8 @@ class FeatureDataset(Dataset):
             item["row"] = row
             if ids is not None:
                 item["id"] = ids[row]
+            if tiles is not None:
+                item["tile"] = torch.from_numpy(tiles[at])
             if meta:
                 item["meta"] = {name: values[row] for name, values in meta.items()}
             items.append(self.transform(item) if self.transform is not None else item)
