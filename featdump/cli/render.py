@@ -350,9 +350,9 @@ def map_stats_table(stats: dict[str, Any]) -> Table:
         return "-" if v is None else f"{v:.6g}"
 
     title = f"{stats['file']}: {stats['layer']} at row {stats['row']} ({stats['path']})"
-    table = Table(Column("key", style="bold"), Column("value", overflow="fold"), title=Text(title), show_header=False)
+    table = Table(Column("key", style="bold"), Column("value", overflow="fold"), title=cell(title), show_header=False)
     if "id" in stats:
-        table.add_row("id", Text(stats["id"]))
+        table.add_row("id", cell(stats["id"]))
     table.add_row("shape", f"{fmt_shape(stats['shape'])} {stats['dtype']} ({stats['layout']})")
     table.add_row("min / max", f"{num(stats['min'])} / {num(stats['max'])}")
     table.add_row("mean ± std", f"{num(stats['mean'])} ± {num(stats['std'])}")

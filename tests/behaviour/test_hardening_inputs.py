@@ -112,6 +112,7 @@ def test_an_undecodable_name_is_stored_escaped_and_resumes(folder: Path, tmp_pat
 def test_control_characters_in_names_are_escaped_for_humans(folder: Path, tmp_path: Path, cli) -> None:
     name = "\x1b[31mred\x07.png"
     (folder / name).write_text("not an image")
+    (folder / "good0.png").rename(folder / "\x1b[32mgreen.png")  # a stored row (sorted first)
     out = tmp_path / "o.h5"
     res = cli("extract", MODEL, str(folder), "-o", str(out), "--img-size", "64", "--device", "cpu", "--no-pretrained")
     assert res.exit_code == 0, res.output
@@ -120,6 +121,9 @@ def test_control_characters_in_names_are_escaped_for_humans(folder: Path, tmp_pa
     shown = cli("show", str(out))
     assert shown.exit_code == 0, shown.output
     assert "\x1b" not in shown.output and "\\x1b[31mred\\x07.png" in shown.output
+    row = cli("show", str(out), "--layer", "layer4", "--row", "0")  # one map's statistics: title and id
+    assert row.exit_code == 0, row.output
+    assert "\x1b" not in row.output and "\\x1b[32mgreen.png" in row.output
     exact = json.loads(cli("show", str(out), "--json").output)  # JSON stays exact
     assert exact["failures"][0]["path"] == name
     # error messages too
