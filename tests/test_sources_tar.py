@@ -74,6 +74,7 @@ def test_a_huge_brace_pattern_stops_at_its_first_missing_shard(cli, data: dict, 
         (["s-08.tgz", "s-09.tgz", "s-10.tgz"], "s-{08..10}.tgz"),
         (["a.tar"], "a.tar"),
         (["p-000.tar", "p-002.tar"], None),  # a gap: the pattern would name a shard that is not there
+        (["p-0.tar", "p-99999999.tar"], None),  # a gap of 10^8: seen without expanding the range
         (["p-000.tar", "q-001.tar"], None),
         (["p-000.tar", "p-001.tgz"], None),
         (["x.tar", "y.tar"], None),

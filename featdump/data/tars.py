@@ -68,6 +68,8 @@ def shard_pattern(names: Sequence[str]) -> str | None:
     if len({(head, ext) for _, _, head, ext in found}) != 1:
         return None
     (_, first, head, ext), (_, last, _, _) = found[0], found[-1]
+    if int(last) - int(first) + 1 != len(found):  # a gap: no pattern, and no expanding a range of millions
+        return None
     pattern = f"{head}{{{first}..{last}}}{ext}"
     return pattern if list(braceexpand(pattern)) == [f"{h}{d}{e}" for _, d, h, e in found] else None
 
