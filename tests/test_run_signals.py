@@ -112,3 +112,14 @@ print(json.dumps({"threads": torch.get_num_threads(), "rng": bool(torch.equal(st
     assert proc.returncode == 0, proc.stderr
     got = json.loads(proc.stdout.strip().splitlines()[-1])
     assert got == {"threads": 1, "rng": True, "sigint": True, "cudnn": False}
+
+
+def test_a_guarded_command_gives_the_handlers_back() -> None:
+    """The CLI's start-up watch, handed to guarded_run, leaves the handlers as it found them (an
+    in-process command left its own behind: a later Ctrl-C only asked a finished run to stop)."""
+    from featdump.cli.signals import guarded_run, watch_start_up
+
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    with guarded_run(watch_start_up()):
+        assert signal.getsignal(signal.SIGINT) is not before[signal.SIGINT]
+    assert {sig: signal.getsignal(sig) for sig in before} == before

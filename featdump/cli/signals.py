@@ -45,17 +45,16 @@ def guarded_run(start: SignalWatch | None = None) -> Iterator[StopToken]:
     (hand it to ``run_extraction`` with ``on_repeat=leave_at_once(token)``). After a stop the process
     only reports and tears down, so a further signal leaves at once instead of raising
     KeyboardInterrupt somewhere in interpreter shutdown."""
-    watch = start or watch_start_up()
+    watch = start or watch_start_up()  # entered already: entering again would take its own handler for the old one
     token = watch.token
-    with watch:
-        try:
-            yield token
-        except Interrupted:
-            token.request(signal.SIGINT)  # in case the stop came from elsewhere
-            raise
-        finally:
-            watch.restore()
-            if token.stopped:
-                for sig in SIGNALS:
-                    with contextlib.suppress(ValueError):  # not the main thread
-                        signal.signal(sig, lambda signum, frame: leave_at_once(token)(signum))
+    try:
+        yield token
+    except Interrupted:
+        token.request(signal.SIGINT)  # in case the stop came from elsewhere
+        raise
+    finally:
+        watch.restore()
+        if token.stopped:
+            for sig in SIGNALS:
+                with contextlib.suppress(ValueError):  # not the main thread
+                    signal.signal(sig, lambda signum, frame: leave_at_once(token)(signum))
