@@ -10,7 +10,8 @@ that h5py cannot clear.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -49,7 +50,6 @@ class Store:
         self.h5 = h5
         self.layers = list(layers)
         self.progress = progress  # what the file holds, written or not yet committed
-        self.committed = Progress(progress.num_images, progress.num_failed, progress.inputs_done)
         self.bytes_written = 0
         self.jf = jf
         self.path = Path(path)
@@ -90,22 +90,17 @@ class Store:
         except OSError as exc:
             jf.abandon(remove=True)
             raise _os_error(path, exc) from None
-        try:
+        with _failing(path, jf, lambda: _abandon(h5, jf, remove=True)):
             for key, value in attrs.items():
                 set_attr(h5, key, value)
             h5.attrs["complete"] = False
             for key in ("num_images", "num_failed", "inputs_done"):
                 h5.attrs[key] = 0
-            text = h5py.string_dtype()
-            h5.create_dataset("paths", shape=(0,), maxshape=(None,), dtype=text, chunks=(4096,))
-            failed = h5.create_group("failed")
-            failed.create_dataset("paths", shape=(0,), maxshape=(None,), dtype=text, chunks=(256,))
-            failed.create_dataset("errors", shape=(0,), maxshape=(None,), dtype=text, chunks=(256,))
-            if attrs.get("has_ids"):
-                h5.create_dataset("ids", shape=(0,), maxshape=(None,), dtype=text, chunks=(4096,))
-                failed.create_dataset("ids", shape=(0,), maxshape=(None,), dtype=text, chunks=(256,))
-            for name in attrs.get("keep") or attrs.get("keep_columns") or ():  # /meta/<name>, row-aligned
-                h5.create_dataset(f"meta/{name}", shape=(0,), maxshape=(None,), dtype=text, chunks=(4096,))
+            ids = ["ids", "failed/ids"] if attrs.get("has_ids") else []
+            kept = [f"meta/{name}" for name in attrs.get("keep") or attrs.get("keep_columns") or ()]  # row-aligned
+            for name in ["paths", "failed/paths", "failed/errors", *ids, *kept]:
+                chunk = 256 if name.startswith("failed/") else 4096
+                h5.create_dataset(name, shape=(0,), maxshape=(None,), dtype=h5py.string_dtype(), chunks=(chunk,))
             columns = len(GEOMETRY_COLUMNS)  # /geometry (N, 6) float64 in 12 KiB chunks: featdump/data/geometry.py
             geometry = h5.create_dataset(GEOMETRY, shape=(0, columns), maxshape=(None, columns), dtype="float64", chunks=(256, columns))
             geometry.attrs["columns"] = list(GEOMETRY_COLUMNS)
@@ -128,10 +123,8 @@ class Store:
                     chunks=chunk_shape(shape, itemsize),
                     **filters,
                 )
-                ds.attrs["module"] = layer.module
-                ds.attrs["index"] = layer.index
-                ds.attrs["channels"] = layer.channels
-                ds.attrs["reduction"] = layer.reduction
+                for key in ("module", "index", "channels", "reduction"):
+                    ds.attrs[key] = getattr(layer, key)
                 ds.attrs["layout"] = "ragged" if ragged else "NC" if pool != "none" else ("NTD" if layer.layout == "NLC" else "NCHW")
                 ds.attrs["pool"] = pool
                 for key, value in layer.attrs.items():  # a layer's own win (fc: layout NC), not the size mode's mark
@@ -139,12 +132,6 @@ class Store:
                         set_attr(ds, key, value)
             h5.flush()
             jf.commit()  # the first commit: from now on the file is a valid (empty) featdump file
-        except BaseException as exc:
-            _close_quietly(h5)
-            jf.abandon(remove=True)
-            if isinstance(exc, OSError):
-                raise _io_error(path, jf, exc) from None
-            raise
         return cls(h5, layers, Progress(), jf, path)
 
     @classmethod
@@ -184,7 +171,7 @@ class Store:
         except BaseException:
             jf.release()
             raise
-        try:
+        with _failing(path, jf, lambda: _abandon(h5, jf)):
             progress = Progress(counts.num_images, counts.num_failed, counts.inputs_done)
             store = cls(h5, layers, progress, jf, path)
             store.readonly = complete
@@ -193,12 +180,6 @@ class Store:
                 h5.attrs["featdump_version"] = __version__
                 h5.flush()
                 jf.commit()
-        except BaseException as exc:
-            _close_quietly(h5)
-            jf.abandon()
-            if isinstance(exc, OSError):
-                raise _io_error(path, jf, exc) from None
-            raise
         return store
 
     def _truncate(self) -> None:
@@ -220,7 +201,7 @@ class Store:
         (where a stream continues) is committed together with ``rows.inputs_done``."""
         import numpy as np
 
-        try:
+        with _failing(self.path, self.jf, self._break):
             n, m = self.progress.num_images, self.progress.num_failed
             b, failed = len(rows.paths), rows.failed
             if b:
@@ -261,17 +242,12 @@ class Store:
                 self.mark = [int(v) for v in rows.mark]
             if time.monotonic() - self._last_commit >= self.commit_seconds:
                 self.commit()
-        except BaseException as exc:
-            self.broken = True
-            if isinstance(exc, OSError):
-                raise _io_error(self.path, self.jf, exc) from None
-            raise
 
     def commit(self) -> None:
         """Counters, HDF5 flush and journal commit: rows and counters become durable together."""
         if self.broken or self.readonly or self.unfinished:
             return
-        try:
+        with _failing(self.path, self.jf, self._break):
             if self._chunks is not None:
                 self._chunks.flush()  # rows of unfilled chunks: into the file before the counters vouch for them
             for key, value in vars(self.progress).items():
@@ -282,13 +258,10 @@ class Store:
                 self.h5.attrs["complete"] = True
             self.h5.flush()
             self.jf.commit()
-        except BaseException as exc:
-            self.broken = True
-            if isinstance(exc, OSError):
-                raise _io_error(self.path, self.jf, exc) from None
-            raise
-        self.committed = Progress(self.progress.num_images, self.progress.num_failed, self.progress.inputs_done)
         self._last_commit = time.monotonic()
+
+    def _break(self) -> None:
+        self.broken = True  # a failed write: nothing more is committed
 
     def _chunk_writer(self) -> Any:
         if self._chunks is None:
@@ -313,19 +286,12 @@ class Store:
             self.jf.close()  # recovered and complete: the journal has nothing left to say
             return
         if self.broken or self.unfinished:  # an image's rows cut short: the file keeps its last commit
-            _close_quietly(self.h5)
-            self.jf.abandon()
+            _abandon(self.h5, self.jf)
             return
-        try:
+        with _failing(self.path, self.jf, lambda: _abandon(self.h5, self.jf)):
             self.commit()
             self.h5.close()  # HDF5 may write a last time; the journal holds it until the commit below
             self.jf.commit()
-        except BaseException as exc:
-            _close_quietly(self.h5)
-            self.jf.abandon()
-            if isinstance(exc, OSError):
-                raise _io_error(self.path, self.jf, exc) from None
-            raise
         self.jf.close()
 
 
@@ -341,10 +307,27 @@ def _extend(columns: list[tuple[Any, Any]], n: int) -> None:
 
 def _close_quietly(h5: Any) -> None:
     try:
-        if h5 is not None and h5.id.valid:
+        if h5.id.valid:
             h5.close()
     except Exception:  # noqa: BLE001 - already failing; the journal keeps the last commit
         pass
+
+
+def _abandon(h5: Any, jf: Any, remove: bool = False) -> None:
+    _close_quietly(h5)
+    jf.abandon(remove=remove)
+
+
+@contextmanager
+def _failing(path: str | Path, jf: Any, undo: Callable[[], None]) -> Iterator[None]:
+    """``undo()`` on any failure; an OSError becomes one actionable line (:func:`_io_error`)."""
+    try:
+        yield
+    except BaseException as exc:
+        undo()
+        if isinstance(exc, OSError):
+            raise _io_error(path, jf, exc) from None
+        raise
 
 
 def _io_error(path: str | Path, jf: Any, exc: BaseException) -> FeatdumpError:
