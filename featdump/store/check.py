@@ -53,18 +53,23 @@ def inconsistent(path: str | Path, what: str) -> UsageError:
     return UsageError(f"{path} is inconsistent: {what} (edited or damaged?); none of its rows can be trusted")
 
 
-def _hard(group: Any, name: str, where: str, path: str | Path, noun: str) -> Any:
-    """The object the link ``name`` of ``group`` points at, None when there is none; a soft or an
-    external link (checked without following it) is refused."""
+def _hard(group: Any, name: str, where: str, path: str | Path, noun: str, required: bool = True) -> Any:
+    """The ``noun`` ("dataset" or "group") the link ``name`` of ``group`` points at, None when there is
+    none and it is not ``required``; a soft or an external link (checked without following it) is refused."""
     import h5py
 
     if name not in group.keys():  # noqa: SIM118 - keys() lists link names; `in group` follows the link
+        if required:
+            raise invalid(path, f"it has no {where} {noun}")
         return None
     link = group.get(name, getlink=True)
     if isinstance(link, (h5py.SoftLink, h5py.ExternalLink)):
         kind = "a soft" if isinstance(link, h5py.SoftLink) else "an external"
         raise invalid(path, f"{where} is {kind} link, not a {noun}")
-    return group.get(name)
+    obj = group.get(name)
+    if not isinstance(obj, h5py.Dataset if noun == "dataset" else h5py.Group):
+        raise invalid(path, f"{where} is a {'group' if noun == 'dataset' else 'dataset'}, not a {noun}")
+    return obj
 
 
 def _dataset(
@@ -72,15 +77,9 @@ def _dataset(
 ) -> Any:
     """The dataset ``where`` (a hard link to a dataset with at least one dimension; virtual only where
     ``virtual`` allows it), or None if it is absent and not ``required``."""
-    import h5py
-
-    obj = _hard(group, name, where, path, "dataset")
+    obj = _hard(group, name, where, path, "dataset", required)
     if obj is None:
-        if required:
-            raise invalid(path, f"it has no {where} dataset")
         return None
-    if not isinstance(obj, h5py.Dataset):
-        raise invalid(path, f"{where} is a group, not a dataset")
     if obj.shape is None or len(obj.shape) < 1:
         raise invalid(path, f"{where} has no rows (a scalar dataset)")
     if obj.is_virtual and not virtual:
@@ -100,17 +99,6 @@ def _stored_rows_short(ds: Any, n: int) -> bool:
         return contiguous and ds.id.get_storage_size() < n * ds.dtype.itemsize * math.prod(int(d) for d in ds.shape[1:])
     chunks = math.prod(-(-int(size) // int(chunk)) for size, chunk in zip((n, *ds.shape[1:]), ds.chunks, strict=True))
     return ds.id.get_num_chunks() < chunks
-
-
-def _group(h5: Any, name: str, path: str | Path) -> Any:
-    import h5py
-
-    obj = _hard(h5, name, f"/{name}", path, "group")
-    if obj is None:
-        raise invalid(path, f"it has no /{name} group")
-    if not isinstance(obj, h5py.Group):
-        raise invalid(path, f"/{name} is a dataset, not a group")
-    return obj
 
 
 def _whole(value: Any) -> int | None:
@@ -170,12 +158,12 @@ def check_file(h5: Any, path: str | Path) -> Counts:
         ds = _dataset(h5, name, f"/{name}", path, required=name == "paths")
         if ds is not None:
             rows[f"/{name}"] = ds
-    kept = _group(h5, "meta", path) if "meta" in h5.keys() else {}  # noqa: SIM118 - link names; --keep, --keep-columns
+    kept = _hard(h5, "meta", "/meta", path, "group", required=False) or {}  # --keep, --keep-columns
     for name in kept.keys():  # noqa: SIM118 - link names, nothing followed
         rows[f"/meta/{name}"] = _dataset(kept, name, f"/meta/{name}", path)
-    failed = _group(h5, "failed", path)
+    failed = _hard(h5, "failed", "/failed", path, "group")
     failed_rows = {f"/failed/{name}": _dataset(failed, name, f"/failed/{name}", path) for name in ("paths", "errors")}
-    features = _group(h5, FEATURES, path)
+    features = _hard(h5, FEATURES, f"/{FEATURES}", path, "group")
     ragged: dict[str, tuple[Any, Any]] = {}  # name -> (features, cells): cells are row-aligned, features not
     for name in features.keys():  # noqa: SIM118 - link names, nothing followed
         why = unsafe_name(name)
@@ -183,7 +171,7 @@ def check_file(h5: Any, path: str | Path) -> Counts:
             raise invalid(path, f"its layer name {printable(repr(name))} {why}, not one file name")
         ds = _dataset(features, name, f"/{FEATURES}/{name}", path, virtual=True)
         if to_str(ds.attrs.get("layout", "")) == "ragged":
-            ragged[name] = (ds, _dataset(_group(h5, CELLS, path), name, f"/{CELLS}/{name}", path))
+            ragged[name] = (ds, _dataset(_hard(h5, CELLS, f"/{CELLS}", path, "group"), name, f"/{CELLS}/{name}", path))
             rows[f"/{CELLS}/{name}"] = ragged[name][1]
         else:
             rows[f"/{FEATURES}/{name}"] = ds

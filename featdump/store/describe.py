@@ -19,11 +19,6 @@ from featdump.text import first_line, to_str
 STATE_KEYS = ("complete", "num_images", "num_failed", "inputs_done")
 
 
-def open_featdump(path: str | Path) -> Any:
-    """:func:`open_checked`'s file alone."""
-    return open_checked(path)[0]
-
-
 def open_checked(path: str | Path) -> tuple[Any, Counts]:
     """Open a featdump file read-only and check it (:func:`~featdump.store.check.check_file`).
 
@@ -67,7 +62,7 @@ def open_checked(path: str | Path) -> tuple[Any, Counts]:
 def check_virtual(path: str | Path) -> list[str]:
     """:func:`~featdump.store.vds.missing_sources` of a valid featdump file (UsageError otherwise).
     Call it while no other handle to ``path`` is open in this process."""
-    open_featdump(path).close()  # exit 2 for a file that is not valid, before its sources are read
+    open_checked(path)[0].close()  # exit 2 for a file that is not valid, before its sources are read
     return missing_sources(path)
 
 

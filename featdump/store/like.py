@@ -19,14 +19,14 @@ from featdump.values import parse_weights
 
 def read_attrs(path: str | Path) -> dict[str, Any]:
     """The root attributes of a featdump file (its last commit; shards and merged files alike)."""
-    from featdump.store.describe import open_featdump
+    from featdump.store.describe import open_checked
     from featdump.store.format import read_attr
 
     p = Path(path)
     if not p.is_file():
         raise UsageError(f"{p}: no such file")
     try:
-        h5 = open_featdump(p)
+        h5 = open_checked(p)[0]
     except UsageError:
         raise
     except Exception as exc:  # noqa: BLE001 - anything unreadable as a featdump file
