@@ -230,11 +230,11 @@ class JournaledFile:
                     pwrite_full(self.fd, view[cut - start :], cut)
                     self._written(cut, stop)
                 if start < L:
-                    self._copy(view, start, min(stop, L), self._page)
+                    self._copy(view, start, min(stop, L), lambda p: self._held(self.pages, p, min(PAGE, L - p * PAGE)))
             except OSError as exc:
                 self._fail(exc)
         if self.failed:  # held in memory from now on
-            self._copy(view, start, stop, self._spill_page)
+            self._copy(view, start, stop, lambda p: self._held(self.spill, p, PAGE))
         self.pos = stop
         self.size = max(self.size, stop)
         self.dirty = True
@@ -262,31 +262,18 @@ class JournaledFile:
             page[pos - p0 : b - p0] = view[pos - start : b - start]
             pos = b
 
-    def _spill_page(self, p: int) -> bytearray:
-        """Page ``p`` of the writes held after a failure, first filled with what reads see now."""
-        if p not in self.spill:
-            page = bytearray(PAGE)
+    def _held(self, pages: dict[int, bytearray], p: int, size: int) -> bytearray:
+        """Page ``p`` of ``pages`` (writes below L, or held after a failure), first filled with the
+        ``size`` bytes reads see there now."""
+        if p not in pages:
+            page = bytearray(size)
             self._read(memoryview(page), p * PAGE)
-            self.spill[p] = page
-        return self.spill[p]
+            pages[p] = page
+        return pages[p]
 
     def _fail(self, exc: OSError) -> None:
         self._remember(exc)
         self.failed = True
-
-    def _page(self, p: int) -> bytearray:
-        page = self.pages.get(p)
-        if page is None:
-            p0 = p * PAGE
-            p1 = min(p0 + PAGE, self.committed)
-            if self.zero_from is not None and p0 >= self.zero_from:
-                page = bytearray(p1 - p0)
-            else:
-                page = bytearray(pread_full(self.fd, p1 - p0, p0).ljust(p1 - p0, b"\0"))
-                if self.zero_from is not None and self.zero_from < p1:
-                    page[self.zero_from - p0 :] = bytes(p1 - self.zero_from)
-            self.pages[p] = page
-        return page
 
     def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
         self.pos = offset + (0, self.pos, self.size)[whence]  # SEEK_SET, SEEK_CUR, SEEK_END
