@@ -14,7 +14,7 @@ from typing import Any
 
 from featdump.errors import UsageError
 from featdump.options import SETTINGS
-from featdump.store.format import CELLS, FEATURES, read_attr, setting_text
+from featdump.store.format import CELLS, FEATURES, read_attr, read_text, setting_text
 from featdump.text import printable, to_str, unsafe_name
 
 # Which inputs a file covers: its block (input_digest, num_inputs), the whole list it was cut from
@@ -126,8 +126,7 @@ def _shown(raw: Any) -> str:
 
     if isinstance(raw, np.generic):
         raw = raw.item()
-    if isinstance(raw, bytes):
-        raw = raw.decode("utf-8", "backslashreplace")
+    raw = read_text(raw) if isinstance(raw, bytes) else raw
     text = repr(raw.tolist() if isinstance(raw, np.ndarray) else raw)
     return text if len(text) <= 40 else text[:37] + "..."
 

@@ -11,17 +11,13 @@ from pathlib import Path
 from featdump.errors import FeatdumpError, os_error
 
 
-def _temp_name(name: str) -> re.Pattern[str]:
-    return re.compile(rf"\.{re.escape(name)}\.featdump-tmp-\d+")
-
-
 def remove_stale_temps(out_dir: Path, name: str) -> list[str]:
     """Remove the temp files (``.OUT.h5.featdump-tmp-PID``) that killed merges into ``OUT.h5`` left.
 
     A live merge holds a shared ``flock`` on its temp file (shared, so that HDF5 may still open it),
     so one that can be locked exclusively here is stale; one that cannot (or with no locks) is kept.
     """
-    pattern = _temp_name(name)
+    pattern = re.compile(rf"\.{re.escape(name)}\.featdump-tmp-\d+")
     removed: list[str] = []
     try:
         entries = [e for e in os.scandir(out_dir) if pattern.fullmatch(e.name)]
