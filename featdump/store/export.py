@@ -23,6 +23,7 @@ from typing import IO, Any
 import numpy as np
 
 from featdump.errors import FeatdumpError, UsageError, is_out_of_space, os_error
+from featdump.store.reader import FeatureFile
 from featdump.store.rowdata import layout_of, pool_block, pool_cells
 from featdump.store.vds import read_span
 
@@ -188,8 +189,6 @@ def export_file(
 ) -> ExportSummary:
     """Export the committed rows of ``path`` into ``out``, a folder or URL. ``pool`` (avg or max)
     is needed for map layers (npy); stored pooled layers are exported as they are."""
-    from featdump.store.reader import FeatureFile
-
     pool = None if pool == "none" else pool
     for flag, value, choices in (("--format", fmt, FORMATS), ("--pool", pool, (None, *POOLS)), ("--dtype", dtype, (None, *DTYPES))):
         if value not in choices:

@@ -14,6 +14,8 @@ from typing import Any
 from featdump.data.discover import ImageRef
 from featdump.data.lookup import Wanted
 from featdump.errors import UsageError
+from featdump.store.check import input_kind
+from featdump.store.format import read_inputs_attr
 
 
 def locate_rows(ff: Any, rows: Sequence[int], root: str | Path | None = None,
@@ -25,8 +27,6 @@ def locate_rows(ff: Any, rows: Sequence[int], root: str | Path | None = None,
     from featdump.data.remote import is_url
     from featdump.data.tiles import first_rows, image_starts
     from featdump.options import OPTIONS
-    from featdump.store.check import input_kind
-    from featdump.store.format import read_inputs_attr
 
     kind, inputs = input_kind(ff.meta), read_inputs_attr(ff.meta.get("inputs")) or []
     if kind != "files":

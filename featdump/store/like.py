@@ -13,15 +13,14 @@ from featdump.configure import like_path, resolve
 from featdump.errors import UsageError
 from featdump.model.weights import sha256_file
 from featdump.options import OPTIONS, ExtractConfig
+from featdump.store.describe import open_checked
+from featdump.store.format import read_attr
 from featdump.text import first_line
 from featdump.values import parse_weights
 
 
 def read_attrs(path: str | Path) -> dict[str, Any]:
     """The root attributes of a featdump file (its last commit; shards and merged files alike)."""
-    from featdump.store.describe import open_checked
-    from featdump.store.format import read_attr
-
     p = Path(path)
     if not p.is_file():
         raise UsageError(f"{p}: no such file")

@@ -18,6 +18,7 @@ from featdump.model.layers import Backbone, LayerInfo
 from featdump.options import ExtractConfig, option_attrs
 from featdump.store.committed import open_committed
 from featdump.store.format import inputs_attr, utc_now
+from featdump.store.like import read_attrs
 from featdump.store.locks import (
     OutputLock,
     busy,
@@ -190,8 +191,6 @@ def overwrite_path(path: Path) -> Path:
 def resume_attrs(out_path: Path) -> dict[str, Any] | None:
     """The attributes of the file ``--resume`` continues (its ``--overwrite`` replacement first);
     None when there is none, or it cannot be read here (the resume itself then says why)."""
-    from featdump.store.like import read_attrs
-
     for candidate in (overwrite_path(out_path), out_path):
         if candidate.is_file():
             try:

@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from featdump.errors import FeatdumpError
-from featdump.store.format import read_text
+from featdump.store.describe import check_virtual, open_checked
+from featdump.store.format import read_attr, read_text
+from featdump.store.vds import read_rows, source_spans
 
 if TYPE_CHECKING:
     import h5py
@@ -26,9 +28,6 @@ class FeatureFile:
     """
 
     def __init__(self, path: str | Path) -> None:
-        from featdump.store.describe import check_virtual, open_checked
-        from featdump.store.format import read_attr
-
         self.path = Path(path)
         self.missing = check_virtual(self.path)  # gone virtual sources (before our own handle: HDF5 allows one kind of open)
         self._h5, self._counts = open_checked(self.path)  # the layout and the counters, checked
@@ -69,8 +68,6 @@ class FeatureFile:
 
     def attrs(self, layer: str) -> dict[str, Any]:
         """A layer's attributes (module, index, channels, reduction, layout, …)."""
-        from featdump.store.format import read_attr
-
         return {k: read_attr(v) for k, v in self[layer].attrs.items()}
 
     def row(self, path: str) -> int:
@@ -118,8 +115,6 @@ class FeatureFile:
         """The maps ``(C, h, w)`` of the rows ``table`` (start, h, w), read in one call when they lie close together."""
         import numpy as np
 
-        from featdump.store.vds import read_rows
-
         ds, spans = self[layer], self._virtual_spans(layer)  # a merged file's sources: found once per layer
         if not len(table):
             return []
@@ -143,8 +138,6 @@ class FeatureFile:
         """Committed rows of a row-aligned dataset (a layer's: ``layer``): all, one (no leading axis), a slice, or a list."""
         import numpy as np
 
-        from featdump.store.vds import read_rows
-
         n = self.num_images
         if isinstance(rows, (int, np.integer)):
             if not -n <= int(rows) < n:
@@ -167,8 +160,6 @@ class FeatureFile:
 
     def _virtual_spans(self, layer: str) -> Any:
         """A virtual layer's :func:`~featdump.store.vds.source_spans`, found once; None for a stored one."""
-        from featdump.store.vds import source_spans
-
         if layer not in self._spans and self[layer].is_virtual:
             self._spans[layer] = source_spans(self[layer], self.path)
         return self._spans.get(layer)

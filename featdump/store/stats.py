@@ -12,13 +12,12 @@ from typing import Any
 import numpy as np
 
 from featdump.errors import UsageError
+from featdump.store.reader import FeatureFile
 from featdump.store.rowdata import layout_of
 
 
 def map_stats(path: str | Path, layer: str, row: int) -> dict[str, Any]:
     """Statistics of ``layer`` at file row ``row`` (negative rows count from the end), JSON-ready."""
-    from featdump.store.reader import FeatureFile
-
     with FeatureFile(path) as ff:
         if layer not in ff.layers:
             raise UsageError(f"no layer {layer!r} in {ff.path}; layers: {', '.join(ff.layers)}")

@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from featdump.errors import UsageError
+from featdump.errors import FeatdumpError, UsageError
+from featdump.store.check import check_file
+from featdump.store.committed import open_committed
 from featdump.store.format import FEATURES
 from featdump.text import first_line, to_str
 
@@ -88,9 +90,6 @@ def read_rows(ds: Any, rows: Any, spans: list[tuple[int, str, str, int]] | None,
     open-file limit) as the fill value without a word. A gone source is a FeatdumpError naming it."""
     import numpy as np
 
-    from featdump.errors import FeatdumpError
-    from featdump.store.committed import open_committed
-
     if spans is None:
         return _sorted_rows(ds, rows)
     out = np.empty((len(rows), *ds.shape[1:]), dtype=ds.dtype)
@@ -127,8 +126,6 @@ def check_sources(path: str | Path) -> list[SourceProblem]:
     """Every source of the virtual datasets under ``/features`` that cannot deliver its rows.
     Opens ``path`` on its own: call it while no other handle to ``path`` is open in this process."""
     import h5py
-
-    from featdump.store.committed import open_committed
 
     p = Path(path)
     maps: dict[str, list[tuple[str, Any, tuple[int, ...]]]] = {}  # source -> (stored name, mapping, row shape)
@@ -185,9 +182,6 @@ def _is_self(vds: Path, stored: str, source: str) -> bool:
 def _open_source(source: str) -> tuple[Any, bool]:
     """The open source file, or ``(reason, refused)`` text when it cannot or must not be opened."""
     import h5py
-
-    from featdump.store.check import check_file
-    from featdump.store.committed import open_committed
 
     if not os.path.exists(source):
         return "file not found", False
