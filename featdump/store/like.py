@@ -34,18 +34,6 @@ def read_attrs(path: str | Path) -> dict[str, Any]:
         return {k: read_attr(v) for k, v in h5.attrs.items()}
 
 
-def check_checkpoint(path: str, sha256: str | None, where: str) -> None:
-    """The recorded checkpoint must exist and hash to the recorded sha256 (else UsageError)."""
-    p = Path(path)
-    if not p.is_file():
-        raise UsageError(f"{where}: the checkpoint it was made with, {path}, is gone; put it back")
-    if sha256 and (have := sha256_file(p)) != sha256:
-        raise UsageError(
-            f"{where}: checkpoint {path} has changed since the file was made (sha256 {have[:12]}…, "
-            f"recorded {sha256[:12]}…); its rows cannot be reproduced with it"
-        )
-
-
 def recorded_options(
     path: str | Path, attrs: dict[str, Any] | None = None, where: str = "--like", onto: str | None = None
 ) -> dict[str, Any]:
@@ -57,8 +45,14 @@ def recorded_options(
     if attrs.get("format") != "featdump" or not attrs.get("model"):
         raise UsageError(f"{where} is not a featdump file")
     weights = parse_weights(attrs.get("weights"))
-    if weights["checkpoint"]:
-        check_checkpoint(weights["checkpoint"], weights["sha256"], where)
+    checkpoint, sha256 = weights["checkpoint"], weights["sha256"]
+    if checkpoint and not Path(checkpoint).is_file():
+        raise UsageError(f"{where}: the checkpoint it was made with, {checkpoint}, is gone; put it back")
+    if checkpoint and sha256 and (have := sha256_file(Path(checkpoint))) != sha256:
+        raise UsageError(
+            f"{where}: checkpoint {checkpoint} has changed since the file was made (sha256 {have[:12]}…, "
+            f"recorded {sha256[:12]}…); its rows cannot be reproduced with it"
+        )
     return {o.name: o.from_attr(attrs) for o in OPTIONS if o.from_attr and o.family in (None, onto)}
 
 

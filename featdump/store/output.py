@@ -106,9 +106,20 @@ def preflight(path: Path, cfg: ExtractConfig) -> None:
 
 
 def output_target(path: Path) -> tuple[Path, os.stat_result | None]:
-    """The file ``-o`` names (:func:`_target`) and what is there now (None: nothing); anything but
-    a regular file is a UsageError."""
-    st = _stat_output(path)
+    """The file ``-o`` names (:func:`_target`) and what is there now (None: nothing, symlinks followed);
+    anything but a regular file, or a dangling or looping symlink (featdump would create a file
+    somewhere the user did not name), is a UsageError."""
+    st = _lstat(path)
+    if st is not None and stat.S_ISLNK(st.st_mode):
+        try:
+            st = os.stat(path)
+        except OSError as exc:
+            if isinstance(exc, (FileNotFoundError, NotADirectoryError)):
+                raise UsageError(
+                    f"-o {path} is a symbolic link to {os.readlink(path)}, which does not exist; featdump writes "
+                    "only regular files: remove the link, or name a file"
+                ) from None
+            raise _path_error(path, exc) from None
     if st is not None and not stat.S_ISREG(st.st_mode):
         shown = f"{path} (a link to {os.readlink(path)})" if os.path.islink(path) else str(path)
         if stat.S_ISDIR(st.st_mode):
@@ -126,23 +137,6 @@ def _lstat(path: Path) -> os.stat_result | None:
     except (FileNotFoundError, NotADirectoryError):
         return None
     except OSError as exc:
-        raise _path_error(path, exc) from None
-
-
-def _stat_output(path: Path) -> os.stat_result | None:
-    """What is at ``-o`` (symlinks followed), or None when nothing is; a dangling or looping
-    symlink is a UsageError (featdump would create a file somewhere the user did not name)."""
-    st = _lstat(path)
-    if st is None or not stat.S_ISLNK(st.st_mode):
-        return st
-    try:
-        return os.stat(path)
-    except OSError as exc:
-        if isinstance(exc, (FileNotFoundError, NotADirectoryError)):
-            raise UsageError(
-                f"-o {path} is a symbolic link to {os.readlink(path)}, which does not exist; featdump writes "
-                "only regular files: remove the link, or name a file"
-            ) from None
         raise _path_error(path, exc) from None
 
 
