@@ -24,14 +24,13 @@ import numpy as np
 
 from featdump.errors import FeatdumpError, UsageError, is_out_of_space, os_error
 from featdump.store.reader import FeatureFile
-from featdump.store.rowdata import layout_of, pool_block, pool_cells
+from featdump.store.rowdata import layout_of, pool_block, pool_cells, row_blocks
 from featdump.store.vds import read_span
 
 FORMATS = ("npy", "safetensors", "zarr")
 POOLS = ("avg", "max")
 DTYPES = ("float16", "float32")
 SAFETENSORS_LIMIT = 2 << 30  # 2 GiB of tensors
-BLOCK_BYTES = 32 << 20  # stored bytes read per step
 CHUNK_BYTES = 4 << 20  # zarr: bytes per chunk (at most), before compression
 MANIFEST = "featdump-export.json"
 NPY_PART = (("emb", "npy"), ("metadata", "parquet"))  # each part of a layer: its vectors, its rows' metadata
@@ -264,20 +263,6 @@ def _files(fmt: str, name: str, parts: int) -> list[str]:
     return ["features.safetensors"] if fmt == "safetensors" else [name]
 
 
-def _blocks(ds: Any, start: int, stop: int, cells: Any = None, chunk_rows: int = 0) -> Any:
-    """``(a, b)`` row ranges covering ``[start, stop)``, each about :data:`BLOCK_BYTES` of stored data
-    (a ragged layer's rows: at most that many cells each) and whole chunks: ``chunk_rows`` (zarr's),
-    else the dataset's row chunks."""
-    most = int(cells[start:stop, 1:].prod(axis=1).max()) if cells is not None and stop > start else 1
-    row_bytes = max(1, int(np.prod(ds.shape[1:])) * ds.dtype.itemsize * most)
-    step = max(1, BLOCK_BYTES // row_bytes)
-    chunk_rows = chunk_rows or (int(ds.chunks[0]) if ds.chunks else 1)
-    if chunk_rows > 1:
-        step = max(chunk_rows, step - step % chunk_rows)
-    for a in range(start, stop, step):
-        yield a, min(stop, a + step)
-
-
 def _vectors(ds: Any, a: int, b: int, plan: _Plan) -> np.ndarray:
     if plan.layout == "ragged" and plan.pool is not None:  # rows a..b: their cells, pooled row by row
         table = plan.cells[a:b]
@@ -306,7 +291,7 @@ def _write_npy(ff: Any, plans: list[_Plan], folder: Folder, _pool: str | None, r
                 descr = np.lib.format.dtype_to_descr(plan.dtype)
                 header = {"descr": descr, "fortran_order": False, "shape": (stop - start, plan.shape[0])}
                 np.lib.format.write_array_header_1_0(fh, header)
-                for a, b in _blocks(ds, start, stop, plan.cells):
+                for a, b in row_blocks(ds, start, stop, plan.cells):
                     fh.write(_vectors(ds, a, b, plan).tobytes())
                 nbytes += fh.tell()
             columns: dict[str, Any] = {
@@ -333,7 +318,7 @@ def _write_safetensors(ff: Any, plans: list[_Plan], folder: Folder, pool: str | 
     for plan in plans:
         ds = ff[plan.name]
         tensors[plan.name] = arr = np.empty((n, *plan.shape), dtype=plan.dtype)
-        for a, b in _blocks(ds, 0, n, plan.cells):
+        for a, b in row_blocks(ds, 0, n, plan.cells):
             arr[a:b] = _vectors(ds, a, b, plan)
     meta = {
         "format": "featdump-export",
@@ -367,7 +352,7 @@ def _write_zarr(ff: Any, plans: list[_Plan], folder: Folder, pool: str | None, r
             dimension_names=["row", *(f"{plan.name}.{a.lower()}" for a in axes[1:])],
         )  # fmt: skip
         arrays.append(arr)
-        for a, b in _blocks(ds, 0, n, plan.cells, chunk):
+        for a, b in row_blocks(ds, 0, n, plan.cells, chunk):
             arr[a:b] = _vectors(ds, a, b, plan)
     for name, values in (("paths", ff.paths), ("ids", ids)):
         if values is not None:

@@ -8,7 +8,6 @@ merged file* and a fill value of NaN, so a missing source reads as NaN, never as
 from __future__ import annotations
 
 import hashlib
-import math
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -36,10 +35,9 @@ from featdump.store.format import (
 )
 from featdump.store.mergecheck import Shard, check_runs, read_shard
 from featdump.store.mergetemp import claim_temp, remove_stale_temps
+from featdump.store.rowdata import row_blocks
 from featdump.store.vds import check_sources
 from featdump.text import fmt_bytes
-
-COPY_BLOCK_BYTES = 64 << 20
 
 
 @dataclass
@@ -63,14 +61,6 @@ class MergeSummary:
 def _relative(shard: Path, out_dir: Path) -> str:
     """The shard's path relative to the merged file's folder (POSIX separators)."""
     return Path(os.path.relpath(shard, out_dir)).as_posix()
-
-
-def _copy_rows(src: Any, dst: Any, at: int, rows: int) -> None:
-    row_bytes = max(1, src.dtype.itemsize * math.prod(int(d) for d in src.shape[1:]))
-    block = max(1, COPY_BLOCK_BYTES // row_bytes)
-    for start in range(0, rows, block):
-        stop = min(rows, start + block)
-        dst[at + start : at + stop] = src[start:stop]
 
 
 def _opened(shards: Sequence[Shard]) -> Iterator[Any]:
@@ -298,7 +288,9 @@ def _write(
                 )
                 at = 0
                 for size, f in zip(counts, _opened(shards), strict=True):
-                    _copy_rows(f[FEATURES][name], ds, at, size)
+                    src = f[FEATURES][name]
+                    for a, b in row_blocks(src, 0, size):
+                        ds[at + a : at + b] = src[a:b]
                     at += size
             else:
                 layout = h5py.VirtualLayout(shape=(total, *shape), dtype=dtype)

@@ -1,11 +1,13 @@
 """Helpers shared by the readers on top of :class:`~featdump.store.reader.FeatureFile` (``.torch()``,
-export, stats): a stored layer's layout, pooling of stored rows. No torch here."""
+export, stats) and merge: a stored layer's layout, pooling of stored rows, blocks of rows to read. No torch here."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import numpy as np
+
+BLOCK_BYTES = 32 << 20  # stored bytes read per step (export, merge --copy)
 
 
 def layout_of(attrs: dict[str, Any], ndim: int) -> str:
@@ -35,3 +37,17 @@ def pool_cells(cells: np.ndarray, sizes: np.ndarray, pool: str) -> np.ndarray:
     if pool == "max":
         return np.maximum.reduceat(x, starts, axis=0)
     return np.add.reduceat(x, starts, axis=0, dtype=np.float32) / sizes[:, None].astype(np.float32)
+
+
+def row_blocks(ds: Any, start: int, stop: int, cells: Any = None, chunk_rows: int = 0) -> Any:
+    """``(a, b)`` row ranges covering ``[start, stop)``, each about :data:`BLOCK_BYTES` of stored data
+    (a ragged layer's rows: at most that many cells each) and whole chunks: ``chunk_rows`` (zarr's),
+    else the dataset's row chunks."""
+    most = int(cells[start:stop, 1:].prod(axis=1).max()) if cells is not None and stop > start else 1
+    row_bytes = max(1, int(np.prod(ds.shape[1:])) * ds.dtype.itemsize * most)
+    step = max(1, BLOCK_BYTES // row_bytes)
+    chunk_rows = chunk_rows or (int(ds.chunks[0]) if ds.chunks else 1)
+    if chunk_rows > 1:
+        step = max(chunk_rows, step - step % chunk_rows)
+    for a in range(start, stop, step):
+        yield a, min(stop, a + step)
