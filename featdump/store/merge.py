@@ -109,19 +109,16 @@ def merge_shards(
     remove_stale_temps(out_dir, out.name)
     tmp, fd = claim_temp(out_dir, out.name)
     try:
-        try:
-            summary = _write(runs, paths, ids, tmp, out_dir, copy=copy, command=command)
-            if not copy:
-                problems = check_sources(tmp)
-                if problems:
-                    p = problems[0]
-                    raise FeatdumpError(f"merged file would not read {p.dataset} from {p.source}: {p.reason}")
-            os.fsync(fd)
-            os.replace(tmp, out)
-        except (OSError, RuntimeError) as exc:  # h5py's: OSError, or RuntimeError with ENOSPC as text
-            if isinstance(exc, RuntimeError) and not is_out_of_space(exc):
-                raise
-            raise os_error(exc, output, then="run the merge again (nothing was written)") from None
+        summary = _write(runs, paths, ids, tmp, out_dir, copy=copy, command=command)
+        if not copy and (problems := check_sources(tmp)):
+            p = problems[0]
+            raise FeatdumpError(f"merged file would not read {p.dataset} from {p.source}: {p.reason}")
+        os.fsync(fd)
+        os.replace(tmp, out)
+    except (OSError, RuntimeError) as exc:  # h5py's: OSError, or RuntimeError with ENOSPC as text
+        if isinstance(exc, RuntimeError) and not is_out_of_space(exc):
+            raise
+        raise os_error(exc, output, then="run the merge again (nothing was written)") from None
     finally:
         tmp.unlink(missing_ok=True)
         os.close(fd)  # drops the lock that told other merges this temp file is alive
