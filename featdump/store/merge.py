@@ -182,15 +182,12 @@ def _merged_attrs(runs: Sequence[Sequence[Shard]], *, copy: bool, command: str, 
     attrs.pop("stream_mark", None)  # the first shard's place in its tar files: none of the merged file's
     size = sum(h.list_size for h in heads)
     digest = str(ref.attrs.get("list_digest", ""))
-    extract_command = str(ref.attrs.get("command", ""))  # where the inputs were (viz)
     if len(runs) > 1:
         digest = hashlib.sha256("\n".join(str(h.attrs.get("list_digest", "")) for h in heads).encode()).hexdigest()
-        extract_command = " ; ".join(str(h.attrs.get("command", "")) for h in heads)
         given = [read_inputs_attr(h.attrs.get("inputs")) or [] for h in heads]
         attrs["inputs"] = inputs_attr(list(dict.fromkeys(i for g in given for i in g)))
         attrs["list_size"] = size
         attrs["list_digest"] = digest
-    partial = any(not s.complete for s in shards)
     attrs.update(
         {
             "shard": [0, 1],
@@ -199,10 +196,10 @@ def _merged_attrs(runs: Sequence[Sequence[Shard]], *, copy: bool, command: str, 
             "inputs_done": sum(s.inputs_done for s in shards),
             "num_inputs": size,
             "input_digest": digest,
-            "complete": not partial,
+            "complete": all(s.complete for s in shards),
             "created": utc_now(),
             "command": command,
-            "extract_command": extract_command,
+            "extract_command": " ; ".join(str(h.attrs.get("command", "")) for h in heads),  # where inputs were (viz)
             "merged_from": [_relative(s.path, out_dir) for s in shards],
             "merge": "copy" if copy else "virtual",
         }
