@@ -230,7 +230,6 @@ def export_file(
             cells = ff.cells(name) if layout == "ragged" else None
             plans.append(_Plan(name, layout, prefix, pool if pooled_here else None, shape, out_dtype, cells))
         n = ff.num_images
-        ids = ff.ids
         total = sum(n * int(np.prod(p.shape)) * p.dtype.itemsize for p in plans)
         if fmt == "safetensors" and total > safetensors_limit:
             raise UsageError(
@@ -245,9 +244,9 @@ def export_file(
             _prepare(folder, entries, overwrite)
             folder.write_manifest({"complete": False, "entries": entries, "source": source})
             write = {"npy": _write_npy, "safetensors": _write_safetensors, "zarr": _write_zarr}[fmt]
-            written = write(ff, plans, folder, pool, rows_per_part, ids)
+            written = write(ff, plans, folder, pool, rows_per_part)
             exported = [ExportedLayer(p.name, p.shape, str(p.dtype), p.pool is not None, _files(fmt, p.name, parts)) for p in plans]
-            summary = ExportSummary(str(ff.path), folder.shown, fmt, n, rows_per_part, parts, written, ids is not None, exported)
+            summary = ExportSummary(str(ff.path), folder.shown, fmt, n, rows_per_part, parts, written, ff.ids is not None, exported)
             folder.write_manifest({"complete": True, "entries": entries, **asdict(summary), "source": source})
         except (OSError, RuntimeError, ValueError) as exc:  # safetensors' and zarr's errors carry ENOSPC as text
             if isinstance(exc, OSError) or is_out_of_space(exc):
@@ -275,7 +274,7 @@ def _vectors(ds: Any, a: int, b: int, plan: _Plan) -> np.ndarray:
     return np.ascontiguousarray(block, dtype=plan.dtype)
 
 
-def _write_npy(ff: Any, plans: list[_Plan], folder: Folder, _pool: str | None, rows_per_part: int, ids: Any) -> int:
+def _write_npy(ff: Any, plans: list[_Plan], folder: Folder, _pool: str | None, rows_per_part: int) -> int:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -298,8 +297,8 @@ def _write_npy(ff: Any, plans: list[_Plan], folder: Folder, _pool: str | None, r
                 "row": pa.array(np.arange(start, stop, dtype=np.int64)),
                 "path": pa.array(ff.paths[start:stop], type=pa.string()),
             }
-            if ids is not None:
-                columns["id"] = pa.array(ids[start:stop], type=pa.string())
+            if ff.ids is not None:
+                columns["id"] = pa.array(ff.ids[start:stop], type=pa.string())
             if len(ff.meta.get("tiles", "")):  # --tiles: each row's box in its image
                 columns.update(zip(("y0", "x0", "y1", "x1"), ff.tiles(slice(start, stop)).T, strict=True))
             for key, values in ff.kept.items():  # --keep, --keep-columns
@@ -310,7 +309,7 @@ def _write_npy(ff: Any, plans: list[_Plan], folder: Folder, _pool: str | None, r
     return nbytes
 
 
-def _write_safetensors(ff: Any, plans: list[_Plan], folder: Folder, pool: str | None, _rows: int, _ids: Any) -> int:
+def _write_safetensors(ff: Any, plans: list[_Plan], folder: Folder, pool: str | None, _rows: int) -> int:
     from safetensors.numpy import save
 
     n = ff.num_images
@@ -334,7 +333,7 @@ def _write_safetensors(ff: Any, plans: list[_Plan], folder: Folder, pool: str | 
     return len(data)
 
 
-def _write_zarr(ff: Any, plans: list[_Plan], folder: Folder, pool: str | None, rows: int, ids: Any) -> int:
+def _write_zarr(ff: Any, plans: list[_Plan], folder: Folder, _pool: str | None, rows: int) -> int:
     import zarr
     from zarr.codecs import ZstdCodec
 
@@ -354,7 +353,7 @@ def _write_zarr(ff: Any, plans: list[_Plan], folder: Folder, pool: str | None, r
         arrays.append(arr)
         for a, b in row_blocks(ds, 0, n, plan.cells, chunk):
             arr[a:b] = _vectors(ds, a, b, plan)
-    for name, values in (("paths", ff.paths), ("ids", ids)):
+    for name, values in (("paths", ff.paths), ("ids", ff.ids)):
         if values is not None:
             text = group.create_array(name, shape=(n,), chunks=(max(1, min(rows, n)),), dtype=str, dimension_names=["row"])
             text[:] = np.array(values, dtype=object)
