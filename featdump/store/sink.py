@@ -22,6 +22,7 @@ from featdump.environment import COMMIT_SECONDS
 from featdump.errors import FeatdumpError, UsageError, is_out_of_space, os_error, out_of_space
 from featdump.model.layers import LayerInfo, is_ragged
 from featdump.store.check import check_file, check_same_settings
+from featdump.store.chunks import ChunkWriter
 from featdump.store.format import CELLS, FEATURES, RAGGED_VERSION, chunk_shape, compression_kwargs, extent, set_attr
 from featdump.text import clip, first_line
 
@@ -65,7 +66,7 @@ class Store:
         self._last_commit = time.monotonic()
         # Feature rows go out as whole chunks (featdump/store/chunks.py)
         self.write_threads = 1  # threads preparing (compressing) chunks; set by run/writer.py
-        self._chunks: Any = None
+        self._chunks: ChunkWriter | None = None
 
     # ---------------------------------------------------------------- open
 
@@ -205,7 +206,10 @@ class Store:
             n, m = self.progress.num_images, self.progress.num_failed
             b, failed = len(rows.paths), rows.failed
             if b:
-                writer, batch = self._chunk_writer(), []
+                if self._chunks is None:  # made on the first rows: write_threads is set by then
+                    datasets = [self.h5[FEATURES][layer.name] for layer in self.layers]
+                    self._chunks = ChunkWriter(datasets, self.write_threads)
+                batch = []
                 columns: list[tuple[Any, Any]] = [(self.h5["paths"], list(rows.paths))]
                 for layer, arr in zip(self.layers, rows.features, strict=True):
                     ds = self.h5[FEATURES][layer.name]
@@ -219,7 +223,7 @@ class Store:
                     ds.resize(start + len(arr), axis=0)
                     batch.append((ds, arr, start))
                     self.bytes_written += arr.nbytes
-                writer.write(batch)
+                self._chunks.write(batch)
                 if self.ids:
                     columns.append((self.h5["ids"], [i or "" for i in rows.ids or [None] * b]))
                 geometry, given = self.h5[GEOMETRY], rows.geometry is not None and len(rows.geometry) == b
@@ -262,14 +266,6 @@ class Store:
 
     def _break(self) -> None:
         self.broken = True  # a failed write: nothing more is committed
-
-    def _chunk_writer(self) -> Any:
-        if self._chunks is None:
-            from featdump.store.chunks import ChunkWriter
-
-            datasets = [self.h5[FEATURES][layer.name] for layer in self.layers]
-            self._chunks = ChunkWriter(datasets, self.write_threads)
-        return self._chunks
 
     def finish(self) -> None:
         self.complete = True
