@@ -6,6 +6,7 @@ import errno
 import os
 import stat
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -195,7 +196,7 @@ def resume_attrs(out_path: Path) -> dict[str, Any] | None:
 
 
 @dataclass
-class Output:
+class Output(AbstractContextManager["Output"]):
     """The file being written, and (for --overwrite) the target it replaces at the end."""
 
     store: Store
@@ -205,9 +206,6 @@ class Output:
     @property
     def replacing(self) -> bool:
         return self.store.path != self.target
-
-    def __enter__(self) -> Output:
-        return self
 
     def __exit__(self, kind: Any, *_: Any) -> None:
         """The store closed; after a successful run the replacement moved into place (atomically) and

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,7 +21,7 @@ if TYPE_CHECKING:
     import numpy as np
 
 
-class FeatureFile:
+class FeatureFile(AbstractContextManager["FeatureFile"]):
     """A featdump file opened for reading. Use as a context manager, or call :meth:`close`.
 
     Only committed rows (below ``meta["num_images"]``) are exposed, so a partial file reads the same
@@ -250,9 +251,6 @@ class FeatureFile:
     def close(self) -> None:
         if self._h5.id.valid:
             self._h5.close()
-
-    def __enter__(self) -> FeatureFile:
-        return self
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
