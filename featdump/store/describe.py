@@ -103,7 +103,7 @@ def summarize_file(path: str | Path, max_failures: int = 10) -> dict[str, Any]:
     p = Path(path)
     missing = check_virtual(p)  # before our own handle; refuses what must never be read
     h5, counts = open_checked(p)
-    try:
+    with h5:
         attrs = {k: read_attr(v) for k, v in h5.attrs.items()}
         sources = virtual_sources(h5, p)
         datasets = []
@@ -165,8 +165,6 @@ def summarize_file(path: str | Path, max_failures: int = 10) -> dict[str, Any]:
             "failures": failures,
             "attrs": provenance,
         }
-    finally:
-        h5.close()
     return info
 
 
