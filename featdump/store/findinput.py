@@ -11,8 +11,8 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from featdump.data.discover import ImageRef
-from featdump.data.lookup import Wanted
+from featdump.data.discover import ImageRef, discover
+from featdump.data.lookup import Wanted, find_rows, wanted_rows
 from featdump.errors import UsageError
 from featdump.store.check import input_kind
 from featdump.store.format import read_inputs_attr
@@ -22,8 +22,6 @@ def locate_rows(ff: Any, rows: Sequence[int], root: str | Path | None = None,
                 starts: Sequence[int] | None = None) -> tuple[list[Wanted], str]:  # fmt: skip
     """Each of ``rows`` of ``ff`` with the references its image is read from (:attr:`Wanted.found`,
     empty when not found), and why a row is not found ("" when every one is)."""
-    from featdump.data.discover import discover
-    from featdump.data.lookup import find_rows, wanted_rows
     from featdump.data.remote import is_url
     from featdump.data.tiles import first_rows, image_starts
     from featdump.options import OPTIONS
