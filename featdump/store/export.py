@@ -24,11 +24,10 @@ import numpy as np
 
 from featdump.errors import FeatdumpError, UsageError, is_out_of_space, os_error
 from featdump.store.reader import FeatureFile
-from featdump.store.rowdata import layout_of, pool_block, pool_cells, row_blocks
+from featdump.store.rowdata import POOLS, layout_of, pool_block, pool_cells, row_blocks
 from featdump.store.vds import read_span
 
 FORMATS = ("npy", "safetensors", "zarr")
-POOLS = ("avg", "max")
 DTYPES = ("float16", "float32")
 SAFETENSORS_LIMIT = 2 << 30  # 2 GiB of tensors
 CHUNK_BYTES = 4 << 20  # zarr: bytes per chunk (at most), before compression

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+POOLS = ("avg", "max")  # what the readers (.torch(), export) pool stored maps with
 BLOCK_BYTES = 32 << 20  # stored bytes read per step (export, merge --copy)
 
 

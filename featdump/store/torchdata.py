@@ -14,9 +14,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from featdump.store.rowdata import layout_of
+from featdump.store.rowdata import POOLS, layout_of
 
-POOLS = ("avg", "max")
 _DTYPES = {"float16": torch.float16, "float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
 
 
