@@ -128,7 +128,7 @@ def check_sources(path: str | Path) -> list[SourceProblem]:
     import h5py
 
     p = Path(path)
-    maps: dict[str, list[tuple[str, Any, tuple[int, ...]]]] = {}  # source -> (stored name, mapping, row shape)
+    maps: dict[str, list[tuple[Any, tuple[int, ...]]]] = {}  # source -> (mapping, row shape)
     with open_committed(p) as h5:
         features_link = h5.get(FEATURES, getlink=True)  # None when absent; never follows a link
         if not isinstance(features_link, h5py.HardLink):
@@ -140,15 +140,14 @@ def check_sources(path: str | Path) -> list[SourceProblem]:
             ds = group.get(name)
             if isinstance(ds, h5py.Dataset) and ds.is_virtual:
                 for vmap in ds.virtual_sources():
-                    stored = stored_name(vmap)
-                    maps.setdefault(str(source_path(p, stored)), []).append((stored, vmap, ds.shape[1:]))
+                    maps.setdefault(str(source_path(p, stored_name(vmap))), []).append((vmap, ds.shape[1:]))
     problems: list[SourceProblem] = []
     for source, mappings in maps.items():  # one source open at a time: thousands of shards fit any fd limit
-        self_ref = _is_self(p, mappings[0][0], source)
+        self_ref = _is_self(p, source)  # a stored "." resolves to the file itself
         f, refused = ("the file itself (a virtual dataset reading its own file)", True) if self_ref else _open_source(source)
         try:
             reported: set[str] = set()
-            for _stored, vmap, row_shape in mappings:
+            for vmap, row_shape in mappings:
                 reason, refused_here = (f, refused) if isinstance(f, str) else _source_reason(f, vmap, row_shape)
                 if reason and vmap.dset_name not in reported:
                     reported.add(vmap.dset_name)
@@ -170,9 +169,7 @@ def _rows_needed(vmap: Any) -> int:
     return int(vmap.src_space.get_select_bounds()[1][0]) + 1
 
 
-def _is_self(vds: Path, stored: str, source: str) -> bool:
-    if stored == ".":
-        return True
+def _is_self(vds: Path, source: str) -> bool:
     try:
         return os.path.samefile(source, vds)
     except OSError:
