@@ -135,3 +135,23 @@ def test_refusals_exit_2_and_leave_the_folder_alone(cli, files: dict[str, Path],
     assert [p.name for p in (tmp_path / "again" / "layer2" / "emb").iterdir()] == ["part-00000.npy"]  # no stale parts
     missing = cli("export", str(tmp_path / "nope.h5"), "-o", str(tmp_path / "x"), "--pool", "avg")
     assert missing.exit_code == 2 and "no such file" in missing.stderr
+
+
+def test_a_prefix_dataset_pools_over_its_own_tokens(cli, tmp_path: Path) -> None:
+    """``--tokens both``: ``<name>.prefix`` holds only the class token, so export ``--pool`` and
+    ``.torch(pool=)`` give that token (they skipped it as a prefix and wrote NaN)."""
+    from conftest import smooth_picture
+
+    (tmp_path / "imgs").mkdir()
+    for i in range(2):
+        smooth_picture(40, 48, i).save(tmp_path / "imgs" / f"{i}.png")
+    out = tmp_path / "v.h5"
+    featdump.extract("vit_tiny_patch16_224", tmp_path / "imgs", out, layers=["blocks.1"], tokens="both",
+                     img_size=32, pretrained=False, device="cpu", quiet=True)  # fmt: skip
+    r = cli("export", str(out), "-o", str(tmp_path / "emb"), "--pool", "avg")
+    assert r.exit_code == 0, r.output
+    with featdump.open(out) as ff:
+        cls = ff.numpy("blocks.1.prefix")[:, 0].astype(np.float32)
+        pooled = ff.torch("blocks.1.prefix", pool="avg")[1]["blocks.1.prefix"]
+    np.testing.assert_array_equal(np.load(tmp_path / "emb" / "blocks.1.prefix" / "emb" / "part-00000.npy"), cls)
+    np.testing.assert_array_equal(pooled.numpy(), cls[1])

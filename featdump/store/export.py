@@ -24,7 +24,7 @@ import numpy as np
 
 from featdump.errors import FeatdumpError, UsageError, is_out_of_space, os_error
 from featdump.store.reader import FeatureFile
-from featdump.store.rowdata import POOLS, layout_of, pool_block, pool_cells, row_blocks
+from featdump.store.rowdata import POOLS, layout_of, pool_block, pool_cells, row_blocks, skipped_tokens
 from featdump.store.vds import read_span
 
 FORMATS = ("npy", "safetensors", "zarr")
@@ -225,7 +225,7 @@ def export_file(
             pooled_here = layout != "NC" and pool is not None
             shape = [stored[-1] if layout == "NTD" else stored[0]] if pooled_here else list(stored)
             out_dtype = np.dtype(dtype or ("float16" if ds.dtype == np.float16 else "float32"))
-            prefix = int(attrs.get("num_prefix_tokens", 0) or 0)
+            prefix = skipped_tokens(attrs)
             cells = ff.cells(name) if layout == "ragged" else None
             plans.append(_Plan(name, layout, prefix, pool if pooled_here else None, shape, out_dtype, cells))
         n = ff.num_images

@@ -20,6 +20,12 @@ def layout_of(attrs: dict[str, Any], ndim: int) -> str:
     return {2: "NC", 3: "NTD", 4: "NCHW"}.get(ndim, "NC")
 
 
+def skipped_tokens(attrs: dict[str, Any]) -> int:
+    """How many leading tokens pooling leaves out: a token layer's class/register tokens; none of a
+    ``--tokens both`` ``<name>.prefix`` dataset, which holds only those (its pool: over them)."""
+    return 0 if attrs.get("part") == "prefix" else int(attrs.get("num_prefix_tokens", 0) or 0)
+
+
 def pool_block(block: np.ndarray, layout: str, pool: str, prefix: int = 0) -> np.ndarray:
     """Stored rows -> (rows, C) float32: mean or max over H×W, or over the patch tokens of a token
     layer (skipping ``prefix`` class/register tokens, as ``extract --pool`` does)."""

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from featdump.store.rowdata import POOLS, layout_of
+from featdump.store.rowdata import POOLS, layout_of, skipped_tokens
 
 _DTYPES = {"float16": torch.float16, "float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
 
@@ -167,7 +167,7 @@ class FeatureDataset(Dataset):
         self.pool = pool
         self.transform = transform
         self._layouts = {n: layout_of(ff.attrs(n), ff[n].ndim) for n in names}
-        self._prefix = {n: int(ff.attrs(n).get("num_prefix_tokens", 0) or 0) for n in names}
+        self._prefix = {n: skipped_tokens(ff.attrs(n)) for n in names}
         self._opener = type(ff)  # FeatureFile, passed in (no import of the reader from here)
         self._identity = ff.identity  # the file this dataset was made on: every reopen must find it
         self._state: tuple[int, Any] | None = None  # (pid, FeatureFile) of this process
