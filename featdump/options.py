@@ -54,7 +54,10 @@ def _names(attrs: dict[str, Any]) -> tuple[str, ...] | None:
     """``layers`` from a file: the module names, only when it was made with ``--layers`` (no levels)."""
     if attrs.get("out_indices") or not attrs.get("layers"):
         return None
-    return tuple(str(n) for n in attrs["layers"])
+    names = [str(n) for n in attrs["layers"]]
+    if attrs.get("tokens") == "both":  # the datasets: each module's map and its <name>.prefix
+        names = [n for n in names if not (n.endswith(".prefix") and n.removesuffix(".prefix") in names)]
+    return tuple(names)
 
 
 def _height_width(attrs: dict[str, Any]) -> ImgSize | None:

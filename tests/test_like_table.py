@@ -136,3 +136,18 @@ def test_like_on_the_command_line_keeps_crop_and_size(inputs: dict[str, Any], tm
               "--crop-mode", "center")  # fmt: skip
     assert res.returncode == 2
     assert "--crop-mode 'center' changes what the rows mean (the file has 'squash')" in res.stderr
+
+
+def test_like_and_verify_take_a_tokens_both_file(inputs: dict[str, Any], tmp_path: Path) -> None:
+    """``--tokens both`` stores ``<name>.prefix`` beside each module's map: ``--like`` and ``verify``
+    rebuild the modules, not the datasets (they asked the model for a module 'blocks.0.prefix')."""
+    kw = {k: v for k, v in BASE.items() if k != "out_indices"}
+    made = tmp_path / "a.h5"
+    featdump.extract("test_vit", inputs["files"], made, layers=("blocks.0",), tokens="both", **kw)
+    again = tmp_path / "b.h5"
+    featdump.extract("test_vit", inputs["files"], again, like=made, quiet=True)
+    want, got = _rows(made), _rows(again)
+    assert list(got) == list(want) == ["blocks.0", "blocks.0.prefix"]
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+    assert verify_file(made, n=2, device="cpu").ok
