@@ -252,6 +252,8 @@ def test_inspect_shows_the_unit_and_an_example_photos_grids() -> None:
     assert [x["shape"] for x in got["layers"]] == [[128, 48, 64], [512, 12, 16]]
     text = run("inspect", "test_vit", "--img-size", "short:64", check=True).stdout
     assert "multiples of 16 (the unit)" in " ".join(text.split()) and "64×80" in text  # 3024x4032 -> 64x85 -> 64x80
+    text = run("inspect", "resnet18", "--img-size", "long:100", check=True).stdout
+    assert "long:100" in text and "\N{HUNDRED POINTS SYMBOL}" not in text  # rich read ':100:' as an emoji code
 
 
 def test_pooled_size_mode_stays_fixed_and_like_reproduces(aspect_refs: list[ImageRef], tmp_path: Any) -> None:

@@ -27,7 +27,7 @@ def cell(value: Any) -> Text:
 
 
 def console(stderr: bool = False) -> Console:
-    return Console(stderr=stderr, highlight=False, soft_wrap=False)
+    return Console(stderr=stderr, highlight=False, soft_wrap=False, emoji=False)  # long:100 is not an emoji code
 
 
 def fmt_shape(shape: Sequence[int | str]) -> str:
