@@ -208,6 +208,11 @@ def test_discovery_errors(tmp_path):
     listing.write_text("x/same.png\nx/same.png\n")
     with pytest.raises(UsageError, match=r"twice.txt names 'x/same.png' twice \(lines 1 and 2\)"):
         discover([str(listing)])
+    listing.write_text("x/same.png\n./x//same.png\n")  # one file, two spellings
+    with pytest.raises(UsageError, match=r"'x/same.png' \(also named './x//same.png'\) would be stored twice"):
+        discover([str(listing)])
+    with pytest.raises(UsageError, match=r"also named .* would be stored twice \(from .* and from "):
+        discover([str(tmp_path / "x" / "same.png"), str(tmp_path / "x" / ".." / "x" / "same.png")])
 
 
 # --------------------------------------------------------------------------- properties

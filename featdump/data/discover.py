@@ -173,14 +173,20 @@ def discover(inputs: Sequence[str]) -> list[ImageRef]:
 
 
 def _check_unique(refs: Sequence[ImageRef], origin: Sequence[str]) -> None:
-    """The same stored path twice is a usage error naming both sources."""
+    """The same image twice (one stored path, or one local file spelled two ways: ``a.jpg``, ``./a.jpg``)
+    is a usage error naming both sources."""
+    from featdump.data.remote import is_url
+
     seen: dict[str, int] = {}
     for k, r in enumerate(refs):
-        j = seen.setdefault(r.path, k)
+        keys = (r.path, r.path if is_url(r.source) else os.path.normpath(os.path.abspath(r.source)))
+        j = next((seen[key] for key in keys if key in seen), k)
+        seen.update(dict.fromkeys(keys, k))
         if j != k:
             a, b = origin[j], origin[k]
             where = f"from {a}" if a == b else f"from {a} and from {b}"
-            raise UsageError(f"image path {r.path!r} would be stored twice ({where}); each stored path must be unique")
+            shown = repr(r.path) if refs[j].path == r.path else f"{refs[j].path!r} (also named {r.path!r})"
+            raise UsageError(f"image path {shown} would be stored twice ({where}); each stored path must be unique")
 
 
 def _inside(path: str, folder: str) -> str | None:
