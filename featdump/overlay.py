@@ -86,6 +86,8 @@ def render_overlay(
     out = Path(output)
     check_picture(out, tile)
     with FeatureFile(path) as f:
+        if "geometry" not in f.h5:
+            raise UsageError(f"--overlay: {path} holds no /geometry (made by an older featdump); extract it again")
         ragged = {n for n in f.layers if f.attrs(n).get("layout") == "ragged"}  # each row at its own grid, its own PCA
         spatial = [n for n in f.layers if (len(f[n].shape) == 4 or n in ragged) and f.attrs(n).get("pixel_grid") != []]  # []: no places (--process)
         chosen = list(dict.fromkeys(layers)) if layers else spatial

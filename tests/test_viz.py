@@ -237,3 +237,16 @@ def test_token_rows_drawn_as_maps_on_their_grid() -> None:
     np.testing.assert_allclose(vec, data.mean(axis=1))
     kind, vec = as_maps(data[:, :4], {"part": "prefix", "num_prefix_tokens": 4})
     assert kind == "vector" and vec.shape == (2, 3)
+
+
+def test_overlay_of_a_file_without_geometry_is_a_usage_error(cli, feats: dict[str, Path], tmp_path: Path) -> None:
+    import shutil
+
+    import h5py
+
+    bare = tmp_path / "bare.h5"
+    shutil.copy(feats["maps"], bare)
+    with h5py.File(bare, "r+") as h5:
+        del h5["geometry"]
+    r = cli("viz", str(bare), "-o", str(tmp_path / "o.png"), "--overlay")
+    assert r.exit_code == 2 and "holds no /geometry" in r.output, r.output

@@ -249,7 +249,7 @@ def test_next_merge_removes_the_temp_file_of_a_killed_merge_copy(shards: list[Pa
     killer = (
         "import os, signal, sys\n"
         "import featdump.store.merge as m\n"
-        "m._copy_rows = lambda *a: os.kill(os.getpid(), signal.SIGKILL)\n"
+        "m.row_blocks = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)\n"
         "from featdump.cli.commands import app\n"
         "sys.argv = ['featdump', 'merge', *sys.argv[1:]]\n"
         "app()\n"
