@@ -116,3 +116,40 @@ def test_shards_that_agree_merge_into_one_run(inputs: dict[str, str], tmp_path: 
         assert r.exit_code == 0, r.output
         assert_same_as_single(merged, single)
         assert_rows_of_shards(merged, shards)
+
+
+def test_a_checkpoint_is_known_by_its_bytes_not_its_path(inputs: dict[str, str], tmp_path: Path) -> None:
+    """The same weights at two paths (two nodes' mounts, a moved file): shards merge, --resume goes on,
+    --like and verify take the file's checkpoint from --checkpoint; other weights stay refused."""
+    import shutil
+
+    here, there = tmp_path / "a" / "w.safetensors", tmp_path / "b" / "w.safetensors"
+    for p in (here, there):
+        p.parent.mkdir()
+        shutil.copy(inputs["CKPT"], p)
+    out = tmp_path / "feats.h5"
+    for i, ckpt in enumerate((here, there)):
+        r = _extract(inputs, ("test_resnet", "IMGS", "--checkpoint", str(ckpt)), out, "--shard", f"{i}/2")
+        assert r.exit_code == 0, r.output
+    r = _cli("merge", str(_shard(out, 0)), str(_shard(out, 1)), "-o", str(tmp_path / "all.h5"))
+    assert r.exit_code == 0, r.output
+    r = _extract(inputs, ("test_resnet", "IMGS", "--checkpoint", str(there)), out, "--shard", "0/2", "--resume")
+    assert r.exit_code == 0, r.output
+
+    here.unlink()  # the file's own checkpoint is gone: only the same bytes elsewhere stand in for it
+    r = _cli("verify", str(_shard(out, 0)), "-n", "1", "--device", "cpu")
+    assert r.exit_code == 2 and "is gone; put it back (or give --checkpoint" in r.output, r.output
+    r = _cli("verify", str(_shard(out, 0)), "-n", "1", "--device", "cpu", "--checkpoint", str(there))
+    assert r.exit_code == 0, r.output
+    r = _cli("extract", "test_resnet", inputs["IMGS"], "-o", str(tmp_path / "like.h5"), "--like", str(_shard(out, 0)),
+             "--checkpoint", str(there), "--device", "cpu", "--quiet")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    other = tmp_path / "other.safetensors"
+    shutil.copy(inputs["CKPT"], other)
+    with other.open("r+b") as fh:  # one byte of a tensor changed: other weights
+        fh.seek(-1, 2)
+        last = fh.read(1)
+        fh.seek(-1, 2)
+        fh.write(bytes([last[0] ^ 1]))
+    r = _cli("verify", str(_shard(out, 0)), "-n", "1", "--device", "cpu", "--checkpoint", str(other))
+    assert r.exit_code == 2 and "is not the one the file was made with" in r.output, r.output

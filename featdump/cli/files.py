@@ -189,6 +189,9 @@ def verify(
     n: Annotated[int, typer.Option("-n", help="How many random stored rows to re-extract.")] = 8,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the row draw.")] = 0,
     device: Annotated[str, typer.Option("--device", help="auto|cpu|cuda|cuda:N|mps.")] = "auto",
+    checkpoint: Annotated[
+        Path | None, typer.Option("--checkpoint", help="The file's checkpoint moved: the same bytes (sha256) here.")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON on stdout (nothing else).")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing; only the exit status tells.")] = False,
 ) -> None:
@@ -203,7 +206,7 @@ def verify(
     from featdump.cli.render import console, verify_table
     from featdump.run.verify import verify_file
 
-    report = verify_file(path, n=n, seed=seed, device=device)
+    report = verify_file(path, n=n, seed=seed, device=device, checkpoint=checkpoint)
     if as_json:
         sys.stdout.write(json.dumps({**dataclasses.asdict(report), "ok": report.ok}, indent=2) + "\n")
     elif not quiet:

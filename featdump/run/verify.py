@@ -115,8 +115,10 @@ def compare(stored: Any, fresh: Any) -> tuple[float, float, float]:
     return diff, rel, cos
 
 
-def verify_file(path: str | Path, n: int = 8, seed: int = 0, device: str = "auto") -> VerifyReport:
-    """Re-extract ``n`` random rows of ``path`` and compare them with the stored ones."""
+def verify_file(path: str | Path, n: int = 8, seed: int = 0, device: str = "auto",
+                checkpoint: str | Path | None = None) -> VerifyReport:  # fmt: skip
+    """Re-extract ``n`` random rows of ``path`` and compare them with the stored ones (``checkpoint``:
+    the recorded checkpoint's bytes at another path)."""
     import numpy as np
     import timm
 
@@ -146,7 +148,7 @@ def verify_file(path: str | Path, n: int = 8, seed: int = 0, device: str = "auto
             f"verify with timm=={made_with}"
         )
     try:
-        opts = recorded_options(p, attrs, where="cannot verify", onto=input_kind(attrs))
+        opts = recorded_options(p, attrs, where="cannot verify", onto=input_kind(attrs), checkpoint=checkpoint)
     except UsageError as exc:
         raise CannotVerify(str(exc)) from None
     try:  # the values come from the file, not from flags: errors name its attributes

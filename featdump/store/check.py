@@ -14,7 +14,7 @@ from typing import Any
 
 from featdump.errors import UsageError
 from featdump.options import SETTINGS
-from featdump.store.format import CELLS, FEATURES, read_attr, read_text, setting_text
+from featdump.store.format import CELLS, FEATURES, read_attr, read_text, same_setting, setting_text
 from featdump.text import printable, to_str, unsafe_name
 
 # Which inputs a file covers: its block (input_digest, num_inputs), the whole list it was cut from
@@ -252,7 +252,7 @@ def check_same_settings(h5: Any, attrs: dict[str, Any], path: str | Path) -> Non
         if key not in attrs:
             continue
         have, want = setting_text(h5.attrs.get(key)), setting_text(attrs[key])
-        if have != want:
+        if not same_setting(key, h5.attrs.get(key), attrs[key]):
             if key in INPUT_KEYS and key != "shard":
                 then = read_attr(h5.attrs.get("list_size", h5.attrs.get("num_inputs", "?")))
                 now = attrs.get("list_size", attrs.get("num_inputs", "?"))

@@ -14,6 +14,7 @@ from typing import Any
 from featdump.environment import ZSTD_LEVEL
 from featdump.errors import UsageError
 from featdump.text import storable, to_str
+from featdump.values import parse_weights
 
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
@@ -177,6 +178,13 @@ def setting_value(value: Any) -> Any:
 
 
 def setting_text(value: Any) -> str:
-    """:func:`setting_value` as JSON text: two settings are the same when these are equal; error
-    messages show it (``dtype="float16"``)."""
+    """:func:`setting_value` as JSON text: error messages show it (``dtype="float16"``)."""
     return json.dumps(setting_value(value), ensure_ascii=False)
+
+
+def same_setting(key: str, a: Any, b: Any) -> bool:
+    """Whether two values of a setting mean the same rows (``--resume``, ``merge``): their texts are
+    equal; a checkpoint is known by its sha256 alone (the same weights at another path, another node's mount)."""
+    if key == "weights" and (shas := {parse_weights(setting_value(v))["sha256"] for v in (a, b)}) != {None}:
+        return len(shas) == 1
+    return setting_text(a) == setting_text(b)

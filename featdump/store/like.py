@@ -35,25 +35,35 @@ def read_attrs(path: str | Path) -> dict[str, Any]:
 
 
 def recorded_options(
-    path: str | Path, attrs: dict[str, Any] | None = None, where: str = "--like", onto: str | None = None
-) -> dict[str, Any]:
+    path: str | Path, attrs: dict[str, Any] | None = None, where: str = "--like", onto: str | None = None,
+    checkpoint: str | Path | None = None,
+) -> dict[str, Any]:  # fmt: skip
     """Every meaning option, as :func:`featdump.configure.resolve` takes them, read back from the file's
     attributes. Options of a family (the table columns) are carried only ``onto`` that kind of input
-    (``files``, ``tar``, ``table``). A recorded checkpoint must still hash to its sha256."""
+    (``files``, ``tar``, ``table``). A recorded checkpoint, or ``checkpoint`` in its place (the same
+    weights elsewhere), must hash to the recorded sha256."""
     attrs = read_attrs(path) if attrs is None else attrs
     where = f"{where} {path}"
     if attrs.get("format") != "featdump" or not attrs.get("model"):
         raise UsageError(f"{where} is not a featdump file")
-    weights = parse_weights(attrs.get("weights"))
-    checkpoint, sha256 = weights["checkpoint"], weights["sha256"]
-    if checkpoint and not Path(checkpoint).is_file():
-        raise UsageError(f"{where}: the checkpoint it was made with, {checkpoint}, is gone; put it back")
-    if checkpoint and sha256 and (have := sha256_file(Path(checkpoint))) != sha256:
+    values = {o.name: o.from_attr(attrs) for o in OPTIONS if o.from_attr and o.family in (None, onto)}
+    sha256 = parse_weights(attrs.get("weights"))["sha256"]
+    if not values["checkpoint"]:
+        return values
+    if checkpoint and sha256:  # taken for the recorded one only when it holds the same bytes
+        values["checkpoint"] = str(checkpoint)
+    if not Path(values["checkpoint"]).is_file():
         raise UsageError(
-            f"{where}: checkpoint {checkpoint} has changed since the file was made (sha256 {have[:12]}…, "
-            f"recorded {sha256[:12]}…); its rows cannot be reproduced with it"
+            f"{where}: the checkpoint it was made with, {values['checkpoint']}, is gone; put it back "
+            "(or give --checkpoint with the same file elsewhere)"
         )
-    return {o.name: o.from_attr(attrs) for o in OPTIONS if o.from_attr and o.family in (None, onto)}
+    if sha256 and (have := sha256_file(Path(values["checkpoint"]))) != sha256:
+        how = "is not the one the file was made with" if checkpoint else "has changed since the file was made"
+        raise UsageError(
+            f"{where}: checkpoint {values['checkpoint']} {how} (sha256 {have[:12]}…, recorded {sha256[:12]}…); "
+            "its rows cannot be reproduced with it"
+        )
+    return values
 
 
 def resolve_with_like(given: dict[str, Any], file_values: dict[str, Any], command: str) -> ExtractConfig:
@@ -65,5 +75,5 @@ def resolve_with_like(given: dict[str, Any], file_values: dict[str, Any], comman
         from featdump.data.sources import family
 
         onto = {family(str(raw)) for raw in given.get("inputs") or ()}
-        like_values = recorded_options(like, onto=onto.pop() if len(onto) == 1 else None)
+        like_values = recorded_options(like, onto=onto.pop() if len(onto) == 1 else None, checkpoint=given.get("checkpoint"))
     return resolve(given, file_values, command=command, like_values=like_values)

@@ -26,6 +26,7 @@ from featdump.store.committed import open_committed
 from featdump.store.format import (
     FEATURES,
     read_attr,
+    same_setting,
     setting_text,
 )
 from featdump.store.vds import missing_sources
@@ -165,7 +166,7 @@ def _check_meaning(s: Shard, ref: Shard, rule: str) -> None:
     """UsageError naming the first setting (or the layers) in which ``s`` differs from ``ref``."""
     for key in MERGE_KEYS:
         have, want = setting_text(s.attrs.get(key)), setting_text(ref.attrs.get(key))
-        if have != want:
+        if not same_setting(key, s.attrs.get(key), ref.attrs.get(key)):
             raise UsageError(f"{s.shown} was made with {key}={have}, {ref.shown} with {key}={want}; {rule}")
     if s.layers != ref.layers:
         raise UsageError(f"{s.shown} holds layers {_layers(s)}, {ref.shown} holds {_layers(ref)}")
