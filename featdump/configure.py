@@ -99,9 +99,12 @@ def resolve(given: dict[str, Any], file_values: dict[str, Any] | None = None, co
                 execution = ", ".join(flag_of(o) for o in table.values() if not o.meaning and o.flags and o.name != "like")
                 if name == "img_size" and theirs is not None:  # as typed: long:512 or 64x64
                     theirs = size_mode_text(theirs) or "x".join(map(str, theirs))
+                typed = flag_of(option, value) + ("" if isinstance(value, bool) else f" {value!r}")
+                had = flag_of(option, theirs) if isinstance(theirs, bool) else repr(theirs)
                 raise UsageError(
-                    f"--like {like_path(given, file_values)}: {flag_of(option, value)} {value!r} changes what the "
-                    f"rows mean (the file has {theirs!r}); with --like give only execution flags ({execution})"
+                    f"--like {like_path(given, file_values)}: {typed} changes what the rows mean ("
+                    + ("the file was made without it" if theirs is None else f"the file has {had}")
+                    + f"); with --like give only execution flags ({execution})"
                 )
         merged.update(like_values)
     merged.update({k: v for k, v in given.items() if v is not None})

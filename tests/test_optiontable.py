@@ -205,3 +205,7 @@ def test_like_takes_the_files_value_typed_again_in_any_spelling() -> None:
         resolve({**BASE, "img_size": "96"}, like_values=like)
     with pytest.raises(UsageError, match=r"--img-size '96' changes what the rows mean \(the file has 'native'\)"):
         resolve({**BASE, "img_size": "96"}, like_values={**like, "img_size": ("native", 0)})
+    with pytest.raises(UsageError, match=r"--no-pretrained changes what the rows mean \(the file has --pretrained\)"):
+        resolve({**BASE, "pretrained": False}, like_values={**like, "pretrained": True})
+    with pytest.raises(UsageError, match=r"--tiles '128' changes what the rows mean \(the file was made without it\)"):
+        resolve({**BASE, "tiles": "128"}, like_values={**like, "tiles": None})
