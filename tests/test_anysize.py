@@ -319,13 +319,15 @@ def test_resume_after_a_stop_gives_the_rows_of_one_run(aspect_refs: list[ImageRe
 
 def test_named_modules_in_a_size_mode_must_follow_each_shape() -> None:
     """--layers in a size mode: CNN maps follow each input (a non-spatial module rides along); a
-    ViT's token map (--tokens map) is built for one size, refused by name before any row."""
+    ViT's token map (--tokens map or both) is built for one grid, refused before any row as a token
+    layer (not as a model that cannot vary: its feature levels can)."""
     from featdump.errors import UsageError
 
     def config(name: str, layers: tuple[str, ...], tokens: str = "seq") -> ExtractConfig:
         return ExtractConfig(model=name, inputs=("x",), output="x.h5", img_size=("short", 48), layers=layers, tokens=tokens, pretrained=False)
 
-    with pytest.raises(UsageError, match=r"^test_vit cannot take images of varying shapes"):
-        backbone_for(config("test_vit", ("blocks.0",), "map"))
+    for tokens in ("map", "both"):
+        with pytest.raises(UsageError, match=r"which token layers of --layers cannot follow: take this model's feature levels"):
+            backbone_for(config("test_vit", ("blocks.0",), tokens))
     backbone = backbone_for(config("resnet18", ("layer2", "fc")))
     assert [is_ragged(x, "none") for x in backbone.layers] == [True, False]

@@ -41,7 +41,7 @@ def _size_mode(img_size: ImgSize | None, max_side: int, described: _Described) -
     if img_size is None or not isinstance(img_size[0], str):
         return described
     layers = described.layers
-    if any(x.layout == "NLC" for x in layers):
+    if any(x.layout == "NLC" or x.attrs.get("tokens") for x in layers):  # --tokens map too: reshaped at one grid
         raise UsageError(
             f"--img-size {size_mode_text(img_size)} stores maps at each image's own grid, which token layers "
             "of --layers cannot follow: take this model's feature levels (--out-indices) instead"
@@ -117,6 +117,7 @@ def load_backbone(
     if layers:
         model = hooked(model, desc.layers)
         if dynamic:  # the hooked modules must follow each input's shape (CNNs do, ViTs do not)
+            _size_mode(img_size, max_side, desc)  # a token layer is refused as one first
             check_varying(name, model, desc.layers)
     backbone = Backbone(name, model, list(desc.layers), data, indices, output_stride, weights)
     return _size_mode(img_size, max_side, backbone)
