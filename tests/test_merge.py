@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+import featdump
 from featdump.cli.commands import app
+from featdump.errors import UsageError
 from featdump.store.vds import check_sources, missing_sources
 
 from clusterkit import FAST, assert_rows_of_shards, assert_same_as_single, make_images, read
@@ -146,6 +148,26 @@ def test_missing_source_file_is_detected_not_read_as_zeros(run: dict[str, Path],
     assert {(p.reason, p.refused) for p in check_sources(merged)} == {
         ('not a featdump file (no format="featdump" attribute)', True)
     }
+
+
+def test_a_shard_extracted_again_after_the_merge_is_refused_naming_it(run: dict[str, Path], tmp_path: Path) -> None:
+    """A virtual file reads its shards at read time: one replaced by a run with other settings, or over
+    other images, is refused by every reader (it was read silently: another model's rows, or the rows of
+    other images under the stored paths)."""
+    folder = tmp_path / "f"
+    shutil.copytree(run["shards"], folder)
+    merged = folder / "all.h5"
+    assert _cli("merge", *sorted(str(p) for p in folder.glob("*.shard-*.h5")), "-o", str(merged)).exit_code == 0
+    again = shard_name(folder, 2)
+    for other, said in ((run["f16"], 'made with dtype="float16", the merged file with dtype="float32"'),
+                        (run["two"], "its rows hold other images now")):  # fmt: skip
+        shutil.copy(other, again)
+        problems = check_sources(merged)
+        assert [(p.source, p.refused) for p in problems] == [(str(again), True)] and said in problems[0].reason
+        with pytest.raises(UsageError, match="refusing to read its virtual dataset"):
+            featdump.open(merged)
+    shutil.copy(shard_name(run["shards"], 2), again)  # the same shard back: read as before
+    assert check_sources(merged) == []
 
 
 def test_empty_shards_are_skipped(run: dict[str, Path], tmp_path: Path) -> None:

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from featdump.errors import FeatdumpError, UsageError
-from featdump.store.check import check_file
+from featdump.store.check import INPUT_KEYS, RESUME_KEYS, check_file
 from featdump.store.committed import open_committed
-from featdump.store.format import FEATURES
+from featdump.store.format import FEATURES, read_text, same_setting, setting_text
 from featdump.text import first_line, to_str
 
 
@@ -129,6 +129,7 @@ def check_sources(path: str | Path) -> list[SourceProblem]:
 
     p = Path(path)
     maps: dict[str, list[tuple[Any, tuple[int, ...]]]] = {}  # source -> (mapping, row shape)
+    ends: dict[str, tuple[str, str, int]] = {}  # source -> the merged file's paths at its rows 0 and last
     with open_committed(p) as h5:
         features_link = h5.get(FEATURES, getlink=True)  # None when absent; never follows a link
         if not isinstance(features_link, h5py.HardLink):
@@ -140,12 +141,21 @@ def check_sources(path: str | Path) -> list[SourceProblem]:
             ds = group.get(name)
             if isinstance(ds, h5py.Dataset) and ds.is_virtual:
                 for vmap in ds.virtual_sources():
-                    maps.setdefault(str(source_path(p, stored_name(vmap))), []).append((vmap, ds.shape[1:]))
+                    source = str(source_path(p, stored_name(vmap)))
+                    maps.setdefault(source, []).append((vmap, ds.shape[1:]))
+                    if source not in ends and "paths" in h5 and read_text(ds.attrs.get("layout", "")) != "ragged":
+                        (lo, *_), (hi, *_) = vmap.vspace.get_select_bounds()  # rows of images (a ragged layer's: cells)
+                        if _rows_needed(vmap) == hi - lo + 1 and hi < len(h5["paths"]):  # the source's rows 0 .. hi - lo
+                            ends[source] = (read_text(h5["paths"][lo]), read_text(h5["paths"][hi]), int(hi - lo))
+        settings = {k: h5.attrs.get(k) for k in RESUME_KEYS if k not in INPUT_KEYS and k in h5.attrs}
     problems: list[SourceProblem] = []
     for source, mappings in maps.items():  # one source open at a time: thousands of shards fit any fd limit
         self_ref = _is_self(p, source)  # a stored "." resolves to the file itself
         f, refused = ("the file itself (a virtual dataset reading its own file)", True) if self_ref else _open_source(source)
         try:
+            if not isinstance(f, str) and (changed := _changed(f, settings, ends.get(source))):
+                problems.append(SourceProblem(source, mappings[0][0].dset_name, changed, True))
+                continue
             reported: set[str] = set()
             for vmap, row_shape in mappings:
                 reason, refused_here = (f, refused) if isinstance(f, str) else _source_reason(f, vmap, row_shape)
@@ -156,6 +166,21 @@ def check_sources(path: str | Path) -> list[SourceProblem]:
             if not isinstance(f, str):
                 f.close()
     return problems
+
+
+def _changed(f: Any, settings: dict[str, Any], ends: tuple[str, str, int] | None) -> str:
+    """Why a source is no longer the shard the merged file was made from (empty when it still is):
+    another setting, or other images at the first or last row it maps (a shard extracted again)."""
+    for key, want in settings.items():
+        if not same_setting(key, f.attrs.get(key), want):
+            have = setting_text(f.attrs.get(key))
+            return f"it was made with {key}={have}, the merged file with {key}={setting_text(want)}; merge again"
+    if ends and "paths" in f and len(f["paths"]) > ends[2]:  # a short source is named by _source_reason
+        first, last = read_text(f["paths"][0]), read_text(f["paths"][ends[2]])
+        if (first, last) != ends[:2]:
+            where = (first, ends[0]) if first != ends[0] else (last, ends[1])
+            return f"its rows hold other images now ({where[0]!r} where the merged file has {where[1]!r}); merge again"
+    return ""
 
 
 def _rows_needed(vmap: Any) -> int:
