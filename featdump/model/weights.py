@@ -130,13 +130,20 @@ def check_state_dict(name: str, state_dict: dict[str, Any]) -> None:
                 del state_dict[key]
 
 
+OTHER_WEIGHTS = ", or pass --checkpoint FILE or --no-pretrained"  # extract's way out (verify has none)
+
+
+class NoWeights(FeatdumpError):
+    """Pretrained weights that could not be had here (offline, not in the cache)."""
+
+
 def pretrained_error(name: str, exc: BaseException) -> FeatdumpError:
     text = f"{exc.__class__.__name__}: {exc}".replace("\n", " ")
     if "No pretrained weights exist" in text or "no pretrained" in text.lower():
         return UsageError(f"timm has no pretrained weights for {name}; pass --checkpoint FILE or --no-pretrained")
-    return FeatdumpError(
+    return NoWeights(
         f"could not get pretrained weights for {name} ({why_no_download(exc)}); "
-        f"run `featdump fetch {name}` where there is internet, or pass --checkpoint FILE or --no-pretrained"
+        f"run `featdump fetch {name}` where there is internet{OTHER_WEIGHTS}"
     )
 
 

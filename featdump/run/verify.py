@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from featdump.errors import UsageError
+from featdump.model.weights import OTHER_WEIGHTS, NoWeights
+from featdump.options import OPTIONS
 
 TOLERANCE: dict[tuple[str, str], tuple[float, float]] = {
     ("fp32", "float32"): (1e-3, 0.99999),
@@ -92,7 +94,8 @@ class VerifyReport:
 def as_attributes(message: str) -> str:
     """An option's error about a value read from the file, worded as the file's attribute (the
     user typed no such flag): ``--img-size 9000x9000 ...`` -> ``attribute input_size 9000x9000 ...``."""
-    return re.sub(r"--([a-z][a-z-]+)", lambda m: "attribute " + _ATTRIBUTE.get(m[1], m[1].replace("-", "_")), message)
+    flags = {f.lstrip("-") for o in OPTIONS if o.meaning for flag in o.flags for f in flag.split("/")}
+    return re.sub(r"--([a-z][a-z-]+)", lambda m: "attribute " + _ATTRIBUTE.get(m[1], m[1].replace("-", "_")) if m[1] in flags else m[0], message)
 
 
 def compare(stored: Any, fresh: Any) -> tuple[float, float, float]:
@@ -157,6 +160,8 @@ def verify_file(path: str | Path, n: int = 8, seed: int = 0, device: str = "auto
         backbone = backbone_for(cfg)
     except UsageError as exc:
         raise CannotVerify(f"cannot verify {p}: {as_attributes(str(exc))}") from None
+    except NoWeights as exc:  # exit 2 as well: the rows were not compared
+        raise CannotVerify(f"cannot verify {p}: {str(exc).replace(OTHER_WEIGHTS, '')}") from None
     with open_file(p) as ff:
         if ff.num_images == 0:
             raise CannotVerify(f"cannot verify {p}: it holds no rows yet")

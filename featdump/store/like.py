@@ -46,7 +46,13 @@ def recorded_options(
     where = f"{where} {path}"
     if attrs.get("format") != "featdump" or not attrs.get("model"):
         raise UsageError(f"{where} is not a featdump file")
-    values = {o.name: o.from_attr(attrs) for o in OPTIONS if o.from_attr and o.family in (None, onto)}
+    values = {}
+    for o in OPTIONS:
+        if o.from_attr and o.family in (None, onto):
+            try:
+                values[o.name] = o.from_attr(attrs)
+            except (TypeError, ValueError, IndexError):  # an attribute edited into something no run writes
+                raise UsageError(f"{where}: attribute {o.attr} {attrs.get(o.attr)!r} is not valid") from None
     sha256 = parse_weights(attrs.get("weights"))["sha256"]
     if not values["checkpoint"]:
         return values

@@ -239,6 +239,9 @@ def test_verify_checks_crafted_attributes_before_running_the_model(tmp_path, img
         ({"pool": "bogus"}, "attribute pool must be one of none|avg|max, not 'bogus'"),
         ({"input_size": [3, 99999, 5]}, "attribute input_size 99999x5 is out of range"),
         ({"out_indices": [9]}, "attribute out_indices 9 out of range for resnet18"),
+        ({"input_size": "abc"}, "attribute input_size 'abc' is not valid"),
+        ({"out_indices": "x"}, "attribute out_indices 'x' is not valid"),
+        ({"weights": "pretrained:resnet18.a1_in1k"}, "could not get pretrained weights for resnet18"),  # offline
     ):
         p = run("verify", str(_with_attrs(maps, tmp_path / "b.h5", **attrs)))
         assert p.returncode == 2 and f"cannot verify {tmp_path / 'b.h5'}: {words}" in p.stderr, p.stderr
