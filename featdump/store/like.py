@@ -52,7 +52,7 @@ def recorded_options(
             try:
                 values[o.name] = o.from_attr(attrs)
             except (TypeError, ValueError, IndexError):  # an attribute edited into something no run writes
-                raise UsageError(f"{where}: attribute {o.attr} {attrs.get(o.attr or o.name)!r} is not valid") from None
+                raise UsageError(f"{where}: attribute {o.attr or o.name} {attrs.get(o.attr or o.name)!r} is not valid") from None
     sha256 = parse_weights(attrs.get("weights"))["sha256"]
     if not values["checkpoint"]:
         return values
