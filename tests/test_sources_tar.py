@@ -60,6 +60,8 @@ def test_a_huge_brace_pattern_stops_at_its_first_missing_shard(cli, data: dict, 
     assert result.exit_code == 2, result.output
     assert "names 100000000 tar shards, more than 1000000; give a smaller brace range" in result.output, result.output
     assert time.monotonic() - started < 30
+    result = cli(*argv(str(tmp_path / "x-{0000000..0000001.tar"), tmp_path / "o.h5", data["ckpt"]))
+    assert result.exit_code == 2 and "unbalanced braces; a shard pattern looks like" in result.output, result.output
     result = cli(*argv(str(tmp_path / "x-*.tar"), tmp_path / "o.h5", data["ckpt"]))  # a quoted glob
     assert result.exit_code == 2, result.output
     assert f"give the brace pattern '{tmp_path}/x-{{0000000..0000001}}.tar'" in " ".join(result.output.split())

@@ -8,6 +8,7 @@ first member whose last extension is an image extension.
 
 from __future__ import annotations
 
+import itertools
 import re
 import tarfile
 import zlib
@@ -45,7 +46,12 @@ def expand_shards(inputs: Sequence[str]) -> Iterator[tuple[int, str]]:
             bound *= abs(int(b) - int(a)) // int(step or 1) + 1
         if bound > MAX_SHARDS:
             raise UsageError(f"{raw} names {bound} tar shards, more than {MAX_SHARDS}; give a smaller brace range")
-        for name in braceexpand(raw):
+        try:
+            names = braceexpand(raw)
+            first = next(names)  # braceexpand checks the braces as it starts
+        except ValueError:  # braceexpand.UnbalancedBracesError
+            raise UsageError(f"{raw}: unbalanced braces; a shard pattern looks like shards-{{000000..000099}}.tar") from None
+        for name in itertools.chain([first], names):
             count += 1
             if count > MAX_SHARDS:
                 raise UsageError(f"{raw} names more than {MAX_SHARDS} tar shards; give fewer (a smaller brace range)")
