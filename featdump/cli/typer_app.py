@@ -72,6 +72,9 @@ def handle_errors(func: F) -> F:
             raise
         except KeyboardInterrupt:
             raise fail("interrupted", 130) from None
+        except BrokenPipeError:  # stdout's reader left (`show --paths | head -1`): stop without a word
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes at exit
+            raise typer.Exit(1) from None  # as rich's console does for the tables (Python's documented recipe)
         except Exception as exc:  # noqa: BLE001 - one line, not a traceback
             if STATE["debug"]:
                 raise

@@ -89,3 +89,17 @@ def test_inspect_json_is_the_only_thing_on_stdout() -> None:
     assert [l["shape"] for l in data["layers"]] == [[192, 14, 14], [192, 14, 14]]
     proc = run("inspect", "resnet18", "--all-modules", "--json", check=True)
     assert json.loads(proc.stdout)["modules"][0]["name"] == "conv1"
+
+
+def test_a_reader_that_leaves_early_ends_the_command_quietly() -> None:
+    """``featdump inspect resnet18 --json | head -1``: stdout's reader is gone; the command stops with
+    no error line (it printed 'BrokenPipeError ... rerun with --debug'), exit 1 as for a table."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "featdump", "inspect", "resnet18", "--json"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)  # fmt: skip
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # before featdump has written anything: its first write meets a closed pipe
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 1 and err == b"", err
