@@ -135,6 +135,17 @@ def test_refusals_exit_2_and_leave_the_folder_alone(cli, files: dict[str, Path],
     assert [p.name for p in (tmp_path / "again" / "layer2" / "emb").iterdir()] == ["part-00000.npy"]  # no stale parts
     missing = cli("export", str(tmp_path / "nope.h5"), "-o", str(tmp_path / "x"), "--pool", "avg")
     assert missing.exit_code == 2 and "no such file" in missing.stderr
+    import shutil
+
+    import h5py
+
+    renamed = tmp_path / "renamed.h5"  # a layer renamed (h5py) to a name the export writes itself
+    shutil.copy(files["finished"], renamed)
+    with h5py.File(renamed, "r+") as h5:
+        h5.move("features/layer2", "features/featdump-export.json")
+    res = cli("export", str(renamed), "-o", str(tmp_path / "r"), "--pool", "avg")
+    assert res.exit_code == 2 and "has the name of a file --format npy writes itself" in res.stderr, res.output
+    assert not (tmp_path / "r").exists()
 
 
 def test_a_prefix_dataset_pools_over_its_own_tokens(cli, tmp_path: Path) -> None:

@@ -235,7 +235,12 @@ def export_file(
                 f"the export would hold {total / (1 << 30):.2f} GiB of tensors; --format safetensors is for "
                 f"exports up to {safetensors_limit / (1 << 30):g} GiB: use --format npy (parts of --rows-per-part rows)"
             )
-        entries = {"npy": names, "safetensors": ["features.safetensors"], "zarr": ["zarr.json", *names, "paths", "ids", "tiles"]}[fmt]
+        own = {"npy": [], "safetensors": [], "zarr": ["zarr.json", "paths", "ids", "tiles"]}[fmt]
+        if clash := [n for n in names if n in (*own, MANIFEST)]:  # a layer renamed so (HDF5 allows it)
+            raise UsageError(
+                f"layer {clash[0]!r} has the name of a file --format {fmt} writes itself; export the other layers with --layer"
+            )
+        entries = {"npy": names, "safetensors": ["features.safetensors"], "zarr": [*own, *names]}[fmt]
         st = ff.path.stat()  # the source's identity, in the manifest
         source = {"path": str(ff.path.absolute()), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns, "created": ff.meta.get("created"), "num_images": n}
         parts = -(-n // rows_per_part) if fmt == "npy" else 1
