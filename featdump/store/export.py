@@ -306,7 +306,9 @@ def _write_npy(ff: Any, plans: list[_Plan], folder: Folder, _pool: str | None, r
             if len(ff.meta.get("tiles", "")):  # --tiles: each row's box in its image
                 columns.update(zip(("y0", "x0", "y1", "x1"), ff.tiles(slice(start, stop)).T, strict=True))
             for key, values in ff.kept.items():  # --keep, --keep-columns
-                columns[f"meta.{key}" if key in columns else key] = pa.array(values[start:stop], type=pa.string())
+                while key in columns:  # row, path, id, y0, ... or a kept meta.row before it: meta.<name>
+                    key = f"meta.{key}"
+                columns[key] = pa.array(values[start:stop], type=pa.string())
             with folder.writing(meta) as fh:
                 pq.write_table(pa.table(columns), fh)
                 nbytes += fh.tell()

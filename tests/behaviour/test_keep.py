@@ -74,6 +74,8 @@ def test_keep_stores_members_row_aligned_through_merge_export_and_torch(tmp_path
 
 @pytest.mark.slow
 def test_keep_columns_stores_table_columns_row_aligned(tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
     import featdump
 
     table = tmp_path / "t.csv"
@@ -88,6 +90,12 @@ def test_keep_columns_stores_table_columns_row_aligned(tmp_path: Path) -> None:
     assert _meta(out) == {"label": ["7", "9"], "caption": ["a person", ""]}
     with featdump.open(out) as f:
         assert f.meta["keep_columns"] == ["label", "caption"]
+    with table.open("w", newline="") as fh:  # kept columns named like the export's own, and like each other's new name
+        csv.writer(fh).writerows([["path", "meta.row", "row"], [str(PHOTOS / "coffee.jpg"), "1", "2"]])
+    run("extract", "resnet18", str(table), "-o", str(tmp_path / "c.h5"), "--keep-columns", "meta.row,row", *FAST, check=True)
+    run("export", str(tmp_path / "c.h5"), "-o", str(tmp_path / "exp"), "--pool", "avg", check=True)
+    exported = pq.read_table(next((tmp_path / "exp").glob("*/metadata/part-00000.parquet"))).to_pydict()
+    assert (exported["row"], exported["meta.row"], exported["meta.meta.row"]) == ([0], ["1"], ["2"])  # none lost
 
     p = run("extract", "resnet18", str(table), "-o", str(tmp_path / "x.h5"), "--keep-columns", "nope", *FAST)
     assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1 and "--keep-columns nope: no such column" in p.stderr
