@@ -9,6 +9,7 @@ register under the ``featdump.processors`` entry-point group. Nothing here impor
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -273,7 +274,7 @@ def stored_layers(described: Any, pool: str, steps: Sequence[Step], device: Any 
         grid: Grid | None = (r, 0.0, r, 0.0) if len(shape) == 3 and r else None
         for step in steps:
             after = tuple(int(d) for d in step.run.output_shape(shape))
-            grid = _compose(grid, _cells(step.run, shape, after))
+            grid = _compose(grid, _cells(step, shape, after))
             shape = after
         if len(shape) != 3:
             out.append(replace(layer, processed=shape))
@@ -284,14 +285,24 @@ def stored_layers(described: Any, pool: str, steps: Sequence[Step], device: Any 
     return out
 
 
-def _cells(p: Any, before: tuple[int, ...], after: tuple[int, ...]) -> Grid | None:
-    """Where ``p``'s output cells lie on its input map (None: not spatial, or not a map)."""
+def _cells(step: Any, before: tuple[int, ...], after: tuple[int, ...]) -> Grid | None:
+    """Where a step's output cells lie on its input map (None: not spatial, or not a map)."""
     if len(before) != 3 or len(after) != 3:
         return None
-    if hasattr(p, "cells"):
-        c = p.cells(before)
-        return None if c is None else tuple(float(v) for v in c)  # type: ignore[return-value]
-    return (1.0, 0.0, 1.0, 0.0) if before[1:] == after[1:] else None
+    if not hasattr(step.run, "cells"):
+        return (1.0, 0.0, 1.0, 0.0) if before[1:] == after[1:] else None
+    if (c := step.run.cells(before)) is None:
+        return None
+    try:
+        grid = tuple(float(v) for v in c)
+    except (TypeError, ValueError):
+        grid = ()
+    if len(grid) != 4 or not all(math.isfinite(v) for v in grid) or grid[0] <= 0 or grid[2] <= 0:
+        raise FeatdumpError(
+            f"--process {step.spec}: cells({before}) returned {c!r}, not (scale_y, offset_y, scale_x, offset_x) "
+            "with finite values and scales above 0 (fix or remove the processor)"
+        )
+    return grid
 
 
 def _compose(grid: Grid | None, cells: Grid | None) -> Grid | None:

@@ -49,6 +49,13 @@ class Shuffle(Pool2):
 
     def cells(self, shape):
         return None
+
+
+class Liar(Pool2):
+    """Cells no grid can have."""
+
+    def cells(self, shape):
+        return (0, float("nan"), -1, 1e308)
 '''
 
 
@@ -59,7 +66,7 @@ def plugin_env(tmp_path: Path) -> dict[str, str]:
     (site / "fd_test.py").write_text(PLUGIN)
     (site / "fd_test-0.1.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: fd-test\nVersion: 0.1\n")
     (site / "fd_test-0.1.dist-info" / "entry_points.txt").write_text(
-        "[featdump.processors]\nbad = fd_test:Bad\npool2 = fd_test:Pool2\nshuffle = fd_test:Shuffle\n"
+        "[featdump.processors]\nbad = fd_test:Bad\npool2 = fd_test:Pool2\nshuffle = fd_test:Shuffle\nliar = fd_test:Liar\n"
     )
     return {"PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
 
@@ -149,6 +156,8 @@ def test_a_pooling_processor_places_its_cells(tmp_path, plugin_env):
     p = run("inspect", "resnet18", "--out-indices", "4", "--process", "pool2", "--json", env=plugin_env)
     layer = json.loads(p.stdout)["layers"][0]
     assert (layer["shape"], layer["reduction"], layer["pixel_grid"]) == ([512, 3, 3], 64, [64, 0, 64, 0])
+    p = run("inspect", "resnet18", "--out-indices", "4", "--process", "liar", env=plugin_env)
+    assert p.returncode == 1 and "--process liar: cells((512, 7, 7)) returned (0, nan, -1, 1e+308)" in p.stderr, p.stderr
     p = run("inspect", "resnet18", "--out-indices", "4", "--process", "shuffle", "--process", "resize:4x4", "--json", env=plugin_env)
     layer = json.loads(p.stdout)["layers"][0]
     assert (layer["shape"], layer["reduction"], layer["pixel_grid"]) == ([512, 4, 4], 0, [])
