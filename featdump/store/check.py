@@ -12,9 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from featdump import FORMAT_VERSION, __version__
 from featdump.errors import UsageError
 from featdump.options import SETTINGS
-from featdump.store.format import CELLS, FEATURES, read_attr, read_text, same_setting, setting_text
+from featdump.store.format import CELLS, FEATURES, RAGGED_VERSION, read_attr, read_text, same_setting, setting_text
 from featdump.text import printable, to_str, unsafe_name
 
 # Which inputs a file covers: its block (input_digest, num_inputs), the whole list it was cut from
@@ -152,6 +153,9 @@ def check_file(h5: Any, path: str | Path) -> Counts:
     """The counters of an open featdump file, once its layout and counters hold up (UsageError naming
     what disagrees otherwise)."""
     attrs = h5.attrs
+    version = read_attr(attrs.get("format_version", FORMAT_VERSION))
+    if version not in (FORMAT_VERSION, RAGGED_VERSION):  # a later featdump's layout, or an edited attribute
+        raise UsageError(f"{path} has format_version {version!r}; this featdump {__version__} reads 1 and 2: upgrade it")
     rows: dict[str, Any] = {}
     for name in ROW_DATASETS:
         ds = _dataset(h5, name, f"/{name}", path, required=name == "paths")

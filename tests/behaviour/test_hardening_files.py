@@ -147,6 +147,11 @@ def test_counters_that_disagree_are_refused(cli, base: dict[str, Any], tmp_path:
     assert_refused_everywhere(cli, path, tmp_path, "is inconsistent", message)
 
 
+def test_a_later_format_version_is_refused_everywhere(cli, base: dict[str, Any], tmp_path: Path) -> None:
+    path = hostile(base["file"], tmp_path / "in" / "feats.h5", _set("format_version", 99))
+    assert_refused_everywhere(cli, path, tmp_path, "has format_version 99; this featdump", "reads 1 and 2: upgrade it")
+
+
 @pytest.mark.parametrize("case", ["num_images=1000", "num_images=3.7", "num_images=-5", "rows never written"])
 def test_resume_refuses_forged_counters_and_leaves_the_file_alone(cli, base: dict[str, Any], tmp_path: Path, case: str) -> None:
     """Was: ``--resume`` "completed" with 990 rows of zeros (exit 0)."""
