@@ -90,6 +90,35 @@ def test_shard_pattern_expands_to_exactly_the_names(names: list[str], pattern: s
         assert sorted(braceexpand(pattern)) == sorted(names)  # braceexpand's reading of the pattern
 
 
+def test_link_and_special_members_are_failures_not_lost(cli, data: dict, tmp_path: Path) -> None:
+    """GNU tar stores a second copy of a file as a hard link; a stream cannot go back for its bytes.
+    Such members (and symlinks, FIFOs) are /failed records naming them: they vanished without one."""
+    import tarfile
+
+    png = (data["root"] / "shards").glob("*.tar").__next__()
+    with tarfile.open(png) as src:
+        first = next(m for m in src.getmembers() if m.name.endswith((".png", ".jpg")))
+        body = src.extractfile(first).read()  # type: ignore[union-attr]
+    shard = tmp_path / "links.tar"
+    with tarfile.open(shard, "w") as tar:
+        info = tarfile.TarInfo("b.png")
+        info.size = len(body)
+        tar.addfile(info, io.BytesIO(body))
+        for name, kind in (("c.png", tarfile.FIFOTYPE), ("e.png", tarfile.LNKTYPE), ("s.png", tarfile.SYMTYPE)):
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname = kind, "b.png" if kind != tarfile.FIFOTYPE else ""
+            tar.addfile(info)
+    result = cli(*argv(str(shard), tmp_path / "o.h5", data["ckpt"]))
+    assert result.exit_code == 0, result.output
+    with featdump.open(tmp_path / "o.h5") as f:
+        assert f.paths == [f"{shard}/b.png"]
+        assert f.failed == [
+            (f"{shard}/c.png", "member c.png is a special file, not a regular file; tar the image itself"),
+            (f"{shard}/e.png", "member e.png is a hard link to b.png, not a regular file; tar the image itself"),
+            (f"{shard}/s.png", "member s.png is a symlink, not a regular file; tar the image itself"),
+        ]
+
+
 def test_a_folder_of_tar_shards_says_how_to_give_them(cli, tmp_path: Path) -> None:
     wds = tmp_path / "wds"
     wds.mkdir()

@@ -160,9 +160,10 @@ _READ_ERRORS = (_Damaged, tarfile.TarError, EOFError, OSError, zlib.error, Value
 
 def member_key(info: tarfile.TarInfo) -> tuple[str | None, str]:
     """A member -> ``(sample key, extension)``; ``(None, "")`` for members that belong to no sample
-    (folders, links, ``__meta__`` names, names webdataset skips)."""
+    (folders, ``__meta__`` names, names webdataset skips). A link or special member keeps its sample:
+    read_samples fails it rather than lose it."""
     name = info.name
-    if not info.isreg() or ("/" not in name and name.startswith("__") and name.endswith("__")) or _META.match(name):
+    if info.isdir() or ("/" not in name and name.startswith("__") and name.endswith("__")) or _META.match(name):
         return None, ""
     m = _KEY.match(name)
     return (m.group(1), m.group(2).lower()) if m else (None, "")
@@ -211,7 +212,13 @@ def read_samples(shard: str, keep: Sequence[str] = (), cap: int = MAX_IMAGE_BYTE
                     key, member, data, exts, start, texts, error = k, "", None, [], info.offset, {}, ""
                 exts.append(ext)
                 image = data is None and ext.rsplit(".", 1)[-1] in _IMAGE_EXT
-                if (image or ext in keep) and info.size > cap:  # not read: tarfile skips its data in blocks
+                if image and not info.isreg():  # a hard link (GNU tar's duplicate files), symlink or device: not in the stream
+                    kind = "hard link to " + info.linkname if info.islnk() else "symlink" if info.issym() else "special file"
+                    error = error or f"member {name} is a {kind}, not a regular file; tar the image itself"
+                    member = name
+                elif not info.isreg():
+                    continue
+                elif (image or ext in keep) and info.size > cap:  # not read: tarfile skips its data in blocks
                     error = error or too_big(f"member {name} ({info.size} bytes)", cap)
                     member = name if image else member
                 elif image and not error:
