@@ -260,8 +260,9 @@ def check_same_settings(h5: Any, attrs: dict[str, Any], path: str | Path) -> Non
             if key in INPUT_KEYS and key != "shard":
                 then = read_attr(h5.attrs.get("list_size", h5.attrs.get("num_inputs", "?")))
                 now = attrs.get("list_size", attrs.get("num_inputs", "?"))
+                what = {"tar": "tar shards", "table": "rows"}.get(input_kind(h5.attrs), "images")
                 raise UsageError(
-                    f"--resume: the input list differs from the one {path} was started with ({then} images "
+                    f"--resume: the input list differs from the one {path} was started with ({then} {what} "
                     f"then, {now} now, or other names); resume with the same inputs, or --overwrite to start again"
                 )
             raise UsageError(

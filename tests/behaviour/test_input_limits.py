@@ -216,6 +216,7 @@ def test_resume_over_content_changed_at_the_same_size_is_refused(
     result = cli(*argv(str(target), out, data["ckpt"], "--resume"))
     assert result.exit_code == 2, result.output
     assert "--resume: the input list differs" in result.output
+    assert ("(1 tar shards then, 1 now" if kind == "tar" else "(4 rows then, 4 now") in result.output, result.output
     target.write_bytes(forward)  # the same content again (a new modification time): still refused
     assert cli(*argv(str(target), out, data["ckpt"], "--resume")).exit_code == 2
 
