@@ -92,15 +92,17 @@ def select_rows(
             if not -num_images <= row < num_images:
                 raise UsageError(f"--image {row}: the file has rows 0..{num_images - 1}")
             row %= num_images
-        elif text in paths[:num_images]:
-            row = list(paths[:num_images]).index(text)
-        else:
-            ends = [i for i, p in enumerate(paths[:num_images]) if p.endswith("/" + text) or Path(p).name == text]
-            if len(ends) != 1:
-                why = "matches several rows" if ends else "is not a stored path (see `featdump show FILE --paths`)"
+        else:  # the stored path (a --tiles file stores it once per tile), else a unique ending
+            stored = paths[:num_images]
+            hits = [i for i, p in enumerate(stored) if p == text] or [
+                i for i, p in enumerate(stored) if p.endswith("/" + text) or Path(p).name == text
+            ]
+            if len(hits) != 1:
+                shown = ", ".join(map(str, hits[:5])) + (f" and {len(hits) - 5} more" if len(hits) > 5 else "")
+                why = f"matches rows {shown}" if hits else "is not a stored path (see `featdump show FILE --paths`)"
                 example = ", ".join(paths[:3])
                 raise UsageError(f"--image {text!r} {why}; give a row number or a stored path, e.g. {example}")
-            row = ends[0]
+            row = hits[0]
         if row not in rows:
             rows.append(row)
     return rows

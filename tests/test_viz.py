@@ -250,3 +250,14 @@ def test_overlay_of_a_file_without_geometry_is_a_usage_error(cli, feats: dict[st
         del h5["geometry"]
     r = cli("viz", str(bare), "-o", str(tmp_path / "o.png"), "--overlay")
     assert r.exit_code == 2 and "holds no /geometry" in r.output, r.output
+
+
+def test_an_image_stored_in_several_rows_is_named_by_row() -> None:
+    """A --tiles file stores an image's path once per tile: --image PATH names those rows instead of
+    drawing the first tile as if it were the image."""
+    from featdump.errors import UsageError
+
+    paths = ["a.jpg"] * 7 + ["b.jpg"]
+    with pytest.raises(UsageError, match=r"--image 'a.jpg' matches rows 0, 1, 2, 3, 4 and 2 more; give a row number"):
+        select_rows(paths, ["a.jpg"], 8)
+    assert select_rows(paths, ["b.jpg", "3"], 8) == [7, 3]
