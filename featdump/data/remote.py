@@ -15,7 +15,6 @@ import re
 import socket
 import stat
 import threading
-import time
 from collections.abc import Sequence
 from typing import Any, BinaryIO
 from urllib.parse import urlsplit
@@ -248,6 +247,8 @@ def retry(url: str, call: Any, hint: bool = True) -> Any:
     over-cap body) up to :data:`RETRIES` times: the other clients retry on their own."""
     tries = RETRIES + 1 if scheme(url) in ("http", "https") else 1
     for attempt in range(tries):
+        if STOPPING.is_set():  # a stop request (start-up too): no new try
+            raise StoreStopped(f"stopped by a stop request before {url} answered")
         try:
             return call()
         except Exception as exc:  # noqa: BLE001 - every client has its own errors (aiohttp, botocore, ...)
@@ -259,7 +260,7 @@ def retry(url: str, call: Any, hint: bool = True) -> Any:
                 again = f"; {RESUME_HINT}" if hint else ""
                 message = f"cannot read {url} ({why_failed(cause)}{counted}){again}"
                 raise RemoteUnreachable(message, answered=not no_answer(cause)) from None
-        time.sleep(BACKOFF * 2**attempt)
+        STOPPING.wait(BACKOFF * 2**attempt)
     raise AssertionError("unreachable")
 
 
@@ -306,7 +307,12 @@ def stat_input(path: str) -> int:
 
 def _info(path: str) -> dict[str, Any]:
     fs, inner = filesystem(path)
-    info = retry(path, lambda: fs.info(inner), hint=False)
+    if getattr(fs, "async_impl", False):  # http, s3, ...: the request given up at a stop request
+        from fsspec.asyn import sync
+
+        info = retry(path, lambda: sync(fs.loop, unless_stopped, fs._info(inner)), hint=False)
+    else:
+        info = retry(path, lambda: fs.info(inner), hint=False)
     if info.get("type") == "directory":
         raise IsADirectoryError(21, "a folder, not a file", path)
     return dict(info)

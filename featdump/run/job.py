@@ -62,7 +62,12 @@ def run_extraction(
     request); a repeated signal calls ``on_repeat`` (default: ``KeyboardInterrupt`` in the caller)."""
     stop = stop or StopToken()
     with SignalWatch(stop, on_repeat):  # restored only once the run's clean-up is done: a signal there is a repeat
-        return _run(cfg, progress or ProgressSink(), on_ready, stop, stages)
+        try:
+            return _run(cfg, progress or ProgressSink(), on_ready, stop, stages)
+        except StoreStopped:  # a stop request cut a remote lookup of the start-up (the loop reports its own)
+            if not stop.stopped:
+                raise
+            raise _stopped(stop.signum or signal.SIGINT, "during start-up; nothing was written") from None
 
 
 def _run(cfg: ExtractConfig, progress: ProgressSink, on_ready: Callable | None, stop: StopToken, stages: Stages) -> Summary:

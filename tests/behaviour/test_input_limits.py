@@ -318,6 +318,36 @@ def test_hostile_http_answers_are_failed_records(data: dict[str, Any], hostile: 
 
 
 @pytest.mark.slow
+def test_a_stop_request_is_honoured_while_start_up_waits_for_a_mute_host(data: dict[str, Any], tmp_path: Path) -> None:
+    """A host that takes connections and never answers: the shards' sizes are asked for at start-up;
+    SIGINT there ends the run within seconds (exit 130), not after every try's deadline (minutes)."""
+    import socket
+
+    mute = socket.socket()
+    mute.bind(("127.0.0.1", 0))
+    mute.listen(64)  # connections are queued by the kernel, never read
+    port = mute.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "FEATDUMP_REQUEST_SECONDS": "60"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "featdump", *argv(f"http://127.0.0.1:{port}/x-{{000..003}}.tar", tmp_path / "o.h5", data["ckpt"])],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    try:
+        time.sleep(12)  # imports done, the lookups waiting on the mute host
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        stopped = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)
+        assert time.monotonic() - stopped < 10
+    finally:
+        proc.kill()
+        mute.close()
+    err = proc.stderr.read() if proc.stderr else ""
+    assert proc.returncode == 130 and "stopped by SIGINT during start-up; nothing was written" in err, err
+    assert not (tmp_path / "o.h5").exists()
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["image", "tar"])
 def test_a_stop_request_is_honoured_while_a_read_waits(data: dict[str, Any], hostile: str, tmp_path: Path, kind: str) -> None:
     """SIGTERM while the only image (or the only tar shard) drips a byte every 5 s: the run ends
