@@ -138,7 +138,7 @@ def test_a_missing_s3_bucket_is_not_found_at_once(
     for key, value in s3.items():
         monkeypatch.setenv(key, value)
     s3fs.S3FileSystem.clear_instance_cache()  # the client reads the endpoint from the environment above
-    monkeypatch.setattr(remote, "time", SimpleNamespace(sleep=no_retry))
+    monkeypatch.setattr(remote, "STOPPING", SimpleNamespace(is_set=lambda: False, wait=no_retry))  # the back-off wait
     out = tmp_path / "o.h5"
     for url, message in [
         ("s3://nobucket/shards/data-{000000..000001}.tar", "tar shard not found: s3://nobucket/shards/data-000000.tar"),
