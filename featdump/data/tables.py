@@ -2,7 +2,8 @@
 
 Read with pyarrow in record batches, never whole, so memory does not grow with the file: Parquet in
 batches of about :data:`BATCH_BYTES` (row groups before ``--resume``/``--shard``'s start skipped
-unread), the text formats in :data:`TEXT_BLOCK`-byte blocks (a longer row that pyarrow cannot extend its block for: an error saying so).
+unread), the text formats in :data:`TEXT_BLOCK`-byte blocks (a longer row that pyarrow cannot extend
+its block for: an error saying so).
 A path is stored as written (read relative to the table's folder); image bytes are stored as their
 struct's ``path``, else ``ROW:<n>``.
 """
