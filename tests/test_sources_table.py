@@ -148,6 +148,8 @@ def test_a_path_column_of_image_bytes_is_a_usage_error_before_the_model_loads(
         ("n.jsonl", {}, "column path holds int64 values, not paths or URLs (text)"),
         ("s.parquet", {"image_column": "id"}, "column id holds text, not image bytes; for paths or URLs use --path-column id"),
         ("n.parquet", {"image_column": "label"}, "column label holds int64 values, not image bytes (binary, or {bytes, path} structs)"),
+        ("bin.parquet", {"image_column": "image", "id_column": "image"}, "--id-column image: the column holds image bytes; --id-column stores text values"),
+        ("bin.parquet", {"image_column": "image", "keep_columns": ("image",)}, "--keep-columns image: the column holds image bytes; --keep-columns stores text values"),
     ],
 )
 def test_a_column_of_the_wrong_kind_is_a_usage_error(tmp_path: Path, table: str, columns: dict, message: str) -> None:

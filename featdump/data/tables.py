@@ -65,6 +65,9 @@ class Table:
                 )
         if self.kind not in ("csv", "tsv"):  # the text formats' cells are read as text
             self._check_type(schema, path_column, image_column)
+            for option, col in (("--id-column", id_column), *(("--keep-columns", c) for c in self.keep)):
+                if col and self._holds_bytes(schema.field(col).type):  # stored as text: its repr, megabytes a row
+                    raise UsageError(f"{option} {col}: the column holds image bytes; {option} stores text values")
         self.path_column, self.image_column, self.id_column = path_column, image_column, id_column
         self.columns = list(dict.fromkeys(c for c in (path_column, image_column, id_column, *self.keep) if c))
         self.rows = self._count()
@@ -80,9 +83,7 @@ class Table:
         if types.is_dictionary(kind):
             kind = kind.value_type
         text = types.is_string(kind) or types.is_large_string(kind) or str(kind) == "string_view"
-        raw = types.is_binary(kind) or types.is_large_binary(kind) or types.is_fixed_size_binary(kind)
-        raw = raw or str(kind) == "binary_view"
-        struct = _image_struct(self.pa, kind)
+        raw, struct = self._holds_bytes(kind, struct=False), _image_struct(self.pa, kind)
         if types.is_null(kind) or (text if path_column else raw or struct):
             return
         if path_column and (raw or struct):
@@ -92,6 +93,13 @@ class Table:
             raise UsageError(f"column {column} holds text, not image bytes; for paths or URLs use --path-column {column}")
         want = "paths or URLs (text)" if path_column else "image bytes (binary, or {bytes, path} structs)"
         raise UsageError(f"column {column} holds {kind} values, not {want}")
+
+    def _holds_bytes(self, kind: Any, struct: bool = True) -> bool:
+        """A column of binary values (or, with ``struct``, of image structs)."""
+        types = self.pa.types
+        kind = kind.value_type if types.is_dictionary(kind) else kind
+        raw = types.is_binary(kind) or types.is_large_binary(kind) or types.is_fixed_size_binary(kind) or str(kind) == "binary_view"
+        return raw or (struct and _image_struct(self.pa, kind))
 
     def _schema(self) -> Any:
         try:
