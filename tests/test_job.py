@@ -136,3 +136,31 @@ def test_a_stream_error_mid_run_commits_the_whole_batches_before_it_and_resume_c
     resumed, clean = _rows(out), _rows(tmp_path / "clean.h5")
     assert resumed["paths"] == clean["paths"] and resumed["failed"] == clean["failed"] and resumed["complete"]
     assert np.array_equal(resumed["features"], clean["features"])  # bit-identical
+
+
+class _Fixed(torch.nn.Module):
+    def __init__(self, values: torch.Tensor) -> None:
+        super().__init__()
+        self.values = values
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return [self.values.expand(len(x), *self.values.shape[1:])]
+
+
+@pytest.mark.parametrize(
+    ("values", "count"),
+    [
+        ([3e38, 3e38, 1.0, 2.0], 0),  # finite values whose float32 sum overflows: none counted
+        ([float("nan"), 1.0, 2.0, 3.0], 1),
+        ([float("inf"), float("-inf"), 1.0, 2.0], 2),  # their sum is NaN, not inf
+        ([1.0, 2.0, 3.0, 4.0], 0),
+    ],
+)
+def test_nonfinite_values_are_counted_exactly(values: list[float], count: int) -> None:
+    from featdump.run.forward import Forward
+
+    layer = LayerInfo("fixed", "fixed", 0, 1, 1, (1, 2, 2))
+    stub = Backbone("stub", _Fixed(torch.tensor(values).view(1, 1, 2, 2)), [layer], DATA, (0,), None, "stub weights")
+    forward = Forward(stub, torch.device("cpu"), "fp32", "none", "float32", False)
+    forward(torch.zeros(3, 3, 16, 16))
+    assert forward.nonfinite() == [3 * count]

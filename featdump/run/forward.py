@@ -106,10 +106,15 @@ class Forward:
         return [per_row if is_ragged(layer, self.pool) else np.stack(per_row) for layer, per_row in zip(self.layers, rows, strict=True)]
 
     def _count_nonfinite(self, stored: list[Any]) -> None:
-        """Add each layer's NaN/inf count to a running total kept on the device (no sync)."""
+        """Add each layer's NaN/inf count to a running total kept on the device (no sync on CUDA). On
+        other devices the rows come back at once anyway: a float32 sum, finite only if every value is,
+        picks the layers worth counting (counting every value cost a CPU as much as the float16 cast)."""
         import torch
 
-        counts = torch.stack([s.numel() - torch.isfinite(s).sum() for s in stored])
+        if self.copies is None:
+            counts = torch.tensor([0 if s.sum(dtype=torch.float32).isfinite() else s.numel() - int(torch.isfinite(s).sum()) for s in stored])
+        else:
+            counts = torch.stack([s.numel() - torch.isfinite(s).sum() for s in stored])
         self._nonfinite = counts if self._nonfinite is None else self._nonfinite + counts
 
     def nonfinite(self) -> list[int]:
