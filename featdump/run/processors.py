@@ -315,7 +315,6 @@ def _compose(grid: Grid | None, cells: Grid | None) -> Grid | None:
 def apply(steps: Sequence[Step], x: Any, dtype: Any) -> Any:
     """One layer's stored batch through every processor (in float32), each result's shape checked
     against what the processor declared, then cast to the storage ``dtype``."""
-    import torch
 
     y = x.float()
     for step in steps:
@@ -327,4 +326,4 @@ def apply(steps: Sequence[Step], x: Any, dtype: Any) -> Any:
                 f"--process {step.spec}: the processor declared shape {want} per image but returned {got}; "
                 "its output_shape and __call__ must agree (fix or remove the processor)"
             )
-    return y.to(dtype=dtype, memory_format=torch.contiguous_format)
+    return y.to(dtype=dtype).contiguous()  # as forward.to_storage: the cast, then NCHW
