@@ -108,8 +108,9 @@ class PCA:
         k, path = int(args[0]), args[1]
         self.k, self.file = k, path
         p = Path(path)
-        if not p.is_file():
-            raise UsageError(f"--process pca: basis file {path} not found")
+        if not p.is_file():  # a FIFO is not opened (it would block)
+            said = "is not a regular file (a folder, FIFO, socket or device)" if p.exists() else "not found"
+            raise UsageError(f"--process pca: basis file {path} {said}")
         try:
             if p.suffix == ".safetensors":
                 from safetensors.numpy import load_file

@@ -68,6 +68,14 @@ def test_processor_errors(tmp_path, imgs):
     assert p.returncode == 2 and "resize:HxW" in p.stderr
 
 
+def test_a_pca_basis_that_is_a_fifo_is_refused_without_opening_it(tmp_path, cli):
+    fifo = tmp_path / "basis.npz"
+    os.mkfifo(fifo)  # opening it would block until a writer came
+    res = cli("inspect", "resnet18", "--process", f"pca:4:{fifo}")
+    assert res.exit_code == 2 and f"basis file {fifo} is not a regular file" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+
+
 PLUGIN = '''
 import torch
 
