@@ -60,6 +60,12 @@ def _names(attrs: dict[str, Any]) -> tuple[str, ...] | None:
     return tuple(names)
 
 
+def _steps(attrs: dict[str, Any]) -> tuple[str, ...] | None:
+    """``process`` from a file: its list of steps; a scalar string (crafted: runs write a list) is one step."""
+    value = attrs.get("process")
+    return (value,) if isinstance(value, str) and value else tuple(value) if value else None
+
+
 def _height_width(attrs: dict[str, Any]) -> ImgSize | None:
     if attrs.get("img_size_mode"):  # a size mode: input_size holds its nominal square
         return parse_img_size(str(attrs["img_size_mode"]))
@@ -289,6 +295,7 @@ class ExtractConfig:
         cli=list[str] | None,
         api=Sequence[str] | str | None,
         parse=parse_process,
+        from_attr=_steps,
         meaning=True,
         example=("l2norm",),
     )

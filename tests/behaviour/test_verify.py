@@ -252,6 +252,15 @@ def test_verify_checks_crafted_attributes_before_running_the_model(tmp_path, img
     assert p.returncode == 2 and "at its attribute input_size 8192x8192 needs about 24.0 GiB" in p.stderr, p.stderr
 
 
+def test_verify_reads_a_scalar_process_attribute_as_one_step(cli, tmp_path, photos):
+    """featdump stores ``process`` as a list; a crafted scalar string is one step, not one per character."""
+    out = tmp_path / "f.h5"
+    args = ("resnet18", str(photos / "coins.jpg"), "--no-pretrained", "--img-size", "32", "--out-indices", "-1")
+    assert cli("extract", *args, "-q", "--process", "l2norm", "-o", str(out), "--device", "cpu").exit_code == 0
+    res = cli("verify", str(_with_attrs(out, tmp_path / "s.h5", process="l2norm")), "--device", "cpu", "-q")
+    assert res.exit_code == 0, res.output
+
+
 def test_verify_names_five_failing_rows_and_how_many_more(cli, tmp_path, photos):
     import h5py
 
