@@ -192,6 +192,10 @@ def verify(
     checkpoint: Annotated[
         Path | None, typer.Option("--checkpoint", help="The file's checkpoint moved: the same bytes (sha256) here.")
     ] = None,
+    max_image_bytes: Annotated[
+        int | None,
+        typer.Option("--max-image-bytes", min=1, help="Read no image past this many bytes. \\[default: 256 MiB]"),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON on stdout (nothing else).")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing; only the exit status tells.")] = False,
 ) -> None:
@@ -206,7 +210,7 @@ def verify(
     from featdump.cli.render import console, verify_table
     from featdump.run.verify import verify_file
 
-    report = verify_file(path, n=n, seed=seed, device=device, checkpoint=checkpoint)
+    report = verify_file(path, n=n, seed=seed, device=device, checkpoint=checkpoint, max_image_bytes=max_image_bytes)
     if as_json:
         sys.stdout.write(json.dumps({**dataclasses.asdict(report), "ok": report.ok}, indent=2) + "\n")
     elif not quiet:

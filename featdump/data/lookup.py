@@ -26,6 +26,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
+from types import SimpleNamespace
 from typing import Any
 
 from featdump.data.discover import ImageRef
@@ -48,6 +49,7 @@ class Wanted:
     rank: int = 0  # rows before this one with the same key
     spare: int = 0  # /failed records with this path: 0 means the match is exact
     found: list[ImageRef] = field(default_factory=list)  # the candidates, in input order
+    error: str = ""  # why a sample with its key cannot be read now (over --max-image-bytes, ...)
 
     @property
     def done(self) -> bool:
@@ -97,11 +99,11 @@ def wanted_rows(rows: Sequence[int], paths: Sequence[str], ids: Sequence[str] | 
 def find_rows(kind: str, inputs: Sequence[str], options: Any, wanted: Sequence[Wanted], shard: Sequence[int],
               names: Iterable[str] = ()) -> None:  # fmt: skip
     """Fill each :attr:`Wanted.found` from the recorded ``inputs`` of a ``kind`` (tar | table) file
-    that is block ``shard`` = ``(I, N)`` of its run (``options``: the table columns); ``names``: every
-    stored path of the file (rows and failures), for the shard names as written. UsageError naming
-    the shard, table or URL that is gone, or the row an input no longer holds."""
+    that is block ``shard`` = ``(I, N)`` of its run (``options``: the table columns, ``max_image_bytes``);
+    ``names``: every stored path of the file (rows and failures), for the shard names as written.
+    UsageError naming the shard, table or URL that is gone, or the row an input no longer holds."""
     if kind == "tar":
-        _find_in_tars(inputs, wanted, shard, names)
+        _find_in_tars(inputs, wanted, shard, names, getattr(options, "max_image_bytes", None))
     elif kind == "table":
         _find_in_tables(inputs, options, wanted, shard)
     else:
@@ -128,11 +130,13 @@ def _scan(stream: Iterator[ImageRef], rows: Sequence[tuple[Key, Wanted]], seen: 
     ids = any(w.id is not None for _, w in rows)
     try:
         for ref in stream:
-            if ref.error:
-                continue  # reported by the source itself: never a row
             k = (storable(ref.path[cut:]), ref.id if ids else None)
             offered = by_key.get(k)
             if offered is None:
+                continue
+            if ref.error:  # reported by the source itself: never a row; said when its row is not found
+                for w in offered:
+                    w.error = w.error or ref.error
                 continue
             for w in offered:
                 w.offer(seen[k], ref)
@@ -158,7 +162,8 @@ def _find_in_tables(inputs: Sequence[str], options: Any, wanted: Sequence[Wanted
             raise UsageError(f"row {w.row}'s image {what} is not in the table {', '.join(inputs)} any more")
 
 
-def _find_in_tars(inputs: Sequence[str], wanted: Sequence[Wanted], shard: Sequence[int], names: Iterable[str]) -> None:
+def _find_in_tars(inputs: Sequence[str], wanted: Sequence[Wanted], shard: Sequence[int], names: Iterable[str],
+                  cap: int | None = None) -> None:  # fmt: skip
     every = list(dict.fromkeys(name for _, name in expand_shards(inputs)))
     start, stop = shard_bounds(len(every), int(shard[0]), int(shard[1]))
     shards = every[start:stop]
@@ -176,13 +181,16 @@ def _find_in_tars(inputs: Sequence[str], wanted: Sequence[Wanted], shard: Sequen
         todo = [(w, member) for w, member in places.get(s, []) if not w.done]
         if not todo:
             continue
-        selection = _select([s], None, (0, 1), f"it holds row {todo[0][0].row}, {todo[0][0].path}")
+        held = f"it holds row {todo[0][0].row}, {todo[0][0].path}"
+        selection = _select([s], SimpleNamespace(max_image_bytes=cap), (0, 1), held)
         keyed = [((member, w.id), w) for w, member in todo]
         _scan(selection.stream(), keyed, Counter(), cut=len(s) + 1)  # its paths: the recorded shard, "/", member
     for s, rows in places.items():
         for w, member in rows:
             if not w.enough:
-                raise UsageError(f"row {w.row}'s image {member} is not in the tar shard {s} any more")
+                why = f"is not in the tar shard {s} any more"
+                why = f"in the tar shard {s} cannot be read now: {w.error}" if w.error else why
+                raise UsageError(f"row {w.row}'s image {member} {why}")
 
 
 # --------------------------------------------------------------------------- shard names

@@ -119,9 +119,9 @@ def compare(stored: Any, fresh: Any) -> tuple[float, float, float]:
 
 
 def verify_file(path: str | Path, n: int = 8, seed: int = 0, device: str = "auto",
-                checkpoint: str | Path | None = None) -> VerifyReport:  # fmt: skip
+                checkpoint: str | Path | None = None, max_image_bytes: int | None = None) -> VerifyReport:  # fmt: skip
     """Re-extract ``n`` random rows of ``path`` and compare them with the stored ones (``checkpoint``:
-    the recorded checkpoint's bytes at another path)."""
+    the recorded checkpoint's bytes at another path; ``max_image_bytes``: as extract's, not recorded)."""
     import numpy as np
     import timm
 
@@ -156,7 +156,8 @@ def verify_file(path: str | Path, n: int = 8, seed: int = 0, device: str = "auto
         raise CannotVerify(str(exc)) from None
     try:  # the values come from the file, not from flags: errors name its attributes
         procs = processors.load(opts.get("process"))
-        cfg = resolve({"model": opts.pop("model"), "inputs": (str(p),), "output": str(p), "device": device}, like_values={k: v for k, v in opts.items() if v is not None})
+        given = {"model": opts.pop("model"), "inputs": (str(p),), "output": str(p), "device": device}
+        cfg = resolve({**given, "max_image_bytes": max_image_bytes}, like_values={k: v for k, v in opts.items() if v is not None})
         backbone = backbone_for(cfg)
     except UsageError as exc:
         raise CannotVerify(f"cannot verify {p}: {as_attributes(str(exc))}") from None
@@ -171,7 +172,7 @@ def verify_file(path: str | Path, n: int = 8, seed: int = 0, device: str = "auto
         shapes = {name: tuple(ff[name].shape[1:]) for name in ff.layers}
         stored = {name: ff.numpy(name, rows) for name in ff.layers}
         starts = image_starts(ff) if cfg.tiles else None  # once, for both
-        wanted, gone = locate_rows(ff, rows, starts=starts)
+        wanted, gone = locate_rows(ff, rows, starts=starts, cap=cfg.max_image_bytes)
         tile = [r - first for r, first in zip(rows, first_rows(ff, rows, starts), strict=True)] if starts else []
     if gone:
         raise CannotVerify(f"cannot verify {p}: {gone}")

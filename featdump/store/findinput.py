@@ -19,9 +19,9 @@ from featdump.store.format import read_inputs_attr
 
 
 def locate_rows(ff: Any, rows: Sequence[int], root: str | Path | None = None,
-                starts: Sequence[int] | None = None) -> tuple[list[Wanted], str]:  # fmt: skip
+                starts: Sequence[int] | None = None, cap: int | None = None) -> tuple[list[Wanted], str]:  # fmt: skip
     """Each of ``rows`` of ``ff`` with the references its image is read from (:attr:`Wanted.found`,
-    empty when not found), and why a row is not found ("" when every one is)."""
+    empty when not found), and why a row is not found ("" when every one is); ``cap``: --max-image-bytes."""
     from featdump.data.remote import is_url
     from featdump.data.tiles import first_rows, image_starts
     from featdump.options import OPTIONS
@@ -40,7 +40,8 @@ def locate_rows(ff: Any, rows: Sequence[int], root: str | Path | None = None,
             w.row = r
         if not inputs:
             return wanted, f"it does not record the {kind} inputs its rows were read from"
-        columns = SimpleNamespace(**{o.name: o.from_attr(ff.meta) for o in OPTIONS if o.family == "table" and o.from_attr})
+        columns = SimpleNamespace(**{o.name: o.from_attr(ff.meta) for o in OPTIONS if o.family == "table" and o.from_attr},
+                                  max_image_bytes=cap)  # fmt: skip
         try:
             find_rows(kind, inputs, columns, wanted, ff.meta.get("shard") or (0, 1), names=[*ff.paths, *failed])
         except UsageError as exc:

@@ -168,6 +168,31 @@ def test_verify_tar_shards_over_http(tmp_path, stream_inputs):
         server.stop()
 
 
+def test_verify_says_a_tar_member_over_max_image_bytes_and_takes_the_flag(cli, tmp_path, photos):
+    """A member now over the cap is said as such (exit 2, how to raise it), not "not in the tar shard any more"."""
+    import tarfile
+
+    from streamkit import hand_tar
+
+    shard = hand_tar(tmp_path / "s.tar", [("coins.jpg", (photos / "coins.jpg").read_bytes())])
+    out = tmp_path / "t.h5"
+    args = ("resnet18", str(shard), "--no-pretrained", "--img-size", "32", "--out-indices", "-1", "--device", "cpu")
+    assert cli("extract", *args, "-q", "-o", str(out)).exit_code == 0
+    assert cli("verify", str(out), "--device", "cpu", "-q").exit_code == 0
+    res = cli("verify", str(out), "--device", "cpu", "-q", "--max-image-bytes", "1000")
+    assert res.exit_code == 2 and "member coins.jpg (35155 bytes) holds more than --max-image-bytes (1000 bytes)" in res.stderr
+    info = tarfile.TarInfo("coins.jpg")  # now a GNU sparse member of 4 GiB: a 512-byte header on disk
+    info.type, info.size = tarfile.GNUTYPE_SPARSE, 0
+    head = bytearray(info.tobuf(tarfile.GNU_FORMAT)[:512])
+    head[483:495], head[148:156] = b"%011o\0" % (4 << 30), b" " * 8
+    head[148:156] = b"%06o\0 " % sum(head)
+    shard.write_bytes(bytes(head) + b"\0" * 1024)
+    res = cli("verify", str(out), "--device", "cpu", "-q")
+    assert res.exit_code == 2, res.output
+    assert f"row 0's image coins.jpg in the tar shard {shard} cannot be read now: member coins.jpg (4294967296 bytes) " \
+        "holds more than --max-image-bytes (268435456 bytes); raise it" in " ".join(res.stderr.split())
+
+
 def test_verify_tolerance_rules():
     """The table's tolerance, widened for CUDA fp32 (TF32) and for another JPEG decoder; never narrowed."""
     from featdump.run.verify import CUDA_FP32, OTHER_DECODER, tolerance
