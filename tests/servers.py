@@ -4,7 +4,8 @@ other address), started by the tests and stopped by its PID:
 - an HTTP server with range requests (``Range: bytes=a-b`` -> 206), HEAD with ``Content-Length``
   and HTML folder listings, which is what fsspec's HTTP client needs. Python's ``http.server``
   does not answer ranges, hence this one. ``--die-on TEXT`` makes it exit the moment a GET for
-  a path holding TEXT arrives: a server that goes away while a run streams from it.
+  a path holding TEXT arrives: a server that goes away while a run streams from it; ``--break-on
+  TEXT`` cuts every answer for such a path half way (the connection closed): a body that always breaks.
 - moto's standalone S3 server (``python -m moto.server``), used through the real ``s3fs`` client.
 
 Run by hand: ``python tests/servers.py http FOLDER [--port P] [--die-on TEXT]`` prints the port.
@@ -33,6 +34,7 @@ class RangeHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     root: Path = Path(".")
     die_on: str = ""
+    break_on: str = ""
 
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the base class's name
         pass
@@ -85,6 +87,8 @@ class RangeHandler(BaseHTTPRequestHandler):
         self._send(status, headers)
         if not body:
             return
+        if self.break_on and self.break_on in rel:
+            stop, self.close_connection = start + (stop - start) // 2, True
         with open(target, "rb") as fh:
             fh.seek(start)
             left = stop - start
@@ -96,9 +100,9 @@ class RangeHandler(BaseHTTPRequestHandler):
                 left -= len(chunk)
 
 
-def _serve_http(root: str, port: int, die_on: str) -> None:
+def _serve_http(root: str, port: int, die_on: str, break_on: str = "") -> None:
     RangeHandler.root = Path(root).resolve()
-    RangeHandler.die_on = die_on
+    RangeHandler.die_on, RangeHandler.break_on = die_on, break_on
     server = ThreadingHTTPServer((HOST, port), RangeHandler)
     server.daemon_threads = True
     print(server.server_address[1], flush=True)
@@ -146,11 +150,13 @@ class Server:
             self.proc.stderr.close()
 
 
-def http_server(root: Path, port: int | None = None, die_on: str = "") -> Server:
+def http_server(root: Path, port: int | None = None, die_on: str = "", break_on: str = "") -> Server:
     port = port or free_port()
     argv = [sys.executable, __file__, "http", str(root), "--port", str(port)]
     if die_on:
         argv += ["--die-on", die_on]
+    if break_on:
+        argv += ["--break-on", break_on]
     return Server(argv, port)
 
 
@@ -177,5 +183,6 @@ if __name__ == "__main__":
     ap.add_argument("root")
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--die-on", default="")
+    ap.add_argument("--break-on", default="")
     a = ap.parse_args()
-    _serve_http(a.root, a.port, a.die_on)
+    _serve_http(a.root, a.port, a.die_on, a.break_on)

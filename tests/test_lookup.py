@@ -96,6 +96,10 @@ def test_tar_rows_are_found_in_their_shard_only(tmp_path, photos):
     hand_tar(tmp_path / "s-001.tar", [("k1.jpg", c)])
     with pytest.raises(UsageError, match=r"row 3's image k1\.jpg is not in the tar shard .*s-001\.tar any more"):
         find_rows("tar", [str(tmp_path / "s-{000..001}.tar")], None, wanted_rows([3], paths, ids, []), (0, 1), names=paths)
+    whole = (tmp_path / "s-001.tar").read_bytes()
+    (tmp_path / "s-001.tar").write_bytes(whole[:700])  # the rows' members lie in its unreadable rest
+    with pytest.raises(UsageError, match=r"row 3's image k1\.jpg in the tar shard .* cannot be read now: rest of"):
+        find_rows("tar", [str(tmp_path / "s-{000..001}.tar")], None, wanted_rows([3], paths, ids, []), (0, 1), names=paths)
 
 
 def test_a_shard_file_holds_its_block_of_the_shards(tmp_path, photos):

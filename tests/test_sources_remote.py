@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from servers import Server, http_server, s3_env, s3_server
 from streamkit import (
@@ -268,6 +269,31 @@ def test_server_gone_mid_run_exits_1_and_resume_completes(data: dict, tmp_path: 
     got = features(out)
     assert got["attrs"]["complete"]
     _same_rows_as(got, data["tar"], data["root"], f"http://127.0.0.1:{port}")
+
+
+@pytest.mark.slow
+def test_a_shard_whose_body_always_breaks_is_a_failed_record(cli, data: dict, tmp_path: Path) -> None:
+    """The host answers every request, but the second shard's body always breaks off half way: after
+    its retries the shard's rest is one /failed record naming it, the next shard is read, the run
+    ends as one with failures (exit 0, complete), and --resume has nothing left to read."""
+    server = http_server(data["root"], break_on="data-000001")
+    out = tmp_path / "broken.h5"
+    try:
+        result = cli(*argv(f"{server.url}/shards/data-{{000000..000002}}.tar", out, data["ckpt"]))
+        assert result.exit_code == 0, result.output
+        again = cli(*argv(f"{server.url}/shards/data-{{000000..000002}}.tar", out, data["ckpt"], "--resume"))
+        assert again.exit_code == 0, again.output
+    finally:
+        server.stop()
+    got, want = features(out), data["tar"]
+    assert got["attrs"]["complete"] and got["failed"] == [f"{server.url}/shards/data-000001.tar@0"]
+    shard = got["failed"][0].removesuffix("@0")
+    assert got["errors"][0].startswith(f"rest of the shard unreadable from byte 0 (cannot read {shard} (")
+    assert got["errors"][0].endswith("; 4 tries))")
+    kept = [i for i, p in enumerate(want["paths"]) if "data-000001" not in p]  # the first and the third shard
+    assert got["paths"] == [want["paths"][i].replace(str(data["root"]), server.url) for i in kept]
+    for name in want["features"]:  # other batches than the local run's: equal to float32 rounding
+        np.testing.assert_allclose(got["features"][name], want["features"][name][kept], rtol=1e-4, atol=1e-5)
 
 
 def test_remote_shards_are_looked_up_concurrently_in_order(data: dict, http: Server, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -132,11 +132,12 @@ def _scan(stream: Iterator[ImageRef], rows: Sequence[tuple[Key, Wanted]], seen: 
         for ref in stream:
             k = (storable(ref.path[cut:]), ref.id if ids else None)
             offered = by_key.get(k)
-            if offered is None:
-                continue
             if ref.error:  # reported by the source itself: never a row; said when its row is not found
-                for w in offered:
+                rest = cut and ref.path[cut - 1] == "@"  # a tar shard's unreadable rest: every row not found yet
+                for w in (w for _, w in rows) if rest else offered or ():
                     w.error = w.error or ref.error
+                continue
+            if offered is None:
                 continue
             for w in offered:
                 w.offer(seen[k], ref)

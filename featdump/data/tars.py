@@ -19,7 +19,7 @@ from typing import Any, Self
 from braceexpand import braceexpand
 
 from featdump.data.discover import IMAGE_EXTENSIONS
-from featdump.data.remote import MAX_IMAGE_BYTES, local_path, open_input, too_big
+from featdump.data.remote import MAX_IMAGE_BYTES, RESUME_HINT, RemoteUnreachable, local_path, open_input, too_big
 from featdump.errors import UsageError
 
 TAR_EXTENSIONS = (".tar", ".tar.gz", ".tgz")
@@ -192,8 +192,9 @@ def count_samples(shard: str) -> int | None:
 def read_samples(shard: str, keep: Sequence[str] = (), cap: int = MAX_IMAGE_BYTES) -> Iterator[TarSample]:
     """The samples of one shard in tar order, with the text of their ``keep`` members. A member over
     ``cap`` bytes is not read (its sample fails). Damage ends the stream with one ``TarSample`` whose
-    ``offset`` is set; the sample being read then is part of that unreadable rest. Opening errors
-    (OSError) propagate."""
+    ``offset`` is set; the sample being read then is part of that unreadable rest, as it is where a
+    host answers but the body breaks off (or errs) after the retries. Opening errors (OSError) and a
+    host that does not answer (:class:`RemoteUnreachable`) propagate."""
     key: str | None = None  # the sample being gathered
     member, data, start, error = "", None, 0, ""
     exts: list[str] = []
@@ -227,10 +228,13 @@ def read_samples(shard: str, keep: Sequence[str] = (), cap: int = MAX_IMAGE_BYTE
                 elif ext in keep and (f := stream.extractfile(info)) is not None:
                     texts[ext] = f.read().decode("utf-8", "replace")
                 stream.members = []  # type: ignore[attr-defined]  # stream mode keeps every TarInfo otherwise
-        except _READ_ERRORS as exc:
+        except (*_READ_ERRORS, RemoteUnreachable) as exc:
+            if isinstance(exc, RemoteUnreachable) and not exc.answered:
+                raise  # the store stopped answering: the run stops there (--resume reads it again)
             at = start if key is not None else int(getattr(locals().get("stream"), "offset", 0))
-            why = str(exc).replace("\n", " ").strip() or exc.__class__.__name__
-            yield TarSample(key or "", "", None, f"rest of the shard unreadable from byte {at} (truncated or corrupt tar: {why})", at)
+            why = str(exc).removesuffix("; " + RESUME_HINT).replace("\n", " ").strip() or exc.__class__.__name__
+            what = "" if isinstance(exc, RemoteUnreachable) else "truncated or corrupt tar: "  # the URL, the tries
+            yield TarSample(key or "", "", None, f"rest of the shard unreadable from byte {at} ({what}{why})", at)
             return
         if key is not None:
             yield _sample(key, member, data, exts, texts, error)
