@@ -23,7 +23,8 @@ import featdump
 from featdump.errors import UsageError
 from featdump.options import OPTIONS, SETTINGS
 from featdump.run.verify import verify_file
-from featdump.store.check import check_same_settings, setting_text
+from featdump.store.check import check_same_settings
+from featdump.store.format import setting_text
 from featdump.store.merge import merge_shards
 
 pytestmark = pytest.mark.filterwarnings("ignore::featdump.errors.FeatdumpWarning")

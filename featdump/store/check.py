@@ -15,7 +15,7 @@ from typing import Any
 from featdump import FORMAT_VERSION, __version__
 from featdump.errors import UsageError
 from featdump.options import SETTINGS
-from featdump.store.format import CELLS, FEATURES, RAGGED_VERSION, read_attr, read_text, same_setting, setting_text
+from featdump.store.format import CELLS, FEATURES, RAGGED_VERSION, first_difference, read_attr, read_text
 from featdump.text import printable, to_str, unsafe_name
 
 # Which inputs a file covers: its block (input_digest, num_inputs), the whole list it was cut from
@@ -252,22 +252,20 @@ def check_same_settings(h5: Any, attrs: dict[str, Any], path: str | Path) -> Non
         raise UsageError(
             f"--resume: {path} was made by `featdump merge`; resume its shard files, then merge again"
         )
-    for key in RESUME_KEYS:
-        if key not in attrs:
-            continue
-        have, want = setting_text(h5.attrs.get(key)), setting_text(attrs[key])
-        if not same_setting(key, h5.attrs.get(key), attrs[key]):
-            if key in INPUT_KEYS and key != "shard":
-                then = read_attr(h5.attrs.get("list_size", h5.attrs.get("num_inputs", "?")))
-                now = attrs.get("list_size", attrs.get("num_inputs", "?"))
-                what = {"tar": "tar shards", "table": "rows"}.get(input_kind(h5.attrs), "images")
-                raise UsageError(
-                    f"--resume: the input list differs from the one {path} was started with ({then} {what} "
-                    f"then, {now} now, or other names); resume with the same inputs, or --overwrite to start again"
-                )
-            raise UsageError(
-                f"--resume: {path} was made with {key}={have}, this run has {key}={want}; "
-                "use the same settings, or --overwrite to start again"
-            )
+    if not (differs := first_difference((k for k in RESUME_KEYS if k in attrs), h5.attrs, attrs)):
+        return
+    key, have, want = differs
+    if key in INPUT_KEYS and key != "shard":
+        then = read_attr(h5.attrs.get("list_size", h5.attrs.get("num_inputs", "?")))
+        now = attrs.get("list_size", attrs.get("num_inputs", "?"))
+        what = {"tar": "tar shards", "table": "rows"}.get(input_kind(h5.attrs), "images")
+        raise UsageError(
+            f"--resume: the input list differs from the one {path} was started with ({then} {what} "
+            f"then, {now} now, or other names); resume with the same inputs, or --overwrite to start again"
+        )
+    raise UsageError(
+        f"--resume: {path} was made with {key}={have}, this run has {key}={want}; "
+        "use the same settings, or --overwrite to start again"
+    )
 
 

@@ -8,7 +8,7 @@ import json
 import math
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from featdump.environment import ZSTD_LEVEL
@@ -188,3 +188,12 @@ def same_setting(key: str, a: Any, b: Any) -> bool:
     if key == "weights" and (shas := {parse_weights(setting_value(v))["sha256"] for v in (a, b)}) != {None}:
         return len(shas) == 1
     return setting_text(a) == setting_text(b)
+
+
+def first_difference(keys: Iterable[str], a: Any, b: Any) -> tuple[str, str, str] | None:
+    """The first of ``keys`` whose settings in the attribute mappings ``a`` and ``b`` mean other rows
+    (:func:`same_setting`), as ``(key, a's text, b's text)``; None when they all agree."""
+    for key in keys:
+        if not same_setting(key, a.get(key), b.get(key)):
+            return key, setting_text(a.get(key)), setting_text(b.get(key))
+    return None

@@ -23,12 +23,7 @@ from featdump.store.check import (
     tar_progress,
 )
 from featdump.store.committed import open_committed
-from featdump.store.format import (
-    FEATURES,
-    read_attr,
-    same_setting,
-    setting_text,
-)
+from featdump.store.format import FEATURES, first_difference, read_attr, setting_text
 from featdump.store.vds import missing_sources
 from featdump.text import first_line
 
@@ -164,10 +159,9 @@ def check_runs(files: Sequence[Shard], allow_partial: bool = False) -> list[list
 
 def _check_meaning(s: Shard, ref: Shard, rule: str) -> None:
     """UsageError naming the first setting (or the layers) in which ``s`` differs from ``ref``."""
-    for key in MERGE_KEYS:
-        have, want = setting_text(s.attrs.get(key)), setting_text(ref.attrs.get(key))
-        if not same_setting(key, s.attrs.get(key), ref.attrs.get(key)):
-            raise UsageError(f"{s.shown} was made with {key}={have}, {ref.shown} with {key}={want}; {rule}")
+    if differs := first_difference(MERGE_KEYS, s.attrs, ref.attrs):
+        key, have, want = differs
+        raise UsageError(f"{s.shown} was made with {key}={have}, {ref.shown} with {key}={want}; {rule}")
     if s.layers != ref.layers:
         raise UsageError(f"{s.shown} holds layers {_layers(s)}, {ref.shown} holds {_layers(ref)}")
 

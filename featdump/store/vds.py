@@ -16,7 +16,7 @@ from typing import Any
 from featdump.errors import FeatdumpError, UsageError
 from featdump.store.check import INPUT_KEYS, RESUME_KEYS, check_file
 from featdump.store.committed import open_committed
-from featdump.store.format import FEATURES, read_text, same_setting, setting_text
+from featdump.store.format import FEATURES, first_difference, read_text
 from featdump.text import first_line, to_str
 
 
@@ -171,10 +171,9 @@ def check_sources(path: str | Path) -> list[SourceProblem]:
 def _changed(f: Any, settings: dict[str, Any], ends: tuple[str, str, int] | None) -> str:
     """Why a source is no longer the shard the merged file was made from (empty when it still is):
     another setting, or other images at the first or last row it maps (a shard extracted again)."""
-    for key, want in settings.items():
-        if not same_setting(key, f.attrs.get(key), want):
-            have = setting_text(f.attrs.get(key))
-            return f"it was made with {key}={have}, the merged file with {key}={setting_text(want)}; merge again"
+    if differs := first_difference(settings, f.attrs, settings):
+        key, have, want = differs
+        return f"it was made with {key}={have}, the merged file with {key}={want}; merge again"
     if ends and "paths" in f and len(f["paths"]) > ends[2]:  # a short source is named by _source_reason
         first, last = read_text(f["paths"][0]), read_text(f["paths"][ends[2]])
         if (first, last) != ends[:2]:
