@@ -25,6 +25,7 @@ AUTOCAST_TOLERANCE = (0.1, 0.99)
 CUDA_FP32 = (5e-2, 0.9995)  # TF32 emulated on the CPU moved lite0's rows by up to 2.2e-2 x max|row|
 OTHER_DECODER = (0.5, 0.98)  # ±1 on 30 % of the pixels moved lite0's rows by up to 0.36 x max|row|
 _ATTRIBUTE = {"img-size": "input_size"}  # flags whose file attribute has another name
+_SETTING_FLAGS = {f.lstrip("-") for o in OPTIONS if o.meaning for flag in o.flags for f in flag.split("/")}
 # a forward needs about this many float32 copies of its input image (12 bytes a pixel) at its peak:
 # measured 11-28 for resnet18/50, convnext_atto, efficientnet_b0 and vit_tiny (ru_maxrss, batch 1)
 ROW_MEMORY = 32
@@ -94,8 +95,7 @@ class VerifyReport:
 def as_attributes(message: str) -> str:
     """An option's error about a value read from the file, worded as the file's attribute (the
     user typed no such flag): ``--img-size 9000x9000 ...`` -> ``attribute input_size 9000x9000 ...``."""
-    flags = {f.lstrip("-") for o in OPTIONS if o.meaning for flag in o.flags for f in flag.split("/")}
-    return re.sub(r"--([a-z][a-z-]+)", lambda m: "attribute " + _ATTRIBUTE.get(m[1], m[1].replace("-", "_")) if m[1] in flags else m[0], message)
+    return re.sub(r"--([a-z][a-z-]+)", lambda m: "attribute " + _ATTRIBUTE.get(m[1], m[1].replace("-", "_")) if m[1] in _SETTING_FLAGS else m[0], message)
 
 
 def compare(stored: Any, fresh: Any) -> tuple[float, float, float]:
