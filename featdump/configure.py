@@ -90,10 +90,9 @@ def resolve(given: dict[str, Any], file_values: dict[str, Any] | None = None, co
             option = table.get(name)
             if value is None or option is None or not option.meaning or name not in like_values:
                 continue
-            theirs = like_values[name]
-            if theirs is not None:
-                theirs = _check(option, theirs)
-            if _check(option, value) == unpinned(theirs):
+            theirs = None if like_values[name] is None else _check(option, like_values[name])
+            mine = _check(option, value)
+            if mine == unpinned(theirs) or (option.same and option.same(mine, theirs)):
                 del given[name]  # the file's value, with its sha256 pins (--process pca:K:FILE)
             else:
                 execution = ", ".join(flag_of(o) for o in table.values() if not o.meaning and o.flags and o.name != "like")

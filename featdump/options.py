@@ -99,6 +99,7 @@ class ExtractConfig:
         meaning=True,
         to_attr=FROM_MODEL,  # the levels the model resolved
         from_attr=lambda attrs: tuple(int(i) for i in attrs["out_indices"]) if attrs.get("out_indices") else None,
+        same=lambda a, b: bool(a and b) and sorted(a) == sorted(b),  # in any order: the model returns them in its own
         example=(2,),
     )
     layers: tuple[str, ...] | None = opt(
@@ -202,6 +203,8 @@ class ExtractConfig:
         attr="weights",
         to_attr=FROM_MODEL,
         from_attr=lambda attrs: parse_weights(attrs.get("weights"))["checkpoint"],  # sha256 checked: store/like.py
+        # a checkpoint is known by its sha256 alone (the same bytes at another path, another node's mount)
+        same=lambda a, b: bool(sha := parse_weights(a)["sha256"]) and sha == parse_weights(b)["sha256"],
     )
     device: str = opt("auto|cpu|cuda|cuda:N|mps.", default="auto")
     precision: Precision = opt("fp32|fp16|bf16 (autocast).", default="fp32", meaning=True, example="bf16")
@@ -326,6 +329,7 @@ def settings(table: Sequence[Option] = OPTIONS) -> tuple[str, ...]:
 # img_size_mode (long:512, short:256, native; "" for a fixed size): a size mode's input_size is its nominal square,
 # so input_size comes last: a changed mode or --max-side is named as typed, not as the square it implies
 SETTINGS: tuple[str, ...] = (*(k for k in settings() if k != "input_size"), "img_size_mode", "input_size")
+SAME = {o.attr: o.same for o in OPTIONS if o.attr and o.same}  # the settings compared by a rule of their own
 
 
 def option_attrs(cfg: Any) -> dict[str, Any]:

@@ -33,6 +33,7 @@ class Option:
     to_attr: Callable[[Any], Any] | None  # config -> attribute value; None: written from the resolved model
     from_attr: Callable[[dict[str, Any]], Any] | None  # the file's attributes -> the option value
     family: str | None  # carried by --like only onto inputs of this family ("table": the column options)
+    same: Callable[[Any, Any], bool] | None  # true of two unequal values that still mean the same rows; None: none
     example: Any  # a value other than the default (the table-wide --like/verify test runs each)
 
     @property
@@ -61,17 +62,19 @@ def opt(
     to_attr: Callable[[Any], Any] | None | object = None,
     from_attr: Callable[[dict[str, Any]], Any] | None = None,
     family: str | None = None,
+    same: Callable[[Any, Any], bool] | None = None,
     example: Any = None,
 ) -> Any:
     """Declare a field of the option table (see :class:`Option`). ``flags`` defaults to ``--name``;
     ``cli``/``api`` default to the field's type. A ``meaning`` option is recorded in the attribute
     ``attr`` [its name]: ``to_attr`` [the value as is, None as ""] writes it, or ``to_attr=FROM_MODEL``
     when the run writes the value the model resolved (``crop_pct``: the option or the model's);
-    ``from_attr`` [the attribute as is, "" as None, lists as tuples] reads it back. An execution
-    option given ``attr`` is recorded too, but compared nowhere (given ``from_attr``, ``--like`` and
-    ``verify`` read it back)."""
+    ``from_attr`` [the attribute as is, "" as None, lists as tuples] reads it back; ``same(a, b)`` [never]
+    accepts unequal values, recorded (``--resume``, ``merge``) or typed with ``--like``, as the same rows. An
+    execution option given ``attr`` is recorded too, but compared nowhere (given ``from_attr``, ``--like``
+    and ``verify`` read it back)."""
     spec = dict(help=help, flags=flags, cli=cli, api=api, parse=parse, minimum=minimum, meaning=meaning, attr=attr,
-                to_attr=to_attr, from_attr=from_attr, family=family, example=example)  # fmt: skip
+                to_attr=to_attr, from_attr=from_attr, family=family, same=same, example=example)  # fmt: skip
     return field(default=default, metadata={"option": spec})
 
 
@@ -143,7 +146,7 @@ def options_of(cls: type) -> tuple[Option, ...]:
                 attr=attr,
                 to_attr=to_attr,
                 from_attr=spec["from_attr"] or (functools.partial(_plain_attr, str(attr)) if meaning else None),
-                **{key: spec[key] for key in ("help", "parse", "minimum", "meaning", "family", "example")},
+                **{key: spec[key] for key in ("help", "parse", "minimum", "meaning", "family", "same", "example")},
             )
         )
     return tuple(table)

@@ -139,6 +139,27 @@ def test_like_on_the_command_line_keeps_crop_and_size(inputs: dict[str, Any], tm
     assert "--crop-mode 'center' changes what the rows mean (the file has 'squash')" in res.stderr
 
 
+def test_like_takes_the_files_levels_typed_in_any_order(inputs: dict[str, Any], tmp_path: Path) -> None:
+    """``--like A --out-indices 4,2`` on a file made with 2,4: the model returns levels 2 and 4 in its own
+    order, so the rows are the same and the run goes on; a level the file lacks is still refused."""
+    from typer.testing import CliRunner
+
+    from featdump.cli.commands import app
+
+    made = tmp_path / "a.h5"
+    featdump.extract("test_resnet", inputs["files"], made, **{**BASE, "out_indices": (2, 4)})
+    base = ["extract", "test_resnet", str(inputs["files"]), "--like", str(made), "--device", "cpu", "-q"]
+    again = tmp_path / "b.h5"
+    res = CliRunner().invoke(app, [*base, "-o", str(again), "--out-indices", "4,2"])
+    assert res.exit_code == 0, res.output
+    want, got = _rows(made), _rows(again)
+    assert list(got) == list(want) == ["layer2", "layer4"]
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+    res = CliRunner().invoke(app, [*base, "-o", str(tmp_path / "c.h5"), "--out-indices", "4,3"])
+    assert res.exit_code == 2 and "--out-indices '4,3' changes what the rows mean (the file has (2, 4))" in res.output
+
+
 def test_like_and_verify_take_a_tokens_both_file(inputs: dict[str, Any], tmp_path: Path) -> None:
     """``--tokens both`` stores ``<name>.prefix`` beside each module's map: ``--like`` and ``verify``
     rebuild the modules, not the datasets (they asked the model for a module 'blocks.0.prefix')."""

@@ -201,6 +201,9 @@ def test_like_takes_the_files_value_typed_again_in_any_spelling() -> None:
     typed = {"img_size": "64", "out_indices": "1,4", "process": ["pca:3:b.npz"], "pool": "AVG"}
     cfg = resolve({**BASE, **typed}, like_values=like)
     assert (cfg.img_size, cfg.out_indices, cfg.process, cfg.pool) == ((64, 64), (1, 4), ("pca:3:b.npz sha256:ab12",), "avg")
+    assert resolve({**BASE, "out_indices": "4,1"}, like_values=like).out_indices == (1, 4)  # levels in any order
+    with pytest.raises(UsageError, match=r"--out-indices '4,2' changes what the rows mean \(the file has \(1, 4\)\)"):
+        resolve({**BASE, "out_indices": "4,2"}, like_values=like)
     with pytest.raises(UsageError, match=r"--img-size '96' changes what the rows mean \(the file has '64x64'\)"):
         resolve({**BASE, "img_size": "96"}, like_values=like)
     with pytest.raises(UsageError, match=r"--img-size '96' changes what the rows mean \(the file has 'native'\)"):

@@ -249,9 +249,7 @@ def check_same_settings(h5: Any, attrs: dict[str, Any], path: str | Path) -> Non
     if h5.attrs.get("format") != "featdump":
         raise UsageError(f"{path} is not a featdump file; pick another -o or pass --overwrite")
     if "merged_from" in h5.attrs:
-        raise UsageError(
-            f"--resume: {path} was made by `featdump merge`; resume its shard files, then merge again"
-        )
+        raise UsageError(f"--resume: {path} was made by `featdump merge`; resume its shard files, then merge again")
     if not (differs := first_difference((k for k in RESUME_KEYS if k in attrs), h5.attrs, attrs)):
         return
     key, have, want = differs

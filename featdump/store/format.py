@@ -13,8 +13,8 @@ from typing import Any
 
 from featdump.environment import ZSTD_LEVEL
 from featdump.errors import UsageError
+from featdump.options import SAME
 from featdump.text import storable, to_str
-from featdump.values import parse_weights
 
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
@@ -182,18 +182,12 @@ def setting_text(value: Any) -> str:
     return json.dumps(setting_value(value), ensure_ascii=False)
 
 
-def same_setting(key: str, a: Any, b: Any) -> bool:
-    """Whether two values of a setting mean the same rows (``--resume``, ``merge``): their texts are
-    equal; a checkpoint is known by its sha256 alone (the same weights at another path, another node's mount)."""
-    if key == "weights" and (shas := {parse_weights(setting_value(v))["sha256"] for v in (a, b)}) != {None}:
-        return len(shas) == 1
-    return setting_text(a) == setting_text(b)
-
-
 def first_difference(keys: Iterable[str], a: Any, b: Any) -> tuple[str, str, str] | None:
     """The first of ``keys`` whose settings in the attribute mappings ``a`` and ``b`` mean other rows
-    (:func:`same_setting`), as ``(key, a's text, b's text)``; None when they all agree."""
+    (``--resume``, ``merge``), as ``(key, a's text, b's text)``; None when they all agree. Settings agree
+    when their texts are equal, or by their option's ``same`` rule (the option table, featdump/options.py)."""
     for key in keys:
-        if not same_setting(key, a.get(key), b.get(key)):
-            return key, setting_text(a.get(key)), setting_text(b.get(key))
+        have, want = setting_value(a.get(key)), setting_value(b.get(key))
+        if setting_text(have) != setting_text(want) and not ((same := SAME.get(key)) and same(have, want)):
+            return key, setting_text(have), setting_text(want)
     return None
