@@ -1,5 +1,5 @@
 """The CPU batch size: the bare forward pass of several backbones at batch sizes 4-64, measured
-interleaved, against the batch size featdump picks on a CPU (``featdump.run.device.CPU_BATCH``).
+interleaved, against the batch size featdump picks on a CPU (``featdump.run.device.cpu_batch``).
 
 Bare: the timm model alone (random weights, every level, channels_last, inference mode, this
 machine's cores as torch threads, OMP_WAIT_POLICY=PASSIVE and glibc malloc tuned as in ``featdump
@@ -38,17 +38,19 @@ def measure(models: tuple[str, ...], sizes: tuple[int, ...], rounds: int, photos
     import torch
 
     from bench.throughput import Bare, ModelCase, predecode, torch_threads
-    from featdump.run.device import CPU_BATCH
+    from featdump.run.device import cpu_batch
 
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     device = torch.device("cpu")
     rates: dict[str, dict[int, list[float]]] = {m: {s: [] for s in sizes} for m in models}
     ratios: dict[str, dict[int, list[float]]] = {m: {s: [] for s in sizes} for m in models}
     cpu_ms: dict[str, dict[int, list[float]]] = {m: {s: [] for s in sizes} for m in models}
+    picked: dict[str, int] = {}  # featdump's batch for each model
     with torch_threads(cpus):
         for m in models:
             bare = Bare(ModelCase(m, m, None, "float32", None), device)
             bare.set_format(True)
+            picked[m] = cpu_batch(bare.backbone.model)
             tensors = predecode(bare, photos)
             batch = torch.stack([tensors[i % len(tensors)] for i in range(max(sizes))])
             for s in sizes:
@@ -72,14 +74,14 @@ def measure(models: tuple[str, ...], sizes: tuple[int, ...], rounds: int, photos
     for m in models:
         med = {s: statistics.median(ratios[m][s]) for s in sizes}
         best = max(sizes, key=lambda s: med[s])
-        chosen = CPU_BATCH if CPU_BATCH in sizes else None
+        chosen = picked[m] if picked[m] in sizes else None
         rows.append({
             "model": m,
             "img_s_median": {s: round(statistics.median(rates[m][s]), 2) for s in sizes},
             "of_best_median": {s: round(med[s], 3) for s in sizes},
             "cpu_ms_per_image": {s: round(statistics.median(cpu_ms[m][s]), 1) for s in sizes},
             "best": best,
-            "featdump": CPU_BATCH,
+            "featdump": picked[m],
             "featdump_of_best": round(med[chosen], 3) if chosen else None,
         })  # fmt: skip
     return {"cpus": cpus, "rounds": rounds, "sizes": list(sizes), "rows": rows}

@@ -60,7 +60,7 @@ def measure(cache: Path, reps: int, quick: bool, log: Any) -> dict[str, Any]:
     from bench.images import PHOTOS_MP, make_jpegs
     from bench.throughput import Bare, ForwardConfig, ModelCase, predecode, run_featdump, torch_threads, write_list
     from bench.writer import RESNET50
-    from featdump.run.device import CPU_BATCH
+    from featdump.run.device import cpu_batch
 
     small, large = (8, 16) if quick else (SMALL, LARGE)
     paths = make_jpegs(cache / "photos", large, megapixels=PHOTOS_MP)[:large]
@@ -118,7 +118,7 @@ def measure(cache: Path, reps: int, quick: bool, log: Any) -> dict[str, Any]:
         "runs": list(runs),
         "images": [small, large],
         "megapixels": [round(min(mp), 2), round(statistics.median(mp), 2), round(max(mp), 2)],
-        "featdump_batch": CPU_BATCH,
+        "featdump_batch": cpu_batch(bare.backbone.model),
         "median": {k: round(statistics.median(v), 3) for k, v in rows.items()},
         "all": {k: [round(x, 3) for x in v] for k, v in rows.items()},
         "stage_cpu_ms": {k: round(v, 1) for k, v in stages.items()},

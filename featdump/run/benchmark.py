@@ -88,13 +88,14 @@ def run_benchmark(cfg: ExtractConfig, seconds: float = 60.0, images: int = 300) 
     device = resolve_device(cfg.device, placement.local_rank)
     check_decode(cfg, device)
     tuning = tune(device, cfg, placement)
-    want = max(images, 3 * tuning.batch_size)  # the timings start after a first batch
-    if len(refs) < want:  # few images: go round them again, so that each stage runs long enough
-        refs = (refs * -(-want // len(refs)))[:want]
     tune_malloc()
     share = seconds / 4
     with torch_settings(device, tuning.threads):
         backbone = backbone_for(cfg)
+        tuning = tune(device, cfg, placement, model=backbone.model)  # the CPU batch follows the weights' size
+        want = max(images, 3 * tuning.batch_size)  # the timings start after a first batch
+        if len(refs) < want:  # few images: go round them again, so that each stage runs long enough
+            refs = (refs * -(-want // len(refs)))[:want]
         backbone.layers = processors.stored_layers(backbone, cfg.pool, procs)
         per_image = sum(layer.bytes_per_image(cfg.dtype, cfg.pool) for layer in backbone.layers)
         result = BenchResult(cfg.model, str(device), tuning.batch_size, tuning.workers, tuning.write_threads, per_image)
