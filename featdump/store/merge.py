@@ -265,9 +265,8 @@ def _write(
         for name, (shape, dtype) in ref.layers.items():
             src0 = ref_h5[FEATURES][name]
             counts = [size for size, _ in sizes[name]]
-            total = sum(counts)
+            *starts, total = np.cumsum([0, *counts]).tolist()  # each file's first row (ragged: cell) here
             if name in ragged:  # each file's cells, their starts shifted by the cells before
-                starts = np.cumsum([0, *counts[:-1]])
                 tables = [t + [at, 0, 0] for t, at in zip(held[f"{CELLS}/{name}"], starts, strict=True)]
                 h5.create_dataset(f"{CELLS}/{name}", data=np.concatenate(tables).astype(np.int64), maxshape=(None, 3), chunks=(4096, 3))
             if copy or not used:
@@ -280,22 +279,16 @@ def _write(
                     chunks=src0.chunks or True,
                     **filters,
                 )
-                at = 0
-                for size, f in zip(counts, _opened(shards), strict=True):
+                for at, size, f in zip(starts, counts, _opened(shards), strict=True):
                     src = f[FEATURES][name]
                     for a, b in row_blocks(src, 0, size):
                         ds[at + a : at + b] = src[a:b]
-                    at += size
             else:
                 layout = h5py.VirtualLayout(shape=(total, *shape), dtype=dtype)
-                at = 0
-                for s, (size, src_shape) in zip(shards, sizes[name], strict=True):
-                    if not size:
-                        continue
-                    stored = _relative(s.path, out_dir).replace("%", "%%")  # HDF5 reads %b etc. in file names
-                    vs = h5py.VirtualSource(stored, f"{FEATURES}/{name}", shape=src_shape)
-                    layout[at : at + size] = vs[0:size]
-                    at += size
+                for s, at, (size, src_shape) in zip(shards, starts, sizes[name], strict=True):
+                    if size:
+                        stored = _relative(s.path, out_dir).replace("%", "%%")  # HDF5 reads %b etc. in file names
+                        layout[at : at + size] = h5py.VirtualSource(stored, f"{FEATURES}/{name}", shape=src_shape)[0:size]
                 ds = group.create_virtual_dataset(name, layout, fillvalue=np.nan)
             for key, value in src0.attrs.items():
                 set_attr(ds, key, read_attr(value))
