@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from featdump.data.lookup import Wanted
-from featdump.data.tiles import first_rows, image_starts, tile_view
+from featdump.data.tiles import tile_view
 from featdump.errors import UsageError
 from featdump.store.check import input_kind
 from featdump.store.findinput import locate_rows, read_found
@@ -192,9 +192,7 @@ def render(
                 vectors[name] = arr
                 labels[name] += " pooled" if dattrs.get("pool", "none") != "none" else " vector"
         attrs, paths = f.meta, f.paths
-        starts = image_starts(f) if len(f.meta.get("tiles", "")) else None  # once, for both
-        wanted, why = locate_rows(f, rows, root, starts)
-        firsts = first_rows(f, rows, starts) if starts else rows
+        wanted, why = locate_rows(f, rows, root)
         why += "; pass --root DIR" if why and input_kind(f.meta) == "files" else ""
 
     _, h_in, w_in = (int(v) for v in attrs["input_size"])
@@ -229,8 +227,8 @@ def render(
 
                     split = SplitTransform(DataConfig.from_timm(attrs).transform())
                 seen = read_found(wanted[r], attrs.get("max_image_pixels") or None)
-                if len(attrs.get("tiles", "")):  # --tiles: the row's tile (its index: row - the image's first row)
-                    seen = tile_view(attrs, seen, row - firsts[r])
+                if len(attrs.get("tiles", "")):  # --tiles: the row's tile
+                    seen = tile_view(attrs, seen, wanted[r].tile)
                 elif not attrs.get("img_size_mode"):  # a size mode's model saw the whole image, uncropped
                     seen = split.pil_view(seen)
                 first = seen.resize((tw, th), Image.Resampling.BICUBIC)

@@ -50,6 +50,7 @@ class Wanted:
     spare: int = 0  # /failed records with this path: 0 means the match is exact
     found: list[ImageRef] = field(default_factory=list)  # the candidates, in input order
     error: str = ""  # why a sample with its key cannot be read now (over --max-image-bytes, ...)
+    tile: int = 0  # --tiles: the row's tile in its image (the row less its image's first row)
 
     @property
     def done(self) -> bool:

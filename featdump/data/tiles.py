@@ -106,12 +106,11 @@ def image_starts(ff: Any) -> list[int]:
     return [r for r in range(len(paths)) if not r or paths[r] != paths[r - 1] or corners[r] <= corners[r - 1]]
 
 
-def first_rows(ff: Any, rows: Sequence[int], starts: Sequence[int] | None = None) -> list[int]:
-    """The first row of each of ``rows``' images in the open ``--tiles`` file ``ff`` (a row's tile index:
-    ``row - first``); ``starts``: :func:`image_starts`, when known."""
+def first_rows(rows: Sequence[int], starts: Sequence[int]) -> list[int]:
+    """The first row of each of ``rows``' images in a ``--tiles`` file whose images start at ``starts``
+    (:func:`image_starts`); a row's tile index: ``row - first``."""
     import bisect
 
-    starts = image_starts(ff) if starts is None else starts
     return [starts[bisect.bisect_right(starts, r) - 1] for r in rows]
 
 

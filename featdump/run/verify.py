@@ -128,7 +128,6 @@ def verify_file(path: str | Path, n: int = 8, seed: int = 0, device: str = "auto
     from featdump import open as open_file
     from featdump.configure import resolve
     from featdump.data.remote import RESUME_HINT, StoreStopped
-    from featdump.data.tiles import first_rows, image_starts
     from featdump.data.tiles import loader as open_loader
     from featdump.model.backbone import backbone_for
     from featdump.run import processors
@@ -171,9 +170,7 @@ def verify_file(path: str | Path, n: int = 8, seed: int = 0, device: str = "auto
         stored_paths = [ff.paths[r] for r in rows]
         shapes = {name: tuple(ff[name].shape[1:]) for name in ff.layers}
         stored = {name: ff.numpy(name, rows) for name in ff.layers}
-        starts = image_starts(ff) if cfg.tiles else None  # once, for both
-        wanted, gone = locate_rows(ff, rows, starts=starts, cap=cfg.max_image_bytes)
-        tile = [r - first for r, first in zip(rows, first_rows(ff, rows, starts), strict=True)] if starts else []
+        wanted, gone = locate_rows(ff, rows, cap=cfg.max_image_bytes)
     if gone:
         raise CannotVerify(f"cannot verify {p}: {gone}")
     dev = resolve_device(cfg.device, 0)
@@ -198,7 +195,7 @@ def verify_file(path: str | Path, n: int = 8, seed: int = 0, device: str = "auto
             f"cannot verify {p}: re-extracting one row at its attribute input_size {size} needs about "
             f"{need / 2**30:.1f} GiB of memory, {have / 2**30:.1f} GiB is available"
         )
-    only = {"only": [t for t, w in zip(tile, wanted, strict=True) for _ in w.found]} if cfg.tiles else {}
+    only = {"only": [w.tile for w in wanted for _ in w.found]} if cfg.tiles else {}
     loader = open_loader(refs, backbone, cfg, dev, batch_size=max(1, min(len(refs), have // need)), workers=0, prefetch=2, **only)
     forward = Forward(backbone, dev, cfg.precision, cfg.pool, cfg.dtype, False, False, procs)
     outs: dict[int, list[Any]] = {}  # position in refs -> one array per layer

@@ -18,26 +18,27 @@ from featdump.store.check import input_kind
 from featdump.store.format import read_inputs_attr
 
 
-def locate_rows(ff: Any, rows: Sequence[int], root: str | Path | None = None,
-                starts: Sequence[int] | None = None, cap: int | None = None) -> tuple[list[Wanted], str]:  # fmt: skip
+def locate_rows(ff: Any, rows: Sequence[int], root: str | Path | None = None, cap: int | None = None) -> tuple[list[Wanted], str]:
     """Each of ``rows`` of ``ff`` with the references its image is read from (:attr:`Wanted.found`,
-    empty when not found), and why a row is not found ("" when every one is); ``cap``: --max-image-bytes."""
+    empty when not found) and its :attr:`Wanted.tile`, and why a row is not found ("" when every one
+    is); ``cap``: --max-image-bytes."""
     from featdump.data.remote import is_url
     from featdump.data.tiles import first_rows, image_starts
     from featdump.options import OPTIONS
 
     kind, inputs = input_kind(ff.meta), read_inputs_attr(ff.meta.get("inputs")) or []
+    starts = image_starts(ff) if "tiles" in ff.h5 else None
+    firsts = first_rows(rows, starts) if starts is not None else list(rows)
     if kind != "files":
         failed = [f for f, _ in ff.failed]
         paths, ids, at = ff.paths, ff.ids, list(rows)
-        if "tiles" in ff.h5:  # a row is read from its image's sample: ranked among the images' first rows
-            starts = image_starts(ff) if starts is None else starts
+        if starts is not None:  # a row is read from its image's sample: ranked among the images' first rows
             index = {s: i for i, s in enumerate(starts)}
-            at = [index[f] for f in first_rows(ff, rows, starts)]
+            at = [index[f] for f in firsts]
             paths, ids = [paths[s] for s in starts], None if ids is None else [ids[s] for s in starts]
         wanted = wanted_rows(at, paths, ids, failed)
-        for w, r in zip(wanted, rows, strict=True):
-            w.row = r
+        for w, r, first in zip(wanted, rows, firsts, strict=True):
+            w.row, w.tile = r, r - first
         if not inputs:
             return wanted, f"it does not record the {kind} inputs its rows were read from"
         columns = SimpleNamespace(**{o.name: o.from_attr(ff.meta) for o in OPTIONS if o.family == "table" and o.from_attr},
@@ -50,7 +51,7 @@ def locate_rows(ff: Any, rows: Sequence[int], root: str | Path | None = None,
     roots, anchors = input_places(inputs, ff.path, root)
     listed: dict[str, str] | None = None  # the remote INPUTs' images: stored path -> URL
     wanted, why = [], ""
-    for r in rows:
+    for r, first in zip(rows, firsts, strict=True):
         stored, gone = ff.paths[r], ""
         if is_url(stored):
             where: str | None = stored
@@ -65,7 +66,7 @@ def locate_rows(ff: Any, rows: Sequence[int], root: str | Path | None = None,
             found = find_input(stored, roots, anchors)
             where = str(found) if found else None
             gone = f"input image {stored} is gone (looked under {', '.join(str(p) for p in roots[:3])})"
-        wanted.append(Wanted(r, stored, None, found=[ImageRef(stored, where)] if where else []))
+        wanted.append(Wanted(r, stored, None, found=[ImageRef(stored, where)] if where else [], tile=r - first))
         why = why or ("" if where else gone)
     return wanted, why
 
