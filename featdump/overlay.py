@@ -110,10 +110,8 @@ def render_overlay(
     font = label_font()
     for c, name in enumerate(["original"] + chosen):
         draw.text((PAD + c * (tile + PAD), PAD), fit_text(name, tile), fill=(20, 20, 20), font=font)
-    found: dict[str, str] = {}
     for r, row in enumerate(rows):
         y = PAD + LABEL_H + r * (tile + LABEL_H // 2 + PAD)
-        found[paths[row]] = where_found(wanted[r])
         try:
             photo = read_found(wanted[r], bound)
         except Exception:  # noqa: BLE001 - an unreadable input is drawn as missing
@@ -127,4 +125,5 @@ def render_overlay(
             canvas.paste(img, (PAD + c * (tile + PAD), y))
         draw.text((PAD, y + tile + 1), fit_text(f"#{row} {paths[row]}", width - 2 * PAD), fill=(60, 60, 60), font=font)
     canvas.save(out, format="PNG", optimize=True)
+    found = {paths[row]: where_found(w) for row, w in zip(rows, wanted, strict=True)}
     return VizResult(str(out), width, height, rows, chosen, found, why)

@@ -154,6 +154,25 @@ def check_picture(out: Path, tile: int) -> None:
         raise UsageError(f"--tile must be 4..1024 pixels, not {tile}")
 
 
+def input_tile(w: Wanted, attrs: dict[str, Any], size: tuple[int, int]) -> Any:
+    """The row's input as its model saw it (``--tiles``: its tile; a size mode: the whole image; else
+    timm's eval crop with the file's preprocessing settings) at ``size``, or a placeholder saying why not."""
+    if not w.found:
+        return placeholder(size, "input not found:\n" + fit_text(w.path, size[0]))
+    try:
+        seen = read_found(w, attrs.get("max_image_pixels") or None)
+        if len(attrs.get("tiles", "")):
+            seen = tile_view(attrs, seen, w.tile)
+        elif not attrs.get("img_size_mode"):
+            from featdump.data.transform import SplitTransform
+            from featdump.model.layers import DataConfig
+
+            seen = SplitTransform(DataConfig.from_timm(attrs).transform()).pil_view(seen)
+        return seen.resize(size, Image.Resampling.BICUBIC)
+    except Exception as exc:  # noqa: BLE001 - an unreadable input is drawn as missing
+        return placeholder(size, f"cannot read input:\n{type(exc).__name__}")
+
+
 def render(
     path: str | Path,
     output: str | Path,
@@ -174,8 +193,12 @@ def render(
         if not chosen:
             raise UsageError(f"{path} holds no feature datasets")
         rows = select_rows(f.paths, images, f.num_images, random, seed)
+        attrs, paths = f.meta, f.paths
+        _, h_in, w_in = (int(v) for v in attrs["input_size"])
+        tw, th = tile, max(8, round(tile * h_in / w_in))
+        colours = [PALETTE[r % len(PALETTE)] for r in range(len(rows))]
         tiles: dict[str, list[Any]] = {}
-        vectors: dict[str, Any] = {}  # pooled layers: drawn once the tile size is known
+        vectors: dict[str, Any] = {}  # pooled layers: bars, and a scatter with 3 rows or more
         labels: dict[str, str] = {}
         for name in chosen:
             dattrs = f.attrs(name)
@@ -189,54 +212,27 @@ def render(
             if kind == "map":
                 tiles[name] = [Image.fromarray(x) for x in pca_rgb(arr)]
             else:
-                vectors[name] = arr
+                vectors[name], tiles[name] = arr, bar_strips(arr, colours, (tw, th))
                 labels[name] += " pooled" if dattrs.get("pool", "none") != "none" else " vector"
-        attrs, paths = f.meta, f.paths
         wanted, why = locate_rows(f, rows, root)
         why += "; pass --root DIR" if why and input_kind(f.meta) == "files" else ""
 
-    _, h_in, w_in = (int(v) for v in attrs["input_size"])
-    tw, th = tile, max(8, round(tile * h_in / w_in))
-    split: Any = None
-    found: dict[str, str] = {}
+    found = {paths[row]: where_found(w) for row, w in zip(rows, wanted, strict=True)}
     width = PAD + (1 + len(chosen)) * (tw + PAD)
-    colours = [PALETTE[r % len(PALETTE)] for r in range(len(rows))]
-    for name, arr in vectors.items():
-        tiles[name] = bar_strips(arr, colours, (tw, th))
     scatter = len(rows) >= SCATTER_MIN and bool(vectors)
     band = th + LABEL_H // 2 + PAD
     height = PAD + LABEL_H + (len(rows) + scatter) * band
     canvas = Image.new("RGB", (width, height), BACKGROUND)
     draw = ImageDraw.Draw(canvas)
     font = label_font()
+    what = "whole image" if attrs.get("img_size_mode") else "the row's tile" if len(attrs.get("tiles", "")) else "model's crop"
     for c, name in enumerate(["input"] + chosen):
-        x = PAD + c * (tw + PAD)
-        what = "whole image" if attrs.get("img_size_mode") else "the row's tile" if len(attrs.get("tiles", "")) else "model's crop"
         text = labels.get(name, f"input ({what})")
         lines = [fit_text(line, tw, keep_end=(i == 0 and c > 0)) for i, line in enumerate(text.split("\n"))]
-        draw.multiline_text((x, PAD), "\n".join(lines), fill=(20, 20, 20), font=font, spacing=2)
+        draw.multiline_text((PAD + c * (tw + PAD), PAD), "\n".join(lines), fill=(20, 20, 20), font=font, spacing=2)
     for r, row in enumerate(rows):
         y = PAD + LABEL_H + r * band
-        stored_path = paths[row]
-        found[stored_path] = where_found(wanted[r])
-        if found[stored_path]:
-            try:
-                if split is None:  # timm's eval transform, with the file's preprocessing settings
-                    from featdump.data.transform import SplitTransform
-                    from featdump.model.layers import DataConfig
-
-                    split = SplitTransform(DataConfig.from_timm(attrs).transform())
-                seen = read_found(wanted[r], attrs.get("max_image_pixels") or None)
-                if len(attrs.get("tiles", "")):  # --tiles: the row's tile
-                    seen = tile_view(attrs, seen, wanted[r].tile)
-                elif not attrs.get("img_size_mode"):  # a size mode's model saw the whole image, uncropped
-                    seen = split.pil_view(seen)
-                first = seen.resize((tw, th), Image.Resampling.BICUBIC)
-            except Exception as exc:  # noqa: BLE001 - an unreadable input is drawn as missing
-                first = placeholder((tw, th), f"cannot read input:\n{type(exc).__name__}")
-        else:
-            first = placeholder((tw, th), "input not found:\n" + fit_text(stored_path, tw))
-        canvas.paste(first, (PAD, y))
+        canvas.paste(input_tile(wanted[r], attrs, (tw, th)), (PAD, y))
         for c, name in enumerate(chosen, start=1):
             img = tiles[name][r]
             resample = Image.Resampling.NEAREST if img.size[0] < tw else Image.Resampling.BILINEAR
@@ -244,7 +240,7 @@ def render(
         swatch = 10 if vectors else 0
         if vectors:  # the row's colour, as in its bars and its scatter dot
             draw.rectangle([PAD, y + th + 3, PAD + 7, y + th + 10], fill=colours[r])
-        text = fit_text(f"#{row} {stored_path}", width - 2 * PAD - swatch)
+        text = fit_text(f"#{row} {paths[row]}", width - 2 * PAD - swatch)
         draw.text((PAD + swatch, y + th + 1), text, fill=(60, 60, 60), font=font)
     if scatter:
         y = PAD + LABEL_H + len(rows) * band
