@@ -135,6 +135,7 @@ def verify_file(path: str | Path, n: int = 8, seed: int = 0, device: str = "auto
     from featdump.run.forward import Forward
     from featdump.store.check import input_kind
     from featdump.store.findinput import locate_rows
+    from featdump.store.format import first_difference
     from featdump.store.like import read_attrs, recorded_options
 
     if n < 1:
@@ -177,6 +178,8 @@ def verify_file(path: str | Path, n: int = 8, seed: int = 0, device: str = "auto
     recorded = str(attrs.get("weights", ""))
     if recorded.startswith("pretrained:") and backbone.weights != recorded:
         raise CannotVerify(f"cannot verify {p}: it was made with weights {recorded}, this timm loads {backbone.weights}")
+    if differs := first_difference(("mean", "std"), attrs, {"mean": list(backbone.data.mean), "std": list(backbone.data.std)}):
+        raise CannotVerify(f"cannot verify {p}: its attribute {differs[0]} is {differs[1]}, this timm normalises with {differs[2]}")
     backbone.layers = processors.stored_layers(backbone, cfg.pool, procs)
     names = [layer.name for layer in backbone.layers]
     if sorted(names) != sorted(shapes):

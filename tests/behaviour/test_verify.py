@@ -277,6 +277,17 @@ def test_verify_checks_crafted_attributes_before_running_the_model(tmp_path, img
     assert p.returncode == 2 and "at its attribute input_size 8192x8192 needs about 24.0 GiB" in p.stderr, p.stderr
 
 
+def test_verify_refuses_a_file_whose_normalisation_is_not_the_models(cli, tmp_path, photos):
+    """An edited mean/std (or a timm that now normalises otherwise) is named, not verified as OK."""
+    out = tmp_path / "f.h5"
+    args = ("resnet18", str(photos / "coins.jpg"), "--no-pretrained", "--img-size", "32", "--out-indices", "-1")
+    assert cli("extract", *args, "-q", "-o", str(out), "--device", "cpu").exit_code == 0
+    assert cli("verify", str(out), "--device", "cpu", "-q").exit_code == 0
+    res = cli("verify", str(_with_attrs(out, tmp_path / "s.h5", std=[0.5, 0.5, 0.5])), "--device", "cpu")
+    assert res.exit_code == 2, res.output
+    assert "its attribute std is [0.5, 0.5, 0.5], this timm normalises with [0.229" in res.output, res.output
+
+
 def test_verify_reads_a_scalar_process_attribute_as_one_step(cli, tmp_path, photos):
     """featdump stores ``process`` as a list; a crafted scalar string is one step, not one per character."""
     out = tmp_path / "f.h5"
