@@ -6,8 +6,6 @@ from __future__ import annotations
 def main() -> None:
     """The console script and ``python -m featdump``: SIGINT/SIGTERM are watched before the CLI's own
     imports, so a Ctrl-C during start-up is remembered (exit 130, nothing written), not lost."""
-    import gc
-
     from featdump.cli.signals import watch_start_up
 
     start = watch_start_up()
@@ -15,7 +13,4 @@ def main() -> None:
     from featdump.cli.typer_app import STATE
 
     STATE.update(own_process=True, start=start)  # the process's own command line, not an embedding caller
-    try:
-        commands.app()
-    finally:  # the process ends here: its last garbage collection need not walk torch's and timm's objects
-        gc.freeze()  # (about 0.5-1 s of every run's exit: docs/performance.md)
+    commands.app()

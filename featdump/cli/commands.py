@@ -6,6 +6,7 @@ Nothing here imports torch at module level, so ``--help`` and ``--version`` stay
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import os
 import shlex
@@ -158,7 +159,13 @@ def extract(ctx: typer.Context, **values: Any) -> None:
         file_values = configure.load_toml(values["config_file"]) if values["config_file"] else {}
         cfg = resolve_with_like(given, file_values, shlex.join(["featdump", *sys.argv[1:]]))
         progress = progress_for(cfg.quiet)  # a bar on a terminal, plain lines in a job's log
-        ready = (lambda b, o, p: progress.ready(b, cfg.dtype, cfg.pool)) if isinstance(progress, LogProgress) else None
+
+        def ready(backbone: Any, output: str, placement: Any) -> None:
+            if STATE["own_process"]:  # torch's, timm's and the model's objects: the last garbage collection
+                gc.freeze()  # as the process ends need not walk them (about 1 s); the output file's stay collectable
+            if isinstance(progress, LogProgress):
+                progress.ready(backbone, cfg.dtype, cfg.pool)
+
         shown = warnings.showwarning
 
         def featdump_warning(message: Any, category: Any, *args: Any, **kwargs: Any) -> None:
