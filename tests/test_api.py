@@ -139,3 +139,13 @@ def test_extract_shows_progress_when_asked(tmp_path: Path, photos: Path, random_
     assert summary.num_images == 8
     err = capsys.readouterr().err
     assert err.endswith("\n") and "resnet18  8/8  100%" in err and "img/s" in err
+
+
+def test_an_in_process_extract_leaves_the_garbage_collector_alone(cli, tmp_path: Path, photos: Path) -> None:
+    """Only featdump's own process freezes the objects made before the run (a caller's stay collectable)."""
+    import gc
+
+    before = gc.get_freeze_count()
+    args = ("resnet18", str(photos / "coins.jpg"), "--no-pretrained", "--img-size", "32", "--out-indices", "-1", "-q")
+    assert cli("extract", *args, "-o", str(tmp_path / "o.h5")).exit_code == 0
+    assert gc.get_freeze_count() == before
