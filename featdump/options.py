@@ -99,7 +99,8 @@ class ExtractConfig:
         meaning=True,
         to_attr=FROM_MODEL,  # the levels the model resolved
         from_attr=lambda attrs: tuple(int(i) for i in attrs["out_indices"]) if attrs.get("out_indices") else None,
-        same=lambda a, b: bool(a and b) and sorted(a) == sorted(b),  # in any order: the model returns them in its own
+        # in any order (the model returns them in its own); an edited scalar attribute is simply another value
+        same=lambda a, b: all(isinstance(v, (list, tuple)) and v for v in (a, b)) and sorted(map(repr, a)) == sorted(map(repr, b)),
         example=(2,),
     )
     layers: tuple[str, ...] | None = opt(

@@ -153,3 +153,20 @@ def test_a_checkpoint_is_known_by_its_bytes_not_its_path(inputs: dict[str, str],
         fh.write(bytes([last[0] ^ 1]))
     r = _cli("verify", str(_shard(out, 0)), "-n", "1", "--device", "cpu", "--checkpoint", str(other))
     assert r.exit_code == 2 and "is not the one the file was made with" in r.output, r.output
+
+
+def test_an_edited_scalar_level_is_a_differing_setting(inputs: dict[str, str], tmp_path: Path) -> None:
+    """A file whose out_indices attribute was edited into a scalar (featdump writes a list): --resume
+    and merge name the setting (exit 2); comparing the levels in any order must not fail on it."""
+    import h5py
+
+    args = ("test_resnet", "IMGS", "--out-indices", "1,2")
+    out = tmp_path / "feats.h5"
+    for i in range(2):
+        assert _extract(inputs, args, out, "--shard", f"{i}/2").exit_code == 0
+    with h5py.File(_shard(out, 1), "r+") as f:
+        f.attrs["out_indices"] = 2
+    r = _extract(inputs, args, out, "--shard", "1/2", "--resume")
+    assert r.exit_code == 2 and "was made with out_indices=2, this run has out_indices=[1, 2]" in r.output, r.output
+    r = _cli("merge", str(_shard(out, 0)), str(_shard(out, 1)), "-o", str(tmp_path / "all.h5"))
+    assert r.exit_code == 2 and "was made with out_indices=2, " in r.output, r.output
