@@ -170,3 +170,12 @@ def test_an_edited_scalar_level_is_a_differing_setting(inputs: dict[str, str], t
     assert r.exit_code == 2 and "was made with out_indices=2, this run has out_indices=[1, 2]" in r.output, r.output
     r = _cli("merge", str(_shard(out, 0)), str(_shard(out, 1)), "-o", str(tmp_path / "all.h5"))
     assert r.exit_code == 2 and "was made with out_indices=2, " in r.output, r.output
+
+
+def test_verify_refuses_a_checkpoint_the_file_was_not_made_with(inputs: dict[str, str], tmp_path: Path) -> None:
+    """--checkpoint stands for the file's own checkpoint moved: on a file made without one, verify would
+    re-extract with the recorded (random) weights and say OK, the given file never read."""
+    out = tmp_path / "random.h5"
+    assert _extract(inputs, ("test_resnet", "IMGS"), out).exit_code == 0
+    r = _cli("verify", str(out), "-n", "1", "--device", "cpu", "--checkpoint", inputs["CKPT"])
+    assert r.exit_code == 2 and f"it was made without a checkpoint (random); --checkpoint {inputs['CKPT']}" in r.output, r.output

@@ -54,6 +54,8 @@ def recorded_options(
             except (TypeError, ValueError, IndexError):  # an attribute edited into something no run writes
                 raise UsageError(f"{where}: attribute {o.attr or o.name} {attrs.get(o.attr or o.name)!r} is not valid") from None
     sha256 = parse_weights(attrs.get("weights"))["sha256"]
+    if checkpoint and not values["checkpoint"]:  # it would go unused: the rows come from the recorded weights
+        raise UsageError(f"{where}: it was made without a checkpoint ({attrs.get('weights')}); --checkpoint {checkpoint} is not its weights")
     if not values["checkpoint"]:
         return values
     if checkpoint and sha256:  # taken for the recorded one only when it holds the same bytes
