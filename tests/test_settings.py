@@ -179,3 +179,13 @@ def test_verify_refuses_a_checkpoint_the_file_was_not_made_with(inputs: dict[str
     assert _extract(inputs, ("test_resnet", "IMGS"), out).exit_code == 0
     r = _cli("verify", str(out), "-n", "1", "--device", "cpu", "--checkpoint", inputs["CKPT"])
     assert r.exit_code == 2 and f"it was made without a checkpoint (random); --checkpoint {inputs['CKPT']}" in r.output, r.output
+
+
+def test_a_mistyped_checkpoint_is_named_as_given(inputs: dict[str, str], tmp_path: Path) -> None:
+    """A --checkpoint path that holds no file is the flag's fault, not 'the checkpoint it was made with
+    is gone' (the file's own checkpoint is where it was)."""
+    out = tmp_path / "ckpt.h5"
+    assert _extract(inputs, ("test_resnet", "IMGS", "--checkpoint", "CKPT"), out).exit_code == 0
+    typo = tmp_path / "typo.safetensors"
+    r = _cli("verify", str(out), "-n", "1", "--device", "cpu", "--checkpoint", str(typo))
+    assert r.exit_code == 2 and f"cannot verify {out}: --checkpoint {typo} is not a file" in r.output, r.output

@@ -61,6 +61,8 @@ def recorded_options(
     if checkpoint and sha256:  # taken for the recorded one only when it holds the same bytes
         values["checkpoint"] = str(checkpoint)
     if not Path(values["checkpoint"]).is_file():
+        if checkpoint and sha256:
+            raise UsageError(f"{where}: --checkpoint {checkpoint} is not a file (not found, or a folder, FIFO or device)")
         raise UsageError(
             f"{where}: the checkpoint it was made with, {values['checkpoint']}, is gone; put it back "
             "(or give --checkpoint with the same file elsewhere)"
