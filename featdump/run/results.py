@@ -76,6 +76,7 @@ def nonfinite_line(layer: LayerSummary) -> str:
     return (
         f"layer {printable(layer.name)}: {layer.nonfinite} non-finite value(s) (NaN/inf) in the features "
         "written by this run; check the weights (a checkpoint holding NaN gives all-NaN features)"
+        + ("; or --dtype float32: float16 holds nothing past ±65504, larger values are stored as inf" if layer.dtype == "float16" else "")
     )
 
 

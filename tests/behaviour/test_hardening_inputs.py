@@ -288,3 +288,27 @@ def test_bad_checkpoints_are_one_line_usage_errors(folder: Path, tmp_path: Path,
         assert res.exit_code == 2, (ckpt, res.output)
         assert message in res.output, res.output
         assert len(res.output.strip().splitlines()) == 1, res.output
+
+
+def test_float16_overflow_is_counted_and_said(folder: Path, tmp_path: Path) -> None:
+    """Finite float32 activations past float16's ±65504 are stored as inf: the CPU's sum filter counts
+    every one of them, and the message names the storage dtype, not only the weights."""
+    import timm
+    import torch
+    from safetensors.torch import save_file
+
+    import featdump
+    from featdump.errors import FeatdumpError
+
+    torch.manual_seed(0)
+    sd = {k: v.contiguous() for k, v in timm.create_model(MODEL, pretrained=False).state_dict().items()}
+    sd["bn1.weight"] *= 1e5  # the stem's scale carried by every residual: some values pass 65504
+    sd["bn1.bias"] *= 1e5
+    save_file(sd, str(ckpt := tmp_path / "big.safetensors"))
+    out = tmp_path / "o.h5"
+    with pytest.raises(FeatdumpError, match=r"--dtype float32: float16 holds nothing past ±65504"):
+        featdump.extract(MODEL, folder, out, checkpoint=str(ckpt), img_size="64", dtype="float16", strict=True, device="cpu", quiet=True)
+    s = featdump.extract(MODEL, folder, out, checkpoint=str(ckpt), img_size="64", dtype="float16", device="cpu", quiet=True, overwrite=True)
+    with featdump.open(out) as f:
+        stored = {layer.name: int((~np.isfinite(f.numpy(layer.name))).sum()) for layer in s.layers}
+    assert {layer.name: layer.nonfinite for layer in s.layers} == stored and any(stored.values()), stored
