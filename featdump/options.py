@@ -300,6 +300,7 @@ class ExtractConfig:
         api=Sequence[str] | str | None,
         parse=parse_process,
         from_attr=_steps,
+        same=lambda a, b: all(isinstance(v, (str, list, tuple)) for v in (a, b)) and _steps({"process": a}) == _steps({"process": b}),
         meaning=True,
         example=("l2norm",),
     )

@@ -189,3 +189,24 @@ def test_a_mistyped_checkpoint_is_named_as_given(inputs: dict[str, str], tmp_pat
     typo = tmp_path / "typo.safetensors"
     r = _cli("verify", str(out), "-n", "1", "--device", "cpu", "--checkpoint", str(typo))
     assert r.exit_code == 2 and f"cannot verify {out}: --checkpoint {typo} is not a file" in r.output, r.output
+
+
+def test_a_scalar_process_attribute_resumes_and_merges_as_one_step(inputs: dict[str, str], tmp_path: Path) -> None:
+    """A crafted scalar ``process`` (runs write a list) is one step for --resume and merge too, as for
+    --like and verify: not process="l2norm" against process=["l2norm"]."""
+    import h5py
+
+    args = ("test_resnet", "IMGS", "--process", "l2norm")
+    out = tmp_path / "feats.h5"
+    for i in range(2):
+        assert _extract(inputs, args, out, "--shard", f"{i}/2").exit_code == 0
+    with h5py.File(_shard(out, 0), "r+") as f:
+        f.attrs["process"] = "l2norm"
+    r = _extract(inputs, args, out, "--shard", "0/2", "--resume")
+    assert r.exit_code == 0, r.output
+    r = _cli("merge", str(_shard(out, 0)), str(_shard(out, 1)), "-o", str(tmp_path / "all.h5"))
+    assert r.exit_code == 0, r.output
+    with h5py.File(_shard(out, 0), "r+") as f:
+        f.attrs["process"] = 5  # no run writes that: another setting, said as such
+    r = _extract(inputs, args, out, "--shard", "0/2", "--resume")
+    assert r.exit_code == 2 and 'was made with process=5, this run has process=["l2norm"]' in r.output, r.output
