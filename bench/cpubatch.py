@@ -50,7 +50,7 @@ def measure(models: tuple[str, ...], sizes: tuple[int, ...], rounds: int, photos
         for m in models:
             bare = Bare(ModelCase(m, m, None, "float32", None), device)
             bare.set_format(True)
-            picked[m] = cpu_batch(bare.backbone.model)
+            picked[m] = cpu_batch(bare.backbone)
             tensors = predecode(bare, photos)
             batch = torch.stack([tensors[i % len(tensors)] for i in range(max(sizes))])
             for s in sizes:

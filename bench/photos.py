@@ -118,7 +118,7 @@ def measure(cache: Path, reps: int, quick: bool, log: Any) -> dict[str, Any]:
         "runs": list(runs),
         "images": [small, large],
         "megapixels": [round(min(mp), 2), round(statistics.median(mp), 2), round(max(mp), 2)],
-        "featdump_batch": cpu_batch(bare.backbone.model),
+        "featdump_batch": cpu_batch(bare.backbone),
         "median": {k: round(statistics.median(v), 3) for k, v in rows.items()},
         "all": {k: [round(x, 3) for x in v] for k, v in rows.items()},
         "stage_cpu_ms": {k: round(v, 1) for k, v in stages.items()},

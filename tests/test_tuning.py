@@ -75,16 +75,22 @@ def test_a_resumed_run_keeps_its_files_batch_size() -> None:
     assert tune(_dev("cuda"), _cfg(), Placement(cpus=2), {"batch_size": 32, "device": "cuda:1"}).batch_size == 32
 
 
-def test_the_cpu_batch_follows_the_size_of_the_weights() -> None:
+def test_the_cpu_batch_follows_the_size_of_the_weights_and_the_input() -> None:
     import torch
 
-    from featdump.run.device import CPU_BATCH, LARGE_WEIGHTS, tune
+    from featdump.run.device import CPU_BATCH, LARGE_WEIGHTS, SMALL_INPUT, tune
 
     width = LARGE_WEIGHTS // 4 // 1024  # float32 weights of a Linear(1024, width): LARGE_WEIGHTS bytes
-    at, over = (torch.nn.Linear(1024, n, bias=False, device="meta") for n in (width, width + 1))
-    assert tune(_dev("cpu"), _cfg(), Placement(cpus=2), model=at).batch_size == CPU_BATCH
-    assert tune(_dev("cpu"), _cfg(), Placement(cpus=2), model=over).batch_size == 2 * CPU_BATCH
-    assert tune(_dev("cpu"), _cfg(batch_size=3), Placement(cpus=2), model=over).batch_size == 3  # a flag wins
+
+    def built(n: int, side: int = 224) -> Any:
+        return SimpleNamespace(model=torch.nn.Linear(1024, n, bias=False, device="meta"), data=SimpleNamespace(input_size=(3, side, side)))
+
+    at, over = built(width), built(width + 1)
+    assert tune(_dev("cpu"), _cfg(), Placement(cpus=2), backbone=at).batch_size == CPU_BATCH
+    assert tune(_dev("cpu"), _cfg(), Placement(cpus=2), backbone=over).batch_size == 2 * CPU_BATCH
+    large = built(width + 1, int(SMALL_INPUT**0.5) + 1)  # a larger input (a size mode, tiles): the activations' memory
+    assert tune(_dev("cpu"), _cfg(), Placement(cpus=2), backbone=large).batch_size == CPU_BATCH
+    assert tune(_dev("cpu"), _cfg(batch_size=3), Placement(cpus=2), backbone=over).batch_size == 3  # a flag wins
     first = {"batch_size": CPU_BATCH, "device": "cpu"}  # a file made at 8 is resumed at 8: the same rows
-    assert tune(_dev("cpu"), _cfg(), Placement(cpus=2), first, model=over).batch_size == CPU_BATCH
-    assert tune(_dev("cuda"), _cfg(), Placement(cpus=2), model=over).batch_size == 64
+    assert tune(_dev("cpu"), _cfg(), Placement(cpus=2), first, backbone=over).batch_size == CPU_BATCH
+    assert tune(_dev("cuda"), _cfg(), Placement(cpus=2), backbone=over).batch_size == 64

@@ -92,7 +92,7 @@ def run_benchmark(cfg: ExtractConfig, seconds: float = 60.0, images: int = 300) 
     share = seconds / 4
     with torch_settings(device, tuning.threads):
         backbone = backbone_for(cfg)
-        tuning = tune(device, cfg, placement, model=backbone.model)  # the CPU batch follows the weights' size
+        tuning = tune(device, cfg, placement, backbone=backbone)  # the CPU batch follows the weights' size
         want = max(images, 3 * tuning.batch_size)  # the timings start after a first batch
         if len(refs) < want:  # few images: go round them again, so that each stage runs long enough
             refs = (refs * -(-want // len(refs)))[:want]

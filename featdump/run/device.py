@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, replace
 from typing import Any
@@ -56,6 +57,7 @@ def cpu_budget(placement: Placement) -> int:
 
 CPU_BATCH = 8  # batch size on CPUs, channels_last: 16 where the weights exceed LARGE_WEIGHTS (bench/cpubatch.py)
 LARGE_WEIGHTS = 32 << 20  # bytes: resnet18 (45 MB) and larger gain 3-8% at batch 16; efficientnets (<= 14 MB) nothing
+SMALL_INPUT = 288 * 288  # pixels: the input sizes measured; larger ones would double the activations' memory
 WRITE_QUEUE_BYTES = 256 << 20  # the writer's queue: enough for a few large batches, never more
 
 
@@ -79,16 +81,19 @@ def write_threads(cpus: int, busy: int) -> int:
     return WRITE_THREADS.value() or max(1, min(8, cpus - busy))
 
 
-def cpu_batch(model: Any) -> int:
-    """The CPU batch size for ``model`` (None: not built yet): twice :data:`CPU_BATCH` where its
-    weights exceed :data:`LARGE_WEIGHTS`, so that a batch reuses weights that do not stay in the cache."""
-    weights = sum(p.numel() * p.element_size() for p in model.parameters()) if model is not None else 0
+def cpu_batch(backbone: Any) -> int:
+    """The CPU batch size for a built backbone (None: not built yet): twice :data:`CPU_BATCH` where its
+    weights exceed :data:`LARGE_WEIGHTS`, so that a batch reuses weights that do not stay in the cache,
+    and its input (a size mode's nominal square, a tile) is at most :data:`SMALL_INPUT` pixels."""
+    if backbone is None or math.prod(backbone.data.input_size[1:]) > SMALL_INPUT:
+        return CPU_BATCH
+    weights = sum(p.numel() * p.element_size() for p in backbone.model.parameters())
     return 2 * CPU_BATCH if weights > LARGE_WEIGHTS else CPU_BATCH
 
 
-def tune(device: Any, cfg: ExtractConfig, placement: Placement, previous: dict[str, Any] | None = None, model: Any = None) -> Tuning:
-    """Defaults per device, from measurements (``make bench``; figures: docs/performance.md); ``model``:
-    the built model, for the CPU batch size (:func:`cpu_batch`; before it is built, the threads only).
+def tune(device: Any, cfg: ExtractConfig, placement: Placement, previous: dict[str, Any] | None = None, backbone: Any = None) -> Tuning:
+    """Defaults per device, from measurements (``make bench``; figures: docs/performance.md); ``backbone``:
+    the built one, for the CPU batch size (:func:`cpu_batch`; before it is built, the threads only).
 
     CPU: decoding runs in threads of this process (data/loading.py). Up to 4 cores they share all
     cores with the forward threads; on more, ``cpus // 8`` decode threads (1-8) and the forward pass
@@ -103,7 +108,7 @@ def tune(device: Any, cfg: ExtractConfig, placement: Placement, previous: dict[s
         workers = cfg.workers if cfg.workers is not None else cpus if cpus <= 4 else min(8, max(1, cpus // 8))
         shared = cpus <= 4  # decode threads and forward threads on the same cores
         threads = cpus if shared else cpus - workers
-        return Tuning(cfg.batch_size or cpu_batch(model), workers, max(1, threads), True, prefetch=2, decode_nice=19 if shared else 0,
+        return Tuning(cfg.batch_size or cpu_batch(backbone), workers, max(1, threads), True, prefetch=2, decode_nice=19 if shared else 0,
                       write_threads=write_threads(cpus, cpus))
     most = 4 if cfg.decode == "gpu" else 8  # --decode gpu: the workers only read files
     workers = cfg.workers if cfg.workers is not None else max(1, min(most, cpus - 1))

@@ -88,7 +88,7 @@ def _run(cfg: ExtractConfig, progress: ProgressSink, on_ready: Callable | None, 
     tune_malloc()  # before the model's and the activations' memory is allocated
     with torch_settings(device, tuning.threads, shapes_vary=bool(size_mode_text(cfg.img_size))):
         backbone = stages.backbone(cfg)
-        tuning = tune(device, cfg, placement, previous, backbone.model)  # the CPU batch follows the weights' size
+        tuning = tune(device, cfg, placement, previous, backbone)  # the CPU batch follows the weights' size
         backbone.layers = processors.stored_layers(backbone, cfg.pool, procs, device)
         if on_ready:
             on_ready(backbone, str(out_path), placement)
