@@ -141,6 +141,24 @@ def test_extract_shows_progress_when_asked(tmp_path: Path, photos: Path, random_
     assert err.endswith("\n") and "resnet18  8/8  100%" in err and "img/s" in err
 
 
+def test_the_command_collects_garbage_while_it_runs(tmp_path: Path, photos: Path) -> None:
+    """featdump's own process starts with garbage collection off, but every batch runs with it on."""
+    code = (
+        "import atexit, gc, sys\n"
+        "import featdump.run.forward as forward\n"
+        "seen, call = [], forward.Forward.__call__\n"
+        "forward.Forward.__call__ = lambda self, x: seen.append(gc.isenabled()) or call(self, x)\n"
+        "atexit.register(lambda: print('collecting', seen, gc.get_freeze_count() > 0))\n"
+        f"sys.argv = ['featdump', 'extract', 'resnet18', {str(photos)!r}, '-o', {str(tmp_path / 'o.h5')!r}, '-q', "
+        "'--no-pretrained', '--img-size', '32', '--out-indices', '-1', '--batch-size', '2', '--device', 'cpu']\n"
+        "from featdump.cli import main\n"
+        "main()\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("collecting [True, True") and proc.stdout.rstrip().endswith("] True"), proc.stdout
+
+
 def test_an_in_process_extract_leaves_the_garbage_collector_alone(cli, tmp_path: Path, photos: Path) -> None:
     """Only featdump's own process freezes the objects made before the run (a caller's stay collectable)."""
     import gc
@@ -148,4 +166,4 @@ def test_an_in_process_extract_leaves_the_garbage_collector_alone(cli, tmp_path:
     before = gc.get_freeze_count()
     args = ("resnet18", str(photos / "coins.jpg"), "--no-pretrained", "--img-size", "32", "--out-indices", "-1", "-q")
     assert cli("extract", *args, "-o", str(tmp_path / "o.h5")).exit_code == 0
-    assert gc.get_freeze_count() == before
+    assert gc.get_freeze_count() == before and gc.isenabled()

@@ -148,6 +148,8 @@ def extract(ctx: typer.Context, **values: Any) -> None:
     from featdump.cli.signals import guarded_run, leave_at_once
 
     start, STATE["start"] = STATE["start"], None
+    if STATE["own_process"]:  # start-up (torch, timm, the model) makes about 400,000 objects to keep and
+        gc.disable()  # little garbage: no collection walks them until ready() freezes them
     with guarded_run(start) as stop:  # a Ctrl-C during start-up is remembered, not lost in third-party code
         from featdump.cli.progress import LogProgress, progress_for
         from featdump.cli.render import console, failures_table, summary_table
@@ -163,6 +165,7 @@ def extract(ctx: typer.Context, **values: Any) -> None:
         def ready(backbone: Any, output: str, placement: Any) -> None:
             if STATE["own_process"]:  # torch's, timm's and the model's objects: the last garbage collection
                 gc.freeze()  # as the process ends need not walk them (about 1 s); the output file's stay collectable
+                gc.enable()
             if isinstance(progress, LogProgress):
                 progress.ready(backbone, cfg.dtype, cfg.pool)
 
@@ -182,6 +185,7 @@ def extract(ctx: typer.Context, **values: Any) -> None:
                 from featdump.cli.files import merge_line
                 from featdump.run.onray import run_on_ray
 
+                gc.enable()  # no ready() on this path: the driver's own objects stay collectable
                 merged = run_on_ray(cfg, progress, stop)
                 if not cfg.quiet:
                     typer.echo(merge_line(merged))
