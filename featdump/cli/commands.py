@@ -163,9 +163,10 @@ def extract(ctx: typer.Context, **values: Any) -> None:
         progress = progress_for(cfg.quiet)  # a bar on a terminal, plain lines in a job's log
 
         def ready(backbone: Any, output: str, placement: Any) -> None:
-            if STATE["own_process"]:  # torch's, timm's and the model's objects: the last garbage collection
-                gc.freeze()  # as the process ends need not walk them (about 1 s); the output file's stay collectable
-                gc.enable()
+            if STATE["own_process"]:  # start-up's garbage (a remote listing's, say) collected once, then torch's,
+                gc.collect()  # timm's and the model's objects frozen: the last collection as the process ends
+                gc.freeze()  # need not walk them (about 1 s); objects made later, the output file's among them,
+                gc.enable()  # are collected as before
             if isinstance(progress, LogProgress):
                 progress.ready(backbone, cfg.dtype, cfg.pool)
 
