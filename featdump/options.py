@@ -209,7 +209,10 @@ class ExtractConfig:
     )
     device: str = opt("auto|cpu|cuda|cuda:N|mps.", default="auto")
     precision: Precision = opt("fp32|fp16|bf16 (autocast).", default="fp32", meaning=True, example="bf16")
-    batch_size: int | None = opt("\\[default: tuned per device]", default=None)
+    batch_size: int | None = opt(
+        "Images per forward pass. \\[default: on a CPU 16 for models with over 32 MiB of weights, else 8; 64 on CUDA; --resume keeps the file's]",
+        default=None,
+    )
     workers: int | None = opt(
         "Decoding workers: threads on CPU, processes on GPUs; 0 decodes in the main thread. \\[default: tuned]",
         default=None,
