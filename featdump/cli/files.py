@@ -194,7 +194,9 @@ def verify(
     ] = None,
     max_image_bytes: Annotated[
         int | None,
-        typer.Option("--max-image-bytes", min=1, help="Read no image past this many bytes. \\[default: 256 MiB]"),
+        typer.Option(
+            "--max-image-bytes", min=1, help="Read no image past this many bytes (give extract's: the file does not record it). \\[default: 256 MiB]"
+        ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON on stdout (nothing else).")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing; only the exit status tells.")] = False,
@@ -203,7 +205,7 @@ def verify(
 
     Prints per layer the largest absolute difference and the smallest cosine similarity. Exit 0
     within the tolerance of the file's precision and dtype (docs/trust.md), 1 outside it (rows
-    named), 2 when it cannot check (weights, checkpoint sha256, inputs, processor or timm version).
+    named), 2 when it cannot check (weights, checkpoint sha256, inputs, mean/std, processor or timm version).
 
     Example: featdump verify feats.h5 -n 16 --seed 1
     """
