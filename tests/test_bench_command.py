@@ -22,6 +22,7 @@ def test_bench_names_the_limit(cli, photos: Path, tmp_path: Path) -> None:
         assert stage in res.stdout
     assert "limit: " in res.stdout and "Try:" in res.stdout
     assert list(out.parent.iterdir()) == []  # nothing left behind
+    assert not [line for line in res.stdout.splitlines() if "smaller model" in line and "resnet18" in line]
     bs = 2 * CPU_BATCH  # resnet18's weights (45 MB) are over LARGE_WEIGHTS
     assert f"(batch {bs}," in res.stdout and f"batch {bs} " in res.stdout  # header and rows alike
 
@@ -77,6 +78,16 @@ def test_cpu_forward_advice_fits_a_cpu() -> None:
     assert "--precision" not in text and "GPU" not in text
     advise(r, CFG, "cuda")
     assert "--precision bf16" in "\n".join(r.advice) and "--img-size" not in "\n".join(r.advice)
+
+
+@pytest.mark.parametrize(("model", "smaller"), [("resnet18", "tf_efficientnet_lite0, convnext_atto"),
+                                                ("convnext_atto.d2_in1k", "tf_efficientnet_lite0"),
+                                                ("tf_efficientnet_lite0", None)])  # fmt: skip
+def test_a_smaller_model_is_smaller_than_the_one_benched(model: str, smaller: str | None) -> None:
+    r = _result("forward")
+    advise(r, resolve({"model": model, "inputs": ("x",), "output": "x.h5"}), "cpu")
+    said = [t for t in r.advice if "smaller model" in t]
+    assert said == ([f"a smaller model (e.g. {smaller})"] if smaller else []), said
 
 
 @pytest.mark.parametrize(("device", "jpeg", "megapixels"), [("cpu", False, 3.0), ("cpu", True, 3.0), ("cuda", False, 0.5), ("cuda", True, 0.5)])
