@@ -35,7 +35,8 @@ def extract_parameters(
     keyword = Parameter.KEYWORD_ONLY  # Typer passes every parameter by name
     params = [Parameter("ctx", keyword, annotation=typer.Context)]
     for o in table:
-        info = typer.Argument(help=o.help) if o.argument else typer.Option(*o.flags, help=o.help)
+        shown = "[default:" not in o.help  # a help that names its default: no second one from Typer
+        info = typer.Argument(help=o.help) if o.argument else typer.Option(*o.flags, help=o.help, show_default=shown)
         default = Parameter.empty if o.required else o.default
         params.append(Parameter(o.name, keyword, annotation=Annotated[o.cli_type, info], default=default))
     if config:

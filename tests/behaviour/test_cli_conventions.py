@@ -49,6 +49,16 @@ def test_help_prose_is_not_broken_mid_sentence(command: str, columns: int) -> No
             assert len(line.rstrip()) + 1 + len(next_word) > columns - 2, f"{command}: line broken early: {line.strip()!r}"
 
 
+@pytest.mark.parametrize("command", _commands())
+def test_no_option_says_its_default_twice(command: str) -> None:
+    """An option whose help names its default (``[default: 256 MiB]``) shows no second one from Typer."""
+    from typer.testing import CliRunner
+
+    res = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "400"}, terminal_width=400)
+    twice = [line.split()[1] for line in res.stdout.splitlines() if line.count("[default:") > 1]
+    assert not twice, f"{command}: {twice}"
+
+
 def test_completion_is_offered(cli) -> None:
     res = cli("--help")
     assert "--install-completion" in res.stdout and "--show-completion" in res.stdout
