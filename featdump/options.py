@@ -210,7 +210,7 @@ class ExtractConfig:
     device: str = opt("auto|cpu|cuda|cuda:N|mps.", default="auto")
     precision: Precision = opt("fp32|fp16|bf16 (autocast).", default="fp32", meaning=True, example="bf16")
     batch_size: int | None = opt(
-        "Images per forward pass. \\[default: on a CPU 16 for models with over 32 MiB of weights, else 8; 64 on CUDA; --resume keeps the file's]",
+        "Images per forward pass. \\[default: on a CPU 16 for models with over 32 MiB of weights at inputs up to 288x288, else 8; 64 on CUDA; --resume keeps the file's]",
         default=None,
     )
     workers: int | None = opt(
