@@ -77,6 +77,13 @@ def like_path(given: dict[str, Any], file_values: dict[str, Any] | None = None) 
     return str(value) if value else None
 
 
+def _as_typed(option: Any, value: Any) -> str:
+    """An option and its value as a user types them: ``--no-pretrained``, ``--out-indices 2,4``."""
+    if isinstance(value, bool):
+        return flag_of(option, value)
+    return f"{flag_of(option)} {','.join(map(str, value)) if isinstance(value, (list, tuple)) else value}"
+
+
 def resolve(given: dict[str, Any], file_values: dict[str, Any] | None = None, command: str = "", cls: type = ExtractConfig,
             like_values: dict[str, Any] | None = None) -> Any:  # fmt: skip
     """Merge option values: dataclass defaults < config file < ``--like`` file < flags given on the command line.
@@ -98,11 +105,9 @@ def resolve(given: dict[str, Any], file_values: dict[str, Any] | None = None, co
                 execution = ", ".join(flag_of(o) for o in table.values() if not o.meaning and o.flags and o.name != "like")
                 if name == "img_size" and theirs is not None:  # as typed: long:512 or 64x64
                     theirs = size_mode_text(theirs) or "x".join(map(str, theirs))
-                typed = flag_of(option, value) + ("" if isinstance(value, bool) else f" {value!r}")
-                had = flag_of(option, theirs) if isinstance(theirs, bool) else repr(theirs)
                 raise UsageError(
-                    f"--like {like_path(given, file_values)}: {typed} changes what the rows mean ("
-                    + ("the file was made without it" if theirs is None else f"the file has {had}")
+                    f"--like {like_path(given, file_values)}: {_as_typed(option, value)} changes what the rows mean ("
+                    + ("the file was made without it" if theirs is None else f"the file has {_as_typed(option, theirs)}")
                     + f"); with --like give only execution flags ({execution})"
                 )
         merged.update(like_values)
