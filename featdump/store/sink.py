@@ -90,7 +90,7 @@ class Store:
             h5 = h5py.File(jf, "w", libver="earliest", track_order=True)
         except OSError as exc:
             jf.abandon(remove=True)
-            raise _os_error(path, exc) from None
+            raise FeatdumpError(f"cannot open {path}: {first_line(exc, repr(exc))}") from None  # HDF5 locks no file object
         with _failing(path, jf, lambda: _abandon(h5, jf, remove=True)):
             for key, value in attrs.items():
                 set_attr(h5, key, value)
@@ -334,14 +334,3 @@ def _io_error(path: str | Path, jf: Any, exc: BaseException) -> FeatdumpError:
     if is_out_of_space(exc):
         return out_of_space(path)
     return FeatdumpError(f"cannot write {path}: {first_line(exc)}; rerun with --resume to continue")
-
-
-def _os_error(path: str | Path, exc: OSError) -> FeatdumpError:
-    text = str(exc)
-    if "lock" in text.lower():
-        return FeatdumpError(
-            f"{path} is in use by another process (HDF5 file lock). If no other featdump runs on it and the "
-            "file system cannot lock (NFS, Lustre), set HDF5_USE_FILE_LOCKING=FALSE and make sure only one run writes it "
-            "(without the lock, two runs writing one file corrupt it silently)"
-        )
-    return FeatdumpError(f"cannot open {path}: {first_line(exc, repr(exc))}")
