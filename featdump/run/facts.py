@@ -8,8 +8,9 @@ from typing import Any
 
 def previous_facts(attrs: dict[str, Any] | None) -> dict[str, Any] | None:
     """``batch_size``/``device`` of the file ``--resume`` will continue (its attributes:
-    :func:`~featdump.store.output.resume_attrs`), or None when there is none or it does not record them."""
-    if not attrs or "batch_size" not in attrs or attrs.get("complete") or not int(attrs.get("num_images", 0) or 0):
+    :func:`~featdump.store.output.resume_attrs`), or None when there is none, it does not record them or
+    it has no inputs done (those done may all have failed: no rows, but the batches are cut)."""
+    if not attrs or "batch_size" not in attrs or attrs.get("complete") or not int(attrs.get("inputs_done", 0) or 0):
         return None
     return {"batch_size": attrs.get("batch_size"), "device": attrs.get("device")}
 

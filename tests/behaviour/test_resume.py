@@ -3,15 +3,21 @@ complete files are left alone; nothing to resume starts afresh."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from conftest import run
 from faultkit import (
+    ENV,
     FAST,
     MODEL,
+    ROOT,
     Case,
     assert_same_rows,
     case,  # noqa: F401 - the shared clean run (session fixture)
@@ -167,3 +173,44 @@ def test_resume_without_batch_size_keeps_the_files(tmp_path: Path, case: Case, p
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0 and "warning" not in err, err  # no "--resume with another --batch-size"
     assert_same_rows(read_rows(out), case.clean)
+
+
+def _batches(argv: list[str], kill_after_commit: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """``featdump ARGV`` in a process of its own that prints the batch sizes it computes; with
+    ``kill_after_commit``, SIGKILLed at its first forward pass once that file has a commit."""
+    code = (
+        "import os, signal, sys, time\n"
+        "from faultkit import journal_seq\n"
+        "import featdump.run.forward as forward\n"
+        "call, out = forward.Forward.__call__, sys.argv.pop(1)\n"
+        "def counted(self, x):\n"
+        "    while out and journal_seq(out) < 2:  # the file made, then its first batch\n"
+        "        time.sleep(0.01)\n"
+        "    if out:\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n"
+        "    print('batch', len(x), flush=True)\n"
+        "    return call(self, x)\n"
+        "forward.Forward.__call__ = counted\n"
+        "from featdump.cli import main\n"
+        "main()\n"
+    )
+    env = {**os.environ, **ENV, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
+    cmd = [sys.executable, "-c", code, str(kill_after_commit or ""), *argv]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_resume_keeps_the_batch_size_of_a_file_whose_commits_hold_only_failures(tmp_path: Path) -> None:
+    """A file whose committed inputs all failed (no rows yet) is resumed at its own batch size: the
+    resumed run cuts the batches an uninterrupted one would (resnet18's default is 16, the file's 8)."""
+    imgs = make_images(tmp_path / "imgs", 40, broken=tuple(range(8)))
+    out = tmp_path / "feats.h5"
+    argv = ["extract", MODEL, str(imgs), "-o", str(out), "--no-pretrained", "--img-size", "64", "--device", "cpu", "-q"]
+    first = _batches([*argv, "--batch-size", "8"], kill_after_commit=out)
+    assert first.returncode == -signal.SIGKILL, first.stderr
+    from featdump.store.output import resume_attrs
+
+    attrs = resume_attrs(out)  # its last commit (through the journal): the 8 failures, no rows
+    assert attrs is not None and (attrs["num_images"], attrs["inputs_done"], attrs["batch_size"]) == (0, 8, 8)
+    again = _batches([*argv, "--resume"])
+    assert again.returncode == 0 and "warning" not in again.stderr, again.stderr
+    assert again.stdout.split() == ["batch", "8"] * 4, again.stdout
