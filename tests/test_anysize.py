@@ -331,3 +331,18 @@ def test_named_modules_in_a_size_mode_must_follow_each_shape() -> None:
             backbone_for(config("test_vit", ("blocks.0",), tokens))
     backbone = backbone_for(config("resnet18", ("layer2", "fc")))
     assert [is_ragged(x, "none") for x in backbone.layers] == [True, False]
+
+
+def test_short_side_mode_keeps_the_cpu_batch_of_large_inputs(cli: Any, tmp_path: Any) -> None:
+    """``short:S`` resizes a 4:3 photo to more than its S x S square (256x352 here, over 288x288):
+    resnet18 keeps batch 8 on a CPU, as at a fixed size over 288x288, where ``long:256`` takes 16."""
+    import h5py
+
+    photo = tmp_path / "photo.png"
+    Image.new("RGB", (400, 300), (90, 120, 150)).save(photo)
+    args = ("resnet18", str(photo), "--no-pretrained", "--device", "cpu", "-q")
+    for mode, batch in (("short:256", 8), ("long:256", 16)):
+        out = tmp_path / f"{mode[:4]}.h5"
+        assert cli("extract", *args, "--img-size", mode, "-o", str(out)).exit_code == 0
+        with h5py.File(out) as f:
+            assert (f.attrs["img_size_mode"], f.attrs["batch_size"]) == (mode, batch)

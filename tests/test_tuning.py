@@ -83,7 +83,7 @@ def test_the_cpu_batch_follows_the_size_of_the_weights_and_the_input() -> None:
     width = LARGE_WEIGHTS // 4 // 1024  # float32 weights of a Linear(1024, width): LARGE_WEIGHTS bytes
 
     def built(n: int, side: int = 224) -> Any:
-        return SimpleNamespace(model=torch.nn.Linear(1024, n, bias=False, device="meta"), data=SimpleNamespace(input_size=(3, side, side)))
+        return SimpleNamespace(model=torch.nn.Linear(1024, n, bias=False, device="meta"), data=SimpleNamespace(input_size=(3, side, side), size_mode=None))
 
     at, over = built(width), built(width + 1)
     assert tune(_dev("cpu"), _cfg(), Placement(cpus=2), backbone=at).batch_size == CPU_BATCH

@@ -84,8 +84,9 @@ def write_threads(cpus: int, busy: int) -> int:
 def cpu_batch(backbone: Any) -> int:
     """The CPU batch size for a built backbone (None: not built yet): twice :data:`CPU_BATCH` where its
     weights exceed :data:`LARGE_WEIGHTS`, so that a batch reuses weights that do not stay in the cache,
-    and its input (a size mode's nominal square, a tile) is at most :data:`SMALL_INPUT` pixels."""
-    if backbone is None or math.prod(backbone.data.input_size[1:]) > SMALL_INPUT:
+    and its input (a size mode's nominal square, a tile) is at most :data:`SMALL_INPUT` pixels. ``short:S``
+    keeps it: its square is the least input, not the largest (a 4:3 photo at short:256 is 256x352)."""
+    if backbone is None or math.prod(backbone.data.input_size[1:]) > SMALL_INPUT or (backbone.data.size_mode or "-")[0] == "short":
         return CPU_BATCH
     weights = sum(p.numel() * p.element_size() for p in backbone.model.parameters())
     return 2 * CPU_BATCH if weights > LARGE_WEIGHTS else CPU_BATCH
