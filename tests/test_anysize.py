@@ -132,6 +132,7 @@ def test_rows_equal_timm_at_each_images_own_shape(
     assert len(shapes) >= 3  # the aspect ratios give different grids
 
 
+@pytest.mark.slow  # several seconds: the whole suite runs it
 def test_naflex_at_each_images_own_patch_grid(aspect_refs: list[ImageRef]) -> None:
     """A NaFlex ViT (random weights, seed 0 in both) takes each image's own patch grid."""
     name = "naflexvit_base_patch16_gap"

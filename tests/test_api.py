@@ -141,6 +141,7 @@ def test_extract_shows_progress_when_asked(tmp_path: Path, photos: Path, random_
     assert err.endswith("\n") and "resnet18  8/8  100%" in err and "img/s" in err
 
 
+@pytest.mark.slow  # a real featdump process (a few seconds)
 def test_the_command_collects_garbage_while_it_runs(tmp_path: Path, photos: Path) -> None:
     """featdump's own process starts with garbage collection off, but every batch runs with it on."""
     code = (

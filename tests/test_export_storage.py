@@ -63,6 +63,7 @@ def test_a_layer_named_dotdot_is_refused_and_nothing_beside_out_changes(files: d
     assert _tree(tmp_path) == before and not (tmp_path / "new").exists()
 
 
+@pytest.mark.slow  # several seconds: the whole suite runs it
 def test_overwrite_follows_no_symlink_and_replaces_the_earlier_export_as_a_whole(
     files: dict[str, Path], tmp_path: Path
 ) -> None:
@@ -156,6 +157,7 @@ def _zarr_matches(group: object, path: Path, pooled: bool) -> None:
             np.testing.assert_allclose(arr[:], want, rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.slow  # several seconds: the whole suite runs it
 def test_zarr_store_read_by_zarr_and_xarray(files: dict[str, Path], tmp_path: Path) -> None:
     import xarray as xr
     import zarr

@@ -60,6 +60,7 @@ def test_verify_and_viz_find_each_tiles_image(kind: str, folder: Path, random_ch
     np.testing.assert_array_equal(drawn, np.asarray(tile.resize((TILE, TILE), Image.Resampling.BICUBIC)))
 
 
+@pytest.mark.slow  # several seconds: the whole suite runs it
 def test_export_carries_each_tiles_box(folder: Path, random_checkpoint: Any, tmp_path: Path) -> None:
     """Rows of one image differ only by their box: the parquet metadata has y0, x0, y1, x1 and zarr a tiles array."""
     import pyarrow.parquet as pq

@@ -101,6 +101,7 @@ def test_inspect_json_is_the_only_thing_on_stdout() -> None:
     assert json.loads(proc.stdout)["modules"][0]["name"] == "conv1"
 
 
+@pytest.mark.slow  # a real featdump process (a few seconds)
 def test_a_reader_that_leaves_early_ends_the_command_quietly() -> None:
     """``featdump inspect resnet18 --json | head -1``: stdout's reader is gone; the command stops with
     no error line (it printed 'BrokenPipeError ... rerun with --debug'), exit 1 as for a table."""
