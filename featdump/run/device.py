@@ -86,8 +86,7 @@ def cpu_batch(backbone: Any) -> int:
     weights exceed :data:`LARGE_WEIGHTS`, so that a batch reuses weights that do not stay in the cache,
     and its input (a size mode's nominal square, a tile) is at most :data:`SMALL_INPUT` pixels. ``short:S``
     keeps it: its square is the least input, not the largest (a 4:3 photo at short:256 is 256x352)."""
-    short = backbone is not None and backbone.data.size_mode is not None and backbone.data.size_mode[0] == "short"
-    if backbone is None or short or math.prod(backbone.data.input_size[1:]) > SMALL_INPUT:
+    if backbone is None or (backbone.data.size_mode or ("",))[0] == "short" or math.prod(backbone.data.input_size[1:]) > SMALL_INPUT:
         return CPU_BATCH
     weights = sum(p.numel() * p.element_size() for p in backbone.model.parameters())
     return 2 * CPU_BATCH if weights > LARGE_WEIGHTS else CPU_BATCH
